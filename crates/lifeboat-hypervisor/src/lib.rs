@@ -1,0 +1,22 @@
+//! Runs VMs and reads what their guests wrote.
+//!
+//! The `Hypervisor` trait is what the agent needs from a host's hypervisor: define, start,
+//! stop and list VMs, and changed-block tracking — a persistent dirty bitmap per disk and
+//! consistent cuts that expose either every allocated block (full) or only the blocks
+//! written since the previous cut (incremental). The QEMU driver implements it over QMP
+//! and reads cuts over NBD. This crate knows nothing of vaults; a cut is handed to the
+//! caller as (offset, bytes) extents and committed or aborted when the caller is done.
+
+pub mod error;
+pub mod qemu;
+pub mod spec;
+
+pub use error::{HypervisorError, Result};
+pub use spec::{DiskFormat, DiskName, DiskSpec, NicSpec, VmName, VmSpec};
+pub mod hypervisor;
+pub mod tracking;
+
+pub use hypervisor::{Cut, CutDisk, CutKind, Extent, Hypervisor, ShutdownOutcome, VmInfo, VmState};
+pub use qemu::{Accel, QemuConfig, QemuDriver};
+pub use tracking::TrackingStatus;
+pub mod apply;

@@ -1,0 +1,111 @@
+//! What `qemu-img` tells about a VM's disks while QEMU is not running them.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{HypervisorError, Result};
+use crate::qemu::commands::BitmapInfo;
+use crate::spec::{DiskFormat, VmSpec};
+use crate::tracking::{self, DiskTracking};
+
+async fn qemu_img(args: &[&str], path: &Path) -> Result<Vec<u8>> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(args)
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| HypervisorError::Tool {
+            tool: "qemu-img".into(),
+            reason: format!("{e} (install qemu-utils)"),
+        })?;
+    if !out.status.success() {
+        return Err(HypervisorError::Tool {
+            tool: format!("qemu-img {}", args[0]),
+            reason: format!(
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// A fresh qcow2 of `size` bytes with no backing in its header: the cut attaches the
+/// live disk as its backing at `blockdev-add` time.
+pub async fn create_overlay(path: &Path, size: u64) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let size = size.to_string();
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(&size)
+        .output()
+        .await
+        .map_err(|e| HypervisorError::Tool {
+            tool: "qemu-img create".into(),
+            reason: format!("{e} (install qemu-utils)"),
+        })?;
+    if !out.status.success() {
+        return Err(HypervisorError::Tool {
+            tool: "qemu-img create".into(),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Info {
+    #[serde(rename = "format-specific", default)]
+    format_specific: Option<FormatSpecific>,
+}
+#[derive(Deserialize)]
+struct FormatSpecific {
+    data: FormatData,
+}
+#[derive(Deserialize)]
+struct FormatData {
+    #[serde(default)]
+    bitmaps: Vec<OfflineBitmap>,
+}
+#[derive(Deserialize)]
+struct OfflineBitmap {
+    name: String,
+    granularity: u32,
+    flags: Vec<String>,
+}
+
+/// Tracking state of a stopped VM's disks, from the bitmaps stored in its qcow2 files.
+/// `in-use` means the image was not closed cleanly since the bitmap was loaded.
+pub async fn per_disk_tracking(spec: &VmSpec) -> Result<Vec<(String, DiskTracking)>> {
+    let mut out = Vec::new();
+    for d in &spec.disks {
+        let bitmaps: Vec<BitmapInfo> = if d.format == DiskFormat::Qcow2 {
+            let json = qemu_img(&["info", "-U", "--output=json"], &d.path).await?;
+            let info: Info = serde_json::from_slice(&json).map_err(|e| HypervisorError::Tool {
+                tool: "qemu-img info".into(),
+                reason: e.to_string(),
+            })?;
+            info.format_specific
+                .map(|f| f.data.bitmaps)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|b| BitmapInfo {
+                    recording: b.flags.iter().any(|f| f == "auto"),
+                    inconsistent: b.flags.iter().any(|f| f == "in-use"),
+                    name: b.name,
+                    granularity: b.granularity,
+                    count: 0,
+                    busy: false,
+                    persistent: true,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        out.push((d.name.to_string(), tracking::disk_tracking(d.name.as_str(), &bitmaps)));
+    }
+    Ok(out)
+}

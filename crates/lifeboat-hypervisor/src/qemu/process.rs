@@ -1,0 +1,270 @@
+//! The QEMU process: its command line, starting it detached, and finding it again.
+//!
+//! QEMU runs with `-daemonize`, so a VM outlives the Lifeboat process that started it
+//! (an agent restart must not stop production VMs). QEMU reports start-up errors before
+//! it detaches, so a bad disk path still fails `start` with QEMU's own message.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{HypervisorError, Result};
+use crate::qemu::layout::VmDir;
+use crate::spec::{DiskFormat, VmSpec};
+
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// How guest instructions run. `Auto` uses KVM only where it was seen to boot a kernel:
+/// here `/dev/kvm` exists but hangs real guests, so the device alone proves nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Accel::Auto),
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            other => Err(format!("accelerator {other:?} is not one of auto, kvm, tcg")),
+        }
+    }
+}
+
+/// The full QEMU argument list for a VM. `accel` must be resolved (not `Auto`).
+pub fn command_line(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Vec<String> {
+    let p = |path: PathBuf| path.display().to_string();
+    let uuid = spec.uuid.map(|u| u.to_string());
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        format!("{},process=lifeboat-{}", spec.name, spec.name),
+        "-accel".into(),
+        match accel {
+            Accel::Kvm => "kvm".into(),
+            _ => "tcg".into(),
+        },
+        "-m".into(),
+        spec.memory_mib.to_string(),
+        "-smp".into(),
+        spec.vcpus.to_string(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+    ];
+    if let Some(u) = uuid {
+        a.extend(["-uuid".into(), u]);
+    }
+    for (boot_index, disk) in spec.disks_in_boot_order().into_iter().enumerate() {
+        let node = disk.name.as_str();
+        a.extend([
+            "-blockdev".into(),
+            format!(
+                "driver=file,filename={},node-name={node}-file",
+                disk.path.display()
+            ),
+            "-blockdev".into(),
+            format!(
+                "driver={},file={node}-file,node-name={node},discard=unmap",
+                match disk.format {
+                    DiskFormat::Qcow2 => "qcow2",
+                    DiskFormat::Raw => "raw",
+                }
+            ),
+            "-device".into(),
+            format!("virtio-blk-pci,drive={node},id=dev-{node},bootindex={boot_index}"),
+        ]);
+    }
+    for (i, nic) in spec.nics.iter().enumerate() {
+        let mut netdev = format!("user,id=net{i}");
+        if nic.network == "isolated" {
+            netdev.push_str(",restrict=on");
+        }
+        for f in &nic.host_forwards {
+            netdev.push_str(&format!(
+                ",hostfwd=tcp:127.0.0.1:{}-:{}",
+                f.host_port, f.guest_port
+            ));
+        }
+        a.extend([
+            "-netdev".into(),
+            netdev,
+            "-device".into(),
+            format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac),
+        ]);
+    }
+    a.extend([
+        "-chardev".into(),
+        format!(
+            "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+            p(dir.serial_socket()),
+            p(dir.console_log())
+        ),
+        "-serial".into(),
+        "chardev:serial0".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", p(dir.qmp_socket())),
+        "-pidfile".into(),
+        p(dir.pid_file()),
+        "-daemonize".into(),
+    ]);
+    a
+}
+
+/// Starts QEMU and returns once it has daemonized (its monitor socket then exists).
+pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Result<u32> {
+    for stale in [dir.qmp_socket(), dir.serial_socket(), dir.pid_file()] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let log = std::fs::File::create(dir.qemu_log())
+        .map_err(|e| HypervisorError::io("creating", dir.qemu_log(), e))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| HypervisorError::io("opening", dir.qemu_log(), e))?;
+    let args = command_line(spec, dir, accel);
+    tracing::debug!(vm = %spec.name, ?args, "starting QEMU");
+    let status = tokio::process::Command::new(QEMU_BINARY)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .status()
+        .await
+        .map_err(|e| HypervisorError::StartFailed {
+            vm: spec.name.clone(),
+            reason: format!("cannot run {QEMU_BINARY}: {e} (install qemu-system-x86)"),
+        })?;
+    if !status.success() {
+        let msg = std::fs::read_to_string(dir.qemu_log()).unwrap_or_default();
+        return Err(HypervisorError::StartFailed {
+            vm: spec.name.clone(),
+            reason: format!("{status}: {}", msg.trim()),
+        });
+    }
+    read_live_pid(dir).ok_or_else(|| HypervisorError::StartFailed {
+        vm: spec.name.clone(),
+        reason: "QEMU exited right after starting; see qemu.log".into(),
+    })
+}
+
+/// The pid of the VM's QEMU if it is alive and really ours: the pid file can outlive the
+/// process, and its number can be reused, so the command line must name our monitor.
+pub fn read_live_pid(dir: &VmDir) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.pid_file()).ok()?;
+    let pid: u32 = text.trim().parse().ok()?;
+    is_our_qemu(pid, &dir.qmp_socket()).then_some(pid)
+}
+
+fn is_our_qemu(pid: u32, qmp: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // A zombie has exited; nobody may reap it when its parent is a container's init.
+    if let Some(after_comm) = stat.rsplit_once(')') {
+        if after_comm.1.trim_start().starts_with('Z') {
+            return false;
+        }
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let needle = qmp.display().to_string();
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| String::from_utf8_lossy(arg).contains(&needle))
+}
+
+pub fn send_kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Waits until the VM's QEMU is gone; true if it went within `timeout`.
+pub async fn wait_exit(dir: &VmDir, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if read_live_pid(dir).is_none() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Decides `Auto`: boots the host's own kernel under KVM with no root file system. A
+/// working KVM reaches the "no root" panic in well under a second and, with `panic=-1`
+/// and `-no-reboot`, QEMU exits; a broken one hangs and is killed. The answer is cached
+/// in `cache` because the probe costs up to `timeout`.
+pub async fn resolve_accel(requested: Accel, cache: &Path, timeout: Duration) -> Accel {
+    if requested != Accel::Auto {
+        return requested;
+    }
+    if let Ok(text) = std::fs::read_to_string(cache) {
+        if let Ok(a @ (Accel::Kvm | Accel::Tcg)) = text.trim().parse() {
+            return a;
+        }
+    }
+    let found = probe_kvm(timeout).await;
+    let answer = if found { Accel::Kvm } else { Accel::Tcg };
+    tracing::info!(?answer, "probed hardware acceleration");
+    let _ = std::fs::write(cache, if found { "kvm\n" } else { "tcg\n" });
+    answer
+}
+
+async fn probe_kvm(timeout: Duration) -> bool {
+    if !Path::new("/dev/kvm").exists() {
+        return false;
+    }
+    let Some(kernel) = host_kernel() else {
+        tracing::warn!("no kernel under /boot to probe KVM with; using TCG");
+        return false;
+    };
+    let Ok(dir) = tempfile_dir() else {
+        return false;
+    };
+    let log = dir.join("probe.log");
+    let child = tokio::process::Command::new(QEMU_BINARY)
+        .args(["-accel", "kvm", "-m", "128", "-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&kernel)
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let exited = tokio::time::timeout(timeout, child.wait()).await.is_ok();
+    let printed = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    exited && printed.contains("Kernel panic")
+}
+
+fn host_kernel() -> Option<PathBuf> {
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz"))
+        })
+        .collect();
+    kernels.sort();
+    kernels.pop()
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("lifeboat-kvm-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

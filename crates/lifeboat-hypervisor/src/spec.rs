@@ -1,0 +1,363 @@
+//! A VM's definition: what the operator writes in a TOML file and what the driver keeps.
+//!
+//! ```toml
+//! name = "web1"
+//! memory_mib = 256
+//! vcpus = 1
+//! boot_order = ["vda"]
+//!
+//! [[disks]]
+//! name = "vda"
+//! path = "/var/lib/vms/web1.qcow2"
+//! format = "qcow2"
+//!
+//! [[nics]]
+//! mac = "52:54:00:12:34:56"
+//! network = "user"
+//! host_forwards = [{ host_port = 8080, guest_port = 80 }]
+//! ```
+//!
+//! Specs are untrusted input: `VmSpec::parse` checks every field and says which one is
+//! wrong, so a bad file never reaches QEMU's command line.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{HypervisorError, Result};
+
+/// A VM's name: lowercase letters, digits and '-', at most 40 characters. It is used in
+/// paths and QEMU ids, hence the narrow alphabet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VmName(String);
+
+impl VmName {
+    pub fn new(name: impl Into<String>) -> Result<Self, String> {
+        let name = name.into();
+        let ok = !name.is_empty()
+            && name.len() <= 40
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-');
+        if ok {
+            Ok(VmName(name))
+        } else {
+            Err(format!(
+                "VM name {name:?} is not valid: use 1-40 lowercase letters, digits and '-'"
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for VmName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        VmName::new(s)
+    }
+}
+impl From<VmName> for String {
+    fn from(n: VmName) -> String {
+        n.0
+    }
+}
+impl fmt::Display for VmName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A disk's name inside its VM (`vda`, `data`): also its QEMU node name and NBD export name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DiskName(String);
+
+impl DiskName {
+    pub fn new(name: impl Into<String>) -> Result<Self, String> {
+        let name = name.into();
+        let ok = !name.is_empty()
+            && name.len() <= 16
+            && name.as_bytes()[0].is_ascii_lowercase()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if ok {
+            Ok(DiskName(name))
+        } else {
+            Err(format!(
+                "disk name {name:?} is not valid: use 1-16 lowercase letters and digits, starting with a letter"
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for DiskName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        DiskName::new(s)
+    }
+}
+impl From<DiskName> for String {
+    fn from(n: DiskName) -> String {
+        n.0
+    }
+}
+impl fmt::Display for DiskName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Qcow2,
+    Raw,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    pub name: DiskName,
+    pub path: PathBuf,
+    pub format: DiskFormat,
+}
+
+/// A TCP port on the host's loopback forwarded to a port of the guest (user networks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostForward {
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    pub mac: String,
+    /// `user`: QEMU user-mode network with outbound access; `isolated`: the same with no
+    /// route out of the guest (for test failovers). Bridged networks come later.
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_forwards: Vec<HostForward>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: VmName,
+    /// Filled in at define time when the file leaves it out.
+    #[serde(default)]
+    pub uuid: Option<uuid::Uuid>,
+    pub memory_mib: u32,
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    pub disks: Vec<DiskSpec>,
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+    /// Disk names, first boots first. Empty: disks in the order listed.
+    #[serde(default)]
+    pub boot_order: Vec<DiskName>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+pub const KNOWN_NETWORKS: &[&str] = &["user", "isolated"];
+
+impl VmSpec {
+    /// Parses and checks a spec. `origin` names the file in error messages.
+    pub fn parse(text: &str, origin: &Path) -> Result<VmSpec> {
+        let invalid = |reason: String| HypervisorError::InvalidSpec {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        if text.len() > 64 * 1024 {
+            return Err(invalid("file is larger than 64 KiB".into()));
+        }
+        let spec: VmSpec = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        spec.check().map_err(invalid)?;
+        Ok(spec)
+    }
+
+    pub fn load(path: &Path) -> Result<VmSpec> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| HypervisorError::io("reading VM spec", path, e))?;
+        VmSpec::parse(&text, path)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a VmSpec always serialises")
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(32..=1024 * 1024).contains(&self.memory_mib) {
+            return Err(format!(
+                "memory_mib = {} is out of range 32..=1048576",
+                self.memory_mib
+            ));
+        }
+        if !(1..=64).contains(&self.vcpus) {
+            return Err(format!("vcpus = {} is out of range 1..=64", self.vcpus));
+        }
+        if self.disks.is_empty() || self.disks.len() > 16 {
+            return Err(format!(
+                "a VM needs 1 to 16 disks, this one lists {}",
+                self.disks.len()
+            ));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if !d.path.is_absolute() {
+                return Err(format!(
+                    "disk {}: path {} must be absolute",
+                    d.name,
+                    d.path.display()
+                ));
+            }
+            let p = d.path.to_string_lossy();
+            // QEMU's -blockdev syntax splits on ','; refuse rather than mis-parse.
+            if p.contains(',') || p.contains('\n') {
+                return Err(format!("disk {}: path {p} must not contain ',' or newlines", d.name));
+            }
+            if self.disks[..i].iter().any(|o| o.name == d.name) {
+                return Err(format!("disk name {} is used twice", d.name));
+            }
+        }
+        if self.nics.len() > 8 {
+            return Err(format!("at most 8 NICs, this VM lists {}", self.nics.len()));
+        }
+        for nic in &self.nics {
+            if !valid_mac(&nic.mac) {
+                return Err(format!(
+                    "NIC MAC {:?} is not valid: write six hex pairs like 52:54:00:12:34:56",
+                    nic.mac
+                ));
+            }
+            if !KNOWN_NETWORKS.contains(&nic.network.as_str()) {
+                return Err(format!(
+                    "NIC {}: network {:?} is not known; use one of {:?}",
+                    nic.mac, nic.network, KNOWN_NETWORKS
+                ));
+            }
+            for f in &nic.host_forwards {
+                if f.host_port == 0 || f.guest_port == 0 {
+                    return Err(format!("NIC {}: forwarded ports must not be 0", nic.mac));
+                }
+            }
+        }
+        for b in &self.boot_order {
+            if !self.disks.iter().any(|d| &d.name == b) {
+                return Err(format!("boot_order names disk {b}, which the VM does not have"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn disk(&self, name: &DiskName) -> Option<&DiskSpec> {
+        self.disks.iter().find(|d| &d.name == name)
+    }
+
+    /// Disks in boot order: those named in `boot_order` first, then the rest as listed.
+    pub fn disks_in_boot_order(&self) -> Vec<&DiskSpec> {
+        let mut out: Vec<&DiskSpec> = self
+            .boot_order
+            .iter()
+            .filter_map(|n| self.disk(n))
+            .collect();
+        for d in &self.disks {
+            if !self.boot_order.contains(&d.name) {
+                out.push(d);
+            }
+        }
+        out
+    }
+}
+
+fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "web1"
+memory_mib = 256
+boot_order = ["vda"]
+[[disks]]
+name = "vda"
+path = "/vms/web1.qcow2"
+format = "qcow2"
+[[disks]]
+name = "data"
+path = "/vms/web1-data.raw"
+format = "raw"
+[[nics]]
+mac = "52:54:00:12:34:56"
+network = "user"
+host_forwards = [{ host_port = 8080, guest_port = 80 }]
+"#;
+
+    fn parse(t: &str) -> Result<VmSpec> {
+        VmSpec::parse(t, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn good_spec_round_trips() {
+        let spec = parse(GOOD).unwrap();
+        assert_eq!(spec.vcpus, 1);
+        assert_eq!(spec.disks.len(), 2);
+        let again = parse(&spec.to_toml()).unwrap();
+        assert_eq!(spec, again);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (GOOD.replace("web1\"\n", "Web 1\"\n"), "VM name"),
+            (GOOD.replace("memory_mib = 256", "memory_mib = 1"), "memory_mib"),
+            (GOOD.replace("/vms/web1.qcow2", "vms/web1.qcow2"), "absolute"),
+            (GOOD.replace("/vms/web1.qcow2", "/vms/a,b"), "','"),
+            (GOOD.replace("name = \"data\"", "name = \"vda\""), "used twice"),
+            (GOOD.replace("52:54:00:12:34:56", "52:54:00:12:34"), "MAC"),
+            (GOOD.replace("network = \"user\"", "network = \"br0\""), "not known"),
+            (GOOD.replace("boot_order = [\"vda\"]", "boot_order = [\"vdz\"]"), "boot_order"),
+            (GOOD.replace("format = \"raw\"", "format = \"vmdk\""), "format"),
+            (format!("{GOOD}\nsurprise = 1\n"), "surprise"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "error {err:?} should mention {needle:?}");
+            assert!(err.contains("test.toml"), "error {err:?} should name the file");
+        }
+    }
+
+    #[test]
+    fn boot_order_puts_named_disks_first() {
+        let spec = parse(&GOOD.replace("[\"vda\"]", "[\"data\"]")).unwrap();
+        let order: Vec<_> = spec.disks_in_boot_order().iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(order, ["data", "vda"]);
+    }
+}

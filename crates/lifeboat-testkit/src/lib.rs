@@ -1,0 +1,46 @@
+//! Test helpers for Lifeboat's VM tests. Tests need a real guest to protect: this crate
+//! builds it (`guest/build.sh`: a 64 MiB qcow2 disk made from Debian's cloud kernel and
+//! busybox, cached by a hash of its inputs), hands each test its own copy, and talks to
+//! the running guest the two ways the guest offers — a root shell on its serial port
+//! ([`SerialConsole`]) and busybox httpd serving its `/data` partition ([`http_get`],
+//! [`wait_http`]). The guest contract (see `guest/init.sh`): `/dev/vda2` is mounted at
+//! `/data`, `/data/boot-count` counts boots, the ACPI power button (QMP
+//! `system_powerdown`) unmounts `/data` cleanly and powers off, and the console prints
+//! `LIFEBOAT-GUEST-READY boot=<n>` once everything is up.
+//!
+//! Guests run under TCG (no working KVM on the CI machines), so every wait here takes a
+//! timeout and [`boot_timeout`] is generous.
+
+mod http;
+mod image;
+mod serial;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::time::Duration;
+
+pub use http::{http_get, wait_http};
+pub use image::{guest_disk_copy, guest_image};
+pub use serial::SerialConsole;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read, drop).
+/// Another process may take it before the caller binds it; tests accept that race.
+pub fn free_tcp_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind 127.0.0.1:0 to find a free TCP port");
+    listener
+        .local_addr()
+        .expect("local address of a bound socket")
+        .port()
+}
+
+/// How long a test waits for the guest to boot: 180 s by default, because a busy
+/// 2-core machine running TCG can be 10x slower than an idle one; override with
+/// `LIFEBOAT_TEST_BOOT_TIMEOUT_SECS`.
+pub fn boot_timeout() -> Duration {
+    const DEFAULT_SECS: u64 = 180;
+    let secs = std::env::var("LIFEBOAT_TEST_BOOT_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_SECS);
+    Duration::from_secs(secs)
+}
