@@ -17,7 +17,10 @@ pub enum DisconnectReason {
     /// The server closed the connection.
     ServerClosed,
     /// A socket error.
-    Io { kind: io::ErrorKind, message: String },
+    Io {
+        kind: io::ErrorKind,
+        message: String,
+    },
     /// The server broke the protocol; the stream can no longer be trusted.
     Protocol(ProtoError),
     /// The server sent nothing for this long while a request was waiting.

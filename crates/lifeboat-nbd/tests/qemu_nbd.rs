@@ -64,7 +64,10 @@ async fn reads_match_the_image() {
     // Whole disk, 4 MiB at a time.
     for off in (0..IMAGE_SIZE).step_by(4 * MIB as usize) {
         let got = c.read(off, 4 * MIB as u32).await.unwrap();
-        assert!(got == raw[off as usize..(off + 4 * MIB) as usize], "at {off}");
+        assert!(
+            got == raw[off as usize..(off + 4 * MIB) as usize],
+            "at {off}"
+        );
     }
     // Unaligned, straddling data/hole/zero boundaries.
     for (off, len) in [
@@ -75,12 +78,18 @@ async fn reads_match_the_image() {
         (5 * MIB + 1, 1),
     ] {
         let got = c.read(off, len).await.unwrap();
-        assert!(got == raw[off as usize..off as usize + len as usize], "at {off}+{len}");
+        assert!(
+            got == raw[off as usize..off as usize + len as usize],
+            "at {off}+{len}"
+        );
     }
     // Longer than one request: split and reassembled by the client.
     let got = c.read(MIB, 40 * MIB as u32).await.unwrap();
     assert!(got == raw[MIB as usize..41 * MIB as usize]);
-    assert!(c.read(IMAGE_SIZE - 1, 2).await.is_err_and(|e| matches!(e, NbdError::OutOfRange { .. })));
+    assert!(c
+        .read(IMAGE_SIZE - 1, 2)
+        .await
+        .is_err_and(|e| matches!(e, NbdError::OutOfRange { .. })));
 }
 
 #[tokio::test]
@@ -94,8 +103,18 @@ async fn allocation_map_shows_holes_where_never_written() {
     assert!(ext.iter().filter(|e| e.is_hole()).all(|e| e.is_zero()));
 
     // A single request inside the export is clamped to its range.
-    let one = c.block_status(BASE_ALLOCATION, MIB + 100, 1000).await.unwrap();
-    assert_eq!(one, [Extent { offset: MIB + 100, length: 1000, flags: 0 }]);
+    let one = c
+        .block_status(BASE_ALLOCATION, MIB + 100, 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        one,
+        [Extent {
+            offset: MIB + 100,
+            length: 1000,
+            flags: 0
+        }]
+    );
 }
 
 #[tokio::test]
@@ -108,7 +127,10 @@ async fn dirty_bitmap_marks_only_writes_after_it_was_added() {
     // A sub-range starting mid-granule.
     let part = c.extents(BITMAP_CONTEXT, 5 * MIB + 100, MIB).await.unwrap();
     assert_contiguous(&part, 5 * MIB + 100, 6 * MIB + 100);
-    assert_eq!(ranges(&part, Extent::is_dirty), [(5 * MIB + 100, 64 * KIB - 100)]);
+    assert_eq!(
+        ranges(&part, Extent::is_dirty),
+        [(5 * MIB + 100, 64 * KIB - 100)]
+    );
 }
 
 #[tokio::test]
@@ -128,7 +150,10 @@ async fn concurrent_reads_are_demultiplexed() {
                 let got = c.read(off, len as u32).await.unwrap();
                 assert!(got == raw[off as usize..(off + len) as usize], "task {i}");
             }
-            let ext = c.block_status(BITMAP_CONTEXT, 0, (4 * MIB) as u32).await.unwrap();
+            let ext = c
+                .block_status(BITMAP_CONTEXT, 0, (4 * MIB) as u32)
+                .await
+                .unwrap();
             assert_eq!(ext[0].offset, 0);
         });
     }
@@ -156,7 +181,10 @@ async fn missing_bitmap_is_named_in_the_error() {
 #[tokio::test]
 async fn missing_export_is_a_clear_error() {
     let q = QemuNbd::start();
-    for o in [ConnectOptions::new("nope"), ConnectOptions::new("nope").with_meta_context(BASE_ALLOCATION)] {
+    for o in [
+        ConnectOptions::new("nope"),
+        ConnectOptions::new("nope").with_meta_context(BASE_ALLOCATION),
+    ] {
         let err = NbdClient::connect_unix(&q.socket, o).await.err().unwrap();
         match &err {
             NbdError::ExportNotFound { export, .. } => assert_eq!(export, "nope"),
@@ -171,9 +199,14 @@ async fn missing_export_is_a_clear_error() {
 #[tokio::test]
 async fn unnegotiated_context_is_refused_locally() {
     let q = QemuNbd::start();
-    let c = NbdClient::connect_unix(&q.socket, ConnectOptions::new(EXPORT)).await.unwrap();
+    let c = NbdClient::connect_unix(&q.socket, ConnectOptions::new(EXPORT))
+        .await
+        .unwrap();
     let err = c.block_status(BASE_ALLOCATION, 0, 4096).await.unwrap_err();
-    assert!(matches!(err, NbdError::ContextNotNegotiated { .. }), "{err:?}");
+    assert!(
+        matches!(err, NbdError::ContextNotNegotiated { .. }),
+        "{err:?}"
+    );
     // The connection is unaffected.
     assert_eq!(c.read(MIB, 4).await.unwrap().as_ref(), [0xab; 4]);
 }
@@ -198,7 +231,11 @@ async fn killed_server_fails_every_pending_request_promptly() {
         let err = r.unwrap().unwrap_err();
         reasons.push(err.disconnect_reason().cloned().expect("a disconnect"));
     }
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
     assert_eq!(reasons.len(), 16);
     assert!(reasons.iter().all(|r| r == &reasons[0]), "{reasons:?}");
     assert!(!matches!(reasons[0], DisconnectReason::Timeout(_)));
@@ -223,8 +260,16 @@ async fn frozen_server_times_out_every_request() {
         let err = r.unwrap().unwrap_err();
         assert!(err.is_timeout(), "{err:?}");
     }
-    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
-    assert!(c.block_status(BASE_ALLOCATION, 0, 512).await.unwrap_err().is_timeout());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(c
+        .block_status(BASE_ALLOCATION, 0, 512)
+        .await
+        .unwrap_err()
+        .is_timeout());
     q.signal("CONT");
 }
 

@@ -19,6 +19,7 @@
 //! Progress on other requests therefore keeps a deep pipeline alive, while a
 //! silent server fails everything within `io_timeout`.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,8 +42,15 @@ use crate::proto::ProtoError;
 /// What a request expects back; the reader checks replies against it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Expect {
-    Read { offset: u64, length: u32 },
-    BlockStatus { offset: u64, length: u32, context_id: u32 },
+    Read {
+        offset: u64,
+        length: u32,
+    },
+    BlockStatus {
+        offset: u64,
+        length: u32,
+        context_id: u32,
+    },
 }
 
 /// A successful reply.
@@ -309,9 +317,7 @@ async fn reader_task<R: AsyncRead + Unpin>(
     context_ids: Vec<u32>,
 ) {
     let mut partial = HashMap::new();
-    let reason = match read_replies(&mut rd, &shared, &context_ids, &mut partial).await {
-        Err(reason) => reason,
-    };
+    let Err(reason) = read_replies(&mut rd, &shared, &context_ids, &mut partial).await;
     // Record the reason before the slots in `partial` are dropped.
     shared.kill(reason);
     drop(partial);
@@ -414,26 +420,23 @@ async fn chunk<R: AsyncRead + Unpin>(
     partial: &mut HashMap<u64, Partial>,
     h: StructuredReplyHeader,
 ) -> Result<(), DisconnectReason> {
-    if !partial.contains_key(&h.cookie) {
-        let pending = shared.take_pending(h.cookie).ok_or_else(|| {
-            violation(
-                "structured reply",
-                format!("cookie {} matches no request", h.cookie),
-            )
-        })?;
-        partial.insert(
-            h.cookie,
-            Partial {
+    let p = match partial.entry(h.cookie) {
+        Entry::Occupied(o) => o.into_mut(),
+        Entry::Vacant(v) => {
+            let pending = shared.take_pending(h.cookie).ok_or_else(|| {
+                violation(
+                    "structured reply",
+                    format!("cookie {} matches no request", h.cookie),
+                )
+            })?;
+            v.insert(Partial {
                 pending,
                 data: None,
                 coverage: Coverage::default(),
                 status: Vec::new(),
                 error: None,
-            },
-        );
-    }
-    let Some(p) = partial.get_mut(&h.cookie) else {
-        unreachable!("inserted above");
+            })
+        }
     };
     let length = u64::from(h.length);
     let ct = h.chunk_type;
@@ -446,22 +449,45 @@ async fn chunk<R: AsyncRead + Unpin>(
                 ));
             }
         }
-        (ChunkType::OffsetData, Expect::Read { offset, length: req_len }) => {
+        (
+            ChunkType::OffsetData,
+            Expect::Read {
+                offset,
+                length: req_len,
+            },
+        ) => {
             if length <= 8 {
-                return Err(violation(ct.name(), format!("length {length} carries no data")));
+                return Err(violation(
+                    ct.name(),
+                    format!("length {length} carries no data"),
+                ));
             }
             let mut off = [0u8; 8];
             read_exact(rd, shared, &mut off).await?;
-            let (start, end) =
-                relative_range(ct.name(), offset, req_len, u64::from_be_bytes(off), length - 8)
-                    .map_err(protocol)?;
+            let (start, end) = relative_range(
+                ct.name(),
+                offset,
+                req_len,
+                u64::from_be_bytes(off),
+                length - 8,
+            )
+            .map_err(protocol)?;
             p.coverage.insert(start, end).map_err(protocol)?;
             let data = p.data.get_or_insert_with(|| vec![0u8; req_len as usize]);
             read_exact(rd, shared, &mut data[start as usize..end as usize]).await?;
         }
-        (ChunkType::OffsetHole, Expect::Read { offset, length: req_len }) => {
+        (
+            ChunkType::OffsetHole,
+            Expect::Read {
+                offset,
+                length: req_len,
+            },
+        ) => {
             if length != 12 {
-                return Err(violation(ct.name(), format!("length {length}, expected 12")));
+                return Err(violation(
+                    ct.name(),
+                    format!("length {length}, expected 12"),
+                ));
             }
             let mut b = [0u8; 12];
             read_exact(rd, shared, &mut b).await?;
@@ -482,7 +508,10 @@ async fn chunk<R: AsyncRead + Unpin>(
         ) => {
             let max = 4 + 8 * limits::MAX_BLOCK_STATUS_DESCRIPTORS as u64;
             if !(12..=max).contains(&length) {
-                return Err(violation(ct.name(), format!("length {length} out of bounds")));
+                return Err(violation(
+                    ct.name(),
+                    format!("length {length} out of bounds"),
+                ));
             }
             let mut b = vec![0u8; length as usize];
             read_exact(rd, shared, &mut b).await?;
@@ -505,7 +534,10 @@ async fn chunk<R: AsyncRead + Unpin>(
         }
         (t, expect) if t.is_error() => {
             if !(6..=6 + u64::from(u16::MAX) + 8).contains(&length) {
-                return Err(violation(t.name(), format!("length {length} out of bounds")));
+                return Err(violation(
+                    t.name(),
+                    format!("length {length} out of bounds"),
+                ));
             }
             let mut b = vec![0u8; length as usize];
             read_exact(rd, shared, &mut b).await?;
@@ -559,10 +591,7 @@ fn finish(p: Partial) -> Result<Finished, DisconnectReason> {
             if p.coverage.covered() != u64::from(length) {
                 return Err(violation(
                     "read reply",
-                    format!(
-                        "DONE after {} of {length} bytes",
-                        p.coverage.covered()
-                    ),
+                    format!("DONE after {} of {length} bytes", p.coverage.covered()),
                 ));
             }
             let data = p.data.unwrap_or_else(|| vec![0u8; length as usize]);

@@ -72,8 +72,7 @@ impl NbdClient {
     /// Connects to a server listening on a Unix socket (QEMU's usual setup).
     pub async fn connect_unix(path: &Path, opts: ConnectOptions) -> Result<Self, NbdError> {
         let endpoint = format!("unix:{}", path.display());
-        let stream = match tokio::time::timeout(opts.io_timeout, UnixStream::connect(path)).await
-        {
+        let stream = match tokio::time::timeout(opts.io_timeout, UnixStream::connect(path)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(NbdError::Connect { endpoint, source }),
             Err(_) => return Err(timeout_error(endpoint, opts.io_timeout)),

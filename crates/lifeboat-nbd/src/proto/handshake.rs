@@ -200,7 +200,10 @@ pub enum OptionRequest {
     SetMetaContext(MetaContextRequest),
     ExtendedHeaders,
     /// An option this implementation does not know; a server answers `NBD_REP_ERR_UNSUP`.
-    Unknown { option: u32, data: Bytes },
+    Unknown {
+        option: u32,
+        data: Bytes,
+    },
 }
 
 impl OptionRequest {
@@ -384,12 +387,24 @@ pub struct BlockSize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OptionReply {
     Ack,
-    Server { name: String, description: String },
+    Server {
+        name: String,
+        description: String,
+    },
     Info(Info),
-    MetaContext { id: u32, name: String },
+    MetaContext {
+        id: u32,
+        name: String,
+    },
     /// Any `NBD_REP_ERR_*`; the message is for humans and decoded lossily.
-    Error { reply_type: ReplyType, message: String },
-    Unknown { reply_type: u32, data: Bytes },
+    Error {
+        reply_type: ReplyType,
+        message: String,
+    },
+    Unknown {
+        reply_type: u32,
+        data: Bytes,
+    },
 }
 
 impl OptionReply {
@@ -531,7 +546,7 @@ fn validate_block_size(b: &BlockSize) -> Result<(), ProtoError> {
         && b.preferred.is_power_of_two()
         && b.preferred >= b.minimum
         && b.maximum >= b.minimum
-        && (b.maximum == u32::MAX || b.maximum % b.minimum == 0);
+        && (b.maximum == u32::MAX || b.maximum.is_multiple_of(b.minimum));
     if ok {
         Ok(())
     } else {

@@ -321,13 +321,21 @@ fn garbage_values_are_rejected() {
     ));
     assert!(ReplyKind::from_magic(0x1234_5678).is_err());
     // Block size info that would make a client divide by zero or loop.
-    for (min, pref, max) in [(0, 4096, 1 << 20), (3, 4096, 1 << 20), (512, 256, 1 << 20), (4096, 4096, 512)] {
+    for (min, pref, max) in [
+        (0, 4096, 1 << 20),
+        (3, 4096, 1 << 20),
+        (512, 256, 1 << 20),
+        (4096, 4096, 512),
+    ] {
         let mut p = BytesMut::new();
         p.extend_from_slice(&InfoType::BlockSize.raw().to_be_bytes());
         for v in [min, pref, max] {
             p.extend_from_slice(&u32::to_be_bytes(v));
         }
-        assert!(OptionReply::decode(ReplyType::Info, &p).is_err(), "{min} {pref} {max}");
+        assert!(
+            OptionReply::decode(ReplyType::Info, &p).is_err(),
+            "{min} {pref} {max}"
+        );
     }
     // Descriptors: empty, ragged, zero-length.
     assert!(decode_descriptors(&[]).is_err());

@@ -425,7 +425,7 @@ impl ReplyChunk {
 /// Decodes the descriptor list of a BLOCK_STATUS chunk (after the context id).
 pub fn decode_descriptors(b: &[u8]) -> Result<Vec<BlockDescriptor>, ProtoError> {
     const WHAT: &str = "block status descriptors";
-    if b.is_empty() || b.len() % 8 != 0 {
+    if b.is_empty() || !b.len().is_multiple_of(8) {
         return Err(ProtoError::invalid(
             WHAT,
             format!("{} bytes is not a nonzero multiple of 8", b.len()),

@@ -27,11 +27,8 @@ pub const WRITES_AFTER_BITMAP: &[(u8, u64, u64)] = &[
     (0x33, MIB + 32 * KIB, 4 * KIB),
 ];
 /// `b0`'s dirty ranges: the 64 KiB granules touched by WRITES_AFTER_BITMAP.
-pub const EXPECTED_DIRTY: &[(u64, u64)] = &[
-    (MIB, 64 * KIB),
-    (5 * MIB, 64 * KIB),
-    (20 * MIB, 64 * KIB),
-];
+pub const EXPECTED_DIRTY: &[(u64, u64)] =
+    &[(MIB, 64 * KIB), (5 * MIB, 64 * KIB), (20 * MIB, 64 * KIB)];
 /// Allocated (non-hole) ranges: the 64 KiB qcow2 clusters ever written.
 pub const EXPECTED_ALLOCATED: &[(u64, u64)] = &[
     (MIB, 64 * KIB),
@@ -139,5 +136,8 @@ pub fn assert_patterns(raw: &[u8]) {
     for (p, off, len) in WRITES_BEFORE_BITMAP.iter().chain(WRITES_AFTER_BITMAP) {
         expect[*off as usize..(*off + *len) as usize].fill(*p);
     }
-    assert!(raw == expect.as_slice(), "image contents differ from the writes");
+    assert!(
+        raw == expect.as_slice(),
+        "image contents differ from the writes"
+    );
 }
