@@ -13,7 +13,10 @@ use lifeboat_nbd::{ConnectOptions, NbdClient};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let socket = PathBuf::from(args.get(1).expect("usage: read_bench SOCKET [EXPORT] [IN_FLIGHT] [CHUNK_MIB]"));
+    let socket = PathBuf::from(
+        args.get(1)
+            .expect("usage: read_bench SOCKET [EXPORT] [IN_FLIGHT] [CHUNK_MIB]"),
+    );
     let export = args.get(2).cloned().unwrap_or_default();
     let in_flight: u64 = args.get(3).map_or(8, |s| s.parse().unwrap());
     let chunk: u64 = args.get(4).map_or(2, |s| s.parse().unwrap()) << 20;

@@ -46,6 +46,8 @@ pub struct NodeImage {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BitmapInfo {
+    /// Empty for QEMU's internal bitmaps (a backup job's copy-before-write filter has one).
+    #[serde(default)]
     pub name: String,
     pub count: u64,
     pub granularity: u32,

@@ -4,16 +4,18 @@
 mod assemble;
 mod conn;
 mod negotiate;
+mod reader;
 
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs, UnixStream};
 
 use crate::error::{DisconnectReason, NbdError};
 use crate::extent::{push_merged, Extent};
+use crate::proto::handshake::OptionRequest;
 use crate::proto::limits;
 use crate::proto::transmission::Command;
 use conn::{Connection, Expect, Outcome, ReplyResult};
@@ -111,7 +113,14 @@ impl NbdClient {
         )
         .await
         {
-            Ok(r) => r?,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                if e.disconnect_reason().is_none() {
+                    // The stream is still in sync: tell the server we are leaving.
+                    send_abort(&mut stream).await;
+                }
+                return Err(e);
+            }
             Err(_) => return Err(timeout_error(endpoint, opts.io_timeout)),
         };
         let max_read = match negotiated.info.block_size {
@@ -352,6 +361,13 @@ impl NbdClient {
             })
         }
     }
+}
+
+/// Best effort `NBD_OPT_ABORT`; the connection is dropped right after anyway.
+async fn send_abort<S: AsyncWrite + Unpin>(stream: &mut S) {
+    let mut buf = BytesMut::new();
+    OptionRequest::Abort.encode(&mut buf);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
 }
 
 fn timeout_error(endpoint: String, after: Duration) -> NbdError {
