@@ -30,7 +30,10 @@ pub fn pieces(extents: &[Extent], piece: u64) -> Vec<Extent> {
         let end = e.offset + e.length;
         while at < end {
             let len = (end - at).min(piece);
-            out.push(Extent { offset: at, length: len });
+            out.push(Extent {
+                offset: at,
+                length: len,
+            });
             at += len;
         }
     }
@@ -52,16 +55,23 @@ pub async fn apply_to_raw<C: Cut>(cut: &C, disk: &DiskName, target: &Path) -> Re
         })?;
     let file = match cut.kind() {
         CutKind::Full => {
-            let f = std::fs::File::create(target).map_err(|e| HypervisorError::io("creating", target, e))?;
-            f.set_len(size).map_err(|e| HypervisorError::io("sizing", target, e))?;
+            let f = std::fs::File::create(target)
+                .map_err(|e| HypervisorError::io("creating", target, e))?;
+            f.set_len(size)
+                .map_err(|e| HypervisorError::io("sizing", target, e))?;
             f
         }
         CutKind::Incremental => {
             let f = std::fs::File::options()
                 .write(true)
                 .open(target)
-                .map_err(|e| HypervisorError::io("opening (apply the full cut first)", target, e))?;
-            let len = f.metadata().map_err(|e| HypervisorError::io("reading", target, e))?.len();
+                .map_err(|e| {
+                    HypervisorError::io("opening (apply the full cut first)", target, e)
+                })?;
+            let len = f
+                .metadata()
+                .map_err(|e| HypervisorError::io("reading", target, e))?
+                .len();
             if len != size {
                 return Err(HypervisorError::Tool {
                     tool: "apply".into(),
@@ -80,7 +90,11 @@ pub async fn apply_to_raw<C: Cut>(cut: &C, disk: &DiskName, target: &Path) -> Re
         bytes: extents.iter().map(|e| e.length).sum(),
     };
     futures::stream::iter(pieces(&extents, PIECE))
-        .map(|p| async move { cut.read(disk, p.offset, p.length as u32).await.map(|b| (p.offset, b)) })
+        .map(|p| async move {
+            cut.read(disk, p.offset, p.length as u32)
+                .await
+                .map(|b| (p.offset, b))
+        })
         .buffered(IN_FLIGHT)
         .try_for_each(|(offset, bytes)| {
             let r = file
@@ -89,7 +103,8 @@ pub async fn apply_to_raw<C: Cut>(cut: &C, disk: &DiskName, target: &Path) -> Re
             futures::future::ready(r)
         })
         .await?;
-    file.sync_all().map_err(|e| HypervisorError::io("syncing", target, e))?;
+    file.sync_all()
+        .map_err(|e| HypervisorError::io("syncing", target, e))?;
     Ok(stats)
 }
 
@@ -100,12 +115,24 @@ mod tests {
     #[test]
     fn pieces_cover_extents_exactly() {
         let ex = [
-            Extent { offset: 0, length: 10 },
-            Extent { offset: 100, length: 25 },
+            Extent {
+                offset: 0,
+                length: 10,
+            },
+            Extent {
+                offset: 100,
+                length: 25,
+            },
         ];
         let p = pieces(&ex, 10);
         assert_eq!(p.iter().map(|e| e.length).sum::<u64>(), 35);
-        assert_eq!(p.last().unwrap(), &Extent { offset: 120, length: 5 });
+        assert_eq!(
+            p.last().unwrap(),
+            &Extent {
+                offset: 120,
+                length: 5
+            }
+        );
         assert!(p.iter().all(|e| e.length <= 10));
     }
 }

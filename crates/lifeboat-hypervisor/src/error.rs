@@ -65,7 +65,11 @@ pub enum HypervisorError {
 pub type Result<T, E = HypervisorError> = std::result::Result<T, E>;
 
 impl HypervisorError {
-    pub(crate) fn io(what: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        what: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         HypervisorError::Io {
             what: what.into(),
             path: path.into(),

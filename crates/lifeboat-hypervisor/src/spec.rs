@@ -234,7 +234,10 @@ impl VmSpec {
             let p = d.path.to_string_lossy();
             // QEMU's -blockdev syntax splits on ','; refuse rather than mis-parse.
             if p.contains(',') || p.contains('\n') {
-                return Err(format!("disk {}: path {p} must not contain ',' or newlines", d.name));
+                return Err(format!(
+                    "disk {}: path {p} must not contain ',' or newlines",
+                    d.name
+                ));
             }
             if self.disks[..i].iter().any(|o| o.name == d.name) {
                 return Err(format!("disk name {} is used twice", d.name));
@@ -264,7 +267,9 @@ impl VmSpec {
         }
         for b in &self.boot_order {
             if !self.disks.iter().any(|d| &d.name == b) {
-                return Err(format!("boot_order names disk {b}, which the VM does not have"));
+                return Err(format!(
+                    "boot_order names disk {b}, which the VM does not have"
+                ));
             }
         }
         Ok(())
@@ -337,27 +342,55 @@ host_forwards = [{ host_port = 8080, guest_port = 80 }]
     fn bad_fields_are_named() {
         let cases = [
             (GOOD.replace("web1\"\n", "Web 1\"\n"), "VM name"),
-            (GOOD.replace("memory_mib = 256", "memory_mib = 1"), "memory_mib"),
-            (GOOD.replace("/vms/web1.qcow2", "vms/web1.qcow2"), "absolute"),
+            (
+                GOOD.replace("memory_mib = 256", "memory_mib = 1"),
+                "memory_mib",
+            ),
+            (
+                GOOD.replace("/vms/web1.qcow2", "vms/web1.qcow2"),
+                "absolute",
+            ),
             (GOOD.replace("/vms/web1.qcow2", "/vms/a,b"), "','"),
-            (GOOD.replace("name = \"data\"", "name = \"vda\""), "used twice"),
+            (
+                GOOD.replace("name = \"data\"", "name = \"vda\""),
+                "used twice",
+            ),
             (GOOD.replace("52:54:00:12:34:56", "52:54:00:12:34"), "MAC"),
-            (GOOD.replace("network = \"user\"", "network = \"br0\""), "not known"),
-            (GOOD.replace("boot_order = [\"vda\"]", "boot_order = [\"vdz\"]"), "boot_order"),
-            (GOOD.replace("format = \"raw\"", "format = \"vmdk\""), "format"),
+            (
+                GOOD.replace("network = \"user\"", "network = \"br0\""),
+                "not known",
+            ),
+            (
+                GOOD.replace("boot_order = [\"vda\"]", "boot_order = [\"vdz\"]"),
+                "boot_order",
+            ),
+            (
+                GOOD.replace("format = \"raw\"", "format = \"vmdk\""),
+                "format",
+            ),
             (format!("{GOOD}\nsurprise = 1\n"), "surprise"),
         ];
         for (text, needle) in cases {
             let err = parse(&text).unwrap_err().to_string();
-            assert!(err.contains(needle), "error {err:?} should mention {needle:?}");
-            assert!(err.contains("test.toml"), "error {err:?} should name the file");
+            assert!(
+                err.contains(needle),
+                "error {err:?} should mention {needle:?}"
+            );
+            assert!(
+                err.contains("test.toml"),
+                "error {err:?} should name the file"
+            );
         }
     }
 
     #[test]
     fn boot_order_puts_named_disks_first() {
         let spec = parse(&GOOD.replace("[\"vda\"]", "[\"data\"]")).unwrap();
-        let order: Vec<_> = spec.disks_in_boot_order().iter().map(|d| d.name.as_str()).collect();
+        let order: Vec<_> = spec
+            .disks_in_boot_order()
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
         assert_eq!(order, ["data", "vda"]);
     }
 }

@@ -28,7 +28,7 @@ pub fn bitmap_name(generation: u64) -> String {
 /// The generation of one of our bitmaps; `None` for bitmaps that are not ours.
 pub fn parse_generation(name: &str) -> Option<u64> {
     let digits = name.strip_prefix(BITMAP_PREFIX)?;
-    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
@@ -38,10 +38,18 @@ pub fn parse_generation(name: &str) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskTracking {
     Untracked,
-    Active { generation: u64, dirty_bytes: u64 },
+    Active {
+        generation: u64,
+        dirty_bytes: u64,
+    },
     /// A cut was begun and neither committed nor aborted.
-    Interrupted { frozen: u64, active: u64 },
-    Broken { reason: String },
+    Interrupted {
+        frozen: u64,
+        active: u64,
+    },
+    Broken {
+        reason: String,
+    },
 }
 
 pub fn disk_tracking(disk: &str, bitmaps: &[BitmapInfo]) -> DiskTracking {
@@ -105,8 +113,9 @@ pub enum TrackingStatus {
 /// this VM, if it remembers one: bitmaps that vanished against that record are a loss,
 /// not a VM that was never tracked.
 pub fn vm_tracking(disks: &[(String, DiskTracking)], expected: Option<u64>) -> TrackingStatus {
-    if let Some((_, DiskTracking::Broken { reason })) =
-        disks.iter().find(|(_, t)| matches!(t, DiskTracking::Broken { .. }))
+    if let Some((_, DiskTracking::Broken { reason })) = disks
+        .iter()
+        .find(|(_, t)| matches!(t, DiskTracking::Broken { .. }))
     {
         return TrackingStatus::NeedsFullResync {
             reason: reason.clone(),
@@ -203,51 +212,90 @@ mod tests {
     fn generations_parse_strictly() {
         assert_eq!(parse_generation("lifeboat-7"), Some(7));
         assert_eq!(parse_generation(&bitmap_name(u64::MAX)), Some(u64::MAX));
-        for bad in ["lifeboat-", "lifeboat-x", "lifeboat--1", "other-1", "lifeboat-99999999999999999999"] {
+        for bad in [
+            "lifeboat-",
+            "lifeboat-x",
+            "lifeboat--1",
+            "other-1",
+            "lifeboat-99999999999999999999",
+        ] {
             assert_eq!(parse_generation(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn disk_states() {
-        assert_eq!(disk_tracking("vda", &[bm("foreign", true, false)]), DiskTracking::Untracked);
         assert_eq!(
-            disk_tracking("vda", &[bm("lifeboat-3", true, false)]),
-            DiskTracking::Active { generation: 3, dirty_bytes: 65536 }
+            disk_tracking("vda", &[bm("foreign", true, false)]),
+            DiskTracking::Untracked
         );
         assert_eq!(
-            disk_tracking("vda", &[bm("lifeboat-4", true, false), bm("lifeboat-3", false, false)]),
-            DiskTracking::Interrupted { frozen: 3, active: 4 }
+            disk_tracking("vda", &[bm("lifeboat-3", true, false)]),
+            DiskTracking::Active {
+                generation: 3,
+                dirty_bytes: 65536
+            }
+        );
+        assert_eq!(
+            disk_tracking(
+                "vda",
+                &[
+                    bm("lifeboat-4", true, false),
+                    bm("lifeboat-3", false, false)
+                ]
+            ),
+            DiskTracking::Interrupted {
+                frozen: 3,
+                active: 4
+            }
         );
         for broken in [
             vec![bm("lifeboat-3", true, true)],
             vec![bm("lifeboat-3", false, false)],
             vec![bm("lifeboat-3", true, false), bm("lifeboat-5", true, false)],
-            vec![bm("lifeboat-3", false, false), bm("lifeboat-4", false, false)],
+            vec![
+                bm("lifeboat-3", false, false),
+                bm("lifeboat-4", false, false),
+            ],
         ] {
-            assert!(matches!(disk_tracking("vda", &broken), DiskTracking::Broken { .. }), "{broken:?}");
+            assert!(
+                matches!(disk_tracking("vda", &broken), DiskTracking::Broken { .. }),
+                "{broken:?}"
+            );
         }
     }
 
     #[test]
     fn vm_states() {
-        let active = |g| DiskTracking::Active { generation: g, dirty_bytes: 10 };
+        let active = |g| DiskTracking::Active {
+            generation: g,
+            dirty_bytes: 10,
+        };
         let d = |n: &str, t| (n.to_string(), t);
-        assert_eq!(vm_tracking(&[d("vda", DiskTracking::Untracked)], None), TrackingStatus::NotTracking);
+        assert_eq!(
+            vm_tracking(&[d("vda", DiskTracking::Untracked)], None),
+            TrackingStatus::NotTracking
+        );
         assert!(matches!(
             vm_tracking(&[d("vda", DiskTracking::Untracked)], Some(3)),
             TrackingStatus::NeedsFullResync { .. }
         ));
         assert_eq!(
             vm_tracking(&[d("vda", active(3)), d("vdb", active(3))], Some(3)),
-            TrackingStatus::Tracking { generation: 3, dirty_bytes: 20 }
+            TrackingStatus::Tracking {
+                generation: 3,
+                dirty_bytes: 20
+            }
         );
         assert!(matches!(
             vm_tracking(&[d("vda", active(3)), d("vdb", active(4))], None),
             TrackingStatus::NeedsFullResync { .. }
         ));
         assert!(matches!(
-            vm_tracking(&[d("vda", active(3)), d("vdb", DiskTracking::Untracked)], None),
+            vm_tracking(
+                &[d("vda", active(3)), d("vdb", DiskTracking::Untracked)],
+                None
+            ),
             TrackingStatus::NeedsFullResync { .. }
         ));
         assert!(matches!(
@@ -255,7 +303,16 @@ mod tests {
             TrackingStatus::NeedsFullResync { .. }
         ));
         assert_eq!(
-            vm_tracking(&[d("vda", DiskTracking::Interrupted { frozen: 3, active: 4 })], Some(3)),
+            vm_tracking(
+                &[d(
+                    "vda",
+                    DiskTracking::Interrupted {
+                        frozen: 3,
+                        active: 4
+                    }
+                )],
+                Some(3)
+            ),
             TrackingStatus::CutOpen { generation: 4 }
         );
     }

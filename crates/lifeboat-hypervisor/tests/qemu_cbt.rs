@@ -10,7 +10,10 @@ use lifeboat_hypervisor::{Cut, CutKind, Hypervisor, HypervisorError, TrackingSta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_then_incremental_cut_rebuilds_the_disk() -> Result<()> {
     let mut lab = Lab::boot("cbt-chain").await?;
-    assert_eq!(lab.driver.tracking_status(&lab.vm).await?, TrackingStatus::NotTracking);
+    assert_eq!(
+        lab.driver.tracking_status(&lab.vm).await?,
+        TrackingStatus::NotTracking
+    );
     lab.write_random("a", 0, 32).await?;
 
     let image = lab.path("replica.raw");
@@ -31,12 +34,18 @@ async fn full_then_incremental_cut_rebuilds_the_disk() -> Result<()> {
     let inc = lab.driver.begin_incremental_cut(&lab.vm).await?;
     let inc_stats = lab.apply(&inc, &image).await?;
     inc.commit().await?;
-    assert!(lab.equals_live(&image)?, "replica differs from the live disk at the cut");
+    assert!(
+        lab.equals_live(&image)?,
+        "replica differs from the live disk at the cut"
+    );
     lab.driver.resume(&lab.vm).await?;
 
     // The incremental cut carries the changes (>= 19 blocks of 64 KiB), not the disk.
     assert!(inc_stats.bytes >= 19 * 65536, "{inc_stats:?}");
-    assert!(inc_stats.bytes < full_stats.bytes / 2, "full {full_stats:?} inc {inc_stats:?}");
+    assert!(
+        inc_stats.bytes < full_stats.bytes / 2,
+        "full {full_stats:?} inc {inc_stats:?}"
+    );
     Ok(())
 }
 
@@ -61,7 +70,10 @@ async fn cut_stays_frozen_while_the_guest_overwrites() -> Result<()> {
     lab.write_random("c", 0, 32).await?;
     lab.apply(&inc, &image).await?;
     inc.commit().await?;
-    assert!(files_equal(&image, &at_cut)?, "the cut saw writes made after it began");
+    assert!(
+        files_equal(&image, &at_cut)?,
+        "the cut saw writes made after it began"
+    );
     Ok(())
 }
 
@@ -88,7 +100,10 @@ async fn an_aborted_cut_loses_no_change() -> Result<()> {
     let stats = lab.apply(&second, &image).await?;
     second.commit().await?;
     assert!(stats.bytes >= 20 * 65536, "{stats:?}");
-    assert!(lab.equals_live(&image)?, "the aborted cut's changes were lost");
+    assert!(
+        lab.equals_live(&image)?,
+        "the aborted cut's changes were lost"
+    );
     Ok(())
 }
 
@@ -102,10 +117,19 @@ async fn tracking_survives_a_qemu_restart_but_not_a_kill() -> Result<()> {
     lab.write_random("before", 0, 8).await?;
 
     // Orderly stop: QEMU saves the bitmap in the qcow2 file.
-    let outcome = lab.driver.shutdown(&lab.vm, std::time::Duration::from_secs(60)).await?;
-    assert_eq!(outcome, lifeboat_hypervisor::ShutdownOutcome::GuestPoweredOff);
+    let outcome = lab
+        .driver
+        .shutdown(&lab.vm, std::time::Duration::from_secs(60))
+        .await?;
+    assert_eq!(
+        outcome,
+        lifeboat_hypervisor::ShutdownOutcome::GuestPoweredOff
+    );
     let offline = lab.driver.tracking_status(&lab.vm).await?;
-    assert!(matches!(offline, TrackingStatus::Tracking { .. }), "{offline:?}");
+    assert!(
+        matches!(offline, TrackingStatus::Tracking { .. }),
+        "{offline:?}"
+    );
     lab.start().await?;
     lab.write_random("after", 0, 8).await?;
 
@@ -113,16 +137,30 @@ async fn tracking_survives_a_qemu_restart_but_not_a_kill() -> Result<()> {
     let inc = lab.driver.begin_incremental_cut(&lab.vm).await?;
     lab.apply(&inc, &image).await?;
     inc.commit().await?;
-    assert!(lab.equals_live(&image)?, "changes across the restart were lost");
+    assert!(
+        lab.equals_live(&image)?,
+        "changes across the restart were lost"
+    );
     lab.driver.resume(&lab.vm).await?;
 
     // Pulling the plug leaves the bitmap marked in use: tracking must say so.
     lab.driver.kill(&lab.vm).await?;
     let status = lab.driver.tracking_status(&lab.vm).await?;
-    assert!(matches!(status, TrackingStatus::NeedsFullResync { .. }), "{status:?}");
+    assert!(
+        matches!(status, TrackingStatus::NeedsFullResync { .. }),
+        "{status:?}"
+    );
     lab.start().await?;
-    let err = lab.driver.begin_incremental_cut(&lab.vm).await.err().expect("must refuse");
-    assert!(matches!(err, HypervisorError::NeedsFullResync { .. }), "{err}");
+    let err = lab
+        .driver
+        .begin_incremental_cut(&lab.vm)
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(err, HypervisorError::NeedsFullResync { .. }),
+        "{err}"
+    );
     lab.driver.reset_tracking(&lab.vm).await?;
     lab.driver.pause(&lab.vm).await?;
     let full = lab.driver.begin_full_cut(&lab.vm).await?;

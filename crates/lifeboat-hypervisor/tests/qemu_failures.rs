@@ -34,13 +34,20 @@ async fn qemu_dying_mid_cut_is_a_clear_error() -> Result<()> {
     let read = tokio::time::timeout(NO_HANG, lab.apply(&cut, &lab.path("replica.raw")))
         .await
         .expect("reading a cut of a dead VM must not hang");
-    let err = read.expect_err("reading from a dead QEMU must fail").to_string();
+    let err = read
+        .expect_err("reading from a dead QEMU must fail")
+        .to_string();
     assert!(err.contains("NBD") || err.contains("nbd"), "{err}");
 
-    let abort = tokio::time::timeout(NO_HANG, cut.abort()).await.expect("abort must not hang");
+    let abort = tokio::time::timeout(NO_HANG, cut.abort())
+        .await
+        .expect("abort must not hang");
     assert!(abort.is_err(), "abort cannot reach a dead QEMU");
     let status = lab.driver.tracking_status(&lab.vm).await?;
-    assert!(matches!(status, TrackingStatus::NeedsFullResync { .. }), "{status:?}");
+    assert!(
+        matches!(status, TrackingStatus::NeedsFullResync { .. }),
+        "{status:?}"
+    );
     Ok(())
 }
 
@@ -51,7 +58,11 @@ async fn a_busy_monitor_times_out() -> Result<()> {
     // Someone else holds the monitor: QEMU serves one client at a time.
     let _holder = Qmp::connect(&socket, Duration::from_secs(10)).await?;
     let started = std::time::Instant::now();
-    let err = lab.driver.state(&lab.vm).await.expect_err("must not get the monitor");
+    let err = lab
+        .driver
+        .state(&lab.vm)
+        .await
+        .expect_err("must not get the monitor");
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(err.to_string().contains("no answer within 3 s"), "{err}");
     Ok(())
@@ -82,14 +93,22 @@ async fn a_cut_that_fails_half_way_leaves_tracking_as_it_was() -> Result<()> {
     // were already rotated, so the driver must roll them back.
     let sock = lab.tmp.path().join("home/vms/fail-half/nbd.sock");
     std::fs::create_dir_all(sock.join("blocker"))?;
-    let err = lab.driver.begin_incremental_cut(&lab.vm).await.err().expect("must fail");
+    let err = lab
+        .driver
+        .begin_incremental_cut(&lab.vm)
+        .await
+        .err()
+        .expect("must fail");
     assert!(
         matches!(&err, HypervisorError::Qmp { command, .. } if command == "nbd-server-start"),
         "{err}"
     );
     let after = lab.driver.tracking_status(&lab.vm).await?;
     match (&before, &after) {
-        (TrackingStatus::Tracking { generation: a, .. }, TrackingStatus::Tracking { generation: b, .. }) => {
+        (
+            TrackingStatus::Tracking { generation: a, .. },
+            TrackingStatus::Tracking { generation: b, .. },
+        ) => {
             assert_eq!(b, &(a + 1), "rollback merges into the new bitmap")
         }
         _ => panic!("before {before:?}, after {after:?}"),
@@ -115,7 +134,10 @@ async fn a_cut_dropped_by_a_dead_owner_is_undone_without_loss() -> Result<()> {
     // owning process dies.
     drop(cut);
     let status = lab.driver.tracking_status(&lab.vm).await?;
-    assert!(matches!(status, TrackingStatus::CutOpen { .. }), "{status:?}");
+    assert!(
+        matches!(status, TrackingStatus::CutOpen { .. }),
+        "{status:?}"
+    );
 
     lab.write_random("b", 0, 2).await?;
     lab.driver.pause(&lab.vm).await?;
@@ -123,7 +145,10 @@ async fn a_cut_dropped_by_a_dead_owner_is_undone_without_loss() -> Result<()> {
     let cut = lab.driver.begin_incremental_cut(&lab.vm).await?;
     lab.apply(&cut, &image).await?;
     cut.commit().await?;
-    assert!(lab.equals_live(&image)?, "changes of the abandoned cut were lost");
+    assert!(
+        lab.equals_live(&image)?,
+        "changes of the abandoned cut were lost"
+    );
     Ok(())
 }
 
@@ -131,8 +156,16 @@ async fn a_cut_dropped_by_a_dead_owner_is_undone_without_loss() -> Result<()> {
 async fn a_second_cut_of_the_same_vm_is_refused_while_one_is_open() -> Result<()> {
     let lab = tracked("fail-twice").await?;
     let cut = lab.driver.begin_incremental_cut(&lab.vm).await?;
-    let err = lab.driver.begin_incremental_cut(&lab.vm).await.err().expect("must refuse");
-    assert!(err.to_string().contains("another process has a cut"), "{err}");
+    let err = lab
+        .driver
+        .begin_incremental_cut(&lab.vm)
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(
+        err.to_string().contains("another process has a cut"),
+        "{err}"
+    );
     cut.abort().await?;
     Ok(())
 }

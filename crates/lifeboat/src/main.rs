@@ -1,1 +1,58 @@
-fn main() {}
+//! `lifeboat`: the one binary. Each subcommand lives in its own module; this file only
+//! parses the command line, sets up logging and maps errors to exit codes.
+
+mod cbt_cmd;
+mod cli;
+mod demo;
+mod output;
+mod vm_cmd;
+
+use clap::Parser;
+use lifeboat_hypervisor::{QemuConfig, QemuDriver};
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn driver(cli: &cli::Cli) -> anyhow::Result<QemuDriver> {
+    let mut config = QemuConfig::new(&cli.home);
+    config.accel = cli.accel;
+    Ok(QemuDriver::new(config)?)
+}
+
+async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let driver = driver(&cli)?;
+    let out = output::Output { json: cli.json };
+    match cli.command {
+        cli::Command::Vm(cmd) => vm_cmd::run(&driver, out, cmd).await,
+        cli::Command::Cbt(cmd) => cbt_cmd::run(&driver, out, cmd).await,
+        cli::Command::Demo(args) => demo::run(&driver, out, args).await,
+    }
+}

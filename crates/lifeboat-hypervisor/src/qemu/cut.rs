@@ -54,7 +54,11 @@ pub struct QemuCut {
 pub(crate) fn qmp_error(vm: &VmName, command: &str) -> impl FnOnce(QmpError) -> HypervisorError {
     let vm = vm.clone();
     let command = command.to_string();
-    move |source| HypervisorError::Qmp { vm, command, source }
+    move |source| HypervisorError::Qmp {
+        vm,
+        command,
+        source,
+    }
 }
 
 pub(crate) fn fleece_node(disk: &DiskName) -> String {
@@ -104,7 +108,10 @@ fn per_disk_tracking(spec: &VmSpec, nodes: &[NamedNode]) -> Result<Vec<(String, 
         .iter()
         .map(|d| {
             let node = disk_node(nodes, &spec.name, &d.name)?;
-            Ok((d.name.to_string(), tracking::disk_tracking(d.name.as_str(), &node.dirty_bitmaps)))
+            Ok((
+                d.name.to_string(),
+                tracking::disk_tracking(d.name.as_str(), &node.dirty_bitmaps),
+            ))
         })
         .collect()
 }
@@ -161,11 +168,17 @@ async fn recover(qmp: &Qmp, dir: &VmDir, spec: &VmSpec) -> Result<()> {
     let rec = record::read(dir)?;
     for (disk, t) in per_disk_tracking(spec, &nodes)? {
         match (rec, t) {
-            (Record::FullCutOpen(g), DiskTracking::Active { generation, .. }) if generation == g => {
+            (Record::FullCutOpen(g), DiskTracking::Active { generation, .. })
+                if generation == g =>
+            {
                 actions.push(cmd::remove_bitmap(&disk, &bitmap_name(g)));
             }
             (_, DiskTracking::Interrupted { frozen, active }) => {
-                actions.push(cmd::merge_bitmap(&disk, &bitmap_name(frozen), &bitmap_name(active)));
+                actions.push(cmd::merge_bitmap(
+                    &disk,
+                    &bitmap_name(frozen),
+                    &bitmap_name(active),
+                ));
                 actions.push(cmd::remove_bitmap(&disk, &bitmap_name(frozen)));
             }
             _ => {}
@@ -177,7 +190,10 @@ async fn recover(qmp: &Qmp, dir: &VmDir, spec: &VmSpec) -> Result<()> {
             .await
             .map_err(qmp_error(vm, "transaction (undo open cut)"))?;
     }
-    let after = tracking::vm_tracking(&per_disk_tracking(spec, &query_nodes(qmp, vm).await?)?, None);
+    let after = tracking::vm_tracking(
+        &per_disk_tracking(spec, &query_nodes(qmp, vm).await?)?,
+        None,
+    );
     match (rec, after) {
         (Record::FullCutOpen(_), _) => record::write(dir, Record::None)?,
         (Record::Active(e), TrackingStatus::Tracking { generation, .. }) if generation == e + 1 => {
@@ -195,17 +211,24 @@ pub async fn begin(driver: &QemuDriver, vm: &VmName, kind: CutKind) -> Result<Qe
     recover(&qmp, &dir, &spec).await?;
 
     let nodes = query_nodes(&qmp, vm).await?;
-    let status = tracking::vm_tracking(&per_disk_tracking(&spec, &nodes)?, record::read(&dir)?.committed());
+    let status = tracking::vm_tracking(
+        &per_disk_tracking(&spec, &nodes)?,
+        record::read(&dir)?.committed(),
+    );
     let generation = match (kind, status) {
         (_, TrackingStatus::NeedsFullResync { reason }) => {
-            return Err(HypervisorError::NeedsFullResync { vm: vm.clone(), reason })
+            return Err(HypervisorError::NeedsFullResync {
+                vm: vm.clone(),
+                reason,
+            })
         }
         (CutKind::Full, TrackingStatus::NotTracking) => 1,
         (CutKind::Full, _) => {
             return Err(HypervisorError::WrongState {
                 vm: vm.clone(),
                 state: "tracked".into(),
-                what: "take an incremental cut, or reset tracking to start over with a full one".into(),
+                what: "take an incremental cut, or reset tracking to start over with a full one"
+                    .into(),
             })
         }
         (CutKind::Incremental, TrackingStatus::Tracking { generation, .. }) => generation,
@@ -263,13 +286,25 @@ impl QemuCut {
             let node = d.name.as_str();
             let persistent = d.format == DiskFormat::Qcow2;
             match self.kind {
-                CutKind::Full => actions.push(cmd::add_bitmap(node, &bitmap_name(self.generation), persistent)),
+                CutKind::Full => actions.push(cmd::add_bitmap(
+                    node,
+                    &bitmap_name(self.generation),
+                    persistent,
+                )),
                 CutKind::Incremental => {
-                    actions.push(cmd::add_bitmap(node, &bitmap_name(self.generation + 1), persistent));
+                    actions.push(cmd::add_bitmap(
+                        node,
+                        &bitmap_name(self.generation + 1),
+                        persistent,
+                    ));
                     actions.push(cmd::disable_bitmap(node, &bitmap_name(self.generation)));
                 }
             }
-            actions.push(cmd::fleece(&fleece_node(&d.name), node, &fleece_node(&d.name)));
+            actions.push(cmd::fleece(
+                &fleece_node(&d.name),
+                node,
+                &fleece_node(&d.name),
+            ));
         }
         if self.kind == CutKind::Full {
             // Written first: if we die after the transaction, the next owner knows these
@@ -315,7 +350,10 @@ impl QemuCut {
                 },
             )
             .await
-            .map_err(|source| HypervisorError::Nbd { vm: vm.clone(), source })?;
+            .map_err(|source| HypervisorError::Nbd {
+                vm: vm.clone(),
+                source,
+            })?;
             self.clients.insert(d.name.clone(), client);
         }
         Ok(())
@@ -341,10 +379,18 @@ impl QemuCut {
             let node = d.name.as_str();
             match (self.kind, keep) {
                 (CutKind::Full, true) => {}
-                (CutKind::Full, false) if has(g) => actions.push(cmd::remove_bitmap(node, &bitmap_name(g))),
-                (CutKind::Incremental, true) if has(g) => actions.push(cmd::remove_bitmap(node, &bitmap_name(g))),
+                (CutKind::Full, false) if has(g) => {
+                    actions.push(cmd::remove_bitmap(node, &bitmap_name(g)))
+                }
+                (CutKind::Incremental, true) if has(g) => {
+                    actions.push(cmd::remove_bitmap(node, &bitmap_name(g)))
+                }
                 (CutKind::Incremental, false) if has(g) && has(g + 1) => {
-                    actions.push(cmd::merge_bitmap(node, &bitmap_name(g), &bitmap_name(g + 1)));
+                    actions.push(cmd::merge_bitmap(
+                        node,
+                        &bitmap_name(g),
+                        &bitmap_name(g + 1),
+                    ));
                     actions.push(cmd::remove_bitmap(node, &bitmap_name(g)));
                 }
                 _ => {}
@@ -355,7 +401,10 @@ impl QemuCut {
                 .await
                 .map_err(qmp_error(vm, "transaction (end cut)"))?;
         }
-        let after = tracking::vm_tracking(&per_disk_tracking(&self.spec, &query_nodes(qmp, vm).await?)?, None);
+        let after = tracking::vm_tracking(
+            &per_disk_tracking(&self.spec, &query_nodes(qmp, vm).await?)?,
+            None,
+        );
         let rec = match after {
             TrackingStatus::Tracking { generation, .. } => Record::Active(generation),
             _ => Record::None,
@@ -369,11 +418,13 @@ impl QemuCut {
     }
 
     fn client(&self, disk: &DiskName) -> Result<&NbdClient> {
-        self.clients.get(disk).ok_or_else(|| HypervisorError::WrongState {
-            vm: self.spec.name.clone(),
-            state: "in a cut".into(),
-            what: format!("the cut has no disk {disk}"),
-        })
+        self.clients
+            .get(disk)
+            .ok_or_else(|| HypervisorError::WrongState {
+                vm: self.spec.name.clone(),
+                state: "in a cut".into(),
+                what: format!("the cut has no disk {disk}"),
+            })
     }
 }
 

@@ -176,7 +176,8 @@ impl Hypervisor for QemuDriver {
             return Err(HypervisorError::AlreadyDefined(spec.name));
         }
         spec.uuid.get_or_insert_with(uuid::Uuid::new_v4);
-        std::fs::create_dir_all(&dir.dir).map_err(|e| HypervisorError::io("creating", &dir.dir, e))?;
+        std::fs::create_dir_all(&dir.dir)
+            .map_err(|e| HypervisorError::io("creating", &dir.dir, e))?;
         write_atomically(&dir.spec(), spec.to_toml().as_bytes())?;
         Ok(spec)
     }
@@ -211,7 +212,7 @@ impl Hypervisor for QemuDriver {
         let accel = process::resolve_accel(
             self.config.accel,
             &self.config.home.join("accel"),
-            Duration::from_secs(20),
+            Duration::from_secs(10),
         )
         .await;
         process::spawn(&spec, &dir, accel).await?;
@@ -226,7 +227,11 @@ impl Hypervisor for QemuDriver {
         let qmp_err = |command: &str| {
             let vm = vm.clone();
             let command = command.to_string();
-            move |source| HypervisorError::Qmp { vm, command, source }
+            move |source| HypervisorError::Qmp {
+                vm,
+                command,
+                source,
+            }
         };
         let qmp = self.qmp(&dir).await?;
         qmp.run(qapi::qmp::system_powerdown {})
@@ -276,17 +281,21 @@ impl Hypervisor for QemuDriver {
             return Ok(VmState::Stopped);
         }
         let qmp = self.qmp(&dir).await?;
-        let status = qmp.run(QueryStatus {}).await.map_err(|source| HypervisorError::Qmp {
-            vm: vm.clone(),
-            command: "query-status".into(),
-            source,
-        })?;
+        let status = qmp
+            .run(QueryStatus {})
+            .await
+            .map_err(|source| HypervisorError::Qmp {
+                vm: vm.clone(),
+                command: "query-status".into(),
+                source,
+            })?;
         Ok(map_status(&status))
     }
 
     async fn list(&self) -> Result<Vec<VmInfo>> {
         let vms = self.config.home.join("vms");
-        let entries = std::fs::read_dir(&vms).map_err(|e| HypervisorError::io("listing", &vms, e))?;
+        let entries =
+            std::fs::read_dir(&vms).map_err(|e| HypervisorError::io("listing", &vms, e))?;
         let mut names: Vec<VmName> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| VmName::new(e.file_name().to_string_lossy().to_string()).ok())

@@ -105,7 +105,10 @@ pub async fn per_disk_tracking(spec: &VmSpec) -> Result<Vec<(String, DiskTrackin
         } else {
             Vec::new()
         };
-        out.push((d.name.to_string(), tracking::disk_tracking(d.name.as_str(), &bitmaps)));
+        out.push((
+            d.name.to_string(),
+            tracking::disk_tracking(d.name.as_str(), &bitmaps),
+        ));
     }
     Ok(out)
 }

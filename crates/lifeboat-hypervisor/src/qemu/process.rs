@@ -30,7 +30,9 @@ impl std::str::FromStr for Accel {
             "auto" => Ok(Accel::Auto),
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            other => Err(format!("accelerator {other:?} is not one of auto, kvm, tcg")),
+            other => Err(format!(
+                "accelerator {other:?} is not one of auto, kvm, tcg"
+            )),
         }
     }
 }
@@ -232,7 +234,16 @@ async fn probe_kvm(timeout: Duration) -> bool {
     };
     let log = dir.join("probe.log");
     let child = tokio::process::Command::new(QEMU_BINARY)
-        .args(["-accel", "kvm", "-m", "128", "-nodefaults", "-display", "none", "-no-reboot"])
+        .args([
+            "-accel",
+            "kvm",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(&kernel)
         .args(["-append", "console=ttyS0 panic=-1"])
@@ -267,4 +278,92 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("lifeboat-kvm-probe-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec() -> VmSpec {
+        VmSpec::parse(
+            r#"
+name = "web1"
+memory_mib = 256
+vcpus = 2
+boot_order = ["data"]
+[[disks]]
+name = "vda"
+path = "/vms/a.qcow2"
+format = "qcow2"
+[[disks]]
+name = "data"
+path = "/vms/b.raw"
+format = "raw"
+[[nics]]
+mac = "52:54:00:00:00:01"
+network = "isolated"
+host_forwards = [{ host_port = 8080, guest_port = 80 }]
+"#,
+            Path::new("t"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn command_line_names_every_part() {
+        let dir = VmDir::new(Path::new("/h"), &spec().name).unwrap();
+        let line = command_line(&spec(), &dir, Accel::Tcg).join(" ");
+        for part in [
+            "-accel tcg",
+            "-m 256",
+            "-smp 2",
+            "driver=file,filename=/vms/a.qcow2,node-name=vda-file",
+            "driver=qcow2,file=vda-file,node-name=vda",
+            "driver=raw,file=data-file,node-name=data",
+            "virtio-blk-pci,drive=data,id=dev-data,bootindex=0",
+            "virtio-blk-pci,drive=vda,id=dev-vda,bootindex=1",
+            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:8080-:80",
+            "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01",
+            "unix:/h/vms/web1/qmp.sock,server=on,wait=off",
+            "-pidfile /h/vms/web1/qemu.pid",
+            "-daemonize",
+        ] {
+            assert!(line.contains(part), "missing {part:?} in {line}");
+        }
+        assert!(command_line(&spec(), &dir, Accel::Kvm)
+            .join(" ")
+            .contains("-accel kvm"));
+    }
+
+    #[tokio::test]
+    async fn accel_choice_is_cached_and_explicit_choices_win() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("accel");
+        assert_eq!(
+            resolve_accel(Accel::Tcg, &cache, Duration::ZERO).await,
+            Accel::Tcg
+        );
+        assert_eq!(
+            resolve_accel(Accel::Kvm, &cache, Duration::ZERO).await,
+            Accel::Kvm
+        );
+        std::fs::write(&cache, "kvm\n").unwrap();
+        assert_eq!(
+            resolve_accel(Accel::Auto, &cache, Duration::ZERO).await,
+            Accel::Kvm
+        );
+        std::fs::write(&cache, "tcg\n").unwrap();
+        assert_eq!(
+            resolve_accel(Accel::Auto, &cache, Duration::ZERO).await,
+            Accel::Tcg
+        );
+    }
+
+    #[test]
+    fn long_homes_are_refused_before_unix_sockets_overflow() {
+        let home = Path::new("/").join("x".repeat(100));
+        let err = VmDir::new(&home, &spec().name).unwrap_err().to_string();
+        assert!(err.contains("shorter --home"), "{err}");
+    }
 }

@@ -52,9 +52,7 @@ impl Qmp {
                     path: path.display().to_string(),
                     source,
                 })?;
-            let negotiation = QmpStreamTokio::open(socket)
-                .await
-                .map_err(map_io)?;
+            let negotiation = QmpStreamTokio::open(socket).await.map_err(map_io)?;
             negotiation.negotiate().await.map_err(map_io)
         };
         let stream = tokio::time::timeout(timeout, connect)

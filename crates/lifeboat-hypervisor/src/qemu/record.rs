@@ -60,7 +60,9 @@ pub fn write(dir: &VmDir, record: Record) -> Result<()> {
             Err(e) => Err(HypervisorError::io("removing", &path, e)),
         },
         Record::Active(g) => write_atomically(&path, format!("active {g}\n").as_bytes()),
-        Record::FullCutOpen(g) => write_atomically(&path, format!("full-cut-open {g}\n").as_bytes()),
+        Record::FullCutOpen(g) => {
+            write_atomically(&path, format!("full-cut-open {g}\n").as_bytes())
+        }
     }
 }
 
@@ -72,7 +74,14 @@ mod tests {
     fn parses_only_what_it_writes() {
         assert_eq!(parse("active 7"), Some(Record::Active(7)));
         assert_eq!(parse("full-cut-open 1"), Some(Record::FullCutOpen(1)));
-        for bad in ["", "active", "active -1", "active x", "other 3", "active 1 2"] {
+        for bad in [
+            "",
+            "active",
+            "active -1",
+            "active x",
+            "other 3",
+            "active 1 2",
+        ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

@@ -66,7 +66,11 @@ pub async fn remove_leftovers(qmp: &Qmp, dir: &VmDir) -> Result<()> {
         .await
         .map_err(qmp_error(vm, "query-named-block-nodes"))?;
     for n in &nodes {
-        if let Some(name) = n.node_name.as_deref().filter(|n| n.starts_with(FLEECE_PREFIX)) {
+        if let Some(name) = n
+            .node_name
+            .as_deref()
+            .filter(|n| n.starts_with(FLEECE_PREFIX))
+        {
             qmp.run(qapi::qmp::blockdev_del {
                 node_name: name.to_string(),
             })

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use lifeboat_hypervisor::apply::apply_to_raw;
-use lifeboat_hypervisor::{
-    Accel, Cut, Hypervisor, QemuConfig, QemuDriver, VmName, VmSpec,
-};
+use lifeboat_hypervisor::{Accel, Cut, Hypervisor, QemuConfig, QemuDriver, VmName, VmSpec};
 use lifeboat_testkit::SerialConsole;
 
 pub struct Lab {
@@ -82,7 +80,12 @@ host_forwards = [{{ host_port = {http_port}, guest_port = 80 }}]
     }
 
     pub fn console_log(&self) -> String {
-        let p = self.tmp.path().join("home/vms").join(self.vm.as_str()).join("console.log");
+        let p = self
+            .tmp
+            .path()
+            .join("home/vms")
+            .join(self.vm.as_str())
+            .join("console.log");
         std::fs::read_to_string(p).unwrap_or_default()
     }
 
@@ -108,14 +111,21 @@ host_forwards = [{{ host_port = {http_port}, guest_port = 80 }}]
         self.tmp.path().join(file)
     }
 
-    pub async fn apply(&self, cut: &impl Cut, image: &Path) -> Result<lifeboat_hypervisor::apply::ApplyStats> {
+    pub async fn apply(
+        &self,
+        cut: &impl Cut,
+        image: &Path,
+    ) -> Result<lifeboat_hypervisor::apply::ApplyStats> {
         let disk = lifeboat_hypervisor::DiskName::new("vda").unwrap();
         Ok(apply_to_raw(cut, &disk, image).await?)
     }
 
     /// The live disk's content, read while the VM is paused (QEMU flushed it).
     pub fn snapshot_live(&self, out: &Path) -> Result<()> {
-        qemu_img(&["convert", "-U", "-f", "qcow2", "-O", "raw"], &[&self.disk, out])
+        qemu_img(
+            &["convert", "-U", "-f", "qcow2", "-O", "raw"],
+            &[&self.disk, out],
+        )
     }
 
     /// True when `image` (raw) holds exactly the live disk's content. Pause the VM first.
@@ -135,8 +145,15 @@ host_forwards = [{{ host_port = {http_port}, guest_port = 80 }}]
 }
 
 pub fn qemu_img(args: &[&str], paths: &[&Path]) -> Result<()> {
-    let out = std::process::Command::new("qemu-img").args(args).args(paths).output()?;
-    ensure!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .args(paths)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -147,7 +164,12 @@ pub fn files_equal(a: &Path, b: &Path) -> Result<bool> {
 impl Drop for Lab {
     fn drop(&mut self) {
         // Never leave a QEMU behind, whatever the test did.
-        let pid_file = self.tmp.path().join("home/vms").join(self.vm.as_str()).join("qemu.pid");
+        let pid_file = self
+            .tmp
+            .path()
+            .join("home/vms")
+            .join(self.vm.as_str())
+            .join("qemu.pid");
         if let Ok(pid) = std::fs::read_to_string(pid_file) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
                 unsafe {

@@ -1,0 +1,103 @@
+//! The command line: every role and client command of the one `lifeboat` binary.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use lifeboat_hypervisor::Accel;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Disaster recovery for KVM/QEMU virtual machines",
+    long_about = "Lifeboat finds a host's VMs, tracks exactly which blocks their guests write, \
+                  and reads consistent point-in-time cuts of just those blocks.\n\n\
+                  Start with `lifeboat demo`: it boots a small test guest, writes in it and \
+                  shows the changed extents that one incremental cut carries."
+)]
+pub struct Cli {
+    /// Where Lifeboat keeps VM definitions, sockets and state.
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_HOME",
+        default_value = "/var/lib/lifeboat"
+    )]
+    pub home: PathBuf,
+    /// How guests run: kvm, tcg (software), or auto (KVM only if it is seen to boot a kernel).
+    #[arg(long, global = true, env = "LIFEBOAT_ACCEL", default_value = "auto")]
+    pub accel: Accel,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (repeat for more); or set RUST_LOG.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Define, start, stop and list VMs on this host.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Changed-block tracking: start it with a full cut, then take incremental cuts.
+    #[command(subcommand)]
+    Cbt(CbtCommand),
+    /// Boot the demo guest, write in it, and show what one incremental cut carries.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Record a VM from a TOML spec (see docs/vm-spec.md).
+    Define { spec: PathBuf },
+    /// Forget a stopped VM (its disks are kept).
+    Undefine { name: String },
+    /// Start a VM; it keeps running after this command exits.
+    Start { name: String },
+    /// Press the ACPI power button; force the VM off after --timeout seconds.
+    Stop {
+        name: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Pull the plug at once.
+    Kill { name: String },
+    /// Show one VM.
+    Status { name: String },
+    /// Show every VM with its state and disks.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CbtCommand {
+    /// Show whether a VM is tracked, and how many bytes changed since the last cut.
+    Status { name: String },
+    /// Start tracking with a full cut (every allocated block); --out writes it to a raw image.
+    Full {
+        name: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Take an incremental cut: list the changed extents; --apply writes them onto the
+    /// raw image that earlier cuts built.
+    Cut {
+        name: String,
+        #[arg(long)]
+        apply: Option<PathBuf>,
+        /// Do not consume the changes: the next cut carries them again.
+        #[arg(long)]
+        abort: bool,
+    },
+    /// Drop all tracking state (after a lost bitmap); the next cut must be full.
+    Reset { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Stop the demo VM at the end instead of leaving it running.
+    #[arg(long)]
+    pub stop: bool,
+}
