@@ -1,0 +1,173 @@
+//! `lifeboat-bench`: measures Lifeboat's changed-block tracking against the real test
+//! guest under QEMU. `cut` times a full cut of a data disk full of data against
+//! `qemu-img convert` of the same disk, then incremental cuts after the guest rewrote a
+//! share of the disk and a fixed amount, and checks every replica against the live disk.
+//! See README.md.
+
+mod bench;
+mod datagen;
+mod guest;
+mod report;
+mod rewrite;
+mod tuned;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::tuned::{Knobs, Writes};
+
+#[derive(Parser)]
+#[command(
+    name = "lifeboat-bench",
+    about = "Benchmarks of Lifeboat's changed-block tracking"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Full and incremental cuts of a VM's data disk, against `qemu-img convert`.
+    Cut {
+        /// Data disk sizes, comma-separated (suffix K, M, G; whole MiB).
+        #[arg(long, value_delimiter = ',', default_value = "2G,8G", value_parser = parse_size)]
+        sizes: Vec<u64>,
+        /// Where the disks go (needs about 4x the largest size free); a
+        /// `lifeboat-bench-<pid>` directory is made in it and removed at the end.
+        #[arg(long, default_value = "/var/tmp")]
+        work_dir: PathBuf,
+        /// Keep the work directory (disks, VM logs) at the end.
+        #[arg(long)]
+        keep: bool,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// The first rewrite: this percentage of each disk.
+        #[arg(long, default_value_t = 1.0)]
+        rewrite_percent: f64,
+        /// The second rewrite: the same amount on every size, so incremental times
+        /// compare fairly.
+        #[arg(long, default_value = "20M", value_parser = parse_size)]
+        rewrite_fixed: u64,
+        /// Before the real full cut, time extra full cuts of vdb with apply's knobs
+        /// changed (then aborted): PIECE:IN_FLIGHT:inline|thread|discard, repeatable.
+        #[arg(long, value_parser = parse_probe)]
+        probe: Vec<Knobs>,
+        /// Rounds of (convert, full cut) per size; the median of each is reported.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        repeat: u16,
+        /// Seed of the data and of the rewrite offsets.
+        #[arg(long, default_value_t = 0x11feb0a7)]
+        seed: u64,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512M or 2G"))?;
+    Ok(n << shift)
+}
+
+fn parse_probe(s: &str) -> Result<Knobs, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [piece, in_flight, writes] = parts[..] else {
+        return Err(format!(
+            "probe {s:?}: write PIECE:IN_FLIGHT:WRITES, e.g. 16M:4:thread"
+        ));
+    };
+    let writes = <Writes as clap::ValueEnum>::from_str(writes, true)?;
+    let in_flight: usize = in_flight
+        .parse()
+        .map_err(|_| format!("probe {s:?}: bad IN_FLIGHT"))?;
+    Ok(Knobs {
+        piece: parse_size(piece)?,
+        in_flight: in_flight.max(1),
+        writes,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Cmd::Cut {
+            sizes,
+            work_dir,
+            keep,
+            json,
+            rewrite_percent,
+            rewrite_fixed,
+            probe,
+            repeat,
+            seed,
+        } => {
+            for &s in &sizes {
+                if s == 0 || !s.is_multiple_of(1 << 20) {
+                    bail!("disk size {s} must be a positive whole number of MiB");
+                }
+            }
+            let work = work_dir.join(format!("lifeboat-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+            let opts = bench::Options {
+                work_dir: work.clone(),
+                rewrite_percent,
+                rewrite_fixed,
+                probes: probe,
+                repeat: repeat.into(),
+            };
+            let started = Instant::now();
+            let mut results = Vec::new();
+            let mut failure = None;
+            for &size in &sizes {
+                match bench::run_size(size, &opts, seed ^ size).await {
+                    Ok(r) => results.push(r),
+                    Err(e) => {
+                        failure = Some(
+                            e.context(format!("benchmark of the {} disk", bench::label(size))),
+                        );
+                        break;
+                    }
+                }
+            }
+            if keep {
+                eprintln!("kept {}", work.display());
+            } else if let Err(e) = std::fs::remove_dir_all(&work) {
+                eprintln!("could not remove {}: {e}", work.display());
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let report = report::Report {
+                results,
+                peak_rss: report::peak_rss(),
+                repeat: repeat.into(),
+                cache: "cold (sync + drop_caches before every timed read)",
+                baseline: "qemu-img convert -U qcow2->raw + fsync, VM paused",
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report::table(&report));
+            }
+            eprintln!("total runtime {:.0}s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+    }
+}
