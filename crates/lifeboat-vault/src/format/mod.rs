@@ -1,0 +1,1 @@
+//! Vault bytes (being written).

@@ -1,0 +1,10 @@
+//! The vault: where every recovery point lives. Immutable, content-addressed, encrypted
+//! objects on a folder, S3 or Azure Blob; the format is written down in
+//! `docs/vault-format.md` and this crate implements exactly that.
+//!
+//! - `format`: the bytes — keys, sealed blobs, packs, index pages, manifests, config.
+//! - `backend`: the storage — one small interface over `object_store`, with retries and
+//!   bounded concurrency.
+
+pub mod backend;
+pub mod format;
