@@ -30,14 +30,8 @@ async fn full_then_incremental_cut_rebuilds_the_disk() -> Result<()> {
     lab.write_random("b", 0, 16).await?;
     lab.write_random("a", 5, 3).await?;
 
-    lab.driver.pause(&lab.vm).await?;
-    let inc = lab.driver.begin_incremental_cut(&lab.vm).await?;
-    let inc_stats = lab.apply(&inc, &image).await?;
-    inc.commit().await?;
-    assert!(
-        lab.equals_live(&image)?,
-        "replica differs from the live disk at the cut"
-    );
+    let (inc_stats, same) = lab.sync_paused_and_compare(&image).await?;
+    assert!(same, "replica differs from the live disk at the cut");
     lab.driver.resume(&lab.vm).await?;
 
     // The incremental cut carries the changes (>= 19 blocks of 64 KiB), not the disk.
@@ -54,9 +48,7 @@ async fn cut_stays_frozen_while_the_guest_overwrites() -> Result<()> {
     let mut lab = Lab::boot("cbt-frozen").await?;
     lab.write_random("a", 0, 64).await?;
     let image = lab.path("replica.raw");
-    let full = lab.driver.begin_full_cut(&lab.vm).await?;
-    lab.apply(&full, &image).await?;
-    full.commit().await?;
+    lab.cut_into(CutKind::Full, &image).await?;
     lab.write_random("a", 10, 20).await?;
 
     // The disk at the moment of the cut, read while the VM is paused.
@@ -81,9 +73,7 @@ async fn cut_stays_frozen_while_the_guest_overwrites() -> Result<()> {
 async fn an_aborted_cut_loses_no_change() -> Result<()> {
     let mut lab = Lab::boot("cbt-abort").await?;
     let image = lab.path("replica.raw");
-    let full = lab.driver.begin_full_cut(&lab.vm).await?;
-    lab.apply(&full, &image).await?;
-    full.commit().await?;
+    lab.cut_into(CutKind::Full, &image).await?;
 
     lab.write_random("lost", 0, 16).await?;
     let first = lab.driver.begin_incremental_cut(&lab.vm).await?;
@@ -95,15 +85,9 @@ async fn an_aborted_cut_loses_no_change() -> Result<()> {
     ));
 
     lab.write_random("later", 0, 4).await?;
-    lab.driver.pause(&lab.vm).await?;
-    let second = lab.driver.begin_incremental_cut(&lab.vm).await?;
-    let stats = lab.apply(&second, &image).await?;
-    second.commit().await?;
+    let (stats, same) = lab.sync_paused_and_compare(&image).await?;
     assert!(stats.bytes >= 20 * 65536, "{stats:?}");
-    assert!(
-        lab.equals_live(&image)?,
-        "the aborted cut's changes were lost"
-    );
+    assert!(same, "the aborted cut's changes were lost");
     Ok(())
 }
 
@@ -111,9 +95,7 @@ async fn an_aborted_cut_loses_no_change() -> Result<()> {
 async fn tracking_survives_a_qemu_restart_but_not_a_kill() -> Result<()> {
     let mut lab = Lab::boot("cbt-restart").await?;
     let image = lab.path("replica.raw");
-    let full = lab.driver.begin_full_cut(&lab.vm).await?;
-    lab.apply(&full, &image).await?;
-    full.commit().await?;
+    lab.cut_into(CutKind::Full, &image).await?;
     lab.write_random("before", 0, 8).await?;
 
     // Orderly stop: QEMU saves the bitmap in the qcow2 file.
@@ -133,14 +115,8 @@ async fn tracking_survives_a_qemu_restart_but_not_a_kill() -> Result<()> {
     lab.start().await?;
     lab.write_random("after", 0, 8).await?;
 
-    lab.driver.pause(&lab.vm).await?;
-    let inc = lab.driver.begin_incremental_cut(&lab.vm).await?;
-    lab.apply(&inc, &image).await?;
-    inc.commit().await?;
-    assert!(
-        lab.equals_live(&image)?,
-        "changes across the restart were lost"
-    );
+    let (_, same) = lab.sync_paused_and_compare(&image).await?;
+    assert!(same, "changes across the restart were lost");
     lab.driver.resume(&lab.vm).await?;
 
     // Pulling the plug leaves the bitmap marked in use: tracking must say so.
@@ -163,9 +139,7 @@ async fn tracking_survives_a_qemu_restart_but_not_a_kill() -> Result<()> {
     );
     lab.driver.reset_tracking(&lab.vm).await?;
     lab.driver.pause(&lab.vm).await?;
-    let full = lab.driver.begin_full_cut(&lab.vm).await?;
-    lab.apply(&full, &image).await?;
-    full.commit().await?;
+    lab.cut_into(CutKind::Full, &image).await?;
     assert!(lab.equals_live(&image)?);
     Ok(())
 }

@@ -10,17 +10,15 @@ use anyhow::Result;
 use common::Lab;
 use lifeboat_hypervisor::qemu::commands::BlockdevAddOverlay;
 use lifeboat_hypervisor::qemu::qmp::{Qmp, QmpError};
-use lifeboat_hypervisor::{Cut, Hypervisor, HypervisorError, TrackingStatus};
+use lifeboat_hypervisor::{Cut, CutKind, Hypervisor, HypervisorError, TrackingStatus};
 
 /// Generous: the point is "no hang", not speed, and the machine may be busy.
 const NO_HANG: Duration = Duration::from_secs(90);
 
 async fn tracked(name: &str) -> Result<Lab> {
     let mut lab = Lab::boot(name).await?;
-    let full = lab.driver.begin_full_cut(&lab.vm).await?;
-    let image = lab.path("replica.raw");
-    lab.apply(&full, &image).await?;
-    full.commit().await?;
+    lab.cut_into(CutKind::Full, &lab.path("replica.raw"))
+        .await?;
     lab.write_random("a", 0, 16).await?;
     Ok(lab)
 }
@@ -117,12 +115,9 @@ async fn a_cut_that_fails_half_way_leaves_tracking_as_it_was() -> Result<()> {
 
     // Nothing was lost: the next cut still brings the replica to the live disk.
     lab.write_random("b", 0, 2).await?;
-    lab.driver.pause(&lab.vm).await?;
     let image = lab.path("replica.raw");
-    let cut = lab.driver.begin_incremental_cut(&lab.vm).await?;
-    lab.apply(&cut, &image).await?;
-    cut.commit().await?;
-    assert!(lab.equals_live(&image)?);
+    let (_, same) = lab.sync_paused_and_compare(&image).await?;
+    assert!(same);
     Ok(())
 }
 
@@ -140,15 +135,9 @@ async fn a_cut_dropped_by_a_dead_owner_is_undone_without_loss() -> Result<()> {
     );
 
     lab.write_random("b", 0, 2).await?;
-    lab.driver.pause(&lab.vm).await?;
     let image = lab.path("replica.raw");
-    let cut = lab.driver.begin_incremental_cut(&lab.vm).await?;
-    lab.apply(&cut, &image).await?;
-    cut.commit().await?;
-    assert!(
-        lab.equals_live(&image)?,
-        "changes of the abandoned cut were lost"
-    );
+    let (_, same) = lab.sync_paused_and_compare(&image).await?;
+    assert!(same, "changes of the abandoned cut were lost");
     Ok(())
 }
 

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use lifeboat_hypervisor::apply::apply_to_raw;
-use lifeboat_hypervisor::{Accel, Cut, Hypervisor, QemuConfig, QemuDriver, VmName, VmSpec};
+use lifeboat_hypervisor::apply::{apply_to_raw, ApplyStats};
+use lifeboat_hypervisor::{
+    Accel, Cut, CutKind, Hypervisor, QemuConfig, QemuDriver, VmName, VmSpec,
+};
 use lifeboat_testkit::SerialConsole;
 
 pub struct Lab {
@@ -118,6 +120,25 @@ host_forwards = [{{ host_port = {http_port}, guest_port = 80 }}]
     ) -> Result<lifeboat_hypervisor::apply::ApplyStats> {
         let disk = lifeboat_hypervisor::DiskName::new("vda").unwrap();
         Ok(apply_to_raw(cut, &disk, image).await?)
+    }
+
+    /// Takes a cut of `kind`, applies it onto `image` and commits it.
+    pub async fn cut_into(&self, kind: CutKind, image: &Path) -> Result<ApplyStats> {
+        let cut = match kind {
+            CutKind::Full => self.driver.begin_full_cut(&self.vm).await?,
+            CutKind::Incremental => self.driver.begin_incremental_cut(&self.vm).await?,
+        };
+        let stats = self.apply(&cut, image).await?;
+        cut.commit().await?;
+        Ok(stats)
+    }
+
+    /// Pauses the VM (so the disk stops changing), brings `image` up to date with an
+    /// incremental cut, and says whether it now equals the live disk. The VM stays paused.
+    pub async fn sync_paused_and_compare(&self, image: &Path) -> Result<(ApplyStats, bool)> {
+        self.driver.pause(&self.vm).await?;
+        let stats = self.cut_into(CutKind::Incremental, image).await?;
+        Ok((stats, self.equals_live(image)?))
     }
 
     /// The live disk's content, read while the VM is paused (QEMU flushed it).
