@@ -8,12 +8,16 @@
 //! `system_powerdown`) unmounts `/data` cleanly and powers off, and the console prints
 //! `LIFEBOAT-GUEST-READY boot=<n>` once everything is up.
 //!
+//! The vault's backend tests need real object storage: [`S3Server`] (s3s-fs) and
+//! [`Azurite`] start one on a free port and stop it on drop.
+//!
 //! Guests run under TCG (no working KVM on the CI machines), so every wait here takes a
 //! timeout and [`boot_timeout`] is generous.
 
 mod http;
 mod image;
 mod serial;
+mod servers;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
@@ -21,6 +25,7 @@ use std::time::Duration;
 pub use http::{http_get, wait_http};
 pub use image::{guest_disk_copy, guest_image};
 pub use serial::SerialConsole;
+pub use servers::{Azurite, S3Server, AZURITE_ACCOUNT, AZURITE_KEY};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read, drop).
 /// Another process may take it before the caller binds it; tests accept that race.

@@ -8,3 +8,9 @@
 
 pub mod backend;
 pub mod format;
+pub mod store;
+
+pub use store::{
+    align_to_chunks, DiskLayout, PointOptions, PointReader, PointRef, PointWriter, Unlock, Vault,
+    VaultError,
+};

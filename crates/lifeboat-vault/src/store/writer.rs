@@ -1,0 +1,538 @@
+//! Writing one recovery point (docs/vault-format.md, "Writing a point").
+//!
+//! A `PointWriter` starts from its parent's index (or from an all-hole disk), takes the
+//! changed chunks of each disk in offset order, and commits by uploading the packs, then
+//! the manifest. The point exists only once its manifest does; a writer dropped or killed
+//! before that leaves packs no manifest names, which `gc` removes later.
+//!
+//! Data path: every chunk is hashed and, unless it is all zeros or equal to the parent's
+//! chunk in the same slot, compressed and sealed on the blocking pool — as many at once as
+//! there are cores — while the caller reads the next extent. Results are applied in order,
+//! so pages fill front to back and a page is sealed as soon as writes move past it. Memory
+//! stays bounded: the chunks in flight, one open pack, a few packs uploading, one open page
+//! per disk.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::format::{
+    self, pack_key, ChunkId, Consistency, DiskManifest, IndexEntry, IndexPage, Manifest, Name,
+    PackBuilder, PackId, PackedId, PageRef, PointId, PointStats, VaultKeys, ENTRIES_PER_PAGE,
+};
+use crate::store::error::{Result, VaultError};
+use crate::store::lease::Lease;
+use crate::store::pages::ParentPages;
+use crate::store::vault::{PointRef, Vault};
+
+/// Chunks hashed and sealed at once, per core.
+const IN_FLIGHT_PER_CORE: usize = 4;
+/// Packs uploading at once.
+const UPLOADS: usize = 3;
+/// Chunk ids remembered for dedup inside one point; past this, equal chunks are stored
+/// again rather than letting memory grow with the disk.
+const SESSION_DEDUP_MAX: usize = 1 << 20;
+
+/// A disk of the point being written.
+#[derive(Debug, Clone)]
+pub struct DiskLayout {
+    pub name: Name,
+    pub size: u64,
+    pub cut_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PointOptions {
+    pub name: Name,
+    pub parent: Option<PointRef>,
+    pub consistency: Consistency,
+    pub vm_config: Option<Vec<u8>>,
+    pub disks: Vec<DiskLayout>,
+}
+
+enum Outcome {
+    Zero,
+    SameAsParent,
+    New {
+        id: ChunkId,
+        sealed: Vec<u8>,
+        plain_len: usize,
+    },
+}
+
+struct Done {
+    disk: usize,
+    slot: u64,
+    outcome: Outcome,
+}
+
+struct DiskState {
+    layout: DiskLayout,
+    /// The parent's pages of this disk, when the parent has a disk of this name and size.
+    parent: Option<ParentPages>,
+    pages: Vec<PageRef>,
+    /// The page being filled: its index and entries.
+    open: Option<(u64, Vec<IndexEntry>, bool)>,
+    /// Writes must not go back before this offset.
+    next_offset: u64,
+}
+
+pub struct PointWriter {
+    vault: Vault,
+    point: PointId,
+    opts: PointOptions,
+    chunk_size: u64,
+    disks: Vec<DiskState>,
+    pending: VecDeque<JoinHandle<Result<Done>>>,
+    max_pending: usize,
+    pack: Option<PackBuilder>,
+    uploads: JoinSet<Result<()>>,
+    session: HashMap<ChunkId, IndexEntry>,
+    stats: PointStats,
+    lease: Lease,
+}
+
+impl PointWriter {
+    pub async fn begin(vault: &Vault, opts: PointOptions) -> Result<PointWriter> {
+        if opts.disks.is_empty() {
+            return Err(VaultError::Usage("a point needs at least one disk".into()));
+        }
+        let parent = match &opts.parent {
+            Some(p) => Some(vault.manifest(p).await?),
+            None => None,
+        };
+        let chunk_size = u64::from(vault.chunk_size());
+        let mut disks = Vec::new();
+        for layout in &opts.disks {
+            let parent_pages = parent.as_ref().and_then(|m| {
+                m.disks
+                    .iter()
+                    .find(|d| d.name == layout.name && d.size == layout.size)
+                    .filter(|d| u64::from(d.chunk_size) == chunk_size)
+                    .map(|d| ParentPages::new(vault, d))
+            });
+            disks.push(DiskState {
+                layout: layout.clone(),
+                parent: parent_pages,
+                pages: Vec::new(),
+                open: None,
+                next_offset: 0,
+            });
+        }
+        let point = PointId::new(Utc::now())?;
+        let lease = Lease::take(vault, &opts.name, opts.parent.as_ref().map(|p| &p.point)).await?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(PointWriter {
+            vault: vault.clone(),
+            point,
+            chunk_size,
+            disks,
+            pending: VecDeque::new(),
+            max_pending: cores * IN_FLIGHT_PER_CORE,
+            pack: None,
+            uploads: JoinSet::new(),
+            session: HashMap::new(),
+            stats: PointStats::default(),
+            lease,
+            opts,
+        })
+    }
+
+    pub fn point(&self) -> &PointId {
+        &self.point
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    fn disk_index(&self, disk: &Name) -> Result<usize> {
+        self.disks
+            .iter()
+            .position(|d| &d.layout.name == disk)
+            .ok_or_else(|| VaultError::Usage(format!("the point being written has no disk {disk}")))
+    }
+
+    /// Writes whole chunks of `disk` starting at `offset`. `offset` must be a multiple of the
+    /// chunk size and `data` a whole number of chunks (or end at the disk's end); offsets
+    /// must not go backwards. Use [`align_to_chunks`] to widen changed ranges first.
+    pub async fn write(&mut self, disk: &Name, offset: u64, data: Bytes) -> Result<()> {
+        let d = self.disk_index(disk)?;
+        let size = self.disks[d].layout.size;
+        let cs = self.chunk_size;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= size)
+            .ok_or_else(|| {
+                VaultError::Usage(format!(
+                    "write of {} bytes at {offset} is past the end of disk {disk} ({size} bytes)",
+                    data.len()
+                ))
+            })?;
+        if !offset.is_multiple_of(cs) || (end % cs != 0 && end != size) {
+            return Err(VaultError::Usage(format!(
+                "write at {offset}..{end} of disk {disk} is not aligned to the chunk size {cs}"
+            )));
+        }
+        if offset < self.disks[d].next_offset {
+            return Err(VaultError::Usage(format!(
+                "write at {offset} of disk {disk} goes back before {}; write each disk in offset order",
+                self.disks[d].next_offset
+            )));
+        }
+        self.disks[d].next_offset = end;
+        let mut at = 0usize;
+        while (at as u64) < data.len() as u64 {
+            let len = (cs as usize).min(data.len() - at);
+            let chunk = data.slice(at..at + len);
+            let slot = (offset + at as u64) / cs;
+            let parent = match &self.disks[d].parent {
+                Some(p) => Some(p.entry(slot).await?),
+                None => None,
+            };
+            self.submit(d, slot, chunk, parent.map(|e| e.chunk)).await?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Marks `len` bytes at `offset` as zeros (chunk-aligned, like `write`).
+    pub async fn write_zeroes(&mut self, disk: &Name, offset: u64, len: u64) -> Result<()> {
+        // Zero chunks cost nothing to store; reuse one buffer for all of them.
+        let zeros = Bytes::from(vec![0u8; self.chunk_size as usize]);
+        let mut at = 0;
+        while at < len {
+            let n = (self.chunk_size).min(len - at);
+            self.write(disk, offset + at, zeros.slice(..n as usize))
+                .await?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    async fn submit(
+        &mut self,
+        disk: usize,
+        slot: u64,
+        chunk: Bytes,
+        parent: Option<ChunkId>,
+    ) -> Result<()> {
+        while self.pending.len() >= self.max_pending {
+            self.apply_oldest().await?;
+        }
+        let keys = self.vault.keys.clone();
+        self.pending.push_back(tokio::task::spawn_blocking(move || {
+            Ok(Done {
+                disk,
+                slot,
+                outcome: seal(&keys, &chunk, parent)?,
+            })
+        }));
+        Ok(())
+    }
+
+    async fn apply_oldest(&mut self) -> Result<()> {
+        let Some(job) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let done = job
+            .await
+            .map_err(|e| VaultError::Usage(format!("sealing a chunk failed: {e}")))??;
+        self.apply(done).await
+    }
+
+    async fn apply(&mut self, done: Done) -> Result<()> {
+        let page = done.slot / ENTRIES_PER_PAGE as u64;
+        self.open_page(done.disk, page).await?;
+        let entry = match done.outcome {
+            Outcome::Zero => IndexEntry::ZERO,
+            Outcome::SameAsParent => {
+                let parent = self.disks[done.disk]
+                    .parent
+                    .as_ref()
+                    .expect("same as parent");
+                parent.entry(done.slot).await?
+            }
+            Outcome::New {
+                id,
+                sealed,
+                plain_len,
+            } => match self.session.get(&id) {
+                Some(e) => *e,
+                None => {
+                    let (pack, offset, len) = self.push_blob(PackedId::Chunk(id), &sealed).await?;
+                    self.stats.new_chunks += 1;
+                    self.stats.new_bytes_plain += plain_len as u64;
+                    self.stats.new_bytes_stored += sealed.len() as u64;
+                    let e = IndexEntry {
+                        chunk: id,
+                        pack,
+                        offset,
+                        len,
+                    };
+                    if self.session.len() < SESSION_DEDUP_MAX {
+                        self.session.insert(id, e);
+                    }
+                    e
+                }
+            },
+        };
+        let (_, entries, dirty) = self.disks[done.disk]
+            .open
+            .as_mut()
+            .expect("page opened above");
+        let i = (done.slot % ENTRIES_PER_PAGE as u64) as usize;
+        if entries[i] != entry {
+            entries[i] = entry;
+            *dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Makes `page` the disk's open page, closing every page before it.
+    async fn open_page(&mut self, disk: usize, page: u64) -> Result<()> {
+        if matches!(&self.disks[disk].open, Some((p, _, _)) if *p == page) {
+            return Ok(());
+        }
+        self.close_pages_before(disk, page).await?;
+        let state = &self.disks[disk];
+        let slots = page_slots(state.layout.size, self.chunk_size, page);
+        let entries = match &state.parent {
+            Some(p) => p.page_entries(page).await?.as_ref().clone(),
+            None => vec![IndexEntry::ZERO; slots],
+        };
+        self.disks[disk].open = Some((page, entries, false));
+        Ok(())
+    }
+
+    /// Closes the open page and fills every page before `until` that was not written.
+    async fn close_pages_before(&mut self, disk: usize, until: u64) -> Result<()> {
+        if let Some((page, entries, dirty)) = self.disks[disk].open.take() {
+            let r = self.page_ref(disk, page, entries, dirty).await?;
+            self.disks[disk].pages.push(r);
+        }
+        while (self.disks[disk].pages.len() as u64) < until {
+            let page = self.disks[disk].pages.len() as u64;
+            let r = match &self.disks[disk].parent {
+                Some(p) => p.page_ref(page),
+                None => {
+                    let slots = page_slots(self.disks[disk].layout.size, self.chunk_size, page);
+                    self.page_ref(disk, page, vec![IndexEntry::ZERO; slots], true)
+                        .await?
+                }
+            };
+            self.disks[disk].pages.push(r);
+        }
+        Ok(())
+    }
+
+    /// The reference to a finished page: the parent's when unchanged, else a new blob.
+    async fn page_ref(
+        &mut self,
+        disk: usize,
+        page: u64,
+        entries: Vec<IndexEntry>,
+        dirty: bool,
+    ) -> Result<PageRef> {
+        if let (false, Some(p)) = (dirty, &self.disks[disk].parent) {
+            return Ok(p.page_ref(page));
+        }
+        let keys = self.vault.keys.clone();
+        let (id, sealed) =
+            tokio::task::spawn_blocking(move || format::seal_page(&keys, &IndexPage { entries }))
+                .await
+                .map_err(|e| VaultError::Usage(format!("sealing an index page failed: {e}")))??;
+        if let Some(p) = &self.disks[disk].parent {
+            let r = p.page_ref(page);
+            if r.id == id {
+                return Ok(r);
+            }
+        }
+        // Pages of all-hole ranges, and pages repeated across disks, are stored once.
+        let (pack, offset, len) = self.push_blob(PackedId::Page(id), &sealed).await?;
+        self.stats.new_bytes_stored += sealed.len() as u64;
+        Ok(PageRef {
+            id,
+            pack,
+            offset,
+            len,
+        })
+    }
+
+    async fn push_blob(&mut self, id: PackedId, sealed: &[u8]) -> Result<(PackId, u32, u32)> {
+        if self.pack.is_none() {
+            self.pack = Some(PackBuilder::new(PackId::random()?));
+        }
+        let pack = self.pack.as_mut().expect("opened above");
+        let (offset, len) = pack.push(id, sealed)?;
+        let pack_id = *pack.id();
+        if pack.is_full(u64::from(self.vault.config.pack_target)) {
+            self.upload_pack().await?;
+        }
+        Ok((pack_id, offset, len))
+    }
+
+    async fn upload_pack(&mut self) -> Result<()> {
+        let Some(pack) = self.pack.take() else {
+            return Ok(());
+        };
+        while self.uploads.len() >= UPLOADS {
+            self.join_one_upload().await?;
+        }
+        let key = pack_key(pack.id());
+        let bytes = pack.finish(&self.vault.keys)?;
+        self.stats.new_packs += 1;
+        let backend = self.vault.backend.clone();
+        self.uploads
+            .spawn(async move { backend.put(&key, bytes).await.map_err(VaultError::from) });
+        Ok(())
+    }
+
+    async fn join_one_upload(&mut self) -> Result<()> {
+        match self.uploads.join_next().await {
+            Some(r) => r.map_err(|e| VaultError::Usage(format!("uploading a pack failed: {e}")))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Finishes the point: every chunk, page and pack is stored, then the manifest is
+    /// written. Returns the manifest as stored.
+    pub async fn commit(mut self) -> Result<Manifest> {
+        while !self.pending.is_empty() {
+            self.apply_oldest().await?;
+        }
+        let mut disks = Vec::new();
+        for d in 0..self.disks.len() {
+            let count = page_count(self.disks[d].layout.size, self.chunk_size);
+            self.close_pages_before(d, count).await?;
+            let state = &self.disks[d];
+            disks.push(DiskManifest {
+                name: state.layout.name.clone(),
+                size: state.layout.size,
+                chunk_size: self.chunk_size as u32,
+                cut_time: state.layout.cut_time,
+                pages: state.pages.clone(),
+            });
+        }
+        self.upload_pack().await?;
+        while !self.uploads.is_empty() {
+            self.join_one_upload().await?;
+        }
+        self.stats.logical_bytes = disks.iter().map(|d| d.size).sum();
+        let manifest = Manifest {
+            version: format::manifest::MANIFEST_VERSION,
+            point: self.point,
+            name: self.opts.name.clone(),
+            created: Utc::now(),
+            parent: self.opts.parent.as_ref().map(|p| p.point),
+            consistency: self.opts.consistency,
+            vm_config: self.opts.vm_config.clone(),
+            disks,
+            stats: self.stats,
+        };
+        let (key, sealed) = format::seal_manifest(&self.vault.keys, &manifest)?;
+        // The commit point: before this the point does not exist, after it it is whole.
+        if !self
+            .vault
+            .backend
+            .put_if_absent(&key, Bytes::from(sealed))
+            .await?
+        {
+            return Err(VaultError::Usage(format!(
+                "point {} of {} exists already (two writers with one clock tick?); retry",
+                manifest.point, manifest.name
+            )));
+        }
+        self.lease.release().await;
+        Ok(manifest)
+    }
+}
+
+fn seal(keys: &VaultKeys, chunk: &[u8], parent: Option<ChunkId>) -> Result<Outcome> {
+    if chunk.iter().all(|b| *b == 0) {
+        return Ok(Outcome::Zero);
+    }
+    if let Some(p) = parent {
+        if keys.chunk_id(chunk) == p {
+            return Ok(Outcome::SameAsParent);
+        }
+    }
+    let (id, sealed) = format::seal_chunk(keys, chunk)?;
+    Ok(Outcome::New {
+        id,
+        sealed,
+        plain_len: chunk.len(),
+    })
+}
+
+pub(crate) fn page_count(size: u64, chunk_size: u64) -> u64 {
+    size.div_ceil(chunk_size).div_ceil(ENTRIES_PER_PAGE as u64)
+}
+
+pub(crate) fn page_slots(size: u64, chunk_size: u64, page: u64) -> usize {
+    let slots = size.div_ceil(chunk_size);
+    slots
+        .saturating_sub(page * ENTRIES_PER_PAGE as u64)
+        .min(ENTRIES_PER_PAGE as u64) as usize
+}
+
+/// Widens byte ranges to whole chunks, clipped to the disk, sorted and merged: what a
+/// caller must read from its source before `PointWriter::write`.
+pub fn align_to_chunks(ranges: &[(u64, u64)], chunk_size: u64, disk_size: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = ranges
+        .iter()
+        .filter(|(_, len)| *len > 0)
+        .map(|(off, len)| {
+            let start = (off / chunk_size) * chunk_size;
+            let end = off
+                .saturating_add(*len)
+                .div_ceil(chunk_size)
+                .saturating_mul(chunk_size)
+                .min(disk_size);
+            (start.min(disk_size), end)
+        })
+        .filter(|(s, e)| s < e)
+        .collect();
+    out.sort();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in out {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged.into_iter().map(|(s, e)| (s, e - s)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_widen_to_chunks_and_merge() {
+        let cs = 100;
+        assert_eq!(
+            align_to_chunks(&[(150, 10), (120, 5), (390, 50)], cs, 420),
+            vec![(100, 100), (300, 120)]
+        );
+        assert_eq!(align_to_chunks(&[(0, 0), (500, 10)], cs, 420), vec![]);
+        assert_eq!(
+            align_to_chunks(&[(0, 100), (100, 1)], cs, 1000),
+            vec![(0, 200)]
+        );
+    }
+
+    #[test]
+    fn pages_count_slots() {
+        let cs = 128 << 10;
+        assert_eq!(page_count(1, cs), 1);
+        assert_eq!(page_slots(1, cs, 0), 1);
+        let size = cs * 1024 + 5;
+        assert_eq!(page_count(size, cs), 2);
+        assert_eq!(page_slots(size, cs, 0), 1024);
+        assert_eq!(page_slots(size, cs, 1), 1);
+        assert_eq!(page_slots(size, cs, 2), 0);
+    }
+}
