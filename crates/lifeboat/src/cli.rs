@@ -47,6 +47,71 @@ pub enum Command {
     Cbt(CbtCommand),
     /// Boot the demo guest, write in it, and show what one incremental cut carries.
     Demo(DemoArgs),
+    /// The vault: encrypted, deduplicated recovery points on a folder, S3 or Azure Blob.
+    Vault(VaultArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VaultArgs {
+    /// The vault: file:///abs/path, s3://bucket/prefix or az://container/prefix.
+    /// Credentials come from the usual AWS_* / AZURE_STORAGE_* variables.
+    #[arg(long, global = true, env = "LIFEBOAT_VAULT")]
+    pub vault: Option<String>,
+    /// A key file (from `vault key export`) instead of a passphrase. Otherwise the
+    /// passphrase comes from LIFEBOAT_PASSPHRASE or is asked for on the terminal.
+    #[arg(long, global = true, env = "LIFEBOAT_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: VaultCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Create a vault: a random master key, wrapped by your passphrase.
+    Init {
+        /// Chunk size: a power of two from 64K to 4M.
+        #[arg(long, default_value = "128K")]
+        chunk_size: String,
+    },
+    /// Store a raw or qcow2 image as a new recovery point of NAME.
+    PutImage {
+        #[arg(long)]
+        name: String,
+        file: PathBuf,
+        /// Build on this point (an id, or `latest`): only what differs is stored.
+        #[arg(long)]
+        parent: Option<String>,
+        /// With --parent: read only these ranges (`offset length` a line) instead of
+        /// comparing the whole image by digest.
+        #[arg(long, requires = "parent")]
+        changed: Option<PathBuf>,
+    },
+    /// List recovery points: id, name, time, size, new bytes.
+    List {
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Write a point's disk back to an image file (raw, or qcow2 when OUT ends in .qcow2).
+    Restore {
+        point: String,
+        out: PathBuf,
+        /// Which disk of the point (default: its first).
+        #[arg(long)]
+        disk: Option<String>,
+    },
+    /// Key management.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write the master key to FILE (mode 0600). Anyone with it can read the vault.
+    Export { file: PathBuf },
+    /// Add a passphrase slot, unlocking with the key file given by --key-file.
+    AddPassphrase,
+    /// Change the passphrase that unlocks the vault; data is not rewritten.
+    Passwd,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,7 +4,10 @@
 mod cbt_cmd;
 mod cli;
 mod demo;
+mod image_source;
 mod output;
+mod secrets;
+mod vault_cmd;
 mod vm_cmd;
 
 use clap::Parser;
@@ -48,11 +51,15 @@ fn driver(cli: &cli::Cli) -> anyhow::Result<QemuDriver> {
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    let driver = driver(&cli)?;
     let out = output::Output { json: cli.json };
+    if let cli::Command::Vault(args) = cli.command {
+        return vault_cmd::run(out, args).await;
+    }
+    let driver = driver(&cli)?;
     match cli.command {
         cli::Command::Vm(cmd) => vm_cmd::run(&driver, out, cmd).await,
         cli::Command::Cbt(cmd) => cbt_cmd::run(&driver, out, cmd).await,
         cli::Command::Demo(args) => demo::run(&driver, out, args).await,
+        cli::Command::Vault(_) => unreachable!("handled above"),
     }
 }

@@ -1,0 +1,221 @@
+//! Disk images as a source of bytes for `vault put-image`: a raw file (its holes found with
+//! SEEK_DATA/SEEK_HOLE) or a qcow2 file, read through `qemu-nbd` and our NBD client so that
+//! only allocated data is read.
+
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use lifeboat_nbd::{ConnectOptions, NbdClient, BASE_ALLOCATION};
+
+pub enum ImageSource {
+    Raw {
+        file: std::fs::File,
+        size: u64,
+    },
+    Qcow2 {
+        client: NbdClient,
+        server: tokio::process::Child,
+        _dir: tempfile::TempDir,
+    },
+}
+
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+impl ImageSource {
+    pub async fn open(path: &Path) -> Result<ImageSource> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut magic = [0u8; 4];
+        let n = file.read_at(&mut magic, 0).unwrap_or(0);
+        if n == 4 && &magic == QCOW2_MAGIC {
+            return Self::open_qcow2(path).await;
+        }
+        let size = file.metadata()?.len();
+        Ok(ImageSource::Raw { file, size })
+    }
+
+    async fn open_qcow2(path: &Path) -> Result<ImageSource> {
+        let dir = tempfile::Builder::new()
+            .prefix("lb-nbd")
+            .tempdir_in("/tmp")?;
+        let socket: PathBuf = dir.path().join("nbd.sock");
+        let server = tokio::process::Command::new("qemu-nbd")
+            .args([
+                "--read-only",
+                "--persistent",
+                "--shared=4",
+                "--format=qcow2",
+            ])
+            .arg(format!("--socket={}", socket.display()))
+            .arg(path)
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("running qemu-nbd (install qemu-utils)")?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "qemu-nbd did not start serving {} within 30 s",
+                    path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let client = NbdClient::connect_unix(
+            &socket,
+            ConnectOptions::new("").with_meta_context(BASE_ALLOCATION),
+        )
+        .await
+        .with_context(|| format!("reading {} through qemu-nbd", path.display()))?;
+        Ok(ImageSource::Qcow2 {
+            client,
+            server,
+            _dir: dir,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            ImageSource::Raw { size, .. } => *size,
+            ImageSource::Qcow2 { client, .. } => client.export_size(),
+        }
+    }
+
+    /// Byte ranges that hold data; everything else reads as zeros.
+    pub async fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        match self {
+            ImageSource::Raw { file, size } => raw_data_ranges(file, *size),
+            ImageSource::Qcow2 { client, .. } => Ok(client
+                .extents(BASE_ALLOCATION, 0, client.export_size())
+                .await?
+                .into_iter()
+                .filter(|e| !e.is_hole() && !e.is_zero())
+                .map(|e| (e.offset, e.length))
+                .collect()),
+        }
+    }
+
+    pub async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
+        match self {
+            ImageSource::Raw { file, .. } => {
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, offset)
+                    .with_context(|| format!("reading {len} bytes at {offset}"))?;
+                Ok(Bytes::from(buf))
+            }
+            ImageSource::Qcow2 { client, .. } => Ok(client.read(offset, len as u32).await?),
+        }
+    }
+
+    pub async fn close(self) {
+        if let ImageSource::Qcow2 {
+            client, mut server, ..
+        } = self
+        {
+            let _ = client.disconnect().await;
+            let _ = server.kill().await;
+        }
+    }
+}
+
+/// Data ranges of a raw file by SEEK_DATA / SEEK_HOLE; the whole file where the file
+/// system cannot tell.
+fn raw_data_ranges(file: &std::fs::File, size: u64) -> Result<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut at: i64 = 0;
+    let end = size as i64;
+    while at < end {
+        // SAFETY: plain lseek on a file descriptor we own for the duration of the call.
+        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break; // no data after `at`
+            }
+            // No SEEK_DATA support: treat everything as data.
+            return Ok(vec![(0, size)]);
+        }
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let hole = if hole < 0 { end } else { hole.min(end) };
+        if hole > data {
+            out.push((data as u64, (hole - data) as u64));
+        }
+        at = hole;
+    }
+    Ok(out)
+}
+
+/// Reads `offset length` lines (decimal or 0x-hex), as `--changed` takes them.
+pub fn parse_ranges(text: &str, origin: &Path) -> Result<Vec<(u64, u64)>> {
+    let num = |s: &str| -> Option<u64> {
+        match s.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => s.parse().ok(),
+        }
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(a), Some(b), None) = (parts.next(), parts.next(), parts.next()) else {
+            bail!(
+                "{}:{}: expected `offset length`, got {line:?}",
+                origin.display(),
+                i + 1
+            );
+        };
+        let (Some(off), Some(len)) = (num(a), num(b)) else {
+            bail!(
+                "{}:{}: {line:?} is not two numbers",
+                origin.display(),
+                i + 1
+            );
+        };
+        out.push((off, len));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_files_parse_and_errors_name_the_line() {
+        let p = Path::new("r.txt");
+        assert_eq!(
+            parse_ranges("# c\n0 10\n0x100 0x20\n\n", p).unwrap(),
+            vec![(0, 10), (256, 32)]
+        );
+        let e = parse_ranges("0 10\n5\n", p).unwrap_err().to_string();
+        assert!(e.contains("r.txt:2"), "{e}");
+        assert!(parse_ranges("a b\n", p).is_err());
+    }
+
+    #[test]
+    fn sparse_raw_files_show_their_data_ranges() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("sparse.raw");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(&[1u8; 4096], 8 << 20).unwrap();
+        let ranges = raw_data_ranges(&f, 64 << 20).unwrap();
+        assert!(
+            ranges
+                .iter()
+                .any(|(o, l)| *o <= 8 << 20 && o + l >= (8 << 20) + 4096),
+            "{ranges:?}"
+        );
+        let total: u64 = ranges.iter().map(|r| r.1).sum();
+        assert!(total < 16 << 20, "holes must not count as data: {ranges:?}");
+    }
+}

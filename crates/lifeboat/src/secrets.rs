@@ -1,0 +1,60 @@
+//! Where passphrases and key files come from. Secrets never go on the command line (other
+//! users could read them in the process list): the environment, a file, or the terminal.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use lifeboat_vault::format::KeyFile;
+
+pub const PASSPHRASE_ENV: &str = "LIFEBOAT_PASSPHRASE";
+
+/// The passphrase: `LIFEBOAT_PASSPHRASE`, else asked on the terminal (twice when `confirm`).
+pub fn passphrase(prompt: &str, confirm: bool) -> Result<String> {
+    if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
+        if p.is_empty() {
+            bail!("{PASSPHRASE_ENV} is set but empty");
+        }
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no passphrase: set {PASSPHRASE_ENV}, pass --key-file, or run on a terminal");
+    }
+    let p = rpassword::prompt_password(format!("{prompt}: ")).context("reading the passphrase")?;
+    if p.is_empty() {
+        bail!("the passphrase must not be empty");
+    }
+    if confirm {
+        let again = rpassword::prompt_password("Again, to be sure: ")?;
+        if again != p {
+            bail!("the two passphrases differ; nothing was changed");
+        }
+    }
+    Ok(p)
+}
+
+pub fn read_key_file(path: &Path) -> Result<KeyFile> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
+    KeyFile::decode(&bytes).with_context(|| format!("key file {}", path.display()))
+}
+
+/// Writes a key file readable by its owner only; refuses to overwrite.
+pub fn write_key_file(path: &Path, key: &KeyFile) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "creating key file {} (it must not exist yet)",
+                path.display()
+            )
+        })?;
+    f.write_all(&key.encode())?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! `lifeboat vault …`: the vault used offline — create it, store images as recovery
+//! points, list and restore them, manage keys.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use indicatif::{ProgressBar, ProgressStyle};
+use lifeboat_vault::backend::{Backend, BackendOptions, VaultUrl};
+use lifeboat_vault::format::{Consistency, KdfParams, KeyFile, Name, PointId, CONFIG_KEY};
+use lifeboat_vault::{
+    align_to_chunks, DiskLayout, PointOptions, PointReader, PointRef, PointWriter, Unlock, Vault,
+};
+use serde::Serialize;
+
+use crate::cli::{KeyCommand, VaultArgs, VaultCommand};
+use crate::image_source::{parse_ranges, ImageSource};
+use crate::output::{bytes as human, table, Output};
+use crate::secrets;
+
+/// The disk name `put-image` gives the one disk of the points it writes.
+const IMAGE_DISK: &str = "disk";
+/// Bytes read from the source per write: whole chunks, a few MiB.
+const READ_PIECE: u64 = 4 << 20;
+
+async fn backend(args: &VaultArgs) -> Result<Backend> {
+    let url = args
+        .vault
+        .as_deref()
+        .context("which vault? pass --vault URL (or set LIFEBOAT_VAULT)")?;
+    let url = VaultUrl::parse(url)?;
+    Ok(Backend::open(&url, BackendOptions::default()).await?)
+}
+
+async fn open(args: &VaultArgs) -> Result<Vault> {
+    let backend = backend(args).await?;
+    let unlock = match &args.key_file {
+        Some(path) => Unlock::KeyFile(secrets::read_key_file(path)?),
+        None => Unlock::Passphrase(secrets::passphrase("Vault passphrase", false)?),
+    };
+    Ok(Vault::open(backend, unlock).await?)
+}
+
+fn parse_size(text: &str) -> Result<u32> {
+    let t = text.trim().to_ascii_uppercase();
+    let (num, mult) = match t.strip_suffix('K') {
+        Some(n) => (n, 1u64 << 10),
+        None => match t.strip_suffix('M') {
+            Some(n) => (n, 1 << 20),
+            None => (t.as_str(), 1),
+        },
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{text:?} is not a size like 128K or 1M"))?;
+    u32::try_from(n * mult).with_context(|| format!("{text:?} is too large"))
+}
+
+fn progress(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+async fn resolve_point(vault: &Vault, text: &str, name: Option<&str>) -> Result<PointRef> {
+    if text == "latest" {
+        let name = Name::new(name.context("`latest` needs --name NAME")?)?;
+        return vault
+            .latest_point(&name)
+            .await?
+            .with_context(|| format!("{name} has no recovery point yet"));
+    }
+    let id: PointId = text
+        .parse()
+        .with_context(|| format!("{text:?} is not a point id (see `lifeboat vault list`)"))?;
+    Ok(vault.find_point(&id).await?)
+}
+
+#[derive(Serialize)]
+struct PutReport {
+    point: PointRef,
+    parent: Option<PointId>,
+    size: u64,
+    bytes_read: u64,
+    new_chunks: u64,
+    new_bytes_plain: u64,
+    new_bytes_stored: u64,
+    seconds: f64,
+}
+
+async fn put_image(
+    vault: &Vault,
+    out: Output,
+    name: &str,
+    file: &Path,
+    parent: Option<&str>,
+    changed: Option<&Path>,
+) -> Result<()> {
+    let started = Instant::now();
+    let name = Name::new(name)?;
+    let parent = match parent {
+        Some(p) => Some(resolve_point(vault, p, Some(name.as_str())).await?),
+        None => None,
+    };
+    let source = ImageSource::open(file).await?;
+    let size = source.size();
+    let cs = u64::from(vault.chunk_size());
+    let disk = Name::new(IMAGE_DISK)?;
+    // What to read: the given changed ranges; or, without them, the data ranges — and,
+    // on top of a parent, the holes as well, since they may hide the parent's data.
+    let (reads, fill_holes) = match changed {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (
+                align_to_chunks(&parse_ranges(&text, path)?, cs, size),
+                false,
+            )
+        }
+        None => (
+            align_to_chunks(&source.data_ranges().await?, cs, size),
+            parent.is_some(),
+        ),
+    };
+    let mut writer = PointWriter::begin(
+        vault,
+        PointOptions {
+            name: name.clone(),
+            parent: parent.clone(),
+            consistency: Consistency::Crash,
+            vm_config: None,
+            disks: vec![DiskLayout {
+                name: disk.clone(),
+                size,
+                cut_time: Utc::now(),
+            }],
+        },
+    )
+    .await?;
+    let total: u64 = reads.iter().map(|r| r.1).sum();
+    let bar = if out.json {
+        ProgressBar::hidden()
+    } else {
+        progress(total, "storing")
+    };
+    let piece = READ_PIECE.max(cs) / cs * cs;
+    let mut at = 0u64;
+    for (off, len) in &reads {
+        if fill_holes && *off > at {
+            writer.write_zeroes(&disk, at, off - at).await?;
+        }
+        let end = off + len;
+        let mut pos = *off;
+        while pos < end {
+            let n = piece.min(end - pos);
+            let data = source.read(pos, n as usize).await?;
+            writer.write(&disk, pos, data).await?;
+            bar.inc(n);
+            pos += n;
+        }
+        at = end;
+    }
+    if fill_holes && at < size {
+        writer.write_zeroes(&disk, at, size - at).await?;
+    }
+    let manifest = writer.commit().await?;
+    bar.finish_and_clear();
+    source.close().await;
+    let report = PutReport {
+        point: PointRef {
+            name: manifest.name.clone(),
+            point: manifest.point,
+        },
+        parent: manifest.parent,
+        size,
+        bytes_read: total,
+        new_chunks: manifest.stats.new_chunks,
+        new_bytes_plain: manifest.stats.new_bytes_plain,
+        new_bytes_stored: manifest.stats.new_bytes_stored,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    out.show(&report, |r| {
+        println!(
+            "Stored point {} of {} in {:.2} s: read {}, {} new chunks, {} new in the vault.",
+            r.point.point,
+            r.point.name,
+            r.seconds,
+            human(r.bytes_read),
+            r.new_chunks,
+            human(r.new_bytes_stored)
+        );
+    });
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ListRow {
+    point: PointId,
+    name: Name,
+    created: chrono::DateTime<Utc>,
+    parent: Option<PointId>,
+    consistency: Consistency,
+    size: u64,
+    new_bytes_stored: u64,
+}
+
+async fn list(vault: &Vault, out: Output, name: Option<&str>) -> Result<()> {
+    let name = name.map(Name::new).transpose()?;
+    let mut rows = Vec::new();
+    for p in vault.list_points(name.as_ref()).await? {
+        let m = vault.manifest(&p).await?;
+        rows.push(ListRow {
+            point: m.point,
+            name: m.name,
+            created: m.created,
+            parent: m.parent,
+            consistency: m.consistency,
+            size: m.stats.logical_bytes,
+            new_bytes_stored: m.stats.new_bytes_stored,
+        });
+    }
+    out.show(&rows, |rows| {
+        if rows.is_empty() {
+            println!("No recovery points yet. Store one with `lifeboat vault put-image --name NAME FILE`.");
+            return;
+        }
+        let mut t = vec![["POINT", "NAME", "TIME (UTC)", "SIZE", "NEW", "CONSISTENCY"]
+            .map(String::from)
+            .to_vec()];
+        for r in rows {
+            t.push(vec![
+                r.point.to_string(),
+                r.name.to_string(),
+                r.created.format("%Y-%m-%d %H:%M:%S").to_string(),
+                human(r.size),
+                human(r.new_bytes_stored),
+                format!("{:?}", r.consistency).to_lowercase(),
+            ]);
+        }
+        table(&t);
+    });
+    Ok(())
+}
+
+async fn restore(
+    vault: &Vault,
+    out: Output,
+    point: &str,
+    target: &Path,
+    disk: Option<&str>,
+) -> Result<()> {
+    let started = Instant::now();
+    let point = resolve_point(vault, point, None).await?;
+    let reader = PointReader::open(
+        vault,
+        &point,
+        lifeboat_vault::store::reader::DEFAULT_CHUNK_CACHE,
+    )
+    .await?;
+    let disk = match disk {
+        Some(d) => Name::new(d)?,
+        None => reader.manifest().disks[0].name.clone(),
+    };
+    let qcow2 = target.extension().is_some_and(|e| e == "qcow2");
+    let raw_target = if qcow2 {
+        target.with_extension("raw.tmp")
+    } else {
+        target.to_path_buf()
+    };
+    let stats = reader.restore_raw(&disk, &raw_target).await?;
+    if qcow2 {
+        let status = std::process::Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw_target)
+            .arg(target)
+            .status()
+            .context("running qemu-img (install qemu-utils)")?;
+        let _ = std::fs::remove_file(&raw_target);
+        if !status.success() {
+            bail!("qemu-img convert to {} failed", target.display());
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    out.show(&serde_json::json!({"point": point, "disk": disk, "out": target, "stats": stats, "seconds": seconds}), |_| {
+        println!(
+            "Restored {} of point {} to {} in {seconds:.2} s: {} of data, {} of holes kept as holes.",
+            disk,
+            point.point,
+            target.display(),
+            human(stats.data_bytes),
+            human(stats.hole_bytes)
+        );
+    });
+    Ok(())
+}
+
+async fn key(args: &VaultArgs, out: Output, cmd: &KeyCommand) -> Result<()> {
+    let backend = backend(args).await?;
+    let mut config = Vault::read_config(&backend).await?;
+    match cmd {
+        KeyCommand::Export { file } => {
+            let master = match &args.key_file {
+                Some(p) => secrets::read_key_file(p)?.master_key,
+                None => {
+                    let pass = secrets::passphrase("Vault passphrase", false)?;
+                    config.unlock(&pass)?
+                }
+            };
+            secrets::write_key_file(file, &KeyFile::new(&config, master)?)?;
+            out.show(&serde_json::json!({"exported": file}), |_| {
+                println!("Wrote the vault's key to {} (mode 0600). Keep it safe and away from the vault: anyone with it can read every point.", file.display());
+            });
+        }
+        KeyCommand::AddPassphrase => {
+            let path = args
+                .key_file
+                .as_ref()
+                .context("add-passphrase needs --key-file FILE")?;
+            let key = secrets::read_key_file(path)?;
+            let pass = secrets::passphrase("New passphrase", true)?;
+            config.add_slot(&key.master_key, &pass, KdfParams::DEFAULT)?;
+            backend.put(CONFIG_KEY, config.encode()?.into()).await?;
+            out.show(
+                &serde_json::json!({"key_slots": config.key_slots.len()}),
+                |_| {
+                    println!(
+                        "Added a passphrase; the vault now has {} key slot(s).",
+                        config.key_slots.len()
+                    );
+                },
+            );
+        }
+        KeyCommand::Passwd => {
+            let old = secrets::passphrase("Current passphrase", false)?;
+            let new = match std::env::var("LIFEBOAT_NEW_PASSPHRASE") {
+                Ok(p) if !p.is_empty() => p,
+                _ => {
+                    if std::env::var(secrets::PASSPHRASE_ENV).is_ok() {
+                        bail!("set LIFEBOAT_NEW_PASSPHRASE too, or run on a terminal");
+                    }
+                    secrets::passphrase("New passphrase", true)?
+                }
+            };
+            config.change_passphrase(&old, &new, KdfParams::DEFAULT)?;
+            backend.put(CONFIG_KEY, config.encode()?.into()).await?;
+            out.show(&serde_json::json!({"changed": true}), |_| {
+                println!("Passphrase changed. No data was rewritten; key files stay valid.");
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(out: Output, args: VaultArgs) -> Result<()> {
+    match &args.command {
+        VaultCommand::Init { chunk_size } => {
+            let backend = backend(&args).await?;
+            let cs = parse_size(chunk_size)?;
+            let pass = secrets::passphrase("New vault passphrase", true)?;
+            let (vault, _) = Vault::init(backend, &pass, cs, KdfParams::DEFAULT).await?;
+            out.show(&serde_json::json!({"vault": vault.url(), "vault_id": vault.config().vault_id, "chunk_size": cs}), |_| {
+                println!("Created vault {} (id {}, chunk size {}).", vault.url(), vault.config().vault_id, human(u64::from(cs)));
+                println!("Lose the passphrase and every key file, and the data is gone: export a key file now with");
+                println!("  lifeboat vault key export --vault {} KEYFILE", vault.url());
+            });
+        }
+        VaultCommand::PutImage {
+            name,
+            file,
+            parent,
+            changed,
+        } => {
+            let vault = open(&args).await?;
+            put_image(
+                &vault,
+                out,
+                name,
+                file,
+                parent.as_deref(),
+                changed.as_deref(),
+            )
+            .await?;
+        }
+        VaultCommand::List { name } => list(&open(&args).await?, out, name.as_deref()).await?,
+        VaultCommand::Restore {
+            point,
+            out: target,
+            disk,
+        } => restore(&open(&args).await?, out, point, target, disk.as_deref()).await?,
+        VaultCommand::Key(cmd) => key(&args, out, cmd).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! `lifeboat vault …` end to end through the real binary on a folder vault: store images
+//! (raw and qcow2, full and incremental), list, restore bit for bit, and manage keys.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+struct Env {
+    tmp: tempfile::TempDir,
+    url: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", tmp.path().join("vault").display());
+        Env { tmp, url }
+    }
+    fn path(&self, f: &str) -> std::path::PathBuf {
+        self.tmp.path().join(f)
+    }
+    fn run(&self, pass: Option<&str>, args: &[&str]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+        c.args(["vault", "--vault", &self.url]).args(args);
+        c.env_remove("LIFEBOAT_PASSPHRASE")
+            .env_remove("LIFEBOAT_KEY_FILE");
+        if let Some(p) = pass {
+            c.env("LIFEBOAT_PASSPHRASE", p);
+        }
+        c.output().unwrap()
+    }
+    fn ok(&self, pass: Option<&str>, args: &[&str]) -> String {
+        let out = self.run(pass, args);
+        assert!(
+            out.status.success(),
+            "lifeboat vault {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+/// A sparse 48 MiB image: text at 1 MiB, random data at 30 MiB, holes elsewhere.
+fn make_image(path: &Path) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(48 << 20).unwrap();
+    let text: Vec<u8> = b"a line of a log file\n"
+        .iter()
+        .cycle()
+        .take(3 << 20)
+        .copied()
+        .collect();
+    f.write_all_at(&text, 1 << 20).unwrap();
+    let mut x: u32 = 12345;
+    let random: Vec<u8> = (0..(2 << 20))
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    f.write_all_at(&random, 30 << 20).unwrap();
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+#[test]
+fn images_go_in_and_come_back_bit_for_bit() {
+    let env = Env::new();
+    let pass = Some("s3cret pass");
+    env.ok(pass, &["init", "--chunk-size", "64K"]);
+
+    let img = env.path("disk.raw");
+    make_image(&img);
+    let first = json(&env.ok(
+        pass,
+        &[
+            "--json",
+            "put-image",
+            "--name",
+            "web1",
+            img.to_str().unwrap(),
+        ],
+    ));
+    let p1 = first["point"]["point"].as_str().unwrap().to_string();
+    assert!(
+        first["bytes_read"].as_u64().unwrap() < 8 << 20,
+        "holes are not read: {first}"
+    );
+
+    // Change 2 small ranges and store only those, on top of the first point.
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(b"CHANGED", 1 << 20).unwrap();
+    f.write_all_at(&[7u8; 100_000], 40 << 20).unwrap();
+    let ranges = env.path("changed.txt");
+    std::fs::write(&ranges, format!("{} 7\n{} 100000\n", 1 << 20, 40 << 20)).unwrap();
+    let second = json(&env.ok(
+        pass,
+        &[
+            "--json",
+            "put-image",
+            "--name",
+            "web1",
+            "--parent",
+            "latest",
+            "--changed",
+            ranges.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        second["new_bytes_stored"].as_u64().unwrap() < 400 << 10,
+        "{second}"
+    );
+    let p2 = second["point"]["point"].as_str().unwrap().to_string();
+
+    let out = env.path("p2.raw");
+    env.ok(pass, &["restore", &p2, out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+
+    // A qcow2 image, and a qcow2 restore, with a digest-compare pass against p1.
+    let q = env.path("disk.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&img)
+        .arg(&q)
+        .status()
+        .unwrap()
+        .success());
+    let third = json(&env.ok(
+        pass,
+        &[
+            "--json",
+            "put-image",
+            "--name",
+            "web1",
+            "--parent",
+            &p1,
+            q.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        third["new_chunks"].as_u64().unwrap() <= 4,
+        "only the changed chunks differ: {third}"
+    );
+    let p3 = third["point"]["point"].as_str().unwrap().to_string();
+    let out_q = env.path("p3.qcow2");
+    env.ok(pass, &["restore", &p3, out_q.to_str().unwrap()]);
+    let same = Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "qcow2", "-F", "raw"])
+        .arg(&out_q)
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(same.success(), "qcow2 restore differs from the image");
+
+    let listed = json(&env.ok(pass, &["--json", "list", "--name", "web1"]));
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["point"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [p1.as_str(), p2.as_str(), p3.as_str()]);
+}
+
+#[test]
+fn keys_passphrases_and_their_errors() {
+    let env = Env::new();
+    env.ok(Some("first"), &["init"]);
+    let wrong = env.run(Some("nope"), &["list"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    let none = env.run(None, &["list"]);
+    assert!(String::from_utf8_lossy(&none.stderr).contains("LIFEBOAT_PASSPHRASE"));
+
+    let key = env.path("vault.key");
+    env.ok(Some("first"), &["key", "export", key.to_str().unwrap()]);
+    let mode = std::fs::metadata(&key).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    env.ok(None, &["--key-file", key.to_str().unwrap(), "list"]);
+
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    let passwd = c
+        .args(["vault", "--vault", &env.url, "key", "passwd"])
+        .env("LIFEBOAT_PASSPHRASE", "first")
+        .env("LIFEBOAT_NEW_PASSPHRASE", "second")
+        .output()
+        .unwrap();
+    assert!(
+        passwd.status.success(),
+        "{}",
+        String::from_utf8_lossy(&passwd.stderr)
+    );
+    assert!(!env.run(Some("first"), &["list"]).status.success());
+    env.ok(Some("second"), &["list"]);
+    env.ok(None, &["--key-file", key.to_str().unwrap(), "list"]);
+
+    let again = env.run(Some("x"), &["init"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
