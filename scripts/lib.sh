@@ -53,6 +53,10 @@ need_runtime() {
 # What the test suite needs on top.
 need_test_tools() {
     apt_need nbdinfo libnbd-bin
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        log "installing cargo-fuzz"
+        cargo install --locked cargo-fuzz >&2 || die "cargo install cargo-fuzz failed"
+    fi
     if ! cargo nextest --version >/dev/null 2>&1; then
         log "installing cargo-nextest"
         cargo install --locked cargo-nextest >&2 || die "cargo install cargo-nextest failed"

@@ -72,6 +72,9 @@ pub enum VaultCommand {
         /// Chunk size: a power of two from 64K to 4M.
         #[arg(long, default_value = "128K")]
         chunk_size: String,
+        /// Target size of the pack objects chunks are gathered in: 1M to 32M.
+        #[arg(long, default_value = "16M")]
+        pack_size: String,
     },
     /// Store a raw or qcow2 image as a new recovery point of NAME.
     PutImage {

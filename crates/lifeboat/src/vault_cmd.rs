@@ -361,11 +361,12 @@ async fn key(args: &VaultArgs, out: Output, cmd: &KeyCommand) -> Result<()> {
 
 pub async fn run(out: Output, args: VaultArgs) -> Result<()> {
     match &args.command {
-        VaultCommand::Init { chunk_size } => {
+        VaultCommand::Init { chunk_size, pack_size } => {
             let backend = backend(&args).await?;
             let cs = parse_size(chunk_size)?;
+            let pack = parse_size(pack_size)?;
             let pass = secrets::passphrase("New vault passphrase", true)?;
-            let (vault, _) = Vault::init(backend, &pass, cs, KdfParams::DEFAULT).await?;
+            let (vault, _) = Vault::init_with(backend, &pass, cs, Some(pack), KdfParams::DEFAULT).await?;
             out.show(&serde_json::json!({"vault": vault.url(), "vault_id": vault.config().vault_id, "chunk_size": cs}), |_| {
                 println!("Created vault {} (id {}, chunk size {}).", vault.url(), vault.config().vault_id, human(u64::from(cs)));
                 println!("Lose the passphrase and every key file, and the data is gone: export a key file now with");

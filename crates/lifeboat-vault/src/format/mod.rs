@@ -13,6 +13,7 @@ pub mod blob;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod keyfile;
 pub mod keys;
 pub mod manifest;
 pub mod pack;
@@ -22,12 +23,13 @@ pub mod page;
 mod tests;
 
 pub use blob::{open_chunk, seal_chunk, BlobKind};
-pub use config::{KdfParams, KeyFile, KeySlot, VaultConfig};
+pub use config::{KdfParams, KeySlot, VaultConfig};
 pub use error::FormatError;
 pub use ids::{
     lease_key, manifest_key, manifest_prefix, pack_key, parse_lease_key, parse_manifest_key,
     parse_pack_key, ChunkId, Name, PackId, PageId, PointId, SessionId, VaultId, CONFIG_KEY,
 };
+pub use keyfile::KeyFile;
 pub use keys::{MasterKey, VaultKeys};
 pub use manifest::{
     open_manifest, seal_manifest, Consistency, DiskManifest, Manifest, PageRef, PointStats,

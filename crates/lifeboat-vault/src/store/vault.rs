@@ -40,7 +40,28 @@ impl Vault {
         chunk_size: u32,
         kdf: KdfParams,
     ) -> Result<(Vault, MasterKey)> {
-        let (config, master) = VaultConfig::create(passphrase, chunk_size, kdf)?;
+        Self::init_with(backend, passphrase, chunk_size, None, kdf).await
+    }
+
+    /// `init` with a pack size other than the default (smaller packs: more, smaller
+    /// uploads; used by tests to get many packs from small images).
+    pub async fn init_with(
+        backend: Backend,
+        passphrase: &str,
+        chunk_size: u32,
+        pack_target: Option<u32>,
+        kdf: KdfParams,
+    ) -> Result<(Vault, MasterKey)> {
+        let (mut config, master) = VaultConfig::create(passphrase, chunk_size, kdf)?;
+        if let Some(target) = pack_target {
+            if !format::config::PACK_TARGET_RANGE.contains(&target) {
+                return Err(VaultError::Usage(format!(
+                    "pack size {target} is outside {:?}",
+                    format::config::PACK_TARGET_RANGE
+                )));
+            }
+            config.pack_target = target;
+        }
         let bytes = Bytes::from(config.encode()?);
         if !backend.put_if_absent(CONFIG_KEY, bytes).await? {
             return Err(VaultError::AlreadyExists {

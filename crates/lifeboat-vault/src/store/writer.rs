@@ -365,6 +365,12 @@ impl PointWriter {
         if self.pack.is_none() {
             self.pack = Some(PackBuilder::new(PackId::random()?));
         }
+        if self.pack.as_ref().is_some_and(|p| p.blob_count() as usize + 1 >= format::pack::MAX_PACK_BLOBS as usize) {
+            // A trailer lists at most MAX_PACK_BLOBS blobs: tiny, well-compressed chunks
+            // can reach that before the pack reaches its size.
+            self.upload_pack().await?;
+            self.pack = Some(PackBuilder::new(PackId::random()?));
+        }
         let pack = self.pack.as_mut().expect("opened above");
         let (offset, len) = pack.push(id, sealed)?;
         let pack_id = *pack.id();
