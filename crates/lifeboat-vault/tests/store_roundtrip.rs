@@ -184,3 +184,62 @@ async fn wrong_passphrase_and_missing_vault_are_clear_errors() -> Result<()> {
     assert!(err.to_string().contains("lifeboat vault init"), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn all_hole_pages_are_stored_once_and_a_missing_parent_leaves_no_lease() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let vault = folder_vault(&tmp.path().join("vault")).await?;
+    let name = Name::new("empty")?;
+    let disk = Name::new("vda")?;
+    let size = 3 * 1024 * u64::from(CHUNK); // three full pages, all holes
+    let w = PointWriter::begin(
+        &vault,
+        PointOptions {
+            name: name.clone(),
+            parent: None,
+            consistency: Consistency::Crash,
+            vm_config: None,
+            disks: vec![DiskLayout {
+                name: disk,
+                size,
+                cut_time: Utc::now(),
+            }],
+        },
+    )
+    .await?;
+    let m = w.commit().await?;
+    let pages = &m.disks[0].pages;
+    assert_eq!(pages.len(), 3);
+    assert!(
+        pages.iter().all(|p| *p == pages[0]),
+        "one stored blob for equal pages: {pages:?}"
+    );
+
+    let ghost = PointRef {
+        name: name.clone(),
+        point: "1000000000000-00000000".parse()?,
+    };
+    let err = PointWriter::begin(
+        &vault,
+        PointOptions {
+            name,
+            parent: Some(ghost),
+            consistency: Consistency::Crash,
+            vm_config: None,
+            disks: vec![DiskLayout {
+                name: Name::new("vda")?,
+                size,
+                cut_time: Utc::now(),
+            }],
+        },
+    )
+    .await
+    .err()
+    .expect("the parent does not exist");
+    assert!(matches!(err, VaultError::UnknownPoint { .. }), "{err}");
+    assert!(
+        vault.backend().list("leases/").await?.is_empty(),
+        "the lease must be released"
+    );
+    Ok(())
+}

@@ -102,6 +102,43 @@ pub enum VaultCommand {
         #[arg(long)]
         disk: Option<String>,
     },
+    /// Re-read and re-check every chunk of the chosen points; name what is damaged.
+    Verify {
+        /// Points to check (ids); default: every point.
+        points: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete points the retention policy does not keep (manifests only; `gc` frees data).
+    Prune {
+        /// Keep every point younger than this (e.g. 24h).
+        #[arg(long)]
+        keep_within: Option<String>,
+        /// Then the newest point of each hour, for this long (e.g. 7d).
+        #[arg(long)]
+        keep_hourly: Option<String>,
+        /// Then the newest point of each day, for this long (e.g. 4w).
+        #[arg(long)]
+        keep_daily: Option<String>,
+        /// Then the newest point of each week, for this long (e.g. 26w).
+        #[arg(long)]
+        keep_weekly: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Show the plan; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete packs no point references, once older than the grace period.
+    Gc {
+        /// Never delete packs younger than this (they may belong to a running writer).
+        #[arg(long, default_value = "24h")]
+        grace: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stored bytes, dedup and compression ratios, and what each point added.
+    Stats,
     /// Key management.
     #[command(subcommand)]
     Key(KeyCommand),

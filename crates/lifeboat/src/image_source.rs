@@ -12,15 +12,14 @@ use bytes::Bytes;
 use lifeboat_nbd::{ConnectOptions, NbdClient, BASE_ALLOCATION};
 
 pub enum ImageSource {
-    Raw {
-        file: std::fs::File,
-        size: u64,
-    },
-    Qcow2 {
-        client: NbdClient,
-        server: tokio::process::Child,
-        _dir: tempfile::TempDir,
-    },
+    Raw { file: std::fs::File, size: u64 },
+    Qcow2(Box<Qcow2Source>),
+}
+
+pub struct Qcow2Source {
+    client: NbdClient,
+    server: tokio::process::Child,
+    _dir: tempfile::TempDir,
 }
 
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
@@ -72,17 +71,17 @@ impl ImageSource {
         )
         .await
         .with_context(|| format!("reading {} through qemu-nbd", path.display()))?;
-        Ok(ImageSource::Qcow2 {
+        Ok(ImageSource::Qcow2(Box::new(Qcow2Source {
             client,
             server,
             _dir: dir,
-        })
+        })))
     }
 
     pub fn size(&self) -> u64 {
         match self {
             ImageSource::Raw { size, .. } => *size,
-            ImageSource::Qcow2 { client, .. } => client.export_size(),
+            ImageSource::Qcow2(q) => q.client.export_size(),
         }
     }
 
@@ -90,8 +89,9 @@ impl ImageSource {
     pub async fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
         match self {
             ImageSource::Raw { file, size } => raw_data_ranges(file, *size),
-            ImageSource::Qcow2 { client, .. } => Ok(client
-                .extents(BASE_ALLOCATION, 0, client.export_size())
+            ImageSource::Qcow2(q) => Ok(q
+                .client
+                .extents(BASE_ALLOCATION, 0, q.client.export_size())
                 .await?
                 .into_iter()
                 .filter(|e| !e.is_hole() && !e.is_zero())
@@ -108,15 +108,15 @@ impl ImageSource {
                     .with_context(|| format!("reading {len} bytes at {offset}"))?;
                 Ok(Bytes::from(buf))
             }
-            ImageSource::Qcow2 { client, .. } => Ok(client.read(offset, len as u32).await?),
+            ImageSource::Qcow2(q) => Ok(q.client.read(offset, len as u32).await?),
         }
     }
 
     pub async fn close(self) {
-        if let ImageSource::Qcow2 {
-            client, mut server, ..
-        } = self
-        {
+        if let ImageSource::Qcow2(q) = self {
+            let Qcow2Source {
+                client, mut server, ..
+            } = *q;
             let _ = client.disconnect().await;
             let _ = server.kill().await;
         }

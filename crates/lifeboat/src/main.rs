@@ -5,6 +5,7 @@ mod cbt_cmd;
 mod cli;
 mod demo;
 mod image_source;
+mod maintenance_cmd;
 mod output;
 mod secrets;
 mod vault_cmd;
@@ -25,6 +26,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            // Scripts can tell "the vault is damaged" (3) from "the command failed" (1).
+            if e.downcast_ref::<vault_cmd::Damaged>().is_some() {
+                return std::process::ExitCode::from(maintenance_cmd::EXIT_DAMAGED);
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::cli::{KeyCommand, VaultArgs, VaultCommand};
 use crate::image_source::{parse_ranges, ImageSource};
+use crate::maintenance_cmd as maintenance;
 use crate::output::{bytes as human, table, Output};
 use crate::secrets;
 
@@ -361,12 +362,16 @@ async fn key(args: &VaultArgs, out: Output, cmd: &KeyCommand) -> Result<()> {
 
 pub async fn run(out: Output, args: VaultArgs) -> Result<()> {
     match &args.command {
-        VaultCommand::Init { chunk_size, pack_size } => {
+        VaultCommand::Init {
+            chunk_size,
+            pack_size,
+        } => {
             let backend = backend(&args).await?;
             let cs = parse_size(chunk_size)?;
             let pack = parse_size(pack_size)?;
             let pass = secrets::passphrase("New vault passphrase", true)?;
-            let (vault, _) = Vault::init_with(backend, &pass, cs, Some(pack), KdfParams::DEFAULT).await?;
+            let (vault, _) =
+                Vault::init_with(backend, &pass, cs, Some(pack), KdfParams::DEFAULT).await?;
             out.show(&serde_json::json!({"vault": vault.url(), "vault_id": vault.config().vault_id, "chunk_size": cs}), |_| {
                 println!("Created vault {} (id {}, chunk size {}).", vault.url(), vault.config().vault_id, human(u64::from(cs)));
                 println!("Lose the passphrase and every key file, and the data is gone: export a key file now with");
@@ -396,7 +401,50 @@ pub async fn run(out: Output, args: VaultArgs) -> Result<()> {
             out: target,
             disk,
         } => restore(&open(&args).await?, out, point, target, disk.as_deref()).await?,
+        VaultCommand::Verify { points, name } => {
+            let code =
+                maintenance::run_verify(&open(&args).await?, out, points, name.as_deref()).await?;
+            if code != 0 {
+                return Err(anyhow::Error::new(Damaged));
+            }
+        }
+        VaultCommand::Prune {
+            keep_within,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            name,
+            dry_run,
+        } => {
+            maintenance::run_prune(
+                &open(&args).await?,
+                out,
+                keep_within.as_deref(),
+                keep_hourly.as_deref(),
+                keep_daily.as_deref(),
+                keep_weekly.as_deref(),
+                name.as_deref(),
+                *dry_run,
+            )
+            .await?
+        }
+        VaultCommand::Gc { grace, dry_run } => {
+            maintenance::run_gc(&open(&args).await?, out, grace, *dry_run).await?
+        }
+        VaultCommand::Stats => maintenance::run_stats(&open(&args).await?, out).await?,
         VaultCommand::Key(cmd) => key(&args, out, cmd).await?,
     }
     Ok(())
 }
+
+/// `verify` found damage (exit code 3; the report says what).
+#[derive(Debug)]
+pub struct Damaged;
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the vault has damaged points (listed above)")
+    }
+}
+
+impl std::error::Error for Damaged {}

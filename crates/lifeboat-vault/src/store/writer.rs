@@ -20,7 +20,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::format::{
     self, pack_key, ChunkId, Consistency, DiskManifest, IndexEntry, IndexPage, Manifest, Name,
-    PackBuilder, PackId, PackedId, PageRef, PointId, PointStats, VaultKeys, ENTRIES_PER_PAGE,
+    PackBuilder, PackId, PackedId, PageId, PageRef, PointId, PointStats, VaultKeys,
+    ENTRIES_PER_PAGE,
 };
 use crate::store::error::{Result, VaultError};
 use crate::store::lease::Lease;
@@ -90,6 +91,9 @@ pub struct PointWriter {
     pack: Option<PackBuilder>,
     uploads: JoinSet<Result<()>>,
     session: HashMap<ChunkId, IndexEntry>,
+    /// Pages stored by this writer, by id: all-hole pages and pages equal across disks
+    /// are stored once.
+    session_pages: HashMap<PageId, PageRef>,
     stats: PointStats,
     lease: Lease,
 }
@@ -99,8 +103,17 @@ impl PointWriter {
         if opts.disks.is_empty() {
             return Err(VaultError::Usage("a point needs at least one disk".into()));
         }
+        // The lease first, then the parent: a prune and gc that run between the two
+        // would otherwise not know the parent is still needed.
+        let lease = Lease::take(vault, &opts.name, opts.parent.as_ref().map(|p| &p.point)).await?;
         let parent = match &opts.parent {
-            Some(p) => Some(vault.manifest(p).await?),
+            Some(p) => match vault.manifest(p).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    lease.release().await;
+                    return Err(e);
+                }
+            },
             None => None,
         };
         let chunk_size = u64::from(vault.chunk_size());
@@ -122,7 +135,6 @@ impl PointWriter {
             });
         }
         let point = PointId::new(Utc::now())?;
-        let lease = Lease::take(vault, &opts.name, opts.parent.as_ref().map(|p| &p.point)).await?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(PointWriter {
             vault: vault.clone(),
@@ -134,6 +146,7 @@ impl PointWriter {
             pack: None,
             uploads: JoinSet::new(),
             session: HashMap::new(),
+            session_pages: HashMap::new(),
             stats: PointStats::default(),
             lease,
             opts,
@@ -351,21 +364,30 @@ impl PointWriter {
             }
         }
         // Pages of all-hole ranges, and pages repeated across disks, are stored once.
+        if let Some(r) = self.session_pages.get(&id) {
+            return Ok(*r);
+        }
         let (pack, offset, len) = self.push_blob(PackedId::Page(id), &sealed).await?;
         self.stats.new_bytes_stored += sealed.len() as u64;
-        Ok(PageRef {
+        let r = PageRef {
             id,
             pack,
             offset,
             len,
-        })
+        };
+        self.session_pages.insert(id, r);
+        Ok(r)
     }
 
     async fn push_blob(&mut self, id: PackedId, sealed: &[u8]) -> Result<(PackId, u32, u32)> {
         if self.pack.is_none() {
             self.pack = Some(PackBuilder::new(PackId::random()?));
         }
-        if self.pack.as_ref().is_some_and(|p| p.blob_count() as usize + 1 >= format::pack::MAX_PACK_BLOBS as usize) {
+        if self
+            .pack
+            .as_ref()
+            .is_some_and(|p| p.blob_count() as usize + 1 >= format::pack::MAX_PACK_BLOBS as usize)
+        {
             // A trailer lists at most MAX_PACK_BLOBS blobs: tiny, well-compressed chunks
             // can reach that before the pack reaches its size.
             self.upload_pack().await?;
