@@ -327,6 +327,66 @@ async fn prefixes_keep_vaults_apart(kind: Kind) {
     assert_eq!(f.backend.list("").await.unwrap()[0].key, "config");
 }
 
+/// The whole vault on this backend: init, a full point and a child point, both restored
+/// bit for bit, and verify clean.
+async fn recovery_points_round_trip(kind: Kind) {
+    use chrono::Utc;
+    use lifeboat_vault::format::{Consistency, KdfParams, Name};
+    use lifeboat_vault::{DiskLayout, PointOptions, PointReader, PointRef, PointWriter, Vault};
+    let f = fixture(kind).await;
+    let (vault, _) = Vault::init(f.backend.clone(), "pw", 64 << 10, KdfParams::INSECURE_FAST)
+        .await
+        .unwrap();
+    let disk = Name::new("vda").unwrap();
+    let size = 6u64 << 20;
+    let mut image = vec![0u8; size as usize];
+    image[1 << 20..3 << 20].copy_from_slice(&data(2 << 20, 7));
+    let mut parent: Option<PointRef> = None;
+    for round in 0..2u64 {
+        if round == 1 {
+            image[(4 << 20)..(4 << 20) + 70_000].copy_from_slice(&data(70_000, 9));
+        }
+        let mut w = PointWriter::begin(
+            &vault,
+            PointOptions {
+                name: Name::new("web1").unwrap(),
+                parent: parent.clone(),
+                consistency: Consistency::Crash,
+                vm_config: None,
+                disks: vec![DiskLayout {
+                    name: disk.clone(),
+                    size,
+                    cut_time: Utc::now(),
+                }],
+            },
+        )
+        .await
+        .unwrap();
+        w.write(&disk, 0, Bytes::from(image.clone())).await.unwrap();
+        let m = w.commit().await.unwrap();
+        let point = PointRef {
+            name: m.name,
+            point: m.point,
+        };
+        let reader = PointReader::open(&vault, &point, 4 << 20).await.unwrap();
+        let out = tempfile::NamedTempFile::new().unwrap();
+        reader.restore_raw(&disk, out.path()).await.unwrap();
+        assert_eq!(
+            std::fs::read(out.path()).unwrap(),
+            image,
+            "{kind:?} round {round}"
+        );
+        parent = Some(point);
+    }
+    let points = vault.list_points(None).await.unwrap();
+    assert_eq!(points.len(), 2);
+    let report = lifeboat_vault::store::verify(&vault, &points, |_| {})
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{kind:?}: {report:?}");
+    drop(f.server);
+}
+
 macro_rules! conformance {
     ($kind:ident: $($test:ident),* $(,)?) => {
         #[allow(non_snake_case)]
@@ -362,6 +422,7 @@ all_backends!(
     large_object_round_trip,
     escaping_keys_are_refused,
     prefixes_keep_vaults_apart,
+    recovery_points_round_trip,
 );
 
 // s3s-fs checks `If-None-Match: *` and then writes, not atomically: racing creators can
