@@ -55,12 +55,19 @@ pub async fn apply_to_raw<C: Cut>(cut: &C, disk: &DiskName, target: &Path) -> Re
             tool: "apply".into(),
             reason: format!("the cut has no disk {disk}"),
         })?;
+    // A full cut builds a new image beside the old one and replaces it only when whole:
+    // a cut that fails half way must not cost the replica we had.
+    let partial = target.with_extension("partial");
+    let written = match cut.kind() {
+        CutKind::Full => partial.as_path(),
+        CutKind::Incremental => target,
+    };
     let file = match cut.kind() {
         CutKind::Full => {
-            let f = std::fs::File::create(target)
-                .map_err(|e| HypervisorError::io("creating", target, e))?;
+            let f = std::fs::File::create(written)
+                .map_err(|e| HypervisorError::io("creating", written, e))?;
             f.set_len(size)
-                .map_err(|e| HypervisorError::io("sizing", target, e))?;
+                .map_err(|e| HypervisorError::io("sizing", written, e))?;
             f
         }
         CutKind::Incremental => {
@@ -101,18 +108,74 @@ pub async fn apply_to_raw<C: Cut>(cut: &C, disk: &DiskName, target: &Path) -> Re
         .try_for_each(|(offset, bytes)| {
             let r = file
                 .write_all_at(&bytes, offset)
-                .map_err(|e| HypervisorError::io("writing", target, e));
+                .map_err(|e| HypervisorError::io("writing", written, e));
             futures::future::ready(r)
         })
         .await?;
     file.sync_all()
-        .map_err(|e| HypervisorError::io("syncing", target, e))?;
+        .map_err(|e| HypervisorError::io("syncing", written, e))?;
+    if written != target {
+        std::fs::rename(written, target)
+            .map_err(|e| HypervisorError::io("replacing", target, e))?;
+    }
     Ok(stats)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hypervisor::CutDisk;
+    use bytes::Bytes;
+
+    /// A full cut of 8 MiB of 0xAB whose reads fail past 3 MiB, as when QEMU dies mid-cut.
+    struct FailingCut(Vec<CutDisk>);
+
+    impl Cut for FailingCut {
+        fn kind(&self) -> CutKind {
+            CutKind::Full
+        }
+        fn generation(&self) -> u64 {
+            1
+        }
+        fn disks(&self) -> &[CutDisk] {
+            &self.0
+        }
+        async fn changed_extents(&self, _: &DiskName) -> Result<Vec<Extent>> {
+            Ok(vec![Extent {
+                offset: 0,
+                length: 8 << 20,
+            }])
+        }
+        async fn read(&self, _: &DiskName, offset: u64, length: u32) -> Result<Bytes> {
+            if offset >= 3 << 20 {
+                return Err(HypervisorError::Tool {
+                    tool: "test".into(),
+                    reason: "QEMU went away".into(),
+                });
+            }
+            Ok(Bytes::from(vec![0xAB; length as usize]))
+        }
+        async fn commit(self) -> Result<()> {
+            Ok(())
+        }
+        async fn abort(self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_cut_that_fails_keeps_the_old_replica() {
+        let tmp = tempfile::tempdir().unwrap();
+        let replica = tmp.path().join("replica.raw");
+        std::fs::write(&replica, b"the replica we had").unwrap();
+        let disk = DiskName::new("vda").unwrap();
+        let cut = FailingCut(vec![CutDisk {
+            name: disk.clone(),
+            size: 8 << 20,
+        }]);
+        assert!(apply_to_raw(&cut, &disk, &replica).await.is_err());
+        assert_eq!(std::fs::read(&replica).unwrap(), b"the replica we had");
+    }
 
     #[test]
     fn pieces_cover_extents_exactly() {

@@ -109,6 +109,17 @@ pub enum TrackingStatus {
     NeedsFullResync { reason: String },
 }
 
+/// The generation every disk is tracking at, when they all agree and no cut is open: what
+/// the record should say after a cut ends.
+pub fn common_generation(disks: &[(String, DiskTracking)]) -> Option<u64> {
+    let mut gens = disks.iter().map(|(_, t)| match t {
+        DiskTracking::Active { generation, .. } => Some(*generation),
+        _ => None,
+    });
+    let first = gens.next()??;
+    gens.all(|g| g == Some(first)).then_some(first)
+}
+
 /// Combines the disks' states. `expected` is the generation the driver last committed for
 /// this VM, if it remembers one: bitmaps that vanished against that record are a loss,
 /// not a VM that was never tracked.
@@ -171,7 +182,16 @@ pub fn vm_tracking(disks: &[(String, DiskTracking)], expected: Option<u64>) -> T
         }
     }
     let generation = generation.expect("at least one disk");
-    if let Some(e) = expected {
+    let Some(e) = expected else {
+        return TrackingStatus::NeedsFullResync {
+            reason: format!(
+                "bitmap {} exists but this host never recorded tracking it (a disk copied from \
+                 another VM, or a lost record), so what it covers is unknown",
+                bitmap_name(generation)
+            ),
+        };
+    };
+    {
         // The record lags by one while a cut is open or after a crash between the
         // bitmap commit and the record write; anything else is someone else's bitmaps.
         if generation != e && generation != e + 1 {
@@ -302,6 +322,23 @@ mod tests {
             vm_tracking(&[d("vda", active(9))], Some(3)),
             TrackingStatus::NeedsFullResync { .. }
         ));
+        // Bitmaps this host never recorded (a copied disk) are not trusted.
+        assert!(matches!(
+            vm_tracking(&[d("vda", active(3))], None),
+            TrackingStatus::NeedsFullResync { .. }
+        ));
+        assert_eq!(
+            common_generation(&[d("vda", active(3)), d("vdb", active(3))]),
+            Some(3)
+        );
+        assert_eq!(
+            common_generation(&[d("vda", active(3)), d("vdb", active(4))]),
+            None
+        );
+        assert_eq!(
+            common_generation(&[d("vda", DiskTracking::Untracked)]),
+            None
+        );
         assert_eq!(
             vm_tracking(
                 &[d(

@@ -108,6 +108,29 @@ async fn tracking_survives_a_qemu_restart_but_not_a_kill() -> Result<()> {
         lifeboat_hypervisor::ShutdownOutcome::GuestPoweredOff
     );
     let offline = lab.driver.tracking_status(&lab.vm).await?;
+    // The same disk defined on another host (a copy) carries the bitmap, but nobody there
+    // recorded what it covers: it must not be trusted.
+    {
+        let copy = lab.path("copied.qcow2");
+        std::fs::copy(&lab.disk, &copy)?;
+        let mut config = lifeboat_hypervisor::QemuConfig::new(lab.path("other-host"));
+        config.accel = lifeboat_hypervisor::Accel::Tcg;
+        let other = lifeboat_hypervisor::QemuDriver::new(config)?;
+        let spec = lifeboat_hypervisor::VmSpec::parse(
+            &format!(
+                "name = \"copy\"\nmemory_mib = 64\n[[disks]]\nname = \"vda\"\npath = \"{}\"\nformat = \"qcow2\"\n",
+                copy.display()
+            ),
+            std::path::Path::new("copy"),
+        )?;
+        let vm = spec.name.clone();
+        other.define(spec).await?;
+        let status = other.tracking_status(&vm).await?;
+        assert!(
+            matches!(status, TrackingStatus::NeedsFullResync { .. }),
+            "{status:?}"
+        );
+    }
     assert!(
         matches!(offline, TrackingStatus::Tracking { .. }),
         "{offline:?}"

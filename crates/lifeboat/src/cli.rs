@@ -88,6 +88,10 @@ pub enum VaultCommand {
         /// comparing the whole image by digest.
         #[arg(long, requires = "parent")]
         changed: Option<PathBuf>,
+        /// The image's format; default: qcow2 if the name ends in .qcow2, else raw. Never
+        /// guessed from the content (a guest controls that).
+        #[arg(long, value_enum)]
+        format: Option<crate::image_source::ImageFormat>,
     },
     /// List recovery points: id, name, time, size, new bytes.
     List {

@@ -1,6 +1,10 @@
-//! Disk images as a source of bytes for `vault put-image`: a raw file (its holes found with
-//! SEEK_DATA/SEEK_HOLE) or a qcow2 file, read through `qemu-nbd` and our NBD client so that
-//! only allocated data is read.
+//! Disk images as a source of bytes for `vault put-image`: a raw file or block device (its
+//! holes found with SEEK_DATA/SEEK_HOLE) or a qcow2 file, read through `qemu-nbd` and our
+//! NBD client so that only allocated data is read.
+//!
+//! The format is never guessed from the content: a raw disk whose guest wrote a qcow2
+//! header at sector 0 would otherwise be opened as qcow2, and its backing-file path could
+//! make us read any file on the host into the vault.
 
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -22,22 +26,45 @@ pub struct Qcow2Source {
     _dir: tempfile::TempDir,
 }
 
-const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// The format the file name says: `.qcow2` is qcow2, anything else raw.
+    pub fn from_name(path: &Path) -> ImageFormat {
+        if path.extension().is_some_and(|e| e == "qcow2") {
+            ImageFormat::Qcow2
+        } else {
+            ImageFormat::Raw
+        }
+    }
+}
 
 impl ImageSource {
-    pub async fn open(path: &Path) -> Result<ImageSource> {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let mut magic = [0u8; 4];
-        let n = file.read_at(&mut magic, 0).unwrap_or(0);
-        if n == 4 && &magic == QCOW2_MAGIC {
-            return Self::open_qcow2(path).await;
+    pub async fn open(path: &Path, format: ImageFormat) -> Result<ImageSource> {
+        let source = match format {
+            ImageFormat::Qcow2 => Self::open_qcow2(path).await?,
+            ImageFormat::Raw => {
+                let mut file = std::fs::File::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                // Block devices report length 0 in their metadata; seeking to the end works
+                // for files and devices alike.
+                let size = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))
+                    .with_context(|| format!("finding the size of {}", path.display()))?;
+                ImageSource::Raw { file, size }
+            }
+        };
+        if source.size() == 0 {
+            bail!("{} is empty: nothing to store", path.display());
         }
-        let size = file.metadata()?.len();
-        Ok(ImageSource::Raw { file, size })
+        Ok(source)
     }
 
     async fn open_qcow2(path: &Path) -> Result<ImageSource> {
+        refuse_backing_file(path).await?;
         let dir = tempfile::Builder::new()
             .prefix("lb-nbd")
             .tempdir_in("/tmp")?;
@@ -121,6 +148,33 @@ impl ImageSource {
             let _ = server.kill().await;
         }
     }
+}
+
+/// A qcow2 with a backing file would pull that file's bytes into the point; it is refused
+/// so that the image alone decides what is stored.
+async fn refuse_backing_file(path: &Path) -> Result<()> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", "qcow2"])
+        .arg(path)
+        .output()
+        .await
+        .context("running qemu-img (install qemu-utils)")?;
+    if !out.status.success() {
+        bail!(
+            "{} is not a readable qcow2 image: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    if let Some(backing) = info.get("backing-filename").and_then(|b| b.as_str()) {
+        bail!(
+            "{} has a backing file ({backing}); flatten it first (`qemu-img convert -O qcow2 {} FLAT.qcow2`)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Data ranges of a raw file by SEEK_DATA / SEEK_HOLE; the whole file where the file

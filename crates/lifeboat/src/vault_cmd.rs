@@ -15,7 +15,7 @@ use lifeboat_vault::{
 use serde::Serialize;
 
 use crate::cli::{KeyCommand, VaultArgs, VaultCommand};
-use crate::image_source::{parse_ranges, ImageSource};
+use crate::image_source::{parse_ranges, ImageFormat, ImageSource};
 use crate::maintenance_cmd as maintenance;
 use crate::output::{bytes as human, table, Output};
 use crate::secrets;
@@ -104,6 +104,7 @@ async fn put_image(
     file: &Path,
     parent: Option<&str>,
     changed: Option<&Path>,
+    format: Option<ImageFormat>,
 ) -> Result<()> {
     let started = Instant::now();
     let name = Name::new(name)?;
@@ -111,26 +112,11 @@ async fn put_image(
         Some(p) => Some(resolve_point(vault, p, Some(name.as_str())).await?),
         None => None,
     };
-    let source = ImageSource::open(file).await?;
+    let format = format.unwrap_or_else(|| ImageFormat::from_name(file));
+    let source = ImageSource::open(file, format).await?;
     let size = source.size();
     let cs = u64::from(vault.chunk_size());
     let disk = Name::new(IMAGE_DISK)?;
-    // What to read: the given changed ranges; or, without them, the data ranges — and,
-    // on top of a parent, the holes as well, since they may hide the parent's data.
-    let (reads, fill_holes) = match changed {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            (
-                align_to_chunks(&parse_ranges(&text, path)?, cs, size),
-                false,
-            )
-        }
-        None => (
-            align_to_chunks(&source.data_ranges().await?, cs, size),
-            parent.is_some(),
-        ),
-    };
     let mut writer = PointWriter::begin(
         vault,
         PointOptions {
@@ -146,6 +132,30 @@ async fn put_image(
         },
     )
     .await?;
+    // What to read: the given changed ranges; or, without them, the data ranges — and,
+    // on top of the parent's disk, the holes as well, since they may hide its data.
+    let from_parent = writer.has_parent(&disk);
+    let (reads, fill_holes) = match changed {
+        Some(path) => {
+            if !from_parent {
+                writer.abort().await;
+                bail!(
+                    "--changed needs the parent's disk to be this image's size ({size} bytes), and it is not \
+                     (resized?); store the image in full: drop --changed"
+                );
+            }
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (
+                align_to_chunks(&parse_ranges(&text, path)?, cs, size),
+                false,
+            )
+        }
+        None => (
+            align_to_chunks(&source.data_ranges().await?, cs, size),
+            from_parent,
+        ),
+    };
     let total: u64 = reads.iter().map(|r| r.1).sum();
     let bar = if out.json {
         ProgressBar::hidden()
@@ -383,6 +393,7 @@ pub async fn run(out: Output, args: VaultArgs) -> Result<()> {
             file,
             parent,
             changed,
+            format,
         } => {
             let vault = open(&args).await?;
             put_image(
@@ -392,6 +403,7 @@ pub async fn run(out: Output, args: VaultArgs) -> Result<()> {
                 file,
                 parent.as_deref(),
                 changed.as_deref(),
+                *format,
             )
             .await?;
         }

@@ -208,3 +208,118 @@ fn keys_passphrases_and_their_errors() {
     let again = env.run(Some("x"), &["init"]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }
+
+#[test]
+fn images_are_taken_for_what_their_name_says_and_unsafe_ones_are_refused() {
+    let env = Env::new();
+    let pass = Some("pw");
+    env.ok(pass, &["init", "--chunk-size", "64K"]);
+
+    // A raw disk whose guest wrote a qcow2 header (with a backing file) at sector 0: it
+    // is stored as the raw bytes it is, never opened as qcow2.
+    let secret = env.path("host-secret.txt");
+    std::fs::write(&secret, "host secret").unwrap();
+    let tricky = env.path("guest.raw");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&secret)
+        .arg(&tricky)
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let put = json(&env.ok(
+        pass,
+        &[
+            "--json",
+            "put-image",
+            "--name",
+            "g",
+            tricky.to_str().unwrap(),
+        ],
+    ));
+    let out = env.path("g.raw");
+    env.ok(
+        pass,
+        &[
+            "restore",
+            put["point"]["point"].as_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&tricky).unwrap()
+    );
+
+    // As qcow2, the backing file is refused rather than read.
+    let refused = env.run(
+        pass,
+        &[
+            "put-image",
+            "--name",
+            "g",
+            "--format",
+            "qcow2",
+            tricky.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("backing file"));
+
+    // --changed on top of a parent of another size would zero everything else: refused.
+    let img = env.path("disk.raw");
+    make_image(&img);
+    env.ok(pass, &["put-image", "--name", "r", img.to_str().unwrap()]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let ranges = env.path("r.txt");
+    std::fs::write(&ranges, "0 4096\n").unwrap();
+    let resized = env.run(
+        pass,
+        &[
+            "put-image",
+            "--name",
+            "r",
+            "--parent",
+            "latest",
+            "--changed",
+            ranges.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(resized.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&resized.stderr).contains("drop --changed"));
+    // In full it works and restores bit for bit.
+    let full = json(&env.ok(
+        pass,
+        &[
+            "--json",
+            "put-image",
+            "--name",
+            "r",
+            "--parent",
+            "latest",
+            img.to_str().unwrap(),
+        ],
+    ));
+    let out = env.path("r.raw");
+    env.ok(
+        pass,
+        &[
+            "restore",
+            full["point"]["point"].as_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+
+    let empty = env.path("empty.raw");
+    std::fs::write(&empty, b"").unwrap();
+    let e = env.run(pass, &["put-image", "--name", "e", empty.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("empty"));
+}

@@ -190,15 +190,11 @@ async fn recover(qmp: &Qmp, dir: &VmDir, spec: &VmSpec) -> Result<()> {
             .await
             .map_err(qmp_error(vm, "transaction (undo open cut)"))?;
     }
-    let after = tracking::vm_tracking(
-        &per_disk_tracking(spec, &query_nodes(qmp, vm).await?)?,
-        None,
-    );
+    let after =
+        tracking::common_generation(&per_disk_tracking(spec, &query_nodes(qmp, vm).await?)?);
     match (rec, after) {
         (Record::FullCutOpen(_), _) => record::write(dir, Record::None)?,
-        (Record::Active(e), TrackingStatus::Tracking { generation, .. }) if generation == e + 1 => {
-            record::write(dir, Record::Active(generation))?
-        }
+        (Record::Active(e), Some(g)) if g == e + 1 => record::write(dir, Record::Active(g))?,
         _ => {}
     }
     Ok(())
@@ -401,15 +397,17 @@ impl QemuCut {
                 .await
                 .map_err(qmp_error(vm, "transaction (end cut)"))?;
         }
-        let after = tracking::vm_tracking(
-            &per_disk_tracking(&self.spec, &query_nodes(qmp, vm).await?)?,
-            None,
-        );
-        let rec = match after {
-            TrackingStatus::Tracking { generation, .. } => Record::Active(generation),
-            _ => Record::None,
-        };
-        record::write(&self.dir, rec)
+        let after = tracking::common_generation(&per_disk_tracking(
+            &self.spec,
+            &query_nodes(qmp, vm).await?,
+        )?);
+        match (after, self.kind, keep) {
+            (Some(g), _, _) => record::write(&self.dir, Record::Active(g)),
+            // An aborted full cut leaves nothing tracked.
+            (None, CutKind::Full, false) => record::write(&self.dir, Record::None),
+            // Anything else is broken; keep the record, so status says tracking was lost.
+            _ => Ok(()),
+        }
     }
 
     async fn finish(mut self, keep: bool) -> Result<()> {

@@ -16,11 +16,14 @@
 //! - A writer refers to its parent's chunks. The parent's manifest is marked like any
 //!   other; the parent named by a live lease must exist, else the plan is blocked (the
 //!   parent was pruned under a running writer, which may still commit references to it).
-//! - Manifests are listed before leases. If a writer takes its lease before it reads its
-//!   parent's manifest, a parent pruned before our manifest listing shows up in our lease
-//!   listing as a live lease on a missing parent, which blocks the plan. (That relies on
-//!   the writer's order: `PointWriter::begin` today reads the parent first and takes the
-//!   lease after, leaving a window of one request.)
+//! - Leases are listed before and after the manifests. A writer takes its lease before it
+//!   reads its parent's manifest, so a parent pruned before our manifest listing shows up
+//!   in the second lease listing as a live lease on a missing parent, which blocks the
+//!   plan. A long-running writer that commits and drops its lease between two listings is
+//!   still seen in the first one, so the cutoff still moves back to its start (less a
+//!   margin for clock skew between writer and storage).
+//! - A writer that stalls past its lease's lifetime refuses to commit
+//!   (`Lease::check_alive`), and checks that its parent still exists just before.
 //!
 //! Partly dead packs (some blobs referenced, some not) are reported with their dead bytes,
 //! read from the trailers of referenced packs; repacking them is later work.
@@ -148,17 +151,22 @@ fn report(plan: GcPlan, dry_run: bool, deleted: u64, freed: u64, leases: u64) ->
     }
 }
 
+/// How far a writer's clock may be off the storage's.
+const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
 /// Marks and decides; deletes nothing.
 pub async fn plan_gc(vault: &Vault, grace: Duration) -> Result<GcPlan> {
     let now = Utc::now();
-    // Manifests first, leases second: see the module doc.
+    // Leases, then manifests, then leases again: see the module doc.
+    let mut leases = live_leases(vault).await?;
     let points = vault.list_points(None).await?;
-    let leases = live_leases(vault).await?;
+    leases.extend(live_leases(vault).await?);
     let mut unreadable = Vec::new();
 
     let mut cutoff = now - chrono::Duration::from_std(grace).unwrap_or(chrono::TimeDelta::MAX);
     for l in &leases {
-        cutoff = cutoff.min(l.started);
+        // `started` is the writer's clock, pack times are the storage's: allow for skew.
+        cutoff = cutoff.min(l.started - chrono::Duration::from_std(CLOCK_SKEW).expect("small"));
     }
 
     let known: HashSet<PointId> = points.iter().map(|p| p.point).collect();

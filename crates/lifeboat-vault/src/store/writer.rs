@@ -53,9 +53,16 @@ pub struct PointOptions {
     pub disks: Vec<DiskLayout>,
 }
 
+/// A chunk on its way: being sealed on the blocking pool, or already known.
+enum Pending {
+    Job(JoinHandle<Result<Done>>),
+    Ready(Done),
+}
+
 enum Outcome {
     Zero,
-    SameAsParent,
+    /// Equal to the parent's chunk in the same slot: its entry is reused.
+    SameAsParent(IndexEntry),
     New {
         id: ChunkId,
         sealed: Vec<u8>,
@@ -86,7 +93,7 @@ pub struct PointWriter {
     opts: PointOptions,
     chunk_size: u64,
     disks: Vec<DiskState>,
-    pending: VecDeque<JoinHandle<Result<Done>>>,
+    pending: VecDeque<Pending>,
     max_pending: usize,
     pack: Option<PackBuilder>,
     uploads: JoinSet<Result<()>>,
@@ -100,9 +107,7 @@ pub struct PointWriter {
 
 impl PointWriter {
     pub async fn begin(vault: &Vault, opts: PointOptions) -> Result<PointWriter> {
-        if opts.disks.is_empty() {
-            return Err(VaultError::Usage("a point needs at least one disk".into()));
-        }
+        check_layout(&opts.disks)?;
         // The lease first, then the parent: a prune and gc that run between the two
         // would otherwise not know the parent is still needed.
         let lease = Lease::take(vault, &opts.name, opts.parent.as_ref().map(|p| &p.point)).await?;
@@ -161,6 +166,15 @@ impl PointWriter {
         self.chunk_size
     }
 
+    /// Whether `disk` starts from the parent's content (same name, size and chunk size in
+    /// the parent). When it does not, every byte not written reads as zero — so a caller
+    /// that writes only changed ranges must not go on.
+    pub fn has_parent(&self, disk: &Name) -> bool {
+        self.disks
+            .iter()
+            .any(|d| &d.layout.name == disk && d.parent.is_some())
+    }
+
     fn disk_index(&self, disk: &Name) -> Result<usize> {
         self.disks
             .iter()
@@ -172,19 +186,53 @@ impl PointWriter {
     /// chunk size and `data` a whole number of chunks (or end at the disk's end); offsets
     /// must not go backwards. Use [`align_to_chunks`] to widen changed ranges first.
     pub async fn write(&mut self, disk: &Name, offset: u64, data: Bytes) -> Result<()> {
+        let d = self.check_write(disk, offset, data.len() as u64)?;
+        let cs = self.chunk_size;
+        let mut at = 0usize;
+        while at < data.len() {
+            let len = (cs as usize).min(data.len() - at);
+            let chunk = data.slice(at..at + len);
+            let slot = (offset + at as u64) / cs;
+            let parent = match &self.disks[d].parent {
+                Some(p) => Some(p.entry(slot).await?),
+                None => None,
+            };
+            self.submit(d, slot, chunk, parent).await?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Marks `len` bytes at `offset` as zeros (chunk-aligned, like `write`). Nothing is
+    /// hashed or scanned: the slots become holes directly.
+    pub async fn write_zeroes(&mut self, disk: &Name, offset: u64, len: u64) -> Result<()> {
+        let d = self.check_write(disk, offset, len)?;
+        let cs = self.chunk_size;
+        for slot in offset / cs..(offset + len).div_ceil(cs) {
+            self.make_room().await?;
+            self.pending.push_back(Pending::Ready(Done {
+                disk: d,
+                slot,
+                outcome: Outcome::Zero,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Checks a write's bounds, alignment and order; returns the disk's index.
+    fn check_write(&mut self, disk: &Name, offset: u64, len: u64) -> Result<usize> {
         let d = self.disk_index(disk)?;
         let size = self.disks[d].layout.size;
         let cs = self.chunk_size;
         let end = offset
-            .checked_add(data.len() as u64)
+            .checked_add(len)
             .filter(|e| *e <= size)
             .ok_or_else(|| {
                 VaultError::Usage(format!(
-                    "write of {} bytes at {offset} is past the end of disk {disk} ({size} bytes)",
-                    data.len()
+                    "write of {len} bytes at {offset} is past the end of disk {disk} ({size} bytes)"
                 ))
             })?;
-        if !offset.is_multiple_of(cs) || (end % cs != 0 && end != size) {
+        if !offset.is_multiple_of(cs) || (!end.is_multiple_of(cs) && end != size) {
             return Err(VaultError::Usage(format!(
                 "write at {offset}..{end} of disk {disk} is not aligned to the chunk size {cs}"
             )));
@@ -196,33 +244,7 @@ impl PointWriter {
             )));
         }
         self.disks[d].next_offset = end;
-        let mut at = 0usize;
-        while (at as u64) < data.len() as u64 {
-            let len = (cs as usize).min(data.len() - at);
-            let chunk = data.slice(at..at + len);
-            let slot = (offset + at as u64) / cs;
-            let parent = match &self.disks[d].parent {
-                Some(p) => Some(p.entry(slot).await?),
-                None => None,
-            };
-            self.submit(d, slot, chunk, parent.map(|e| e.chunk)).await?;
-            at += len;
-        }
-        Ok(())
-    }
-
-    /// Marks `len` bytes at `offset` as zeros (chunk-aligned, like `write`).
-    pub async fn write_zeroes(&mut self, disk: &Name, offset: u64, len: u64) -> Result<()> {
-        // Zero chunks cost nothing to store; reuse one buffer for all of them.
-        let zeros = Bytes::from(vec![0u8; self.chunk_size as usize]);
-        let mut at = 0;
-        while at < len {
-            let n = (self.chunk_size).min(len - at);
-            self.write(disk, offset + at, zeros.slice(..n as usize))
-                .await?;
-            at += n;
-        }
-        Ok(())
+        Ok(d)
     }
 
     async fn submit(
@@ -230,29 +252,36 @@ impl PointWriter {
         disk: usize,
         slot: u64,
         chunk: Bytes,
-        parent: Option<ChunkId>,
+        parent: Option<IndexEntry>,
     ) -> Result<()> {
-        while self.pending.len() >= self.max_pending {
-            self.apply_oldest().await?;
-        }
+        self.make_room().await?;
         let keys = self.vault.keys.clone();
-        self.pending.push_back(tokio::task::spawn_blocking(move || {
+        let job = tokio::task::spawn_blocking(move || {
             Ok(Done {
                 disk,
                 slot,
                 outcome: seal(&keys, &chunk, parent)?,
             })
-        }));
+        });
+        self.pending.push_back(Pending::Job(job));
+        Ok(())
+    }
+
+    async fn make_room(&mut self) -> Result<()> {
+        while self.pending.len() >= self.max_pending {
+            self.apply_oldest().await?;
+        }
         Ok(())
     }
 
     async fn apply_oldest(&mut self) -> Result<()> {
-        let Some(job) = self.pending.pop_front() else {
-            return Ok(());
+        let done = match self.pending.pop_front() {
+            None => return Ok(()),
+            Some(Pending::Ready(done)) => done,
+            Some(Pending::Job(job)) => job
+                .await
+                .map_err(|e| VaultError::Usage(format!("sealing a chunk failed: {e}")))??,
         };
-        let done = job
-            .await
-            .map_err(|e| VaultError::Usage(format!("sealing a chunk failed: {e}")))??;
         self.apply(done).await
     }
 
@@ -261,13 +290,7 @@ impl PointWriter {
         self.open_page(done.disk, page).await?;
         let entry = match done.outcome {
             Outcome::Zero => IndexEntry::ZERO,
-            Outcome::SameAsParent => {
-                let parent = self.disks[done.disk]
-                    .parent
-                    .as_ref()
-                    .expect("same as parent");
-                parent.entry(done.slot).await?
-            }
+            Outcome::SameAsParent(entry) => entry,
             Outcome::New {
                 id,
                 sealed,
@@ -427,7 +450,23 @@ impl PointWriter {
 
     /// Finishes the point: every chunk, page and pack is stored, then the manifest is
     /// written. Returns the manifest as stored.
-    pub async fn commit(mut self) -> Result<Manifest> {
+    pub async fn commit(self) -> Result<Manifest> {
+        let lease = self.lease.handle();
+        let result = self.commit_inner().await;
+        if result.is_err() {
+            // Nothing was committed: don't keep the parent pinned for the lease's lifetime.
+            lease.release().await;
+        }
+        result
+    }
+
+    /// Gives up on the point: nothing is committed, and the lease is released at once
+    /// (packs already uploaded are left for gc).
+    pub async fn abort(self) {
+        self.lease.release().await;
+    }
+
+    async fn commit_inner(mut self) -> Result<Manifest> {
         while !self.pending.is_empty() {
             self.apply_oldest().await?;
         }
@@ -461,6 +500,18 @@ impl PointWriter {
             stats: self.stats,
         };
         let (key, sealed) = format::seal_manifest(&self.vault.keys, &manifest)?;
+        // A writer that stalled past its lease may have lost its parent to prune and gc:
+        // a point that references freed packs must never be committed.
+        self.lease.check_alive()?;
+        if let Some(parent) = &self.opts.parent {
+            let parent_key = format::manifest_key(&parent.name, &parent.point);
+            if self.vault.backend.head(&parent_key).await?.is_none() {
+                return Err(VaultError::Usage(format!(
+                    "parent point {} of {} was deleted while this point was written; write it again without it",
+                    parent.point, parent.name
+                )));
+            }
+        }
         // The commit point: before this the point does not exist, after it it is whole.
         if !self
             .vault
@@ -478,13 +529,13 @@ impl PointWriter {
     }
 }
 
-fn seal(keys: &VaultKeys, chunk: &[u8], parent: Option<ChunkId>) -> Result<Outcome> {
+fn seal(keys: &VaultKeys, chunk: &[u8], parent: Option<IndexEntry>) -> Result<Outcome> {
     if chunk.iter().all(|b| *b == 0) {
         return Ok(Outcome::Zero);
     }
-    if let Some(p) = parent {
-        if keys.chunk_id(chunk) == p {
-            return Ok(Outcome::SameAsParent);
+    if let Some(p) = parent.filter(|p| !p.is_zero()) {
+        if keys.chunk_id(chunk) == p.chunk {
+            return Ok(Outcome::SameAsParent(p));
         }
     }
     let (id, sealed) = format::seal_chunk(keys, chunk)?;
@@ -493,6 +544,33 @@ fn seal(keys: &VaultKeys, chunk: &[u8], parent: Option<ChunkId>) -> Result<Outco
         sealed,
         plain_len: chunk.len(),
     })
+}
+
+/// The format's limits on disks (docs/vault-format.md, "Manifests"), checked before any
+/// data is uploaded rather than when the manifest is sealed.
+fn check_layout(disks: &[DiskLayout]) -> Result<()> {
+    use format::manifest::{MAX_DISKS, MAX_DISK_SIZE};
+    if disks.is_empty() || disks.len() > MAX_DISKS {
+        return Err(VaultError::Usage(format!(
+            "a point has 1 to {MAX_DISKS} disks, not {}",
+            disks.len()
+        )));
+    }
+    for (i, d) in disks.iter().enumerate() {
+        if d.size == 0 || d.size > MAX_DISK_SIZE {
+            return Err(VaultError::Usage(format!(
+                "disk {} is {} bytes; a disk has 1 byte to {MAX_DISK_SIZE}",
+                d.name, d.size
+            )));
+        }
+        if disks[..i].iter().any(|o| o.name == d.name) {
+            return Err(VaultError::Usage(format!(
+                "disk name {} is used twice",
+                d.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn page_count(size: u64, chunk_size: u64) -> u64 {
