@@ -2,6 +2,8 @@
 //! guest under QEMU. `cut` times a full cut of a data disk full of data against
 //! `qemu-img convert` of the same disk, then incremental cuts after the guest rewrote a
 //! share of the disk and a fixed amount, and checks every replica against the live disk.
+//! `vault` stores a raw image and a 1%-changed copy in the vault, against borg and
+//! restic on the same files, and restores it. See README.md.
 //! See README.md.
 
 mod bench;
@@ -10,6 +12,7 @@ mod guest;
 mod report;
 mod rewrite;
 mod tuned;
+mod vault;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -64,6 +67,35 @@ enum Cmd {
         #[arg(long, default_value_t = 0x11feb0a7)]
         seed: u64,
     },
+    /// The vault: full and incremental `put-image` and restore, against borg and restic.
+    Vault {
+        /// Image size (suffix K, M, G; whole MiB).
+        #[arg(long, default_value = "4G", value_parser = parse_size)]
+        size: u64,
+        /// Lifeboat vault chunk sizes, comma-separated: a row each (peers run once).
+        #[arg(long, value_delimiter = ',', default_value = "128K", value_parser = parse_size)]
+        chunk_sizes: Vec<u64>,
+        /// Where the images and repositories go (needs about 4x the size free per
+        /// tool); a `lifeboat-bench-vault-<pid>` directory is made in it.
+        #[arg(long, default_value = "/var/tmp")]
+        work_dir: PathBuf,
+        /// Keep the work directory (images, repositories, logs) at the end.
+        #[arg(long)]
+        keep: bool,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Lifeboat only: no borg or restic.
+        #[arg(long)]
+        skip_peers: bool,
+        /// The lifeboat binary (default: `lifeboat` next to this one, i.e.
+        /// target/release/lifeboat).
+        #[arg(long)]
+        lifeboat: Option<PathBuf>,
+        /// Seed of the image and of the changed ranges.
+        #[arg(long, default_value_t = 0x7a017)]
+        seed: u64,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -107,6 +139,39 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Cmd::Vault {
+            size,
+            chunk_sizes,
+            work_dir,
+            keep,
+            json,
+            skip_peers,
+            lifeboat,
+            seed,
+        } => {
+            if size < 64 << 20 || !size.is_multiple_of(1 << 20) {
+                bail!("image size {size} must be a whole number of MiB, at least 64M");
+            }
+            let work = work_dir.join(format!("lifeboat-bench-vault-{}", std::process::id()));
+            std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+            let opts = vault::Options {
+                size,
+                chunk_sizes,
+                work: work.clone(),
+                json,
+                skip_peers,
+                lifeboat: lifeboat.unwrap_or_else(vault::default_lifeboat),
+                seed,
+            };
+            // Blocking child processes only: no need for the runtime's threads here.
+            let result = tokio::task::block_in_place(|| vault::run(&opts));
+            if keep {
+                eprintln!("kept {}", work.display());
+            } else if let Err(e) = std::fs::remove_dir_all(&work) {
+                eprintln!("could not remove {}: {e}", work.display());
+            }
+            result
+        }
         Cmd::Cut {
             sizes,
             work_dir,

@@ -21,6 +21,8 @@ pub struct Step {
 /// Where a step's stdout and stderr go, and what to call it in errors.
 pub struct Logs {
     pub dir: PathBuf,
+    /// Names the tool in errors (`lifeboat 128K`, `borg lz4`).
+    pub tool: String,
 }
 
 impl Logs {
@@ -43,9 +45,9 @@ impl Logs {
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .with_context(|| format!("{label}: start {:?}", cmd.get_program()))?;
+            .with_context(|| format!("{} {label}: start {:?}", self.tool, cmd.get_program()))?;
         let (status, rusage) = wait4(child.id() as libc::pid_t)
-            .with_context(|| format!("{label}: wait for {:?}", cmd.get_program()))?;
+            .with_context(|| format!("{} {label}: wait for {:?}", self.tool, cmd.get_program()))?;
         let secs = started.elapsed().as_secs_f64();
         let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
         if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
@@ -53,7 +55,8 @@ impl Logs {
             let tail: Vec<&str> = err.lines().rev().take(15).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             bail!(
-                "{label}: {:?} failed (wait status {status:#x}); logs in {}:\n{}",
+                "{} {label}: {:?} failed (wait status {status:#x}); logs in {}:\n{}",
+                self.tool,
                 cmd.get_program(),
                 self.dir.display(),
                 tail.join("\n")
