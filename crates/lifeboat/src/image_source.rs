@@ -130,10 +130,13 @@ impl ImageSource {
     pub async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
         match self {
             ImageSource::Raw { file, .. } => {
-                let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, offset)
-                    .with_context(|| format!("reading {len} bytes at {offset}"))?;
-                Ok(Bytes::from(buf))
+                // A blocking read: let the runtime move other tasks off this thread.
+                tokio::task::block_in_place(|| {
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, offset)
+                        .with_context(|| format!("reading {len} bytes at {offset}"))?;
+                    Ok(Bytes::from(buf))
+                })
             }
             ImageSource::Qcow2(q) => Ok(q.client.read(offset, len as u32).await?),
         }

@@ -14,7 +14,20 @@ mod vm_cmd;
 use clap::Parser;
 use lifeboat_hypervisor::{QemuConfig, QemuDriver};
 
+/// Keeps glibc from hoarding freed buffers. Chunks and read pieces are allocated on one
+/// thread and freed on another; with one arena per thread, glibc kept ~350 MiB resident
+/// for a 4 GiB `put-image` that needs ~100 MiB (two arenas: ~140 MiB, same speed).
+/// Lowering the mmap threshold as well cut that to 74 MiB but cost 30% in page faults.
+fn tame_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tame_malloc();
     let cli = cli::Cli::parse();
     init_logging(cli.verbose);
     let runtime = tokio::runtime::Builder::new_multi_thread()

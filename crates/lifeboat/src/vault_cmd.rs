@@ -24,6 +24,8 @@ use crate::secrets;
 const IMAGE_DISK: &str = "disk";
 /// Bytes read from the source per write: whole chunks, a few MiB.
 const READ_PIECE: u64 = 4 << 20;
+/// Pieces read ahead of the writer.
+const READ_AHEAD: usize = 3;
 
 async fn backend(args: &VaultArgs) -> Result<Backend> {
     let url = args
@@ -163,28 +165,57 @@ async fn put_image(
         progress(total, "storing")
     };
     let piece = READ_PIECE.max(cs) / cs * cs;
-    let mut at = 0u64;
-    for (off, len) in &reads {
-        if fill_holes && *off > at {
-            writer.write_zeroes(&disk, at, off - at).await?;
+    // A reader task stays a few pieces ahead, so reading the image overlaps sealing.
+    let source = std::sync::Arc::new(source);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(u64, bytes::Bytes)>>(READ_AHEAD);
+    let reader = tokio::spawn({
+        let source = source.clone();
+        let reads = reads.clone();
+        async move {
+            for (off, len) in reads {
+                let end = off + len;
+                let mut pos = off;
+                while pos < end {
+                    let n = piece.min(end - pos);
+                    let r = source.read(pos, n as usize).await.map(|b| (pos, b));
+                    let failed = r.is_err();
+                    if tx.send(r).await.is_err() || failed {
+                        return;
+                    }
+                    pos += n;
+                }
+            }
         }
-        let end = off + len;
-        let mut pos = *off;
-        while pos < end {
-            let n = piece.min(end - pos);
-            let data = source.read(pos, n as usize).await?;
+    });
+    let mut at = 0u64;
+    let written = async {
+        while let Some(piece) = rx.recv().await {
+            let (pos, data) = piece?;
+            if fill_holes && pos > at {
+                writer.write_zeroes(&disk, at, pos - at).await?;
+            }
+            at = pos + data.len() as u64;
+            let n = data.len() as u64;
             writer.write(&disk, pos, data).await?;
             bar.inc(n);
-            pos += n;
         }
-        at = end;
+        if fill_holes && at < size {
+            writer.write_zeroes(&disk, at, size - at).await?;
+        }
+        anyhow::Ok(())
     }
-    if fill_holes && at < size {
-        writer.write_zeroes(&disk, at, size - at).await?;
+    .await;
+    drop(rx);
+    let _ = reader.await;
+    if let Err(e) = written {
+        writer.abort().await;
+        return Err(e);
     }
     let manifest = writer.commit().await?;
     bar.finish_and_clear();
-    source.close().await;
+    if let Ok(source) = std::sync::Arc::try_unwrap(source) {
+        source.close().await;
+    }
     let report = PutReport {
         point: PointRef {
             name: manifest.name.clone(),
