@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::image::Change;
 use super::tools::ToolResult;
 use crate::bench::label;
+use crate::report::align;
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -194,30 +195,5 @@ pub fn table(r: &Report) -> String {
          (images made in {:.0}s).\n",
         r.total_secs, r.generate_secs
     ));
-    out
-}
-
-/// Right-aligns every column but the first.
-fn align(rows: &[Vec<String>]) -> String {
-    let cols = rows[0].len();
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(c, v)| {
-                if c == 0 {
-                    format!("{v:<w$}", w = widths[c])
-                } else {
-                    format!("{v:>w$}", w = widths[c])
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
     out
 }
