@@ -2,6 +2,7 @@
 //! them, leases, and the maintenance passes verify, prune, gc and stats.
 
 pub mod cache;
+pub mod chunking;
 pub mod error;
 pub mod gc;
 pub mod lease;
@@ -14,6 +15,7 @@ pub mod vault;
 pub mod verify;
 pub mod writer;
 
+pub use chunking::align_to_chunks;
 pub use error::{Result, VaultError};
 pub use gc::{execute_gc, gc, plan_gc, GcPlan, GcReport};
 pub use prune::{execute_prune, plan_prune, PrunePlan, PruneReport};
@@ -22,4 +24,4 @@ pub use retention::RetentionPolicy;
 pub use stats::{stats, VaultStats};
 pub use vault::{PointRef, Unlock, Vault};
 pub use verify::{verify, Fault, PointStatus, Problem, VerifyPhase, VerifyProgress, VerifyReport};
-pub use writer::{align_to_chunks, DiskLayout, PointOptions, PointWriter};
+pub use writer::{DiskLayout, PointOptions, PointWriter};
