@@ -6,10 +6,13 @@
 //! - `backend`: the storage — one small interface over `object_store`, with retries and
 //!   bounded concurrency.
 
+#[cfg(feature = "storage")]
 pub mod backend;
 pub mod format;
+#[cfg(feature = "storage")]
 pub mod store;
 
+#[cfg(feature = "storage")]
 pub use store::{
     align_to_chunks, DiskLayout, PointOptions, PointReader, PointRef, PointWriter, Unlock, Vault,
     VaultError,
