@@ -317,7 +317,21 @@ async fn restore(
     } else {
         target.to_path_buf()
     };
-    let stats = reader.restore_raw(&disk, &raw_target).await?;
+    let size = reader
+        .manifest()
+        .disks
+        .iter()
+        .find(|d| d.name == disk)
+        .map_or(0, |d| d.size);
+    let bar = if out.json {
+        ProgressBar::hidden()
+    } else {
+        progress(size, "restoring")
+    };
+    let stats = reader
+        .restore_raw_with_progress(&disk, &raw_target, |done| bar.set_position(done))
+        .await?;
+    bar.finish_and_clear();
     if qcow2 {
         let status = std::process::Command::new("qemu-img")
             .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])

@@ -123,6 +123,16 @@ impl PointReader {
     /// Writes `disk` into the raw file `target` (created, sparse): chunks of zeros are
     /// not written, so holes stay holes.
     pub async fn restore_raw(&self, disk: &Name, target: &Path) -> Result<RestoreStats> {
+        self.restore_raw_with_progress(disk, target, |_| {}).await
+    }
+
+    /// `restore_raw`, calling `progress` with the bytes of the disk done so far.
+    pub async fn restore_raw_with_progress(
+        &self,
+        disk: &Name,
+        target: &Path,
+        progress: impl Fn(u64),
+    ) -> Result<RestoreStats> {
         let d = self.disk(disk)?;
         let size = d.disk().size;
         let cs = u64::from(d.disk().chunk_size);
@@ -153,6 +163,7 @@ impl PointReader {
                 }
                 None => stats.hole_bytes += cs.min(size - slot * cs),
             }
+            progress(stats.data_bytes + stats.hole_bytes);
         }
         file.sync_all()
             .map_err(|e| VaultError::io(format!("syncing {}", target.display()), e))?;
