@@ -142,15 +142,30 @@ host_forwards = [{{ host_port = {port}, guest_port = 80 }}]
         } else {
             format!(" --home {home}")
         };
+        // The binary as the operator can run it: its path when it is not on PATH.
+        let exe = std::env::current_exe()
+            .ok()
+            .filter(|p| {
+                let on_path = std::env::var_os("PATH").is_some_and(|path| {
+                    std::env::split_paths(&path).any(|d| d.join("lifeboat") == *p)
+                });
+                !on_path
+            })
+            .map(|p| {
+                let cwd = std::env::current_dir().unwrap_or_default();
+                let rel = p.strip_prefix(&cwd).map(|r| format!("./{}", r.display()));
+                rel.unwrap_or_else(|_| p.display().to_string())
+            })
+            .unwrap_or_else(|| "lifeboat".to_string());
         println!(
             "\nDemo finished in {:.1} s. The demo VM is still running; look around:",
             started.elapsed().as_secs_f64()
         );
-        println!("  lifeboat{h} vm list");
-        println!("  lifeboat{h} cbt status demo");
+        println!("  {exe}{h} vm list");
+        println!("  {exe}{h} cbt status demo");
         println!("  curl http://127.0.0.1:{port}/hello.txt");
-        println!("  lifeboat{h} cbt cut demo --apply {}", replica.display());
-        println!("  lifeboat{h} vm stop demo");
+        println!("  {exe}{h} cbt cut demo --apply {}", replica.display());
+        println!("  {exe}{h} vm stop demo");
     }
     Ok(())
 }
