@@ -330,9 +330,8 @@ async fn prefixes_keep_vaults_apart(kind: Kind) {
 /// The whole vault on this backend: init, a full point and a child point, both restored
 /// bit for bit, and verify clean.
 async fn recovery_points_round_trip(kind: Kind) {
-    use chrono::Utc;
-    use lifeboat_vault::format::{Consistency, KdfParams, Name};
-    use lifeboat_vault::{DiskLayout, PointOptions, PointReader, PointRef, PointWriter, Vault};
+    use lifeboat_vault::format::{KdfParams, Name};
+    use lifeboat_vault::{PointOptions, PointReader, PointRef, PointWriter, Vault};
     let f = fixture(kind).await;
     let (vault, _) = Vault::init(f.backend.clone(), "pw", 64 << 10, KdfParams::INSECURE_FAST)
         .await
@@ -348,17 +347,12 @@ async fn recovery_points_round_trip(kind: Kind) {
         }
         let mut w = PointWriter::begin(
             &vault,
-            PointOptions {
-                name: Name::new("web1").unwrap(),
-                parent: parent.clone(),
-                consistency: Consistency::Crash,
-                vm_config: None,
-                disks: vec![DiskLayout {
-                    name: disk.clone(),
-                    size,
-                    cut_time: Utc::now(),
-                }],
-            },
+            PointOptions::one_disk(
+                Name::new("web1").unwrap(),
+                parent.clone(),
+                disk.clone(),
+                size,
+            ),
         )
         .await
         .unwrap();

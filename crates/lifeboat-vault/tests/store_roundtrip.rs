@@ -3,12 +3,10 @@
 
 use anyhow::Result;
 use bytes::Bytes;
-use chrono::Utc;
 use lifeboat_vault::backend::{Backend, BackendOptions, VaultUrl};
-use lifeboat_vault::format::{Consistency, FormatError, KdfParams, Name};
+use lifeboat_vault::format::{FormatError, KdfParams, Name};
 use lifeboat_vault::{
-    align_to_chunks, DiskLayout, PointOptions, PointReader, PointRef, PointWriter, Unlock, Vault,
-    VaultError,
+    align_to_chunks, PointOptions, PointReader, PointRef, PointWriter, Unlock, Vault, VaultError,
 };
 
 const CHUNK: u32 = 64 << 10;
@@ -50,15 +48,8 @@ async fn put(
     let mut w = PointWriter::begin(
         vault,
         PointOptions {
-            name: name.clone(),
-            parent,
-            consistency: Consistency::Crash,
             vm_config: Some(b"memory = 256".to_vec()),
-            disks: vec![DiskLayout {
-                name: disk.clone(),
-                size: SIZE,
-                cut_time: Utc::now(),
-            }],
+            ..PointOptions::one_disk(name.clone(), parent, disk.clone(), SIZE)
         },
     )
     .await?;
@@ -194,17 +185,7 @@ async fn all_hole_pages_are_stored_once_and_a_missing_parent_leaves_no_lease() -
     let size = 3 * 1024 * u64::from(CHUNK); // three full pages, all holes
     let w = PointWriter::begin(
         &vault,
-        PointOptions {
-            name: name.clone(),
-            parent: None,
-            consistency: Consistency::Crash,
-            vm_config: None,
-            disks: vec![DiskLayout {
-                name: disk,
-                size,
-                cut_time: Utc::now(),
-            }],
-        },
+        PointOptions::one_disk(name.clone(), None, disk, size),
     )
     .await?;
     let m = w.commit().await?;
@@ -221,17 +202,7 @@ async fn all_hole_pages_are_stored_once_and_a_missing_parent_leaves_no_lease() -
     };
     let err = PointWriter::begin(
         &vault,
-        PointOptions {
-            name,
-            parent: Some(ghost),
-            consistency: Consistency::Crash,
-            vm_config: None,
-            disks: vec![DiskLayout {
-                name: Name::new("vda")?,
-                size,
-                cut_time: Utc::now(),
-            }],
-        },
+        PointOptions::one_disk(name, Some(ghost), Name::new("vda")?, size),
     )
     .await
     .err()

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lifeboat_vault::backend::{Backend, BackendOptions, VaultUrl};
 use lifeboat_vault::format::{Consistency, KdfParams, KeyFile, Name, PointId, CONFIG_KEY};
 use lifeboat_vault::{
-    align_to_chunks, DiskLayout, PointOptions, PointReader, PointRef, PointWriter, Unlock, Vault,
+    align_to_chunks, PointOptions, PointReader, PointRef, PointWriter, Unlock, Vault,
 };
 use serde::Serialize;
 
@@ -121,17 +121,7 @@ async fn put_image(
     let disk = Name::new(IMAGE_DISK)?;
     let mut writer = PointWriter::begin(
         vault,
-        PointOptions {
-            name: name.clone(),
-            parent: parent.clone(),
-            consistency: Consistency::Crash,
-            vm_config: None,
-            disks: vec![DiskLayout {
-                name: disk.clone(),
-                size,
-                cut_time: Utc::now(),
-            }],
-        },
+        PointOptions::one_disk(name.clone(), parent.clone(), disk.clone(), size),
     )
     .await?;
     // What to read: the given changed ranges; or, without them, the data ranges — and,

@@ -55,6 +55,24 @@ pub struct PointOptions {
     pub disks: Vec<DiskLayout>,
 }
 
+impl PointOptions {
+    /// A crash-consistent point of one disk cut now, with no VM config: what `put-image`
+    /// and most tests write.
+    pub fn one_disk(name: Name, parent: Option<PointRef>, disk: Name, size: u64) -> Self {
+        PointOptions {
+            name,
+            parent,
+            consistency: Consistency::Crash,
+            vm_config: None,
+            disks: vec![DiskLayout {
+                name: disk,
+                size,
+                cut_time: Utc::now(),
+            }],
+        }
+    }
+}
+
 /// A chunk on its way: being sealed on the blocking pool, or already known.
 enum Pending {
     Job(JoinHandle<Result<Done>>),

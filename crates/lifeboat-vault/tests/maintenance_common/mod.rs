@@ -9,14 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use bytes::Bytes;
-use chrono::Utc;
 use lifeboat_vault::backend::{Backend, BackendOptions, VaultUrl};
 use lifeboat_vault::format::{
-    self, manifest_key, pack_key, Consistency, IndexEntry, KdfParams, Name, PackId, PointId,
+    self, manifest_key, pack_key, IndexEntry, KdfParams, Name, PackId, PointId,
 };
-use lifeboat_vault::{
-    align_to_chunks, DiskLayout, PointOptions, PointReader, PointRef, PointWriter, Vault,
-};
+use lifeboat_vault::{align_to_chunks, PointOptions, PointReader, PointRef, PointWriter, Vault};
 
 pub const CHUNK: u32 = 64 << 10;
 pub const CS: u64 = CHUNK as u64;
@@ -100,17 +97,7 @@ pub async fn begin(
 ) -> Result<PointWriter> {
     Ok(PointWriter::begin(
         vault,
-        PointOptions {
-            name: name.clone(),
-            parent: parent.cloned(),
-            consistency: Consistency::Crash,
-            vm_config: None,
-            disks: vec![DiskLayout {
-                name: vda(),
-                size,
-                cut_time: Utc::now(),
-            }],
-        },
+        PointOptions::one_disk(name.clone(), parent.cloned(), vda(), size),
     )
     .await?)
 }
