@@ -135,7 +135,7 @@ async fn gc_after_prune_deletes_exactly_the_dead_packs() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_while_a_writer_runs_loses_nothing() -> Result<()> {
-    const BIG: usize = 24 << 20;
+    const BIG: usize = 32 << 20;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("vault");
     let vault = folder_vault(&dir).await?;
@@ -146,9 +146,10 @@ async fn gc_while_a_writer_runs_loses_nothing() -> Result<()> {
 
     // A writer that crashed long ago left a pack no manifest names.
     let before = pack_keys(&vault).await?;
-    let mut crashed = begin(&vault, &name("c"), None, 20 << 20).await?;
+    // (A writer keeps up to 8 MiB in flight: 32 MiB fills a 16 MiB pack before it returns.)
+    let mut crashed = begin(&vault, &name("c"), None, BIG as u64).await?;
     crashed
-        .write(&vda(), 0, Bytes::from(random(7, 20 << 20)))
+        .write(&vda(), 0, Bytes::from(random(7, BIG)))
         .await?;
     let orphan = wait_for_new_pack(&vault, &before).await?;
     drop(crashed);
@@ -157,13 +158,11 @@ async fn gc_while_a_writer_runs_loses_nothing() -> Result<()> {
         age(&object_path(&dir, &k), 2 * HOUR)?;
     }
 
-    // A writer on top of a1: 20 MiB of new data, so one pack is uploaded before commit.
+    // A writer on top of a1: 32 MiB of new data, so one pack is uploaded before commit.
     let before = pack_keys(&vault).await?;
     let mut w = begin(&vault, &a, Some(&a1), BIG as u64).await?;
-    let mut w_img = a1_img.clone();
-    w_img[..20 << 20].copy_from_slice(&random(8, 20 << 20));
-    w.write(&vda(), 0, Bytes::copy_from_slice(&w_img[..20 << 20]))
-        .await?;
+    let w_img = random(8, BIG);
+    w.write(&vda(), 0, Bytes::copy_from_slice(&w_img)).await?;
     let writers_pack = wait_for_new_pack(&vault, &before).await?;
 
     let report = gc(&vault, HOUR, false).await?;

@@ -11,13 +11,24 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use lifeboat_nbd::{ConnectOptions, NbdClient, BASE_ALLOCATION};
 
+use crate::direct_read::DirectFile;
+
 pub enum ImageSource {
-    Raw { file: std::fs::File, size: u64 },
+    Raw(Arc<RawSource>),
     Qcow2(Box<Qcow2Source>),
+}
+
+pub struct RawSource {
+    file: std::fs::File,
+    /// The same file opened with O_DIRECT, where the file system allows it.
+    direct: Option<DirectFile>,
+    size: u64,
 }
 
 pub struct Qcow2Source {
@@ -54,7 +65,11 @@ impl ImageSource {
                 // for files and devices alike.
                 let size = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))
                     .with_context(|| format!("finding the size of {}", path.display()))?;
-                ImageSource::Raw { file, size }
+                ImageSource::Raw(Arc::new(RawSource {
+                    file,
+                    direct: DirectFile::open(path),
+                    size,
+                }))
             }
         };
         if source.size() == 0 {
@@ -107,7 +122,7 @@ impl ImageSource {
 
     pub fn size(&self) -> u64 {
         match self {
-            ImageSource::Raw { size, .. } => *size,
+            ImageSource::Raw(r) => r.size,
             ImageSource::Qcow2(q) => q.client.export_size(),
         }
     }
@@ -115,7 +130,7 @@ impl ImageSource {
     /// Byte ranges that hold data; everything else reads as zeros.
     pub async fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
         match self {
-            ImageSource::Raw { file, size } => raw_data_ranges(file, *size),
+            ImageSource::Raw(r) => raw_data_ranges(&r.file, r.size),
             ImageSource::Qcow2(q) => Ok(q
                 .client
                 .extents(BASE_ALLOCATION, 0, q.client.export_size())
@@ -127,16 +142,15 @@ impl ImageSource {
         }
     }
 
+    /// Reads `len` bytes at `offset`. Several reads may be in flight at once: a raw
+    /// image is read on the blocking pool, a qcow2 one through the pipelined NBD client.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
         match self {
-            ImageSource::Raw { file, .. } => {
-                // A blocking read: let the runtime move other tasks off this thread.
-                tokio::task::block_in_place(|| {
-                    let mut buf = vec![0u8; len];
-                    file.read_exact_at(&mut buf, offset)
-                        .with_context(|| format!("reading {len} bytes at {offset}"))?;
-                    Ok(Bytes::from(buf))
-                })
+            ImageSource::Raw(r) => {
+                let r = r.clone();
+                tokio::task::spawn_blocking(move || r.read(offset, len))
+                    .await
+                    .context("reading the image")?
             }
             ImageSource::Qcow2(q) => Ok(q.client.read(offset, len as u32).await?),
         }
@@ -150,6 +164,22 @@ impl ImageSource {
             let _ = client.disconnect().await;
             let _ = server.kill().await;
         }
+    }
+}
+
+impl RawSource {
+    fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
+        let what = || format!("reading {len} bytes at {offset}");
+        if let Some(d) = &self.direct {
+            if let Some(bytes) = d.read(offset, len).with_context(what)? {
+                return Ok(bytes);
+            }
+        }
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .with_context(what)?;
+        Ok(Bytes::from(buf))
     }
 }
 

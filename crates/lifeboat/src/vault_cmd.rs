@@ -26,6 +26,8 @@ const IMAGE_DISK: &str = "disk";
 const READ_PIECE: u64 = 4 << 20;
 /// Pieces read ahead of the writer.
 const READ_AHEAD: usize = 3;
+/// Reads of the image in flight at once (direct reads have no kernel readahead).
+const READS_IN_FLIGHT: usize = 2;
 
 async fn backend(args: &VaultArgs) -> Result<Backend> {
     let url = args
@@ -155,24 +157,25 @@ async fn put_image(
         progress(total, "storing")
     };
     let piece = READ_PIECE.max(cs) / cs * cs;
-    // A reader task stays a few pieces ahead, so reading the image overlaps sealing.
+    // A reader task stays a few pieces ahead, with several reads in flight, so reading
+    // the image overlaps sealing and keeps the device busy.
     let source = std::sync::Arc::new(source);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(u64, bytes::Bytes)>>(READ_AHEAD);
     let reader = tokio::spawn({
         let source = source.clone();
-        let reads = reads.clone();
+        let pieces = split_into_pieces(reads.clone(), piece);
         async move {
-            for (off, len) in reads {
-                let end = off + len;
-                let mut pos = off;
-                while pos < end {
-                    let n = piece.min(end - pos);
-                    let r = source.read(pos, n as usize).await.map(|b| (pos, b));
-                    let failed = r.is_err();
-                    if tx.send(r).await.is_err() || failed {
-                        return;
-                    }
-                    pos += n;
+            use futures::StreamExt;
+            let mut reads = futures::stream::iter(pieces)
+                .map(|(pos, n)| {
+                    let source = source.clone();
+                    async move { source.read(pos, n as usize).await.map(|b| (pos, b)) }
+                })
+                .buffered(READS_IN_FLIGHT);
+            while let Some(r) = reads.next().await {
+                let failed = r.is_err();
+                if tx.send(r).await.is_err() || failed {
+                    return;
                 }
             }
         }
@@ -495,3 +498,25 @@ impl std::fmt::Display for Damaged {
 }
 
 impl std::error::Error for Damaged {}
+
+/// `ranges` cut into pieces of at most `piece` bytes, in order (lazily: a 10 TiB disk
+/// has millions of pieces).
+fn split_into_pieces(ranges: Vec<(u64, u64)>, piece: u64) -> impl Iterator<Item = (u64, u64)> {
+    ranges.into_iter().flat_map(move |(off, len)| {
+        let end = off + len;
+        (off..end)
+            .step_by(piece as usize)
+            .map(move |pos| (pos, piece.min(end - pos)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_each_range_exactly() {
+        let got: Vec<_> = split_into_pieces(vec![(0, 10), (20, 4), (30, 0)], 4).collect();
+        assert_eq!(got, vec![(0, 4), (4, 4), (8, 2), (20, 4)]);
+    }
+}

@@ -117,6 +117,17 @@ fn kill_9_during_put_image_and_gc_never_tears_the_vault() {
     let mut attempted = HashSet::new();
     let (mut puts_done, mut puts_killed, mut gcs_killed) = (0, 0, 0);
     let img_path = v.tmp.path().join("image.raw");
+    // Kill moments are drawn from the time a whole put and gc take on this machine, so the
+    // test kills and completes both kinds of run however fast or busy the machine is.
+    std::fs::write(&img_path, &image).unwrap();
+    attempted.insert(digest(&image));
+    let img = img_path.to_str().unwrap().to_string();
+    let started = Instant::now();
+    v.ok(&["put-image", "--name", "crashy", &img]);
+    let put_ms = (started.elapsed().as_millis() as u64 * 3 / 2).max(10);
+    let started = Instant::now();
+    v.ok(&["gc", "--grace", "0s"]);
+    let gc_ms = (started.elapsed().as_millis() as u64 * 3 / 2).max(10);
     for i in 0..ITERATIONS {
         // Change a few regions: random data, text, or zeros (holes).
         for _ in 0..1 + rng.below(4) {
@@ -136,19 +147,19 @@ fn kill_9_during_put_image_and_gc_never_tears_the_vault() {
 
         let img = img_path.to_str().unwrap().to_string();
         let mut args = vec!["put-image", "--name", "crashy"];
-        if puts_done > 0 && i % 4 != 0 {
+        if i % 4 != 0 {
             args.extend(["--parent", "latest"]);
         }
         args.push(&img);
         let child = v.cmd(&args).spawn().unwrap();
-        if kill_after(child, Duration::from_millis(rng.below(250))) {
+        if kill_after(child, Duration::from_millis(rng.below(put_ms))) {
             puts_done += 1;
         } else {
             puts_killed += 1;
         }
         if i % 2 == 1 {
             let child = v.cmd(&["gc", "--grace", "0s"]).spawn().unwrap();
-            if !kill_after(child, Duration::from_millis(rng.below(150))) {
+            if !kill_after(child, Duration::from_millis(rng.below(gc_ms))) {
                 gcs_killed += 1;
             }
         }

@@ -8,9 +8,6 @@
 
 use std::fmt;
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Nonce, Tag};
-
 use super::error::{FormatError, Result};
 use super::ids::ChunkId;
 use super::keys::VaultKeys;
@@ -268,7 +265,13 @@ fn seal_payload(
             value: hex::encode(binding),
             rule: "chunks and pages are bound to their 32-byte id",
         })?;
-        keys.nonce_for(kind, flags, id, &payload)
+        // An uncompressed payload is the plaintext its id already names (vault-format.md).
+        let named = if flags & FLAG_ZSTD == 0 {
+            &[][..]
+        } else {
+            &payload[..]
+        };
+        keys.nonce_for(kind, flags, id, named)
     } else {
         let mut n = [0u8; 12];
         getrandom::getrandom(&mut n).map_err(FormatError::Random)?;
@@ -287,7 +290,7 @@ fn seal_payload(
     let aad = [&header[..], binding].concat();
     let tag = keys
         .cipher()
-        .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[HEADER_LEN..])
+        .seal_in_place(&nonce, &aad, &mut out[HEADER_LEN..])
         .map_err(|_| FormatError::TooLarge {
             object: describe(kind, binding),
             len: payload.len() as u64,
@@ -324,15 +327,9 @@ pub(crate) fn open(
     let object = || describe(expected, binding);
     let h = BlobHeader::parse(expected, max_plain, sealed, &object)?;
     let aad = [&sealed[..HEADER_LEN], binding].concat();
-    let (payload, tag) = sealed[HEADER_LEN..].split_at(sealed.len() - BLOB_OVERHEAD);
-    let mut buf = payload.to_vec();
-    keys.cipher()
-        .decrypt_in_place_detached(
-            Nonce::from_slice(&h.nonce),
-            &aad,
-            &mut buf,
-            Tag::from_slice(tag),
-        )
+    let buf = keys
+        .cipher()
+        .open(&h.nonce, &aad, &sealed[HEADER_LEN..])
         .map_err(|_| FormatError::TagMismatch { object: object() })?;
     if h.flags & FLAG_ZSTD == 0 {
         return Ok(buf);
@@ -356,8 +353,20 @@ pub(crate) fn open(
 /// sealed chunk always carries the id of its own plaintext.
 pub fn seal_chunk(keys: &VaultKeys, plaintext: &[u8]) -> Result<(ChunkId, Vec<u8>)> {
     let id = keys.chunk_id(plaintext);
-    let sealed = seal(keys, BlobKind::Chunk, &id.0, plaintext)?;
+    let sealed = seal_chunk_with_id(keys, &id, plaintext)?;
     Ok((id, sealed))
+}
+
+/// Seals a chunk whose id the caller just computed with `keys.chunk_id(plaintext)` (the
+/// writer needs the id first, to compare with the parent's). Crate-private, for the same
+/// reason as `seal`.
+pub(crate) fn seal_chunk_with_id(
+    keys: &VaultKeys,
+    id: &ChunkId,
+    plaintext: &[u8],
+) -> Result<Vec<u8>> {
+    debug_assert_eq!(keys.chunk_id(plaintext), *id);
+    seal(keys, BlobKind::Chunk, &id.0, plaintext)
 }
 
 /// Opens a chunk blob expected to hold `id`, with a plaintext of at most `max_len` bytes
@@ -551,9 +560,24 @@ mod tests {
         assert_eq!(sealed[4], 1);
         assert_eq!(&sealed[5..8], &[0, 0, 0]);
         assert_eq!(&sealed[8..12], &3u32.to_le_bytes());
+        // Not compressed (too small to save anything): the nonce does not hash the payload.
+        assert_eq!(sealed[12..24], k.nonce_for(BlobKind::Chunk, 0, &id.0, b""));
+    }
+
+    #[test]
+    fn a_compressed_blob_nonce_covers_its_payload() {
+        let k = keys();
+        let text = b"a line of a log file that repeats\n".repeat(4096);
+        let (id, sealed) = seal_chunk(&k, &text).unwrap();
+        assert_eq!(sealed[5] & FLAG_ZSTD, FLAG_ZSTD, "text compresses");
+        let payload = compress(&text).expect("compresses");
         assert_eq!(
             sealed[12..24],
-            k.nonce_for(BlobKind::Chunk, 0, &id.0, b"abc")
+            k.nonce_for(BlobKind::Chunk, FLAG_ZSTD, &id.0, &payload)
+        );
+        assert_eq!(
+            open_chunk(&k, &id, &sealed, text.len() as u32).unwrap(),
+            text
         );
     }
 }

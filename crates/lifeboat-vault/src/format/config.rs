@@ -2,12 +2,11 @@
 //! settings, a key check, and up to 16 key slots, each the master key wrapped under a
 //! passphrase. Changing a passphrase rewrites only this object, never data.
 
-use aes_gcm::aead::{Aead, Payload};
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
+use super::aead::Cipher;
 use super::error::{FormatError, Result};
 use super::ids::{VaultId, CONFIG_KEY};
 use super::keys::{MasterKey, VaultKeys};
@@ -106,17 +105,11 @@ impl KeySlot {
         getrandom::getrandom(&mut salt).map_err(FormatError::Random)?;
         getrandom::getrandom(&mut nonce).map_err(FormatError::Random)?;
         let mut kek = params.kek(passphrase, &salt)?;
-        let cipher = Aes256Gcm::new((&kek).into());
+        let cipher = Cipher::new(&kek);
         kek.zeroize();
         let aad = vault_id.to_string();
         let ct = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: master.expose(),
-                    aad: aad.as_bytes(),
-                },
-            )
+            .seal(&nonce, aad.as_bytes(), master.expose())
             .map_err(|_| FormatError::Kdf("wrapping the master key failed".into()))?;
         Ok(KeySlot {
             kdf: KDF_NAME.into(),
@@ -136,17 +129,12 @@ impl KeySlot {
             .try_into()
             .map_err(|_| bad_config("key slot salt is not 16 bytes"))?;
         let mut kek = self.params().kek(passphrase, salt)?;
-        let cipher = Aes256Gcm::new((&kek).into());
+        let cipher = Cipher::new(&kek);
         kek.zeroize();
         let (nonce, ct) = self.wrapped.split_at(12);
+        let nonce: &[u8; 12] = nonce.try_into().expect("split at 12");
         let aad = vault_id.to_string();
-        let Ok(mut plain) = cipher.decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ct,
-                aad: aad.as_bytes(),
-            },
-        ) else {
+        let Ok(mut plain) = cipher.open(nonce, aad.as_bytes(), ct) else {
             return Ok(None);
         };
         let key = <[u8; 32]>::try_from(plain.as_slice()).map(MasterKey::from_bytes);

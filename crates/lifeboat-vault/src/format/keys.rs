@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use aes_gcm::{Aes256Gcm, KeyInit};
 use zeroize::Zeroize;
 
+use super::aead::Cipher;
 use super::blob::BlobKind;
 use super::error::{FormatError, Result};
 use super::ids::{ChunkId, PageId};
@@ -58,13 +58,13 @@ pub struct VaultKeys {
     page_id: [u8; 32],
     nonce: [u8; 32],
     key_check: [u8; 32],
-    seal: Aes256Gcm,
+    seal: std::sync::Arc<Cipher>,
 }
 
 impl VaultKeys {
     pub fn derive(master: &MasterKey) -> Self {
         let mut seal_key = blake3::derive_key(CTX_SEAL, master.expose());
-        let seal = Aes256Gcm::new((&seal_key).into());
+        let seal = std::sync::Arc::new(Cipher::new(&seal_key));
         seal_key.zeroize();
         VaultKeys {
             chunk_id: blake3::derive_key(CTX_CHUNK_ID, master.expose()),
@@ -87,9 +87,10 @@ impl VaultKeys {
     }
 
     /// The content-addressed nonce of a chunk or page blob: keyed BLAKE3 over
-    /// `kind | flags | id | payload`, first 12 bytes. The payload is the exact bytes that get
-    /// encrypted (compressed or not): zstd output may differ between zstd versions, and two
-    /// different payloads under one nonce would break AES-GCM, so the nonce covers them.
+    /// `kind | flags | id | payload`, first 12 bytes. `payload` is the compressed bytes that
+    /// get encrypted (zstd output may differ between zstd versions, and two different
+    /// payloads under one nonce would break AES-GCM, so the nonce covers them), or empty
+    /// when the plaintext is sealed as is: the id already names it.
     pub fn nonce_for(&self, kind: BlobKind, flags: u8, id: &[u8; 32], payload: &[u8]) -> [u8; 12] {
         let mut h = blake3::Hasher::new_keyed(&self.nonce);
         h.update(&[kind as u8, flags]);
@@ -106,7 +107,7 @@ impl VaultKeys {
         *blake3::keyed_hash(&self.key_check, b"").as_bytes()
     }
 
-    pub(crate) fn cipher(&self) -> &Aes256Gcm {
+    pub(crate) fn cipher(&self) -> &Cipher {
         &self.seal
     }
 }

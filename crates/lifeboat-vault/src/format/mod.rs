@@ -9,6 +9,7 @@
 //! only ever computed by `seal_chunk`/`seal_page` (the builder invariant of Proxmox's
 //! `data_blob.rs`), so sealed bytes always carry the id of their own plaintext.
 
+pub mod aead;
 pub mod blob;
 pub mod config;
 pub mod error;

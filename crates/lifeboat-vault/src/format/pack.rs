@@ -75,9 +75,18 @@ fn max_trailer_sealed(n: usize) -> u64 {
 
 impl PackBuilder {
     pub fn new(id: PackId) -> Self {
+        Self::with_buffer(id, Vec::new())
+    }
+
+    /// A builder that fills `buf` (emptied first), e.g. one recycled from an uploaded pack
+    /// with room for a whole pack: a pack grown by doubling copies itself several times
+    /// over, and fresh buffers of this size fragment the heap.
+    pub fn with_buffer(id: PackId, mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        buf.extend_from_slice(&PACK_MAGIC);
         PackBuilder {
             id,
-            buf: PACK_MAGIC.to_vec(),
+            buf,
             entries: Vec::new(),
         }
     }
@@ -142,7 +151,12 @@ impl PackBuilder {
     }
 
     /// Seals the trailer and returns the whole pack, ready to upload.
-    pub fn finish(mut self, keys: &VaultKeys) -> Result<Bytes> {
+    pub fn finish(self, keys: &VaultKeys) -> Result<Bytes> {
+        self.finish_vec(keys).map(Bytes::from)
+    }
+
+    /// `finish`, as the buffer itself (to recycle it once uploaded).
+    pub fn finish_vec(mut self, keys: &VaultKeys) -> Result<Vec<u8>> {
         let mut plain = Vec::with_capacity(4 + self.entries.len() * TRAILER_ENTRY_LEN);
         plain.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
@@ -157,7 +171,7 @@ impl PackBuilder {
         self.buf
             .extend_from_slice(&(trailer.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&PACK_END_MAGIC);
-        Ok(Bytes::from(self.buf))
+        Ok(self.buf)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The vault's logic over its format and storage: writing points, reading and restoring
 //! them, leases, and the maintenance passes verify, prune, gc and stats.
 
+mod buffers;
 pub mod cache;
 pub mod chunking;
 pub mod error;

@@ -24,14 +24,18 @@ use crate::format::{
     PackBuilder, PackId, PackedId, PageId, PageRef, PointId, PointStats, VaultKeys,
     ENTRIES_PER_PAGE,
 };
+use crate::store::buffers::BufferPool;
 use crate::store::chunking::{check_layout, page_count, page_slots};
 use crate::store::error::{Result, VaultError};
 use crate::store::lease::Lease;
 use crate::store::pages::ParentPages;
 use crate::store::vault::{PointRef, Vault};
 
-/// Chunks queued for sealing, per core (16 measured no faster than 4 on the vault bench).
+/// Batches queued for sealing, per core.
 const IN_FLIGHT_PER_CORE: usize = 4;
+/// Chunks are sealed in batches of up to this many bytes: one hand-off to a sealing thread
+/// per chunk cost more in wake-ups and context switches than BLAKE3 did.
+const BATCH_BYTES: usize = 1 << 20;
 /// Packs uploading at once.
 const UPLOADS: usize = 3;
 /// Chunk ids remembered for dedup inside one point; past this, equal chunks are stored
@@ -73,11 +77,14 @@ impl PointOptions {
     }
 }
 
-/// A chunk on its way: being sealed on the blocking pool, or already known.
+/// Chunks on their way: a batch being sealed on the blocking pool, or one already known.
 enum Pending {
-    Job(JoinHandle<Result<Done>>),
+    Job(JoinHandle<Result<Vec<Done>>>),
     Ready(Done),
 }
+
+/// A chunk to seal: its slot, bytes, and the parent's entry for that slot.
+type ChunkJob = (u64, Bytes, Option<IndexEntry>);
 
 enum Outcome {
     Zero,
@@ -117,6 +124,8 @@ pub struct PointWriter {
     sealers: Arc<tokio::sync::Semaphore>,
     max_pending: usize,
     pack: Option<PackBuilder>,
+    /// Buffers of packs: the open one and those uploading.
+    pack_buffers: BufferPool,
     uploads: JoinSet<Result<()>>,
     session: HashMap<ChunkId, IndexEntry>,
     /// Pages stored by this writer, by id: all-hole pages and pages equal across disks
@@ -171,6 +180,11 @@ impl PointWriter {
             sealers: Arc::new(tokio::sync::Semaphore::new(cores)),
             max_pending: cores * IN_FLIGHT_PER_CORE,
             pack: None,
+            // Room for a full pack: the target, the blob that crosses it, the trailer.
+            pack_buffers: BufferPool::new(
+                vault.config.pack_target as usize + chunk_size as usize + (64 << 10),
+                UPLOADS + 1,
+            ),
             uploads: JoinSet::new(),
             session: HashMap::new(),
             session_pages: HashMap::new(),
@@ -210,6 +224,8 @@ impl PointWriter {
     pub async fn write(&mut self, disk: &Name, offset: u64, data: Bytes) -> Result<()> {
         let d = self.check_write(disk, offset, data.len() as u64)?;
         let cs = self.chunk_size;
+        let per_batch = (BATCH_BYTES as u64 / cs).max(1) as usize;
+        let mut batch = Vec::with_capacity(per_batch);
         let mut at = 0usize;
         while at < data.len() {
             let len = (cs as usize).min(data.len() - at);
@@ -219,8 +235,14 @@ impl PointWriter {
                 Some(p) => Some(p.entry(slot).await?),
                 None => None,
             };
-            self.submit(d, slot, chunk, parent).await?;
+            batch.push((slot, chunk, parent));
+            if batch.len() == per_batch {
+                self.submit(d, std::mem::take(&mut batch)).await?;
+            }
             at += len;
+        }
+        if !batch.is_empty() {
+            self.submit(d, batch).await?;
         }
         Ok(())
     }
@@ -269,17 +291,11 @@ impl PointWriter {
         Ok(d)
     }
 
-    async fn submit(
-        &mut self,
-        disk: usize,
-        slot: u64,
-        chunk: Bytes,
-        parent: Option<IndexEntry>,
-    ) -> Result<()> {
+    async fn submit(&mut self, disk: usize, batch: Vec<ChunkJob>) -> Result<()> {
         self.make_room().await?;
         let keys = self.vault.keys.clone();
         let sealers = self.sealers.clone();
-        // Many chunks wait in the queue, but only one per core is sealed at a time: more
+        // Many batches wait in the queue, but only one per core is sealed at a time: more
         // threads would only add memory (each keeps its own zstd context and allocator
         // arena), not speed.
         let job = tokio::spawn(async move {
@@ -288,11 +304,16 @@ impl PointWriter {
                 .await
                 .map_err(|e| VaultError::Usage(format!("sealing a chunk: {e}")))?;
             tokio::task::spawn_blocking(move || {
-                Ok(Done {
-                    disk,
-                    slot,
-                    outcome: seal(&keys, &chunk, parent)?,
-                })
+                batch
+                    .into_iter()
+                    .map(|(slot, chunk, parent)| {
+                        Ok(Done {
+                            disk,
+                            slot,
+                            outcome: seal(&keys, &chunk, parent)?,
+                        })
+                    })
+                    .collect()
             })
             .await
             .map_err(|e| VaultError::Usage(format!("sealing a chunk failed: {e}")))?
@@ -309,14 +330,19 @@ impl PointWriter {
     }
 
     async fn apply_oldest(&mut self) -> Result<()> {
-        let done = match self.pending.pop_front() {
-            None => return Ok(()),
-            Some(Pending::Ready(done)) => done,
-            Some(Pending::Job(job)) => job
-                .await
-                .map_err(|e| VaultError::Usage(format!("sealing a chunk failed: {e}")))??,
-        };
-        self.apply(done).await
+        match self.pending.pop_front() {
+            None => Ok(()),
+            Some(Pending::Ready(done)) => self.apply(done).await,
+            Some(Pending::Job(job)) => {
+                let batch = job
+                    .await
+                    .map_err(|e| VaultError::Usage(format!("sealing a chunk failed: {e}")))??;
+                for done in batch {
+                    self.apply(done).await?;
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn apply(&mut self, done: Done) -> Result<()> {
@@ -438,7 +464,7 @@ impl PointWriter {
 
     async fn push_blob(&mut self, id: PackedId, sealed: &[u8]) -> Result<(PackId, u32, u32)> {
         if self.pack.is_none() {
-            self.pack = Some(PackBuilder::new(PackId::random()?));
+            self.pack = Some(self.new_pack()?);
         }
         if self
             .pack
@@ -448,7 +474,7 @@ impl PointWriter {
             // A trailer lists at most MAX_PACK_BLOBS blobs: tiny, well-compressed chunks
             // can reach that before the pack reaches its size.
             self.upload_pack().await?;
-            self.pack = Some(PackBuilder::new(PackId::random()?));
+            self.pack = Some(self.new_pack()?);
         }
         let pack = self.pack.as_mut().expect("opened above");
         let (offset, len) = pack.push(id, sealed)?;
@@ -459,6 +485,13 @@ impl PointWriter {
         Ok((pack_id, offset, len))
     }
 
+    fn new_pack(&self) -> Result<PackBuilder> {
+        Ok(PackBuilder::with_buffer(
+            PackId::random()?,
+            self.pack_buffers.take(),
+        ))
+    }
+
     async fn upload_pack(&mut self) -> Result<()> {
         let Some(pack) = self.pack.take() else {
             return Ok(());
@@ -467,7 +500,7 @@ impl PointWriter {
             self.join_one_upload().await?;
         }
         let key = pack_key(pack.id());
-        let bytes = pack.finish(&self.vault.keys)?;
+        let bytes = self.pack_buffers.share(pack.finish_vec(&self.vault.keys)?);
         self.stats.new_packs += 1;
         let backend = self.vault.backend.clone();
         self.uploads
@@ -567,12 +600,11 @@ fn seal(keys: &VaultKeys, chunk: &[u8], parent: Option<IndexEntry>) -> Result<Ou
     if chunk.iter().all(|b| *b == 0) {
         return Ok(Outcome::Zero);
     }
-    if let Some(p) = parent.filter(|p| !p.is_zero()) {
-        if keys.chunk_id(chunk) == p.chunk {
-            return Ok(Outcome::SameAsParent(p));
-        }
+    let id = keys.chunk_id(chunk);
+    if let Some(p) = parent.filter(|p| !p.is_zero() && p.chunk == id) {
+        return Ok(Outcome::SameAsParent(p));
     }
-    let (id, sealed) = format::seal_chunk(keys, chunk)?;
+    let sealed = format::blob::seal_chunk_with_id(keys, &id, chunk)?;
     Ok(Outcome::New {
         id,
         sealed,
