@@ -5,9 +5,12 @@
 //! - `format`: the bytes — keys, sealed blobs, packs, index pages, manifests, config.
 //! - `backend`: the storage — one small interface over `object_store`, with retries and
 //!   bounded concurrency.
+//! - `direct_io`: bulk file reads and writes around the page cache (O_DIRECT).
 
 #[cfg(feature = "storage")]
 pub mod backend;
+#[cfg(feature = "storage")]
+pub mod direct_io;
 pub mod format;
 #[cfg(feature = "storage")]
 pub mod store;

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use lifeboat_nbd::{ConnectOptions, NbdClient, BASE_ALLOCATION};
 
-use crate::direct_read::DirectFile;
+use lifeboat_vault::direct_io::DirectFile;
 
 pub enum ImageSource {
     Raw(Arc<RawSource>),

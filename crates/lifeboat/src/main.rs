@@ -4,7 +4,6 @@
 mod cbt_cmd;
 mod cli;
 mod demo;
-mod direct_read;
 mod image_source;
 mod maintenance_cmd;
 mod output;

@@ -20,6 +20,7 @@
 //!   back to head-then-put — see [`Backend::put_if_absent`] for the race that leaves.
 
 mod error;
+mod folder;
 mod key;
 mod retry;
 mod settings;
@@ -163,8 +164,14 @@ impl Backend {
     /// Stores an object, replacing any object of that key. Readers see the old object or
     /// the whole new one, never a part.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BackendError> {
+        self.put_parts(key, vec![bytes]).await
+    }
+
+    /// `put` of an object given as consecutive parts (a pack's blobs), sent without
+    /// joining them into one buffer first.
+    pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<(), BackendError> {
         let path = self.path(key)?;
-        let payload = PutPayload::from(bytes);
+        let payload: PutPayload = parts.into_iter().collect();
         let store = &self.inner.store;
         self.run("write", key, || store.put(&path, payload.clone()))
             .await

@@ -11,6 +11,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
 use super::error::BackendError;
+use super::folder::FolderStore;
 use super::settings::{AzureSettings, S3Settings};
 use super::url::VaultUrl;
 use super::BackendOptions;
@@ -33,9 +34,9 @@ pub(crate) async fn build(url: &VaultUrl, opts: &BackendOptions) -> Result<Built
                 .await
                 .map_err(|e| config(format!("creating the folder: {e}")))?
                 .map_err(|e| config(format!("cannot create the folder {}: {e}", path.display())))?;
-            let store = LocalFileSystem::new_with_prefix(path)
-                .map_err(|e| config(format!("cannot open the folder {}: {e}", path.display())))?
-                .with_fsync(opts.fsync);
+            let local = LocalFileSystem::new_with_prefix(path)
+                .map_err(|e| config(format!("cannot open the folder {}: {e}", path.display())))?;
+            let store = FolderStore::new(local, opts.fsync);
             Ok(Built {
                 store: Arc::new(store),
                 endpoint: path.display().to_string(),

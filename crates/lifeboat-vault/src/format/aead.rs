@@ -6,7 +6,7 @@
 //! ring does not wipe its expanded key schedule on drop; the raw keys it is built from are
 //! wiped by the callers.
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 
 pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
@@ -57,6 +57,26 @@ impl Cipher {
         let tag = self.seal_in_place(nonce, aad, &mut buf)?;
         buf.extend_from_slice(&tag);
         Ok(buf)
+    }
+
+    /// Decrypts `buf` in place, checking `tag`; `buf` is left undefined on failure.
+    pub fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), OpenError> {
+        self.0
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                Tag::from(*tag),
+                buf,
+                0..,
+            )
+            .map(|_| ())
+            .map_err(|_| OpenError)
     }
 
     /// Decrypts `ciphertext | tag`, checking the tag; the plaintext on success.

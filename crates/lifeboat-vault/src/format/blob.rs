@@ -196,32 +196,51 @@ fn saves_enough(plain: usize, compressed: usize) -> bool {
 /// zstd level 1, kept only when it saves at least 1/32 of the size. Random data (already
 /// compressed or encrypted in the guest) is recognised from three small probes and not
 /// compressed at all: zstd's full pass over it would be thrown away.
+#[cfg(test)]
 fn compress(plaintext: &[u8]) -> Option<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            *cell = zstd::bulk::Compressor::new(1).ok();
-        }
-        let z = cell.as_mut()?;
-        if plaintext.len() >= 8 * PROBE {
-            let mid = plaintext.len() / 2;
-            let probes = [
-                &plaintext[..PROBE],
-                &plaintext[mid..mid + PROBE],
-                &plaintext[plaintext.len() - PROBE..],
-            ];
-            let any = probes.iter().any(|p| {
-                z.compress(p)
-                    .map(|c| saves_enough(p.len(), c.len()))
-                    .unwrap_or(false)
-            });
-            if !any {
-                return None;
+    let mut out = Vec::new();
+    compress_into(plaintext, &mut out).then_some(out)
+}
+
+/// `compress`, appending the compressed bytes to `out`; false (and `out` as it was) when
+/// compression is not worth it.
+fn compress_into(plaintext: &[u8], out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    COMPRESSOR
+        .with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = zstd::bulk::Compressor::new(1).ok();
             }
-        }
-        let c = z.compress(plaintext).ok()?;
-        saves_enough(plaintext.len(), c.len()).then_some(c)
-    })
+            let z = cell.as_mut()?;
+            if plaintext.len() >= 8 * PROBE {
+                let mid = plaintext.len() / 2;
+                let probes = [
+                    &plaintext[..PROBE],
+                    &plaintext[mid..mid + PROBE],
+                    &plaintext[plaintext.len() - PROBE..],
+                ];
+                let any = probes.iter().any(|p| {
+                    z.compress(p)
+                        .map(|c| saves_enough(p.len(), c.len()))
+                        .unwrap_or(false)
+                });
+                if !any {
+                    return None;
+                }
+            }
+            out.reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
+            // Appended after `start`: a plain Vec would be written from its beginning.
+            let mut at = std::io::Cursor::new(&mut *out);
+            at.set_position(start as u64);
+            let n = z.compress_to_buffer(plaintext, &mut at).ok()?;
+            saves_enough(plaintext.len(), n).then_some(())
+        })
+        .map(|()| true)
+        .unwrap_or_else(|| {
+            out.truncate(start);
+            false
+        })
 }
 
 /// Seals `plaintext` as a blob of `kind` bound to `binding`. Crate-private: chunks and
@@ -242,23 +261,33 @@ pub(crate) fn seal(
             limit: kind.max_plain().into(),
         });
     };
-    let (flags, payload) = match compress(plaintext) {
-        Some(c) => (FLAG_ZSTD, c),
-        None => (0, plaintext.to_vec()),
+    // The blob is built in one buffer: header space, payload (compressed straight into
+    // it, or the plaintext copied once), then encrypted in place and the tag appended.
+    let mut out = Vec::with_capacity(
+        BLOB_OVERHEAD + zstd::zstd_safe::compress_bound(plaintext.len()).max(plaintext.len()),
+    );
+    out.resize(HEADER_LEN, 0);
+    let flags = if compress_into(plaintext, &mut out) {
+        FLAG_ZSTD
+    } else {
+        out.extend_from_slice(plaintext);
+        0
     };
-    seal_payload(keys, kind, flags, plain_len, binding, payload)
+    seal_in_place(keys, kind, flags, plain_len, binding, out)
 }
 
-/// Seals an already-prepared payload. `fuzzing_seal_payload` exposes it so fuzzers can
-/// reach decompression with arbitrary frames; nothing else may.
-fn seal_payload(
+/// Seals `out` = header space (HEADER_LEN bytes, overwritten) followed by the payload.
+/// `fuzzing_seal_payload` exposes it so fuzzers can reach decompression with arbitrary
+/// frames; nothing else may.
+fn seal_in_place(
     keys: &VaultKeys,
     kind: BlobKind,
     flags: u8,
     plain_len: u32,
     binding: &[u8],
-    payload: Vec<u8>,
+    mut out: Vec<u8>,
 ) -> Result<Vec<u8>> {
+    let payload = &out[HEADER_LEN..];
     let nonce = if kind.content_addressed() {
         let id: &[u8; 32] = binding.try_into().map_err(|_| FormatError::Invalid {
             what: "blob binding",
@@ -269,7 +298,7 @@ fn seal_payload(
         let named = if flags & FLAG_ZSTD == 0 {
             &[][..]
         } else {
-            &payload[..]
+            payload
         };
         keys.nonce_for(kind, flags, id, named)
     } else {
@@ -284,19 +313,23 @@ fn seal_payload(
         nonce,
     }
     .encode();
-    let mut out = Vec::with_capacity(BLOB_OVERHEAD + payload.len());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&payload);
+    out[..HEADER_LEN].copy_from_slice(&header);
+    let payload_len = out.len() - HEADER_LEN;
     let aad = [&header[..], binding].concat();
     let tag = keys
         .cipher()
         .seal_in_place(&nonce, &aad, &mut out[HEADER_LEN..])
         .map_err(|_| FormatError::TooLarge {
             object: describe(kind, binding),
-            len: payload.len() as u64,
+            len: payload_len as u64,
             limit: kind.max_plain().into(),
         })?;
     out.extend_from_slice(&tag);
+    // Room was made for the worst case; a compressed blob waits in its pack for upload,
+    // so give back the rest (in place: glibc shrinks without copying).
+    if out.capacity() - out.len() > out.len() / 8 {
+        out.shrink_to_fit();
+    }
     Ok(out)
 }
 
@@ -311,7 +344,9 @@ pub fn fuzzing_seal_payload(
     binding: &[u8],
     payload: &[u8],
 ) -> Result<Vec<u8>> {
-    seal_payload(keys, kind, flags, plain_len, binding, payload.to_vec())
+    let mut out = vec![0u8; HEADER_LEN];
+    out.extend_from_slice(payload);
+    seal_in_place(keys, kind, flags, plain_len, binding, out)
 }
 
 /// Opens a blob of `expected` kind bound to `binding`, whose plaintext may be at most
@@ -324,29 +359,85 @@ pub(crate) fn open(
     sealed: &[u8],
     max_plain: u32,
 ) -> Result<Vec<u8>> {
+    let h = BlobHeader::parse(expected, max_plain, sealed, &|| describe(expected, binding))?;
+    let mut out = vec![0u8; h.plain_len as usize];
+    let n = open_into(keys, expected, binding, sealed, max_plain, &mut out)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+thread_local! {
+    /// Per-thread scratch for decrypting compressed payloads and a zstd context: a new
+    /// context per chunk was 2% of a restore.
+    static OPENER: std::cell::RefCell<(Vec<u8>, Option<zstd::bulk::Decompressor<'static>>)> =
+        const { std::cell::RefCell::new((Vec::new(), None)) };
+}
+
+/// `open`, writing the plaintext into `out` (at least the header's plaintext length) and
+/// returning its length. An uncompressed payload is decrypted in place in `out`, with no
+/// copy in between.
+pub(crate) fn open_into(
+    keys: &VaultKeys,
+    expected: BlobKind,
+    binding: &[u8],
+    sealed: &[u8],
+    max_plain: u32,
+    out: &mut [u8],
+) -> Result<usize> {
     let object = || describe(expected, binding);
     let h = BlobHeader::parse(expected, max_plain, sealed, &object)?;
+    let plain_len = h.plain_len as usize;
+    if out.len() < plain_len {
+        return Err(FormatError::TooLarge {
+            object: object(),
+            len: plain_len as u64,
+            limit: out.len() as u64,
+        });
+    }
     let aad = [&sealed[..HEADER_LEN], binding].concat();
-    let buf = keys
-        .cipher()
-        .open(&h.nonce, &aad, &sealed[HEADER_LEN..])
-        .map_err(|_| FormatError::TagMismatch { object: object() })?;
+    let (payload, tag) = sealed[HEADER_LEN..].split_at(sealed.len() - BLOB_OVERHEAD);
+    let tag: &[u8; TAG_LEN] = tag.try_into().expect("parse checked the length");
     if h.flags & FLAG_ZSTD == 0 {
-        return Ok(buf);
+        if payload.len() != plain_len {
+            return Err(FormatError::damaged(
+                object(),
+                format!("holds {} bytes, header says {plain_len}", payload.len()),
+            ));
+        }
+        let buf = &mut out[..plain_len];
+        buf.copy_from_slice(payload);
+        keys.cipher()
+            .open_in_place(&h.nonce, &aad, buf, tag)
+            .map_err(|_| FormatError::TagMismatch { object: object() })?;
+        return Ok(plain_len);
     }
-    // The output buffer is exactly the authenticated length: a frame claiming more fails,
-    // one yielding less is caught below.
-    let mut out = vec![0u8; h.plain_len as usize];
-    let n = zstd::bulk::Decompressor::new()
-        .and_then(|mut d| d.decompress_to_buffer(&buf[..], &mut out[..]))
-        .map_err(|e| FormatError::damaged(object(), format!("zstd: {e}")))?;
-    if n != out.len() {
-        return Err(FormatError::damaged(
-            object(),
-            format!("decompresses to {n} bytes, header says {}", out.len()),
-        ));
-    }
-    Ok(out)
+    OPENER.with(|cell| {
+        let (scratch, decompressor) = &mut *cell.borrow_mut();
+        scratch.clear();
+        scratch.extend_from_slice(payload);
+        keys.cipher()
+            .open_in_place(&h.nonce, &aad, scratch, tag)
+            .map_err(|_| FormatError::TagMismatch { object: object() })?;
+        if decompressor.is_none() {
+            *decompressor = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| FormatError::damaged(object(), format!("zstd: {e}")))?,
+            );
+        }
+        let d = decompressor.as_mut().expect("set above");
+        // The output is exactly the authenticated length: a frame claiming more fails, one
+        // yielding less is caught below.
+        let n = d
+            .decompress_to_buffer(&scratch[..], &mut out[..plain_len])
+            .map_err(|e| FormatError::damaged(object(), format!("zstd: {e}")))?;
+        if n != plain_len {
+            return Err(FormatError::damaged(
+                object(),
+                format!("decompresses to {n} bytes, header says {plain_len}"),
+            ));
+        }
+        Ok(n)
+    })
 }
 
 /// Seals a chunk and returns its id: the only way to get a chunk id for sealed bytes, so a
@@ -371,6 +462,25 @@ pub(crate) fn seal_chunk_with_id(
 
 /// Opens a chunk blob expected to hold `id`, with a plaintext of at most `max_len` bytes
 /// (the disk's chunk size), and proves that the plaintext has that id.
+/// `open_chunk` into `out` (at least the chunk's length); returns the length.
+pub fn open_chunk_into(
+    keys: &VaultKeys,
+    id: &ChunkId,
+    sealed: &[u8],
+    out: &mut [u8],
+) -> Result<usize> {
+    let max = u32::try_from(out.len()).unwrap_or(u32::MAX);
+    let n = open_into(keys, BlobKind::Chunk, &id.0, sealed, max, out)?;
+    let found = keys.chunk_id(&out[..n]);
+    if found != *id {
+        return Err(FormatError::IdMismatch {
+            object: describe(BlobKind::Chunk, &id.0),
+            found: found.to_string(),
+        });
+    }
+    Ok(n)
+}
+
 pub fn open_chunk(keys: &VaultKeys, id: &ChunkId, sealed: &[u8], max_len: u32) -> Result<Vec<u8>> {
     let plain = open(keys, BlobKind::Chunk, &id.0, sealed, max_len)?;
     let found = keys.chunk_id(&plain);

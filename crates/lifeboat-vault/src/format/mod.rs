@@ -23,7 +23,7 @@ pub mod page;
 #[cfg(test)]
 mod tests;
 
-pub use blob::{open_chunk, seal_chunk, BlobKind};
+pub use blob::{open_chunk, open_chunk_into, seal_chunk, BlobKind};
 pub use config::{KdfParams, KeySlot, VaultConfig};
 pub use error::FormatError;
 pub use ids::{

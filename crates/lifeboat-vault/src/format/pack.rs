@@ -61,10 +61,13 @@ pub struct TrailerEntry {
     pub plain_len: u32,
 }
 
-/// Builds one pack in memory, then hands it over whole for one upload.
+/// Builds one pack in memory, then hands it over whole for one upload. The blobs are kept
+/// as they were sealed, not copied into one buffer: the upload sends them in order (a
+/// copy of every byte was 5% of a full backup's time).
 pub struct PackBuilder {
     id: PackId,
-    buf: Vec<u8>,
+    parts: Vec<Bytes>,
+    len: u64,
     entries: Vec<TrailerEntry>,
 }
 
@@ -75,18 +78,10 @@ fn max_trailer_sealed(n: usize) -> u64 {
 
 impl PackBuilder {
     pub fn new(id: PackId) -> Self {
-        Self::with_buffer(id, Vec::new())
-    }
-
-    /// A builder that fills `buf` (emptied first), e.g. one recycled from an uploaded pack
-    /// with room for a whole pack: a pack grown by doubling copies itself several times
-    /// over, and fresh buffers of this size fragment the heap.
-    pub fn with_buffer(id: PackId, mut buf: Vec<u8>) -> Self {
-        buf.clear();
-        buf.extend_from_slice(&PACK_MAGIC);
         PackBuilder {
             id,
-            buf,
+            parts: vec![Bytes::from_static(&PACK_MAGIC)],
+            len: PACK_MAGIC.len() as u64,
             entries: Vec::new(),
         }
     }
@@ -97,7 +92,7 @@ impl PackBuilder {
 
     /// Bytes so far, without the trailer: compare with the vault's `pack_target`.
     pub fn len(&self) -> u64 {
-        self.buf.len() as u64
+        self.len
     }
 
     /// True while no blob has been pushed.
@@ -117,25 +112,27 @@ impl PackBuilder {
     /// Appends a sealed chunk or page and returns where it lies (offset, sealed length),
     /// for the index page or manifest that will point at it. Fails with `PackFull` when the
     /// pack could no longer stay within 64 MiB and 262,144 blobs.
-    pub fn push(&mut self, id: PackedId, sealed: &[u8]) -> Result<(u32, u32)> {
+    pub fn push(&mut self, id: PackedId, sealed: impl Into<Bytes>) -> Result<(u32, u32)> {
+        let sealed: Bytes = sealed.into();
         let kind = id.kind();
         let object = || blob::describe(kind, id.bytes());
-        let header = BlobHeader::parse(kind, kind.max_plain(), sealed, &object)?;
+        let header = BlobHeader::parse(kind, kind.max_plain(), &sealed, &object)?;
         let n = self.entries.len();
-        let end = self.buf.len() as u64 + sealed.len() as u64;
+        let end = self.len + sealed.len() as u64;
         if n >= MAX_PACK_BLOBS as usize
             || end + max_trailer_sealed(n + 1) + FOOTER_LEN as u64 > MAX_PACK_LEN
         {
             return Err(FormatError::PackFull {
                 pack: self.id.to_string(),
                 blobs: n as u32,
-                bytes: self.buf.len() as u64,
+                bytes: self.len,
             });
         }
         // Both fit u32: the pack is under 64 MiB.
-        let offset = self.buf.len() as u32;
+        let offset = self.len as u32;
         let len = sealed.len() as u32;
-        self.buf.extend_from_slice(sealed);
+        self.len = end;
+        self.parts.push(sealed);
         self.entries.push(TrailerEntry {
             id,
             offset,
@@ -152,11 +149,11 @@ impl PackBuilder {
 
     /// Seals the trailer and returns the whole pack, ready to upload.
     pub fn finish(self, keys: &VaultKeys) -> Result<Bytes> {
-        self.finish_vec(keys).map(Bytes::from)
+        Ok(self.finish_parts(keys)?.concat().into())
     }
 
-    /// `finish`, as the buffer itself (to recycle it once uploaded).
-    pub fn finish_vec(mut self, keys: &VaultKeys) -> Result<Vec<u8>> {
+    /// `finish`, as the pack's parts in order (to upload without joining them).
+    pub fn finish_parts(mut self, keys: &VaultKeys) -> Result<Vec<Bytes>> {
         let mut plain = Vec::with_capacity(4 + self.entries.len() * TRAILER_ENTRY_LEN);
         plain.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
@@ -166,12 +163,12 @@ impl PackBuilder {
             plain.extend_from_slice(&e.len.to_le_bytes());
             plain.extend_from_slice(&e.plain_len.to_le_bytes());
         }
-        let trailer = blob::seal(keys, BlobKind::PackTrailer, &self.id.0, &plain)?;
-        self.buf.extend_from_slice(&trailer);
-        self.buf
-            .extend_from_slice(&(trailer.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(&PACK_END_MAGIC);
-        Ok(self.buf)
+        let mut tail = blob::seal(keys, BlobKind::PackTrailer, &self.id.0, &plain)?;
+        let trailer_len = tail.len() as u32;
+        tail.extend_from_slice(&trailer_len.to_le_bytes());
+        tail.extend_from_slice(&PACK_END_MAGIC);
+        self.parts.push(tail.into());
+        Ok(self.parts)
     }
 }
 
@@ -338,7 +335,7 @@ mod tests {
         let mut rng = Rng(3);
         for plain in [vec![1u8; 9000], rng.bytes(3000), b"x".to_vec()] {
             let (cid, sealed) = seal_chunk(&k, &plain).unwrap();
-            let (o, l) = b.push(PackedId::Chunk(cid), &sealed).unwrap();
+            let (o, l) = b.push(PackedId::Chunk(cid), sealed.clone()).unwrap();
             pushed.push((PackedId::Chunk(cid), o, l));
         }
         let (pid, sealed) = seal_page(
@@ -348,7 +345,7 @@ mod tests {
             },
         )
         .unwrap();
-        let (o, l) = b.push(PackedId::Page(pid), &sealed).unwrap();
+        let (o, l) = b.push(PackedId::Page(pid), sealed.clone()).unwrap();
         pushed.push((PackedId::Page(pid), o, l));
         assert_eq!(b.blob_count(), 4);
         (id, b.finish(&k).unwrap(), pushed)
@@ -490,11 +487,11 @@ mod tests {
         let (cid, small) = seal_chunk(&k, b"").unwrap();
         let mut b = PackBuilder::new(PackId([1; 16]));
         for _ in 0..MAX_PACK_BLOBS {
-            b.push(PackedId::Chunk(cid), &small).unwrap();
+            b.push(PackedId::Chunk(cid), small.clone()).unwrap();
         }
         assert!(b.is_full(u64::MAX));
         assert!(matches!(
-            b.push(PackedId::Chunk(cid), &small),
+            b.push(PackedId::Chunk(cid), small.clone()),
             Err(FormatError::PackFull { .. })
         ));
         let pack = b.finish(&k).unwrap();
@@ -507,7 +504,7 @@ mod tests {
 
         let (cid, big) = seal_chunk(&k, &Rng(1).bytes(MAX_CHUNK_PLAIN as usize)).unwrap();
         let mut b = PackBuilder::new(PackId([2; 16]));
-        while b.push(PackedId::Chunk(cid), &big).is_ok() {}
+        while b.push(PackedId::Chunk(cid), big.clone()).is_ok() {}
         assert!(b.len() + big.len() as u64 > MAX_PACK_LEN - 1000);
         assert!(b.finish(&k).unwrap().len() as u64 <= MAX_PACK_LEN);
     }
@@ -518,10 +515,11 @@ mod tests {
         let (cid, sealed) = seal_chunk(&k, b"abc").unwrap();
         let mut b = PackBuilder::new(PackId([1; 16]));
         assert!(
-            b.push(PackedId::Page(PageId(cid.0)), &sealed).is_err(),
+            b.push(PackedId::Page(PageId(cid.0)), sealed.clone())
+                .is_err(),
             "a chunk pushed as a page"
         );
-        assert!(b.push(PackedId::Chunk(cid), &sealed[1..]).is_err());
+        assert!(b.push(PackedId::Chunk(cid), sealed[1..].to_vec()).is_err());
         assert!(b.is_empty());
     }
 }

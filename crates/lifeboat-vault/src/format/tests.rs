@@ -61,8 +61,8 @@ fn samples(k: &VaultKeys) -> Samples {
     let (_, sealed_m) = seal_manifest(k, &m).unwrap();
     let pack_id = PackId([3; 16]);
     let mut b = PackBuilder::new(pack_id);
-    b.push(PackedId::Chunk(chunk.0), &chunk.1).unwrap();
-    b.push(PackedId::Page(page.0), &page.1).unwrap();
+    b.push(PackedId::Chunk(chunk.0), chunk.1.clone()).unwrap();
+    b.push(PackedId::Page(page.0), page.1.clone()).unwrap();
     let pack = b.finish(k).unwrap().to_vec();
     let (c, key) = VaultConfig::create("p", 65536, KdfParams::INSECURE_FAST).unwrap();
     let key_file = KeyFile::new(&c, key).unwrap().encode();

@@ -1,7 +1,6 @@
 //! The vault's logic over its format and storage: writing points, reading and restoring
 //! them, leases, and the maintenance passes verify, prune, gc and stats.
 
-mod buffers;
 pub mod cache;
 pub mod chunking;
 pub mod error;
@@ -10,6 +9,7 @@ pub mod lease;
 pub mod pages;
 pub mod prune;
 pub mod reader;
+mod restore;
 pub mod retention;
 pub mod stats;
 pub mod vault;

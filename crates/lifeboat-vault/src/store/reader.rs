@@ -2,22 +2,19 @@
 //! booting from it later) through a bounded chunk cache, and a streaming restore to a
 //! file that keeps holes as holes.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-
-use futures::{StreamExt, TryStreamExt};
 
 use crate::format::{self, pack_key, ChunkId, IndexEntry, Manifest, Name};
 use crate::store::cache::ByteLru;
 use crate::store::error::{Result, VaultError};
 use crate::store::pages::ParentPages;
+use crate::store::restore;
+pub use crate::store::restore::RestoreStats;
 use crate::store::vault::{PointRef, Vault};
 
 /// Chunks kept by a reader: 64 MiB by default.
 pub const DEFAULT_CHUNK_CACHE: usize = 64 << 20;
-/// Chunks fetched at once by a restore.
-const RESTORE_IN_FLIGHT: usize = 16;
 
 pub struct PointReader {
     vault: Vault,
@@ -25,13 +22,6 @@ pub struct PointReader {
     manifest: Manifest,
     disks: Vec<ParentPages>,
     chunks: ByteLru<ChunkId, Vec<u8>>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RestoreStats {
-    pub size: u64,
-    pub data_bytes: u64,
-    pub hole_bytes: u64,
 }
 
 impl PointReader {
@@ -134,40 +124,7 @@ impl PointReader {
         progress: impl Fn(u64),
     ) -> Result<RestoreStats> {
         let d = self.disk(disk)?;
-        let size = d.disk().size;
-        let cs = u64::from(d.disk().chunk_size);
-        let file = std::fs::File::create(target)
-            .map_err(|e| VaultError::io(format!("creating {}", target.display()), e))?;
-        file.set_len(size)
-            .map_err(|e| VaultError::io(format!("sizing {}", target.display()), e))?;
-        let slots = size.div_ceil(cs);
-        let mut stats = RestoreStats {
-            size,
-            ..Default::default()
-        };
-        let mut results = futures::stream::iter(0..slots)
-            .map(|slot| async move {
-                let entry = d.entry(slot).await?;
-                if entry.is_zero() {
-                    return Ok::<_, VaultError>((slot, None));
-                }
-                Ok((slot, Some(self.chunk(d, slot).await?)))
-            })
-            .buffered(RESTORE_IN_FLIGHT);
-        while let Some((slot, chunk)) = results.try_next().await? {
-            match chunk {
-                Some(c) => {
-                    file.write_all_at(&c, slot * cs)
-                        .map_err(|e| VaultError::io(format!("writing {}", target.display()), e))?;
-                    stats.data_bytes += c.len() as u64;
-                }
-                None => stats.hole_bytes += cs.min(size - slot * cs),
-            }
-            progress(stats.data_bytes + stats.hole_bytes);
-        }
-        file.sync_all()
-            .map_err(|e| VaultError::io(format!("syncing {}", target.display()), e))?;
-        Ok(stats)
+        restore::restore_raw(&self.vault, &self.point, d, target, progress).await
     }
 }
 

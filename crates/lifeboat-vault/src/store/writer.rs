@@ -24,7 +24,6 @@ use crate::format::{
     PackBuilder, PackId, PackedId, PageId, PageRef, PointId, PointStats, VaultKeys,
     ENTRIES_PER_PAGE,
 };
-use crate::store::buffers::BufferPool;
 use crate::store::chunking::{check_layout, page_count, page_slots};
 use crate::store::error::{Result, VaultError};
 use crate::store::lease::Lease;
@@ -124,8 +123,6 @@ pub struct PointWriter {
     sealers: Arc<tokio::sync::Semaphore>,
     max_pending: usize,
     pack: Option<PackBuilder>,
-    /// Buffers of packs: the open one and those uploading.
-    pack_buffers: BufferPool,
     uploads: JoinSet<Result<()>>,
     session: HashMap<ChunkId, IndexEntry>,
     /// Pages stored by this writer, by id: all-hole pages and pages equal across disks
@@ -180,11 +177,6 @@ impl PointWriter {
             sealers: Arc::new(tokio::sync::Semaphore::new(cores)),
             max_pending: cores * IN_FLIGHT_PER_CORE,
             pack: None,
-            // Room for a full pack: the target, the blob that crosses it, the trailer.
-            pack_buffers: BufferPool::new(
-                vault.config.pack_target as usize + chunk_size as usize + (64 << 10),
-                UPLOADS + 1,
-            ),
             uploads: JoinSet::new(),
             session: HashMap::new(),
             session_pages: HashMap::new(),
@@ -358,10 +350,10 @@ impl PointWriter {
             } => match self.session.get(&id) {
                 Some(e) => *e,
                 None => {
-                    let (pack, offset, len) = self.push_blob(PackedId::Chunk(id), &sealed).await?;
                     self.stats.new_chunks += 1;
                     self.stats.new_bytes_plain += plain_len as u64;
                     self.stats.new_bytes_stored += sealed.len() as u64;
+                    let (pack, offset, len) = self.push_blob(PackedId::Chunk(id), sealed).await?;
                     let e = IndexEntry {
                         chunk: id,
                         pack,
@@ -450,8 +442,8 @@ impl PointWriter {
         if let Some(r) = self.session_pages.get(&id) {
             return Ok(*r);
         }
-        let (pack, offset, len) = self.push_blob(PackedId::Page(id), &sealed).await?;
         self.stats.new_bytes_stored += sealed.len() as u64;
+        let (pack, offset, len) = self.push_blob(PackedId::Page(id), sealed).await?;
         let r = PageRef {
             id,
             pack,
@@ -462,9 +454,9 @@ impl PointWriter {
         Ok(r)
     }
 
-    async fn push_blob(&mut self, id: PackedId, sealed: &[u8]) -> Result<(PackId, u32, u32)> {
+    async fn push_blob(&mut self, id: PackedId, sealed: Vec<u8>) -> Result<(PackId, u32, u32)> {
         if self.pack.is_none() {
-            self.pack = Some(self.new_pack()?);
+            self.pack = Some(PackBuilder::new(PackId::random()?));
         }
         if self
             .pack
@@ -474,7 +466,7 @@ impl PointWriter {
             // A trailer lists at most MAX_PACK_BLOBS blobs: tiny, well-compressed chunks
             // can reach that before the pack reaches its size.
             self.upload_pack().await?;
-            self.pack = Some(self.new_pack()?);
+            self.pack = Some(PackBuilder::new(PackId::random()?));
         }
         let pack = self.pack.as_mut().expect("opened above");
         let (offset, len) = pack.push(id, sealed)?;
@@ -485,13 +477,6 @@ impl PointWriter {
         Ok((pack_id, offset, len))
     }
 
-    fn new_pack(&self) -> Result<PackBuilder> {
-        Ok(PackBuilder::with_buffer(
-            PackId::random()?,
-            self.pack_buffers.take(),
-        ))
-    }
-
     async fn upload_pack(&mut self) -> Result<()> {
         let Some(pack) = self.pack.take() else {
             return Ok(());
@@ -500,11 +485,15 @@ impl PointWriter {
             self.join_one_upload().await?;
         }
         let key = pack_key(pack.id());
-        let bytes = self.pack_buffers.share(pack.finish_vec(&self.vault.keys)?);
+        let parts = pack.finish_parts(&self.vault.keys)?;
         self.stats.new_packs += 1;
         let backend = self.vault.backend.clone();
-        self.uploads
-            .spawn(async move { backend.put(&key, bytes).await.map_err(VaultError::from) });
+        self.uploads.spawn(async move {
+            backend
+                .put_parts(&key, parts)
+                .await
+                .map_err(VaultError::from)
+        });
         Ok(())
     }
 
