@@ -49,6 +49,46 @@ pub enum Command {
     Demo(DemoArgs),
     /// The vault: encrypted, deduplicated recovery points on a folder, S3 or Azure Blob.
     Vault(VaultArgs),
+    /// Run this host's agent: the HTTPS API the server drives. Prints a one-time
+    /// enrollment code at first start.
+    Agent(AgentArgs),
+    /// Find hypervisor hosts running `lifeboat agent`.
+    #[command(subcommand)]
+    Hosts(HostsCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Address and port to serve on.
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    pub listen: std::net::SocketAddr,
+    /// Serve plain HTTP instead of TLS. Refused unless --listen is a loopback address.
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// Forget the server that enrolled this agent and print a new enrollment code.
+    #[arg(long)]
+    pub reset_enrollment: bool,
+    /// The name this host reports (default: the system's host name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// Probe every address of CIDR (e.g. 192.168.1.0/24) for agents and list them with
+    /// their certificate fingerprints, so they can be checked before enrollment.
+    Scan {
+        cidr: String,
+        /// Agent ports to try on each address.
+        #[arg(long, value_delimiter = ',', default_value = "7443")]
+        ports: Vec<u16>,
+        /// Probes at once.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// Give up on an address after this long (connect, handshake and answer): 2s, 10s, …
+        #[arg(long, default_value = "2s")]
+        timeout: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,9 +1,11 @@
 //! `lifeboat`: the one binary. Each subcommand lives in its own module; this file only
 //! parses the command line, sets up logging and maps errors to exit codes.
 
+mod agent_cmd;
 mod cbt_cmd;
 mod cli;
 mod demo;
+mod hosts_cmd;
 mod image_source;
 mod maintenance_cmd;
 mod output;
@@ -70,14 +72,17 @@ fn driver(cli: &cli::Cli) -> anyhow::Result<QemuDriver> {
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let out = output::Output { json: cli.json };
-    if let cli::Command::Vault(args) = cli.command {
-        return vault_cmd::run(out, args).await;
+    match cli.command {
+        cli::Command::Vault(args) => return vault_cmd::run(out, args).await,
+        cli::Command::Hosts(cmd) => return hosts_cmd::run(out, cmd).await,
+        _ => {}
     }
     let driver = driver(&cli)?;
     match cli.command {
         cli::Command::Vm(cmd) => vm_cmd::run(&driver, out, cmd).await,
         cli::Command::Cbt(cmd) => cbt_cmd::run(&driver, out, cmd).await,
         cli::Command::Demo(args) => demo::run(&driver, out, args).await,
-        cli::Command::Vault(_) => unreachable!("handled above"),
+        cli::Command::Agent(args) => agent_cmd::run(driver, &cli.home, args).await,
+        cli::Command::Vault(_) | cli::Command::Hosts(_) => unreachable!("handled above"),
     }
 }

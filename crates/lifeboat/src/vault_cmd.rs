@@ -62,7 +62,7 @@ fn parse_size(text: &str) -> Result<u32> {
     u32::try_from(n * mult).with_context(|| format!("{text:?} is too large"))
 }
 
-fn progress(total: u64, what: &str) -> ProgressBar {
+pub fn progress(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(

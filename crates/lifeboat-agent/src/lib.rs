@@ -1,0 +1,18 @@
+//! `lifeboat agent`: one per host. It owns the host's hypervisor driver and serves an HTTPS
+//! API to the control plane (DESIGN.md, "Processes and data flow", "Security").
+//!
+//! - `identity`: the agent's TLS key and self-signed certificate, made at first start; its
+//!   SHA-256 fingerprint is what the server pins.
+//! - `enrollment`: the one-time code printed at first start, and the per-agent credential
+//!   the server receives in exchange for it.
+//! - `api`: the routes. Before enrollment only the discovery hello (and enrollment itself)
+//!   answer; every other route needs the credential.
+//! - `serve`: TLS (or, on loopback only and when asked, plain HTTP) in front of the routes.
+
+pub mod api;
+pub mod enrollment;
+pub mod identity;
+pub mod serve;
+
+/// The agent's version, as the hello reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

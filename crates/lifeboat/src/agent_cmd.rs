@@ -1,0 +1,98 @@
+//! `lifeboat agent`: runs this host's agent until stopped (SIGINT or SIGTERM).
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use lifeboat_agent::api::{router, AgentState};
+use lifeboat_agent::enrollment::Enrollment;
+use lifeboat_agent::identity::Identity;
+use lifeboat_agent::serve::{serve, Transport};
+use lifeboat_hypervisor::QemuDriver;
+
+use crate::cli::AgentArgs;
+
+pub async fn run(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<()> {
+    let agent_home = home.join("agent");
+    std::fs::create_dir_all(&agent_home)
+        .with_context(|| format!("creating {}", agent_home.display()))?;
+    let hostname = match args.hostname {
+        Some(h) => h,
+        None => system_hostname()?,
+    };
+    let (enrollment, code) = Enrollment::load(&agent_home, args.reset_enrollment)?;
+    let (transport, fingerprint) = if args.insecure_http {
+        (Transport::PlainLoopback, String::new())
+    } else {
+        let identity = Identity::load_or_create(&agent_home, &hostname)?;
+        (Transport::tls(&identity)?, identity.fingerprint())
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {} (in use? pick another with --listen)",
+                args.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let enrolled_by = enrollment.enrolled().map(|e| e.server_fingerprint);
+    let state = Arc::new(AgentState {
+        hostname: hostname.clone(),
+        fingerprint: fingerprint.clone(),
+        enrollment,
+        driver,
+    });
+    let scheme = if args.insecure_http { "http" } else { "https" };
+    let mut banner = format!(
+        "Lifeboat agent {} on {hostname}\nListening on {scheme}://{addr}\n",
+        lifeboat_agent::VERSION
+    );
+    if !fingerprint.is_empty() {
+        banner += &format!("Certificate fingerprint (SHA-256): {fingerprint}\n");
+    }
+    banner += &match (code, enrolled_by) {
+        (Some(code), _) => format!(
+            "Enrollment code (shown once): {code}\nEnroll this host from the server with that code.\n"
+        ),
+        (None, Some(server)) => format!("Enrolled by the server with fingerprint {server}\n"),
+        (None, None) => "Not enrolled yet; its code was shown at first start (restart with --reset-enrollment for a new one)\n".into(),
+    };
+    // Best effort: an agent whose stdout was closed (a supervisor that stopped reading)
+    // keeps serving.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(banner.as_bytes()).and_then(|()| out.flush()) {
+        tracing::warn!(error = %e, "could not print the banner");
+    }
+    drop(out);
+    let served = serve(listener, transport, router(state));
+    tokio::select! {
+        r = served => r.map_err(anyhow::Error::from),
+        _ = shutdown_signal() => {
+            eprintln!("stopping the agent");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn system_hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the host name; pass --hostname")?;
+    Ok(name.trim().to_string())
+}
