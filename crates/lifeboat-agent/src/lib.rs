@@ -7,9 +7,11 @@
 //!   the server receives in exchange for it.
 //! - `api`: the routes. Before enrollment only the discovery hello (and enrollment itself)
 //!   answer; every other route needs the credential.
+//! - `client`: calling an agent over HTTPS pinned to its fingerprint (the server's side).
 //! - `serve`: TLS (or, on loopback only and when asked, plain HTTP) in front of the routes.
 
 pub mod api;
+pub mod client;
 pub mod enrollment;
 pub mod identity;
 pub mod serve;

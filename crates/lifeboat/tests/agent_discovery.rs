@@ -189,6 +189,21 @@ async fn scan_finds_agents_and_only_the_code_and_credential_open_them() {
     let found = scan(&[a.port]);
     assert_eq!(found["agents"][0]["enrolled"], true, "{found:#}");
 
+    // The pinned client the server uses: the right fingerprint works, another is refused
+    // before anything (the credential) is sent.
+    use lifeboat_agent::client::AgentClient;
+    let addr = format!("127.0.0.1:{}", a.port);
+    let pinned = AgentClient::new(&addr, &a.fingerprint, Duration::from_secs(30))
+        .unwrap()
+        .with_credential(&credential);
+    let inv = pinned.inventory().await.unwrap();
+    assert_eq!(inv["hostname"], "alpha");
+    let wrong = AgentClient::new(&addr, &b.fingerprint, Duration::from_secs(30))
+        .unwrap()
+        .with_credential(&credential);
+    let err = format!("{:?}", wrong.inventory().await.unwrap_err());
+    assert!(err.contains("pinned"), "{err}");
+
     // A restart keeps identity, enrollment and credential, and shows no code.
     let home_a = tmp.path().join("a");
     let old_fp = a.fingerprint.clone();
