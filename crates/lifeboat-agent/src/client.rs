@@ -94,6 +94,30 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+/// An HTTPS client that talks only to the peer whose certificate has `fingerprint`
+/// (agents, and the server's own API when served over TLS).
+pub fn pinned_http_client(
+    fingerprint: &str,
+    timeout: Duration,
+) -> Result<reqwest::Client, ClientError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Build(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            fingerprint: fingerprint.to_lowercase(),
+            provider,
+        }))
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| ClientError::Build(e.to_string()))
+}
+
 /// An agent at `address` (`host:port`) whose certificate has `fingerprint`.
 #[derive(Clone)]
 pub struct AgentClient {
@@ -108,22 +132,7 @@ impl AgentClient {
         fingerprint: &str,
         timeout: Duration,
     ) -> Result<AgentClient, ClientError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Build(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned {
-                fingerprint: fingerprint.to_lowercase(),
-                provider,
-            }))
-            .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(config)
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .build()
-            .map_err(|e| ClientError::Build(e.to_string()))?;
+        let http = pinned_http_client(fingerprint, timeout)?;
         Ok(AgentClient {
             address: address.to_string(),
             http,

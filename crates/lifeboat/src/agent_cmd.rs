@@ -76,7 +76,7 @@ pub async fn run(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<()>
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

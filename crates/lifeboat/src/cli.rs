@@ -52,9 +52,54 @@ pub enum Command {
     /// Run this host's agent: the HTTPS API the server drives. Prints a one-time
     /// enrollment code at first start.
     Agent(AgentArgs),
-    /// Find hypervisor hosts running `lifeboat agent`.
+    /// Find hypervisor hosts running `lifeboat agent`, enroll them, list them.
     #[command(subcommand)]
     Hosts(HostsCommand),
+    /// Run the control plane: the REST API, state in SQLite (default) or PostgreSQL.
+    /// Prints an API token at first start.
+    Server(ServerArgs),
+    /// VMs of every enrolled host (asks the server).
+    #[command(subcommand)]
+    Vms(VmsCommand),
+}
+
+/// How client commands reach the server. The token comes from LIFEBOAT_TOKEN, a
+/// --token-file, or (on the server's machine) HOME/server/admin.token — never the command
+/// line, where other users could read it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerConn {
+    /// The server's API: http://127.0.0.1:PORT (loopback only) or https://HOST:PORT.
+    #[arg(long, env = "LIFEBOAT_SERVER", default_value = "http://127.0.0.1:7400")]
+    pub server: String,
+    /// The https server's certificate fingerprint (SHA-256, from its banner), pinned.
+    #[arg(long, env = "LIFEBOAT_SERVER_FINGERPRINT")]
+    pub server_fingerprint: Option<String>,
+    /// A file holding the API token.
+    #[arg(long, env = "LIFEBOAT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address and port to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub listen: std::net::SocketAddr,
+    /// sqlite://PATH or postgres://USER@HOST/DB (password from PGPASSWORD or the URL).
+    /// Default: sqlite://HOME/server/lifeboat.db.
+    #[arg(long, env = "LIFEBOAT_DATABASE")]
+    pub database: Option<String>,
+    /// Serve plain HTTP instead of TLS. Refused unless --listen is a loopback address.
+    #[arg(long)]
+    pub insecure_http: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmsCommand {
+    /// Every VM of every enrolled host, with its protection state.
+    List {
+        #[command(flatten)]
+        conn: ServerConn,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +133,23 @@ pub enum HostsCommand {
         /// Give up on an address after this long (connect, handshake and answer): 2s, 10s, …
         #[arg(long, default_value = "2s")]
         timeout: String,
+    },
+    /// Enroll the agent at ADDRESS (host:port) with the code it printed at first start.
+    Enroll {
+        address: String,
+        #[arg(long)]
+        code: String,
+        /// The agent's certificate fingerprint, as checked in `hosts scan` or its banner.
+        /// Without it, the certificate the agent presents now is trusted and pinned.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// Enrolled hosts.
+    List {
+        #[command(flatten)]
+        conn: ServerConn,
     },
 }
 

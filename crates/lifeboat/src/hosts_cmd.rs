@@ -1,4 +1,5 @@
-//! `lifeboat hosts scan CIDR`: finds agents by their discovery hello.
+//! `lifeboat hosts scan|enroll|list` and `lifeboat vms list`. `hosts scan CIDR` finds
+//! agents by their discovery hello; the others ask the server.
 //!
 //! Every address and port of the range is probed at once up to `--concurrency`, each
 //! within `--timeout`. The agent's certificate is not trusted yet — that is what
@@ -7,22 +8,25 @@
 //! us and it answered with its own certificate).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use lifeboat_agent::api::{Hello, SERVICE};
 use lifeboat_agent::identity::fingerprint;
+use lifeboat_server::api::EnrollHost;
 use lifeboat_vault::store::retention::parse_duration;
 use serde::Serialize;
 
-use crate::cli::HostsCommand;
+use crate::cli::{HostsCommand, VmsCommand};
 use crate::output::{table, Output};
+use crate::server_client::ServerClient;
 
 /// The widest range a scan takes: a /16, 65,536 addresses.
 const MAX_ADDRESSES: u64 = 1 << 16;
 
-pub async fn run(out: Output, cmd: HostsCommand) -> Result<()> {
+pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
     match cmd {
         HostsCommand::Scan {
             cidr,
@@ -33,7 +37,96 @@ pub async fn run(out: Output, cmd: HostsCommand) -> Result<()> {
             let timeout = parse_duration(&timeout).map_err(anyhow::Error::msg)?;
             scan(out, &cidr, &ports, concurrency.max(1), timeout).await
         }
+        HostsCommand::Enroll {
+            address,
+            code,
+            fingerprint,
+            conn,
+        } => {
+            let server = ServerClient::new(&conn, home)?;
+            let host: serde_json::Value = server
+                .post(
+                    "/api/v1/hosts",
+                    &EnrollHost {
+                        address,
+                        code,
+                        fingerprint,
+                    },
+                )
+                .await?;
+            out.show(&host, |h| {
+                println!(
+                    "Enrolled {} at {} (certificate {} pinned).",
+                    h["hostname"].as_str().unwrap_or("?"),
+                    h["address"].as_str().unwrap_or("?"),
+                    h["fingerprint"].as_str().unwrap_or("?")
+                );
+            });
+            Ok(())
+        }
+        HostsCommand::List { conn } => {
+            let server = ServerClient::new(&conn, home)?;
+            let hosts: Vec<serde_json::Value> = server.get("/api/v1/hosts").await?;
+            out.show(&hosts, |hosts| {
+                if hosts.is_empty() {
+                    println!("No hosts enrolled. Find agents with `lifeboat hosts scan CIDR`, then `lifeboat hosts enroll`.");
+                    return;
+                }
+                let mut rows = vec![vec![
+                    "HOSTNAME".to_string(),
+                    "ADDRESS".into(),
+                    "ENROLLED".into(),
+                    "FINGERPRINT (SHA-256)".into(),
+                ]];
+                for h in hosts {
+                    rows.push(["hostname", "address", "enrolled_at", "fingerprint"]
+                        .iter()
+                        .map(|k| h[*k].as_str().unwrap_or("").to_string())
+                        .collect());
+                }
+                table(&rows);
+            });
+            Ok(())
+        }
     }
+}
+
+pub async fn run_vms(out: Output, home: &Path, cmd: VmsCommand) -> Result<()> {
+    let VmsCommand::List { conn } = cmd;
+    let server = ServerClient::new(&conn, home)?;
+    let list: serde_json::Value = server.get("/api/v1/vms").await?;
+    out.show(&list, |l| {
+        let vms = l["vms"].as_array().cloned().unwrap_or_default();
+        if vms.is_empty() {
+            println!("No VMs on the enrolled hosts.");
+        } else {
+            let mut rows = vec![vec![
+                "HOST".to_string(),
+                "VM".into(),
+                "STATE".into(),
+                "PROTECTION".into(),
+            ]];
+            for v in &vms {
+                let state = v["state"]["state"].as_str().unwrap_or("?").to_string();
+                rows.push(vec![
+                    v["host"].as_str().unwrap_or("?").to_string(),
+                    v["vm"].as_str().unwrap_or("?").to_string(),
+                    state,
+                    v["protection"].as_str().unwrap_or("?").to_string(),
+                ]);
+            }
+            table(&rows);
+        }
+        for p in l["unreachable"].as_array().into_iter().flatten() {
+            println!(
+                "Host {} ({}) did not answer: {}",
+                p["host"].as_str().unwrap_or("?"),
+                p["address"].as_str().unwrap_or("?"),
+                p["error"].as_str().unwrap_or("?")
+            );
+        }
+    });
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]

@@ -10,6 +10,8 @@ mod image_source;
 mod maintenance_cmd;
 mod output;
 mod secrets;
+mod server_client;
+mod server_cmd;
 mod vault_cmd;
 mod vm_cmd;
 
@@ -74,7 +76,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let out = output::Output { json: cli.json };
     match cli.command {
         cli::Command::Vault(args) => return vault_cmd::run(out, args).await,
-        cli::Command::Hosts(cmd) => return hosts_cmd::run(out, cmd).await,
+        cli::Command::Hosts(cmd) => return hosts_cmd::run(out, &cli.home, cmd).await,
+        cli::Command::Vms(cmd) => return hosts_cmd::run_vms(out, &cli.home, cmd).await,
+        cli::Command::Server(args) => return server_cmd::run(&cli.home, args).await,
         _ => {}
     }
     let driver = driver(&cli)?;
@@ -83,6 +87,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Cbt(cmd) => cbt_cmd::run(&driver, out, cmd).await,
         cli::Command::Demo(args) => demo::run(&driver, out, args).await,
         cli::Command::Agent(args) => agent_cmd::run(driver, &cli.home, args).await,
-        cli::Command::Vault(_) | cli::Command::Hosts(_) => unreachable!("handled above"),
+        cli::Command::Vault(_)
+        | cli::Command::Hosts(_)
+        | cli::Command::Vms(_)
+        | cli::Command::Server(_) => unreachable!("handled above"),
     }
 }

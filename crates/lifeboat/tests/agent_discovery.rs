@@ -2,66 +2,12 @@
 //! only the one-time code enrolls an agent, only its credential opens its API, and
 //! plain HTTP is refused off loopback.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
-struct Agent {
-    child: Child,
-    port: u16,
-    fingerprint: String,
-    code: Option<String>,
-    banner: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `lifeboat agent` on a port the system picks and reads its banner.
-fn start_agent(home: &std::path::Path, hostname: &str) -> Agent {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
-        .args(["--home"])
-        .arg(home)
-        .args(["agent", "--listen", "127.0.0.1:0", "--hostname", hostname])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut port, mut fingerprint, mut code, mut banner) = (0, String::new(), None, String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        banner.push_str(&line);
-        banner.push('\n');
-        if let Some(addr) = line.strip_prefix("Listening on https://") {
-            port = addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-        if let Some(fp) = line.strip_prefix("Certificate fingerprint (SHA-256): ") {
-            fingerprint = fp.to_string();
-        }
-        if let Some(c) = line.strip_prefix("Enrollment code (shown once): ") {
-            code = Some(c.to_string());
-        }
-        if line.starts_with("Enroll this host")
-            || line.starts_with("Enrolled by")
-            || line.starts_with("Not enrolled")
-        {
-            break;
-        }
-    }
-    assert!(port > 0 && fingerprint.len() == 64, "banner: {banner}");
-    Agent {
-        child,
-        port,
-        fingerprint,
-        code,
-        banner,
-    }
-}
+use common::{start_agent, Agent};
 
 fn scan(ports: &[u16]) -> serde_json::Value {
     let ports: Vec<String> = ports.iter().map(|p| p.to_string()).collect();

@@ -1,0 +1,249 @@
+//! The REST API, under `/api/v1`, every route behind an API token
+//! (`Authorization: Bearer …`).
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /api/v1/hosts` | enrolled hosts |
+//! | `POST /api/v1/hosts` | enroll the agent at `address` with its one-time `code` |
+//! | `GET /api/v1/vms` | every VM of every host (hosts that do not answer are listed with the reason) |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::StreamExt;
+use lifeboat_agent::client::AgentClient;
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Database, DbError, Host};
+
+/// How long the server waits for an agent.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Agents asked at once for their inventory.
+const AGENTS_AT_ONCE: usize = 16;
+
+pub struct ServerState {
+    pub db: Database,
+    /// The server's certificate fingerprint, given to agents at enrollment.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnrollHost {
+    /// `host:port` of the agent.
+    pub address: String,
+    /// The code the agent printed at first start.
+    pub code: String,
+    /// The agent's certificate fingerprint as the operator checked it (from `hosts scan`
+    /// or the agent's banner). Without it the first certificate seen is trusted.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VmRow {
+    pub host: String,
+    pub address: String,
+    pub vm: String,
+    pub state: serde_json::Value,
+    pub protection: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostProblem {
+    pub host: String,
+    pub address: String,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VmList {
+    pub vms: Vec<VmRow>,
+    pub unreachable: Vec<HostProblem>,
+}
+
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/api/v1/hosts", get(list_hosts).post(enroll_host))
+        .route("/api/v1/vms", get(list_vms))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn db_error(e: DbError) -> Response {
+    match e {
+        DbError::Conflict(m) => error(StatusCode::CONFLICT, m),
+        e => {
+            tracing::error!(error = %e, "database");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+/// SHA-256 of an API token, hex: only this is stored.
+pub fn token_digest(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn require_token(State(s): State<Arc<ServerState>>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing API token: pass --token or set LIFEBOAT_TOKEN (the server printed one at first start)",
+        );
+    };
+    match s.db.token_exists(&token_digest(token)).await {
+        Ok(true) => next.run(req).await,
+        Ok(false) => error(StatusCode::UNAUTHORIZED, "wrong API token"),
+        Err(e) => db_error(e),
+    }
+}
+
+async fn list_hosts(State(s): State<Arc<ServerState>>) -> Response {
+    match s.db.hosts().await {
+        Ok(hosts) => Json(hosts).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+async fn enroll_host(State(s): State<Arc<ServerState>>, Json(req): Json<EnrollHost>) -> Response {
+    match s.db.host_by_address(&req.address).await {
+        Ok(Some(h)) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("{} is enrolled already, as {}", h.address, h.hostname),
+            )
+        }
+        Ok(None) => {}
+        Err(e) => return db_error(e),
+    }
+    // The fingerprint to pin: the operator's, or the one the agent presents now.
+    let fingerprint = match req.fingerprint.clone() {
+        Some(fp) => fp.to_lowercase(),
+        None => match first_seen_fingerprint(&req.address).await {
+            Ok(fp) => fp,
+            Err(e) => return error(StatusCode::BAD_GATEWAY, e),
+        },
+    };
+    let client = match AgentClient::new(&req.address, &fingerprint, AGENT_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let hello = match client.hello().await {
+        Ok(h) => h,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    let credential = match client.enroll(&req.code, &s.fingerprint).await {
+        Ok(c) => c,
+        Err(lifeboat_agent::client::ClientError::Refused { status: 403, .. }) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the agent refused the code: check it (codes work once)",
+            )
+        }
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    let host = Host {
+        id: uuid::Uuid::new_v4().to_string(),
+        address: req.address.clone(),
+        hostname: hello.hostname,
+        fingerprint,
+        enrolled_at: chrono::Utc::now().to_rfc3339(),
+    };
+    if let Err(e) = s.db.add_host(&host, &credential).await {
+        return db_error(e);
+    }
+    tracing::info!(host = %host.hostname, address = %host.address, "enrolled");
+    (StatusCode::CREATED, Json(host)).into_response()
+}
+
+/// Trust on first use: the fingerprint of the certificate the agent presents now.
+async fn first_seen_fingerprint(address: &str) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .tls_info(true)
+        .timeout(AGENT_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .get(format!("https://{address}/api/v1/hello"))
+        .send()
+        .await
+        .map_err(|e| format!("no agent answers at {address}: {e}"))?;
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|t| t.peer_certificate())
+        .map(lifeboat_agent::identity::fingerprint)
+        .ok_or_else(|| format!("{address} presented no certificate"))
+}
+
+async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
+    let hosts = match s.db.hosts_with_access().await {
+        Ok(h) => h,
+        Err(e) => return db_error(e),
+    };
+    let answers: Vec<_> = futures::stream::iter(hosts)
+        .map(|h| async move {
+            let inv = match AgentClient::new(&h.host.address, &h.host.fingerprint, AGENT_TIMEOUT) {
+                Ok(c) => c
+                    .with_credential(&h.credential)
+                    .inventory()
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (h.host, inv)
+        })
+        .buffer_unordered(AGENTS_AT_ONCE)
+        .collect()
+        .await;
+    let mut list = VmList {
+        vms: Vec::new(),
+        unreachable: Vec::new(),
+    };
+    for (host, inv) in answers {
+        match inv {
+            Ok(inv) => {
+                for vm in inv["vms"].as_array().into_iter().flatten() {
+                    list.vms.push(VmRow {
+                        host: host.hostname.clone(),
+                        address: host.address.clone(),
+                        vm: vm["name"].as_str().unwrap_or("?").to_string(),
+                        state: vm["state"].clone(),
+                        protection: "unprotected",
+                    });
+                }
+            }
+            Err(error) => list.unreachable.push(HostProblem {
+                host: host.hostname,
+                address: host.address,
+                error,
+            }),
+        }
+    }
+    list.vms
+        .sort_by(|a, b| (&a.host, &a.vm).cmp(&(&b.host, &b.vm)));
+    Json(list).into_response()
+}

@@ -1,0 +1,212 @@
+//! The server's state. `sqlite://PATH` (created if missing) or `postgres://…`; the same
+//! portable migrations run on both (TEXT and BIGINT only; times as RFC 3339 text).
+
+use serde::Serialize;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// An enrolled host, as the API shows it (never its credential).
+#[derive(Clone, Debug, Serialize)]
+pub struct Host {
+    pub id: String,
+    pub address: String,
+    pub hostname: String,
+    pub fingerprint: String,
+    pub enrolled_at: String,
+}
+
+/// A host with what the server needs to call its agent.
+#[derive(Clone, Debug)]
+pub struct HostAccess {
+    pub host: Host,
+    pub credential: String,
+}
+
+#[derive(Clone)]
+pub struct Database {
+    pool: AnyPool,
+}
+
+impl Database {
+    pub async fn connect(url: &str) -> Result<Database, DbError> {
+        sqlx::any::install_default_drivers();
+        // SQLite: create the file if missing.
+        let full = if url.starts_with("sqlite:") && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if url.starts_with("sqlite:") { 1 } else { 8 })
+            .connect(&full)
+            .await
+            .map_err(|source| DbError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Database { pool })
+    }
+
+    pub async fn add_host(&self, h: &Host, credential: &str) -> Result<(), DbError> {
+        let r = sqlx::query(
+            "INSERT INTO hosts (id, address, hostname, fingerprint, credential, enrolled_at, generation) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1)",
+        )
+        .bind(&h.id)
+        .bind(&h.address)
+        .bind(&h.hostname)
+        .bind(&h.fingerprint)
+        .bind(credential)
+        .bind(&h.enrolled_at)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(DbError::Conflict(
+                format!("a host at {} is enrolled already", h.address),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn host_by_address(&self, address: &str) -> Result<Option<Host>, DbError> {
+        Ok(self
+            .hosts_with_access()
+            .await?
+            .into_iter()
+            .map(|a| a.host)
+            .find(|h| h.address == address))
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<Host>, DbError> {
+        Ok(self
+            .hosts_with_access()
+            .await?
+            .into_iter()
+            .map(|a| a.host)
+            .collect())
+    }
+
+    pub async fn hosts_with_access(&self) -> Result<Vec<HostAccess>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, address, hostname, fingerprint, credential, enrolled_at FROM hosts ORDER BY hostname, address",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HostAccess {
+                    host: Host {
+                        id: r.try_get("id")?,
+                        address: r.try_get("address")?,
+                        hostname: r.try_get("hostname")?,
+                        fingerprint: r.try_get("fingerprint")?,
+                        enrolled_at: r.try_get("enrolled_at")?,
+                    },
+                    credential: r.try_get("credential")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn token_count(&self) -> Result<i64, DbError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    pub async fn add_token(&self, name: &str, token_sha256: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, token_sha256, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(name)
+        .bind(token_sha256)
+        .bind(chrono::Utc::now().to_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn token_exists(&self, token_sha256: &str) -> Result<bool, DbError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens WHERE token_sha256 = $1")
+            .bind(token_sha256)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://lb:secret@db:5432/x"),
+            "postgres://lb:***@db:5432/x"
+        );
+        assert_eq!(redact("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+    }
+
+    #[tokio::test]
+    async fn sqlite_hosts_and_tokens_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let db = Database::connect(&url).await.unwrap();
+        let h = Host {
+            id: "h1".into(),
+            address: "10.0.0.1:7443".into(),
+            hostname: "alpha".into(),
+            fingerprint: "ab".repeat(32),
+            enrolled_at: "2026-11-26T00:00:00Z".into(),
+        };
+        db.add_host(&h, "cred").await.unwrap();
+        let again = db
+            .add_host(
+                &Host {
+                    id: "h2".into(),
+                    ..h.clone()
+                },
+                "c2",
+            )
+            .await;
+        assert!(matches!(again, Err(DbError::Conflict(_))));
+        // Reopening runs no migration twice and keeps the data.
+        drop(db);
+        let db = Database::connect(&url).await.unwrap();
+        let access = db.hosts_with_access().await.unwrap();
+        assert_eq!(access.len(), 1);
+        assert_eq!(access[0].credential, "cred");
+        assert_eq!(db.token_count().await.unwrap(), 0);
+        db.add_token("admin", "x").await.unwrap();
+        assert!(db.token_exists("x").await.unwrap() && !db.token_exists("y").await.unwrap());
+    }
+}

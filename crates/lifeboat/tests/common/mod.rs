@@ -1,0 +1,134 @@
+//! Shared helpers: `lifeboat agent` and `lifeboat server` as separate processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub struct Agent {
+    pub child: Child,
+    pub port: u16,
+    pub fingerprint: String,
+    pub code: Option<String>,
+    pub banner: String,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `lifeboat agent` on a port the system picks and reads its banner.
+pub fn start_agent(home: &Path, hostname: &str) -> Agent {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .args(["--home"])
+        .arg(home)
+        .args(["agent", "--listen", "127.0.0.1:0", "--hostname", hostname])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut port, mut fingerprint, mut code, mut banner) = (0, String::new(), None, String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if let Some(addr) = line.strip_prefix("Listening on https://") {
+            port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+        if let Some(fp) = line.strip_prefix("Certificate fingerprint (SHA-256): ") {
+            fingerprint = fp.to_string();
+        }
+        if let Some(c) = line.strip_prefix("Enrollment code (shown once): ") {
+            code = Some(c.to_string());
+        }
+        if line.starts_with("Enroll this host")
+            || line.starts_with("Enrolled by")
+            || line.starts_with("Not enrolled")
+        {
+            break;
+        }
+    }
+    assert!(port > 0 && fingerprint.len() == 64, "banner: {banner}");
+    Agent {
+        child,
+        port,
+        fingerprint,
+        code,
+        banner,
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub token: String,
+    pub fingerprint: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `lifeboat server` (plain HTTP on loopback, SQLite in `home`) and reads its banner.
+pub fn start_server(home: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .arg("--home")
+        .arg(home)
+        .args(["server", "--listen", "127.0.0.1:0", "--insecure-http"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut token, mut fingerprint, mut banner) =
+        (String::new(), String::new(), String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if let Some(u) = line.strip_prefix("API on ") {
+            url = u.to_string();
+        }
+        if let Some(fp) = line.strip_prefix("Certificate fingerprint (SHA-256): ") {
+            fingerprint = fp.to_string();
+        }
+        if line.starts_with("API token") {
+            token = line.rsplit(": ").next().unwrap().to_string();
+        }
+        if line == "Ready" {
+            break;
+        }
+    }
+    assert!(!url.is_empty() && !token.is_empty(), "banner: {banner}");
+    Server {
+        child,
+        url,
+        token,
+        fingerprint,
+    }
+}
+
+/// Runs a client command against `server` with its token; (success, stdout, stderr).
+pub fn client(server: &Server, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    c.args(args)
+        .env("LIFEBOAT_SERVER", &server.url)
+        .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home");
+    match token {
+        Some(t) => c.env("LIFEBOAT_TOKEN", t),
+        None => c.env_remove("LIFEBOAT_TOKEN"),
+    };
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}

@@ -1,0 +1,99 @@
+//! The server, two agents, and the CLI as separate processes: hosts enroll with their
+//! one-time codes, `hosts list` and `vms list` show them, an agent that stops answering is
+//! named with the reason, and API calls without or with a wrong token are refused.
+
+mod common;
+
+use common::{client, start_agent, start_server};
+
+#[test]
+fn hosts_enroll_once_and_the_api_needs_its_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server"));
+    let a = start_agent(&tmp.path().join("a"), "alpha");
+    let b = start_agent(&tmp.path().join("b"), "beta");
+    let tok = Some(server.token.as_str());
+    let addr_a = format!("127.0.0.1:{}", a.port);
+    let addr_b = format!("127.0.0.1:{}", b.port);
+
+    // No token, a wrong token: refused, and nothing is enrolled.
+    let (ok, _, err) = client(&server, None, &["hosts", "list"]);
+    assert!(!ok && err.contains("no API token"), "{err}");
+    let (ok, _, err) = client(&server, Some("nope"), &["hosts", "list"]);
+    assert!(!ok && err.contains("wrong API token"), "{err}");
+
+    // A wrong code: the agent's refusal, shown as is.
+    let (ok, _, err) = client(
+        &server,
+        tok,
+        &["hosts", "enroll", &addr_a, "--code", "0000-0000-0000"],
+    );
+    assert!(!ok && err.contains("refused the code"), "{err}");
+
+    // The right code, with the fingerprint the operator checked.
+    let code_a = a.code.clone().unwrap();
+    let (ok, out, err) = client(
+        &server,
+        tok,
+        &[
+            "--json",
+            "hosts",
+            "enroll",
+            &addr_a,
+            "--code",
+            &code_a,
+            "--fingerprint",
+            &a.fingerprint,
+        ],
+    );
+    assert!(ok, "{err}");
+    let host: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(host["hostname"], "alpha");
+    assert_eq!(host["fingerprint"], a.fingerprint.as_str());
+    // Trust on first use for b (no --fingerprint): the presented certificate is pinned.
+    let code_b = b.code.clone().unwrap();
+    let (ok, _, err) = client(
+        &server,
+        tok,
+        &["hosts", "enroll", &addr_b, "--code", &code_b],
+    );
+    assert!(ok, "{err}");
+    // Codes work once.
+    let (ok, _, err) = client(
+        &server,
+        tok,
+        &["hosts", "enroll", &addr_a, "--code", &code_a],
+    );
+    assert!(!ok && err.contains("enrolled already"), "{err}");
+
+    let (ok, out, err) = client(&server, tok, &["--json", "hosts", "list"]);
+    assert!(ok, "{err}");
+    let hosts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    assert_eq!(hosts[1]["fingerprint"], b.fingerprint.as_str());
+    assert!(
+        hosts[0].get("credential").is_none(),
+        "credentials never leave the server"
+    );
+
+    let (ok, out, err) = client(&server, tok, &["--json", "vms", "list"]);
+    assert!(ok, "{err}");
+    let vms: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(vms["unreachable"], serde_json::json!([]), "{vms:#}");
+
+    // An agent that stops answering is named, with the reason; the other still answers.
+    drop(b);
+    let (ok, out, err) = client(&server, tok, &["vms", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Host beta") && out.contains("did not answer"),
+        "{out}"
+    );
+    drop(a);
+}
