@@ -4,12 +4,21 @@
 
 mod common;
 
-use common::{client, start_agent, start_server};
+use common::{client, fresh_postgres_database, start_agent, start_server};
 
 #[test]
-fn hosts_enroll_once_and_the_api_needs_its_token() {
+fn hosts_enroll_once_and_the_api_needs_its_token_on_sqlite() {
+    hosts_enroll_once_and_the_api_needs_its_token(None);
+}
+
+#[test]
+fn hosts_enroll_once_and_the_api_needs_its_token_on_postgres() {
+    hosts_enroll_once_and_the_api_needs_its_token(Some(fresh_postgres_database()));
+}
+
+fn hosts_enroll_once_and_the_api_needs_its_token(database: Option<String>) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start_server(&tmp.path().join("server"));
+    let server = start_server(&tmp.path().join("server"), database.as_deref());
     let a = start_agent(&tmp.path().join("a"), "alpha");
     let b = start_agent(&tmp.path().join("b"), "beta");
     let tok = Some(server.token.as_str());

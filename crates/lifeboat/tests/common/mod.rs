@@ -76,12 +76,17 @@ impl Drop for Server {
     }
 }
 
-/// Starts `lifeboat server` (plain HTTP on loopback, SQLite in `home`) and reads its banner.
-pub fn start_server(home: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
-        .arg("--home")
+/// Starts `lifeboat server` (plain HTTP on loopback; state in `database`, or SQLite in
+/// `home`) and reads its banner.
+pub fn start_server(home: &Path, database: Option<&str>) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    cmd.arg("--home")
         .arg(home)
-        .args(["server", "--listen", "127.0.0.1:0", "--insecure-http"])
+        .args(["server", "--listen", "127.0.0.1:0", "--insecure-http"]);
+    if let Some(url) = database {
+        cmd.args(["--database", url]);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -131,4 +136,29 @@ pub fn client(server: &Server, token: Option<&str>, args: &[&str]) -> (bool, Str
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// A new, empty PostgreSQL database on the server ./scripts/test starts
+/// (LIFEBOAT_TEST_POSTGRES); its URL.
+pub fn fresh_postgres_database() -> String {
+    let base = std::env::var("LIFEBOAT_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "LIFEBOAT_TEST_POSTGRES is not set: run ./scripts/test, which starts PostgreSQL and sets it"
+        )
+    });
+    let name = format!("lifeboat_test_{}", uuid::Uuid::new_v4().simple());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{name}")
 }
