@@ -175,38 +175,4 @@ mod tests {
         );
         assert_eq!(redact("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
     }
-
-    #[tokio::test]
-    async fn sqlite_hosts_and_tokens_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let db = Database::connect(&url).await.unwrap();
-        let h = Host {
-            id: "h1".into(),
-            address: "10.0.0.1:7443".into(),
-            hostname: "alpha".into(),
-            fingerprint: "ab".repeat(32),
-            enrolled_at: "2026-11-26T00:00:00Z".into(),
-        };
-        db.add_host(&h, "cred").await.unwrap();
-        let again = db
-            .add_host(
-                &Host {
-                    id: "h2".into(),
-                    ..h.clone()
-                },
-                "c2",
-            )
-            .await;
-        assert!(matches!(again, Err(DbError::Conflict(_))));
-        // Reopening runs no migration twice and keeps the data.
-        drop(db);
-        let db = Database::connect(&url).await.unwrap();
-        let access = db.hosts_with_access().await.unwrap();
-        assert_eq!(access.len(), 1);
-        assert_eq!(access[0].credential, "cred");
-        assert_eq!(db.token_count().await.unwrap(), 0);
-        db.add_token("admin", "x").await.unwrap();
-        assert!(db.token_exists("x").await.unwrap() && !db.token_exists("y").await.unwrap());
-    }
 }

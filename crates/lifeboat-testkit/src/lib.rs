@@ -9,13 +9,16 @@
 //! `LIFEBOAT-GUEST-READY boot=<n>` once everything is up.
 //!
 //! The vault's backend tests need real object storage: [`S3Server`] (s3s-fs) and
-//! [`Azurite`] start one on a free port and stop it on drop.
+//! [`Azurite`] start one on a free port and stop it on drop. The server's tests need
+//! PostgreSQL: [`fresh_postgres_database`] makes a database on the cluster the test
+//! command starts.
 //!
 //! Guests run under TCG (no working KVM on the CI machines), so every wait here takes a
 //! timeout and [`boot_timeout`] is generous.
 
 mod http;
 mod image;
+mod postgres;
 mod serial;
 mod servers;
 
@@ -24,6 +27,7 @@ use std::time::Duration;
 
 pub use http::{http_get, wait_http};
 pub use image::{guest_disk_copy, guest_image};
+pub use postgres::{fresh_postgres_database, postgres_url};
 pub use serial::SerialConsole;
 pub use servers::{Azurite, S3Server, AZURITE_ACCOUNT, AZURITE_KEY};
 

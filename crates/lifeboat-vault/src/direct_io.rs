@@ -97,40 +97,6 @@ impl DirectWriter {
         DirectWriter { file, direct }
     }
 
-    /// Whether writes go around the page cache.
-    pub fn is_direct(&self) -> bool {
-        self.direct.is_some()
-    }
-
-    /// Writes all of `data` at `offset`.
-    pub fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        let aligned = data.len() / ALIGN * ALIGN;
-        let Some(direct) = self
-            .direct
-            .as_ref()
-            .filter(|_| aligned > 0 && (offset as usize).is_multiple_of(ALIGN))
-        else {
-            return self.file.write_all_at(data, offset);
-        };
-        let mut buf = AlignedBuf::new(aligned.min(WRITE_PIECE))?;
-        let mut done = 0;
-        while done < aligned {
-            let n = buf.fill_from(&data[done..aligned]);
-            match write_all_direct(direct, buf.as_ref(), offset + done as u64) {
-                Ok(()) => {}
-                // Refused after all (e.g. a file system that accepts the flag but not this
-                // access): the rest goes buffered.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && done == 0 => {
-                    return self.file.write_all_at(data, offset)
-                }
-                Err(e) => return Err(e),
-            }
-            done += n;
-        }
-        self.file
-            .write_all_at(&data[aligned..], offset + aligned as u64)
-    }
-
     /// Writes the filled part of `buf` at `offset`: direct, with no copy, for the aligned
     /// part when `offset` is aligned; the rest buffered.
     pub fn write_buf_at(&self, buf: &AlignedBuf, offset: u64) -> std::io::Result<()> {
@@ -322,16 +288,6 @@ impl AlignedBuf {
         self.filled = n;
     }
 
-    /// Copies as much of `src` as fits, zero-pads to a multiple of ALIGN, and returns how
-    /// many bytes of `src` it took.
-    fn fill_from(&mut self, src: &[u8]) -> usize {
-        let n = src.len().min(self.cap);
-        self.as_mut_slice()[..n].copy_from_slice(&src[..n]);
-        self.filled = n;
-        self.pad_to_align();
-        n
-    }
-
     /// Zeros from `filled` to the next multiple of ALIGN (within `cap`, itself a multiple).
     fn pad_to_align(&mut self) {
         let (from, to) = (
@@ -403,9 +359,15 @@ mod tests {
         let f = file_with(&[]);
         let w = DirectWriter::new(f.reopen().unwrap(), f.path());
         let data: Vec<u8> = (0..2 * ALIGN + 10).map(|i| (i % 253) as u8).collect();
-        w.write_at(&data, ALIGN as u64).unwrap(); // aligned start, unaligned end
-        w.write_at(b"head", 0).unwrap(); // too short for a direct write
-        w.write_at(&data[..ALIGN], 8 * ALIGN as u64).unwrap(); // past the end: grows
+        let write = |bytes: &[u8], at: u64| {
+            let mut buf = AlignedBuf::new(bytes.len()).unwrap();
+            buf.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
+            buf.set_filled(bytes.len());
+            w.write_buf_at(&buf, at).unwrap();
+        };
+        write(&data, ALIGN as u64); // aligned start, unaligned end
+        write(b"head", 0); // too short for a direct write
+        write(&data[..ALIGN], 8 * ALIGN as u64); // past the end: grows
         w.sync_all().unwrap();
         let got = std::fs::read(f.path()).unwrap();
         assert_eq!(got.len(), 9 * ALIGN);

@@ -28,15 +28,7 @@ pub async fn run(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<()>
         let identity = Identity::load_or_create(&agent_home, &hostname)?;
         (Transport::tls(&identity)?, identity.fingerprint())
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "listening on {} (in use? pick another with --listen)",
-                args.listen
-            )
-        })?;
-    let addr = listener.local_addr()?;
+    let (listener, addr) = bind(args.listen).await?;
     let enrolled_by = enrollment.enrolled().map(|e| e.server_fingerprint);
     let state = Arc::new(AgentState {
         hostname: hostname.clone(),
@@ -74,6 +66,17 @@ pub async fn run(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<()>
             Ok(())
         }
     }
+}
+
+/// Listens on `listen`; the listener and the address it got (port 0 picks one).
+pub async fn bind(
+    listen: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen} (in use? pick another with --listen)"))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
 }
 
 pub async fn shutdown_signal() {

@@ -36,15 +36,7 @@ pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
     } else {
         Transport::tls(&identity)?
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "listening on {} (in use? pick another with --listen)",
-                args.listen
-            )
-        })?;
-    let addr = listener.local_addr()?;
+    let (listener, addr) = crate::agent_cmd::bind(args.listen).await?;
     let scheme = if args.insecure_http { "http" } else { "https" };
     println!("Lifeboat server {}", env!("CARGO_PKG_VERSION"));
     println!("API on {scheme}://{addr}");

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{client, fresh_postgres_database, start_agent, start_server};
+use common::{client, start_agent, start_server};
+use lifeboat_testkit::fresh_postgres_database;
 
 #[test]
 fn hosts_enroll_once_and_the_api_needs_its_token_on_sqlite() {

@@ -137,28 +137,3 @@ pub fn client(server: &Server, token: Option<&str>, args: &[&str]) -> (bool, Str
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
-
-/// A new, empty PostgreSQL database on the server ./scripts/test starts
-/// (LIFEBOAT_TEST_POSTGRES); its URL.
-pub fn fresh_postgres_database() -> String {
-    let base = std::env::var("LIFEBOAT_TEST_POSTGRES").unwrap_or_else(|_| {
-        panic!(
-            "LIFEBOAT_TEST_POSTGRES is not set: run ./scripts/test, which starts PostgreSQL and sets it"
-        )
-    });
-    let name = format!("lifeboat_test_{}", uuid::Uuid::new_v4().simple());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    });
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    format!("{prefix}/{name}")
-}
