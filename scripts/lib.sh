@@ -52,7 +52,7 @@ need_runtime() {
 
 # What the test suite needs on top.
 need_test_tools() {
-    apt_need nbdinfo libnbd-bin
+    apt_need nbdinfo libnbd-bin curl curl psql postgresql-client
     if ! cargo fuzz --version >/dev/null 2>&1; then
         log "installing cargo-fuzz"
         cargo install --locked cargo-fuzz >&2 || die "cargo install cargo-fuzz failed"

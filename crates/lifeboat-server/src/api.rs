@@ -1,11 +1,12 @@
-//! The REST API, under `/api/v1`, every route behind an API token
-//! (`Authorization: Bearer …`).
+//! The REST API, under `/api/v1`, every route but the API's own description behind an API
+//! token (`Authorization: Bearer …`).
 //!
 //! | route | does |
 //! |---|---|
 //! | `GET /api/v1/hosts` | enrolled hosts |
 //! | `POST /api/v1/hosts` | enroll the agent at `address` with its one-time `code` |
 //! | `GET /api/v1/vms` | every VM of every host (hosts that do not answer are listed with the reason) |
+//! | `GET /api/v1/openapi.json` | this API as OpenAPI 3.1 (no token needed; `docs/openapi.json`) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +34,7 @@ pub struct ServerState {
     pub fingerprint: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollHost {
     /// `host:port` of the agent.
     pub address: String,
@@ -45,23 +46,25 @@ pub struct EnrollHost {
     pub fingerprint: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VmRow {
     pub host: String,
     pub address: String,
     pub vm: String,
+    /// As the agent reports it: `{"state": "running" | "stopped" | …, "detail": …}`.
+    #[schema(value_type = Object)]
     pub state: serde_json::Value,
     pub protection: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HostProblem {
     pub host: String,
     pub address: String,
     pub error: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VmList {
     pub vms: Vec<VmRow>,
     pub unreachable: Vec<HostProblem>,
@@ -75,6 +78,11 @@ pub fn router(state: Arc<ServerState>) -> Router {
             state.clone(),
             require_token,
         ))
+        // The API's description is public, like the agent's hello.
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }
@@ -121,6 +129,56 @@ async fn require_token(State(s): State<Arc<ServerState>>, req: Request, next: Ne
     }
 }
 
+/// An error: what went wrong and what to do.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// The API as an OpenAPI 3.1 document, generated from the handlers and types below.
+/// `docs/openapi.json` is this document; a test fails when the two drift apart.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Lifeboat server API", description = "The control plane's REST API. Every route needs `Authorization: Bearer <API token>`."),
+    paths(list_hosts, enroll_host, list_vms),
+    components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError)),
+    modifiers(&BearerToken)
+)]
+pub struct ApiDoc;
+
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "api_token",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// The OpenAPI document, pretty-printed JSON.
+pub fn openapi_json() -> String {
+    use utoipa::OpenApi;
+    let mut doc = ApiDoc::openapi();
+    // The crate version would make the committed document change with every release.
+    doc.info.version = "v1".into();
+    doc.to_pretty_json()
+        .expect("the OpenAPI document serializes")
+        + "\n"
+}
+
+#[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts",
+    responses((status = 200, description = "Enrolled hosts", body = [Host]),
+               (status = 401, description = "Missing or wrong API token", body = ApiError)))]
 async fn list_hosts(State(s): State<Arc<ServerState>>) -> Response {
     match s.db.hosts().await {
         Ok(hosts) => Json(hosts).into_response(),
@@ -128,6 +186,12 @@ async fn list_hosts(State(s): State<Arc<ServerState>>) -> Response {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/hosts", tag = "hosts", request_body = EnrollHost,
+    responses((status = 201, description = "Enrolled; the agent's certificate is pinned", body = Host),
+               (status = 401, description = "Missing or wrong API token", body = ApiError),
+               (status = 403, description = "The agent refused the code", body = ApiError),
+               (status = 409, description = "A host at that address is enrolled already", body = ApiError),
+               (status = 502, description = "No agent answered at that address", body = ApiError)))]
 async fn enroll_host(State(s): State<Arc<ServerState>>, Json(req): Json<EnrollHost>) -> Response {
     match s.db.host_by_address(&req.address).await {
         Ok(Some(h)) => {
@@ -199,6 +263,9 @@ async fn first_seen_fingerprint(address: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{address} presented no certificate"))
 }
 
+#[utoipa::path(get, path = "/api/v1/vms", tag = "vms",
+    responses((status = 200, description = "VMs of every host; hosts that did not answer, with the reason", body = VmList),
+               (status = 401, description = "Missing or wrong API token", body = ApiError)))]
 async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
     let hosts = match s.db.hosts_with_access().await {
         Ok(h) => h,

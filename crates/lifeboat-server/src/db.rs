@@ -18,7 +18,7 @@ pub enum DbError {
 }
 
 /// An enrolled host, as the API shows it (never its credential).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Host {
     pub id: String,
     pub address: String,

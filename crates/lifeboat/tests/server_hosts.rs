@@ -97,6 +97,19 @@ fn hosts_enroll_once_and_the_api_needs_its_token(database: Option<String>) {
     let vms: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(vms["unreachable"], serde_json::json!([]), "{vms:#}");
 
+    // The API's description needs no token and is the committed document.
+    let doc = std::process::Command::new("curl")
+        .args(["-sf", &format!("{}/api/v1/openapi.json", server.url)])
+        .output()
+        .unwrap();
+    assert!(doc.status.success());
+    let committed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/openapi.json"
+    ))
+    .unwrap();
+    assert_eq!(doc.stdout, committed);
+
     // An agent that stops answering is named, with the reason; the other still answers.
     drop(b);
     let (ok, out, err) = client(&server, tok, &["vms", "list"]);
