@@ -53,7 +53,7 @@ impl ServerCertVerifier for Pinned {
         } else {
             Err(rustls::Error::General(format!(
                 "the certificate's fingerprint is {presented}, not the pinned {}; \
-                 if the agent was reinstalled, enroll it again",
+                 if that machine was reinstalled, pin its new fingerprint (an agent: enroll it again)",
                 self.fingerprint
             )))
         }

@@ -68,10 +68,15 @@ pub enum Command {
 /// line, where other users could read it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerConn {
-    /// The server's API: http://127.0.0.1:PORT (loopback only) or https://HOST:PORT.
-    #[arg(long, env = "LIFEBOAT_SERVER", default_value = "http://127.0.0.1:7400")]
+    /// The server's API: https://HOST:PORT, or http://127.0.0.1:PORT (loopback only).
+    #[arg(
+        long,
+        env = "LIFEBOAT_SERVER",
+        default_value = "https://127.0.0.1:7400"
+    )]
     pub server: String,
     /// The https server's certificate fingerprint (SHA-256, from its banner), pinned.
+    /// Default on the server's own machine: the certificate in HOME/server/identity.
     #[arg(long, env = "LIFEBOAT_SERVER_FINGERPRINT")]
     pub server_fingerprint: Option<String>,
     /// A file holding the API token.

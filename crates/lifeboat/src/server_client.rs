@@ -32,10 +32,14 @@ impl ServerClient {
             }
             reqwest::Client::builder().timeout(TIMEOUT).build()?
         } else if base.starts_with("https://") {
-            let Some(fp) = &conn.server_fingerprint else {
+            // On the server's own machine its certificate is in HOME: pin that one.
+            let local = std::fs::read(home.join("server/identity/cert.der"))
+                .ok()
+                .map(|der| lifeboat_agent::identity::fingerprint(&der));
+            let Some(fp) = conn.server_fingerprint.clone().or(local) else {
                 bail!("{base}: give the server's certificate fingerprint (--server-fingerprint or LIFEBOAT_SERVER_FINGERPRINT; the server prints it at start)");
             };
-            lifeboat_agent::client::pinned_http_client(fp, TIMEOUT)?
+            lifeboat_agent::client::pinned_http_client(&fp, TIMEOUT)?
         } else {
             bail!("{base}: the server URL must start with http:// or https://");
         };

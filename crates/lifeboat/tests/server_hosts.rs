@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, start_agent, start_server};
+use common::{client, start_agent, start_server, start_server_with};
 use lifeboat_testkit::fresh_postgres_database;
 
 #[test]
@@ -119,4 +119,39 @@ fn hosts_enroll_once_and_the_api_needs_its_token(database: Option<String>) {
         "{out}"
     );
     drop(a);
+}
+
+/// Over TLS, on the server's own machine, the CLI pins the certificate in HOME and reads
+/// the token from HOME; another fingerprint is refused before the token is sent.
+#[test]
+fn the_cli_pins_the_servers_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("server-home");
+    let server = start_server_with(&home, None, true);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+            .arg("--home")
+            .arg(&home)
+            .args(["hosts", "list", "--server", &server.url])
+            .args(extra)
+            .env_remove("LIFEBOAT_TOKEN")
+            .env_remove("LIFEBOAT_SERVER_FINGERPRINT")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = run(&[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("No hosts enrolled"), "{out}");
+    let other = "ab".repeat(32);
+    let (ok, _, err) = run(&["--server-fingerprint", &other]);
+    assert!(!ok, "a wrong pin must fail");
+    assert!(err.contains("not the pinned"), "{err}");
+    let (ok, _, err) = run(&["--server-fingerprint", &server.fingerprint]);
+    assert!(ok, "{err}");
 }

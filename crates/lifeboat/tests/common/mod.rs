@@ -79,10 +79,18 @@ impl Drop for Server {
 /// Starts `lifeboat server` (plain HTTP on loopback; state in `database`, or SQLite in
 /// `home`) and reads its banner.
 pub fn start_server(home: &Path, database: Option<&str>) -> Server {
+    start_server_with(home, database, false)
+}
+
+/// `start_server`, serving TLS with the server's own identity when `tls`.
+pub fn start_server_with(home: &Path, database: Option<&str>, tls: bool) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
     cmd.arg("--home")
         .arg(home)
-        .args(["server", "--listen", "127.0.0.1:0", "--insecure-http"]);
+        .args(["server", "--listen", "127.0.0.1:0"]);
+    if !tls {
+        cmd.arg("--insecure-http");
+    }
     if let Some(url) = database {
         cmd.args(["--database", url]);
     }
