@@ -83,12 +83,13 @@ impl Database {
     }
 
     pub async fn host_by_address(&self, address: &str) -> Result<Option<Host>, DbError> {
-        Ok(self
-            .hosts_with_access()
-            .await?
-            .into_iter()
-            .map(|a| a.host)
-            .find(|h| h.address == address))
+        let row = sqlx::query(
+            "SELECT id, address, hostname, fingerprint, credential, enrolled_at FROM hosts WHERE address = $1",
+        )
+        .bind(address)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(host_access).transpose()?.map(|a| a.host))
     }
 
     pub async fn hosts(&self) -> Result<Vec<Host>, DbError> {
@@ -107,18 +108,7 @@ impl Database {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(HostAccess {
-                    host: Host {
-                        id: r.try_get("id")?,
-                        address: r.try_get("address")?,
-                        hostname: r.try_get("hostname")?,
-                        fingerprint: r.try_get("fingerprint")?,
-                        enrolled_at: r.try_get("enrolled_at")?,
-                    },
-                    credential: r.try_get("credential")?,
-                })
-            })
+            .map(|r| host_access(r).map_err(DbError::from))
             .collect()
     }
 
@@ -149,6 +139,19 @@ impl Database {
             .await?;
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
+}
+
+fn host_access(r: &sqlx::any::AnyRow) -> Result<HostAccess, sqlx::Error> {
+    Ok(HostAccess {
+        host: Host {
+            id: r.try_get("id")?,
+            address: r.try_get("address")?,
+            hostname: r.try_get("hostname")?,
+            fingerprint: r.try_get("fingerprint")?,
+            enrolled_at: r.try_get("enrolled_at")?,
+        },
+        credential: r.try_get("credential")?,
+    })
 }
 
 /// A database URL without its password, for messages.

@@ -30,6 +30,12 @@ async fn hosts_and_tokens_round_trip(url: &str) {
     let access = db.hosts_with_access().await.unwrap();
     assert_eq!(access.len(), 1);
     assert_eq!(access[0].credential, "cred");
+    let found = db.host_by_address("10.0.0.1:7443").await.unwrap().unwrap();
+    assert_eq!(
+        (found.id.as_str(), found.hostname.as_str()),
+        ("h1", "alpha")
+    );
+    assert!(db.host_by_address("10.0.0.2:7443").await.unwrap().is_none());
     assert_eq!(db.token_count().await.unwrap(), 0);
     db.add_token("admin", "x").await.unwrap();
     assert_eq!(db.token_count().await.unwrap(), 1);

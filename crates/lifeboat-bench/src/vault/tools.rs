@@ -210,24 +210,13 @@ pub fn borg(work: &Path, inputs: &Inputs) -> Result<ToolResult> {
         "restore",
         borg(&["extract", "--sparse", &archive("changed")]).current_dir(&target),
     )?;
-    let restored = target.join(inputs.changed);
-    same_bytes("borg restore", &restored, &inputs.changed())?;
-    let restore_allocated = allocated(&restored)?;
-    std::fs::remove_dir_all(&target)?;
-    let steps = [full, incremental, restore];
-    Ok(ToolResult {
-        tool: "borg lz4".into(),
-        chunk_size: None,
-        full,
-        incremental,
-        incremental_digest: None,
-        restore,
-        stored_after_full: after_full - empty,
-        growth: after_inc - after_full,
-        growth_digest: None,
-        restore_allocated,
-        peak_rss: max_rss(&steps),
-    })
+    peer_result(
+        "borg lz4",
+        &target,
+        inputs,
+        [full, incremental, restore],
+        [empty, after_full, after_inc],
+    )
 }
 
 pub fn restic(work: &Path, inputs: &Inputs) -> Result<ToolResult> {
@@ -268,13 +257,33 @@ pub fn restic(work: &Path, inputs: &Inputs) -> Result<ToolResult> {
         "restore",
         &mut restic(&["restore", &snapshot, "--target", target_s]),
     )?;
+    peer_result(
+        "restic",
+        &target,
+        inputs,
+        [full, incremental, restore],
+        [empty, after_full, after_inc],
+    )
+}
+
+/// A peer's row, once its restore of the changed image into `target` is checked byte for
+/// byte: `steps` are its full, incremental and restore steps, `sizes` the repository's
+/// size empty, after the full and after the incremental backup.
+fn peer_result(
+    tool: &str,
+    target: &Path,
+    inputs: &Inputs,
+    steps: [Step; 3],
+    sizes: [u64; 3],
+) -> Result<ToolResult> {
     let restored = target.join(inputs.changed);
-    same_bytes("restic restore", &restored, &inputs.changed())?;
+    same_bytes(&format!("{tool} restore"), &restored, &inputs.changed())?;
     let restore_allocated = allocated(&restored)?;
-    std::fs::remove_dir_all(&target)?;
-    let steps = [full, incremental, restore];
+    std::fs::remove_dir_all(target)?;
+    let [full, incremental, restore] = steps;
+    let [empty, after_full, after_inc] = sizes;
     Ok(ToolResult {
-        tool: "restic".into(),
+        tool: tool.into(),
         chunk_size: None,
         full,
         incremental,
