@@ -5,12 +5,16 @@
 //! | `GET /api/v1/hello` | anyone: the discovery hello (hostname, version, fingerprint, enrolled) |
 //! | `POST /api/v1/enroll` | anyone holding the one-time code, once |
 //! | `GET /api/v1/inventory` | the enrolling server, with the agent's credential |
+//! | `POST /api/v1/vms/{vm}/syncs` | the server: start a sync of the VM into a vault (idempotent by sync id) |
+//! | `GET /api/v1/syncs/{id}` | the server: a sync's progress or result |
+//! | `POST /api/v1/vms/{vm}/unprotect` | the server: stop a VM's sync, drop its tracking, maybe its points |
+//! | `POST /api/v1/vault/check` | the server: can this agent open that vault? |
 //!
 //! Errors are JSON `{"error": "..."}` with a message that says what to do.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +24,8 @@ use lifeboat_hypervisor::{Hypervisor, QemuDriver, VmInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::enrollment::{Enrollment, EnrollmentError};
+use crate::replicate::{sync_vm, vm_name, SyncError, VaultCache};
+use crate::sync::{valid_sync_id, StartError, SyncRequest, SyncState, Syncs, VaultAccess};
 
 /// What an agent says to anyone who asks: enough for a scan to list it and for the
 /// operator to check the fingerprint before enrolling.
@@ -60,11 +66,40 @@ pub struct AgentState {
     pub fingerprint: String,
     pub enrollment: Enrollment,
     pub driver: QemuDriver,
+    pub syncs: Syncs,
+    pub vaults: VaultCache,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UnprotectRequest {
+    pub point_name: String,
+    /// With `delete_points`, the vault whose points of `point_name` are deleted.
+    pub vault: Option<VaultAccess>,
+    #[serde(default)]
+    pub delete_points: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UnprotectReport {
+    pub sync_cancelled: bool,
+    pub tracking_removed: bool,
+    pub points_deleted: u64,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VaultCheck {
+    pub url: String,
+    pub chunk_size: u32,
 }
 
 pub fn router(state: Arc<AgentState>) -> Router {
     let enrolled_only = Router::new()
         .route("/api/v1/inventory", get(inventory))
+        .route("/api/v1/vms/{vm}/syncs", post(start_sync))
+        .route("/api/v1/syncs/{id}", get(sync_status))
+        .route("/api/v1/vms/{vm}/unprotect", post(unprotect))
+        .route("/api/v1/vault/check", post(check_vault))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_credential,
@@ -147,6 +182,133 @@ async fn inventory(State(s): State<Arc<AgentState>>) -> Response {
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("listing VMs: {e}"),
+        ),
+    }
+}
+
+async fn start_sync(
+    State(s): State<Arc<AgentState>>,
+    Path(vm): Path<String>,
+    Json(req): Json<SyncRequest>,
+) -> Response {
+    if !valid_sync_id(&req.sync_id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "sync_id must be 1 to 64 of A-Z a-z 0-9 - _",
+        );
+    }
+    let vm = match vm_name(&vm) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let name = match lifeboat_vault::format::Name::new(&req.point_name) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("point_name: {e}")),
+    };
+    if let Err(e) = s.driver.spec(&vm).await {
+        return error(StatusCode::NOT_FOUND, e.to_string());
+    }
+    let state = s.clone();
+    let sync_id = req.sync_id.clone();
+    let vm_text = vm.as_str().to_string();
+    let started = s.syncs.start(&req.sync_id, &vm_text, move |progress| {
+        tokio::spawn(async move {
+            let outcome = async {
+                let vault = state.vaults.open(&req.vault.url, &req.vault.passphrase).await?;
+                sync_vm(&state.driver, &vault, &vm, &name, req.retention, &progress).await
+            }
+            .await;
+            let end = match outcome {
+                Ok(r) => {
+                    tracing::info!(vm = %vm, point = %r.point, kind = ?r.kind, bytes = r.bytes_read, "sync committed");
+                    SyncState::Committed(r)
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %vm, error = %e, "sync failed");
+                    SyncState::Failed { error: e.to_string() }
+                }
+            };
+            state.syncs.finish(&sync_id, end);
+        })
+        .abort_handle()
+    });
+    match started {
+        Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
+        Err(e @ StartError::Busy { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn sync_status(State(s): State<Arc<AgentState>>, Path(id): Path<String>) -> Response {
+    match s.syncs.status(&id) {
+        Some(status) => Json(status).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no sync {id} here (the agent may have restarted while it ran); start a new one"
+            ),
+        ),
+    }
+}
+
+async fn unprotect(
+    State(s): State<Arc<AgentState>>,
+    Path(vm): Path<String>,
+    Json(req): Json<UnprotectRequest>,
+) -> Response {
+    let vm = match vm_name(&vm) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let sync_cancelled = s.syncs.cancel_vm(vm.as_str());
+    let mut report = UnprotectReport {
+        sync_cancelled,
+        tracking_removed: false,
+        points_deleted: 0,
+        note: None,
+    };
+    match s.driver.reset_tracking(&vm).await {
+        Ok(()) => report.tracking_removed = true,
+        // A stopped VM keeps its bitmaps in its qcow2 until it runs again; they only cost
+        // a little space, and the next protection resyncs whatever they say.
+        Err(e) => report.note = Some(format!("tracking left in place: {e}")),
+    }
+    if req.delete_points {
+        let Some(access) = &req.vault else {
+            return error(StatusCode::BAD_REQUEST, "delete_points needs the vault");
+        };
+        let deleted = async {
+            let vault = s.vaults.open(&access.url, &access.passphrase).await?;
+            let name = lifeboat_vault::format::Name::new(&req.point_name)
+                .map_err(|e| SyncError::Invalid(e.to_string()))?;
+            let mut n = 0;
+            for p in vault.list_points(Some(&name)).await? {
+                vault.delete_point(&p).await?;
+                n += 1;
+            }
+            Ok::<u64, SyncError>(n)
+        }
+        .await;
+        match deleted {
+            Ok(n) => report.points_deleted = n,
+            Err(e) => return error(StatusCode::BAD_GATEWAY, format!("deleting points: {e}")),
+        }
+    }
+    Json(report).into_response()
+}
+
+async fn check_vault(
+    State(s): State<Arc<AgentState>>,
+    Json(access): Json<VaultAccess>,
+) -> Response {
+    match s.vaults.open(&access.url, &access.passphrase).await {
+        Ok(v) => Json(VaultCheck {
+            url: access.url.clone(),
+            chunk_size: v.chunk_size(),
+        })
+        .into_response(),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("this agent cannot open vault {}: {e}", access.url),
         ),
     }
 }

@@ -11,8 +11,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::de::DeserializeOwned;
 
-use crate::api::{EnrollRequest, EnrollResponse, Hello};
+use crate::api::{
+    EnrollRequest, EnrollResponse, Hello, UnprotectReport, UnprotectRequest, VaultCheck,
+};
 use crate::identity::fingerprint;
+use crate::sync::{SyncRequest, SyncStatus, VaultAccess};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -169,6 +172,32 @@ impl AgentClient {
     /// The agent's VMs, as JSON (the server passes them through).
     pub async fn inventory(&self) -> Result<serde_json::Value, ClientError> {
         self.call(self.http.get(self.url("/api/v1/inventory")))
+            .await
+    }
+
+    /// Starts a sync of `vm` (or returns the one with the same id).
+    pub async fn start_sync(&self, vm: &str, req: &SyncRequest) -> Result<SyncStatus, ClientError> {
+        let url = self.url(&format!("/api/v1/vms/{vm}/syncs"));
+        self.call(self.http.post(url).json(req)).await
+    }
+
+    /// A sync's status; `Refused { status: 404 }` when the agent does not know it.
+    pub async fn sync_status(&self, sync_id: &str) -> Result<SyncStatus, ClientError> {
+        self.call(self.http.get(self.url(&format!("/api/v1/syncs/{sync_id}"))))
+            .await
+    }
+
+    pub async fn unprotect(
+        &self,
+        vm: &str,
+        req: &UnprotectRequest,
+    ) -> Result<UnprotectReport, ClientError> {
+        let url = self.url(&format!("/api/v1/vms/{vm}/unprotect"));
+        self.call(self.http.post(url).json(req)).await
+    }
+
+    pub async fn check_vault(&self, access: &VaultAccess) -> Result<VaultCheck, ClientError> {
+        self.call(self.http.post(self.url("/api/v1/vault/check")).json(access))
             .await
     }
 

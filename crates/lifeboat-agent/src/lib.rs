@@ -8,13 +8,18 @@
 //! - `api`: the routes. Before enrollment only the discovery hello (and enrollment itself)
 //!   answer; every other route needs the credential.
 //! - `client`: calling an agent over HTTPS pinned to its fingerprint (the server's side).
+//! - `sync`: the syncs the server asks for (API types) and the registry of running and
+//!   finished ones, journaled so an answer survives a restart.
+//! - `replicate`: one sync — a cut of the VM's disks written into the vault as a point.
 //! - `serve`: TLS (or, on loopback only and when asked, plain HTTP) in front of the routes.
 
 pub mod api;
 pub mod client;
 pub mod enrollment;
 pub mod identity;
+pub mod replicate;
 pub mod serve;
+pub mod sync;
 
 /// The agent's version, as the hello reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -2,11 +2,12 @@
 //! decisions and all state; agents are told what to do and report what is.
 //!
 //! - `db`: the state, in SQLite by default or PostgreSQL, with one set of migrations.
-//! - `api`: the REST API under `/api/v1`, behind API tokens.
-//!
-//! So far: enrolling hosts (the agent's one-time code for its credential, its certificate
-//! pinned) and listing hosts and their VMs. Protection, operations and the scheduler come
-//! next (issue 4).
+//! - `api`: the REST API under `/api/v1`, behind API tokens, and `/metrics`.
+//! - `policy`: protection policies (sync interval, RPO threshold, retention).
+//! - `replication`: the reconciler that keeps every protected VM syncing on schedule and
+//!   moves it between Protected and Degraded.
 
 pub mod api;
 pub mod db;
+pub mod policy;
+pub mod replication;

@@ -35,6 +35,9 @@ pub async fn run(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<()>
         fingerprint: fingerprint.clone(),
         enrollment,
         driver,
+        syncs: lifeboat_agent::sync::Syncs::open(&agent_home)
+            .with_context(|| format!("opening {}/syncs", agent_home.display()))?,
+        vaults: Default::default(),
     });
     let scheme = if args.insecure_http { "http" } else { "https" };
     let mut banner = format!(

@@ -61,6 +61,57 @@ pub enum Command {
     /// VMs of every enrolled host (asks the server).
     #[command(subcommand)]
     Vms(VmsCommand),
+    /// Enable replication of a VM into a vault, recoverable on a recovery host.
+    Protect(ProtectArgs),
+    /// Stop replicating a VM and remove its change tracking.
+    Unprotect(UnprotectArgs),
+    /// Overview: VMs by protection state, worst RPO, running operations.
+    Status {
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// A protected VM's recovery points.
+    Points {
+        /// The VM (or HOST/VM when several hosts have a VM of that name).
+        vm: String,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProtectArgs {
+    /// The VM (or HOST/VM when several hosts have a VM of that name).
+    pub vm: String,
+    /// The vault (it must exist: `lifeboat vault init`). Its passphrase comes from
+    /// LIFEBOAT_PASSPHRASE or the terminal, and is kept by the server for the agents.
+    #[arg(long, env = "LIFEBOAT_VAULT")]
+    pub vault: String,
+    /// Where the VM will be recovered: an enrolled host (name or address).
+    #[arg(long)]
+    pub recovery_host: String,
+    /// default (30 s), frequent (5 s) or hourly; see GET /api/v1/policies.
+    #[arg(long, default_value = "default")]
+    pub policy: String,
+    /// Wait until the first recovery point is committed, with a progress bar.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up waiting after this long (10m, 1h…); the protection goes on.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    #[command(flatten)]
+    pub conn: ServerConn,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UnprotectArgs {
+    /// The VM (or HOST/VM).
+    pub vm: String,
+    /// Also delete the VM's recovery points from the vault (`vault gc` frees the space).
+    #[arg(long)]
+    pub delete_points: bool,
+    #[command(flatten)]
+    pub conn: ServerConn,
 }
 
 /// How client commands reach the server. The token comes from LIFEBOAT_TOKEN, a

@@ -105,14 +105,20 @@ pub async fn run_vms(out: Output, home: &Path, cmd: VmsCommand) -> Result<()> {
                 "VM".into(),
                 "STATE".into(),
                 "PROTECTION".into(),
+                "RPO".into(),
+                "LAST POINT".into(),
+                "RECOVERY HOST".into(),
             ]];
+            let s = |x: &serde_json::Value| x.as_str().unwrap_or("-").to_string();
             for v in &vms {
-                let state = v["state"]["state"].as_str().unwrap_or("?").to_string();
                 rows.push(vec![
-                    v["host"].as_str().unwrap_or("?").to_string(),
-                    v["vm"].as_str().unwrap_or("?").to_string(),
-                    state,
-                    v["protection"].as_str().unwrap_or("?").to_string(),
+                    s(&v["host"]),
+                    s(&v["vm"]),
+                    s(&v["state"]["state"]),
+                    s(&v["protection"]),
+                    crate::protect_cmd::age(v["rpo_seconds"].as_f64()),
+                    s(&v["last_point_time"]),
+                    s(&v["recovery_host"]),
                 ]);
             }
             table(&rows);

@@ -9,6 +9,7 @@ mod hosts_cmd;
 mod image_source;
 mod maintenance_cmd;
 mod output;
+mod protect_cmd;
 mod secrets;
 mod server_client;
 mod server_cmd;
@@ -47,6 +48,9 @@ fn main() -> std::process::ExitCode {
             if e.downcast_ref::<vault_cmd::Damaged>().is_some() {
                 return std::process::ExitCode::from(maintenance_cmd::EXIT_DAMAGED);
             }
+            if e.downcast_ref::<protect_cmd::TimedOut>().is_some() {
+                return std::process::ExitCode::from(protect_cmd::EXIT_TIMED_OUT);
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -79,6 +83,12 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Hosts(cmd) => return hosts_cmd::run(out, &cli.home, cmd).await,
         cli::Command::Vms(cmd) => return hosts_cmd::run_vms(out, &cli.home, cmd).await,
         cli::Command::Server(args) => return server_cmd::run(&cli.home, args).await,
+        cli::Command::Protect(args) => return protect_cmd::protect(out, &cli.home, args).await,
+        cli::Command::Unprotect(args) => return protect_cmd::unprotect(out, &cli.home, args).await,
+        cli::Command::Status { conn } => return protect_cmd::status(out, &cli.home, conn).await,
+        cli::Command::Points { vm, conn } => {
+            return protect_cmd::points(out, &cli.home, &vm, conn).await
+        }
         _ => {}
     }
     let driver = driver(&cli)?;
@@ -90,6 +100,10 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Vault(_)
         | cli::Command::Hosts(_)
         | cli::Command::Vms(_)
-        | cli::Command::Server(_) => unreachable!("handled above"),
+        | cli::Command::Server(_)
+        | cli::Command::Protect(_)
+        | cli::Command::Unprotect(_)
+        | cli::Command::Status { .. }
+        | cli::Command::Points { .. } => unreachable!("handled above"),
     }
 }

@@ -48,6 +48,9 @@ pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
         );
     }
     println!("Ready");
+    // Replication runs beside the API and picks up every protection, including ones
+    // whose syncs were running when a previous server process died.
+    tokio::spawn(lifeboat_server::replication::run(db.clone()));
     let state = Arc::new(ServerState { db, fingerprint });
     tokio::select! {
         r = serve(listener, transport, router(state)) => r.map_err(anyhow::Error::from),

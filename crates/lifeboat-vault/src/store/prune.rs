@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::format::{manifest_key, Name, PointId};
+use crate::format::{Name, PointId};
 use crate::store::error::{Result, VaultError};
 use crate::store::lease::live_leases;
 use crate::store::retention::{self, Decision, RetentionPolicy};
@@ -138,10 +138,7 @@ pub async fn execute_prune(vault: &Vault, plan: &PrunePlan) -> Result<PruneRepor
             report.spared.push(p);
             continue;
         }
-        vault
-            .backend
-            .delete(&manifest_key(&p.name, &p.point))
-            .await?;
+        vault.delete_point(&p).await?;
         tracing::info!(name = %p.name, point = %p.point, "pruned");
         report.deleted.push(p);
     }

@@ -166,6 +166,15 @@ impl Vault {
         Ok(self.list_points(Some(name)).await?.pop())
     }
 
+    /// Deletes a point's manifest: the point is gone; its data goes at the next `gc`.
+    /// Deleting a point that is already gone is not an error.
+    pub async fn delete_point(&self, point: &PointRef) -> Result<()> {
+        Ok(self
+            .backend
+            .delete(&manifest_key(&point.name, &point.point))
+            .await?)
+    }
+
     pub async fn manifest(&self, point: &PointRef) -> Result<Manifest> {
         let key = manifest_key(&point.name, &point.point);
         let bytes = match self.backend.get(&key).await {

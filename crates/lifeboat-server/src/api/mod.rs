@@ -6,10 +6,16 @@
 //! | `GET /api/v1/hosts` | enrolled hosts |
 //! | `POST /api/v1/hosts` | enroll the agent at `address` with its one-time `code` |
 //! | `GET /api/v1/vms` | every VM of every host (hosts that do not answer are listed with the reason) |
+//! | `GET/POST /api/v1/protections` | protected VMs; enable replication of a VM |
+//! | `GET/DELETE /api/v1/protections/{id}` | one protected VM; disable its replication |
+//! | `GET /api/v1/protections/{id}/points` | its recovery points |
+//! | `GET /api/v1/operations[/{id}]` | operations (enable, disable…) with their logs |
+//! | `GET /api/v1/policies` | protection policies |
+//! | `GET /api/v1/status` | overview: counts by state, worst RPO, running operations |
+//! | `GET /metrics` | Prometheus metrics (per-VM RPO, bytes replicated, sync duration, state) |
 //! | `GET /api/v1/openapi.json` | this API as OpenAPI 3.1 (no token needed; `docs/openapi.json`) |
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -21,10 +27,15 @@ use futures::StreamExt;
 use lifeboat_agent::client::AgentClient;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Database, DbError, Host};
+use crate::db::{Database, DbError, Host, Operation, PointRow, ProtectionState};
+use crate::policy::Policy;
+use crate::replication::AGENT_TIMEOUT;
 
-/// How long the server waits for an agent.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+pub mod protection;
+pub mod status;
+
+use protection::{ProtectRequest, Protected, ProtectionView, SyncProgress, Unprotected};
+use status::{Overview, WorstRpo};
 /// Agents asked at once for their inventory.
 const AGENTS_AT_ONCE: usize = 16;
 
@@ -54,7 +65,15 @@ pub struct VmRow {
     /// As the agent reports it: `{"state": "running" | "stopped" | …, "detail": …}`.
     #[schema(value_type = Object)]
     pub state: serde_json::Value,
-    pub protection: &'static str,
+    /// `unprotected`, or the protection state.
+    pub protection: String,
+    pub protection_id: Option<String>,
+    /// Why the VM is Degraded, when it is.
+    pub reason: Option<String>,
+    pub rpo_seconds: Option<f64>,
+    pub last_point: Option<String>,
+    pub last_point_time: Option<String>,
+    pub recovery_host: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -74,6 +93,23 @@ pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/api/v1/hosts", get(list_hosts).post(enroll_host))
         .route("/api/v1/vms", get(list_vms))
+        .route(
+            "/api/v1/protections",
+            get(protection::list_protections).post(protection::protect),
+        )
+        .route(
+            "/api/v1/protections/{id}",
+            get(protection::get_protection).delete(protection::unprotect),
+        )
+        .route(
+            "/api/v1/protections/{id}/points",
+            get(protection::list_points),
+        )
+        .route("/api/v1/operations", get(protection::list_operations))
+        .route("/api/v1/operations/{id}", get(protection::get_operation))
+        .route("/api/v1/policies", get(protection::list_policies))
+        .route("/api/v1/status", get(status::overview))
+        .route("/metrics", get(status::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -87,11 +123,11 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-fn db_error(e: DbError) -> Response {
+pub(crate) fn db_error(e: DbError) -> Response {
     match e {
         DbError::Conflict(m) => error(StatusCode::CONFLICT, m),
         e => {
@@ -140,8 +176,13 @@ pub struct ApiError {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Lifeboat server API", description = "The control plane's REST API. Every route needs `Authorization: Bearer <API token>`."),
-    paths(list_hosts, enroll_host, list_vms),
-    components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError)),
+    paths(list_hosts, enroll_host, list_vms, protection::protect, protection::list_protections,
+        protection::get_protection, protection::unprotect, protection::list_points,
+        protection::list_operations, protection::get_operation, protection::list_policies,
+        status::overview),
+    components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError, ProtectRequest,
+        Protected, ProtectionView, SyncProgress, Unprotected, PointRow, Operation, Policy,
+        ProtectionState, Overview, WorstRpo)),
     modifiers(&BearerToken)
 )]
 pub struct ApiDoc;
@@ -267,10 +308,14 @@ async fn first_seen_fingerprint(address: &str) -> Result<String, String> {
     responses((status = 200, description = "VMs of every host; hosts that did not answer, with the reason", body = VmList),
                (status = 401, description = "Missing or wrong API token", body = ApiError)))]
 async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
-    let hosts = match s.db.hosts_with_access().await {
-        Ok(h) => h,
-        Err(e) => return db_error(e),
+    let (hosts, protections) = match (s.db.hosts_with_access().await, s.db.protections().await) {
+        (Ok(h), Ok(p)) => (h, p),
+        (Err(e), _) | (_, Err(e)) => return db_error(e),
     };
+    let views: Vec<ProtectionView> = protections
+        .iter()
+        .map(|p| protection::view(p, &hosts))
+        .collect();
     let answers: Vec<_> = futures::stream::iter(hosts)
         .map(|h| async move {
             let inv = match AgentClient::new(&h.host.address, &h.host.fingerprint, AGENT_TIMEOUT) {
@@ -294,12 +339,20 @@ async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
         match inv {
             Ok(inv) => {
                 for vm in inv["vms"].as_array().into_iter().flatten() {
+                    let name = vm["name"].as_str().unwrap_or("?").to_string();
+                    let p = views.iter().find(|v| v.host_id == host.id && v.vm == name);
                     list.vms.push(VmRow {
                         host: host.hostname.clone(),
                         address: host.address.clone(),
-                        vm: vm["name"].as_str().unwrap_or("?").to_string(),
                         state: vm["state"].clone(),
-                        protection: "unprotected",
+                        protection: p.map_or("unprotected".into(), |p| p.state.as_str().into()),
+                        protection_id: p.map(|p| p.id.clone()),
+                        reason: p.filter(|p| !p.reason.is_empty()).map(|p| p.reason.clone()),
+                        rpo_seconds: p.and_then(|p| p.rpo_seconds),
+                        last_point: p.and_then(|p| p.last_point.clone()),
+                        last_point_time: p.and_then(|p| p.last_point_time.clone()),
+                        recovery_host: p.map(|p| p.recovery_host.clone()),
+                        vm: name,
                     });
                 }
             }

@@ -1,6 +1,10 @@
 //! The server's state. `sqlite://PATH` (created if missing) or `postgres://…`; the same
 //! portable migrations run on both (TEXT and BIGINT only; times as RFC 3339 text).
 
+mod protections;
+
+pub use protections::{Operation, PointRow, Protection, ProtectionState};
+
 use serde::Serialize;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
@@ -36,7 +40,7 @@ pub struct HostAccess {
 
 #[derive(Clone)]
 pub struct Database {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
 }
 
 impl Database {
@@ -90,6 +94,16 @@ impl Database {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(host_access).transpose()?.map(|a| a.host))
+    }
+
+    pub async fn host_access(&self, id: &str) -> Result<Option<HostAccess>, DbError> {
+        let row = sqlx::query(
+            "SELECT id, address, hostname, fingerprint, credential, enrolled_at FROM hosts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(host_access).transpose()?)
     }
 
     pub async fn hosts(&self) -> Result<Vec<Host>, DbError> {

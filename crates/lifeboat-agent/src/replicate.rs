@@ -1,0 +1,330 @@
+//! One sync of a VM into a vault: a consistent cut of all its disks, shipped as a recovery
+//! point (DESIGN.md, "Changed-block tracking" and "The vault").
+//!
+//! Which cut:
+//! - tracked, and the vault has a newest point → incremental, on top of that point;
+//! - never tracked and no point → full;
+//! - tracking lost (a bitmap missing or inconsistent after a crash), or tracked but the
+//!   vault has no point to build on → *resync*: tracking restarts with a full cut, every
+//!   allocated block is read and only the chunks whose digest differs from the newest
+//!   point's are stored. Never a silent gap.
+//!
+//! The parent is always the vault's newest point of the VM. That point's cut is at or after
+//! the last committed cut, because a cut is committed only after its point: so "parent +
+//! what changed since the last committed cut" is the disk at this cut.
+//!
+//! Order of commits: the point's manifest, then the agent's journal, then the cut. A crash
+//! between them leaves the next cut carrying those changes again, never missing them.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::StreamExt;
+use lifeboat_hypervisor::{Cut, DiskName, Hypervisor, QemuDriver, TrackingStatus, VmName};
+use lifeboat_vault::format::{Consistency, Name};
+use lifeboat_vault::store::retention::RetentionPolicy;
+use lifeboat_vault::{align_to_chunks, DiskLayout, PointOptions, PointRef, PointWriter, Vault};
+
+use crate::sync::{Progress, Retention, SyncKind, SyncResult};
+
+/// Bytes read from the cut per write to the vault: whole chunks, a few MiB.
+const READ_PIECE: u64 = 4 << 20;
+/// Reads of the cut in flight at once.
+const READS_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0}")]
+    Hypervisor(#[from] lifeboat_hypervisor::HypervisorError),
+    #[error("vault: {0}")]
+    Vault(#[from] lifeboat_vault::VaultError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Syncs `vm` into `vault` as a point of `name`, then applies `retention` to that name.
+pub async fn sync_vm(
+    driver: &QemuDriver,
+    vault: &Vault,
+    vm: &VmName,
+    name: &Name,
+    retention: Retention,
+    progress: &Progress,
+) -> Result<SyncResult, SyncError> {
+    let started = Instant::now();
+    progress.set_phase("cutting");
+    let parent = vault.latest_point(name).await?;
+    let (kind, note) = match driver.tracking_status(vm).await? {
+        TrackingStatus::NotTracking if parent.is_none() => (SyncKind::Full, None),
+        TrackingStatus::NotTracking => (
+            SyncKind::Resync,
+            Some("the VM was not tracked although the vault has points of it".to_string()),
+        ),
+        TrackingStatus::NeedsFullResync { reason } => (SyncKind::Resync, Some(reason)),
+        TrackingStatus::Tracking { .. } | TrackingStatus::CutOpen { .. } if parent.is_none() => (
+            SyncKind::Resync,
+            Some("the VM is tracked but the vault has no point of it to build on".to_string()),
+        ),
+        TrackingStatus::Tracking { .. } | TrackingStatus::CutOpen { .. } => {
+            (SyncKind::Incremental, None)
+        }
+    };
+    if let Some(n) = &note {
+        tracing::warn!(vm = %vm, reason = %n, "full resync by digest comparison");
+    }
+    // Taken before the cut begins: every write the guest completed before this time is in
+    // the cut.
+    let cut_time = Utc::now();
+    let cut = match kind {
+        SyncKind::Incremental => driver.begin_incremental_cut(vm).await?,
+        SyncKind::Full => driver.begin_full_cut(vm).await?,
+        SyncKind::Resync => {
+            driver.reset_tracking(vm).await?;
+            driver.begin_full_cut(vm).await?
+        }
+    };
+    match write_point(vault, name, parent, &cut, kind, cut_time, progress).await {
+        Ok((point, stats)) => {
+            // The point exists; the cut's changes must not be carried again.
+            progress.set_phase("committing the cut");
+            cut.commit().await?;
+            progress.set_phase("applying retention");
+            let points = apply_retention(vault, name, retention).await?;
+            Ok(SyncResult {
+                point: point.point.to_string(),
+                parent: stats.parent,
+                kind,
+                cut_time,
+                consistency: "crash".into(),
+                bytes_read: stats.bytes_read,
+                new_bytes_stored: stats.new_bytes_stored,
+                seconds: started.elapsed().as_secs_f64(),
+                points,
+                note,
+            })
+        }
+        Err(e) => {
+            if let Err(abort) = cut.abort().await {
+                tracing::warn!(vm = %vm, error = %abort, "aborting the cut; the next cut will");
+            }
+            Err(e)
+        }
+    }
+}
+
+struct WriteStats {
+    parent: Option<String>,
+    bytes_read: u64,
+    new_bytes_stored: u64,
+}
+
+async fn write_point<C: Cut>(
+    vault: &Vault,
+    name: &Name,
+    parent: Option<PointRef>,
+    cut: &C,
+    kind: SyncKind,
+    cut_time: chrono::DateTime<Utc>,
+    progress: &Progress,
+) -> Result<(PointRef, WriteStats), SyncError> {
+    let disks: Vec<(DiskName, Name, u64)> = cut
+        .disks()
+        .iter()
+        .map(|d| {
+            Name::new(d.name.as_str())
+                .map(|n| (d.name.clone(), n, d.size))
+                .map_err(|e| SyncError::Invalid(format!("disk {}: {e}", d.name)))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut writer = PointWriter::begin(
+        vault,
+        PointOptions {
+            name: name.clone(),
+            parent: parent.clone(),
+            consistency: Consistency::Crash,
+            vm_config: None,
+            disks: disks
+                .iter()
+                .map(|(_, n, size)| DiskLayout {
+                    name: n.clone(),
+                    size: *size,
+                    cut_time,
+                })
+                .collect(),
+        },
+    )
+    .await?;
+    let result = fill(&mut writer, cut, &disks, kind, progress).await;
+    let bytes_read = match result {
+        Ok(n) => n,
+        Err(e) => {
+            writer.abort().await;
+            return Err(e);
+        }
+    };
+    if kind == SyncKind::Incremental && disks.iter().any(|(_, n, _)| !writer.has_parent(n)) {
+        writer.abort().await;
+        return Err(SyncError::Invalid(
+            "a disk changed size or name since the newest point; the next sync resyncs".into(),
+        ));
+    }
+    progress.set_phase("committing the point");
+    let manifest = writer.commit().await?;
+    Ok((
+        PointRef {
+            name: manifest.name.clone(),
+            point: manifest.point,
+        },
+        WriteStats {
+            parent: parent.map(|p| p.point.to_string()),
+            bytes_read,
+            new_bytes_stored: manifest.stats.new_bytes_stored,
+        },
+    ))
+}
+
+/// Writes the cut's extents of every disk into the point; returns the bytes read.
+async fn fill<C: Cut>(
+    writer: &mut PointWriter,
+    cut: &C,
+    disks: &[(DiskName, Name, u64)],
+    kind: SyncKind,
+    progress: &Progress,
+) -> Result<u64, SyncError> {
+    let cs = writer.chunk_size();
+    let mut plans = Vec::with_capacity(disks.len());
+    for (disk, name, size) in disks {
+        let extents = cut.changed_extents(disk).await?;
+        let ranges: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.length)).collect();
+        let ranges = align_to_chunks(&ranges, cs, *size);
+        // A full cut on top of a parent must also clear what the parent holds in the
+        // holes; without a parent the point starts as all holes.
+        let fill_holes = kind != SyncKind::Incremental && writer.has_parent(name);
+        plans.push((disk, name, *size, ranges, fill_holes));
+    }
+    let total: u64 = plans.iter().flat_map(|p| p.3.iter().map(|r| r.1)).sum();
+    progress.total.store(total, Ordering::Relaxed);
+    progress.set_phase("copying");
+    let piece = READ_PIECE.max(cs) / cs * cs;
+    let mut read_bytes = 0u64;
+    for (disk, name, size, ranges, fill_holes) in plans {
+        let pieces = split(&ranges, piece);
+        let mut reads = futures::stream::iter(pieces)
+            .map(|(pos, len)| async move {
+                let data = cut.read(disk, pos, len as u32).await?;
+                Ok::<(u64, Bytes), SyncError>((pos, data))
+            })
+            .buffered(READS_IN_FLIGHT);
+        let mut at = 0u64;
+        while let Some(r) = reads.next().await {
+            let (pos, data) = r?;
+            if fill_holes && pos > at {
+                writer.write_zeroes(name, at, pos - at).await?;
+            }
+            let n = data.len() as u64;
+            at = pos + n;
+            writer.write(name, pos, data).await?;
+            read_bytes += n;
+            progress.done.fetch_add(n, Ordering::Relaxed);
+        }
+        if fill_holes && at < size {
+            writer.write_zeroes(name, at, size - at).await?;
+        }
+    }
+    Ok(read_bytes)
+}
+
+/// Ranges cut into pieces of at most `piece` bytes (`piece` a multiple of the chunk size).
+fn split(ranges: &[(u64, u64)], piece: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(start, len) in ranges {
+        let mut pos = start;
+        while pos < start + len {
+            let n = piece.min(start + len - pos);
+            out.push((pos, n));
+            pos += n;
+        }
+    }
+    out
+}
+
+/// Deletes the points of `name` that `retention` no longer keeps (the newest always stays);
+/// returns the points left, oldest first.
+async fn apply_retention(
+    vault: &Vault,
+    name: &Name,
+    retention: Retention,
+) -> Result<Vec<String>, SyncError> {
+    let secs = |s: Option<u64>| s.map(std::time::Duration::from_secs);
+    let policy = RetentionPolicy {
+        keep_within: secs(retention.keep_within_secs),
+        keep_hourly: secs(retention.keep_hourly_secs),
+        keep_daily: secs(retention.keep_daily_secs),
+        keep_weekly: None,
+    };
+    if !policy.is_empty() {
+        let names = [name.clone()];
+        let plan =
+            lifeboat_vault::store::plan_prune(vault, &policy, Some(&names), Utc::now()).await?;
+        lifeboat_vault::store::execute_prune(vault, &plan).await?;
+    }
+    Ok(vault
+        .list_points(Some(name))
+        .await?
+        .into_iter()
+        .map(|p| p.point.to_string())
+        .collect())
+}
+
+/// A VM's name from the API's path, checked.
+pub fn vm_name(text: &str) -> Result<VmName, SyncError> {
+    VmName::new(text).map_err(|e| SyncError::Invalid(e.to_string()))
+}
+
+/// Opened vaults, by URL and a digest of the passphrase: opening one derives its key with
+/// argon2id, which is too slow to do for every sync.
+#[derive(Default)]
+pub struct VaultCache {
+    open: tokio::sync::Mutex<std::collections::HashMap<(String, [u8; 32]), Vault>>,
+}
+
+impl VaultCache {
+    pub async fn open(&self, url: &str, passphrase: &str) -> Result<Vault, SyncError> {
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, passphrase.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
+        let key = (url.to_string(), digest);
+        let mut open = self.open.lock().await;
+        if let Some(v) = open.get(&key) {
+            return Ok(v.clone());
+        }
+        let parsed = lifeboat_vault::backend::VaultUrl::parse(url)
+            .map_err(|e| SyncError::Invalid(format!("vault URL {url}: {e}")))?;
+        let backend = lifeboat_vault::backend::Backend::open(&parsed, Default::default())
+            .await
+            .map_err(|e| SyncError::Invalid(format!("vault {url}: {e}")))?;
+        let vault = Vault::open(
+            backend,
+            lifeboat_vault::Unlock::Passphrase(passphrase.to_string()),
+        )
+        .await?;
+        open.insert(key, vault.clone());
+        Ok(vault)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn ranges_split_into_pieces() {
+        assert_eq!(
+            split(&[(0, 10), (20, 3)], 4),
+            vec![(0, 4), (4, 4), (8, 2), (20, 3)]
+        );
+    }
+}

@@ -1,0 +1,535 @@
+//! Protection routes: enable and disable replication of a VM, see its state, RPO, points,
+//! and the operations that changed it.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use lifeboat_agent::api::{UnprotectReport, UnprotectRequest};
+use lifeboat_agent::client::AgentClient;
+use lifeboat_agent::sync::VaultAccess;
+use serde::{Deserialize, Serialize};
+
+use super::{db_error, error, ApiError, ServerState};
+use crate::db::{HostAccess, Operation, PointRow, Protection, ProtectionState};
+use crate::policy::Policy;
+use crate::replication::{rpo_seconds, AGENT_TIMEOUT};
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProtectRequest {
+    /// The VM's name on its host.
+    pub vm: String,
+    /// The VM's host (host name, address or id); needed only when several hosts have a VM
+    /// of that name.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The vault's URL (`file:///…`, `s3://…`, `azure://…`); it must exist (`lifeboat vault init`).
+    pub vault: String,
+    /// The vault's passphrase. Stored by the server and sent to the agents that sync.
+    pub vault_passphrase: String,
+    /// Where the VM is recovered (host name, address or id of an enrolled host).
+    pub recovery_host: String,
+    /// A policy name (`GET /api/v1/policies`); `default` when absent.
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SyncProgress {
+    pub sync_id: String,
+    pub started_at: String,
+    pub bytes_done: i64,
+    pub bytes_total: i64,
+    pub bytes_per_second: f64,
+    /// Seconds to go at the current rate, when known.
+    pub eta_seconds: Option<f64>,
+}
+
+/// A protected VM as the API shows it (never the vault passphrase).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProtectionView {
+    pub id: String,
+    pub host: String,
+    pub host_id: String,
+    pub vm: String,
+    pub vault: String,
+    pub recovery_host: String,
+    pub policy: String,
+    pub state: ProtectionState,
+    /// Why the VM is Degraded, or what the initial sync is waiting for.
+    pub reason: String,
+    /// Age of the newest point; absent before the first.
+    pub rpo_seconds: Option<f64>,
+    pub rpo_threshold_seconds: u64,
+    pub last_point: Option<String>,
+    pub last_point_time: Option<String>,
+    pub last_consistency: Option<String>,
+    /// The sync running now, if any.
+    pub sync: Option<SyncProgress>,
+    pub bytes_replicated: i64,
+    pub syncs_committed: i64,
+    pub last_sync_seconds: f64,
+    pub last_error: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Protected {
+    pub protection: ProtectionView,
+    /// The enable operation, which ends when the first recovery point is committed.
+    pub operation: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct UnprotectQuery {
+    /// Also delete the VM's recovery points from the vault.
+    #[serde(default)]
+    pub delete_points: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Unprotected {
+    pub vm: String,
+    pub operation: String,
+    pub tracking_removed: bool,
+    pub points_deleted: u64,
+    pub note: Option<String>,
+}
+
+pub fn view(p: &Protection, hosts: &[HostAccess]) -> ProtectionView {
+    let now = Utc::now();
+    let name_of = |id: &str| {
+        hosts
+            .iter()
+            .find(|h| h.host.id == id)
+            .map(|h| h.host.hostname.clone())
+            .unwrap_or_else(|| format!("(removed host {id})"))
+    };
+    let sync = p.current_sync.as_ref().map(|id| {
+        let started = p.sync_started_at.clone().unwrap_or_default();
+        let secs = chrono::DateTime::parse_from_rfc3339(&started)
+            .map(|t| (now - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0)
+            .unwrap_or(0.0);
+        let rate = if secs > 0.0 {
+            p.sync_done as f64 / secs
+        } else {
+            0.0
+        };
+        SyncProgress {
+            sync_id: id.clone(),
+            started_at: started,
+            bytes_done: p.sync_done,
+            bytes_total: p.sync_total,
+            bytes_per_second: rate,
+            eta_seconds: (rate > 0.0 && p.sync_total > 0)
+                .then(|| (p.sync_total - p.sync_done).max(0) as f64 / rate),
+        }
+    });
+    ProtectionView {
+        id: p.id.clone(),
+        host: name_of(&p.host_id),
+        host_id: p.host_id.clone(),
+        vm: p.vm.clone(),
+        vault: p.vault_url.clone(),
+        recovery_host: name_of(&p.recovery_host_id),
+        policy: p.policy.clone(),
+        state: p.state,
+        reason: p.reason.clone(),
+        rpo_seconds: rpo_seconds(p, now),
+        rpo_threshold_seconds: Policy::find(&p.policy).map_or(0, |x| x.rpo_threshold_secs),
+        last_point: p.last_point.clone(),
+        last_point_time: p.last_point_time.clone(),
+        last_consistency: p.last_consistency.clone(),
+        sync,
+        bytes_replicated: p.bytes_replicated,
+        syncs_committed: p.syncs_committed,
+        last_sync_seconds: p.last_sync_ms as f64 / 1000.0,
+        last_error: p.last_error.clone(),
+        created_at: p.created_at.clone(),
+    }
+}
+
+/// The enrolled host named by host name, address or id.
+fn find_host<'a>(hosts: &'a [HostAccess], text: &str) -> Option<&'a HostAccess> {
+    hosts
+        .iter()
+        .find(|h| h.host.id == text || h.host.address == text || h.host.hostname == text)
+}
+
+fn agent(h: &HostAccess) -> Result<AgentClient, Response> {
+    AgentClient::new(&h.host.address, &h.host.fingerprint, AGENT_TIMEOUT)
+        .map(|c| c.with_credential(&h.credential))
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Which host has `vm`: the one named, or the only one whose inventory lists it.
+async fn locate_vm<'a>(
+    hosts: &'a [HostAccess],
+    vm: &str,
+    host: Option<&str>,
+) -> Result<&'a HostAccess, Response> {
+    let candidates: Vec<&HostAccess> = match host {
+        Some(h) => vec![find_host(hosts, h).ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no enrolled host {h}; see `lifeboat hosts list`"),
+            )
+        })?],
+        None => hosts.iter().collect(),
+    };
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    for h in candidates {
+        let inv = match agent(h)?.inventory().await {
+            Ok(inv) => inv,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        let has = inv["vms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["name"].as_str() == Some(vm));
+        if has {
+            found.push(h);
+        }
+    }
+    match found.as_slice() {
+        [h] => Ok(h),
+        [] => Err(error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no host has a VM {vm}{}; see `lifeboat vms list`",
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (not answering: {})", problems.join("; "))
+                }
+            ),
+        )),
+        many => Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "several hosts have a VM {vm} ({}); say which with `--host`",
+                many.iter()
+                    .map(|h| h.host.hostname.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/protections", tag = "protection", request_body = ProtectRequest,
+    responses((status = 202, description = "Protection enabled; the initial sync runs", body = Protected),
+               (status = 400, description = "Bad policy or a vault the agent cannot open", body = ApiError),
+               (status = 401, description = "Missing or wrong API token", body = ApiError),
+               (status = 404, description = "No such VM or host", body = ApiError),
+               (status = 409, description = "Protected already, or another operation runs on the VM", body = ApiError),
+               (status = 502, description = "The VM's agent did not answer", body = ApiError)))]
+pub async fn protect(
+    State(s): State<Arc<ServerState>>,
+    Json(req): Json<ProtectRequest>,
+) -> Response {
+    let policy_name = req.policy.clone().unwrap_or_else(|| "default".into());
+    let Some(policy) = Policy::find(&policy_name) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "no policy {policy_name}; the policies are: {}",
+                Policy::names()
+            ),
+        );
+    };
+    if req.vault_passphrase.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "the vault passphrase is empty");
+    }
+    let hosts = match s.db.hosts_with_access().await {
+        Ok(h) => h,
+        Err(e) => return db_error(e),
+    };
+    let Some(recovery) = find_host(&hosts, &req.recovery_host) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no enrolled recovery host {}; see `lifeboat hosts list`",
+                req.recovery_host
+            ),
+        );
+    };
+    let host = match locate_vm(&hosts, &req.vm, req.host.as_deref()).await {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    match s.db.protection_of(&host.host.id, &req.vm).await {
+        Ok(Some(p)) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("{} is protected already ({})", req.vm, p.state.as_str()),
+            )
+        }
+        Ok(None) => {}
+        Err(e) => return db_error(e),
+    }
+    let op = match s
+        .db
+        .start_operation(&host.host.id, &req.vm, "enable", "checking the vault")
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => return db_error(e),
+    };
+    // Both the VM's agent (it writes) and the recovery host's (it will read) must open
+    // the vault: find out now, not at failover.
+    let access = VaultAccess {
+        url: req.vault.clone(),
+        passphrase: req.vault_passphrase.clone(),
+    };
+    for h in [host, recovery] {
+        let checked = match agent(h) {
+            Ok(a) => a.check_vault(&access).await,
+            Err(r) => return r,
+        };
+        if let Err(e) = checked {
+            let msg = e.to_string();
+            let _ = s.db.advance_operation(&op, "failed", &msg).await;
+            let status = match e {
+                lifeboat_agent::client::ClientError::Refused { .. } => StatusCode::BAD_REQUEST,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            return error(status, msg);
+        }
+    }
+    let now = Utc::now().to_rfc3339();
+    let p = Protection {
+        id: uuid::Uuid::new_v4().to_string(),
+        host_id: host.host.id.clone(),
+        vm: req.vm.clone(),
+        point_name: point_name(&host.host.hostname, &req.vm),
+        vault_url: req.vault.clone(),
+        vault_passphrase: req.vault_passphrase.clone(),
+        recovery_host_id: recovery.host.id.clone(),
+        policy: policy.name.to_string(),
+        state: ProtectionState::Enabling,
+        reason: String::new(),
+        current_sync: None,
+        sync_started_at: None,
+        sync_done: 0,
+        sync_total: 0,
+        next_sync_at: now.clone(),
+        failures: 0,
+        last_error: String::new(),
+        last_point: None,
+        last_point_time: None,
+        last_consistency: None,
+        bytes_replicated: 0,
+        syncs_committed: 0,
+        last_sync_ms: 0,
+        created_at: now,
+        generation: 1,
+    };
+    if let Err(e) = s.db.add_protection(&p).await {
+        let _ = s.db.advance_operation(&op, "failed", &e.to_string()).await;
+        return db_error(e);
+    }
+    let _ = s.db.advance_operation(&op, "running", "initial sync").await;
+    tracing::info!(vm = %p.vm, host = %host.host.hostname, policy = policy.name, "protection enabled");
+    (
+        StatusCode::ACCEPTED,
+        Json(Protected {
+            protection: view(&p, &hosts),
+            operation: op,
+        }),
+    )
+        .into_response()
+}
+
+/// The name of a VM's points in the vault: host and VM, so two hosts' VMs of the same
+/// name never share a history. Vault names allow `a-z 0-9 - _ .` only.
+pub fn point_name(host: &str, vm: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.to_ascii_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    let mut n = format!("{}.{}", clean(host), clean(vm));
+    n.truncate(64);
+    n.trim_start_matches('.').to_string()
+}
+
+#[utoipa::path(get, path = "/api/v1/protections", tag = "protection",
+    responses((status = 200, description = "Every protected VM", body = [ProtectionView]),
+               (status = 401, description = "Missing or wrong API token", body = ApiError)))]
+pub async fn list_protections(State(s): State<Arc<ServerState>>) -> Response {
+    let (all, hosts) = match (s.db.protections().await, s.db.hosts_with_access().await) {
+        (Ok(a), Ok(h)) => (a, h),
+        (Err(e), _) | (_, Err(e)) => return db_error(e),
+    };
+    Json(all.iter().map(|p| view(p, &hosts)).collect::<Vec<_>>()).into_response()
+}
+
+async fn load(s: &ServerState, id: &str) -> Result<(Protection, Vec<HostAccess>), Response> {
+    let hosts = s.db.hosts_with_access().await.map_err(db_error)?;
+    match s.db.protection(id).await.map_err(db_error)? {
+        Some(p) => Ok((p, hosts)),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no protection {id}; see `lifeboat vms list`"),
+        )),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/protections/{id}", tag = "protection",
+    params(("id" = String, Path, description = "The protection's id")),
+    responses((status = 200, description = "The protected VM", body = ProtectionView),
+               (status = 404, description = "No such protection", body = ApiError)))]
+pub async fn get_protection(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+    match load(&s, &id).await {
+        Ok((p, hosts)) => Json(view(&p, &hosts)).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/protections/{id}/points", tag = "protection",
+    params(("id" = String, Path, description = "The protection's id")),
+    responses((status = 200, description = "Its recovery points, oldest first", body = [PointRow]),
+               (status = 404, description = "No such protection", body = ApiError)))]
+pub async fn list_points(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+    if let Err(r) = load(&s, &id).await {
+        return r;
+    }
+    match s.db.points(&id).await {
+        Ok(points) => Json(points).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+#[utoipa::path(delete, path = "/api/v1/protections/{id}", tag = "protection",
+    params(("id" = String, Path, description = "The protection's id"), UnprotectQuery),
+    responses((status = 200, description = "Replication stopped and tracking removed", body = Unprotected),
+               (status = 404, description = "No such protection", body = ApiError),
+               (status = 409, description = "Another operation runs on the VM", body = ApiError),
+               (status = 502, description = "The agent did not answer; nothing was changed", body = ApiError)))]
+pub async fn unprotect(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<String>,
+    Query(q): Query<UnprotectQuery>,
+) -> Response {
+    let (p, hosts) = match load(&s, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // Disabling ends an enable that is still waiting for its first point.
+    if let Ok(Some(op)) = s.db.running_operation(&p.host_id, &p.vm).await {
+        if op.kind == "enable" {
+            let _ =
+                s.db.advance_operation(
+                    &op.id,
+                    "cancelled",
+                    "replication disabled before the first point",
+                )
+                .await;
+        }
+    }
+    let op = match s
+        .db
+        .start_operation(&p.host_id, &p.vm, "disable", "stopping replication")
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => return db_error(e),
+    };
+    let Some(host) = hosts.iter().find(|h| h.host.id == p.host_id) else {
+        let _ =
+            s.db.advance_operation(&op, "failed", "the VM's host is not enrolled")
+                .await;
+        return error(StatusCode::CONFLICT, "the VM's host is no longer enrolled");
+    };
+    let req = UnprotectRequest {
+        point_name: p.point_name.clone(),
+        vault: Some(VaultAccess {
+            url: p.vault_url.clone(),
+            passphrase: p.vault_passphrase.clone(),
+        }),
+        delete_points: q.delete_points,
+    };
+    let report: UnprotectReport = match agent(host) {
+        Ok(a) => match a.unprotect(&p.vm, &req).await {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("{e}; the VM stays protected, try again");
+                let _ = s.db.advance_operation(&op, "failed", &msg).await;
+                return error(StatusCode::BAD_GATEWAY, msg);
+            }
+        },
+        Err(r) => return r,
+    };
+    match s.db.delete_protection(&p.id, p.generation).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // The reconciler wrote the row meanwhile; the agent has dropped tracking, so
+            // remove it whatever its generation is now.
+            match s.db.protection(&p.id).await {
+                Ok(Some(now)) => {
+                    if let Err(e) = s.db.delete_protection(&now.id, now.generation).await {
+                        return db_error(e);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return db_error(e),
+            }
+        }
+        Err(e) => return db_error(e),
+    }
+    let _ =
+        s.db.advance_operation(&op, "succeeded", "replication disabled")
+            .await;
+    tracing::info!(vm = %p.vm, deleted_points = report.points_deleted, "protection disabled");
+    Json(Unprotected {
+        vm: p.vm.clone(),
+        operation: op,
+        tracking_removed: report.tracking_removed,
+        points_deleted: report.points_deleted,
+        note: report.note,
+    })
+    .into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/operations", tag = "operations",
+    responses((status = 200, description = "The newest 100 operations", body = [Operation])))]
+pub async fn list_operations(State(s): State<Arc<ServerState>>) -> Response {
+    match s.db.operations(100).await {
+        Ok(ops) => Json(ops).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations",
+    params(("id" = String, Path, description = "The operation's id")),
+    responses((status = 200, description = "The operation with its log", body = Operation),
+               (status = 404, description = "No such operation", body = ApiError)))]
+pub async fn get_operation(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+    match s.db.operation(&id).await {
+        Ok(Some(op)) => Json(op).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no operation {id}")),
+        Err(e) => db_error(e),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/policies", tag = "protection",
+    responses((status = 200, description = "The protection policies", body = [Policy])))]
+pub async fn list_policies() -> Json<&'static [Policy]> {
+    Json(crate::policy::POLICIES)
+}

@@ -1,0 +1,144 @@
+//! The overview (`GET /api/v1/status`) and Prometheus metrics (`GET /metrics`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::protection::{view, ProtectionView};
+use super::{db_error, ApiError, ServerState};
+use crate::db::{Operation, ProtectionState};
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Overview {
+    pub hosts: usize,
+    pub protected_vms: usize,
+    /// Protected VMs by state (`enabling`, `initial_sync`, `protected`, `degraded`).
+    pub by_state: BTreeMap<String, usize>,
+    /// The VM with the oldest newest point, and that age.
+    pub worst_rpo: Option<WorstRpo>,
+    pub running_operations: Vec<Operation>,
+    pub protections: Vec<ProtectionView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorstRpo {
+    pub vm: String,
+    pub host: String,
+    pub rpo_seconds: f64,
+}
+
+#[utoipa::path(get, path = "/api/v1/status", tag = "status",
+    responses((status = 200, description = "Counts by state, worst RPO, running operations", body = Overview),
+               (status = 401, description = "Missing or wrong API token", body = ApiError)))]
+pub async fn overview(State(s): State<Arc<ServerState>>) -> Response {
+    let (all, hosts, ops) = match (
+        s.db.protections().await,
+        s.db.hosts_with_access().await,
+        s.db.operations(100).await,
+    ) {
+        (Ok(a), Ok(h), Ok(o)) => (a, h, o),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return db_error(e),
+    };
+    let views: Vec<ProtectionView> = all.iter().map(|p| view(p, &hosts)).collect();
+    let mut by_state: BTreeMap<String, usize> = ProtectionState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
+    for v in &views {
+        *by_state.entry(v.state.as_str().to_string()).or_default() += 1;
+    }
+    let worst_rpo = views
+        .iter()
+        .filter_map(|v| v.rpo_seconds.map(|r| (r, v)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(r, v)| WorstRpo {
+            vm: v.vm.clone(),
+            host: v.host.clone(),
+            rpo_seconds: r,
+        });
+    Json(Overview {
+        hosts: hosts.len(),
+        protected_vms: views.len(),
+        by_state,
+        worst_rpo,
+        running_operations: ops.into_iter().filter(|o| o.status == "running").collect(),
+        protections: views,
+    })
+    .into_response()
+}
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text format: per-VM RPO, bytes replicated, sync duration and state.
+pub async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
+    let (all, hosts) = match (s.db.protections().await, s.db.hosts_with_access().await) {
+        (Ok(a), Ok(h)) => (a, h),
+        (Err(e), _) | (_, Err(e)) => return db_error(e),
+    };
+    let views: Vec<ProtectionView> = all.iter().map(|p| view(p, &hosts)).collect();
+    let mut out = String::new();
+    let mut family =
+        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        };
+    let vm_labels =
+        |v: &ProtectionView| format!("host=\"{}\",vm=\"{}\"", label(&v.host), label(&v.vm));
+    family(
+        "lifeboat_vm_rpo_seconds",
+        "gauge",
+        "Age of the VM's newest recovery point.",
+        &mut views
+            .iter()
+            .filter_map(|v| v.rpo_seconds.map(|r| (vm_labels(v), r))),
+    );
+    family(
+        "lifeboat_vm_bytes_replicated_total",
+        "counter",
+        "New bytes the VM's syncs stored in the vault.",
+        &mut views
+            .iter()
+            .map(|v| (vm_labels(v), v.bytes_replicated as f64)),
+    );
+    family(
+        "lifeboat_vm_syncs_total",
+        "counter",
+        "Syncs of the VM that produced a recovery point.",
+        &mut views
+            .iter()
+            .map(|v| (vm_labels(v), v.syncs_committed as f64)),
+    );
+    family(
+        "lifeboat_vm_last_sync_duration_seconds",
+        "gauge",
+        "How long the VM's last committed sync took.",
+        &mut views.iter().map(|v| (vm_labels(v), v.last_sync_seconds)),
+    );
+    family(
+        "lifeboat_vm_protection_state",
+        "gauge",
+        "1 for the VM's protection state, 0 for the others.",
+        &mut views.iter().flat_map(|v| {
+            ProtectionState::ALL.iter().map(move |s| {
+                (
+                    format!("{},state=\"{}\"", vm_labels(v), s.as_str()),
+                    if *s == v.state { 1.0 } else { 0.0 },
+                )
+            })
+        }),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,458 @@
+//! Protected VMs, their recovery points, and operations.
+//!
+//! Every change to a protection is a whole-row update guarded by its generation: the
+//! caller read the row at generation G and writes `WHERE generation = G`, bumping it. A
+//! caller that lost the race gets `false` and reads again.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Database, DbError};
+
+/// `Unprotected → Enabling → InitialSync → Protected ⇄ Degraded` (DESIGN.md, "Operations").
+/// Unprotected is the absence of a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtectionState {
+    Enabling,
+    InitialSync,
+    Protected,
+    Degraded,
+}
+
+impl ProtectionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtectionState::Enabling => "enabling",
+            ProtectionState::InitialSync => "initial_sync",
+            ProtectionState::Protected => "protected",
+            ProtectionState::Degraded => "degraded",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, sqlx::Error> {
+        Ok(match s {
+            "enabling" => ProtectionState::Enabling,
+            "initial_sync" => ProtectionState::InitialSync,
+            "protected" => ProtectionState::Protected,
+            "degraded" => ProtectionState::Degraded,
+            other => {
+                return Err(sqlx::Error::Decode(
+                    format!("unknown protection state {other:?}").into(),
+                ))
+            }
+        })
+    }
+
+    pub const ALL: [ProtectionState; 4] = [
+        ProtectionState::Enabling,
+        ProtectionState::InitialSync,
+        ProtectionState::Protected,
+        ProtectionState::Degraded,
+    ];
+}
+
+/// One protected VM, as stored.
+#[derive(Clone, Debug)]
+pub struct Protection {
+    pub id: String,
+    pub host_id: String,
+    pub vm: String,
+    pub point_name: String,
+    pub vault_url: String,
+    pub vault_passphrase: String,
+    pub recovery_host_id: String,
+    pub policy: String,
+    pub state: ProtectionState,
+    pub reason: String,
+    pub current_sync: Option<String>,
+    pub sync_started_at: Option<String>,
+    pub sync_done: i64,
+    pub sync_total: i64,
+    pub next_sync_at: String,
+    pub failures: i64,
+    pub last_error: String,
+    pub last_point: Option<String>,
+    pub last_point_time: Option<String>,
+    pub last_consistency: Option<String>,
+    pub bytes_replicated: i64,
+    pub syncs_committed: i64,
+    pub last_sync_ms: i64,
+    pub created_at: String,
+    pub generation: i64,
+}
+
+/// A recovery point as the server knows it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PointRow {
+    pub point: String,
+    pub cut_time: String,
+    /// `crash` or `app`.
+    pub consistency: String,
+    /// `full`, `incremental` or `resync`.
+    pub kind: String,
+    pub bytes_read: i64,
+    pub new_bytes: i64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Operation {
+    pub id: String,
+    pub host_id: String,
+    pub vm: String,
+    pub kind: String,
+    pub status: String,
+    pub step: String,
+    pub log: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const COLUMNS: &str =
+    "id, host_id, vm, point_name, vault_url, vault_passphrase, recovery_host_id, \
+    policy, state, reason, current_sync, sync_started_at, sync_done, sync_total, next_sync_at, \
+    failures, last_error, last_point, last_point_time, last_consistency, bytes_replicated, \
+    syncs_committed, last_sync_ms, created_at, generation";
+
+fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
+    Ok(Protection {
+        id: r.try_get("id")?,
+        host_id: r.try_get("host_id")?,
+        vm: r.try_get("vm")?,
+        point_name: r.try_get("point_name")?,
+        vault_url: r.try_get("vault_url")?,
+        vault_passphrase: r.try_get("vault_passphrase")?,
+        recovery_host_id: r.try_get("recovery_host_id")?,
+        policy: r.try_get("policy")?,
+        state: ProtectionState::parse(&r.try_get::<String, _>("state")?)?,
+        reason: r.try_get("reason")?,
+        current_sync: r.try_get("current_sync")?,
+        sync_started_at: r.try_get("sync_started_at")?,
+        sync_done: r.try_get("sync_done")?,
+        sync_total: r.try_get("sync_total")?,
+        next_sync_at: r.try_get("next_sync_at")?,
+        failures: r.try_get("failures")?,
+        last_error: r.try_get("last_error")?,
+        last_point: r.try_get("last_point")?,
+        last_point_time: r.try_get("last_point_time")?,
+        last_consistency: r.try_get("last_consistency")?,
+        bytes_replicated: r.try_get("bytes_replicated")?,
+        syncs_committed: r.try_get("syncs_committed")?,
+        last_sync_ms: r.try_get("last_sync_ms")?,
+        created_at: r.try_get("created_at")?,
+        generation: r.try_get("generation")?,
+    })
+}
+
+fn operation(r: &sqlx::any::AnyRow) -> Result<Operation, sqlx::Error> {
+    Ok(Operation {
+        id: r.try_get("id")?,
+        host_id: r.try_get("host_id")?,
+        vm: r.try_get("vm")?,
+        kind: r.try_get("kind")?,
+        status: r.try_get("status")?,
+        step: r.try_get("step")?,
+        log: r.try_get("log")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339()
+}
+
+impl Database {
+    /// Stores a new protection at generation 1; a VM protected already is a conflict.
+    pub async fn add_protection(&self, p: &Protection) -> Result<(), DbError> {
+        let r = sqlx::query(&format!(
+            "INSERT INTO protections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1)"
+        ))
+        .bind(&p.id)
+        .bind(&p.host_id)
+        .bind(&p.vm)
+        .bind(&p.point_name)
+        .bind(&p.vault_url)
+        .bind(&p.vault_passphrase)
+        .bind(&p.recovery_host_id)
+        .bind(&p.policy)
+        .bind(p.state.as_str())
+        .bind(&p.reason)
+        .bind(&p.current_sync)
+        .bind(&p.sync_started_at)
+        .bind(p.sync_done)
+        .bind(p.sync_total)
+        .bind(&p.next_sync_at)
+        .bind(p.failures)
+        .bind(&p.last_error)
+        .bind(&p.last_point)
+        .bind(&p.last_point_time)
+        .bind(&p.last_consistency)
+        .bind(p.bytes_replicated)
+        .bind(p.syncs_committed)
+        .bind(p.last_sync_ms)
+        .bind(&p.created_at)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(DbError::Conflict(format!("{} is protected already", p.vm)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `p` if the stored row is still at `p.generation`; then `p.generation` is the
+    /// new one. False when another actor changed the row first (or it is gone).
+    pub async fn save_protection(&self, p: &mut Protection) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE protections SET state = $1, reason = $2, current_sync = $3, \
+             sync_started_at = $4, sync_done = $5, sync_total = $6, next_sync_at = $7, \
+             failures = $8, last_error = $9, last_point = $10, last_point_time = $11, \
+             last_consistency = $12, bytes_replicated = $13, syncs_committed = $14, \
+             last_sync_ms = $15, generation = generation + 1 \
+             WHERE id = $16 AND generation = $17",
+        )
+        .bind(p.state.as_str())
+        .bind(&p.reason)
+        .bind(&p.current_sync)
+        .bind(&p.sync_started_at)
+        .bind(p.sync_done)
+        .bind(p.sync_total)
+        .bind(&p.next_sync_at)
+        .bind(p.failures)
+        .bind(&p.last_error)
+        .bind(&p.last_point)
+        .bind(&p.last_point_time)
+        .bind(&p.last_consistency)
+        .bind(p.bytes_replicated)
+        .bind(p.syncs_committed)
+        .bind(p.last_sync_ms)
+        .bind(&p.id)
+        .bind(p.generation)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 1 {
+            p.generation += 1;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    pub async fn protection(&self, id: &str) -> Result<Option<Protection>, DbError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM protections WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(protection).transpose()?)
+    }
+
+    pub async fn protection_of(
+        &self,
+        host_id: &str,
+        vm: &str,
+    ) -> Result<Option<Protection>, DbError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM protections WHERE host_id = $1 AND vm = $2"
+        ))
+        .bind(host_id)
+        .bind(vm)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(protection).transpose()?)
+    }
+
+    pub async fn protections(&self) -> Result<Vec<Protection>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM protections ORDER BY vm, host_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| protection(r).map_err(DbError::from))
+            .collect()
+    }
+
+    /// Removes a protection and its points' records if it is still at `generation`.
+    pub async fn delete_protection(&self, id: &str, generation: i64) -> Result<bool, DbError> {
+        let r = sqlx::query("DELETE FROM protections WHERE id = $1 AND generation = $2")
+            .bind(id)
+            .bind(generation)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 1 {
+            sqlx::query("DELETE FROM points WHERE protection_id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Records a point; recording the same point twice is not an error.
+    pub async fn add_point(&self, protection_id: &str, p: &PointRow) -> Result<(), DbError> {
+        let r = sqlx::query(
+            "INSERT INTO points (protection_id, point, cut_time, consistency, kind, bytes_read, new_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(protection_id)
+        .bind(&p.point)
+        .bind(&p.cut_time)
+        .bind(&p.consistency)
+        .bind(&p.kind)
+        .bind(p.bytes_read)
+        .bind(p.new_bytes)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Forgets the points the vault no longer has (retention deleted them).
+    pub async fn keep_points(
+        &self,
+        protection_id: &str,
+        in_vault: &[String],
+    ) -> Result<(), DbError> {
+        for p in self.points(protection_id).await? {
+            if !in_vault.contains(&p.point) {
+                sqlx::query("DELETE FROM points WHERE protection_id = $1 AND point = $2")
+                    .bind(protection_id)
+                    .bind(&p.point)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A protection's points, oldest first.
+    pub async fn points(&self, protection_id: &str) -> Result<Vec<PointRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT point, cut_time, consistency, kind, bytes_read, new_bytes FROM points \
+             WHERE protection_id = $1 ORDER BY point",
+        )
+        .bind(protection_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PointRow {
+                    point: r.try_get("point")?,
+                    cut_time: r.try_get("cut_time")?,
+                    consistency: r.try_get("consistency")?,
+                    kind: r.try_get("kind")?,
+                    bytes_read: r.try_get("bytes_read")?,
+                    new_bytes: r.try_get("new_bytes")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Starts an operation on a VM; a conflict if one is running on it already.
+    pub async fn start_operation(
+        &self,
+        host_id: &str,
+        vm: &str,
+        kind: &str,
+        step: &str,
+    ) -> Result<String, DbError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let t = now();
+        let r = sqlx::query(
+            "INSERT INTO operations (id, host_id, vm, kind, status, step, log, created_at, updated_at, generation) \
+             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $7, 1)",
+        )
+        .bind(&id)
+        .bind(host_id)
+        .bind(vm)
+        .bind(kind)
+        .bind(step)
+        .bind(format!("{t} {step}\n"))
+        .bind(&t)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(id),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                let running = self.running_operation(host_id, vm).await?;
+                Err(DbError::Conflict(match running {
+                    Some(op) => format!(
+                        "{vm} has an operation running already: {} ({}, {}); wait for it to end",
+                        op.kind, op.id, op.step
+                    ),
+                    None => format!("{vm} has an operation running already"),
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves a running operation to `step` (and `status`), adding `step` to its log.
+    pub async fn advance_operation(
+        &self,
+        id: &str,
+        status: &str,
+        step: &str,
+    ) -> Result<(), DbError> {
+        let t = now();
+        let op = self.operation(id).await?;
+        let Some(op) = op else { return Ok(()) };
+        if op.step == step && op.status == status {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE operations SET status = $1, step = $2, log = $3, updated_at = $4, \
+             generation = generation + 1 WHERE id = $5 AND status = 'running'",
+        )
+        .bind(status)
+        .bind(step)
+        .bind(format!("{}{t} {step}\n", op.log))
+        .bind(&t)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn operation(&self, id: &str) -> Result<Option<Operation>, DbError> {
+        let row = sqlx::query("SELECT * FROM operations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(operation).transpose()?)
+    }
+
+    pub async fn running_operation(
+        &self,
+        host_id: &str,
+        vm: &str,
+    ) -> Result<Option<Operation>, DbError> {
+        let row = sqlx::query(
+            "SELECT * FROM operations WHERE host_id = $1 AND vm = $2 AND status = 'running'",
+        )
+        .bind(host_id)
+        .bind(vm)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(operation).transpose()?)
+    }
+
+    /// The newest operations first.
+    pub async fn operations(&self, limit: i64) -> Result<Vec<Operation>, DbError> {
+        let rows = sqlx::query("SELECT * FROM operations ORDER BY created_at DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| operation(r).map_err(DbError::from))
+            .collect()
+    }
+}

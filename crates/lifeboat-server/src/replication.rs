@@ -1,0 +1,407 @@
+//! The replication reconciler: keeps every protected VM syncing on its policy's schedule.
+//!
+//! One watcher task per protection reads its row, does one step, writes the row back
+//! (generation-guarded) and sleeps until the next step. All it knows lives in the row, so
+//! a server killed at any moment picks up where it was: a sync it had asked for is polled
+//! again by its id, and an agent that restarted and no longer knows that id gets a new one.
+//!
+//! ```text
+//!   Enabling ──first sync asked──▶ InitialSync ──first point──▶ Protected
+//!                                                      ▲            │ failures in a row, or
+//!                                                      └─caught up──┴▶ Degraded (RPO over threshold)
+//! ```
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lifeboat_agent::client::{AgentClient, ClientError};
+use lifeboat_agent::sync::{SyncRequest, SyncState, SyncStatus, VaultAccess};
+use tokio::task::JoinHandle;
+
+use crate::db::{Database, PointRow, Protection, ProtectionState};
+use crate::policy::Policy;
+
+/// How long the server waits for one answer from an agent.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a running sync is polled, and the longest a watcher sleeps.
+const POLL: Duration = Duration::from_secs(1);
+/// Failed attempts in a row after which a VM is Degraded, whatever its RPO.
+const DEGRADED_AFTER_FAILURES: i64 = 2;
+/// The longest wait between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Runs forever: starts a watcher for every protection, including ones added later.
+pub async fn run(db: Database) {
+    let mut watchers: HashMap<String, JoinHandle<()>> = HashMap::new();
+    loop {
+        match db.protections().await {
+            Ok(all) => {
+                watchers.retain(|_, h| !h.is_finished());
+                for p in all {
+                    watchers
+                        .entry(p.id.clone())
+                        .or_insert_with(|| tokio::spawn(watch(db.clone(), p.id)));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "listing protections"),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn watch(db: Database, id: String) {
+    loop {
+        let p = match db.protection(&id).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "reading a protection");
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        let wait = match step(&db, p).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(protection = %id, error = %e, "replication step");
+                POLL
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn parse_time(t: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// How old the newest point is, in seconds; `None` before the first point.
+pub fn rpo_seconds(p: &Protection, now: DateTime<Utc>) -> Option<f64> {
+    let t = parse_time(p.last_point_time.as_deref()?)?;
+    Some(((now - t).num_milliseconds().max(0)) as f64 / 1000.0)
+}
+
+fn backoff(failures: i64) -> Duration {
+    let exp = failures.clamp(1, 7) as u32 - 1;
+    Duration::from_secs(1 << exp).min(MAX_BACKOFF)
+}
+
+/// The state the row's facts call for.
+fn evaluate(p: &mut Protection, policy: &Policy, now: DateTime<Utc>) {
+    let Some(rpo) = rpo_seconds(p, now) else {
+        // No point yet: enabling until a sync is asked for, then the initial sync.
+        if p.state != ProtectionState::Enabling || p.current_sync.is_some() {
+            p.state = ProtectionState::InitialSync;
+        }
+        p.reason = if p.failures > 0 {
+            format!("retrying after: {}", p.last_error)
+        } else {
+            String::new()
+        };
+        return;
+    };
+    let threshold = policy.rpo_threshold().as_secs_f64();
+    if p.failures >= DEGRADED_AFTER_FAILURES {
+        p.state = ProtectionState::Degraded;
+        p.reason = format!(
+            "{} failed attempt(s) in a row; last: {}",
+            p.failures, p.last_error
+        );
+    } else if rpo > threshold {
+        p.state = ProtectionState::Degraded;
+        p.reason = format!(
+            "RPO {rpo:.0} s is above the policy's {threshold:.0} s{}",
+            if p.last_error.is_empty() {
+                String::new()
+            } else {
+                format!("; last error: {}", p.last_error)
+            }
+        );
+    } else {
+        p.state = ProtectionState::Protected;
+        p.reason = String::new();
+    }
+}
+
+fn agent_for(host: &crate::db::HostAccess) -> Result<AgentClient, ClientError> {
+    Ok(
+        AgentClient::new(&host.host.address, &host.host.fingerprint, AGENT_TIMEOUT)?
+            .with_credential(&host.credential),
+    )
+}
+
+/// One step for one protection; returns how long to wait before the next.
+async fn step(db: &Database, mut p: Protection) -> Result<Duration, crate::db::DbError> {
+    let policy = Policy::find(&p.policy).unwrap_or(&crate::policy::POLICIES[0]);
+    let before = (p.state, p.reason.clone());
+    let now = Utc::now();
+    let Some(host) = db.host_access(&p.host_id).await? else {
+        p.failures += 1;
+        p.last_error = "the VM's host is no longer enrolled".into();
+        evaluate(&mut p, policy, now);
+        db.save_protection(&mut p).await?;
+        return Ok(MAX_BACKOFF);
+    };
+    let agent = match agent_for(&host) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "agent client");
+            return Ok(MAX_BACKOFF);
+        }
+    };
+    let wait = if let Some(sync_id) = p.current_sync.clone() {
+        match agent.sync_status(&sync_id).await {
+            Ok(status) => on_status(db, &mut p, policy, status, now).await?,
+            Err(ClientError::Refused { status: 404, .. }) => {
+                sync_failed(
+                    &mut p,
+                    now,
+                    format!(
+                        "the agent on {} restarted during sync {sync_id}; a new sync starts",
+                        host.host.hostname
+                    ),
+                );
+                Duration::ZERO
+            }
+            Err(e) => {
+                // The agent may still be running the sync: keep asking about the same id.
+                p.failures += 1;
+                p.last_error = format!("agent {} unreachable: {e}", host.host.hostname);
+                backoff(p.failures).min(POLL * 5)
+            }
+        }
+    } else if parse_time(&p.next_sync_at).is_none_or(|t| t <= now) {
+        return start_sync(db, p, policy, &agent, &host.host.hostname, now).await;
+    } else {
+        let due = parse_time(&p.next_sync_at).unwrap_or(now);
+        (due - now).to_std().unwrap_or_default().min(POLL)
+    };
+    evaluate(&mut p, policy, now);
+    if (p.state, &p.reason) != (before.0, &before.1) {
+        tracing::info!(vm = %p.vm, state = p.state.as_str(), reason = %p.reason, "protection state");
+    }
+    db.save_protection(&mut p).await?;
+    Ok(wait)
+}
+
+fn sync_failed(p: &mut Protection, now: DateTime<Utc>, error: String) {
+    p.current_sync = None;
+    p.failures += 1;
+    p.last_error = error;
+    let delay = chrono::Duration::from_std(backoff(p.failures)).unwrap_or_default();
+    p.next_sync_at = (now + delay).to_rfc3339();
+}
+
+async fn on_status(
+    db: &Database,
+    p: &mut Protection,
+    policy: &Policy,
+    status: SyncStatus,
+    now: DateTime<Utc>,
+) -> Result<Duration, crate::db::DbError> {
+    match status.state {
+        SyncState::Running {
+            phase,
+            bytes_done,
+            bytes_total,
+        } => {
+            p.sync_done = bytes_done as i64;
+            p.sync_total = bytes_total as i64;
+            if p.last_point.is_none() {
+                if let Some(op) = db.running_operation(&p.host_id, &p.vm).await? {
+                    db.advance_operation(&op.id, "running", &format!("initial sync: {phase}"))
+                        .await?;
+                }
+            }
+            Ok(POLL)
+        }
+        SyncState::Committed(r) => {
+            db.add_point(
+                &p.id,
+                &PointRow {
+                    point: r.point.clone(),
+                    cut_time: r.cut_time.to_rfc3339(),
+                    consistency: r.consistency.clone(),
+                    kind: serde_json::to_value(r.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    bytes_read: r.bytes_read as i64,
+                    new_bytes: r.new_bytes_stored as i64,
+                },
+            )
+            .await?;
+            db.keep_points(&p.id, &r.points).await?;
+            let first = p.last_point.is_none();
+            p.last_point = Some(r.point.clone());
+            p.last_point_time = Some(r.cut_time.to_rfc3339());
+            p.last_consistency = Some(r.consistency.clone());
+            p.bytes_replicated += r.new_bytes_stored as i64;
+            p.syncs_committed += 1;
+            p.last_sync_ms = (r.seconds * 1000.0) as i64;
+            p.current_sync = None;
+            p.failures = 0;
+            p.last_error = String::new();
+            p.sync_done = r.bytes_read as i64;
+            p.sync_total = r.bytes_read as i64;
+            // The schedule is anchored to when the sync started, so the RPO stays near the
+            // interval plus one sync's duration.
+            let started = p
+                .sync_started_at
+                .as_deref()
+                .and_then(parse_time)
+                .unwrap_or(now);
+            let interval = chrono::Duration::from_std(policy.interval()).unwrap_or_default();
+            p.next_sync_at = (started + interval).max(now).to_rfc3339();
+            if let Some(op) = db.running_operation(&p.host_id, &p.vm).await? {
+                if op.kind == "enable" {
+                    let msg = format!("protected: first recovery point {}", r.point);
+                    db.advance_operation(&op.id, "succeeded", &msg).await?;
+                }
+            }
+            if first {
+                tracing::info!(vm = %p.vm, point = %r.point, "initial sync done");
+            }
+            if let Some(note) = r.note {
+                tracing::warn!(vm = %p.vm, %note, "the sync was a full resync");
+            }
+            Ok(Duration::ZERO)
+        }
+        SyncState::Failed { error } => {
+            sync_failed(p, now, error);
+            Ok(POLL)
+        }
+    }
+}
+
+async fn start_sync(
+    db: &Database,
+    mut p: Protection,
+    policy: &Policy,
+    agent: &AgentClient,
+    hostname: &str,
+    now: DateTime<Utc>,
+) -> Result<Duration, crate::db::DbError> {
+    let sync_id = uuid::Uuid::new_v4().to_string();
+    // Recorded before asking, so a server that dies right after still knows to ask about it.
+    p.current_sync = Some(sync_id.clone());
+    p.sync_started_at = Some(now.to_rfc3339());
+    p.sync_done = 0;
+    p.sync_total = 0;
+    evaluate(&mut p, policy, now);
+    if !db.save_protection(&mut p).await? {
+        return Ok(Duration::ZERO);
+    }
+    let req = SyncRequest {
+        sync_id: sync_id.clone(),
+        vault: VaultAccess {
+            url: p.vault_url.clone(),
+            passphrase: p.vault_passphrase.clone(),
+        },
+        point_name: p.point_name.clone(),
+        retention: policy.retention(),
+    };
+    match agent.start_sync(&p.vm, &req).await {
+        Ok(_) => Ok(POLL),
+        Err(ClientError::Refused {
+            status, message, ..
+        }) => {
+            sync_failed(
+                &mut p,
+                now,
+                format!("agent {hostname} refused the sync ({status}): {message}"),
+            );
+            evaluate(&mut p, policy, now);
+            db.save_protection(&mut p).await?;
+            Ok(POLL)
+        }
+        Err(e) => {
+            // Whether the request arrived is unknown: the next step asks about this id.
+            p.failures += 1;
+            p.last_error = format!("agent {hostname} unreachable: {e}");
+            evaluate(&mut p, policy, now);
+            db.save_protection(&mut p).await?;
+            Ok(backoff(p.failures).min(POLL * 5))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Protection {
+        Protection {
+            id: "p".into(),
+            host_id: "h".into(),
+            vm: "web".into(),
+            point_name: "web".into(),
+            vault_url: "file:///v".into(),
+            vault_passphrase: "x".into(),
+            recovery_host_id: "h".into(),
+            policy: "frequent".into(),
+            state: ProtectionState::Enabling,
+            reason: String::new(),
+            current_sync: None,
+            sync_started_at: None,
+            sync_done: 0,
+            sync_total: 0,
+            next_sync_at: String::new(),
+            failures: 0,
+            last_error: String::new(),
+            last_point: None,
+            last_point_time: None,
+            last_consistency: None,
+            bytes_replicated: 0,
+            syncs_committed: 0,
+            last_sync_ms: 0,
+            created_at: String::new(),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn states_follow_points_failures_and_rpo() {
+        let policy = Policy::find("frequent").unwrap();
+        let now = Utc::now();
+        let mut p = row();
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::Enabling);
+        p.current_sync = Some("s".into());
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::InitialSync);
+        // Failures before the first point never make it Protected.
+        p.failures = 5;
+        p.last_error = "vault unreachable".into();
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::InitialSync);
+        assert!(p.reason.contains("vault unreachable"));
+        p.failures = 0;
+        p.last_point_time = Some((now - chrono::Duration::seconds(3)).to_rfc3339());
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::Protected);
+        p.last_point_time = Some((now - chrono::Duration::seconds(31)).to_rfc3339());
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::Degraded);
+        assert!(p.reason.contains("RPO 31 s"), "{}", p.reason);
+        p.last_point_time = Some(now.to_rfc3339());
+        p.failures = 2;
+        p.last_error = "agent alpha unreachable".into();
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::Degraded);
+        assert!(p.reason.contains("agent alpha unreachable"));
+        p.failures = 0;
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::Protected);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+}

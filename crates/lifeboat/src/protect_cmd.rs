@@ -1,0 +1,285 @@
+//! `lifeboat protect`, `unprotect`, `status`, `points`: replication, driven through the
+//! server's API.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::cli::{ProtectArgs, ServerConn, UnprotectArgs};
+use crate::output::{bytes, table, Output};
+use crate::server_client::ServerClient;
+
+/// Exit code of `protect --wait` when --timeout passed before the first point.
+pub const EXIT_TIMED_OUT: u8 = 4;
+
+#[derive(Debug)]
+pub struct TimedOut(pub String);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or("-").to_string()
+}
+
+/// "12 s", "4 min", "3.0 h" — an RPO as people read it.
+pub fn age(secs: Option<f64>) -> String {
+    match secs {
+        None => "-".into(),
+        Some(s) if s < 120.0 => format!("{s:.0} s"),
+        Some(s) if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        Some(s) => format!("{:.1} h", s / 3600.0),
+    }
+}
+
+/// `VM` or `HOST/VM` → (vm, host).
+fn split_vm(text: &str) -> (String, Option<String>) {
+    match text.split_once('/') {
+        Some((h, v)) => (v.to_string(), Some(h.to_string())),
+        None => (text.to_string(), None),
+    }
+}
+
+/// The protection of `vm` (`VM` or `HOST/VM`).
+async fn find_protection(server: &ServerClient, vm: &str) -> Result<Value> {
+    let (name, host) = split_vm(vm);
+    let all: Vec<Value> = server.get("/api/v1/protections").await?;
+    let matches: Vec<Value> = all
+        .into_iter()
+        .filter(|p| p["vm"] == name.as_str())
+        .filter(|p| {
+            host.as_deref()
+                .is_none_or(|h| p["host"] == h || p["host_id"] == h)
+        })
+        .collect();
+    match matches.len() {
+        0 => bail!("{vm} is not protected; see `lifeboat vms list`"),
+        1 => Ok(matches.into_iter().next().expect("one")),
+        _ => bail!("several hosts have a protected VM {name}; say which as HOST/VM"),
+    }
+}
+
+pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> {
+    let server = ServerClient::new(&args.conn, home)?;
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(lifeboat_vault::store::retention::parse_duration)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let (vm, host) = split_vm(&args.vm);
+    let passphrase = crate::secrets::passphrase("Vault passphrase", false)?;
+    let created: Value = server
+        .post(
+            "/api/v1/protections",
+            &serde_json::json!({
+                "vm": vm,
+                "host": host,
+                "vault": args.vault,
+                "vault_passphrase": passphrase,
+                "recovery_host": args.recovery_host,
+                "policy": args.policy,
+            }),
+        )
+        .await?;
+    let id = text(&created["protection"]["id"]);
+    if !args.wait {
+        out.show(&created, |c| {
+            println!(
+                "Replication of {} enabled (policy {}); the initial sync runs. Operation {}.",
+                text(&c["protection"]["vm"]),
+                text(&c["protection"]["policy"]),
+                text(&c["operation"])
+            );
+            println!("Watch it with `lifeboat status`, or wait with `lifeboat protect … --wait`.");
+        });
+        return Ok(());
+    }
+    let view = wait_protected(&server, &id, out, timeout).await?;
+    out.show(&view, |v| {
+        println!(
+            "{} is Protected: first recovery point {} (cut at {}).",
+            text(&v["vm"]),
+            text(&v["last_point"]),
+            text(&v["last_point_time"])
+        );
+    });
+    Ok(())
+}
+
+/// Polls the protection until its first point, drawing the initial sync's progress.
+async fn wait_protected(
+    server: &ServerClient,
+    id: &str,
+    out: Output,
+    timeout: Option<Duration>,
+) -> Result<Value> {
+    let started = Instant::now();
+    let bar = if out.json {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        b
+    };
+    loop {
+        let v: Value = server.get(&format!("/api/v1/protections/{id}")).await?;
+        let state = text(&v["state"]);
+        if v["last_point"].is_string() {
+            bar.finish_and_clear();
+            return Ok(v);
+        }
+        if let Some(sync) = v["sync"].as_object() {
+            bar.set_length(sync["bytes_total"].as_u64().unwrap_or(0));
+            bar.set_position(sync["bytes_done"].as_u64().unwrap_or(0));
+        }
+        let reason = text(&v["reason"]);
+        bar.set_message(if reason == "-" || reason.is_empty() {
+            state.replace('_', " ")
+        } else {
+            format!("{state}: {reason}")
+        });
+        if timeout.is_some_and(|t| started.elapsed() > t) {
+            bar.abandon();
+            return Err(TimedOut(format!(
+                "no recovery point yet after {:.0} s (state {state}); replication goes on — see `lifeboat status`",
+                started.elapsed().as_secs_f64()
+            ))
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn unprotect(out: Output, home: &Path, args: UnprotectArgs) -> Result<()> {
+    let server = ServerClient::new(&args.conn, home)?;
+    let p = find_protection(&server, &args.vm).await?;
+    let path = format!(
+        "/api/v1/protections/{}?delete_points={}",
+        text(&p["id"]),
+        args.delete_points
+    );
+    let report: Value = server.delete(&path).await?;
+    out.show(&report, |r| {
+        println!(
+            "Replication of {} disabled; change tracking {}.{}",
+            text(&r["vm"]),
+            if r["tracking_removed"] == true {
+                "removed"
+            } else {
+                "left in place"
+            },
+            if args.delete_points {
+                format!(
+                    " {} recovery point(s) deleted (run `lifeboat vault gc` to free the space).",
+                    r["points_deleted"]
+                )
+            } else {
+                " Its recovery points stay in the vault.".into()
+            }
+        );
+        if let Some(n) = r["note"].as_str() {
+            println!("Note: {n}");
+        }
+    });
+    Ok(())
+}
+
+pub async fn status(out: Output, home: &Path, conn: ServerConn) -> Result<()> {
+    let server = ServerClient::new(&conn, home)?;
+    let s: Value = server.get("/api/v1/status").await?;
+    out.show(&s, |s| {
+        let by = &s["by_state"];
+        println!(
+            "{} host(s), {} protected VM(s): {} protected, {} degraded, {} in initial sync, {} enabling.",
+            s["hosts"], s["protected_vms"], by["protected"], by["degraded"], by["initial_sync"], by["enabling"]
+        );
+        if let Some(w) = s["worst_rpo"].as_object() {
+            println!(
+                "Worst RPO: {} on {}/{}.",
+                age(w["rpo_seconds"].as_f64()),
+                text(&w["host"]),
+                text(&w["vm"])
+            );
+        }
+        let ps = s["protections"].as_array().cloned().unwrap_or_default();
+        if !ps.is_empty() {
+            let mut rows = vec![["HOST", "VM", "STATE", "RPO", "LAST POINT", "POLICY", "REASON"]
+                .map(String::from)
+                .to_vec()];
+            for p in &ps {
+                let state = match p["sync"].as_object() {
+                    Some(sync) if p["last_point"].is_null() => {
+                        let total = sync["bytes_total"].as_f64().unwrap_or(0.0);
+                        let done = sync["bytes_done"].as_f64().unwrap_or(0.0);
+                        format!("replicating {:.0}%", if total > 0.0 { 100.0 * done / total } else { 0.0 })
+                    }
+                    _ => text(&p["state"]),
+                };
+                rows.push(vec![
+                    text(&p["host"]),
+                    text(&p["vm"]),
+                    state,
+                    age(p["rpo_seconds"].as_f64()),
+                    text(&p["last_point_time"]),
+                    text(&p["policy"]),
+                    text(&p["reason"]),
+                ]);
+            }
+            table(&rows);
+        }
+        for op in s["running_operations"].as_array().into_iter().flatten() {
+            println!(
+                "Running: {} of {} — {}",
+                text(&op["kind"]),
+                text(&op["vm"]),
+                text(&op["step"])
+            );
+        }
+    });
+    Ok(())
+}
+
+pub async fn points(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Result<()> {
+    let server = ServerClient::new(&conn, home)?;
+    let p = find_protection(&server, vm).await?;
+    let points: Vec<Value> = server
+        .get(&format!("/api/v1/protections/{}/points", text(&p["id"])))
+        .await
+        .context("listing points")?;
+    out.show(&points, |points| {
+        if points.is_empty() {
+            println!("{vm} has no recovery point yet.");
+            return;
+        }
+        let mut rows = vec![["POINT", "CUT TIME", "CONSISTENCY", "KIND", "READ", "NEW"]
+            .map(String::from)
+            .to_vec()];
+        for x in points {
+            rows.push(vec![
+                text(&x["point"]),
+                text(&x["cut_time"]),
+                text(&x["consistency"]),
+                text(&x["kind"]),
+                bytes(x["bytes_read"].as_u64().unwrap_or(0)),
+                bytes(x["new_bytes"].as_u64().unwrap_or(0)),
+            ]);
+        }
+        table(&rows);
+    });
+    Ok(())
+}
