@@ -16,6 +16,7 @@
 //! Guests run under TCG (no working KVM on the CI machines), so every wait here takes a
 //! timeout and [`boot_timeout`] is generous.
 
+mod guestfs;
 mod http;
 mod image;
 mod postgres;
@@ -25,6 +26,7 @@ mod servers;
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
+pub use guestfs::{guest_data_files, mbr_partition};
 pub use http::{http_get, wait_http};
 pub use image::{guest_disk_copy, guest_image};
 pub use postgres::{fresh_postgres_database, postgres_url};
