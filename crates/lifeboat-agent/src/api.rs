@@ -68,6 +68,8 @@ pub struct AgentState {
     pub driver: QemuDriver,
     pub syncs: Syncs,
     pub vaults: VaultCache,
+    /// Bytes per second a sync may read at most (the operator's bandwidth cap).
+    pub max_rate: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -215,7 +217,7 @@ async fn start_sync(
         tokio::spawn(async move {
             let outcome = async {
                 let vault = state.vaults.open(&req.vault.url, &req.vault.passphrase).await?;
-                sync_vm(&state.driver, &vault, &vm, &name, req.retention, &progress).await
+                sync_vm(&state.driver, &vault, &vm, &name, req.retention, state.max_rate, &progress).await
             }
             .await;
             let end = match outcome {

@@ -51,6 +51,7 @@ pub async fn sync_vm(
     vm: &VmName,
     name: &Name,
     retention: Retention,
+    max_rate: Option<u64>,
     progress: &Progress,
 ) -> Result<SyncResult, SyncError> {
     let started = Instant::now();
@@ -85,7 +86,11 @@ pub async fn sync_vm(
             driver.begin_full_cut(vm).await?
         }
     };
-    match write_point(vault, name, parent, &cut, kind, cut_time, progress).await {
+    match write_point(
+        vault, name, parent, &cut, kind, cut_time, max_rate, progress,
+    )
+    .await
+    {
         Ok((point, stats)) => {
             // The point exists; the cut's changes must not be carried again.
             progress.set_phase("committing the cut");
@@ -127,6 +132,7 @@ async fn write_point<C: Cut>(
     cut: &C,
     kind: SyncKind,
     cut_time: chrono::DateTime<Utc>,
+    max_rate: Option<u64>,
     progress: &Progress,
 ) -> Result<(PointRef, WriteStats), SyncError> {
     let disks: Vec<(DiskName, Name, u64)> = cut
@@ -156,7 +162,7 @@ async fn write_point<C: Cut>(
         },
     )
     .await?;
-    let result = fill(&mut writer, cut, &disks, kind, progress).await;
+    let result = fill(&mut writer, cut, &disks, kind, max_rate, progress).await;
     let bytes_read = match result {
         Ok(n) => n,
         Err(e) => {
@@ -191,8 +197,10 @@ async fn fill<C: Cut>(
     cut: &C,
     disks: &[(DiskName, Name, u64)],
     kind: SyncKind,
+    max_rate: Option<u64>,
     progress: &Progress,
 ) -> Result<u64, SyncError> {
+    let started = Instant::now();
     let cs = writer.chunk_size();
     let mut plans = Vec::with_capacity(disks.len());
     for (disk, name, size) in disks {
@@ -228,6 +236,13 @@ async fn fill<C: Cut>(
             writer.write(name, pos, data).await?;
             read_bytes += n;
             progress.done.fetch_add(n, Ordering::Relaxed);
+            // The operator's bandwidth cap: never ahead of `max_rate` bytes per second.
+            if let Some(rate) = max_rate.filter(|r| *r > 0) {
+                let due = std::time::Duration::from_secs_f64(read_bytes as f64 / rate as f64);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(ahead).await;
+                }
+            }
         }
         if fill_holes && at < size {
             writer.write_zeroes(name, at, size - at).await?;

@@ -234,7 +234,7 @@ async fn on_status(
                 },
             )
             .await?;
-            db.keep_points(&p.id, &r.points).await?;
+            db.sync_points(&p.id, &r.points).await?;
             let first = p.last_point.is_none();
             p.last_point = Some(r.point.clone());
             p.last_point_time = Some(r.cut_time.to_rfc3339());

@@ -38,6 +38,12 @@ pub async fn run(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<()>
         syncs: lifeboat_agent::sync::Syncs::open(&agent_home)
             .with_context(|| format!("opening {}/syncs", agent_home.display()))?,
         vaults: Default::default(),
+        max_rate: args
+            .max_rate
+            .as_deref()
+            .map(crate::vault_cmd::parse_size)
+            .transpose()?
+            .map(u64::from),
     });
     let scheme = if args.insecure_http { "http" } else { "https" };
     let mut banner = format!(

@@ -172,6 +172,10 @@ pub struct AgentArgs {
     /// The name this host reports (default: the system's host name).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Cap what syncs read per second (e.g. 50M), to spare a busy host's disks and
+    /// network. Default: no cap.
+    #[arg(long)]
+    pub max_rate: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -47,7 +47,7 @@ async fn open(args: &VaultArgs) -> Result<Vault> {
     Ok(Vault::open(backend, unlock).await?)
 }
 
-fn parse_size(text: &str) -> Result<u32> {
+pub fn parse_size(text: &str) -> Result<u32> {
     let t = text.trim().to_ascii_uppercase();
     let (num, mult) = match t.strip_suffix('K') {
         Some(n) => (n, 1u64 << 10),

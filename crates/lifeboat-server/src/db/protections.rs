@@ -314,13 +314,33 @@ impl Database {
         }
     }
 
-    /// Forgets the points the vault no longer has (retention deleted them).
-    pub async fn keep_points(
+    /// Makes the recorded points those the vault has: forgets the ones retention deleted,
+    /// and records any the server missed (a point committed by a sync whose answer was
+    /// lost) with the time its id carries.
+    pub async fn sync_points(
         &self,
         protection_id: &str,
         in_vault: &[String],
     ) -> Result<(), DbError> {
-        for p in self.points(protection_id).await? {
+        let known = self.points(protection_id).await?;
+        for v in in_vault {
+            if known.iter().any(|k| &k.point == v) {
+                continue;
+            }
+            let Ok(id) = v.parse::<lifeboat_vault::format::PointId>() else {
+                continue;
+            };
+            let row = PointRow {
+                point: v.clone(),
+                cut_time: id.time().to_rfc3339(),
+                consistency: "crash".into(),
+                kind: "unknown".into(),
+                bytes_read: 0,
+                new_bytes: 0,
+            };
+            self.add_point(protection_id, &row).await?;
+        }
+        for p in known {
             if !in_vault.contains(&p.point) {
                 sqlx::query("DELETE FROM points WHERE protection_id = $1 AND point = $2")
                     .bind(protection_id)

@@ -1,6 +1,8 @@
 //! Shared helpers: `lifeboat agent` and `lifeboat server` as separate processes.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -22,10 +24,19 @@ impl Drop for Agent {
 
 /// Starts `lifeboat agent` on a port the system picks and reads its banner.
 pub fn start_agent(home: &Path, hostname: &str) -> Agent {
+    start_agent_on(home, hostname, 0, &[])
+}
+
+/// `start_agent` on `port` (0: any), with `extra` agent options: an agent restarted on its
+/// port keeps its address.
+pub fn start_agent_on(home: &Path, hostname: &str, port: u16, extra: &[&str]) -> Agent {
+    let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
         .args(["--home"])
         .arg(home)
-        .args(["agent", "--listen", "127.0.0.1:0", "--hostname", hostname])
+        .args(["--accel", "tcg"])
+        .args(["agent", "--listen", &listen, "--hostname", hostname])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -118,6 +129,13 @@ pub fn start_server_with(home: &Path, database: Option<&str>, tls: bool) -> Serv
         if line == "Ready" {
             break;
         }
+    }
+    if token.is_empty() {
+        // A restarted server printed its token at first start only.
+        token = std::fs::read_to_string(home.join("server/admin.token"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
     }
     assert!(!url.is_empty() && !token.is_empty(), "banner: {banner}");
     Server {

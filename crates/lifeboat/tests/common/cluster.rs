@@ -1,0 +1,166 @@
+//! A protection cluster for tests: a server, agents alpha and beta enrolled, a folder
+//! vault, and the test guest booted on a host.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lifeboat_hypervisor::{QemuConfig, QemuDriver, VmName};
+use lifeboat_testkit::{boot_timeout, SerialConsole};
+use serde_json::Value;
+
+use super::{client, start_agent, start_server, Agent, Server};
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+pub fn lifeboat(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    c.arg("--home")
+        .arg(home)
+        .args(["--accel", "tcg"])
+        .env("LIFEBOAT_PASSPHRASE", PASSPHRASE);
+    c
+}
+
+pub fn run_ok(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{c:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Kills the guest however the test ends, so no QEMU outlives it.
+pub struct KillVm(pub PathBuf, pub &'static str);
+impl Drop for KillVm {
+    fn drop(&mut self) {
+        let _ = lifeboat(&self.0).args(["vm", "kill", self.1]).output();
+    }
+}
+
+/// Defines and boots the test guest as `vm` on the host whose home is `home`, with
+/// `extra` qcow2 disks after its own (vdb, vdc…).
+pub async fn boot_guest(
+    home: &Path,
+    vm: &'static str,
+    extra: &[PathBuf],
+) -> (KillVm, SerialConsole) {
+    std::fs::create_dir_all(home).unwrap();
+    let disk = lifeboat_testkit::guest_disk_copy(home, &format!("{vm}.qcow2")).unwrap();
+    let spec = home.join(format!("{vm}.toml"));
+    let mut text = format!(
+        "name = \"{vm}\"\nmemory_mib = 256\nvcpus = 1\n[[disks]]\nname = \"vda\"\npath = \"{}\"\nformat = \"qcow2\"\n",
+        disk.display()
+    );
+    for (i, d) in extra.iter().enumerate() {
+        let name = format!("vd{}", (b'b' + i as u8) as char);
+        text += &format!(
+            "[[disks]]\nname = \"{name}\"\npath = \"{}\"\nformat = \"qcow2\"\n",
+            d.display()
+        );
+    }
+    std::fs::write(&spec, text).unwrap();
+    let mut c = lifeboat(home);
+    c.args(["vm", "define"]).arg(&spec);
+    run_ok(c);
+    let mut c = lifeboat(home);
+    c.args(["vm", "start", vm]);
+    run_ok(c);
+    let guard = KillVm(home.to_path_buf(), vm);
+    let driver = QemuDriver::new(QemuConfig::new(home)).unwrap();
+    let socket = driver.serial_socket(&VmName::new(vm).unwrap()).unwrap();
+    let mut console = SerialConsole::connect(&socket, Duration::from_secs(60))
+        .await
+        .unwrap();
+    console.wait_ready(boot_timeout()).await.unwrap();
+    (guard, console)
+}
+
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub server: Server,
+    pub alpha: Agent,
+    pub beta: Agent,
+    pub vault: String,
+}
+
+impl Cluster {
+    pub fn home(&self, who: &str) -> PathBuf {
+        self.tmp.path().join(who)
+    }
+
+    /// A client command with the server's token and the vault passphrase.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        std::env::set_var("LIFEBOAT_PASSPHRASE", PASSPHRASE);
+        client(&self.server, Some(&self.server.token), args)
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = self.cli(&all);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+}
+
+/// A server (SQLite, or PostgreSQL at `database`), agents alpha and beta enrolled, and a
+/// folder vault.
+pub fn cluster(database: Option<&str>) -> Cluster {
+    let tmp = tempfile::Builder::new()
+        .prefix("lbp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let server = start_server(&tmp.path().join("server"), database);
+    let alpha = start_agent(&tmp.path().join("alpha"), "alpha");
+    let beta = start_agent(&tmp.path().join("beta"), "beta");
+    let vault_dir = tmp.path().join("vault");
+    let vault = format!("file://{}", vault_dir.display());
+    let mut c = lifeboat(tmp.path());
+    c.args(["vault", "--vault", &vault, "init"]);
+    run_ok(c);
+    let cl = Cluster {
+        tmp,
+        server,
+        alpha,
+        beta,
+        vault,
+    };
+    for a in [&cl.alpha, &cl.beta] {
+        let addr = format!("127.0.0.1:{}", a.port);
+        let code = a.code.clone().unwrap();
+        let (ok, _, err) = cl.cli(&[
+            "hosts",
+            "enroll",
+            &addr,
+            "--code",
+            &code,
+            "--fingerprint",
+            &a.fingerprint,
+        ]);
+        assert!(ok, "{err}");
+    }
+    cl
+}
+
+/// Waits until `vm` has at least `n` points; returns them.
+pub fn wait_points(cl: &Cluster, vm: &str, n: usize, limit: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let points = cl.json(&["points", vm]);
+        let points = points.as_array().unwrap().clone();
+        if points.len() >= n {
+            return points;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{vm} has {} point(s) after {limit:?}; status: {}",
+            points.len(),
+            cl.json(&["status"])
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
