@@ -119,6 +119,14 @@ pub async fn sync_vm(
     }
 }
 
+/// What one sync is: its kind, when its cut was taken, its bandwidth cap, its progress.
+struct Job<'a> {
+    kind: SyncKind,
+    cut_time: chrono::DateTime<Utc>,
+    max_rate: Option<u64>,
+    progress: &'a Progress,
+}
+
 struct WriteStats {
     parent: Option<String>,
     bytes_read: u64,
@@ -130,11 +138,9 @@ async fn write_point<C: Cut>(
     name: &Name,
     parent: Option<PointRef>,
     cut: &C,
-    kind: SyncKind,
-    cut_time: chrono::DateTime<Utc>,
-    max_rate: Option<u64>,
-    progress: &Progress,
+    job: &Job<'_>,
 ) -> Result<(PointRef, WriteStats), SyncError> {
+    let (kind, cut_time, progress) = (job.kind, job.cut_time, job.progress);
     let disks: Vec<(DiskName, Name, u64)> = cut
         .disks()
         .iter()
@@ -162,7 +168,7 @@ async fn write_point<C: Cut>(
         },
     )
     .await?;
-    let result = fill(&mut writer, cut, &disks, kind, max_rate, progress).await;
+    let result = fill(&mut writer, cut, &disks, job).await;
     let bytes_read = match result {
         Ok(n) => n,
         Err(e) => {
@@ -196,10 +202,9 @@ async fn fill<C: Cut>(
     writer: &mut PointWriter,
     cut: &C,
     disks: &[(DiskName, Name, u64)],
-    kind: SyncKind,
-    max_rate: Option<u64>,
-    progress: &Progress,
+    job: &Job<'_>,
 ) -> Result<u64, SyncError> {
+    let (kind, max_rate, progress) = (job.kind, job.max_rate, job.progress);
     let started = Instant::now();
     let cs = writer.chunk_size();
     let mut plans = Vec::with_capacity(disks.len());
