@@ -87,7 +87,16 @@ pub async fn sync_vm(
         }
     };
     match write_point(
-        vault, name, parent, &cut, kind, cut_time, max_rate, progress,
+        vault,
+        name,
+        parent,
+        &cut,
+        &Job {
+            kind,
+            cut_time,
+            max_rate,
+            progress,
+        },
     )
     .await
     {
