@@ -122,7 +122,8 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
     kill_agent(&mut cl);
     restart_agent(&mut cl);
     let data = random_qcow2(cl.tmp.path(), DATA_DISK_MIB);
-    let (_vm, mut console) = boot_guest(&cl.home("alpha"), "web", &[data.clone()]).await;
+    let (_vm, mut console) =
+        boot_guest(&cl.home("alpha"), "web", std::slice::from_ref(&data)).await;
     let min = (DATA_DISK_MIB as u64 / 2) << 20;
     let started = Instant::now();
     let protect = |cl: &Cluster| {
