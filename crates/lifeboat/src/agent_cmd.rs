@@ -13,7 +13,19 @@ use lifeboat_hypervisor::QemuDriver;
 
 use crate::cli::AgentArgs;
 
-pub async fn run(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<()> {
+/// A started agent: where it listens, who it is, and the future that serves it.
+pub struct StartedAgent {
+    pub addr: std::net::SocketAddr,
+    pub hostname: String,
+    pub fingerprint: String,
+    /// The one-time enrollment code, at first start only.
+    pub code: Option<String>,
+    pub enrolled_by: Option<String>,
+    pub serve: futures::future::BoxFuture<'static, Result<()>>,
+}
+
+/// Sets up the agent (identity, enrollment, listener) without serving yet.
+pub async fn start(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<StartedAgent> {
     let agent_home = home.join("agent");
     std::fs::create_dir_all(&agent_home)
         .with_context(|| format!("creating {}", agent_home.display()))?;
@@ -45,15 +57,34 @@ pub async fn run(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<()>
             .transpose()?
             .map(u64::from),
     });
+    let serve = Box::pin(async move {
+        serve(listener, transport, router(state))
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    Ok(StartedAgent {
+        addr,
+        hostname,
+        fingerprint,
+        code,
+        enrolled_by,
+        serve,
+    })
+}
+
+pub async fn run(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<()> {
     let scheme = if args.insecure_http { "http" } else { "https" };
+    let agent = start(driver, home, args).await?;
     let mut banner = format!(
-        "Lifeboat agent {} on {hostname}\nListening on {scheme}://{addr}\n",
-        lifeboat_agent::VERSION
+        "Lifeboat agent {} on {}\nListening on {scheme}://{}\n",
+        lifeboat_agent::VERSION,
+        agent.hostname,
+        agent.addr
     );
-    if !fingerprint.is_empty() {
-        banner += &format!("Certificate fingerprint (SHA-256): {fingerprint}\n");
+    if !agent.fingerprint.is_empty() {
+        banner += &format!("Certificate fingerprint (SHA-256): {}\n", agent.fingerprint);
     }
-    banner += &match (code, enrolled_by) {
+    banner += &match (&agent.code, &agent.enrolled_by) {
         (Some(code), _) => format!(
             "Enrollment code (shown once): {code}\nEnroll this host from the server with that code.\n"
         ),
@@ -67,9 +98,8 @@ pub async fn run(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<()>
         tracing::warn!(error = %e, "could not print the banner");
     }
     drop(out);
-    let served = serve(listener, transport, router(state));
     tokio::select! {
-        r = served => r.map_err(anyhow::Error::from),
+        r = agent.serve => r,
         _ = shutdown_signal() => {
             eprintln!("stopping the agent");
             Ok(())

@@ -61,6 +61,9 @@ pub enum Command {
     /// VMs of every enrolled host (asks the server).
     #[command(subcommand)]
     Vms(VmsCommand),
+    /// The embedded default for one machine: server, agent, folder vault and SQLite in one
+    /// process. At first start it enrolls its agent, boots the demo guest and protects it.
+    Up(UpArgs),
     /// Enable replication of a VM into a vault, recoverable on a recovery host.
     Protect(ProtectArgs),
     /// Stop replicating a VM and remove its change tracking.
@@ -77,6 +80,32 @@ pub enum Command {
         #[command(flatten)]
         conn: ServerConn,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Where the API listens.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub listen: std::net::SocketAddr,
+    /// Where the local agent listens (loopback: only this machine's server uses it).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub agent_listen: std::net::SocketAddr,
+    /// The vault; default: a folder vault in HOME/vault, its passphrase in
+    /// HOME/up/vault.passphrase (or LIFEBOAT_PASSPHRASE).
+    #[arg(long, env = "LIFEBOAT_VAULT")]
+    pub vault: Option<String>,
+    /// The server's database; default: SQLite in HOME/server.
+    #[arg(long, env = "LIFEBOAT_DATABASE")]
+    pub database: Option<String>,
+    /// The policy the demo VM is protected with.
+    #[arg(long, default_value = "default")]
+    pub policy: String,
+    /// Do not boot and protect the demo guest.
+    #[arg(long)]
+    pub no_demo_vm: bool,
+    /// The name the local host has (default: the system's host name).
+    #[arg(long)]
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

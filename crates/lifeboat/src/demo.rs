@@ -20,6 +20,46 @@ fn step(n: u32, what: &str) {
     println!("\n[{n}/6] {what}");
 }
 
+/// The demo guest's spec: one qcow2 disk, its web server forwarded to `port`.
+pub fn demo_spec(name: &str, disk: &Path, port: u16) -> Result<VmSpec> {
+    Ok(VmSpec::parse(
+        &format!(
+            r#"
+name = "{name}"
+memory_mib = 256
+vcpus = 1
+[[disks]]
+name = "vda"
+path = "{}"
+format = "qcow2"
+[[nics]]
+mac = "52:54:00:4c:42:01"
+network = "user"
+host_forwards = [{{ host_port = {port}, guest_port = 80 }}]
+"#,
+            disk.display()
+        ),
+        Path::new("demo spec"),
+    )?)
+}
+
+/// The binary as the operator can run it: its path when it is not on PATH.
+pub fn exe_for_operator() -> String {
+    std::env::current_exe()
+        .ok()
+        .filter(|p| {
+            let on_path = std::env::var_os("PATH")
+                .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("lifeboat") == *p));
+            !on_path
+        })
+        .map(|p| {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let rel = p.strip_prefix(&cwd).map(|r| format!("./{}", r.display()));
+            rel.unwrap_or_else(|_| p.display().to_string())
+        })
+        .unwrap_or_else(|| "lifeboat".to_string())
+}
+
 pub async fn run(driver: &QemuDriver, out: Output, args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let vm = VmName::new(VM).map_err(anyhow::Error::msg)?;
@@ -39,25 +79,7 @@ pub async fn run(driver: &QemuDriver, out: Output, args: DemoArgs) -> Result<()>
     }
     let disk = lifeboat_testkit::guest_disk_copy(&dir, "demo.qcow2")?;
     let port = lifeboat_testkit::free_tcp_port();
-    let spec = VmSpec::parse(
-        &format!(
-            r#"
-name = "{VM}"
-memory_mib = 256
-vcpus = 1
-[[disks]]
-name = "vda"
-path = "{}"
-format = "qcow2"
-[[nics]]
-mac = "52:54:00:4c:42:01"
-network = "user"
-host_forwards = [{{ host_port = {port}, guest_port = 80 }}]
-"#,
-            disk.display()
-        ),
-        Path::new("demo spec"),
-    )?;
+    let spec = demo_spec(VM, &disk, port)?;
     driver.define(spec).await?;
 
     step(2, "Booting it under Lifeboat's QEMU driver");
@@ -142,21 +164,7 @@ host_forwards = [{{ host_port = {port}, guest_port = 80 }}]
         } else {
             format!(" --home {home}")
         };
-        // The binary as the operator can run it: its path when it is not on PATH.
-        let exe = std::env::current_exe()
-            .ok()
-            .filter(|p| {
-                let on_path = std::env::var_os("PATH").is_some_and(|path| {
-                    std::env::split_paths(&path).any(|d| d.join("lifeboat") == *p)
-                });
-                !on_path
-            })
-            .map(|p| {
-                let cwd = std::env::current_dir().unwrap_or_default();
-                let rel = p.strip_prefix(&cwd).map(|r| format!("./{}", r.display()));
-                rel.unwrap_or_else(|_| p.display().to_string())
-            })
-            .unwrap_or_else(|| "lifeboat".to_string());
+        let exe = exe_for_operator();
         println!(
             "\nDemo finished in {:.1} s. The demo VM is still running; look around:",
             started.elapsed().as_secs_f64()

@@ -13,6 +13,7 @@ mod protect_cmd;
 mod secrets;
 mod server_client;
 mod server_cmd;
+mod up_cmd;
 mod vault_cmd;
 mod vm_cmd;
 
@@ -97,6 +98,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Cbt(cmd) => cbt_cmd::run(&driver, out, cmd).await,
         cli::Command::Demo(args) => demo::run(&driver, out, args).await,
         cli::Command::Agent(args) => agent_cmd::run(driver, &cli.home, args).await,
+        cli::Command::Up(args) => up_cmd::run(driver, &cli.home, out, args).await,
         cli::Command::Vault(_)
         | cli::Command::Hosts(_)
         | cli::Command::Vms(_)

@@ -116,7 +116,7 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
 }
 
 /// Polls the protection until its first point, drawing the initial sync's progress.
-async fn wait_protected(
+pub async fn wait_protected(
     server: &ServerClient,
     id: &str,
     out: Output,

@@ -11,7 +11,19 @@ use lifeboat_server::db::Database;
 
 use crate::cli::ServerArgs;
 
-pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
+/// A started server: its address, identity, first token, and the future that serves it.
+pub struct StartedServer {
+    pub addr: std::net::SocketAddr,
+    pub fingerprint: String,
+    /// The API token, printed at first start only.
+    pub first_token: Option<String>,
+    pub token_path: std::path::PathBuf,
+    pub serve: futures::future::BoxFuture<'static, Result<()>>,
+}
+
+/// Opens the database, makes the identity and first token, binds; serving starts when
+/// `serve` is polled. Replication starts at once.
+pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     let server_home = home.join("server");
     std::fs::create_dir_all(&server_home)
         .with_context(|| format!("creating {}", server_home.display()))?;
@@ -23,10 +35,11 @@ pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
     // The server's identity: agents pin its fingerprint at enrollment.
     let identity = Identity::load_or_create(&server_home, "lifeboat-server")?;
     let fingerprint = identity.fingerprint();
+    let token_path = server_home.join("admin.token");
     let first_token = if db.token_count().await? == 0 {
         let token = new_token()?;
         db.add_token("admin", &token_digest(&token)).await?;
-        write_private(&server_home.join("admin.token"), &token)?;
+        write_private(&token_path, &token)?;
         Some(token)
     } else {
         None
@@ -37,35 +50,54 @@ pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
         Transport::tls(&identity)?
     };
     let (listener, addr) = crate::agent_cmd::bind(args.listen).await?;
-    let scheme = if args.insecure_http { "http" } else { "https" };
-    println!("Lifeboat server {}", env!("CARGO_PKG_VERSION"));
-    println!("API on {scheme}://{addr}");
-    println!("Certificate fingerprint (SHA-256): {fingerprint}");
-    if let Some(token) = first_token {
-        println!(
-            "API token (shown once; also in {}): {token}",
-            server_home.join("admin.token").display()
-        );
-    }
-    println!("Ready");
     // Replication runs beside the API and picks up every protection, including ones
     // whose syncs were running when a previous server process died.
     tokio::spawn(lifeboat_server::replication::run(db.clone()));
-    let state = Arc::new(ServerState { db, fingerprint });
+    let state = Arc::new(ServerState {
+        db,
+        fingerprint: fingerprint.clone(),
+    });
+    let serve = Box::pin(async move {
+        serve(listener, transport, router(state))
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    Ok(StartedServer {
+        addr,
+        fingerprint,
+        first_token,
+        token_path,
+        serve,
+    })
+}
+
+pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
+    let scheme = if args.insecure_http { "http" } else { "https" };
+    let server = start(home, args).await?;
+    println!("Lifeboat server {}", env!("CARGO_PKG_VERSION"));
+    println!("API on {scheme}://{}", server.addr);
+    println!("Certificate fingerprint (SHA-256): {}", server.fingerprint);
+    if let Some(token) = &server.first_token {
+        println!(
+            "API token (shown once; also in {}): {token}",
+            server.token_path.display()
+        );
+    }
+    println!("Ready");
     tokio::select! {
-        r = serve(listener, transport, router(state)) => r.map_err(anyhow::Error::from),
+        r = server.serve => r,
         _ = crate::agent_cmd::shutdown_signal() => Ok(()),
     }
 }
 
-fn new_token() -> Result<String> {
+pub fn new_token() -> Result<String> {
     let mut raw = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| anyhow::anyhow!("no randomness from the operating system"))?;
     Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
