@@ -1,7 +1,7 @@
 //! The server's database on SQLite and on a real PostgreSQL server (started by
 //! ./scripts/test): the same migrations and queries, the same answers.
 
-use lifeboat_server::db::{Database, DbError, Host};
+use lifeboat_server::db::{Database, DbError, Host, PointRow, Protection, ProtectionState};
 use lifeboat_testkit::{fresh_postgres_database, postgres_url};
 
 async fn hosts_and_tokens_round_trip(url: &str) {
@@ -62,4 +62,128 @@ async fn a_wrong_password_names_the_server_but_not_the_password() {
     let err = Database::connect(&url).await.err().unwrap().to_string();
     assert!(!err.contains("not-the-password"), "{err}");
     assert!(err.contains("lifeboat_test:***@"), "{err}");
+}
+
+fn protection(id: &str, vm: &str) -> Protection {
+    Protection {
+        id: id.into(),
+        host_id: "h1".into(),
+        vm: vm.into(),
+        point_name: format!("alpha.{vm}"),
+        vault_url: "file:///v".into(),
+        vault_passphrase: "secret".into(),
+        recovery_host_id: "h1".into(),
+        policy: "default".into(),
+        state: ProtectionState::Enabling,
+        reason: String::new(),
+        current_sync: None,
+        sync_started_at: None,
+        sync_done: 0,
+        sync_total: 0,
+        next_sync_at: "2026-11-26T00:00:00Z".into(),
+        failures: 0,
+        last_error: String::new(),
+        last_point: None,
+        last_point_time: None,
+        last_consistency: None,
+        bytes_replicated: 0,
+        syncs_committed: 0,
+        last_sync_ms: 0,
+        created_at: "2026-11-26T00:00:00Z".into(),
+        generation: 1,
+    }
+}
+
+/// Generation-guarded writes, one running operation per VM, operations left running by a
+/// dead server, and the points list kept equal to the vault's.
+async fn protections_round_trip(url: &str) {
+    let db = Database::connect(url).await.unwrap();
+    db.add_protection(&protection("p1", "web")).await.unwrap();
+    let again = db.add_protection(&protection("p2", "web")).await;
+    assert!(matches!(again, Err(DbError::Conflict(_))), "{again:?}");
+
+    // Two actors read generation 1; the first write wins, the second loses and must reread.
+    let mut a = db.protection("p1").await.unwrap().unwrap();
+    let mut b = a.clone();
+    a.state = ProtectionState::InitialSync;
+    a.current_sync = Some("s1".into());
+    assert!(db.save_protection(&mut a).await.unwrap());
+    assert_eq!(a.generation, 2);
+    b.state = ProtectionState::Degraded;
+    assert!(!db.save_protection(&mut b).await.unwrap());
+    let now = db.protection("p1").await.unwrap().unwrap();
+    assert_eq!(now.state, ProtectionState::InitialSync);
+    assert_eq!(now.current_sync.as_deref(), Some("s1"));
+    assert!(
+        !db.delete_protection("p1", 1).await.unwrap(),
+        "a stale delete must lose"
+    );
+
+    // One running operation per VM.
+    let op = db
+        .start_operation("h1", "web", "enable", "checking")
+        .await
+        .unwrap();
+    let second = db.start_operation("h1", "web", "disable", "stopping").await;
+    assert!(
+        matches!(&second, Err(DbError::Conflict(m)) if m.contains("enable")),
+        "{second:?}"
+    );
+    db.start_operation("h1", "db", "disable", "stopping")
+        .await
+        .unwrap();
+    // A restart: the enable whose protection exists goes on; the disable failed.
+    assert_eq!(db.recover_operations().await.unwrap(), 1);
+    assert_eq!(db.operation(&op).await.unwrap().unwrap().status, "running");
+    assert!(db.running_operation("h1", "db").await.unwrap().is_none());
+    db.advance_operation(&op, "succeeded", "protected")
+        .await
+        .unwrap();
+    let done = db.operation(&op).await.unwrap().unwrap();
+    assert_eq!(done.status, "succeeded");
+    assert!(
+        done.log.contains("checking") && done.log.contains("protected"),
+        "{}",
+        done.log
+    );
+    db.start_operation("h1", "web", "disable", "stopping")
+        .await
+        .unwrap();
+
+    // Points: recorded once, then made equal to the vault's list.
+    let row = |id: &str| PointRow {
+        point: id.into(),
+        cut_time: "2026-11-26T00:00:00Z".into(),
+        consistency: "crash".into(),
+        kind: "full".into(),
+        bytes_read: 1,
+        new_bytes: 1,
+    };
+    db.add_point("p1", &row("1795693682402-9ccafd11"))
+        .await
+        .unwrap();
+    db.add_point("p1", &row("1795693682402-9ccafd11"))
+        .await
+        .unwrap();
+    db.sync_points("p1", &["1795693700077-74047e88".to_string()])
+        .await
+        .unwrap();
+    let points = db.points("p1").await.unwrap();
+    assert_eq!(points.len(), 1, "{points:?}");
+    assert_eq!(points[0].point, "1795693700077-74047e88");
+    assert_eq!(points[0].kind, "unknown");
+    assert!(db.delete_protection("p1", 2).await.unwrap());
+    assert!(db.points("p1").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_protections_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    protections_round_trip(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_protections_round_trip() {
+    protections_round_trip(&fresh_postgres_database()).await;
 }

@@ -32,6 +32,13 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", server_home.join("lifeboat.db").display()));
     let db = Database::connect(&url).await?;
+    let ended = db.recover_operations().await?;
+    if ended > 0 {
+        tracing::warn!(
+            ended,
+            "operations left running by a previous server process failed"
+        );
+    }
     // The server's identity: agents pin its fingerprint at enrollment.
     let identity = Identity::load_or_create(&server_home, "lifeboat-server")?;
     let fingerprint = identity.fingerprint();

@@ -465,6 +465,28 @@ impl Database {
         Ok(row.as_ref().map(operation).transpose()?)
     }
 
+    /// At server start: ends the operations a previous server process left running where
+    /// nothing will carry them on. An enable whose protection exists goes on (the
+    /// reconciler finishes it at the first point); one without, and any disable, failed.
+    pub async fn recover_operations(&self) -> Result<u64, DbError> {
+        let rows = sqlx::query("SELECT * FROM operations WHERE status = 'running'")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut ended = 0;
+        for r in &rows {
+            let op = operation(r)?;
+            let protected = self.protection_of(&op.host_id, &op.vm).await?.is_some();
+            let why = match (op.kind.as_str(), protected) {
+                ("enable", true) => continue,
+                ("enable", false) => "interrupted by a server restart before replication was enabled; run `lifeboat protect` again",
+                _ => "interrupted by a server restart; run the command again",
+            };
+            self.advance_operation(&op.id, "failed", why).await?;
+            ended += 1;
+        }
+        Ok(ended)
+    }
+
     /// The newest operations first.
     pub async fn operations(&self, limit: i64) -> Result<Vec<Operation>, DbError> {
         let rows = sqlx::query("SELECT * FROM operations ORDER BY created_at DESC LIMIT $1")
