@@ -55,6 +55,12 @@ pub async fn sync_vm(
     progress: &Progress,
 ) -> Result<SyncResult, SyncError> {
     let started = Instant::now();
+    let state = driver.state(vm).await?;
+    if state != lifeboat_hypervisor::VmState::Running {
+        return Err(SyncError::Invalid(format!(
+            "VM {vm} is not running ({state:?}): a sync reads a running VM; start it (`lifeboat vm start {vm}`)"
+        )));
+    }
     progress.set_phase("cutting");
     let parent = vault.latest_point(name).await?;
     let (kind, note) = match driver.tracking_status(vm).await? {
