@@ -14,7 +14,7 @@ die() { log "error: $*"; exit 1; }
 
 # Modules for the initramfs, in load order (init.sh loads the same list).
 modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-         virtio_blk failover net_failover virtio_net button evdev)
+         virtio_blk failover net_failover virtio_net button evdev virtio_console)
 
 apt_install() {
     log "installing missing packages: $*"
@@ -65,12 +65,32 @@ for m in "${modules[@]}"; do
     [ -n "$f" ] && module_files+=("$f")
 done
 
+cache_root=${LIFEBOAT_GUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lifeboat/guest}
+
+# qemu-guest-agent, so Lifeboat can freeze the guest's filesystems for app-consistent
+# points: the binary of Debian's package, unpacked (not installed on this host), with the
+# shared libraries it links (QEMU's own dependencies, so already here).
+qga_dir=$cache_root/qemu-guest-agent
+qga=$qga_dir/root/usr/sbin/qemu-ga
+if [ ! -x "$qga" ]; then
+    log "fetching Debian's qemu-guest-agent package"
+    mkdir -p "$qga_dir/deb"
+    if ! (cd "$qga_dir/deb" && apt-get download qemu-guest-agent >&2 2>/dev/null); then
+        apt-get -o DPkg::Lock::Timeout=600 update >&2
+        (cd "$qga_dir/deb" && apt-get download qemu-guest-agent >&2) \
+            || die "apt-get download qemu-guest-agent failed"
+    fi
+    dpkg-deb -x "$qga_dir"/deb/qemu-guest-agent_*.deb "$qga_dir/root"
+    [ -x "$qga" ] || die "no usr/sbin/qemu-ga in the qemu-guest-agent package"
+fi
+qga_libs=$(ldd "$qga" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/lib64\// {print $1}')
+[ -n "$qga_libs" ] || die "cannot list the libraries qemu-ga needs (ldd $qga)"
+
 inputs=("$here/build.sh" "$here/init.sh" "$here/syslinux.cfg" "$kernel" "$busybox"
-        "${module_files[@]}")
+        "${module_files[@]}" "$qga")
 # Hash contents only (not paths), so every checkout of the same sources shares a cache.
 hash=$(sha256sum "${inputs[@]}" | awk '{print $1}' | sha256sum | cut -c1-16)
 
-cache_root=${LIFEBOAT_GUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lifeboat/guest}
 out_dir=$cache_root/$hash
 out=$out_dir/guest.qcow2
 if [ -f "$out" ]; then
@@ -112,6 +132,11 @@ for applet in $("$busybox" --list-full); do
 done
 for f in "${module_files[@]}"; do
     cp "$f" "$root/lib/modules/"
+done
+install -m 755 "$qga" "$root/usr/sbin/qemu-ga"
+for lib in $qga_libs; do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
 done
 install -m 755 "$here/init.sh" "$root/init"
 (cd "$root" && find . | LC_ALL=C sort | "$busybox" cpio -o -H newc 2>/dev/null) \

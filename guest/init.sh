@@ -4,6 +4,7 @@
 # - busybox httpd serves /data on port 80 (10.0.2.15, QEMU user-net);
 # - the ACPI power button (QMP system_powerdown) syncs, unmounts /data, powers off;
 # - a root shell without prompt or echo runs on /dev/ttyS0, respawned when it exits;
+# - qemu-guest-agent runs when the VM has the org.qemu.guest_agent.0 port (fs-freeze);
 # - "LIFEBOAT-GUEST-READY boot=<n>" is printed on the console once all of this is up.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 
@@ -15,7 +16,7 @@ mount -t devtmpfs dev /dev
 
 # Order matters: each module needs the ones before it. Missing files are built in.
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-         virtio_blk failover net_failover virtio_net button evdev; do
+         virtio_blk failover net_failover virtio_net button evdev virtio_console; do
     [ -f "/lib/modules/$m.ko" ] && insmod "/lib/modules/$m.ko"
 done
 
@@ -44,6 +45,16 @@ ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 
 httpd -p 80 -h /data
+
+# qemu-guest-agent on the virtio-serial port QEMU names org.qemu.guest_agent.0, if the VM
+# has one: Lifeboat freezes /data through it for app-consistent recovery points.
+mkdir -p /var/run
+for p in /sys/class/virtio-ports/*; do
+    if [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
+        /usr/sbin/qemu-ga -d -m virtio-serial -p "/dev/${p##*/}" -t /var/run \
+            || say "qemu-ga did not start"
+    fi
+done
 
 # busybox acpid maps the power-button input event (button.ko + evdev.ko) to the
 # action PWRF/00000080 in its config directory.

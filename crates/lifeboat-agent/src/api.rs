@@ -24,7 +24,7 @@ use lifeboat_hypervisor::{Hypervisor, QemuDriver, VmInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::enrollment::{Enrollment, EnrollmentError};
-use crate::replicate::{sync_vm, vm_name, SyncError, VaultCache};
+use crate::replicate::{sync_vm, vm_name, SyncError, SyncOptions, VaultCache};
 use crate::sync::{valid_sync_id, StartError, SyncRequest, SyncState, Syncs, VaultAccess};
 
 /// What an agent says to anyone who asks: enough for a scan to list it and for the
@@ -217,7 +217,18 @@ async fn start_sync(
         tokio::spawn(async move {
             let outcome = async {
                 let vault = state.vaults.open(&req.vault.url, &req.vault.passphrase).await?;
-                sync_vm(&state.driver, &vault, &vm, &name, req.retention, state.max_rate, &progress).await
+                sync_vm(
+                    &state.driver,
+                    &vault,
+                    &vm,
+                    &name,
+                    &SyncOptions {
+                        retention: req.retention,
+                        app_consistent: req.app_consistent,
+                        max_rate: state.max_rate,
+                    },
+                    &progress,
+                ).await
             }
             .await;
             let end = match outcome {

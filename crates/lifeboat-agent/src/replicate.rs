@@ -33,6 +33,8 @@ use crate::sync::{Progress, Retention, SyncKind, SyncResult};
 const READ_PIECE: u64 = 4 << 20;
 /// Reads of the cut in flight at once.
 const READS_IN_FLIGHT: usize = 2;
+/// How long the guest's agent has to answer a freeze or thaw.
+const GUEST_AGENT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -44,16 +46,29 @@ pub enum SyncError {
     Invalid(String),
 }
 
-/// Syncs `vm` into `vault` as a point of `name`, then applies `retention` to that name.
+/// How one sync runs: what it keeps, whether it freezes the guest, its bandwidth cap.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncOptions {
+    pub retention: Retention,
+    pub app_consistent: bool,
+    /// Bytes per second the sync may read at most.
+    pub max_rate: Option<u64>,
+}
+
+/// Syncs `vm` into `vault` as a point of `name`, then applies the retention to that name.
 pub async fn sync_vm(
     driver: &QemuDriver,
     vault: &Vault,
     vm: &VmName,
     name: &Name,
-    retention: Retention,
-    max_rate: Option<u64>,
+    opts: &SyncOptions,
     progress: &Progress,
 ) -> Result<SyncResult, SyncError> {
+    let SyncOptions {
+        retention,
+        app_consistent,
+        max_rate,
+    } = *opts;
     let started = Instant::now();
     let state = driver.state(vm).await?;
     if state != lifeboat_hypervisor::VmState::Running {
@@ -61,6 +76,8 @@ pub async fn sync_vm(
             "VM {vm} is not running ({state:?}): a sync reads a running VM; start it (`lifeboat vm start {vm}`)"
         )));
     }
+    // A guest a dead agent left frozen writes nothing: thaw it before anything else.
+    driver.thaw_guest(vm, GUEST_AGENT_LIMIT).await?;
     progress.set_phase("cutting");
     let parent = vault.latest_point(name).await?;
     let (kind, note) = match driver.tracking_status(vm).await? {
@@ -83,14 +100,39 @@ pub async fn sync_vm(
     }
     // Taken before the cut begins: every write the guest completed before this time is in
     // the cut.
+    if kind == SyncKind::Resync {
+        driver.reset_tracking(vm).await?;
+    }
+    // App-consistent: the filesystems are frozen (flushed, no writes) only while the cut
+    // begins, which is one QMP transaction; the copy runs after the thaw.
+    let mut note = note;
+    let frozen = if app_consistent {
+        progress.set_phase("freezing the guest's filesystems");
+        match driver.freeze_guest(vm, GUEST_AGENT_LIMIT).await? {
+            Some(_) => true,
+            None => {
+                note.get_or_insert_with(|| {
+                    "no qemu-guest-agent answered; the point is crash-consistent".to_string()
+                });
+                false
+            }
+        }
+    } else {
+        false
+    };
     let cut_time = Utc::now();
     let cut = match kind {
-        SyncKind::Incremental => driver.begin_incremental_cut(vm).await?,
-        SyncKind::Full => driver.begin_full_cut(vm).await?,
-        SyncKind::Resync => {
-            driver.reset_tracking(vm).await?;
-            driver.begin_full_cut(vm).await?
-        }
+        SyncKind::Incremental => driver.begin_incremental_cut(vm).await,
+        SyncKind::Full | SyncKind::Resync => driver.begin_full_cut(vm).await,
+    };
+    if frozen {
+        driver.thaw_guest(vm, GUEST_AGENT_LIMIT).await?;
+    }
+    let cut = cut?;
+    let consistency = if frozen {
+        Consistency::App
+    } else {
+        Consistency::Crash
     };
     match write_point(
         vault,
@@ -100,6 +142,7 @@ pub async fn sync_vm(
         &Job {
             kind,
             cut_time,
+            consistency,
             max_rate,
             progress,
         },
@@ -117,7 +160,11 @@ pub async fn sync_vm(
                 parent: stats.parent,
                 kind,
                 cut_time,
-                consistency: "crash".into(),
+                consistency: match consistency {
+                    Consistency::App => "app",
+                    Consistency::Crash => "crash",
+                }
+                .into(),
                 bytes_read: stats.bytes_read,
                 new_bytes_stored: stats.new_bytes_stored,
                 seconds: started.elapsed().as_secs_f64(),
@@ -138,6 +185,7 @@ pub async fn sync_vm(
 struct Job<'a> {
     kind: SyncKind,
     cut_time: chrono::DateTime<Utc>,
+    consistency: Consistency,
     max_rate: Option<u64>,
     progress: &'a Progress,
 }
@@ -170,7 +218,7 @@ async fn write_point<C: Cut>(
         PointOptions {
             name: name.clone(),
             parent: parent.clone(),
-            consistency: Consistency::Crash,
+            consistency: job.consistency,
             vm_config: None,
             disks: disks
                 .iter()

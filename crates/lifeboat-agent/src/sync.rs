@@ -49,6 +49,10 @@ pub struct SyncRequest {
     /// Applied after the point is committed.
     #[serde(default)]
     pub retention: Retention,
+    /// Freeze the guest's filesystems through its qemu-guest-agent for the cut; without
+    /// an agent answering, the point is crash-consistent (the result says which).
+    #[serde(default)]
+    pub app_consistent: bool,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -3,14 +3,15 @@
 //! `qemu-img convert` of the same disk, then incremental cuts after the guest rewrote a
 //! share of the disk and a fixed amount, and checks every replica against the live disk.
 //! `vault` stores a raw image and a 1%-changed copy in the vault, against borg and
-//! restic on the same files, and restores it. See README.md.
-//! See README.md.
+//! restic on the same files, and restores it. `rpo` measures the RPO continuous
+//! replication keeps while the guest writes steadily. See README.md.
 
 mod bench;
 mod datagen;
 mod guest;
 mod report;
 mod rewrite;
+mod rpo;
 mod tuned;
 mod vault;
 
@@ -96,6 +97,39 @@ enum Cmd {
         #[arg(long, default_value_t = 0x7a017)]
         seed: u64,
     },
+    /// The RPO of continuous replication while the guest writes steadily: server, agent
+    /// and folder vault as real `lifeboat` processes, RPO sampled every second.
+    Rpo {
+        /// Length of the measured period, seconds.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..))]
+        seconds: u64,
+        /// Seconds of churn (and syncs) before the measured period starts.
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+        /// What the guest writes to its second disk each second (suffix K, M, G; whole MiB).
+        #[arg(long, default_value = "20M", value_parser = parse_size)]
+        churn: u64,
+        /// Size of the guest's second disk, which the churn rotates over.
+        #[arg(long, default_value = "2G", value_parser = parse_size)]
+        vdb_size: u64,
+        /// Protection policy: frequent (a sync every 5 s), default (30 s) or hourly.
+        #[arg(long, default_value = "frequent")]
+        policy: String,
+        /// Where the cluster's homes, vault and disks go; a `lifeboat-bench-rpo-<pid>`
+        /// directory is made in it and removed at the end.
+        #[arg(long, default_value = "/var/tmp")]
+        work_dir: PathBuf,
+        /// Keep the work directory (logs, vault, disks) at the end.
+        #[arg(long)]
+        keep: bool,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// The lifeboat binary (default: `lifeboat` next to this one, i.e.
+        /// target/release/lifeboat).
+        #[arg(long)]
+        lifeboat: Option<PathBuf>,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -139,6 +173,53 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Cmd::Rpo {
+            seconds,
+            warmup,
+            churn,
+            vdb_size,
+            policy,
+            work_dir,
+            keep,
+            json,
+            lifeboat,
+        } => {
+            if churn < 1 << 20 || !churn.is_multiple_of(1 << 20) {
+                bail!("churn {churn}: a whole number of MiB, at least 1M");
+            }
+            if !vdb_size.is_multiple_of(1 << 20) || vdb_size < 2 * churn {
+                bail!("vdb size {vdb_size}: a whole number of MiB, at least twice the churn");
+            }
+            let work = work_dir.join(format!("lifeboat-bench-rpo-{}", std::process::id()));
+            std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+            let opts = rpo::Options {
+                seconds,
+                warmup,
+                churn_mib: churn >> 20,
+                vdb_size,
+                policy,
+                work: work.clone(),
+                lifeboat: lifeboat.unwrap_or_else(vault::default_lifeboat),
+            };
+            // On Ctrl-C the run's future is dropped, and with it the guards that kill
+            // the VM, the agent and the server; then the work dir goes as on any end.
+            let result = tokio::select! {
+                r = rpo::run(&opts) => r,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            };
+            if keep {
+                eprintln!("kept {}", work.display());
+            } else if let Err(e) = std::fs::remove_dir_all(&work) {
+                eprintln!("could not remove {}: {e}", work.display());
+            }
+            let report = result?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", rpo::table(&report));
+            }
+            Ok(())
+        }
         Cmd::Vault {
             size,
             chunk_sizes,

@@ -116,4 +116,11 @@ pub trait Hypervisor {
     async fn begin_incremental_cut(&self, vm: &VmName) -> Result<Self::Cut>;
     /// Drops all tracking state (after `NeedsFullResync`); the next cut must be full.
     async fn reset_tracking(&self, vm: &VmName) -> Result<()>;
+
+    /// Asks the guest's agent to freeze its filesystems (flushed, no writes) for an
+    /// app-consistent cut. `None`: no agent answered within `limit`; the cut will be
+    /// crash-consistent. Always follow a `Some` with `thaw_guest`.
+    async fn freeze_guest(&self, vm: &VmName, limit: Duration) -> Result<Option<u64>>;
+    /// Thaws what `freeze_guest` froze, also after a crash in between; a no-op otherwise.
+    async fn thaw_guest(&self, vm: &VmName, limit: Duration) -> Result<()>;
 }

@@ -23,6 +23,9 @@ pub struct Policy {
     pub keep_hourly_secs: u64,
     /// Then the newest point of each day, for this long.
     pub keep_daily_secs: u64,
+    /// An app-consistent point (filesystems frozen through qemu-guest-agent) at least
+    /// this often; the points between are crash-consistent. 0: never.
+    pub app_consistent_every_secs: u64,
 }
 
 const HOUR: u64 = 3600;
@@ -31,30 +34,33 @@ const DAY: u64 = 24 * HOUR;
 pub const POLICIES: &[Policy] = &[
     Policy {
         name: "default",
-        description: "a sync every 30 s; Degraded past 2 minutes; every point for 24 h, hourly for 7 days, daily for 30 days",
+        description: "a sync every 30 s, app-consistent hourly; Degraded past 2 minutes; every point for 24 h, hourly for 7 days, daily for 30 days",
         interval_secs: 30,
         rpo_threshold_secs: 120,
         keep_within_secs: DAY,
         keep_hourly_secs: 7 * DAY,
         keep_daily_secs: 30 * DAY,
+        app_consistent_every_secs: HOUR,
     },
     Policy {
         name: "frequent",
-        description: "a sync every 5 s; Degraded past 30 s; every point for 2 h, hourly for 2 days, daily for 14 days",
+        description: "a sync every 5 s, app-consistent every 15 minutes; Degraded past 30 s; every point for 2 h, hourly for 2 days, daily for 14 days",
         interval_secs: 5,
         rpo_threshold_secs: 30,
         keep_within_secs: 2 * HOUR,
         keep_hourly_secs: 2 * DAY,
         keep_daily_secs: 14 * DAY,
+        app_consistent_every_secs: 15 * 60,
     },
     Policy {
         name: "hourly",
-        description: "a sync every hour; Degraded past 3 hours; hourly points for 7 days, daily for 90 days",
+        description: "a sync every hour, each app-consistent; Degraded past 3 hours; hourly points for 7 days, daily for 90 days",
         interval_secs: HOUR,
         rpo_threshold_secs: 3 * HOUR,
         keep_within_secs: 0,
         keep_hourly_secs: 7 * DAY,
         keep_daily_secs: 90 * DAY,
+        app_consistent_every_secs: HOUR,
     },
 ];
 

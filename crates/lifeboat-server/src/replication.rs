@@ -286,6 +286,17 @@ async fn start_sync(
     now: DateTime<Utc>,
 ) -> Result<Duration, crate::db::DbError> {
     let sync_id = uuid::Uuid::new_v4().to_string();
+    // App-consistent when the last try is older than the policy asks; a try, not a point,
+    // so a guest without qemu-guest-agent is not asked (and waited for) at every sync.
+    let app_every = chrono::Duration::seconds(policy.app_consistent_every_secs as i64);
+    let app_consistent = policy.app_consistent_every_secs > 0
+        && p.app_attempt_at
+            .as_deref()
+            .and_then(parse_time)
+            .is_none_or(|t| now - t >= app_every);
+    if app_consistent {
+        p.app_attempt_at = Some(now.to_rfc3339());
+    }
     // Recorded before asking, so a server that dies right after still knows to ask about it.
     p.current_sync = Some(sync_id.clone());
     p.sync_started_at = Some(now.to_rfc3339());
@@ -296,6 +307,7 @@ async fn start_sync(
         return Ok(Duration::ZERO);
     }
     let req = SyncRequest {
+        app_consistent,
         sync_id: sync_id.clone(),
         vault: VaultAccess {
             url: p.vault_url.clone(),
@@ -360,6 +372,7 @@ mod tests {
             last_sync_ms: 0,
             created_at: String::new(),
             generation: 1,
+            app_attempt_at: None,
         }
     }
 

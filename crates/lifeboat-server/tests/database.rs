@@ -91,6 +91,7 @@ fn protection(id: &str, vm: &str) -> Protection {
         last_sync_ms: 0,
         created_at: "2026-11-26T00:00:00Z".into(),
         generation: 1,
+        app_attempt_at: None,
     }
 }
 

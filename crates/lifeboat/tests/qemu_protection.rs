@@ -166,6 +166,13 @@ async fn protect_and_check(database: Option<String>) {
     let points =
         tokio::task::block_in_place(|| wait_points(&cl, "web", 6, Duration::from_secs(600)));
     stop_tx.send(true).unwrap();
+    // The guest runs qemu-guest-agent: the first point froze its filesystems; the policy
+    // asks for that every 15 minutes, so the next ones are crash-consistent.
+    assert_eq!(points[0]["consistency"], "app", "{points:?}");
+    assert!(
+        points[1..].iter().all(|p| p["consistency"] == "crash"),
+        "{points:?}"
+    );
     let (_console, writes) = writer.await.unwrap();
     assert!(
         writes.len() > 20,

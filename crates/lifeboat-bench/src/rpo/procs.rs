@@ -113,6 +113,22 @@ impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Fails, with the end of its log, when the process has exited: the numbers of a
+    /// run whose server or agent died would mean nothing.
+    pub fn check_alive(&mut self, what: &str) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{what} exited ({status}); the end of {}:\n{}",
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Daemon {
@@ -167,7 +183,9 @@ fn spawn_with_banner(
             }
             Err(e) => {
                 let why = match e {
-                    mpsc::RecvTimeoutError::Timeout => format!("no banner within {BANNER_TIMEOUT:?}"),
+                    mpsc::RecvTimeoutError::Timeout => {
+                        format!("no banner within {BANNER_TIMEOUT:?}")
+                    }
                     mpsc::RecvTimeoutError::Disconnected => "it exited".into(),
                 };
                 let tail = std::fs::read_to_string(log).unwrap_or_default();
@@ -227,7 +245,9 @@ pub fn start_agent(lb: &Lifeboat, home: &Path, hostname: &str, log: &Path) -> Re
     cmd.args(["agent", "--listen", "127.0.0.1:0", "--hostname", hostname]);
     let (daemon, banner) = spawn_with_banner(cmd, log, "lifeboat agent", |l| {
         // A fresh agent ends with "Enroll this host…"; the others mean it was not fresh.
-        l.starts_with("Enroll this host") || l.starts_with("Enrolled by") || l.starts_with("Not enrolled")
+        l.starts_with("Enroll this host")
+            || l.starts_with("Enrolled by")
+            || l.starts_with("Not enrolled")
     })?;
     let (mut address, mut fingerprint, mut code) = (None, None, None);
     for line in &banner {

@@ -17,6 +17,8 @@ pub struct Report {
     pub rpo: RpoStats,
     /// Recovery points cut during the measured period.
     pub points: usize,
+    /// Those points by `kind/consistency` (`incremental/crash`…).
+    pub point_kinds: std::collections::BTreeMap<String, usize>,
     /// Syncs the server counted as committed during the period (`syncs_committed`).
     pub syncs: i64,
     /// Mean of the sync durations seen (`last_sync_seconds` of each new sync).
@@ -124,10 +126,15 @@ pub fn table(r: &Report) -> String {
     ];
     let mut out = align(&rows);
     let states: Vec<String> = r.states.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let kinds: Vec<String> = r
+        .point_kinds
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     out.push_str(&format!(
         "\npolicy {} (a sync every {} s), {:.0} s measured, RPO sampled every 1 s from \
          `lifeboat --json status` (min {:.1} s, mean {:.1} s); samples by state: {}.\n\
-         {} points ({} syncs committed), slowest sync {} s; they carried {:.1} MiB of \
+         {} points ({}; {} syncs committed), slowest sync {} s; they carried {:.1} MiB of \
          changed blocks and added {:.1} MiB to the vault.\n\
          churn: {:.1} MiB written to vdb ({} MiB qcow2) by the guest in {:.1} s (its \
          kernel's count); source buffer filled from /dev/urandom in {:.1} s.\n\
@@ -139,6 +146,7 @@ pub fn table(r: &Report) -> String {
         r.rpo.mean,
         states.join(", "),
         r.points,
+        kinds.join(", "),
         r.syncs,
         opt(r.max_sync_secs),
         r.bytes_read as f64 / MIB,

@@ -338,4 +338,12 @@ impl Hypervisor for QemuDriver {
     async fn reset_tracking(&self, vm: &VmName) -> Result<()> {
         cut::reset(self, vm).await
     }
+
+    async fn freeze_guest(&self, vm: &VmName, limit: Duration) -> Result<Option<u64>> {
+        crate::qemu::guest_agent::freeze(&self.vm_dir(vm)?, limit).await
+    }
+
+    async fn thaw_guest(&self, vm: &VmName, limit: Duration) -> Result<()> {
+        crate::qemu::guest_agent::thaw_if_frozen(&self.vm_dir(vm)?, limit).await
+    }
 }

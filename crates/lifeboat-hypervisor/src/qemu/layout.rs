@@ -59,6 +59,10 @@ impl VmDir {
     pub fn serial_socket(&self) -> PathBuf {
         self.dir.join("serial.sock")
     }
+    /// The host end of the guest agent's virtio-serial port.
+    pub fn guest_agent_socket(&self) -> PathBuf {
+        self.dir.join("qga.sock")
+    }
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }

@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod cut;
 pub mod driver;
+pub mod guest_agent;
 pub mod layout;
 pub mod offline;
 pub mod process;

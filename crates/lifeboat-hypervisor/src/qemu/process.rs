@@ -108,6 +108,16 @@ pub fn command_line(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Vec<String> {
         ),
         "-serial".into(),
         "chardev:serial0".into(),
+        // The guest agent's port: app-consistent points when the guest runs qemu-ga.
+        "-device".into(),
+        "virtio-serial-pci,id=vserial0".into(),
+        "-chardev".into(),
+        format!(
+            "socket,id=qga0,path={},server=on,wait=off",
+            p(dir.guest_agent_socket())
+        ),
+        "-device".into(),
+        "virtserialport,bus=vserial0.0,chardev=qga0,name=org.qemu.guest_agent.0".into(),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", p(dir.qmp_socket())),
         "-pidfile".into(),

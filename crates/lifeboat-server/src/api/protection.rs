@@ -335,6 +335,7 @@ pub async fn protect(
         last_sync_ms: 0,
         created_at: now,
         generation: 1,
+        app_attempt_at: None,
     };
     if let Err(e) = s.db.add_protection(&p).await {
         let _ = s.db.advance_operation(&op, "failed", &e.to_string()).await;

@@ -80,6 +80,8 @@ pub struct Protection {
     pub last_sync_ms: i64,
     pub created_at: String,
     pub generation: i64,
+    /// When a sync last asked for an app-consistent point.
+    pub app_attempt_at: Option<String>,
 }
 
 /// A recovery point as the server knows it.
@@ -112,7 +114,7 @@ const COLUMNS: &str =
     "id, host_id, vm, point_name, vault_url, vault_passphrase, recovery_host_id, \
     policy, state, reason, current_sync, sync_started_at, sync_done, sync_total, next_sync_at, \
     failures, last_error, last_point, last_point_time, last_consistency, bytes_replicated, \
-    syncs_committed, last_sync_ms, created_at, generation";
+    syncs_committed, last_sync_ms, created_at, generation, app_attempt_at";
 
 fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
     Ok(Protection {
@@ -141,6 +143,7 @@ fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
         last_sync_ms: r.try_get("last_sync_ms")?,
         created_at: r.try_get("created_at")?,
         generation: r.try_get("generation")?,
+        app_attempt_at: r.try_get("app_attempt_at")?,
     })
 }
 
@@ -167,7 +170,7 @@ impl Database {
     pub async fn add_protection(&self, p: &Protection) -> Result<(), DbError> {
         let r = sqlx::query(&format!(
             "INSERT INTO protections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1)"
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1, $25)"
         ))
         .bind(&p.id)
         .bind(&p.host_id)
@@ -193,6 +196,7 @@ impl Database {
         .bind(p.syncs_committed)
         .bind(p.last_sync_ms)
         .bind(&p.created_at)
+        .bind(&p.app_attempt_at)
         .execute(&self.pool)
         .await;
         match r {
@@ -212,8 +216,8 @@ impl Database {
              sync_started_at = $4, sync_done = $5, sync_total = $6, next_sync_at = $7, \
              failures = $8, last_error = $9, last_point = $10, last_point_time = $11, \
              last_consistency = $12, bytes_replicated = $13, syncs_committed = $14, \
-             last_sync_ms = $15, generation = generation + 1 \
-             WHERE id = $16 AND generation = $17",
+             last_sync_ms = $15, app_attempt_at = $16, generation = generation + 1 \
+             WHERE id = $17 AND generation = $18",
         )
         .bind(p.state.as_str())
         .bind(&p.reason)
@@ -230,6 +234,7 @@ impl Database {
         .bind(p.bytes_replicated)
         .bind(p.syncs_committed)
         .bind(p.last_sync_ms)
+        .bind(&p.app_attempt_at)
         .bind(&p.id)
         .bind(p.generation)
         .execute(&self.pool)
