@@ -127,6 +127,44 @@ async fn scan_finds_agents_and_only_the_code_and_credential_open_them() {
         status, 403,
         "b is not enrolled; a's credential means nothing to it"
     );
+    // The routes that sync, stop tracking and open vaults: the same rule. A request
+    // without the credential never reaches the VM, whatever it asks.
+    let sync = serde_json::json!({"sync_id": "s1", "point_name": "x",
+        "vault": {"url": "file:///nonexistent", "passphrase": "p"}});
+    for (path, token, want) in [
+        ("/api/v1/vms/web/syncs", None, 401),
+        ("/api/v1/vms/web/syncs", Some("not-it"), 401),
+        ("/api/v1/vms/web/unprotect", None, 401),
+        ("/api/v1/vault/check", Some("not-it"), 401),
+    ] {
+        let mut req = client
+            .post(format!("https://127.0.0.1:{}{path}", a.port))
+            .json(&sync);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        assert_eq!(req.send().await.unwrap().status().as_u16(), want, "{path}");
+    }
+    let (status, _) = pinned_get(&client, &a, "/api/v1/syncs/s1", None).await;
+    assert_eq!(status, 401);
+    let status = client
+        .post(format!("https://127.0.0.1:{}/api/v1/vms/web/syncs", b.port))
+        .bearer_auth(&credential)
+        .json(&sync)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 403, "b is not enrolled");
+    // With the credential: a VM the agent does not have is named.
+    let resp = client
+        .post(format!("https://127.0.0.1:{}/api/v1/vms/web/syncs", a.port))
+        .bearer_auth(&credential)
+        .json(&sync)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
     let (status, body) = pinned_get(&client, &a, "/api/v1/inventory", Some(&credential)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["hostname"], "alpha");
