@@ -143,18 +143,18 @@ pub struct UnprotectArgs {
     pub conn: ServerConn,
 }
 
-/// How client commands reach the server. The token comes from LIFEBOAT_TOKEN, a
-/// --token-file, or (on the server's machine) HOME/server/admin.token — never the command
-/// line, where other users could read it.
+/// How client commands reach the server. Each setting comes from its flag, else its
+/// environment variable, else the client config file (`LIFEBOAT_CONFIG`, default
+/// `~/.config/lifeboat/client.toml`: `server`, `server_fingerprint`, `token_file` or
+/// `token`). The token is never taken from the command line, where other users could
+/// read it: LIFEBOAT_TOKEN, a token file, the config file, or (on the server's machine)
+/// HOME/server/admin.token.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerConn {
     /// The server's API: https://HOST:PORT, or http://127.0.0.1:PORT (loopback only).
-    #[arg(
-        long,
-        env = "LIFEBOAT_SERVER",
-        default_value = "https://127.0.0.1:7400"
-    )]
-    pub server: String,
+    /// Default: https://127.0.0.1:7400.
+    #[arg(long, env = "LIFEBOAT_SERVER")]
+    pub server: Option<String>,
     /// The https server's certificate fingerprint (SHA-256, from its banner), pinned.
     /// Default on the server's own machine: the certificate in HOME/server/identity.
     #[arg(long, env = "LIFEBOAT_SERVER_FINGERPRINT")]

@@ -9,6 +9,53 @@ use serde::de::DeserializeOwned;
 use crate::cli::ServerConn;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_SERVER: &str = "https://127.0.0.1:7400";
+
+/// The client config file: what flags and environment variables leave unset.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub server: Option<String>,
+    pub server_fingerprint: Option<String>,
+    pub token_file: Option<std::path::PathBuf>,
+    /// The API token itself; the file must then be readable by its owner only.
+    pub token: Option<String>,
+}
+
+impl ClientConfig {
+    /// `LIFEBOAT_CONFIG`, else `~/.config/lifeboat/client.toml` (absent: empty).
+    pub fn load() -> Result<ClientConfig> {
+        let (path, given) = match std::env::var_os("LIFEBOAT_CONFIG") {
+            Some(p) => (std::path::PathBuf::from(p), true),
+            None => match std::env::var_os("HOME") {
+                Some(h) => (Path::new(&h).join(".config/lifeboat/client.toml"), false),
+                None => return Ok(ClientConfig::default()),
+            },
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !given => {
+                return Ok(ClientConfig::default())
+            }
+            Err(e) => bail!("reading the client config {}: {e}", path.display()),
+        };
+        let config: ClientConfig =
+            toml::from_str(&text).with_context(|| format!("client config {}", path.display()))?;
+        if config.token.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                bail!(
+                    "client config {} holds a token but others can read it (mode {:o}); run `chmod 600 {}`",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                );
+            }
+        }
+        Ok(config)
+    }
+}
 
 pub struct ServerClient {
     base: String,
@@ -18,7 +65,21 @@ pub struct ServerClient {
 
 impl ServerClient {
     pub fn new(conn: &ServerConn, home: &Path) -> Result<ServerClient> {
-        let base = conn.server.trim_end_matches('/').to_string();
+        let config = ClientConfig::load()?;
+        let conn = &ServerConn {
+            server: conn.server.clone().or(config.server.clone()),
+            server_fingerprint: conn
+                .server_fingerprint
+                .clone()
+                .or(config.server_fingerprint.clone()),
+            token_file: conn.token_file.clone().or(config.token_file.clone()),
+        };
+        let base = conn
+            .server
+            .as_deref()
+            .unwrap_or(DEFAULT_SERVER)
+            .trim_end_matches('/')
+            .to_string();
         let http = if let Some(rest) = base.strip_prefix("http://") {
             let host = rest.split('/').next().unwrap_or("");
             let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
@@ -46,7 +107,7 @@ impl ServerClient {
         Ok(ServerClient {
             base,
             http,
-            token: token(conn, home)?,
+            token: token(conn, config.token.as_deref(), home)?,
         })
     }
 
@@ -90,11 +151,17 @@ impl ServerClient {
     }
 }
 
-/// The API token: LIFEBOAT_TOKEN, else --token-file, else the server's own
-/// HOME/server/admin.token when this is the server's machine.
-fn token(conn: &ServerConn, home: &Path) -> Result<String> {
+/// The API token: LIFEBOAT_TOKEN, else the config file's `token`, else --token-file (or
+/// the config's `token_file`), else the server's own HOME/server/admin.token when this is
+/// the server's machine.
+fn token(conn: &ServerConn, in_config: Option<&str>, home: &Path) -> Result<String> {
     if let Ok(t) = std::env::var("LIFEBOAT_TOKEN") {
         if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    if let Some(t) = in_config.filter(|t| !t.trim().is_empty()) {
+        if conn.token_file.is_none() {
             return Ok(t.trim().to_string());
         }
     }

@@ -64,7 +64,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
     println!("  API:   {server_url} (certificate {})", server.fingerprint);
     println!("  agent: https://{agent_addr} ({})", agent.hostname);
     let conn = ServerConn {
-        server: server_url.clone(),
+        server: Some(server_url.clone()),
         server_fingerprint: Some(server.fingerprint.clone()),
         token_file: Some(server.token_path.clone()),
     };

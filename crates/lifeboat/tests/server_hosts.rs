@@ -155,3 +155,50 @@ fn the_cli_pins_the_servers_certificate() {
     let (ok, _, err) = run(&["--server-fingerprint", &server.fingerprint]);
     assert!(ok, "{err}");
 }
+
+/// The client config file supplies what flags and environment leave unset; a token in a
+/// file others can read is refused with the fix.
+#[test]
+fn the_client_config_file_names_the_server_and_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server"), None);
+    let config = tmp.path().join("client.toml");
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+            .args(["--json", "hosts", "list"])
+            .env("LIFEBOAT_CONFIG", &config)
+            .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
+            .env_remove("LIFEBOAT_SERVER")
+            .env_remove("LIFEBOAT_TOKEN")
+            .env_remove("LIFEBOAT_TOKEN_FILE")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{}\"\ntoken = \"{}\"\n",
+            server.url, server.token
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, _, err) = run();
+    assert!(!ok && err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, out, err) = run();
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]");
+    std::fs::write(&config, "srever = \"x\"\n").unwrap();
+    let (ok, _, err) = run();
+    assert!(
+        !ok && err.contains("client config") && err.contains("srever"),
+        "{err}"
+    );
+}
