@@ -25,8 +25,8 @@ pub struct StartedServer {
 /// `serve` is polled. Replication starts at once.
 pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     let server_home = home.join("server");
-    std::fs::create_dir_all(&server_home)
-        .with_context(|| format!("creating {}", server_home.display()))?;
+    // The database holds agent credentials and vault passphrases: root's eyes only.
+    private_dir(&server_home)?;
     let url = args
         .database
         .clone()
@@ -95,6 +95,14 @@ pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
         r = server.serve => r,
         _ = crate::agent_cmd::shutdown_signal() => Ok(()),
     }
+}
+
+/// Creates `dir` if needed and makes it readable by its owner only.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))
 }
 
 pub fn new_token() -> Result<String> {

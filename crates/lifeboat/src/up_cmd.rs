@@ -22,7 +22,7 @@ const DEMO_VM: &str = "demo";
 
 pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> Result<()> {
     let up_home = home.join("up");
-    std::fs::create_dir_all(&up_home).with_context(|| format!("creating {}", up_home.display()))?;
+    crate::server_cmd::private_dir(&up_home)?;
     println!(
         "Lifeboat {} — server, agent and vault on this machine",
         env!("CARGO_PKG_VERSION")

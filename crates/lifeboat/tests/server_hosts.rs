@@ -163,6 +163,13 @@ fn the_client_config_file_names_the_server_and_token() {
     let tmp = tempfile::tempdir().unwrap();
     let server = start_server(&tmp.path().join("server"), None);
     let config = tmp.path().join("client.toml");
+    // The server's state (credentials, vault passphrases) is root's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(tmp.path().join("server/server"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
     let run = || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
             .args(["--json", "hosts", "list"])
@@ -187,7 +194,6 @@ fn the_client_config_file_names_the_server_and_token() {
         ),
     )
     .unwrap();
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (ok, _, err) = run();
     assert!(!ok && err.contains("chmod 600"), "{err}");
