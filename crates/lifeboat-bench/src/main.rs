@@ -201,11 +201,17 @@ async fn main() -> Result<()> {
                 work: work.clone(),
                 lifeboat: lifeboat.unwrap_or_else(vault::default_lifeboat),
             };
-            // On Ctrl-C the run's future is dropped, and with it the guards that kill
-            // the VM, the agent and the server; then the work dir goes as on any end.
+            // On Ctrl-C or SIGTERM the run's future is dropped, and with it the guards
+            // that kill the VM, the agent and the server; then the work dir goes as on
+            // any end. The handlers are installed before the run starts: a signal that
+            // came before would be lost (a background job of a shell ignores SIGINT).
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut int = signal(SignalKind::interrupt())?;
+            let mut term = signal(SignalKind::terminate())?;
             let result = tokio::select! {
                 r = rpo::run(&opts) => r,
-                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                _ = int.recv() => Err(anyhow::anyhow!("interrupted")),
+                _ = term.recv() => Err(anyhow::anyhow!("terminated")),
             };
             if keep {
                 eprintln!("kept {}", work.display());

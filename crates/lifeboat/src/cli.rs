@@ -222,6 +222,9 @@ pub enum HostsCommand {
         /// Give up on an address after this long (connect, handshake and answer): 2s, 10s, …
         #[arg(long, default_value = "2s")]
         timeout: String,
+        /// Agents enrolled by this server are listed with their VMs (when it answers).
+        #[command(flatten)]
+        conn: ServerConn,
     },
     /// Enroll the agent at ADDRESS (host:port) with the code it printed at first start.
     Enroll {

@@ -33,9 +33,13 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
             ports,
             concurrency,
             timeout,
+            conn,
         } => {
             let timeout = parse_duration(&timeout).map_err(anyhow::Error::msg)?;
-            scan(out, &cidr, &ports, concurrency.max(1), timeout).await
+            let mut report = scan(out, &cidr, &ports, concurrency.max(1), timeout).await?;
+            add_vms(&mut report, &conn, home).await;
+            show_scan(out, &report);
+            Ok(())
         }
         HostsCommand::Enroll {
             address,
@@ -145,6 +149,8 @@ struct Found {
     fingerprint: String,
     /// False when the hello names another certificate than the one presented.
     fingerprint_matches: bool,
+    /// Its VMs, when this server enrolled it (an agent shows them to its server only).
+    vms: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -154,13 +160,40 @@ struct ScanReport {
     agents: Vec<Found>,
 }
 
+/// Best effort: the VMs of found agents that the server enrolled. Without a server or a
+/// token the scan still lists every agent, without VMs.
+async fn add_vms(report: &mut ScanReport, conn: &crate::cli::ServerConn, home: &Path) {
+    let Ok(server) = ServerClient::new(conn, home) else {
+        return;
+    };
+    let Ok(list) = server.get::<serde_json::Value>("/api/v1/vms").await else {
+        return;
+    };
+    let hosts: Vec<serde_json::Value> = server.get("/api/v1/hosts").await.unwrap_or_default();
+    for a in &mut report.agents {
+        let address = a.address.to_string();
+        if !hosts.iter().any(|h| h["address"] == address.as_str()) {
+            continue;
+        }
+        a.vms = Some(
+            list["vms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| v["address"] == address.as_str())
+                .filter_map(|v| v["vm"].as_str().map(str::to_string))
+                .collect(),
+        );
+    }
+}
+
 async fn scan(
     out: Output,
     cidr: &str,
     ports: &[u16],
     concurrency: usize,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<ScanReport> {
     let (first, count) = parse_cidr(cidr)?;
     if ports.is_empty() {
         bail!("--ports is empty: give at least one port");
@@ -202,12 +235,15 @@ async fn scan(
         .await;
     bar.finish_and_clear();
     agents.sort_by_key(|a| a.address);
-    let report = ScanReport {
+    Ok(ScanReport {
         range: cidr.to_string(),
         probed,
         agents,
-    };
-    out.show(&report, |r| {
+    })
+}
+
+fn show_scan(out: Output, report: &ScanReport) {
+    out.show(report, |r| {
         if r.agents.is_empty() {
             println!(
                 "No agents found in {} ({} addresses and ports probed).",
@@ -220,6 +256,7 @@ async fn scan(
             "HOSTNAME".into(),
             "VERSION".into(),
             "ENROLLED".into(),
+            "VMS".into(),
             "FINGERPRINT (SHA-256)".into(),
         ]];
         for a in &r.agents {
@@ -236,12 +273,19 @@ async fn scan(
                 a.hostname.clone(),
                 a.version.clone(),
                 if a.enrolled { "yes" } else { "no" }.into(),
+                match &a.vms {
+                    Some(v) if v.is_empty() => "(none)".into(),
+                    Some(v) => v.join(","),
+                    None => "-".into(),
+                },
                 fp,
             ]);
         }
         table(&rows);
+        if r.agents.iter().any(|a| a.vms.is_none()) {
+            println!("VMS: an agent shows its VMs to the server that enrolled it only (-: not enrolled here).");
+        }
     });
-    Ok(())
 }
 
 /// The agent at `addr`, if one answers its hello there.
@@ -269,6 +313,7 @@ async fn probe(client: &reqwest::Client, addr: SocketAddr) -> Option<Found> {
         version: hello.version,
         enrolled: hello.enrolled,
         fingerprint_matches: hello.fingerprint == presented,
+        vms: None,
         fingerprint: presented,
     })
 }

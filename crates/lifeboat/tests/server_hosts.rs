@@ -97,6 +97,30 @@ fn hosts_enroll_once_and_the_api_needs_its_token(database: Option<String>) {
     let vms: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(vms["unreachable"], serde_json::json!([]), "{vms:#}");
 
+    // A scan lists enrolled agents with their VMs (none here), and an agent another
+    // server would have to enroll without them.
+    let c = start_agent(&tmp.path().join("c"), "gamma");
+    let ports = format!("{},{},{}", a.port, b.port, c.port);
+    let (ok, out, err) = client(
+        &server,
+        tok,
+        &["--json", "hosts", "scan", "127.0.0.1/32", "--ports", &ports],
+    );
+    assert!(ok, "{err}");
+    let scan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let by_name = |n: &str| {
+        scan["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["hostname"] == n)
+            .unwrap_or_else(|| panic!("{n} not found: {scan}"))
+            .clone()
+    };
+    assert_eq!(by_name("alpha")["vms"], serde_json::json!([]), "{scan}");
+    assert!(by_name("gamma")["vms"].is_null(), "{scan}");
+    drop(c);
+
     // The API's description needs no token and is the committed document.
     let doc = std::process::Command::new("curl")
         .args(["-sf", &format!("{}/api/v1/openapi.json", server.url)])
