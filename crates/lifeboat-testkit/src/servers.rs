@@ -76,6 +76,44 @@ impl S3Server {
     pub fn kill(&mut self) {
         kill(&mut self.child);
     }
+
+    /// Starts the server again on the same port, with the same objects (the storage came
+    /// back).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        kill(&mut self.child);
+        let port: u16 = self
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("the endpoint's port")?;
+        let binary = find_binary("LIFEBOAT_S3S_FS", "s3s-fs").context("s3s-fs is not installed")?;
+        let log = self.root.path().join("s3s-fs.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--access-key",
+                &self.access_key,
+                "--secret-key",
+                &self.secret_key,
+            ])
+            .arg(self.root.path())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("restarting s3s-fs")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("s3s-fs did not come back on port {port}");
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for S3Server {

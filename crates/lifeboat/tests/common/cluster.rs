@@ -110,6 +110,12 @@ impl Cluster {
 /// A server (SQLite, or PostgreSQL at `database`), agents alpha and beta enrolled, and a
 /// folder vault.
 pub fn cluster(database: Option<&str>) -> Cluster {
+    cluster_with_vault(database, None)
+}
+
+/// `cluster` with the vault at `vault` (an s3:// or az:// URL whose credentials are in this
+/// process's environment, which the agents inherit) instead of a folder.
+pub fn cluster_with_vault(database: Option<&str>, vault: Option<&str>) -> Cluster {
     let tmp = tempfile::Builder::new()
         .prefix("lbp")
         .tempdir_in("/tmp")
@@ -117,8 +123,10 @@ pub fn cluster(database: Option<&str>) -> Cluster {
     let server = start_server(&tmp.path().join("server"), database);
     let alpha = start_agent(&tmp.path().join("alpha"), "alpha");
     let beta = start_agent(&tmp.path().join("beta"), "beta");
-    let vault_dir = tmp.path().join("vault");
-    let vault = format!("file://{}", vault_dir.display());
+    let vault = match vault {
+        Some(v) => v.to_string(),
+        None => format!("file://{}", tmp.path().join("vault").display()),
+    };
     let mut c = lifeboat(tmp.path());
     c.args(["vault", "--vault", &vault, "init"]);
     run_ok(c);
