@@ -355,24 +355,7 @@ mod tests {
             vault_passphrase: "x".into(),
             recovery_host_id: "h".into(),
             policy: "frequent".into(),
-            state: ProtectionState::Enabling,
-            reason: String::new(),
-            current_sync: None,
-            sync_started_at: None,
-            sync_done: 0,
-            sync_total: 0,
-            next_sync_at: String::new(),
-            failures: 0,
-            last_error: String::new(),
-            last_point: None,
-            last_point_time: None,
-            last_consistency: None,
-            bytes_replicated: 0,
-            syncs_committed: 0,
-            last_sync_ms: 0,
-            created_at: String::new(),
-            generation: 1,
-            app_attempt_at: None,
+            ..Default::default()
         }
     }
 

@@ -74,24 +74,9 @@ fn protection(id: &str, vm: &str) -> Protection {
         vault_passphrase: "secret".into(),
         recovery_host_id: "h1".into(),
         policy: "default".into(),
-        state: ProtectionState::Enabling,
-        reason: String::new(),
-        current_sync: None,
-        sync_started_at: None,
-        sync_done: 0,
-        sync_total: 0,
         next_sync_at: "2026-11-26T00:00:00Z".into(),
-        failures: 0,
-        last_error: String::new(),
-        last_point: None,
-        last_point_time: None,
-        last_consistency: None,
-        bytes_replicated: 0,
-        syncs_committed: 0,
-        last_sync_ms: 0,
         created_at: "2026-11-26T00:00:00Z".into(),
-        generation: 1,
-        app_attempt_at: None,
+        ..Default::default()
     }
 }
 

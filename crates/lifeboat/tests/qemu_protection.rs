@@ -135,32 +135,12 @@ async fn protect_and_check(database: Option<String>) {
     let writer = start_writer(console, stop_rx);
 
     // Enable replication and wait for the first point, with progress.
-    let (ok, out, err) = tokio::task::block_in_place(|| {
-        cl.cli(&[
-            "protect",
-            "web",
-            "--vault",
-            &cl.vault,
-            "--recovery-host",
-            "beta",
-            "--policy",
-            "frequent",
-            "--wait",
-            "--timeout",
-            "10m",
-        ])
-    });
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| cl.protect_web(&["--wait", "--timeout", "10m"]));
     assert!(ok, "protect: {out}\n{err}");
     assert!(out.contains("web is Protected"), "{out}");
     // Protecting it again is refused, and says why.
-    let (ok, _, err) = cl.cli(&[
-        "protect",
-        "web",
-        "--vault",
-        &cl.vault,
-        "--recovery-host",
-        "beta",
-    ]);
+    let (ok, _, err) = cl.protect_web(&[]);
     assert!(!ok && err.contains("protected already"), "{err}");
 
     let points =

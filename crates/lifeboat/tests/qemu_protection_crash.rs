@@ -48,27 +48,6 @@ fn random_qcow2(dir: &Path, mib: usize) -> std::path::PathBuf {
     qcow
 }
 
-fn protection(cl: &Cluster) -> Value {
-    let s = cl.json(&["status"]);
-    s["protections"][0].clone()
-}
-
-/// Polls the protection until `pred` holds; panics with the last view after `limit`.
-fn wait_for(cl: &Cluster, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let p = protection(cl);
-        if pred(&p) {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {limit:?} for {what}; last: {p:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// True while the agent is copying a sync of at least `min` bytes, not yet near its end.
 fn copying(p: &Value, min: u64) -> bool {
     let total = p["sync"]["bytes_total"].as_u64().unwrap_or(0);
@@ -127,16 +106,7 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
     let min = (DATA_DISK_MIB as u64 / 2) << 20;
     let started = Instant::now();
     let protect = |cl: &Cluster| {
-        let (ok, _, err) = cl.cli(&[
-            "protect",
-            "web",
-            "--vault",
-            &cl.vault,
-            "--recovery-host",
-            "beta",
-            "--policy",
-            "frequent",
-        ]);
+        let (ok, _, err) = cl.protect_web(&[]);
         assert!(ok, "{err}");
     };
 
@@ -144,16 +114,13 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
     //    (a resync on top of nothing) and completes.
     tokio::task::block_in_place(|| {
         protect(&cl);
-        wait_for(
-            &cl,
-            "the initial sync to copy",
-            Duration::from_secs(300),
-            |p| copying(p, min),
-        );
+        cl.wait_for("the initial sync to copy", Duration::from_secs(300), |p| {
+            copying(p, min)
+        });
         kill_agent(&mut cl);
         std::thread::sleep(Duration::from_secs(2));
         restart_agent(&mut cl);
-        let p = wait_for(&cl, "the first point", Duration::from_secs(600), |p| {
+        let p = cl.wait_for("the first point", Duration::from_secs(600), |p| {
             p["last_point"].is_string()
         });
         eprintln!(
@@ -169,14 +136,11 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
         let (ok, _, err) = cl.cli(&["unprotect", "web", "--delete-points"]);
         assert!(ok, "{err}");
         protect(&cl);
-        wait_for(
-            &cl,
-            "the initial sync to copy",
-            Duration::from_secs(300),
-            |p| copying(p, min),
-        );
+        cl.wait_for("the initial sync to copy", Duration::from_secs(300), |p| {
+            copying(p, min)
+        });
         restart_server(&mut cl, None);
-        let p = wait_for(&cl, "the first point", Duration::from_secs(600), |p| {
+        let p = cl.wait_for("the first point", Duration::from_secs(600), |p| {
             p["last_point"].is_string()
         });
         eprintln!(
@@ -198,8 +162,7 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
             .unwrap();
         tokio::task::block_in_place(|| {
             let before = points(&cl).len();
-            wait_for(
-                &cl,
+            cl.wait_for(
                 "an incremental sync to copy",
                 Duration::from_secs(300),
                 |p| p["last_point"].is_string() && copying(p, 32 << 20),
@@ -209,7 +172,7 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
             } else {
                 kill_agent(&mut cl);
                 // Unreachable: Degraded, and the reason names the agent.
-                let p = wait_for(&cl, "Degraded", Duration::from_secs(120), |p| {
+                let p = cl.wait_for("Degraded", Duration::from_secs(120), |p| {
                     p["state"] == "degraded"
                 });
                 let reason = p["reason"].as_str().unwrap();
@@ -219,8 +182,7 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
                 );
                 restart_agent(&mut cl);
             }
-            let p = wait_for(
-                &cl,
+            let p = cl.wait_for(
                 "Protected with a new point",
                 Duration::from_secs(600),
                 |p| p["state"] == "protected" && points_after(&cl, before),
@@ -242,7 +204,7 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
         c
     });
     tokio::task::block_in_place(|| {
-        let p = wait_for(&cl, "Degraded", Duration::from_secs(120), |p| {
+        let p = cl.wait_for("Degraded", Duration::from_secs(120), |p| {
             p["state"] == "degraded"
         });
         eprintln!("[{:?}] VM killed: {}", started.elapsed(), p["reason"]);
@@ -272,14 +234,14 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
         .await
         .unwrap();
     tokio::task::block_in_place(|| {
-        wait_for(&cl, "a resync point", Duration::from_secs(300), |_| {
+        cl.wait_for("a resync point", Duration::from_secs(300), |_| {
             cl.json(&["points", "web"])
                 .as_array()
                 .unwrap()
                 .iter()
                 .any(|p| p["kind"] == "resync")
         });
-        let p = wait_for(&cl, "Protected", Duration::from_secs(120), |p| {
+        let p = cl.wait_for("Protected", Duration::from_secs(120), |p| {
             p["state"] == "protected"
         });
         eprintln!(
@@ -294,17 +256,12 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
     console.run("sync", Duration::from_secs(60)).await.unwrap();
     tokio::task::block_in_place(|| {
         let quiet = chrono::Utc::now();
-        wait_for(
-            &cl,
-            "a point after the writes",
-            Duration::from_secs(120),
-            |p| {
-                p["last_point_time"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .is_some_and(|t| t > quiet)
-            },
-        );
+        cl.wait_for("a point after the writes", Duration::from_secs(120), |p| {
+            p["last_point_time"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t > quiet)
+        });
         // Every point in the vault is known to the server (it records a point within a
         // poll of its commit), and the server knows of no point the vault lacks.
         let vault = vault_points(&cl);

@@ -4,30 +4,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::cluster::{boot_guest, cluster_with_vault, lifeboat, run_ok, Cluster};
+use common::cluster::{boot_guest, cluster_with_vault, lifeboat, run_ok};
 use lifeboat_testkit::S3Server;
-use serde_json::Value;
-
-fn protection(cl: &Cluster) -> Value {
-    cl.json(&["status"])["protections"][0].clone()
-}
-
-fn wait_for(cl: &Cluster, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let p = protection(cl);
-        if pred(&p) {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {limit:?} for {what}; last: {p:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s3_vault_that_goes_away_degrades_then_recovers() {
@@ -42,24 +22,12 @@ async fn an_s3_vault_that_goes_away_degrades_then_recovers() {
     let (_vm, _console) = boot_guest(&cl.home("alpha"), "web", &[]).await;
 
     tokio::task::block_in_place(|| {
-        let (ok, out, err) = cl.cli(&[
-            "protect",
-            "web",
-            "--vault",
-            &url,
-            "--recovery-host",
-            "beta",
-            "--policy",
-            "frequent",
-            "--wait",
-            "--timeout",
-            "10m",
-        ]);
+        let (ok, out, err) = cl.protect_web(&["--wait", "--timeout", "10m"]);
         assert!(ok, "{out}\n{err}");
     });
     s3.kill();
     tokio::task::block_in_place(|| {
-        let p = wait_for(&cl, "Degraded", Duration::from_secs(180), |p| {
+        let p = cl.wait_for("Degraded", Duration::from_secs(180), |p| {
             p["state"] == "degraded"
         });
         let reason = p["reason"].as_str().unwrap().to_string();
@@ -72,15 +40,10 @@ async fn an_s3_vault_that_goes_away_degrades_then_recovers() {
     s3.restart().await.unwrap();
     tokio::task::block_in_place(|| {
         let before = cl.json(&["points", "web"]).as_array().unwrap().len();
-        wait_for(
-            &cl,
-            "Protected with new points",
-            Duration::from_secs(300),
-            |p| {
-                p["state"] == "protected"
-                    && cl.json(&["points", "web"]).as_array().unwrap().len() > before
-            },
-        );
+        cl.wait_for("Protected with new points", Duration::from_secs(300), |p| {
+            p["state"] == "protected"
+                && cl.json(&["points", "web"]).as_array().unwrap().len() > before
+        });
         let mut c = lifeboat(cl.tmp.path());
         c.args(["vault", "--vault", &url, "verify"]);
         run_ok(c);

@@ -318,24 +318,9 @@ pub async fn protect(
         vault_passphrase: req.vault_passphrase.clone(),
         recovery_host_id: recovery.host.id.clone(),
         policy: policy.name.to_string(),
-        state: ProtectionState::Enabling,
-        reason: String::new(),
-        current_sync: None,
-        sync_started_at: None,
-        sync_done: 0,
-        sync_total: 0,
         next_sync_at: now.clone(),
-        failures: 0,
-        last_error: String::new(),
-        last_point: None,
-        last_point_time: None,
-        last_consistency: None,
-        bytes_replicated: 0,
-        syncs_committed: 0,
-        last_sync_ms: 0,
         created_at: now,
-        generation: 1,
-        app_attempt_at: None,
+        ..Default::default()
     };
     if let Err(e) = s.db.add_protection(&p).await {
         let _ = s.db.advance_operation(&op, "failed", &e.to_string()).await;

@@ -11,9 +11,10 @@ use super::{Database, DbError};
 
 /// `Unprotected → Enabling → InitialSync → Protected ⇄ Degraded` (DESIGN.md, "Operations").
 /// Unprotected is the absence of a row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProtectionState {
+    #[default]
     Enabling,
     InitialSync,
     Protected,
@@ -52,7 +53,8 @@ impl ProtectionState {
     ];
 }
 
-/// One protected VM, as stored.
+/// One protected VM, as stored. `Default` is a new protection before its first sync
+/// (generation 1), so callers name only what they know.
 #[derive(Clone, Debug)]
 pub struct Protection {
     pub id: String,
@@ -82,6 +84,39 @@ pub struct Protection {
     pub generation: i64,
     /// When a sync last asked for an app-consistent point.
     pub app_attempt_at: Option<String>,
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Protection {
+            id: String::new(),
+            host_id: String::new(),
+            vm: String::new(),
+            point_name: String::new(),
+            vault_url: String::new(),
+            vault_passphrase: String::new(),
+            recovery_host_id: String::new(),
+            policy: "default".into(),
+            state: ProtectionState::Enabling,
+            reason: String::new(),
+            current_sync: None,
+            sync_started_at: None,
+            sync_done: 0,
+            sync_total: 0,
+            next_sync_at: String::new(),
+            failures: 0,
+            last_error: String::new(),
+            last_point: None,
+            last_point_time: None,
+            last_consistency: None,
+            bytes_replicated: 0,
+            syncs_committed: 0,
+            last_sync_ms: 0,
+            created_at: String::new(),
+            generation: 1,
+            app_attempt_at: None,
+        }
+    }
 }
 
 /// A recovery point as the server knows it.

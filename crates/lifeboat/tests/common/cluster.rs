@@ -98,6 +98,44 @@ impl Cluster {
         client(&self.server, Some(&self.server.token), args)
     }
 
+    /// `lifeboat protect web` to this cluster's vault, recoverable on beta, every 5 s;
+    /// `extra` adds options (`--wait`…). Returns (success, stdout, stderr).
+    pub fn protect_web(&self, extra: &[&str]) -> (bool, String, String) {
+        let mut args = vec![
+            "protect",
+            "web",
+            "--vault",
+            &self.vault,
+            "--recovery-host",
+            "beta",
+            "--policy",
+            "frequent",
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
+    /// The only protection's view (`status`).
+    pub fn protection(&self) -> Value {
+        self.json(&["status"])["protections"][0].clone()
+    }
+
+    /// Polls the protection until `pred` holds; panics with the last view after `limit`.
+    pub fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let p = self.protection();
+            if pred(&p) {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {limit:?} for {what}; last: {p:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
