@@ -42,7 +42,7 @@ pub struct ChurnResult {
     pub achieved_mib_per_s: f64,
     pub bytes_written: u64,
     pub secs: f64,
-    /// Seconds the guest took to fill its 24 MiB-ish source buffer from /dev/urandom.
+    /// Seconds the guest took to fill its source buffer (churn + 4 MiB) from /dev/urandom.
     pub buffer_fill_secs: f64,
 }
 
