@@ -24,7 +24,7 @@ use lifeboat_hypervisor::{Hypervisor, QemuDriver, VmInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::enrollment::{Enrollment, EnrollmentError};
-use crate::replicate::{sync_vm, vm_name, SyncError, SyncOptions, VaultCache};
+use crate::replicate::{sync_vm, vm_name, Records, SyncError, SyncOptions, VaultCache};
 use crate::sync::{valid_sync_id, StartError, SyncRequest, SyncState, Syncs, VaultAccess};
 
 /// What an agent says to anyone who asks: enough for a scan to list it and for the
@@ -68,6 +68,8 @@ pub struct AgentState {
     pub driver: QemuDriver,
     pub syncs: Syncs,
     pub vaults: VaultCache,
+    /// The point each VM's last sync wrote.
+    pub records: Records,
     /// Bytes per second a sync may read at most (the operator's bandwidth cap).
     pub max_rate: Option<u64>,
 }
@@ -227,6 +229,7 @@ async fn start_sync(
                         app_consistent: req.app_consistent,
                         max_rate: state.max_rate,
                     },
+                    &state.records,
                     &progress,
                 ).await
             }
@@ -273,6 +276,21 @@ async fn unprotect(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let sync_cancelled = s.syncs.cancel_vm(vm.as_str());
+    // A cancelled sync cannot stop while the guest is frozen, but an earlier process
+    // may have: make sure the guest writes again.
+    if let Err(e) = s
+        .driver
+        .thaw_guest(&vm, std::time::Duration::from_secs(10))
+        .await
+    {
+        return error(StatusCode::CONFLICT, e.to_string());
+    }
+    if let Err(e) = s.records.forget(&vm) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("forgetting {vm}'s last point: {e}"),
+        );
+    }
     let mut report = UnprotectReport {
         sync_cancelled,
         tracking_removed: false,

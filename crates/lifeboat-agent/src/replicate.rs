@@ -44,6 +44,49 @@ pub enum SyncError {
     Vault(#[from] lifeboat_vault::VaultError),
     #[error("{0}")]
     Invalid(String),
+    #[error("a disk changed size or name since the newest point; the next sync resyncs")]
+    Reshaped,
+    #[error("recording the last point: {0}")]
+    Record(#[from] std::io::Error),
+}
+
+/// What this agent last wrote for each VM: the point an incremental must build on.
+/// One small file per VM under `HOME/agent/replicated`.
+pub struct Records {
+    dir: std::path::PathBuf,
+}
+
+impl Records {
+    pub fn open(agent_home: &std::path::Path) -> std::io::Result<Records> {
+        let dir = agent_home.join("replicated");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Records { dir })
+    }
+
+    pub fn last_point(&self, vm: &VmName) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(vm.as_str()))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    pub fn set_last_point(&self, vm: &VmName, point: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let path = self.dir.join(vm.as_str());
+        let tmp = self.dir.join(format!(".{}.tmp", vm.as_str()));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(point.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    /// Forgets `vm` (replication disabled): its next protection starts from a resync.
+    pub fn forget(&self, vm: &VmName) -> std::io::Result<()> {
+        match std::fs::remove_file(self.dir.join(vm.as_str())) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How one sync runs: what it keeps, whether it freezes the guest, its bandwidth cap.
@@ -62,6 +105,7 @@ pub async fn sync_vm(
     vm: &VmName,
     name: &Name,
     opts: &SyncOptions,
+    records: &Records,
     progress: &Progress,
 ) -> Result<SyncResult, SyncError> {
     let SyncOptions {
@@ -92,43 +136,72 @@ pub async fn sync_vm(
             Some("the VM is tracked but the vault has no point of it to build on".to_string()),
         ),
         TrackingStatus::Tracking { .. } | TrackingStatus::CutOpen { .. } => {
-            (SyncKind::Incremental, None)
+            // The bitmaps hold what changed since this agent's last point; building on
+            // any other point (a clock that stepped back, a point deleted or written by
+            // someone else) would miss writes.
+            let newest = parent.as_ref().map(|p| p.point.to_string());
+            match records.last_point(vm) {
+                Some(mine) if Some(&mine) == newest.as_ref() => (SyncKind::Incremental, None),
+                mine => (
+                    SyncKind::Resync,
+                    Some(format!(
+                        "the vault's newest point ({}) is not the one this agent last wrote ({})",
+                        newest.unwrap_or_default(),
+                        mine.unwrap_or_else(|| "none recorded".into())
+                    )),
+                ),
+            }
         }
     };
     if let Some(n) = &note {
         tracing::warn!(vm = %vm, reason = %n, "full resync by digest comparison");
     }
-    // Taken before the cut begins: every write the guest completed before this time is in
-    // the cut.
     if kind == SyncKind::Resync {
         driver.reset_tracking(vm).await?;
     }
-    // App-consistent: the filesystems are frozen (flushed, no writes) only while the cut
-    // begins, which is one QMP transaction; the copy runs after the thaw.
+    // App-consistent: the filesystems are frozen (flushed, no writes) while the cut
+    // begins, and thawed before anything is copied. That stretch runs in its own task, so
+    // a cancelled sync cannot stop between the freeze and the thaw.
     let mut note = note;
-    let frozen = if app_consistent {
+    if app_consistent {
         progress.set_phase("freezing the guest's filesystems");
-        match driver.freeze_guest(vm, GUEST_AGENT_LIMIT).await? {
-            Some(_) => true,
-            None => {
-                note.get_or_insert_with(|| {
-                    "no qemu-guest-agent answered; the point is crash-consistent".to_string()
-                });
-                false
-            }
-        }
-    } else {
-        false
-    };
-    let cut_time = Utc::now();
-    let cut = match kind {
-        SyncKind::Incremental => driver.begin_incremental_cut(vm).await,
-        SyncKind::Full | SyncKind::Resync => driver.begin_full_cut(vm).await,
-    };
-    if frozen {
-        driver.thaw_guest(vm, GUEST_AGENT_LIMIT).await?;
     }
+    let (cut_time, cut, frozen, thawed) = {
+        let driver = driver.clone();
+        let vm = vm.clone();
+        tokio::spawn(async move {
+            let frozen = if app_consistent {
+                driver.freeze_guest(&vm, GUEST_AGENT_LIMIT).await?.is_some()
+            } else {
+                false
+            };
+            // Taken before the cut begins: every write the guest completed before this
+            // time is in the cut.
+            let cut_time = Utc::now();
+            let cut = match kind {
+                SyncKind::Incremental => driver.begin_incremental_cut(&vm).await,
+                SyncKind::Full | SyncKind::Resync => driver.begin_full_cut(&vm).await,
+            };
+            let thawed = if frozen {
+                driver.thaw_guest(&vm, GUEST_AGENT_LIMIT).await
+            } else {
+                Ok(())
+            };
+            Ok::<_, lifeboat_hypervisor::HypervisorError>((cut_time, cut, frozen, thawed))
+        })
+        .await
+        .map_err(|e| SyncError::Invalid(format!("the cut's task failed: {e}")))??
+    };
     let cut = cut?;
+    if let Err(e) = thawed {
+        let _ = cut.abort().await;
+        return Err(e.into());
+    }
+    if app_consistent && !frozen {
+        note.get_or_insert_with(|| {
+            "no qemu-guest-agent answered; the point is crash-consistent".to_string()
+        });
+    }
     let consistency = if frozen {
         Consistency::App
     } else {
@@ -150,11 +223,28 @@ pub async fn sync_vm(
     .await
     {
         Ok((point, stats)) => {
-            // The point exists; the cut's changes must not be carried again.
+            // The point exists: remember it as the base of the next incremental, then
+            // commit the cut so its changes are not carried again. A crash between the
+            // two carries them again on top of this point, which is harmless.
+            records.set_last_point(vm, &point.point.to_string())?;
             progress.set_phase("committing the cut");
             cut.commit().await?;
             progress.set_phase("applying retention");
-            let points = apply_retention(vault, name, retention).await?;
+            // A point exists whatever retention does; its failure is a note, not a
+            // failed sync.
+            let points = match apply_retention(vault, name, retention).await {
+                Ok(p) => p,
+                Err(e) => {
+                    note = Some(format!(
+                        "retention failed (it runs again after the next point): {e}"
+                    ));
+                    vault
+                        .list_points(Some(name))
+                        .await
+                        .map(|ps| ps.into_iter().map(|p| p.point.to_string()).collect())
+                        .unwrap_or_else(|_| vec![point.point.to_string()])
+                }
+            };
             Ok(SyncResult {
                 point: point.point.to_string(),
                 parent: stats.parent,
@@ -175,6 +265,11 @@ pub async fn sync_vm(
         Err(e) => {
             if let Err(abort) = cut.abort().await {
                 tracing::warn!(vm = %vm, error = %abort, "aborting the cut; the next cut will");
+            }
+            if matches!(e, SyncError::Reshaped) {
+                // Bitmaps follow a resized disk; the newest point does not. Only a resync
+                // can build a correct point now.
+                driver.reset_tracking(vm).await?;
             }
             Err(e)
         }
@@ -241,9 +336,7 @@ async fn write_point<C: Cut>(
     };
     if kind == SyncKind::Incremental && disks.iter().any(|(_, n, _)| !writer.has_parent(n)) {
         writer.abort().await;
-        return Err(SyncError::Invalid(
-            "a disk changed size or name since the newest point; the next sync resyncs".into(),
-        ));
+        return Err(SyncError::Reshaped);
     }
     progress.set_phase("committing the point");
     let manifest = writer.commit().await?;
@@ -367,11 +460,17 @@ pub fn vm_name(text: &str) -> Result<VmName, SyncError> {
 }
 
 /// Opened vaults, by URL and a digest of the passphrase: opening one derives its key with
-/// argon2id, which is too slow to do for every sync.
+/// argon2id, which is too slow to do for every sync. Each key has its own cell, so a slow
+/// or unreachable vault delays only the syncs that use it.
 #[derive(Default)]
 pub struct VaultCache {
-    open: tokio::sync::Mutex<std::collections::HashMap<(String, [u8; 32]), Vault>>,
+    open: std::sync::Mutex<std::collections::HashMap<VaultKey, VaultCell>>,
 }
+
+/// A vault's URL and the SHA-256 of its passphrase.
+type VaultKey = (String, [u8; 32]);
+/// Opened once, by the first sync that needs it.
+type VaultCell = std::sync::Arc<tokio::sync::OnceCell<Vault>>;
 
 impl VaultCache {
     pub async fn open(&self, url: &str, passphrase: &str) -> Result<Vault, SyncError> {
@@ -379,23 +478,30 @@ impl VaultCache {
             .as_ref()
             .try_into()
             .expect("SHA-256 is 32 bytes");
-        let key = (url.to_string(), digest);
-        let mut open = self.open.lock().await;
-        if let Some(v) = open.get(&key) {
-            return Ok(v.clone());
-        }
-        let parsed = lifeboat_vault::backend::VaultUrl::parse(url)
-            .map_err(|e| SyncError::Invalid(format!("vault URL {url}: {e}")))?;
-        let backend = lifeboat_vault::backend::Backend::open(&parsed, Default::default())
-            .await
-            .map_err(|e| SyncError::Invalid(format!("vault {url}: {e}")))?;
-        let vault = Vault::open(
-            backend,
-            lifeboat_vault::Unlock::Passphrase(passphrase.to_string()),
-        )
-        .await?;
-        open.insert(key, vault.clone());
-        Ok(vault)
+        let cell = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((url.to_string(), digest))
+            .or_default()
+            .clone();
+        let vault = cell
+            .get_or_try_init(|| async {
+                let parsed = lifeboat_vault::backend::VaultUrl::parse(url)
+                    .map_err(|e| SyncError::Invalid(format!("vault URL {url}: {e}")))?;
+                let backend = lifeboat_vault::backend::Backend::open(&parsed, Default::default())
+                    .await
+                    .map_err(|e| SyncError::Invalid(format!("vault {url}: {e}")))?;
+                Ok::<Vault, SyncError>(
+                    Vault::open(
+                        backend,
+                        lifeboat_vault::Unlock::Passphrase(passphrase.to_string()),
+                    )
+                    .await?,
+                )
+            })
+            .await?;
+        Ok(vault.clone())
     }
 }
 

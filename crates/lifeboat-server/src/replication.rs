@@ -91,6 +91,10 @@ fn backoff(failures: i64) -> Duration {
 
 /// The state the row's facts call for.
 fn evaluate(p: &mut Protection, policy: &Policy, now: DateTime<Utc>) {
+    if p.state == ProtectionState::Disabling {
+        // `unprotect` owns the row now.
+        return;
+    }
     let Some(rpo) = rpo_seconds(p, now) else {
         // No point yet: enabling until a sync is asked for, then the initial sync.
         if p.state != ProtectionState::Enabling || p.current_sync.is_some() {
@@ -173,6 +177,9 @@ async fn step(db: &Database, mut p: Protection) -> Result<Duration, crate::db::D
                 backoff(p.failures).min(POLL * 5)
             }
         }
+    } else if p.state == ProtectionState::Disabling {
+        // Being disabled: never start a sync; `unprotect` deletes the row when done.
+        POLL
     } else if parse_time(&p.next_sync_at).is_none_or(|t| t <= now) {
         return start_sync(db, p, policy, &agent, &host.host.hostname, now).await;
     } else {
@@ -212,8 +219,10 @@ async fn on_status(
             p.sync_total = bytes_total as i64;
             if p.last_point.is_none() {
                 if let Some(op) = db.running_operation(&p.host_id, &p.vm).await? {
-                    db.advance_operation(&op.id, "running", &format!("initial sync: {phase}"))
-                        .await?;
+                    if op.kind == "enable" {
+                        let step = format!("initial sync: {phase}");
+                        db.advance_operation(&op.id, "running", &step).await?;
+                    }
                 }
             }
             Ok(POLL)

@@ -158,7 +158,14 @@ async fn protections_round_trip(url: &str) {
     assert_eq!(points.len(), 1, "{points:?}");
     assert_eq!(points[0].point, "1795693700077-74047e88");
     assert_eq!(points[0].kind, "unknown");
+    assert!(db.point_name_taken("alpha.web").await.unwrap());
+    assert!(!db.point_name_taken("alpha.db").await.unwrap());
     assert!(db.delete_protection("p1", 2).await.unwrap());
+    assert!(db.points("p1").await.unwrap().is_empty());
+    // A watcher finishing after the protection is gone leaves no orphan point.
+    db.add_point("p1", &row("1795693700999-00000000"))
+        .await
+        .unwrap();
     assert!(db.points("p1").await.unwrap().is_empty());
 }
 

@@ -9,7 +9,7 @@ use lifeboat_agent::api::{router, AgentState};
 use lifeboat_agent::enrollment::Enrollment;
 use lifeboat_agent::identity::Identity;
 use lifeboat_agent::serve::{serve, Transport};
-use lifeboat_hypervisor::QemuDriver;
+use lifeboat_hypervisor::{Hypervisor, QemuDriver};
 
 use crate::cli::AgentArgs;
 
@@ -50,6 +50,8 @@ pub async fn start(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<S
         syncs: lifeboat_agent::sync::Syncs::open(&agent_home)
             .with_context(|| format!("opening {}/syncs", agent_home.display()))?,
         vaults: Default::default(),
+        records: lifeboat_agent::replicate::Records::open(&agent_home)
+            .with_context(|| format!("opening {}/replicated", agent_home.display()))?,
         max_rate: args
             .max_rate
             .as_deref()
@@ -57,6 +59,21 @@ pub async fn start(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<S
             .transpose()?
             .map(u64::from),
     });
+    // A guest an earlier agent process left frozen (killed between freeze and thaw)
+    // writes nothing until thawed.
+    {
+        let driver = state.driver.clone();
+        tokio::spawn(async move {
+            for vm in driver.list().await.unwrap_or_default() {
+                if let Err(e) = driver
+                    .thaw_guest(&vm.name, std::time::Duration::from_secs(10))
+                    .await
+                {
+                    tracing::error!(vm = %vm.name, error = %e, "thawing a guest left frozen");
+                }
+            }
+        });
+    }
     let serve = Box::pin(async move {
         serve(listener, transport, router(state))
             .await

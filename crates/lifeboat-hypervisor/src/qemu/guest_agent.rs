@@ -72,7 +72,8 @@ impl Session {
                 .read_until(b'\n', &mut buf)
                 .await?;
             if n == 0 {
-                return Err(std::io::Error::other(
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
                     "the guest agent closed the connection",
                 ));
             }
@@ -152,17 +153,22 @@ pub async fn thaw_if_frozen(dir: &VmDir, limit: Duration) -> Result<()> {
         s.call(&serde_json::json!({"execute": "guest-fsfreeze-thaw"}))
             .await
     };
-    match tokio::time::timeout(limit, attempt).await {
-        Ok(Ok(_)) => {}
-        // An agent that cannot thaw was never able to freeze either; the marker goes.
-        Ok(Err(e)) => tracing::info!(vm = %dir.name, error = %e, "thaw"),
-        Err(_) => {
-            return Err(HypervisorError::Timeout {
-                vm: dir.name.clone(),
-                what: "thawing the guest's filesystems".into(),
-                secs: limit.as_secs(),
-            })
+    let failed = match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok(_)) => {
+            return std::fs::remove_file(&m).map_err(|e| HypervisorError::io("removing", &m, e))
         }
-    }
-    std::fs::remove_file(&m).map_err(|e| HypervisorError::io("removing", &m, e))
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {} s", limit.as_secs()),
+    };
+    // The guest may still be frozen: keep the marker and say so, rather than carry on
+    // with a guest that cannot write.
+    Err(HypervisorError::Tool {
+        tool: "qemu-guest-agent".into(),
+        reason: format!(
+            "VM {}: thawing its filesystems failed ({failed}); the guest may still be frozen. \
+             Check qemu-guest-agent in the guest (`guest-fsfreeze-status`), then remove {}",
+            dir.name,
+            m.display()
+        ),
+    })
 }

@@ -155,6 +155,49 @@ pub fn view(p: &Protection, hosts: &[HostAccess]) -> ProtectionView {
     }
 }
 
+/// Fails its operation if the handler ends without saying how it went (an early return,
+/// or the client hanging up mid-request, which drops the handler), so no operation stays
+/// "running" and blocks the VM.
+struct OpGuard {
+    db: crate::db::Database,
+    id: String,
+    armed: bool,
+}
+
+impl OpGuard {
+    fn new(db: &crate::db::Database, id: &str) -> OpGuard {
+        OpGuard {
+            db: db.clone(),
+            id: id.to_string(),
+            armed: true,
+        }
+    }
+
+    async fn end(mut self, status: &str, step: &str) {
+        self.armed = false;
+        if let Err(e) = self.db.advance_operation(&self.id, status, step).await {
+            tracing::error!(operation = %self.id, error = %e, "ending an operation");
+        }
+    }
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let (db, id) = (self.db.clone(), self.id.clone());
+            tokio::spawn(async move {
+                let _ = db
+                    .advance_operation(
+                        &id,
+                        "failed",
+                        "the request ended before the operation did; run the command again",
+                    )
+                    .await;
+            });
+        }
+    }
+}
+
 /// The enrolled host named by host name, address or id.
 fn find_host<'a>(hosts: &'a [HostAccess], text: &str) -> Option<&'a HostAccess> {
     hosts
@@ -279,12 +322,23 @@ pub async fn protect(
         Ok(None) => {}
         Err(e) => return db_error(e),
     }
+    let point_name = point_name(&host.host.hostname, &req.vm);
+    match s.db.point_name_taken(&point_name).await {
+        Ok(false) => {}
+        Ok(true) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("another protection already writes points named {point_name}"),
+            )
+        }
+        Err(e) => return db_error(e),
+    }
     let op = match s
         .db
         .start_operation(&host.host.id, &req.vm, "enable", "checking the vault")
         .await
     {
-        Ok(id) => id,
+        Ok(id) => OpGuard::new(&s.db, &id),
         Err(e) => return db_error(e),
     };
     // Both the VM's agent (it writes) and the recovery host's (it will read) must open
@@ -296,11 +350,15 @@ pub async fn protect(
     for h in [host, recovery] {
         let checked = match agent(h) {
             Ok(a) => a.check_vault(&access).await,
-            Err(r) => return r,
+            Err(r) => {
+                op.end("failed", "could not build a client for the agent")
+                    .await;
+                return r;
+            }
         };
         if let Err(e) = checked {
             let msg = e.to_string();
-            let _ = s.db.advance_operation(&op, "failed", &msg).await;
+            op.end("failed", &msg).await;
             let status = match e {
                 lifeboat_agent::client::ClientError::Refused { .. } => StatusCode::BAD_REQUEST,
                 _ => StatusCode::BAD_GATEWAY,
@@ -313,7 +371,7 @@ pub async fn protect(
         id: uuid::Uuid::new_v4().to_string(),
         host_id: host.host.id.clone(),
         vm: req.vm.clone(),
-        point_name: point_name(&host.host.hostname, &req.vm),
+        point_name,
         vault_url: req.vault.clone(),
         vault_passphrase: req.vault_passphrase.clone(),
         recovery_host_id: recovery.host.id.clone(),
@@ -323,16 +381,18 @@ pub async fn protect(
         ..Default::default()
     };
     if let Err(e) = s.db.add_protection(&p).await {
-        let _ = s.db.advance_operation(&op, "failed", &e.to_string()).await;
+        op.end("failed", &e.to_string()).await;
         return db_error(e);
     }
-    let _ = s.db.advance_operation(&op, "running", "initial sync").await;
+    // From here the reconciler carries the operation to its end (the first point).
+    let operation = op.id.clone();
+    op.end("running", "initial sync").await;
     tracing::info!(vm = %p.vm, host = %host.host.hostname, policy = policy.name, "protection enabled");
     (
         StatusCode::ACCEPTED,
         Json(Protected {
             protection: view(&p, &hosts),
-            operation: op,
+            operation,
         }),
     )
         .into_response()
@@ -353,9 +413,18 @@ pub fn point_name(host: &str, vm: &str) -> String {
             })
             .collect()
     };
-    let mut n = format!("{}.{}", clean(host), clean(vm));
-    n.truncate(64);
-    n.trim_start_matches('.').to_string()
+    let n = format!("{}.{}", clean(host), clean(vm));
+    if n.len() <= 64 {
+        return n;
+    }
+    // Too long for a vault name: a prefix and a digest of the whole, so two long names
+    // that share a prefix never share a history.
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{host}/{vm}").as_bytes());
+    let hex: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}-{hex}", &n[..64 - 13])
 }
 
 #[utoipa::path(get, path = "/api/v1/protections", tag = "protection",
@@ -437,14 +506,25 @@ pub async fn unprotect(
         .start_operation(&p.host_id, &p.vm, "disable", "stopping replication")
         .await
     {
-        Ok(id) => id,
+        Ok(id) => OpGuard::new(&s.db, &id),
         Err(e) => return db_error(e),
     };
     let Some(host) = hosts.iter().find(|h| h.host.id == p.host_id) else {
-        let _ =
-            s.db.advance_operation(&op, "failed", "the VM's host is not enrolled")
-                .await;
+        op.end("failed", "the VM's host is not enrolled").await;
         return error(StatusCode::CONFLICT, "the VM's host is no longer enrolled");
+    };
+    // First the row says Disabling, so the reconciler starts no sync while the agent
+    // stops tracking (a sync started now would add the bitmaps back).
+    let in_flight = match set_state(&s.db, &p.id, ProtectionState::Disabling).await {
+        Ok(Some(row)) => row.current_sync,
+        Ok(None) => {
+            op.end("succeeded", "already disabled").await;
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("{} is not protected any more", p.vm),
+            );
+        }
+        Err(e) => return db_error(e),
     };
     let req = UnprotectRequest {
         point_name: p.point_name.clone(),
@@ -454,46 +534,83 @@ pub async fn unprotect(
         }),
         delete_points: q.delete_points,
     };
-    let report: UnprotectReport = match agent(host) {
-        Ok(a) => match a.unprotect(&p.vm, &req).await {
-            Ok(r) => r,
-            Err(e) => {
-                let msg = format!("{e}; the VM stays protected, try again");
-                let _ = s.db.advance_operation(&op, "failed", &msg).await;
-                return error(StatusCode::BAD_GATEWAY, msg);
-            }
-        },
-        Err(r) => return r,
+    let client = match AgentClient::new(
+        &host.host.address,
+        &host.host.fingerprint,
+        UNPROTECT_TIMEOUT,
+    ) {
+        Ok(c) => c.with_credential(&host.credential),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    match s.db.delete_protection(&p.id, p.generation).await {
-        Ok(true) => {}
-        Ok(false) => {
-            // The reconciler wrote the row meanwhile; the agent has dropped tracking, so
-            // remove it whatever its generation is now.
-            match s.db.protection(&p.id).await {
-                Ok(Some(now)) => {
-                    if let Err(e) = s.db.delete_protection(&now.id, now.generation).await {
-                        return db_error(e);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => return db_error(e),
+    let mut report: Result<UnprotectReport, _> = client.unprotect(&p.vm, &req).await;
+    // A sync asked for just before Disabling may have reached the agent after it
+    // cancelled: if it runs, cancel it again.
+    if let (Ok(_), Some(sync)) = (&report, &in_flight) {
+        if let Ok(st) = client.sync_status(sync).await {
+            if matches!(st.state, lifeboat_agent::sync::SyncState::Running { .. }) {
+                report = client.unprotect(&p.vm, &req).await;
             }
         }
-        Err(e) => return db_error(e),
     }
-    let _ =
-        s.db.advance_operation(&op, "succeeded", "replication disabled")
-            .await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            // Replication goes on; tracking may already be gone, and then the next sync
+            // is a resync.
+            let back = if p.last_point.is_some() {
+                ProtectionState::Protected
+            } else {
+                ProtectionState::InitialSync
+            };
+            let _ = set_state(&s.db, &p.id, back).await;
+            let msg = format!("{e}; replication goes on — try again");
+            op.end("failed", &msg).await;
+            return error(StatusCode::BAD_GATEWAY, msg);
+        }
+    };
+    loop {
+        match s.db.protection(&p.id).await {
+            Ok(Some(now)) => match s.db.delete_protection(&now.id, now.generation).await {
+                Ok(true) => break,
+                Ok(false) => continue,
+                Err(e) => return db_error(e),
+            },
+            Ok(None) => break,
+            Err(e) => return db_error(e),
+        }
+    }
+    let operation = op.id.clone();
+    op.end("succeeded", "replication disabled").await;
     tracing::info!(vm = %p.vm, deleted_points = report.points_deleted, "protection disabled");
     Json(Unprotected {
         vm: p.vm.clone(),
-        operation: op,
+        operation,
         tracking_removed: report.tracking_removed,
         points_deleted: report.points_deleted,
         note: report.note,
     })
     .into_response()
+}
+
+/// How long `unprotect` waits for the agent: deleting points on object storage is slow.
+const UNPROTECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Sets a protection's state, retrying lost generation races; the row as saved, or `None`
+/// when it is gone.
+async fn set_state(
+    db: &crate::db::Database,
+    id: &str,
+    state: ProtectionState,
+) -> Result<Option<Protection>, crate::db::DbError> {
+    loop {
+        let Some(mut row) = db.protection(id).await? else {
+            return Ok(None);
+        };
+        row.state = state;
+        if db.save_protection(&mut row).await? {
+            return Ok(Some(row));
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/operations", tag = "operations",
@@ -521,4 +638,22 @@ pub async fn get_operation(State(s): State<Arc<ServerState>>, Path(id): Path<Str
     responses((status = 200, description = "The protection policies", body = [Policy])))]
 pub async fn list_policies() -> Json<&'static [Policy]> {
     Json(crate::policy::POLICIES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::point_name;
+
+    #[test]
+    fn point_names_are_valid_and_long_ones_never_collide() {
+        assert_eq!(point_name("Alpha", "web_1"), "alpha.web_1");
+        let host = "hypervisor-01.rack-7.datacenter-east.example.com";
+        let a = point_name(host, "database-primary");
+        let b = point_name(host, "database-prod");
+        assert_ne!(a, b);
+        for n in [&a, &b] {
+            assert!(n.len() <= 64, "{n}");
+            lifeboat_vault::format::Name::new(n).unwrap();
+        }
+    }
 }

@@ -19,6 +19,8 @@ pub enum ProtectionState {
     InitialSync,
     Protected,
     Degraded,
+    /// `unprotect` is stopping it: no new sync starts.
+    Disabling,
 }
 
 impl ProtectionState {
@@ -28,6 +30,7 @@ impl ProtectionState {
             ProtectionState::InitialSync => "initial_sync",
             ProtectionState::Protected => "protected",
             ProtectionState::Degraded => "degraded",
+            ProtectionState::Disabling => "disabling",
         }
     }
 
@@ -37,6 +40,7 @@ impl ProtectionState {
             "initial_sync" => ProtectionState::InitialSync,
             "protected" => ProtectionState::Protected,
             "degraded" => ProtectionState::Degraded,
+            "disabling" => ProtectionState::Disabling,
             other => {
                 return Err(sqlx::Error::Decode(
                     format!("unknown protection state {other:?}").into(),
@@ -45,11 +49,12 @@ impl ProtectionState {
         })
     }
 
-    pub const ALL: [ProtectionState; 4] = [
+    pub const ALL: [ProtectionState; 5] = [
         ProtectionState::Enabling,
         ProtectionState::InitialSync,
         ProtectionState::Protected,
         ProtectionState::Degraded,
+        ProtectionState::Disabling,
     ];
 }
 
@@ -335,8 +340,10 @@ impl Database {
     /// Records a point; recording the same point twice is not an error.
     pub async fn add_point(&self, protection_id: &str, p: &PointRow) -> Result<(), DbError> {
         let r = sqlx::query(
+            // Only while the protection exists: a watcher that finishes after `unprotect`
+            // leaves no orphan rows.
             "INSERT INTO points (protection_id, point, cut_time, consistency, kind, bytes_read, new_bytes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM protections WHERE id = $1)",
         )
         .bind(protection_id)
         .bind(&p.point)
@@ -373,7 +380,7 @@ impl Database {
             let row = PointRow {
                 point: v.clone(),
                 cut_time: id.time().to_rfc3339(),
-                consistency: "crash".into(),
+                consistency: "unknown".into(),
                 kind: "unknown".into(),
                 bytes_read: 0,
                 new_bytes: 0,
@@ -414,6 +421,15 @@ impl Database {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(DbError::from)
+    }
+
+    /// Whether another protection already writes points under `point_name`.
+    pub async fn point_name_taken(&self, point_name: &str) -> Result<bool, DbError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM protections WHERE point_name = $1")
+            .bind(point_name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
     /// Starts an operation on a VM; a conflict if one is running on it already.
