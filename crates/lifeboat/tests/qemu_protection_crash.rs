@@ -251,7 +251,35 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
         );
     });
 
-    // 5. Nothing lost, nothing torn: the server's points are the vault's, all verify, and a
+    // 5. The newest point disappears from the vault (deleted by hand): the bitmaps hold
+    //    only what changed since it, so the next sync must not build on an older point —
+    //    it resyncs.
+    tokio::task::block_in_place(|| {
+        // Right after a sync ends, so the next one (5 s later) starts after the deletion.
+        let n = cl.protection()["syncs_committed"].as_u64().unwrap();
+        let p = cl.wait_for("a fresh point", Duration::from_secs(60), |p| {
+            p["syncs_committed"].as_u64().unwrap() > n && p["sync"].is_null()
+        });
+        let newest = p["last_point"].as_str().unwrap().to_string();
+        let manifest = cl.tmp.path().join("vault/points/alpha.web").join(&newest);
+        std::fs::remove_file(&manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+        let resyncs = |cl: &Cluster| {
+            cl.json(&["points", "web"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["kind"] == "resync")
+                .count()
+        };
+        let before = resyncs(&cl);
+        cl.wait_for(
+            "a resync after the lost point",
+            Duration::from_secs(120),
+            |_| resyncs(&cl) > before,
+        );
+    });
+
+    // 6. Nothing lost, nothing torn: the server's points are the vault's, all verify, and a
     //    point taken after the guest stopped writing equals its data disk.
     console.run("sync", Duration::from_secs(60)).await.unwrap();
     tokio::task::block_in_place(|| {
