@@ -43,6 +43,18 @@ host_forwards = [{{ host_port = {port}, guest_port = 80 }}]
     )?)
 }
 
+/// Starts the demo guest and waits until its shell answers.
+pub async fn boot_and_wait(driver: &QemuDriver, vm: &VmName) -> Result<SerialConsole> {
+    driver.start(vm).await?;
+    let mut console =
+        SerialConsole::connect(&driver.serial_socket(vm)?, Duration::from_secs(60)).await?;
+    console
+        .wait_ready(Duration::from_secs(240))
+        .await
+        .context("the demo guest did not boot")?;
+    Ok(console)
+}
+
 /// The binary as the operator can run it: its path when it is not on PATH.
 pub fn exe_for_operator() -> String {
     std::env::current_exe()
@@ -83,13 +95,7 @@ pub async fn run(driver: &QemuDriver, out: Output, args: DemoArgs) -> Result<()>
     driver.define(spec).await?;
 
     step(2, "Booting it under Lifeboat's QEMU driver");
-    driver.start(&vm).await?;
-    let mut console =
-        SerialConsole::connect(&driver.serial_socket(&vm)?, Duration::from_secs(60)).await?;
-    console
-        .wait_ready(Duration::from_secs(240))
-        .await
-        .context("the demo guest did not boot")?;
+    let mut console = boot_and_wait(driver, &vm).await?;
     println!(
         "  booted in {:.1} s; its web server is on http://127.0.0.1:{port}/",
         started.elapsed().as_secs_f64()

@@ -3,11 +3,9 @@
 //! and protects it, then keeps running with the commands to look at it.
 
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use lifeboat_hypervisor::{Hypervisor, QemuDriver, VmName, VmState};
-use lifeboat_testkit::SerialConsole;
 use lifeboat_vault::backend::{Backend, BackendOptions, VaultUrl};
 use lifeboat_vault::format::KdfParams;
 use lifeboat_vault::Vault;
@@ -216,13 +214,7 @@ async fn ensure_demo_vm(driver: &QemuDriver, home: &Path) -> Result<u16> {
         .unwrap_or(0);
     if driver.state(&vm).await? != VmState::Running {
         println!("  booting {DEMO_VM}");
-        driver.start(&vm).await?;
-        let mut console =
-            SerialConsole::connect(&driver.serial_socket(&vm)?, Duration::from_secs(60)).await?;
-        console
-            .wait_ready(Duration::from_secs(240))
-            .await
-            .context("the demo guest did not boot")?;
+        crate::demo::boot_and_wait(driver, &vm).await?;
     }
     Ok(port)
 }
