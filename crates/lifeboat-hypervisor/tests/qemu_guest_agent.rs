@@ -31,6 +31,33 @@ async fn a_guest_freezes_and_thaws_and_a_guest_without_agent_is_named() -> Resul
     // Thawing again is a no-op.
     lab.driver.thaw_guest(&lab.vm, limit).await?;
 
+    // The guest agent dies while the guest is frozen: the thaw fails, says what to check,
+    // and keeps the marker, so every later look tries again; once qemu-ga runs again (it
+    // remembers the freeze in its state directory) the thaw goes through.
+    let frozen = lab.driver.freeze_guest(&lab.vm, limit).await?;
+    assert!(frozen.is_some());
+    // SIGKILL: a frozen qemu-ga ignores SIGTERM.
+    lab.sh("killall -9 qemu-ga; sleep 0.5; true").await?;
+    let err = lab
+        .driver
+        .thaw_guest(&lab.vm, Duration::from_secs(3))
+        .await
+        .expect_err("a thaw without an agent must fail");
+    assert!(err.to_string().contains("may still be frozen"), "{err}");
+    assert!(lab
+        .driver
+        .thaw_guest(&lab.vm, Duration::from_secs(3))
+        .await
+        .is_err());
+    // Started again as the guest's init does.
+    lab.sh("for p in /sys/class/virtio-ports/*; do \
+           [ \"$(cat $p/name)\" = org.qemu.guest_agent.0 ] && \
+           /usr/sbin/qemu-ga -d -m virtio-serial -p /dev/${p##*/} -t /var/run; \
+         done; true")
+        .await?;
+    lab.driver.thaw_guest(&lab.vm, limit).await?;
+    lab.sh("echo again > /data/a && sync").await?;
+
     // No agent: the freeze gives up within its limit, and the guest is not frozen.
     lab.sh("killall qemu-ga; sleep 0.5; true").await?;
     let started = Instant::now();
