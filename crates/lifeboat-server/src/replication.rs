@@ -240,6 +240,7 @@ async fn on_status(
                         .unwrap_or_default(),
                     bytes_read: r.bytes_read as i64,
                     new_bytes: r.new_bytes_stored as i64,
+                    note: r.note.clone(),
                 },
             )
             .await?;
@@ -275,7 +276,7 @@ async fn on_status(
                 tracing::info!(vm = %p.vm, point = %r.point, "initial sync done");
             }
             if let Some(note) = r.note {
-                tracing::warn!(vm = %p.vm, %note, "the sync was a full resync");
+                tracing::warn!(vm = %p.vm, %note, "note on the new point");
             }
             Ok(Duration::ZERO)
         }

@@ -144,6 +144,7 @@ async fn protections_round_trip(url: &str) {
         kind: "full".into(),
         bytes_read: 1,
         new_bytes: 1,
+        note: None,
     };
     db.add_point("p1", &row("1795693682402-9ccafd11"))
         .await
@@ -158,6 +159,10 @@ async fn protections_round_trip(url: &str) {
     assert_eq!(points.len(), 1, "{points:?}");
     assert_eq!(points[0].point, "1795693700077-74047e88");
     assert_eq!(points[0].kind, "unknown");
+    assert!(points[0]
+        .note
+        .as_deref()
+        .is_some_and(|n| n.contains("did not report")));
     assert!(db.point_name_taken("alpha.web").await.unwrap());
     assert!(!db.point_name_taken("alpha.db").await.unwrap());
     assert!(db.delete_protection("p1", 2).await.unwrap());

@@ -266,9 +266,17 @@ pub async fn points(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Res
             println!("{vm} has no recovery point yet.");
             return;
         }
-        let mut rows = vec![["POINT", "CUT TIME", "CONSISTENCY", "KIND", "READ", "NEW"]
-            .map(String::from)
-            .to_vec()];
+        let mut rows = vec![[
+            "POINT",
+            "CUT TIME",
+            "CONSISTENCY",
+            "KIND",
+            "READ",
+            "NEW",
+            "NOTE",
+        ]
+        .map(String::from)
+        .to_vec()];
         for x in points {
             rows.push(vec![
                 text(&x["point"]),
@@ -277,6 +285,7 @@ pub async fn points(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Res
                 text(&x["kind"]),
                 bytes(x["bytes_read"].as_u64().unwrap_or(0)),
                 bytes(x["new_bytes"].as_u64().unwrap_or(0)),
+                x["note"].as_str().unwrap_or("").to_string(),
             ]);
         }
         table(&rows);

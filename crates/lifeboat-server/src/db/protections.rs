@@ -135,6 +135,9 @@ pub struct PointRow {
     pub kind: String,
     pub bytes_read: i64,
     pub new_bytes: i64,
+    /// Why the point is what it is, when that is worth saying (a resync and its cause,
+    /// no guest agent for an app-consistent point).
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -342,8 +345,8 @@ impl Database {
         let r = sqlx::query(
             // Only while the protection exists: a watcher that finishes after `unprotect`
             // leaves no orphan rows.
-            "INSERT INTO points (protection_id, point, cut_time, consistency, kind, bytes_read, new_bytes) \
-             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM protections WHERE id = $1)",
+            "INSERT INTO points (protection_id, point, cut_time, consistency, kind, bytes_read, new_bytes, note) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM protections WHERE id = $1)",
         )
         .bind(protection_id)
         .bind(&p.point)
@@ -352,6 +355,7 @@ impl Database {
         .bind(&p.kind)
         .bind(p.bytes_read)
         .bind(p.new_bytes)
+        .bind(&p.note)
         .execute(&self.pool)
         .await;
         match r {
@@ -384,6 +388,7 @@ impl Database {
                 kind: "unknown".into(),
                 bytes_read: 0,
                 new_bytes: 0,
+                note: Some("found in the vault; the sync that wrote it did not report".into()),
             };
             self.add_point(protection_id, &row).await?;
         }
@@ -402,7 +407,7 @@ impl Database {
     /// A protection's points, oldest first.
     pub async fn points(&self, protection_id: &str) -> Result<Vec<PointRow>, DbError> {
         let rows = sqlx::query(
-            "SELECT point, cut_time, consistency, kind, bytes_read, new_bytes FROM points \
+            "SELECT point, cut_time, consistency, kind, bytes_read, new_bytes, note FROM points \
              WHERE protection_id = $1 ORDER BY point",
         )
         .bind(protection_id)
@@ -417,6 +422,7 @@ impl Database {
                     kind: r.try_get("kind")?,
                     bytes_read: r.try_get("bytes_read")?,
                     new_bytes: r.try_get("new_bytes")?,
+                    note: r.try_get("note")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
