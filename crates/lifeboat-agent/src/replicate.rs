@@ -214,6 +214,7 @@ pub async fn sync_vm(
         &cut,
         &Job {
             kind,
+            vm_config: driver.spec(vm).await?.to_toml().into_bytes(),
             cut_time,
             consistency,
             max_rate,
@@ -279,6 +280,8 @@ pub async fn sync_vm(
 /// What one sync is: its kind, when its cut was taken, its bandwidth cap, its progress.
 struct Job<'a> {
     kind: SyncKind,
+    /// The VM's spec (TOML), kept in the point so the recovery host can rebuild the VM.
+    vm_config: Vec<u8>,
     cut_time: chrono::DateTime<Utc>,
     consistency: Consistency,
     max_rate: Option<u64>,
@@ -314,7 +317,7 @@ async fn write_point<C: Cut>(
             name: name.clone(),
             parent: parent.clone(),
             consistency: job.consistency,
-            vm_config: None,
+            vm_config: Some(job.vm_config.clone()),
             disks: disks
                 .iter()
                 .map(|(_, n, size)| DiskLayout {

@@ -195,6 +195,29 @@ async fn protect_and_check(database: Option<String>) {
 
     tokio::task::block_in_place(|| check_points(&cl, &points, &writes));
 
+    // Each point carries the VM's spec, for the recovery host to rebuild the VM from.
+    let backend = lifeboat_vault::backend::Backend::open(
+        &lifeboat_vault::backend::VaultUrl::parse(&cl.vault).unwrap(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let vault = lifeboat_vault::Vault::open(
+        backend,
+        lifeboat_vault::Unlock::Passphrase(common::cluster::PASSPHRASE.into()),
+    )
+    .await
+    .unwrap();
+    let newest = vault.list_points(None).await.unwrap().pop().unwrap();
+    let manifest = vault.manifest(&newest).await.unwrap();
+    let spec = lifeboat_hypervisor::VmSpec::parse(
+        std::str::from_utf8(manifest.vm_config.as_deref().unwrap()).unwrap(),
+        std::path::Path::new("manifest"),
+    )
+    .unwrap();
+    assert_eq!(spec.name.as_str(), "web");
+    assert_eq!(spec.disks[0].name.as_str(), "vda");
+
     // Disable: tracking is removed and, asked for, the points too.
     let (ok, out, err) = cl.cli(&["unprotect", "web", "--delete-points"]);
     assert!(ok, "{err}");
