@@ -121,6 +121,24 @@ fn hosts_enroll_once_and_the_api_needs_its_token(database: Option<String>) {
     assert!(by_name("gamma")["vms"].is_null(), "{scan}");
     drop(c);
 
+    // Operations and policies answer (none running yet; the built-in policies).
+    for (path, want) in [
+        ("/api/v1/operations", "[]"),
+        ("/api/v1/policies", "\"frequent\""),
+    ] {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "-H"])
+            .arg(format!("Authorization: Bearer {}", server.token))
+            .arg(format!("{}{path}", server.url))
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && body.contains(want),
+            "{path}: {body}"
+        );
+    }
+
     // The API's description needs no token and is the committed document.
     let doc = std::process::Command::new("curl")
         .args(["-sf", &format!("{}/api/v1/openapi.json", server.url)])

@@ -31,6 +31,7 @@ use crate::db::{Database, DbError, Host, Operation, PointRow, ProtectionState};
 use crate::policy::Policy;
 use crate::replication::AGENT_TIMEOUT;
 
+pub mod operations;
 pub mod protection;
 pub mod status;
 
@@ -105,9 +106,9 @@ pub fn router(state: Arc<ServerState>) -> Router {
             "/api/v1/protections/{id}/points",
             get(protection::list_points),
         )
-        .route("/api/v1/operations", get(protection::list_operations))
-        .route("/api/v1/operations/{id}", get(protection::get_operation))
-        .route("/api/v1/policies", get(protection::list_policies))
+        .route("/api/v1/operations", get(operations::list_operations))
+        .route("/api/v1/operations/{id}", get(operations::get_operation))
+        .route("/api/v1/policies", get(operations::list_policies))
         .route("/api/v1/status", get(status::overview))
         .route("/metrics", get(status::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -178,7 +179,7 @@ pub struct ApiError {
     info(title = "Lifeboat server API", description = "The control plane's REST API. Every route needs `Authorization: Bearer <API token>`."),
     paths(list_hosts, enroll_host, list_vms, protection::protect, protection::list_protections,
         protection::get_protection, protection::unprotect, protection::list_points,
-        protection::list_operations, protection::get_operation, protection::list_policies,
+        operations::list_operations, operations::get_operation, operations::list_policies,
         status::overview),
     components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError, ProtectRequest,
         Protected, ProtectionView, SyncProgress, Unprotected, PointRow, Operation, Policy,

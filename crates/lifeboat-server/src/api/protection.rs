@@ -16,8 +16,9 @@ use lifeboat_agent::client::AgentClient;
 use lifeboat_agent::sync::VaultAccess;
 use serde::{Deserialize, Serialize};
 
+use super::operations::OpGuard;
 use super::{db_error, error, ApiError, ServerState};
-use crate::db::{HostAccess, Operation, PointRow, Protection, ProtectionState};
+use crate::db::{HostAccess, PointRow, Protection, ProtectionState};
 use crate::policy::Policy;
 use crate::replication::{rpo_seconds, AGENT_TIMEOUT};
 
@@ -152,49 +153,6 @@ pub fn view(p: &Protection, hosts: &[HostAccess]) -> ProtectionView {
         last_sync_seconds: p.last_sync_ms as f64 / 1000.0,
         last_error: p.last_error.clone(),
         created_at: p.created_at.clone(),
-    }
-}
-
-/// Fails its operation if the handler ends without saying how it went (an early return,
-/// or the client hanging up mid-request, which drops the handler), so no operation stays
-/// "running" and blocks the VM.
-struct OpGuard {
-    db: crate::db::Database,
-    id: String,
-    armed: bool,
-}
-
-impl OpGuard {
-    fn new(db: &crate::db::Database, id: &str) -> OpGuard {
-        OpGuard {
-            db: db.clone(),
-            id: id.to_string(),
-            armed: true,
-        }
-    }
-
-    async fn end(mut self, status: &str, step: &str) {
-        self.armed = false;
-        if let Err(e) = self.db.advance_operation(&self.id, status, step).await {
-            tracing::error!(operation = %self.id, error = %e, "ending an operation");
-        }
-    }
-}
-
-impl Drop for OpGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let (db, id) = (self.db.clone(), self.id.clone());
-            tokio::spawn(async move {
-                let _ = db
-                    .advance_operation(
-                        &id,
-                        "failed",
-                        "the request ended before the operation did; run the command again",
-                    )
-                    .await;
-            });
-        }
     }
 }
 
@@ -611,33 +569,6 @@ async fn set_state(
             return Ok(Some(row));
         }
     }
-}
-
-#[utoipa::path(get, path = "/api/v1/operations", tag = "operations",
-    responses((status = 200, description = "The newest 100 operations", body = [Operation])))]
-pub async fn list_operations(State(s): State<Arc<ServerState>>) -> Response {
-    match s.db.operations(100).await {
-        Ok(ops) => Json(ops).into_response(),
-        Err(e) => db_error(e),
-    }
-}
-
-#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations",
-    params(("id" = String, Path, description = "The operation's id")),
-    responses((status = 200, description = "The operation with its log", body = Operation),
-               (status = 404, description = "No such operation", body = ApiError)))]
-pub async fn get_operation(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
-    match s.db.operation(&id).await {
-        Ok(Some(op)) => Json(op).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no operation {id}")),
-        Err(e) => db_error(e),
-    }
-}
-
-#[utoipa::path(get, path = "/api/v1/policies", tag = "protection",
-    responses((status = 200, description = "The protection policies", body = [Policy])))]
-pub async fn list_policies() -> Json<&'static [Policy]> {
-    Json(crate::policy::POLICIES)
 }
 
 #[cfg(test)]

@@ -1,0 +1,83 @@
+//! Operations (enable, disable; failover next): listing them, and the guard that makes
+//! every operation end; and the protection policies.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::{db_error, error, ApiError, ServerState};
+use crate::db::Operation;
+use crate::policy::Policy;
+
+/// Fails its operation if the handler ends without saying how it went (an early return,
+/// or the client hanging up mid-request, which drops the handler), so no operation stays
+/// "running" and blocks the VM.
+pub(crate) struct OpGuard {
+    db: crate::db::Database,
+    pub(crate) id: String,
+    armed: bool,
+}
+
+impl OpGuard {
+    pub(crate) fn new(db: &crate::db::Database, id: &str) -> OpGuard {
+        OpGuard {
+            db: db.clone(),
+            id: id.to_string(),
+            armed: true,
+        }
+    }
+
+    pub(crate) async fn end(mut self, status: &str, step: &str) {
+        self.armed = false;
+        if let Err(e) = self.db.advance_operation(&self.id, status, step).await {
+            tracing::error!(operation = %self.id, error = %e, "ending an operation");
+        }
+    }
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let (db, id) = (self.db.clone(), self.id.clone());
+            tokio::spawn(async move {
+                let _ = db
+                    .advance_operation(
+                        &id,
+                        "failed",
+                        "the request ended before the operation did; run the command again",
+                    )
+                    .await;
+            });
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/operations", tag = "operations",
+    responses((status = 200, description = "The newest 100 operations", body = [Operation])))]
+pub async fn list_operations(State(s): State<Arc<ServerState>>) -> Response {
+    match s.db.operations(100).await {
+        Ok(ops) => Json(ops).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations",
+    params(("id" = String, Path, description = "The operation's id")),
+    responses((status = 200, description = "The operation with its log", body = Operation),
+               (status = 404, description = "No such operation", body = ApiError)))]
+pub async fn get_operation(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+    match s.db.operation(&id).await {
+        Ok(Some(op)) => Json(op).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no operation {id}")),
+        Err(e) => db_error(e),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/policies", tag = "protection",
+    responses((status = 200, description = "The protection policies", body = [Policy])))]
+pub async fn list_policies() -> Json<&'static [Policy]> {
+    Json(crate::policy::POLICIES)
+}
