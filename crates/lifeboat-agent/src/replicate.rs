@@ -46,8 +46,8 @@ pub enum SyncError {
     Invalid(String),
     #[error("a disk changed size or name since the newest point; the next sync resyncs")]
     Reshaped,
-    #[error("recording the last point: {0}")]
-    Record(#[from] std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// What this agent last wrote for each VM: the point an incremental must build on.
@@ -69,15 +69,13 @@ impl Records {
             .map(|s| s.trim().to_string())
     }
 
-    pub fn set_last_point(&self, vm: &VmName, point: &str) -> std::io::Result<()> {
-        use std::io::Write;
+    pub fn set_last_point(&self, vm: &VmName, point: &str) -> Result<(), SyncError> {
+        // VM names have no dots, so the helper's `NAME.tmp` is never another VM's file.
         let path = self.dir.join(vm.as_str());
-        let tmp = self.dir.join(format!(".{}.tmp", vm.as_str()));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(point.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        Ok(lifeboat_hypervisor::qemu::layout::write_atomically(
+            &path,
+            point.as_bytes(),
+        )?)
     }
 
     /// Forgets `vm` (replication disabled): its next protection starts from a resync.

@@ -258,10 +258,8 @@ impl Syncs {
             state,
         };
         if let Some(path) = self.journal_path(sync_id) {
-            if let Err(e) = write_atomically(
-                &path,
-                &serde_json::to_vec_pretty(&status).unwrap_or_default(),
-            ) {
+            let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
+            if let Err(e) = lifeboat_hypervisor::qemu::layout::write_atomically(&path, &bytes) {
                 tracing::error!(sync = sync_id, error = %e, "could not journal a finished sync");
             }
         }
@@ -327,19 +325,6 @@ pub fn valid_sync_id(sync_id: &str) -> bool {
         && sync_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

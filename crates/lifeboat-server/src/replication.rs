@@ -51,6 +51,9 @@ pub async fn run(db: Database) {
 }
 
 async fn watch(db: Database, id: String) {
+    // One HTTPS client per watcher, kept across steps: a new one per poll would make a
+    // new TLS handshake every second for every protected VM.
+    let mut agents = AgentClients::default();
     loop {
         let p = match db.protection(&id).await {
             Ok(Some(p)) => p,
@@ -61,7 +64,7 @@ async fn watch(db: Database, id: String) {
                 continue;
             }
         };
-        let wait = match step(&db, p).await {
+        let wait = match step(&db, p, &mut agents).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(protection = %id, error = %e, "replication step");
@@ -130,15 +133,37 @@ fn evaluate(p: &mut Protection, policy: &Policy, now: DateTime<Utc>) {
     }
 }
 
-fn agent_for(host: &crate::db::HostAccess) -> Result<AgentClient, ClientError> {
-    Ok(
-        AgentClient::new(&host.host.address, &host.host.fingerprint, AGENT_TIMEOUT)?
-            .with_credential(&host.credential),
-    )
+/// The client for a host, made again only when the host's address, pinned certificate
+/// or credential changed.
+#[derive(Default)]
+struct AgentClients {
+    current: Option<((String, String, String), AgentClient)>,
+}
+
+impl AgentClients {
+    fn get(&mut self, host: &crate::db::HostAccess) -> Result<AgentClient, ClientError> {
+        let key = (
+            host.host.address.clone(),
+            host.host.fingerprint.clone(),
+            host.credential.clone(),
+        );
+        if let Some((k, c)) = &self.current {
+            if *k == key {
+                return Ok(c.clone());
+            }
+        }
+        let client = AgentClient::new(&key.0, &key.1, AGENT_TIMEOUT)?.with_credential(&key.2);
+        self.current = Some((key, client.clone()));
+        Ok(client)
+    }
 }
 
 /// One step for one protection; returns how long to wait before the next.
-async fn step(db: &Database, mut p: Protection) -> Result<Duration, crate::db::DbError> {
+async fn step(
+    db: &Database,
+    mut p: Protection,
+    agents: &mut AgentClients,
+) -> Result<Duration, crate::db::DbError> {
     let policy = Policy::find(&p.policy).unwrap_or(&crate::policy::POLICIES[0]);
     let before = (p.state, p.reason.clone());
     let now = Utc::now();
@@ -149,7 +174,7 @@ async fn step(db: &Database, mut p: Protection) -> Result<Duration, crate::db::D
         db.save_protection(&mut p).await?;
         return Ok(MAX_BACKOFF);
     };
-    let agent = match agent_for(&host) {
+    let agent = match agents.get(&host) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "agent client");

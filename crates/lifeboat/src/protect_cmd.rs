@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use lifeboat_server::api::protection::ProtectRequest;
 use serde_json::Value;
 
 use crate::cli::{ProtectArgs, ServerConn, UnprotectArgs};
@@ -80,14 +81,14 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
     let created: Value = server
         .post(
             "/api/v1/protections",
-            &serde_json::json!({
-                "vm": vm,
-                "host": host,
-                "vault": args.vault,
-                "vault_passphrase": passphrase,
-                "recovery_host": args.recovery_host,
-                "policy": args.policy,
-            }),
+            &ProtectRequest {
+                vm,
+                host,
+                vault: args.vault,
+                vault_passphrase: passphrase,
+                recovery_host: args.recovery_host,
+                policy: Some(args.policy.clone()),
+            },
         )
         .await?;
     let id = text(&created["protection"]["id"]);

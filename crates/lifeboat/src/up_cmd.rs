@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use lifeboat_hypervisor::{Hypervisor, QemuDriver, VmName, VmState};
+use lifeboat_server::api::protection::ProtectRequest;
 use lifeboat_vault::backend::{Backend, BackendOptions, VaultUrl};
 use lifeboat_vault::format::KdfParams;
 use lifeboat_vault::Vault;
@@ -96,13 +97,14 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
                 let created: Value = api
                     .post(
                         "/api/v1/protections",
-                        &serde_json::json!({
-                            "vm": DEMO_VM,
-                            "vault": vault_url,
-                            "vault_passphrase": passphrase,
-                            "recovery_host": agent.hostname,
-                            "policy": args.policy,
-                        }),
+                        &ProtectRequest {
+                            vm: DEMO_VM.into(),
+                            host: None,
+                            vault: vault_url.clone(),
+                            vault_passphrase: passphrase.clone(),
+                            recovery_host: agent.hostname.clone(),
+                            policy: Some(args.policy.clone()),
+                        },
                     )
                     .await?;
                 println!(
