@@ -9,6 +9,9 @@
 //! | `GET /api/v1/syncs/{id}` | the server: a sync's progress or result |
 //! | `POST /api/v1/vms/{vm}/unprotect` | the server: stop a VM's sync, drop its tracking, maybe its points |
 //! | `POST /api/v1/vault/check` | the server: can this agent open that vault? |
+//! | `POST /api/v1/recoveries` | the server: bring a VM up from a point here (idempotent by recovery id; asking again resumes serving it) |
+//! | `GET /api/v1/recoveries[/{id}]` | the server: recovered VMs, their state and hydration |
+//! | `DELETE /api/v1/recoveries/{id}` | the server: remove a recovered VM and everything created for it |
 //!
 //! Errors are JSON `{"error": "..."}` with a message that says what to do.
 
@@ -18,7 +21,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use lifeboat_hypervisor::{Hypervisor, QemuDriver, VmInfo};
 use serde::{Deserialize, Serialize};
@@ -72,6 +75,8 @@ pub struct AgentState {
     pub records: Records,
     /// Bytes per second a sync may read at most (the operator's bandwidth cap).
     pub max_rate: Option<u64>,
+    /// VMs brought up here from recovery points.
+    pub recoveries: Arc<crate::provision::Recoveries>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -104,6 +109,14 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/syncs/{id}", get(sync_status))
         .route("/api/v1/vms/{vm}/unprotect", post(unprotect))
         .route("/api/v1/vault/check", post(check_vault))
+        .route(
+            "/api/v1/recoveries",
+            post(crate::recovery_api::ensure).get(crate::recovery_api::list),
+        )
+        .route(
+            "/api/v1/recoveries/{id}",
+            get(crate::recovery_api::status).merge(delete(crate::recovery_api::remove)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_credential,
@@ -116,7 +129,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 

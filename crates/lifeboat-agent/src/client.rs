@@ -201,6 +201,39 @@ impl AgentClient {
             .await
     }
 
+    /// Brings a VM up from a point on this agent's host, or resumes one brought up with
+    /// the same recovery id.
+    pub async fn ensure_recovery(
+        &self,
+        req: &crate::recovery::RecoveryRequest,
+    ) -> Result<crate::recovery::RecoveryStatus, ClientError> {
+        self.call(self.http.post(self.url("/api/v1/recoveries")).json(req))
+            .await
+    }
+
+    /// A recovery's state; `Refused { status: 404 }` when the agent has none of that id.
+    pub async fn recovery_status(
+        &self,
+        recovery_id: &str,
+    ) -> Result<crate::recovery::RecoveryStatus, ClientError> {
+        let url = self.url(&format!("/api/v1/recoveries/{recovery_id}"));
+        self.call(self.http.get(url)).await
+    }
+
+    pub async fn recoveries(&self) -> Result<Vec<crate::recovery::RecoveryStatus>, ClientError> {
+        self.call(self.http.get(self.url("/api/v1/recoveries")))
+            .await
+    }
+
+    /// Removes a recovered VM and everything made for it (nothing there is no error).
+    pub async fn remove_recovery(
+        &self,
+        recovery_id: &str,
+    ) -> Result<crate::recovery::RemovalReport, ClientError> {
+        let url = self.url(&format!("/api/v1/recoveries/{recovery_id}"));
+        self.call(self.http.delete(url)).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("https://{}{path}", self.address)
     }

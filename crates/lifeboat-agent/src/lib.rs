@@ -11,12 +11,20 @@
 //! - `sync`: the syncs the server asks for (API types) and the registry of running and
 //!   finished ones, journaled so an answer survives a restart.
 //! - `replicate`: one sync — a cut of the VM's disks written into the vault as a point.
+//! - `recovery`: recoveries — VMs brought up here from points (API types, journal).
+//! - `provision`: bringing one up instantly: NBD from the vault under a qcow2 overlay,
+//!   then hydration; and removing it.
+//! - `point_export`: one disk of a point served over NBD.
 //! - `serve`: TLS (or, on loopback only and when asked, plain HTTP) in front of the routes.
 
 pub mod api;
 pub mod client;
 pub mod enrollment;
 pub mod identity;
+pub mod point_export;
+pub mod provision;
+pub mod recovery;
+mod recovery_api;
 pub mod replicate;
 pub mod serve;
 pub mod sync;

@@ -1,4 +1,5 @@
-//! The one error type of the crate, and why a connection died.
+//! The client's error type, and why a connection died. The server has its
+//! own, [`crate::server::ServeError`].
 
 use std::fmt;
 use std::io;

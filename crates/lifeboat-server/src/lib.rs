@@ -6,8 +6,11 @@
 //! - `policy`: protection policies (sync interval, RPO threshold, retention).
 //! - `replication`: the reconciler that keeps every protected VM syncing on schedule and
 //!   moves it between Protected and Degraded.
+//! - `recovery_watch`: follows VMs brought up on recovery hosts (state, hydration) and
+//!   keeps their point served across agent restarts.
 
 pub mod api;
 pub mod db;
 pub mod policy;
+pub mod recovery_watch;
 pub mod replication;

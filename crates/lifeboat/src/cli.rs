@@ -68,6 +68,10 @@ pub enum Command {
     Protect(ProtectArgs),
     /// Stop replicating a VM and remove its change tracking.
     Unprotect(UnprotectArgs),
+    /// Bring a protected VM up on its recovery host from a recovery point
+    /// (`--test`: a copy beside production, in an isolated network); `failover cleanup VM`
+    /// removes a test copy.
+    Failover(FailoverArgs),
     /// Overview: VMs by protection state, worst RPO, running operations.
     Status {
         #[command(flatten)]
@@ -141,6 +145,42 @@ pub struct UnprotectArgs {
     pub delete_points: bool,
     #[command(flatten)]
     pub conn: ServerConn,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct FailoverArgs {
+    #[command(subcommand)]
+    pub action: Option<FailoverAction>,
+    /// The protected VM (or HOST/VM).
+    #[arg(required = true)]
+    pub vm: Option<String>,
+    /// A test copy, `VM-test`, beside production: isolated network, its own MAC and
+    /// ports; production and replication go on untouched.
+    #[arg(long, required = true, group = "kind")]
+    pub test: bool,
+    /// Which point: latest (default), latest-app-consistent, a point id, or an RFC 3339
+    /// time (the newest point cut at or before it).
+    #[arg(long, default_value = "latest")]
+    pub point: String,
+    #[command(flatten)]
+    pub conn: ServerConn,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum FailoverAction {
+    /// VMs running on recovery hosts: their origin, point, state and hydration.
+    List {
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// Remove a VM's test copy and everything made for it on the recovery host.
+    Cleanup {
+        /// The protected VM (or HOST/VM).
+        vm: String,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
 }
 
 /// How client commands reach the server. Each setting comes from its flag, else its

@@ -112,17 +112,33 @@ pub async fn run_vms(out: Output, home: &Path, cmd: VmsCommand) -> Result<()> {
                 "RPO".into(),
                 "LAST POINT".into(),
                 "RECOVERY HOST".into(),
+                "RECOVERED FROM".into(),
             ]];
             let s = |x: &serde_json::Value| x.as_str().unwrap_or("-").to_string();
             for v in &vms {
+                // A VM brought up from a point says so, where it came from and how much
+                // of it is local yet.
+                let (protection, origin) = match v["recovery_kind"].as_str() {
+                    Some(kind) => (
+                        format!("{kind} failover"),
+                        format!(
+                            "{} @ {} ({:.0}% local)",
+                            s(&v["recovered_from"]),
+                            s(&v["recovered_point_time"]),
+                            v["hydrated_percent"].as_f64().unwrap_or(0.0)
+                        ),
+                    ),
+                    None => (s(&v["protection"]), "-".into()),
+                };
                 rows.push(vec![
                     s(&v["host"]),
                     s(&v["vm"]),
                     s(&v["state"]["state"]),
-                    s(&v["protection"]),
+                    protection,
                     crate::protect_cmd::age(v["rpo_seconds"].as_f64()),
                     s(&v["last_point_time"]),
                     s(&v["recovery_host"]),
+                    origin,
                 ]);
             }
             table(&rows);

@@ -5,6 +5,7 @@ mod agent_cmd;
 mod cbt_cmd;
 mod cli;
 mod demo;
+mod failover_cmd;
 mod hosts_cmd;
 mod image_source;
 mod maintenance_cmd;
@@ -87,6 +88,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Protect(args) => return protect_cmd::protect(out, &cli.home, args).await,
         cli::Command::Unprotect(args) => return protect_cmd::unprotect(out, &cli.home, args).await,
         cli::Command::Status { conn } => return protect_cmd::status(out, &cli.home, conn).await,
+        cli::Command::Failover(args) => return failover_cmd::run(out, &cli.home, args).await,
         cli::Command::Points { vm, conn } => {
             return protect_cmd::points(out, &cli.home, &vm, conn).await
         }
@@ -106,6 +108,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         | cli::Command::Protect(_)
         | cli::Command::Unprotect(_)
         | cli::Command::Status { .. }
+        | cli::Command::Failover(_)
         | cli::Command::Points { .. } => unreachable!("handled above"),
     }
 }

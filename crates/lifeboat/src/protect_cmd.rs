@@ -27,7 +27,7 @@ impl std::fmt::Display for TimedOut {
 
 impl std::error::Error for TimedOut {}
 
-fn text(v: &Value) -> String {
+pub fn text(v: &Value) -> String {
     v.as_str().unwrap_or("-").to_string()
 }
 
@@ -50,7 +50,7 @@ fn split_vm(text: &str) -> (String, Option<String>) {
 }
 
 /// The protection of `vm` (`VM` or `HOST/VM`).
-async fn find_protection(server: &ServerClient, vm: &str) -> Result<Value> {
+pub async fn find_protection(server: &ServerClient, vm: &str) -> Result<Value> {
     let (name, host) = split_vm(vm);
     let all: Vec<Value> = server.get("/api/v1/protections").await?;
     let matches: Vec<Value> = all

@@ -8,7 +8,9 @@ use serde::de::DeserializeOwned;
 
 use crate::cli::ServerConn;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+// A failover waits while the recovery host brings the VM up: seconds normally, minutes
+// on a busy host.
+const TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_SERVER: &str = "https://127.0.0.1:7400";
 
 /// The client config file: what flags and environment variables leave unset.

@@ -60,6 +60,7 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     // Replication runs beside the API and picks up every protection, including ones
     // whose syncs were running when a previous server process died.
     tokio::spawn(lifeboat_server::replication::run(db.clone()));
+    tokio::spawn(lifeboat_server::recovery_watch::run(db.clone()));
     let state = Arc::new(ServerState {
         db,
         fingerprint: fingerprint.clone(),

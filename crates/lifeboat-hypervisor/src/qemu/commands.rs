@@ -35,6 +35,10 @@ pub struct NamedNode {
     #[serde(rename = "node-name", default)]
     pub node_name: Option<String>,
     pub drv: String,
+    /// The backing file named in the image, if any: an instant-recovery overlay keeps its
+    /// NBD backing until hydration ends.
+    #[serde(default)]
+    pub backing_file: Option<String>,
     #[serde(rename = "dirty-bitmaps", default)]
     pub dirty_bitmaps: Vec<BitmapInfo>,
     pub image: NodeImage,
@@ -160,7 +164,22 @@ pub struct JobInfo {
     #[serde(rename = "type")]
     pub kind: String,
     pub status: String,
+    /// Progress: `offset` bytes of `len` done.
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub len: u64,
 }
+
+/// `block-stream` with neither base nor top: copies everything the node's backing chain
+/// holds into the node, then drops the backing (also from the image header).
+#[derive(Debug, Serialize)]
+pub struct BlockStream {
+    #[serde(rename = "job-id")]
+    pub job_id: String,
+    pub device: String,
+}
+qmp_command!(BlockStream, "block-stream", qapi::Empty);
 
 /// The status of the VM as QEMU sees it (`query-status`), reduced to what we use.
 #[derive(Debug, Serialize)]

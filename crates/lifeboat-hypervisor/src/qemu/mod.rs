@@ -5,6 +5,7 @@ pub mod commands;
 pub mod cut;
 pub mod driver;
 pub mod guest_agent;
+pub mod hydrate;
 pub mod layout;
 pub mod offline;
 pub mod process;

@@ -31,6 +31,7 @@ use crate::db::{Database, DbError, Host, Operation, PointRow, ProtectionState};
 use crate::policy::Policy;
 use crate::replication::AGENT_TIMEOUT;
 
+pub mod failover;
 pub mod operations;
 pub mod protection;
 pub mod status;
@@ -75,6 +76,16 @@ pub struct VmRow {
     pub last_point: Option<String>,
     pub last_point_time: Option<String>,
     pub recovery_host: Option<String>,
+    /// For a VM brought up from a recovery point: `test`, `planned` or `unplanned`.
+    pub recovery_kind: Option<String>,
+    /// For a recovered VM: the VM it is a copy of, as `HOST/VM`.
+    pub recovered_from: Option<String>,
+    /// For a recovered VM: the point it came from, and that point's cut time.
+    pub recovered_point: Option<String>,
+    pub recovered_point_time: Option<String>,
+    /// For a recovered VM: percent of its disks that are local (100: it needs nothing
+    /// from the vault any more).
+    pub hydrated_percent: Option<f64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -106,6 +117,15 @@ pub fn router(state: Arc<ServerState>) -> Router {
             "/api/v1/protections/{id}/points",
             get(protection::list_points),
         )
+        .route(
+            "/api/v1/protections/{id}/failover",
+            axum::routing::post(failover::failover),
+        )
+        .route(
+            "/api/v1/protections/{id}/failover/cleanup",
+            axum::routing::post(failover::cleanup),
+        )
+        .route("/api/v1/recoveries", get(failover::list_recoveries))
         .route("/api/v1/operations", get(operations::list_operations))
         .route("/api/v1/operations/{id}", get(operations::get_operation))
         .route("/api/v1/policies", get(operations::list_policies))
@@ -180,10 +200,11 @@ pub struct ApiError {
     paths(list_hosts, enroll_host, list_vms, protection::protect, protection::list_protections,
         protection::get_protection, protection::unprotect, protection::list_points,
         operations::list_operations, operations::get_operation, operations::list_policies,
-        status::overview),
+        status::overview, failover::failover, failover::cleanup, failover::list_recoveries),
     components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError, ProtectRequest,
         Protected, ProtectionView, SyncProgress, Unprotected, PointRow, Operation, Policy,
-        ProtectionState, Overview, WorstRpo)),
+        ProtectionState, Overview, WorstRpo, failover::FailoverRequest, failover::RecoveryView,
+        failover::CleanedUp, crate::db::Recovery)),
     modifiers(&BearerToken)
 )]
 pub struct ApiDoc;
@@ -313,6 +334,20 @@ async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
         (Ok(h), Ok(p)) => (h, p),
         (Err(e), _) | (_, Err(e)) => return db_error(e),
     };
+    let recoveries = match s.db.recoveries().await {
+        Ok(r) => r,
+        Err(e) => return db_error(e),
+    };
+    let names: Vec<(String, String)> = hosts
+        .iter()
+        .map(|h| (h.host.id.clone(), h.host.hostname.clone()))
+        .collect();
+    let host_name = |id: &str| {
+        names
+            .iter()
+            .find(|(i, _)| i == id)
+            .map_or(id.to_string(), |(_, n)| n.clone())
+    };
     let views: Vec<ProtectionView> = protections
         .iter()
         .map(|p| protection::view(p, &hosts))
@@ -342,6 +377,9 @@ async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
                 for vm in inv["vms"].as_array().into_iter().flatten() {
                     let name = vm["name"].as_str().unwrap_or("?").to_string();
                     let p = views.iter().find(|v| v.host_id == host.id && v.vm == name);
+                    let r = recoveries
+                        .iter()
+                        .find(|r| r.host_id == host.id && r.vm == name);
                     list.vms.push(VmRow {
                         host: host.hostname.clone(),
                         address: host.address.clone(),
@@ -353,6 +391,16 @@ async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
                         last_point: p.and_then(|p| p.last_point.clone()),
                         last_point_time: p.and_then(|p| p.last_point_time.clone()),
                         recovery_host: p.map(|p| p.recovery_host.clone()),
+                        recovery_kind: r.map(|r| r.kind.clone()),
+                        recovered_from: r
+                            .map(|r| format!("{}/{}", host_name(&r.origin_host_id), r.origin_vm)),
+                        recovered_point: r.map(|r| r.point.clone()),
+                        recovered_point_time: r.map(|r| r.point_time.clone()),
+                        hydrated_percent: r.map(|r| match (r.hydrated, r.hydration_total) {
+                            (true, _) => 100.0,
+                            (false, 0) => 0.0,
+                            (false, t) => 100.0 * r.hydrated_bytes as f64 / t as f64,
+                        }),
                         vm: name,
                     });
                 }

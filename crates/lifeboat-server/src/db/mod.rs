@@ -2,8 +2,10 @@
 //! portable migrations run on both (TEXT and BIGINT only; times as RFC 3339 text).
 
 mod protections;
+mod recoveries;
 
 pub use protections::{Operation, PointRow, Protection, ProtectionState};
+pub use recoveries::Recovery;
 
 use serde::Serialize;
 use sqlx::any::AnyPoolOptions;

@@ -48,6 +48,17 @@ pub async fn boot_guest(
     vm: &'static str,
     extra: &[PathBuf],
 ) -> (KillVm, SerialConsole) {
+    boot_guest_with(home, vm, extra, None).await
+}
+
+/// `boot_guest` with a NIC whose guest port 80 (busybox httpd serving /data) answers on
+/// 127.0.0.1:`http_port` when given.
+pub async fn boot_guest_with(
+    home: &Path,
+    vm: &'static str,
+    extra: &[PathBuf],
+    http_port: Option<u16>,
+) -> (KillVm, SerialConsole) {
     std::fs::create_dir_all(home).unwrap();
     let disk = lifeboat_testkit::guest_disk_copy(home, &format!("{vm}.qcow2")).unwrap();
     let spec = home.join(format!("{vm}.toml"));
@@ -60,6 +71,11 @@ pub async fn boot_guest(
         text += &format!(
             "[[disks]]\nname = \"{name}\"\npath = \"{}\"\nformat = \"qcow2\"\n",
             d.display()
+        );
+    }
+    if let Some(port) = http_port {
+        text += &format!(
+            "[[nics]]\nmac = \"52:54:00:12:34:56\"\nnetwork = \"user\"\nhost_forwards = [{{ host_port = {port}, guest_port = 80 }}]\n"
         );
     }
     std::fs::write(&spec, text).unwrap();

@@ -1,0 +1,466 @@
+//! Bringing a VM up from a recovery point on this host, instantly: each disk of the point
+//! is served over NBD straight from the vault (read-only, through the reader's bounded
+//! chunk cache) as the backing of a local qcow2 overlay; the VM boots from the overlays at
+//! once and `block-stream` hydrates them in the background (`lifeboat_hypervisor::qemu::
+//! hydrate`). When every disk is local the NBD servers stop and the VM needs nothing from
+//! the vault.
+//!
+//! Files: `HOME/recovered/VM/DISK.qcow2` (the disks) and `DISK.nbd` (the sockets), so that
+//! removing a recovery removes one directory and the VM's definition.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifeboat_hypervisor::qemu::hydrate::create_instant_overlay;
+use lifeboat_hypervisor::{DiskFormat, Hypervisor, HypervisorError, QemuDriver, VmName, VmSpec};
+use lifeboat_vault::format::PointId;
+use lifeboat_vault::{PointReader, Vault};
+use tokio::task::AbortHandle;
+
+use crate::recovery::{
+    Journal, RecoveryKind, RecoveryRecord, RecoveryRequest, RecoveryStatus, RemovalReport,
+};
+use crate::replicate::VaultCache;
+
+/// Chunks kept in memory per recovered VM while it reads from the vault.
+const CHUNK_CACHE: usize = 64 << 20;
+/// How often hydration is looked at.
+const HYDRATION_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("vault: {0}")]
+    Vault(#[from] lifeboat_vault::VaultError),
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RecoveryError {
+    let what = what.into();
+    move |source| RecoveryError::Io { what, source }
+}
+
+/// What runs for a recovery in this process: its NBD servers and its hydration watcher.
+struct Live {
+    tasks: Vec<AbortHandle>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The recoveries of this host.
+pub struct Recoveries {
+    home: PathBuf,
+    journal: Journal,
+    live: Mutex<HashMap<String, Live>>,
+    /// One request at a time changes recoveries: bringing up and removing are short.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Recoveries {
+    pub fn open(home: &Path, agent_home: &Path) -> std::io::Result<Recoveries> {
+        Ok(Recoveries {
+            home: home.to_path_buf(),
+            journal: Journal::open(agent_home)?,
+            live: Mutex::new(HashMap::new()),
+            busy: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    fn dir(&self, vm: &str) -> PathBuf {
+        self.home.join("recovered").join(vm)
+    }
+
+    /// Brings the VM up (or, for a recovery already here, makes sure its point is served
+    /// until it is hydrated) and reports it.
+    pub async fn ensure(
+        self: &Arc<Self>,
+        driver: &QemuDriver,
+        vaults: &VaultCache,
+        req: &RecoveryRequest,
+    ) -> Result<RecoveryStatus, RecoveryError> {
+        if !crate::sync::valid_sync_id(&req.recovery_id) {
+            return Err(RecoveryError::Invalid(
+                "recovery_id must be 1 to 64 of A-Z a-z 0-9 - _".into(),
+            ));
+        }
+        let vm = VmName::new(&req.vm).map_err(RecoveryError::Invalid)?;
+        let point: PointId = req
+            .point
+            .parse()
+            .map_err(|e| RecoveryError::Invalid(format!("point {:?}: {e}", req.point)))?;
+        let _busy = self.busy.lock().await;
+        let record = match self.journal.load(&req.recovery_id) {
+            Some(r) => r,
+            None => {
+                if let Some(other) = self.journal.of_vm(vm.as_str()) {
+                    return Err(RecoveryError::Conflict(format!(
+                        "VM {vm} on this host was brought up by recovery {}; remove it first",
+                        other.recovery_id
+                    )));
+                }
+                if driver.spec(&vm).await.is_ok() {
+                    return Err(RecoveryError::Conflict(format!(
+                        "a VM named {vm} already exists on this host; it is not replaced"
+                    )));
+                }
+                let vault = vaults
+                    .open(&req.vault.url, &req.vault.passphrase)
+                    .await
+                    .map_err(|e| RecoveryError::Invalid(e.to_string()))?;
+                let reader = Arc::new(open_point(&vault, &point).await?);
+                let record = self.provision(driver, &vm, req, &reader).await?;
+                self.start_live(driver, &record, Some(reader));
+                return Ok(self.status_of(driver, record).await);
+            }
+        };
+        if record.point != req.point || record.vm != req.vm {
+            return Err(RecoveryError::Conflict(format!(
+                "recovery {} brought up {} from point {}, not {} from {}",
+                record.recovery_id, record.vm, record.point, req.vm, req.point
+            )));
+        }
+        let is_live = self.live.lock().unwrap().contains_key(&record.recovery_id);
+        if !record.hydrated && !is_live {
+            // The agent restarted: serve the point again (QEMU waits for it, see
+            // `hydrate::nbd_backing`) and watch hydration again.
+            let vault = vaults
+                .open(&req.vault.url, &req.vault.passphrase)
+                .await
+                .map_err(|e| RecoveryError::Invalid(e.to_string()))?;
+            let reader = Arc::new(open_point(&vault, &point).await?);
+            self.start_live(driver, &record, Some(reader));
+        }
+        Ok(self.status_of(driver, record).await)
+    }
+
+    async fn provision(
+        &self,
+        driver: &QemuDriver,
+        vm: &VmName,
+        req: &RecoveryRequest,
+        reader: &Arc<PointReader>,
+    ) -> Result<RecoveryRecord, RecoveryError> {
+        let manifest = reader.manifest();
+        let config = manifest.vm_config.as_deref().ok_or_else(|| {
+            RecoveryError::Invalid(format!(
+                "point {} carries no VM spec (written before Lifeboat kept one); restore its disks with `lifeboat vault restore` instead",
+                req.point
+            ))
+        })?;
+        let text = std::str::from_utf8(config)
+            .map_err(|_| RecoveryError::Invalid("the point's VM spec is not UTF-8".into()))?;
+        let mut spec = VmSpec::parse(text, Path::new("the point's VM spec"))?;
+        let dir = self.dir(vm.as_str());
+        let mut forwards = Vec::new();
+        spec.name = vm.clone();
+        if req.kind == RecoveryKind::Test {
+            spec.uuid = None; // a test copy is another machine
+        }
+        for nic in &mut spec.nics {
+            if req.kind == RecoveryKind::Test {
+                nic.network = "isolated".into();
+                nic.mac = test_mac(&nic.mac, &req.recovery_id);
+            }
+            for f in &mut nic.host_forwards {
+                // Ports are this host's: keep the source's when free, else take another.
+                if req.kind == RecoveryKind::Test || !port_free(f.host_port) {
+                    f.host_port = free_port().map_err(io("finding a free port"))?;
+                }
+                forwards.push(*f);
+            }
+        }
+        let record = RecoveryRecord {
+            recovery_id: req.recovery_id.clone(),
+            vm: vm.to_string(),
+            point: req.point.clone(),
+            kind: req.kind,
+            vault_url: req.vault.url.clone(),
+            disks: spec.disks.iter().map(|d| d.name.to_string()).collect(),
+            forwards,
+            hydrated: false,
+            created_at: chrono::Utc::now(),
+        };
+        self.journal
+            .save(&record)
+            .map_err(io("writing the recovery's record"))?;
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        for d in &mut spec.disks {
+            let stored = manifest
+                .disks
+                .iter()
+                .find(|m| m.name.as_str() == d.name.as_str())
+                .ok_or_else(|| {
+                    RecoveryError::Invalid(format!(
+                        "the point's VM spec names disk {}, which the point does not hold",
+                        d.name
+                    ))
+                })?;
+            let overlay = dir.join(format!("{}.qcow2", d.name));
+            let socket = dir.join(format!("{}.nbd", d.name));
+            create_instant_overlay(&overlay, stored.size, &socket, d.name.as_str()).await?;
+            d.path = overlay;
+            d.format = DiskFormat::Qcow2;
+        }
+        // The sockets must answer before QEMU opens its backing files.
+        driver.define(spec).await?;
+        Ok(record)
+    }
+
+    /// Starts serving the point and watching hydration; for a new recovery, starts the VM.
+    fn start_live(
+        self: &Arc<Self>,
+        driver: &QemuDriver,
+        record: &RecoveryRecord,
+        reader: Option<Arc<PointReader>>,
+    ) {
+        let dir = self.dir(&record.vm);
+        let mut tasks = Vec::new();
+        if let Some(reader) = reader {
+            for disk in &record.disks {
+                let socket = dir.join(format!("{disk}.nbd"));
+                match crate::point_export::serve(reader.clone(), disk, &socket) {
+                    Ok(task) => tasks.push(task),
+                    Err(e) => tracing::warn!(vm = %record.vm, %disk, "serving the point: {e}"),
+                }
+            }
+        }
+        let error = Arc::new(Mutex::new(None));
+        let me = self.clone();
+        let driver = driver.clone();
+        let id = record.recovery_id.clone();
+        let err = error.clone();
+        tasks.push(tokio::spawn(async move { me.watch(&driver, &id, &err).await }).abort_handle());
+        self.live
+            .lock()
+            .unwrap()
+            .insert(record.recovery_id.clone(), Live { tasks, error });
+    }
+
+    /// Starts the VM if it never ran, then follows hydration until every disk is local.
+    async fn watch(&self, driver: &QemuDriver, id: &str, error: &Mutex<Option<String>>) {
+        let set = |e: Option<String>| *error.lock().unwrap() = e;
+        loop {
+            let Some(mut record) = self.journal.load(id) else {
+                return;
+            };
+            let Ok(vm) = VmName::new(&record.vm) else {
+                return;
+            };
+            match driver.state(&vm).await {
+                Ok(lifeboat_hypervisor::VmState::Stopped) if !self.started_once(&record) => {
+                    match driver.start(&vm).await {
+                        Ok(()) => {
+                            let _ = std::fs::write(self.dir(&record.vm).join("started"), b"");
+                            tracing::info!(%vm, point = %record.point, "recovered VM started");
+                        }
+                        Err(e) => set(Some(format!("starting {vm}: {e}"))),
+                    }
+                }
+                Ok(lifeboat_hypervisor::VmState::Running) => match driver.hydrate(&vm).await {
+                    Ok(disks) if disks.iter().all(|d| d.hydrated) => {
+                        record.hydrated = true;
+                        if let Err(e) = self.journal.save(&record) {
+                            set(Some(format!("recording hydration: {e}")));
+                        } else {
+                            tracing::info!(%vm, "hydrated: the VM needs nothing from the vault");
+                            set(None);
+                            self.stop_serving(&record);
+                            return;
+                        }
+                    }
+                    Ok(_) => set(None),
+                    Err(e) => set(Some(format!("hydration: {e}"))),
+                },
+                _ => {}
+            }
+            tokio::time::sleep(HYDRATION_POLL).await;
+        }
+    }
+
+    fn started_once(&self, record: &RecoveryRecord) -> bool {
+        self.dir(&record.vm).join("started").exists()
+    }
+
+    /// Drops the NBD servers of a hydrated recovery (this runs inside its watcher, which
+    /// ends right after).
+    fn stop_serving(&self, record: &RecoveryRecord) {
+        if let Some(mut live) = self.live.lock().unwrap().remove(&record.recovery_id) {
+            // The watcher is the last task and is returning: do not abort it mid-way.
+            live.tasks.pop();
+        }
+        for disk in &record.disks {
+            let _ = std::fs::remove_file(self.dir(&record.vm).join(format!("{disk}.nbd")));
+        }
+    }
+
+    pub async fn status(
+        &self,
+        driver: &QemuDriver,
+        id: &str,
+    ) -> Result<RecoveryStatus, RecoveryError> {
+        let record = self
+            .journal
+            .load(id)
+            .ok_or_else(|| RecoveryError::NotFound(format!("no recovery {id} on this host")))?;
+        Ok(self.status_of(driver, record).await)
+    }
+
+    async fn status_of(&self, driver: &QemuDriver, record: RecoveryRecord) -> RecoveryStatus {
+        let error = self
+            .live
+            .lock()
+            .unwrap()
+            .get(&record.recovery_id)
+            .and_then(|l| l.error.lock().unwrap().clone());
+        let vm = VmName::new(&record.vm).ok();
+        let state = match &vm {
+            Some(vm) => driver.state(vm).await,
+            None => Err(HypervisorError::UnknownVm(VmName::new("x").unwrap())),
+        };
+        let vm_state = match &state {
+            Ok(lifeboat_hypervisor::VmState::Stopped) => "stopped".into(),
+            Ok(lifeboat_hypervisor::VmState::Running) => "running".into(),
+            Ok(lifeboat_hypervisor::VmState::Paused(why)) => format!("paused ({why})"),
+            Ok(lifeboat_hypervisor::VmState::Crashed(why)) => format!("crashed ({why})"),
+            Err(HypervisorError::UnknownVm(_)) => "missing".into(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        let hydration = if record.hydrated {
+            Vec::new()
+        } else {
+            match (&vm, &state) {
+                (Some(vm), Ok(lifeboat_hypervisor::VmState::Running)) => {
+                    driver.hydrate(vm).await.unwrap_or_default()
+                }
+                _ => Vec::new(),
+            }
+        };
+        RecoveryStatus {
+            record,
+            vm_state,
+            hydration,
+            error,
+        }
+    }
+
+    /// Removes everything a recovery created here: its VM (killed), its disks, its
+    /// sockets and its record. Removing what is not there is not an error.
+    pub async fn remove(
+        &self,
+        driver: &QemuDriver,
+        id: &str,
+    ) -> Result<RemovalReport, RecoveryError> {
+        let _busy = self.busy.lock().await;
+        let Some(record) = self.journal.load(id) else {
+            return Ok(RemovalReport {
+                recovery_id: id.into(),
+                removed: false,
+                vm: None,
+            });
+        };
+        self.live.lock().unwrap().remove(id);
+        let vm = VmName::new(&record.vm).map_err(RecoveryError::Invalid)?;
+        match driver.kill(&vm).await {
+            Ok(()) | Err(HypervisorError::UnknownVm(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match driver.undefine(&vm).await {
+            Ok(()) | Err(HypervisorError::UnknownVm(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let dir = self.dir(&record.vm);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(RecoveryError::Io {
+                    what: format!("removing {}", dir.display()),
+                    source: e,
+                })
+            }
+            _ => {}
+        }
+        self.journal
+            .remove(id)
+            .map_err(io("removing the recovery's record"))?;
+        tracing::info!(vm = %record.vm, recovery = id, "recovery removed");
+        Ok(RemovalReport {
+            recovery_id: id.into(),
+            removed: true,
+            vm: Some(record.vm),
+        })
+    }
+}
+
+async fn open_point(vault: &Vault, point: &PointId) -> Result<PointReader, RecoveryError> {
+    let found = vault.find_point(point).await.map_err(|e| match e {
+        lifeboat_vault::VaultError::UnknownPoint { .. } => {
+            RecoveryError::NotFound(format!("point {point} is not in vault {}", vault.url()))
+        }
+        other => other.into(),
+    })?;
+    Ok(PointReader::open(vault, &found, CHUNK_CACHE).await?)
+}
+
+/// A MAC for a test copy: locally administered, derived from the source MAC and the
+/// recovery, so it never equals the production VM's.
+fn test_mac(source: &str, recovery_id: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{source}/{recovery_id}").as_bytes(),
+    );
+    let b = digest.as_ref();
+    format!(
+        "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0] | 0x01, // never 52:54:00, QEMU's range for source VMs
+        b[1],
+        b[2],
+        b[3]
+    )
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_macs_differ_from_the_source_and_are_stable() {
+        let a = test_mac("52:54:00:12:34:56", "r1");
+        assert_ne!(a, "52:54:00:12:34:56");
+        assert!(!a.starts_with("52:54:00:"));
+        assert_eq!(a, test_mac("52:54:00:12:34:56", "r1"));
+        assert_ne!(a, test_mac("52:54:00:12:34:56", "r2"));
+    }
+}

@@ -1,0 +1,147 @@
+//! Recoveries on this host: the API's types and the journal of the VMs this agent brought
+//! up from recovery points.
+//!
+//! A recovery is named by the id the server gives it, so asking twice brings the VM up
+//! once. Its record, `HOME/agent/recoveries/ID.json`, is written before anything is
+//! created and removed after everything is gone, so a crash in between leaves something
+//! `remove` still finds. The vault passphrase is never written: after a restart the server
+//! asks again (the same request), which resumes serving the point to the VM.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use lifeboat_hypervisor::qemu::hydrate::DiskHydration;
+use lifeboat_hypervisor::spec::HostForward;
+use serde::{Deserialize, Serialize};
+
+use crate::sync::VaultAccess;
+
+/// Why a VM is brought up from a point; it decides its network.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryKind {
+    /// Beside production: an isolated network (no route out), a new MAC, its own ports.
+    Test,
+    /// The VM itself, moved: same MAC, same networks.
+    Planned,
+    Unplanned,
+}
+
+impl RecoveryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryKind::Test => "test",
+            RecoveryKind::Planned => "planned",
+            RecoveryKind::Unplanned => "unplanned",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecoveryRequest {
+    /// Chosen by the server; asking again with the same id resumes the same recovery.
+    pub recovery_id: String,
+    pub vault: VaultAccess,
+    /// The point to start from (its id in the vault).
+    pub point: String,
+    /// The name the VM gets on this host.
+    pub vm: String,
+    pub kind: RecoveryKind,
+}
+
+/// What the agent keeps about a recovery (no secrets).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    pub recovery_id: String,
+    pub vm: String,
+    pub point: String,
+    pub kind: RecoveryKind,
+    pub vault_url: String,
+    pub disks: Vec<String>,
+    /// Host ports forwarded to the guest: where to reach it on this host.
+    pub forwards: Vec<HostForward>,
+    /// Every disk is local: the VM needs nothing from the vault any more.
+    pub hydrated: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecoveryStatus {
+    #[serde(flatten)]
+    pub record: RecoveryRecord,
+    /// `running`, `stopped`, `paused (…)`, or `missing` when the VM is gone.
+    pub vm_state: String,
+    pub hydration: Vec<DiskHydration>,
+    /// What went wrong last, if anything (e.g. a hydration error being retried).
+    pub error: Option<String>,
+}
+
+impl RecoveryStatus {
+    /// Bytes hydrated and to hydrate, over all disks.
+    pub fn hydration_totals(&self) -> (u64, u64) {
+        self.hydration
+            .iter()
+            .fold((0, 0), |(d, t), h| (d + h.done, t + h.total))
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemovalReport {
+    pub recovery_id: String,
+    /// False when there was nothing of it on this host.
+    pub removed: bool,
+    pub vm: Option<String>,
+}
+
+/// The journal directory, `HOME/agent/recoveries`.
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    pub fn open(agent_home: &Path) -> std::io::Result<Journal> {
+        let dir = agent_home.join("recoveries");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Journal { dir })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    pub fn load(&self, id: &str) -> Option<RecoveryRecord> {
+        let text = std::fs::read(self.path(id)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    pub fn save(&self, r: &RecoveryRecord) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(r).expect("a record always serialises");
+        lifeboat_hypervisor::qemu::layout::write_atomically(&self.path(&r.recovery_id), &json)
+            .map_err(std::io::Error::other)
+    }
+
+    pub fn remove(&self, id: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn all(&self) -> Vec<RecoveryRecord> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<RecoveryRecord> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+        out.sort_by_key(|r| r.created_at);
+        out
+    }
+
+    /// The recovery that owns VM `vm` on this host, if any.
+    pub fn of_vm(&self, vm: &str) -> Option<RecoveryRecord> {
+        self.all().into_iter().find(|r| r.vm == vm)
+    }
+}

@@ -1,0 +1,62 @@
+//! The recovery routes of the agent's API (see `api` for the table).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::api::{error, AgentState};
+use crate::provision::RecoveryError;
+use crate::recovery::RecoveryRequest;
+
+fn failure(e: RecoveryError) -> Response {
+    let status = match &e {
+        RecoveryError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RecoveryError::Conflict(_) => StatusCode::CONFLICT,
+        RecoveryError::NotFound(_) => StatusCode::NOT_FOUND,
+        RecoveryError::Vault(_) => StatusCode::BAD_GATEWAY,
+        RecoveryError::Hypervisor(_) | RecoveryError::Io { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    error(status, e.to_string())
+}
+
+/// Brings a VM up from a point, or resumes serving one already brought up.
+pub async fn ensure(
+    State(s): State<Arc<AgentState>>,
+    Json(req): Json<RecoveryRequest>,
+) -> Response {
+    match s.recoveries.ensure(&s.driver, &s.vaults, &req).await {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+pub async fn list(State(s): State<Arc<AgentState>>) -> Response {
+    let mut out = Vec::new();
+    for r in s.recoveries.journal().all() {
+        match s.recoveries.status(&s.driver, &r.recovery_id).await {
+            Ok(st) => out.push(st),
+            Err(RecoveryError::NotFound(_)) => {} // removed meanwhile
+            Err(e) => return failure(e),
+        }
+    }
+    Json(out).into_response()
+}
+
+pub async fn status(State(s): State<Arc<AgentState>>, Path(id): Path<String>) -> Response {
+    match s.recoveries.status(&s.driver, &id).await {
+        Ok(st) => Json(st).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+pub async fn remove(State(s): State<Arc<AgentState>>, Path(id): Path<String>) -> Response {
+    match s.recoveries.remove(&s.driver, &id).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => failure(e),
+    }
+}

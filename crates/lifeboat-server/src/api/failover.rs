@@ -1,0 +1,462 @@
+//! Failover routes: bring a protected VM up on its recovery host from a recovery point,
+//! list what runs there, and remove a test copy.
+//!
+//! A test failover runs beside production: the protection, its replication and the VM at
+//! home are not touched. The copy gets an isolated network and a MAC of its own (the
+//! recovery host's agent sees to that, `lifeboat_agent::provision`).
+
+// Helpers here fail with the ready HTTP response; one per request, so its size is moot.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lifeboat_agent::client::{AgentClient, ClientError};
+use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest, RecoveryStatus};
+use lifeboat_agent::sync::VaultAccess;
+use serde::{Deserialize, Serialize};
+
+use super::operations::OpGuard;
+use super::{db_error, error, ApiError, ServerState};
+use crate::db::{HostAccess, PointRow, Protection, ProtectionState, Recovery};
+
+/// How long bringing a VM up may take on the recovery host (opening the vault, making the
+/// overlays, starting QEMU): seconds normally, more on a busy host.
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FailoverRequest {
+    /// `test` (beside production, isolated); `planned` and `unplanned` move the VM.
+    pub kind: String,
+    /// `latest` (default), `latest-app-consistent`, a point id, or an RFC 3339 time (the
+    /// newest point cut at or before it).
+    #[serde(default)]
+    pub point: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecoveryView {
+    #[serde(flatten)]
+    pub recovery: Recovery,
+    /// The recovery host's name, and the origin host's.
+    pub host: String,
+    pub origin_host: String,
+}
+
+pub(crate) fn recovery_view(r: Recovery, hosts: &[HostAccess]) -> RecoveryView {
+    let name = |id: &str| {
+        hosts
+            .iter()
+            .find(|h| h.host.id == id)
+            .map(|h| h.host.hostname.clone())
+            .unwrap_or_else(|| id.to_string())
+    };
+    RecoveryView {
+        host: name(&r.host_id),
+        origin_host: name(&r.origin_host_id),
+        recovery: r,
+    }
+}
+
+fn agent_for(h: &HostAccess, timeout: Duration) -> Result<AgentClient, Response> {
+    AgentClient::new(&h.host.address, &h.host.fingerprint, timeout)
+        .map(|c| c.with_credential(&h.credential))
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn agent_error(e: ClientError) -> Response {
+    match e {
+        ClientError::Refused {
+            status, message, ..
+        } if (400..500).contains(&status) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            message,
+        ),
+        e => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+/// The point `selector` names among `points` (oldest first).
+pub fn choose_point<'a>(points: &'a [PointRow], selector: &str) -> Result<&'a PointRow, String> {
+    let found = match selector {
+        "latest" => points.last(),
+        "latest-app-consistent" => points.iter().rev().find(|p| p.consistency == "app"),
+        s => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => points
+                .iter()
+                .rev()
+                .find(|p| chrono::DateTime::parse_from_rfc3339(&p.cut_time).is_ok_and(|c| c <= t)),
+            Err(_) => points.iter().find(|p| p.point == s),
+        },
+    };
+    found.ok_or_else(|| match selector {
+        "latest" => "the VM has no recovery point yet".to_string(),
+        "latest-app-consistent" => {
+            "the VM has no app-consistent point; use --point latest for a crash-consistent one"
+                .to_string()
+        }
+        s if chrono::DateTime::parse_from_rfc3339(s).is_ok() => {
+            format!("no point was cut at or before {s}; see `lifeboat points VM`")
+        }
+        s => format!("no point {s} for this VM; see `lifeboat points VM`"),
+    })
+}
+
+async fn load(s: &ServerState, id: &str) -> Result<(Protection, Vec<HostAccess>), Response> {
+    let hosts = s.db.hosts_with_access().await.map_err(db_error)?;
+    match s.db.protection(id).await.map_err(db_error)? {
+        Some(p) => Ok((p, hosts)),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no protection {id}: only a protected VM can fail over; see `lifeboat vms list`"
+            ),
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/protections/{id}/failover", tag = "failover",
+    params(("id" = String, Path, description = "The protection's id")),
+    request_body = FailoverRequest,
+    responses((status = 200, description = "The VM runs on the recovery host (hydrating from the vault)", body = RecoveryView),
+               (status = 400, description = "Bad kind or point", body = ApiError),
+               (status = 404, description = "No such protection or point", body = ApiError),
+               (status = 409, description = "No point yet, a test copy exists, or another operation runs", body = ApiError),
+               (status = 502, description = "The recovery host's agent did not answer; nothing was left behind", body = ApiError)))]
+pub async fn failover(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<String>,
+    Json(req): Json<FailoverRequest>,
+) -> Response {
+    let kind = match req.kind.as_str() {
+        "test" => RecoveryKind::Test,
+        "planned" | "unplanned" => {
+            return error(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("{} failover is not available yet; `--test` is", req.kind),
+            )
+        }
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("failover kind {other:?} is not known: use test, planned or unplanned"),
+            )
+        }
+    };
+    let (p, hosts) = match load(&s, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if matches!(
+        p.state,
+        ProtectionState::Enabling | ProtectionState::InitialSync
+    ) {
+        let progress = if p.sync_total > 0 {
+            format!(" ({}% copied)", p.sync_done * 100 / p.sync_total)
+        } else {
+            String::new()
+        };
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "{} has no recovery point yet: its initial sync is running{progress}; failover is possible once it is protected (`lifeboat protect {} --wait`)",
+                p.vm, p.vm
+            ),
+        );
+    }
+    if p.state == ProtectionState::Disabling {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{} is being unprotected", p.vm),
+        );
+    }
+    let points = match s.db.points(&p.id).await {
+        Ok(v) => v,
+        Err(e) => return db_error(e),
+    };
+    let point = match choose_point(&points, req.point.as_deref().unwrap_or("latest")) {
+        Ok(pt) => pt.clone(),
+        Err(m) => return error(StatusCode::NOT_FOUND, m),
+    };
+    let Some(rhost) = hosts.iter().find(|h| h.host.id == p.recovery_host_id) else {
+        return error(
+            StatusCode::CONFLICT,
+            "the VM's recovery host is no longer enrolled",
+        );
+    };
+    let op = match s
+        .db
+        .start_operation(
+            &p.host_id,
+            &p.vm,
+            &format!("failover-{}", kind.as_str()),
+            &format!("bringing {} up from point {}", p.vm, point.point),
+        )
+        .await
+    {
+        Ok(id) => OpGuard::new(&s.db, &id),
+        Err(e) => return db_error(e),
+    };
+    let vm = match kind {
+        RecoveryKind::Test => format!("{}-test", p.vm),
+        _ => p.vm.clone(),
+    };
+    let mut rec = Recovery {
+        id: uuid::Uuid::new_v4().to_string(),
+        protection_id: p.id.clone(),
+        kind: kind.as_str().into(),
+        host_id: rhost.host.id.clone(),
+        vm: vm.clone(),
+        origin_host_id: p.host_id.clone(),
+        origin_vm: p.vm.clone(),
+        point: point.point.clone(),
+        point_time: point.cut_time.clone(),
+        state: "starting".into(),
+        vm_state: "stopped".into(),
+        forwards: "[]".into(),
+        ..Default::default()
+    };
+    if let Err(e) = s.db.add_recovery(&rec).await {
+        op.end("failed", &e.to_string()).await;
+        return db_error(e);
+    }
+    let Some(saved) = s.db.recovery(&rec.id).await.ok().flatten() else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the recovery vanished");
+    };
+    rec = saved;
+    let client = match agent_for(rhost, PROVISION_TIMEOUT) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let ask = RecoveryRequest {
+        recovery_id: rec.id.clone(),
+        vault: VaultAccess {
+            url: p.vault_url.clone(),
+            passphrase: p.vault_passphrase.clone(),
+        },
+        point: point.point.clone(),
+        vm: vm.clone(),
+        kind,
+    };
+    match client.ensure_recovery(&ask).await {
+        Ok(status) => {
+            apply_status(&mut rec, &status);
+            rec.state = "running".into();
+            if let Err(e) = save(&s.db, &mut rec).await {
+                return db_error(e);
+            }
+            op.end(
+                "succeeded",
+                &format!(
+                    "{vm} runs on {} from point {}",
+                    rhost.host.hostname, point.point
+                ),
+            )
+            .await;
+            tracing::info!(%vm, point = %point.point, host = %rhost.host.hostname, "failover ({}) done", kind.as_str());
+            Json(recovery_view(rec, &hosts)).into_response()
+        }
+        Err(e) => {
+            // Undo: nothing of a failed bring-up stays on the recovery host.
+            let undo = client.remove_recovery(&rec.id).await;
+            let msg = format!("bringing {vm} up on {}: {e}", rhost.host.hostname);
+            match undo {
+                Ok(_) => {
+                    let _ = s.db.delete_recovery(&rec.id).await;
+                    op.end("failed", &msg).await;
+                }
+                Err(u) => {
+                    rec.state = "failed".into();
+                    rec.error = format!("{msg}; removing what was made also failed: {u}");
+                    let _ = save(&s.db, &mut rec).await;
+                    op.end("failed", &rec.error).await;
+                }
+            }
+            agent_error(e)
+        }
+    }
+}
+
+/// Copies what the agent reports into the row.
+pub(crate) fn apply_status(rec: &mut Recovery, st: &RecoveryStatus) {
+    let (done, total) = st.hydration_totals();
+    rec.vm_state = st.vm_state.clone();
+    rec.hydrated = st.record.hydrated;
+    if rec.hydrated {
+        rec.hydrated_bytes = rec.hydration_total.max(total as i64);
+        rec.hydration_total = rec.hydrated_bytes;
+    } else if total > 0 {
+        rec.hydrated_bytes = done as i64;
+        rec.hydration_total = total as i64;
+    }
+    rec.forwards = serde_json::to_string(&st.record.forwards).unwrap_or_else(|_| "[]".into());
+    rec.error = st.error.clone().unwrap_or_default();
+}
+
+/// Saves a recovery, re-reading it after a lost race and keeping the caller's fields.
+pub(crate) async fn save(
+    db: &crate::db::Database,
+    rec: &mut Recovery,
+) -> Result<(), crate::db::DbError> {
+    loop {
+        if db.save_recovery(rec).await? {
+            return Ok(());
+        }
+        match db.recovery(&rec.id).await? {
+            Some(now) => rec.generation = now.generation,
+            None => return Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CleanedUp {
+    pub vm: String,
+    pub operation: String,
+    /// The test copy removed from the recovery host.
+    pub removed: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/protections/{id}/failover/cleanup", tag = "failover",
+    params(("id" = String, Path, description = "The protection's id")),
+    responses((status = 200, description = "The test copy and everything made for it are gone", body = CleanedUp),
+               (status = 404, description = "No such protection, or no test copy", body = ApiError),
+               (status = 409, description = "Another operation runs on the VM", body = ApiError),
+               (status = 502, description = "The recovery host's agent did not answer; run it again", body = ApiError)))]
+pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+    let (p, hosts) = match load(&s, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let tests: Vec<Recovery> = match s.db.recoveries_of(&p.id).await {
+        Ok(v) => v.into_iter().filter(|r| r.kind == "test").collect(),
+        Err(e) => return db_error(e),
+    };
+    let Some(mut rec) = tests.into_iter().next() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{} has no test copy to clean up", p.vm),
+        );
+    };
+    let op = match s
+        .db
+        .start_operation(
+            &p.host_id,
+            &p.vm,
+            "failover-cleanup",
+            &format!("removing {}", rec.vm),
+        )
+        .await
+    {
+        Ok(id) => OpGuard::new(&s.db, &id),
+        Err(e) => return db_error(e),
+    };
+    rec.state = "removing".into();
+    if let Err(e) = save(&s.db, &mut rec).await {
+        return db_error(e);
+    }
+    let Some(rhost) = hosts.iter().find(|h| h.host.id == rec.host_id) else {
+        op.end("failed", "the recovery host is no longer enrolled")
+            .await;
+        return error(
+            StatusCode::CONFLICT,
+            "the recovery host is no longer enrolled",
+        );
+    };
+    let client = match agent_for(rhost, PROVISION_TIMEOUT) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match client.remove_recovery(&rec.id).await {
+        Ok(_) => {
+            if let Err(e) = s.db.delete_recovery(&rec.id).await {
+                return db_error(e);
+            }
+            let operation = op.id.clone();
+            op.end("succeeded", &format!("{} removed", rec.vm)).await;
+            tracing::info!(vm = %rec.vm, "test copy removed");
+            Json(CleanedUp {
+                vm: p.vm.clone(),
+                operation,
+                removed: rec.vm,
+            })
+            .into_response()
+        }
+        Err(e) => {
+            let msg = format!(
+                "removing {} from {}: {e}; run the cleanup again",
+                rec.vm, rhost.host.hostname
+            );
+            op.end("failed", &msg).await;
+            error(StatusCode::BAD_GATEWAY, msg)
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/recoveries", tag = "failover",
+    responses((status = 200, description = "VMs running on recovery hosts: their origin, point and state", body = [RecoveryView])))]
+pub async fn list_recoveries(State(s): State<Arc<ServerState>>) -> Response {
+    let hosts = match s.db.hosts_with_access().await {
+        Ok(h) => h,
+        Err(e) => return db_error(e),
+    };
+    match s.db.recoveries().await {
+        Ok(all) => Json(
+            all.into_iter()
+                .map(|r| recovery_view(r, &hosts))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(point: &str, t: &str, c: &str) -> PointRow {
+        PointRow {
+            point: point.into(),
+            cut_time: t.into(),
+            consistency: c.into(),
+            kind: "incremental".into(),
+            bytes_read: 0,
+            new_bytes: 0,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn points_are_chosen_by_selector() {
+        let pts = [
+            pt("a", "2026-01-01T00:00:00Z", "app"),
+            pt("b", "2026-01-01T00:01:00Z", "crash"),
+            pt("c", "2026-01-01T00:02:00Z", "crash"),
+        ];
+        assert_eq!(choose_point(&pts, "latest").unwrap().point, "c");
+        assert_eq!(
+            choose_point(&pts, "latest-app-consistent").unwrap().point,
+            "a"
+        );
+        assert_eq!(choose_point(&pts, "b").unwrap().point, "b");
+        assert_eq!(
+            choose_point(&pts, "2026-01-01T00:01:30Z").unwrap().point,
+            "b"
+        );
+        assert!(choose_point(&pts, "2025-12-31T00:00:00Z")
+            .unwrap_err()
+            .contains("at or before"));
+        assert!(choose_point(&pts, "zzz")
+            .unwrap_err()
+            .contains("no point zzz"));
+        assert!(choose_point(&pts[1..], "latest-app-consistent").is_err());
+        assert!(choose_point(&[], "latest")
+            .unwrap_err()
+            .contains("no recovery point"));
+    }
+}

@@ -1,0 +1,180 @@
+//! VMs brought up from recovery points (test copies and failed-over VMs). Updates are
+//! generation-guarded like protections'.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Database, DbError};
+
+/// A recovered VM as the server keeps it.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Recovery {
+    pub id: String,
+    pub protection_id: String,
+    /// `test`, `planned` or `unplanned`.
+    pub kind: String,
+    /// The recovery host's id, and the VM's name there.
+    pub host_id: String,
+    pub vm: String,
+    /// The protected VM this is a copy of.
+    pub origin_host_id: String,
+    pub origin_vm: String,
+    /// The recovery point it started from, and that point's cut time.
+    pub point: String,
+    pub point_time: String,
+    /// `starting`, `running`, `failed` or `removing`.
+    pub state: String,
+    /// As the recovery host's agent last reported it (`running`, `stopped`, …).
+    pub vm_state: String,
+    pub hydrated_bytes: i64,
+    pub hydration_total: i64,
+    /// The VM needs nothing from the vault any more.
+    pub hydrated: bool,
+    /// JSON list of `{host_port, guest_port}`: where the guest answers on its host.
+    pub forwards: String,
+    pub error: String,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip)]
+    pub generation: i64,
+}
+
+const COLUMNS: &str = "id, protection_id, kind, host_id, vm, origin_host_id, origin_vm, \
+    point, point_time, state, vm_state, hydrated_bytes, hydration_total, hydrated, forwards, \
+    error, created_at, updated_at, generation";
+
+fn recovery(r: &sqlx::any::AnyRow) -> Result<Recovery, sqlx::Error> {
+    Ok(Recovery {
+        id: r.try_get("id")?,
+        protection_id: r.try_get("protection_id")?,
+        kind: r.try_get("kind")?,
+        host_id: r.try_get("host_id")?,
+        vm: r.try_get("vm")?,
+        origin_host_id: r.try_get("origin_host_id")?,
+        origin_vm: r.try_get("origin_vm")?,
+        point: r.try_get("point")?,
+        point_time: r.try_get("point_time")?,
+        state: r.try_get("state")?,
+        vm_state: r.try_get("vm_state")?,
+        hydrated_bytes: r.try_get("hydrated_bytes")?,
+        hydration_total: r.try_get("hydration_total")?,
+        hydrated: r.try_get::<i64, _>("hydrated")? != 0,
+        forwards: r.try_get("forwards")?,
+        error: r.try_get("error")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        generation: r.try_get("generation")?,
+    })
+}
+
+impl Database {
+    /// Stores a new recovery at generation 1. A second test copy of one VM, or a VM name
+    /// taken on the recovery host, is a conflict.
+    pub async fn add_recovery(&self, r: &Recovery) -> Result<(), DbError> {
+        let t = chrono::Utc::now().to_rfc3339();
+        let res = sqlx::query(&format!(
+            "INSERT INTO recoveries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, $12, $13, $14, $15, $16, $17, $17, 1)"
+        ))
+        .bind(&r.id)
+        .bind(&r.protection_id)
+        .bind(&r.kind)
+        .bind(&r.host_id)
+        .bind(&r.vm)
+        .bind(&r.origin_host_id)
+        .bind(&r.origin_vm)
+        .bind(&r.point)
+        .bind(&r.point_time)
+        .bind(&r.state)
+        .bind(&r.vm_state)
+        .bind(r.hydrated_bytes)
+        .bind(r.hydration_total)
+        .bind(i64::from(r.hydrated))
+        .bind(&r.forwards)
+        .bind(&r.error)
+        .bind(&t)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(DbError::Conflict(if r.kind == "test" {
+                    format!(
+                        "{} has a test copy running already; remove it with `lifeboat failover cleanup {}`",
+                        r.origin_vm, r.origin_vm
+                    )
+                } else {
+                    format!("the recovery host already has a VM named {}", r.vm)
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Saves `r` if nobody changed it since it was read; bumps its generation.
+    pub async fn save_recovery(&self, r: &mut Recovery) -> Result<bool, DbError> {
+        let t = chrono::Utc::now().to_rfc3339();
+        let res = sqlx::query(
+            "UPDATE recoveries SET state = $1, vm_state = $2, hydrated_bytes = $3, \
+             hydration_total = $4, hydrated = $5, forwards = $6, error = $7, updated_at = $8, \
+             generation = generation + 1 WHERE id = $9 AND generation = $10",
+        )
+        .bind(&r.state)
+        .bind(&r.vm_state)
+        .bind(r.hydrated_bytes)
+        .bind(r.hydration_total)
+        .bind(i64::from(r.hydrated))
+        .bind(&r.forwards)
+        .bind(&r.error)
+        .bind(&t)
+        .bind(&r.id)
+        .bind(r.generation)
+        .execute(&self.pool)
+        .await?;
+        if res.rows_affected() == 1 {
+            r.generation += 1;
+            r.updated_at = t;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    pub async fn recovery(&self, id: &str) -> Result<Option<Recovery>, DbError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM recoveries WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(recovery).transpose()?)
+    }
+
+    /// Every recovery, oldest first.
+    pub async fn recoveries(&self) -> Result<Vec<Recovery>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM recoveries ORDER BY created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| recovery(r).map_err(DbError::from))
+            .collect()
+    }
+
+    /// The recoveries of one protected VM.
+    pub async fn recoveries_of(&self, protection_id: &str) -> Result<Vec<Recovery>, DbError> {
+        Ok(self
+            .recoveries()
+            .await?
+            .into_iter()
+            .filter(|r| r.protection_id == protection_id)
+            .collect())
+    }
+
+    pub async fn delete_recovery(&self, id: &str) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM recoveries WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! Follows the VMs running on recovery hosts: their state and hydration, as their agents
+//! report them, into the `recoveries` rows.
+//!
+//! For a VM still hydrating, the watcher repeats the request that brought it up: the agent
+//! treats it as "make sure this point is served", so an agent that restarted serves the
+//! point again and the VM's reads go on (QEMU waits for the NBD server to return).
+
+use std::time::Duration;
+
+use lifeboat_agent::client::AgentClient;
+use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
+use lifeboat_agent::sync::VaultAccess;
+
+use crate::api::failover::{apply_status, save};
+use crate::db::{Database, DbError, Recovery};
+
+const PERIOD: Duration = Duration::from_secs(2);
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(db: Database) {
+    loop {
+        if let Err(e) = watch_all(&db).await {
+            tracing::warn!(error = %e, "watching recoveries");
+        }
+        tokio::time::sleep(PERIOD).await;
+    }
+}
+
+async fn watch_all(db: &Database) -> Result<(), DbError> {
+    let hosts = db.hosts_with_access().await?;
+    for mut rec in db.recoveries().await? {
+        if rec.state != "running" {
+            continue;
+        }
+        let Some(host) = hosts.iter().find(|h| h.host.id == rec.host_id) else {
+            continue;
+        };
+        let client =
+            match AgentClient::new(&host.host.address, &host.host.fingerprint, AGENT_TIMEOUT) {
+                Ok(c) => c.with_credential(&host.credential),
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent client");
+                    continue;
+                }
+            };
+        let status = if rec.hydrated {
+            client.recovery_status(&rec.id).await
+        } else {
+            match resume_request(db, &rec).await? {
+                Some(req) => client.ensure_recovery(&req).await,
+                None => client.recovery_status(&rec.id).await,
+            }
+        };
+        match status {
+            Ok(st) => apply_status(&mut rec, &st),
+            Err(e) => {
+                rec.vm_state = "unknown".into();
+                rec.error = format!("recovery host {} did not answer: {e}", host.host.hostname);
+            }
+        }
+        save(db, &mut rec).await?;
+    }
+    Ok(())
+}
+
+/// The request that brought `rec` up, to send again; `None` when its protection is gone
+/// (the vault's passphrase went with it).
+async fn resume_request(db: &Database, rec: &Recovery) -> Result<Option<RecoveryRequest>, DbError> {
+    let Some(p) = db.protection(&rec.protection_id).await? else {
+        return Ok(None);
+    };
+    let kind = match rec.kind.as_str() {
+        "test" => RecoveryKind::Test,
+        "planned" => RecoveryKind::Planned,
+        _ => RecoveryKind::Unplanned,
+    };
+    Ok(Some(RecoveryRequest {
+        recovery_id: rec.id.clone(),
+        vault: VaultAccess {
+            url: p.vault_url,
+            passphrase: p.vault_passphrase,
+        },
+        point: rec.point.clone(),
+        vm: rec.vm.clone(),
+        kind,
+    }))
+}

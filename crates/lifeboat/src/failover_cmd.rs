@@ -1,0 +1,114 @@
+//! `lifeboat failover`: bring a protected VM up on its recovery host, through the server.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use lifeboat_server::api::failover::FailoverRequest;
+use serde_json::Value;
+
+use crate::cli::{FailoverAction, FailoverArgs};
+use crate::output::{table, Output};
+use crate::protect_cmd::{find_protection, text};
+use crate::server_client::ServerClient;
+
+pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
+    if let Some(FailoverAction::List { conn }) = args.action {
+        let server = ServerClient::new(&conn, home)?;
+        let all: Vec<Value> = server.get("/api/v1/recoveries").await?;
+        out.show(&all, |all| {
+            if all.is_empty() {
+                println!("Nothing runs on a recovery host.");
+                return;
+            }
+            let mut rows = vec![[
+                "HOST",
+                "VM",
+                "KIND",
+                "FROM",
+                "POINT TIME",
+                "STATE",
+                "LOCAL",
+                "ERROR",
+            ]
+            .map(String::from)
+            .to_vec()];
+            for r in all {
+                let local = if r["hydrated"] == true {
+                    "100%".to_string()
+                } else {
+                    let t = r["hydration_total"].as_f64().unwrap_or(0.0);
+                    let d = r["hydrated_bytes"].as_f64().unwrap_or(0.0);
+                    format!("{:.0}%", if t > 0.0 { 100.0 * d / t } else { 0.0 })
+                };
+                rows.push(vec![
+                    text(&r["host"]),
+                    text(&r["vm"]),
+                    text(&r["kind"]),
+                    format!("{}/{}", text(&r["origin_host"]), text(&r["origin_vm"])),
+                    text(&r["point_time"]),
+                    format!("{} ({})", text(&r["state"]), text(&r["vm_state"])),
+                    local,
+                    text(&r["error"]),
+                ]);
+            }
+            table(&rows);
+        });
+        return Ok(());
+    }
+    if let Some(FailoverAction::Cleanup { vm, conn }) = args.action {
+        let server = ServerClient::new(&conn, home)?;
+        let p = find_protection(&server, &vm).await?;
+        let done: Value = server
+            .post(
+                &format!("/api/v1/protections/{}/failover/cleanup", text(&p["id"])),
+                &serde_json::json!({}),
+            )
+            .await?;
+        out.show(&done, |d| {
+            println!(
+                "Test copy {} removed from the recovery host, with its disks; {} goes on as before.",
+                text(&d["removed"]),
+                text(&d["vm"])
+            )
+        });
+        return Ok(());
+    }
+    let Some(vm) = args.vm else {
+        bail!("name the VM to fail over: `lifeboat failover VM --test`");
+    };
+    let server = ServerClient::new(&args.conn, home)?;
+    let p = find_protection(&server, &vm).await?;
+    let req = FailoverRequest {
+        kind: "test".into(),
+        point: Some(args.point.clone()),
+    };
+    let r: Value = server
+        .post(
+            &format!("/api/v1/protections/{}/failover", text(&p["id"])),
+            &req,
+        )
+        .await?;
+    out.show(&r, |r| {
+        println!(
+            "{} runs on {} from point {} (cut {}), in an isolated network.",
+            text(&r["vm"]),
+            text(&r["host"]),
+            text(&r["point"]),
+            text(&r["point_time"])
+        );
+        let forwards: Vec<Value> = serde_json::from_str(r["forwards"].as_str().unwrap_or("[]"))
+            .unwrap_or_default();
+        for f in forwards {
+            println!(
+                "Guest port {} answers at 127.0.0.1:{} on {}.",
+                f["guest_port"],
+                f["host_port"],
+                text(&r["host"])
+            );
+        }
+        println!(
+            "It reads what is not local yet from the vault while it hydrates (`lifeboat vms list`).\nProduction and replication are untouched. Remove it with `lifeboat failover cleanup {vm}`."
+        );
+    });
+    Ok(())
+}
