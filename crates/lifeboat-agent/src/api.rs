@@ -11,6 +11,9 @@
 //! | `POST /api/v1/vault/check` | the server: can this agent open that vault? |
 //! | `POST /api/v1/recoveries` | the server: bring a VM up from a point here (idempotent by recovery id; asking again resumes serving it) |
 //! | `GET /api/v1/recoveries[/{id}]` | the server: recovered VMs, their state and hydration |
+//! | `POST /api/v1/vms/{vm}/shutdown` | the server: ACPI shutdown, forced after a timeout (a planned failover) |
+//! | `POST /api/v1/vms/{vm}/final-sync` | the server: the stopped VM's last point, proven equal to its disks |
+//! | `POST /api/v1/vms/{vm}/fence` | the server: the VM was failed over; kill it if it runs, never start it here |
 //! | `DELETE /api/v1/recoveries/{id}` | the server: remove a recovered VM and everything created for it |
 //!
 //! Errors are JSON `{"error": "..."}` with a message that says what to do.
@@ -109,6 +112,15 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/syncs/{id}", get(sync_status))
         .route("/api/v1/vms/{vm}/unprotect", post(unprotect))
         .route("/api/v1/vault/check", post(check_vault))
+        .route(
+            "/api/v1/vms/{vm}/shutdown",
+            post(crate::handover_api::shutdown),
+        )
+        .route(
+            "/api/v1/vms/{vm}/final-sync",
+            post(crate::handover_api::final_sync),
+        )
+        .route("/api/v1/vms/{vm}/fence", post(crate::handover_api::fence))
         .route(
             "/api/v1/recoveries",
             post(crate::recovery_api::ensure).get(crate::recovery_api::list),

@@ -234,6 +234,33 @@ impl AgentClient {
         self.call(self.http.delete(url)).await
     }
 
+    pub async fn shutdown_vm(
+        &self,
+        vm: &str,
+        req: &crate::handover::ShutdownRequest,
+    ) -> Result<crate::handover::ShutdownReport, ClientError> {
+        let url = self.url(&format!("/api/v1/vms/{vm}/shutdown"));
+        self.call(self.http.post(url).json(req)).await
+    }
+
+    pub async fn final_sync(
+        &self,
+        vm: &str,
+        req: &SyncRequest,
+    ) -> Result<crate::handover::FinalSyncReport, ClientError> {
+        let url = self.url(&format!("/api/v1/vms/{vm}/final-sync"));
+        self.call(self.http.post(url).json(req)).await
+    }
+
+    pub async fn fence(
+        &self,
+        vm: &str,
+        req: &crate::handover::FenceRequest,
+    ) -> Result<crate::handover::FenceReport, ClientError> {
+        let url = self.url(&format!("/api/v1/vms/{vm}/fence"));
+        self.call(self.http.post(url).json(req)).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("https://{}{path}", self.address)
     }

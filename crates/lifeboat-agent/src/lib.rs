@@ -14,12 +14,16 @@
 //! - `recovery`: recoveries — VMs brought up here from points (API types, journal).
 //! - `provision`: bringing one up instantly: NBD from the vault under a qcow2 overlay,
 //!   then hydration; and removing it.
+//! - `handover`: the source side of a planned failover (ordered shutdown, final sync of
+//!   the stopped VM proven equal by digest) and fencing.
 //! - `point_export`: one disk of a point served over NBD.
 //! - `serve`: TLS (or, on loopback only and when asked, plain HTTP) in front of the routes.
 
 pub mod api;
 pub mod client;
 pub mod enrollment;
+pub mod handover;
+mod handover_api;
 pub mod identity;
 pub mod point_export;
 pub mod provision;

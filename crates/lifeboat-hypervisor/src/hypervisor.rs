@@ -52,6 +52,9 @@ pub struct VmInfo {
     pub vcpus: u32,
     pub disks: Vec<DiskInfo>,
     pub nics: Vec<NicSpec>,
+    /// Why the VM is fenced (failed over to another host), when it is: it does not start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -271,6 +271,12 @@ async fn block_stream_hydrates_the_overlay(backing: Backing) {
         .spawn()
         .expect("cannot run qemu-system-x86_64");
     let mut qmp = Qmp::connect(&qmp_socket, &mut qemu).await;
+    let nodes_query = r#"{"execute": "query-named-block-nodes", "arguments": {"flat": true}}"#;
+    let nodes = qmp.execute(nodes_query).await;
+    assert!(
+        nodes.contains(r#""drv": "nbd""#),
+        "no NBD node before streaming: {nodes}"
+    );
     let served_before = s.stats.bytes_served();
     qmp.execute(
         r#"{"execute": "block-stream", "arguments": {"job-id": "hydrate", "device": "d0"}}"#,
@@ -303,11 +309,9 @@ async fn block_stream_hydrates_the_overlay(backing: Backing) {
             .await;
     }
     // The running VM's disk has dropped its backing too.
-    let nodes = qmp
-        .execute(r#"{"execute": "query-named-block-nodes", "arguments": {"flat": true}}"#)
-        .await;
+    let nodes = qmp.execute(nodes_query).await;
     assert!(
-        !nodes.contains("nbd"),
+        !nodes.contains(r#""drv": "nbd""#),
         "an NBD node is still attached: {nodes}"
     );
     let _ = qmp.wr.write_all(b"{\"execute\": \"quit\"}\n").await;

@@ -3,6 +3,7 @@
 //!
 //! - `db`: the state, in SQLite by default or PostgreSQL, with one set of migrations.
 //! - `api`: the REST API under `/api/v1`, behind API tokens, and `/metrics`.
+//! - `failover`: planned and unplanned failover (the source's side, fencing).
 //! - `policy`: protection policies (sync interval, RPO threshold, retention).
 //! - `replication`: the reconciler that keeps every protected VM syncing on schedule and
 //!   moves it between Protected and Degraded.
@@ -11,6 +12,7 @@
 
 pub mod api;
 pub mod db;
+pub mod failover;
 pub mod policy;
 pub mod recovery_watch;
 pub mod replication;

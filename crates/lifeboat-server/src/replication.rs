@@ -94,8 +94,8 @@ fn backoff(failures: i64) -> Duration {
 
 /// The state the row's facts call for.
 fn evaluate(p: &mut Protection, policy: &Policy, now: DateTime<Utc>) {
-    if p.state == ProtectionState::Disabling {
-        // `unprotect` owns the row now.
+    if p.state == ProtectionState::Disabling || p.state.is_failover() {
+        // `unprotect` or the failover owns the row now.
         return;
     }
     let Some(rpo) = rpo_seconds(p, now) else {
@@ -205,6 +205,12 @@ async fn step(
     } else if p.state == ProtectionState::Disabling {
         // Being disabled: never start a sync; `unprotect` deletes the row when done.
         POLL
+    } else if p.state == ProtectionState::FailedOver {
+        // The VM runs on its recovery host: make sure the source stays fenced.
+        crate::failover::fence_source(&mut p, &host, &agent).await;
+        POLL * 5
+    } else if p.state == ProtectionState::FailingOver {
+        POLL
     } else if parse_time(&p.next_sync_at).is_none_or(|t| t <= now) {
         return start_sync(db, p, policy, &agent, &host.host.hostname, now).await;
     } else {
@@ -217,6 +223,39 @@ async fn step(
     }
     db.save_protection(&mut p).await?;
     Ok(wait)
+}
+
+/// Records a committed point in the server's list and in the protection's row (the
+/// caller saves the row).
+pub(crate) async fn record_point(
+    db: &Database,
+    p: &mut Protection,
+    r: &lifeboat_agent::sync::SyncResult,
+) -> Result<(), crate::db::DbError> {
+    db.add_point(
+        &p.id,
+        &PointRow {
+            point: r.point.clone(),
+            cut_time: r.cut_time.to_rfc3339(),
+            consistency: r.consistency.clone(),
+            kind: serde_json::to_value(r.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            bytes_read: r.bytes_read as i64,
+            new_bytes: r.new_bytes_stored as i64,
+            note: r.note.clone(),
+        },
+    )
+    .await?;
+    db.sync_points(&p.id, &r.points).await?;
+    p.last_point = Some(r.point.clone());
+    p.last_point_time = Some(r.cut_time.to_rfc3339());
+    p.last_consistency = Some(r.consistency.clone());
+    p.bytes_replicated += r.new_bytes_stored as i64;
+    p.syncs_committed += 1;
+    p.last_sync_ms = (r.seconds * 1000.0) as i64;
+    Ok(())
 }
 
 fn sync_failed(p: &mut Protection, now: DateTime<Utc>, error: String) {
@@ -253,30 +292,8 @@ async fn on_status(
             Ok(POLL)
         }
         SyncState::Committed(r) => {
-            db.add_point(
-                &p.id,
-                &PointRow {
-                    point: r.point.clone(),
-                    cut_time: r.cut_time.to_rfc3339(),
-                    consistency: r.consistency.clone(),
-                    kind: serde_json::to_value(r.kind)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    bytes_read: r.bytes_read as i64,
-                    new_bytes: r.new_bytes_stored as i64,
-                    note: r.note.clone(),
-                },
-            )
-            .await?;
-            db.sync_points(&p.id, &r.points).await?;
             let first = p.last_point.is_none();
-            p.last_point = Some(r.point.clone());
-            p.last_point_time = Some(r.cut_time.to_rfc3339());
-            p.last_consistency = Some(r.consistency.clone());
-            p.bytes_replicated += r.new_bytes_stored as i64;
-            p.syncs_committed += 1;
-            p.last_sync_ms = (r.seconds * 1000.0) as i64;
+            record_point(db, p, &r).await?;
             p.current_sync = None;
             p.failures = 0;
             p.last_error = String::new();

@@ -149,6 +149,7 @@ pub struct UnprotectArgs {
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(group(clap::ArgGroup::new("kind").required(true)))]
 pub struct FailoverArgs {
     #[command(subcommand)]
     pub action: Option<FailoverAction>,
@@ -157,12 +158,24 @@ pub struct FailoverArgs {
     pub vm: Option<String>,
     /// A test copy, `VM-test`, beside production: isolated network, its own MAC and
     /// ports; production and replication go on untouched.
-    #[arg(long, required = true, group = "kind")]
+    #[arg(long, group = "kind")]
     pub test: bool,
+    /// Move the VM with zero data loss: shut it down in order (ACPI, forced after
+    /// --shutdown-timeout), take a final point, prove it equal to the disks, start it on
+    /// the recovery host with its own MAC and network; the source is fenced.
+    #[arg(long, group = "kind")]
+    pub planned: bool,
+    /// The source is lost: start the VM on the recovery host from --point; the source is
+    /// fenced (now if its agent answers, else when it returns).
+    #[arg(long, group = "kind")]
+    pub unplanned: bool,
+    /// With --planned: how long the guest has to power off before QEMU is told to quit.
+    #[arg(long, default_value = "2m")]
+    pub shutdown_timeout: String,
     /// Which point: latest (default), latest-app-consistent, a point id, or an RFC 3339
-    /// time (the newest point cut at or before it).
-    #[arg(long, default_value = "latest")]
-    pub point: String,
+    /// time (the newest point cut at or before it). Not for --planned.
+    #[arg(long)]
+    pub point: Option<String>,
     #[command(flatten)]
     pub conn: ServerConn,
 }

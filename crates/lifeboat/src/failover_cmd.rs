@@ -78,9 +78,21 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
     };
     let server = ServerClient::new(&args.conn, home)?;
     let p = find_protection(&server, &vm).await?;
+    let kind = if args.planned {
+        "planned"
+    } else if args.unplanned {
+        "unplanned"
+    } else {
+        "test"
+    };
     let req = FailoverRequest {
-        kind: "test".into(),
-        point: Some(args.point.clone()),
+        kind: kind.into(),
+        point: args.point.clone(),
+        shutdown_timeout_secs: Some(
+            lifeboat_vault::store::retention::parse_duration(&args.shutdown_timeout)
+                .map_err(|e| anyhow::anyhow!("--shutdown-timeout {}: {e}", args.shutdown_timeout))?
+                .as_secs(),
+        ),
     };
     let r: Value = server
         .post(
@@ -90,11 +102,16 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
         .await?;
     out.show(&r, |r| {
         println!(
-            "{} runs on {} from point {} (cut {}), in an isolated network.",
+            "{} runs on {} from point {} (cut {}){}.",
             text(&r["vm"]),
             text(&r["host"]),
             text(&r["point"]),
-            text(&r["point_time"])
+            text(&r["point_time"]),
+            if kind == "test" {
+                ", in an isolated network"
+            } else {
+                "; the source is fenced"
+            }
         );
         let forwards: Vec<Value> = serde_json::from_str(r["forwards"].as_str().unwrap_or("[]"))
             .unwrap_or_default();
@@ -107,8 +124,13 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
             );
         }
         println!(
-            "It reads what is not local yet from the vault while it hydrates (`lifeboat vms list`).\nProduction and replication are untouched. Remove it with `lifeboat failover cleanup {vm}`."
+            "It reads what is not local yet from the vault while it hydrates (`lifeboat vms list`)."
         );
+        if kind == "test" {
+            println!(
+                "Production and replication are untouched. Remove it with `lifeboat failover cleanup {vm}`."
+            );
+        }
     });
     Ok(())
 }

@@ -133,7 +133,11 @@ pub async fn run_vms(out: Output, home: &Path, cmd: VmsCommand) -> Result<()> {
                 rows.push(vec![
                     s(&v["host"]),
                     s(&v["vm"]),
-                    s(&v["state"]["state"]),
+                    if v["fenced"].is_string() {
+                        format!("{} (fenced)", s(&v["state"]["state"]))
+                    } else {
+                        s(&v["state"]["state"])
+                    },
                     protection,
                     crate::protect_cmd::age(v["rpo_seconds"].as_f64()),
                     s(&v["last_point_time"]),

@@ -104,6 +104,58 @@ impl QemuDriver {
         Ok(())
     }
 
+    /// Starts QEMU; with `paused`, its CPUs never run (`-S`): the disks are open for a
+    /// cut of a stopped VM, and the guest does not run. A fenced VM does not start.
+    pub async fn start_with(&self, vm: &VmName, paused: bool) -> Result<()> {
+        let dir = self.defined(vm)?;
+        if let Ok(why) = std::fs::read_to_string(dir.fence_marker()) {
+            return Err(HypervisorError::WrongState {
+                vm: vm.clone(),
+                state: "fenced".into(),
+                what: format!("it must not start on this host: {}", why.trim()),
+            });
+        }
+        if process::read_live_pid(&dir).is_some() {
+            return Err(HypervisorError::WrongState {
+                vm: vm.clone(),
+                state: "running".into(),
+                what: "it is already started".into(),
+            });
+        }
+        let spec = VmSpec::load(&dir.spec())?;
+        let accel = process::resolve_accel(
+            self.config.accel,
+            &self.config.home.join("accel"),
+            Duration::from_secs(10),
+        )
+        .await;
+        process::spawn(&spec, &dir, accel, paused).await?;
+        Ok(())
+    }
+
+    /// Fences the VM: kills QEMU if it runs and records `why`, after which it does not
+    /// start here (it was failed over; its writes from now on would diverge).
+    pub async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {
+        let dir = self.defined(vm)?;
+        write_atomically(&dir.fence_marker(), why.as_bytes())?;
+        let running = process::read_live_pid(&dir).is_some();
+        if running {
+            self.kill(vm).await?;
+        }
+        Ok(running)
+    }
+
+    /// Lifts a fence (the VM failed back home).
+    pub async fn unfence(&self, vm: &VmName) -> Result<()> {
+        let dir = self.defined(vm)?;
+        match std::fs::remove_file(dir.fence_marker()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(HypervisorError::io("removing", dir.fence_marker(), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn defined(&self, vm: &VmName) -> Result<VmDir> {
         let dir = self.vm_dir(vm)?;
         if !dir.spec().exists() {
@@ -200,23 +252,7 @@ impl Hypervisor for QemuDriver {
     }
 
     async fn start(&self, vm: &VmName) -> Result<()> {
-        let dir = self.defined(vm)?;
-        if process::read_live_pid(&dir).is_some() {
-            return Err(HypervisorError::WrongState {
-                vm: vm.clone(),
-                state: "running".into(),
-                what: "it is already started".into(),
-            });
-        }
-        let spec = VmSpec::load(&dir.spec())?;
-        let accel = process::resolve_accel(
-            self.config.accel,
-            &self.config.home.join("accel"),
-            Duration::from_secs(10),
-        )
-        .await;
-        process::spawn(&spec, &dir, accel).await?;
-        Ok(())
+        self.start_with(vm, false).await
     }
 
     async fn shutdown(&self, vm: &VmName, timeout: Duration) -> Result<ShutdownOutcome> {
@@ -310,6 +346,10 @@ impl Hypervisor for QemuDriver {
                 Ok(s) => s,
                 Err(e) => VmState::Paused(format!("unknown: {e}")),
             };
+            let fenced = self
+                .vm_dir(&name)
+                .ok()
+                .and_then(|d| std::fs::read_to_string(d.fence_marker()).ok());
             out.push(VmInfo {
                 disks: self.disk_info(&spec).await,
                 name,
@@ -318,6 +358,7 @@ impl Hypervisor for QemuDriver {
                 memory_mib: spec.memory_mib,
                 vcpus: spec.vcpus,
                 nics: spec.nics,
+                fenced,
             });
         }
         Ok(out)

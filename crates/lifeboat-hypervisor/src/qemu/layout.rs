@@ -78,6 +78,11 @@ impl VmDir {
     pub fn tracking_record(&self) -> PathBuf {
         self.dir.join("tracking")
     }
+    /// Present when the VM was failed over elsewhere: it holds why, and the VM must not
+    /// start here (see `QemuDriver::fence`).
+    pub fn fence_marker(&self) -> PathBuf {
+        self.dir.join("fenced")
+    }
     pub fn cut_lock(&self) -> PathBuf {
         self.dir.join("cut.lock")
     }

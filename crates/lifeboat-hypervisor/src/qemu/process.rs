@@ -128,7 +128,7 @@ pub fn command_line(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Vec<String> {
 }
 
 /// Starts QEMU and returns once it has daemonized (its monitor socket then exists).
-pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Result<u32> {
+pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel, paused: bool) -> Result<u32> {
     for stale in [dir.qmp_socket(), dir.serial_socket(), dir.pid_file()] {
         let _ = std::fs::remove_file(stale);
     }
@@ -137,7 +137,10 @@ pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Result<u32> {
     let log_err = log
         .try_clone()
         .map_err(|e| HypervisorError::io("opening", dir.qemu_log(), e))?;
-    let args = command_line(spec, dir, accel);
+    let mut args = command_line(spec, dir, accel);
+    if paused {
+        args.push("-S".into());
+    }
     tracing::debug!(vm = %spec.name, ?args, "starting QEMU");
     let status = tokio::process::Command::new(QEMU_BINARY)
         .args(&args)

@@ -116,7 +116,7 @@ where
         };
         conn.stats.add_request();
         if req.command == Command::Disconnect {
-            // No reply: the client stops reading once it has sent this.
+            // The protocol gives it no reply; the owed ones are still written.
             break;
         }
         let reply = PendingReply::new(req.cookie, tx.clone(), Permits::new(request));

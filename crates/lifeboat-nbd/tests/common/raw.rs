@@ -46,6 +46,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> RawClient<IO> {
         }
     }
 
+    /// True if the server closes the connection without sending another byte.
+    pub async fn eof_next(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(RAW_LIMIT, self.io.read(&mut b)).await,
+            Ok(Ok(0))
+        )
+    }
+
     /// Reads the greeting and answers with `flags`.
     pub async fn greet(&mut self, flags: u32) -> ServerGreeting {
         let g = self.read_exact(ServerGreeting::LEN).await;

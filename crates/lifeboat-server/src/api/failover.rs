@@ -36,6 +36,10 @@ pub struct FailoverRequest {
     /// newest point cut at or before it).
     #[serde(default)]
     pub point: Option<String>,
+    /// Planned: seconds the guest has to power off after the ACPI button before QEMU is
+    /// told to quit (default 120).
+    #[serde(default)]
+    pub shutdown_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -134,12 +138,8 @@ pub async fn failover(
 ) -> Response {
     let kind = match req.kind.as_str() {
         "test" => RecoveryKind::Test,
-        "planned" | "unplanned" => {
-            return error(
-                StatusCode::NOT_IMPLEMENTED,
-                format!("{} failover is not available yet; `--test` is", req.kind),
-            )
-        }
+        "planned" => RecoveryKind::Planned,
+        "unplanned" => RecoveryKind::Unplanned,
         other => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -174,6 +174,21 @@ pub async fn failover(
             format!("{} is being unprotected", p.vm),
         );
     }
+    if p.state == ProtectionState::FailedOver {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "{} has failed over already: it runs on its recovery host",
+                p.vm
+            ),
+        );
+    }
+    if kind == RecoveryKind::Planned && req.point.as_deref().is_some_and(|pt| pt != "latest") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a planned failover starts from the final point it takes of the stopped VM; --point is for test and unplanned failovers",
+        );
+    }
     let points = match s.db.points(&p.id).await {
         Ok(v) => v,
         Err(e) => return db_error(e),
@@ -205,6 +220,76 @@ pub async fn failover(
         RecoveryKind::Test => format!("{}-test", p.vm),
         _ => p.vm.clone(),
     };
+    let log = |step: String| {
+        let (db, id) = (s.db.clone(), op.id.clone());
+        tokio::spawn(async move { db.advance_operation(&id, "running", &step).await });
+    };
+    let mut point = point;
+    match kind {
+        RecoveryKind::Test => {}
+        RecoveryKind::Planned => {
+            let Some(source) = hosts.iter().find(|h| h.host.id == p.host_id) else {
+                op.end("failed", "the VM's host is no longer enrolled")
+                    .await;
+                return error(StatusCode::CONFLICT, "the VM's host is no longer enrolled");
+            };
+            // The recovery host must answer before the source is shut down.
+            let probe = match agent_for(rhost, Duration::from_secs(10)) {
+                Ok(c) => c.recoveries().await,
+                Err(r) => return r,
+            };
+            if let Err(e) = probe {
+                let why = format!(
+                    "the recovery host {} does not answer ({e}); {} was not touched",
+                    rhost.host.hostname, p.vm
+                );
+                op.end("failed", &why).await;
+                return error(StatusCode::BAD_GATEWAY, why);
+            }
+            let timeout = Duration::from_secs(req.shutdown_timeout_secs.unwrap_or(120));
+            match crate::failover::hand_over(&s.db, &p, source, timeout, &log).await {
+                Ok((id, time)) => {
+                    point.point = id;
+                    point.cut_time = time;
+                }
+                Err((code, why)) => {
+                    op.end("failed", &why).await;
+                    return error(code, why);
+                }
+            }
+        }
+        RecoveryKind::Unplanned => {
+            if let Err((code, why)) = crate::failover::set_state(
+                &s.db,
+                &p.id,
+                ProtectionState::FailingOver,
+                "unplanned failover",
+            )
+            .await
+            {
+                op.end("failed", &why).await;
+                return error(code, why);
+            }
+            match hosts.iter().find(|h| h.host.id == p.host_id) {
+                Some(source) => match crate::failover::try_fence(&p, source).await {
+                    Ok(killed) => log(format!(
+                        "source fenced on {}{}",
+                        source.host.hostname,
+                        if killed {
+                            " (its VM was running: killed)"
+                        } else {
+                            ""
+                        }
+                    )),
+                    Err(e) => log(format!(
+                        "source host {} unreachable ({e}): it will be fenced when it returns",
+                        source.host.hostname
+                    )),
+                },
+                None => log("the source host is no longer enrolled".into()),
+            }
+        }
+    }
     let mut rec = Recovery {
         id: uuid::Uuid::new_v4().to_string(),
         protection_id: p.id.clone(),
@@ -248,6 +333,15 @@ pub async fn failover(
             rec.state = "running".into();
             if let Err(e) = save(&s.db, &mut rec).await {
                 return db_error(e);
+            }
+            if kind != RecoveryKind::Test {
+                let reason = format!("failed over to {}", rhost.host.hostname);
+                if let Err((code, why)) =
+                    crate::failover::set_state(&s.db, &p.id, ProtectionState::FailedOver, &reason)
+                        .await
+                {
+                    return error(code, why);
+                }
             }
             op.end(
                 "succeeded",

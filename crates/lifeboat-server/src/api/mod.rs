@@ -76,6 +76,8 @@ pub struct VmRow {
     pub last_point: Option<String>,
     pub last_point_time: Option<String>,
     pub recovery_host: Option<String>,
+    /// Why the VM is fenced on this host (it was failed over): it does not start here.
+    pub fenced: Option<String>,
     /// For a VM brought up from a recovery point: `test`, `planned` or `unplanned`.
     pub recovery_kind: Option<String>,
     /// For a recovered VM: the VM it is a copy of, as `HOST/VM`.
@@ -391,6 +393,7 @@ async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
                         last_point: p.and_then(|p| p.last_point.clone()),
                         last_point_time: p.and_then(|p| p.last_point_time.clone()),
                         recovery_host: p.map(|p| p.recovery_host.clone()),
+                        fenced: vm["fenced"].as_str().map(str::to_string),
                         recovery_kind: r.map(|r| r.kind.clone()),
                         recovered_from: r
                             .map(|r| format!("{}/{}", host_name(&r.origin_host_id), r.origin_vm)),

@@ -21,6 +21,10 @@ pub enum ProtectionState {
     Degraded,
     /// `unprotect` is stopping it: no new sync starts.
     Disabling,
+    /// A planned or unplanned failover is moving it to its recovery host: no new sync.
+    FailingOver,
+    /// It runs on its recovery host; the source is fenced and not replicated.
+    FailedOver,
 }
 
 impl ProtectionState {
@@ -31,6 +35,8 @@ impl ProtectionState {
             ProtectionState::Protected => "protected",
             ProtectionState::Degraded => "degraded",
             ProtectionState::Disabling => "disabling",
+            ProtectionState::FailingOver => "failing_over",
+            ProtectionState::FailedOver => "failed_over",
         }
     }
 
@@ -41,6 +47,8 @@ impl ProtectionState {
             "protected" => ProtectionState::Protected,
             "degraded" => ProtectionState::Degraded,
             "disabling" => ProtectionState::Disabling,
+            "failing_over" => ProtectionState::FailingOver,
+            "failed_over" => ProtectionState::FailedOver,
             other => {
                 return Err(sqlx::Error::Decode(
                     format!("unknown protection state {other:?}").into(),
@@ -49,13 +57,23 @@ impl ProtectionState {
         })
     }
 
-    pub const ALL: [ProtectionState; 5] = [
+    pub const ALL: [ProtectionState; 7] = [
         ProtectionState::Enabling,
         ProtectionState::InitialSync,
         ProtectionState::Protected,
         ProtectionState::Degraded,
         ProtectionState::Disabling,
+        ProtectionState::FailingOver,
+        ProtectionState::FailedOver,
     ];
+
+    /// The VM is (being) moved away: replication does not start syncs.
+    pub fn is_failover(self) -> bool {
+        matches!(
+            self,
+            ProtectionState::FailingOver | ProtectionState::FailedOver
+        )
+    }
 }
 
 /// One protected VM, as stored. `Default` is a new protection before its first sync

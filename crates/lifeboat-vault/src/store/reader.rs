@@ -110,6 +110,26 @@ impl PointReader {
         Ok(out)
     }
 
+    /// `(size, chunk_size)` of `disk`.
+    pub fn disk_layout(&self, disk: &Name) -> Result<(u64, u32)> {
+        let d = self.disk(disk)?.disk();
+        Ok((d.size, d.chunk_size))
+    }
+
+    /// Whether `data`, another copy's bytes of chunk `slot` of `disk`, equals the point's
+    /// chunk: compared by keyed digest without fetching the chunk (all zeros match a
+    /// hole, which is how the vault stores them).
+    pub async fn chunk_matches(&self, disk: &Name, slot: u64, data: &[u8]) -> Result<bool> {
+        let d = self.disk(disk)?;
+        let entry = d.entry(slot).await?;
+        let zeros = data.iter().all(|b| *b == 0);
+        Ok(if entry.is_zero() {
+            zeros
+        } else {
+            !zeros && self.vault.keys.chunk_id(data) == entry.chunk
+        })
+    }
+
     /// Writes `disk` into the raw file `target` (created, sparse): chunks of zeros are
     /// not written, so holes stay holes.
     pub async fn restore_raw(&self, disk: &Name, target: &Path) -> Result<RestoreStats> {

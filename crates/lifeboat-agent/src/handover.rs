@@ -1,0 +1,219 @@
+//! The source side of moving a VM away: shut it down in order, take the final point of
+//! the stopped VM and prove it equal to the disks, and fence it.
+//!
+//! The final sync of a stopped VM runs in a QEMU started paused (`-S`): its disks and
+//! dirty bitmaps are open for an incremental cut, and the guest never runs. Then QEMU
+//! quits and every disk is read again, offline (`qemu-nbd`, read-only), and compared chunk
+//! by chunk with the point by keyed digest: the proof that the recovery copy equals the
+//! source.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lifeboat_hypervisor::{DiskFormat, Hypervisor, QemuDriver, VmName};
+use lifeboat_nbd::{ConnectOptions, NbdClient};
+use lifeboat_vault::format::{Name, PointId};
+use lifeboat_vault::{PointReader, Vault};
+use serde::{Deserialize, Serialize};
+
+use crate::replicate::{sync_vm, Records, SyncError, SyncOptions};
+use crate::sync::{Progress, SyncRequest, SyncResult};
+
+/// Bytes read from the offline disk per request while comparing.
+const COMPARE_READ: u64 = 4 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShutdownRequest {
+    /// Seconds the guest has to power off after the ACPI button before QEMU is told to quit.
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShutdownReport {
+    /// `already_stopped`, `guest_powered_off`, `forced` or `killed`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DiskComparison {
+    pub disk: String,
+    pub size: u64,
+    pub chunks: u64,
+    /// Chunks whose digest differs from the point's (0: equal).
+    pub differing_chunks: u64,
+    /// Byte offset of the first differing chunk, if any.
+    pub first_difference: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FinalSyncReport {
+    pub result: SyncResult,
+    pub disks: Vec<DiskComparison>,
+    /// Every disk equals the point.
+    pub equal: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FenceRequest {
+    /// Why, for whoever finds the VM fenced: where it runs now, since when.
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FenceReport {
+    /// QEMU was running and was killed.
+    pub killed: bool,
+}
+
+pub async fn shutdown(
+    driver: &QemuDriver,
+    vm: &VmName,
+    timeout: Duration,
+) -> Result<ShutdownReport, SyncError> {
+    let outcome = driver.shutdown(vm, timeout).await?;
+    let outcome = serde_json::to_value(outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    tracing::info!(%vm, %outcome, "shut down for a planned failover");
+    Ok(ShutdownReport { outcome })
+}
+
+/// The final point of the stopped VM `vm`, and the proof it equals its disks.
+pub async fn final_sync(
+    driver: &QemuDriver,
+    vault: &Vault,
+    vm: &VmName,
+    req: &SyncRequest,
+    records: &Records,
+) -> Result<FinalSyncReport, SyncError> {
+    let name = Name::new(&req.point_name).map_err(|e| SyncError::Invalid(e.to_string()))?;
+    if driver.state(vm).await? != lifeboat_hypervisor::VmState::Stopped {
+        return Err(SyncError::Invalid(format!(
+            "{vm} still runs: shut it down before its final sync"
+        )));
+    }
+    driver.start_with(vm, true).await?;
+    let progress = Progress::default();
+    let synced = sync_vm(
+        driver,
+        vault,
+        vm,
+        &name,
+        &SyncOptions {
+            retention: req.retention,
+            app_consistent: false, // the guest is not running
+            max_rate: None,
+        },
+        records,
+        &progress,
+    )
+    .await;
+    // Whatever happened, QEMU goes: the guest must not run here again.
+    driver.kill(vm).await?;
+    let result = synced?;
+    let point: PointId = result
+        .point
+        .parse()
+        .map_err(|e| SyncError::Invalid(format!("point {}: {e}", result.point)))?;
+    let found = vault.find_point(&point).await?;
+    let reader = PointReader::open(vault, &found, 16 << 20).await?;
+    let spec = driver.spec(vm).await?;
+    let mut disks = Vec::new();
+    for d in &spec.disks {
+        let disk = Name::new(d.name.as_str()).map_err(|e| SyncError::Invalid(e.to_string()))?;
+        disks.push(compare_disk(&reader, &disk, &d.path, d.format).await?);
+    }
+    let equal = disks.iter().all(|d| d.differing_chunks == 0);
+    tracing::info!(%vm, point = %result.point, equal, "final sync of the stopped VM");
+    Ok(FinalSyncReport {
+        result,
+        disks,
+        equal,
+    })
+}
+
+/// Reads `path` offline and compares each chunk with the point's.
+async fn compare_disk(
+    reader: &PointReader,
+    disk: &Name,
+    path: &Path,
+    format: DiskFormat,
+) -> Result<DiskComparison, SyncError> {
+    let (size, chunk_size) = reader.disk_layout(disk)?;
+    let dir = tempfile_dir()?;
+    let socket = dir.join("compare.nbd");
+    let mut child = tokio::process::Command::new("qemu-nbd")
+        .args(["--read-only", "--shared=1", "-f", format.as_str(), "-k"])
+        .arg(&socket)
+        .arg(path)
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| SyncError::Invalid(format!("running qemu-nbd: {e} (install qemu-utils)")))?;
+    let client = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match NbdClient::connect_unix(&socket, ConnectOptions::new("")).await {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    let _ = child.kill().await;
+                    return Err(SyncError::Invalid(format!(
+                        "reading {} offline through qemu-nbd: {e}",
+                        path.display()
+                    )));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
+    if client.export_size() != size {
+        let _ = child.kill().await;
+        return Err(SyncError::Invalid(format!(
+            "disk {disk} is {} bytes, the point's is {size}",
+            client.export_size()
+        )));
+    }
+    let cs = u64::from(chunk_size);
+    let mut report = DiskComparison {
+        disk: disk.to_string(),
+        size,
+        chunks: size.div_ceil(cs),
+        differing_chunks: 0,
+        first_difference: None,
+    };
+    let step = COMPARE_READ / cs * cs;
+    let mut at = 0;
+    while at < size {
+        let len = step.min(size - at);
+        let data = client
+            .read(at, len as u32)
+            .await
+            .map_err(|e| SyncError::Invalid(format!("reading {}: {e}", path.display())))?;
+        for (i, chunk) in data.chunks(cs as usize).enumerate() {
+            let slot = at / cs + i as u64;
+            if !reader.chunk_matches(disk, slot, chunk).await? {
+                report.differing_chunks += 1;
+                report.first_difference.get_or_insert(slot * cs);
+            }
+        }
+        at += len;
+    }
+    let _ = client.disconnect().await;
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(report)
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, SyncError> {
+    let dir = std::env::temp_dir().join(format!("lifeboat-compare-{}", uuid_like()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| SyncError::Invalid(format!("creating {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+fn uuid_like() -> String {
+    let mut b = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).unwrap_or(());
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

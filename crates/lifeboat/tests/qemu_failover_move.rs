@@ -1,0 +1,310 @@
+//! Planned and unplanned failover end to end, every part a separate process: a server,
+//! agents alpha (home) and beta (recovery host), a folder vault, a real guest whose HTTP
+//! server shows its files.
+//!
+//! Planned: the guest writes and syncs numbered files until the ACPI shutdown stops it;
+//! every write it acknowledged is on the recovery host afterwards, which runs the VM with
+//! the same MAC and port; never two running copies; the source is fenced.
+//! Unplanned: with alpha's agent and QEMU killed, the VM comes up on beta from the chosen
+//! point; when alpha returns, even with its VM started again by hand, the VM is killed and
+//! fenced there, and its diverged writes never reach the vault.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::cluster::{boot_guest_with, cluster, lifeboat, wait_points, Cluster};
+use common::start_agent_on;
+use lifeboat_testkit::{free_tcp_port, http_get, wait_http};
+use serde_json::Value;
+
+fn vm_row(cl: &Cluster, host: &str, vm: &str) -> Option<Value> {
+    cl.json(&["vms", "list"])["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["host"] == host && v["vm"] == vm)
+        .cloned()
+}
+
+fn running(row: &Option<Value>) -> bool {
+    row.as_ref()
+        .is_some_and(|r| r["state"]["state"] == "running")
+}
+
+/// The numbers the guest acknowledged on its console: `ACK n` after `n` was written
+/// and synced.
+fn acked(console_log: &std::path::Path) -> BTreeSet<u64> {
+    std::fs::read_to_string(console_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ACK "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_failover_loses_no_completed_write_and_fences_the_source() {
+    let cl = cluster(None);
+    let http = free_tcp_port();
+    let (_vm, mut console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http)).await;
+    let (ok, _, err) = cl.protect_web(&["--wait", "--timeout", "5m"]);
+    assert!(ok, "{err}");
+    // Writes until the power button's handler kills every process: each file synced, then
+    // acknowledged on the console (which QEMU logs to a file on the host).
+    console
+        .run(
+            "mkdir -p /data/seq; (n=0; while :; do echo $n > /data/seq/$n && sync && echo ACK $n > /dev/ttyS0; n=$((n+1)); done) > /dev/null 2>&1 &",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    drop(console);
+    let log = cl.home("alpha").join("vms/web/console.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked(&log).len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest acknowledged too few writes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Never two running copies, checked all along the failover.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let alpha = cl.home("alpha");
+        let beta = cl.home("beta");
+        std::thread::spawn(move || {
+            let mut samples = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let live = |home: &std::path::Path| {
+                    std::fs::read_to_string(home.join("vms/web/qemu.pid"))
+                        .ok()
+                        .and_then(|p| p.trim().parse::<i32>().ok())
+                        .is_some_and(|pid| {
+                            // A QEMU started paused (-S) for the final cut runs no guest.
+                            let cmd =
+                                std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                            !cmd.is_empty() && !cmd.split(|b| *b == 0).any(|a| a == b"-S")
+                        })
+                };
+                assert!(!(live(&alpha) && live(&beta)), "two running copies of web");
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            samples
+        })
+    };
+    let started = Instant::now();
+    let out = cl.json(&["failover", "web", "--planned", "--shutdown-timeout", "60s"]);
+    let took = started.elapsed();
+    assert_eq!(out["kind"], "planned");
+    assert_eq!(out["host"], "beta");
+    assert_eq!(out["vm"], "web");
+
+    // Every acknowledged write is on the recovery host, read through the guest's httpd on
+    // the same port production had (it is free on this machine now).
+    let forwards: Vec<Value> = serde_json::from_str(out["forwards"].as_str().unwrap()).unwrap();
+    assert_eq!(forwards[0]["host_port"].as_u64(), Some(u64::from(http)));
+    let acks = acked(&log);
+    assert!(acks.len() >= 20);
+    wait_http(http, "/boot-count", Duration::from_secs(120))
+        .await
+        .unwrap();
+    let recovered_at = started.elapsed();
+    for n in &acks {
+        let (code, body) = http_get(http, &format!("/seq/{n}"), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            code, 200,
+            "acknowledged write {n} is missing after the failover"
+        );
+        assert_eq!(String::from_utf8_lossy(&body).trim(), n.to_string());
+    }
+    eprintln!(
+        "planned failover: {} acknowledged writes all present; command took {took:?}, HTTP answered after {recovered_at:?}",
+        acks.len()
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let samples = watcher.join().expect("never two running copies");
+    assert!(samples > 10);
+
+    // Same MAC and network on the recovery host.
+    let spec = std::fs::read_to_string(cl.home("beta").join("vms/web/spec.toml")).unwrap();
+    assert!(
+        spec.contains("52:54:00:12:34:56") && spec.contains("network = \"user\""),
+        "{spec}"
+    );
+    // The source is stopped and fenced: it does not start.
+    let alpha = vm_row(&cl, "alpha", "web").unwrap();
+    assert_eq!(alpha["state"]["state"], "stopped", "{alpha}");
+    assert!(alpha["fenced"].is_string(), "{alpha}");
+    let start = lifeboat(&cl.home("alpha"))
+        .args(["vm", "start", "web"])
+        .output()
+        .unwrap();
+    assert!(!start.status.success());
+    assert!(String::from_utf8_lossy(&start.stderr).contains("fenced"));
+    let beta = vm_row(&cl, "beta", "web").unwrap();
+    assert!(running(&Some(beta.clone())));
+    assert_eq!(beta["recovery_kind"], "planned");
+    assert_eq!(beta["recovered_from"], "alpha/web");
+    assert_eq!(cl.protection()["state"], "failed_over");
+    // The final point is the newest and was proven equal; no sync runs any more.
+    let points = wait_points(&cl, "web", 1, Duration::from_secs(10));
+    assert_eq!(points.last().unwrap()["point"], out["point"]);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        wait_points(&cl, "web", 1, Duration::from_secs(10)).len(),
+        points.len()
+    );
+    // A second failover is refused.
+    let (ok, _, err) = cl.cli(&["failover", "web", "--unplanned"]);
+    assert!(!ok && err.contains("failed over already"), "{err}");
+    let _ = lifeboat(&cl.home("beta"))
+        .args(["vm", "kill", "web"])
+        .output();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays_fenced() {
+    let mut cl = cluster(None);
+    let http = free_tcp_port();
+    let (_vm, mut console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http)).await;
+    let (ok, _, err) = cl.protect_web(&["--wait", "--timeout", "5m"]);
+    assert!(ok, "{err}");
+    console
+        .run("echo kept > /data/kept && sync", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let acked_at = chrono::Utc::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = wait_points(&cl, "web", 1, Duration::from_secs(60));
+        let cut =
+            chrono::DateTime::parse_from_rfc3339(p.last().unwrap()["cut_time"].as_str().unwrap())
+                .unwrap();
+        if cut > acked_at {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no point after the write");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // The primary host dies: its agent first (replication stops), then a write that no
+    // point holds, then QEMU.
+    cl.alpha.child.kill().unwrap();
+    cl.alpha.child.wait().unwrap();
+    console
+        .run(
+            "echo diverged > /data/diverged && sync",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    drop(console);
+    let kill = lifeboat(&cl.home("alpha"))
+        .args(["vm", "kill", "web"])
+        .output()
+        .unwrap();
+    assert!(kill.status.success());
+    let points_before = wait_points(&cl, "web", 1, Duration::from_secs(10));
+
+    let started = Instant::now();
+    let out = cl.json(&["failover", "web", "--unplanned", "--point", "latest"]);
+    assert_eq!(out["kind"], "unplanned");
+    assert_eq!(out["point"], points_before.last().unwrap()["point"]);
+    let body = wait_http(http, "/kept", Duration::from_secs(120))
+        .await
+        .unwrap();
+    eprintln!(
+        "unplanned failover: HTTP answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(body, b"kept\n");
+    let (code, _) = http_get(http, "/diverged", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        code, 404,
+        "a write no point holds cannot be on the recovery host"
+    );
+    let p = cl.protection();
+    assert_eq!(p["state"], "failed_over");
+    assert!(p["reason"].as_str().unwrap().contains("unreachable"), "{p}");
+
+    // The primary returns, its VM started again by hand before its agent is back (the
+    // worst case: a host that was only cut off). Its agent comes back; the server fences
+    // the VM: killed, and it does not start again.
+    let beta_pid = std::fs::read_to_string(cl.home("beta").join("vms/web/qemu.pid")).unwrap();
+    let second_port = free_tcp_port();
+    // Its forward would clash with beta's on this one machine: move it aside first.
+    let spec_path = cl.home("alpha").join("vms/web/spec.toml");
+    let spec = std::fs::read_to_string(&spec_path).unwrap();
+    std::fs::write(
+        &spec_path,
+        spec.replace(
+            &format!("host_port = {http}"),
+            &format!("host_port = {second_port}"),
+        ),
+    )
+    .unwrap();
+    let start = lifeboat(&cl.home("alpha"))
+        .args(["vm", "start", "web"])
+        .output()
+        .unwrap();
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let alpha_port = cl.alpha.port;
+    cl.alpha = start_agent_on(&cl.home("alpha"), "alpha", alpha_port, &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let row = vm_row(&cl, "alpha", "web");
+        if row
+            .as_ref()
+            .is_some_and(|r| r["fenced"].is_string() && r["state"]["state"] == "stopped")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alpha's web was not fenced: {row:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let p = cl.protection();
+    assert!(
+        p["reason"].as_str().unwrap().contains("source fenced"),
+        "{p}"
+    );
+    let start = lifeboat(&cl.home("alpha"))
+        .args(["vm", "start", "web"])
+        .output()
+        .unwrap();
+    assert!(!start.status.success());
+    assert!(String::from_utf8_lossy(&start.stderr).contains("fenced"));
+    // Its diverged write never reached the vault, and the recovery site is untouched.
+    let points_after = wait_points(&cl, "web", 1, Duration::from_secs(10));
+    assert_eq!(
+        points_after.len(),
+        points_before.len(),
+        "a sync ran after the failover"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cl.home("beta").join("vms/web/qemu.pid")).unwrap(),
+        beta_pid
+    );
+    let (code, _) = http_get(http, "/diverged", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(code, 404);
+    let _ = lifeboat(&cl.home("beta"))
+        .args(["vm", "kill", "web"])
+        .output();
+}
