@@ -13,6 +13,8 @@
 //! | `GET /api/v1/recoveries[/{id}]` | the server: recovered VMs, their state and hydration |
 //! | `POST /api/v1/vms/{vm}/shutdown` | the server: ACPI shutdown, forced after a timeout (a planned failover) |
 //! | `POST /api/v1/vms/{vm}/final-sync` | the server: the stopped VM's last point, proven equal to its disks |
+//! | `POST /api/v1/vms/{vm}/apply-point` | the server: make the stopped VM's disks equal to a point, writing only what differs (failback) |
+//! | `POST /api/v1/vms/{vm}/start` | the server: start a VM (lifting its fence when failing back) |
 //! | `POST /api/v1/vms/{vm}/fence` | the server: the VM was failed over; kill it if it runs, never start it here |
 //! | `DELETE /api/v1/recoveries/{id}` | the server: remove a recovered VM and everything created for it |
 //!
@@ -121,6 +123,11 @@ pub fn router(state: Arc<AgentState>) -> Router {
             post(crate::handover_api::final_sync),
         )
         .route("/api/v1/vms/{vm}/fence", post(crate::handover_api::fence))
+        .route(
+            "/api/v1/vms/{vm}/apply-point",
+            post(crate::handover_api::apply_point),
+        )
+        .route("/api/v1/vms/{vm}/start", post(crate::handover_api::start))
         .route(
             "/api/v1/recoveries",
             post(crate::recovery_api::ensure).get(crate::recovery_api::list),

@@ -261,6 +261,30 @@ impl AgentClient {
         self.call(self.http.post(url).json(req)).await
     }
 
+    pub async fn apply_point(
+        &self,
+        vm: &str,
+        req: &crate::handover::ApplyPointRequest,
+    ) -> Result<crate::handover::ApplyReport, ClientError> {
+        let url = self.url(&format!("/api/v1/vms/{vm}/apply-point"));
+        self.call(self.http.post(url).json(req)).await
+    }
+
+    /// Starts a VM, lifting its fence first with `unfence`.
+    pub async fn start_vm(
+        &self,
+        vm: &str,
+        unfence: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = self.url(&format!("/api/v1/vms/{vm}/start"));
+        self.call(
+            self.http
+                .post(url)
+                .json(&serde_json::json!({ "unfence": unfence })),
+        )
+        .await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("https://{}{path}", self.address)
     }

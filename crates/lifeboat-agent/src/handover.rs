@@ -122,7 +122,7 @@ pub async fn final_sync(
     let mut disks = Vec::new();
     for d in &spec.disks {
         let disk = Name::new(d.name.as_str()).map_err(|e| SyncError::Invalid(e.to_string()))?;
-        disks.push(compare_disk(&reader, &disk, &d.path, d.format).await?);
+        disks.push(compare_disk(&reader, &disk, &d.path, d.format).await?.0);
     }
     let equal = disks.iter().all(|d| d.differing_chunks == 0);
     tracing::info!(%vm, point = %result.point, equal, "final sync of the stopped VM");
@@ -133,13 +133,14 @@ pub async fn final_sync(
     })
 }
 
-/// Reads `path` offline and compares each chunk with the point's.
+/// Reads `path` offline and compares each chunk with the point's; also returns the slots
+/// that differ.
 async fn compare_disk(
     reader: &PointReader,
     disk: &Name,
     path: &Path,
     format: DiskFormat,
-) -> Result<DiskComparison, SyncError> {
+) -> Result<(DiskComparison, Vec<u64>), SyncError> {
     let (size, chunk_size) = reader.disk_layout(disk)?;
     let dir = tempfile_dir()?;
     let socket = dir.join("compare.nbd");
@@ -183,6 +184,7 @@ async fn compare_disk(
         first_difference: None,
     };
     let step = COMPARE_READ / cs * cs;
+    let mut differing = Vec::new();
     let mut at = 0;
     while at < size {
         let len = step.min(size - at);
@@ -195,6 +197,7 @@ async fn compare_disk(
             if !reader.chunk_matches(disk, slot, chunk).await? {
                 report.differing_chunks += 1;
                 report.first_difference.get_or_insert(slot * cs);
+                differing.push(slot);
             }
         }
         at += len;
@@ -202,7 +205,7 @@ async fn compare_disk(
     let _ = client.disconnect().await;
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(report)
+    Ok((report, differing))
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf, SyncError> {
@@ -216,4 +219,161 @@ fn uuid_like() -> String {
     let mut b = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).unwrap_or(());
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyPointRequest {
+    pub vault: crate::sync::VaultAccess,
+    pub point: String,
+    /// The point name this VM's replication writes under (recorded as its last point).
+    pub point_name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DiskApplied {
+    pub disk: String,
+    pub chunks: u64,
+    /// Chunks that differed from the point and were written from it.
+    pub written_chunks: u64,
+    pub written_bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub disks: Vec<DiskApplied>,
+    /// After writing, every disk was compared again and equals the point.
+    pub equal: bool,
+}
+
+/// Most bytes staged in files for one `qemu-io` run.
+const APPLY_BATCH: u64 = 64 << 20;
+
+/// Makes the stopped VM's disks equal to `point`, writing only the chunks that differ
+/// (the failback's last step at home: the recovery site's writes, and this host's own
+/// diverged writes, which are overwritten). Proves the result equal by digest.
+pub async fn apply_point(
+    driver: &QemuDriver,
+    vault: &Vault,
+    vm: &VmName,
+    req: &ApplyPointRequest,
+    records: &Records,
+) -> Result<ApplyReport, SyncError> {
+    if driver.state(vm).await? != lifeboat_hypervisor::VmState::Stopped {
+        return Err(SyncError::Invalid(format!(
+            "{vm} runs here: a point is applied to a stopped VM only"
+        )));
+    }
+    let point: PointId = req
+        .point
+        .parse()
+        .map_err(|e| SyncError::Invalid(format!("point {}: {e}", req.point)))?;
+    let found = vault.find_point(&point).await?;
+    let reader = PointReader::open(vault, &found, 16 << 20).await?;
+    let spec = driver.spec(vm).await?;
+    let mut disks = Vec::new();
+    let mut equal = true;
+    for d in &spec.disks {
+        let disk = Name::new(d.name.as_str()).map_err(|e| SyncError::Invalid(e.to_string()))?;
+        let (before, slots) = compare_disk(&reader, &disk, &d.path, d.format).await?;
+        let (_, cs) = reader.disk_layout(&disk)?;
+        let written_bytes = write_chunks(
+            &reader,
+            &disk,
+            &d.path,
+            d.format,
+            u64::from(cs),
+            before.size,
+            &slots,
+        )
+        .await?;
+        let (after, _) = compare_disk(&reader, &disk, &d.path, d.format).await?;
+        equal &= after.differing_chunks == 0;
+        disks.push(DiskApplied {
+            disk: d.name.to_string(),
+            chunks: before.chunks,
+            written_chunks: slots.len() as u64,
+            written_bytes,
+        });
+    }
+    if equal {
+        // This host's disks are the point now: replication builds on it.
+        records.set_last_point(vm, &req.point)?;
+    }
+    tracing::info!(%vm, point = %req.point, equal, "point applied to the stopped VM");
+    Ok(ApplyReport { disks, equal })
+}
+
+/// Writes chunks `slots` of the point into the image with `qemu-io`, runs of neighbouring
+/// chunks at once, in batches of at most `APPLY_BATCH` staged bytes.
+async fn write_chunks(
+    reader: &PointReader,
+    disk: &Name,
+    path: &Path,
+    format: DiskFormat,
+    cs: u64,
+    size: u64,
+    slots: &[u64],
+) -> Result<u64, SyncError> {
+    // Runs of consecutive slots, each at most 4 MiB.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &s in slots {
+        match runs.last_mut() {
+            Some((start, n)) if *start + *n == s && *n * cs < 4 << 20 => *n += 1,
+            _ => runs.push((s, 1)),
+        }
+    }
+    let dir = tempfile_dir()?;
+    let mut written = 0;
+    let mut batch: Vec<String> = Vec::new();
+    let mut staged = 0u64;
+    for (i, (start, n)) in runs.iter().enumerate() {
+        let offset = start * cs;
+        let len = (n * cs).min(size - offset);
+        let data = reader.read_at(disk, offset, len as usize).await?;
+        if data.iter().all(|b| *b == 0) {
+            batch.push(format!("write -z {offset} {len}"));
+        } else {
+            let file = dir.join(format!("run-{i}"));
+            std::fs::write(&file, &data)?;
+            batch.push(format!("write -s {} {offset} {len}", file.display()));
+            staged += len;
+        }
+        written += len;
+        if staged >= APPLY_BATCH || batch.len() >= 256 || i + 1 == runs.len() {
+            run_qemu_io(path, format, &batch).await?;
+            batch.clear();
+            staged = 0;
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(written)
+}
+
+async fn run_qemu_io(
+    path: &Path,
+    format: DiskFormat,
+    commands: &[String],
+) -> Result<(), SyncError> {
+    let mut c = tokio::process::Command::new("qemu-io");
+    c.args(["-f", format.as_str()]);
+    for cmd in commands {
+        c.arg("-c").arg(cmd);
+    }
+    let out =
+        c.arg(path).output().await.map_err(|e| {
+            SyncError::Invalid(format!("running qemu-io: {e} (install qemu-utils)"))
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // qemu-io exits 0 even when a command fails; each failure is printed.
+    if !out.status.success() || stdout.contains("failed") {
+        return Err(SyncError::Invalid(format!(
+            "writing {} with qemu-io: {} {}",
+            path.display(),
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }

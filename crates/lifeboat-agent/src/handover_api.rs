@@ -81,3 +81,57 @@ pub async fn fence(
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
+
+pub async fn apply_point(
+    State(s): State<Arc<AgentState>>,
+    Path(vm): Path<String>,
+    Json(req): Json<crate::handover::ApplyPointRequest>,
+) -> Response {
+    let vm = match vm_name(&vm) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let vault = match s.vaults.open(&req.vault.url, &req.vault.passphrase).await {
+        Ok(v) => v,
+        Err(e) => return failure(e),
+    };
+    match crate::handover::apply_point(&s.driver, &vault, &vm, &req, &s.records).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct StartRequest {
+    /// Lift the fence first (the VM failed back home).
+    #[serde(default)]
+    pub unfence: bool,
+}
+
+pub async fn start(
+    State(s): State<Arc<AgentState>>,
+    Path(vm): Path<String>,
+    Json(req): Json<StartRequest>,
+) -> Response {
+    let vm = match vm_name(&vm) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if req.unfence {
+        if let Err(e) = s.driver.unfence(&vm).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    }
+    use lifeboat_hypervisor::Hypervisor;
+    match s.driver.state(&vm).await {
+        Ok(lifeboat_hypervisor::VmState::Running) => {
+            return Json(serde_json::json!({"started": false})).into_response()
+        }
+        Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
+        _ => {}
+    }
+    match s.driver.start(&vm).await {
+        Ok(()) => Json(serde_json::json!({"started": true})).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}

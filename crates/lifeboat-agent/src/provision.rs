@@ -115,6 +115,12 @@ impl Recoveries {
         let _busy = self.busy.lock().await;
         let record = match self.journal.load(&req.recovery_id) {
             Some(r) => r,
+            None if req.resume_only => {
+                return Err(RecoveryError::NotFound(format!(
+                    "no recovery {} on this host (removed?)",
+                    req.recovery_id
+                )))
+            }
             None => {
                 if let Some(other) = self.journal.of_vm(vm.as_str()) {
                     return Err(RecoveryError::Conflict(format!(
@@ -454,6 +460,34 @@ fn free_port() -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server's watcher resumes with `resume_only`: racing a removal, it must get
+    /// "not found", never a VM brought up again.
+    #[tokio::test]
+    async fn resume_only_never_brings_a_vm_up() {
+        let home = tempfile::tempdir().unwrap();
+        let driver = QemuDriver::new(lifeboat_hypervisor::QemuConfig::new(home.path())).unwrap();
+        let recoveries =
+            Arc::new(Recoveries::open(home.path(), &home.path().join("agent")).unwrap());
+        let req = RecoveryRequest {
+            recovery_id: "r1".into(),
+            vault: crate::sync::VaultAccess {
+                url: "file:///nonexistent".into(),
+                passphrase: "x".into(),
+            },
+            point: "1795703838177-f4359ed2".into(),
+            vm: "web".into(),
+            kind: RecoveryKind::Test,
+            resume_only: true,
+        };
+        let err = recoveries
+            .ensure(&driver, &VaultCache::default(), &req)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RecoveryError::NotFound(_)), "{err}");
+        assert!(recoveries.journal().all().is_empty());
+        assert!(!home.path().join("vms/web").exists());
+    }
 
     #[test]
     fn test_macs_differ_from_the_source_and_are_stable() {

@@ -47,6 +47,10 @@ pub struct RecoveryRequest {
     /// The name the VM gets on this host.
     pub vm: String,
     pub kind: RecoveryKind,
+    /// Only resume serving a recovery this host has; never bring one up. The server's
+    /// watcher asks this way, so a request racing with a removal cannot recreate the VM.
+    #[serde(default)]
+    pub resume_only: bool,
 }
 
 /// What the agent keeps about a recovery (no secrets).

@@ -56,7 +56,17 @@ pub async fn status(State(s): State<Arc<AgentState>>, Path(id): Path<String>) ->
 
 pub async fn remove(State(s): State<Arc<AgentState>>, Path(id): Path<String>) -> Response {
     match s.recoveries.remove(&s.driver, &id).await {
-        Ok(report) => Json(report).into_response(),
+        Ok(report) => {
+            // A removed VM's replication record goes with it.
+            if let Some(vm) = report
+                .vm
+                .as_deref()
+                .and_then(|v| lifeboat_hypervisor::VmName::new(v).ok())
+            {
+                let _ = s.records.forget(&vm);
+            }
+            Json(report).into_response()
+        }
         Err(e) => failure(e),
     }
 }

@@ -29,7 +29,7 @@ pub async fn run(db: Database) {
 async fn watch_all(db: &Database) -> Result<(), DbError> {
     let hosts = db.hosts_with_access().await?;
     for mut rec in db.recoveries().await? {
-        if rec.state != "running" {
+        if rec.state != "running" && rec.state != "committed" {
             continue;
         }
         let Some(host) = hosts.iter().find(|h| h.host.id == rec.host_id) else {
@@ -83,5 +83,6 @@ async fn resume_request(db: &Database, rec: &Recovery) -> Result<Option<Recovery
         point: rec.point.clone(),
         vm: rec.vm.clone(),
         kind,
+        resume_only: true,
     }))
 }

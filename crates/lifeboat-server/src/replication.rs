@@ -209,7 +209,7 @@ async fn step(
         // The VM runs on its recovery host: make sure the source stays fenced.
         crate::failover::fence_source(&mut p, &host, &agent).await;
         POLL * 5
-    } else if p.state == ProtectionState::FailingOver {
+    } else if p.state.is_failover() {
         POLL
     } else if parse_time(&p.next_sync_at).is_none_or(|t| t <= now) {
         return start_sync(db, p, policy, &agent, &host.host.hostname, now).await;

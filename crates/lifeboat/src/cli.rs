@@ -72,6 +72,25 @@ pub enum Command {
     /// (`--test`: a copy beside production, in an isolated network); `failover cleanup VM`
     /// removes a test copy.
     Failover(FailoverArgs),
+    /// Bring a failed-over VM home: its recovery copy shut down in order, only what changed
+    /// on either side since the failover written at home, proven equal, started at home.
+    Failback {
+        /// The protected VM (or HOST/VM).
+        vm: String,
+        /// How long the recovery VM has to power off before QEMU is told to quit.
+        #[arg(long, default_value = "2m")]
+        shutdown_timeout: String,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// After a failback: resume replication from home, building on the failback's point
+    /// (no full resync).
+    Reprotect {
+        /// The protected VM (or HOST/VM).
+        vm: String,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
     /// Overview: VMs by protection state, worst RPO, running operations.
     Status {
         #[command(flatten)]
@@ -184,6 +203,13 @@ pub struct FailoverArgs {
 pub enum FailoverAction {
     /// VMs running on recovery hosts: their origin, point, state and hydration.
     List {
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// Accept a planned or unplanned failover: the VM on the recovery host is the VM now.
+    Commit {
+        /// The protected VM (or HOST/VM).
+        vm: String,
         #[command(flatten)]
         conn: ServerConn,
     },

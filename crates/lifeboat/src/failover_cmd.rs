@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use lifeboat_server::api::failover::FailoverRequest;
 use serde_json::Value;
 
-use crate::cli::{FailoverAction, FailoverArgs};
+use crate::cli::{FailoverAction, FailoverArgs, ServerConn};
 use crate::output::{table, Output};
 use crate::protect_cmd::{find_protection, text};
 use crate::server_client::ServerClient;
@@ -54,6 +54,17 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
             table(&rows);
         });
         return Ok(());
+    }
+    if let Some(FailoverAction::Commit { vm, conn }) = args.action {
+        return step(
+            out,
+            home,
+            &vm,
+            "failover/commit",
+            &serde_json::json!({}),
+            conn,
+        )
+        .await;
     }
     if let Some(FailoverAction::Cleanup { vm, conn }) = args.action {
         let server = ServerClient::new(&conn, home)?;
@@ -133,4 +144,43 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// A protection step that answers with a sentence (`StepDone`).
+async fn step(
+    out: Output,
+    home: &Path,
+    vm: &str,
+    route: &str,
+    body: &Value,
+    conn: ServerConn,
+) -> Result<()> {
+    let server = ServerClient::new(&conn, home)?;
+    let p = find_protection(&server, vm).await?;
+    let done: Value = server
+        .post(
+            &format!("/api/v1/protections/{}/{route}", text(&p["id"])),
+            body,
+        )
+        .await?;
+    out.show(&done, |d| println!("{}.", text(&d["message"])));
+    Ok(())
+}
+
+pub async fn failback(
+    out: Output,
+    home: &Path,
+    vm: &str,
+    shutdown_timeout: &str,
+    conn: ServerConn,
+) -> Result<()> {
+    let secs = lifeboat_vault::store::retention::parse_duration(shutdown_timeout)
+        .map_err(|e| anyhow::anyhow!("--shutdown-timeout {shutdown_timeout}: {e}"))?
+        .as_secs();
+    let body = serde_json::json!({ "shutdown_timeout_secs": secs });
+    step(out, home, vm, "failback", &body, conn).await
+}
+
+pub async fn reprotect(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Result<()> {
+    step(out, home, vm, "reprotect", &serde_json::json!({}), conn).await
 }

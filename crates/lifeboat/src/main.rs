@@ -89,6 +89,14 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Unprotect(args) => return protect_cmd::unprotect(out, &cli.home, args).await,
         cli::Command::Status { conn } => return protect_cmd::status(out, &cli.home, conn).await,
         cli::Command::Failover(args) => return failover_cmd::run(out, &cli.home, args).await,
+        cli::Command::Failback {
+            vm,
+            shutdown_timeout,
+            conn,
+        } => return failover_cmd::failback(out, &cli.home, &vm, &shutdown_timeout, conn).await,
+        cli::Command::Reprotect { vm, conn } => {
+            return failover_cmd::reprotect(out, &cli.home, &vm, conn).await
+        }
         cli::Command::Points { vm, conn } => {
             return protect_cmd::points(out, &cli.home, &vm, conn).await
         }
@@ -109,6 +117,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         | cli::Command::Unprotect(_)
         | cli::Command::Status { .. }
         | cli::Command::Failover(_)
+        | cli::Command::Failback { .. }
+        | cli::Command::Reprotect { .. }
         | cli::Command::Points { .. } => unreachable!("handled above"),
     }
 }

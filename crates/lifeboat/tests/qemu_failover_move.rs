@@ -178,7 +178,10 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
     let (ok, _, err) = cl.protect_web(&["--wait", "--timeout", "5m"]);
     assert!(ok, "{err}");
     console
-        .run("echo kept > /data/kept && sync", Duration::from_secs(60))
+        .run(
+            "mkdir -p /data/f && echo kept > /data/f/kept && sync",
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     let acked_at = chrono::Utc::now();
@@ -200,7 +203,7 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
     cl.alpha.child.wait().unwrap();
     console
         .run(
-            "echo diverged > /data/diverged && sync",
+            "echo diverged > /data/f/diverged && sync",
             Duration::from_secs(60),
         )
         .await
@@ -217,7 +220,7 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
     let out = cl.json(&["failover", "web", "--unplanned", "--point", "latest"]);
     assert_eq!(out["kind"], "unplanned");
     assert_eq!(out["point"], points_before.last().unwrap()["point"]);
-    let body = wait_http(http, "/kept", Duration::from_secs(120))
+    let body = wait_http(http, "/f/kept", Duration::from_secs(120))
         .await
         .unwrap();
     eprintln!(
@@ -225,7 +228,7 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
         started.elapsed()
     );
     assert_eq!(body, b"kept\n");
-    let (code, _) = http_get(http, "/diverged", Duration::from_secs(10))
+    let (code, _) = http_get(http, "/f/diverged", Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(
@@ -300,11 +303,134 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
         std::fs::read_to_string(cl.home("beta").join("vms/web/qemu.pid")).unwrap(),
         beta_pid
     );
-    let (code, _) = http_get(http, "/diverged", Duration::from_secs(10))
+    let (code, _) = http_get(http, "/f/diverged", Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(code, 404);
-    let _ = lifeboat(&cl.home("beta"))
+
+    // Writes at the recovery site, then commit and fail back: those writes are at home,
+    // home's diverged write is overwritten, and only what changed crossed the vault.
+    let mut away = lifeboat_testkit::SerialConsole::connect(
+        &cl.home("beta").join("vms/web/serial.sock"),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    away.wait_ready(Duration::from_secs(120)).await.unwrap();
+    away.run("echo away > /data/f/away && sync", Duration::from_secs(60))
+        .await
+        .unwrap();
+    drop(away);
+    let committed = cl.json(&["failover", "commit", "web"]);
+    assert!(
+        committed["message"].as_str().unwrap().contains("committed"),
+        "{committed}"
+    );
+    let out = cl.json(&["failback", "web", "--shutdown-timeout", "60s"]);
+    assert_eq!(out["state"], "failed_back", "{out}");
+    let points = wait_points(&cl, "web", 1, Duration::from_secs(10));
+    let back = points.last().unwrap().clone();
+    assert_eq!(back["kind"], "resync", "{back}");
+    let sent = back["new_bytes"].as_u64().unwrap();
+    eprintln!(
+        "failback: {sent} byte(s) stored from the recovery site (read {})",
+        back["bytes_read"]
+    );
+    assert!(sent < 8 << 20, "failback sent {sent} bytes");
+    // Home runs the VM (on the port its spec has now); the recovery VM is gone.
+    let body = wait_http(second_port, "/f/away", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(body, b"away\n");
+    assert_eq!(
+        wait_http(second_port, "/f/kept", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        b"kept\n"
+    );
+    let (code, _) = http_get(second_port, "/f/diverged", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(code, 404, "home's diverged write must be overwritten");
+    assert!(
+        vm_row(&cl, "beta", "web").is_none(),
+        "the recovery VM must be removed"
+    );
+    assert!(!cl.home("beta").join("recovered/web").exists());
+    let home = vm_row(&cl, "alpha", "web").unwrap();
+    assert!(
+        running(&Some(home.clone())) && home["fenced"].is_null(),
+        "{home}"
+    );
+    assert_eq!(cl.protection()["state"], "failed_back");
+
+    // Bit-exact: every file the test wrote, as the failback point holds it, is at home
+    // byte for byte.
+    let stopped = lifeboat(&cl.home("alpha"))
+        .args(["vm", "stop", "web"])
+        .output()
+        .unwrap();
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let scratch = cl.tmp.path().join("bitexact");
+    std::fs::create_dir_all(scratch.join("p")).unwrap();
+    std::fs::create_dir_all(scratch.join("h")).unwrap();
+    let point_raw = scratch.join("point.raw");
+    let mut c = lifeboat(cl.tmp.path());
+    c.args([
+        "vault",
+        "--vault",
+        &cl.vault,
+        "restore",
+        back["point"].as_str().unwrap(),
+    ])
+    .arg(&point_raw);
+    common::cluster::run_ok(c);
+    let home_raw = scratch.join("home.raw");
+    let conv = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(cl.home("alpha").join("web.qcow2"))
+        .arg(&home_raw)
+        .output()
+        .unwrap();
+    assert!(conv.status.success());
+    let at_point =
+        lifeboat_testkit::guest_data_files(&point_raw, "/f", &scratch.join("p")).unwrap();
+    let at_home = lifeboat_testkit::guest_data_files(&home_raw, "/f", &scratch.join("h")).unwrap();
+    assert!(
+        at_point.contains_key("away") && !at_point.contains_key("diverged"),
+        "{:?}",
+        at_point.keys()
+    );
+    assert_eq!(
+        at_home, at_point,
+        "home's files differ from the failback point's"
+    );
+    let started = lifeboat(&cl.home("alpha"))
+        .args(["vm", "start", "web"])
+        .output()
+        .unwrap();
+    assert!(started.status.success());
+
+    // Reprotect: replication resumes from home and sends only what changed.
+    let out = cl.json(&["reprotect", "web"]);
+    assert_eq!(out["state"], "protected");
+    let n = points.len();
+    let next = wait_points(&cl, "web", n + 1, Duration::from_secs(180));
+    let first = &next[n];
+    let sent = first["new_bytes"].as_u64().unwrap();
+    eprintln!(
+        "reprotect: first sync {} sent {sent} byte(s)",
+        first["kind"]
+    );
+    assert!(sent < 8 << 20, "reprotect sent {sent} bytes: {first}");
+    cl.wait_for("protected", Duration::from_secs(60), |p| {
+        p["state"] == "protected"
+    });
+    let _ = lifeboat(&cl.home("alpha"))
         .args(["vm", "kill", "web"])
         .output();
 }

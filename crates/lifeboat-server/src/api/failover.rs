@@ -326,6 +326,7 @@ pub async fn failover(
         point: point.point.clone(),
         vm: vm.clone(),
         kind,
+        resume_only: false,
     };
     match client.ensure_recovery(&ask).await {
         Ok(status) => {
@@ -489,6 +490,231 @@ pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) 
             error(StatusCode::BAD_GATEWAY, msg)
         }
     }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FailbackRequest {
+    /// Seconds the recovery VM has to power off after the ACPI button (default 120).
+    #[serde(default)]
+    pub shutdown_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StepDone {
+    pub vm: String,
+    pub operation: String,
+    pub state: String,
+    /// What happened, in a sentence.
+    pub message: String,
+}
+
+/// Loads a protection in `want` state, with its hosts and its (non-test) recovery.
+async fn load_moved(
+    s: &ServerState,
+    id: &str,
+    want: &[ProtectionState],
+    what: &str,
+) -> Result<(Protection, Vec<HostAccess>, Option<Recovery>), Response> {
+    let (p, hosts) = load(s, id).await?;
+    if !want.contains(&p.state) {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("{} is {}: {what}", p.vm, p.state.as_str()),
+        ));
+    }
+    let rec =
+        s.db.recoveries_of(&p.id)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .find(|r| r.kind != "test");
+    Ok((p, hosts, rec))
+}
+
+#[utoipa::path(post, path = "/api/v1/protections/{id}/failback", tag = "failover",
+    params(("id" = String, Path, description = "The protection's id")),
+    request_body = FailbackRequest,
+    responses((status = 200, description = "The VM runs at home again; replication waits for reprotect", body = StepDone),
+               (status = 409, description = "The VM has not failed over, or another operation runs", body = ApiError),
+               (status = 502, description = "A host did not answer; the message says what state the VM is in", body = ApiError)))]
+pub async fn failback(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<String>,
+    Json(req): Json<FailbackRequest>,
+) -> Response {
+    let (p, hosts, rec) = match load_moved(
+        &s,
+        &id,
+        &[ProtectionState::FailedOver, ProtectionState::FailingBack],
+        "only a VM that failed over can fail back",
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(rec) = rec else {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{} has no VM on its recovery host", p.vm),
+        );
+    };
+    let (Some(home), Some(away)) = (
+        hosts.iter().find(|h| h.host.id == p.host_id),
+        hosts.iter().find(|h| h.host.id == rec.host_id),
+    ) else {
+        return error(
+            StatusCode::CONFLICT,
+            "a host of this VM is no longer enrolled",
+        );
+    };
+    let op = match s
+        .db
+        .start_operation(
+            &p.host_id,
+            &p.vm,
+            "failback",
+            &format!("bringing {} home", p.vm),
+        )
+        .await
+    {
+        Ok(id) => OpGuard::new(&s.db, &id),
+        Err(e) => return db_error(e),
+    };
+    let log = |step: String| {
+        let (db, id) = (s.db.clone(), op.id.clone());
+        tokio::spawn(async move { db.advance_operation(&id, "running", &step).await });
+    };
+    let timeout = Duration::from_secs(req.shutdown_timeout_secs.unwrap_or(120));
+    match crate::failover::fail_back(&s.db, &p, &rec, home, away, timeout, &log).await {
+        Ok(point) => {
+            let operation = op.id.clone();
+            let message = format!(
+                "{} runs at home on {} from point {point}",
+                p.vm, home.host.hostname
+            );
+            op.end("succeeded", &message).await;
+            Json(StepDone {
+                vm: p.vm.clone(),
+                operation,
+                state: ProtectionState::FailedBack.as_str().into(),
+                message,
+            })
+            .into_response()
+        }
+        Err((code, why)) => {
+            op.end("failed", &why).await;
+            error(code, why)
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/protections/{id}/reprotect", tag = "failover",
+    params(("id" = String, Path, description = "The protection's id")),
+    responses((status = 200, description = "Replication resumes from home, building on the failback's point", body = StepDone),
+               (status = 409, description = "The VM is not back home", body = ApiError)))]
+pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+    let (p, _, _) = match load_moved(
+        &s,
+        &id,
+        &[ProtectionState::FailedBack],
+        "reprotect follows a failback",
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let op = match s
+        .db
+        .start_operation(&p.host_id, &p.vm, "reprotect", "resuming replication")
+        .await
+    {
+        Ok(id) => OpGuard::new(&s.db, &id),
+        Err(e) => return db_error(e),
+    };
+    loop {
+        let Some(mut row) = (match s.db.protection(&p.id).await {
+            Ok(r) => r,
+            Err(e) => return db_error(e),
+        }) else {
+            return error(StatusCode::NOT_FOUND, "the protection is gone");
+        };
+        row.state = ProtectionState::Protected;
+        row.reason = String::new();
+        row.failures = 0;
+        row.last_error = String::new();
+        row.next_sync_at = chrono::Utc::now().to_rfc3339();
+        match s.db.save_protection(&mut row).await {
+            Ok(true) => break,
+            Ok(false) => continue,
+            Err(e) => return db_error(e),
+        }
+    }
+    let operation = op.id.clone();
+    let message = format!("replication of {} resumed", p.vm);
+    op.end("succeeded", &message).await;
+    Json(StepDone {
+        vm: p.vm.clone(),
+        operation,
+        state: ProtectionState::Protected.as_str().into(),
+        message,
+    })
+    .into_response()
+}
+
+#[utoipa::path(post, path = "/api/v1/protections/{id}/failover/commit", tag = "failover",
+    params(("id" = String, Path, description = "The protection's id")),
+    responses((status = 200, description = "The failover is committed: the recovery VM is the VM now", body = StepDone),
+               (status = 409, description = "The VM has not failed over", body = ApiError)))]
+pub async fn commit(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+    let (p, _, rec) = match load_moved(
+        &s,
+        &id,
+        &[ProtectionState::FailedOver],
+        "only a failed-over VM is committed (a test copy is removed with `failover cleanup`)",
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(mut rec) = rec else {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{} has no VM on its recovery host", p.vm),
+        );
+    };
+    let op = match s
+        .db
+        .start_operation(
+            &p.host_id,
+            &p.vm,
+            "failover-commit",
+            "committing the failover",
+        )
+        .await
+    {
+        Ok(id) => OpGuard::new(&s.db, &id),
+        Err(e) => return db_error(e),
+    };
+    rec.state = "committed".into();
+    if let Err(e) = save(&s.db, &mut rec).await {
+        return db_error(e);
+    }
+    let operation = op.id.clone();
+    let message = format!(
+        "the failover of {} is committed: {} on the recovery host is the VM now; `lifeboat failback {}` brings it home",
+        p.vm, rec.vm, p.vm
+    );
+    op.end("succeeded", &message).await;
+    Json(StepDone {
+        vm: p.vm.clone(),
+        operation,
+        state: p.state.as_str().into(),
+        message,
+    })
+    .into_response()
 }
 
 #[utoipa::path(get, path = "/api/v1/recoveries", tag = "failover",

@@ -127,6 +127,18 @@ pub fn router(state: Arc<ServerState>) -> Router {
             "/api/v1/protections/{id}/failover/cleanup",
             axum::routing::post(failover::cleanup),
         )
+        .route(
+            "/api/v1/protections/{id}/failover/commit",
+            axum::routing::post(failover::commit),
+        )
+        .route(
+            "/api/v1/protections/{id}/failback",
+            axum::routing::post(failover::failback),
+        )
+        .route(
+            "/api/v1/protections/{id}/reprotect",
+            axum::routing::post(failover::reprotect),
+        )
         .route("/api/v1/recoveries", get(failover::list_recoveries))
         .route("/api/v1/operations", get(operations::list_operations))
         .route("/api/v1/operations/{id}", get(operations::get_operation))
@@ -202,11 +214,12 @@ pub struct ApiError {
     paths(list_hosts, enroll_host, list_vms, protection::protect, protection::list_protections,
         protection::get_protection, protection::unprotect, protection::list_points,
         operations::list_operations, operations::get_operation, operations::list_policies,
-        status::overview, failover::failover, failover::cleanup, failover::list_recoveries),
+        status::overview, failover::failover, failover::cleanup, failover::list_recoveries,
+        failover::failback, failover::reprotect, failover::commit),
     components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError, ProtectRequest,
         Protected, ProtectionView, SyncProgress, Unprotected, PointRow, Operation, Policy,
         ProtectionState, Overview, WorstRpo, failover::FailoverRequest, failover::RecoveryView,
-        failover::CleanedUp, crate::db::Recovery)),
+        failover::CleanedUp, crate::db::Recovery, failover::FailbackRequest, failover::StepDone)),
     modifiers(&BearerToken)
 )]
 pub struct ApiDoc;

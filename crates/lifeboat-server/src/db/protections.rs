@@ -25,6 +25,10 @@ pub enum ProtectionState {
     FailingOver,
     /// It runs on its recovery host; the source is fenced and not replicated.
     FailedOver,
+    /// `failback` is bringing it home: no sync.
+    FailingBack,
+    /// Home again, replication paused until `reprotect`.
+    FailedBack,
 }
 
 impl ProtectionState {
@@ -37,6 +41,8 @@ impl ProtectionState {
             ProtectionState::Disabling => "disabling",
             ProtectionState::FailingOver => "failing_over",
             ProtectionState::FailedOver => "failed_over",
+            ProtectionState::FailingBack => "failing_back",
+            ProtectionState::FailedBack => "failed_back",
         }
     }
 
@@ -49,6 +55,8 @@ impl ProtectionState {
             "disabling" => ProtectionState::Disabling,
             "failing_over" => ProtectionState::FailingOver,
             "failed_over" => ProtectionState::FailedOver,
+            "failing_back" => ProtectionState::FailingBack,
+            "failed_back" => ProtectionState::FailedBack,
             other => {
                 return Err(sqlx::Error::Decode(
                     format!("unknown protection state {other:?}").into(),
@@ -57,7 +65,7 @@ impl ProtectionState {
         })
     }
 
-    pub const ALL: [ProtectionState; 7] = [
+    pub const ALL: [ProtectionState; 9] = [
         ProtectionState::Enabling,
         ProtectionState::InitialSync,
         ProtectionState::Protected,
@@ -65,13 +73,18 @@ impl ProtectionState {
         ProtectionState::Disabling,
         ProtectionState::FailingOver,
         ProtectionState::FailedOver,
+        ProtectionState::FailingBack,
+        ProtectionState::FailedBack,
     ];
 
-    /// The VM is (being) moved away: replication does not start syncs.
+    /// The VM is (being) moved away or back: replication does not start syncs.
     pub fn is_failover(self) -> bool {
         matches!(
             self,
-            ProtectionState::FailingOver | ProtectionState::FailedOver
+            ProtectionState::FailingOver
+                | ProtectionState::FailedOver
+                | ProtectionState::FailingBack
+                | ProtectionState::FailedBack
         )
     }
 }
