@@ -30,7 +30,7 @@ impl Rng {
     pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next_u64() % (hi - lo + 1)
     }
-    fn fill(&mut self, buf: &mut [u8]) {
+    pub fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_exact_mut(8) {
             chunk.copy_from_slice(&self.next_u64().to_le_bytes());
         }

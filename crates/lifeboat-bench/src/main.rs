@@ -4,7 +4,9 @@
 //! share of the disk and a fixed amount, and checks every replica against the live disk.
 //! `vault` stores a raw image and a 1%-changed copy in the vault, against borg and
 //! restic on the same files, and restores it. `rpo` measures the RPO continuous
-//! replication keeps while the guest writes steadily. See README.md.
+//! replication keeps while the guest writes steadily. `rto` measures how soon a test
+//! failover answers on the recovery host, and its hydration, for disks of growing size.
+//! See README.md.
 
 mod bench;
 mod datagen;
@@ -12,6 +14,7 @@ mod guest;
 mod report;
 mod rewrite;
 mod rpo;
+mod rto;
 mod tuned;
 mod vault;
 
@@ -130,6 +133,39 @@ enum Cmd {
         #[arg(long)]
         lifeboat: Option<PathBuf>,
     },
+    /// The RTO of a test failover with instant recovery, for growing disks full of data:
+    /// time to the copy's first HTTP answer, hydration time and rate, beta's agent's
+    /// CPU and peak RSS. Server, agents alpha and beta and the vault are real processes.
+    Rto {
+        /// Sizes of the VM's second disk, comma-separated, in GiB (or with a suffix K,
+        /// M, G; whole MiB). Each is written full of pseudo-random data.
+        #[arg(long, value_delimiter = ',', default_value = "1,16", value_parser = parse_gib)]
+        sizes: Vec<u64>,
+        /// Measured failovers per size (each followed by `failover cleanup`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        runs: u16,
+        /// Where the clusters, disks and vaults go (needs about 3.5x the largest size
+        /// free); a `lifeboat-bench-rto-<pid>` directory is made in it and removed at
+        /// the end, each size's part as soon as it is measured.
+        #[arg(long, default_value = "/var/tmp")]
+        work_dir: PathBuf,
+        /// Keep the work directory (logs, vaults, disks) at the end.
+        #[arg(long)]
+        keep: bool,
+        /// Do not drop the page cache before each failover.
+        #[arg(long)]
+        warm: bool,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// The lifeboat binary (default: `lifeboat` next to this one, i.e.
+        /// target/release/lifeboat).
+        #[arg(long)]
+        lifeboat: Option<PathBuf>,
+        /// Seed of the disks' data.
+        #[arg(long, default_value_t = 0x4e70)]
+        seed: u64,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -144,6 +180,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a size like 512M or 2G"))?;
     Ok(n << shift)
+}
+
+/// A size in GiB when it is a bare number (`16`), else as `parse_size` (`512M`).
+fn parse_gib(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let bytes = match s.parse::<u64>() {
+        Ok(gib) => gib << 30,
+        Err(_) => parse_size(s)?,
+    };
+    if bytes == 0 || !bytes.is_multiple_of(1 << 20) {
+        return Err(format!(
+            "{s:?}: a positive whole number of MiB, e.g. 16 (GiB) or 512M"
+        ));
+    }
+    Ok(bytes)
 }
 
 fn parse_probe(s: &str) -> Result<Knobs, String> {
@@ -164,6 +215,22 @@ fn parse_probe(s: &str) -> Result<Knobs, String> {
     })
 }
 
+/// Runs `run` until it ends or Ctrl-C or SIGTERM comes. On a signal the run's future is
+/// dropped, and with it the guards that kill the VMs, the agents and the server; then the
+/// caller removes the work dir as on any end. The handlers are installed before the run
+/// starts: a signal that came before would be lost (a background job of a shell ignores
+/// SIGINT).
+async fn until_signal<T>(run: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = run => r,
+        _ = int.recv() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -173,6 +240,41 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Cmd::Rto {
+            sizes,
+            runs,
+            work_dir,
+            keep,
+            warm,
+            json,
+            lifeboat,
+            seed,
+        } => {
+            let work = work_dir.join(format!("lifeboat-bench-rto-{}", std::process::id()));
+            std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+            let opts = rto::Options {
+                sizes,
+                runs: runs.into(),
+                work: work.clone(),
+                keep,
+                warm,
+                lifeboat: lifeboat.unwrap_or_else(vault::default_lifeboat),
+                seed,
+            };
+            let result = until_signal(rto::run(&opts)).await;
+            if keep {
+                eprintln!("kept {}", work.display());
+            } else if let Err(e) = std::fs::remove_dir_all(&work) {
+                eprintln!("could not remove {}: {e}", work.display());
+            }
+            let report = result?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", rto::table(&report));
+            }
+            Ok(())
+        }
         Cmd::Rpo {
             seconds,
             warmup,
@@ -201,18 +303,7 @@ async fn main() -> Result<()> {
                 work: work.clone(),
                 lifeboat: lifeboat.unwrap_or_else(vault::default_lifeboat),
             };
-            // On Ctrl-C or SIGTERM the run's future is dropped, and with it the guards
-            // that kill the VM, the agent and the server; then the work dir goes as on
-            // any end. The handlers are installed before the run starts: a signal that
-            // came before would be lost (a background job of a shell ignores SIGINT).
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut int = signal(SignalKind::interrupt())?;
-            let mut term = signal(SignalKind::terminate())?;
-            let result = tokio::select! {
-                r = rpo::run(&opts) => r,
-                _ = int.recv() => Err(anyhow::anyhow!("interrupted")),
-                _ = term.recv() => Err(anyhow::anyhow!("terminated")),
-            };
+            let result = until_signal(rpo::run(&opts)).await;
             if keep {
                 eprintln!("kept {}", work.display());
             } else if let Err(e) = std::fs::remove_dir_all(&work) {

@@ -85,8 +85,8 @@ async fn wait_no_sync(db: &Database, id: &str, limit: Duration) -> Result<(), Fa
 
 /// The source side of a planned failover: shut down in order, final sync of the stopped
 /// VM proven equal to its disks, then fenced. Returns the final point (recorded).
-/// `log` is called with each step. On failure the source is started again when it was
-/// stopped by this call, and the protection goes back to replicating.
+/// `log` is called with each step. On failure the row stays `failing_over` and `settle`
+/// rolls the failover back (the source started again).
 pub async fn hand_over(
     db: &Database,
     p: &Protection,
@@ -96,12 +96,10 @@ pub async fn hand_over(
 ) -> Result<(String, String), Failure> {
     let agent = client(source, FINAL_SYNC_TIMEOUT)?;
     set_state(db, &p.id, ProtectionState::FailingOver, "planned failover").await?;
-    let undo = |why: String| async move {
-        let _ = set_state(db, &p.id, ProtectionState::Protected, "").await;
-        why
-    };
+    // A failure below leaves the row `failing_over` with the operation ended: `settle`
+    // then rolls the failover back (the source started again) or finishes it.
     if let Err((code, why)) = wait_no_sync(db, &p.id, Duration::from_secs(300)).await {
-        return Err((code, undo(why).await));
+        return Err((code, why));
     }
     log(format!(
         "shutting {} down (ACPI, forced after {shutdown_timeout:?})",
@@ -119,13 +117,14 @@ pub async fn hand_over(
         Ok(d) => d,
         Err(e) => {
             let why = format!("shutting {} down on {}: {e}", p.vm, source.host.hostname);
-            return Err((StatusCode::BAD_GATEWAY, undo(why).await));
+            return Err((StatusCode::BAD_GATEWAY, why));
         }
     };
     log(format!(
         "{} is stopped ({}); final sync",
         p.vm, down.outcome
     ));
+    crate::failpoint::reached("planned-after-shutdown").await;
     let req = SyncRequest {
         sync_id: uuid::Uuid::new_v4().to_string(),
         vault: vault_of(p),
@@ -137,10 +136,10 @@ pub async fn hand_over(
         Ok(r) => r,
         Err(e) => {
             let why = format!(
-                "the final sync of {} failed: {e}; the VM stays stopped on {} — start it with `lifeboat vm start {}` there, or try the failover again",
-                p.vm, source.host.hostname, p.vm
+                "the final sync of {} failed: {e}; the failover is rolled back and the VM starts again on {}",
+                p.vm, source.host.hostname
             );
-            return Err((StatusCode::BAD_GATEWAY, undo(why).await));
+            return Err((StatusCode::BAD_GATEWAY, why));
         }
     };
     // The point is in the vault: the server knows it from now on, whatever comes next.
@@ -153,6 +152,7 @@ pub async fn hand_over(
         .await
         .map_err(db_failure)?;
     let _ = db.save_protection(&mut row).await;
+    crate::failpoint::reached("planned-after-final-sync").await;
     if !report.equal {
         let bad: Vec<String> = report
             .disks
@@ -172,7 +172,7 @@ pub async fn hand_over(
             report.result.point,
             bad.join("; ")
         );
-        return Err((StatusCode::CONFLICT, undo(why).await));
+        return Err((StatusCode::CONFLICT, why));
     }
     log(format!(
         "final point {} equals the source disks ({} chunk(s) compared by digest)",
@@ -303,6 +303,7 @@ pub async fn fail_back(
     )
     .await
     .map_err(|e| stuck(format!("shutting the recovery VM down: {e}")))?;
+    crate::failpoint::reached("failback-after-shutdown").await;
     log("final sync of the recovery VM".into());
     let req = SyncRequest {
         sync_id: uuid::Uuid::new_v4().to_string(),
@@ -346,6 +347,7 @@ pub async fn fail_back(
         )
         .await
         .map_err(|e| stuck(format!("writing the point at home: {e}")))?;
+    crate::failpoint::reached("failback-after-apply").await;
     if !applied.equal {
         return Err(stuck(
             "the home disks still differ from the point after writing it".into(),
@@ -359,6 +361,7 @@ pub async fn fail_back(
         .await
         .map_err(|e| stuck(format!("starting {} at home: {e}", p.vm)))?;
     log(format!("{} runs at home on {}", p.vm, home.host.hostname));
+    crate::failpoint::reached("failback-after-home-started").await;
     if let Err(e) = away.remove_recovery(&rec.id).await {
         log(format!(
             "removing the recovery VM failed ({e}); it is stopped — remove it by hand"
@@ -377,4 +380,163 @@ pub async fn fail_back(
     )
     .await?;
     Ok(point)
+}
+
+/// What became of an interrupted move.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Not decided yet (a host did not answer, or an operation still runs): ask again.
+    Wait(String),
+    /// Carried on to the end: the move had passed its point of no return.
+    Finished(ProtectionState),
+    /// Undone: the VM runs where it ran before the move.
+    RolledBack(ProtectionState),
+}
+
+/// Settles a protection left `failing_over` or `failing_back` with no operation running
+/// (its server died, or its request failed half-way), so that the VM runs in exactly one
+/// place again and no write is lost:
+/// - failing over: if the VM runs on the recovery host, the failover is finished; if not,
+///   a planned failover is rolled back (the source started again — it holds every write);
+///   an unplanned one waits to be run again (its source is presumed dead);
+/// - failing back: if the VM runs at home, the failback is finished (the recovery VM
+///   removed); if not, it is rolled back (the recovery VM, whose disks nothing wrote,
+///   started again).
+///
+/// A host that does not answer means "wait": what it runs is unknown.
+pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
+    if db
+        .running_operation(&p.host_id, &p.vm)
+        .await
+        .map_err(db_failure)?
+        .is_some()
+    {
+        return Ok(Settled::Wait("an operation runs".into()));
+    }
+    let hosts = db.hosts_with_access().await.map_err(db_failure)?;
+    let host = |id: &str| hosts.iter().find(|h| h.host.id == id).cloned();
+    let rec = db
+        .recoveries_of(&p.id)
+        .await
+        .map_err(db_failure)?
+        .into_iter()
+        .find(|r| r.kind != "test");
+    let Some(home) = host(&p.host_id) else {
+        return Ok(Settled::Wait("the home host is not enrolled".into()));
+    };
+    let home_agent = client(&home, Duration::from_secs(30))?;
+    let vm_state = |inv: &serde_json::Value, vm: &str| {
+        inv["vms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == vm)
+            .map(|v| v["state"]["state"].as_str().unwrap_or("").to_string())
+    };
+    let away = rec.as_ref().and_then(|r| host(&r.host_id));
+    let away_state = match (&rec, &away) {
+        (Some(r), Some(h)) => {
+            let agent = client(h, Duration::from_secs(30))?;
+            match agent.inventory().await {
+                Ok(inv) => vm_state(&inv, &r.vm),
+                Err(e) => {
+                    return Ok(Settled::Wait(format!(
+                        "recovery host {}: {e}",
+                        h.host.hostname
+                    )))
+                }
+            }
+        }
+        _ => None,
+    };
+    let home_state = match home_agent.inventory().await {
+        Ok(inv) => vm_state(&inv, &p.vm),
+        Err(e) if p.state == ProtectionState::FailingBack => {
+            return Ok(Settled::Wait(format!(
+                "home host {}: {e}",
+                home.host.hostname
+            )))
+        }
+        Err(_) => None,
+    };
+    let running = |s: &Option<String>| s.as_deref() == Some("running");
+    match p.state {
+        ProtectionState::FailingOver => {
+            if running(&away_state) {
+                let rec = rec.expect("a state implies the recovery");
+                let mut r = rec.clone();
+                r.state = "running".into();
+                crate::api::failover::save(db, &mut r)
+                    .await
+                    .map_err(db_failure)?;
+                let why = format!(
+                    "failed over to {}",
+                    away.map(|h| h.host.hostname).unwrap_or_default()
+                );
+                set_state(db, &p.id, ProtectionState::FailedOver, &why).await?;
+                return Ok(Settled::Finished(ProtectionState::FailedOver));
+            }
+            if !p.reason.starts_with("planned") {
+                return Ok(Settled::Wait(format!(
+                    "the unplanned failover of {} was interrupted: run `lifeboat failover {} --unplanned` again",
+                    p.vm, p.vm
+                )));
+            }
+            // Planned and not running away: remove whatever half-made copy is there, and
+            // start the source again (it was stopped in order; it holds every write).
+            if let (Some(r), Some(h)) = (&rec, &away) {
+                client(h, Duration::from_secs(120))?
+                    .remove_recovery(&r.id)
+                    .await
+                    .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+                db.delete_recovery(&r.id).await.map_err(db_failure)?;
+            }
+            if !running(&home_state) {
+                home_agent
+                    .start_vm(&p.vm, true)
+                    .await
+                    .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+            }
+            set_state(db, &p.id, ProtectionState::Protected, "").await?;
+            tracing::warn!(vm = %p.vm, "interrupted planned failover rolled back: the VM runs at home");
+            Ok(Settled::RolledBack(ProtectionState::Protected))
+        }
+        ProtectionState::FailingBack => {
+            let (Some(r), Some(h)) = (&rec, &away) else {
+                // The recovery VM is gone: only the home copy is left.
+                if !running(&home_state) {
+                    home_agent
+                        .start_vm(&p.vm, true)
+                        .await
+                        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+                }
+                set_state(db, &p.id, ProtectionState::FailedBack, "back home").await?;
+                return Ok(Settled::Finished(ProtectionState::FailedBack));
+            };
+            let away_agent = client(h, Duration::from_secs(120))?;
+            if running(&home_state) {
+                away_agent
+                    .remove_recovery(&r.id)
+                    .await
+                    .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+                db.delete_recovery(&r.id).await.map_err(db_failure)?;
+                set_state(db, &p.id, ProtectionState::FailedBack, "back home").await?;
+                return Ok(Settled::Finished(ProtectionState::FailedBack));
+            }
+            if !running(&away_state) {
+                away_agent
+                    .start_vm(&r.vm, false)
+                    .await
+                    .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+            }
+            let why = format!(
+                "failed over to {} (a failback was interrupted and rolled back)",
+                h.host.hostname
+            );
+            set_state(db, &p.id, ProtectionState::FailedOver, &why).await?;
+            tracing::warn!(vm = %p.vm, "interrupted failback rolled back: the VM runs on the recovery host");
+            Ok(Settled::RolledBack(ProtectionState::FailedOver))
+        }
+        _ => Ok(Settled::Wait("nothing to settle".into())),
+    }
 }

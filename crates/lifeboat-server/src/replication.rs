@@ -209,6 +209,20 @@ async fn step(
         // The VM runs on its recovery host: make sure the source stays fenced.
         crate::failover::fence_source(&mut p, &host, &agent).await;
         POLL * 5
+    } else if matches!(
+        p.state,
+        ProtectionState::FailingOver | ProtectionState::FailingBack
+    ) {
+        // A move left half-way (its server died, or its request failed): settle it.
+        match crate::failover::settle(db, &p).await {
+            Ok(crate::failover::Settled::Wait(why)) => {
+                tracing::debug!(vm = %p.vm, %why, "move not settled yet");
+            }
+            Ok(done) => tracing::warn!(vm = %p.vm, ?done, "interrupted move settled"),
+            Err((_, e)) => tracing::warn!(vm = %p.vm, error = %e, "settling an interrupted move"),
+        }
+        // The row changed under us (or not); the next step reads it again.
+        return Ok(POLL * 2);
     } else if p.state.is_failover() {
         POLL
     } else if parse_time(&p.next_sync_at).is_none_or(|t| t <= now) {

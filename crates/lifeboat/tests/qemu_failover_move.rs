@@ -11,38 +11,13 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::cluster::{boot_guest_with, cluster, lifeboat, wait_points, Cluster};
+use common::cluster::{boot_guest_with, cluster, lifeboat, wait_points};
+use common::moves::{acked, running, vm_row, OneCopy, WRITER};
 use common::start_agent_on;
 use lifeboat_testkit::{free_tcp_port, http_get, wait_http};
 use serde_json::Value;
-
-fn vm_row(cl: &Cluster, host: &str, vm: &str) -> Option<Value> {
-    cl.json(&["vms", "list"])["vms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["host"] == host && v["vm"] == vm)
-        .cloned()
-}
-
-fn running(row: &Option<Value>) -> bool {
-    row.as_ref()
-        .is_some_and(|r| r["state"]["state"] == "running")
-}
-
-/// The numbers the guest acknowledged on its console: `ACK n` after `n` was written
-/// and synced.
-fn acked(console_log: &std::path::Path) -> BTreeSet<u64> {
-    std::fs::read_to_string(console_log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("ACK "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_failover_loses_no_completed_write_and_fences_the_source() {
@@ -53,13 +28,7 @@ async fn planned_failover_loses_no_completed_write_and_fences_the_source() {
     assert!(ok, "{err}");
     // Writes until the power button's handler kills every process: each file synced, then
     // acknowledged on the console (which QEMU logs to a file on the host).
-    console
-        .run(
-            "mkdir -p /data/seq; (n=0; while :; do echo $n > /data/seq/$n && sync && echo ACK $n > /dev/ttyS0; n=$((n+1)); done) > /dev/null 2>&1 &",
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    console.run(WRITER, Duration::from_secs(60)).await.unwrap();
     drop(console);
     let log = cl.home("alpha").join("vms/web/console.log");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -72,32 +41,7 @@ async fn planned_failover_loses_no_completed_write_and_fences_the_source() {
     }
 
     // Never two running copies, checked all along the failover.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let stop = stop.clone();
-        let alpha = cl.home("alpha");
-        let beta = cl.home("beta");
-        std::thread::spawn(move || {
-            let mut samples = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let live = |home: &std::path::Path| {
-                    std::fs::read_to_string(home.join("vms/web/qemu.pid"))
-                        .ok()
-                        .and_then(|p| p.trim().parse::<i32>().ok())
-                        .is_some_and(|pid| {
-                            // A QEMU started paused (-S) for the final cut runs no guest.
-                            let cmd =
-                                std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                            !cmd.is_empty() && !cmd.split(|b| *b == 0).any(|a| a == b"-S")
-                        })
-                };
-                assert!(!(live(&alpha) && live(&beta)), "two running copies of web");
-                samples += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            samples
-        })
-    };
+    let one_copy = OneCopy::watch([cl.home("alpha"), cl.home("beta")], "web");
     let started = Instant::now();
     let out = cl.json(&["failover", "web", "--planned", "--shutdown-timeout", "60s"]);
     let took = started.elapsed();
@@ -129,9 +73,7 @@ async fn planned_failover_loses_no_completed_write_and_fences_the_source() {
         "planned failover: {} acknowledged writes all present; command took {took:?}, HTTP answered after {recovered_at:?}",
         acks.len()
     );
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let samples = watcher.join().expect("never two running copies");
-    assert!(samples > 10);
+    assert!(one_copy.stop() > 10);
 
     // Same MAC and network on the recovery host.
     let spec = std::fs::read_to_string(cl.home("beta").join("vms/web/spec.toml")).unwrap();

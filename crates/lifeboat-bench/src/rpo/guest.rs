@@ -110,7 +110,7 @@ impl Drop for KillOnDrop {
 
 /// `lifeboat vm kill`, then SIGKILL to whatever QEMU is still this VM's, in case the
 /// CLI failed (the pid file check makes sure a recycled pid is never hit).
-fn kill(lb: &Lifeboat, home: &Path, name: &str, driver: &QemuDriver) {
+pub(crate) fn kill(lb: &Lifeboat, home: &Path, name: &str, driver: &QemuDriver) {
     let mut c = lb.on_home(home);
     c.args(["vm", "kill", name]);
     if let Err(e) = run_ok(c) {

@@ -4,8 +4,8 @@
 //! second disk the guest churns. The RPO is what the server reports (`lifeboat --json
 //! status`, age of the newest point), sampled every second. See README.md.
 
-mod guest;
-mod procs;
+pub(crate) mod guest;
+pub(crate) mod procs;
 mod report;
 
 use std::collections::{BTreeMap, HashSet};

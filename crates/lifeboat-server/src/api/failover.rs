@@ -290,6 +290,28 @@ pub async fn failover(
             }
         }
     }
+    if kind != RecoveryKind::Test {
+        // A failover run again after an interrupted one: what the first left on the
+        // recovery host goes first (the VM was not running there, or the row would say
+        // failed over).
+        let stale: Vec<Recovery> = match s.db.recoveries_of(&p.id).await {
+            Ok(v) => v.into_iter().filter(|r| r.kind != "test").collect(),
+            Err(e) => return db_error(e),
+        };
+        for old in stale {
+            if let Ok(c) = agent_for(rhost, PROVISION_TIMEOUT) {
+                if let Err(e) = c.remove_recovery(&old.id).await {
+                    let why = format!(
+                        "removing what an earlier failover left on {}: {e}",
+                        rhost.host.hostname
+                    );
+                    op.end("failed", &why).await;
+                    return error(StatusCode::BAD_GATEWAY, why);
+                }
+            }
+            let _ = s.db.delete_recovery(&old.id).await;
+        }
+    }
     let mut rec = Recovery {
         id: uuid::Uuid::new_v4().to_string(),
         protection_id: p.id.clone(),
@@ -328,7 +350,9 @@ pub async fn failover(
         kind,
         resume_only: false,
     };
-    match client.ensure_recovery(&ask).await {
+    let asked = client.ensure_recovery(&ask).await;
+    crate::failpoint::reached(&format!("{}-after-recovery-started", kind.as_str())).await;
+    match asked {
         Ok(status) => {
             apply_status(&mut rec, &status);
             rec.state = "running".into();

@@ -1,0 +1,100 @@
+//! Helpers for failover tests: what a guest acknowledged, where a VM runs, and a watch
+//! that fails the test if two copies of a VM ever run at once.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::cluster::Cluster;
+
+/// The row of `vm` on `host` in `vms list`.
+pub fn vm_row(cl: &Cluster, host: &str, vm: &str) -> Option<Value> {
+    cl.json(&["vms", "list"])["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["host"] == host && v["vm"] == vm)
+        .cloned()
+}
+
+pub fn running(row: &Option<Value>) -> bool {
+    row.as_ref()
+        .is_some_and(|r| r["state"]["state"] == "running")
+}
+
+/// The numbers a guest acknowledged on its console: `ACK n` after `n` was written and
+/// synced.
+pub fn acked(console_log: &Path) -> BTreeSet<u64> {
+    std::fs::read_to_string(console_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ACK "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// The guest command that writes `/data/seq/N` and syncs, then acknowledges `ACK N` on
+/// the console, until the guest stops.
+pub const WRITER: &str = "mkdir -p /data/seq; (n=0; while :; do echo $n > /data/seq/$n && sync && echo ACK $n > /dev/ttyS0; n=$((n+1)); done) > /dev/null 2>&1 &";
+
+/// Whether QEMU runs VM `vm` of the host at `home` with its guest running (a QEMU
+/// started paused for a final cut, `-S`, runs no guest).
+pub fn guest_runs(home: &Path, vm: &str) -> bool {
+    std::fs::read_to_string(home.join(format!("vms/{vm}/qemu.pid")))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .is_some_and(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !cmd.is_empty() && !cmd.split(|b| *b == 0).any(|a| a == b"-S")
+        })
+}
+
+/// Samples every 20 ms until dropped (or `stop`): panics — failing the test — if VM `vm`
+/// runs on both hosts at once.
+pub struct OneCopy {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl OneCopy {
+    pub fn watch(homes: [PathBuf; 2], vm: &'static str) -> OneCopy {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = 0;
+            while !s.load(Ordering::SeqCst) {
+                assert!(
+                    !(guest_runs(&homes[0], vm) && guest_runs(&homes[1], vm)),
+                    "two running copies of {vm}"
+                );
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            samples
+        });
+        OneCopy {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; panics if two copies were ever seen. Returns the samples taken.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("never two running copies")
+    }
+}
+
+impl Drop for OneCopy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

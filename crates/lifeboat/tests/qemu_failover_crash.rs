@@ -1,0 +1,300 @@
+//! kill -9 of the server at each step of a planned failover and of a failback, and of an
+//! agent before they begin. The server is stopped at a step by a failpoint
+//! (`lifeboat_server::failpoint`), killed, and started again; the interrupted move is then
+//! settled — finished or rolled back. At every moment at most one copy of the VM runs,
+//! and in the end exactly one runs, holding every write the guest acknowledged.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::cluster::{boot_guest_with, cluster, Cluster, KillVm};
+use common::moves::{acked, guest_runs, OneCopy, WRITER};
+use common::{start_agent_on, start_server};
+use lifeboat_testkit::{free_tcp_port, http_get, wait_http, SerialConsole};
+
+/// A protected guest on alpha, writing and acknowledging numbered files.
+async fn writing_guest(cl: &Cluster, http: u16) -> KillVm {
+    let (vm, mut console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http)).await;
+    let (ok, _, err) = cl.protect_web(&["--wait", "--timeout", "5m"]);
+    assert!(ok, "{err}");
+    console.run(WRITER, Duration::from_secs(60)).await.unwrap();
+    let log = cl.home("alpha").join("vms/web/console.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked(&log).len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest acknowledged too few writes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    vm
+}
+
+/// Restarts the server stopped at `failpoint` while `args` runs, kills it there, and
+/// starts it again without the failpoint.
+fn crash_server_at(
+    cl: &mut Cluster,
+    failpoint: &str,
+    args: &[&str],
+    while_paused: impl Fn(&Cluster),
+) {
+    let marker = cl.tmp.path().join("failpoint-reached");
+    let _ = std::fs::remove_file(&marker);
+    std::env::set_var("LIFEBOAT_FAILPOINT", failpoint);
+    std::env::set_var("LIFEBOAT_FAILPOINT_FILE", &marker);
+    let _ = cl.server.child.kill();
+    let _ = cl.server.child.wait();
+    cl.server = start_server(&cl.home("server"), None);
+    std::env::remove_var("LIFEBOAT_FAILPOINT");
+    std::env::remove_var("LIFEBOAT_FAILPOINT_FILE");
+    let command = {
+        let server = (cl.server.url.clone(), cl.server.token.clone());
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        std::thread::spawn(move || {
+            // Its answer is lost with the server; what it did is checked below.
+            let _ = std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+                .args(&args)
+                .env("LIFEBOAT_SERVER", &server.0)
+                .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
+                .env("LIFEBOAT_TOKEN", &server.1)
+                .output();
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "failpoint {failpoint} not reached; status: {}",
+            cl.json(&["status"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while_paused(cl);
+    cl.server.child.kill().unwrap();
+    cl.server.child.wait().unwrap();
+    command.join().unwrap();
+    cl.server = start_server(&cl.home("server"), None);
+}
+
+/// Waits until the protection settles in one of `states`; returns it.
+fn settled(cl: &Cluster, states: &[&str]) -> String {
+    let p = cl.wait_for("the move to settle", Duration::from_secs(180), |p| {
+        states.contains(&p["state"].as_str().unwrap_or(""))
+    });
+    p["state"].as_str().unwrap().to_string()
+}
+
+/// Where the VM runs: "alpha" or "beta", exactly one (waiting for it to start).
+fn where_it_runs(cl: &Cluster) -> &'static str {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (a, b) = (
+            guest_runs(&cl.home("alpha"), "web"),
+            guest_runs(&cl.home("beta"), "web"),
+        );
+        assert!(!(a && b), "two running copies");
+        if a {
+            return "alpha";
+        }
+        if b {
+            return "beta";
+        }
+        assert!(Instant::now() < deadline, "the VM runs nowhere");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every write the guest acknowledged is readable from the running copy's httpd.
+async fn all_acked_present(cl: &Cluster, port: u16) -> usize {
+    wait_http(port, "/boot-count", Duration::from_secs(120))
+        .await
+        .unwrap();
+    let acks = acked(&cl.home("alpha").join("vms/web/console.log"));
+    for n in &acks {
+        let (code, body) = http_get(port, &format!("/seq/{n}"), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "acknowledged write {n} is lost");
+        assert_eq!(String::from_utf8_lossy(&body).trim(), n.to_string());
+    }
+    acks.len()
+}
+
+fn homes(cl: &Cluster) -> [PathBuf; 2] {
+    [cl.home("alpha"), cl.home("beta")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_failover_survives_a_server_crash_at_each_step() {
+    for failpoint in [
+        "planned-after-shutdown",
+        "planned-after-final-sync",
+        "planned-after-recovery-started",
+    ] {
+        let mut cl = cluster(None);
+        let http = free_tcp_port();
+        let _vm = writing_guest(&cl, http).await;
+        let one_copy = OneCopy::watch(homes(&cl), "web");
+        crash_server_at(
+            &mut cl,
+            failpoint,
+            &["failover", "web", "--planned", "--shutdown-timeout", "60s"],
+            |cl| {
+                // Another move of the VM meanwhile is refused, and changes nothing.
+                let (ok, _, err) = cl.cli(&["failover", "web", "--unplanned"]);
+                assert!(!ok && err.contains("operation running already"), "{err}");
+            },
+        );
+        // Before the recovery VM starts the failover rolls back (the source starts
+        // again); after, it is finished.
+        let state = settled(&cl, &["protected", "failed_over"]);
+        let at = where_it_runs(&cl);
+        let expect = if failpoint == "planned-after-recovery-started" {
+            ("failed_over", "beta")
+        } else {
+            ("protected", "alpha")
+        };
+        assert_eq!((state.as_str(), at), expect, "after a crash at {failpoint}");
+        let n = all_acked_present(&cl, http).await;
+        eprintln!(
+            "crash at {failpoint}: settled {state}, runs on {at}, {n} acknowledged writes present"
+        );
+        assert!(one_copy.stop() > 10);
+        let _ = common::cluster::lifeboat(&cl.home("beta"))
+            .args(["vm", "kill", "web"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failback_survives_a_server_crash_at_each_step() {
+    for failpoint in [
+        "failback-after-shutdown",
+        "failback-after-apply",
+        "failback-after-home-started",
+    ] {
+        let mut cl = cluster(None);
+        let http = free_tcp_port();
+        let _vm = writing_guest(&cl, http).await;
+        let out = cl.json(&["failover", "web", "--planned", "--shutdown-timeout", "60s"]);
+        assert_eq!(out["kind"], "planned");
+        // A write at the recovery site, which must survive whatever happens next.
+        let mut away = SerialConsole::connect(
+            &cl.home("beta").join("vms/web/serial.sock"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        away.wait_ready(Duration::from_secs(120)).await.unwrap();
+        away.run("echo away > /data/away && sync", Duration::from_secs(60))
+            .await
+            .unwrap();
+        drop(away);
+        let one_copy = OneCopy::watch(homes(&cl), "web");
+        crash_server_at(
+            &mut cl,
+            failpoint,
+            &["failback", "web", "--shutdown-timeout", "60s"],
+            |cl| {
+                let (ok, _, err) = cl.cli(&["failback", "web"]);
+                assert!(!ok && err.contains("operation running already"), "{err}");
+            },
+        );
+        // Until home runs the VM a failback rolls back (the recovery VM starts again);
+        // once home runs it, it is finished.
+        let state = settled(&cl, &["failed_over", "failed_back"]);
+        let at = where_it_runs(&cl);
+        let expect = if failpoint == "failback-after-home-started" {
+            ("failed_back", "alpha")
+        } else {
+            ("failed_over", "beta")
+        };
+        assert_eq!((state.as_str(), at), expect, "after a crash at {failpoint}");
+        let n = all_acked_present(&cl, http).await;
+        let (code, body) = http_get(http, "/away", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!((code, body.as_slice()), (200, b"away\n".as_slice()));
+        eprintln!("crash at {failpoint}: settled {state}, runs on {at}, {n} acknowledged writes and the recovery site's write present");
+        assert!(one_copy.stop() > 10);
+        let _ = common::cluster::lifeboat(&cl.home("beta"))
+            .args(["vm", "kill", "web"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_is_refused_untouched_when_the_other_host_is_down() {
+    let mut cl = cluster(None);
+    let http = free_tcp_port();
+    // Before the first point there is nothing to fail over to: refused, nothing changes.
+    let alpha_port = cl.alpha.port;
+    cl.alpha.child.kill().unwrap();
+    cl.alpha.child.wait().unwrap();
+    cl.alpha = start_agent_on(
+        &cl.home("alpha"),
+        "alpha",
+        alpha_port,
+        &["--max-rate", "1M"],
+    );
+    let (_slow, _console) = boot_guest_with(&cl.home("alpha"), "early", &[], None).await;
+    let (ok, _, err) = cl.cli(&[
+        "protect",
+        "early",
+        "--vault",
+        &cl.vault,
+        "--recovery-host",
+        "beta",
+        "--policy",
+        "frequent",
+    ]);
+    assert!(ok, "{err}");
+    for kind in ["--test", "--planned", "--unplanned"] {
+        let (ok, _, err) = cl.cli(&["failover", "early", kind]);
+        assert!(
+            !ok && err.contains("no recovery point yet"),
+            "{kind}: {err}"
+        );
+    }
+    assert!(guest_runs(&cl.home("alpha"), "early"));
+    assert!(cl
+        .json(&["failover", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let (ok, _, err) = cl.cli(&["unprotect", "early"]);
+    assert!(ok, "{err}");
+    cl.alpha.child.kill().unwrap();
+    cl.alpha.child.wait().unwrap();
+    cl.alpha = start_agent_on(&cl.home("alpha"), "alpha", alpha_port, &[]);
+
+    let _vm = writing_guest(&cl, http).await;
+    // The recovery host's agent is down: a planned failover must not stop the source.
+    cl.beta.child.kill().unwrap();
+    cl.beta.child.wait().unwrap();
+    let (ok, _, err) = cl.cli(&["failover", "web", "--planned"]);
+    assert!(!ok && err.contains("does not answer"), "{err}");
+    assert!(guest_runs(&cl.home("alpha"), "web"));
+    let p = cl.wait_for("protected", Duration::from_secs(60), |p| {
+        p["state"] == "protected"
+    });
+    assert_eq!(p["state"], "protected");
+    let beta_port = cl.beta.port;
+    cl.beta = start_agent_on(&cl.home("beta"), "beta", beta_port, &[]);
+
+    // Failed over; then home's agent is down: a failback must not stop the recovery VM.
+    let out = cl.json(&["failover", "web", "--planned", "--shutdown-timeout", "60s"]);
+    assert_eq!(out["kind"], "planned");
+    cl.alpha.child.kill().unwrap();
+    cl.alpha.child.wait().unwrap();
+    let (ok, _, err) = cl.cli(&["failback", "web"]);
+    assert!(!ok && err.contains("does not answer"), "{err}");
+    assert!(guest_runs(&cl.home("beta"), "web"));
+    assert_eq!(cl.protection()["state"], "failed_over");
+    all_acked_present(&cl, http).await;
+    let _ = common::cluster::lifeboat(&cl.home("beta"))
+        .args(["vm", "kill", "web"])
+        .output();
+}
