@@ -94,6 +94,7 @@ pub async fn final_sync(
         )));
     }
     driver.start_with(vm, true).await?;
+    crate::failpoint::reached("agent-final-sync-started").await;
     let progress = Progress::default();
     let synced = sync_vm(
         driver,
@@ -109,8 +110,9 @@ pub async fn final_sync(
         &progress,
     )
     .await;
-    // Whatever happened, QEMU goes: the guest must not run here again.
-    driver.kill(vm).await?;
+    // Whatever happened, QEMU goes: the guest must not run here again. Told to quit (the
+    // guest, never started, ignores the power button), so it saves the bitmaps cleanly.
+    driver.shutdown(vm, Duration::from_secs(1)).await?;
     let result = synced?;
     let point: PointId = result
         .point
@@ -286,6 +288,7 @@ pub async fn apply_point(
             &slots,
         )
         .await?;
+        crate::failpoint::reached("agent-apply-written").await;
         let (after, _) = compare_disk(&reader, &disk, &d.path, d.format).await?;
         equal &= after.differing_chunks == 0;
         disks.push(DiskApplied {

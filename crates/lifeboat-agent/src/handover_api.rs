@@ -127,6 +127,13 @@ pub async fn start(
         Ok(lifeboat_hypervisor::VmState::Running) => {
             return Json(serde_json::json!({"started": false})).into_response()
         }
+        // QEMU held (started paused) by a final sync that never ended — this agent was
+        // killed: the guest never ran in it; it goes, and the VM starts for real.
+        Ok(_) if s.driver.held(&vm) => {
+            if let Err(e) = s.driver.shutdown(&vm, Duration::from_secs(1)).await {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+        }
         Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
         _ => {}
     }

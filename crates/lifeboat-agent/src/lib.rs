@@ -14,6 +14,7 @@
 //! - `recovery`: recoveries — VMs brought up here from points (API types, journal).
 //! - `provision`: bringing one up instantly: NBD from the vault under a qcow2 overlay,
 //!   then hydration; and removing it.
+//! - `failpoint`: named pauses for crash tests (agent and server), off unless asked for.
 //! - `handover`: the source side of a planned failover (ordered shutdown, final sync of
 //!   the stopped VM proven equal by digest) and fencing.
 //! - `point_export`: one disk of a point served over NBD.
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod client;
 pub mod enrollment;
+pub mod failpoint;
 pub mod handover;
 mod handover_api;
 pub mod identity;

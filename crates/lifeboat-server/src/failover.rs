@@ -124,7 +124,7 @@ pub async fn hand_over(
         "{} is stopped ({}); final sync",
         p.vm, down.outcome
     ));
-    crate::failpoint::reached("planned-after-shutdown").await;
+    lifeboat_agent::failpoint::reached("planned-after-shutdown").await;
     let req = SyncRequest {
         sync_id: uuid::Uuid::new_v4().to_string(),
         vault: vault_of(p),
@@ -152,7 +152,7 @@ pub async fn hand_over(
         .await
         .map_err(db_failure)?;
     let _ = db.save_protection(&mut row).await;
-    crate::failpoint::reached("planned-after-final-sync").await;
+    lifeboat_agent::failpoint::reached("planned-after-final-sync").await;
     if !report.equal {
         let bad: Vec<String> = report
             .disks
@@ -303,7 +303,7 @@ pub async fn fail_back(
     )
     .await
     .map_err(|e| stuck(format!("shutting the recovery VM down: {e}")))?;
-    crate::failpoint::reached("failback-after-shutdown").await;
+    lifeboat_agent::failpoint::reached("failback-after-shutdown").await;
     log("final sync of the recovery VM".into());
     let req = SyncRequest {
         sync_id: uuid::Uuid::new_v4().to_string(),
@@ -347,7 +347,7 @@ pub async fn fail_back(
         )
         .await
         .map_err(|e| stuck(format!("writing the point at home: {e}")))?;
-    crate::failpoint::reached("failback-after-apply").await;
+    lifeboat_agent::failpoint::reached("failback-after-apply").await;
     if !applied.equal {
         return Err(stuck(
             "the home disks still differ from the point after writing it".into(),
@@ -361,7 +361,7 @@ pub async fn fail_back(
         .await
         .map_err(|e| stuck(format!("starting {} at home: {e}", p.vm)))?;
     log(format!("{} runs at home on {}", p.vm, home.host.hostname));
-    crate::failpoint::reached("failback-after-home-started").await;
+    lifeboat_agent::failpoint::reached("failback-after-home-started").await;
     if let Err(e) = away.remove_recovery(&rec.id).await {
         log(format!(
             "removing the recovery VM failed ({e}); it is stopped — remove it by hand"

@@ -13,7 +13,6 @@
 pub mod api;
 pub mod db;
 pub mod failover;
-pub mod failpoint;
 pub mod policy;
 pub mod recovery_watch;
 pub mod replication;

@@ -298,3 +298,128 @@ async fn a_move_is_refused_untouched_when_the_other_host_is_down() {
         .args(["vm", "kill", "web"])
         .output();
 }
+
+/// Restarts agent `who` with the failpoint set, runs `args` in the background, waits for
+/// the failpoint, kills the agent there (kill -9) and starts it again without it.
+fn crash_agent_at(cl: &mut Cluster, who: &str, failpoint: &str, args: &[&str]) {
+    let marker = cl.tmp.path().join("agent-failpoint-reached");
+    let _ = std::fs::remove_file(&marker);
+    let restart = |cl: &mut Cluster, extra: Option<(&str, &std::path::Path)>| {
+        let agent = if who == "alpha" {
+            &mut cl.alpha
+        } else {
+            &mut cl.beta
+        };
+        let port = agent.port;
+        let _ = agent.child.kill();
+        let _ = agent.child.wait();
+        if let Some((fp, file)) = extra {
+            std::env::set_var("LIFEBOAT_FAILPOINT", fp);
+            std::env::set_var("LIFEBOAT_FAILPOINT_FILE", file);
+        }
+        let fresh = start_agent_on(&cl.home(who), who, port, &[]);
+        std::env::remove_var("LIFEBOAT_FAILPOINT");
+        std::env::remove_var("LIFEBOAT_FAILPOINT_FILE");
+        if who == "alpha" {
+            cl.alpha = fresh;
+        } else {
+            cl.beta = fresh;
+        }
+    };
+    restart(cl, Some((failpoint, &marker)));
+    let command = {
+        let server = (cl.server.url.clone(), cl.server.token.clone());
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        std::thread::spawn(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+                .args(&args)
+                .env("LIFEBOAT_SERVER", &server.0)
+                .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
+                .env("LIFEBOAT_TOKEN", &server.1)
+                .output()
+                .unwrap()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "agent failpoint {failpoint} not reached"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let agent = if who == "alpha" {
+        &mut cl.alpha
+    } else {
+        &mut cl.beta
+    };
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let out = command.join().unwrap();
+    assert!(
+        !out.status.success(),
+        "the command cannot succeed with its agent killed"
+    );
+    // While the agent is down nothing is decided: the VM stays where it is, stopped.
+    std::thread::sleep(Duration::from_secs(3));
+    restart(cl, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_move_is_settled() {
+    let mut cl = cluster(None);
+    let http = free_tcp_port();
+    let _vm = writing_guest(&cl, http).await;
+    let one_copy = OneCopy::watch(homes(&cl), "web");
+
+    // The source's agent dies during the final sync (its QEMU is up, paused): once it is
+    // back, the failover is rolled back and the VM runs at home again.
+    crash_agent_at(
+        &mut cl,
+        "alpha",
+        "agent-final-sync-started",
+        &["failover", "web", "--planned", "--shutdown-timeout", "60s"],
+    );
+    let state = settled(&cl, &["protected"]);
+    assert_eq!((state.as_str(), where_it_runs(&cl)), ("protected", "alpha"));
+    let n = all_acked_present(&cl, http).await;
+    eprintln!("agent killed in the final sync: rolled back, {n} acknowledged writes present");
+
+    // Failed over; home's agent dies after writing the point over home's disk, before
+    // proving it: the failback is rolled back (the recovery VM runs again), then run again.
+    let out = cl.json(&["failover", "web", "--planned", "--shutdown-timeout", "60s"]);
+    assert_eq!(out["kind"], "planned");
+    let mut away = SerialConsole::connect(
+        &cl.home("beta").join("vms/web/serial.sock"),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    away.wait_ready(Duration::from_secs(120)).await.unwrap();
+    away.run("echo away > /data/away && sync", Duration::from_secs(60))
+        .await
+        .unwrap();
+    drop(away);
+    crash_agent_at(
+        &mut cl,
+        "alpha",
+        "agent-apply-written",
+        &["failback", "web", "--shutdown-timeout", "60s"],
+    );
+    let state = settled(&cl, &["failed_over"]);
+    assert_eq!(
+        (state.as_str(), where_it_runs(&cl)),
+        ("failed_over", "beta")
+    );
+    all_acked_present(&cl, http).await;
+    let out = cl.json(&["failback", "web", "--shutdown-timeout", "60s"]);
+    assert_eq!(out["state"], "failed_back", "{out}");
+    assert_eq!(where_it_runs(&cl), "alpha");
+    let n = all_acked_present(&cl, http).await;
+    let (code, body) = http_get(http, "/away", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_slice()), (200, b"away\n".as_slice()));
+    eprintln!("agent killed in the failback's apply: rolled back, then failed back; {n} acknowledged writes and the recovery site's write at home");
+    assert!(one_copy.stop() > 10);
+}

@@ -54,6 +54,9 @@ pub struct RunResult {
     pub agent: AgentUsage,
     /// Seconds `failover cleanup web` took.
     pub cleanup_secs: f64,
+    /// This machine's 1-minute load average just before the failover: other work that
+    /// shared its cores with the run.
+    pub load_before: f64,
     /// Errors `failover list` reported for the copy during the run (retried by Lifeboat).
     pub errors: Vec<String>,
     pub samples: Vec<Progress>,
@@ -69,6 +72,14 @@ pub fn drop_caches() -> bool {
 /// Resets the process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0).
 fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// The 1-minute load average (/proc/loadavg), NaN when unreadable.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// The copy's row of `lifeboat --json failover list`, if it is there.
@@ -206,6 +217,7 @@ pub async fn measure(
     if let Some(row) = copy_row(lb).await? {
         bail!("a test copy of {VM} is there before the run: {row}");
     }
+    let load_before = load_average();
     let pid = cl.beta.daemon.pid();
     let hwm_reset = reset_peak_rss(pid);
     let cpu0 = cpu_seconds(pid)?;
@@ -235,6 +247,7 @@ pub async fn measure(
     )
     .map(|((body, rto), h)| (body, rto, h))?;
     let cpu1 = cpu_seconds(pid)?;
+    let window_secs = t0.elapsed().as_secs_f64();
     let peak_rss = status_kb(pid, "VmHWM")?;
     let rss_at_end = status_kb(pid, "VmRSS")?;
     let agent_hydration_secs = agent_hydrated_at(&cl.beta_home, wall0);
@@ -259,12 +272,14 @@ pub async fn measure(
         stream_bytes_per_sec: stream_rate(&samples),
         agent: AgentUsage {
             cpu_secs: cpu1 - cpu0,
-            cpu_percent: 100.0 * (cpu1 - cpu0) / hydration_secs,
+            cpu_percent: 100.0 * (cpu1 - cpu0) / window_secs,
+            window_secs,
             peak_rss,
             rss_at_end,
             peak_since_failover: hwm_reset,
         },
         cleanup_secs,
+        load_before,
         errors,
         samples,
     })

@@ -49,10 +49,13 @@ impl SizeResult {
 
 #[derive(Debug, Serialize)]
 pub struct AgentUsage {
-    /// CPU seconds (user + system) of beta's agent from the failover until hydrated.
+    /// CPU seconds (user + system) of beta's agent from the failover until the copy was
+    /// both hydrated (as `failover list` saw it) and answering HTTP.
     pub cpu_secs: f64,
     /// `cpu_secs` over that time, in % of one core.
     pub cpu_percent: f64,
+    /// That time, seconds.
+    pub window_secs: f64,
     /// VmHWM at the end of hydration, bytes.
     pub peak_rss: u64,
     pub rss_at_end: u64,
@@ -164,14 +167,15 @@ pub fn table(r: &Report) -> String {
             );
             out.push_str(&format!(
                 "  run {}: boot count {}; {:.0} MiB hydrated; the agent recorded the end at \
-                 {agent_end}; copying rate {}; agent {:.1} CPU s, RSS at the end {:.0} MiB{}; \
-                 cleanup {:.1} s{}.\n",
+                 {agent_end}; copying rate {}; agent {:.1} CPU s in {:.1} s, RSS at the end {:.0} MiB{}; \
+                 cleanup {:.1} s; load average before {:.2}{}.\n",
                 i + 1,
                 run.http_body,
                 run.hydration_total as f64 / MIB,
                 run.stream_bytes_per_sec
                     .map_or_else(|| "-".into(), |b| format!("{:.0} MiB/s", b / MIB)),
                 run.agent.cpu_secs,
+                run.agent.window_secs,
                 run.agent.rss_at_end as f64 / MIB,
                 if run.agent.peak_since_failover {
                     ""
@@ -179,6 +183,7 @@ pub fn table(r: &Report) -> String {
                     " (peak since the agent started: VmHWM could not be reset)"
                 },
                 run.cleanup_secs,
+                run.load_before,
                 if run.errors.is_empty() {
                     String::new()
                 } else {
@@ -230,11 +235,13 @@ mod tests {
                     agent: AgentUsage {
                         cpu_secs: 0.0,
                         cpu_percent: 0.0,
+                        window_secs: 1.0,
                         peak_rss: 0,
                         rss_at_end: 0,
                         peak_since_failover: true,
                     },
                     cleanup_secs: 0.0,
+                    load_before: 0.0,
                     errors: Vec::new(),
                     samples: Vec::new(),
                 })

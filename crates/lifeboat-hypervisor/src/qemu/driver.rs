@@ -133,6 +133,20 @@ impl QemuDriver {
         Ok(())
     }
 
+    /// Whether the VM's QEMU runs and was started paused (`start_with(vm, true)`, `-S`):
+    /// a QEMU held for a final cut, left behind when its caller died.
+    pub fn held(&self, vm: &VmName) -> bool {
+        let Ok(dir) = self.defined(vm) else {
+            return false;
+        };
+        process::read_live_pid(&dir).is_some_and(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|a| a == b"-S")
+        })
+    }
+
     /// Fences the VM: kills QEMU if it runs and records `why`, after which it does not
     /// start here (it was failed over; its writes from now on would diverge).
     pub async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {

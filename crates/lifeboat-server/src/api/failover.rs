@@ -351,7 +351,7 @@ pub async fn failover(
         resume_only: false,
     };
     let asked = client.ensure_recovery(&ask).await;
-    crate::failpoint::reached(&format!("{}-after-recovery-started", kind.as_str())).await;
+    lifeboat_agent::failpoint::reached(&format!("{}-after-recovery-started", kind.as_str())).await;
     match asked {
         Ok(status) => {
             apply_status(&mut rec, &status);
