@@ -161,6 +161,31 @@ impl Cluster {
     }
 }
 
+/// However a test ends, no QEMU of its hosts outlives it: recovered VMs included, which
+/// no `KillVm` guards.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for host in ["alpha", "beta"] {
+            let vms = self.home(host).join("vms");
+            for dir in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
+                let pid = std::fs::read_to_string(dir.path().join("qemu.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok());
+                if let Some(pid) = pid {
+                    // Only if it is still that VM's QEMU (pids are reused).
+                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    let ours = String::from_utf8_lossy(&cmd).contains(&*vms.to_string_lossy());
+                    if ours {
+                        let _ = Command::new("kill")
+                            .args(["-9", &pid.to_string()])
+                            .output();
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A server (SQLite, or PostgreSQL at `database`), agents alpha and beta enrolled, and a
 /// folder vault.
 pub fn cluster(database: Option<&str>) -> Cluster {
