@@ -143,15 +143,7 @@ pub async fn hand_over(
         }
     };
     // The point is in the vault: the server knows it from now on, whatever comes next.
-    let mut row = db
-        .protection(&p.id)
-        .await
-        .map_err(db_failure)?
-        .ok_or((StatusCode::NOT_FOUND, "the protection is gone".to_string()))?;
-    crate::replication::record_point(db, &mut row, &report.result)
-        .await
-        .map_err(db_failure)?;
-    let _ = db.save_protection(&mut row).await;
+    record_final_point(db, &p.id, &report.result).await?;
     lifeboat_agent::failpoint::reached("planned-after-final-sync").await;
     if !report.equal {
         let bad: Vec<String> = report
@@ -200,6 +192,28 @@ pub async fn hand_over(
         report.result.point.clone(),
         report.result.cut_time.to_rfc3339(),
     ))
+}
+
+/// Records a final point (of a move) in the server's list and the protection's row, which
+/// is re-read: the point is in the vault, whatever comes next.
+async fn record_final_point(
+    db: &Database,
+    id: &str,
+    result: &lifeboat_agent::sync::SyncResult,
+) -> Result<(), Failure> {
+    loop {
+        let mut row = db
+            .protection(id)
+            .await
+            .map_err(db_failure)?
+            .ok_or((StatusCode::NOT_FOUND, "the protection is gone".to_string()))?;
+        crate::replication::record_point(db, &mut row, result)
+            .await
+            .map_err(db_failure)?;
+        if db.save_protection(&mut row).await.map_err(db_failure)? {
+            return Ok(());
+        }
+    }
 }
 
 /// Fences the source of a failed-over protection if it is not yet known to be fenced;
@@ -316,15 +330,7 @@ pub async fn fail_back(
         .final_sync(&rec.vm, &req)
         .await
         .map_err(|e| stuck(format!("the recovery VM's final sync: {e}")))?;
-    let mut row = db
-        .protection(&p.id)
-        .await
-        .map_err(db_failure)?
-        .ok_or((StatusCode::NOT_FOUND, "the protection is gone".to_string()))?;
-    crate::replication::record_point(db, &mut row, &report.result)
-        .await
-        .map_err(db_failure)?;
-    let _ = db.save_protection(&mut row).await;
+    record_final_point(db, &p.id, &report.result).await?;
     if !report.equal {
         return Err(stuck(format!(
             "the recovery VM's final point {} does not equal its disks",

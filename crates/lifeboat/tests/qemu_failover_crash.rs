@@ -49,19 +49,8 @@ fn crash_server_at(
     cl.server = start_server(&cl.home("server"), None);
     std::env::remove_var("LIFEBOAT_FAILPOINT");
     std::env::remove_var("LIFEBOAT_FAILPOINT_FILE");
-    let command = {
-        let server = (cl.server.url.clone(), cl.server.token.clone());
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        std::thread::spawn(move || {
-            // Its answer is lost with the server; what it did is checked below.
-            let _ = std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
-                .args(&args)
-                .env("LIFEBOAT_SERVER", &server.0)
-                .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
-                .env("LIFEBOAT_TOKEN", &server.1)
-                .output();
-        })
-    };
+    // Its answer is lost with the server; what it did is checked by the caller.
+    let command = in_background(cl, args);
     let deadline = Instant::now() + Duration::from_secs(180);
     while !marker.exists() {
         assert!(
@@ -76,6 +65,21 @@ fn crash_server_at(
     cl.server.child.wait().unwrap();
     command.join().unwrap();
     cl.server = start_server(&cl.home("server"), None);
+}
+
+/// Runs a client command against the cluster's server on another thread.
+fn in_background(cl: &Cluster, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
+    let server = (cl.server.url.clone(), cl.server.token.clone());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    std::thread::spawn(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+            .args(&args)
+            .env("LIFEBOAT_SERVER", &server.0)
+            .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
+            .env("LIFEBOAT_TOKEN", &server.1)
+            .output()
+            .unwrap()
+    })
 }
 
 /// Waits until the protection settles in one of `states`; returns it.
@@ -327,19 +331,7 @@ fn crash_agent_at(cl: &mut Cluster, who: &str, failpoint: &str, args: &[&str]) {
         }
     };
     restart(cl, Some((failpoint, &marker)));
-    let command = {
-        let server = (cl.server.url.clone(), cl.server.token.clone());
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        std::thread::spawn(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
-                .args(&args)
-                .env("LIFEBOAT_SERVER", &server.0)
-                .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
-                .env("LIFEBOAT_TOKEN", &server.1)
-                .output()
-                .unwrap()
-        })
-    };
+    let command = in_background(cl, args);
     let deadline = Instant::now() + Duration::from_secs(180);
     while !marker.exists() {
         assert!(

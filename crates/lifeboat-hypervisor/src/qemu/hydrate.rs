@@ -46,28 +46,8 @@ pub async fn create_instant_overlay(
     socket: &Path,
     export: &str,
 ) -> Result<()> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b"])
-        .arg(nbd_backing(socket, export))
-        .arg(path)
-        .arg(size.to_string())
-        .output()
-        .await
-        .map_err(|e| HypervisorError::Tool {
-            tool: "qemu-img create".into(),
-            reason: format!("{e} (install qemu-utils)"),
-        })?;
-    if !out.status.success() {
-        return Err(HypervisorError::Tool {
-            tool: "qemu-img create".into(),
-            reason: format!(
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    Ok(())
+    let backing = nbd_backing(socket, export);
+    crate::qemu::offline::create_qcow2(path, size, &["-u", "-F", "raw", "-b", &backing]).await
 }
 
 /// One disk's hydration.

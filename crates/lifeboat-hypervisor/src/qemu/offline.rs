@@ -36,11 +36,16 @@ async fn qemu_img(args: &[&str], path: &Path) -> Result<Vec<u8>> {
 /// live disk as its backing at `blockdev-add` time.
 pub async fn create_overlay(path: &Path, size: u64) -> Result<()> {
     let _ = std::fs::remove_file(path);
-    let size = size.to_string();
+    create_qcow2(path, size, &[]).await
+}
+
+/// `qemu-img create -f qcow2 [extra…] PATH SIZE`, its error said in full.
+pub async fn create_qcow2(path: &Path, size: u64, extra: &[&str]) -> Result<()> {
     let out = tokio::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
+        .args(extra)
         .arg(path)
-        .arg(&size)
+        .arg(size.to_string())
         .output()
         .await
         .map_err(|e| HypervisorError::Tool {
@@ -50,7 +55,11 @@ pub async fn create_overlay(path: &Path, size: u64) -> Result<()> {
     if !out.status.success() {
         return Err(HypervisorError::Tool {
             tool: "qemu-img create".into(),
-            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            reason: format!(
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(())

@@ -21,6 +21,7 @@ use lifeboat_agent::sync::VaultAccess;
 use serde::{Deserialize, Serialize};
 
 use super::operations::OpGuard;
+use super::protection::load;
 use super::{db_error, error, ApiError, ServerState};
 use crate::db::{HostAccess, PointRow, Protection, ProtectionState, Recovery};
 
@@ -108,19 +109,6 @@ pub fn choose_point<'a>(points: &'a [PointRow], selector: &str) -> Result<&'a Po
         }
         s => format!("no point {s} for this VM; see `lifeboat points VM`"),
     })
-}
-
-async fn load(s: &ServerState, id: &str) -> Result<(Protection, Vec<HostAccess>), Response> {
-    let hosts = s.db.hosts_with_access().await.map_err(db_error)?;
-    match s.db.protection(id).await.map_err(db_error)? {
-        Some(p) => Ok((p, hosts)),
-        None => Err(error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no protection {id}: only a protected VM can fail over; see `lifeboat vms list`"
-            ),
-        )),
-    }
 }
 
 #[utoipa::path(post, path = "/api/v1/protections/{id}/failover", tag = "failover",

@@ -396,7 +396,10 @@ pub async fn list_protections(State(s): State<Arc<ServerState>>) -> Response {
     Json(all.iter().map(|p| view(p, &hosts)).collect::<Vec<_>>()).into_response()
 }
 
-async fn load(s: &ServerState, id: &str) -> Result<(Protection, Vec<HostAccess>), Response> {
+pub(crate) async fn load(
+    s: &ServerState,
+    id: &str,
+) -> Result<(Protection, Vec<HostAccess>), Response> {
     let hosts = s.db.hosts_with_access().await.map_err(db_error)?;
     match s.db.protection(id).await.map_err(db_error)? {
         Some(p) => Ok((p, hosts)),

@@ -176,9 +176,7 @@ impl Drop for Cluster {
                     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                     let ours = String::from_utf8_lossy(&cmd).contains(&*vms.to_string_lossy());
                     if ours {
-                        let _ = Command::new("kill")
-                            .args(["-9", &pid.to_string()])
-                            .output();
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
                     }
                 }
             }
