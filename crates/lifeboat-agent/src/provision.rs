@@ -180,6 +180,7 @@ impl Recoveries {
         let text = std::str::from_utf8(config)
             .map_err(|_| RecoveryError::Invalid("the point's VM spec is not UTF-8".into()))?;
         let mut spec = VmSpec::parse(text, Path::new("the point's VM spec"))?;
+        crate::recovery::check_network_map(&req.network_map).map_err(RecoveryError::Invalid)?;
         let dir = self.dir(vm.as_str());
         let mut forwards = Vec::new();
         spec.name = vm.clone();
@@ -190,6 +191,8 @@ impl Recoveries {
             if req.kind == RecoveryKind::Test {
                 nic.network = "isolated".into();
                 nic.mac = test_mac(&nic.mac, &req.recovery_id);
+            } else if let Some(to) = req.network_map.get(&nic.network) {
+                nic.network = to.clone();
             }
             for f in &mut nic.host_forwards {
                 // Ports are this host's: keep the source's when free, else take another.
@@ -479,6 +482,7 @@ mod tests {
             vm: "web".into(),
             kind: RecoveryKind::Test,
             resume_only: true,
+            network_map: Default::default(),
         };
         let err = recoveries
             .ensure(&driver, &VaultCache::default(), &req)

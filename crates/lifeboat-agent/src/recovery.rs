@@ -51,6 +51,22 @@ pub struct RecoveryRequest {
     /// watcher asks this way, so a request racing with a removal cannot recreate the VM.
     #[serde(default)]
     pub resume_only: bool,
+    /// Source network → network on this host, per NIC (planned and unplanned; a test copy
+    /// is always `isolated`). Networks not named keep their name.
+    #[serde(default)]
+    pub network_map: std::collections::BTreeMap<String, String>,
+}
+
+/// Checks a network map before anything is changed: every target must be a network a
+/// recovery host has.
+pub fn check_network_map(map: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    let known = lifeboat_hypervisor::spec::KNOWN_NETWORKS;
+    match map.iter().find(|(_, to)| !known.contains(&to.as_str())) {
+        Some((from, to)) => Err(format!(
+            "network map {from}={to}: there is no network {to:?}; use one of {known:?}"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// What the agent keeps about a recovery (no secrets).

@@ -84,5 +84,6 @@ async fn resume_request(db: &Database, rec: &Recovery) -> Result<Option<Recovery
         vm: rec.vm.clone(),
         kind,
         resume_only: true,
+        network_map: Default::default(), // only read when bringing a VM up
     }))
 }

@@ -191,6 +191,10 @@ pub struct FailoverArgs {
     /// With --planned: how long the guest has to power off before QEMU is told to quit.
     #[arg(long, default_value = "2m")]
     pub shutdown_timeout: String,
+    /// With --planned or --unplanned: SOURCE=TARGET maps a NIC's network to one of the
+    /// recovery host's (repeat per network; `user`, `isolated`).
+    #[arg(long = "network-map", value_name = "SOURCE=TARGET")]
+    pub network_map: Vec<String>,
     /// Which point: latest (default), latest-app-consistent, a point id, or an RFC 3339
     /// time (the newest point cut at or before it). Not for --planned.
     #[arg(long)]

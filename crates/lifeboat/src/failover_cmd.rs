@@ -96,7 +96,15 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
     } else {
         "test"
     };
+    let mut network_map = std::collections::BTreeMap::new();
+    for m in &args.network_map {
+        let Some((from, to)) = m.split_once('=') else {
+            bail!("--network-map {m}: write SOURCE=TARGET, e.g. user=isolated");
+        };
+        network_map.insert(from.trim().to_string(), to.trim().to_string());
+    }
     let req = FailoverRequest {
+        network_map,
         kind: kind.into(),
         point: args.point.clone(),
         shutdown_timeout_secs: Some(

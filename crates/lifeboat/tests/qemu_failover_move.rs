@@ -159,7 +159,32 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
     let points_before = wait_points(&cl, "web", 1, Duration::from_secs(10));
 
     let started = Instant::now();
-    let out = cl.json(&["failover", "web", "--unplanned", "--point", "latest"]);
+    // A map to a network the host lacks is refused before anything changes.
+    let (ok, _, err) = cl.cli(&[
+        "failover",
+        "web",
+        "--unplanned",
+        "--network-map",
+        "user=br0",
+    ]);
+    assert!(!ok && err.contains("no network \"br0\""), "{err}");
+    let state = cl.protection()["state"].clone();
+    assert!(state == "protected" || state == "degraded", "{state}");
+    let out = cl.json(&[
+        "failover",
+        "web",
+        "--unplanned",
+        "--point",
+        "latest",
+        "--network-map",
+        "user=isolated",
+    ]);
+    // Mapped to the recovery host's network, the VM's own MAC.
+    let spec = std::fs::read_to_string(cl.home("beta").join("vms/web/spec.toml")).unwrap();
+    assert!(
+        spec.contains("network = \"isolated\"") && spec.contains("52:54:00:12:34:56"),
+        "{spec}"
+    );
     assert_eq!(out["kind"], "unplanned");
     assert_eq!(out["point"], points_before.last().unwrap()["point"]);
     let body = wait_http(http, "/f/kept", Duration::from_secs(120))

@@ -41,6 +41,10 @@ pub struct FailoverRequest {
     /// told to quit (default 120).
     #[serde(default)]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Planned and unplanned: source network → recovery host network, per NIC (e.g.
+    /// `{"user": "isolated"}`). A test copy is always isolated.
+    #[serde(default)]
+    pub network_map: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -135,6 +139,9 @@ pub async fn failover(
             )
         }
     };
+    if let Err(m) = lifeboat_agent::recovery::check_network_map(&req.network_map) {
+        return error(StatusCode::BAD_REQUEST, m);
+    }
     let (p, hosts) = match load(&s, &id).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -337,6 +344,7 @@ pub async fn failover(
         vm: vm.clone(),
         kind,
         resume_only: false,
+        network_map: req.network_map.clone(),
     };
     let asked = client.ensure_recovery(&ask).await;
     lifeboat_agent::failpoint::reached(&format!("{}-after-recovery-started", kind.as_str())).await;
