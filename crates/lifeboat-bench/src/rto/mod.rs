@@ -83,7 +83,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     let cold = !opts.warm && failover::drop_caches();
     let mut sizes = Vec::new();
     for (i, &size) in opts.sizes.iter().enumerate() {
-        let dir = opts.work.join(format!("vdb-{}m", size >> 20));
+        let dir = opts.work.join(format!("{}-vdb-{}m", i + 1, size >> 20));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         // What the sizes still to come need (the kept ones hold space already).
         disk::check_space(
