@@ -248,11 +248,10 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let p = cl.protection();
-    assert!(
-        p["reason"].as_str().unwrap().contains("source fenced"),
-        "{p}"
-    );
+    // The server records it once the agent answered (a moment after the VM is fenced).
+    cl.wait_for("the fence recorded", Duration::from_secs(30), |p| {
+        p["reason"].as_str().unwrap_or("").contains("source fenced")
+    });
     let start = lifeboat(&cl.home("alpha"))
         .args(["vm", "start", "web"])
         .output()
