@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lifeboat_hypervisor::qemu::hydrate::create_instant_overlay;
+use lifeboat_hypervisor::qemu::hydrate::{self, create_instant_overlay};
 use lifeboat_hypervisor::{DiskFormat, Hypervisor, HypervisorError, QemuDriver, VmName, VmSpec};
 use lifeboat_vault::format::PointId;
 use lifeboat_vault::{PointReader, Vault};
@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 use crate::recovery::{
     Journal, RecoveryKind, RecoveryRecord, RecoveryRequest, RecoveryStatus, RemovalReport,
 };
-use crate::replicate::VaultCache;
+use crate::replicate::{Records, VaultCache};
 
 /// Chunks kept in memory per recovered VM while it reads from the vault.
 const CHUNK_CACHE: usize = 64 << 20;
@@ -100,6 +100,7 @@ impl Recoveries {
         self: &Arc<Self>,
         driver: &QemuDriver,
         vaults: &VaultCache,
+        records: &Records,
         req: &RecoveryRequest,
     ) -> Result<RecoveryStatus, RecoveryError> {
         if !crate::sync::valid_sync_id(&req.recovery_id) {
@@ -139,6 +140,14 @@ impl Recoveries {
                     .map_err(|e| RecoveryError::Invalid(e.to_string()))?;
                 let reader = Arc::new(open_point(&vault, &point).await?);
                 let record = self.provision(driver, &vm, req, &reader).await?;
+                if req.kind != RecoveryKind::Test {
+                    // Tracked from its first boot, on the point it starts from: its first
+                    // sync (a failback's) reads only what the guest wrote here.
+                    hydrate::track_from_first_boot(driver, &vm).await?;
+                    records.set_last_point(&vm, &req.point).map_err(|e| {
+                        RecoveryError::Invalid(format!("recording the VM's point: {e}"))
+                    })?;
+                }
                 self.start_live(driver, &record, Some(reader));
                 return Ok(self.status_of(driver, record).await);
             }
@@ -484,8 +493,9 @@ mod tests {
             resume_only: true,
             network_map: Default::default(),
         };
+        let records = Records::open(&home.path().join("agent")).unwrap();
         let err = recoveries
-            .ensure(&driver, &VaultCache::default(), &req)
+            .ensure(&driver, &VaultCache::default(), &records, &req)
             .await
             .unwrap_err();
         assert!(matches!(err, RecoveryError::NotFound(_)), "{err}");

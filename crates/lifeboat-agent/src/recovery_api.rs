@@ -29,7 +29,11 @@ pub async fn ensure(
     State(s): State<Arc<AgentState>>,
     Json(req): Json<RecoveryRequest>,
 ) -> Response {
-    match s.recoveries.ensure(&s.driver, &s.vaults, &req).await {
+    match s
+        .recoveries
+        .ensure(&s.driver, &s.vaults, &s.records, &req)
+        .await
+    {
         Ok(status) => Json(status).into_response(),
         Err(e) => failure(e),
     }

@@ -50,6 +50,40 @@ pub async fn create_instant_overlay(
     crate::qemu::offline::create_qcow2(path, size, &["-u", "-F", "raw", "-b", &backing]).await
 }
 
+/// Tracks a recovered VM from its first boot: a persistent, recording bitmap
+/// `lifeboat-1` on every disk and the tracking record saying generation 1 is active. Only
+/// the guest's writes mark it — `block-stream`'s copies into the overlay do not (checked
+/// on QEMU 7.2) — so the VM's first sync can be an incremental on the point it came from.
+/// Call between `define` and the first start.
+pub async fn track_from_first_boot(driver: &QemuDriver, vm: &VmName) -> Result<()> {
+    let dir = driver.vm_dir(vm)?;
+    let spec = VmSpec::load(&dir.spec())?;
+    let name = crate::tracking::bitmap_name(1);
+    for d in &spec.disks {
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["bitmap", "--add", "--enable", "-f", d.format.as_str()])
+            .arg(&d.path)
+            .arg(&name)
+            .output()
+            .await
+            .map_err(|e| HypervisorError::Tool {
+                tool: "qemu-img bitmap".into(),
+                reason: format!("{e} (install qemu-utils)"),
+            })?;
+        if !out.status.success() {
+            return Err(HypervisorError::Tool {
+                tool: "qemu-img bitmap".into(),
+                reason: format!(
+                    "{}: {}",
+                    d.path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+    }
+    crate::qemu::record::write(&dir, crate::qemu::record::Record::Active(1))
+}
+
 /// One disk's hydration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct DiskHydration {

@@ -219,6 +219,40 @@ pub async fn failover(
         let (db, id) = (s.db.clone(), op.id.clone());
         tokio::spawn(async move { db.advance_operation(&id, "running", &step).await });
     };
+    if kind != RecoveryKind::Test {
+        // A failover run again after an interrupted one: what the first left on the
+        // recovery host goes first (the VM was not running there, or the row would say
+        // failed over).
+        let stale: Vec<Recovery> = match s.db.recoveries_of(&p.id).await {
+            Ok(v) => v.into_iter().filter(|r| r.kind != "test").collect(),
+            Err(e) => return db_error(e),
+        };
+        for old in stale {
+            if let Ok(c) = agent_for(rhost, PROVISION_TIMEOUT) {
+                // A copy that runs may hold writes: it is never removed here (the
+                // watcher records the interrupted failover as done).
+                if let Ok(st) = c.recovery_status(&old.id).await {
+                    if st.vm_state == "running" {
+                        let why = format!(
+                            "{} already runs on {} from an interrupted failover; it is recorded as failed over in a moment (see `lifeboat status`)",
+                            old.vm, rhost.host.hostname
+                        );
+                        op.end("failed", &why).await;
+                        return error(StatusCode::CONFLICT, why);
+                    }
+                }
+                if let Err(e) = c.remove_recovery(&old.id).await {
+                    let why = format!(
+                        "removing what an earlier failover left on {}: {e}",
+                        rhost.host.hostname
+                    );
+                    op.end("failed", &why).await;
+                    return error(StatusCode::BAD_GATEWAY, why);
+                }
+            }
+            let _ = s.db.delete_recovery(&old.id).await;
+        }
+    }
     let mut point = point;
     match kind {
         RecoveryKind::Test => {}
@@ -283,28 +317,6 @@ pub async fn failover(
                 },
                 None => log("the source host is no longer enrolled".into()),
             }
-        }
-    }
-    if kind != RecoveryKind::Test {
-        // A failover run again after an interrupted one: what the first left on the
-        // recovery host goes first (the VM was not running there, or the row would say
-        // failed over).
-        let stale: Vec<Recovery> = match s.db.recoveries_of(&p.id).await {
-            Ok(v) => v.into_iter().filter(|r| r.kind != "test").collect(),
-            Err(e) => return db_error(e),
-        };
-        for old in stale {
-            if let Ok(c) = agent_for(rhost, PROVISION_TIMEOUT) {
-                if let Err(e) = c.remove_recovery(&old.id).await {
-                    let why = format!(
-                        "removing what an earlier failover left on {}: {e}",
-                        rhost.host.hostname
-                    );
-                    op.end("failed", &why).await;
-                    return error(StatusCode::BAD_GATEWAY, why);
-                }
-            }
-            let _ = s.db.delete_recovery(&old.id).await;
         }
     }
     let mut rec = Recovery {
