@@ -299,7 +299,10 @@ pub async fn apply_point(
         });
     }
     if equal {
-        // This host's disks are the point now: replication builds on it.
+        // This host's disks are the point now: tracking starts afresh here and
+        // replication builds on the point, so the first sync after `reprotect` is an
+        // incremental even when the old bitmaps were lost (a fenced QEMU was killed).
+        driver.track_afresh(vm).await?;
         records.set_last_point(vm, &req.point)?;
     }
     tracing::info!(%vm, point = %req.point, equal, "point applied to the stopped VM");

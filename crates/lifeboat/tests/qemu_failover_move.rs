@@ -393,10 +393,12 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
     let first = &next[n];
     let sent = first["new_bytes"].as_u64().unwrap();
     eprintln!(
-        "reprotect: first sync {} sent {sent} byte(s)",
-        first["kind"]
+        "reprotect: first sync {} read {} and sent {sent} byte(s)",
+        first["kind"], first["bytes_read"]
     );
     assert!(sent < 8 << 20, "reprotect sent {sent} bytes: {first}");
+    // No full resync: tracking restarted when home was made equal to the point.
+    assert_eq!(first["kind"], "incremental", "{first}");
     cl.wait_for("protected", Duration::from_secs(60), |p| {
         p["state"] == "protected"
     });

@@ -56,32 +56,7 @@ pub async fn create_instant_overlay(
 /// on QEMU 7.2) — so the VM's first sync can be an incremental on the point it came from.
 /// Call between `define` and the first start.
 pub async fn track_from_first_boot(driver: &QemuDriver, vm: &VmName) -> Result<()> {
-    let dir = driver.vm_dir(vm)?;
-    let spec = VmSpec::load(&dir.spec())?;
-    let name = crate::tracking::bitmap_name(1);
-    for d in &spec.disks {
-        let out = tokio::process::Command::new("qemu-img")
-            .args(["bitmap", "--add", "--enable", "-f", d.format.as_str()])
-            .arg(&d.path)
-            .arg(&name)
-            .output()
-            .await
-            .map_err(|e| HypervisorError::Tool {
-                tool: "qemu-img bitmap".into(),
-                reason: format!("{e} (install qemu-utils)"),
-            })?;
-        if !out.status.success() {
-            return Err(HypervisorError::Tool {
-                tool: "qemu-img bitmap".into(),
-                reason: format!(
-                    "{}: {}",
-                    d.path.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
-        }
-    }
-    crate::qemu::record::write(&dir, crate::qemu::record::Record::Active(1))
+    driver.track_afresh(vm).await
 }
 
 /// One disk's hydration.

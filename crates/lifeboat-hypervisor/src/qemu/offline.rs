@@ -121,3 +121,65 @@ pub async fn per_disk_tracking(spec: &VmSpec) -> Result<Vec<(String, DiskTrackin
     }
     Ok(out)
 }
+
+impl crate::qemu::QemuDriver {
+    /// Starts a stopped VM's tracking afresh: every Lifeboat bitmap of its qcow2 disks
+    /// removed (consistent or not), a new recording `lifeboat-1` added, and the tracking
+    /// record set to generation 1. For disks just made equal to a point (a recovered VM
+    /// before its first boot, home after a failback): changes count from here.
+    pub async fn track_afresh(&self, vm: &crate::spec::VmName) -> Result<()> {
+        let dir = self.vm_dir(vm)?;
+        if crate::qemu::process::read_live_pid(&dir).is_some() {
+            return Err(HypervisorError::WrongState {
+                vm: vm.clone(),
+                state: "running".into(),
+                what: "stop it before its tracking is restarted".into(),
+            });
+        }
+        let spec = VmSpec::load(&dir.spec())?;
+        for d in spec.disks.iter().filter(|d| d.format == DiskFormat::Qcow2) {
+            let json = qemu_img(&["info", "-U", "--output=json"], &d.path).await?;
+            let info: Info = serde_json::from_slice(&json).map_err(|e| HypervisorError::Tool {
+                tool: "qemu-img info".into(),
+                reason: e.to_string(),
+            })?;
+            let ours = info
+                .format_specific
+                .map(|f| f.data.bitmaps)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|b| tracking::parse_generation(&b.name).is_some());
+            for b in ours {
+                qemu_img_bitmap(&["--remove"], &d.path, &b.name).await?;
+            }
+            qemu_img_bitmap(&["--add", "--enable"], &d.path, &tracking::bitmap_name(1)).await?;
+        }
+        crate::qemu::record::write(&dir, crate::qemu::record::Record::Active(1))
+    }
+}
+
+async fn qemu_img_bitmap(op: &[&str], path: &Path, name: &str) -> Result<()> {
+    let out = tokio::process::Command::new("qemu-img")
+        .arg("bitmap")
+        .args(op)
+        .args(["-f", "qcow2"])
+        .arg(path)
+        .arg(name)
+        .output()
+        .await
+        .map_err(|e| HypervisorError::Tool {
+            tool: "qemu-img bitmap".into(),
+            reason: format!("{e} (install qemu-utils)"),
+        })?;
+    if !out.status.success() {
+        return Err(HypervisorError::Tool {
+            tool: format!("qemu-img bitmap {}", op[0]),
+            reason: format!(
+                "{} {name}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
