@@ -74,6 +74,8 @@ pub struct Recoveries {
     live: Mutex<HashMap<String, Live>>,
     /// One request at a time changes recoveries: bringing up and removing are short.
     busy: tokio::sync::Mutex<()>,
+    /// Bytes per second hydration may copy at most (the operator's cap).
+    hydrate_rate: Option<u64>,
 }
 
 impl Recoveries {
@@ -83,7 +85,14 @@ impl Recoveries {
             journal: Journal::open(agent_home)?,
             live: Mutex::new(HashMap::new()),
             busy: tokio::sync::Mutex::new(()),
+            hydrate_rate: None,
         })
+    }
+
+    /// Caps hydration at `rate` bytes per second (`lifeboat agent --hydrate-rate`).
+    pub fn with_hydrate_rate(mut self, rate: Option<u64>) -> Self {
+        self.hydrate_rate = rate;
+        self
     }
 
     pub fn journal(&self) -> &Journal {
@@ -298,21 +307,23 @@ impl Recoveries {
                         Err(e) => set(Some(format!("starting {vm}: {e}"))),
                     }
                 }
-                Ok(lifeboat_hypervisor::VmState::Running) => match driver.hydrate(&vm).await {
-                    Ok(disks) if disks.iter().all(|d| d.hydrated) => {
-                        record.hydrated = true;
-                        if let Err(e) = self.journal.save(&record) {
-                            set(Some(format!("recording hydration: {e}")));
-                        } else {
-                            tracing::info!(%vm, "hydrated: the VM needs nothing from the vault");
-                            set(None);
-                            self.stop_serving(&record);
-                            return;
+                Ok(lifeboat_hypervisor::VmState::Running) => {
+                    match driver.hydrate(&vm, self.hydrate_rate).await {
+                        Ok(disks) if disks.iter().all(|d| d.hydrated) => {
+                            record.hydrated = true;
+                            if let Err(e) = self.journal.save(&record) {
+                                set(Some(format!("recording hydration: {e}")));
+                            } else {
+                                tracing::info!(%vm, "hydrated: the VM needs nothing from the vault");
+                                set(None);
+                                self.stop_serving(&record);
+                                return;
+                            }
                         }
+                        Ok(_) => set(None),
+                        Err(e) => set(Some(format!("hydration: {e}"))),
                     }
-                    Ok(_) => set(None),
-                    Err(e) => set(Some(format!("hydration: {e}"))),
-                },
+                }
                 _ => {}
             }
             tokio::time::sleep(HYDRATION_POLL).await;
@@ -371,9 +382,10 @@ impl Recoveries {
             Vec::new()
         } else {
             match (&vm, &state) {
-                (Some(vm), Ok(lifeboat_hypervisor::VmState::Running)) => {
-                    driver.hydrate(vm).await.unwrap_or_default()
-                }
+                (Some(vm), Ok(lifeboat_hypervisor::VmState::Running)) => driver
+                    .hydrate(vm, self.hydrate_rate)
+                    .await
+                    .unwrap_or_default(),
                 _ => Vec::new(),
             }
         };

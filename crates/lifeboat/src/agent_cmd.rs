@@ -60,7 +60,14 @@ pub async fn start(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<S
             .map(u64::from),
         recoveries: Arc::new(
             lifeboat_agent::provision::Recoveries::open(home, &agent_home)
-                .with_context(|| format!("opening {}/recoveries", agent_home.display()))?,
+                .with_context(|| format!("opening {}/recoveries", agent_home.display()))?
+                .with_hydrate_rate(
+                    args.hydrate_rate
+                        .as_deref()
+                        .map(crate::vault_cmd::parse_size)
+                        .transpose()?
+                        .map(u64::from),
+                ),
         ),
     });
     // A guest an earlier agent process left frozen (killed between freeze and thaw)

@@ -288,6 +288,10 @@ pub struct AgentArgs {
     /// network. Default: no cap.
     #[arg(long)]
     pub max_rate: Option<String>,
+    /// Cap how fast a VM recovered here copies its disks from the vault in the background
+    /// (hydration, e.g. 100M), to spare the vault's bandwidth. Default: no cap.
+    #[arg(long)]
+    pub hydrate_rate: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -45,6 +45,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
             reset_enrollment: false,
             hostname: args.hostname.clone(),
             max_rate: None,
+            hydrate_rate: None,
         },
     )
     .await?;

@@ -66,6 +66,17 @@ async fn outbound_probe() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
     let mut cl = cluster(None);
+    // Hydration capped, so the copy still reads from the vault when beta's agent is
+    // killed below.
+    let beta_port = cl.beta.port;
+    cl.beta.child.kill().unwrap();
+    cl.beta.child.wait().unwrap();
+    cl.beta = start_agent_on(
+        &cl.home("beta"),
+        "beta",
+        beta_port,
+        &["--hydrate-rate", "2M"],
+    );
     let http = free_tcp_port();
     let (_vm, mut console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http)).await;
     console
@@ -226,10 +237,22 @@ async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
 
     // kill -9 of beta's agent while the copy may still read from the vault: the VM keeps
     // running, and once the agent is back the point is served again (the server asks).
-    let beta_port = cl.beta.port;
+    let row = recovered_row(&cl, "web-test").unwrap();
+    let local = row["hydrated_percent"].as_f64().unwrap();
+    assert!(local < 100.0, "hydrated before the kill: {row}");
+    eprintln!("killing beta's agent at {local:.0}% hydrated");
     cl.beta.child.kill().unwrap();
     cl.beta.child.wait().unwrap();
-    cl.beta = start_agent_on(&cl.home("beta"), "beta", beta_port, &[]);
+    // The copy keeps running on what is local, its reads of the vault waiting.
+    assert!(http_get(test_port, "/first", Duration::from_secs(10))
+        .await
+        .is_ok());
+    cl.beta = start_agent_on(
+        &cl.home("beta"),
+        "beta",
+        beta_port,
+        &["--hydrate-rate", "2M"],
+    );
 
     // Hydration ends: the copy needs nothing from the vault.
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -178,6 +178,9 @@ pub struct BlockStream {
     #[serde(rename = "job-id")]
     pub job_id: String,
     pub device: String,
+    /// Bytes per second at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed: Option<u64>,
 }
 qmp_command!(BlockStream, "block-stream", qapi::Empty);
 

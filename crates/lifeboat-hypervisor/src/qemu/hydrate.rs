@@ -78,7 +78,8 @@ impl QemuDriver {
     /// Reports each disk's hydration, starting `block-stream` for any disk that still has
     /// a backing and no job (the first call, or a job that failed and was dismissed — a
     /// retry). Safe to call again and again.
-    pub async fn hydrate(&self, vm: &VmName) -> Result<Vec<DiskHydration>> {
+    /// `speed` caps the copy in bytes per second (none: as fast as the backing serves).
+    pub async fn hydrate(&self, vm: &VmName, speed: Option<u64>) -> Result<Vec<DiskHydration>> {
         let (dir, qmp) = self.running_qmp(vm, "hydrating its disks").await?;
         let spec = VmSpec::load(&dir.spec())?;
         let nodes = qmp
@@ -121,6 +122,7 @@ impl QemuDriver {
             qmp.run(BlockStream {
                 job_id: id,
                 device: disk.name.to_string(),
+                speed,
             })
             .await
             .map_err(qmp_error(vm, "block-stream"))?;
