@@ -188,6 +188,7 @@ pub async fn hand_over(
             "fencing the source failed ({e}); it will be retried"
         ));
     }
+    lifeboat_agent::failpoint::reached("planned-after-fence").await;
     Ok((
         report.result.point.clone(),
         report.result.cut_time.to_rfc3339(),
@@ -337,6 +338,7 @@ pub async fn fail_back(
             report.result.point
         )));
     }
+    lifeboat_agent::failpoint::reached("failback-after-final-sync").await;
     let point = report.result.point.clone();
     log(format!(
         "final point {point}: {} byte(s) sent from the recovery site; writing it at home where it differs",

@@ -135,6 +135,7 @@ async fn planned_failover_survives_a_server_crash_at_each_step() {
     for failpoint in [
         "planned-after-shutdown",
         "planned-after-final-sync",
+        "planned-after-fence",
         "planned-after-recovery-started",
     ] {
         let mut cl = cluster(None);
@@ -176,6 +177,7 @@ async fn planned_failover_survives_a_server_crash_at_each_step() {
 async fn failback_survives_a_server_crash_at_each_step() {
     for failpoint in [
         "failback-after-shutdown",
+        "failback-after-final-sync",
         "failback-after-apply",
         "failback-after-home-started",
     ] {
@@ -396,6 +398,20 @@ async fn an_agent_killed_mid_move_is_settled() {
         &mut cl,
         "alpha",
         "agent-apply-written",
+        &["failback", "web", "--shutdown-timeout", "60s"],
+    );
+    let state = settled(&cl, &["failed_over"]);
+    assert_eq!(
+        (state.as_str(), where_it_runs(&cl)),
+        ("failed_over", "beta")
+    );
+    all_acked_present(&cl, http).await;
+    // The recovery host's agent dies in the failback's final sync (its QEMU held
+    // paused): rolled back, the recovery VM runs again.
+    crash_agent_at(
+        &mut cl,
+        "beta",
+        "agent-final-sync-started",
         &["failback", "web", "--shutdown-timeout", "60s"],
     );
     let state = settled(&cl, &["failed_over"]);

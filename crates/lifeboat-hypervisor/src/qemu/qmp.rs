@@ -32,6 +32,8 @@ pub enum QmpError {
     Refused { class: String, desc: String },
     #[error("unexpected reply: {0}")]
     BadReply(String),
+    #[error("an earlier command on this monitor connection got no answer in time; connect again")]
+    Stale,
 }
 
 type Service = QapiService<QmpStreamTokio<WriteHalf<UnixStream>>>;
@@ -40,6 +42,12 @@ pub struct Qmp {
     service: Service,
     driver: tokio::task::JoinHandle<()>,
     timeout: Duration,
+    /// One command at a time. Without out-of-band support `qapi` gives every command the
+    /// same id and panics on a second one in flight — which aborted an agent once.
+    one_at_a_time: tokio::sync::Mutex<()>,
+    /// A command timed out: its reply may still come and would be taken for the next
+    /// command's (and `qapi` still holds its id), so the connection is not used again.
+    stale: std::sync::atomic::AtomicBool,
 }
 
 impl Qmp {
@@ -63,6 +71,8 @@ impl Qmp {
             service,
             driver,
             timeout,
+            one_at_a_time: tokio::sync::Mutex::new(()),
+            stale: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -78,11 +88,20 @@ impl Qmp {
     where
         C: QmpCommand + 'static,
     {
-        let reply = tokio::time::timeout(timeout, self.service.execute(command))
-            .await
-            .map_err(|_| QmpError::Timeout {
-                secs: timeout.as_secs(),
-            })?;
+        use std::sync::atomic::Ordering;
+        let _turn = self.one_at_a_time.lock().await;
+        if self.stale.load(Ordering::SeqCst) {
+            return Err(QmpError::Stale);
+        }
+        let reply = match tokio::time::timeout(timeout, self.service.execute(command)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.stale.store(true, Ordering::SeqCst);
+                return Err(QmpError::Timeout {
+                    secs: timeout.as_secs(),
+                });
+            }
+        };
         reply.map_err(|e| match e {
             qapi::ExecuteError::Qapi(e) => QmpError::Refused {
                 class: format!("{:?}", e.class),
@@ -108,5 +127,70 @@ fn map_io(e: std::io::Error) -> QmpError {
         | std::io::ErrorKind::ConnectionReset => QmpError::Disconnected,
         _ if e.to_string().contains("disconnected") => QmpError::Disconnected,
         _ => QmpError::BadReply(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A scripted monitor stands in for QEMU here: a real one cannot be made to leave a
+    //! command unanswered on cue.
+    use super::*;
+    use crate::qemu::commands::QueryStatus;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// Greets, accepts capabilities, then answers `query-status` after `delay` (or never).
+    async fn monitor(path: &Path, delay: Option<Duration>) {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (rd, wr) = tokio::io::split(sock);
+            let wr = std::sync::Arc::new(tokio::sync::Mutex::new(wr));
+            wr.lock()
+                .await
+                .write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": []}}\n")
+                .await
+                .unwrap();
+            let mut lines = BufReader::new(rd).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let wr = wr.clone();
+                let status = line.contains("query-status");
+                tokio::spawn(async move {
+                    if status {
+                        match delay {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => return,
+                        }
+                        let _ = wr.lock().await.write_all(b"{\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}}\n").await;
+                    } else {
+                        let _ = wr.lock().await.write_all(b"{\"return\": {}}\n").await;
+                    }
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_command_without_answer_makes_the_connection_stale_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        monitor(&path, None).await;
+        let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let first = qmp
+            .run_within(QueryStatus {}, Duration::from_millis(200))
+            .await;
+        assert!(matches!(first, Err(QmpError::Timeout { .. })), "{first:?}");
+        // Before the fix the next command reused the timed-out one's id: qapi panicked.
+        let second = qmp.run(QueryStatus {}).await;
+        assert!(matches!(second, Err(QmpError::Stale)), "{second:?}");
+    }
+
+    #[tokio::test]
+    async fn commands_from_two_tasks_take_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        monitor(&path, Some(Duration::from_millis(50))).await;
+        let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let (a, b) = tokio::join!(qmp.run(QueryStatus {}), qmp.run(QueryStatus {}));
+        assert!(a.unwrap().running && b.unwrap().running);
     }
 }
