@@ -262,18 +262,7 @@ async fn main() -> Result<()> {
                 seed,
             };
             let result = until_signal(rto::run(&opts)).await;
-            if keep {
-                eprintln!("kept {}", work.display());
-            } else if let Err(e) = std::fs::remove_dir_all(&work) {
-                eprintln!("could not remove {}: {e}", work.display());
-            }
-            let report = result?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", rto::table(&report));
-            }
-            Ok(())
+            finish(&work, keep, result, json, rto::table)
         }
         Cmd::Rpo {
             seconds,
@@ -304,18 +293,7 @@ async fn main() -> Result<()> {
                 lifeboat: lifeboat.unwrap_or_else(vault::default_lifeboat),
             };
             let result = until_signal(rpo::run(&opts)).await;
-            if keep {
-                eprintln!("kept {}", work.display());
-            } else if let Err(e) = std::fs::remove_dir_all(&work) {
-                eprintln!("could not remove {}: {e}", work.display());
-            }
-            let report = result?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", rpo::table(&report));
-            }
-            Ok(())
+            finish(&work, keep, result, json, rpo::table)
         }
         Cmd::Vault {
             size,
@@ -413,4 +391,27 @@ async fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Ends a cluster benchmark: its work directory kept or removed, then its report printed
+/// as a table or JSON.
+fn finish<R: serde::Serialize>(
+    work: &std::path::Path,
+    keep: bool,
+    result: Result<R>,
+    json: bool,
+    table: impl Fn(&R) -> String,
+) -> Result<()> {
+    if keep {
+        eprintln!("kept {}", work.display());
+    } else if let Err(e) = std::fs::remove_dir_all(work) {
+        eprintln!("could not remove {}: {e}", work.display());
+    }
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(())
 }

@@ -126,6 +126,21 @@ async fn all_acked_present(cl: &Cluster, port: u16) -> usize {
     acks.len()
 }
 
+/// After a crash at `failpoint`: the move settles as `expect` (state, host that runs the
+/// VM), and the running copy holds every acknowledged write (how many is returned).
+async fn settled_at(
+    cl: &Cluster,
+    http: u16,
+    failpoint: &str,
+    expect: (&str, &str),
+) -> (String, &'static str, usize) {
+    let state = settled(cl, &[expect.0]);
+    let at = where_it_runs(cl);
+    assert_eq!((state.as_str(), at), expect, "after a crash at {failpoint}");
+    let n = all_acked_present(cl, http).await;
+    (state, at, n)
+}
+
 fn homes(cl: &Cluster) -> [PathBuf; 2] {
     [cl.home("alpha"), cl.home("beta")]
 }
@@ -154,15 +169,17 @@ async fn planned_failover_survives_a_server_crash_at_each_step() {
         );
         // Before the recovery VM starts the failover rolls back (the source starts
         // again); after, it is finished.
-        let state = settled(&cl, &["protected", "failed_over"]);
-        let at = where_it_runs(&cl);
-        let expect = if failpoint == "planned-after-recovery-started" {
-            ("failed_over", "beta")
-        } else {
-            ("protected", "alpha")
-        };
-        assert_eq!((state.as_str(), at), expect, "after a crash at {failpoint}");
-        let n = all_acked_present(&cl, http).await;
+        let (state, at, n) = settled_at(
+            &cl,
+            http,
+            failpoint,
+            if failpoint == "planned-after-recovery-started" {
+                ("failed_over", "beta")
+            } else {
+                ("protected", "alpha")
+            },
+        )
+        .await;
         eprintln!(
             "crash at {failpoint}: settled {state}, runs on {at}, {n} acknowledged writes present"
         );
@@ -210,15 +227,17 @@ async fn failback_survives_a_server_crash_at_each_step() {
         );
         // Until home runs the VM a failback rolls back (the recovery VM starts again);
         // once home runs it, it is finished.
-        let state = settled(&cl, &["failed_over", "failed_back"]);
-        let at = where_it_runs(&cl);
-        let expect = if failpoint == "failback-after-home-started" {
-            ("failed_back", "alpha")
-        } else {
-            ("failed_over", "beta")
-        };
-        assert_eq!((state.as_str(), at), expect, "after a crash at {failpoint}");
-        let n = all_acked_present(&cl, http).await;
+        let (state, at, n) = settled_at(
+            &cl,
+            http,
+            failpoint,
+            if failpoint == "failback-after-home-started" {
+                ("failed_back", "alpha")
+            } else {
+                ("failed_over", "beta")
+            },
+        )
+        .await;
         let (code, body) = http_get(http, "/away", Duration::from_secs(10))
             .await
             .unwrap();
