@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lifeboat_hypervisor::qemu::hydrate::{self, create_instant_overlay};
+use lifeboat_hypervisor::qemu::hydrate::create_instant_overlay;
 use lifeboat_hypervisor::{DiskFormat, Hypervisor, HypervisorError, QemuDriver, VmName, VmSpec};
 use lifeboat_vault::format::PointId;
 use lifeboat_vault::{PointReader, Vault};
@@ -151,8 +151,9 @@ impl Recoveries {
                 let record = self.provision(driver, &vm, req, &reader).await?;
                 if req.kind != RecoveryKind::Test {
                     // Tracked from its first boot, on the point it starts from: its first
-                    // sync (a failback's) reads only what the guest wrote here.
-                    hydrate::track_from_first_boot(driver, &vm).await?;
+                    // sync (a failback's) reads only what the guest wrote here. Hydration's
+                    // copies do not mark the bitmap (block-stream, checked on QEMU 7.2).
+                    driver.track_afresh(&vm).await?;
                     records.set_last_point(&vm, &req.point).map_err(|e| {
                         RecoveryError::Invalid(format!("recording the VM's point: {e}"))
                     })?;
@@ -365,28 +366,28 @@ impl Recoveries {
             .unwrap()
             .get(&record.recovery_id)
             .and_then(|l| l.error.lock().unwrap().clone());
-        let vm = VmName::new(&record.vm).ok();
-        let state = match &vm {
-            Some(vm) => driver.state(vm).await,
-            None => Err(HypervisorError::UnknownVm(VmName::new("x").unwrap())),
-        };
-        let vm_state = match &state {
-            Ok(lifeboat_hypervisor::VmState::Stopped) => "stopped".into(),
-            Ok(lifeboat_hypervisor::VmState::Running) => "running".into(),
-            Ok(lifeboat_hypervisor::VmState::Paused(why)) => format!("paused ({why})"),
-            Ok(lifeboat_hypervisor::VmState::Crashed(why)) => format!("crashed ({why})"),
-            Err(HypervisorError::UnknownVm(_)) => "missing".into(),
-            Err(e) => format!("unknown ({e})"),
-        };
-        let hydration = if record.hydrated {
-            Vec::new()
-        } else {
-            match (&vm, &state) {
-                (Some(vm), Ok(lifeboat_hypervisor::VmState::Running)) => driver
-                    .hydrate(vm, self.hydrate_rate)
-                    .await
-                    .unwrap_or_default(),
-                _ => Vec::new(),
+        // The record's name was checked when the recovery began; one that no longer parses
+        // is a VM that cannot exist here.
+        let (vm_state, hydration) = match VmName::new(&record.vm) {
+            Err(_) => ("missing".to_string(), Vec::new()),
+            Ok(vm) => {
+                let state = driver.state(&vm).await;
+                let hydration = match &state {
+                    Ok(lifeboat_hypervisor::VmState::Running) if !record.hydrated => driver
+                        .hydrate(&vm, self.hydrate_rate)
+                        .await
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                let vm_state = match state {
+                    Ok(lifeboat_hypervisor::VmState::Stopped) => "stopped".into(),
+                    Ok(lifeboat_hypervisor::VmState::Running) => "running".into(),
+                    Ok(lifeboat_hypervisor::VmState::Paused(why)) => format!("paused ({why})"),
+                    Ok(lifeboat_hypervisor::VmState::Crashed(why)) => format!("crashed ({why})"),
+                    Err(HypervisorError::UnknownVm(_)) => "missing".into(),
+                    Err(e) => format!("unknown ({e})"),
+                };
+                (vm_state, hydration)
             }
         };
         RecoveryStatus {

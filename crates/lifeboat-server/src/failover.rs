@@ -35,9 +35,36 @@ pub fn vault_of(p: &Protection) -> VaultAccess {
 }
 
 fn client(h: &HostAccess, timeout: Duration) -> Result<AgentClient, Failure> {
-    AgentClient::new(&h.host.address, &h.host.fingerprint, timeout)
-        .map(|c| c.with_credential(&h.credential))
+    crate::replication::agent_client(h, timeout)
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// An agent that did not do what was asked.
+fn gateway(e: lifeboat_agent::client::ClientError) -> Failure {
+    (StatusCode::BAD_GATEWAY, e.to_string())
+}
+
+/// Removes a recovered VM from its host, then its row.
+async fn remove_copy(
+    db: &Database,
+    agent: &AgentClient,
+    rec: &crate::db::Recovery,
+) -> Result<(), Failure> {
+    agent.remove_recovery(&rec.id).await.map_err(gateway)?;
+    db.delete_recovery(&rec.id).await.map_err(db_failure)
+}
+
+/// Starts `vm` through `agent` unless it runs already.
+async fn start_unless_running(
+    agent: &AgentClient,
+    vm: &str,
+    running: bool,
+    unfence: bool,
+) -> Result<(), Failure> {
+    if !running {
+        agent.start_vm(vm, unfence).await.map_err(gateway)?;
+    }
+    Ok(())
 }
 
 /// Sets the protection's state, retrying lost generation races.
@@ -471,8 +498,7 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
     match p.state {
         ProtectionState::FailingOver => {
             if running(&away_state) {
-                let rec = rec.expect("a state implies the recovery");
-                let mut r = rec.clone();
+                let mut r = rec.expect("a VM running away implies its recovery");
                 r.state = "running".into();
                 crate::api::failover::save(db, &mut r)
                     .await
@@ -493,18 +519,9 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
             // Planned and not running away: remove whatever half-made copy is there, and
             // start the source again (it was stopped in order; it holds every write).
             if let (Some(r), Some(h)) = (&rec, &away) {
-                client(h, Duration::from_secs(120))?
-                    .remove_recovery(&r.id)
-                    .await
-                    .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
-                db.delete_recovery(&r.id).await.map_err(db_failure)?;
+                remove_copy(db, &client(h, Duration::from_secs(120))?, r).await?;
             }
-            if !running(&home_state) {
-                home_agent
-                    .start_vm(&p.vm, true)
-                    .await
-                    .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
-            }
+            start_unless_running(&home_agent, &p.vm, running(&home_state), true).await?;
             set_state(db, &p.id, ProtectionState::Protected, "").await?;
             tracing::warn!(vm = %p.vm, "interrupted planned failover rolled back: the VM runs at home");
             Ok(Settled::RolledBack(ProtectionState::Protected))
@@ -512,31 +529,17 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
         ProtectionState::FailingBack => {
             let (Some(r), Some(h)) = (&rec, &away) else {
                 // The recovery VM is gone: only the home copy is left.
-                if !running(&home_state) {
-                    home_agent
-                        .start_vm(&p.vm, true)
-                        .await
-                        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
-                }
+                start_unless_running(&home_agent, &p.vm, running(&home_state), true).await?;
                 set_state(db, &p.id, ProtectionState::FailedBack, "back home").await?;
                 return Ok(Settled::Finished(ProtectionState::FailedBack));
             };
             let away_agent = client(h, Duration::from_secs(120))?;
             if running(&home_state) {
-                away_agent
-                    .remove_recovery(&r.id)
-                    .await
-                    .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
-                db.delete_recovery(&r.id).await.map_err(db_failure)?;
+                remove_copy(db, &away_agent, r).await?;
                 set_state(db, &p.id, ProtectionState::FailedBack, "back home").await?;
                 return Ok(Settled::Finished(ProtectionState::FailedBack));
             }
-            if !running(&away_state) {
-                away_agent
-                    .start_vm(&r.vm, false)
-                    .await
-                    .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
-            }
+            start_unless_running(&away_agent, &r.vm, running(&away_state), false).await?;
             let why = format!(
                 "failed over to {} (a failback was interrupted and rolled back)",
                 h.host.hostname

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use lifeboat_agent::client::AgentClient;
 use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
 use lifeboat_agent::sync::VaultAccess;
 
@@ -35,14 +34,13 @@ async fn watch_all(db: &Database) -> Result<(), DbError> {
         let Some(host) = hosts.iter().find(|h| h.host.id == rec.host_id) else {
             continue;
         };
-        let client =
-            match AgentClient::new(&host.host.address, &host.host.fingerprint, AGENT_TIMEOUT) {
-                Ok(c) => c.with_credential(&host.credential),
-                Err(e) => {
-                    tracing::warn!(error = %e, "agent client");
-                    continue;
-                }
-            };
+        let client = match crate::replication::agent_client(host, AGENT_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "agent client");
+                continue;
+            }
+        };
         let status = if rec.hydrated {
             client.recovery_status(&rec.id).await
         } else {

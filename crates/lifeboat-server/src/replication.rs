@@ -133,6 +133,17 @@ fn evaluate(p: &mut Protection, policy: &Policy, now: DateTime<Utc>) {
     }
 }
 
+/// A client for `h`'s agent, pinned to its certificate, presenting its credential.
+pub fn agent_client(
+    h: &crate::db::HostAccess,
+    timeout: Duration,
+) -> Result<AgentClient, ClientError> {
+    Ok(
+        AgentClient::new(&h.host.address, &h.host.fingerprint, timeout)?
+            .with_credential(&h.credential),
+    )
+}
+
 /// The client for a host, made again only when the host's address, pinned certificate
 /// or credential changed.
 #[derive(Default)]

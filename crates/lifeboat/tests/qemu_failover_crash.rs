@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::cluster::{boot_guest_with, cluster, Cluster, KillVm};
-use common::moves::{acked, guest_runs, OneCopy, WRITER};
+use common::moves::{acked, guest_runs, write_at_recovery_site, OneCopy, WRITER};
 use common::{start_agent_on, start_server};
-use lifeboat_testkit::{free_tcp_port, http_get, wait_http, SerialConsole};
+use lifeboat_testkit::{free_tcp_port, http_get, wait_http};
 
 /// A protected guest on alpha, writing and acknowledging numbered files.
 async fn writing_guest(cl: &Cluster, http: u16) -> KillVm {
@@ -184,9 +184,6 @@ async fn planned_failover_survives_a_server_crash_at_each_step() {
             "crash at {failpoint}: settled {state}, runs on {at}, {n} acknowledged writes present"
         );
         assert!(one_copy.stop() > 10);
-        let _ = common::cluster::lifeboat(&cl.home("beta"))
-            .args(["vm", "kill", "web"])
-            .output();
     }
 }
 
@@ -204,17 +201,7 @@ async fn failback_survives_a_server_crash_at_each_step() {
         let out = cl.json(&["failover", "web", "--planned", "--shutdown-timeout", "60s"]);
         assert_eq!(out["kind"], "planned");
         // A write at the recovery site, which must survive whatever happens next.
-        let mut away = SerialConsole::connect(
-            &cl.home("beta").join("vms/web/serial.sock"),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-        away.wait_ready(Duration::from_secs(120)).await.unwrap();
-        away.run("echo away > /data/away && sync", Duration::from_secs(60))
-            .await
-            .unwrap();
-        drop(away);
+        write_at_recovery_site(&cl, "/data/away").await;
         let one_copy = OneCopy::watch(homes(&cl), "web");
         crash_server_at(
             &mut cl,
@@ -244,9 +231,6 @@ async fn failback_survives_a_server_crash_at_each_step() {
         assert_eq!((code, body.as_slice()), (200, b"away\n".as_slice()));
         eprintln!("crash at {failpoint}: settled {state}, runs on {at}, {n} acknowledged writes and the recovery site's write present");
         assert!(one_copy.stop() > 10);
-        let _ = common::cluster::lifeboat(&cl.home("beta"))
-            .args(["vm", "kill", "web"])
-            .output();
     }
 }
 
@@ -319,9 +303,6 @@ async fn a_move_is_refused_untouched_when_the_other_host_is_down() {
     assert!(guest_runs(&cl.home("beta"), "web"));
     assert_eq!(cl.protection()["state"], "failed_over");
     all_acked_present(&cl, http).await;
-    let _ = common::cluster::lifeboat(&cl.home("beta"))
-        .args(["vm", "kill", "web"])
-        .output();
 }
 
 /// Restarts agent `who` with the failpoint set, runs `args` in the background, waits for
@@ -402,17 +383,7 @@ async fn an_agent_killed_mid_move_is_settled() {
     // proving it: the failback is rolled back (the recovery VM runs again), then run again.
     let out = cl.json(&["failover", "web", "--planned", "--shutdown-timeout", "60s"]);
     assert_eq!(out["kind"], "planned");
-    let mut away = SerialConsole::connect(
-        &cl.home("beta").join("vms/web/serial.sock"),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    away.wait_ready(Duration::from_secs(120)).await.unwrap();
-    away.run("echo away > /data/away && sync", Duration::from_secs(60))
-        .await
-        .unwrap();
-    drop(away);
+    write_at_recovery_site(&cl, "/data/away").await;
     crash_agent_at(
         &mut cl,
         "alpha",

@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{boot_guest_with, cluster, lifeboat, wait_points};
-use common::moves::{acked, running, vm_row, OneCopy, WRITER};
+use common::moves::{acked, running, vm_row, write_at_recovery_site, OneCopy, WRITER};
 use common::start_agent_on;
 use lifeboat_testkit::{free_tcp_port, http_get, wait_http};
 use serde_json::Value;
@@ -107,9 +107,6 @@ async fn planned_failover_loses_no_completed_write_and_fences_the_source() {
     // A second failover is refused.
     let (ok, _, err) = cl.cli(&["failover", "web", "--unplanned"]);
     assert!(!ok && err.contains("failed over already"), "{err}");
-    let _ = lifeboat(&cl.home("beta"))
-        .args(["vm", "kill", "web"])
-        .output();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,17 +273,7 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
 
     // Writes at the recovery site, then commit and fail back: those writes are at home,
     // home's diverged write is overwritten, and only what changed crossed the vault.
-    let mut away = lifeboat_testkit::SerialConsole::connect(
-        &cl.home("beta").join("vms/web/serial.sock"),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    away.wait_ready(Duration::from_secs(120)).await.unwrap();
-    away.run("echo away > /data/f/away && sync", Duration::from_secs(60))
-        .await
-        .unwrap();
-    drop(away);
+    write_at_recovery_site(&cl, "/data/f/away").await;
     let committed = cl.json(&["failover", "commit", "web"]);
     assert!(
         committed["message"].as_str().unwrap().contains("committed"),
@@ -402,7 +389,4 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
     cl.wait_for("protected", Duration::from_secs(60), |p| {
         p["state"] == "protected"
     });
-    let _ = lifeboat(&cl.home("alpha"))
-        .args(["vm", "kill", "web"])
-        .output();
 }

@@ -50,15 +50,6 @@ pub async fn create_instant_overlay(
     crate::qemu::offline::create_qcow2(path, size, &["-u", "-F", "raw", "-b", &backing]).await
 }
 
-/// Tracks a recovered VM from its first boot: a persistent, recording bitmap
-/// `lifeboat-1` on every disk and the tracking record saying generation 1 is active. Only
-/// the guest's writes mark it — `block-stream`'s copies into the overlay do not (checked
-/// on QEMU 7.2) — so the VM's first sync can be an incremental on the point it came from.
-/// Call between `define` and the first start.
-pub async fn track_from_first_boot(driver: &QemuDriver, vm: &VmName) -> Result<()> {
-    driver.track_afresh(vm).await
-}
-
 /// One disk's hydration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct DiskHydration {

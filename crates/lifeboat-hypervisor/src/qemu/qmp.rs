@@ -42,8 +42,8 @@ pub struct Qmp {
     service: Service,
     driver: tokio::task::JoinHandle<()>,
     timeout: Duration,
-    /// One command at a time. Without out-of-band support `qapi` gives every command the
-    /// same id and panics on a second one in flight — which aborted an agent once.
+    /// One command at a time: without out-of-band support `qapi` gives every command the
+    /// same id, so replies are told apart only by order.
     one_at_a_time: tokio::sync::Mutex<()>,
     /// A command timed out: its reply may still come and would be taken for the next
     /// command's (and `qapi` still holds its id), so the connection is not used again.
@@ -184,8 +184,10 @@ mod tests {
         assert!(matches!(second, Err(QmpError::Stale)), "{second:?}");
     }
 
+    /// Two tasks sharing a connection each get their own answer (replies carry no id that
+    /// would tell them apart).
     #[tokio::test]
-    async fn commands_from_two_tasks_take_turns() {
+    async fn commands_from_two_tasks_each_get_an_answer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp.sock");
         monitor(&path, Some(Duration::from_millis(50))).await;

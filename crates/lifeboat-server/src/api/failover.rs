@@ -72,8 +72,7 @@ pub(crate) fn recovery_view(r: Recovery, hosts: &[HostAccess]) -> RecoveryView {
 }
 
 fn agent_for(h: &HostAccess, timeout: Duration) -> Result<AgentClient, Response> {
-    AgentClient::new(&h.host.address, &h.host.fingerprint, timeout)
-        .map(|c| c.with_credential(&h.credential))
+    crate::replication::agent_client(h, timeout)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 

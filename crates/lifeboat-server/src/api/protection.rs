@@ -164,8 +164,7 @@ fn find_host<'a>(hosts: &'a [HostAccess], text: &str) -> Option<&'a HostAccess> 
 }
 
 fn agent(h: &HostAccess) -> Result<AgentClient, Response> {
-    AgentClient::new(&h.host.address, &h.host.fingerprint, AGENT_TIMEOUT)
-        .map(|c| c.with_credential(&h.credential))
+    crate::replication::agent_client(h, AGENT_TIMEOUT)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 

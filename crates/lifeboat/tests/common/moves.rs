@@ -98,3 +98,21 @@ impl Drop for OneCopy {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
+
+/// Writes `away` to `path` in the VM running on beta, through its serial console, synced.
+pub async fn write_at_recovery_site(cl: &Cluster, path: &str) {
+    let mut console = lifeboat_testkit::SerialConsole::connect(
+        &cl.home("beta").join("vms/web/serial.sock"),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    console.wait_ready(Duration::from_secs(120)).await.unwrap();
+    console
+        .run(
+            &format!("echo away > {path} && sync"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+}
