@@ -2,7 +2,10 @@
 //! decisions and all state; agents are told what to do and report what is.
 //!
 //! - `db`: the state, in SQLite by default or PostgreSQL, with one set of migrations.
-//! - `api`: the REST API under `/api/v1`, behind API tokens, and `/metrics`.
+//! - `api`: the REST API under `/api/v1`, behind API tokens or a dashboard session, and
+//!   `/metrics`.
+//! - `web`: the dashboard (pages, login, live updates), which acts through the API.
+//! - `discovery`: finding agents in an address range.
 //! - `failover`: planned and unplanned failover (the source's side, fencing).
 //! - `policy`: protection policies (sync interval, RPO threshold, retention).
 //! - `replication`: the reconciler that keeps every protected VM syncing on schedule and
@@ -12,7 +15,14 @@
 
 pub mod api;
 pub mod db;
+pub mod discovery;
 pub mod failover;
 pub mod policy;
 pub mod recovery_watch;
 pub mod replication;
+pub mod web;
+
+/// Everything the server serves: the REST API, `/metrics`, and the dashboard.
+pub fn app(state: std::sync::Arc<api::ServerState>) -> axum::Router {
+    api::router(state.clone()).merge(web::router(state))
+}

@@ -145,6 +145,10 @@ pub struct ProtectArgs {
     /// default (30 s), frequent (5 s) or hourly; see GET /api/v1/policies.
     #[arg(long, default_value = "default")]
     pub policy: String,
+    /// Source network → recovery host network for planned and unplanned failovers
+    /// (repeatable; a failover's own --network-map wins).
+    #[arg(long = "network-map", value_name = "SOURCE=TARGET")]
+    pub network_map: Vec<String>,
     /// Wait until the first recovery point is committed, with a progress bar.
     #[arg(long)]
     pub wait: bool,

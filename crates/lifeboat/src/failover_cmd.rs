@@ -96,15 +96,8 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
     } else {
         "test"
     };
-    let mut network_map = std::collections::BTreeMap::new();
-    for m in &args.network_map {
-        let Some((from, to)) = m.split_once('=') else {
-            bail!("--network-map {m}: write SOURCE=TARGET, e.g. user=isolated");
-        };
-        network_map.insert(from.trim().to_string(), to.trim().to_string());
-    }
     let req = FailoverRequest {
-        network_map,
+        network_map: network_map(&args.network_map)?,
         kind: kind.into(),
         point: args.point.clone(),
         shutdown_timeout_secs: Some(
@@ -191,4 +184,16 @@ pub async fn failback(
 
 pub async fn reprotect(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Result<()> {
     step(out, home, vm, "reprotect", &serde_json::json!({}), conn).await
+}
+
+/// `--network-map SOURCE=TARGET` options as the API's map.
+pub fn network_map(options: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut map = std::collections::BTreeMap::new();
+    for m in options {
+        let Some((from, to)) = m.split_once('=') else {
+            bail!("--network-map {m}: write SOURCE=TARGET, e.g. user=isolated");
+        };
+        map.insert(from.trim().to_string(), to.trim().to_string());
+    }
+    Ok(map)
 }

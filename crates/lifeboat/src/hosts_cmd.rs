@@ -1,30 +1,20 @@
 //! `lifeboat hosts scan|enroll|list` and `lifeboat vms list`. `hosts scan CIDR` finds
 //! agents by their discovery hello; the others ask the server.
 //!
-//! Every address and port of the range is probed at once up to `--concurrency`, each
-//! within `--timeout`. The agent's certificate is not trusted yet — that is what
-//! enrollment pins — so the probe accepts any certificate but reports its SHA-256
-//! fingerprint, and flags an agent whose hello names a different one (something between
-//! us and it answered with its own certificate).
+//! The scan itself is `lifeboat_server::discovery`, which the dashboard's scan uses too;
+//! here it runs from the CLI's machine.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use futures::StreamExt;
-use lifeboat_agent::api::{Hello, SERVICE};
-use lifeboat_agent::identity::fingerprint;
+use anyhow::Result;
 use lifeboat_server::api::EnrollHost;
+use lifeboat_server::discovery::{self, parse_cidr, ScanReport};
 use lifeboat_vault::store::retention::parse_duration;
-use serde::Serialize;
 
 use crate::cli::{HostsCommand, VmsCommand};
 use crate::output::{table, Output};
 use crate::server_client::ServerClient;
-
-/// The widest range a scan takes: a /16, 65,536 addresses.
-const MAX_ADDRESSES: u64 = 1 << 16;
 
 pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
     match cmd {
@@ -159,27 +149,6 @@ pub async fn run_vms(out: Output, home: &Path, cmd: VmsCommand) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
-struct Found {
-    address: SocketAddr,
-    hostname: String,
-    version: String,
-    enrolled: bool,
-    /// The SHA-256 fingerprint of the certificate the agent presented.
-    fingerprint: String,
-    /// False when the hello names another certificate than the one presented.
-    fingerprint_matches: bool,
-    /// Its VMs, when this server enrolled it (an agent shows them to its server only).
-    vms: Option<Vec<String>>,
-}
-
-#[derive(Debug, Serialize)]
-struct ScanReport {
-    range: String,
-    probed: u64,
-    agents: Vec<Found>,
-}
-
 /// Best effort: the VMs of found agents that the server enrolled. Without a server or a
 /// token the scan still lists every agent, without VMs.
 async fn add_vms(report: &mut ScanReport, conn: &crate::cli::ServerConn, home: &Path) {
@@ -207,6 +176,7 @@ async fn add_vms(report: &mut ScanReport, conn: &crate::cli::ServerConn, home: &
     }
 }
 
+/// The scan, with a progress bar when it is long and the output is for people.
 async fn scan(
     out: Output,
     cidr: &str,
@@ -214,52 +184,23 @@ async fn scan(
     concurrency: usize,
     timeout: Duration,
 ) -> Result<ScanReport> {
-    let (first, count) = parse_cidr(cidr)?;
-    if ports.is_empty() {
-        bail!("--ports is empty: give at least one port");
-    }
-    let client = reqwest::Client::builder()
-        // Discovery only: the certificate is shown for the operator to check, and pinned
-        // at enrollment; nothing secret is sent.
-        .danger_accept_invalid_certs(true)
-        .tls_info(true)
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .build()
-        .context("building the HTTPS client")?;
-    let targets = (0..count).flat_map(|i| {
-        let ip = Ipv4Addr::from(u32::from(first) + i as u32);
-        ports
-            .iter()
-            .map(move |p| SocketAddr::new(IpAddr::V4(ip), *p))
-    });
-    let probed = count * ports.len() as u64;
+    let probed = parse_cidr(cidr)?.1 * ports.len() as u64;
     let bar = if out.json || probed < 64 {
         indicatif::ProgressBar::hidden()
     } else {
         crate::vault_cmd::progress(probed, "scanning")
     };
-    let mut agents: Vec<Found> = futures::stream::iter(targets)
-        .map(|addr| {
-            let client = client.clone();
-            let bar = bar.clone();
-            async move {
-                let found = probe(&client, addr).await;
-                bar.inc(1);
-                found
-            }
-        })
-        .buffer_unordered(concurrency)
-        .filter_map(|f| async move { f })
-        .collect()
-        .await;
+    let tick = bar.clone();
+    let report = discovery::scan(
+        cidr,
+        ports,
+        concurrency,
+        timeout,
+        std::sync::Arc::new(move || tick.inc(1)),
+    )
+    .await?;
     bar.finish_and_clear();
-    agents.sort_by_key(|a| a.address);
-    Ok(ScanReport {
-        range: cidr.to_string(),
-        probed,
-        agents,
-    })
+    Ok(report)
 }
 
 fn show_scan(out: Output, report: &ScanReport) {
@@ -306,104 +247,4 @@ fn show_scan(out: Output, report: &ScanReport) {
             println!("VMS: an agent shows its VMs to the server that enrolled it only (-: not enrolled here).");
         }
     });
-}
-
-/// The agent at `addr`, if one answers its hello there.
-async fn probe(client: &reqwest::Client, addr: SocketAddr) -> Option<Found> {
-    let resp = client
-        .get(format!("https://{addr}/api/v1/hello"))
-        .send()
-        .await
-        .ok()?;
-    let presented = resp
-        .extensions()
-        .get::<reqwest::tls::TlsInfo>()
-        .and_then(|t| t.peer_certificate())
-        .map(fingerprint)?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    let hello: Hello = resp.json().await.ok()?;
-    if hello.service != SERVICE {
-        return None;
-    }
-    Some(Found {
-        address: addr,
-        hostname: hello.hostname,
-        version: hello.version,
-        enrolled: hello.enrolled,
-        fingerprint_matches: hello.fingerprint == presented,
-        vms: None,
-        fingerprint: presented,
-    })
-}
-
-/// `a.b.c.d/n` (or one address) as its first address and the number of addresses to
-/// probe: for /30 and wider, the network and broadcast addresses are left out.
-fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u64)> {
-    let (ip, len) = match text.split_once('/') {
-        Some((ip, len)) => (ip, len),
-        None => (text, "32"),
-    };
-    let ip: IpAddr = ip
-        .parse()
-        .with_context(|| format!("{text:?} is not an address range like 192.168.1.0/24"))?;
-    let IpAddr::V4(ip) = ip else {
-        bail!("{text}: only IPv4 ranges can be scanned; give IPv6 agents' addresses directly");
-    };
-    let len: u32 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .with_context(|| format!("{text:?}: the prefix length must be 0 to 32"))?;
-    let size = 1u64 << (32 - len);
-    if size > MAX_ADDRESSES {
-        bail!("{text} holds {size} addresses; scan at most a /16 (65,536) at a time");
-    }
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    let network = Ipv4Addr::from(u32::from(ip) & mask);
-    if size >= 4 {
-        Ok((Ipv4Addr::from(u32::from(network) + 1), size - 2))
-    } else {
-        Ok((network, size))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_parse_and_bad_ones_are_explained() {
-        assert_eq!(
-            parse_cidr("10.0.0.7").unwrap(),
-            (Ipv4Addr::new(10, 0, 0, 7), 1)
-        );
-        assert_eq!(
-            parse_cidr("10.0.0.7/32").unwrap(),
-            (Ipv4Addr::new(10, 0, 0, 7), 1)
-        );
-        assert_eq!(
-            parse_cidr("10.0.0.6/31").unwrap(),
-            (Ipv4Addr::new(10, 0, 0, 6), 2)
-        );
-        assert_eq!(
-            parse_cidr("192.168.1.77/24").unwrap(),
-            (Ipv4Addr::new(192, 168, 1, 1), 254)
-        );
-        assert_eq!(parse_cidr("10.1.0.0/16").unwrap().1, 65_534);
-        for bad in [
-            "10.0.0.0/8",
-            "10.0.0.0/33",
-            "nope/24",
-            "::1/128",
-            "10.0.0.0/x",
-        ] {
-            let e = parse_cidr(bad).unwrap_err().to_string();
-            assert!(
-                e.contains(bad.split('/').next().unwrap()) || e.contains(bad),
-                "{bad}: {e}"
-            );
-        }
-    }
 }

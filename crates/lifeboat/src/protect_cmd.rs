@@ -88,6 +88,7 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
                 vault_passphrase: passphrase,
                 recovery_host: args.recovery_host,
                 policy: Some(args.policy.clone()),
+                network_map: crate::failover_cmd::network_map(&args.network_map)?,
             },
         )
         .await?;

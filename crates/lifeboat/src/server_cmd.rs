@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use lifeboat_agent::identity::Identity;
 use lifeboat_agent::serve::{serve, Transport};
-use lifeboat_server::api::{router, token_digest, ServerState};
+use lifeboat_server::api::{token_digest, ServerState};
 use lifeboat_server::db::Database;
 
 use crate::cli::ServerArgs;
@@ -18,6 +18,9 @@ pub struct StartedServer {
     /// The API token, printed at first start only.
     pub first_token: Option<String>,
     pub token_path: std::path::PathBuf,
+    /// The dashboard's admin password, when this start made it (printed once).
+    pub first_password: Option<String>,
+    pub password_path: std::path::PathBuf,
     pub serve: futures::future::BoxFuture<'static, Result<()>>,
 }
 
@@ -51,6 +54,22 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     } else {
         None
     };
+    // The dashboard's password: LIFEBOAT_ADMIN_PASSWORD sets (or resets) it; else the
+    // first start makes one, shown once and kept beside the token for root.
+    let password_path = server_home.join("admin.password");
+    let given = std::env::var("LIFEBOAT_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let first_password = lifeboat_server::web::auth::ensure_admin_password(&db, given.as_deref())
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("setting the dashboard password (LIFEBOAT_ADMIN_PASSWORD)")?;
+    if let Some(p) = &first_password {
+        write_private(&password_path, p)?;
+    } else if given.is_some() {
+        // The file would hold a password that no longer works.
+        let _ = std::fs::remove_file(&password_path);
+    }
     let transport = if args.insecure_http {
         Transport::PlainLoopback
     } else {
@@ -64,9 +83,10 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     let state = Arc::new(ServerState {
         db,
         fingerprint: fingerprint.clone(),
+        tls: !args.insecure_http,
     });
     let serve = Box::pin(async move {
-        serve(listener, transport, router(state))
+        serve(listener, transport, lifeboat_server::app(state))
             .await
             .map_err(anyhow::Error::from)
     });
@@ -75,6 +95,8 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         fingerprint,
         first_token,
         token_path,
+        first_password,
+        password_path,
         serve,
     })
 }
@@ -84,11 +106,18 @@ pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
     let server = start(home, args).await?;
     println!("Lifeboat server {}", env!("CARGO_PKG_VERSION"));
     println!("API on {scheme}://{}", server.addr);
+    println!("Dashboard on {scheme}://{}/ (user admin)", server.addr);
     println!("Certificate fingerprint (SHA-256): {}", server.fingerprint);
     if let Some(token) = &server.first_token {
         println!(
             "API token (shown once; also in {}): {token}",
             server.token_path.display()
+        );
+    }
+    if let Some(password) = &server.first_password {
+        println!(
+            "Dashboard password for admin (shown once; also in {}): {password}",
+            server.password_path.display()
         );
     }
     println!("Ready");

@@ -51,6 +51,16 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
     .await?;
     let server_url = format!("https://{}", server.addr);
     let agent_addr = agent.addr.to_string();
+    let password_note = match &server.first_password {
+        Some(p) => format!(
+            "password {p} (shown once; also in {})",
+            server.password_path.display()
+        ),
+        None => format!(
+            "password as printed at first start ({}; LIFEBOAT_ADMIN_PASSWORD sets another)",
+            server.password_path.display()
+        ),
+    };
     tokio::spawn(async move {
         if let Err(e) = server.serve.await {
             eprintln!("error: the server stopped: {e:#}");
@@ -62,6 +72,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
         }
     });
     println!("  API:   {server_url} (certificate {})", server.fingerprint);
+    println!("  dashboard: {server_url}/ — user admin, {password_note}");
     println!("  agent: https://{agent_addr} ({})", agent.hostname);
     let conn = ServerConn {
         server: Some(server_url.clone()),
@@ -105,6 +116,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
                             vault_passphrase: passphrase.clone(),
                             recovery_host: agent.hostname.clone(),
                             policy: Some(args.policy.clone()),
+                            network_map: Default::default(),
                         },
                     )
                     .await?;

@@ -355,7 +355,12 @@ pub async fn failover(
         vm: vm.clone(),
         kind,
         resume_only: false,
-        network_map: req.network_map.clone(),
+        // The request's mapping, else the one given when replication was enabled.
+        network_map: if req.network_map.is_empty() {
+            super::protection::network_map(&p)
+        } else {
+            req.network_map.clone()
+        },
     };
     let asked = client.ensure_recovery(&ask).await;
     lifeboat_agent::failpoint::reached(&format!("{}-after-recovery-started", kind.as_str())).await;

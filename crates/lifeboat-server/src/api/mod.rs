@@ -1,10 +1,13 @@
 //! The REST API, under `/api/v1`, every route but the API's own description behind an API
-//! token (`Authorization: Bearer …`).
+//! token (`Authorization: Bearer …`) or a dashboard session (cookie, plus the session's
+//! CSRF token on every state-changing call).
 //!
 //! | route | does |
 //! |---|---|
 //! | `GET /api/v1/hosts` | enrolled hosts |
 //! | `POST /api/v1/hosts` | enroll the agent at `address` with its one-time `code` |
+//! | `POST /api/v1/scan` | find agents in a range, from the server's network |
+//! | `GET/POST /api/v1/tokens`, `DELETE /api/v1/tokens/{id}` | API tokens: list, create (shown once), revoke |
 //! | `GET /api/v1/vms` | every VM of every host (hosts that do not answer are listed with the reason) |
 //! | `GET/POST /api/v1/protections` | protected VMs; enable replication of a VM |
 //! | `GET/DELETE /api/v1/protections/{id}` | one protected VM; disable its replication |
@@ -35,6 +38,7 @@ pub mod failover;
 pub mod operations;
 pub mod protection;
 pub mod status;
+pub mod tokens;
 
 use protection::{ProtectRequest, Protected, ProtectionView, SyncProgress, Unprotected};
 use status::{Overview, WorstRpo};
@@ -45,6 +49,8 @@ pub struct ServerState {
     pub db: Database,
     /// The server's certificate fingerprint, given to agents at enrollment.
     pub fingerprint: String,
+    /// Served over TLS: dashboard cookies are marked `Secure`.
+    pub tls: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -106,6 +112,15 @@ pub struct VmList {
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/api/v1/hosts", get(list_hosts).post(enroll_host))
+        .route("/api/v1/scan", axum::routing::post(scan))
+        .route(
+            "/api/v1/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(tokens::revoke_token),
+        )
         .route("/api/v1/vms", get(list_vms))
         .route(
             "/api/v1/protections",
@@ -181,21 +196,38 @@ pub fn token_digest(token: &str) -> String {
         .collect()
 }
 
+/// An API token (`Authorization: Bearer …`), or a dashboard session whose state-changing
+/// calls carry its CSRF token: the dashboard makes the very calls the CLI makes.
 async fn require_token(State(s): State<Arc<ServerState>>, req: Request, next: Next) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = token else {
-        return error(
+    if let Some(token) = token {
+        return match s.db.token_exists(&token_digest(token)).await {
+            Ok(true) => next.run(req).await,
+            Ok(false) => error(StatusCode::UNAUTHORIZED, "wrong API token"),
+            Err(e) => db_error(e),
+        };
+    }
+    use crate::web::auth;
+    match auth::session_of(&s.db, req.headers()).await {
+        Ok(Some(session)) => {
+            let csrf_ok = auth::csrf_header(req.headers())
+                .is_some_and(|t| auth::same_secret(t, &session.csrf));
+            if auth::changes_state(req.method()) && !csrf_ok {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token (X-CSRF-Token): reload the page and try again",
+                );
+            }
+            next.run(req).await
+        }
+        Ok(None) => error(
             StatusCode::UNAUTHORIZED,
-            "missing API token: pass --token or set LIFEBOAT_TOKEN (the server printed one at first start)",
-        );
-    };
-    match s.db.token_exists(&token_digest(token)).await {
-        Ok(true) => next.run(req).await,
-        Ok(false) => error(StatusCode::UNAUTHORIZED, "wrong API token"),
+            "missing API token: pass --token or set LIFEBOAT_TOKEN (the server printed one at first start), or log in to the dashboard",
+        ),
         Err(e) => db_error(e),
     }
 }
@@ -215,11 +247,14 @@ pub struct ApiError {
         protection::get_protection, protection::unprotect, protection::list_points,
         operations::list_operations, operations::get_operation, operations::list_policies,
         status::overview, failover::failover, failover::cleanup, failover::list_recoveries,
-        failover::failback, failover::reprotect, failover::commit),
+        failover::failback, failover::reprotect, failover::commit, scan, tokens::list_tokens,
+        tokens::create_token, tokens::revoke_token),
     components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError, ProtectRequest,
         Protected, ProtectionView, SyncProgress, Unprotected, PointRow, Operation, Policy,
         ProtectionState, Overview, WorstRpo, failover::FailoverRequest, failover::RecoveryView,
-        failover::CleanedUp, crate::db::Recovery, failover::FailbackRequest, failover::StepDone)),
+        failover::CleanedUp, crate::db::Recovery, failover::FailbackRequest, failover::StepDone, ScanRequest,
+        crate::discovery::ScanReport, crate::discovery::Found, crate::db::TokenRow,
+        tokens::NewToken, tokens::CreatedToken)),
     modifiers(&BearerToken)
 )]
 pub struct ApiDoc;
@@ -345,14 +380,17 @@ async fn first_seen_fingerprint(address: &str) -> Result<String, String> {
     responses((status = 200, description = "VMs of every host; hosts that did not answer, with the reason", body = VmList),
                (status = 401, description = "Missing or wrong API token", body = ApiError)))]
 async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
-    let (hosts, protections) = match (s.db.hosts_with_access().await, s.db.protections().await) {
-        (Ok(h), Ok(p)) => (h, p),
-        (Err(e), _) | (_, Err(e)) => return db_error(e),
-    };
-    let recoveries = match s.db.recoveries().await {
-        Ok(r) => r,
-        Err(e) => return db_error(e),
-    };
+    match vm_list(&s).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+/// Every VM of every host, asking the agents at once (`GET /api/v1/vms`, the dashboard).
+pub async fn vm_list(s: &ServerState) -> Result<VmList, DbError> {
+    let hosts = s.db.hosts_with_access().await?;
+    let protections = s.db.protections().await?;
+    let recoveries = s.db.recoveries().await?;
     let names: Vec<(String, String)> = hosts
         .iter()
         .map(|h| (h.host.id.clone(), h.host.hostname.clone()))
@@ -430,5 +468,58 @@ async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
     }
     list.vms
         .sort_by(|a, b| (&a.host, &a.vm).cmp(&(&b.host, &b.vm)));
-    Json(list).into_response()
+    Ok(list)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ScanRequest {
+    /// An IPv4 address or range (`192.168.1.0/24`, at most a /16).
+    pub cidr: String,
+    /// Agent ports to try on each address (default 7443).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+#[utoipa::path(post, path = "/api/v1/scan", tag = "hosts", request_body = ScanRequest,
+    responses((status = 200, description = "Agents that answered, from the server's network; enrolled ones with their VMs", body = crate::discovery::ScanReport),
+               (status = 400, description = "Not a range, too wide, or no port", body = ApiError),
+               (status = 401, description = "Missing or wrong API token", body = ApiError)))]
+async fn scan(State(s): State<Arc<ServerState>>, Json(req): Json<ScanRequest>) -> Response {
+    use crate::discovery;
+    let ports = if req.ports.is_empty() {
+        vec![discovery::DEFAULT_PORT]
+    } else {
+        req.ports
+    };
+    let mut report = match discovery::scan(
+        &req.cidr,
+        &ports,
+        128,
+        std::time::Duration::from_secs(2),
+        std::sync::Arc::new(|| {}),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    // Enrolled agents show their VMs to this server only: ask them.
+    let enrolled = report.agents.iter().any(|a| a.enrolled);
+    if enrolled {
+        let hosts = s.db.hosts().await.unwrap_or_default();
+        let list = vm_list(&s).await.ok();
+        for a in &mut report.agents {
+            let address = a.address.to_string();
+            if hosts.iter().any(|h| h.address == address) {
+                a.vms = list.as_ref().map(|l| {
+                    l.vms
+                        .iter()
+                        .filter(|v| v.address == address)
+                        .map(|v| v.vm.clone())
+                        .collect()
+                });
+            }
+        }
+    }
+    Json(report).into_response()
 }

@@ -39,6 +39,10 @@ pub struct ProtectRequest {
     /// A policy name (`GET /api/v1/policies`); `default` when absent.
     #[serde(default)]
     pub policy: Option<String>,
+    /// Source network → recovery host network, per NIC (e.g. `{"user": "isolated"}`): what
+    /// planned and unplanned failovers use when they name no mapping of their own.
+    #[serde(default)]
+    pub network_map: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -78,6 +82,8 @@ pub struct ProtectionView {
     pub last_sync_seconds: f64,
     pub last_error: String,
     pub created_at: String,
+    /// The failover network mapping given at enable (source network → recovery network).
+    pub network_map: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -153,7 +159,13 @@ pub fn view(p: &Protection, hosts: &[HostAccess]) -> ProtectionView {
         last_sync_seconds: p.last_sync_ms as f64 / 1000.0,
         last_error: p.last_error.clone(),
         created_at: p.created_at.clone(),
+        network_map: network_map(p),
     }
+}
+
+/// The protection's stored failover network mapping (`{}` when none or unreadable).
+pub fn network_map(p: &Protection) -> std::collections::BTreeMap<String, String> {
+    serde_json::from_str(&p.network_map).unwrap_or_default()
 }
 
 /// The enrolled host named by host name, address or id.
@@ -252,6 +264,9 @@ pub async fn protect(
     if req.vault_passphrase.is_empty() {
         return error(StatusCode::BAD_REQUEST, "the vault passphrase is empty");
     }
+    if let Err(m) = lifeboat_agent::recovery::check_network_map(&req.network_map) {
+        return error(StatusCode::BAD_REQUEST, m);
+    }
     let hosts = match s.db.hosts_with_access().await {
         Ok(h) => h,
         Err(e) => return db_error(e),
@@ -333,6 +348,7 @@ pub async fn protect(
         vault_passphrase: req.vault_passphrase.clone(),
         recovery_host_id: recovery.host.id.clone(),
         policy: policy.name.to_string(),
+        network_map: serde_json::to_string(&req.network_map).unwrap_or_else(|_| "{}".into()),
         next_sync_at: now.clone(),
         created_at: now,
         ..Default::default()

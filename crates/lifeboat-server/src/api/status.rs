@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::protection::{view, ProtectionView};
 use super::{db_error, ApiError, ServerState};
-use crate::db::{Operation, ProtectionState};
+use crate::db::{Database, DbError, Operation, ProtectionState};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Overview {
@@ -37,14 +37,17 @@ pub struct WorstRpo {
     responses((status = 200, description = "Counts by state, worst RPO, running operations", body = Overview),
                (status = 401, description = "Missing or wrong API token", body = ApiError)))]
 pub async fn overview(State(s): State<Arc<ServerState>>) -> Response {
-    let (all, hosts, ops) = match (
-        s.db.protections().await,
-        s.db.hosts_with_access().await,
-        s.db.operations(100).await,
-    ) {
-        (Ok(a), Ok(h), Ok(o)) => (a, h, o),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return db_error(e),
-    };
+    match overview_of(&s.db).await {
+        Ok(o) => Json(o).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+/// The overview, from the database alone (the dashboard redraws it every second).
+pub async fn overview_of(db: &Database) -> Result<Overview, DbError> {
+    let all = db.protections().await?;
+    let hosts = db.hosts_with_access().await?;
+    let ops = db.operations(100).await?;
     let views: Vec<ProtectionView> = all.iter().map(|p| view(p, &hosts)).collect();
     let mut by_state: BTreeMap<String, usize> = ProtectionState::ALL
         .iter()
@@ -62,7 +65,7 @@ pub async fn overview(State(s): State<Arc<ServerState>>) -> Response {
             host: v.host.clone(),
             rpo_seconds: r,
         });
-    Json(Overview {
+    Ok(Overview {
         hosts: hosts.len(),
         protected_vms: views.len(),
         by_state,
@@ -70,7 +73,6 @@ pub async fn overview(State(s): State<Arc<ServerState>>) -> Response {
         running_operations: ops.into_iter().filter(|o| o.status == "running").collect(),
         protections: views,
     })
-    .into_response()
 }
 
 /// A Prometheus label value, escaped.

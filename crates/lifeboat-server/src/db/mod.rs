@@ -1,9 +1,11 @@
 //! The server's state. `sqlite://PATH` (created if missing) or `postgres://…`; the same
 //! portable migrations run on both (TEXT and BIGINT only; times as RFC 3339 text).
 
+mod dashboard;
 mod protections;
 mod recoveries;
 
+pub use dashboard::{SessionRow, TokenRow};
 pub use protections::{Operation, PointRow, Protection, ProtectionState};
 pub use recoveries::Recovery;
 
@@ -135,17 +137,19 @@ impl Database {
         Ok(row.try_get("n")?)
     }
 
-    pub async fn add_token(&self, name: &str, token_sha256: &str) -> Result<(), DbError> {
+    /// Adds a token (by its digest) and returns its id.
+    pub async fn add_token(&self, name: &str, token_sha256: &str) -> Result<String, DbError> {
+        let id = uuid::Uuid::new_v4().to_string();
         sqlx::query(
             "INSERT INTO api_tokens (id, name, token_sha256, created_at) VALUES ($1, $2, $3, $4)",
         )
-        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&id)
         .bind(name)
         .bind(token_sha256)
         .bind(chrono::Utc::now().to_rfc3339())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(id)
     }
 
     pub async fn token_exists(&self, token_sha256: &str) -> Result<bool, DbError> {

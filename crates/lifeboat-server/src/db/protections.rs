@@ -120,6 +120,8 @@ pub struct Protection {
     pub generation: i64,
     /// When a sync last asked for an app-consistent point.
     pub app_attempt_at: Option<String>,
+    /// JSON object: source network -> recovery host network, the failover default.
+    pub network_map: String,
 }
 
 impl Default for Protection {
@@ -151,6 +153,7 @@ impl Default for Protection {
             created_at: String::new(),
             generation: 1,
             app_attempt_at: None,
+            network_map: "{}".into(),
         }
     }
 }
@@ -188,7 +191,7 @@ const COLUMNS: &str =
     "id, host_id, vm, point_name, vault_url, vault_passphrase, recovery_host_id, \
     policy, state, reason, current_sync, sync_started_at, sync_done, sync_total, next_sync_at, \
     failures, last_error, last_point, last_point_time, last_consistency, bytes_replicated, \
-    syncs_committed, last_sync_ms, created_at, generation, app_attempt_at";
+    syncs_committed, last_sync_ms, created_at, generation, app_attempt_at, network_map";
 
 fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
     Ok(Protection {
@@ -218,6 +221,7 @@ fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
         created_at: r.try_get("created_at")?,
         generation: r.try_get("generation")?,
         app_attempt_at: r.try_get("app_attempt_at")?,
+        network_map: r.try_get("network_map")?,
     })
 }
 
@@ -244,7 +248,7 @@ impl Database {
     pub async fn add_protection(&self, p: &Protection) -> Result<(), DbError> {
         let r = sqlx::query(&format!(
             "INSERT INTO protections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1, $25)"
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1, $25, $26)"
         ))
         .bind(&p.id)
         .bind(&p.host_id)
@@ -271,6 +275,7 @@ impl Database {
         .bind(p.last_sync_ms)
         .bind(&p.created_at)
         .bind(&p.app_attempt_at)
+        .bind(&p.network_map)
         .execute(&self.pool)
         .await;
         match r {
@@ -363,10 +368,12 @@ impl Database {
             .execute(&self.pool)
             .await?;
         if r.rows_affected() == 1 {
-            sqlx::query("DELETE FROM points WHERE protection_id = $1")
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+            for table in ["points", "point_cuts"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE protection_id = $1"))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+            }
         }
         Ok(r.rows_affected() == 1)
     }
@@ -390,10 +397,68 @@ impl Database {
         .execute(&self.pool)
         .await;
         match r {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
+        self.add_point_cut(protection_id, p).await
+    }
+
+    /// Keeps the point's cut time for the RPO chart, and forgets cuts older than two days.
+    async fn add_point_cut(&self, protection_id: &str, p: &PointRow) -> Result<(), DbError> {
+        let r = sqlx::query(
+            "INSERT INTO point_cuts (protection_id, point, cut_time) \
+             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM protections WHERE id = $1)",
+        )
+        .bind(protection_id)
+        .bind(&p.point)
+        .bind(&p.cut_time)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let horizon = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
+        sqlx::query("DELETE FROM point_cuts WHERE protection_id = $1 AND cut_time < $2")
+            .bind(protection_id)
+            .bind(horizon)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Cut times of a protection's points since `since` (RFC 3339), oldest first, led by
+    /// the last cut before it when there is one: what the RPO over that window needs.
+    pub async fn point_cuts(
+        &self,
+        protection_id: &str,
+        since: &str,
+    ) -> Result<Vec<String>, DbError> {
+        let before = sqlx::query(
+            "SELECT MAX(cut_time) AS t FROM point_cuts WHERE protection_id = $1 AND cut_time < $2",
+        )
+        .bind(protection_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let mut cuts: Vec<String> = before
+            .try_get::<Option<String>, _>("t")?
+            .into_iter()
+            .collect();
+        let rows = sqlx::query(
+            "SELECT cut_time FROM point_cuts WHERE protection_id = $1 AND cut_time >= $2 \
+             ORDER BY cut_time",
+        )
+        .bind(protection_id)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            cuts.push(r.try_get("cut_time")?);
+        }
+        Ok(cuts)
     }
 
     /// Makes the recorded points those the vault has: forgets the ones retention deleted,

@@ -1,0 +1,31 @@
+-- The dashboard: its users (one, `admin`, for now), their login sessions, and the
+-- network mapping a protection fails over with. Portable SQL, like 0002.
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    -- argon2id, as a PHC string (salt and parameters included).
+    password_hash TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+CREATE TABLE sessions (
+    -- SHA-256 of the session cookie's value: a stolen database opens no session.
+    id_sha256 TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    -- Sent back by the page on every state-changing request (X-CSRF-Token).
+    csrf TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+
+-- JSON object: source network -> recovery host network, used by planned and unplanned
+-- failover when the request gives none.
+ALTER TABLE protections ADD COLUMN network_map TEXT NOT NULL DEFAULT '{}';
+
+-- Every point's cut time for two days, whatever retention later deletes: the dashboard's
+-- RPO chart is drawn from these.
+CREATE TABLE point_cuts (
+    protection_id TEXT NOT NULL,
+    point TEXT NOT NULL,
+    cut_time TEXT NOT NULL,
+    PRIMARY KEY (protection_id, point)
+);

@@ -1,0 +1,228 @@
+//! Dashboard logins: the admin password (argon2id), session cookies, and CSRF tokens.
+//!
+//! A session is a random cookie (`HttpOnly`, `SameSite=Strict`, `Secure` on TLS) whose
+//! SHA-256 the server keeps, with the session's CSRF token. Every state-changing request
+//! made with a session must carry that token (`X-CSRF-Token` header, or a `csrf` form
+//! field), so another site cannot act in the operator's name even if a browser sent the
+//! cookie. The login form itself is guarded by a double-submit cookie, since there is no
+//! session yet.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::http::{header, HeaderMap, Method};
+use chrono::{SecondsFormat, Utc};
+
+use crate::api::token_digest;
+use crate::db::{Database, DbError};
+
+/// The one dashboard user for now.
+pub const ADMIN: &str = "admin";
+pub const SESSION_COOKIE: &str = "lifeboat_session";
+pub const LOGIN_CSRF_COOKIE: &str = "lifeboat_login_csrf";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// A login lasts this long; then the operator logs in again.
+pub const SESSION_HOURS: i64 = 12;
+/// Shorter passwords are refused when set.
+pub const MIN_PASSWORD_LEN: usize = 10;
+
+/// A logged-in operator.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user: String,
+    pub csrf: String,
+    /// SHA-256 of the cookie: how the session is found and ended.
+    pub id_sha256: String,
+}
+
+/// 32 random bytes as hex: session ids, CSRF tokens, generated passwords.
+pub fn random_secret() -> String {
+    let mut raw = [0u8; 32];
+    // The OS's randomness failing is not something a login can work around.
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .expect("randomness from the operating system");
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn hash_password(password: &str) -> Result<String, String> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(format!(
+            "the dashboard password must have at least {MIN_PASSWORD_LEN} characters"
+        ));
+    }
+    let salt = SaltString::encode_b64(&random_secret().as_bytes()[..16])
+        .map_err(|e| format!("making a salt: {e}"))?;
+    // Argon2::default() is argon2id with the RFC 9106 second recommended parameters.
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("hashing the password: {e}"))
+}
+
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Makes sure the admin has a password. `given` (LIFEBOAT_ADMIN_PASSWORD) sets it, at
+/// first start or to reset it; without one, the first start makes a random password and
+/// returns it to be shown once.
+pub async fn ensure_admin_password(
+    db: &Database,
+    given: Option<&str>,
+) -> Result<Option<String>, String> {
+    let stored = db.password_hash(ADMIN).await.map_err(|e| e.to_string())?;
+    if let Some(password) = given {
+        if !stored
+            .as_deref()
+            .is_some_and(|h| verify_password(h, password))
+        {
+            let hash = hash_password(password)?;
+            db.set_password_hash(ADMIN, &hash)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!("dashboard password set from LIFEBOAT_ADMIN_PASSWORD");
+        }
+        return Ok(None);
+    }
+    if stored.is_some() {
+        return Ok(None);
+    }
+    // 24 hex characters: 96 bits, typed once and then kept by a password manager.
+    let password = random_secret()[..24].to_string();
+    let hash = hash_password(&password)?;
+    db.set_password_hash(ADMIN, &hash)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(password))
+}
+
+/// The value of cookie `name`, if the request has it.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A `Set-Cookie` value; `max_age` 0 removes the cookie.
+pub fn set_cookie(name: &str, value: &str, secure: bool, max_age_secs: i64) -> String {
+    format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// Checks the password and opens a session; returns the cookie's value and the session.
+pub async fn log_in(
+    db: &Database,
+    user: &str,
+    password: &str,
+) -> Result<Option<(String, Session)>, DbError> {
+    let Some(hash) = db.password_hash(user).await? else {
+        // Spend the time a real check takes, so timing does not tell which users exist.
+        let _ = hash_password("not-a-user-password");
+        return Ok(None);
+    };
+    if !verify_password(&hash, password) {
+        return Ok(None);
+    }
+    let value = random_secret();
+    let session = Session {
+        user: user.to_string(),
+        csrf: random_secret(),
+        id_sha256: token_digest(&value),
+    };
+    let expires = (Utc::now() + chrono::Duration::hours(SESSION_HOURS))
+        .to_rfc3339_opts(SecondsFormat::Secs, true);
+    db.delete_expired_sessions(&Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true))
+        .await?;
+    db.add_session(&session.id_sha256, user, &session.csrf, &expires)
+        .await?;
+    Ok(Some((value, session)))
+}
+
+/// The request's live session, if its cookie names one.
+pub async fn session_of(db: &Database, headers: &HeaderMap) -> Result<Option<Session>, DbError> {
+    let Some(value) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let id_sha256 = token_digest(value);
+    let Some(row) = db.session(&id_sha256).await? else {
+        return Ok(None);
+    };
+    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+    if row.expires_at < now {
+        db.delete_session(&id_sha256).await?;
+        return Ok(None);
+    }
+    Ok(Some(Session {
+        user: row.user,
+        csrf: row.csrf,
+        id_sha256,
+    }))
+}
+
+/// Whether a request changes state (and so needs the CSRF token).
+pub fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Compares in constant time, so the response time leaks nothing about the token.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && !a.is_empty()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The CSRF token a request carries in its header.
+pub fn csrf_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_with_argon2id_and_verify() {
+        let h = hash_password("a long enough password").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password(&h, "a long enough password"));
+        assert!(!verify_password(&h, "a long enough passworD"));
+        assert!(!verify_password("not a hash", "x"));
+        assert!(hash_password("short").unwrap_err().contains("at least"));
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "a=1; lifeboat_session=xyz".parse().unwrap());
+        h.append(header::COOKIE, "b=2".parse().unwrap());
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "lifeboat"), None);
+        let c = set_cookie(SESSION_COOKIE, "v", true, 60);
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("; Secure"));
+        assert!(!set_cookie(SESSION_COOKIE, "v", false, 60).contains("Secure"));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "ab"));
+        assert!(!same_secret("", ""));
+    }
+}

@@ -1,0 +1,487 @@
+//! The dashboard's pages but a VM's own (`vm_page`). Each reads what it shows straight
+//! from the database (and, for VMs, from the agents), and marks the parts that change
+//! with ids that `live` refreshes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use maud::{html, Markup};
+
+use super::layout::{age, page, size, state_label, time};
+use super::CurrentSession;
+use crate::api::failover::{recovery_view, RecoveryView};
+use crate::api::protection::ProtectionView;
+use crate::api::status::{overview_of, Overview};
+use crate::api::{vm_list, ServerState, VmRow};
+use crate::db::{Operation, Recovery};
+use crate::policy::POLICIES;
+
+macro_rules! or_fail {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return super::layout::failure(&e.to_string()),
+        }
+    };
+}
+pub(crate) use or_fail;
+
+/// Whether a test copy of protection `id` runs.
+pub fn test_running(recoveries: &[Recovery], id: &str) -> bool {
+    recoveries
+        .iter()
+        .any(|r| r.protection_id == id && r.kind == "test")
+}
+
+/// The live parts of a protection's row: state, RPO, last point (ids `state-…`, `rpo-…`,
+/// `point-…`).
+pub fn protection_cells(v: &ProtectionView, recoveries: &[Recovery]) -> [(String, Markup); 3] {
+    [
+        (
+            format!("state-{}", v.id),
+            state_label(v, test_running(recoveries, &v.id)),
+        ),
+        (format!("rpo-{}", v.id), html! { (age(v.rpo_seconds)) }),
+        (
+            format!("point-{}", v.id),
+            html! {
+                @match &v.last_point_time {
+                    Some(t) => { (time(t)) " " span class="muted" { "(" (v.last_consistency.as_deref().unwrap_or("?")) ")" } }
+                    None => "-",
+                }
+            },
+        ),
+    ]
+}
+
+/// Counts by state and the worst RPO (id `counts`).
+pub fn counts(o: &Overview) -> Markup {
+    let n = |k: &str| o.by_state.get(k).copied().unwrap_or(0);
+    html! {
+        dl class="counts" {
+            div { dt { "Hosts" } dd { (o.hosts) } }
+            div { dt { "Protected VMs" } dd { (o.protected_vms) } }
+            div { dt { "Replicating" } dd { (n("enabling") + n("initial_sync")) } }
+            div { dt { "Protected" } dd { (n("protected")) } }
+            div { dt { "Degraded" } dd class=(if n("degraded") > 0 { "bad" } else { "" }) { (n("degraded")) } }
+            div { dt { "Failed over" } dd { (n("failed_over") + n("failing_over")) } }
+            div {
+                dt { "Worst RPO" }
+                dd {
+                    @match &o.worst_rpo {
+                        Some(w) => { (age(Some(w.rpo_seconds))) " " span class="muted" { "(" (w.vm) " on " (w.host) ")" } }
+                        None => "-",
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Running operations with their progress (id `running-ops`).
+pub fn running_ops(o: &Overview) -> Markup {
+    html! {
+        @if o.running_operations.is_empty() {
+            p class="muted" { "No operation is running." }
+        } @else {
+            ul class="ops" {
+                @for op in &o.running_operations {
+                    li {
+                        strong { (op.kind) } " " (op.vm) ": " (op.step)
+                        " "
+                        @match sync_progress(o, op) {
+                            Some(pct) => progress value=(pct) max="100" aria-label={ (op.kind) " of " (op.vm) } { (pct) "%" },
+                            None => progress aria-label={ (op.kind) " of " (op.vm) } {},
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// For an enable operation, the initial sync's percent done.
+fn sync_progress(o: &Overview, op: &Operation) -> Option<i64> {
+    let p = o
+        .protections
+        .iter()
+        .find(|p| p.host_id == op.host_id && p.vm == op.vm)?;
+    let s = p.sync.as_ref().filter(|s| s.bytes_total > 0)?;
+    Some((s.bytes_done * 100 / s.bytes_total).clamp(0, 100))
+}
+
+pub async fn overview(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
+    let o = or_fail!(overview_of(&s.db).await);
+    let recoveries = or_fail!(s.db.recoveries().await);
+    let body = html! {
+        section aria-labelledby="counts-h" {
+            h2 id="counts-h" { "At a glance" }
+            div id="counts" { (counts(&o)) }
+        }
+        section aria-labelledby="ops-h" {
+            h2 id="ops-h" { "Running operations" }
+            div id="running-ops" aria-live="polite" { (running_ops(&o)) }
+        }
+        section aria-labelledby="vms-h" {
+            h2 id="vms-h" { "Protected VMs" }
+            @if o.protections.is_empty() {
+                p { "No VM is protected yet. " a href="/hosts" { "Pick one on Hosts & VMs" } ", or find hosts first with " a href="/scan" { "Scan & enroll" } "." }
+            } @else {
+                div class="scroll" {
+                    table {
+                        thead { tr { th scope="col" { "VM" } th scope="col" { "Host" } th scope="col" { "State" } th scope="col" { "RPO" } th scope="col" { "Recovery host" } } }
+                        tbody {
+                            @for v in &o.protections {
+                                @let cells = protection_cells(v, &recoveries);
+                                tr {
+                                    th scope="row" { a href=(vm_href(&v.host_id, &v.vm)) { (v.vm) } }
+                                    td { (v.host) }
+                                    td id=(cells[0].0) { (cells[0].1) }
+                                    td id=(cells[1].0) { (cells[1].1) }
+                                    td { (v.recovery_host) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Overview", "/", &session, body)
+}
+
+pub fn vm_href(host_id: &str, vm: &str) -> String {
+    format!(
+        "/hosts/{}/vms/{}",
+        super::url_encode(host_id),
+        super::url_encode(vm)
+    )
+}
+
+pub async fn hosts(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
+    let list = or_fail!(vm_list(&s).await);
+    let o = or_fail!(overview_of(&s.db).await);
+    let hosts = or_fail!(s.db.hosts().await);
+    let recoveries = or_fail!(s.db.recoveries().await);
+    let body = html! {
+        @if hosts.is_empty() {
+            p { "No host is enrolled. " a href="/scan" { "Scan for agents and enroll one" } "." }
+        }
+        @for p in &list.unreachable {
+            p role="alert" class="error" { "Host " (p.host) " (" (p.address) ") did not answer: " (p.error) }
+        }
+        @for h in &hosts {
+            @let vms: Vec<&VmRow> = list.vms.iter().filter(|v| v.address == h.address).collect();
+            section class="host" aria-labelledby={ "host-" (h.id) } {
+                h2 id={ "host-" (h.id) } { (h.hostname) " " span class="muted" { (h.address) } }
+                @if vms.is_empty() {
+                    p class="muted" { "No VMs reported." }
+                } @else {
+                    div class="scroll" {
+                        table {
+                            thead { tr {
+                                th scope="col" { "VM" } th scope="col" { "Running" } th scope="col" { "Protection" }
+                                th scope="col" { "RPO" } th scope="col" { "Last recovery point" } th scope="col" { "Recovery host" }
+                            } }
+                            tbody {
+                                @for v in vms { (vm_row(h.id.as_str(), v, &o, &recoveries)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Hosts & VMs", "/hosts", &session, body)
+}
+
+fn vm_row(host_id: &str, v: &VmRow, o: &Overview, recoveries: &[Recovery]) -> Markup {
+    let run = v.state["state"].as_str().unwrap_or("?");
+    let view = v
+        .protection_id
+        .as_ref()
+        .and_then(|id| o.protections.iter().find(|p| &p.id == id));
+    html! {
+        tr data-vm=(v.vm) {
+            th scope="row" { a href=(vm_href(host_id, &v.vm)) { (v.vm) } }
+            td { (run) @if v.fenced.is_some() { " " span class="state bad" title=(v.fenced.as_deref().unwrap_or("")) { "fenced" } } }
+            @match (view, &v.recovery_kind) {
+                (Some(p), _) => {
+                    @let cells = protection_cells(p, recoveries);
+                    td id=(cells[0].0) { (cells[0].1) }
+                    td id=(cells[1].0) { (cells[1].1) }
+                    td id=(cells[2].0) { (cells[2].1) }
+                    td { (p.recovery_host) }
+                }
+                (None, Some(kind)) => {
+                    td { span class="state moved" { (recovery_kind_label(kind)) } " of " (v.recovered_from.as_deref().unwrap_or("?")) }
+                    td { "-" }
+                    td { "from " (time(v.recovered_point_time.as_deref().unwrap_or(""))) }
+                    td { (format!("{:.0}% local", v.hydrated_percent.unwrap_or(0.0))) }
+                }
+                (None, None) => {
+                    td { span class="state none" { "Unprotected" } }
+                    td { "-" } td { "-" } td { "-" }
+                }
+            }
+        }
+    }
+}
+
+pub fn recovery_kind_label(kind: &str) -> &'static str {
+    match kind {
+        "test" => "Test copy",
+        "planned" => "Planned failover",
+        "unplanned" => "Unplanned failover",
+        _ => "Recovered copy",
+    }
+}
+
+pub async fn scan(session: CurrentSession) -> Response {
+    let body = html! {
+        p { "Agents answer a discovery hello before they are enrolled. The scan runs from the server, which is where enrolled agents will be reached from." }
+        form id="scan-form" data-api="/api/v1/scan" data-method="POST" data-render="scan" {
+            div class="field" {
+                label for="cidr" { "Address range" }
+                input id="cidr" name="cidr" type="text" required placeholder="192.168.1.0/24" aria-describedby="cidr-hint";
+                small id="cidr-hint" { "An IPv4 address or range, at most a /16." }
+            }
+            div class="field" {
+                label for="ports" { "Agent ports" }
+                input id="ports" name="ports" type="text" data-type="ports" value="7443" aria-describedby="ports-hint";
+                small id="ports-hint" { "Comma-separated." }
+            }
+            button type="submit" { "Scan" }
+            p role="alert" class="error" hidden {}
+        }
+        section aria-labelledby="found-h" {
+            h2 id="found-h" { "Agents found" }
+            div id="scan-results" aria-live="polite" { p class="muted" { "Nothing scanned yet." } }
+        }
+        template id="enroll-template" {
+            form class="enroll" data-api="/api/v1/hosts" data-method="POST" data-then="/hosts" {
+                input type="hidden" name="address";
+                input type="hidden" name="fingerprint";
+                label { "Enrollment code " input name="code" type="text" required autocomplete="off"; }
+                button type="submit" { "Enroll" }
+                p role="alert" class="error" hidden {}
+            }
+        }
+    };
+    page("Scan & enroll", "/scan", &session, body)
+}
+
+/// VMs brought up from recovery points (id `recoveries`).
+pub fn recoveries_table(views: &[RecoveryView]) -> Markup {
+    html! {
+        @if views.is_empty() {
+            p class="muted" { "No VM runs from a recovery point." }
+        } @else {
+            div class="scroll" {
+                table {
+                    thead { tr {
+                        th scope="col" { "VM" } th scope="col" { "Recovery host" } th scope="col" { "Kind" }
+                        th scope="col" { "Origin" } th scope="col" { "Recovery point" } th scope="col" { "State" }
+                        th scope="col" { "Local" } th scope="col" { "Reach it at" }
+                    } }
+                    tbody {
+                        @for r in views {
+                            @let rec = &r.recovery;
+                            @let pct = if rec.hydrated { 100 } else if rec.hydration_total > 0 { (rec.hydrated_bytes * 100 / rec.hydration_total).clamp(0, 100) } else { 0 };
+                            tr data-vm=(rec.vm) {
+                                th scope="row" { (rec.vm) }
+                                td { (r.host) }
+                                td { (recovery_kind_label(&rec.kind)) }
+                                td { (r.origin_host) "/" (rec.origin_vm) }
+                                td { (time(&rec.point_time)) br; span class="muted mono" { (rec.point) } }
+                                td { (rec.state) " (" (rec.vm_state) ")" @if !rec.error.is_empty() { span class="reason" { (rec.error) } } }
+                                td { progress value=(pct) max="100" aria-label={ "Hydration of " (rec.vm) } { (pct) "%" } " " (pct) "%" }
+                                td { (forwards(&rec.forwards)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn forwards(json: &str) -> Markup {
+    let list: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+    html! {
+        @for f in &list {
+            span class="mono" { "port " (f["host_port"]) " → guest " (f["guest_port"]) } br;
+        }
+        @if list.is_empty() { "-" }
+    }
+}
+
+pub async fn recovery_views(s: &ServerState) -> Result<Vec<RecoveryView>, crate::db::DbError> {
+    let hosts = s.db.hosts_with_access().await?;
+    Ok(s.db
+        .recoveries()
+        .await?
+        .into_iter()
+        .map(|r| recovery_view(r, &hosts))
+        .collect())
+}
+
+pub async fn recovery_site(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
+    let views = or_fail!(recovery_views(&s).await);
+    let body = html! {
+        p { "VMs running on recovery hosts: test copies beside production, and VMs failed over. Each started from a recovery point and copies the rest of its disks from the vault in the background (Local)." }
+        div id="recoveries" aria-live="polite" { (recoveries_table(&views)) }
+    };
+    page("Recovery site", "/recovery-site", &session, body)
+}
+
+/// The operations history: each with its steps' log.
+pub fn operations_list(ops: &[Operation], names: &BTreeMap<String, String>) -> Markup {
+    html! {
+        div class="scroll" {
+            table {
+                thead { tr { th scope="col" { "Started" } th scope="col" { "VM" } th scope="col" { "Operation" } th scope="col" { "Status" } th scope="col" { "Step and log" } } }
+                tbody {
+                    @for op in ops {
+                        tr {
+                            td { (time(&op.created_at)) }
+                            td { (names.get(&op.host_id).map_or("?", |s| s.as_str())) "/" (op.vm) }
+                            td { (op.kind) }
+                            td { span class={ "state " (match op.status.as_str() { "succeeded" => "good", "failed" => "bad", _ => "busy" }) } { (op.status) } }
+                            td {
+                                (op.step)
+                                @if !op.log.is_empty() {
+                                    details { summary { "Log" } pre { (op.log) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn host_names(s: &ServerState) -> Result<BTreeMap<String, String>, crate::db::DbError> {
+    Ok(s.db
+        .hosts()
+        .await?
+        .into_iter()
+        .map(|h| (h.id, h.hostname))
+        .collect())
+}
+
+pub async fn operations(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
+    let o = or_fail!(overview_of(&s.db).await);
+    let ops = or_fail!(s.db.operations(100).await);
+    let names = or_fail!(host_names(&s).await);
+    let body = html! {
+        section aria-labelledby="running-h" {
+            h2 id="running-h" { "Running" }
+            div id="running-ops" aria-live="polite" { (running_ops(&o)) }
+        }
+        section aria-labelledby="history-h" {
+            h2 id="history-h" { "History (newest 100)" }
+            (operations_list(&ops, &names))
+        }
+    };
+    page("Operations", "/operations", &session, body)
+}
+
+pub async fn vaults(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
+    let o = or_fail!(overview_of(&s.db).await);
+    let mut by_vault: BTreeMap<&str, Vec<&ProtectionView>> = BTreeMap::new();
+    for p in &o.protections {
+        by_vault.entry(p.vault.as_str()).or_default().push(p);
+    }
+    let body = html! {
+        section aria-labelledby="vaults-h" {
+            h2 id="vaults-h" { "Vaults in use" }
+            p { "A vault is made with " code { "lifeboat vault init URL" } "; its data is encrypted before it leaves the host. Lose both the passphrase and the exported key file and the data is gone." }
+            @if by_vault.is_empty() {
+                p class="muted" { "No protected VM writes to a vault yet." }
+            } @else {
+                div class="scroll" {
+                    table {
+                        thead { tr { th scope="col" { "Vault" } th scope="col" { "VMs" } th scope="col" { "Replicated" } th scope="col" { "Points committed" } } }
+                        tbody {
+                            @for (vault, ps) in &by_vault {
+                                tr {
+                                    th scope="row" class="mono" { (vault) }
+                                    td { @for (i, p) in ps.iter().enumerate() { @if i > 0 { ", " } a href=(vm_href(&p.host_id, &p.vm)) { (p.host) "/" (p.vm) } } }
+                                    td { (size(ps.iter().map(|p| p.bytes_replicated).sum())) }
+                                    td { (ps.iter().map(|p| p.syncs_committed).sum::<i64>()) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="policies-h" {
+            h2 id="policies-h" { "Policies" }
+            div class="scroll" {
+                table {
+                    thead { tr { th scope="col" { "Policy" } th scope="col" { "Sync every" } th scope="col" { "Degraded past" } th scope="col" { "App-consistent every" } th scope="col" { "Keeps" } } }
+                    tbody {
+                        @for p in POLICIES {
+                            tr {
+                                th scope="row" { (p.name) }
+                                td { (age(Some(p.interval_secs as f64))) }
+                                td { (age(Some(p.rpo_threshold_secs as f64))) }
+                                td { @if p.app_consistent_every_secs == 0 { "never" } @else { (age(Some(p.app_consistent_every_secs as f64))) } }
+                                td { (p.description) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Vaults & policies", "/vaults", &session, body)
+}
+
+pub async fn tokens(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
+    let tokens = or_fail!(s.db.tokens().await);
+    let body = html! {
+        p { "Scripts and the CLI call the API with a token (" code { "Authorization: Bearer …" } ", or " code { "LIFEBOAT_TOKEN" } "). A token is shown once, when made; the server keeps only its digest." }
+        section aria-labelledby="new-token-h" {
+            h2 id="new-token-h" { "New token" }
+            form data-api="/api/v1/tokens" data-method="POST" data-render="token" {
+                div class="field" {
+                    label for="token-name" { "What it is for" }
+                    input id="token-name" name="name" type="text" required maxlength="64" placeholder="backup-script";
+                }
+                button type="submit" { "Make token" }
+                p role="alert" class="error" hidden {}
+            }
+            div id="new-token" aria-live="polite" {}
+        }
+        section aria-labelledby="tokens-h" {
+            h2 id="tokens-h" { "Tokens" }
+            div class="scroll" {
+                table {
+                    thead { tr { th scope="col" { "Name" } th scope="col" { "Made" } th scope="col" { span class="visually-hidden" { "Actions" } } } }
+                    tbody {
+                        @for t in &tokens {
+                            tr {
+                                th scope="row" { (t.name) }
+                                td { (time(&t.created_at)) }
+                                td {
+                                    form data-api={ "/api/v1/tokens/" (t.id) } data-method="DELETE" data-then="/tokens"
+                                        data-confirm={ "Revoke the token " (t.name) "? Scripts using it stop working at once." } {
+                                        button type="submit" aria-label={ "Revoke " (t.name) } { "Revoke" }
+                                        p role="alert" class="error" hidden {}
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("API tokens", "/tokens", &session, body)
+}

@@ -1,0 +1,362 @@
+//! A VM's own page: its state, recovery points, RPO chart, operations with their logs,
+//! and the actions its state allows — each a dialog whose form makes the REST call the
+//! CLI makes, and which says exactly what will happen before anything does.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{Duration, Utc};
+use maud::{html, Markup};
+
+use super::chart::rpo_chart;
+use super::layout::{age, page, refused, size, time};
+use super::pages::{
+    host_names, operations_list, or_fail, protection_cells, recovery_kind_label, vm_href,
+};
+use super::CurrentSession;
+use crate::api::protection::{view, ProtectionView};
+use crate::api::ServerState;
+use crate::db::{Host, PointRow, ProtectionState, Recovery};
+use crate::policy::POLICIES;
+
+pub async fn vm_detail(
+    State(s): State<Arc<ServerState>>,
+    session: CurrentSession,
+    Path((host_id, vm)): Path<(String, String)>,
+) -> Response {
+    let hosts = or_fail!(s.db.hosts_with_access().await);
+    let Some(host) = hosts.iter().find(|h| h.host.id == host_id).map(|h| &h.host) else {
+        return refused(
+            StatusCode::NOT_FOUND,
+            "No such host: it may have been removed. Go back to Hosts & VMs.",
+        );
+    };
+    let protection = or_fail!(s.db.protection_of(&host_id, &vm).await);
+    let recoveries = or_fail!(s.db.recoveries().await);
+    let names = or_fail!(host_names(&s).await);
+    let ops: Vec<_> = or_fail!(s.db.operations(100).await)
+        .into_iter()
+        .filter(|o| o.host_id == host_id && o.vm == vm)
+        .collect();
+    // A VM brought up from a point is a copy: its page says of what.
+    let as_copy = recoveries
+        .iter()
+        .find(|r| r.host_id == host_id && r.vm == vm);
+    let others: Vec<&Host> = hosts
+        .iter()
+        .map(|h| &h.host)
+        .filter(|h| h.id != host_id)
+        .collect();
+    let body = match protection {
+        Some(p) => {
+            let v = view(&p, &hosts);
+            let points = or_fail!(s.db.points(&p.id).await);
+            let since = (Utc::now() - Duration::hours(24)).to_rfc3339();
+            let cuts: Vec<_> = or_fail!(s.db.point_cuts(&p.id, &since).await)
+                .iter()
+                .filter_map(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+                .map(|c| c.with_timezone(&Utc))
+                .collect();
+            let test_copy = recoveries
+                .iter()
+                .find(|r| r.protection_id == p.id && r.kind == "test");
+            html! {
+                (summary(&v, &recoveries))
+                section aria-labelledby="actions-h" {
+                    h2 id="actions-h" { "Actions" }
+                    (actions(&v, host, &points, test_copy))
+                }
+                section aria-labelledby="rpo-h" {
+                    h2 id="rpo-h" { "RPO" }
+                    (rpo_chart(&cuts, Utc::now(), v.rpo_threshold_seconds, &v.vm))
+                }
+                section aria-labelledby="points-h" {
+                    h2 id="points-h" { "Recovery points (" (points.len()) ")" }
+                    (points_table(&points))
+                }
+                section aria-labelledby="ops-h" {
+                    h2 id="ops-h" { "Operations" }
+                    (operations_list(&ops, &names))
+                }
+            }
+        }
+        None => html! {
+            @if let Some(r) = as_copy {
+                p {
+                    strong { (recovery_kind_label(&r.kind)) } " of " (names.get(&r.origin_host_id).map_or("?", |n| n.as_str())) "/" (r.origin_vm)
+                    ", started from the point of " (time(&r.point_time)) "."
+                }
+                p { "Its actions are on " a href=(vm_href(&r.origin_host_id, &r.origin_vm)) { "the page of " (r.origin_vm) } "." }
+            } @else {
+                p { span class="state none" { "Unprotected" } " — " (vm) " on " (host.hostname) " is not replicated." }
+                section aria-labelledby="actions-h" {
+                    h2 id="actions-h" { "Actions" }
+                    (enable_dialog(host, &vm, &others))
+                }
+            }
+            section aria-labelledby="ops-h" {
+                h2 id="ops-h" { "Operations" }
+                (operations_list(&ops, &names))
+            }
+        },
+    };
+    page(
+        &format!("{vm} on {}", host.hostname),
+        "/hosts",
+        &session,
+        body,
+    )
+}
+
+fn summary(v: &ProtectionView, recoveries: &[Recovery]) -> Markup {
+    let cells = protection_cells(v, recoveries);
+    html! {
+        dl class="facts" {
+            div { dt { "State" } dd id=(cells[0].0) { (cells[0].1) } }
+            div { dt { "RPO" } dd id=(cells[1].0) { (cells[1].1) } }
+            div { dt { "Last recovery point" } dd id=(cells[2].0) { (cells[2].1) } }
+            div { dt { "Recovery host" } dd { (v.recovery_host) } }
+            div { dt { "Policy" } dd { (v.policy) " (Degraded past " (age(Some(v.rpo_threshold_seconds as f64))) ")" } }
+            div { dt { "Vault" } dd class="mono" { (v.vault) } }
+            div { dt { "Replicated" } dd { (size(v.bytes_replicated)) " in " (v.syncs_committed) " syncs" } }
+            @if !v.network_map.is_empty() {
+                div { dt { "Network mapping" } dd class="mono" { (map_text(&v.network_map)) } }
+            }
+            @if !v.last_error.is_empty() {
+                div { dt { "Last error" } dd class="error" { (v.last_error) } }
+            }
+        }
+    }
+}
+
+fn map_text(m: &std::collections::BTreeMap<String, String>) -> String {
+    m.iter()
+        .map(|(a, b)| format!("{a}={b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn points_table(points: &[PointRow]) -> Markup {
+    html! {
+        @if points.is_empty() {
+            p class="muted" { "No point yet: the initial sync makes the first." }
+        } @else {
+            div class="scroll" {
+                table {
+                    thead { tr { th scope="col" { "Cut time" } th scope="col" { "Consistency" } th scope="col" { "Kind" } th scope="col" { "Read" } th scope="col" { "New in vault" } th scope="col" { "Point" } } }
+                    tbody {
+                        @for p in points.iter().rev() {
+                            tr {
+                                td { (time(&p.cut_time)) }
+                                td { (consistency(&p.consistency)) }
+                                td { (p.kind) @if let Some(n) = &p.note { span class="reason" { (n) } } }
+                                td { (size(p.bytes_read)) }
+                                td { (size(p.new_bytes)) }
+                                td class="mono" { (p.point) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn consistency(c: &str) -> &str {
+    match c {
+        "app" => "application-consistent",
+        "crash" => "crash-consistent",
+        other => other,
+    }
+}
+
+/// An action as its dialog shows it.
+struct Action<'a> {
+    /// The dialog's element id.
+    id: &'a str,
+    /// The button that opens it, and the dialog's heading.
+    label: &'a str,
+    /// The REST call the form makes.
+    api: &'a str,
+    method: &'a str,
+    /// The button that does it.
+    submit: &'a str,
+    /// It stops or moves a VM, or deletes something: shown red.
+    danger: bool,
+}
+
+/// A button that opens a dialog holding the action's explanation and form.
+fn dialog(a: Action, explanation: Markup, fields: Markup) -> Markup {
+    let Action {
+        id,
+        label,
+        api,
+        method,
+        submit,
+        danger,
+    } = a;
+    html! {
+        button type="button" class=(if danger { "danger" } else { "" }) data-open=(id) aria-haspopup="dialog" { (label) "…" }
+        dialog id=(id) aria-labelledby={ (id) "-h" } {
+            form data-api=(api) data-method=(method) data-then="reload" {
+                h2 id={ (id) "-h" } { (label) }
+                div class="explain" { (explanation) }
+                (fields)
+                div class="buttons" {
+                    button type="submit" class=(if danger { "danger" } else { "" }) { (submit) }
+                    button type="button" data-close { "Cancel" }
+                }
+                p role="status" class="working" hidden { "Working… this can take a few minutes; keep this page open." }
+                p role="alert" class="error" hidden {}
+            }
+        }
+    }
+}
+
+fn point_select(id: &str, points: &[PointRow]) -> Markup {
+    html! {
+        div class="field" {
+            label for=(id) { "Recovery point" }
+            select id=(id) name="point" {
+                @if let Some(last) = points.last() {
+                    option value="latest" selected { "Latest — " (short_time(&last.cut_time)) }
+                }
+                @if points.iter().any(|p| p.consistency == "app") {
+                    option value="latest-app-consistent" { "Latest application-consistent" }
+                }
+                @for p in points.iter().rev().take(200) {
+                    option value=(p.point) { (short_time(&p.cut_time)) " (" (p.consistency) ")" }
+                }
+            }
+        }
+    }
+}
+
+fn short_time(t: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|t| {
+            t.with_timezone(&Utc)
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string()
+        })
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn network_field(id: &str, current: &std::collections::BTreeMap<String, String>) -> Markup {
+    html! {
+        div class="field" {
+            label for=(id) { "Network mapping" }
+            input id=(id) name="network_map" type="text" data-type="map" value=(map_text(current))
+                placeholder="user=isolated" aria-describedby={ (id) "-hint" };
+            small id={ (id) "-hint" } { "SOURCE=TARGET per network, comma-separated; empty keeps each NIC's network." }
+        }
+    }
+}
+
+fn actions(
+    v: &ProtectionView,
+    host: &Host,
+    points: &[PointRow],
+    test_copy: Option<&Recovery>,
+) -> Markup {
+    let base = format!("/api/v1/protections/{}", v.id);
+    let (vm, home, rhost) = (&v.vm, &host.hostname, &v.recovery_host);
+    let disable = dialog(
+        Action {
+            id: "dlg-disable",
+            label: "Disable replication",
+            api: &base,
+            method: "DELETE",
+            submit: "Disable replication",
+            danger: true,
+        },
+        html! { p { "Replication of " (vm) " stops and its change tracking is removed. " (vm) " keeps running on " (home) ". Its recovery points stay in the vault unless you tick the box." } },
+        html! { div class="field check" { input id="delete-points" name="delete_points" type="checkbox" data-query; label for="delete-points" { "Also delete its recovery points from the vault" } } },
+    );
+    html! {
+        div class="actions" {
+            @match v.state {
+                ProtectionState::Protected | ProtectionState::Degraded => {
+                    @if let Some(t) = test_copy {
+                        (dialog(Action { id: "dlg-cleanup", label: "Cleanup test", api: &format!("{base}/failover/cleanup"), method: "POST", submit: "Remove the test copy", danger: false }, html! { p { "The test copy " (t.vm) " on " (rhost) " is stopped and everything made for it is removed. Production and replication are not touched." } }, html! {}))
+                    } @else {
+                        (dialog(Action { id: "dlg-test", label: "Test failover", api: &format!("{base}/failover"), method: "POST", submit: "Start the test copy", danger: false }, html! { p { "A copy of " (vm) " starts on " (rhost) " from the point you choose, on an isolated network with its own MAC address and ports. " (vm) " on " (home) " and its replication are not touched. Remove the copy with Cleanup test." } }, html! { input type="hidden" name="kind" value="test"; (point_select("test-point", points)) }))
+                    }
+                    (dialog(Action { id: "dlg-planned", label: "Planned failover", api: &format!("{base}/failover"), method: "POST", submit: "Shut down and fail over", danger: true }, html! { p { (vm) " on " (home) " is shut down (ACPI, forced after the timeout). A final sync copies its last writes, the copy on " (rhost) " is proven equal to it, " (home) " is fenced so " (vm) " cannot start there, and " (vm) " starts on " (rhost) ". No write is lost; " (vm) " is down from the shutdown until it starts on " (rhost) ". Replication stops until you fail back." } }, html! {
+                            input type="hidden" name="kind" value="planned";
+                            div class="field" {
+                                label for="planned-timeout" { "Seconds for the guest to power off" }
+                                input id="planned-timeout" name="shutdown_timeout_secs" type="number" min="1" value="120" data-type="int";
+                            }
+                            (network_field("planned-net", &v.network_map))
+                        }))
+                    (dialog(Action { id: "dlg-unplanned", label: "Unplanned failover", api: &format!("{base}/failover"), method: "POST", submit: "Fail over from this point", danger: true }, html! {
+                            p { (vm) " starts on " (rhost) " from the recovery point you choose, without waiting for " (home) ". " strong { "Writes made on " (home) " after that point's cut time are not in it." } }
+                            p { (home) " is fenced: if it comes back, " (vm) " is not started there, and its diverged writes are never copied over " (rhost) "'s. Replication stops until you fail back." }
+                        }, html! { input type="hidden" name="kind" value="unplanned"; (point_select("unplanned-point", points)) (network_field("unplanned-net", &v.network_map)) }))
+                    (disable)
+                }
+                ProtectionState::FailedOver => {
+                    (dialog(Action { id: "dlg-commit", label: "Commit", api: &format!("{base}/failover/commit"), method: "POST", submit: "Commit the failover", danger: false }, html! { p { "The failover is committed: " (vm) " on " (rhost) " is the VM now. Bring it home later with Failback." } }, html! {}))
+                    (dialog(Action { id: "dlg-failback", label: "Failback", api: &format!("{base}/failback"), method: "POST", submit: "Shut down and fail back", danger: true }, html! {
+                            p { (vm) " on " (rhost) " is shut down, its writes since the failover are synced, only the chunks that differ are written on " (home) ", " (home) " is proven equal, and " (vm) " starts on " (home) ". Then the copy on " (rhost) " is removed." }
+                            p { strong { "Writes " (home) " made after the failover's point are overwritten" } ": they were never part of the recovered VM." }
+                        }, html! {
+                            div class="field" {
+                                label for="failback-timeout" { "Seconds for the guest to power off" }
+                                input id="failback-timeout" name="shutdown_timeout_secs" type="number" min="1" value="120" data-type="int";
+                            }
+                        }))
+                }
+                ProtectionState::FailedBack => {
+                    (dialog(Action { id: "dlg-reprotect", label: "Reprotect", api: &format!("{base}/reprotect"), method: "POST", submit: "Reprotect", danger: false }, html! { p { "Replication of " (vm) " from " (home) " to " (rhost) " resumes; the next sync is incremental, building on the failback's point." } }, html! {}))
+                    (disable)
+                }
+                ProtectionState::Enabling | ProtectionState::InitialSync => {
+                    p class="muted" { "Failover is possible once the initial sync has made the first recovery point." }
+                    (disable)
+                }
+                _ => { p class="muted" { "An operation is running on " (vm) "; its actions come back when it ends." } }
+            }
+        }
+    }
+}
+
+fn enable_dialog(host: &Host, vm: &str, others: &[&Host]) -> Markup {
+    html! {
+        div class="actions" {
+            @if others.is_empty() {
+                p class="muted" { "Enroll a second host to recover on before enabling replication (" a href="/scan" { "Scan & enroll" } ")." }
+            } @else {
+                (dialog(Action { id: "dlg-enable", label: "Enable replication", api: "/api/v1/protections", method: "POST", submit: "Enable replication", danger: false }, html! { p { (vm) " on " (host.hostname) " is copied into the vault (the initial sync, with progress), then synced on the policy's schedule; each sync makes a recovery point. Failover becomes possible once the first point is committed." } }, html! {
+                        input type="hidden" name="vm" value=(vm);
+                        input type="hidden" name="host" value=(host.id);
+                        div class="field" {
+                            label for="enable-vault" { "Vault URL" }
+                            input id="enable-vault" name="vault" type="text" required placeholder="file:///var/lib/lifeboat/vault" aria-describedby="enable-vault-hint";
+                            small id="enable-vault-hint" { "file://, s3:// or azure://; made with lifeboat vault init." }
+                        }
+                        div class="field" {
+                            label for="enable-pass" { "Vault passphrase" }
+                            input id="enable-pass" name="vault_passphrase" type="password" required autocomplete="off";
+                        }
+                        div class="field" {
+                            label for="enable-rhost" { "Recovery host" }
+                            select id="enable-rhost" name="recovery_host" required {
+                                @for h in others { option value=(h.id) { (h.hostname) " (" (h.address) ")" } }
+                            }
+                        }
+                        div class="field" {
+                            label for="enable-policy" { "Policy" }
+                            select id="enable-policy" name="policy" {
+                                @for p in POLICIES { option value=(p.name) selected[p.name == "default"] { (p.name) " — " (p.description) } }
+                            }
+                        }
+                        (network_field("enable-net", &Default::default()))
+                    }))
+            }
+        }
+    }
+}
