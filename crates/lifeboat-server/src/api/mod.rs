@@ -242,7 +242,7 @@ pub struct ApiError {
 /// `docs/openapi.json` is this document; a test fails when the two drift apart.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "Lifeboat server API", description = "The control plane's REST API. Every route needs `Authorization: Bearer <API token>`."),
+    info(title = "Lifeboat server API", description = "The control plane's REST API. Every route needs `Authorization: Bearer <API token>`, or a dashboard session cookie with the session's `X-CSRF-Token` header on state-changing calls."),
     paths(list_hosts, enroll_host, list_vms, protection::protect, protection::list_protections,
         protection::get_protection, protection::unprotect, protection::list_points,
         operations::list_operations, operations::get_operation, operations::list_policies,
