@@ -52,7 +52,11 @@ need_runtime() {
 
 # What the test suite needs on top.
 need_test_tools() {
-    apt_need nbdinfo libnbd-bin curl curl psql postgresql-client
+    # chromium + chromedriver: the dashboard's end-to-end tests drive a real headless
+    # browser (lifeboat-testkit's browser module).
+    apt_need nbdinfo libnbd-bin curl curl psql postgresql-client \
+             /usr/bin/chromium chromium \
+             /usr/bin/chromedriver chromium-driver
     if ! cargo fuzz --version >/dev/null 2>&1; then
         log "installing cargo-fuzz"
         cargo install --locked cargo-fuzz >&2 || die "cargo install cargo-fuzz failed"

@@ -13,9 +13,13 @@
 //! PostgreSQL: [`fresh_postgres_database`] makes a database on the cluster the test
 //! command starts.
 //!
+//! The web dashboard's end-to-end tests drive a real headless Chromium through
+//! [`browser::Browser`].
+//!
 //! Guests run under TCG (no working KVM on the CI machines), so every wait here takes a
 //! timeout and [`boot_timeout`] is generous.
 
+pub mod browser;
 mod guestfs;
 mod http;
 mod image;

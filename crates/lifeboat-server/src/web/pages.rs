@@ -216,10 +216,13 @@ fn vm_row(host_id: &str, v: &VmRow, o: &Overview, recoveries: &[Recovery]) -> Ma
                     td { (p.recovery_host) }
                 }
                 (None, Some(kind)) => {
-                    td { span class="state moved" { (recovery_kind_label(kind)) } " of " (v.recovered_from.as_deref().unwrap_or("?")) }
+                    td {
+                        span class="state moved" { (recovery_kind_label(kind)) } " of " (v.recovered_from.as_deref().unwrap_or("?"))
+                        span class="reason" { (format!("{:.0}% local", v.hydrated_percent.unwrap_or(0.0))) }
+                    }
                     td { "-" }
                     td { "from " (time(v.recovered_point_time.as_deref().unwrap_or(""))) }
-                    td { (format!("{:.0}% local", v.hydrated_percent.unwrap_or(0.0))) }
+                    td { "-" }
                 }
                 (None, None) => {
                     td { span class="state none" { "Unprotected" } }
