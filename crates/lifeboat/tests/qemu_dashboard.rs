@@ -14,95 +14,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{boot_guest_with, lifeboat, run_ok, Cluster, PASSPHRASE};
+use common::dashboard::{act, check_page, insecure_client, submit, LONG, PASSWORD, SHORT};
 use common::{start_agent, start_agent_on, start_server_with};
 use lifeboat_testkit::browser::{artifacts_dir, Browser};
-use serde_json::{json, Value};
-
-const PASSWORD: &str = "dashboard-test-password";
-const LONG: Duration = Duration::from_secs(300);
-const SHORT: Duration = Duration::from_secs(30);
-
-fn insecure_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        // The server's self-signed certificate; what is under test is the refusal.
-        .danger_accept_invalid_certs(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Checks what every page must have (one h1, a main landmark, a label for every
-/// control, nothing wider than the window) and saves its screenshot.
-async fn check_page(b: &Browser, name: &str) {
-    let facts = b
-        .execute(
-            "const unlabelled = [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
-                .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
-                .map(e => e.outerHTML);
-             return { unlabelled, h1: document.querySelectorAll('h1').length,
-                      main: !!document.querySelector('main'),
-                      overflow: document.documentElement.scrollWidth - window.innerWidth };",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        facts["unlabelled"],
-        json!([]),
-        "{name}: controls without a label"
-    );
-    assert_eq!(facts["h1"], 1, "{name}: one h1");
-    assert_eq!(facts["main"], true, "{name}: a main landmark");
-    assert!(
-        facts["overflow"].as_i64().unwrap() <= 1,
-        "{name}: the page is wider than the window by {}px",
-        facts["overflow"]
-    );
-    b.screenshot(name).await.unwrap();
-}
-
-/// Opens an action's dialog, lets `fill` set its fields, submits, and waits for the page
-/// to come back with the success message; returns that message.
-async fn act(b: &Browser, dialog: &str, limit: Duration) -> String {
-    b.click(&format!("button[data-open=\"{dialog}\"]"))
-        .await
-        .unwrap();
-    b.wait_for(&format!("dialog#{dialog}[open]"), SHORT)
-        .await
-        .unwrap();
-    b.click(&format!("#{dialog} button[type=submit]"))
-        .await
-        .unwrap();
-    submitted(b, dialog, limit).await
-}
-
-/// Waits for a submitted form's outcome: the flash after the reload, or its error shown
-/// as the server gave it (a panic that quotes it).
-async fn submitted(b: &Browser, form_scope: &str, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        if b.exists(".flash").await.unwrap_or(false) {
-            return b.text(".flash").await.unwrap();
-        }
-        let error = b
-            .execute(
-                "const e = document.querySelector('#' + arguments[0] + ' [role=alert]');
-                 return e && !e.hidden ? e.textContent : null;",
-                &[json!(form_scope)],
-            )
-            .await
-            .unwrap_or(Value::Null);
-        if let Some(e) = error.as_str() {
-            let _ = b.screenshot(&format!("failed-{form_scope}")).await;
-            panic!("{form_scope}: the server refused: {e}");
-        }
-        if Instant::now() > deadline {
-            let _ = b.screenshot(&format!("failed-{form_scope}")).await;
-            panic!("{form_scope}: no outcome after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+use serde_json::json;
 
 /// Scans for the agent on `port` and enrolls it with `code`; returns the error shown when
 /// the server refuses.
@@ -189,6 +104,9 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     let r = http.get(format!("{url}/events")).send().await.unwrap();
     assert_eq!(r.status(), 401);
 
+    let started = Instant::now();
+    // Where the time goes, on stderr: seconds since the browser started, per stage.
+    let stage = |what: &str| eprintln!("[{:6.1} s] {what}", started.elapsed().as_secs_f64());
     let b = Browser::start(&artifacts_dir("qemu_dashboard"))
         .await
         .unwrap();
@@ -237,6 +155,8 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     assert_eq!(tries[1]["status"], 403, "{tries}");
     assert_eq!(tries[2]["status"], 201, "{tries}");
 
+    stage("logged in");
+
     // Scan and enroll: a wrong code shows the server's refusal as it is; then both agents.
     let ports = format!("{},{}", cl.alpha.port, cl.beta.port);
     let refused = scan_and_enroll(&b, &url, &ports, cl.beta.port, "000000").await;
@@ -261,6 +181,8 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     assert!(b.text("main").await.unwrap().contains("beta"));
     check_page(&b, "03-hosts").await;
 
+    stage("enrolled");
+
     // Enable replication from the VM's page, then watch the state change live.
     b.click("tr[data-vm=web] a").await.unwrap();
     b.wait_for_text("h1", "web on alpha", SHORT).await.unwrap();
@@ -269,8 +191,7 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     b.fill("#enable-pass", PASSPHRASE).await.unwrap();
     b.select("#enable-policy", "frequent").await.unwrap();
     check_page(&b, "04-enable-replication").await;
-    b.click("#dlg-enable button[type=submit]").await.unwrap();
-    submitted(&b, "dlg-enable", LONG).await;
+    submit(&b, "dlg-enable", LONG).await;
     // From here the page is not reloaded: a marker set now must survive.
     b.execute("window.lifeboatMarker = 'still here';", &[])
         .await
@@ -293,6 +214,8 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
         json!(["still here", "on"]),
         "updated live, not reloaded"
     );
+
+    stage("protected");
 
     // A reload shows the actions of a protected VM, its points and its RPO chart.
     b.refresh().await.unwrap();
@@ -340,6 +263,8 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     b.press_key("Escape").await.unwrap();
     assert!(!b.exists("dialog#dlg-unplanned[open]").await.unwrap());
 
+    stage("keyboard checked");
+
     // Test failover, then its cleanup.
     act(&b, "dlg-test", LONG).await;
     b.goto(&format!("{url}/recovery-site")).await.unwrap();
@@ -358,13 +283,14 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
         .await
         .unwrap();
 
+    stage("test failover cleaned up");
+
     // Planned failover: the VM ends up running on beta, on its own port.
     b.goto(&format!("{url}/hosts")).await.unwrap();
     b.click("tr[data-vm=web] a").await.unwrap();
     b.click("button[data-open=dlg-planned]").await.unwrap();
     b.fill("#planned-timeout", "60").await.unwrap();
-    b.click("#dlg-planned button[type=submit]").await.unwrap();
-    submitted(&b, "dlg-planned", LONG).await;
+    submit(&b, "dlg-planned", LONG).await;
     b.wait_for_text("dd[id^=state-]", "Failed over", SHORT)
         .await
         .unwrap();
@@ -399,6 +325,8 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     let hosts = b.wait_for_text("main", "fenced", SHORT).await.unwrap();
     assert!(hosts.contains("Planned failover of alpha/web"), "{hosts}");
     check_page(&b, "10-hosts-after-failover").await;
+
+    stage("planned failover done, VM answers");
 
     // The other pages: overview, operations with their logs, vaults and policies, tokens.
     b.goto(&format!("{url}/")).await.unwrap();
@@ -435,6 +363,8 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
         .unwrap();
     assert_eq!(r.status(), 200, "the token made on the page works");
 
+    stage("other pages checked");
+
     // Phone width: every page fits, nothing scrolls sideways.
     b.set_window_size(390, 844).await.unwrap();
     for (path, name) in [
@@ -447,6 +377,8 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
         b.wait_for("h1", SHORT).await.unwrap();
         check_page(&b, name).await;
     }
+
+    stage("phone widths checked");
 
     // Logging out ends the session: the page is the login form again.
     b.set_window_size(1280, 900).await.unwrap();

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod dashboard;
 pub mod moves;
 
 use std::io::{BufRead, BufReader};
