@@ -42,6 +42,11 @@ impl Transport {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(vec![identity.cert.clone()], identity.key())?;
+        // HTTP/2 when the client offers it (browsers do): one connection carries every
+        // request of a dashboard, so its event streams never exhaust the six connections
+        // a browser opens to one HTTP/1.1 server, which stalls page loads.
+        let mut config = config;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Transport::Tls(Arc::new(config)))
     }
 }

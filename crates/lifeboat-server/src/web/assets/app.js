@@ -220,16 +220,27 @@
       main.insertBefore(p, h1 ? h1.nextSibling : main.firstChild);
     }
     if (!csrf()) return;
-    const events = new EventSource("/events");
-    events.addEventListener("fragments", (ev) => {
-      const fragments = JSON.parse(ev.data);
-      for (const [id, html] of Object.entries(fragments)) {
-        const el = document.getElementById(id);
-        // Server-rendered and escaped there.
-        if (el && el.innerHTML !== html) el.innerHTML = html;
-      }
-      document.body.dataset.live = "on";
+    // One event stream per open page, closed when the page is left (or kept in the
+    // back-forward cache): an open stream holds one of the few connections a browser
+    // keeps to a server.
+    let events = null;
+    const listen = () => {
+      events = new EventSource("/events");
+      events.addEventListener("fragments", (ev) => {
+        const fragments = JSON.parse(ev.data);
+        for (const [id, html] of Object.entries(fragments)) {
+          const el = document.getElementById(id);
+          // Server-rendered and escaped there.
+          if (el && el.innerHTML !== html) el.innerHTML = html;
+        }
+        document.body.dataset.live = "on";
+      });
+      events.addEventListener("error", () => (document.body.dataset.live = "off"));
+    };
+    listen();
+    window.addEventListener("pagehide", () => events && events.close());
+    window.addEventListener("pageshow", (ev) => {
+      if (ev.persisted) listen();
     });
-    events.addEventListener("error", () => (document.body.dataset.live = "off"));
   });
 })();
