@@ -17,7 +17,17 @@ use common::cluster::{boot_guest_with, lifeboat, run_ok, Cluster, PASSPHRASE};
 use common::dashboard::{act, check_page, insecure_client, submit, LONG, PASSWORD, SHORT};
 use common::{start_agent, start_agent_on, start_server_with};
 use lifeboat_testkit::browser::{artifacts_dir, Browser};
+use lifeboat_testkit::wait_http;
 use serde_json::json;
+
+/// The host port in the recovery site's "port N → guest 80".
+fn forwarded_port(site: &str) -> u16 {
+    site.split("port ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no forwarded port in: {site}"))
+}
 
 /// Scans for the agent on `port` and enrolls it with `code`; returns the error shown when
 /// the server refuses.
@@ -268,10 +278,17 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     // Test failover, then its cleanup.
     act(&b, "dlg-test", LONG).await;
     b.goto(&format!("{url}/recovery-site")).await.unwrap();
-    b.wait_for_text("#recoveries", "Test copy", SHORT)
+    let site = b
+        .wait_for_text("#recoveries", "Test copy", SHORT)
         .await
         .unwrap();
     check_page(&b, "08-recovery-site-test").await;
+    // The copy runs: its guest answers on the port the page names, not production's.
+    let port = forwarded_port(&site);
+    assert_ne!(port, http_port);
+    wait_http(port, "/boot-count", Duration::from_secs(120))
+        .await
+        .unwrap();
     b.goto(&format!("{url}/hosts")).await.unwrap();
     b.wait_for_text("dd[id^=state-], td[id^=state-]", "Test running", SHORT)
         .await
@@ -305,22 +322,11 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
         "{site}"
     );
     check_page(&b, "09-recovery-site-planned").await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let answer = http
-            .get(format!("http://127.0.0.1:{http_port}/"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        if answer.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the failed-over VM never answered on its port {http_port}"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    // It answers on the port the recovery site names, its production port.
+    assert_eq!(forwarded_port(&site), http_port, "{site}");
+    wait_http(http_port, "/boot-count", Duration::from_secs(120))
+        .await
+        .unwrap();
     b.goto(&format!("{url}/hosts")).await.unwrap();
     let hosts = b.wait_for_text("main", "fenced", SHORT).await.unwrap();
     assert!(hosts.contains("Planned failover of alpha/web"), "{hosts}");
