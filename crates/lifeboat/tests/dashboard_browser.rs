@@ -28,18 +28,9 @@ async fn pages_keep_loading(tls: bool) {
     };
     let b = Browser::start(&artifacts_dir(name)).await.unwrap();
     log_in(&b, &server.url).await;
-    let pages = [
-        "/",
-        "/hosts",
-        "/scan",
-        "/recovery-site",
-        "/operations",
-        "/vaults",
-        "/tokens",
-    ];
     // Three rounds: well past six pages, each with its stream.
     for round in 0..3 {
-        for page in pages {
+        for (page, _) in lifeboat_server::web::layout::NAV {
             let start = Instant::now();
             b.goto(&format!("{}{page}", server.url)).await.unwrap();
             b.wait_for("h1", PAGE_LIMIT).await.unwrap();

@@ -13,9 +13,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{boot_guest_with, lifeboat, run_ok, Cluster, PASSPHRASE};
+use common::cluster::{boot_guest_with, unenrolled_cluster, PASSPHRASE};
 use common::dashboard::{act, check_page, insecure_client, submit, LONG, PASSWORD, SHORT};
-use common::{start_agent, start_agent_on, start_server_with};
 use lifeboat_testkit::browser::{artifacts_dir, Browser};
 use lifeboat_testkit::wait_http;
 use serde_json::json;
@@ -70,25 +69,8 @@ async fn scan_and_enroll(b: &Browser, url: &str, ports: &str, port: u16, code: &
 async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     // The server sets its dashboard password from this at start.
     std::env::set_var("LIFEBOAT_ADMIN_PASSWORD", PASSWORD);
-    let tmp = tempfile::Builder::new()
-        .prefix("lbd")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let server = start_server_with(&tmp.path().join("server"), None, true);
     // alpha's syncs are capped so the initial sync lasts long enough to be watched.
-    let alpha = start_agent_on(&tmp.path().join("alpha"), "alpha", 0, &["--max-rate", "4M"]);
-    let beta = start_agent(&tmp.path().join("beta"), "beta");
-    let vault = format!("file://{}", tmp.path().join("vault").display());
-    let mut c = lifeboat(tmp.path());
-    c.args(["vault", "--vault", &vault, "init"]);
-    run_ok(c);
-    let cl = Cluster {
-        tmp,
-        server,
-        alpha,
-        beta,
-        vault,
-    };
+    let cl = unenrolled_cluster(None, None, true, &["--max-rate", "4M"]);
     let url = cl.server.url.clone();
     let http_port = lifeboat_testkit::free_tcp_port();
     let (_web, _console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http_port)).await;

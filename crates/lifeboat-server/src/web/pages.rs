@@ -299,7 +299,12 @@ pub fn recoveries_table(views: &[RecoveryView]) -> Markup {
                                 td { (recovery_kind_label(&rec.kind)) }
                                 td { (r.origin_host) "/" (rec.origin_vm) }
                                 td { (time(&rec.point_time)) br; span class="muted mono" { (rec.point) } }
-                                td { (rec.state) " (" (rec.vm_state) ")" @if !rec.error.is_empty() { span class="reason" { (rec.error) } } }
+                                // The VM as its agent last reported it; the recovery's own state when it is not simply running.
+                                td {
+                                    (if rec.vm_state.is_empty() { "?" } else { rec.vm_state.as_str() })
+                                    @if rec.state != "running" { " (" (rec.state) ")" }
+                                    @if !rec.error.is_empty() { span class="reason" { (rec.error) } }
+                                }
                                 td { progress value=(pct) max="100" aria-label={ "Hydration of " (rec.vm) } { (pct) "%" } " " (pct) "%" }
                                 td { (forwards(&rec.forwards)) }
                             }

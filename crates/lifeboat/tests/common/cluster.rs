@@ -9,7 +9,7 @@ use lifeboat_hypervisor::{QemuConfig, QemuDriver, VmName};
 use lifeboat_testkit::{boot_timeout, SerialConsole};
 use serde_json::Value;
 
-use super::{client, start_agent, start_server, Agent, Server};
+use super::{client, start_agent, start_agent_on, start_server_with, Agent, Server};
 
 pub const PASSPHRASE: &str = "correct horse battery staple";
 
@@ -184,6 +184,37 @@ impl Drop for Cluster {
     }
 }
 
+/// A server (TLS when `tls`), agents alpha (with `alpha_options`) and beta, not enrolled,
+/// and a vault: a folder, or `vault`.
+pub fn unenrolled_cluster(
+    database: Option<&str>,
+    vault: Option<&str>,
+    tls: bool,
+    alpha_options: &[&str],
+) -> Cluster {
+    let tmp = tempfile::Builder::new()
+        .prefix("lbp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let server = start_server_with(&tmp.path().join("server"), database, tls);
+    let alpha = start_agent_on(&tmp.path().join("alpha"), "alpha", 0, alpha_options);
+    let beta = start_agent(&tmp.path().join("beta"), "beta");
+    let vault = match vault {
+        Some(v) => v.to_string(),
+        None => format!("file://{}", tmp.path().join("vault").display()),
+    };
+    let mut c = lifeboat(tmp.path());
+    c.args(["vault", "--vault", &vault, "init"]);
+    run_ok(c);
+    Cluster {
+        tmp,
+        server,
+        alpha,
+        beta,
+        vault,
+    }
+}
+
 /// A server (SQLite, or PostgreSQL at `database`), agents alpha and beta enrolled, and a
 /// folder vault.
 pub fn cluster(database: Option<&str>) -> Cluster {
@@ -193,27 +224,7 @@ pub fn cluster(database: Option<&str>) -> Cluster {
 /// `cluster` with the vault at `vault` (an s3:// or az:// URL whose credentials are in this
 /// process's environment, which the agents inherit) instead of a folder.
 pub fn cluster_with_vault(database: Option<&str>, vault: Option<&str>) -> Cluster {
-    let tmp = tempfile::Builder::new()
-        .prefix("lbp")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let server = start_server(&tmp.path().join("server"), database);
-    let alpha = start_agent(&tmp.path().join("alpha"), "alpha");
-    let beta = start_agent(&tmp.path().join("beta"), "beta");
-    let vault = match vault {
-        Some(v) => v.to_string(),
-        None => format!("file://{}", tmp.path().join("vault").display()),
-    };
-    let mut c = lifeboat(tmp.path());
-    c.args(["vault", "--vault", &vault, "init"]);
-    run_ok(c);
-    let cl = Cluster {
-        tmp,
-        server,
-        alpha,
-        beta,
-        vault,
-    };
+    let cl = unenrolled_cluster(database, vault, false, &[]);
     for a in [&cl.alpha, &cl.beta] {
         let addr = format!("127.0.0.1:{}", a.port);
         let code = a.code.clone().unwrap();
