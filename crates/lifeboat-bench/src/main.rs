@@ -6,9 +6,11 @@
 //! restic on the same files, and restores it. `rpo` measures the RPO continuous
 //! replication keeps while the guest writes steadily. `rto` measures how soon a test
 //! failover answers on the recovery host, and its hydration, for disks of growing size.
+//! `dashboard` measures the web dashboard's pages and live stream as the fleet grows.
 //! See README.md.
 
 mod bench;
+mod dashboard;
 mod datagen;
 mod guest;
 mod report;
@@ -133,6 +135,31 @@ enum Cmd {
         #[arg(long)]
         lifeboat: Option<PathBuf>,
     },
+    /// The web dashboard as the fleet grows: page latency and size, the live event
+    /// stream's first message, server CPU with open pages, peak RSS. A real server
+    /// (release build, SQLite) on a database seeded with that many protected VMs.
+    Dashboard {
+        /// Fleet sizes (protected VMs), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        vms: Vec<usize>,
+        /// Timed requests per page.
+        #[arg(long, default_value_t = 50)]
+        requests: usize,
+        /// Where the databases go; a `lifeboat-bench-dashboard-<pid>` directory is made
+        /// in it and removed at the end.
+        #[arg(long, default_value = "/var/tmp")]
+        work_dir: PathBuf,
+        /// Keep the work directory at the end.
+        #[arg(long)]
+        keep: bool,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// The lifeboat binary (default: `lifeboat` next to this one, i.e.
+        /// target/release/lifeboat).
+        #[arg(long)]
+        lifeboat: Option<PathBuf>,
+    },
     /// The RTO of a test failover with instant recovery, for growing disks full of data:
     /// time to the copy's first HTTP answer, hydration time and rate, beta's agent's
     /// CPU and peak RSS. Server, agents alpha and beta and the vault are real processes.
@@ -240,6 +267,28 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Cmd::Dashboard {
+            vms,
+            requests,
+            work_dir,
+            keep,
+            json,
+            lifeboat,
+        } => {
+            if vms.is_empty() || vms.contains(&0) || requests == 0 {
+                bail!("--vms takes fleet sizes of at least 1, and --requests at least 1");
+            }
+            let work = work_dir.join(format!("lifeboat-bench-dashboard-{}", std::process::id()));
+            std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+            let opts = dashboard::Options {
+                vms,
+                requests,
+                work: work.clone(),
+                lifeboat: lifeboat.unwrap_or_else(vault::default_lifeboat),
+            };
+            let result = until_signal(dashboard::run(&opts)).await;
+            finish(&work, keep, result, json, dashboard::table)
+        }
         Cmd::Rto {
             sizes,
             runs,

@@ -1,5 +1,7 @@
 -- The dashboard: its users (one, `admin`, for now), their login sessions, and the
--- network mapping a protection fails over with. Portable SQL, like 0002.
+-- network mapping a protection fails over with. Portable SQL, like 0002. Unlike 0002's,
+-- the times compared in SQL here (sessions' expiry, cut times) are written in one shape,
+-- UTC with a `Z` and fixed digits, so text order is time order.
 CREATE TABLE users (
     name TEXT PRIMARY KEY,
     -- argon2id, as a PHC string (salt and parameters included).
@@ -29,3 +31,6 @@ CREATE TABLE point_cuts (
     cut_time TEXT NOT NULL,
     PRIMARY KEY (protection_id, point)
 );
+-- Points recorded before this migration draw the chart too.
+INSERT INTO point_cuts (protection_id, point, cut_time)
+    SELECT protection_id, point, cut_time FROM points;

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 /// The widest range a scan takes: a /16, 65,536 addresses.
 pub const MAX_ADDRESSES: u64 = 1 << 16;
+/// The most address-and-port probes one scan makes: a /16 on two ports.
+pub const MAX_PROBES: u64 = 1 << 17;
 /// The port agents listen on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7443;
 
@@ -26,6 +28,12 @@ pub enum ScanError {
     BadRange(String),
     #[error("no ports to probe: give at least one port")]
     NoPorts,
+    #[error("{range} on {ports} ports is {probes} probes; scan at most {MAX_PROBES} at a time (a narrower range, or fewer ports)")]
+    TooMany {
+        range: String,
+        ports: usize,
+        probes: u64,
+    },
     #[error("building the HTTPS client: {0}")]
     Client(String),
 }
@@ -62,8 +70,18 @@ pub async fn scan(
     on_probe: std::sync::Arc<dyn Fn() + Send + Sync>,
 ) -> Result<ScanReport, ScanError> {
     let (first, count) = parse_cidr(cidr)?;
+    let mut ports = ports.to_vec();
+    ports.sort_unstable();
+    ports.dedup();
     if ports.is_empty() {
         return Err(ScanError::NoPorts);
+    }
+    if count * ports.len() as u64 > MAX_PROBES {
+        return Err(ScanError::TooMany {
+            range: cidr.to_string(),
+            ports: ports.len(),
+            probes: count * ports.len() as u64,
+        });
     }
     let client = reqwest::Client::builder()
         // Discovery only: the certificate is shown for the operator to check, and pinned
@@ -77,7 +95,6 @@ pub async fn scan(
     let probed = count * ports.len() as u64;
     // Owned, not borrowed: an iterator over the borrowed slice makes the future fail the
     // lifetime check axum's handlers need.
-    let ports = ports.to_vec();
     let targets = (0..count).flat_map(move |i| {
         let ip = Ipv4Addr::from(u32::from(first) + i as u32);
         ports
@@ -178,6 +195,32 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u64), ScanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_scan_too_big_is_refused_before_any_probe() {
+        let ports: Vec<u16> = (1..=3).collect();
+        let e = scan(
+            "10.1.0.0/16",
+            &ports,
+            1,
+            Duration::from_millis(1),
+            std::sync::Arc::new(|| {}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("196602 probes"), "{e}");
+        let e = scan(
+            "10.0.0.1",
+            &[],
+            1,
+            Duration::from_millis(1),
+            std::sync::Arc::new(|| {}),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ScanError::NoPorts));
+    }
 
     #[test]
     fn ranges_parse_and_bad_ones_are_explained() {

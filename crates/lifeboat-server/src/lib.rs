@@ -4,6 +4,8 @@
 //! - `db`: the state, in SQLite by default or PostgreSQL, with one set of migrations.
 //! - `api`: the REST API under `/api/v1`, behind API tokens or a dashboard session, and
 //!   `/metrics`.
+//! - `auth`: the dashboard's password, login sessions and CSRF tokens, which the API
+//!   accepts beside API tokens.
 //! - `web`: the dashboard (pages, login, live updates), which acts through the API.
 //! - `discovery`: finding agents in an address range.
 //! - `failover`: planned and unplanned failover (the source's side, fencing).
@@ -14,6 +16,7 @@
 //!   keeps their point served across agent restarts.
 
 pub mod api;
+pub mod auth;
 pub mod db;
 pub mod discovery;
 pub mod failover;

@@ -60,7 +60,7 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     let given = std::env::var("LIFEBOAT_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
-    let first_password = lifeboat_server::web::auth::ensure_admin_password(&db, given.as_deref())
+    let first_password = lifeboat_server::auth::ensure_admin_password(&db, given.as_deref())
         .await
         .map_err(anyhow::Error::msg)
         .context("setting the dashboard password (LIFEBOAT_ADMIN_PASSWORD)")?;
@@ -152,6 +152,9 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
+    // `mode` applies only when the file is made: a file that was there keeps its own.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(f.sync_all()?)
 }

@@ -6,6 +6,9 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
+
+use futures::StreamExt;
 
 use common::start_server;
 use lifeboat_testkit::fresh_postgres_database;
@@ -161,6 +164,7 @@ async fn dashboard_logins_sessions_csrf_and_tokens(database: Option<String>) {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{page}");
+        assert_eq!(r.headers()["cache-control"], "no-store", "{page}");
         let csp = r.headers()["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
     }
@@ -238,6 +242,18 @@ async fn dashboard_logins_sessions_csrf_and_tokens(database: Option<String>) {
     );
     assert_eq!(revoke().await.unwrap().status(), StatusCode::NOT_FOUND);
 
+    // The live stream delivers while the session lives...
+    let events = c
+        .get(format!("{url}/events"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    let mut events = events.bytes_stream();
+    let first = events.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("event: fragments"));
+
     // Logout needs the token too, and ends the session.
     let r = c
         .post(format!("{url}/logout"))
@@ -264,6 +280,12 @@ async fn dashboard_logins_sessions_csrf_and_tokens(database: Option<String>) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the session ended");
+    // ...and ends with it: an open tab stops seeing the fleet.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = events.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream outlived the session");
     drop(server);
 
     // A restart with LIFEBOAT_ADMIN_PASSWORD replaces the password and ends sessions;

@@ -206,6 +206,10 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
         json!(["still here", "on"]),
         "updated live, not reloaded"
     );
+    // The actions drawn for a replicating VM are out of date now: the page says so.
+    b.wait_for("#actions-stale:not([hidden])", SHORT)
+        .await
+        .unwrap();
 
     stage("protected");
 

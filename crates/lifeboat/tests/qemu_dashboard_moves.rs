@@ -113,6 +113,12 @@ async fn the_dashboard_fails_over_unplanned_commits_fails_back_and_disables() {
     b.wait_for_text("h1", "web on alpha", SHORT).await.unwrap();
     let msg = act(&b, "dlg-commit", LONG).await;
     assert!(msg.contains("committed"), "{msg}");
+    assert!(b
+        .text("main")
+        .await
+        .unwrap()
+        .contains("The failover is committed."));
+    assert!(!b.exists("button[data-open=dlg-commit]").await.unwrap());
     b.click("button[data-open=dlg-failback]").await.unwrap();
     let says = b.text("#dlg-failback").await.unwrap();
     assert!(says.contains("are overwritten"), "{says}");

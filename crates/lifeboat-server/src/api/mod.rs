@@ -30,6 +30,7 @@ use futures::StreamExt;
 use lifeboat_agent::client::AgentClient;
 use serde::{Deserialize, Serialize};
 
+use crate::auth;
 use crate::db::{Database, DbError, Host, Operation, PointRow, ProtectionState};
 use crate::policy::Policy;
 use crate::replication::AGENT_TIMEOUT;
@@ -162,7 +163,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/metrics", get(status::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_token,
+            authenticate,
         ))
         // The API's description is public, like the agent's hello.
         .route(
@@ -198,7 +199,7 @@ pub fn token_digest(token: &str) -> String {
 
 /// An API token (`Authorization: Bearer …`), or a dashboard session whose state-changing
 /// calls carry its CSRF token: the dashboard makes the very calls the CLI makes.
-async fn require_token(State(s): State<Arc<ServerState>>, req: Request, next: Next) -> Response {
+async fn authenticate(State(s): State<Arc<ServerState>>, req: Request, next: Next) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -211,7 +212,6 @@ async fn require_token(State(s): State<Arc<ServerState>>, req: Request, next: Ne
             Err(e) => db_error(e),
         };
     }
-    use crate::web::auth;
     match auth::session_of(&s.db, req.headers()).await {
         Ok(Some(session)) => {
             let csrf_ok = auth::csrf_header(req.headers())
@@ -506,7 +506,10 @@ async fn scan(State(s): State<Arc<ServerState>>, Json(req): Json<ScanRequest>) -
     // Enrolled agents show their VMs to this server only: ask them.
     let enrolled = report.agents.iter().any(|a| a.enrolled);
     if enrolled {
-        let hosts = s.db.hosts().await.unwrap_or_default();
+        let hosts = match s.db.hosts().await {
+            Ok(h) => h,
+            Err(e) => return db_error(e),
+        };
         let list = vm_list(&s).await.ok();
         for a in &mut report.agents {
             let address = a.address.to_string();

@@ -50,12 +50,14 @@ pub async fn create_token(
             "give the token a name of 1 to 64 characters, saying what it is for",
         );
     }
-    let token = crate::web::auth::random_secret();
+    let token = crate::auth::random_secret();
     match s.db.add_token(name, &token_digest(&token)).await {
         Ok(id) => {
             tracing::info!(name, "API token created");
             (
                 StatusCode::CREATED,
+                // The token is in the answer: no cache keeps it.
+                [(axum::http::header::CACHE_CONTROL, "no-store")],
                 Json(CreatedToken {
                     id,
                     name: name.to_string(),

@@ -239,6 +239,17 @@ fn operation(r: &sqlx::any::AnyRow) -> Result<Operation, sqlx::Error> {
     })
 }
 
+/// An RFC 3339 time in the one shape whose text order is time order (UTC, `Z`, six
+/// fraction digits), for times compared in SQL; text that is not a time is kept.
+pub(crate) fn sortable_time(t: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        })
+        .unwrap_or_else(|_| t.to_string())
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339()
 }
@@ -412,7 +423,7 @@ impl Database {
         )
         .bind(protection_id)
         .bind(&p.point)
-        .bind(&p.cut_time)
+        .bind(sortable_time(&p.cut_time))
         .execute(&self.pool)
         .await;
         match r {
@@ -420,7 +431,7 @@ impl Database {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
             Err(e) => return Err(e.into()),
         }
-        let horizon = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
+        let horizon = sortable_time(&(chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339());
         sqlx::query("DELETE FROM point_cuts WHERE protection_id = $1 AND cut_time < $2")
             .bind(protection_id)
             .bind(horizon)
@@ -436,11 +447,12 @@ impl Database {
         protection_id: &str,
         since: &str,
     ) -> Result<Vec<String>, DbError> {
+        let since = sortable_time(since);
         let before = sqlx::query(
             "SELECT MAX(cut_time) AS t FROM point_cuts WHERE protection_id = $1 AND cut_time < $2",
         )
         .bind(protection_id)
-        .bind(since)
+        .bind(&since)
         .fetch_one(&self.pool)
         .await?;
         let mut cuts: Vec<String> = before
@@ -452,7 +464,7 @@ impl Database {
              ORDER BY cut_time",
         )
         .bind(protection_id)
-        .bind(since)
+        .bind(&since)
         .fetch_all(&self.pool)
         .await?;
         for r in &rows {

@@ -60,7 +60,10 @@ pub fn rpo_chart(
     let start = now - Duration::hours(24);
     let series = worst_rpo_per_bucket(cuts, start, now, BUCKETS);
     let worst = series.iter().flatten().fold(0.0f64, |a, b| a.max(*b));
-    let current = series.last().copied().flatten();
+    // Now: the age of the newest cut, not the last bucket's worst.
+    let current = cuts
+        .last()
+        .map(|c| (now - *c).num_milliseconds() as f64 / 1000.0);
     let top = (threshold_secs as f64 * 1.25).max(worst * 1.1).max(10.0);
     let (w, h, left, bottom, pad) = (720.0, 220.0, 70.0, 30.0, 10.0);
     let plot_w = w - left - pad;

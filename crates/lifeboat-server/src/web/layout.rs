@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 
-use super::auth::Session;
 use crate::api::protection::ProtectionView;
+use crate::auth::Session;
 use crate::db::ProtectionState;
 
 /// The pages in the navigation, in order: (path, name).

@@ -4,11 +4,11 @@
 //!
 //! Every action a page offers is a form that `app.js` sends to the REST API as JSON — the
 //! very call the CLI makes — with the session's CSRF token; the server's error message is
-//! shown as it comes. Pages only read.
+//! shown as it comes. Pages only read: from the database, and `/hosts` also asks every
+//! agent for its VMs (which is why that is not part of the live stream).
 //!
-//! - `auth`: password, sessions, CSRF.
 //! - `layout`: the frame every page shares, and the small pieces (state labels, times).
-//! - `pages`: one function per page.
+//! - `pages`: one function per page; `fragments`: the parts of them that change.
 //! - `vm_page`: a VM's detail page and its actions.
 //! - `live`: the event stream.
 //! - `chart`: the RPO chart, inline SVG.
@@ -26,14 +26,14 @@ use serde::Deserialize;
 
 use crate::api::ServerState;
 
-pub mod auth;
 pub mod chart;
+pub mod fragments;
 pub mod layout;
 pub mod live;
 pub mod pages;
 pub mod vm_page;
 
-use auth::Session;
+use crate::auth::{self, Session};
 
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
@@ -94,6 +94,10 @@ async fn security_headers(req: Request, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
+    // Pages carry the session's CSRF token and the fleet's state: never cached.
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     resp
 }
 
@@ -186,7 +190,7 @@ async fn login(
     let next = safe_next(Some(&f.next));
     match auth::log_in(&s.db, &f.user, &f.password).await {
         Ok(Some((value, _))) => {
-            tracing::info!(user = %f.user, "dashboard login");
+            tracing::info!(user = ?f.user, "dashboard login");
             let mut resp = Redirect::to(&next).into_response();
             set_cookie(
                 &mut resp,
@@ -204,7 +208,10 @@ async fn login(
             resp
         }
         Ok(None) => {
-            tracing::warn!(user = %f.user, "dashboard login refused: wrong user or password");
+            // Debug-formatted: the name is what the client typed, newlines included.
+            tracing::warn!(user = ?f.user, "dashboard login refused: wrong user or password");
+            // Slows a password guesser down; an operator who mistyped barely notices.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             Redirect::to(&format!("/login?failed=1&next={}", url_encode(&next))).into_response()
         }
         Err(e) => layout::failure(&e.to_string()),
@@ -249,7 +256,16 @@ fn set_cookie(resp: &mut Response, value: &str) {
 /// Where to go after login: a path on this server only, never another site.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        // Browsers drop tabs and newlines inside URLs, so `/\t/evil` would become
+        // `//evil`: no control characters or spaces at all.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
+            n.to_string()
+        }
         _ => "/".into(),
     }
 }
@@ -278,6 +294,9 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/")), "/");
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(Some("/\\evil.example")), "/");
+        assert_eq!(safe_next(Some("/\t/evil.example")), "/");
+        assert_eq!(safe_next(Some("/\n/evil.example")), "/");
+        assert_eq!(safe_next(Some("/ /evil.example")), "/");
         assert_eq!(safe_next(None), "/");
         assert_eq!(url_encode("/a b?c=d&e"), "/a%20b%3Fc%3Dd%26e");
     }

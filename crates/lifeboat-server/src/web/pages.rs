@@ -1,6 +1,6 @@
 //! The dashboard's pages but a VM's own (`vm_page`). Each reads what it shows straight
-//! from the database (and, for VMs, from the agents), and marks the parts that change
-//! with ids that `live` refreshes.
+//! from the database (and, for VMs, from the agents); the parts that change are
+//! `fragments`, with the ids `live` refreshes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,9 +9,9 @@ use axum::extract::State;
 use axum::response::Response;
 use maud::{html, Markup};
 
-use super::layout::{age, page, size, state_label, time};
+use super::fragments::{counts, protection_cells, recoveries_table, recovery_views, running_ops};
+use super::layout::{age, page, size, time};
 use super::CurrentSession;
-use crate::api::failover::{recovery_view, RecoveryView};
 use crate::api::protection::ProtectionView;
 use crate::api::status::{overview_of, Overview};
 use crate::api::{vm_list, ServerState, VmRow};
@@ -27,90 +27,6 @@ macro_rules! or_fail {
     };
 }
 pub(crate) use or_fail;
-
-/// Whether a test copy of protection `id` runs.
-pub fn test_running(recoveries: &[Recovery], id: &str) -> bool {
-    recoveries
-        .iter()
-        .any(|r| r.protection_id == id && r.kind == "test")
-}
-
-/// The live parts of a protection's row: state, RPO, last point (ids `state-…`, `rpo-…`,
-/// `point-…`).
-pub fn protection_cells(v: &ProtectionView, recoveries: &[Recovery]) -> [(String, Markup); 3] {
-    [
-        (
-            format!("state-{}", v.id),
-            state_label(v, test_running(recoveries, &v.id)),
-        ),
-        (format!("rpo-{}", v.id), html! { (age(v.rpo_seconds)) }),
-        (
-            format!("point-{}", v.id),
-            html! {
-                @match &v.last_point_time {
-                    Some(t) => { (time(t)) " " span class="muted" { "(" (v.last_consistency.as_deref().unwrap_or("?")) ")" } }
-                    None => "-",
-                }
-            },
-        ),
-    ]
-}
-
-/// Counts by state and the worst RPO (id `counts`).
-pub fn counts(o: &Overview) -> Markup {
-    let n = |k: &str| o.by_state.get(k).copied().unwrap_or(0);
-    html! {
-        dl class="counts" {
-            div { dt { "Hosts" } dd { (o.hosts) } }
-            div { dt { "Protected VMs" } dd { (o.protected_vms) } }
-            div { dt { "Replicating" } dd { (n("enabling") + n("initial_sync")) } }
-            div { dt { "Protected" } dd { (n("protected")) } }
-            div { dt { "Degraded" } dd class=(if n("degraded") > 0 { "bad" } else { "" }) { (n("degraded")) } }
-            div { dt { "Failed over" } dd { (n("failed_over") + n("failing_over")) } }
-            div {
-                dt { "Worst RPO" }
-                dd {
-                    @match &o.worst_rpo {
-                        Some(w) => { (age(Some(w.rpo_seconds))) " " span class="muted" { "(" (w.vm) " on " (w.host) ")" } }
-                        None => "-",
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Running operations with their progress (id `running-ops`).
-pub fn running_ops(o: &Overview) -> Markup {
-    html! {
-        @if o.running_operations.is_empty() {
-            p class="muted" { "No operation is running." }
-        } @else {
-            ul class="ops" {
-                @for op in &o.running_operations {
-                    li {
-                        strong { (op.kind) } " " (op.vm) ": " (op.step)
-                        " "
-                        @match sync_progress(o, op) {
-                            Some(pct) => progress value=(pct) max="100" aria-label={ (op.kind) " of " (op.vm) } { (pct) "%" },
-                            None => progress aria-label={ (op.kind) " of " (op.vm) } {},
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// For an enable operation, the initial sync's percent done.
-fn sync_progress(o: &Overview, op: &Operation) -> Option<i64> {
-    let p = o
-        .protections
-        .iter()
-        .find(|p| p.host_id == op.host_id && p.vm == op.vm)?;
-    let s = p.sync.as_ref().filter(|s| s.bytes_total > 0)?;
-    Some((s.bytes_done * 100 / s.bytes_total).clamp(0, 100))
-}
 
 pub async fn overview(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
     let o = or_fail!(overview_of(&s.db).await);
@@ -153,11 +69,9 @@ pub async fn overview(State(s): State<Arc<ServerState>>, session: CurrentSession
 }
 
 pub fn vm_href(host_id: &str, vm: &str) -> String {
-    format!(
-        "/hosts/{}/vms/{}",
-        super::url_encode(host_id),
-        super::url_encode(vm)
-    )
+    // One path segment each: a `/` in them is encoded too.
+    let segment = |x: &str| super::url_encode(x).replace('/', "%2F");
+    format!("/hosts/{}/vms/{}", segment(host_id), segment(vm))
 }
 
 pub async fn hosts(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
@@ -274,66 +188,6 @@ pub async fn scan(session: CurrentSession) -> Response {
         }
     };
     page("Scan & enroll", "/scan", &session, body)
-}
-
-/// VMs brought up from recovery points (id `recoveries`).
-pub fn recoveries_table(views: &[RecoveryView]) -> Markup {
-    html! {
-        @if views.is_empty() {
-            p class="muted" { "No VM runs from a recovery point." }
-        } @else {
-            div class="scroll" {
-                table {
-                    thead { tr {
-                        th scope="col" { "VM" } th scope="col" { "Recovery host" } th scope="col" { "Kind" }
-                        th scope="col" { "Origin" } th scope="col" { "Recovery point" } th scope="col" { "State" }
-                        th scope="col" { "Local" } th scope="col" { "Reach it at" }
-                    } }
-                    tbody {
-                        @for r in views {
-                            @let rec = &r.recovery;
-                            @let pct = if rec.hydrated { 100 } else if rec.hydration_total > 0 { (rec.hydrated_bytes * 100 / rec.hydration_total).clamp(0, 100) } else { 0 };
-                            tr data-vm=(rec.vm) {
-                                th scope="row" { (rec.vm) }
-                                td { (r.host) }
-                                td { (recovery_kind_label(&rec.kind)) }
-                                td { (r.origin_host) "/" (rec.origin_vm) }
-                                td { (time(&rec.point_time)) br; span class="muted mono" { (rec.point) } }
-                                // The VM as its agent last reported it; the recovery's own state when it is not simply running.
-                                td {
-                                    (if rec.vm_state.is_empty() { "?" } else { rec.vm_state.as_str() })
-                                    @if rec.state != "running" { " (" (rec.state) ")" }
-                                    @if !rec.error.is_empty() { span class="reason" { (rec.error) } }
-                                }
-                                td { progress value=(pct) max="100" aria-label={ "Hydration of " (rec.vm) } { (pct) "%" } " " (pct) "%" }
-                                td { (forwards(&rec.forwards)) }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn forwards(json: &str) -> Markup {
-    let list: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
-    html! {
-        @for f in &list {
-            span class="mono" { "port " (f["host_port"]) " → guest " (f["guest_port"]) } br;
-        }
-        @if list.is_empty() { "-" }
-    }
-}
-
-pub async fn recovery_views(s: &ServerState) -> Result<Vec<RecoveryView>, crate::db::DbError> {
-    let hosts = s.db.hosts_with_access().await?;
-    Ok(s.db
-        .recoveries()
-        .await?
-        .into_iter()
-        .map(|r| recovery_view(r, &hosts))
-        .collect())
 }
 
 pub async fn recovery_site(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {

@@ -11,10 +11,9 @@ use chrono::{Duration, Utc};
 use maud::{html, Markup};
 
 use super::chart::rpo_chart;
+use super::fragments::protection_cells;
 use super::layout::{age, page, refused, size, time};
-use super::pages::{
-    host_names, operations_list, or_fail, protection_cells, recovery_kind_label, vm_href,
-};
+use super::pages::{host_names, operations_list, or_fail, recovery_kind_label, vm_href};
 use super::CurrentSession;
 use crate::api::protection::{view, ProtectionView};
 use crate::api::ServerState;
@@ -62,11 +61,21 @@ pub async fn vm_detail(
             let test_copy = recoveries
                 .iter()
                 .find(|r| r.protection_id == p.id && r.kind == "test");
+            let moved = recoveries
+                .iter()
+                .find(|r| r.protection_id == p.id && r.kind != "test");
+            let key = actions_key(&v, &recoveries);
             html! {
                 (summary(&v, &recoveries))
                 section aria-labelledby="actions-h" {
                     h2 id="actions-h" { "Actions" }
-                    (actions(&v, host, &points, test_copy))
+                    // What the actions below were drawn for; the live stream says when
+                    // that changes, and the page offers a reload.
+                    span id={ "actions-key-" (v.id) } data-actions-key=(key) hidden { (key) }
+                    p id="actions-stale" class="flash" role="status" hidden {
+                        (v.vm) "'s state changed: " a href="" { "reload the page" } " for the actions it has now."
+                    }
+                    (actions(&v, host, &points, test_copy, moved))
                 }
                 section aria-labelledby="rpo-h" {
                     h2 id="rpo-h" { "RPO" }
@@ -108,6 +117,29 @@ pub async fn vm_detail(
         &session,
         body,
     )
+}
+
+/// Which set of actions a protection's state offers: when it changes, the page's actions
+/// are out of date.
+pub fn actions_key(v: &ProtectionView, recoveries: &[Recovery]) -> String {
+    let mine = |test: bool| {
+        recoveries
+            .iter()
+            .find(|r| r.protection_id == v.id && (r.kind == "test") == test)
+    };
+    match v.state {
+        ProtectionState::Protected | ProtectionState::Degraded => match mine(true) {
+            Some(_) => "protected, test copy".into(),
+            None => "protected".into(),
+        },
+        ProtectionState::Enabling | ProtectionState::InitialSync => "replicating".into(),
+        ProtectionState::FailedOver => match mine(false) {
+            Some(r) if r.state == "committed" => "failed over, committed".into(),
+            _ => "failed over".into(),
+        },
+        ProtectionState::FailedBack => "failed back".into(),
+        _ => "busy".into(),
+    }
 }
 
 fn summary(v: &ProtectionView, recoveries: &[Recovery]) -> Markup {
@@ -250,7 +282,10 @@ fn network_field(id: &str, current: &std::collections::BTreeMap<String, String>)
             label for=(id) { "Network mapping" }
             input id=(id) name="network_map" type="text" data-type="map" value=(map_text(current))
                 placeholder="user=isolated" aria-describedby={ (id) "-hint" };
-            small id={ (id) "-hint" } { "SOURCE=TARGET per network, comma-separated; empty keeps each NIC's network." }
+            small id={ (id) "-hint" } {
+                "SOURCE=TARGET per network, comma-separated. "
+                @if current.is_empty() { "Empty keeps each NIC's network." } @else { "Empty uses the mapping given when replication was enabled (shown)." }
+            }
         }
     }
 }
@@ -260,6 +295,7 @@ fn actions(
     host: &Host,
     points: &[PointRow],
     test_copy: Option<&Recovery>,
+    moved: Option<&Recovery>,
 ) -> Markup {
     let base = format!("/api/v1/protections/{}", v.id);
     let (vm, home, rhost) = (&v.vm, &host.hostname, &v.recovery_host);
@@ -299,7 +335,11 @@ fn actions(
                     (disable)
                 }
                 ProtectionState::FailedOver => {
+                    @if moved.is_some_and(|r| r.state == "committed") {
+                        p class="muted" { "The failover is committed." }
+                    } @else {
                     (dialog(Action { id: "dlg-commit", label: "Commit", api: &format!("{base}/failover/commit"), method: "POST", submit: "Commit the failover", danger: false }, html! { p { "The failover is committed: " (vm) " on " (rhost) " is the VM now. Bring it home later with Failback." } }, html! {}))
+                    }
                     (dialog(Action { id: "dlg-failback", label: "Failback", api: &format!("{base}/failback"), method: "POST", submit: "Shut down and fail back", danger: true }, html! {
                             p { (vm) " on " (rhost) " is shut down, its writes since the failover are synced, only the chunks that differ are written on " (home) ", " (home) " is proven equal, and " (vm) " starts on " (home) ". Then the copy on " (rhost) " is removed." }
                             p { strong { "Writes " (home) " made after the failover's point are overwritten" } ": they were never part of the recovered VM." }

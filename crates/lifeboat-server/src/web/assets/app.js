@@ -41,10 +41,12 @@
           body[el.name] = v.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
           break;
         case "map": {
+          // As the CLI's --network-map: SOURCE=TARGET, split at the first "=".
           const m = {};
-          for (const pair of v.split(",")) {
-            const [from, to] = pair.split("=");
-            if (from && from.trim()) m[from.trim()] = (to || "").trim();
+          for (const pair of v.split(",").map((p) => p.trim()).filter(Boolean)) {
+            const at = pair.indexOf("=");
+            if (at < 1) throw new Error("network map " + pair + ": write SOURCE=TARGET, e.g. user=isolated");
+            m[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
           }
           body[el.name] = m;
           break;
@@ -60,15 +62,25 @@
     const error = form.querySelector('[role="alert"]');
     const working = form.querySelector(".working");
     const buttons = form.querySelectorAll("button");
-    const { body, query } = fieldsOf(form);
-    const method = form.dataset.method || "POST";
-    let url = form.dataset.api;
-    const qs = query.toString();
-    if (qs) url += (url.includes("?") ? "&" : "?") + qs;
     if (error) {
       error.hidden = true;
       error.textContent = "";
     }
+    let fields;
+    try {
+      fields = fieldsOf(form);
+    } catch (e) {
+      if (error) {
+        error.textContent = e.message;
+        error.hidden = false;
+      }
+      return;
+    }
+    const { body, query } = fields;
+    const method = form.dataset.method || "POST";
+    let url = form.dataset.api;
+    const qs = query.toString();
+    if (qs) url += (url.includes("?") ? "&" : "?") + qs;
     buttons.forEach((b) => (b.disabled = true));
     form.setAttribute("aria-busy", "true");
     if (working) working.hidden = false;
@@ -234,6 +246,11 @@
           if (el && el.innerHTML !== html) el.innerHTML = html;
         }
         document.body.dataset.live = "on";
+        // A VM page whose state changed offers a reload for the actions it has now
+        // (not done by itself: the operator may be typing in a dialog).
+        const key = document.querySelector("[data-actions-key]");
+        const stale = document.getElementById("actions-stale");
+        if (key && stale && key.textContent.trim() !== key.dataset.actionsKey) stale.hidden = false;
       });
       events.addEventListener("error", () => (document.body.dataset.live = "off"));
     };

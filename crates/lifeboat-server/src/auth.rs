@@ -15,6 +15,29 @@ use chrono::{SecondsFormat, Utc};
 use crate::api::token_digest;
 use crate::db::{Database, DbError};
 
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("the dashboard password must have at least {MIN_PASSWORD_LEN} characters")]
+    TooShort,
+    #[error("hashing the password: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Password hashes at once: argon2id takes 19 MiB and tens of milliseconds each, so a
+/// flood of logins queues here instead of taking every worker the API needs.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs `work` (an argon2id hash or check) off the async workers, a few at a time.
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    // The semaphore is never closed.
+    let _permit = HASHING.acquire().await.expect("the hashing semaphore");
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("a password hash does not panic")
+}
+
 /// The one dashboard user for now.
 pub const ADMIN: &str = "admin";
 pub const SESSION_COOKIE: &str = "lifeboat_session";
@@ -43,19 +66,19 @@ pub fn random_secret() -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, PasswordError> {
     if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(format!(
-            "the dashboard password must have at least {MIN_PASSWORD_LEN} characters"
-        ));
+        return Err(PasswordError::TooShort);
     }
-    let salt = SaltString::encode_b64(&random_secret().as_bytes()[..16])
-        .map_err(|e| format!("making a salt: {e}"))?;
+    let mut raw = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| PasswordError::Hash("no randomness from the operating system".into()))?;
+    let salt = SaltString::encode_b64(&raw).map_err(|e| PasswordError::Hash(e.to_string()))?;
     // Argon2::default() is argon2id with the RFC 9106 second recommended parameters.
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| format!("hashing the password: {e}"))
+        .map_err(|e| PasswordError::Hash(e.to_string()))
 }
 
 pub fn verify_password(hash: &str, password: &str) -> bool {
@@ -74,17 +97,15 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
 pub async fn ensure_admin_password(
     db: &Database,
     given: Option<&str>,
-) -> Result<Option<String>, String> {
-    let stored = db.password_hash(ADMIN).await.map_err(|e| e.to_string())?;
+) -> Result<Option<String>, PasswordError> {
+    let stored = db.password_hash(ADMIN).await?;
     if let Some(password) = given {
         if !stored
             .as_deref()
             .is_some_and(|h| verify_password(h, password))
         {
             let hash = hash_password(password)?;
-            db.set_password_hash(ADMIN, &hash)
-                .await
-                .map_err(|e| e.to_string())?;
+            db.set_password_hash(ADMIN, &hash).await?;
             tracing::info!("dashboard password set from LIFEBOAT_ADMIN_PASSWORD");
         }
         return Ok(None);
@@ -95,9 +116,7 @@ pub async fn ensure_admin_password(
     // 24 hex characters: 96 bits, typed once and then kept by a password manager.
     let password = random_secret()[..24].to_string();
     let hash = hash_password(&password)?;
-    db.set_password_hash(ADMIN, &hash)
-        .await
-        .map_err(|e| e.to_string())?;
+    db.set_password_hash(ADMIN, &hash).await?;
     Ok(Some(password))
 }
 
@@ -127,12 +146,19 @@ pub async fn log_in(
     user: &str,
     password: &str,
 ) -> Result<Option<(String, Session)>, DbError> {
-    let Some(hash) = db.password_hash(user).await? else {
-        // Spend the time a real check takes, so timing does not tell which users exist.
-        let _ = hash_password("not-a-user-password");
-        return Ok(None);
-    };
-    if !verify_password(&hash, password) {
+    let stored = db.password_hash(user).await?;
+    let password = password.to_string();
+    let right = hashing(move || match stored {
+        Some(hash) => verify_password(&hash, &password),
+        None => {
+            // Spend the time a real check takes, so timing does not tell which users
+            // exist.
+            let _ = hash_password("not-a-user-password");
+            false
+        }
+    })
+    .await;
+    if !right {
         return Ok(None);
     }
     let value = random_secret();
@@ -202,7 +228,15 @@ mod tests {
         assert!(verify_password(&h, "a long enough password"));
         assert!(!verify_password(&h, "a long enough passworD"));
         assert!(!verify_password("not a hash", "x"));
-        assert!(hash_password("short").unwrap_err().contains("at least"));
+        assert!(matches!(
+            hash_password("short"),
+            Err(PasswordError::TooShort)
+        ));
+        // Each hash has its own salt.
+        assert_ne!(
+            hash_password("a long enough password").unwrap(),
+            hash_password("a long enough password").unwrap()
+        );
     }
 
     #[test]

@@ -1,0 +1,108 @@
+//! A server database as a fleet of `vms` protected VMs leaves it: hosts, protections,
+//! ten points each, operations, and one VM with a day of points for the RPO chart.
+//! Written before the server starts, through the server's own database layer.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use chrono::{Duration, Utc};
+use lifeboat_server::db::{Database, Host, PointRow, Protection, ProtectionState};
+
+/// VMs per host.
+const VMS_PER_HOST: usize = 10;
+/// Points per VM (the chart's VM has a day of them).
+const POINTS: i64 = 10;
+/// The chart's VM: a point every 30 s for 24 hours.
+pub const CHART_POINTS: i64 = 2880;
+
+/// What the pages are then asked about.
+pub struct Seeded {
+    /// The VM page with a day of points: its path.
+    pub chart_page: String,
+}
+
+pub async fn seed(server_home: &Path, vms: usize) -> Result<Seeded> {
+    std::fs::create_dir_all(server_home.join("server"))?;
+    let url = format!(
+        "sqlite://{}",
+        server_home.join("server/lifeboat.db").display()
+    );
+    let db = Database::connect(&url)
+        .await
+        .with_context(|| format!("opening {url}"))?;
+    let hosts = vms.div_ceil(VMS_PER_HOST).max(2);
+    let mut host_ids = Vec::new();
+    for h in 0..hosts {
+        let host = Host {
+            id: format!("host-{h}"),
+            // Nothing listens there: only the hosts page asks agents, and it is not timed.
+            address: format!("127.0.0.1:{}", 1 + h),
+            hostname: format!("host{h}"),
+            fingerprint: "0".repeat(64),
+            enrolled_at: Utc::now().to_rfc3339(),
+        };
+        db.add_host(&host, "credential").await?;
+        host_ids.push(host.id);
+    }
+    let now = Utc::now();
+    for i in 0..vms {
+        let host = &host_ids[i / VMS_PER_HOST];
+        let vm = format!("vm{i:04}");
+        let points = if i == 0 { CHART_POINTS } else { POINTS };
+        let last = now - Duration::seconds(5 + i as i64 % 60);
+        let p = Protection {
+            id: format!("prot-{i}"),
+            host_id: host.clone(),
+            vm: vm.clone(),
+            point_name: format!("{host}-{vm}"),
+            vault_url: format!("file:///srv/vault{}", i % 3),
+            vault_passphrase: "not used".into(),
+            recovery_host_id: host_ids[(i / VMS_PER_HOST + 1) % hosts].clone(),
+            // Replication paused (home again, waiting for reprotect): the reconciler
+            // stays idle, so what is measured is the dashboard alone.
+            state: ProtectionState::FailedBack,
+            last_point: Some(format!("p-{i}-{}", points - 1)),
+            last_point_time: Some(last.to_rfc3339()),
+            last_consistency: Some("crash".into()),
+            bytes_replicated: 1 << 30,
+            syncs_committed: points,
+            created_at: now.to_rfc3339(),
+            next_sync_at: now.to_rfc3339(),
+            ..Default::default()
+        };
+        db.add_protection(&p).await?;
+        let every = if i == 0 { 30 } else { 300 };
+        for n in 0..points {
+            let cut = last - Duration::seconds(every * (points - 1 - n));
+            db.add_point(
+                &p.id,
+                &PointRow {
+                    point: format!("p-{i}-{n:05}"),
+                    cut_time: cut.to_rfc3339(),
+                    consistency: "crash".into(),
+                    kind: if n == 0 { "full" } else { "incremental" }.into(),
+                    bytes_read: 1 << 20,
+                    new_bytes: 1 << 18,
+                    note: None,
+                },
+            )
+            .await?;
+        }
+    }
+    for i in 0..100.min(vms * 2) {
+        let vm = format!("vm{:04}", i % vms);
+        let op = db
+            .start_operation(
+                &host_ids[i % vms / VMS_PER_HOST],
+                &vm,
+                "enable",
+                "checking the vault",
+            )
+            .await?;
+        db.advance_operation(&op, "succeeded", "first point committed")
+            .await?;
+    }
+    Ok(Seeded {
+        chart_page: format!("/hosts/{}/vms/vm0000", host_ids[0]),
+    })
+}
