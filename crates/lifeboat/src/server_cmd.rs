@@ -84,6 +84,7 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         db,
         fingerprint: fingerprint.clone(),
         tls: !args.insecure_http,
+        live: Default::default(),
     });
     let serve = Box::pin(async move {
         serve(listener, transport, lifeboat_server::app(state))

@@ -1,9 +1,9 @@
 //! `dashboard`: what the web dashboard costs as the fleet grows. For each fleet size a
 //! real `lifeboat server` (release build, SQLite) starts on a database seeded with that
 //! many protected VMs (`seed`); the bench logs in like a browser and measures each page's
-//! latency and size, the live event stream's first message, and the server's CPU while
-//! ten pages hold their event streams open (each is redrawn every second), and its peak
-//! RSS.
+//! latency and size, the live event stream's first message, and the server's CPU with
+//! no page open and while ten pages hold their event streams open (the fragments are
+//! redrawn every second), and its peak RSS.
 
 mod report;
 mod seed;
@@ -188,8 +188,13 @@ async fn measure(
     }
     let first_event_ms = t.elapsed().as_secs_f64() * 1000.0;
     drop(body);
-    // Ten open pages: the server redraws each one's fragments every second.
+    // The server with no page open (its reconciler walking the fleet), then with ten
+    // open pages: their difference is what the live stream costs.
     let pid = server.child.id();
+    let cpu_before = cpu_secs(pid)?;
+    let window = Instant::now();
+    tokio::time::sleep(STREAM_WINDOW).await;
+    let idle_cpu_percent = 100.0 * (cpu_secs(pid)? - cpu_before) / window.elapsed().as_secs_f64();
     let cpu_before = cpu_secs(pid)?;
     let window = Instant::now();
     let mut streams = Vec::new();
@@ -216,6 +221,7 @@ async fn measure(
         pages,
         first_event_ms,
         first_event_bytes: first.len(),
+        idle_cpu_percent,
         streams_cpu_percent: 100.0 * cpu / elapsed,
         peak_rss: peak_rss(pid),
     })

@@ -20,6 +20,8 @@ pub struct FleetResult {
     pub pages: Vec<PageResult>,
     pub first_event_ms: f64,
     pub first_event_bytes: usize,
+    /// Server CPU, % of one core, with no page open.
+    pub idle_cpu_percent: f64,
     /// Server CPU, % of one core, while `streams` pages held their event streams open.
     pub streams_cpu_percent: f64,
     /// The server's VmHWM at the end, bytes.
@@ -88,12 +90,14 @@ pub fn table(r: &Report) -> String {
     out.push('\n');
     let mut rows = vec![vec![
         "VMs".to_string(),
+        "server CPU, no page open".into(),
         format!("server CPU, {} open pages", r.streams),
         "server peak RSS MiB".into(),
     ]];
     for f in &r.fleets {
         rows.push(vec![
             f.vms.to_string(),
+            format!("{:.1}% of a core", f.idle_cpu_percent),
             format!("{:.1}% of a core", f.streams_cpu_percent),
             format!("{:.0}", f.peak_rss as f64 / (1u64 << 20) as f64),
         ]);

@@ -52,6 +52,8 @@ pub struct ServerState {
     pub fingerprint: String,
     /// Served over TLS: dashboard cookies are marked `Secure`.
     pub tls: bool,
+    /// The dashboard's live updates, drawn once for every open page.
+    pub live: crate::web::live::Hub,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

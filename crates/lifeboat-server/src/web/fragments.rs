@@ -8,7 +8,6 @@ use super::pages::recovery_kind_label;
 use crate::api::failover::{recovery_view, RecoveryView};
 use crate::api::protection::ProtectionView;
 use crate::api::status::Overview;
-use crate::api::ServerState;
 use crate::db::{Operation, Recovery};
 
 /// Whether a test copy of protection `id` runs.
@@ -151,9 +150,11 @@ fn forwards(json: &str) -> Markup {
     }
 }
 
-pub async fn recovery_views(s: &ServerState) -> Result<Vec<RecoveryView>, crate::db::DbError> {
-    let hosts = s.db.hosts_with_access().await?;
-    Ok(s.db
+pub async fn recovery_views(
+    db: &crate::db::Database,
+) -> Result<Vec<RecoveryView>, crate::db::DbError> {
+    let hosts = db.hosts_with_access().await?;
+    Ok(db
         .recoveries()
         .await?
         .into_iter()

@@ -191,7 +191,7 @@ pub async fn scan(session: CurrentSession) -> Response {
 }
 
 pub async fn recovery_site(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
-    let views = or_fail!(recovery_views(&s).await);
+    let views = or_fail!(recovery_views(&s.db).await);
     let body = html! {
         p { "VMs running on recovery hosts: test copies beside production, and VMs failed over. Each started from a recovery point and copies the rest of its disks from the vault in the background (Local)." }
         div id="recoveries" aria-live="polite" { (recoveries_table(&views)) }

@@ -83,7 +83,7 @@ pub async fn vm_detail(
                 }
                 section aria-labelledby="points-h" {
                     h2 id="points-h" { "Recovery points (" (points.len()) ")" }
-                    (points_table(&points))
+                    (points_table(&points, &v.vm))
                 }
                 section aria-labelledby="ops-h" {
                     h2 id="ops-h" { "Operations" }
@@ -170,16 +170,23 @@ fn map_text(m: &std::collections::BTreeMap<String, String>) -> String {
         .join(", ")
 }
 
-fn points_table(points: &[PointRow]) -> Markup {
+/// Points shown on the page: a day of 30-second points is 2,880 rows, which would make
+/// the page hundreds of kilobytes; the API and the CLI list them all.
+const POINTS_SHOWN: usize = 100;
+
+fn points_table(points: &[PointRow], vm: &str) -> Markup {
     html! {
         @if points.is_empty() {
             p class="muted" { "No point yet: the initial sync makes the first." }
         } @else {
+            @if points.len() > POINTS_SHOWN {
+                p class="muted" { "The newest " (POINTS_SHOWN) " of " (points.len()) "; every one: " code { "lifeboat points " (vm) } "." }
+            }
             div class="scroll" {
                 table {
                     thead { tr { th scope="col" { "Cut time" } th scope="col" { "Consistency" } th scope="col" { "Kind" } th scope="col" { "Read" } th scope="col" { "New in vault" } th scope="col" { "Point" } } }
                     tbody {
-                        @for p in points.iter().rev() {
+                        @for p in points.iter().rev().take(POINTS_SHOWN) {
                             tr {
                                 td { (time(&p.cut_time)) }
                                 td { (consistency(&p.consistency)) }
@@ -258,7 +265,7 @@ fn point_select(id: &str, points: &[PointRow]) -> Markup {
                 @if points.iter().any(|p| p.consistency == "app") {
                     option value="latest-app-consistent" { "Latest application-consistent" }
                 }
-                @for p in points.iter().rev().take(200) {
+                @for p in points.iter().rev().take(POINTS_SHOWN) {
                     option value=(p.point) { (short_time(&p.cut_time)) " (" (p.consistency) ")" }
                 }
             }
