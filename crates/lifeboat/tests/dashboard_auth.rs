@@ -32,6 +32,15 @@ fn set_cookie(r: &reqwest::Response, name: &str) -> Option<(String, String)> {
         .map(|v| (v.split(';').next().unwrap().to_string(), v.to_string()))
 }
 
+/// The text from just after `marker` up to the next `"` (an attribute's value).
+fn quoted_after(html: &str, marker: &str) -> String {
+    let rest = html
+        .split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {marker} in the page"));
+    rest.split('"').next().unwrap().to_string()
+}
+
 /// Logs in through the form as a browser would: the form's page sets the login CSRF
 /// cookie, the post carries it back with the field. Returns the response.
 async fn log_in(url: &str, password: &str) -> reqwest::Response {
@@ -40,14 +49,7 @@ async fn log_in(url: &str, password: &str) -> reqwest::Response {
     let (cookie, header) = set_cookie(&page, "lifeboat_login_csrf").unwrap();
     assert!(header.contains("HttpOnly") && header.contains("SameSite=Strict"));
     let html = page.text().await.unwrap();
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let csrf = quoted_after(&html, "name=\"csrf\" value=\"");
     c.post(format!("{url}/login"))
         .header("cookie", cookie)
         .header("content-type", "application/x-www-form-urlencoded")
@@ -79,14 +81,7 @@ async fn session(url: &str, password: &str) -> (String, String) {
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
-    let csrf = html
-        .split("name=\"csrf-token\" content=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let csrf = quoted_after(&html, "name=\"csrf-token\" content=\"");
     (cookie, csrf)
 }
 

@@ -96,21 +96,22 @@ fn start(lifeboat: &std::path::Path, home: &std::path::Path) -> Result<Server> {
     Ok(Server { child, url })
 }
 
-/// Logs in as the login form does; returns the session cookie.
-async fn log_in(http: &reqwest::Client, url: &str) -> Result<String> {
-    let page = http.get(format!("{url}/login")).send().await?;
-    let cookie = page
-        .headers()
+/// `name=value` of the cookie `resp` sets under `name`.
+fn cookie_named(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            v.split(';')
-                .next()
-                .filter(|c| c.starts_with("lifeboat_login_csrf="))
-        })
-        .context("no login CSRF cookie")?
-        .to_string();
+        .filter_map(|v| v.split(';').next())
+        .find(|c| c.strip_prefix(name).is_some_and(|r| r.starts_with('=')))
+        .map(str::to_string)
+}
+
+/// Logs in as the login form does; returns the session cookie.
+async fn log_in(http: &reqwest::Client, url: &str) -> Result<String> {
+    let page = http.get(format!("{url}/login")).send().await?;
+    let cookie = cookie_named(&page, "lifeboat_login_csrf").context("no login CSRF cookie")?;
+    // The double-submit token is the cookie's own value.
     let csrf = cookie
         .split_once('=')
         .map(|(_, v)| v.to_string())
@@ -122,17 +123,7 @@ async fn log_in(http: &reqwest::Client, url: &str) -> Result<String> {
         .body(format!("user=admin&password={PASSWORD}&csrf={csrf}&next=/"))
         .send()
         .await?;
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            v.split(';')
-                .next()
-                .filter(|c| c.starts_with("lifeboat_session="))
-        })
-        .map(str::to_string)
-        .context("the login made no session")
+    cookie_named(&resp, "lifeboat_session").context("the login made no session")
 }
 
 async fn measure(
