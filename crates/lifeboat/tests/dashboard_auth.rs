@@ -32,6 +32,11 @@ fn set_cookie(r: &reqwest::Response, name: &str) -> Option<(String, String)> {
         .map(|v| (v.split(';').next().unwrap().to_string(), v.to_string()))
 }
 
+/// GET `url` with the session `cookie`.
+async fn get_as(c: &reqwest::Client, url: String, cookie: &str) -> reqwest::Response {
+    c.get(url).header("cookie", cookie).send().await.unwrap()
+}
+
 /// The text from just after `marker` up to the next `"` (an attribute's value).
 fn quoted_after(html: &str, marker: &str) -> String {
     let rest = html
@@ -152,23 +157,13 @@ async fn dashboard_logins_sessions_csrf_and_tokens(database: Option<String>) {
     // Logged in: pages and reads work; writes need the session's CSRF token.
     let (cookie, csrf) = session(&url, &password).await;
     for (page, _) in lifeboat_server::web::layout::NAV {
-        let r = c
-            .get(format!("{url}{page}"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
+        let r = get_as(&c, format!("{url}{page}"), &cookie).await;
         assert_eq!(r.status(), StatusCode::OK, "{page}");
         assert_eq!(r.headers()["cache-control"], "no-store", "{page}");
         let csp = r.headers()["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
     }
-    let r = c
-        .get(format!("{url}/api/v1/tokens"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&c, format!("{url}/api/v1/tokens"), &cookie).await;
     assert_eq!(r.status(), StatusCode::OK);
     let make = |csrf: Option<&str>| {
         let mut req = c
@@ -238,12 +233,7 @@ async fn dashboard_logins_sessions_csrf_and_tokens(database: Option<String>) {
     assert_eq!(revoke().await.unwrap().status(), StatusCode::NOT_FOUND);
 
     // The live stream delivers while the session lives...
-    let events = c
-        .get(format!("{url}/events"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let events = get_as(&c, format!("{url}/events"), &cookie).await;
     assert_eq!(events.status(), StatusCode::OK);
     let mut events = events.bytes_stream();
     let first = events.next().await.unwrap().unwrap();
@@ -268,12 +258,7 @@ async fn dashboard_logins_sessions_csrf_and_tokens(database: Option<String>) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let r = c
-        .get(format!("{url}/api/v1/status"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&c, format!("{url}/api/v1/status"), &cookie).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the session ended");
     // ...and ends with it: an open tab stops seeing the fleet.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
@@ -295,12 +280,7 @@ async fn dashboard_logins_sessions_csrf_and_tokens(database: Option<String>) {
     let server = start_server(&home, database.as_deref());
     let url = server.url.clone();
     assert!(!home.join("server/admin.password").exists());
-    let r = c
-        .get(format!("{url}/api/v1/status"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&c, format!("{url}/api/v1/status"), &cookie).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "old sessions end");
     let r = log_in(&url, &password).await;
     assert!(set_cookie(&r, "lifeboat_session").is_none());
