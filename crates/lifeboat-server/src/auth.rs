@@ -178,22 +178,27 @@ pub async fn log_in(
 
 /// The request's live session, if its cookie names one.
 pub async fn session_of(db: &Database, headers: &HeaderMap) -> Result<Option<Session>, DbError> {
-    let Some(value) = cookie(headers, SESSION_COOKIE) else {
-        return Ok(None);
-    };
-    let id_sha256 = token_digest(value);
-    let Some(row) = db.session(&id_sha256).await? else {
+    match cookie(headers, SESSION_COOKIE) {
+        Some(value) => live_session(db, &token_digest(value)).await,
+        None => Ok(None),
+    }
+}
+
+/// The session whose cookie hashes to `id_sha256`, unless it is gone or past its end
+/// (then it is removed).
+pub async fn live_session(db: &Database, id_sha256: &str) -> Result<Option<Session>, DbError> {
+    let Some(row) = db.session(id_sha256).await? else {
         return Ok(None);
     };
     let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
     if row.expires_at < now {
-        db.delete_session(&id_sha256).await?;
+        db.delete_session(id_sha256).await?;
         return Ok(None);
     }
     Ok(Some(Session {
         user: row.user,
         csrf: row.csrf,
-        id_sha256,
+        id_sha256: id_sha256.to_string(),
     }))
 }
 

@@ -47,7 +47,7 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     let fingerprint = identity.fingerprint();
     let token_path = server_home.join("admin.token");
     let first_token = if db.token_count().await? == 0 {
-        let token = new_token()?;
+        let token = lifeboat_server::auth::random_secret();
         db.add_token("admin", &token_digest(&token)).await?;
         write_private(&token_path, &token)?;
         Some(token)
@@ -134,13 +134,6 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("making {} private", dir.display()))
-}
-
-pub fn new_token() -> Result<String> {
-    let mut raw = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-        .map_err(|_| anyhow::anyhow!("no randomness from the operating system"))?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 pub fn write_private(path: &Path, text: &str) -> Result<()> {

@@ -190,7 +190,7 @@ async fn ensure_vault(
         _ => match std::fs::read_to_string(&pass_file) {
             Ok(p) => p.trim().to_string(),
             Err(_) => {
-                let p = crate::server_cmd::new_token()?;
+                let p = lifeboat_server::auth::random_secret();
                 crate::server_cmd::write_private(&pass_file, &p)?;
                 p
             }

@@ -73,7 +73,7 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     let cl = unenrolled_cluster(None, None, true, &["--max-rate", "4M"]);
     let url = cl.server.url.clone();
     let http_port = lifeboat_testkit::free_tcp_port();
-    let (_web, _console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http_port)).await;
+    let (_web, mut console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http_port)).await;
     let http = insecure_client();
 
     // Refused without a session or token: the API says how to authenticate, pages send
@@ -288,7 +288,13 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
 
     stage("test failover cleaned up");
 
-    // Planned failover: the VM ends up running on beta, on its own port.
+    // Planned failover: the VM ends up running on beta, on its own port, with a write
+    // made on alpha just before (after the last periodic point: only the final sync
+    // carries it).
+    console
+        .run("echo written-just-before > /data/last && sync", SHORT)
+        .await
+        .unwrap();
     b.goto(&format!("{url}/hosts")).await.unwrap();
     b.click("tr[data-vm=web] a").await.unwrap();
     b.click("button[data-open=dlg-planned]").await.unwrap();
@@ -310,9 +316,13 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     check_page(&b, "09-recovery-site-planned").await;
     // It answers on the port the recovery site names, its production port.
     assert_eq!(forwarded_port(&site), http_port, "{site}");
-    wait_http(http_port, "/boot-count", Duration::from_secs(120))
+    let last = wait_http(http_port, "/last", Duration::from_secs(120))
         .await
         .unwrap();
+    assert_eq!(
+        last, b"written-just-before\n",
+        "the write made just before the move"
+    );
     b.goto(&format!("{url}/hosts")).await.unwrap();
     let hosts = b.wait_for_text("main", "fenced", SHORT).await.unwrap();
     assert!(hosts.contains("Planned failover of alpha/web"), "{hosts}");

@@ -1,5 +1,5 @@
 //! The dashboard's other actions in real headless Chromium, on a VM protected with the
-//! CLI: an unplanned failover from an older point picked in the dialog (after a network
+//! CLI: its VM lost, an unplanned failover from an older point picked in the dialog (after a network
 //! mapping the server refuses, its message shown as is), a write at the recovery site,
 //! commit, failback, reprotect, and disable with its points deleted. The data is checked
 //! through the guest's HTTP server: the recovered VM has the point's files and not the
@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{boot_guest_with, cluster, wait_points};
+use common::cluster::{boot_guest_with, cluster, lifeboat, run_ok, wait_points};
 use common::dashboard::{act, check_page, log_in, submit, LONG, PASSWORD, SHORT};
 use common::moves::write_at_recovery_site;
 use lifeboat_testkit::browser::{artifacts_dir, Browser};
@@ -66,6 +66,12 @@ async fn the_dashboard_fails_over_unplanned_commits_fails_back_and_disables() {
     b.goto(&format!("{url}/hosts")).await.unwrap();
     b.click("tr[data-vm=web] a").await.unwrap();
     b.wait_for_text("h1", "web on alpha", SHORT).await.unwrap();
+
+    // The disaster: alpha's VM is lost. (Were it still up, both copies would share this
+    // machine's ports until the fence reached it; on two machines they would not.)
+    let mut kill = lifeboat(&cl.home("alpha"));
+    kill.args(["vm", "kill", "web"]);
+    run_ok(kill);
 
     // Unplanned failover from the first point. A mapping to a network the recovery host
     // does not have is refused first: the server's words, and nothing changes.
@@ -154,9 +160,9 @@ async fn the_dashboard_fails_over_unplanned_commits_fails_back_and_disables() {
         .as_array()
         .unwrap()
         .is_empty());
-    let mut c = common::cluster::lifeboat(cl.tmp.path());
+    let mut c = lifeboat(cl.tmp.path());
     c.args(["--json", "vault", "--vault", &cl.vault, "list"]);
-    let listed = common::cluster::run_ok(c);
+    let listed = run_ok(c);
     let points: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert!(
         points.as_array().is_some_and(|p| p.is_empty()),

@@ -374,9 +374,13 @@ async fn an_agent_killed_mid_move_is_settled() {
         "agent-final-sync-started",
         &["failover", "web", "--planned", "--shutdown-timeout", "60s"],
     );
-    let state = settled(&cl, &["protected"]);
-    assert_eq!((state.as_str(), where_it_runs(&cl)), ("protected", "alpha"));
-    let n = all_acked_present(&cl, http).await;
+    let (_, _, n) = settled_at(
+        &cl,
+        http,
+        "agent-final-sync-started",
+        ("protected", "alpha"),
+    )
+    .await;
     eprintln!("agent killed in the final sync: rolled back, {n} acknowledged writes present");
 
     // Failed over; home's agent dies after writing the point over home's disk, before
@@ -390,12 +394,7 @@ async fn an_agent_killed_mid_move_is_settled() {
         "agent-apply-written",
         &["failback", "web", "--shutdown-timeout", "60s"],
     );
-    let state = settled(&cl, &["failed_over"]);
-    assert_eq!(
-        (state.as_str(), where_it_runs(&cl)),
-        ("failed_over", "beta")
-    );
-    all_acked_present(&cl, http).await;
+    settled_at(&cl, http, "agent-apply-written", ("failed_over", "beta")).await;
     // The recovery host's agent dies in the failback's final sync (its QEMU held
     // paused): rolled back, the recovery VM runs again.
     crash_agent_at(
@@ -404,12 +403,13 @@ async fn an_agent_killed_mid_move_is_settled() {
         "agent-final-sync-started",
         &["failback", "web", "--shutdown-timeout", "60s"],
     );
-    let state = settled(&cl, &["failed_over"]);
-    assert_eq!(
-        (state.as_str(), where_it_runs(&cl)),
-        ("failed_over", "beta")
-    );
-    all_acked_present(&cl, http).await;
+    settled_at(
+        &cl,
+        http,
+        "agent-final-sync-started",
+        ("failed_over", "beta"),
+    )
+    .await;
     let out = cl.json(&["failback", "web", "--shutdown-timeout", "60s"]);
     assert_eq!(out["state"], "failed_back", "{out}");
     assert_eq!(where_it_runs(&cl), "alpha");

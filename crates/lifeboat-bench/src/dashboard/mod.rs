@@ -8,15 +8,15 @@
 mod report;
 mod seed;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 
 pub use report::{table, FleetResult, PageResult, Report};
+
+use crate::rpo::procs::{self, cpu_seconds, start_server, status_kb, Lifeboat};
 
 const PASSWORD: &str = "bench-dashboard-password";
 /// Pages whose streams are held open while the server's CPU is measured.
@@ -32,18 +32,6 @@ pub struct Options {
     pub lifeboat: PathBuf,
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 pub async fn run(opts: &Options) -> Result<Report> {
     if !opts.lifeboat.is_file() {
         bail!(
@@ -55,9 +43,14 @@ pub async fn run(opts: &Options) -> Result<Report> {
     for &vms in &opts.vms {
         let home = opts.work.join(format!("vms-{vms}"));
         let started = Instant::now();
-        let seeded = seed::seed(&home, vms).await?;
+        let seeded = seed::seed(&home, vms, PASSWORD).await?;
         let seed_secs = started.elapsed().as_secs_f64();
-        let server = start(&opts.lifeboat, &home)?;
+        let lb = Lifeboat {
+            bin: opts.lifeboat.clone(),
+            client_home: home.join("client"),
+            server: None,
+        };
+        let server = start_server(&lb, &home, &home.join("server.log"))?;
         let result = measure(&server, &seeded, vms, opts.requests, seed_secs).await;
         drop(server);
         fleets.push(result?);
@@ -68,32 +61,6 @@ pub async fn run(opts: &Options) -> Result<Report> {
         streams: STREAMS,
         fleets,
     })
-}
-
-fn start(lifeboat: &std::path::Path, home: &std::path::Path) -> Result<Server> {
-    let mut child = Command::new(lifeboat)
-        .arg("--home")
-        .arg(home)
-        .args(["server", "--listen", "127.0.0.1:0", "--insecure-http"])
-        .env("LIFEBOAT_ADMIN_PASSWORD", PASSWORD)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", lifeboat.display()))?;
-    let stdout = child.stdout.take().context("the server's stdout")?;
-    let mut url = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(u) = line.strip_prefix("API on ") {
-            url = Some(u.to_string());
-        }
-        if line == "Ready" {
-            break;
-        }
-    }
-    let url = url.context("the server printed no address")?;
-    Ok(Server { child, url })
 }
 
 /// `name=value` of the cookie `resp` sets under `name`.
@@ -127,7 +94,7 @@ async fn log_in(http: &reqwest::Client, url: &str) -> Result<String> {
 }
 
 async fn measure(
-    server: &Server,
+    server: &procs::Server,
     seeded: &seed::Seeded,
     vms: usize,
     requests: usize,
@@ -181,12 +148,13 @@ async fn measure(
     drop(body);
     // The server with no page open (its reconciler walking the fleet), then with ten
     // open pages: their difference is what the live stream costs.
-    let pid = server.child.id();
-    let cpu_before = cpu_secs(pid)?;
+    let pid = server.daemon.pid();
+    let cpu_before = cpu_seconds(pid)?;
     let window = Instant::now();
     tokio::time::sleep(STREAM_WINDOW).await;
-    let idle_cpu_percent = 100.0 * (cpu_secs(pid)? - cpu_before) / window.elapsed().as_secs_f64();
-    let cpu_before = cpu_secs(pid)?;
+    let idle_cpu_percent =
+        100.0 * (cpu_seconds(pid)? - cpu_before) / window.elapsed().as_secs_f64();
+    let cpu_before = cpu_seconds(pid)?;
     let window = Instant::now();
     let mut streams = Vec::new();
     for _ in 0..STREAMS {
@@ -201,7 +169,7 @@ async fn measure(
         }));
     }
     tokio::time::sleep(STREAM_WINDOW).await;
-    let cpu = cpu_secs(pid)? - cpu_before;
+    let cpu = cpu_seconds(pid)? - cpu_before;
     let elapsed = window.elapsed().as_secs_f64();
     for s in streams {
         s.abort();
@@ -214,28 +182,6 @@ async fn measure(
         first_event_bytes: first.len(),
         idle_cpu_percent,
         streams_cpu_percent: 100.0 * cpu / elapsed,
-        peak_rss: peak_rss(pid),
+        peak_rss: status_kb(pid, "VmHWM")?,
     })
-}
-
-/// User + system CPU seconds of `pid`, from /proc.
-fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command's closing parenthesis; utime and stime are 14th and 15th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
-
-fn peak_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }

@@ -21,7 +21,8 @@ pub struct Seeded {
     pub chart_page: String,
 }
 
-pub async fn seed(server_home: &Path, vms: usize) -> Result<Seeded> {
+/// Seeds the database under `server_home`, with `password` as the dashboard's.
+pub async fn seed(server_home: &Path, vms: usize, password: &str) -> Result<Seeded> {
     std::fs::create_dir_all(server_home.join("server"))?;
     let url = format!(
         "sqlite://{}",
@@ -30,6 +31,9 @@ pub async fn seed(server_home: &Path, vms: usize) -> Result<Seeded> {
     let db = Database::connect(&url)
         .await
         .with_context(|| format!("opening {url}"))?;
+    let hash = lifeboat_server::auth::hash_password(password)?;
+    db.set_password_hash(lifeboat_server::auth::ADMIN, &hash)
+        .await?;
     let hosts = vms.div_ceil(VMS_PER_HOST).max(2);
     let mut host_ids = Vec::new();
     for h in 0..hosts {

@@ -756,19 +756,23 @@ pub async fn commit(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -
 #[utoipa::path(get, path = "/api/v1/recoveries", tag = "failover",
     responses((status = 200, description = "VMs running on recovery hosts: their origin, point and state", body = [RecoveryView])))]
 pub async fn list_recoveries(State(s): State<Arc<ServerState>>) -> Response {
-    let hosts = match s.db.hosts_with_access().await {
-        Ok(h) => h,
-        Err(e) => return db_error(e),
-    };
-    match s.db.recoveries().await {
-        Ok(all) => Json(
-            all.into_iter()
-                .map(|r| recovery_view(r, &hosts))
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+    match recovery_views(&s.db).await {
+        Ok(views) => Json(views).into_response(),
         Err(e) => db_error(e),
     }
+}
+
+/// Every recovered VM with its hosts' names (`GET /api/v1/recoveries`, the dashboard).
+pub async fn recovery_views(
+    db: &crate::db::Database,
+) -> Result<Vec<RecoveryView>, crate::db::DbError> {
+    let hosts = db.hosts_with_access().await?;
+    Ok(db
+        .recoveries()
+        .await?
+        .into_iter()
+        .map(|r| recovery_view(r, &hosts))
+        .collect())
 }
 
 #[cfg(test)]

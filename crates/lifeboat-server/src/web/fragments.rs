@@ -3,9 +3,9 @@
 
 use maud::{html, Markup};
 
-use super::layout::{age, state_label, time};
+use super::layout::{age, columns, state_label, time};
 use super::pages::recovery_kind_label;
-use crate::api::failover::{recovery_view, RecoveryView};
+use crate::api::failover::RecoveryView;
 use crate::api::protection::ProtectionView;
 use crate::api::status::Overview;
 use crate::db::{Operation, Recovery};
@@ -108,11 +108,7 @@ pub fn recoveries_table(views: &[RecoveryView]) -> Markup {
         } @else {
             div class="scroll" {
                 table {
-                    thead { tr {
-                        th scope="col" { "VM" } th scope="col" { "Recovery host" } th scope="col" { "Kind" }
-                        th scope="col" { "Origin" } th scope="col" { "Recovery point" } th scope="col" { "State" }
-                        th scope="col" { "Local" } th scope="col" { "Reach it at" }
-                    } }
+                    (columns(&["VM", "Recovery host", "Kind", "Origin", "Recovery point", "State", "Local", "Reach it at"]))
                     tbody {
                         @for r in views {
                             @let rec = &r.recovery;
@@ -148,16 +144,4 @@ fn forwards(json: &str) -> Markup {
         }
         @if list.is_empty() { "-" }
     }
-}
-
-pub async fn recovery_views(
-    db: &crate::db::Database,
-) -> Result<Vec<RecoveryView>, crate::db::DbError> {
-    let hosts = db.hosts_with_access().await?;
-    Ok(db
-        .recoveries()
-        .await?
-        .into_iter()
-        .map(|r| recovery_view(r, &hosts))
-        .collect())
 }

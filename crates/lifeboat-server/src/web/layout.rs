@@ -136,16 +136,26 @@ pub fn state_label(v: &ProtectionView, test_running: bool) -> Markup {
     }
 }
 
-/// `2026-11-26T17:05:03.123+00:00` as `2026-11-26 17:05:03 UTC`, wrapped in `<time>`.
-pub fn time(rfc3339: &str) -> Markup {
-    let shown = chrono::DateTime::parse_from_rfc3339(rfc3339)
+/// A table's header row: one column header per name.
+pub fn columns(names: &[&str]) -> Markup {
+    html! { thead { tr { @for n in names { th scope="col" { (n) } } } } }
+}
+
+/// `2026-11-26T17:05:03.123+00:00` as `2026-11-26 17:05:03 UTC`; text that is not a time
+/// as it is.
+pub fn utc(rfc3339: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
         .map(|t| {
             t.with_timezone(&chrono::Utc)
                 .format("%Y-%m-%d %H:%M:%S UTC")
                 .to_string()
         })
-        .unwrap_or_else(|_| rfc3339.to_string());
-    html! { time datetime=(rfc3339) { (shown) } }
+        .unwrap_or_else(|_| rfc3339.to_string())
+}
+
+/// [`utc`], wrapped in `<time>`.
+pub fn time(rfc3339: &str) -> Markup {
+    html! { time datetime=(rfc3339) { (utc(rfc3339)) } }
 }
 
 /// An age in seconds, short: `12 s`, `4 min 10 s`, `3 h 5 min`, `2 d 1 h`.

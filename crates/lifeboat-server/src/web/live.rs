@@ -17,7 +17,8 @@ use futures::Stream;
 use maud::Markup;
 use tokio::sync::watch;
 
-use super::fragments::{counts, protection_cells, recoveries_table, recovery_views, running_ops};
+use super::fragments::{counts, protection_cells, recoveries_table, running_ops};
+use crate::api::failover::recovery_views;
 use crate::api::status::overview_of;
 use crate::api::ServerState;
 use crate::db::Database;
@@ -114,11 +115,8 @@ pub async fn events(
 
 /// Whether the session is still there and not past its end.
 async fn session_lives(s: &ServerState, id_sha256: &str) -> bool {
-    match s.db.session(id_sha256).await {
-        Ok(Some(row)) => {
-            row.expires_at >= chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        }
-        Ok(None) => false,
+    match crate::auth::live_session(&s.db, id_sha256).await {
+        Ok(session) => session.is_some(),
         // A database hiccup does not end the operator's view; the next tick checks again.
         Err(_) => true,
     }
@@ -127,8 +125,8 @@ async fn session_lives(s: &ServerState, id_sha256: &str) -> bool {
 /// Every live fragment, by the id of the element it fills.
 pub async fn fragments(db: &Database) -> Result<Fragments, crate::db::DbError> {
     let o = overview_of(db).await?;
-    let recoveries = db.recoveries().await?;
     let views = recovery_views(db).await?;
+    let recoveries: Vec<_> = views.iter().map(|v| v.recovery.clone()).collect();
     let mut out = Fragments::new();
     let mut put = |id: String, m: Markup| {
         out.insert(id, m.into_string());

@@ -9,11 +9,12 @@ use axum::extract::State;
 use axum::response::Response;
 use maud::{html, Markup};
 
-use super::fragments::{counts, protection_cells, recoveries_table, recovery_views, running_ops};
-use super::layout::{age, page, size, time};
+use super::fragments::{counts, protection_cells, recoveries_table, running_ops};
+use super::layout::{age, columns, page, size, time};
 use super::CurrentSession;
+use crate::api::failover::recovery_views;
 use crate::api::protection::ProtectionView;
-use crate::api::status::{overview_of, Overview};
+use crate::api::status::overview_of;
 use crate::api::{vm_list, ServerState, VmRow};
 use crate::db::{Operation, Recovery};
 use crate::policy::POLICIES;
@@ -47,7 +48,7 @@ pub async fn overview(State(s): State<Arc<ServerState>>, session: CurrentSession
             } @else {
                 div class="scroll" {
                     table {
-                        thead { tr { th scope="col" { "VM" } th scope="col" { "Host" } th scope="col" { "State" } th scope="col" { "RPO" } th scope="col" { "Recovery host" } } }
+                        (columns(&["VM", "Host", "State", "RPO", "Recovery host"]))
                         tbody {
                             @for v in &o.protections {
                                 @let cells = protection_cells(v, &recoveries);
@@ -76,8 +77,13 @@ pub fn vm_href(host_id: &str, vm: &str) -> String {
 
 pub async fn hosts(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
     let list = or_fail!(vm_list(&s).await);
-    let o = or_fail!(overview_of(&s.db).await);
-    let hosts = or_fail!(s.db.hosts().await);
+    // The state labels need each protection's full view (sync progress included).
+    let access = or_fail!(s.db.hosts_with_access().await);
+    let views: Vec<ProtectionView> = or_fail!(s.db.protections().await)
+        .iter()
+        .map(|p| crate::api::protection::view(p, &access))
+        .collect();
+    let hosts: Vec<_> = access.into_iter().map(|h| h.host).collect();
     let recoveries = or_fail!(s.db.recoveries().await);
     let body = html! {
         @if hosts.is_empty() {
@@ -95,12 +101,9 @@ pub async fn hosts(State(s): State<Arc<ServerState>>, session: CurrentSession) -
                 } @else {
                     div class="scroll" {
                         table {
-                            thead { tr {
-                                th scope="col" { "VM" } th scope="col" { "Running" } th scope="col" { "Protection" }
-                                th scope="col" { "RPO" } th scope="col" { "Last recovery point" } th scope="col" { "Recovery host" }
-                            } }
+                            (columns(&["VM", "Running", "Protection", "RPO", "Last recovery point", "Recovery host"]))
                             tbody {
-                                @for v in vms { (vm_row(h.id.as_str(), v, &o, &recoveries)) }
+                                @for v in vms { (vm_row(h.id.as_str(), v, &views, &recoveries)) }
                             }
                         }
                     }
@@ -111,12 +114,12 @@ pub async fn hosts(State(s): State<Arc<ServerState>>, session: CurrentSession) -
     page("Hosts & VMs", "/hosts", &session, body)
 }
 
-fn vm_row(host_id: &str, v: &VmRow, o: &Overview, recoveries: &[Recovery]) -> Markup {
+fn vm_row(host_id: &str, v: &VmRow, views: &[ProtectionView], recoveries: &[Recovery]) -> Markup {
     let run = v.state["state"].as_str().unwrap_or("?");
     let view = v
         .protection_id
         .as_ref()
-        .and_then(|id| o.protections.iter().find(|p| &p.id == id));
+        .and_then(|id| views.iter().find(|p| &p.id == id));
     html! {
         tr data-vm=(v.vm) {
             th scope="row" { a href=(vm_href(host_id, &v.vm)) { (v.vm) } }
@@ -204,7 +207,7 @@ pub fn operations_list(ops: &[Operation], names: &BTreeMap<String, String>) -> M
     html! {
         div class="scroll" {
             table {
-                thead { tr { th scope="col" { "Started" } th scope="col" { "VM" } th scope="col" { "Operation" } th scope="col" { "Status" } th scope="col" { "Step and log" } } }
+                (columns(&["Started", "VM", "Operation", "Status", "Step and log"]))
                 tbody {
                     @for op in ops {
                         tr {
@@ -267,7 +270,7 @@ pub async fn vaults(State(s): State<Arc<ServerState>>, session: CurrentSession) 
             } @else {
                 div class="scroll" {
                     table {
-                        thead { tr { th scope="col" { "Vault" } th scope="col" { "VMs" } th scope="col" { "Replicated" } th scope="col" { "Points committed" } } }
+                        (columns(&["Vault", "VMs", "Replicated", "Points committed"]))
                         tbody {
                             @for (vault, ps) in &by_vault {
                                 tr {
@@ -286,7 +289,7 @@ pub async fn vaults(State(s): State<Arc<ServerState>>, session: CurrentSession) 
             h2 id="policies-h" { "Policies" }
             div class="scroll" {
                 table {
-                    thead { tr { th scope="col" { "Policy" } th scope="col" { "Sync every" } th scope="col" { "Degraded past" } th scope="col" { "App-consistent every" } th scope="col" { "Keeps" } } }
+                    (columns(&["Policy", "Sync every", "Degraded past", "App-consistent every", "Keeps"]))
                     tbody {
                         @for p in POLICIES {
                             tr {

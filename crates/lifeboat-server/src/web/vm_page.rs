@@ -12,7 +12,7 @@ use maud::{html, Markup};
 
 use super::chart::rpo_chart;
 use super::fragments::protection_cells;
-use super::layout::{age, page, refused, size, time};
+use super::layout::{age, columns, page, refused, size, time, utc};
 use super::pages::{host_names, operations_list, or_fail, recovery_kind_label, vm_href};
 use super::CurrentSession;
 use crate::api::protection::{view, ProtectionView};
@@ -184,7 +184,7 @@ fn points_table(points: &[PointRow], vm: &str) -> Markup {
             }
             div class="scroll" {
                 table {
-                    thead { tr { th scope="col" { "Cut time" } th scope="col" { "Consistency" } th scope="col" { "Kind" } th scope="col" { "Read" } th scope="col" { "New in vault" } th scope="col" { "Point" } } }
+                    (columns(&["Cut time", "Consistency", "Kind", "Read", "New in vault", "Point"]))
                     tbody {
                         @for p in points.iter().rev().take(POINTS_SHOWN) {
                             tr {
@@ -260,27 +260,17 @@ fn point_select(id: &str, points: &[PointRow]) -> Markup {
             label for=(id) { "Recovery point" }
             select id=(id) name="point" {
                 @if let Some(last) = points.last() {
-                    option value="latest" selected { "Latest — " (short_time(&last.cut_time)) }
+                    option value="latest" selected { "Latest — " (utc(&last.cut_time)) }
                 }
                 @if points.iter().any(|p| p.consistency == "app") {
                     option value="latest-app-consistent" { "Latest application-consistent" }
                 }
                 @for p in points.iter().rev().take(POINTS_SHOWN) {
-                    option value=(p.point) { (short_time(&p.cut_time)) " (" (p.consistency) ")" }
+                    option value=(p.point) { (utc(&p.cut_time)) " (" (p.consistency) ")" }
                 }
             }
         }
     }
-}
-
-fn short_time(t: &str) -> String {
-    chrono::DateTime::parse_from_rfc3339(t)
-        .map(|t| {
-            t.with_timezone(&Utc)
-                .format("%Y-%m-%d %H:%M:%S UTC")
-                .to_string()
-        })
-        .unwrap_or_else(|_| t.to_string())
 }
 
 fn network_field(id: &str, current: &std::collections::BTreeMap<String, String>) -> Markup {
