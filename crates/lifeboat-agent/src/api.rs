@@ -49,7 +49,7 @@ pub struct Hello {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EnrollRequest {
-    pub code: String,
+    pub code: crate::secret::Secret,
     /// The server's certificate fingerprint, which the agent pins.
     pub server_fingerprint: String,
 }
@@ -57,7 +57,7 @@ pub struct EnrollRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EnrollResponse {
     /// The agent's credential: present it as `Authorization: Bearer …`. Shown once.
-    pub credential: String,
+    pub credential: crate::secret::Secret,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,10 +166,16 @@ async fn enroll(State(s): State<Arc<AgentState>>, Json(req): Json<EnrollRequest>
     if req.server_fingerprint.trim().is_empty() {
         return error(StatusCode::BAD_REQUEST, "server_fingerprint is empty");
     }
-    match s.enrollment.enroll(&req.code, &req.server_fingerprint) {
+    match s
+        .enrollment
+        .enroll(req.code.expose(), &req.server_fingerprint)
+    {
         Ok(credential) => {
             tracing::info!(server = %req.server_fingerprint, "enrolled");
-            Json(EnrollResponse { credential }).into_response()
+            Json(EnrollResponse {
+                credential: credential.into(),
+            })
+            .into_response()
         }
         Err(EnrollmentError::WrongCode) => {
             tracing::warn!("an enrollment with a wrong code was refused");

@@ -15,6 +15,7 @@ use crate::api::{
     EnrollRequest, EnrollResponse, Hello, UnprotectReport, UnprotectRequest, VaultCheck,
 };
 use crate::identity::fingerprint;
+use crate::secret::Secret;
 use crate::sync::{SyncRequest, SyncStatus, VaultAccess};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +31,59 @@ pub enum ClientError {
         status: u16,
         message: String,
     },
+    #[error("agent {address} sent a reply larger than {limit} bytes; it was cut off (is that really a Lifeboat agent?)")]
+    TooLarge { address: String, limit: usize },
+    #[error("agent {address} sent a reply that is not what was asked for: {source}")]
+    BadReply {
+        address: String,
+        source: serde_json::Error,
+    },
     #[error("building the HTTPS client: {0}")]
     Build(String),
+}
+
+/// The largest reply read from an agent: an inventory of thousands of VMs fits, and a
+/// compromised agent cannot make the server hold more than this per call.
+pub const MAX_REPLY_BYTES: usize = 16 << 20;
+/// The largest error reply read (its `error` text is all that is used).
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+/// Why a bounded read stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    TooLarge,
+    Http(reqwest::Error),
+}
+
+/// The whole body of `resp`, or `TooLarge` as soon as it passes `limit` bytes: the rest
+/// is never read (the connection is dropped).
+pub async fn read_bounded(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, ReadError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Http)? {
+        if body.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The client settings every HTTP client of Lifeboat shares: no redirects (a peer that
+/// answers with one is refusing, and following it would resend the request, secrets
+/// included, to wherever it points), no proxy from the environment (agents and the
+/// server are reached directly), and idle connections dropped before the peer's own idle
+/// limit (`serve::admission`, 15 s) closes them, so a request never races that close.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .pool_idle_timeout(std::time::Duration::from_secs(10))
 }
 
 /// Accepts exactly one certificate: the one whose SHA-256 fingerprint was pinned.
@@ -113,7 +165,7 @@ pub fn pinned_http_client(
             provider,
         }))
         .with_no_client_auth();
-    reqwest::Client::builder()
+    client_builder()
         .tls_backend_preconfigured(config)
         .connect_timeout(timeout)
         .timeout(timeout)
@@ -126,7 +178,7 @@ pub fn pinned_http_client(
 pub struct AgentClient {
     address: String,
     http: reqwest::Client,
-    credential: Option<String>,
+    credential: Option<Secret>,
 }
 
 impl AgentClient {
@@ -144,8 +196,8 @@ impl AgentClient {
     }
 
     /// The same client, presenting the agent's credential.
-    pub fn with_credential(mut self, credential: &str) -> AgentClient {
-        self.credential = Some(credential.to_string());
+    pub fn with_credential(mut self, credential: &Secret) -> AgentClient {
+        self.credential = Some(credential.clone());
         self
     }
 
@@ -155,14 +207,14 @@ impl AgentClient {
 
     pub async fn enroll(
         &self,
-        code: &str,
+        code: &Secret,
         server_fingerprint: &str,
-    ) -> Result<String, ClientError> {
+    ) -> Result<Secret, ClientError> {
         let req = self
             .http
             .post(self.url("/api/v1/enroll"))
             .json(&EnrollRequest {
-                code: code.to_string(),
+                code: code.clone(),
                 server_fingerprint: server_fingerprint.to_string(),
             });
         let r: EnrollResponse = self.call(req).await?;
@@ -294,7 +346,7 @@ impl AgentClient {
         mut req: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         if let Some(c) = &self.credential {
-            req = req.bearer_auth(c);
+            req = req.bearer_auth(c.expose());
         }
         let failed = |source| ClientError::Request {
             address: self.address.clone(),
@@ -302,17 +354,48 @@ impl AgentClient {
         };
         let resp = req.send().await.map_err(failed)?;
         let status = resp.status();
-        if !status.is_success() {
-            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let too_large = |limit| ClientError::TooLarge {
+            address: self.address.clone(),
+            limit,
+        };
+        if status.is_redirection() {
+            let to = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nowhere")
+                .chars()
+                .take(200)
+                .collect::<String>();
             return Err(ClientError::Refused {
                 address: self.address.clone(),
                 status: status.as_u16(),
-                message: body["error"]
-                    .as_str()
-                    .unwrap_or("no reason given")
-                    .to_string(),
+                message: format!("a redirect (to {to}), which is never followed"),
             });
         }
-        resp.json().await.map_err(failed)
+        if !status.is_success() {
+            let message = match read_bounded(resp, MAX_ERROR_BYTES).await {
+                Ok(body) => serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "no reason given".to_string()),
+                Err(_) => "no reason given (the reply was too large or cut)".to_string(),
+            };
+            return Err(ClientError::Refused {
+                address: self.address.clone(),
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let body = read_bounded(resp, MAX_REPLY_BYTES)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => too_large(MAX_REPLY_BYTES),
+                ReadError::Http(e) => failed(e),
+            })?;
+        serde_json::from_slice(&body).map_err(|source| ClientError::BadReply {
+            address: self.address.clone(),
+            source,
+        })
     }
 }

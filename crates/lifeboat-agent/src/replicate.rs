@@ -16,6 +16,7 @@
 //! Order of commits: the point's manifest, then the agent's journal, then the cut. A crash
 //! between them leaves the next cut carrying those changes again, never missing them.
 
+use crate::secret::Secret;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -477,7 +478,8 @@ type VaultKey = (String, [u8; 32]);
 type VaultCell = std::sync::Arc<tokio::sync::OnceCell<Vault>>;
 
 impl VaultCache {
-    pub async fn open(&self, url: &str, passphrase: &str) -> Result<Vault, SyncError> {
+    pub async fn open(&self, url: &str, passphrase: &Secret) -> Result<Vault, SyncError> {
+        let passphrase = passphrase.expose();
         let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, passphrase.as_bytes())
             .as_ref()
             .try_into()

@@ -1,6 +1,12 @@
 //! Serving the routes: TLS with the agent's identity, or plain HTTP on a loopback address
-//! when explicitly asked (tests, `lifeboat up`). Each connection is its own task; a TLS
-//! handshake that stalls is dropped after a timeout, so a port scan cannot pile them up.
+//! when explicitly asked (tests, `lifeboat up`). The server serves its API and dashboard
+//! through the same function. Each connection is its own task, admitted within the
+//! listener's limits (`admission`: connections in all and per address, an idle limit that
+//! also bounds the TLS handshake and the wait for a request's head) and served through
+//! `tracked` (requests in flight; request bodies that stall fail).
+
+pub mod admission;
+mod tracked;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,12 +14,13 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::identity::Identity;
+use admission::Admission;
+pub use admission::Limits;
+use tracked::Tracked;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -51,11 +58,13 @@ impl Transport {
     }
 }
 
-/// Serves `router` on `listener` until the task is dropped.
+/// Serves `router` on `listener` until the task is dropped, holding connections within
+/// `limits` (see `admission`).
 pub async fn serve(
     listener: TcpListener,
     transport: Transport,
     router: Router,
+    limits: Limits,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(|source| ServeError::Accept {
         addr: ([0, 0, 0, 0], 0).into(),
@@ -68,6 +77,7 @@ pub async fn serve(
         Transport::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
         Transport::PlainLoopback => None,
     };
+    let admission = Admission::new(limits);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -78,36 +88,50 @@ pub async fn serve(
                 continue;
             }
         };
-        let service = TowerToHyperService::new(router.clone());
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(refused) => {
+                // Closed at once: the client sees a reset, not a hang.
+                tracing::debug!(%peer, ?refused, "connection refused");
+                continue;
+            }
+        };
+        let service = Tracked {
+            router: router.clone(),
+            activity: ticket.activity.clone(),
+            body_stall: limits.body_stall,
+        };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let served = match acceptor {
-                Some(acceptor) => {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
+            let connection = async {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let served = match acceptor {
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
+                        Err(e) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
                         }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    builder.serve_connection(TokioIo::new(tls), service).await
-                }
-                None => {
-                    builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
+                    },
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                };
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // The idle limit covers the TLS handshake and every wait for a request, so
+            // a client that connects and sends nothing (or half a request) is closed.
+            tokio::select! {
+                _ = connection => {}
+                _ = ticket.activity.ended(limits.idle) => {
+                    tracing::debug!(%peer, "idle connection closed");
+                }
             }
+            drop(ticket);
         });
     }
 }

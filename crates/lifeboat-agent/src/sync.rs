@@ -18,17 +18,11 @@ use serde::{Deserialize, Serialize};
 /// Finished syncs kept in the journal; older ones are deleted.
 const JOURNAL_KEEP: usize = 500;
 
-/// How the agent opens a vault. Never logged: `Debug` hides it.
-#[derive(Clone, Serialize, Deserialize)]
+/// How the agent opens a vault. Never logged: `Debug` hides the passphrase.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VaultAccess {
     pub url: String,
-    pub passphrase: String,
-}
-
-impl std::fmt::Debug for VaultAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "VaultAccess({}, passphrase hidden)", self.url)
-    }
+    pub passphrase: crate::secret::Secret,
 }
 
 /// How long points are kept (see `lifeboat vault prune`); all `None` keeps every point.

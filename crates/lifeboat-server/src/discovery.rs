@@ -83,7 +83,7 @@ pub async fn scan(
             probes: count * ports.len() as u64,
         });
     }
-    let client = reqwest::Client::builder()
+    let client = lifeboat_agent::client::client_builder()
         // Discovery only: the certificate is shown for the operator to check, and pinned
         // at enrollment; nothing secret is sent.
         .danger_accept_invalid_certs(true)
@@ -139,7 +139,11 @@ async fn probe(client: &reqwest::Client, addr: SocketAddr) -> Option<Found> {
     if !resp.status().is_success() {
         return None;
     }
-    let hello: Hello = resp.json().await.ok()?;
+    // A hello is a few hundred bytes; whatever answers on a scanned port is untrusted.
+    let body = lifeboat_agent::client::read_bounded(resp, 64 << 10)
+        .await
+        .ok()?;
+    let hello: Hello = serde_json::from_slice(&body).ok()?;
     if hello.service != SERVICE {
         return None;
     }

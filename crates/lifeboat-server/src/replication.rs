@@ -148,7 +148,10 @@ pub fn agent_client(
 /// or credential changed.
 #[derive(Default)]
 struct AgentClients {
-    current: Option<((String, String, String), AgentClient)>,
+    current: Option<(
+        (String, String, lifeboat_agent::secret::Secret),
+        AgentClient,
+    )>,
 }
 
 impl AgentClients {

@@ -29,7 +29,7 @@ async fn hosts_and_tokens_round_trip(url: &str) {
     let db = Database::connect(url).await.unwrap();
     let access = db.hosts_with_access().await.unwrap();
     assert_eq!(access.len(), 1);
-    assert_eq!(access[0].credential, "cred");
+    assert_eq!(access[0].credential.expose(), "cred");
     let found = db.host_by_address("10.0.0.1:7443").await.unwrap().unwrap();
     assert_eq!(
         (found.id.as_str(), found.hostname.as_str()),

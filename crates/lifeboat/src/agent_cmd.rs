@@ -85,8 +85,9 @@ pub async fn start(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<S
             }
         });
     }
+    let limits = lifeboat_agent::serve::Limits::new(args.max_connections);
     let serve = Box::pin(async move {
-        serve(listener, transport, router(state))
+        serve(listener, transport, router(state), limits)
             .await
             .map_err(anyhow::Error::from)
     });

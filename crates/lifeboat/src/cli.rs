@@ -263,6 +263,10 @@ pub struct ServerArgs {
     /// Serve plain HTTP instead of TLS. Refused unless --listen is a loopback address.
     #[arg(long)]
     pub insecure_http: bool,
+    /// Connections held at once (a quarter of them from one address), at most a quarter
+    /// of this process's open-file limit. Idle ones are closed after 15 s.
+    #[arg(long, default_value_t = lifeboat_agent::serve::admission::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,6 +286,10 @@ pub struct AgentArgs {
     /// Serve plain HTTP instead of TLS. Refused unless --listen is a loopback address.
     #[arg(long)]
     pub insecure_http: bool,
+    /// Connections held at once (a quarter of them from one address), at most a quarter
+    /// of this process's open-file limit. Idle ones are closed after 15 s.
+    #[arg(long, default_value_t = lifeboat_agent::serve::admission::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Forget the server that enrolled this agent and print a new enrollment code.
     #[arg(long)]
     pub reset_enrollment: bool,
@@ -318,10 +326,10 @@ pub enum HostsCommand {
         conn: ServerConn,
     },
     /// Enroll the agent at ADDRESS (host:port) with the code it printed at first start.
+    /// The code comes from LIFEBOAT_ENROLL_CODE or is asked on the terminal, never from
+    /// the command line, where every local user could read it in the process list.
     Enroll {
         address: String,
-        #[arg(long)]
-        code: String,
         /// The agent's certificate fingerprint, as checked in `hosts scan` or its banner.
         /// Without it, the certificate the agent presents now is trusted and pinned.
         #[arg(long)]

@@ -33,10 +33,10 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
         }
         HostsCommand::Enroll {
             address,
-            code,
             fingerprint,
             conn,
         } => {
+            let code = crate::secrets::enrollment_code(&address)?.into();
             let server = ServerClient::new(&conn, home)?;
             let host: serde_json::Value = server
                 .post(

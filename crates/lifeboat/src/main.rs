@@ -37,6 +37,8 @@ fn main() -> std::process::ExitCode {
     tame_malloc();
     let cli = cli::Cli::parse();
     init_logging(cli.verbose);
+    // Listeners size their connection limits from this (serve::admission).
+    lifeboat_agent::serve::admission::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

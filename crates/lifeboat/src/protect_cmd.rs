@@ -85,7 +85,7 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
                 vm,
                 host,
                 vault: args.vault,
-                vault_passphrase: passphrase,
+                vault_passphrase: passphrase.into(),
                 recovery_host: args.recovery_host,
                 policy: Some(args.policy.clone()),
                 network_map: crate::failover_cmd::network_map(&args.network_map)?,

@@ -8,6 +8,27 @@ use anyhow::{bail, Context, Result};
 use lifeboat_vault::format::KeyFile;
 
 pub const PASSPHRASE_ENV: &str = "LIFEBOAT_PASSPHRASE";
+pub const ENROLL_CODE_ENV: &str = "LIFEBOAT_ENROLL_CODE";
+
+/// The one-time enrollment code of the agent at `address`: `LIFEBOAT_ENROLL_CODE`, else
+/// asked on the terminal.
+pub fn enrollment_code(address: &str) -> Result<String> {
+    if let Ok(c) = std::env::var(ENROLL_CODE_ENV) {
+        if c.trim().is_empty() {
+            bail!("{ENROLL_CODE_ENV} is set but empty");
+        }
+        return Ok(c.trim().to_string());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no enrollment code: set {ENROLL_CODE_ENV} to the code the agent at {address} printed, or run on a terminal");
+    }
+    let c = rpassword::prompt_password(format!("Enrollment code the agent at {address} printed: "))
+        .context("reading the enrollment code")?;
+    if c.trim().is_empty() {
+        bail!("the enrollment code must not be empty");
+    }
+    Ok(c.trim().to_string())
+}
 
 /// The passphrase: `LIFEBOAT_PASSPHRASE`, else asked on the terminal (twice when `confirm`).
 pub fn passphrase(prompt: &str, confirm: bool) -> Result<String> {

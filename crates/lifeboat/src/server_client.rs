@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use lifeboat_agent::client::{read_bounded, ReadError};
 use serde::de::DeserializeOwned;
 
 use crate::cli::ServerConn;
@@ -11,6 +12,8 @@ use crate::cli::ServerConn;
 // A failover waits while the recovery host brings the VM up: seconds normally, minutes
 // on a busy host.
 const TIMEOUT: Duration = Duration::from_secs(300);
+/// The largest answer read from the server (a VM list of thousands of VMs fits).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
 const DEFAULT_SERVER: &str = "https://127.0.0.1:7400";
 
 /// The client config file: what flags and environment variables leave unset.
@@ -93,7 +96,9 @@ impl ServerClient {
             if !loopback {
                 bail!("{base}: plain http is for a server on this machine only; use https:// and --server-fingerprint");
             }
-            reqwest::Client::builder().timeout(TIMEOUT).build()?
+            lifeboat_agent::client::client_builder()
+                .timeout(TIMEOUT)
+                .build()?
         } else if base.starts_with("https://") {
             // On the server's own machine its certificate is in HOME: pin that one.
             let local = std::fs::read(home.join("server/identity/cert.der"))
@@ -140,8 +145,15 @@ impl ServerClient {
             )
         })?;
         let status = resp.status();
+        let body = read_bounded(resp, MAX_ANSWER_BYTES).await.map_err(|e| match e {
+            ReadError::TooLarge => anyhow::anyhow!(
+                "the server at {} sent an answer larger than {MAX_ANSWER_BYTES} bytes; it was cut off",
+                self.base
+            ),
+            ReadError::Http(e) => anyhow::Error::new(e).context("reading the server's answer"),
+        })?;
         if !status.is_success() {
-            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             // The server's message, as is.
             bail!(
                 "the server refused ({}): {}",
@@ -149,7 +161,7 @@ impl ServerClient {
                 body["error"].as_str().unwrap_or("no reason given")
             );
         }
-        resp.json().await.context("reading the server's answer")
+        serde_json::from_slice(&body).context("reading the server's answer")
     }
 }
 

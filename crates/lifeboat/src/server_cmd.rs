@@ -27,6 +27,9 @@ pub struct StartedServer {
 /// Opens the database, makes the identity and first token, binds; serving starts when
 /// `serve` is polled. Replication starts at once.
 pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
+    if let Some(url) = &args.database {
+        refuse_password_in_arguments(url)?;
+    }
     let server_home = home.join("server");
     // The database holds agent credentials and vault passphrases: root's eyes only.
     private_dir(&server_home)?;
@@ -86,8 +89,9 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         tls: !args.insecure_http,
         live: Default::default(),
     });
+    let limits = lifeboat_agent::serve::Limits::new(args.max_connections);
     let serve = Box::pin(async move {
-        serve(listener, transport, lifeboat_server::app(state))
+        serve(listener, transport, lifeboat_server::app(state), limits)
             .await
             .map_err(anyhow::Error::from)
     });
@@ -100,6 +104,31 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         password_path,
         serve,
     })
+}
+
+/// A database URL with a password is refused on the command line, where every local user
+/// reads it in the process list; LIFEBOAT_DATABASE (or PGPASSWORD) keeps it out of sight.
+fn refuse_password_in_arguments(url: &str) -> Result<()> {
+    let on_command_line = std::env::args().any(|a| a.contains(url));
+    if on_command_line && url_has_password(url) {
+        anyhow::bail!(
+            "the --database URL holds a password, which every user of this machine can read in the process list: \
+             set LIFEBOAT_DATABASE to the URL instead (or leave the password out and set PGPASSWORD)"
+        );
+    }
+    Ok(())
+}
+
+/// Whether `scheme://user:password@host/…` carries a password.
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => userinfo.split_once(':').is_some_and(|(_, p)| !p.is_empty()),
+        None => false,
+    }
 }
 
 pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
@@ -151,4 +180,23 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("making {} private", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(f.sync_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_has_password;
+
+    #[test]
+    fn passwords_in_database_urls_are_found() {
+        assert!(url_has_password("postgres://lb:s3cret@db/lifeboat"));
+        assert!(url_has_password(
+            "postgres://lb:p%40ss@db:5432/lifeboat?sslmode=require"
+        ));
+        assert!(!url_has_password("postgres://lb@db/lifeboat"));
+        assert!(!url_has_password("postgres://db/lifeboat"));
+        assert!(!url_has_password(
+            "sqlite:///var/lib/lifeboat/server/lifeboat.db"
+        ));
+        assert!(!url_has_password("postgres://db/lifeboat?user=a:b@c"));
+    }
 }

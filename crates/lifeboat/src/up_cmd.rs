@@ -33,6 +33,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
             listen: args.listen,
             database: args.database.clone(),
             insecure_http: false,
+            max_connections: lifeboat_agent::serve::admission::DEFAULT_MAX_CONNECTIONS,
         },
     )
     .await?;
@@ -42,6 +43,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
         AgentArgs {
             listen: args.agent_listen,
             insecure_http: false,
+            max_connections: lifeboat_agent::serve::admission::DEFAULT_MAX_CONNECTIONS,
             reset_enrollment: false,
             hostname: args.hostname.clone(),
             max_rate: None,
@@ -113,7 +115,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
                             vm: DEMO_VM.into(),
                             host: None,
                             vault: vault_url.clone(),
-                            vault_passphrase: passphrase.clone(),
+                            vault_passphrase: passphrase.clone().into(),
                             recovery_host: agent.hostname.clone(),
                             policy: Some(args.policy.clone()),
                             network_map: Default::default(),

@@ -179,12 +179,12 @@ async fn scan_finds_agents_and_only_the_code_and_credential_open_them() {
     let addr = format!("127.0.0.1:{}", a.port);
     let pinned = AgentClient::new(&addr, &a.fingerprint, Duration::from_secs(30))
         .unwrap()
-        .with_credential(&credential);
+        .with_credential(&credential.as_str().into());
     let inv = pinned.inventory().await.unwrap();
     assert_eq!(inv["hostname"], "alpha");
     let wrong = AgentClient::new(&addr, &b.fingerprint, Duration::from_secs(30))
         .unwrap()
-        .with_credential(&credential);
+        .with_credential(&credential.as_str().into());
     let err = format!("{:?}", wrong.inventory().await.unwrap_err());
     assert!(err.contains("pinned"), "{err}");
 

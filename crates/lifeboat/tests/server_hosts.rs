@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, start_agent, start_server, start_server_with};
+use common::{client, client_with, enroll, start_agent, start_server, start_server_with};
 use lifeboat_testkit::fresh_postgres_database;
 
 #[test]
@@ -33,16 +33,12 @@ fn hosts_enroll_once_and_the_api_needs_its_token(database: Option<String>) {
     assert!(!ok && err.contains("wrong API token"), "{err}");
 
     // A wrong code: the agent's refusal, shown as is.
-    let (ok, _, err) = client(
-        &server,
-        tok,
-        &["hosts", "enroll", &addr_a, "--code", "0000-0000-0000"],
-    );
+    let (ok, _, err) = enroll(&server, tok, &addr_a, "0000-0000-0000", None);
     assert!(!ok && err.contains("refused the code"), "{err}");
 
     // The right code, with the fingerprint the operator checked.
     let code_a = a.code.clone().unwrap();
-    let (ok, out, err) = client(
+    let (ok, out, err) = client_with(
         &server,
         tok,
         &[
@@ -50,11 +46,10 @@ fn hosts_enroll_once_and_the_api_needs_its_token(database: Option<String>) {
             "hosts",
             "enroll",
             &addr_a,
-            "--code",
-            &code_a,
             "--fingerprint",
             &a.fingerprint,
         ],
+        &[("LIFEBOAT_ENROLL_CODE", &code_a)],
     );
     assert!(ok, "{err}");
     let host: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -62,18 +57,10 @@ fn hosts_enroll_once_and_the_api_needs_its_token(database: Option<String>) {
     assert_eq!(host["fingerprint"], a.fingerprint.as_str());
     // Trust on first use for b (no --fingerprint): the presented certificate is pinned.
     let code_b = b.code.clone().unwrap();
-    let (ok, _, err) = client(
-        &server,
-        tok,
-        &["hosts", "enroll", &addr_b, "--code", &code_b],
-    );
+    let (ok, _, err) = enroll(&server, tok, &addr_b, &code_b, None);
     assert!(ok, "{err}");
     // Codes work once.
-    let (ok, _, err) = client(
-        &server,
-        tok,
-        &["hosts", "enroll", &addr_a, "--code", &code_a],
-    );
+    let (ok, _, err) = enroll(&server, tok, &addr_a, &code_a, None);
     assert!(!ok && err.contains("enrolled already"), "{err}");
 
     let (ok, out, err) = client(&server, tok, &["--json", "hosts", "list"]);

@@ -112,17 +112,9 @@ pub async fn run(opts: &Options) -> Result<Report> {
     lb.server = Some((server.url.clone(), server.token.clone()));
     let agent_home = work.join("agent");
     let mut agent = procs::start_agent(&lb, &agent_home, HOST, &work.join("agent.log"))?;
-    lb.client_ok(&[
-        "hosts",
-        "enroll",
-        &agent.address,
-        "--code",
-        &agent.code,
-        "--fingerprint",
-        &agent.fingerprint,
-    ])
-    .await
-    .context("enroll the agent")?;
+    lb.enroll(&agent.address, &agent.code, &agent.fingerprint)
+        .await
+        .context("enroll the agent")?;
 
     step("booting the guest");
     let mut vm = guest::boot(&lb, &agent_home, VM, opts.vdb_size).await?;

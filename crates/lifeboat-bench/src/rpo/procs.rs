@@ -58,10 +58,22 @@ impl Lifeboat {
         c
     }
 
+    /// Enrolls the agent at `address` (the code goes in the environment, as an operator's
+    /// would, never on the command line).
+    pub async fn enroll(&self, address: &str, code: &str, fingerprint: &str) -> Result<String> {
+        let args = ["hosts", "enroll", address, "--fingerprint", fingerprint];
+        let mut c = self.client(&args);
+        c.env("LIFEBOAT_ENROLL_CODE", code);
+        self.run_client(c, &args).await
+    }
+
     /// Runs a client command; its stdout, or an error with both outputs.
     pub async fn client_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self
-            .client(args)
+        self.run_client(self.client(args), args).await
+    }
+
+    async fn run_client(&self, mut c: tokio::process::Command, args: &[&str]) -> Result<String> {
+        let out = c
             .output()
             .await
             .with_context(|| format!("run {} {args:?}", self.bin.display()))?;

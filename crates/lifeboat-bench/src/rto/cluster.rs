@@ -47,17 +47,9 @@ impl Cluster {
         let alpha = procs::start_agent(&lb, &alpha_home, "alpha", &dir.join("alpha.log"))?;
         let beta = procs::start_agent(&lb, &beta_home, "beta", &dir.join("beta.log"))?;
         for a in [&alpha, &beta] {
-            lb.client_ok(&[
-                "hosts",
-                "enroll",
-                &a.address,
-                "--code",
-                &a.code,
-                "--fingerprint",
-                &a.fingerprint,
-            ])
-            .await
-            .with_context(|| format!("enroll the agent at {}", a.address))?;
+            lb.enroll(&a.address, &a.code, &a.fingerprint)
+                .await
+                .with_context(|| format!("enroll the agent at {}", a.address))?;
         }
         Ok(Cluster {
             lb,

@@ -61,7 +61,8 @@ pub struct EnrollHost {
     /// `host:port` of the agent.
     pub address: String,
     /// The code the agent printed at first start.
-    pub code: String,
+    #[schema(value_type = String)]
+    pub code: lifeboat_agent::secret::Secret,
     /// The agent's certificate fingerprint as the operator checked it (from `hosts scan`
     /// or the agent's banner). Without it the first certificate seen is trusted.
     #[serde(default)]
@@ -351,7 +352,7 @@ async fn enroll_host(State(s): State<Arc<ServerState>>, Json(req): Json<EnrollHo
         fingerprint,
         enrolled_at: chrono::Utc::now().to_rfc3339(),
     };
-    if let Err(e) = s.db.add_host(&host, &credential).await {
+    if let Err(e) = s.db.add_host(&host, credential.expose()).await {
         return db_error(e);
     }
     tracing::info!(host = %host.hostname, address = %host.address, "enrolled");
@@ -360,7 +361,7 @@ async fn enroll_host(State(s): State<Arc<ServerState>>, Json(req): Json<EnrollHo
 
 /// Trust on first use: the fingerprint of the certificate the agent presents now.
 async fn first_seen_fingerprint(address: &str) -> Result<String, String> {
-    let client = reqwest::Client::builder()
+    let client = lifeboat_agent::client::client_builder()
         .danger_accept_invalid_certs(true)
         .tls_info(true)
         .timeout(AGENT_TIMEOUT)

@@ -33,7 +33,8 @@ pub struct ProtectRequest {
     /// The vault's URL (`file:///…`, `s3://…`, `azure://…`); it must exist (`lifeboat vault init`).
     pub vault: String,
     /// The vault's passphrase. Stored by the server and sent to the agents that sync.
-    pub vault_passphrase: String,
+    #[schema(value_type = String)]
+    pub vault_passphrase: lifeboat_agent::secret::Secret,
     /// Where the VM is recovered (host name, address or id of an enrolled host).
     pub recovery_host: String,
     /// A policy name (`GET /api/v1/policies`); `default` when absent.
@@ -168,11 +169,35 @@ pub fn network_map(p: &Protection) -> std::collections::BTreeMap<String, String>
     serde_json::from_str(&p.network_map).unwrap_or_default()
 }
 
-/// The enrolled host named by host name, address or id.
-fn find_host<'a>(hosts: &'a [HostAccess], text: &str) -> Option<&'a HostAccess> {
-    hosts
+/// The enrolled host named by id, address or host name. Ids and addresses are unique;
+/// host names are whatever agents report, so a name two hosts share names neither (an
+/// enrolled host calling itself like the recovery site must not be picked in its place).
+fn find_host<'a>(hosts: &'a [HostAccess], text: &str) -> Result<&'a HostAccess, Response> {
+    if let Some(h) = hosts
         .iter()
-        .find(|h| h.host.id == text || h.host.address == text || h.host.hostname == text)
+        .find(|h| h.host.id == text || h.host.address == text)
+    {
+        return Ok(h);
+    }
+    let named: Vec<&HostAccess> = hosts.iter().filter(|h| h.host.hostname == text).collect();
+    match named.as_slice() {
+        [h] => Ok(h),
+        [] => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no enrolled host {text}; see `lifeboat hosts list`"),
+        )),
+        many => Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "{} enrolled hosts are named {text} (at {}): name the host by its address or id",
+                many.len(),
+                many.iter()
+                    .map(|h| h.host.address.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
 }
 
 fn agent(h: &HostAccess) -> Result<AgentClient, Response> {
@@ -187,12 +212,7 @@ async fn locate_vm<'a>(
     host: Option<&str>,
 ) -> Result<&'a HostAccess, Response> {
     let candidates: Vec<&HostAccess> = match host {
-        Some(h) => vec![find_host(hosts, h).ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                format!("no enrolled host {h}; see `lifeboat hosts list`"),
-            )
-        })?],
+        Some(h) => vec![find_host(hosts, h)?],
         None => hosts.iter().collect(),
     };
     let mut found = Vec::new();
@@ -271,14 +291,9 @@ pub async fn protect(
         Ok(h) => h,
         Err(e) => return db_error(e),
     };
-    let Some(recovery) = find_host(&hosts, &req.recovery_host) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no enrolled recovery host {}; see `lifeboat hosts list`",
-                req.recovery_host
-            ),
-        );
+    let recovery = match find_host(&hosts, &req.recovery_host) {
+        Ok(h) => h,
+        Err(r) => return r,
     };
     let host = match locate_vm(&hosts, &req.vm, req.host.as_deref()).await {
         Ok(h) => h,

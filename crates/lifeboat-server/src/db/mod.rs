@@ -39,7 +39,7 @@ pub struct Host {
 #[derive(Clone, Debug)]
 pub struct HostAccess {
     pub host: Host,
-    pub credential: String,
+    pub credential: lifeboat_agent::secret::Secret,
 }
 
 #[derive(Clone)]
@@ -170,7 +170,7 @@ fn host_access(r: &sqlx::any::AnyRow) -> Result<HostAccess, sqlx::Error> {
             fingerprint: r.try_get("fingerprint")?,
             enrolled_at: r.try_get("enrolled_at")?,
         },
-        credential: r.try_get("credential")?,
+        credential: r.try_get::<String, _>("credential")?.into(),
     })
 }
 
@@ -197,5 +197,26 @@ mod tests {
             "postgres://lb:***@db:5432/x"
         );
         assert_eq!(redact("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+    }
+
+    #[test]
+    fn debug_output_shows_no_credential_or_passphrase() {
+        let host = HostAccess {
+            host: Host {
+                id: "h1".into(),
+                address: "127.0.0.1:7443".into(),
+                hostname: "alpha".into(),
+                fingerprint: "ab".into(),
+                enrolled_at: "now".into(),
+            },
+            credential: "agent-credential-7f3a".into(),
+        };
+        let protection = Protection {
+            vault_passphrase: "vault-passphrase-7f3a".into(),
+            ..Default::default()
+        };
+        let text = format!("{host:?} {protection:?} {host:#?} {protection:#?}");
+        assert!(!text.contains("7f3a"), "{text}");
+        assert!(text.contains("alpha"), "the rest still shows: {text}");
     }
 }

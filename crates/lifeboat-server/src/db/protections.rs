@@ -4,6 +4,7 @@
 //! caller read the row at generation G and writes `WHERE generation = G`, bumping it. A
 //! caller that lost the race gets `false` and reads again.
 
+use lifeboat_agent::secret::Secret;
 use serde::Serialize;
 use sqlx::Row;
 
@@ -98,7 +99,7 @@ pub struct Protection {
     pub vm: String,
     pub point_name: String,
     pub vault_url: String,
-    pub vault_passphrase: String,
+    pub vault_passphrase: Secret,
     pub recovery_host_id: String,
     pub policy: String,
     pub state: ProtectionState,
@@ -132,7 +133,7 @@ impl Default for Protection {
             vm: String::new(),
             point_name: String::new(),
             vault_url: String::new(),
-            vault_passphrase: String::new(),
+            vault_passphrase: Secret::default(),
             recovery_host_id: String::new(),
             policy: "default".into(),
             state: ProtectionState::Enabling,
@@ -200,7 +201,7 @@ fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
         vm: r.try_get("vm")?,
         point_name: r.try_get("point_name")?,
         vault_url: r.try_get("vault_url")?,
-        vault_passphrase: r.try_get("vault_passphrase")?,
+        vault_passphrase: Secret::from(r.try_get::<String, _>("vault_passphrase")?),
         recovery_host_id: r.try_get("recovery_host_id")?,
         policy: r.try_get("policy")?,
         state: ProtectionState::parse(&r.try_get::<String, _>("state")?)?,
@@ -266,7 +267,7 @@ impl Database {
         .bind(&p.vm)
         .bind(&p.point_name)
         .bind(&p.vault_url)
-        .bind(&p.vault_passphrase)
+        .bind(p.vault_passphrase.expose())
         .bind(&p.recovery_host_id)
         .bind(&p.policy)
         .bind(p.state.as_str())

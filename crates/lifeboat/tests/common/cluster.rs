@@ -228,15 +228,13 @@ pub fn cluster_with_vault(database: Option<&str>, vault: Option<&str>) -> Cluste
     for a in [&cl.alpha, &cl.beta] {
         let addr = format!("127.0.0.1:{}", a.port);
         let code = a.code.clone().unwrap();
-        let (ok, _, err) = cl.cli(&[
-            "hosts",
-            "enroll",
+        let (ok, _, err) = super::enroll(
+            &cl.server,
+            Some(&cl.server.token),
             &addr,
-            "--code",
             &code,
-            "--fingerprint",
-            &a.fingerprint,
-        ]);
+            Some(&a.fingerprint),
+        );
         assert!(ok, "{err}");
     }
     cl

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod dashboard;
+pub mod hostile_agent;
 pub mod moves;
 
 use std::io::{BufRead, BufReader};
@@ -32,24 +33,40 @@ pub fn start_agent(home: &Path, hostname: &str) -> Agent {
 /// `start_agent` on `port` (0: any), with `extra` agent options: an agent restarted on its
 /// port keeps its address.
 pub fn start_agent_on(home: &Path, hostname: &str, port: u16, extra: &[&str]) -> Agent {
+    spawn_agent(agent_command(home, hostname, port, extra))
+}
+
+/// The command `start_agent_on` runs, to be changed before `spawn_agent` (limits…).
+pub fn agent_command(home: &Path, hostname: &str, port: u16, extra: &[&str]) -> Command {
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
-        .args(["--home"])
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    c.args(["--home"])
         .arg(home)
         .args(["--accel", "tcg"])
         .args(["agent", "--listen", &listen, "--hostname", hostname])
-        .args(extra)
+        .args(extra);
+    c
+}
+
+/// Starts an agent's command and reads its banner (TLS or `--insecure-http`).
+pub fn spawn_agent(mut command: Command) -> Agent {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut port, mut fingerprint, mut code, mut banner) = (0, String::new(), None, String::new());
+    let mut plain = false;
     for line in lines.by_ref() {
         let line = line.unwrap();
         banner.push_str(&line);
         banner.push('\n');
-        if let Some(addr) = line.strip_prefix("Listening on https://") {
+        if let Some(addr) = line
+            .strip_prefix("Listening on https://")
+            .or_else(|| line.strip_prefix("Listening on http://"))
+        {
+            plain = line.starts_with("Listening on http://");
             port = addr.rsplit(':').next().unwrap().parse().unwrap();
         }
         if let Some(fp) = line.strip_prefix("Certificate fingerprint (SHA-256): ") {
@@ -65,7 +82,10 @@ pub fn start_agent_on(home: &Path, hostname: &str, port: u16, extra: &[&str]) ->
             break;
         }
     }
-    assert!(port > 0 && fingerprint.len() == 64, "banner: {banner}");
+    assert!(
+        port > 0 && (plain || fingerprint.len() == 64),
+        "banner: {banner}"
+    );
     Agent {
         child,
         port,
@@ -150,7 +170,34 @@ pub fn start_server_with(home: &Path, database: Option<&str>, tls: bool) -> Serv
 
 /// Runs a client command against `server` with its token; (success, stdout, stderr).
 pub fn client(server: &Server, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    client_with(server, token, args, &[])
+}
+
+/// `lifeboat hosts enroll ADDRESS [--fingerprint FP]` with the code in the environment,
+/// as an operator passes it (never on the command line).
+pub fn enroll(
+    server: &Server,
+    token: Option<&str>,
+    address: &str,
+    code: &str,
+    fingerprint: Option<&str>,
+) -> (bool, String, String) {
+    let mut args = vec!["hosts", "enroll", address];
+    if let Some(fp) = fingerprint {
+        args.extend(["--fingerprint", fp]);
+    }
+    client_with(server, token, &args, &[("LIFEBOAT_ENROLL_CODE", code)])
+}
+
+/// `client` with extra environment variables.
+pub fn client_with(
+    server: &Server,
+    token: Option<&str>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    c.envs(env.iter().copied());
     c.args(args)
         .env("LIFEBOAT_SERVER", &server.url)
         .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home");

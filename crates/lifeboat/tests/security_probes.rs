@@ -1,0 +1,356 @@
+//! The security review's probes (issue 12, docs/security.md), kept running: each test
+//! plays an attacker against real `lifeboat agent` and `lifeboat server` processes and
+//! checks what an operator relies on.
+//!
+//! - floods of connections that never finish a request lock nobody out, and are closed;
+//! - a compromised agent cannot grow the server's memory with an endless reply, nor
+//!   make it resend a request (a vault passphrase) elsewhere with a redirect;
+//! - a host cannot be picked in place of another by taking its name.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::hostile_agent::{Attack, HostileAgent, Recorder};
+use common::{agent_command, enroll, spawn_agent, start_agent, start_server, start_server_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// What a legitimate request must take at most while a flood holds connections.
+const ANSWER_LIMIT: Duration = Duration::from_secs(1);
+/// The listeners' idle limit (serve::admission) and the slack a busy machine needs.
+const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(15 + 15);
+
+/// Opens `per_source` connections from each address of `sources` to `target`, writing
+/// `payload` (half a request, or nothing) on each; keeps the ones that stayed open.
+async fn flood(
+    target: SocketAddr,
+    sources: &[IpAddr],
+    per_source: usize,
+    payload: &[u8],
+) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for source in sources {
+        for _ in 0..per_source {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(*source, 0)).unwrap();
+            let Ok(mut stream) = socket.connect(target).await else {
+                continue;
+            };
+            if !payload.is_empty() && stream.write_all(payload).await.is_err() {
+                continue;
+            }
+            held.push(stream);
+        }
+    }
+    held
+}
+
+/// How many of `streams` the peer has closed by `deadline` (the rest are still open).
+async fn closed_by(streams: Vec<TcpStream>, deadline: Instant) -> (usize, usize) {
+    let waits = streams.into_iter().map(|mut s| async move {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                // A TLS alert or an HTTP error answer: wait for the close itself.
+                Ok(Ok(_)) => continue,
+            }
+        }
+    });
+    let closed = futures::future::join_all(waits).await;
+    let n = closed.iter().filter(|c| **c).count();
+    (n, closed.len() - n)
+}
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+/// Times `what`, which must succeed within ANSWER_LIMIT.
+async fn answers_quickly<T, E: std::fmt::Debug>(
+    name: &str,
+    what: impl std::future::Future<Output = Result<T, E>>,
+) -> Duration {
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(20), what).await;
+    let took = started.elapsed();
+    match r {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("{name} failed after {took:?} under the flood: {e:?}"),
+        Err(_) => panic!("{name} did not answer within 20 s under the flood"),
+    }
+    assert!(
+        took < ANSWER_LIMIT,
+        "{name} took {took:?} under the flood (limit {ANSWER_LIMIT:?})"
+    );
+    took
+}
+
+/// Logs in to the dashboard through its form; the session cookie (`name=value`).
+async fn dashboard_session(http: &reqwest::Client, url: &str, password: &str) -> String {
+    let page = http.get(format!("{url}/login")).send().await.unwrap();
+    let login_cookie = cookie(&page, "lifeboat_login_csrf");
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the login form's CSRF field")
+        .to_string();
+    let r = http
+        .post(format!("{url}/login"))
+        .header("cookie", login_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "user=admin&password={password}&csrf={csrf}&next=/hosts"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303, "login refused");
+    cookie(&r, "lifeboat_session")
+}
+
+fn cookie(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_half_open_connections_lock_nobody_out_and_are_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+
+    // An agent allowed 200 open files (the review's setting, where 189 idle TLS
+    // connections made it unreachable), flooded from 20 addresses: more connections than
+    // its limit, so newcomers push idle ones out.
+    let mut limited = agent_command(&tmp.path().join("limited"), "limited", 0, &[]);
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        limited.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 200,
+                rlim_max: 200,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let limited = spawn_agent(limited);
+    // A plain-HTTP agent (loopback only, as `lifeboat up` and tests use it).
+    let plain = spawn_agent(agent_command(
+        &tmp.path().join("plain"),
+        "plain",
+        0,
+        &["--insecure-http"],
+    ));
+    // The server over TLS, with the dashboard.
+    let server = start_server_with(&tmp.path().join("server"), None, true);
+    let password =
+        std::fs::read_to_string(tmp.path().join("server/server/admin.password")).unwrap();
+    let server_addr: SocketAddr = server.url.trim_start_matches("https://").parse().unwrap();
+    let server_http =
+        lifeboat_agent::client::pinned_http_client(&server.fingerprint, Duration::from_secs(20))
+            .unwrap();
+    let session = dashboard_session(&server_http, &server.url, password.trim()).await;
+
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let sources: Vec<IpAddr> = (2..22).map(loopback).collect();
+    let started = Instant::now();
+    let mut held = Vec::new();
+    // Half of them silent, half with the first bytes of a TLS record or request line.
+    held.extend(flood(at(limited.port), &sources, 13, b"").await);
+    held.extend(flood(at(limited.port), &sources, 12, b"\x16\x03\x01\x02").await);
+    held.extend(flood(at(plain.port), &[loopback(2)], 500, b"GET /api/v1/hel").await);
+    held.extend(flood(server_addr, &[loopback(2)], 250, b"").await);
+    held.extend(flood(server_addr, &[loopback(2)], 250, b"\x16\x03\x01\x02").await);
+    let opened = held.len();
+    eprintln!(
+        "1,500 connections attempted in {:?}; {opened} still open",
+        started.elapsed()
+    );
+
+    let limited_client = lifeboat_agent::client::AgentClient::new(
+        &format!("127.0.0.1:{}", limited.port),
+        &limited.fingerprint,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let took = answers_quickly("the limited agent's hello", limited_client.hello()).await;
+    eprintln!("limited agent's hello under the flood: {took:?}");
+    let plain_http = reqwest::Client::new();
+    let took = answers_quickly(
+        "the plain agent's hello",
+        plain_http
+            .get(format!("http://127.0.0.1:{}/api/v1/hello", plain.port))
+            .send(),
+    )
+    .await;
+    eprintln!("plain agent's hello under the flood: {took:?}");
+    let took = answers_quickly("a logged-in dashboard page", async {
+        let r = server_http
+            .get(format!("{}/hosts", server.url))
+            .header("cookie", &session)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await
+    })
+    .await;
+    eprintln!("logged-in /hosts under the flood: {took:?}");
+
+    // Every connection that never sent a whole request is closed by the listener.
+    let (closed, open) = closed_by(held, started + IDLE_CLOSE_LIMIT).await;
+    eprintln!(
+        "{closed} of {opened} held connections closed by the listeners within {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        open, 0,
+        "{open} half-open connections still open after {IDLE_CLOSE_LIMIT:?}"
+    );
+    // And the limited agent still answers afterwards.
+    limited_client.hello().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_agent_cannot_grow_the_server_or_redirect_its_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server"), None);
+    let pid = server.child.id();
+    let hostile = HostileAgent::start(&tmp.path().join("hostile"), Attack::EndlessInventory).await;
+    let address = hostile.addr.to_string();
+    let (ok, _, err) = enroll(
+        &server,
+        Some(&server.token),
+        &address,
+        "any-code",
+        Some(&hostile.fingerprint),
+    );
+    assert!(ok, "the double enrolls as an agent would: {err}");
+    let http = reqwest::Client::new();
+    let vms = |http: reqwest::Client| {
+        let (url, token) = (server.url.clone(), server.token.clone());
+        async move {
+            let r = http
+                .get(format!("{url}/api/v1/vms"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    // Warm up (the first list allocates what every list needs), then measure.
+    hostile.set(Attack::Redirect("http://127.0.0.1:9/".into()));
+    vms(http.clone()).await;
+    let before = peak_rss_kib(pid);
+
+    // An endless inventory: cut off at the bound, the host named as not answering.
+    hostile.set(Attack::EndlessInventory);
+    let started = Instant::now();
+    let list = vms(http.clone()).await;
+    let took = started.elapsed();
+    let problem = list["unreachable"][0]["error"].as_str().unwrap_or_default();
+    assert!(problem.contains("larger than"), "{list:#}");
+    let grew_mib = (peak_rss_kib(pid) - before) / 1024;
+    let sent_mib = hostile.sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
+    eprintln!(
+        "endless inventory: answered in {took:?}; the double sent {sent_mib} MiB; the server's peak RSS grew {grew_mib} MiB"
+    );
+    assert!(
+        grew_mib < 100,
+        "the server's peak RSS grew by {grew_mib} MiB on one endless reply"
+    );
+
+    // A redirect: never followed, so nothing reaches the address it names.
+    let recorder = Recorder::start().await;
+    hostile.set(Attack::Redirect(recorder.url.clone()));
+    let list = vms(http.clone()).await;
+    let problem = list["unreachable"][0]["error"].as_str().unwrap_or_default();
+    assert!(problem.contains("never followed"), "{list:#}");
+    // Enabling protection sends the vault passphrase to the agents: a 307 on that call
+    // must not carry it anywhere else.
+    hostile.set(Attack::InventoryThenRedirect(recorder.url.clone()));
+    let r = http
+        .post(format!("{}/api/v1/protections", server.url))
+        .bearer_auth(&server.token)
+        .json(&serde_json::json!({
+            "vm": "web",
+            "vault": "file:///nonexistent-vault",
+            "vault_passphrase": "passphrase-that-must-not-travel",
+            "recovery_host": address,
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert!(!status.is_success(), "{status}: {body}");
+    assert!(body.contains("never followed"), "{status}: {body}");
+    // A followed redirect would have been made before the server answered.
+    assert_eq!(
+        recorder.connections(),
+        0,
+        "a redirect was followed: {:?}",
+        String::from_utf8_lossy(&recorder.received.lock().unwrap())
+    );
+}
+
+/// The peak resident set of process `pid` (VmHWM), KiB.
+fn peak_rss_kib(pid: u32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_named_like_the_recovery_site_is_never_picked_in_its_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server"), None);
+    let beta = start_agent(&tmp.path().join("beta"), "beta");
+    let impostor = start_agent(&tmp.path().join("impostor"), "beta");
+    for a in [&beta, &impostor] {
+        let (ok, _, err) = enroll(
+            &server,
+            Some(&server.token),
+            &format!("127.0.0.1:{}", a.port),
+            a.code.as_deref().unwrap(),
+            Some(&a.fingerprint),
+        );
+        assert!(ok, "{err}");
+    }
+    let (ok, _, err) = common::client_with(
+        &server,
+        Some(&server.token),
+        &[
+            "protect",
+            "web",
+            "--vault",
+            "file:///nonexistent-vault",
+            "--recovery-host",
+            "beta",
+        ],
+        &[("LIFEBOAT_PASSPHRASE", "any passphrase")],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("2 enrolled hosts are named beta")
+            && err.contains(&format!("127.0.0.1:{}", impostor.port)),
+        "{err}"
+    );
+}
