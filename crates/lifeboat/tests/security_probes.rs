@@ -22,29 +22,33 @@ const ANSWER_LIMIT: Duration = Duration::from_secs(1);
 /// The listeners' idle limit (serve::admission) and the slack a busy machine needs.
 const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(15 + 15);
 
-/// Opens `per_source` connections from each address of `sources` to `target`, writing
-/// `payload` (half a request, or nothing) on each; keeps the ones that stayed open.
+/// Opens `per_source` connections from each address of `sources` to `target` at once,
+/// writing `payload` (half a request, or nothing) on each; keeps the ones that opened
+/// within a few seconds (a listener that stopped accepting leaves the rest hanging).
 async fn flood(
     target: SocketAddr,
     sources: &[IpAddr],
     per_source: usize,
     payload: &[u8],
 ) -> Vec<TcpStream> {
-    let mut held = Vec::new();
-    for source in sources {
-        for _ in 0..per_source {
-            let socket = TcpSocket::new_v4().unwrap();
-            socket.bind(SocketAddr::new(*source, 0)).unwrap();
-            let Ok(mut stream) = socket.connect(target).await else {
-                continue;
-            };
-            if !payload.is_empty() && stream.write_all(payload).await.is_err() {
-                continue;
+    let attempts = sources
+        .iter()
+        .flat_map(|s| std::iter::repeat_n(*s, per_source))
+        .map(|source| async move {
+            let socket = TcpSocket::new_v4().ok()?;
+            socket.bind(SocketAddr::new(source, 0)).ok()?;
+            let connect = tokio::time::timeout(Duration::from_secs(3), socket.connect(target));
+            let mut stream = connect.await.ok()?.ok()?;
+            if !payload.is_empty() {
+                stream.write_all(payload).await.ok()?;
             }
-            held.push(stream);
-        }
-    }
-    held
+            Some(stream)
+        });
+    futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// How many of `streams` the peer has closed by `deadline` (the rest are still open).
@@ -247,7 +251,7 @@ async fn a_compromised_agent_cannot_grow_the_server_or_redirect_its_calls() {
                 .bearer_auth(token)
                 .send()
                 .await
-                .unwrap();
+                .expect("the server answers GET /api/v1/vms");
             assert_eq!(r.status().as_u16(), 200);
             r.json::<serde_json::Value>().await.unwrap()
         }
