@@ -105,6 +105,10 @@ pub struct UnprotectReport {
 pub struct VaultCheck {
     pub url: String,
     pub chunk_size: u32,
+    /// When asked with a passphrase: the vault's key sealed to this agent (base64), for
+    /// the server to keep instead of the passphrase.
+    #[serde(default)]
+    pub sealed_key: Option<String>,
 }
 
 pub fn router(state: Arc<AgentState>) -> Router {
@@ -256,7 +260,7 @@ async fn start_sync(
     let started = s.syncs.start(&req.sync_id, &vm_text, move |progress| {
         tokio::spawn(async move {
             let outcome = async {
-                let vault = state.vaults.open(&req.vault.url, &req.vault.passphrase).await?;
+                let vault = state.vaults.open(&req.vault).await?;
                 sync_vm(
                     &state.driver,
                     &vault,
@@ -346,7 +350,7 @@ async fn unprotect(
             return error(StatusCode::BAD_REQUEST, "delete_points needs the vault");
         };
         let deleted = async {
-            let vault = s.vaults.open(&access.url, &access.passphrase).await?;
+            let vault = s.vaults.open(&access).await?;
             let name = lifeboat_vault::format::Name::new(&req.point_name)
                 .map_err(|e| SyncError::Invalid(e.to_string()))?;
             let mut n = 0;
@@ -369,15 +373,28 @@ async fn check_vault(
     State(s): State<Arc<AgentState>>,
     Json(access): Json<VaultAccess>,
 ) -> Response {
-    match s.vaults.open(&access.url, &access.passphrase).await {
+    let url = access.url.clone();
+    let cannot = |e: SyncError| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("this agent cannot open vault {url}: {e}"),
+        )
+    };
+    // A passphrase: seal the vault's key to this agent, and prove the sealed key opens it.
+    let (access, sealed_key) = match (&access.passphrase, &access.sealed_key) {
+        (Some(p), None) => match s.vaults.seal_key(&access.url, p).await {
+            Ok(sealed) => (VaultAccess::sealed(&access.url, &sealed), Some(sealed)),
+            Err(e) => return cannot(e),
+        },
+        _ => (access, None),
+    };
+    match s.vaults.open(&access).await {
         Ok(v) => Json(VaultCheck {
             url: access.url.clone(),
             chunk_size: v.chunk_size(),
+            sealed_key,
         })
         .into_response(),
-        Err(e) => error(
-            StatusCode::BAD_REQUEST,
-            format!("this agent cannot open vault {}: {e}", access.url),
-        ),
+        Err(e) => cannot(e),
     }
 }

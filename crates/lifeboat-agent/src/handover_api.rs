@@ -51,7 +51,7 @@ pub async fn final_sync(
     if s.syncs.cancel_vm(vm.as_str()) {
         tracing::warn!(%vm, "a sync was still running at the final sync; cancelled");
     }
-    let vault = match s.vaults.open(&req.vault.url, &req.vault.passphrase).await {
+    let vault = match s.vaults.open(&req.vault).await {
         Ok(v) => v,
         Err(e) => return failure(e),
     };
@@ -91,7 +91,7 @@ pub async fn apply_point(
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let vault = match s.vaults.open(&req.vault.url, &req.vault.passphrase).await {
+    let vault = match s.vaults.open(&req.vault).await {
         Ok(v) => v,
         Err(e) => return failure(e),
     };

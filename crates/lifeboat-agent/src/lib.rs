@@ -18,6 +18,7 @@
 //! - `handover`: the source side of a planned failover (ordered shutdown, final sync of
 //!   the stopped VM proven equal by digest) and fencing.
 //! - `point_export`: one disk of a point served over NBD.
+//! - `sealing`: the agent's X25519 key pair; vault keys sealed to it open only here.
 //! - `secret`: strings whose `Debug` never shows them (passphrases, credentials).
 //! - `serve`: TLS (or, on loopback only and when asked, plain HTTP) in front of the routes.
 
@@ -33,6 +34,7 @@ pub mod provision;
 pub mod recovery;
 mod recovery_api;
 pub mod replicate;
+pub mod sealing;
 pub mod secret;
 pub mod serve;
 pub mod sync;

@@ -144,7 +144,7 @@ impl Recoveries {
                     )));
                 }
                 let vault = vaults
-                    .open(&req.vault.url, &req.vault.passphrase)
+                    .open(&req.vault)
                     .await
                     .map_err(|e| RecoveryError::Invalid(e.to_string()))?;
                 let reader = Arc::new(open_point(&vault, &point).await?);
@@ -173,7 +173,7 @@ impl Recoveries {
             // The agent restarted: serve the point again (QEMU waits for it, see
             // `hydrate::nbd_backing`) and watch hydration again.
             let vault = vaults
-                .open(&req.vault.url, &req.vault.passphrase)
+                .open(&req.vault)
                 .await
                 .map_err(|e| RecoveryError::Invalid(e.to_string()))?;
             let reader = Arc::new(open_point(&vault, &point).await?);
@@ -496,10 +496,7 @@ mod tests {
             Arc::new(Recoveries::open(home.path(), &home.path().join("agent")).unwrap());
         let req = RecoveryRequest {
             recovery_id: "r1".into(),
-            vault: crate::sync::VaultAccess {
-                url: "file:///nonexistent".into(),
-                passphrase: "x".into(),
-            },
+            vault: crate::sync::VaultAccess::passphrase("file:///nonexistent", &"x".into()),
             point: "1795703838177-f4359ed2".into(),
             vm: "web".into(),
             kind: RecoveryKind::Test,
@@ -507,8 +504,9 @@ mod tests {
             network_map: Default::default(),
         };
         let records = Records::open(&home.path().join("agent")).unwrap();
+        let sealing = crate::sealing::SealingKey::load_or_create(home.path()).unwrap();
         let err = recoveries
-            .ensure(&driver, &VaultCache::default(), &records, &req)
+            .ensure(&driver, &VaultCache::new(Arc::new(sealing)), &records, &req)
             .await
             .unwrap_err();
         assert!(matches!(err, RecoveryError::NotFound(_)), "{err}");

@@ -16,7 +16,6 @@
 //! Order of commits: the point's manifest, then the agent's journal, then the cut. A crash
 //! between them leaves the next cut carrying those changes again, never missing them.
 
-use crate::secret::Secret;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -24,11 +23,13 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use lifeboat_hypervisor::{Cut, DiskName, Hypervisor, QemuDriver, TrackingStatus, VmName};
-use lifeboat_vault::format::{Consistency, Name};
+use lifeboat_vault::format::{Consistency, KeyFile, Name};
 use lifeboat_vault::store::retention::RetentionPolicy;
 use lifeboat_vault::{align_to_chunks, DiskLayout, PointOptions, PointRef, PointWriter, Vault};
 
-use crate::sync::{Progress, Retention, SyncKind, SyncResult};
+use crate::sealing::SealingKey;
+use crate::secret::Secret;
+use crate::sync::{Progress, Retention, SyncKind, SyncResult, VaultAccess};
 
 /// Bytes read from the cut per write to the vault: whole chunks, a few MiB.
 const READ_PIECE: u64 = 4 << 20;
@@ -464,23 +465,42 @@ pub fn vm_name(text: &str) -> Result<VmName, SyncError> {
     VmName::new(text).map_err(|e| SyncError::Invalid(e.to_string()))
 }
 
-/// Opened vaults, by URL and a digest of the passphrase: opening one derives its key with
-/// argon2id, which is too slow to do for every sync. Each key has its own cell, so a slow
-/// or unreachable vault delays only the syncs that use it.
-#[derive(Default)]
+/// Opened vaults, by URL and a digest of what unlocked them: opening one with a passphrase
+/// derives its key with argon2id, which is too slow to do for every sync. Each key has its
+/// own cell, so a slow or unreachable vault delays only the syncs that use it. Sealed keys
+/// are opened with the agent's sealing key, which the cache holds.
 pub struct VaultCache {
+    sealing: std::sync::Arc<SealingKey>,
     open: std::sync::Mutex<std::collections::HashMap<VaultKey, VaultCell>>,
 }
 
-/// A vault's URL and the SHA-256 of its passphrase.
+/// A vault's URL and the SHA-256 of its sealed key or passphrase.
 type VaultKey = (String, [u8; 32]);
 /// Opened once, by the first sync that needs it.
 type VaultCell = std::sync::Arc<tokio::sync::OnceCell<Vault>>;
 
 impl VaultCache {
-    pub async fn open(&self, url: &str, passphrase: &Secret) -> Result<Vault, SyncError> {
-        let passphrase = passphrase.expose();
-        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, passphrase.as_bytes())
+    pub fn new(sealing: std::sync::Arc<SealingKey>) -> VaultCache {
+        VaultCache {
+            sealing,
+            open: Default::default(),
+        }
+    }
+
+    pub fn sealing(&self) -> &SealingKey {
+        &self.sealing
+    }
+
+    pub async fn open(&self, access: &VaultAccess) -> Result<Vault, SyncError> {
+        let url = access.url.as_str();
+        let material: &[u8] = match (&access.sealed_key, &access.passphrase) {
+            (Some(sealed), _) => sealed.as_bytes(),
+            (None, Some(p)) => p.expose().as_bytes(),
+            (None, None) => return Err(SyncError::Invalid(format!(
+                "no key for vault {url}: the request carries neither a sealed key nor a passphrase"
+            ))),
+        };
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, material)
             .as_ref()
             .try_into()
             .expect("SHA-256 is 32 bytes");
@@ -498,16 +518,57 @@ impl VaultCache {
                 let backend = lifeboat_vault::backend::Backend::open(&parsed, Default::default())
                     .await
                     .map_err(|e| SyncError::Invalid(format!("vault {url}: {e}")))?;
-                Ok::<Vault, SyncError>(
-                    Vault::open(
-                        backend,
-                        lifeboat_vault::Unlock::Passphrase(passphrase.to_string()),
-                    )
-                    .await?,
-                )
+                let unlock = match (&access.sealed_key, &access.passphrase) {
+                    (Some(sealed), _) => lifeboat_vault::Unlock::KeyFile(self.unseal(url, sealed)?),
+                    (None, Some(p)) => lifeboat_vault::Unlock::Passphrase(p.expose().to_string()),
+                    (None, None) => unreachable!("checked above"),
+                };
+                Ok::<Vault, SyncError>(Vault::open(backend, unlock).await?)
             })
             .await?;
         Ok(vault.clone())
+    }
+
+    /// The vault key file inside `sealed` (base64 of a message sealed to this agent).
+    fn unseal(&self, url: &str, sealed: &str) -> Result<KeyFile, SyncError> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|_| {
+                SyncError::Invalid(format!("vault {url}: the sealed key is not base64"))
+            })?;
+        let plain = self
+            .sealing
+            .open(&bytes)
+            .map_err(|e| SyncError::Invalid(format!("vault {url}: {e}")))?;
+        KeyFile::decode(&plain)
+            .map_err(|e| SyncError::Invalid(format!("vault {url}: the sealed key: {e}")))
+    }
+
+    /// Unlocks the vault at `url` with the operator's `passphrase` and seals its key to this
+    /// agent: what the server keeps instead of the passphrase (base64).
+    pub async fn seal_key(&self, url: &str, passphrase: &Secret) -> Result<String, SyncError> {
+        use base64::Engine;
+        let parsed = lifeboat_vault::backend::VaultUrl::parse(url)
+            .map_err(|e| SyncError::Invalid(format!("vault URL {url}: {e}")))?;
+        let backend = lifeboat_vault::backend::Backend::open(&parsed, Default::default())
+            .await
+            .map_err(|e| SyncError::Invalid(format!("vault {url}: {e}")))?;
+        let config = Vault::read_config(&backend).await?;
+        let pass = passphrase.expose().to_string();
+        // Argon2 is deliberately slow: off the async workers.
+        let key_file = tokio::task::spawn_blocking(move || {
+            let master = config.unlock(&pass)?;
+            KeyFile::new(&config, master)
+        })
+        .await
+        .map_err(|e| SyncError::Invalid(format!("unlocking vault {url}: {e}")))?
+        .map_err(|e| SyncError::Invalid(format!("vault {url}: {e}")))?;
+        let mut plain = key_file.encode();
+        let sealed = crate::sealing::seal(&self.sealing.public(), &plain)
+            .map_err(|e| SyncError::Invalid(e.to_string()));
+        zeroize::Zeroize::zeroize(&mut plain);
+        Ok(base64::engine::general_purpose::STANDARD.encode(sealed?))
     }
 }
 

@@ -18,11 +18,38 @@ use serde::{Deserialize, Serialize};
 /// Finished syncs kept in the journal; older ones are deleted.
 const JOURNAL_KEEP: usize = 500;
 
-/// How the agent opens a vault. Never logged: `Debug` hides the passphrase.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// How the agent opens a vault: with the vault's key sealed to this agent (`sealed_key`,
+/// what the server keeps; `sealing`), or, only when protection is being enabled, with the
+/// operator's passphrase, from which the agent seals the key to itself (the vault check).
+/// `Debug` hides the passphrase.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct VaultAccess {
     pub url: String,
-    pub passphrase: crate::secret::Secret,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<crate::secret::Secret>,
+    /// Base64 of the vault's key file sealed to this agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_key: Option<String>,
+}
+
+impl VaultAccess {
+    /// With the key sealed to the agent that is asked.
+    pub fn sealed(url: &str, sealed_key: &str) -> VaultAccess {
+        VaultAccess {
+            url: url.to_string(),
+            passphrase: None,
+            sealed_key: Some(sealed_key.to_string()),
+        }
+    }
+
+    /// With the operator's passphrase (enabling protection).
+    pub fn passphrase(url: &str, passphrase: &crate::secret::Secret) -> VaultAccess {
+        VaultAccess {
+            url: url.to_string(),
+            passphrase: Some(passphrase.clone()),
+            sealed_key: None,
+        }
+    }
 }
 
 /// How long points are kept (see `lifeboat vault prune`); all `None` keeps every point.

@@ -27,11 +27,19 @@ fn db_failure(e: crate::db::DbError) -> Failure {
 /// How long a source's final sync may take (a stopped VM; only the last changes).
 const FINAL_SYNC_TIMEOUT: Duration = Duration::from_secs(900);
 
-pub fn vault_of(p: &Protection) -> VaultAccess {
-    VaultAccess {
-        url: p.vault_url.clone(),
-        passphrase: p.vault_passphrase.clone(),
-    }
+/// How `host`'s agent opens `p`'s vault (the key sealed to it); asked before anything is
+/// changed, so a missing key stops a move before it starts.
+pub async fn vault_for(
+    db: &Database,
+    p: &Protection,
+    host: &HostAccess,
+) -> Result<VaultAccess, Failure> {
+    crate::vault_keys::access_for(db, p, &host.host.id)
+        .await
+        .map_err(|e| match e {
+            crate::vault_keys::KeyError::Db(e) => db_failure(e),
+            e => (StatusCode::CONFLICT, e.to_string()),
+        })
 }
 
 fn client(h: &HostAccess, timeout: Duration) -> Result<AgentClient, Failure> {
@@ -122,6 +130,7 @@ pub async fn hand_over(
     log: &(impl Fn(String) + Sync),
 ) -> Result<(String, String), Failure> {
     let agent = client(source, FINAL_SYNC_TIMEOUT)?;
+    let vault = vault_for(db, p, source).await?;
     set_state(db, &p.id, ProtectionState::FailingOver, "planned failover").await?;
     // A failure below leaves the row `failing_over` with the operation ended: `settle`
     // then rolls the failover back (the source started again) or finishes it.
@@ -154,7 +163,7 @@ pub async fn hand_over(
     lifeboat_agent::failpoint::reached("planned-after-shutdown").await;
     let req = SyncRequest {
         sync_id: uuid::Uuid::new_v4().to_string(),
-        vault: vault_of(p),
+        vault,
         point_name: p.point_name.clone(),
         retention: Retention::default(),
         app_consistent: false,
@@ -313,6 +322,10 @@ pub async fn fail_back(
 ) -> Result<String, Failure> {
     let away = client(recovery, FINAL_SYNC_TIMEOUT)?;
     let back = client(home, FINAL_SYNC_TIMEOUT)?;
+    let (away_vault, home_vault) = (
+        vault_for(db, p, recovery).await?,
+        vault_for(db, p, home).await?,
+    );
     // Home must answer before the recovery VM stops.
     back.inventory().await.map_err(|e| {
         (
@@ -349,7 +362,7 @@ pub async fn fail_back(
     log("final sync of the recovery VM".into());
     let req = SyncRequest {
         sync_id: uuid::Uuid::new_v4().to_string(),
-        vault: vault_of(p),
+        vault: away_vault,
         point_name: p.point_name.clone(),
         retention: Retention::default(),
         app_consistent: false,
@@ -375,7 +388,7 @@ pub async fn fail_back(
         .apply_point(
             &p.vm,
             &lifeboat_agent::handover::ApplyPointRequest {
-                vault: vault_of(p),
+                vault: home_vault,
                 point: point.clone(),
                 point_name: p.point_name.clone(),
             },

@@ -12,6 +12,7 @@
 //! - `policy`: protection policies (sync interval, RPO threshold, retention).
 //! - `replication`: the reconciler that keeps every protected VM syncing on schedule and
 //!   moves it between Protected and Degraded.
+//! - `vault_keys`: vault keys sealed to each agent; the server keeps no passphrase.
 //! - `recovery_watch`: follows VMs brought up on recovery hosts (state, hydration) and
 //!   keeps their point served across agent restarts.
 
@@ -23,6 +24,7 @@ pub mod failover;
 pub mod policy;
 pub mod recovery_watch;
 pub mod replication;
+pub mod vault_keys;
 pub mod web;
 
 /// Everything the server serves: the REST API, `/metrics`, and the dashboard.

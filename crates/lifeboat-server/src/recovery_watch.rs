@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
-use lifeboat_agent::sync::VaultAccess;
 
 use crate::api::failover::{apply_status, save};
 use crate::db::{Database, DbError, Recovery};
@@ -62,7 +61,7 @@ async fn watch_all(db: &Database) -> Result<(), DbError> {
 }
 
 /// The request that brought `rec` up, to send again; `None` when its protection is gone
-/// (the vault's passphrase went with it).
+/// (the vault's key went with it) or its host holds no key.
 async fn resume_request(db: &Database, rec: &Recovery) -> Result<Option<RecoveryRequest>, DbError> {
     let Some(p) = db.protection(&rec.protection_id).await? else {
         return Ok(None);
@@ -72,12 +71,14 @@ async fn resume_request(db: &Database, rec: &Recovery) -> Result<Option<Recovery
         "planned" => RecoveryKind::Planned,
         _ => RecoveryKind::Unplanned,
     };
+    let vault = match crate::vault_keys::access_for(db, &p, &rec.host_id).await {
+        Ok(v) => v,
+        Err(crate::vault_keys::KeyError::Db(e)) => return Err(e),
+        Err(_) => return Ok(None),
+    };
     Ok(Some(RecoveryRequest {
         recovery_id: rec.id.clone(),
-        vault: VaultAccess {
-            url: p.vault_url,
-            passphrase: p.vault_passphrase,
-        },
+        vault,
         point: rec.point.clone(),
         vm: rec.vm.clone(),
         kind,

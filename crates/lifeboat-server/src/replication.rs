@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lifeboat_agent::client::{AgentClient, ClientError};
-use lifeboat_agent::sync::{SyncRequest, SyncState, SyncStatus, VaultAccess};
+use lifeboat_agent::sync::{SyncRequest, SyncState, SyncStatus};
 use tokio::task::JoinHandle;
 
 use crate::db::{Database, PointRow, Protection, ProtectionState};
@@ -365,6 +365,16 @@ async fn start_sync(
     hostname: &str,
     now: DateTime<Utc>,
 ) -> Result<Duration, crate::db::DbError> {
+    let vault = match crate::vault_keys::access_for(db, &p, &p.host_id).await {
+        Ok(v) => v,
+        Err(crate::vault_keys::KeyError::Db(e)) => return Err(e),
+        Err(e) => {
+            sync_failed(&mut p, now, e.to_string());
+            evaluate(&mut p, policy, now);
+            db.save_protection(&mut p).await?;
+            return Ok(POLL * 5);
+        }
+    };
     let sync_id = uuid::Uuid::new_v4().to_string();
     // App-consistent when the last try is older than the policy asks; a try, not a point,
     // so a guest without qemu-guest-agent is not asked (and waited for) at every sync.
@@ -389,10 +399,7 @@ async fn start_sync(
     let req = SyncRequest {
         app_consistent,
         sync_id: sync_id.clone(),
-        vault: VaultAccess {
-            url: p.vault_url.clone(),
-            passphrase: p.vault_passphrase.clone(),
-        },
+        vault,
         point_name: p.point_name.clone(),
         retention: policy.retention(),
     };

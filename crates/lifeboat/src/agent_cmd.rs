@@ -49,7 +49,9 @@ pub async fn start(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<S
         driver,
         syncs: lifeboat_agent::sync::Syncs::open(&agent_home)
             .with_context(|| format!("opening {}/syncs", agent_home.display()))?,
-        vaults: Default::default(),
+        vaults: lifeboat_agent::replicate::VaultCache::new(Arc::new(
+            lifeboat_agent::sealing::SealingKey::load_or_create(&agent_home)?,
+        )),
         records: lifeboat_agent::replicate::Records::open(&agent_home)
             .with_context(|| format!("opening {}/replicated", agent_home.display()))?,
         max_rate: args

@@ -83,6 +83,8 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     // whose syncs were running when a previous server process died.
     tokio::spawn(lifeboat_server::replication::run(db.clone()));
     tokio::spawn(lifeboat_server::recovery_watch::run(db.clone()));
+    // Protections enabled by an earlier version still hold their vault passphrase.
+    tokio::spawn(lifeboat_server::vault_keys::run(db.clone()));
     let state = Arc::new(ServerState {
         db,
         fingerprint: fingerprint.clone(),

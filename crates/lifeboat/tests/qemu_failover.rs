@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::{boot_guest_with, cluster, wait_points, Cluster};
+use common::cluster::{boot_guest_with, cluster, wait_points, Cluster, PASSPHRASE};
 use common::start_agent_on;
 use lifeboat_testkit::{free_tcp_port, http_get, wait_http, SerialConsole};
 use serde_json::Value;
@@ -279,6 +279,10 @@ async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
             .unwrap();
     }
 
+    // The copy came up with the key beta's agent sealed to itself: the server's files hold
+    // neither the passphrase nor the vault's key.
+    cl.assert_server_opens_no_vault();
+
     // Production went on: still answering, still protected, new points.
     let (code, body) = http_get(http, "/first", Duration::from_secs(10))
         .await
@@ -322,4 +326,49 @@ async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
         .unwrap();
     assert_eq!(code, 200);
     assert_eq!(cl.protection()["state"], "protected");
+
+    // A protection enabled by an earlier version kept the passphrase in the database and
+    // had no sealed keys: the restarted server has both agents seal the key, forgets the
+    // passphrase, and replication goes on.
+    cl.server.child.kill().unwrap();
+    cl.server.child.wait().unwrap();
+    let db_url = format!(
+        "sqlite://{}",
+        cl.home("server").join("server/lifeboat.db").display()
+    );
+    let db = sqlx::SqlitePool::connect(&db_url).await.unwrap();
+    sqlx::query("UPDATE protections SET vault_passphrase = $1")
+        .bind(PASSPHRASE)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM vault_keys")
+        .execute(&db)
+        .await
+        .unwrap();
+    cl.restart_server(None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (keys,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vault_keys")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        let (kept,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM protections WHERE vault_passphrase <> ''")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        if keys == 2 && kept == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stored passphrase was not converted: {keys} sealed key(s), {kept} passphrase(s) kept"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    db.close().await;
+    let before = wait_points(&cl, "web", 1, Duration::from_secs(10)).len();
+    wait_points(&cl, "web", before + 1, Duration::from_secs(120));
+    cl.assert_server_opens_no_vault();
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{boot_guest, cluster, lifeboat, run_ok, Cluster};
-use common::{start_agent_on, start_server};
+use common::start_agent_on;
 use serde_json::Value;
 
 /// The second disk: random data, so a sync of it takes long enough to be interrupted.
@@ -79,9 +79,7 @@ fn vault_points(cl: &Cluster) -> Vec<String> {
 }
 
 fn restart_server(cl: &mut Cluster, database: Option<&str>) {
-    let _ = cl.server.child.kill();
-    let _ = cl.server.child.wait();
-    cl.server = start_server(&cl.home("server"), database);
+    cl.restart_server(database);
 }
 
 fn kill_agent(cl: &mut Cluster) {

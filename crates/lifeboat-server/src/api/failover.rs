@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lifeboat_agent::client::{AgentClient, ClientError};
 use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest, RecoveryStatus};
-use lifeboat_agent::sync::VaultAccess;
 use serde::{Deserialize, Serialize};
 
 use super::operations::OpGuard;
@@ -197,6 +196,11 @@ pub async fn failover(
             "the VM's recovery host is no longer enrolled",
         );
     };
+    // The key sealed to the recovery host, before anything is changed.
+    let vault = match crate::failover::vault_for(&s.db, &p, rhost).await {
+        Ok(v) => v,
+        Err((code, why)) => return error(code, why),
+    };
     let op = match s
         .db
         .start_operation(
@@ -347,10 +351,7 @@ pub async fn failover(
     };
     let ask = RecoveryRequest {
         recovery_id: rec.id.clone(),
-        vault: VaultAccess {
-            url: p.vault_url.clone(),
-            passphrase: p.vault_passphrase.clone(),
-        },
+        vault,
         point: point.point.clone(),
         vm: vm.clone(),
         kind,

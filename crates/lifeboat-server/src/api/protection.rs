@@ -329,11 +329,10 @@ pub async fn protect(
         Err(e) => return db_error(e),
     };
     // Both the VM's agent (it writes) and the recovery host's (it will read) must open
-    // the vault: find out now, not at failover.
-    let access = VaultAccess {
-        url: req.vault.clone(),
-        passphrase: req.vault_passphrase.clone(),
-    };
+    // the vault: find out now, not at failover. Each seals the vault's key to itself; the
+    // server keeps those sealed keys and forgets the passphrase (crate::vault_keys).
+    let access = VaultAccess::passphrase(&req.vault, &req.vault_passphrase);
+    let mut sealed = Vec::new();
     for h in [host, recovery] {
         let checked = match agent(h) {
             Ok(a) => a.check_vault(&access).await,
@@ -352,15 +351,33 @@ pub async fn protect(
             };
             return error(status, msg);
         }
+        if let Ok(c) = checked {
+            sealed.push((h.host.id.clone(), c.sealed_key));
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    // An agent that sealed nothing (an older version) still needs the passphrase.
+    let all_sealed = sealed.iter().all(|(_, k)| k.is_some());
+    for (host_id, key) in &sealed {
+        if let Some(key) = key {
+            if let Err(e) = s.db.put_vault_key(&id, host_id, key).await {
+                op.end("failed", &e.to_string()).await;
+                return db_error(e);
+            }
+        }
     }
     let now = Utc::now().to_rfc3339();
     let p = Protection {
-        id: uuid::Uuid::new_v4().to_string(),
+        id,
         host_id: host.host.id.clone(),
         vm: req.vm.clone(),
         point_name,
         vault_url: req.vault.clone(),
-        vault_passphrase: req.vault_passphrase.clone(),
+        vault_passphrase: if all_sealed {
+            Default::default()
+        } else {
+            req.vault_passphrase.clone()
+        },
         recovery_host_id: recovery.host.id.clone(),
         policy: policy.name.to_string(),
         network_map: serde_json::to_string(&req.network_map).unwrap_or_else(|_| "{}".into()),
@@ -369,6 +386,7 @@ pub async fn protect(
         ..Default::default()
     };
     if let Err(e) = s.db.add_protection(&p).await {
+        let _ = s.db.delete_vault_keys(&p.id).await;
         op.end("failed", &e.to_string()).await;
         return db_error(e);
     }
@@ -519,10 +537,10 @@ pub async fn unprotect(
     };
     let req = UnprotectRequest {
         point_name: p.point_name.clone(),
-        vault: Some(VaultAccess {
-            url: p.vault_url.clone(),
-            passphrase: p.vault_passphrase.clone(),
-        }),
+        // Needed only to delete points; without a key the agent says it cannot.
+        vault: crate::vault_keys::access_for(&s.db, &p, &p.host_id)
+            .await
+            .ok(),
         delete_points: q.delete_points,
     };
     let client = match AgentClient::new(

@@ -4,6 +4,7 @@
 mod dashboard;
 mod protections;
 mod recoveries;
+mod vault_keys;
 
 pub use dashboard::{SessionRow, TokenRow};
 pub use protections::{Operation, PointRow, Protection, ProtectionState};
@@ -56,8 +57,22 @@ impl Database {
         } else {
             url.to_string()
         };
+        let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
-            .max_connections(if url.starts_with("sqlite:") { 1 } else { 8 })
+            .max_connections(if sqlite { 1 } else { 8 })
+            // What SQLite deletes or overwrites is zeroed, not left in free pages: a
+            // secret the server forgets (a vault passphrase of an earlier version, a
+            // revoked token's digest) is gone from the file too.
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        sqlx::query("PRAGMA secure_delete = ON")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&full)
             .await
             .map_err(|source| DbError::Connect {

@@ -380,7 +380,7 @@ impl Database {
             .execute(&self.pool)
             .await?;
         if r.rows_affected() == 1 {
-            for table in ["points", "point_cuts"] {
+            for table in ["points", "point_cuts", "vault_keys"] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE protection_id = $1"))
                     .bind(id)
                     .execute(&self.pool)

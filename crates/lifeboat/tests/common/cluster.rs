@@ -22,6 +22,20 @@ pub fn lifeboat(home: &Path) -> Command {
     c
 }
 
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 pub fn run_ok(mut c: Command) -> String {
     let out = c.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -106,6 +120,56 @@ pub struct Cluster {
 impl Cluster {
     pub fn home(&self, who: &str) -> PathBuf {
         self.tmp.path().join(who)
+    }
+
+    /// Stops the server and starts it again on its home (and `database`).
+    pub fn restart_server(&mut self, database: Option<&str>) {
+        let _ = self.server.child.kill();
+        let _ = self.server.child.wait();
+        self.server = super::start_server(&self.home("server"), database);
+    }
+
+    /// Asserts that no file of the server's home (its SQLite database with its journal,
+    /// tokens, identity) holds the vault's passphrase or its master key, raw, in hex or in
+    /// base64: the server keeps only keys sealed to agents (docs/security.md).
+    pub fn assert_server_opens_no_vault(&self) {
+        let key_file = self.tmp.path().join("exported-vault-key.json");
+        let _ = std::fs::remove_file(&key_file);
+        let mut c = lifeboat(&self.home("client"));
+        c.args(["vault", "--vault", &self.vault, "key", "export"])
+            .arg(&key_file);
+        run_ok(c);
+        let exported = std::fs::read(&key_file).unwrap();
+        let _ = std::fs::remove_file(&key_file);
+        let json: Value = serde_json::from_slice(&exported).unwrap();
+        let b64 = json["master_key"].as_str().unwrap().to_string();
+        let raw = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(&b64)
+                .unwrap()
+        };
+        assert_eq!(raw.len(), 32, "a vault's master key");
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let needles: [(&str, &[u8]); 4] = [
+            ("the passphrase", PASSPHRASE.as_bytes()),
+            ("the master key", &raw),
+            ("the master key in base64", b64.as_bytes()),
+            ("the master key in hex", hex.as_bytes()),
+        ];
+        let mut files = 0;
+        for entry in walk(&self.home("server")) {
+            let bytes = std::fs::read(&entry).unwrap();
+            files += 1;
+            for (what, needle) in needles {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds {what}",
+                    entry.display()
+                );
+            }
+        }
+        assert!(files > 0, "no server files to look at");
     }
 
     /// A client command with the server's token and the vault passphrase.

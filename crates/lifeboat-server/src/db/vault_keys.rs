@@ -1,0 +1,66 @@
+//! Vault keys sealed per (protection, host): see `crate::vault_keys`.
+
+use sqlx::Row;
+
+use super::{Database, DbError};
+
+impl Database {
+    /// Keeps (or replaces) the key sealed to `host_id`'s agent for `protection_id`'s vault.
+    pub async fn put_vault_key(
+        &self,
+        protection_id: &str,
+        host_id: &str,
+        sealed: &str,
+    ) -> Result<(), DbError> {
+        let now = chrono::Utc::now().to_rfc3339();
+        // Delete then insert: portable across SQLite and PostgreSQL, and a protection has
+        // one writer of its keys at a time (enable, or the passphrase conversion).
+        sqlx::query("DELETE FROM vault_keys WHERE protection_id = $1 AND host_id = $2")
+            .bind(protection_id)
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO vault_keys (protection_id, host_id, sealed, sealed_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(protection_id)
+        .bind(host_id)
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The key sealed to `host_id`'s agent for `protection_id`'s vault.
+    pub async fn vault_key(
+        &self,
+        protection_id: &str,
+        host_id: &str,
+    ) -> Result<Option<String>, DbError> {
+        let row =
+            sqlx::query("SELECT sealed FROM vault_keys WHERE protection_id = $1 AND host_id = $2")
+                .bind(protection_id)
+                .bind(host_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.try_get("sealed")).transpose()?)
+    }
+
+    pub async fn delete_vault_keys(&self, protection_id: &str) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM vault_keys WHERE protection_id = $1")
+            .bind(protection_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the vault passphrase of a protection whose agents hold sealed keys.
+    pub async fn forget_vault_passphrase(&self, protection_id: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE protections SET vault_passphrase = '' WHERE id = $1")
+            .bind(protection_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
