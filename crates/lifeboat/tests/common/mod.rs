@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod dashboard;
+pub mod login;
 pub mod moves;
 
 use std::io::{BufRead, BufReader};
