@@ -52,8 +52,8 @@ pub const MIN_PASSWORD_LEN: usize = 10;
 /// mistyped barely notices.
 const FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
-/// A logged-in user.
-#[derive(Clone, Debug)]
+/// A logged-in user. `Debug` leaves the secrets out.
+#[derive(Clone)]
 pub struct Session {
     pub user: String,
     /// The user's role as the request came in (a change applies to open sessions).
@@ -61,6 +61,15 @@ pub struct Session {
     pub csrf: String,
     /// SHA-256 of the cookie: how the session is found and ended.
     pub id_sha256: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a request proved who it is.
@@ -100,8 +109,7 @@ impl Caller {
     }
 }
 
-/// How a login ended.
-#[derive(Debug)]
+/// How a login ended. (No `Debug`: it holds the new session's cookie.)
 pub enum Login {
     /// The cookie's value, and the session it opens.
     Opened(String, Session),
@@ -364,6 +372,21 @@ mod tests {
         let c = set_cookie(SESSION_COOKIE, "v", true, 60);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("; Secure"));
         assert!(!set_cookie(SESSION_COOKIE, "v", false, 60).contains("Secure"));
+    }
+
+    #[test]
+    fn sessions_debug_without_their_secrets() {
+        let s = Session {
+            user: "alice".into(),
+            role: Role::Operator,
+            csrf: "csrf-secret".into(),
+            id_sha256: "digest-secret".into(),
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("alice") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 
     #[test]

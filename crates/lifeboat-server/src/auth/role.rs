@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Ordered: `Viewer < Operator < Admin`, so "may" is a comparison.
+/// `viewer` reads; `operator` also runs operations on VMs and scans; `admin` also
+/// enrolls hosts and manages users and everyone's API tokens.
+// Declared from least to most: the derived order makes "may" a comparison.
 #[derive(
     Clone,
     Copy,
