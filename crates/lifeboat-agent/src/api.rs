@@ -350,7 +350,7 @@ async fn unprotect(
             return error(StatusCode::BAD_REQUEST, "delete_points needs the vault");
         };
         let deleted = async {
-            let vault = s.vaults.open(&access).await?;
+            let vault = s.vaults.open(access).await?;
             let name = lifeboat_vault::format::Name::new(&req.point_name)
                 .map_err(|e| SyncError::Invalid(e.to_string()))?;
             let mut n = 0;

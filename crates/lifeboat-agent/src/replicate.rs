@@ -496,9 +496,11 @@ impl VaultCache {
         let material: &[u8] = match (&access.sealed_key, &access.passphrase) {
             (Some(sealed), _) => sealed.as_bytes(),
             (None, Some(p)) => p.expose().as_bytes(),
-            (None, None) => return Err(SyncError::Invalid(format!(
+            (None, None) => {
+                return Err(SyncError::Invalid(format!(
                 "no key for vault {url}: the request carries neither a sealed key nor a passphrase"
-            ))),
+            )))
+            }
         };
         let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, material)
             .as_ref()

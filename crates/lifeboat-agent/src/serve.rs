@@ -100,6 +100,7 @@ pub async fn serve(
             router: router.clone(),
             activity: ticket.activity.clone(),
             body_stall: limits.body_stall,
+            peer,
         };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

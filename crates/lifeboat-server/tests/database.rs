@@ -1,6 +1,7 @@
 //! The server's database on SQLite and on a real PostgreSQL server (started by
 //! ./scripts/test): the same migrations and queries, the same answers.
 
+use lifeboat_server::auth::Role;
 use lifeboat_server::db::{Database, DbError, Host, PointRow, Protection, ProtectionState};
 use lifeboat_testkit::{fresh_postgres_database, postgres_url};
 
@@ -37,9 +38,17 @@ async fn hosts_and_tokens_round_trip(url: &str) {
     );
     assert!(db.host_by_address("10.0.0.2:7443").await.unwrap().is_none());
     assert_eq!(db.token_count().await.unwrap(), 0);
-    db.add_token("admin", "x").await.unwrap();
+    db.add_user("admin", Role::Admin, "hash").await.unwrap();
+    db.add_token("admin", "x", "admin", Role::Operator)
+        .await
+        .unwrap();
     assert_eq!(db.token_count().await.unwrap(), 1);
-    assert!(db.token_exists("x").await.unwrap() && !db.token_exists("y").await.unwrap());
+    let caller = db.token_caller("x").await.unwrap().unwrap();
+    assert_eq!(
+        (caller.owner.as_str(), caller.role),
+        ("admin", Role::Operator)
+    );
+    assert!(db.token_caller("y").await.unwrap().is_none());
 }
 
 #[tokio::test]

@@ -103,6 +103,67 @@ pub enum Command {
         #[command(flatten)]
         conn: ServerConn,
     },
+    /// Users of the dashboard and the API, and their roles: viewer (reads), operator
+    /// (also runs operations on VMs), admin (also enrolls hosts, manages users and
+    /// tokens). Admins only.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// The audit log, newest first: logins, logouts and every change, with who, from
+    /// where, and how it ended. Operators and admins.
+    Audit {
+        /// Rows to show (at most 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Only rows older than this one (an id from an earlier page; `--json` shows
+        /// `next_before`).
+        #[arg(long)]
+        before: Option<String>,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+}
+
+/// Passwords are never given on the command line (other users could read them in the
+/// process list): LIFEBOAT_USER_PASSWORD, or asked on the terminal.
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Users with their roles.
+    List {
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// Add a user who can log in to the dashboard (password: LIFEBOAT_USER_PASSWORD or
+    /// the terminal).
+    Add {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: lifeboat_server::auth::Role,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// Change a user's role; it holds at once, in open sessions too. The last admin
+    /// stays an admin.
+    SetRole {
+        name: String,
+        /// viewer, operator or admin.
+        role: lifeboat_server::auth::Role,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// Set a user's password (LIFEBOAT_USER_PASSWORD or the terminal); their sessions
+    /// end.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// Remove a user with their sessions and API tokens. The last admin stays.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -15,6 +15,7 @@ mod secrets;
 mod server_client;
 mod server_cmd;
 mod up_cmd;
+mod users_cmd;
 mod vault_cmd;
 mod vm_cmd;
 
@@ -102,6 +103,12 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Points { vm, conn } => {
             return protect_cmd::points(out, &cli.home, &vm, conn).await
         }
+        cli::Command::Users(cmd) => return users_cmd::run(out, &cli.home, cmd).await,
+        cli::Command::Audit {
+            limit,
+            before,
+            conn,
+        } => return users_cmd::audit(out, &cli.home, limit, before, conn).await,
         _ => {}
     }
     let driver = driver(&cli)?;
@@ -121,6 +128,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         | cli::Command::Failover(_)
         | cli::Command::Failback { .. }
         | cli::Command::Reprotect { .. }
-        | cli::Command::Points { .. } => unreachable!("handled above"),
+        | cli::Command::Points { .. }
+        | cli::Command::Users(_)
+        | cli::Command::Audit { .. } => unreachable!("handled above"),
     }
 }

@@ -54,6 +54,29 @@ pub fn passphrase(prompt: &str, confirm: bool) -> Result<String> {
     Ok(p)
 }
 
+pub const USER_PASSWORD_ENV: &str = "LIFEBOAT_USER_PASSWORD";
+
+/// A dashboard user's new password: `LIFEBOAT_USER_PASSWORD`, else asked twice on the
+/// terminal. (The server checks its length.)
+pub fn user_password(user: &str) -> Result<String> {
+    if let Ok(p) = std::env::var(USER_PASSWORD_ENV) {
+        if p.is_empty() {
+            bail!("{USER_PASSWORD_ENV} is set but empty");
+        }
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no password: set {USER_PASSWORD_ENV}, or run on a terminal");
+    }
+    let p = rpassword::prompt_password(format!("Password for {user}: "))
+        .context("reading the password")?;
+    let again = rpassword::prompt_password("Again, to be sure: ")?;
+    if again != p {
+        bail!("the two passwords differ; nothing was changed");
+    }
+    Ok(p)
+}
+
 pub fn read_key_file(path: &Path) -> Result<KeyFile> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;

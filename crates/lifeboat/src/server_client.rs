@@ -132,6 +132,15 @@ impl ServerClient {
             .await
     }
 
+    pub async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.http.delete(format!("{}{path}", self.base)))
             .await
@@ -160,6 +169,10 @@ impl ServerClient {
                 status.as_u16(),
                 body["error"].as_str().unwrap_or("no reason given")
             );
+        }
+        if status == reqwest::StatusCode::NO_CONTENT {
+            // Nothing to read: `()` (or a null) is the answer.
+            return Ok(serde_json::from_value(serde_json::Value::Null)?);
         }
         serde_json::from_slice(&body).context("reading the server's answer")
     }

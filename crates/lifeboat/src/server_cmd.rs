@@ -51,7 +51,14 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     let token_path = server_home.join("admin.token");
     let first_token = if db.token_count().await? == 0 {
         let token = lifeboat_server::auth::random_secret();
-        db.add_token("admin", &token_digest(&token)).await?;
+        // The first token is the first admin's (made just below).
+        db.add_token(
+            "admin",
+            &token_digest(&token),
+            lifeboat_server::auth::ADMIN,
+            lifeboat_server::auth::Role::Admin,
+        )
+        .await?;
         write_private(&token_path, &token)?;
         Some(token)
     } else {
@@ -90,6 +97,7 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         fingerprint: fingerprint.clone(),
         tls: !args.insecure_http,
         live: Default::default(),
+        throttle: Default::default(),
     });
     let limits = lifeboat_agent::serve::Limits::new(args.max_connections);
     let serve = Box::pin(async move {
@@ -138,7 +146,7 @@ pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
     let server = start(home, args).await?;
     println!("Lifeboat server {}", env!("CARGO_PKG_VERSION"));
     println!("API on {scheme}://{}", server.addr);
-    println!("Dashboard on {scheme}://{}/ (user admin)", server.addr);
+    println!("Dashboard on {scheme}://{}/", server.addr);
     println!("Certificate fingerprint (SHA-256): {}", server.fingerprint);
     if let Some(token) = &server.first_token {
         println!(

@@ -107,6 +107,7 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     b.goto(&format!("{url}/hosts")).await.unwrap();
     b.wait_for("#password", SHORT).await.unwrap();
     check_page(&b, "01-login").await;
+    b.fill("#user", "admin").await.unwrap();
     b.fill("#password", "not the password").await.unwrap();
     b.click("button[type=submit]").await.unwrap();
     b.wait_for_text("[role=alert]", "Wrong user name or password", SHORT)

@@ -5,7 +5,8 @@
 //! - floods of connections that never finish a request lock nobody out, and are closed;
 //! - a compromised agent cannot grow the server's memory with an endless reply, nor
 //!   make it resend a request (a vault passphrase) elsewhere with a redirect;
-//! - a host cannot be picked in place of another by taking its name.
+//! - a host cannot be picked in place of another by taking its name;
+//! - secrets stay out of the process list, and request bodies are bounded.
 
 mod common;
 
@@ -357,4 +358,71 @@ async fn a_host_named_like_the_recovery_site_is_never_picked_in_its_place() {
             && err.contains(&format!("127.0.0.1:{}", impostor.port)),
         "{err}"
     );
+}
+
+#[test]
+fn secrets_stay_out_of_the_process_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lifeboat = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+        c.arg("--home")
+            .arg(tmp.path())
+            .env_remove("LIFEBOAT_DATABASE")
+            .env_remove("LIFEBOAT_ENROLL_CODE");
+        c
+    };
+    // A database password on the command line is refused before anything starts.
+    let url = "postgres://lifeboat:hunter2@127.0.0.1:9/lifeboat";
+    let out = lifeboat()
+        .args([
+            "server",
+            "--insecure-http",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            url,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("LIFEBOAT_DATABASE"), "{err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the error repeats the password: {err}"
+    );
+    // (From the environment it is taken: every PostgreSQL test starts its server with
+    // LIFEBOAT_DATABASE, common::start_server_with.)
+    // Enrollment codes have no flag; without the variable and a terminal, the CLI says
+    // where the code goes.
+    let out = lifeboat()
+        .args(["hosts", "enroll", "127.0.0.1:9", "--code", "abcd"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = lifeboat()
+        .args(["hosts", "enroll", "127.0.0.1:9"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("LIFEBOAT_ENROLL_CODE"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server"), None);
+    // A 3 MiB JSON body: refused, not read into memory.
+    let big = format!("{{\"vm\":\"{}\"}}", "a".repeat(3 << 20));
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/protections", server.url))
+        .bearer_auth(&server.token)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
 }

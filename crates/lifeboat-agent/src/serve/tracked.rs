@@ -26,6 +26,9 @@ pub struct Tracked {
     pub router: Router,
     pub activity: Arc<Activity>,
     pub body_stall: Duration,
+    /// Who connected: handlers see it as `axum::extract::ConnectInfo` (the server's login
+    /// throttle and audit log need the client's address).
+    pub peer: std::net::SocketAddr,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Tracked {
@@ -36,7 +39,9 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let guard = self.activity.enter();
         let stall = self.body_stall;
-        let req = req.map(|b| Body::new(StallLimit::new(b, stall)));
+        let mut req = req.map(|b| Body::new(StallLimit::new(b, stall)));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let router = self.router.clone();
         Box::pin(async move {
             let resp = router.oneshot(req).await?;

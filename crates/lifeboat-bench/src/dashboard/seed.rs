@@ -31,9 +31,7 @@ pub async fn seed(server_home: &Path, vms: usize, password: &str) -> Result<Seed
     let db = Database::connect(&url)
         .await
         .with_context(|| format!("opening {url}"))?;
-    let hash = lifeboat_server::auth::hash_password(password)?;
-    db.set_password_hash(lifeboat_server::auth::ADMIN, &hash)
-        .await?;
+    lifeboat_server::auth::ensure_admin_password(&db, Some(password)).await?;
     let hosts = vms.div_ceil(VMS_PER_HOST).max(2);
     let mut host_ids = Vec::new();
     for h in 0..hosts {

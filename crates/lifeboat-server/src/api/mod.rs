@@ -1,6 +1,8 @@
 //! The REST API, under `/api/v1`, every route but the API's own description behind an API
 //! token (`Authorization: Bearer …`) or a dashboard session (cookie, plus the session's
-//! CSRF token on every state-changing call).
+//! CSRF token on every state-changing call), and the role the route needs (`access`:
+//! viewers read, operators also run operations, admins also enroll hosts and manage
+//! users and tokens). Every state-changing call is audited (`crate::audit`).
 //!
 //! | route | does |
 //! |---|---|
@@ -8,6 +10,8 @@
 //! | `POST /api/v1/hosts` | enroll the agent at `address` with its one-time `code` |
 //! | `POST /api/v1/scan` | find agents in a range, from the server's network |
 //! | `GET/POST /api/v1/tokens`, `DELETE /api/v1/tokens/{id}` | API tokens: list, create (shown once), revoke |
+//! | `GET/POST /api/v1/users`, `PUT /api/v1/users/{name}/role`, `PUT …/password`, `DELETE /api/v1/users/{name}` | users and their roles |
+//! | `GET /api/v1/audit` | the audit log, newest first, a page at a time |
 //! | `GET /api/v1/vms` | every VM of every host (hosts that do not answer are listed with the reason) |
 //! | `GET/POST /api/v1/protections` | protected VMs; enable replication of a VM |
 //! | `GET/DELETE /api/v1/protections/{id}` | one protected VM; disable its replication |
@@ -20,9 +24,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -30,16 +33,18 @@ use futures::StreamExt;
 use lifeboat_agent::client::AgentClient;
 use serde::{Deserialize, Serialize};
 
-use crate::auth;
 use crate::db::{Database, DbError, Host, Operation, PointRow, ProtectionState};
 use crate::policy::Policy;
 use crate::replication::AGENT_TIMEOUT;
 
+pub mod access;
+pub mod audit;
 pub mod failover;
 pub mod operations;
 pub mod protection;
 pub mod status;
 pub mod tokens;
+pub mod users;
 
 use protection::{ProtectRequest, Protected, ProtectionView, SyncProgress, Unprotected};
 use status::{Overview, WorstRpo};
@@ -54,6 +59,8 @@ pub struct ServerState {
     pub tls: bool,
     /// The dashboard's live updates, drawn once for every open page.
     pub live: crate::web::live::Hub,
+    /// Login throttling and the bounded queue of password checks.
+    pub throttle: crate::auth::Throttle,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -125,6 +132,23 @@ pub fn router(state: Arc<ServerState>) -> Router {
             "/api/v1/tokens/{id}",
             axum::routing::delete(tokens::revoke_token),
         )
+        .route(
+            "/api/v1/users",
+            get(users::list_users).post(users::add_user),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::delete(users::remove_user),
+        )
+        .route(
+            "/api/v1/users/{name}/role",
+            axum::routing::put(users::set_role),
+        )
+        .route(
+            "/api/v1/users/{name}/password",
+            axum::routing::put(users::set_password),
+        )
+        .route("/api/v1/audit", get(audit::list_audit))
         .route("/api/v1/vms", get(list_vms))
         .route(
             "/api/v1/protections",
@@ -164,10 +188,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/api/v1/policies", get(operations::list_policies))
         .route("/api/v1/status", get(status::overview))
         .route("/metrics", get(status::metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ))
+        .route_layer(axum::middleware::from_fn(access::authenticate))
         // The API's description is public, like the agent's hello.
         .route(
             "/api/v1/openapi.json",
@@ -200,41 +221,6 @@ pub fn token_digest(token: &str) -> String {
         .collect()
 }
 
-/// An API token (`Authorization: Bearer …`), or a dashboard session whose state-changing
-/// calls carry its CSRF token: the dashboard makes the very calls the CLI makes.
-async fn authenticate(State(s): State<Arc<ServerState>>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if let Some(token) = token {
-        return match s.db.token_exists(&token_digest(token)).await {
-            Ok(true) => next.run(req).await,
-            Ok(false) => error(StatusCode::UNAUTHORIZED, "wrong API token"),
-            Err(e) => db_error(e),
-        };
-    }
-    match auth::session_of(&s.db, req.headers()).await {
-        Ok(Some(session)) => {
-            let csrf_ok = auth::csrf_header(req.headers())
-                .is_some_and(|t| auth::same_secret(t, &session.csrf));
-            if auth::changes_state(req.method()) && !csrf_ok {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    "missing or wrong CSRF token (X-CSRF-Token): reload the page and try again",
-                );
-            }
-            next.run(req).await
-        }
-        Ok(None) => error(
-            StatusCode::UNAUTHORIZED,
-            "missing API token: pass --token or set LIFEBOAT_TOKEN (the server printed one at first start), or log in to the dashboard",
-        ),
-        Err(e) => db_error(e),
-    }
-}
-
 /// An error: what went wrong and what to do.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
@@ -245,20 +231,22 @@ pub struct ApiError {
 /// `docs/openapi.json` is this document; a test fails when the two drift apart.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "Lifeboat server API", description = "The control plane's REST API. Every route needs `Authorization: Bearer <API token>`, or a dashboard session cookie with the session's `X-CSRF-Token` header on state-changing calls."),
+    info(title = "Lifeboat server API", description = "The control plane's REST API. Every route needs `Authorization: Bearer <API token>`, or a dashboard session cookie with the session's `X-CSRF-Token` header on state-changing calls. Each route needs a role, said in its description: viewers read, operators also run operations on VMs, admins also enroll hosts and manage users and everyone's tokens; a call above the caller's role is refused with 403 naming the role needed. Every login, logout and state-changing call is in the audit log (`GET /api/v1/audit`)."),
     paths(list_hosts, enroll_host, list_vms, protection::protect, protection::list_protections,
         protection::get_protection, protection::unprotect, protection::list_points,
         operations::list_operations, operations::get_operation, operations::list_policies,
         status::overview, failover::failover, failover::cleanup, failover::list_recoveries,
         failover::failback, failover::reprotect, failover::commit, scan, tokens::list_tokens,
-        tokens::create_token, tokens::revoke_token),
+        tokens::create_token, tokens::revoke_token, users::list_users, users::add_user,
+        users::set_role, users::set_password, users::remove_user, audit::list_audit),
     components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError, ProtectRequest,
         Protected, ProtectionView, SyncProgress, Unprotected, PointRow, Operation, Policy,
         ProtectionState, Overview, WorstRpo, failover::FailoverRequest, failover::RecoveryView,
         failover::CleanedUp, crate::db::Recovery, failover::FailbackRequest, failover::StepDone, ScanRequest,
         crate::discovery::ScanReport, crate::discovery::Found, crate::db::TokenRow,
-        tokens::NewToken, tokens::CreatedToken)),
-    modifiers(&BearerToken)
+        tokens::NewToken, tokens::CreatedToken, crate::auth::Role, crate::db::UserRow,
+        users::NewUser, users::SetRole, users::SetPassword, crate::db::AuditRow, audit::AuditPage)),
+    modifiers(&BearerToken, &RolesNeeded)
 )]
 pub struct ApiDoc;
 
@@ -278,6 +266,42 @@ impl utoipa::Modify for BearerToken {
             "api_token",
             Vec::<String>::new(),
         )]);
+    }
+}
+
+/// Each operation says the role it needs (from `access`, the table the server enforces)
+/// and documents the 403 a lower role gets.
+struct RolesNeeded;
+
+impl utoipa::Modify for RolesNeeded {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::ResponseBuilder;
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for (method, op) in [
+                (axum::http::Method::GET, &mut item.get),
+                (axum::http::Method::POST, &mut item.post),
+                (axum::http::Method::PUT, &mut item.put),
+                (axum::http::Method::DELETE, &mut item.delete),
+            ] {
+                let Some(op) = op else { continue };
+                let role = access::required_role(&method, path);
+                let note = format!("Needs the `{role}` role.");
+                op.description = Some(match op.description.take() {
+                    Some(d) if !d.is_empty() => format!("{d}\n\n{note}"),
+                    _ => note,
+                });
+                if role > crate::auth::Role::Viewer && !op.responses.responses.contains_key("403") {
+                    op.responses.responses.insert(
+                        "403".into(),
+                        ResponseBuilder::new()
+                            .description(format!(
+                                "The caller's role is below `{role}` (the message names it)"
+                            ))
+                            .into(),
+                    );
+                }
+            }
+        }
     }
 }
 

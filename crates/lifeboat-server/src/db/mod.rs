@@ -1,14 +1,18 @@
 //! The server's state. `sqlite://PATH` (created if missing) or `postgres://…`; the same
 //! portable migrations run on both (TEXT and BIGINT only; times as RFC 3339 text).
 
-mod dashboard;
+mod audit;
 mod protections;
 mod recoveries;
+mod tokens;
+mod users;
 mod vault_keys;
 
-pub use dashboard::{SessionRow, TokenRow};
+pub use audit::AuditRow;
 pub use protections::{Operation, PointRow, Protection, ProtectionState};
 pub use recoveries::Recovery;
+pub use tokens::{TokenCaller, TokenRow};
+pub use users::{SessionRow, UserRow};
 
 use serde::Serialize;
 use sqlx::any::AnyPoolOptions;
@@ -143,36 +147,6 @@ impl Database {
         rows.iter()
             .map(|r| host_access(r).map_err(DbError::from))
             .collect()
-    }
-
-    pub async fn token_count(&self) -> Result<i64, DbError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("n")?)
-    }
-
-    /// Adds a token (by its digest) and returns its id.
-    pub async fn add_token(&self, name: &str, token_sha256: &str) -> Result<String, DbError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        sqlx::query(
-            "INSERT INTO api_tokens (id, name, token_sha256, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&id)
-        .bind(name)
-        .bind(token_sha256)
-        .bind(chrono::Utc::now().to_rfc3339())
-        .execute(&self.pool)
-        .await?;
-        Ok(id)
-    }
-
-    pub async fn token_exists(&self, token_sha256: &str) -> Result<bool, DbError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens WHERE token_sha256 = $1")
-            .bind(token_sha256)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
     }
 }
 

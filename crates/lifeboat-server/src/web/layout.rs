@@ -1,7 +1,7 @@
 //! The frame every page shares (head, navigation, logout) and the small pieces pages are
 //! made of: state labels, times, ages, sizes.
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 
@@ -9,7 +9,8 @@ use crate::api::protection::ProtectionView;
 use crate::auth::Session;
 use crate::db::ProtectionState;
 
-/// The pages in the navigation, in order: (path, name).
+/// The pages in the navigation, in order: (path, name). A page shows in a user's
+/// navigation when their role may open it (`api::access`).
 pub const NAV: &[(&str, &str)] = &[
     ("/", "Overview"),
     ("/hosts", "Hosts & VMs"),
@@ -18,6 +19,8 @@ pub const NAV: &[(&str, &str)] = &[
     ("/operations", "Operations"),
     ("/vaults", "Vaults & policies"),
     ("/tokens", "API tokens"),
+    ("/users", "Users"),
+    ("/audit", "Audit log"),
 ];
 
 fn head(title: &str, csrf: Option<&str>) -> Markup {
@@ -56,7 +59,7 @@ pub fn page(title: &str, current: &str, session: &Session, body: Markup) -> Resp
                     a class="brand" href="/" { "Lifeboat" }
                     nav aria-label="Main" {
                         ul {
-                            @for (path, name) in NAV {
+                            @for (path, name) in NAV.iter().filter(|(p, _)| may(session, &Method::GET, p)) {
                                 li {
                                     @if *path == current {
                                         a href=(path) aria-current="page" { (name) }
@@ -69,7 +72,7 @@ pub fn page(title: &str, current: &str, session: &Session, body: Markup) -> Resp
                     }
                     form method="post" action="/logout" class="logout" {
                         input type="hidden" name="csrf" value=(session.csrf);
-                        button type="submit" { "Log out " (session.user) }
+                        button type="submit" title={ (session.user) " is " (session.role.with_article()) } { "Log out " (session.user) }
                     }
                 }
                 main id="main" {
@@ -80,6 +83,19 @@ pub fn page(title: &str, current: &str, session: &Session, body: Markup) -> Resp
         }
     };
     Html(markup.into_string()).into_response()
+}
+
+/// Whether `session`'s role may make this call (or open this page): what pages ask
+/// before offering an action. The server refuses regardless.
+pub fn may(session: &Session, method: &Method, route: &str) -> bool {
+    crate::api::access::may(session.role, method, route)
+}
+
+/// Said where an action would be, to a role that may not take it.
+pub fn not_for_role(session: &Session, needed: &str) -> Markup {
+    html! {
+        p class="muted" { "You are " (session.role.with_article()) ": " (needed) " can act here." }
+    }
 }
 
 /// A page that says what went wrong on the server's side.

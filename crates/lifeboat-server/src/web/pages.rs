@@ -6,16 +6,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::Method;
 use axum::response::Response;
 use maud::{html, Markup};
 
 use super::fragments::{counts, protection_cells, recoveries_table, running_ops};
-use super::layout::{age, columns, page, size, time};
+use super::layout::{age, columns, may, not_for_role, page, size, time};
 use super::CurrentSession;
 use crate::api::failover::recovery_views;
 use crate::api::protection::ProtectionView;
 use crate::api::status::overview_of;
 use crate::api::{vm_list, ServerState, VmRow};
+use crate::auth::Role;
 use crate::db::{Operation, Recovery};
 use crate::policy::POLICIES;
 
@@ -160,8 +162,17 @@ pub fn recovery_kind_label(kind: &str) -> &'static str {
 }
 
 pub async fn scan(session: CurrentSession) -> Response {
+    if !may(&session, &Method::POST, "/api/v1/scan") {
+        let body = html! {
+            p { "Agents answer a discovery hello before they are enrolled. The scan runs from the server." }
+            (not_for_role(&session, "operators (scan) and admins (scan and enroll)"))
+        };
+        return page("Scan & enroll", "/scan", &session, body);
+    }
+    let enroll = may(&session, &Method::POST, "/api/v1/hosts");
     let body = html! {
         p { "Agents answer a discovery hello before they are enrolled. The scan runs from the server, which is where enrolled agents will be reached from." }
+        @if !enroll { p class="muted" { "You are " (session.role.with_article()) ": you can scan; admins enroll." } }
         form id="scan-form" data-api="/api/v1/scan" data-method="POST" data-render="scan" {
             div class="field" {
                 label for="cidr" { "Address range" }
@@ -180,7 +191,8 @@ pub async fn scan(session: CurrentSession) -> Response {
             h2 id="found-h" { "Agents found" }
             div id="scan-results" aria-live="polite" { p class="muted" { "Nothing scanned yet." } }
         }
-        template id="enroll-template" {
+        // Without the template the scan's results offer no enrollment (app.js).
+        @if enroll { template id="enroll-template" {
             form class="enroll" data-api="/api/v1/hosts" data-method="POST" data-then="/hosts" {
                 input type="hidden" name="address";
                 input type="hidden" name="fingerprint";
@@ -188,7 +200,7 @@ pub async fn scan(session: CurrentSession) -> Response {
                 button type="submit" { "Enroll" }
                 p role="alert" class="error" hidden {}
             }
-        }
+        } }
     };
     page("Scan & enroll", "/scan", &session, body)
 }
@@ -309,9 +321,10 @@ pub async fn vaults(State(s): State<Arc<ServerState>>, session: CurrentSession) 
 }
 
 pub async fn tokens(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
-    let tokens = or_fail!(s.db.tokens().await);
+    let admin = session.role == Role::Admin;
+    let tokens = or_fail!(s.db.tokens((!admin).then_some(session.user.as_str())).await);
     let body = html! {
-        p { "Scripts and the CLI call the API with a token (" code { "Authorization: Bearer …" } ", or " code { "LIFEBOAT_TOKEN" } "). A token is shown once, when made; the server keeps only its digest." }
+        p { "Scripts and the CLI call the API with a token (" code { "Authorization: Bearer …" } ", or " code { "LIFEBOAT_TOKEN" } "). A token is shown once, when made; the server keeps only its digest. It acts with the role it was given, never above its maker's, and stops working when its maker is removed." }
         section aria-labelledby="new-token-h" {
             h2 id="new-token-h" { "New token" }
             form data-api="/api/v1/tokens" data-method="POST" data-render="token" {
@@ -319,20 +332,31 @@ pub async fn tokens(State(s): State<Arc<ServerState>>, session: CurrentSession) 
                     label for="token-name" { "What it is for" }
                     input id="token-name" name="name" type="text" required maxlength="64" placeholder="backup-script";
                 }
+                div class="field" {
+                    label for="token-role" { "Role" }
+                    select id="token-role" name="role" aria-describedby="token-role-hint" {
+                        @for r in Role::ALL.into_iter().filter(|r| *r <= session.role) {
+                            option value=(r.as_str()) selected[r == Role::Viewer] { (r.as_str()) }
+                        }
+                    }
+                    small id="token-role-hint" { "At most yours (" (session.role.as_str()) ")." }
+                }
                 button type="submit" { "Make token" }
                 p role="alert" class="error" hidden {}
             }
             div id="new-token" aria-live="polite" {}
         }
         section aria-labelledby="tokens-h" {
-            h2 id="tokens-h" { "Tokens" }
+            h2 id="tokens-h" { @if admin { "Tokens (everyone's)" } @else { "Your tokens" } }
             div class="scroll" {
                 table {
-                    thead { tr { th scope="col" { "Name" } th scope="col" { "Made" } th scope="col" { span class="visually-hidden" { "Actions" } } } }
+                    (columns(&["Name", "Owner", "Role", "Made", "Actions"]))
                     tbody {
                         @for t in &tokens {
                             tr {
                                 th scope="row" { (t.name) }
+                                td { (t.owner) }
+                                td { (t.role.as_str()) }
                                 td { (time(&t.created_at)) }
                                 td {
                                     form data-api={ "/api/v1/tokens/" (t.id) } data-method="DELETE" data-then="/tokens"

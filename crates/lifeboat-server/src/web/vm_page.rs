@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use chrono::{Duration, Utc};
 use maud::{html, Markup};
 
 use super::chart::rpo_chart;
 use super::fragments::protection_cells;
-use super::layout::{age, columns, page, refused, size, time, utc};
+use super::layout::{age, columns, may, not_for_role, page, refused, size, time, utc};
 use super::pages::{host_names, operations_list, or_fail, recovery_kind_label, vm_href};
 use super::CurrentSession;
 use crate::api::protection::{view, ProtectionView};
@@ -75,7 +75,11 @@ pub async fn vm_detail(
                     p id="actions-stale" class="flash" role="status" hidden {
                         (v.vm) "'s state changed: " a href="" { "reload the page" } " for the actions it has now."
                     }
-                    (actions(&v, host, &points, test_copy, moved))
+                    @if may(&session, &Method::POST, "/api/v1/protections/{id}/failover") {
+                        (actions(&v, host, &points, test_copy, moved))
+                    } @else {
+                        (not_for_role(&session, "operators and admins"))
+                    }
                 }
                 section aria-labelledby="rpo-h" {
                     h2 id="rpo-h" { "RPO" }
@@ -102,7 +106,11 @@ pub async fn vm_detail(
                 p { span class="state none" { "Unprotected" } " — " (vm) " on " (host.hostname) " is not replicated." }
                 section aria-labelledby="actions-h" {
                     h2 id="actions-h" { "Actions" }
-                    (enable_dialog(host, &vm, &others))
+                    @if may(&session, &Method::POST, "/api/v1/protections") {
+                        (enable_dialog(host, &vm, &others))
+                    } @else {
+                        (not_for_role(&session, "operators and admins"))
+                    }
                 }
             }
             section aria-labelledby="ops-h" {

@@ -108,10 +108,12 @@ async fn submitted(b: &Browser, form_scope: &str, limit: Duration) -> String {
     }
 }
 
-/// Logs in with the dashboard's password, from wherever the browser is sent to log in.
+/// Logs in as admin with the dashboard's password, from wherever the browser is sent to
+/// log in.
 pub async fn log_in(b: &Browser, url: &str) {
     b.goto(&format!("{url}/")).await.unwrap();
     b.wait_for("#password", SHORT).await.unwrap();
+    b.fill("#user", "admin").await.unwrap();
     b.fill("#password", PASSWORD).await.unwrap();
     b.click("button[type=submit]").await.unwrap();
     b.wait_for_text("h1", "Overview", SHORT).await.unwrap();

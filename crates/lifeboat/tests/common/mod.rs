@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod dashboard;
 pub mod hostile_agent;
+pub mod login;
 pub mod moves;
 
 use std::io::{BufRead, BufReader};
@@ -124,9 +125,11 @@ pub fn start_server_with(home: &Path, database: Option<&str>, tls: bool) -> Serv
     if !tls {
         cmd.arg("--insecure-http");
     }
-    if let Some(url) = database {
-        cmd.args(["--database", url]);
-    }
+    // The URL holds a password: in the environment, never on the command line.
+    match database {
+        Some(url) => cmd.env("LIFEBOAT_DATABASE", url),
+        None => cmd.env_remove("LIFEBOAT_DATABASE"),
+    };
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

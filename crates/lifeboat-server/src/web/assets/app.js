@@ -176,7 +176,8 @@
       }
       cell(row, a.vms ? (a.vms.length ? a.vms.join(", ") : "(none)") : "shown once enrolled here");
       const action = cell(row, a.enrolled ? "enrolled" : "");
-      if (!a.enrolled) {
+      // No template: this user's role does not enroll (the server would refuse).
+      if (!a.enrolled && template) {
         const form = template.content.firstElementChild.cloneNode(true);
         form.querySelector('[name="address"]').value = a.address;
         form.querySelector('[name="fingerprint"]').value = a.fingerprint;

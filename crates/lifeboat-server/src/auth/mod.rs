@@ -1,4 +1,5 @@
-//! Dashboard logins: the admin password (argon2id), session cookies, and CSRF tokens.
+//! Who is calling: dashboard users (argon2id passwords, roles), their login sessions,
+//! CSRF tokens, and API tokens.
 //!
 //! A session is a random cookie (`HttpOnly`, `SameSite=Strict`, `Secure` on TLS) whose
 //! SHA-256 the server keeps, with the session's CSRF token. Every state-changing request
@@ -6,6 +7,12 @@
 //! field), so another site cannot act in the operator's name even if a browser sent the
 //! cookie. The login form itself is guarded by a double-submit cookie, since there is no
 //! session yet.
+//!
+//! - `role`: viewer, operator, admin.
+//! - `throttle`: login throttling and lockout, and the bounded queue of password checks.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -14,6 +21,12 @@ use chrono::{SecondsFormat, Utc};
 
 use crate::api::token_digest;
 use crate::db::{Database, DbError};
+
+pub mod role;
+pub mod throttle;
+
+pub use role::{Role, UnknownRole};
+pub use throttle::{Refusal, Throttle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
@@ -25,20 +38,7 @@ pub enum PasswordError {
     Db(#[from] DbError),
 }
 
-/// Password hashes at once: argon2id takes 19 MiB and tens of milliseconds each, so a
-/// flood of logins queues here instead of taking every worker the API needs.
-static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-
-/// Runs `work` (an argon2id hash or check) off the async workers, a few at a time.
-async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    // The semaphore is never closed.
-    let _permit = HASHING.acquire().await.expect("the hashing semaphore");
-    tokio::task::spawn_blocking(work)
-        .await
-        .expect("a password hash does not panic")
-}
-
-/// The one dashboard user for now.
+/// The user the first start makes (and `LIFEBOAT_ADMIN_PASSWORD` resets).
 pub const ADMIN: &str = "admin";
 pub const SESSION_COOKIE: &str = "lifeboat_session";
 pub const LOGIN_CSRF_COOKIE: &str = "lifeboat_login_csrf";
@@ -47,14 +47,80 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const SESSION_HOURS: i64 = 12;
 /// Shorter passwords are refused when set.
 pub const MIN_PASSWORD_LEN: usize = 10;
+/// The pause before a wrong password is answered. It holds the address's one login
+/// slot (`throttle`), so one address guesses at most about once a second; someone who
+/// mistyped barely notices.
+const FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
-/// A logged-in operator.
-#[derive(Clone, Debug)]
+/// A logged-in user. `Debug` leaves the secrets out.
+#[derive(Clone)]
 pub struct Session {
     pub user: String,
+    /// The user's role as the request came in (a change applies to open sessions).
+    pub role: Role,
     pub csrf: String,
     /// SHA-256 of the cookie: how the session is found and ended.
     pub id_sha256: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a request proved who it is.
+#[derive(Clone, Debug)]
+pub enum Via {
+    Session(Session),
+    Token { id: String, name: String },
+}
+
+/// Who a request comes from: found once per request (by `crate::audit`), then read by
+/// the API's and the pages' gates and by handlers.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The user: the session's, or the token's owner.
+    pub user: String,
+    /// What the request may do: the user's role, or the token's (never above its
+    /// owner's).
+    pub role: Role,
+    pub via: Via,
+}
+
+impl Caller {
+    /// `session`, or `token NAME`: how the audit log says it.
+    pub fn via_text(&self) -> String {
+        match &self.via {
+            Via::Session(_) => "session".into(),
+            Via::Token { name, .. } => format!("token {name}"),
+        }
+    }
+
+    /// `alice`, or `token grafana of alice`: for messages.
+    pub fn describe(&self) -> String {
+        match &self.via {
+            Via::Session(_) => self.user.clone(),
+            Via::Token { name, .. } => format!("token {name} of {}", self.user),
+        }
+    }
+}
+
+/// How a login ended. (No `Debug`: it holds the new session's cookie.)
+pub enum Login {
+    /// The cookie's value, and the session it opens.
+    Opened(String, Session),
+    /// Wrong user name or password. `user_exists` is for the audit log only (the answer
+    /// does not say); `locked` is the lock this failure started.
+    Wrong {
+        user_exists: bool,
+        locked: Option<Refusal>,
+    },
+    /// No password was checked.
+    NotChecked(Refusal),
 }
 
 /// 32 random bytes as hex: session ids, CSRF tokens, generated passwords.
@@ -91,32 +157,36 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Makes sure the admin has a password. `given` (LIFEBOAT_ADMIN_PASSWORD) sets it, at
-/// first start or to reset it; without one, the first start makes a random password and
-/// returns it to be shown once.
+/// Makes sure someone can log in. `given` (LIFEBOAT_ADMIN_PASSWORD, read on the server's
+/// machine) makes user `admin` an admin with that password, at first start or to reset
+/// it: the way back in for whoever runs the server. Without it, the first start (no user
+/// at all) makes `admin` with a random password and returns it to be shown once; later
+/// starts change nothing, so a removed `admin` stays removed.
 pub async fn ensure_admin_password(
     db: &Database,
     given: Option<&str>,
 ) -> Result<Option<String>, PasswordError> {
-    let stored = db.password_hash(ADMIN).await?;
     if let Some(password) = given {
-        if !stored
-            .as_deref()
-            .is_some_and(|h| verify_password(h, password))
+        let stored = db.password_hash(ADMIN).await?;
+        let is_admin = db.user(ADMIN).await?.is_some_and(|u| u.role == Role::Admin);
+        if !(is_admin
+            && stored
+                .as_deref()
+                .is_some_and(|h| verify_password(h, password)))
         {
             let hash = hash_password(password)?;
-            db.set_password_hash(ADMIN, &hash).await?;
-            tracing::info!("dashboard password set from LIFEBOAT_ADMIN_PASSWORD");
+            db.reset_admin(ADMIN, &hash).await?;
+            tracing::info!("user admin's password set from LIFEBOAT_ADMIN_PASSWORD");
         }
         return Ok(None);
     }
-    if stored.is_some() {
+    if db.user_count().await? > 0 {
         return Ok(None);
     }
     // 24 hex characters: 96 bits, typed once and then kept by a password manager.
     let password = random_secret()[..24].to_string();
     let hash = hash_password(&password)?;
-    db.set_password_hash(ADMIN, &hash).await?;
+    db.add_user(ADMIN, Role::Admin, &hash).await?;
     Ok(Some(password))
 }
 
@@ -140,30 +210,48 @@ pub fn set_cookie(name: &str, value: &str, secure: bool, max_age_secs: i64) -> S
     )
 }
 
-/// Checks the password and opens a session; returns the cookie's value and the session.
+/// Checks `user`'s password, if the throttle lets a login from `address` through, and
+/// opens a session when it is right.
 pub async fn log_in(
     db: &Database,
+    throttle: &Throttle,
     user: &str,
     password: &str,
-) -> Result<Option<(String, Session)>, DbError> {
+    address: IpAddr,
+) -> Result<Login, DbError> {
+    let mut admission = match throttle.admit(user, address, Instant::now()) {
+        Ok(a) => a,
+        Err(refusal) => return Ok(Login::NotChecked(refusal)),
+    };
     let stored = db.password_hash(user).await?;
+    let user_exists = stored.is_some();
     let password = password.to_string();
-    let right = hashing(move || match stored {
-        Some(hash) => verify_password(&hash, &password),
-        None => {
-            // Spend the time a real check takes, so timing does not tell which users
-            // exist.
-            let _ = hash_password("not-a-user-password");
-            false
-        }
-    })
-    .await;
+    let right = admission
+        .check(move || match stored {
+            Some(hash) => verify_password(&hash, &password),
+            None => {
+                // Spend the time a real check takes, so timing does not tell which
+                // users exist.
+                let _ = hash_password("not-a-user-password");
+                false
+            }
+        })
+        .await;
     if !right {
-        return Ok(None);
+        let locked = throttle.failed(user, address, Instant::now());
+        tokio::time::sleep(FAILURE_PAUSE).await;
+        drop(admission);
+        return Ok(Login::Wrong {
+            user_exists,
+            locked,
+        });
     }
+    throttle.succeeded(user, address);
+    drop(admission);
     let value = random_secret();
     let session = Session {
         user: user.to_string(),
+        role: db.user(user).await?.map_or(Role::Viewer, |u| u.role),
         csrf: random_secret(),
         id_sha256: token_digest(&value),
     };
@@ -173,15 +261,43 @@ pub async fn log_in(
         .await?;
     db.add_session(&session.id_sha256, user, &session.csrf, &expires)
         .await?;
-    Ok(Some((value, session)))
+    Ok(Login::Opened(value, session))
 }
 
-/// The request's live session, if its cookie names one.
-pub async fn session_of(db: &Database, headers: &HeaderMap) -> Result<Option<Session>, DbError> {
-    match cookie(headers, SESSION_COOKIE) {
-        Some(value) => live_session(db, &token_digest(value)).await,
-        None => Ok(None),
+/// The bearer token a request carries, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Who the request comes from: its API token (when it has one, only that counts), else
+/// its live session. None when neither proves anyone.
+pub async fn identify(db: &Database, headers: &HeaderMap) -> Result<Option<Caller>, DbError> {
+    if let Some(token) = bearer(headers) {
+        return Ok(db
+            .token_caller(&token_digest(token))
+            .await?
+            .map(|t| Caller {
+                user: t.owner,
+                role: t.role,
+                via: Via::Token {
+                    id: t.id,
+                    name: t.name,
+                },
+            }));
     }
+    let Some(value) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    Ok(live_session(db, &token_digest(value))
+        .await?
+        .map(|s| Caller {
+            user: s.user.clone(),
+            role: s.role,
+            via: Via::Session(s),
+        }))
 }
 
 /// The session whose cookie hashes to `id_sha256`, unless it is gone or past its end
@@ -197,6 +313,7 @@ pub async fn live_session(db: &Database, id_sha256: &str) -> Result<Option<Sessi
     }
     Ok(Some(Session {
         user: row.user,
+        role: row.role,
         csrf: row.csrf,
         id_sha256: id_sha256.to_string(),
     }))
@@ -255,6 +372,21 @@ mod tests {
         let c = set_cookie(SESSION_COOKIE, "v", true, 60);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("; Secure"));
         assert!(!set_cookie(SESSION_COOKIE, "v", false, 60).contains("Secure"));
+    }
+
+    #[test]
+    fn sessions_debug_without_their_secrets() {
+        let s = Session {
+            user: "alice".into(),
+            role: Role::Operator,
+            csrf: "csrf-secret".into(),
+            id_sha256: "digest-secret".into(),
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("alice") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 
     #[test]
