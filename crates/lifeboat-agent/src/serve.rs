@@ -16,8 +16,8 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use admission::Admission;
 pub use admission::Limits;
+use admission::{Activity, Admission};
 use tracked::Tracked;
 
 use crate::identity::Identity;
@@ -104,35 +104,58 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let connection = async {
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let served = match acceptor {
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            let activity = ticket.activity.clone();
+            match acceptor {
+                Some(acceptor) => {
+                    // The idle limit covers the handshake: a client that connects and
+                    // sends nothing, or half a handshake, is closed.
+                    let tls = tokio::select! {
+                        r = acceptor.accept(stream) => match r {
+                            Ok(tls) => tls,
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                        },
+                        _ = activity.ended(limits.idle) => {
+                            tracing::debug!(%peer, "TLS handshake not done in time");
                             return;
                         }
-                    },
-                    None => {
-                        builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                    }
-                };
-                if let Err(e) = served {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    };
+                    serve_io(TokioIo::new(tls), service, &activity, limits.idle).await;
                 }
-            };
-            // The idle limit covers the TLS handshake and every wait for a request, so
-            // a client that connects and sends nothing (or half a request) is closed.
-            tokio::select! {
-                _ = connection => {}
-                _ = ticket.activity.ended(limits.idle) => {
-                    tracing::debug!(%peer, "idle connection closed");
-                }
+                None => serve_io(TokioIo::new(stream), service, &activity, limits.idle).await,
             }
             drop(ticket);
         });
     }
+}
+
+/// How long a connection told to close may take to let go.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves one connection until it ends, or until it has been idle for `idle` (which also
+/// bounds the wait for a request's head) or was pushed out by a newer one.
+async fn serve_io<I>(io: I, service: Tracked, activity: &Activity, idle: Duration)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = service.peer;
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => {
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = activity.ended(idle) => {}
+    }
+    // HTTP/2 clients get a GOAWAY, so none sends a request on a connection that is being
+    // closed; an idle HTTP/1 connection closes at once. One that does not let go is cut.
+    tracing::debug!(%peer, "closing an idle connection");
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
 }

@@ -10,48 +10,70 @@ use lifeboat_vault::format::KeyFile;
 pub const PASSPHRASE_ENV: &str = "LIFEBOAT_PASSPHRASE";
 pub const ENROLL_CODE_ENV: &str = "LIFEBOAT_ENROLL_CODE";
 
+/// Where one kind of secret comes from: the variable `env`, else the terminal.
+struct Ask<'a> {
+    env: &'a str,
+    /// What it is, for messages ("passphrase", "password", "enrollment code").
+    what: &'a str,
+    prompt: String,
+    /// Asked twice on the terminal (a new secret, where a typo would lock the owner out).
+    confirm: bool,
+    /// What else would do, when there is no terminal ("pass --key-file, ").
+    otherwise: &'a str,
+}
+
+impl Ask<'_> {
+    fn read(self) -> Result<String> {
+        let what = self.what;
+        if let Ok(v) = std::env::var(self.env) {
+            if v.trim().is_empty() {
+                bail!("{} is set but empty", self.env);
+            }
+            return Ok(v);
+        }
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "no {what}: set {}, {}or run on a terminal",
+                self.env,
+                self.otherwise
+            );
+        }
+        let v = rpassword::prompt_password(format!("{}: ", self.prompt))
+            .with_context(|| format!("reading the {what}"))?;
+        if v.trim().is_empty() {
+            bail!("the {what} must not be empty");
+        }
+        if self.confirm && rpassword::prompt_password("Again, to be sure: ")? != v {
+            bail!("the two {what}s differ; nothing was changed");
+        }
+        Ok(v)
+    }
+}
+
 /// The one-time enrollment code of the agent at `address`: `LIFEBOAT_ENROLL_CODE`, else
 /// asked on the terminal.
 pub fn enrollment_code(address: &str) -> Result<String> {
-    if let Ok(c) = std::env::var(ENROLL_CODE_ENV) {
-        if c.trim().is_empty() {
-            bail!("{ENROLL_CODE_ENV} is set but empty");
-        }
-        return Ok(c.trim().to_string());
+    let code = Ask {
+        env: ENROLL_CODE_ENV,
+        what: "enrollment code",
+        prompt: format!("Enrollment code the agent at {address} printed"),
+        confirm: false,
+        otherwise: "",
     }
-    if !std::io::stdin().is_terminal() {
-        bail!("no enrollment code: set {ENROLL_CODE_ENV} to the code the agent at {address} printed, or run on a terminal");
-    }
-    let c = rpassword::prompt_password(format!("Enrollment code the agent at {address} printed: "))
-        .context("reading the enrollment code")?;
-    if c.trim().is_empty() {
-        bail!("the enrollment code must not be empty");
-    }
-    Ok(c.trim().to_string())
+    .read()?;
+    Ok(code.trim().to_string())
 }
 
 /// The passphrase: `LIFEBOAT_PASSPHRASE`, else asked on the terminal (twice when `confirm`).
 pub fn passphrase(prompt: &str, confirm: bool) -> Result<String> {
-    if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
-        if p.is_empty() {
-            bail!("{PASSPHRASE_ENV} is set but empty");
-        }
-        return Ok(p);
+    Ask {
+        env: PASSPHRASE_ENV,
+        what: "passphrase",
+        prompt: prompt.to_string(),
+        confirm,
+        otherwise: "pass --key-file, ",
     }
-    if !std::io::stdin().is_terminal() {
-        bail!("no passphrase: set {PASSPHRASE_ENV}, pass --key-file, or run on a terminal");
-    }
-    let p = rpassword::prompt_password(format!("{prompt}: ")).context("reading the passphrase")?;
-    if p.is_empty() {
-        bail!("the passphrase must not be empty");
-    }
-    if confirm {
-        let again = rpassword::prompt_password("Again, to be sure: ")?;
-        if again != p {
-            bail!("the two passphrases differ; nothing was changed");
-        }
-    }
-    Ok(p)
+    .read()
 }
 
 pub const USER_PASSWORD_ENV: &str = "LIFEBOAT_USER_PASSWORD";
@@ -59,22 +81,14 @@ pub const USER_PASSWORD_ENV: &str = "LIFEBOAT_USER_PASSWORD";
 /// A dashboard user's new password: `LIFEBOAT_USER_PASSWORD`, else asked twice on the
 /// terminal. (The server checks its length.)
 pub fn user_password(user: &str) -> Result<String> {
-    if let Ok(p) = std::env::var(USER_PASSWORD_ENV) {
-        if p.is_empty() {
-            bail!("{USER_PASSWORD_ENV} is set but empty");
-        }
-        return Ok(p);
+    Ask {
+        env: USER_PASSWORD_ENV,
+        what: "password",
+        prompt: format!("Password for {user}"),
+        confirm: true,
+        otherwise: "",
     }
-    if !std::io::stdin().is_terminal() {
-        bail!("no password: set {USER_PASSWORD_ENV}, or run on a terminal");
-    }
-    let p = rpassword::prompt_password(format!("Password for {user}: "))
-        .context("reading the password")?;
-    let again = rpassword::prompt_password("Again, to be sure: ")?;
-    if again != p {
-        bail!("the two passwords differ; nothing was changed");
-    }
-    Ok(p)
+    .read()
 }
 
 pub fn read_key_file(path: &Path) -> Result<KeyFile> {
