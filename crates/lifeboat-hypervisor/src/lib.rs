@@ -8,6 +8,7 @@
 //! caller as (offset, bytes) extents and committed or aborted when the caller is done.
 
 pub mod error;
+pub mod private;
 pub mod qemu;
 pub mod spec;
 

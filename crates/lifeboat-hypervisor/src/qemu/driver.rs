@@ -43,9 +43,22 @@ pub struct QemuDriver {
 }
 
 impl QemuDriver {
+    /// Opens the driver's home, making it (and `vms`) private: created 0700, or tightened
+    /// to 0700 when an older Lifeboat or the operator left it open.
     pub fn new(config: QemuConfig) -> Result<Self> {
-        let vms = config.home.join("vms");
-        std::fs::create_dir_all(&vms).map_err(|e| HypervisorError::io("creating", &vms, e))?;
+        let home = &config.home;
+        if let Ok(meta) = std::fs::metadata(home) {
+            use std::os::unix::fs::PermissionsExt;
+            // Tightening a shared directory would lock everyone else out of it.
+            if meta.permissions().mode() & 0o1002 != 0 || home.parent().is_none() {
+                return Err(HypervisorError::SharedHome(home.clone()));
+            }
+        }
+        let vms = home.join("vms");
+        for dir in [home, &vms] {
+            crate::private::private_dir(dir)
+                .map_err(|e| HypervisorError::io("making private", dir, e))?;
+        }
         Ok(QemuDriver { config })
     }
 
@@ -242,7 +255,7 @@ impl Hypervisor for QemuDriver {
             return Err(HypervisorError::AlreadyDefined(spec.name));
         }
         spec.uuid.get_or_insert_with(uuid::Uuid::new_v4);
-        std::fs::create_dir_all(&dir.dir)
+        crate::private::private_dir(&dir.dir)
             .map_err(|e| HypervisorError::io("creating", &dir.dir, e))?;
         write_atomically(&dir.spec(), spec.to_toml().as_bytes())?;
         Ok(spec)

@@ -39,7 +39,8 @@ pub async fn create_overlay(path: &Path, size: u64) -> Result<()> {
     create_qcow2(path, size, &[]).await
 }
 
-/// `qemu-img create -f qcow2 [extra…] PATH SIZE`, its error said in full.
+/// `qemu-img create -f qcow2 [extra…] PATH SIZE`, its error said in full. The image is
+/// made 0600 (`qemu-img` uses the umask): it is still empty, and it will hold disk data.
 pub async fn create_qcow2(path: &Path, size: u64, extra: &[&str]) -> Result<()> {
     let out = tokio::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
@@ -62,7 +63,7 @@ pub async fn create_qcow2(path: &Path, size: u64, extra: &[&str]) -> Result<()> 
             ),
         });
     }
-    Ok(())
+    crate::private::make_private(path).map_err(|e| HypervisorError::io("making private", path, e))
 }
 
 #[derive(Deserialize)]
