@@ -97,3 +97,37 @@ async fn a_home_with_a_cut_open_is_private_to_its_owner() -> Result<()> {
     ensure!(seen.is_empty(), "open to group or others: {seen:#?}");
     Ok(())
 }
+
+/// A guest owns every byte of its raw disk, the first ones too: a qcow2 header written
+/// there must not make the inventory believe the disk is a 1 TiB qcow2 image.
+#[tokio::test]
+async fn a_raw_disk_with_a_qcow2_header_keeps_its_real_size() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let header = tmp.path().join("header.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        &header.display().to_string(),
+        "1T",
+    ])?;
+    let header = std::fs::read(&header)?;
+    let disk = tmp.path().join("disk.raw");
+    let real_size = 4u64 << 20;
+    ensure!((header.len() as u64) < real_size);
+    std::fs::write(&disk, &header)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)?
+        .set_len(real_size)?;
+    let driver = driver(&tmp.path().join("home"))?;
+    driver.define(spec("rawdisk", &disk, "raw")?).await?;
+    let vms = driver.list().await?;
+    let sizes: Vec<u64> = vms[0].disks.iter().map(|d| d.virtual_size).collect();
+    ensure!(
+        sizes == [real_size],
+        "inventory sizes {sizes:?}, the file is {real_size}"
+    );
+    Ok(())
+}

@@ -12,7 +12,7 @@ use crate::qemu::cut::{self, QemuCut};
 use crate::qemu::layout::{write_atomically, VmDir};
 use crate::qemu::process::{self, Accel};
 use crate::qemu::qmp::Qmp;
-use crate::spec::{VmName, VmSpec};
+use crate::spec::{DiskFormat, VmName, VmSpec};
 use crate::tracking::TrackingStatus;
 
 #[derive(Debug, Clone)]
@@ -194,7 +194,8 @@ impl QemuDriver {
     async fn disk_info(&self, spec: &VmSpec) -> Vec<DiskInfo> {
         let mut out = Vec::new();
         for d in &spec.disks {
-            let (virtual_size, allocated_size) = image_sizes(&d.path).await.unwrap_or((0, 0));
+            let (virtual_size, allocated_size) =
+                image_sizes(&d.path, d.format).await.unwrap_or((0, 0));
             out.push(DiskInfo {
                 name: d.name.clone(),
                 path: d.path.clone(),
@@ -208,9 +209,11 @@ impl QemuDriver {
 }
 
 /// Virtual and allocated size of an image, readable while QEMU has it open (`-U`).
-pub async fn image_sizes(path: &std::path::Path) -> Result<(u64, u64)> {
+/// Read as `format`, the spec's, never guessed from the content: the guest writes a raw
+/// disk's first bytes, and a qcow2 header there would set the size (and a backing file).
+pub async fn image_sizes(path: &std::path::Path, format: DiskFormat) -> Result<(u64, u64)> {
     let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
+        .args(["info", "-U", "--output=json", "-f", format.as_str()])
         .arg(path)
         .output()
         .await

@@ -92,8 +92,9 @@ struct OfflineBitmap {
 pub async fn per_disk_tracking(spec: &VmSpec) -> Result<Vec<(String, DiskTracking)>> {
     let mut out = Vec::new();
     for d in &spec.disks {
+        // Always `-f` the spec's format: never a format guessed from what a guest wrote.
         let bitmaps: Vec<BitmapInfo> = if d.format == DiskFormat::Qcow2 {
-            let json = qemu_img(&["info", "-U", "--output=json"], &d.path).await?;
+            let json = qemu_img(&["info", "-U", "--output=json", "-f", "qcow2"], &d.path).await?;
             let info: Info = serde_json::from_slice(&json).map_err(|e| HypervisorError::Tool {
                 tool: "qemu-img info".into(),
                 reason: e.to_string(),
@@ -139,7 +140,7 @@ impl crate::qemu::QemuDriver {
         }
         let spec = VmSpec::load(&dir.spec())?;
         for d in spec.disks.iter().filter(|d| d.format == DiskFormat::Qcow2) {
-            let json = qemu_img(&["info", "-U", "--output=json"], &d.path).await?;
+            let json = qemu_img(&["info", "-U", "--output=json", "-f", "qcow2"], &d.path).await?;
             let info: Info = serde_json::from_slice(&json).map_err(|e| HypervisorError::Tool {
                 tool: "qemu-img info".into(),
                 reason: e.to_string(),
