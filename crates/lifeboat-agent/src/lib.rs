@@ -7,6 +7,7 @@
 //!   the server receives in exchange for it.
 //! - `api`: the routes. Before enrollment only the discovery hello (and enrollment itself)
 //!   answer; every other route needs the credential.
+//! - `ids`: the server's sync and recovery ids, checked before they name a file.
 //! - `client`: calling an agent over HTTPS pinned to its fingerprint (the server's side).
 //! - `sync`: the syncs the server asks for (API types) and the registry of running and
 //!   finished ones, journaled so an answer survives a restart.
@@ -27,6 +28,7 @@ pub mod failpoint;
 pub mod handover;
 mod handover_api;
 pub mod identity;
+pub mod ids;
 pub mod point_export;
 pub mod provision;
 pub mod recovery;
