@@ -1,6 +1,7 @@
 //! `lifeboat agent`: one per host. It owns the host's hypervisor driver and serves an HTTPS
 //! API to the control plane (DESIGN.md, "Processes and data flow", "Security").
 //!
+//! - `home`: the agent's folders, private to their owner, tightened at every start.
 //! - `identity`: the agent's TLS key and self-signed certificate, made at first start; its
 //!   SHA-256 fingerprint is what the server pins.
 //! - `enrollment`: the one-time code printed at first start, and the per-agent credential
@@ -27,6 +28,7 @@ pub mod enrollment;
 pub mod failpoint;
 pub mod handover;
 mod handover_api;
+pub mod home;
 pub mod identity;
 pub mod ids;
 pub mod point_export;

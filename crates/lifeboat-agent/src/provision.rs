@@ -6,7 +6,8 @@
 //! the vault.
 //!
 //! Files: `HOME/recovered/VM/DISK.qcow2` (the disks) and `DISK.nbd` (the sockets), so that
-//! removing a recovery removes one directory and the VM's definition.
+//! removing a recovery removes one directory and the VM's definition. The directory is
+//! 0700 and everything in it 0600: the overlays fill with the VM's data.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -234,7 +235,9 @@ impl Recoveries {
         self.journal
             .save(&record)
             .map_err(io("writing the recovery's record"))?;
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        // It holds the VM's disks and the sockets that serve the point: its owner's only.
+        lifeboat_hypervisor::private::private_dir(&dir)
+            .map_err(io(format!("creating {}", dir.display())))?;
         for d in &mut spec.disks {
             let stored = manifest
                 .disks
@@ -299,7 +302,8 @@ impl Recoveries {
                 Ok(lifeboat_hypervisor::VmState::Stopped) if !self.started_once(&record) => {
                     match driver.start(&vm).await {
                         Ok(()) => {
-                            let _ = std::fs::write(self.dir(&record.vm).join("started"), b"");
+                            let started = self.dir(&record.vm).join("started");
+                            let _ = lifeboat_hypervisor::private::write_private(&started, b"");
                             tracing::info!(%vm, point = %record.point, "recovered VM started");
                         }
                         Err(e) => set(Some(format!("starting {vm}: {e}"))),

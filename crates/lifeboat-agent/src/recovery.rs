@@ -127,7 +127,7 @@ pub struct Journal {
 impl Journal {
     pub fn open(agent_home: &Path) -> std::io::Result<Journal> {
         let dir = agent_home.join("recoveries");
-        std::fs::create_dir_all(&dir)?;
+        lifeboat_hypervisor::private::private_dir(&dir)?;
         Ok(Journal { dir })
     }
 

@@ -149,7 +149,7 @@ pub struct Syncs {
 impl Syncs {
     pub fn open(agent_home: &Path) -> std::io::Result<Syncs> {
         let dir = agent_home.join("syncs");
-        std::fs::create_dir_all(&dir)?;
+        lifeboat_hypervisor::private::private_dir(&dir)?;
         Ok(Syncs {
             dir,
             entries: Mutex::new(HashMap::new()),

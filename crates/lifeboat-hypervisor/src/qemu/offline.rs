@@ -39,9 +39,12 @@ pub async fn create_overlay(path: &Path, size: u64) -> Result<()> {
     create_qcow2(path, size, &[]).await
 }
 
-/// `qemu-img create -f qcow2 [extra…] PATH SIZE`, its error said in full. The image is
-/// made 0600 (`qemu-img` uses the umask): it is still empty, and it will hold disk data.
+/// `qemu-img create -f qcow2 [extra…] PATH SIZE`, its error said in full. The image will
+/// hold disk data, so it is 0600 from its first instant: made empty here, it keeps its
+/// mode when `qemu-img` (which would use the umask) writes it in place.
 pub async fn create_qcow2(path: &Path, size: u64, extra: &[&str]) -> Result<()> {
+    crate::private::open_private(path, true)
+        .map_err(|e| HypervisorError::io("creating", path, e))?;
     let out = tokio::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .args(extra)
@@ -63,7 +66,7 @@ pub async fn create_qcow2(path: &Path, size: u64, extra: &[&str]) -> Result<()> 
             ),
         });
     }
-    crate::private::make_private(path).map_err(|e| HypervisorError::io("making private", path, e))
+    Ok(())
 }
 
 #[derive(Deserialize)]
