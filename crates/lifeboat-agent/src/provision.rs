@@ -312,13 +312,18 @@ impl Recoveries {
                 Ok(lifeboat_hypervisor::VmState::Running) => {
                     match driver.hydrate(&vm, self.hydrate_rate).await {
                         Ok(disks) if disks.iter().all(|d| d.hydrated) => {
+                            // Serving stops before the record says hydrated, so a recovery
+                            // reported hydrated has no socket left. Under `busy`, a resume
+                            // cannot start serving in between; a crash in between serves
+                            // the point again after the restart until this runs again.
+                            let _busy = self.busy.lock().await;
+                            self.stop_serving(&record);
                             record.hydrated = true;
                             if let Err(e) = self.journal.save(&record) {
                                 set(Some(format!("recording hydration: {e}")));
                             } else {
                                 tracing::info!(%vm, "hydrated: the VM needs nothing from the vault");
                                 set(None);
-                                self.stop_serving(&record);
                                 return;
                             }
                         }
@@ -337,7 +342,7 @@ impl Recoveries {
     }
 
     /// Drops the NBD servers of a hydrated recovery (this runs inside its watcher, which
-    /// ends right after).
+    /// ends once the record says hydrated).
     fn stop_serving(&self, record: &RecoveryRecord) {
         if let Some(mut live) = self.live.lock().unwrap().remove(&record.recovery_id) {
             // The watcher is the last task and is returning: do not abort it mid-way.

@@ -275,16 +275,27 @@ async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
         &["--hydrate-rate", "2M"],
     );
 
-    // Hydration ends: the copy needs nothing from the vault.
+    // Hydration ends: the copy needs nothing from the vault. The agent's own word for it
+    // (`hydrated`), not the copied bytes, which reach 100% a moment before it stops
+    // serving the point.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let row = recovered_row(&cl, "web-test").expect("web-test in vms list");
-        if row["hydrated_percent"].as_f64() == Some(100.0) {
+        let list = cl.json(&["failover", "list"]);
+        let row = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["vm"] == "web-test")
+            .cloned()
+            .expect("web-test in failover list");
+        if row["hydrated"] == true {
             break;
         }
         assert!(Instant::now() < deadline, "not hydrated: {row:#}");
         std::thread::sleep(Duration::from_secs(1));
     }
+    let row = recovered_row(&cl, "web-test").unwrap();
+    assert_eq!(row["hydrated_percent"].as_f64(), Some(100.0), "{row:#}");
     let overlay = cl.home("beta").join("recovered/web-test/vda.qcow2");
     let info = std::process::Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])
