@@ -19,6 +19,11 @@
 //! | `DELETE /api/v1/recoveries/{id}` | the server: remove a recovered VM and everything created for it |
 //!
 //! Errors are JSON `{"error": "..."}` with a message that says what to do.
+//!
+//! Every id and name a request carries is checked before it becomes part of a path: sync
+//! and recovery ids are `ids::SyncId` / `ids::RecoveryId` (1 to 64 of `A-Z a-z 0-9 . _ -`,
+//! no leading dot), VM names `VmName`, point names and ids the vault's own types. Anything
+//! else is a 400 that says what the id may be.
 
 use std::sync::Arc;
 
@@ -32,8 +37,9 @@ use lifeboat_hypervisor::{Hypervisor, QemuDriver, VmInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::enrollment::{Enrollment, EnrollmentError};
+use crate::ids::SyncId;
 use crate::replicate::{sync_vm, vm_name, Records, SyncError, SyncOptions, VaultCache};
-use crate::sync::{valid_sync_id, StartError, SyncRequest, SyncState, Syncs, VaultAccess};
+use crate::sync::{StartError, SyncRequest, SyncState, Syncs, VaultAccess};
 
 /// What an agent says to anyone who asks: enough for a scan to list it and for the
 /// operator to check the fingerprint before enrolling.
@@ -237,12 +243,10 @@ async fn start_sync(
     Path(vm): Path<String>,
     Json(req): Json<SyncRequest>,
 ) -> Response {
-    if !valid_sync_id(&req.sync_id) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "sync_id must be 1 to 64 of A-Z a-z 0-9 - _",
-        );
-    }
+    let sync_id = match SyncId::new(&req.sync_id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let vm = match vm_name(&vm) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -255,9 +259,9 @@ async fn start_sync(
         return error(StatusCode::NOT_FOUND, e.to_string());
     }
     let state = s.clone();
-    let sync_id = req.sync_id.clone();
     let vm_text = vm.as_str().to_string();
-    let started = s.syncs.start(&req.sync_id, &vm_text, move |progress| {
+    let id = sync_id.clone();
+    let started = s.syncs.start(&id, &vm_text, move |progress| {
         tokio::spawn(async move {
             let outcome = async {
                 let vault = state.vaults.open(&req.vault).await?;
@@ -297,6 +301,10 @@ async fn start_sync(
 }
 
 async fn sync_status(State(s): State<Arc<AgentState>>, Path(id): Path<String>) -> Response {
+    let id = match SyncId::new(&id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     match s.syncs.status(&id) {
         Some(status) => Json(status).into_response(),
         None => error(

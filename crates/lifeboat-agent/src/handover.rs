@@ -144,8 +144,8 @@ async fn compare_disk(
     format: DiskFormat,
 ) -> Result<(DiskComparison, Vec<u64>), SyncError> {
     let (size, chunk_size) = reader.disk_layout(disk)?;
-    let dir = tempfile_dir()?;
-    let socket = dir.join("compare.nbd");
+    let dir = private_temp_dir("compare")?;
+    let socket = dir.path().join("compare.nbd");
     let mut child = tokio::process::Command::new("qemu-nbd")
         .args(["--read-only", "--shared=1", "-f", format.as_str(), "-k"])
         .arg(&socket)
@@ -206,21 +206,17 @@ async fn compare_disk(
     }
     let _ = client.disconnect().await;
     let _ = child.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok((report, differing))
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf, SyncError> {
-    let dir = std::env::temp_dir().join(format!("lifeboat-compare-{}", uuid_like()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| SyncError::Invalid(format!("creating {}: {e}", dir.display())))?;
-    Ok(dir)
-}
-
-fn uuid_like() -> String {
-    let mut b = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).unwrap_or(());
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// A new 0700 directory in the system's temporary folder, with a random name made
+/// atomically (nobody can place it first), removed when dropped: it holds a socket that
+/// serves a VM's disk and staged disk data.
+fn private_temp_dir(what: &str) -> Result<tempfile::TempDir, SyncError> {
+    tempfile::Builder::new()
+        .prefix(&format!("lifeboat-{what}-"))
+        .tempdir()
+        .map_err(|e| SyncError::Invalid(format!("creating a temporary directory: {e}")))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -328,7 +324,7 @@ async fn write_chunks(
             _ => runs.push((s, 1)),
         }
     }
-    let dir = tempfile_dir()?;
+    let mut dir = private_temp_dir("apply")?;
     let mut written = 0;
     let mut batch: Vec<String> = Vec::new();
     let mut staged = 0u64;
@@ -339,8 +335,8 @@ async fn write_chunks(
         if data.iter().all(|b| *b == 0) {
             batch.push(format!("write -z {offset} {len}"));
         } else {
-            let file = dir.join(format!("run-{i}"));
-            std::fs::write(&file, &data)?;
+            let file = dir.path().join(format!("run-{i}"));
+            lifeboat_hypervisor::private::write_private(&file, &data)?;
             batch.push(format!("write -s {} {offset} {len}", file.display()));
             staged += len;
         }
@@ -349,11 +345,10 @@ async fn write_chunks(
             run_qemu_io(path, format, &batch).await?;
             batch.clear();
             staged = 0;
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir)?;
+            // The staged runs go at once: a batch's bytes on disk, not the whole delta.
+            dir = private_temp_dir("apply")?;
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(written)
 }
 

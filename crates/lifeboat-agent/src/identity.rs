@@ -50,14 +50,15 @@ impl Identity {
                 key,
             });
         }
-        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        lifeboat_hypervisor::private::private_dir(&dir).map_err(io("creating", &dir))?;
         let names = vec![hostname.to_string(), "localhost".to_string()];
         let made = rcgen::generate_simple_self_signed(names)?;
         let cert = made.cert.der().to_vec();
         let key = made.key_pair.serialize_der();
         write_private(&key_path, &key).map_err(io("writing", &key_path))?;
         // The certificate last: its presence means the identity is whole.
-        std::fs::write(&cert_path, &cert).map_err(io("writing", &cert_path))?;
+        lifeboat_hypervisor::private::write_private(&cert_path, &cert)
+            .map_err(io("writing", &cert_path))?;
         Ok(Identity {
             cert: CertificateDer::from(cert),
             key,

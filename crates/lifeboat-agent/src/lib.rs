@@ -1,12 +1,14 @@
 //! `lifeboat agent`: one per host. It owns the host's hypervisor driver and serves an HTTPS
 //! API to the control plane (DESIGN.md, "Processes and data flow", "Security").
 //!
+//! - `home`: the agent's folders, private to their owner, tightened at every start.
 //! - `identity`: the agent's TLS key and self-signed certificate, made at first start; its
 //!   SHA-256 fingerprint is what the server pins.
 //! - `enrollment`: the one-time code printed at first start, and the per-agent credential
 //!   the server receives in exchange for it.
 //! - `api`: the routes. Before enrollment only the discovery hello (and enrollment itself)
 //!   answer; every other route needs the credential.
+//! - `ids`: the server's sync and recovery ids, checked before they name a file.
 //! - `client`: calling an agent over HTTPS pinned to its fingerprint (the server's side).
 //! - `sync`: the syncs the server asks for (API types) and the registry of running and
 //!   finished ones, journaled so an answer survives a restart.
@@ -28,7 +30,9 @@ pub mod enrollment;
 pub mod failpoint;
 pub mod handover;
 mod handover_api;
+pub mod home;
 pub mod identity;
+pub mod ids;
 pub mod point_export;
 pub mod provision;
 pub mod recovery;

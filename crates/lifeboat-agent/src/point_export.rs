@@ -47,6 +47,8 @@ pub fn serve(reader: Arc<PointReader>, disk: &str, socket: &Path) -> std::io::Re
         .ok_or_else(|| std::io::Error::other(format!("the point has no disk {disk}")))?;
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket)?;
+    // Bound under the umask, inside the recovery's 0700 folder; it serves the disk.
+    lifeboat_hypervisor::private::make_private(socket)?;
     let source = Arc::new(PointDisk {
         reader,
         disk: name,

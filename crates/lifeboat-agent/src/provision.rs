@@ -6,7 +6,8 @@
 //! the vault.
 //!
 //! Files: `HOME/recovered/VM/DISK.qcow2` (the disks) and `DISK.nbd` (the sockets), so that
-//! removing a recovery removes one directory and the VM's definition.
+//! removing a recovery removes one directory and the VM's definition. The directory is
+//! 0700 and everything in it 0600: the overlays fill with the VM's data.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use lifeboat_vault::format::PointId;
 use lifeboat_vault::{PointReader, Vault};
 use tokio::task::AbortHandle;
 
+use crate::ids::RecoveryId;
 use crate::recovery::{
     Journal, RecoveryKind, RecoveryRecord, RecoveryRequest, RecoveryStatus, RemovalReport,
 };
@@ -71,7 +73,7 @@ impl Drop for Live {
 pub struct Recoveries {
     home: PathBuf,
     journal: Journal,
-    live: Mutex<HashMap<String, Live>>,
+    live: Mutex<HashMap<RecoveryId, Live>>,
     /// One request at a time changes recoveries: bringing up and removing are short.
     busy: tokio::sync::Mutex<()>,
     /// Bytes per second hydration may copy at most (the operator's cap).
@@ -99,8 +101,8 @@ impl Recoveries {
         &self.journal
     }
 
-    fn dir(&self, vm: &str) -> PathBuf {
-        self.home.join("recovered").join(vm)
+    fn dir(&self, vm: &VmName) -> PathBuf {
+        self.home.join("recovered").join(vm.as_str())
     }
 
     /// Brings the VM up (or, for a recovery already here, makes sure its point is served
@@ -112,18 +114,15 @@ impl Recoveries {
         records: &Records,
         req: &RecoveryRequest,
     ) -> Result<RecoveryStatus, RecoveryError> {
-        if !crate::sync::valid_sync_id(&req.recovery_id) {
-            return Err(RecoveryError::Invalid(
-                "recovery_id must be 1 to 64 of A-Z a-z 0-9 - _".into(),
-            ));
-        }
+        let id =
+            RecoveryId::new(&req.recovery_id).map_err(|e| RecoveryError::Invalid(e.to_string()))?;
         let vm = VmName::new(&req.vm).map_err(RecoveryError::Invalid)?;
         let point: PointId = req
             .point
             .parse()
             .map_err(|e| RecoveryError::Invalid(format!("point {:?}: {e}", req.point)))?;
         let _busy = self.busy.lock().await;
-        let record = match self.journal.load(&req.recovery_id) {
+        let record = match self.journal.load(&id) {
             Some(r) => r,
             None if req.resume_only => {
                 return Err(RecoveryError::NotFound(format!(
@@ -132,7 +131,7 @@ impl Recoveries {
                 )))
             }
             None => {
-                if let Some(other) = self.journal.of_vm(vm.as_str()) {
+                if let Some(other) = self.journal.of_vm(&vm) {
                     return Err(RecoveryError::Conflict(format!(
                         "VM {vm} on this host was brought up by recovery {}; remove it first",
                         other.recovery_id
@@ -148,7 +147,7 @@ impl Recoveries {
                     .await
                     .map_err(|e| RecoveryError::Invalid(e.to_string()))?;
                 let reader = Arc::new(open_point(&vault, &point).await?);
-                let record = self.provision(driver, &vm, req, &reader).await?;
+                let record = self.provision(driver, &id, &vm, req, &reader).await?;
                 if req.kind != RecoveryKind::Test {
                     // Tracked from its first boot, on the point it starts from: its first
                     // sync (a failback's) reads only what the guest wrote here. Hydration's
@@ -162,7 +161,7 @@ impl Recoveries {
                 return Ok(self.status_of(driver, record).await);
             }
         };
-        if record.point != req.point || record.vm != req.vm {
+        if record.point != req.point || record.vm != vm {
             return Err(RecoveryError::Conflict(format!(
                 "recovery {} brought up {} from point {}, not {} from {}",
                 record.recovery_id, record.vm, record.point, req.vm, req.point
@@ -185,6 +184,7 @@ impl Recoveries {
     async fn provision(
         &self,
         driver: &QemuDriver,
+        id: &RecoveryId,
         vm: &VmName,
         req: &RecoveryRequest,
         reader: &Arc<PointReader>,
@@ -200,7 +200,7 @@ impl Recoveries {
             .map_err(|_| RecoveryError::Invalid("the point's VM spec is not UTF-8".into()))?;
         let mut spec = VmSpec::parse(text, Path::new("the point's VM spec"))?;
         crate::recovery::check_network_map(&req.network_map).map_err(RecoveryError::Invalid)?;
-        let dir = self.dir(vm.as_str());
+        let dir = self.dir(vm);
         let mut forwards = Vec::new();
         spec.name = vm.clone();
         if req.kind == RecoveryKind::Test {
@@ -222,12 +222,12 @@ impl Recoveries {
             }
         }
         let record = RecoveryRecord {
-            recovery_id: req.recovery_id.clone(),
-            vm: vm.to_string(),
+            recovery_id: id.clone(),
+            vm: vm.clone(),
             point: req.point.clone(),
             kind: req.kind,
             vault_url: req.vault.url.clone(),
-            disks: spec.disks.iter().map(|d| d.name.to_string()).collect(),
+            disks: spec.disks.iter().map(|d| d.name.clone()).collect(),
             forwards,
             hydrated: false,
             created_at: chrono::Utc::now(),
@@ -235,7 +235,9 @@ impl Recoveries {
         self.journal
             .save(&record)
             .map_err(io("writing the recovery's record"))?;
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        // It holds the VM's disks and the sockets that serve the point: its owner's only.
+        lifeboat_hypervisor::private::private_dir(&dir)
+            .map_err(io(format!("creating {}", dir.display())))?;
         for d in &mut spec.disks {
             let stored = manifest
                 .disks
@@ -270,7 +272,7 @@ impl Recoveries {
         if let Some(reader) = reader {
             for disk in &record.disks {
                 let socket = dir.join(format!("{disk}.nbd"));
-                match crate::point_export::serve(reader.clone(), disk, &socket) {
+                match crate::point_export::serve(reader.clone(), disk.as_str(), &socket) {
                     Ok(task) => tasks.push(task),
                     Err(e) => tracing::warn!(vm = %record.vm, %disk, "serving the point: {e}"),
                 }
@@ -289,20 +291,19 @@ impl Recoveries {
     }
 
     /// Starts the VM if it never ran, then follows hydration until every disk is local.
-    async fn watch(&self, driver: &QemuDriver, id: &str, error: &Mutex<Option<String>>) {
+    async fn watch(&self, driver: &QemuDriver, id: &RecoveryId, error: &Mutex<Option<String>>) {
         let set = |e: Option<String>| *error.lock().unwrap() = e;
         loop {
             let Some(mut record) = self.journal.load(id) else {
                 return;
             };
-            let Ok(vm) = VmName::new(&record.vm) else {
-                return;
-            };
+            let vm = record.vm.clone();
             match driver.state(&vm).await {
                 Ok(lifeboat_hypervisor::VmState::Stopped) if !self.started_once(&record) => {
                     match driver.start(&vm).await {
                         Ok(()) => {
-                            let _ = std::fs::write(self.dir(&record.vm).join("started"), b"");
+                            let started = self.dir(&record.vm).join("started");
+                            let _ = lifeboat_hypervisor::private::write_private(&started, b"");
                             tracing::info!(%vm, point = %record.point, "recovered VM started");
                         }
                         Err(e) => set(Some(format!("starting {vm}: {e}"))),
@@ -311,13 +312,18 @@ impl Recoveries {
                 Ok(lifeboat_hypervisor::VmState::Running) => {
                     match driver.hydrate(&vm, self.hydrate_rate).await {
                         Ok(disks) if disks.iter().all(|d| d.hydrated) => {
+                            // Serving stops before the record says hydrated, so a recovery
+                            // reported hydrated has no socket left. Under `busy`, a resume
+                            // cannot start serving in between; a crash in between serves
+                            // the point again after the restart until this runs again.
+                            let _busy = self.busy.lock().await;
+                            self.stop_serving(&record);
                             record.hydrated = true;
                             if let Err(e) = self.journal.save(&record) {
                                 set(Some(format!("recording hydration: {e}")));
                             } else {
                                 tracing::info!(%vm, "hydrated: the VM needs nothing from the vault");
                                 set(None);
-                                self.stop_serving(&record);
                                 return;
                             }
                         }
@@ -336,7 +342,7 @@ impl Recoveries {
     }
 
     /// Drops the NBD servers of a hydrated recovery (this runs inside its watcher, which
-    /// ends right after).
+    /// ends once the record says hydrated).
     fn stop_serving(&self, record: &RecoveryRecord) {
         if let Some(mut live) = self.live.lock().unwrap().remove(&record.recovery_id) {
             // The watcher is the last task and is returning: do not abort it mid-way.
@@ -350,7 +356,7 @@ impl Recoveries {
     pub async fn status(
         &self,
         driver: &QemuDriver,
-        id: &str,
+        id: &RecoveryId,
     ) -> Result<RecoveryStatus, RecoveryError> {
         let record = self
             .journal
@@ -366,29 +372,22 @@ impl Recoveries {
             .unwrap()
             .get(&record.recovery_id)
             .and_then(|l| l.error.lock().unwrap().clone());
-        // The record's name was checked when the recovery began; one that no longer parses
-        // is a VM that cannot exist here.
-        let (vm_state, hydration) = match VmName::new(&record.vm) {
-            Err(_) => ("missing".to_string(), Vec::new()),
-            Ok(vm) => {
-                let state = driver.state(&vm).await;
-                let hydration = match &state {
-                    Ok(lifeboat_hypervisor::VmState::Running) if !record.hydrated => driver
-                        .hydrate(&vm, self.hydrate_rate)
-                        .await
-                        .unwrap_or_default(),
-                    _ => Vec::new(),
-                };
-                let vm_state = match state {
-                    Ok(lifeboat_hypervisor::VmState::Stopped) => "stopped".into(),
-                    Ok(lifeboat_hypervisor::VmState::Running) => "running".into(),
-                    Ok(lifeboat_hypervisor::VmState::Paused(why)) => format!("paused ({why})"),
-                    Ok(lifeboat_hypervisor::VmState::Crashed(why)) => format!("crashed ({why})"),
-                    Err(HypervisorError::UnknownVm(_)) => "missing".into(),
-                    Err(e) => format!("unknown ({e})"),
-                };
-                (vm_state, hydration)
-            }
+        let vm = &record.vm;
+        let state = driver.state(vm).await;
+        let hydration = match &state {
+            Ok(lifeboat_hypervisor::VmState::Running) if !record.hydrated => driver
+                .hydrate(vm, self.hydrate_rate)
+                .await
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let vm_state = match state {
+            Ok(lifeboat_hypervisor::VmState::Stopped) => "stopped".into(),
+            Ok(lifeboat_hypervisor::VmState::Running) => "running".into(),
+            Ok(lifeboat_hypervisor::VmState::Paused(why)) => format!("paused ({why})"),
+            Ok(lifeboat_hypervisor::VmState::Crashed(why)) => format!("crashed ({why})"),
+            Err(HypervisorError::UnknownVm(_)) => "missing".into(),
+            Err(e) => format!("unknown ({e})"),
         };
         RecoveryStatus {
             record,
@@ -403,18 +402,18 @@ impl Recoveries {
     pub async fn remove(
         &self,
         driver: &QemuDriver,
-        id: &str,
+        id: &RecoveryId,
     ) -> Result<RemovalReport, RecoveryError> {
         let _busy = self.busy.lock().await;
         let Some(record) = self.journal.load(id) else {
             return Ok(RemovalReport {
-                recovery_id: id.into(),
+                recovery_id: id.to_string(),
                 removed: false,
                 vm: None,
             });
         };
         self.live.lock().unwrap().remove(id);
-        let vm = VmName::new(&record.vm).map_err(RecoveryError::Invalid)?;
+        let vm = record.vm.clone();
         match driver.kill(&vm).await {
             Ok(()) | Err(HypervisorError::UnknownVm(_)) => {}
             Err(e) => return Err(e.into()),
@@ -436,11 +435,11 @@ impl Recoveries {
         self.journal
             .remove(id)
             .map_err(io("removing the recovery's record"))?;
-        tracing::info!(vm = %record.vm, recovery = id, "recovery removed");
+        tracing::info!(vm = %record.vm, recovery = %id, "recovery removed");
         Ok(RemovalReport {
-            recovery_id: id.into(),
+            recovery_id: id.to_string(),
             removed: true,
-            vm: Some(record.vm),
+            vm: Some(record.vm.to_string()),
         })
     }
 }

@@ -2,7 +2,9 @@
 //! up from recovery points.
 //!
 //! A recovery is named by the id the server gives it, so asking twice brings the VM up
-//! once. Its record, `HOME/agent/recoveries/ID.json`, is written before anything is
+//! once. The id is a `RecoveryId` (`ids`): a plain file name, so the journal never reads
+//! or deletes a file outside its folder whatever a request says. Its record,
+//! `HOME/agent/recoveries/ID.json`, is written before anything is
 //! created and removed after everything is gone, so a crash in between leaves something
 //! `remove` still finds. The vault passphrase is never written: after a restart the server
 //! asks again (the same request), which resumes serving the point to the VM.
@@ -12,7 +14,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use lifeboat_hypervisor::qemu::hydrate::DiskHydration;
 use lifeboat_hypervisor::spec::HostForward;
+use lifeboat_hypervisor::{DiskName, VmName};
 use serde::{Deserialize, Serialize};
+
+use crate::ids::RecoveryId;
 
 use crate::sync::VaultAccess;
 
@@ -69,15 +74,16 @@ pub fn check_network_map(map: &std::collections::BTreeMap<String, String>) -> Re
     }
 }
 
-/// What the agent keeps about a recovery (no secrets).
+/// What the agent keeps about a recovery (no secrets). Its id and names are typed, so a
+/// record read back names only files of this recovery.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecoveryRecord {
-    pub recovery_id: String,
-    pub vm: String,
+    pub recovery_id: RecoveryId,
+    pub vm: VmName,
     pub point: String,
     pub kind: RecoveryKind,
     pub vault_url: String,
-    pub disks: Vec<String>,
+    pub disks: Vec<DiskName>,
     /// Host ports forwarded to the guest: where to reach it on this host.
     pub forwards: Vec<HostForward>,
     /// Every disk is local: the VM needs nothing from the vault any more.
@@ -121,15 +127,15 @@ pub struct Journal {
 impl Journal {
     pub fn open(agent_home: &Path) -> std::io::Result<Journal> {
         let dir = agent_home.join("recoveries");
-        std::fs::create_dir_all(&dir)?;
+        lifeboat_hypervisor::private::private_dir(&dir)?;
         Ok(Journal { dir })
     }
 
-    fn path(&self, id: &str) -> PathBuf {
+    fn path(&self, id: &RecoveryId) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }
 
-    pub fn load(&self, id: &str) -> Option<RecoveryRecord> {
+    pub fn load(&self, id: &RecoveryId) -> Option<RecoveryRecord> {
         let text = std::fs::read(self.path(id)).ok()?;
         serde_json::from_slice(&text).ok()
     }
@@ -140,7 +146,7 @@ impl Journal {
             .map_err(std::io::Error::other)
     }
 
-    pub fn remove(&self, id: &str) -> std::io::Result<()> {
+    pub fn remove(&self, id: &RecoveryId) -> std::io::Result<()> {
         match std::fs::remove_file(self.path(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -161,7 +167,7 @@ impl Journal {
     }
 
     /// The recovery that owns VM `vm` on this host, if any.
-    pub fn of_vm(&self, vm: &str) -> Option<RecoveryRecord> {
-        self.all().into_iter().find(|r| r.vm == vm)
+    pub fn of_vm(&self, vm: &VmName) -> Option<RecoveryRecord> {
+        self.all().into_iter().find(|r| &r.vm == vm)
     }
 }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::api::{error, AgentState};
+use crate::ids::RecoveryId;
 use crate::provision::RecoveryError;
 use crate::recovery::RecoveryRequest;
 
@@ -52,6 +53,11 @@ pub async fn list(State(s): State<Arc<AgentState>>) -> Response {
 }
 
 pub async fn status(State(s): State<Arc<AgentState>>, Path(id): Path<String>) -> Response {
+    // Checked before it names the journal file.
+    let id = match RecoveryId::new(&id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     match s.recoveries.status(&s.driver, &id).await {
         Ok(st) => Json(st).into_response(),
         Err(e) => failure(e),
@@ -59,6 +65,11 @@ pub async fn status(State(s): State<Arc<AgentState>>, Path(id): Path<String>) ->
 }
 
 pub async fn remove(State(s): State<Arc<AgentState>>, Path(id): Path<String>) -> Response {
+    // Checked before it names the journal file.
+    let id = match RecoveryId::new(&id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     match s.recoveries.remove(&s.driver, &id).await {
         Ok(report) => {
             // A removed VM's replication record goes with it.

@@ -61,7 +61,7 @@ pub struct Records {
 impl Records {
     pub fn open(agent_home: &std::path::Path) -> std::io::Result<Records> {
         let dir = agent_home.join("replicated");
-        std::fs::create_dir_all(&dir)?;
+        lifeboat_hypervisor::private::private_dir(&dir)?;
         Ok(Records { dir })
     }
 

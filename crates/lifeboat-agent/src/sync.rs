@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::ids::SyncId;
+
 /// Finished syncs kept in the journal; older ones are deleted.
 const JOURNAL_KEEP: usize = 500;
 
@@ -168,7 +170,7 @@ pub struct Syncs {
 impl Syncs {
     pub fn open(agent_home: &Path) -> std::io::Result<Syncs> {
         let dir = agent_home.join("syncs");
-        std::fs::create_dir_all(&dir)?;
+        lifeboat_hypervisor::private::private_dir(&dir)?;
         Ok(Syncs {
             dir,
             entries: Mutex::new(HashMap::new()),
@@ -180,8 +182,8 @@ impl Syncs {
     }
 
     /// The status of `sync_id`: running, finished (from memory or the journal), or unknown.
-    pub fn status(&self, sync_id: &str) -> Option<SyncStatus> {
-        if let Some(e) = self.lock().get(sync_id) {
+    pub fn status(&self, sync_id: &SyncId) -> Option<SyncStatus> {
+        if let Some(e) = self.lock().get(sync_id.as_str()) {
             return Some(match e {
                 Entry::Running {
                     vm,
@@ -205,8 +207,7 @@ impl Syncs {
                 Entry::Done(s) => s.clone(),
             });
         }
-        let path = self.journal_path(sync_id)?;
-        let bytes = std::fs::read(path).ok()?;
+        let bytes = std::fs::read(self.journal_path(sync_id)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -221,7 +222,7 @@ impl Syncs {
     /// Registers a new running sync; `spawn` starts its worker with the progress to update.
     pub fn start(
         &self,
-        sync_id: &str,
+        sync_id: &SyncId,
         vm: &str,
         spawn: impl FnOnce(Arc<Progress>) -> tokio::task::AbortHandle,
     ) -> Result<SyncStatus, StartError> {
@@ -266,9 +267,9 @@ impl Syncs {
 
     /// Records how a sync ended: on disk first (a committed point must stay known across
     /// a restart), then in memory.
-    pub fn finish(&self, sync_id: &str, state: SyncState) {
+    pub fn finish(&self, sync_id: &SyncId, state: SyncState) {
         let mut entries = self.lock();
-        let (vm, started) = match entries.get(sync_id) {
+        let (vm, started) = match entries.get(sync_id.as_str()) {
             Some(Entry::Running { vm, started, .. }) => (vm.clone(), *started),
             _ => return,
         };
@@ -278,11 +279,10 @@ impl Syncs {
             started,
             state,
         };
-        if let Some(path) = self.journal_path(sync_id) {
-            let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
-            if let Err(e) = lifeboat_hypervisor::qemu::layout::write_atomically(&path, &bytes) {
-                tracing::error!(sync = sync_id, error = %e, "could not journal a finished sync");
-            }
+        let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
+        let path = self.journal_path(sync_id);
+        if let Err(e) = lifeboat_hypervisor::qemu::layout::write_atomically(&path, &bytes) {
+            tracing::error!(sync = %sync_id, error = %e, "could not journal a finished sync");
         }
         entries.insert(sync_id.to_string(), Entry::Done(status));
         // Memory holds the last few finished syncs; the journal holds more.
@@ -319,9 +319,9 @@ impl Syncs {
         }
     }
 
-    /// Sync ids are the server's; only safe ones name a file.
-    fn journal_path(&self, sync_id: &str) -> Option<PathBuf> {
-        valid_sync_id(sync_id).then(|| self.dir.join(format!("{sync_id}.json")))
+    /// A `SyncId` is a plain file name (`ids`), so this stays in the journal.
+    fn journal_path(&self, sync_id: &SyncId) -> PathBuf {
+        self.dir.join(format!("{sync_id}.json"))
     }
 
     fn trim_journal(&self) {
@@ -341,13 +341,6 @@ impl Syncs {
     }
 }
 
-pub fn valid_sync_id(sync_id: &str) -> bool {
-    (1..=64).contains(&sync_id.len())
-        && sync_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,30 +350,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let syncs = Syncs::open(dir.path()).unwrap();
         let spawn = |_p: Arc<Progress>| tokio::spawn(std::future::pending::<()>()).abort_handle();
-        syncs.start("a", "web", spawn).unwrap();
+        let (a, b) = (SyncId::new("a").unwrap(), SyncId::new("b").unwrap());
+        syncs.start(&a, "web", spawn).unwrap();
         // The same id again: the same sync, not a second one.
         assert!(matches!(
             syncs
-                .start("a", "web", |_| panic!("started twice"))
+                .start(&a, "web", |_| panic!("started twice"))
                 .unwrap()
                 .state,
             SyncState::Running { .. }
         ));
         // Another id for the same VM: refused while the first runs.
         assert!(matches!(
-            syncs.start("b", "web", spawn),
+            syncs.start(&b, "web", spawn),
             Err(StartError::Busy { .. })
         ));
-        syncs.finish("a", SyncState::Failed { error: "x".into() });
+        syncs.finish(&a, SyncState::Failed { error: "x".into() });
         // Finished syncs are answered from the journal by a fresh registry (an agent restart).
         let again = Syncs::open(dir.path()).unwrap();
         assert!(matches!(
-            again.status("a").unwrap().state,
+            again.status(&a).unwrap().state,
             SyncState::Failed { .. }
         ));
-        assert!(again.status("b").is_none());
-        assert!(again.status("../etc/passwd").is_none());
-        syncs.start("b", "web", spawn).unwrap();
+        assert!(again.status(&b).is_none());
+        syncs.start(&b, "web", spawn).unwrap();
         assert!(syncs.cancel_vm("web"));
         assert!(syncs.running_for("web").is_none());
     }

@@ -110,7 +110,11 @@ pub async fn run_size(size: u64, opts: &Options, seed: u64) -> Result<SizeResult
     let started = Instant::now();
     datagen::make_qcow2(&vdb, &dir.join("vdb-source.raw"), size, seed)?;
     let generate_secs = started.elapsed().as_secs_f64();
-    let (_, allocated) = lifeboat_hypervisor::qemu::driver::image_sizes(&vdb).await?;
+    let (_, allocated) = lifeboat_hypervisor::qemu::driver::image_sizes(
+        &vdb,
+        lifeboat_hypervisor::DiskFormat::Qcow2,
+    )
+    .await?;
     ensure!(
         allocated >= size,
         "{} holds only {allocated} of {size} bytes",

@@ -64,7 +64,8 @@ pub async fn apply_to_raw<C: Cut>(cut: &C, disk: &DiskName, target: &Path) -> Re
     };
     let file = match cut.kind() {
         CutKind::Full => {
-            let f = std::fs::File::create(written)
+            // A replica holds the disk's data: its owner's only.
+            let f = crate::private::open_private(written, true)
                 .map_err(|e| HypervisorError::io("creating", written, e))?;
             f.set_len(size)
                 .map_err(|e| HypervisorError::io("sizing", written, e))?;

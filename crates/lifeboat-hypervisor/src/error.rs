@@ -58,6 +58,9 @@ pub enum HypervisorError {
         source: std::io::Error,
     },
 
+    #[error("home {0} is a shared directory (writable by everyone, like /tmp); give Lifeboat a directory of its own with --home")]
+    SharedHome(PathBuf),
+
     #[error("{tool} failed: {reason}")]
     Tool { tool: String, reason: String },
 }

@@ -6,8 +6,11 @@
 //! written since the previous cut (incremental). The QEMU driver implements it over QMP
 //! and reads cuts over NBD. This crate knows nothing of vaults; a cut is handed to the
 //! caller as (offset, bytes) extents and committed or aborted when the caller is done.
+//! Everything the driver keeps on the host is its owner's only (`private`), and a disk is
+//! always opened as its spec's format says, never as its content looks.
 
 pub mod error;
+pub mod private;
 pub mod qemu;
 pub mod spec;
 

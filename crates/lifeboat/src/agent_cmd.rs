@@ -26,9 +26,8 @@ pub struct StartedAgent {
 
 /// Sets up the agent (identity, enrollment, listener) without serving yet.
 pub async fn start(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<StartedAgent> {
-    let agent_home = home.join("agent");
-    std::fs::create_dir_all(&agent_home)
-        .with_context(|| format!("creating {}", agent_home.display()))?;
+    let agent_home = lifeboat_agent::home::open(home)
+        .with_context(|| format!("making {} private to its owner", home.display()))?;
     let hostname = match args.hostname {
         Some(h) => h,
         None => system_hostname()?,

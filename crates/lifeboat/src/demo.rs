@@ -76,7 +76,7 @@ pub async fn run(driver: &QemuDriver, out: Output, args: DemoArgs) -> Result<()>
     let started = Instant::now();
     let vm = VmName::new(VM).map_err(anyhow::Error::msg)?;
     let dir = driver.config().home.join("demo");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::server_cmd::private_dir(&dir)?;
 
     step(
         1,

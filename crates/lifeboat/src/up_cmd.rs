@@ -182,7 +182,8 @@ async fn ensure_vault(
         Some(u) => u.to_string(),
         None => {
             let dir = home.join("vault");
-            std::fs::create_dir_all(&dir)?;
+            // The vault's config holds the wrapped master key: the folder is root's only.
+            crate::server_cmd::private_dir(&dir)?;
             format!("file://{}", dir.canonicalize()?.display())
         }
     };

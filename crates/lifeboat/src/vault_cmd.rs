@@ -326,6 +326,9 @@ async fn restore(
         .await?;
     bar.finish_and_clear();
     if qcow2 {
+        // Made 0600 here, the image keeps that mode when qemu-img writes it in place.
+        lifeboat_hypervisor::private::open_private(target, true)
+            .with_context(|| format!("creating {}", target.display()))?;
         let status = std::process::Command::new("qemu-img")
             .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
             .arg(&raw_target)

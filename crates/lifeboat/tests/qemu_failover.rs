@@ -7,7 +7,9 @@
 //! isolated (its own MAC, no route out); production and its replication go on untouched;
 //! the copy hydrates until it needs nothing from the vault, surviving a kill -9 of beta's
 //! agent meanwhile; and `failover cleanup` leaves nothing behind. Bad requests change
-//! nothing.
+//! nothing. Under the usual umask 022, nothing the agents made on either host — the
+//! copy's disk, the sockets serving it, QEMU's sockets, journals, keys — is open to
+//! other local users.
 
 mod common;
 
@@ -15,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cluster::{boot_guest_with, cluster, wait_points, Cluster, PASSPHRASE};
-use common::start_agent_on;
+use common::{assert_private, start_agent_on, usual_umask};
 use lifeboat_testkit::{free_tcp_port, http_get, wait_http, SerialConsole};
 use serde_json::Value;
 
@@ -65,6 +67,7 @@ async fn outbound_probe() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
+    usual_umask();
     let mut cl = cluster(None);
     // Hydration capped, so the copy still reads from the vault when beta's agent is
     // killed below.
@@ -170,6 +173,24 @@ async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
     };
     let answered = started.elapsed();
     assert_eq!(String::from_utf8_lossy(&body).trim(), first);
+    // The copy runs from its overlay over the NBD socket that serves the point, while
+    // alpha keeps cutting web: the most files either host has. The guest's disk and spec
+    // in alpha's home are the operator's. A cut's nbd.sock is bound by QEMU under its own
+    // umask and tightened right after, inside the 0700 VM folder; a cut opening during
+    // this walk could show it for that instant, so qemu_host_safety checks it instead.
+    for made in [
+        "recovered/web-test/vda.qcow2",
+        "recovered/web-test/vda.nbd",
+        "vms/web-test/qmp.sock",
+        "agent/identity/key.der",
+    ] {
+        assert!(cl.home("beta").join(made).exists(), "no {made} on beta");
+    }
+    assert_private(&cl.home("beta"), &[]);
+    assert_private(
+        &cl.home("alpha"),
+        &["web.qcow2", "web.toml", "vms/web/nbd.sock"],
+    );
     let body = wait_http(test_port, "/second", Duration::from_secs(30))
         .await
         .unwrap();
@@ -254,16 +275,27 @@ async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
         &["--hydrate-rate", "2M"],
     );
 
-    // Hydration ends: the copy needs nothing from the vault.
+    // Hydration ends: the copy needs nothing from the vault. The agent's own word for it
+    // (`hydrated`), not the copied bytes, which reach 100% a moment before it stops
+    // serving the point.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let row = recovered_row(&cl, "web-test").expect("web-test in vms list");
-        if row["hydrated_percent"].as_f64() == Some(100.0) {
+        let list = cl.json(&["failover", "list"]);
+        let row = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["vm"] == "web-test")
+            .cloned()
+            .expect("web-test in failover list");
+        if row["hydrated"] == true {
             break;
         }
         assert!(Instant::now() < deadline, "not hydrated: {row:#}");
         std::thread::sleep(Duration::from_secs(1));
     }
+    let row = recovered_row(&cl, "web-test").unwrap();
+    assert_eq!(row["hydrated_percent"].as_f64(), Some(100.0), "{row:#}");
     let overlay = cl.home("beta").join("recovered/web-test/vda.qcow2");
     let info = std::process::Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])

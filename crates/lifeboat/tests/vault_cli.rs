@@ -66,8 +66,17 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
 
+fn mode(path: &Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
+}
+
 #[test]
 fn images_go_in_and_come_back_bit_for_bit() {
+    // The umask most hosts run with: a file made without an explicit mode is 0644.
+    // SAFETY: umask only swaps the process's file-mode mask.
+    unsafe {
+        libc::umask(0o022);
+    }
     let env = Env::new();
     let pass = Some("s3cret pass");
     env.ok(pass, &["init", "--chunk-size", "64K"]);
@@ -119,6 +128,7 @@ fn images_go_in_and_come_back_bit_for_bit() {
     let out = env.path("p2.raw");
     env.ok(pass, &["restore", &p2, out.to_str().unwrap()]);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+    assert_eq!(mode(&out), 0o600, "a restored disk is its owner's only");
 
     // A qcow2 image, and a qcow2 restore, with a digest-compare pass against p1.
     let q = env.path("disk.qcow2");
@@ -155,6 +165,7 @@ fn images_go_in_and_come_back_bit_for_bit() {
         .status()
         .unwrap();
     assert!(same.success(), "qcow2 restore differs from the image");
+    assert_eq!(mode(&out_q), 0o600, "a restored disk is its owner's only");
 
     let listed = json(&env.ok(pass, &["--json", "list", "--name", "web1"]));
     let ids: Vec<&str> = listed

@@ -69,10 +69,12 @@ pub(crate) fn fleece_node(disk: &DiskName) -> String {
 /// the same bitmaps.
 fn lock(dir: &VmDir) -> Result<Flock<File>> {
     let path = dir.cut_lock();
+    use std::os::unix::fs::OpenOptionsExt;
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(crate::private::FILE_MODE)
         .open(&path)
         .map_err(|e| HypervisorError::io("opening", &path, e))?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| HypervisorError::WrongState {
@@ -316,6 +318,9 @@ impl QemuCut {
         qmp.run(cmd::NbdServerStartUnix::new(socket.display().to_string()))
             .await
             .map_err(qmp_error(&vm, "nbd-server-start"))?;
+        // QEMU binds it under its umask (027); it serves the disks at this cut.
+        crate::private::make_private(&socket)
+            .map_err(|e| HypervisorError::io("making private", &socket, e))?;
         let frozen = bitmap_name(self.generation);
         for d in &self.disks {
             qmp.run(cmd::BlockExportAddNbd {

@@ -12,7 +12,7 @@ use crate::qemu::cut::{self, QemuCut};
 use crate::qemu::layout::{write_atomically, VmDir};
 use crate::qemu::process::{self, Accel};
 use crate::qemu::qmp::Qmp;
-use crate::spec::{VmName, VmSpec};
+use crate::spec::{DiskFormat, VmName, VmSpec};
 use crate::tracking::TrackingStatus;
 
 #[derive(Debug, Clone)]
@@ -43,9 +43,22 @@ pub struct QemuDriver {
 }
 
 impl QemuDriver {
+    /// Opens the driver's home, making it (and `vms`) private: created 0700, or tightened
+    /// to 0700 when an older Lifeboat or the operator left it open.
     pub fn new(config: QemuConfig) -> Result<Self> {
-        let vms = config.home.join("vms");
-        std::fs::create_dir_all(&vms).map_err(|e| HypervisorError::io("creating", &vms, e))?;
+        let home = &config.home;
+        if let Ok(meta) = std::fs::metadata(home) {
+            use std::os::unix::fs::PermissionsExt;
+            // Tightening a shared directory would lock everyone else out of it.
+            if meta.permissions().mode() & 0o1002 != 0 || home.parent().is_none() {
+                return Err(HypervisorError::SharedHome(home.clone()));
+            }
+        }
+        let vms = home.join("vms");
+        for dir in [home, &vms] {
+            crate::private::private_dir(dir)
+                .map_err(|e| HypervisorError::io("making private", dir, e))?;
+        }
         Ok(QemuDriver { config })
     }
 
@@ -181,7 +194,8 @@ impl QemuDriver {
     async fn disk_info(&self, spec: &VmSpec) -> Vec<DiskInfo> {
         let mut out = Vec::new();
         for d in &spec.disks {
-            let (virtual_size, allocated_size) = image_sizes(&d.path).await.unwrap_or((0, 0));
+            let (virtual_size, allocated_size) =
+                image_sizes(&d.path, d.format).await.unwrap_or((0, 0));
             out.push(DiskInfo {
                 name: d.name.clone(),
                 path: d.path.clone(),
@@ -195,9 +209,11 @@ impl QemuDriver {
 }
 
 /// Virtual and allocated size of an image, readable while QEMU has it open (`-U`).
-pub async fn image_sizes(path: &std::path::Path) -> Result<(u64, u64)> {
+/// Read as `format`, the spec's, never guessed from the content: the guest writes a raw
+/// disk's first bytes, and a qcow2 header there would set the size (and a backing file).
+pub async fn image_sizes(path: &std::path::Path, format: DiskFormat) -> Result<(u64, u64)> {
     let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
+        .args(["info", "-U", "--output=json", "-f", format.as_str()])
         .arg(path)
         .output()
         .await
@@ -242,7 +258,7 @@ impl Hypervisor for QemuDriver {
             return Err(HypervisorError::AlreadyDefined(spec.name));
         }
         spec.uuid.get_or_insert_with(uuid::Uuid::new_v4);
-        std::fs::create_dir_all(&dir.dir)
+        crate::private::private_dir(&dir.dir)
             .map_err(|e| HypervisorError::io("creating", &dir.dir, e))?;
         write_atomically(&dir.spec(), spec.to_toml().as_bytes())?;
         Ok(spec)

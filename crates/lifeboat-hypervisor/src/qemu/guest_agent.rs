@@ -116,8 +116,8 @@ pub async fn freeze(dir: &VmDir, limit: Duration) -> Result<Option<u64>> {
     let socket = dir.guest_agent_socket();
     let attempt = async {
         let mut s = Session::open(&socket).await?;
-        std::fs::write(
-            marker(dir),
+        crate::private::write_private(
+            &marker(dir),
             b"frozen by lifeboat; thawed at the next look\n",
         )?;
         let v = s

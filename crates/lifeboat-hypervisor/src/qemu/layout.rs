@@ -13,6 +13,9 @@
 //!                   tracking       the generation of the last committed cut
 //!                   cut.lock       held (flock) by the process that has a cut open
 //! ```
+//!
+//! The home, `vms` and every VM's directory are 0700, every file and socket in them 0600
+//! (`crate::private`): the fleecing overlays hold disk data, and the sockets drive QEMU.
 
 use std::path::{Path, PathBuf};
 
@@ -89,12 +92,13 @@ impl VmDir {
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, so a crash leaves
-/// either the old or the new contents, never half of one.
+/// either the old or the new contents, never half of one. The file is 0600, like
+/// everything under the home (`private`).
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::private::open_private(&tmp, true)?;
         f.write_all(contents)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;

@@ -39,8 +39,12 @@ pub async fn create_overlay(path: &Path, size: u64) -> Result<()> {
     create_qcow2(path, size, &[]).await
 }
 
-/// `qemu-img create -f qcow2 [extra…] PATH SIZE`, its error said in full.
+/// `qemu-img create -f qcow2 [extra…] PATH SIZE`, its error said in full. The image will
+/// hold disk data, so it is 0600 from its first instant: made empty here, it keeps its
+/// mode when `qemu-img` (which would use the umask) writes it in place.
 pub async fn create_qcow2(path: &Path, size: u64, extra: &[&str]) -> Result<()> {
+    crate::private::open_private(path, true)
+        .map_err(|e| HypervisorError::io("creating", path, e))?;
     let out = tokio::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .args(extra)
@@ -91,8 +95,9 @@ struct OfflineBitmap {
 pub async fn per_disk_tracking(spec: &VmSpec) -> Result<Vec<(String, DiskTracking)>> {
     let mut out = Vec::new();
     for d in &spec.disks {
+        // Always `-f` the spec's format: never a format guessed from what a guest wrote.
         let bitmaps: Vec<BitmapInfo> = if d.format == DiskFormat::Qcow2 {
-            let json = qemu_img(&["info", "-U", "--output=json"], &d.path).await?;
+            let json = qemu_img(&["info", "-U", "--output=json", "-f", "qcow2"], &d.path).await?;
             let info: Info = serde_json::from_slice(&json).map_err(|e| HypervisorError::Tool {
                 tool: "qemu-img info".into(),
                 reason: e.to_string(),
@@ -138,7 +143,7 @@ impl crate::qemu::QemuDriver {
         }
         let spec = VmSpec::load(&dir.spec())?;
         for d in spec.disks.iter().filter(|d| d.format == DiskFormat::Qcow2) {
-            let json = qemu_img(&["info", "-U", "--output=json"], &d.path).await?;
+            let json = qemu_img(&["info", "-U", "--output=json", "-f", "qcow2"], &d.path).await?;
             let info: Info = serde_json::from_slice(&json).map_err(|e| HypervisorError::Tool {
                 tool: "qemu-img info".into(),
                 reason: e.to_string(),

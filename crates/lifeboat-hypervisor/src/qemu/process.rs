@@ -132,7 +132,13 @@ pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel, paused: bool) -> Re
     for stale in [dir.qmp_socket(), dir.serial_socket(), dir.pid_file()] {
         let _ = std::fs::remove_file(stale);
     }
-    let log = std::fs::File::create(dir.qemu_log())
+    // A VM directory an older Lifeboat made is tightened before QEMU puts sockets in it.
+    crate::private::private_dir(&dir.dir)
+        .map_err(|e| HypervisorError::io("making private", &dir.dir, e))?;
+    // QEMU opens the console log to append: made here, it keeps our mode.
+    crate::private::open_private(&dir.console_log(), false)
+        .map_err(|e| HypervisorError::io("creating", dir.console_log(), e))?;
+    let log = crate::private::open_private(&dir.qemu_log(), true)
         .map_err(|e| HypervisorError::io("creating", dir.qemu_log(), e))?;
     let log_err = log
         .try_clone()
@@ -160,10 +166,23 @@ pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel, paused: bool) -> Re
             reason: format!("{status}: {}", msg.trim()),
         });
     }
-    read_live_pid(dir).ok_or_else(|| HypervisorError::StartFailed {
+    let pid = read_live_pid(dir).ok_or_else(|| HypervisorError::StartFailed {
         vm: spec.name.clone(),
         reason: "QEMU exited right after starting; see qemu.log".into(),
-    })
+    })?;
+    // QEMU binds its sockets under its own umask (027 once daemonized): group-readable.
+    // They were made inside the 0700 directory, so nobody else reached them meanwhile. A
+    // failure here is not a failed start: QEMU runs, and the directory still shuts them.
+    for socket in [
+        dir.qmp_socket(),
+        dir.serial_socket(),
+        dir.guest_agent_socket(),
+    ] {
+        if let Err(e) = crate::private::make_private(&socket) {
+            tracing::warn!(vm = %spec.name, socket = %socket.display(), "making a socket private: {e}");
+        }
+    }
+    Ok(pid)
 }
 
 /// The pid of the VM's QEMU if it is alive and really ours: the pid file can outlive the
@@ -227,14 +246,16 @@ pub async fn resolve_accel(requested: Accel, cache: &Path, timeout: Duration) ->
             return a;
         }
     }
-    let found = probe_kvm(timeout).await;
+    let found = probe_kvm(&cache.with_extension("probe"), timeout).await;
     let answer = if found { Accel::Kvm } else { Accel::Tcg };
     tracing::info!(?answer, "probed hardware acceleration");
-    let _ = std::fs::write(cache, if found { "kvm\n" } else { "tcg\n" });
+    let _ = crate::private::write_private(cache, if found { b"kvm\n" } else { b"tcg\n" });
     answer
 }
 
-async fn probe_kvm(timeout: Duration) -> bool {
+/// Boots the host's kernel under KVM with its console in `dir`, a private directory
+/// beside the cache (not a guessable name in /tmp).
+async fn probe_kvm(dir: &Path, timeout: Duration) -> bool {
     if !Path::new("/dev/kvm").exists() {
         return false;
     }
@@ -242,9 +263,9 @@ async fn probe_kvm(timeout: Duration) -> bool {
         tracing::warn!("no kernel under /boot to probe KVM with; using TCG");
         return false;
     };
-    let Ok(dir) = tempfile_dir() else {
+    if crate::private::private_dir(dir).is_err() {
         return false;
-    };
+    }
     let log = dir.join("probe.log");
     let child = tokio::process::Command::new(QEMU_BINARY)
         .args([
@@ -270,7 +291,7 @@ async fn probe_kvm(timeout: Duration) -> bool {
     let Ok(mut child) = child else { return false };
     let exited = tokio::time::timeout(timeout, child.wait()).await.is_ok();
     let printed = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
     exited && printed.contains("Kernel panic")
 }
 
@@ -285,12 +306,6 @@ fn host_kernel() -> Option<PathBuf> {
         .collect();
     kernels.sort();
     kernels.pop()
-}
-
-fn tempfile_dir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("lifeboat-kvm-probe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 #[cfg(test)]

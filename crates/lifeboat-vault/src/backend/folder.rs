@@ -7,6 +7,13 @@
 //! `LocalFileSystem` does it otherwise: a staged `<file>#<n>` that listings skip, fsynced
 //! when asked, renamed into place, its directory fsynced. Everything else — reads, lists,
 //! deletes, conditional puts, small objects — is `LocalFileSystem` itself.
+//!
+//! Who may read a folder vault: packs and manifests are ciphertext, but `config` holds
+//! the master key wrapped by each passphrase, which anyone who reads it can attack
+//! offline (argon2id slows a guess, a weak passphrase still falls). So a folder Lifeboat
+//! makes is 0700 and `config` is 0600 whenever Lifeboat writes it, and tightened when a
+//! vault is opened. A folder the operator made keeps its mode: it may be a mount shared
+//! by the hosts on purpose.
 
 use std::fmt;
 use std::path::{Path as FsPath, PathBuf};
@@ -26,16 +33,47 @@ use crate::direct_io;
 /// Objects at least this large are written with O_DIRECT.
 const DIRECT_MIN: usize = 1 << 20;
 
+/// Makes the vault folder `root` (0700, with any missing parents) if it is not there,
+/// and tightens its `config` to 0600 if it is (a vault made before Lifeboat did so).
+pub(crate) fn prepare(root: &FsPath) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !root.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)?;
+    }
+    match make_config_private(root) {
+        // A read-only copy of a vault (a snapshot, another owner's mount) still opens.
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(folder = %root.display(), "cannot make the vault's config private: {e}");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn make_config_private(root: &FsPath) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let config = root.join(crate::format::ids::CONFIG_KEY);
+    if std::fs::metadata(&config)?.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub(crate) struct FolderStore {
     inner: Arc<LocalFileSystem>,
+    root: PathBuf,
     fsync: bool,
 }
 
 impl FolderStore {
-    pub(crate) fn new(inner: LocalFileSystem, fsync: bool) -> FolderStore {
+    pub(crate) fn new(inner: LocalFileSystem, root: PathBuf, fsync: bool) -> FolderStore {
         FolderStore {
             inner: Arc::new(inner.with_fsync(fsync)),
+            root,
             fsync,
         }
     }
@@ -117,7 +155,17 @@ impl ObjectStore for FolderStore {
                 });
             }
         }
-        self.inner.put_opts(location, payload, opts).await
+        let put = self.inner.put_opts(location, payload, opts).await?;
+        if location.as_ref() == crate::format::ids::CONFIG_KEY {
+            // LocalFileSystem writes with the umask's mode; `config` is tightened at
+            // once (the folder, when Lifeboat made it, already shuts everyone else out).
+            let root = self.root.clone();
+            tokio::task::spawn_blocking(move || make_config_private(&root))
+                .await
+                .map_err(|e| io_error(std::io::Error::other(e)))?
+                .map_err(io_error)?;
+        }
+        Ok(put)
     }
 
     async fn put_multipart_opts(
@@ -149,5 +197,62 @@ impl ObjectStore for FolderStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::backend::{Backend, VaultUrl};
+    use crate::format::KdfParams;
+    use crate::Vault;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    async fn open(folder: &std::path::Path) -> Backend {
+        let url = VaultUrl::parse(&format!("file://{}", folder.display())).unwrap();
+        Backend::open(&url, Default::default()).await.unwrap()
+    }
+
+    /// Under the usual umask 022: a folder vault Lifeboat makes is its owner's only, and
+    /// the config of one made before is tightened when it is opened.
+    #[tokio::test]
+    async fn a_folder_vaults_config_and_new_folder_are_private() {
+        usual_umask();
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("vaults/a");
+        Vault::init(
+            open(&folder).await,
+            "pw",
+            64 << 10,
+            KdfParams::INSECURE_FAST,
+        )
+        .await
+        .unwrap();
+        assert_eq!(mode(&folder), 0o700, "the folder Lifeboat made");
+        assert_eq!(mode(&folder.join("config")), 0o600);
+
+        let config = folder.join("config");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Vault::open(open(&folder).await, crate::Unlock::Passphrase("pw".into()))
+            .await
+            .unwrap();
+        assert_eq!(mode(&config), 0o600, "an old vault's config, at open");
+        assert_eq!(
+            mode(&folder),
+            0o755,
+            "a folder that was there is the operator's"
+        );
+    }
+
+    fn usual_umask() {
+        // SAFETY: umask only swaps the process's file-mode mask.
+        unsafe {
+            libc::umask(0o022);
+        }
     }
 }

@@ -30,13 +30,13 @@ pub(crate) async fn build(url: &VaultUrl, opts: &BackendOptions) -> Result<Built
     match url {
         VaultUrl::Folder { path } => {
             let dir = path.clone();
-            tokio::task::spawn_blocking(move || std::fs::create_dir_all(&dir))
+            tokio::task::spawn_blocking(move || super::folder::prepare(&dir))
                 .await
                 .map_err(|e| config(format!("creating the folder: {e}")))?
                 .map_err(|e| config(format!("cannot create the folder {}: {e}", path.display())))?;
             let local = LocalFileSystem::new_with_prefix(path)
                 .map_err(|e| config(format!("cannot open the folder {}: {e}", path.display())))?;
-            let store = FolderStore::new(local, opts.fsync);
+            let store = FolderStore::new(local, path.clone(), opts.fsync);
             Ok(Built {
                 store: Arc::new(store),
                 endpoint: path.display().to_string(),

@@ -71,8 +71,18 @@ pub(crate) async fn restore_raw(
 ) -> Result<RestoreStats> {
     let size = disk.disk().size;
     let cs = u64::from(disk.disk().chunk_size);
-    let file = std::fs::File::create(target)
-        .map_err(|e| VaultError::io(format!("creating {}", target.display()), e))?;
+    // A new file holding a disk is its owner's only; an existing target (a block device,
+    // the operator's file) keeps its mode.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(target)
+    }
+    .map_err(|e| VaultError::io(format!("creating {}", target.display()), e))?;
     file.set_len(size)
         .map_err(|e| VaultError::io(format!("sizing {}", target.display()), e))?;
     let out = Arc::new(DirectWriter::new(file, target));

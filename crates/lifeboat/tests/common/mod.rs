@@ -96,6 +96,31 @@ pub fn spawn_agent(mut command: Command) -> Agent {
     }
 }
 
+/// Sets this test's umask (and so its agents' and CLI runs') to the 022 most hosts run
+/// with, under which a file made without an explicit mode is readable by everyone.
+pub fn usual_umask() {
+    // SAFETY: umask only swaps the process's file-mode mask; it has no memory effects.
+    unsafe {
+        libc::umask(0o022);
+    }
+}
+
+/// Asserts that nothing under `home` is open to group or others (read, write or enter),
+/// except the paths in `skip` (relative to `home`; say why at the call).
+pub fn assert_private(home: &Path, skip: &[&str]) {
+    let open: Vec<String> = lifeboat_hypervisor::private::exposed(home)
+        .unwrap()
+        .into_iter()
+        .filter(|(p, _)| !skip.iter().any(|o| *p == home.join(o)))
+        .map(|(p, mode)| format!("{} {mode:o}", p.display()))
+        .collect();
+    assert!(
+        open.is_empty(),
+        "open to group or others under {}: {open:#?}",
+        home.display()
+    );
+}
+
 pub struct Server {
     pub child: Child,
     pub url: String,
