@@ -72,6 +72,9 @@ pub struct Inventory {
     pub vms: Vec<VmInfo>,
 }
 
+/// The largest body a caller that has not proven who it is may send.
+pub const UNAUTHENTICATED_BODY: usize = 16 << 10;
+
 /// The `service` value of every Lifeboat agent's hello.
 pub const SERVICE: &str = "lifeboat-agent";
 
@@ -152,7 +155,11 @@ pub fn router(state: Arc<AgentState>) -> Router {
         ));
     Router::new()
         .route("/api/v1/hello", get(hello))
-        .route("/api/v1/enroll", post(enroll))
+        // Anyone may call it: an enrollment request is a few hundred bytes.
+        .route(
+            "/api/v1/enroll",
+            post(enroll).layer(axum::extract::DefaultBodyLimit::max(UNAUTHENTICATED_BODY)),
+        )
         .merge(enrolled_only)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /api/v1/hello") })
         .with_state(state)

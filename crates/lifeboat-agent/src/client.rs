@@ -33,6 +33,8 @@ pub enum ClientError {
     },
     #[error("agent {address} sent a reply larger than {limit} bytes; it was cut off (is that really a Lifeboat agent?)")]
     TooLarge { address: String, limit: usize },
+    #[error("agent {address} sent a reply of more than {limit} JSON values; it was not read (is that really a Lifeboat agent?)")]
+    TooManyValues { address: String, limit: usize },
     #[error("agent {address} sent a reply that is not what was asked for: {source}")]
     BadReply {
         address: String,
@@ -44,7 +46,21 @@ pub enum ClientError {
 
 /// The largest reply read from an agent: an inventory of thousands of VMs fits, and a
 /// compromised agent cannot make the server hold more than this per call.
-pub const MAX_REPLY_BYTES: usize = 16 << 20;
+pub const MAX_REPLY_BYTES: usize = 8 << 20;
+/// The most JSON values a reply may hold. A parsed value takes tens of bytes however
+/// short its text (`{}` is two bytes), so the byte bound alone would let 8 MiB of tiny
+/// values grow into hundreds of MiB; this keeps a parsed reply to a few tens of MiB.
+pub const MAX_REPLY_VALUES: usize = 200_000;
+
+/// An upper bound on the number of values in a JSON text: every value but the first is
+/// preceded by a `,`, a `:` or an opening bracket (counted inside strings too, which only
+/// overestimates).
+fn json_values_at_most(body: &[u8]) -> usize {
+    1 + body
+        .iter()
+        .filter(|b| matches!(b, b',' | b':' | b'[' | b'{'))
+        .count()
+}
 /// The largest error reply read (its `error` text is all that is used).
 const MAX_ERROR_BYTES: usize = 64 << 10;
 
@@ -393,6 +409,12 @@ impl AgentClient {
                 ReadError::TooLarge => too_large(MAX_REPLY_BYTES),
                 ReadError::Http(e) => failed(e),
             })?;
+        if json_values_at_most(&body) > MAX_REPLY_VALUES {
+            return Err(ClientError::TooManyValues {
+                address: self.address.clone(),
+                limit: MAX_REPLY_VALUES,
+            });
+        }
         serde_json::from_slice(&body).map_err(|source| ClientError::BadReply {
             address: self.address.clone(),
             source,

@@ -1,5 +1,7 @@
 //! The agent's sealing key: an X25519 key pair made at first start and kept in
 //! `HOME/agent/sealing.key` (0600). Whatever is sealed to its public key opens only here.
+//! Back it up with the agent's identity: without it, the vault keys the server keeps for
+//! this host open nothing, and protection must be enabled again (with the passphrase).
 //!
 //! What it is for (docs/security.md, "Vault keys"): when protection is enabled, the operator's
 //! vault passphrase passes through the server once; each agent that will use the vault
@@ -76,14 +78,20 @@ impl SealingKey {
                     PrivateKey::generate(&X25519).map_err(|_| bad("generating".into()))?;
                 let seed: aws_lc_rs::encoding::Curve25519SeedBin<'_> =
                     private.as_be_bytes().map_err(|_| bad("encoding".into()))?;
+                // Whole or not at all: written aside, synced, then renamed into place, so
+                // a crash never leaves an empty key that stops the agent from starting.
+                let staged = dir.join("sealing.key.new");
+                let _ = std::fs::remove_file(&staged);
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&path)
+                    .open(&staged)
                     .map_err(|e| bad(e.to_string()))?;
                 f.write_all(seed.as_ref())
                     .and_then(|()| f.sync_all())
+                    .and_then(|()| std::fs::rename(&staged, &path))
+                    .and_then(|()| std::fs::File::open(dir)?.sync_all())
                     .map_err(|e| bad(e.to_string()))?;
                 private
             }

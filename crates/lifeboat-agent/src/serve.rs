@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 pub use admission::Limits;
-use admission::{Activity, Admission};
+use admission::{Activity, Admission, Ending};
 use tracked::Tracked;
 
 use crate::identity::Identity;
@@ -91,7 +91,7 @@ pub async fn serve(
         let ticket = match admission.admit(peer.ip()) {
             Ok(t) => t,
             Err(refused) => {
-                // Closed at once: the client sees a reset, not a hang.
+                // Closed at once (dropped): the client sees the connection end, not a hang.
                 tracing::debug!(%peer, ?refused, "connection refused");
                 continue;
             }
@@ -131,8 +131,13 @@ pub async fn serve(
     }
 }
 
-/// How long a connection told to close may take to let go.
+/// How long an idle connection told to close may take to let go.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// HTTP/2 streams at once on one connection: each may hold a request body, so this bounds
+/// what one connection can make the server hold (browsers open a handful).
+const MAX_STREAMS: u32 = 16;
+/// The most an HTTP/1 connection buffers of a request's head.
+const MAX_HEAD_BYTES: usize = 64 << 10;
 
 /// Serves one connection until it ends, or until it has been idle for `idle` (which also
 /// bounds the wait for a request's head) or was pushed out by a newer one.
@@ -141,21 +146,36 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = service.peer;
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_HEAD_BYTES);
+    builder.http2().max_concurrent_streams(MAX_STREAMS);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
-    tokio::select! {
+    let ending = tokio::select! {
         served = connection.as_mut() => {
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             return;
         }
-        _ = activity.ended(idle) => {}
+        ending = activity.ended(idle) => ending,
+    };
+    // Pushed out while still idle: its slot is someone else's already, so it goes now.
+    if ending == Ending::PushedOut && activity.is_idle() {
+        tracing::debug!(%peer, "connection pushed out by a newer one");
+        return;
     }
-    // HTTP/2 clients get a GOAWAY, so none sends a request on a connection that is being
-    // closed; an idle HTTP/1 connection closes at once. One that does not let go is cut.
+    // HTTP/2 clients get a GOAWAY, so they send no new request on a connection that is
+    // being closed; an idle HTTP/1 connection closes at once. A request that started in
+    // the meantime (a planned failover may take minutes) is let finish: the connection
+    // is cut only once it has been idle for the grace period.
     tracing::debug!(%peer, "closing an idle connection");
     connection.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+    loop {
+        match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
+            Ok(_) => return,
+            Err(_) if activity.is_idle() => return,
+            Err(_) => continue,
+        }
+    }
 }

@@ -118,7 +118,9 @@ pub async fn layer(State(s): State<Arc<ServerState>>, mut req: Request, next: Ne
         row.via = c.via_text();
     }
     let (mut parts, body) = req.into_parts();
-    let body = match target_of(&mut parts, body).await {
+    // Only a known caller's JSON body is read here: an unauthenticated one is refused by
+    // the API anyway, and reading it first would let anyone make the server hold a body.
+    let body = match target_of(&mut parts, body, caller.is_some()).await {
         Ok((target, body)) => {
             row.target = target;
             body
@@ -178,7 +180,11 @@ async fn write(s: &ServerState, row: &AuditRow, added: bool) {
 
 /// The call's target: the path's ids, then the naming fields of its query and JSON body.
 /// Returns the body to hand on (read whole here, so bounded), or a 413 answer.
-async fn target_of(parts: &mut Parts, body: Body) -> Result<(String, Body), Response> {
+async fn target_of(
+    parts: &mut Parts,
+    body: Body,
+    read_json: bool,
+) -> Result<(String, Body), Response> {
     let mut target: Vec<String> = Vec::new();
     if let Ok(params) = RawPathParams::from_request_parts(parts, &()).await {
         for (k, v) in &params {
@@ -198,7 +204,7 @@ async fn target_of(parts: &mut Parts, body: Body) -> Result<(String, Body), Resp
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if !json {
+    if !json || !read_json {
         return Ok((target.join(" "), body));
     }
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
@@ -254,7 +260,7 @@ mod tests {
             ))
             .unwrap();
         let (mut parts, body) = req.into_parts();
-        let (target, body) = target_of(&mut parts, body).await.unwrap();
+        let (target, body) = target_of(&mut parts, body, true).await.unwrap();
         assert_eq!(target, "delete_points=true name=alice_smith role=operator");
         // The handler still gets the whole body.
         let again = axum::body::to_bytes(body, MAX_BODY).await.unwrap();

@@ -40,12 +40,18 @@ async fn watch_all(db: &Database) -> Result<(), DbError> {
                 continue;
             }
         };
+        let mut no_key = None;
         let status = if rec.hydrated {
             client.recovery_status(&rec.id).await
         } else {
-            match resume_request(db, &rec).await? {
-                Some(req) => client.ensure_recovery(&req).await,
-                None => client.recovery_status(&rec.id).await,
+            match resume_request(db, &rec).await {
+                Ok(Some(req)) => client.ensure_recovery(&req).await,
+                Ok(None) => client.recovery_status(&rec.id).await,
+                Err(crate::vault_keys::KeyError::Db(e)) => return Err(e),
+                Err(e) => {
+                    no_key = Some(e.to_string());
+                    client.recovery_status(&rec.id).await
+                }
             }
         };
         match status {
@@ -55,14 +61,21 @@ async fn watch_all(db: &Database) -> Result<(), DbError> {
                 rec.error = format!("recovery host {} did not answer: {e}", host.host.hostname);
             }
         }
+        if let Some(why) = no_key {
+            // Its point cannot be served again after an agent restart: say so.
+            rec.error = format!("the point cannot be served again: {why}");
+        }
         save(db, &mut rec).await?;
     }
     Ok(())
 }
 
 /// The request that brought `rec` up, to send again; `None` when its protection is gone
-/// (the vault's key went with it) or its host holds no key.
-async fn resume_request(db: &Database, rec: &Recovery) -> Result<Option<RecoveryRequest>, DbError> {
+/// (the vault's key went with it); an error when its host holds no key.
+async fn resume_request(
+    db: &Database,
+    rec: &Recovery,
+) -> Result<Option<RecoveryRequest>, crate::vault_keys::KeyError> {
     let Some(p) = db.protection(&rec.protection_id).await? else {
         return Ok(None);
     };
@@ -71,11 +84,7 @@ async fn resume_request(db: &Database, rec: &Recovery) -> Result<Option<Recovery
         "planned" => RecoveryKind::Planned,
         _ => RecoveryKind::Unplanned,
     };
-    let vault = match crate::vault_keys::access_for(db, &p, &rec.host_id).await {
-        Ok(v) => v,
-        Err(crate::vault_keys::KeyError::Db(e)) => return Err(e),
-        Err(_) => return Ok(None),
-    };
+    let vault = crate::vault_keys::access_for(db, &p, &rec.host_id).await?;
     Ok(Some(RecoveryRequest {
         recovery_id: rec.id.clone(),
         vault,

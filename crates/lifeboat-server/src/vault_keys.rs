@@ -45,6 +45,10 @@ pub async fn access_for(
 /// key, then forgets the passphrase. Agents that do not answer are tried next time.
 /// Returns how many protections were converted.
 pub async fn seal_stored_passphrases(db: &Database) -> Result<usize, DbError> {
+    let orphans = db.delete_orphan_vault_keys().await?;
+    if orphans > 0 {
+        tracing::info!(orphans, "removed sealed keys of protections that are gone");
+    }
     let hosts = db.hosts_with_access().await?;
     let mut converted = 0;
     for p in db.protections().await? {
@@ -67,7 +71,14 @@ pub async fn seal_stored_passphrases(db: &Database) -> Result<usize, DbError> {
                     Err(e) => Err(e.to_string()),
                 };
             match checked.map(|c| c.sealed_key) {
-                Ok(Some(sealed)) => db.put_vault_key(&p.id, host_id, &sealed).await?,
+                Ok(Some(sealed)) => {
+                    if !db
+                        .put_vault_key_of_existing(&p.id, host_id, &sealed)
+                        .await?
+                    {
+                        sealed_all = false;
+                    }
+                }
                 Ok(None) => {
                     tracing::warn!(host = %h.host.hostname, "the agent sealed no key (an older agent?); the passphrase is kept");
                     sealed_all = false;
@@ -87,7 +98,8 @@ pub async fn seal_stored_passphrases(db: &Database) -> Result<usize, DbError> {
     Ok(converted)
 }
 
-/// Runs `seal_stored_passphrases` now and every few minutes until none is left.
+/// Runs `seal_stored_passphrases` now and every few minutes until none is left (no new
+/// protection stores a passphrase, so none comes back).
 pub async fn run(db: Database) {
     loop {
         match seal_stored_passphrases(&db).await {

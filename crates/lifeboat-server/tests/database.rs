@@ -194,3 +194,72 @@ async fn sqlite_protections_round_trip() {
 async fn postgres_protections_round_trip() {
     protections_round_trip(&fresh_postgres_database()).await;
 }
+
+/// Sealed vault keys: kept per (protection, host), replaced, never kept for a protection
+/// that is gone, removed with their protection, and orphans cleaned; the passphrase of an
+/// older row forgotten.
+async fn vault_keys_round_trip(url: &str) {
+    let db = Database::connect(url).await.unwrap();
+    db.add_protection(&protection("p1", "web")).await.unwrap();
+    db.put_vault_key("p1", "h1", "sealed-1").await.unwrap();
+    db.put_vault_key("p1", "h1", "sealed-2").await.unwrap();
+    db.put_vault_key("p1", "h2", "sealed-3").await.unwrap();
+    assert_eq!(
+        db.vault_key("p1", "h1").await.unwrap().as_deref(),
+        Some("sealed-2")
+    );
+    assert_eq!(
+        db.vault_key("p1", "h2").await.unwrap().as_deref(),
+        Some("sealed-3")
+    );
+    assert_eq!(db.vault_key("p1", "h3").await.unwrap(), None);
+    // A conversion racing `unprotect`: no key for a protection that does not exist.
+    assert!(!db
+        .put_vault_key_of_existing("gone", "h1", "x")
+        .await
+        .unwrap());
+    assert_eq!(db.vault_key("gone", "h1").await.unwrap(), None);
+    assert!(db
+        .put_vault_key_of_existing("p1", "h1", "sealed-4")
+        .await
+        .unwrap());
+    assert_eq!(
+        db.vault_key("p1", "h1").await.unwrap().as_deref(),
+        Some("sealed-4")
+    );
+    // Keys sealed for a protection that was never recorded (a crash in between) go.
+    db.put_vault_key("never", "h1", "x").await.unwrap();
+    assert_eq!(db.delete_orphan_vault_keys().await.unwrap(), 1);
+    assert_eq!(
+        db.vault_key("p1", "h2").await.unwrap().as_deref(),
+        Some("sealed-3")
+    );
+    // The passphrase of a row of an earlier version is forgotten.
+    assert_eq!(
+        db.protection("p1")
+            .await
+            .unwrap()
+            .unwrap()
+            .vault_passphrase
+            .expose(),
+        "secret"
+    );
+    db.forget_vault_passphrase("p1").await.unwrap();
+    let p = db.protection("p1").await.unwrap().unwrap();
+    assert!(p.vault_passphrase.is_empty());
+    // Removing the protection removes its keys.
+    assert!(db.delete_protection("p1", p.generation).await.unwrap());
+    assert_eq!(db.vault_key("p1", "h2").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn sqlite_vault_keys_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    vault_keys_round_trip(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_vault_keys_round_trip() {
+    vault_keys_round_trip(&fresh_postgres_database()).await;
+}

@@ -12,6 +12,8 @@ cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || { echo "run.sh: cargo-fuzz missing; cargo install cargo-fuzz --locked" >&2; exit 2; }
 cargo fuzz build
+# Logs go beside the fuzz targets even when CARGO_TARGET_DIR puts the build elsewhere.
+mkdir -p target
 for target in $(cargo fuzz list); do
     echo "== fuzz $target for ${secs}s"
     if ! cargo fuzz run "$target" -- -max_total_time="$secs" -timeout=10 >"target/fuzz-$target.log" 2>&1; then

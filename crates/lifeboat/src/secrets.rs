@@ -26,7 +26,7 @@ impl Ask<'_> {
     fn read(self) -> Result<String> {
         let what = self.what;
         if let Ok(v) = std::env::var(self.env) {
-            if v.trim().is_empty() {
+            if v.is_empty() {
                 bail!("{} is set but empty", self.env);
             }
             return Ok(v);
@@ -40,7 +40,7 @@ impl Ask<'_> {
         }
         let v = rpassword::prompt_password(format!("{}: ", self.prompt))
             .with_context(|| format!("reading the {what}"))?;
-        if v.trim().is_empty() {
+        if v.is_empty() {
             bail!("the {what} must not be empty");
         }
         if self.confirm && rpassword::prompt_password("Again, to be sure: ")? != v {
@@ -61,7 +61,11 @@ pub fn enrollment_code(address: &str) -> Result<String> {
         otherwise: "",
     }
     .read()?;
-    Ok(code.trim().to_string())
+    let code = code.trim();
+    if code.is_empty() {
+        bail!("the enrollment code is empty");
+    }
+    Ok(code.to_string())
 }
 
 /// The passphrase: `LIFEBOAT_PASSPHRASE`, else asked on the terminal (twice when `confirm`).

@@ -31,7 +31,8 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         refuse_password_in_arguments(url)?;
     }
     let server_home = home.join("server");
-    // The database holds agent credentials and vault passphrases: root's eyes only.
+    // The database holds agent credentials (and, until converted, the vault passphrases
+    // of protections enabled by an earlier version): root's eyes only.
     private_dir(&server_home)?;
     let url = args
         .database
@@ -129,16 +130,23 @@ fn refuse_password_in_arguments(url: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `scheme://user:password@host/…` carries a password.
+/// Whether `scheme://user:password@host/…` (or `?password=…`) carries a password.
 fn url_has_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else {
         return false;
     };
     let authority = rest.split(['/', '?']).next().unwrap_or("");
-    match authority.rsplit_once('@') {
+    let in_userinfo = match authority.rsplit_once('@') {
         Some((userinfo, _)) => userinfo.split_once(':').is_some_and(|(_, p)| !p.is_empty()),
         None => false,
-    }
+    };
+    let in_query = rest.split_once('?').is_some_and(|(_, q)| {
+        q.split('&').any(|kv| {
+            let k = kv.split_once('=').map_or(kv, |(k, _)| k);
+            matches!(k.to_ascii_lowercase().as_str(), "password" | "sslpassword")
+        })
+    });
+    in_userinfo || in_query
 }
 
 pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
@@ -208,5 +216,11 @@ mod tests {
             "sqlite:///var/lib/lifeboat/server/lifeboat.db"
         ));
         assert!(!url_has_password("postgres://db/lifeboat?user=a:b@c"));
+        assert!(url_has_password(
+            "postgres://lb@db/lifeboat?password=s3cret"
+        ));
+        assert!(url_has_password(
+            "postgres://lb@db/lifeboat?sslmode=require&sslpassword=x"
+        ));
     }
 }

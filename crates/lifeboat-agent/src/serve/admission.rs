@@ -134,9 +134,14 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// Whether no request is in flight now.
+    pub fn is_idle(&self) -> bool {
+        self.idle()
+    }
+
     /// Resolves when the connection has been idle for `idle`, or was pushed out by a
     /// newer one: the caller then closes it.
-    pub async fn ended(&self, idle: Duration) {
+    pub async fn ended(&self, idle: Duration) -> Ending {
         let watch = async {
             loop {
                 if self.idle() {
@@ -154,9 +159,30 @@ impl Activity {
             }
         };
         tokio::select! {
-            _ = watch => {}
-            _ = self.evicted.notified() => {}
+            _ = watch => Ending::Idle,
+            _ = self.evicted.notified() => Ending::PushedOut,
         }
+    }
+}
+
+/// Why a connection is to be closed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// No request in flight for the idle limit.
+    Idle,
+    /// A newer connection took its slot (it was idle then).
+    PushedOut,
+}
+
+/// Who a connection is counted against: its IP address, IPv4 in IPv6 as IPv4, and a whole
+/// IPv6 /64 as one (whoever holds one address of a /64 usually holds them all).
+fn client_of(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        v4 => v4,
     }
 }
 
@@ -235,20 +261,27 @@ impl Admission {
         self.lock().connections.len()
     }
 
-    /// Lets a connection from `address` in, pushing out the oldest idle one when every
-    /// slot is taken.
+    /// Lets a connection from `address` in. When every slot is taken, an idle connection
+    /// of the client holding the most is pushed out (its oldest): a client that churns
+    /// connections only pushes out its own, never the one a real client just opened.
     pub fn admit(self: &Arc<Admission>, address: IpAddr) -> Result<Ticket, Refused> {
+        let address = client_of(address);
         let mut t = self.lock();
         if t.per_address.get(&address).copied().unwrap_or(0) >= self.limits.per_address {
             return Err(Refused::PerAddress);
         }
         if t.connections.len() >= self.limits.total {
-            let oldest_idle = t
-                .connections
-                .iter()
-                .find(|(_, (_, a))| a.idle())
-                .map(|(id, (_, a))| (*id, a.clone()));
-            match oldest_idle {
+            // Oldest first, so on a tie in count the oldest idle connection goes.
+            let mut chosen: Option<(usize, u64)> = None;
+            for (id, (client, a)) in &t.connections {
+                let held = t.per_address.get(client).copied().unwrap_or(0);
+                if a.idle() && chosen.is_none_or(|(most, _)| held > most) {
+                    chosen = Some((held, *id));
+                }
+            }
+            let victim =
+                chosen.and_then(|(_, id)| t.connections.get(&id).map(|(_, a)| (id, a.clone())));
+            match victim {
                 Some((id, activity)) => {
                     t.forget(id);
                     // notify_one keeps the wake-up if the task is not waiting yet.
@@ -349,6 +382,42 @@ mod tests {
         let ended_at = Instant::now();
         busy.activity.ended(Duration::from_millis(200)).await;
         assert!(ended_at.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_pushes_out_the_busiest_clients_idle_connection() {
+        let a = Admission::new(limits(4, 4));
+        let real = a.admit(ip(1)).unwrap();
+        let flood: Vec<_> = (0..3).map(|_| a.admit(ip(2)).unwrap()).collect();
+        // Full: a newcomer from the flooding address pushes out one of the flood's own,
+        // not the real client's (older) connection.
+        let _newcomer = a.admit(ip(2)).unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            flood[0].activity.ended(Duration::from_secs(60)),
+        )
+        .await
+        .expect("the flood's oldest connection is told to close");
+        let waited = tokio::time::timeout(
+            Duration::from_millis(200),
+            real.activity.ended(Duration::from_secs(60)),
+        )
+        .await;
+        assert!(waited.is_err(), "the real client's connection stays");
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let a = Admission::new(limits(100, 2));
+        let in_64 = |last: u16| IpAddr::from([0x2001, 0xdb8, 1, 2, 0, 0, 0, last]);
+        let _held: Vec<_> = (1..=2).map(|n| a.admit(in_64(n)).unwrap()).collect();
+        assert_eq!(a.admit(in_64(3)).err(), Some(Refused::PerAddress));
+        assert!(a
+            .admit(IpAddr::from([0x2001, 0xdb8, 1, 3, 0, 0, 0, 1]))
+            .is_ok());
+        let mapped: IpAddr = "::ffff:127.0.0.9".parse().unwrap();
+        let _v4: Vec<_> = (0..2).map(|_| a.admit(ip(9)).unwrap()).collect();
+        assert_eq!(a.admit(mapped).err(), Some(Refused::PerAddress));
     }
 
     #[test]

@@ -81,12 +81,18 @@ impl HttpBody for Counted {
     }
 }
 
-/// A request body that fails when no byte arrives for `stall`.
+/// A request body that fails when no byte arrives for `stall`, or when the whole of it
+/// has not arrived within `BODY_DEADLINE` (every request body is a small JSON document or
+/// form, so a body that trickles in for longer is an attack on the connection's slot).
 struct StallLimit {
     inner: Incoming,
     stall: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    whole: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// The longest a request body may take in all.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(60);
 
 impl StallLimit {
     fn new(inner: Incoming, stall: Duration) -> StallLimit {
@@ -94,13 +100,18 @@ impl StallLimit {
             inner,
             stall,
             timer: None,
+            whole: None,
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the request body stopped arriving for {0:?}")]
-struct Stalled(Duration);
+enum BodyError {
+    #[error("the request body stopped arriving for {0:?}")]
+    Stalled(Duration),
+    #[error("the request body took longer than {0:?}")]
+    TooSlow(Duration),
+}
 
 impl HttpBody for StallLimit {
     type Data = Bytes;
@@ -110,6 +121,12 @@ impl HttpBody for StallLimit {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let whole = self
+            .whole
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(BODY_DEADLINE)));
+        if whole.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(BodyError::TooSlow(BODY_DEADLINE)))));
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 self.timer = None;
@@ -121,7 +138,7 @@ impl HttpBody for StallLimit {
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(stall))))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyError::Stalled(stall))))),
                     Poll::Pending => Poll::Pending,
                 }
             }

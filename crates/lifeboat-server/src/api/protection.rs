@@ -32,7 +32,8 @@ pub struct ProtectRequest {
     pub host: Option<String>,
     /// The vault's URL (`file:///…`, `s3://…`, `azure://…`); it must exist (`lifeboat vault init`).
     pub vault: String,
-    /// The vault's passphrase. Stored by the server and sent to the agents that sync.
+    /// The vault's passphrase. Sent once to the VM's agent and the recovery host's, which
+    /// seal the vault's key to themselves; the server never stores it.
     #[schema(value_type = String)]
     pub vault_passphrase: lifeboat_agent::secret::Secret,
     /// Where the VM is recovered (host name, address or id of an enrolled host).
@@ -235,6 +236,16 @@ async fn locate_vm<'a>(
         }
     }
     match found.as_slice() {
+        // Named by its VM alone, the host must be the only one of all hosts that has it:
+        // were another host down, a host that copied the VM's name would be picked (and
+        // handed the vault's passphrase).
+        [_] if host.is_none() && !problems.is_empty() => Err(error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "not every host answered ({}), so which host has {vm} is not certain; name it with `--host`",
+                problems.join("; ")
+            ),
+        )),
         [h] => Ok(h),
         [] => Err(error(
             StatusCode::NOT_FOUND,
@@ -356,11 +367,21 @@ pub async fn protect(
         }
     }
     let id = uuid::Uuid::new_v4().to_string();
-    // An agent that sealed nothing (an older version) still needs the passphrase.
-    let all_sealed = sealed.iter().all(|(_, k)| k.is_some());
+    // An agent that sealed nothing is older than this server: it would need the
+    // passphrase kept, which the server never does.
+    if let Some((host_id, _)) = sealed.iter().find(|(_, k)| k.is_none()) {
+        let name = hosts
+            .iter()
+            .find(|h| &h.host.id == host_id)
+            .map_or(host_id.as_str(), |h| h.host.hostname.as_str());
+        let why = format!("the agent on {name} did not seal the vault's key (an older version?): upgrade it, then enable protection again");
+        op.end("failed", &why).await;
+        return error(StatusCode::CONFLICT, why);
+    }
     for (host_id, key) in &sealed {
         if let Some(key) = key {
             if let Err(e) = s.db.put_vault_key(&id, host_id, key).await {
+                let _ = s.db.delete_vault_keys(&id).await;
                 op.end("failed", &e.to_string()).await;
                 return db_error(e);
             }
@@ -373,11 +394,8 @@ pub async fn protect(
         vm: req.vm.clone(),
         point_name,
         vault_url: req.vault.clone(),
-        vault_passphrase: if all_sealed {
-            Default::default()
-        } else {
-            req.vault_passphrase.clone()
-        },
+        // Never kept: the agents hold the key, sealed (crate::vault_keys).
+        vault_passphrase: Default::default(),
         recovery_host_id: recovery.host.id.clone(),
         policy: policy.name.to_string(),
         network_map: serde_json::to_string(&req.network_map).unwrap_or_else(|_| "{}".into()),

@@ -165,14 +165,33 @@ fn host_access(r: &sqlx::any::AnyRow) -> Result<HostAccess, sqlx::Error> {
 
 /// A database URL without its password, for messages.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s && base[s + 3..at].contains(':') => {
+            let creds = &base[s + 3..at];
             let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+            format!("{}{user}:***{}", &base[..s + 3], &base[at..])
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    if let Some(q) = query {
+        let hidden: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _))
+                    if matches!(k.to_ascii_lowercase().as_str(), "password" | "sslpassword") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{out}?{}", hidden.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -186,6 +205,10 @@ mod tests {
             "postgres://lb:***@db:5432/x"
         );
         assert_eq!(redact("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+        assert_eq!(
+            redact("postgres://lb@db/x?sslmode=require&password=secret"),
+            "postgres://lb@db/x?sslmode=require&password=***"
+        );
     }
 
     #[test]

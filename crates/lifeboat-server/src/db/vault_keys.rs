@@ -13,15 +13,10 @@ impl Database {
         sealed: &str,
     ) -> Result<(), DbError> {
         let now = chrono::Utc::now().to_rfc3339();
-        // Delete then insert: portable across SQLite and PostgreSQL, and a protection has
-        // one writer of its keys at a time (enable, or the passphrase conversion).
-        sqlx::query("DELETE FROM vault_keys WHERE protection_id = $1 AND host_id = $2")
-            .bind(protection_id)
-            .bind(host_id)
-            .execute(&self.pool)
-            .await?;
+        // One statement (SQLite and PostgreSQL both take ON CONFLICT … DO UPDATE).
         sqlx::query(
-            "INSERT INTO vault_keys (protection_id, host_id, sealed, sealed_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO vault_keys (protection_id, host_id, sealed, sealed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (protection_id, host_id) DO UPDATE SET sealed = excluded.sealed, sealed_at = excluded.sealed_at",
         )
         .bind(protection_id)
         .bind(host_id)
@@ -45,6 +40,39 @@ impl Database {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|r| r.try_get("sealed")).transpose()?)
+    }
+
+    /// `put_vault_key` for a protection that exists (the conversion of an old row): a key
+    /// sealed while `unprotect` removed the protection is not kept. True when kept.
+    pub async fn put_vault_key_of_existing(
+        &self,
+        protection_id: &str,
+        host_id: &str,
+        sealed: &str,
+    ) -> Result<bool, DbError> {
+        let now = chrono::Utc::now().to_rfc3339();
+        let r = sqlx::query(
+            "INSERT INTO vault_keys (protection_id, host_id, sealed, sealed_at) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM protections WHERE id = $1) \
+             ON CONFLICT (protection_id, host_id) DO UPDATE SET sealed = excluded.sealed, sealed_at = excluded.sealed_at",
+        )
+        .bind(protection_id)
+        .bind(host_id)
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Removes keys whose protection is gone (a crash between sealing and recording).
+    pub async fn delete_orphan_vault_keys(&self) -> Result<u64, DbError> {
+        let r = sqlx::query(
+            "DELETE FROM vault_keys WHERE protection_id NOT IN (SELECT id FROM protections)",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
     }
 
     pub async fn delete_vault_keys(&self, protection_id: &str) -> Result<(), DbError> {

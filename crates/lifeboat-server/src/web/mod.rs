@@ -57,7 +57,15 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route_layer(axum::middleware::from_fn(require_login));
     Router::new()
         .merge(pages)
-        .route("/login", get(login::login_page).post(login::login))
+        // Anyone may post it: a login form is a few hundred bytes.
+        .route(
+            "/login",
+            get(login::login_page)
+                .post(login::login)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    lifeboat_agent::api::UNAUTHENTICATED_BODY,
+                )),
+        )
         .route("/logout", post(login::logout))
         .route("/static/app.js", get(|| asset("text/javascript", APP_JS)))
         .route("/static/style.css", get(|| asset("text/css", STYLE_CSS)))

@@ -22,6 +22,9 @@ pub enum Attack {
     /// An inventory that never ends (it stops at 1 GiB, so a server without a bound
     /// grows by that much instead of taking the test machine down).
     EndlessInventory,
+    /// An inventory just under the reply bound made of tiny VMs (`{"name":""}`): few
+    /// bytes, but each a JSON object that takes far more memory parsed than as text.
+    TinyVms,
     /// Every call answered with a 307 to this URL.
     Redirect(String),
     /// A normal inventory listing the VM `web`; every other call answered with a 307 to
@@ -131,6 +134,21 @@ async fn inventory(State(s): State<Shared>) -> Response {
             )
                 .into_response()
         }
+        Attack::TinyVms => {
+            let n = (lifeboat_agent::client::MAX_REPLY_BYTES - 64) / 12;
+            let mut body = String::with_capacity(n * 12 + 64);
+            body.push_str(r#"{"hostname":"hostile","vms":["#);
+            for i in 0..n {
+                body.push_str(if i == 0 {
+                    r#"{"name":""}"#
+                } else {
+                    r#",{"name":""}"#
+                });
+            }
+            body.push_str("]}");
+            s.sent.fetch_add(body.len(), Ordering::Relaxed);
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
         Attack::Redirect(to) => redirect(&to),
         Attack::InventoryThenRedirect(_) => Json(serde_json::json!({
             "hostname": "hostile",
@@ -144,7 +162,7 @@ async fn other(State(s): State<Shared>) -> Response {
     let attack = s.attack.lock().unwrap().clone();
     match attack {
         Attack::Redirect(to) | Attack::InventoryThenRedirect(to) => redirect(&to),
-        Attack::EndlessInventory => StatusCode::NOT_FOUND.into_response(),
+        Attack::EndlessInventory | Attack::TinyVms => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
