@@ -53,6 +53,66 @@ async fn flood(
         .collect()
 }
 
+/// Connections that are opened again as soon as the listener closes them.
+struct Churn {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reconnects: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Churn {
+    async fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.reconnects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// `per_source` connections from each of `sources` to `target`, each sending the first
+/// bytes of a TLS record and opened again as soon as the listener closes it.
+fn churn(target: SocketAddr, sources: Vec<IpAddr>, per_source: usize) -> Churn {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let reconnects = std::sync::Arc::new(AtomicUsize::new(0));
+    let tasks = sources
+        .into_iter()
+        .flat_map(|s| std::iter::repeat_n(s, per_source))
+        .map(|source| {
+            let (stop, reconnects) = (stop.clone(), reconnects.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(mut stream) =
+                        flood(target, &[source], 1, b"\x16\x03\x01\x02").await.pop()
+                    else {
+                        continue;
+                    };
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                    let mut buf = [0u8; 64];
+                    // Held until the listener closes it (or the flood stops).
+                    while !stop.load(Ordering::Relaxed) {
+                        match tokio::time::timeout(
+                            Duration::from_millis(200),
+                            stream.read(&mut buf),
+                        )
+                        .await
+                        {
+                            Ok(Ok(0)) | Ok(Err(_)) => break,
+                            _ => {}
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    Churn {
+        stop,
+        reconnects,
+        tasks,
+    }
+}
+
 /// How many of `streams` the peer has closed by `deadline` (the rest are still open).
 async fn closed_by(streams: Vec<TcpStream>, deadline: Instant) -> (usize, usize) {
     let waits = streams.into_iter().map(|mut s| async move {
@@ -220,6 +280,29 @@ async fn floods_of_half_open_connections_lock_nobody_out_and_are_closed() {
     })
     .await;
     eprintln!("logged-in /hosts under the flood: {took:?}");
+
+    // A flood that churns: as soon as one of its connections is pushed out it opens
+    // another, from 10 more addresses, so the limited agent (50 slots) pushes one out at
+    // every accept. A real client's new connection still gets its request in.
+    let churn = churn(at(limited.port), (30..40).map(loopback).collect(), 8);
+    // A hello every 200 ms for 3 s while the flood churns (pacing, not waiting).
+    let mut slowest = Duration::ZERO;
+    for _ in 0..15 {
+        let took = answers_quickly(
+            "the limited agent's hello under churn",
+            limited_client.hello(),
+        )
+        .await;
+        slowest = slowest.max(took);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("limited agent's slowest hello of 15 under churn: {slowest:?}");
+    let reconnects = churn.stop().await;
+    eprintln!("the churning flood reconnected {reconnects} times");
+    assert!(
+        reconnects > 100,
+        "the flood did not churn ({reconnects} reconnects)"
+    );
 
     // Every connection that never sent a whole request is closed by the listener.
     let (closed, open) = closed_by(held, started + IDLE_CLOSE_LIMIT).await;
