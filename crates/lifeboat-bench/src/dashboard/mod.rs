@@ -102,6 +102,8 @@ async fn measure(
 ) -> Result<FleetResult> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // Below the server's 15 s idle close, so no request races it.
+        .pool_idle_timeout(std::time::Duration::from_secs(10))
         .build()?;
     let cookie = log_in(&http, &server.url).await?;
     let mut pages = Vec::new();
