@@ -53,39 +53,56 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     open_private(path, true)?.write_all(contents)
 }
 
-/// Tightens everything under `root` and `root` itself: directories 0700, files and
-/// sockets 0600. Symbolic links are neither followed nor changed. For the trees Lifeboat
-/// owns under its home, which an older Lifeboat made readable by everyone. Entries that
-/// vanish meanwhile (a cut closing) are skipped.
+/// Takes group's and others' access away from everything under `root` and `root` itself
+/// (directories keep or get the owner's rwx; an owner's read-only image stays read-only).
+/// `root` may be a link (a tree kept on another volume) and is followed; below it, links
+/// are neither followed nor changed. For the trees Lifeboat owns under its home, which an
+/// older Lifeboat made readable by everyone. Entries that vanish meanwhile (a cut closing)
+/// are skipped; one below `root` that cannot be changed (a read-only mount, a file of
+/// another owner on NFS) is logged and left, so an upgrade never stops the agent there.
 pub fn tighten_tree(root: &Path) -> std::io::Result<()> {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = match std::fs::symlink_metadata(&path) {
+    let mut stack = vec![(root.to_path_buf(), true)];
+    while let Some((path, is_root)) = stack.pop() {
+        let meta = match if is_root {
+            std::fs::metadata(&path)
+        } else {
+            std::fs::symlink_metadata(&path)
+        } {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let mode = if meta.is_dir() {
-            DIR_MODE
-        } else if meta.file_type().is_symlink() {
+        if meta.file_type().is_symlink() {
             continue;
+        }
+        let old = meta.permissions().mode() & 0o7777;
+        let new = if meta.is_dir() {
+            (old & !0o077) | 0o700
         } else {
-            FILE_MODE
+            old & !0o077
         };
-        if meta.permissions().mode() & 0o777 != mode {
-            match std::fs::set_permissions(&path, Permissions::from_mode(mode)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+        if new != old {
+            match std::fs::set_permissions(&path, Permissions::from_mode(new)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if is_root => return Err(e),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot make this private; left as it is");
+                }
             }
         }
         if meta.is_dir() {
-            let entries = match std::fs::read_dir(&path) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for e in entries {
-                stack.push(e?.path());
+            match std::fs::read_dir(&path) {
+                Ok(entries) => {
+                    for e in entries.flatten() {
+                        stack.push((e.path(), false));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if is_root => return Err(e),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot look into this folder to make it private");
+                }
             }
         }
     }
@@ -97,8 +114,14 @@ pub fn tighten_tree(root: &Path) -> std::io::Result<()> {
 pub fn exposed(root: &Path) -> std::io::Result<Vec<(std::path::PathBuf, u32)>> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
+    let mut first = true;
     while let Some(path) = stack.pop() {
-        let meta = match std::fs::symlink_metadata(&path) {
+        // The root is followed (as `tighten_tree` does); links below it are not.
+        let meta = match if std::mem::take(&mut first) {
+            std::fs::metadata(&path)
+        } else {
+            std::fs::symlink_metadata(&path)
+        } {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -196,10 +219,29 @@ mod tests {
             5,
             "home, vms, web, the image, the socket: {before:?}"
         );
+        // An operator's read-only base image stays read-only.
+        let base = root.join("vms/web/base.raw");
+        std::fs::write(&base, b"base").unwrap();
+        std::fs::set_permissions(&base, Permissions::from_mode(0o444)).unwrap();
         tighten_tree(&root).unwrap();
         assert_eq!(exposed(&root).unwrap(), vec![]);
-        assert_eq!(mode(&sock), 0o600);
+        assert_eq!(
+            mode(&sock),
+            0o700,
+            "group and others lose access; the owner keeps it"
+        );
+        assert_eq!(mode(&base), 0o400, "read-only stays read-only");
         assert_eq!(mode(&root.join("vms/web")), 0o700);
+        // A tree kept elsewhere behind a link (a common layout) is tightened too.
+        let elsewhere = tmp.path().join("other-volume");
+        std::fs::create_dir_all(elsewhere.join("web")).unwrap();
+        std::fs::write(elsewhere.join("web/vda.qcow2"), b"disk").unwrap();
+        let linked = tmp.path().join("recovered");
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        assert!(!exposed(&linked).unwrap().is_empty());
+        tighten_tree(&linked).unwrap();
+        assert_eq!(exposed(&linked).unwrap(), vec![]);
+        assert_eq!(mode(&elsewhere.join("web/vda.qcow2")), 0o600);
         assert_eq!(
             mode(Path::new("/etc/passwd")) & 0o004,
             0o004,

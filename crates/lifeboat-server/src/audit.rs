@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State};
-use axum::http::{header, request::Parts, Extensions, StatusCode};
+use axum::http::{request::Parts, Extensions, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::Utc;
@@ -192,19 +192,18 @@ async fn target_of(
         }
     }
     if let Some(q) = parts.uri.query() {
-        for kv in q.split('&') {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            if NAMING_FIELDS.contains(&k) {
+        // Decoded as the handlers decode it (`delete%5Fpoints` is `delete_points`).
+        let fields: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap_or_default();
+        for (k, v) in &fields {
+            if NAMING_FIELDS.contains(&k.as_str()) {
                 target.push(pair(k, v));
             }
         }
     }
-    let json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !json || !read_json {
+    // An authenticated caller's body is read whatever its content type claims: the JSON
+    // extractor takes `Application/JSON` and `…+json` too, and what the call acts on must
+    // be in its row. (A body that is not JSON names nothing.)
+    if !read_json {
         return Ok((target.join(" "), body));
     }
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {

@@ -63,9 +63,24 @@ async fn roles_and_the_last_admin(url: &str) {
     db.add_token("ci", "d-root", "root", Role::Admin)
         .await
         .unwrap();
-    db.add_session("s-root", "root", "csrf", "2999-01-01T00:00:00Z")
+    let root_hash = db.password_hash("root").await.unwrap().unwrap();
+    assert!(db
+        .add_session("s-root", "root", "csrf", "2999-01-01T00:00:00Z", &root_hash)
         .await
-        .unwrap();
+        .unwrap());
+    // A session is opened only with the password that was checked: a reset that came
+    // while the check ran wins.
+    assert!(!db
+        .add_session(
+            "s-stale",
+            "root",
+            "csrf",
+            "2999-01-01T00:00:00Z",
+            "an older hash"
+        )
+        .await
+        .unwrap());
+    assert!(db.session("s-stale").await.unwrap().is_none());
     assert!(db.set_role("alice", Role::Admin).await.unwrap());
     assert!(db.set_role("root", Role::Viewer).await.unwrap());
     assert_eq!(

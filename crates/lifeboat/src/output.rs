@@ -23,6 +23,13 @@ impl Output {
 
 /// Prints rows as aligned columns; the first row is the header.
 pub fn table(rows: &[Vec<String>]) {
+    // Cells come from the server, and some from other users (token names, VM names): a
+    // control character in one (a newline, an escape sequence) is shown, never obeyed.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| c.escape_default().to_string()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {

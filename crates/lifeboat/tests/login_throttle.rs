@@ -184,3 +184,83 @@ async fn failures_lock_that_user_from_that_address_only() {
     // The refusal while locked checked nothing and is not a row.
     assert_eq!(from("127.0.0.3", 429), 0);
 }
+
+/// Threads of process `pid` now.
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads: in /proc/PID/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_dropped_mid_check_run_no_more_checks_at_once() {
+    std::env::set_var("LIFEBOAT_ADMIN_PASSWORD", PASSWORD);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server"), None);
+    let url = server.url.clone();
+    let pid = server.child.id();
+    let base = threads(pid);
+    // Logins from one address, each given up by its client a moment after it is sent
+    // (mid-check): the address's slot comes back at once, but the check goes on, and
+    // must keep its place among the few that run at once.
+    // Over HTTP/2, where a client's reset of one stream drops its handler at once.
+    let attacker = reqwest::Client::builder()
+        .local_address("127.0.0.4".parse::<std::net::IpAddr>().unwrap())
+        .http2_prior_knowledge()
+        .timeout(Duration::from_millis(8))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (c, url, stop) = (attacker.clone(), url.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = try_post_login(&c, &url, "admin", "not-the-password").await;
+            }
+        }));
+    }
+    let mut most = base;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        most = most.max(threads(pid));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Once the attacker stops, the server is quiet within a moment: no backlog of checks
+    // that dropped requests left behind goes on burning its cores.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu_before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let busy = cpu_seconds(pid) - cpu_before;
+    eprintln!(
+        "server threads: {base} before, at most {most} while logins were dropped mid-check; \
+         CPU in the 2 s after: {busy:.2} s"
+    );
+    assert!(
+        most <= base + 10,
+        "dropped logins ran {} more threads: their checks ran beyond the limit",
+        most - base
+    );
+    assert!(
+        busy < 0.5,
+        "the server kept hashing for {busy:.2} s of CPU after the attacker stopped"
+    );
+}
+
+/// CPU time of process `pid` so far (user + system), seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}

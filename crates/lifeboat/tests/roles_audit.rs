@@ -277,11 +277,24 @@ async fn roles_gate_every_call_and_the_audit_log_records_them(database: Option<S
         )
         .await;
     assert_ne!(status, StatusCode::FORBIDDEN);
-    // The audit log: operators read it, viewers do not.
+    // The audit log: operators read it, viewers do not — nor with HEAD, which axum
+    // answers with the GET handler (and its body's length).
     assert_eq!(
         api.call("GET", "/api/v1/audit", &viewer, None).await.0,
         StatusCode::FORBIDDEN
     );
+    for path in ["/api/v1/audit", "/api/v1/users"] {
+        assert_eq!(
+            api.call("HEAD", path, &viewer, None).await.0,
+            StatusCode::FORBIDDEN,
+            "HEAD {path}"
+        );
+    }
+    // A token name with a control character could forge lines where it is shown.
+    let r = make(&alice_cookie, &alice_csrf, "evil\nname", "viewer")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         api.call("GET", "/api/v1/audit", &operator, None).await.0,
         StatusCode::OK

@@ -65,10 +65,12 @@ pub async fn create_token(
     Json(req): Json<NewToken>,
 ) -> Response {
     let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 64 {
+    // Shown in lists and in every audit row the token makes: no control characters (a
+    // newline or an escape sequence could forge lines in a terminal).
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return error(
             StatusCode::BAD_REQUEST,
-            "give the token a name of 1 to 64 characters, saying what it is for",
+            "give the token a name of 1 to 64 characters, without control characters, saying what it is for",
         );
     }
     let role = req.role.unwrap_or(Role::Viewer);
@@ -90,6 +92,19 @@ pub async fn create_token(
         .await
     {
         Ok(id) => {
+            // The owner removed while the token was being made: the removal wins (it
+            // deleted the owner's tokens before or deletes this one now).
+            match s.db.user(&caller.user).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let _ = s.db.delete_token(&id).await;
+                    return error(
+                        StatusCode::CONFLICT,
+                        format!("{} was removed meanwhile; no token was made", caller.user),
+                    );
+                }
+                Err(e) => return db_error(e),
+            }
             tracing::info!(name, owner = %caller.user, %role, "API token created");
             (
                 StatusCode::CREATED,

@@ -225,6 +225,7 @@ pub async fn log_in(
     };
     let stored = db.password_hash(user).await?;
     let user_exists = stored.is_some();
+    let checked_hash = stored.clone().unwrap_or_default();
     let password = password.to_string();
     let right = admission
         .check(move || match stored {
@@ -259,8 +260,22 @@ pub async fn log_in(
         .to_rfc3339_opts(SecondsFormat::Secs, true);
     db.delete_expired_sessions(&Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true))
         .await?;
-    db.add_session(&session.id_sha256, user, &session.csrf, &expires)
-        .await?;
+    if !db
+        .add_session(
+            &session.id_sha256,
+            user,
+            &session.csrf,
+            &expires,
+            &checked_hash,
+        )
+        .await?
+    {
+        // The password was reset, or the user removed, while it was being checked.
+        return Ok(Login::Wrong {
+            user_exists: false,
+            locked: None,
+        });
+    }
     Ok(Login::Opened(value, session))
 }
 

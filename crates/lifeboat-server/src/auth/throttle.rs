@@ -165,7 +165,39 @@ pub struct Throttle {
     /// Places in the queue: checks running plus waiting.
     queue: Arc<Semaphore>,
     /// Checks running.
-    hashing: Semaphore,
+    hashing: Arc<Semaphore>,
+    /// The threads that run them (`HASHING_AT_ONCE`, made with the throttle).
+    hashers: Hashers,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads for password hashes: however many requests are dropped while
+/// their hash runs, no more threads than this ever hash (tokio's blocking pool would
+/// start a new thread whenever none was idle at the instant a hash was handed over).
+struct Hashers {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Hashers {
+    fn start(threads: usize) -> Hashers {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            // Each ends when the throttle (the sender) is dropped.
+            let _ = std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || loop {
+                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+        }
+        Hashers { jobs }
+    }
 }
 
 impl Default for Throttle {
@@ -173,7 +205,8 @@ impl Default for Throttle {
         Throttle {
             counters: Mutex::default(),
             queue: Arc::new(Semaphore::new(HASHING_AT_ONCE + HASHING_WAITING)),
-            hashing: Semaphore::new(HASHING_AT_ONCE),
+            hashing: Arc::new(Semaphore::new(HASHING_AT_ONCE)),
+            hashers: Hashers::start(HASHING_AT_ONCE),
         }
     }
 }
@@ -297,11 +330,27 @@ impl Throttle {
     /// Logins come through [`Throttle::admit`] first; this waits, so on its own it is for
     /// callers who are logged in already (an admin setting a password).
     pub async fn hash<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
-        // The semaphore is never closed.
-        let _permit = self.hashing.acquire().await.expect("the hashing semaphore");
-        tokio::task::spawn_blocking(work)
+        // The semaphore is never closed. The permit goes with the work, not with this
+        // future: a client that drops its request (a closed connection, an HTTP/2 reset)
+        // leaves the hash running, and the hash keeps its place until it ends, so
+        // cancelled logins cannot run more checks at once than HASHING_AT_ONCE.
+        let permit = self
+            .hashing
+            .clone()
+            .acquire_owned()
             .await
-            .expect("a password hash does not panic")
+            .expect("the hashing semaphore");
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let out = work();
+            drop(permit);
+            let _ = done.send(out);
+        });
+        self.hashers
+            .jobs
+            .send(job)
+            .expect("the password-hash threads run as long as the throttle");
+        answer.await.expect("a password hash does not panic")
     }
 }
 

@@ -192,25 +192,31 @@ impl Database {
         Ok(true)
     }
 
+    /// Opens a session for `user` only if their password is still the one that was
+    /// checked (`password_hash`): a reset or a removal while the check ran wins, and no
+    /// session outlives it. True when opened.
     pub async fn add_session(
         &self,
         id_sha256: &str,
         user: &str,
         csrf: &str,
         expires_at: &str,
-    ) -> Result<(), DbError> {
-        sqlx::query(
+        password_hash: &str,
+    ) -> Result<bool, DbError> {
+        let r = sqlx::query(
             "INSERT INTO sessions (id_sha256, user_name, csrf, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS \
+             (SELECT 1 FROM users WHERE name = $2 AND password_hash = $6)",
         )
         .bind(id_sha256)
         .bind(user)
         .bind(csrf)
         .bind(now())
         .bind(expires_at)
+        .bind(password_hash)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
     /// The session, with its user's role now (none once the user is gone).

@@ -54,10 +54,22 @@ pub(crate) fn prepare(root: &FsPath) -> std::io::Result<()> {
 }
 
 fn make_config_private(root: &FsPath) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let config = root.join(crate::format::ids::CONFIG_KEY);
-    if std::fs::metadata(&config)?.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))?;
+    // Opened without following a link and changed through that handle: whoever can write
+    // to a shared vault folder must not make a root-run agent chmod another file.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&config)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "the vault's config is not a regular file",
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(())
 }
@@ -219,6 +231,20 @@ mod tests {
 
     /// Under the usual umask 022: a folder vault Lifeboat makes is its owner's only, and
     /// the config of one made before is tightened when it is opened.
+    #[test]
+    fn a_config_that_is_a_link_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"not a vault's").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let vault = tmp.path().join("vault");
+        std::fs::create_dir(&vault).unwrap();
+        std::os::unix::fs::symlink(&victim, vault.join(crate::format::ids::CONFIG_KEY)).unwrap();
+        assert!(super::make_config_private(&vault).is_err());
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "the link's target is left alone");
+    }
+
     #[tokio::test]
     async fn a_folder_vaults_config_and_new_folder_are_private() {
         usual_umask();
