@@ -58,7 +58,7 @@ pub enum HypervisorError {
         source: std::io::Error,
     },
 
-    #[error("home {0} is a shared directory (writable by everyone, like /tmp); give Lifeboat a directory of its own with --home")]
+    #[error("home {0} is a shared directory (writable by a group or everyone, like /tmp, or owned by another user); give Lifeboat a directory of its own with --home")]
     SharedHome(PathBuf),
 
     #[error("{tool} failed: {reason}")]

@@ -48,9 +48,17 @@ impl QemuDriver {
     pub fn new(config: QemuConfig) -> Result<Self> {
         let home = &config.home;
         if let Ok(meta) = std::fs::metadata(home) {
-            use std::os::unix::fs::PermissionsExt;
-            // Tightening a shared directory would lock everyone else out of it.
-            if meta.permissions().mode() & 0o1002 != 0 || home.parent().is_none() {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            // Tightening a shared directory would lock everyone else out of it; and in one
+            // others may write to (a group's, or another user's), someone could put a link
+            // where Lifeboat makes its folders, and have it tighten (as root) what the
+            // link names.
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if meta.permissions().mode() & 0o1022 != 0
+                || meta.uid() != me
+                || home.parent().is_none()
+            {
                 return Err(HypervisorError::SharedHome(home.clone()));
             }
         }
@@ -416,5 +424,36 @@ impl Hypervisor for QemuDriver {
 
     async fn thaw_guest(&self, vm: &VmName, limit: Duration) -> Result<()> {
         crate::qemu::guest_agent::thaw_if_frozen(&self.vm_dir(vm)?, limit).await
+    }
+}
+
+#[cfg(test)]
+mod home_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_home_others_may_write_to_is_refused_and_left_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        for mode in [0o1777, 0o777, 0o775, 0o2770] {
+            let home = tmp.path().join(format!("home-{mode:o}"));
+            std::fs::create_dir(&home).unwrap();
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = QemuDriver::new(QemuConfig::new(&home)).unwrap_err();
+            assert!(
+                matches!(err, HypervisorError::SharedHome(_)),
+                "{mode:o}: {err}"
+            );
+            let now = std::fs::metadata(&home).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(now, mode, "a refused home keeps its mode");
+        }
+        // The owner's own, left readable by an older Lifeboat: taken in and tightened.
+        let home = tmp.path().join("home-755");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        QemuDriver::new(QemuConfig::new(&home)).unwrap();
+        let now = std::fs::metadata(&home).unwrap().permissions().mode() & 0o777;
+        assert_eq!(now, 0o700);
     }
 }
