@@ -370,10 +370,6 @@ impl AgentClient {
         };
         let resp = req.send().await.map_err(failed)?;
         let status = resp.status();
-        let too_large = |limit| ClientError::TooLarge {
-            address: self.address.clone(),
-            limit,
-        };
         if status.is_redirection() {
             let to = resp
                 .headers()
@@ -406,7 +402,10 @@ impl AgentClient {
         let body = read_bounded(resp, MAX_REPLY_BYTES)
             .await
             .map_err(|e| match e {
-                ReadError::TooLarge => too_large(MAX_REPLY_BYTES),
+                ReadError::TooLarge => ClientError::TooLarge {
+                    address: self.address.clone(),
+                    limit: MAX_REPLY_BYTES,
+                },
                 ReadError::Http(e) => failed(e),
             })?;
         if json_values_at_most(&body) > MAX_REPLY_VALUES {

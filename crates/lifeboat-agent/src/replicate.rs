@@ -487,20 +487,25 @@ impl VaultCache {
         }
     }
 
-    pub fn sealing(&self) -> &SealingKey {
-        &self.sealing
-    }
-
     pub async fn open(&self, access: &VaultAccess) -> Result<Vault, SyncError> {
         let url = access.url.as_str();
-        let material: &[u8] = match (&access.sealed_key, &access.passphrase) {
-            (Some(sealed), _) => sealed.as_bytes(),
-            (None, Some(p)) => p.expose().as_bytes(),
+        #[derive(Clone, Copy)]
+        enum Key<'a> {
+            Sealed(&'a str),
+            Passphrase(&'a Secret),
+        }
+        let key = match (&access.sealed_key, &access.passphrase) {
+            (Some(sealed), _) => Key::Sealed(sealed),
+            (None, Some(p)) => Key::Passphrase(p),
             (None, None) => {
                 return Err(SyncError::Invalid(format!(
                 "no key for vault {url}: the request carries neither a sealed key nor a passphrase"
             )))
             }
+        };
+        let material = match key {
+            Key::Sealed(s) => s.as_bytes(),
+            Key::Passphrase(p) => p.expose().as_bytes(),
         };
         let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, material)
             .as_ref()
@@ -515,17 +520,15 @@ impl VaultCache {
             .clone();
         let vault = cell
             .get_or_try_init(|| async {
-                let parsed = lifeboat_vault::backend::VaultUrl::parse(url)
-                    .map_err(|e| SyncError::Invalid(format!("vault URL {url}: {e}")))?;
-                let backend = lifeboat_vault::backend::Backend::open(&parsed, Default::default())
-                    .await
-                    .map_err(|e| SyncError::Invalid(format!("vault {url}: {e}")))?;
-                let unlock = match (&access.sealed_key, &access.passphrase) {
-                    (Some(sealed), _) => lifeboat_vault::Unlock::KeyFile(self.unseal(url, sealed)?),
-                    (None, Some(p)) => lifeboat_vault::Unlock::Passphrase(p.expose().to_string()),
-                    (None, None) => unreachable!("checked above"),
+                let unlock = match key {
+                    Key::Sealed(sealed) => {
+                        lifeboat_vault::Unlock::KeyFile(self.unseal(url, sealed)?)
+                    }
+                    Key::Passphrase(p) => {
+                        lifeboat_vault::Unlock::Passphrase(p.expose().to_string())
+                    }
                 };
-                Ok::<Vault, SyncError>(Vault::open(backend, unlock).await?)
+                Ok::<Vault, SyncError>(Vault::open(backend(url).await?, unlock).await?)
             })
             .await?;
         Ok(vault.clone())
@@ -551,12 +554,7 @@ impl VaultCache {
     /// agent: what the server keeps instead of the passphrase (base64).
     pub async fn seal_key(&self, url: &str, passphrase: &Secret) -> Result<String, SyncError> {
         use base64::Engine;
-        let parsed = lifeboat_vault::backend::VaultUrl::parse(url)
-            .map_err(|e| SyncError::Invalid(format!("vault URL {url}: {e}")))?;
-        let backend = lifeboat_vault::backend::Backend::open(&parsed, Default::default())
-            .await
-            .map_err(|e| SyncError::Invalid(format!("vault {url}: {e}")))?;
-        let config = Vault::read_config(&backend).await?;
+        let config = Vault::read_config(&backend(url).await?).await?;
         let pass = passphrase.expose().to_string();
         // Argon2 is deliberately slow: off the async workers.
         let key_file = tokio::task::spawn_blocking(move || {
@@ -572,6 +570,15 @@ impl VaultCache {
         zeroize::Zeroize::zeroize(&mut plain);
         Ok(base64::engine::general_purpose::STANDARD.encode(sealed?))
     }
+}
+
+/// The storage behind the vault at `url`.
+async fn backend(url: &str) -> Result<lifeboat_vault::backend::Backend, SyncError> {
+    let parsed = lifeboat_vault::backend::VaultUrl::parse(url)
+        .map_err(|e| SyncError::Invalid(format!("vault URL {url}: {e}")))?;
+    lifeboat_vault::backend::Backend::open(&parsed, Default::default())
+        .await
+        .map_err(|e| SyncError::Invalid(format!("vault {url}: {e}")))
 }
 
 #[cfg(test)]

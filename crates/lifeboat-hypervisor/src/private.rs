@@ -53,14 +53,16 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     open_private(path, true)?.write_all(contents)
 }
 
-/// Takes group's and others' access away from everything under `root` and `root` itself
-/// (directories keep or get the owner's rwx; an owner's read-only image stays read-only).
-/// `root` may be a link (a tree kept on another volume) and is followed; below it, links
-/// are neither followed nor changed. For the trees Lifeboat owns under its home, which an
-/// older Lifeboat made readable by everyone. Entries that vanish meanwhile (a cut closing)
-/// are skipped; one below `root` that cannot be changed (a read-only mount, a file of
-/// another owner on NFS) is logged and left, so an upgrade never stops the agent there.
-pub fn tighten_tree(root: &Path) -> std::io::Result<()> {
+/// Visits `root` (followed if it is a link: a tree kept on another volume) and everything
+/// below it (links there are neither followed nor visited), with each one's metadata and
+/// whether it is `root`. Entries that vanish meanwhile (a cut closing) are skipped. A
+/// folder below `root` that cannot be read goes to `unreadable`, which says whether that
+/// ends the walk; `root` itself must be readable.
+fn walk(
+    root: &Path,
+    mut visit: impl FnMut(&Path, &std::fs::Metadata, bool) -> std::io::Result<()>,
+    mut unreadable: impl FnMut(&Path, std::io::Error) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut stack = vec![(root.to_path_buf(), true)];
     while let Some((path, is_root)) = stack.pop() {
         let meta = match if is_root {
@@ -75,76 +77,69 @@ pub fn tighten_tree(root: &Path) -> std::io::Result<()> {
         if meta.file_type().is_symlink() {
             continue;
         }
-        let old = meta.permissions().mode() & 0o7777;
-        let new = if meta.is_dir() {
-            (old & !0o077) | 0o700
-        } else {
-            old & !0o077
-        };
-        if new != old {
-            match std::fs::set_permissions(&path, Permissions::from_mode(new)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) if is_root => return Err(e),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot make this private; left as it is");
-                }
-            }
-        }
+        visit(&path, &meta, is_root)?;
         if meta.is_dir() {
             match std::fs::read_dir(&path) {
-                Ok(entries) => {
-                    for e in entries.flatten() {
-                        stack.push((e.path(), false));
-                    }
-                }
+                Ok(entries) => stack.extend(entries.flatten().map(|e| (e.path(), false))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) if is_root => return Err(e),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot look into this folder to make it private");
-                }
+                Err(e) => unreadable(&path, e)?,
             }
         }
     }
     Ok(())
 }
 
+/// Takes group's and others' access away from everything under `root` and `root` itself
+/// (directories keep or get the owner's rwx; an owner's read-only image stays read-only),
+/// walking as `walk` does. For the trees Lifeboat owns under its home, which an older
+/// Lifeboat made readable by everyone. What below `root` cannot be changed or read (a
+/// read-only mount, a file of another owner on NFS) is logged and left, so an upgrade
+/// never stops the agent there.
+pub fn tighten_tree(root: &Path) -> std::io::Result<()> {
+    walk(
+        root,
+        |path, meta, is_root| {
+            let old = meta.permissions().mode() & 0o7777;
+            let new = if meta.is_dir() {
+                (old & !0o077) | 0o700
+            } else {
+                old & !0o077
+            };
+            if new == old {
+                return Ok(());
+            }
+            match std::fs::set_permissions(path, Permissions::from_mode(new)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) if !is_root => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot make this private; left as it is");
+                    Ok(())
+                }
+                done => done,
+            }
+        },
+        |path, e| {
+            tracing::warn!(path = %path.display(), error = %e, "cannot look into this folder to make it private");
+            Ok(())
+        },
+    )
+}
+
 /// Paths under `root` (and `root`) that group or others may read, write or enter, with
-/// their modes: what a check of a home reports. Symbolic links are not followed.
+/// their modes: what a check of a home reports (walking as `tighten_tree` does).
 pub fn exposed(root: &Path) -> std::io::Result<Vec<(std::path::PathBuf, u32)>> {
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    let mut first = true;
-    while let Some(path) = stack.pop() {
-        // The root is followed (as `tighten_tree` does); links below it are not.
-        let meta = match if std::mem::take(&mut first) {
-            std::fs::metadata(&path)
-        } else {
-            std::fs::symlink_metadata(&path)
-        } {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        if meta.file_type().is_symlink() {
-            continue;
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            out.push((path.clone(), mode));
-        }
-        if meta.is_dir() {
-            match std::fs::read_dir(&path) {
-                Ok(rd) => {
-                    for e in rd {
-                        stack.push(e?.path());
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+    walk(
+        root,
+        |path, meta, _| {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                out.push((path.to_path_buf(), mode));
             }
-        }
-    }
+            Ok(())
+        },
+        |_, e| Err(e),
+    )?;
     out.sort();
     Ok(out)
 }

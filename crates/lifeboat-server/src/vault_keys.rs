@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use lifeboat_agent::sync::VaultAccess;
 
-use crate::db::{Database, DbError, Protection};
+use crate::db::{Database, DbError, HostAccess, Protection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -43,59 +43,63 @@ pub async fn access_for(
 
 /// Has both agents of every protection that still holds a passphrase seal the vault's
 /// key, then forgets the passphrase. Agents that do not answer are tried next time.
-/// Returns how many protections were converted.
+/// Returns how many protections still hold one.
 pub async fn seal_stored_passphrases(db: &Database) -> Result<usize, DbError> {
     let orphans = db.delete_orphan_vault_keys().await?;
     if orphans > 0 {
         tracing::info!(orphans, "removed sealed keys of protections that are gone");
     }
     let hosts = db.hosts_with_access().await?;
-    let mut converted = 0;
+    let mut left = 0;
     for p in db.protections().await? {
         if p.vault_passphrase.is_empty() {
             continue;
         }
-        let mut sealed_all = true;
+        let mut sealed_both = true;
         for host_id in [&p.host_id, &p.recovery_host_id] {
-            if db.vault_key(&p.id, host_id).await?.is_some() {
-                continue;
-            }
-            let Some(h) = hosts.iter().find(|h| &h.host.id == host_id) else {
-                sealed_all = false;
-                continue;
-            };
-            let access = VaultAccess::passphrase(&p.vault_url, &p.vault_passphrase);
-            let checked =
-                match crate::replication::agent_client(h, crate::replication::AGENT_TIMEOUT) {
-                    Ok(c) => c.check_vault(&access).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-            match checked.map(|c| c.sealed_key) {
-                Ok(Some(sealed)) => {
-                    if !db
-                        .put_vault_key_of_existing(&p.id, host_id, &sealed)
-                        .await?
-                    {
-                        sealed_all = false;
-                    }
-                }
-                Ok(None) => {
-                    tracing::warn!(host = %h.host.hostname, "the agent sealed no key (an older agent?); the passphrase is kept");
-                    sealed_all = false;
-                }
-                Err(e) => {
-                    tracing::info!(vm = %p.vm, host = %h.host.hostname, error = %e, "sealing the vault key later");
-                    sealed_all = false;
-                }
-            }
+            let host = hosts.iter().find(|h| &h.host.id == host_id);
+            sealed_both &=
+                db.vault_key(&p.id, host_id).await?.is_some() || seal_for(db, &p, host).await?;
         }
-        if sealed_all {
+        if sealed_both {
             db.forget_vault_passphrase(&p.id).await?;
             tracing::info!(vm = %p.vm, "the vault passphrase is forgotten: both agents hold a sealed key");
-            converted += 1;
+        } else {
+            left += 1;
         }
     }
-    Ok(converted)
+    Ok(left)
+}
+
+/// Has `host`'s agent seal `p`'s vault key to itself, and keeps it; false when it could
+/// not (not enrolled any more, not answering, an older agent, the protection gone).
+async fn seal_for(
+    db: &Database,
+    p: &Protection,
+    host: Option<&HostAccess>,
+) -> Result<bool, DbError> {
+    let Some(h) = host else {
+        return Ok(false);
+    };
+    let access = VaultAccess::passphrase(&p.vault_url, &p.vault_passphrase);
+    let checked = match crate::replication::agent_client(h, crate::replication::AGENT_TIMEOUT) {
+        Ok(c) => c.check_vault(&access).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match checked.map(|c| c.sealed_key) {
+        Ok(Some(sealed)) => {
+            db.put_vault_key_of_existing(&p.id, &h.host.id, &sealed)
+                .await
+        }
+        Ok(None) => {
+            tracing::warn!(host = %h.host.hostname, "the agent sealed no key (an older agent?); the passphrase is kept");
+            Ok(false)
+        }
+        Err(e) => {
+            tracing::info!(vm = %p.vm, host = %h.host.hostname, error = %e, "sealing the vault key later");
+            Ok(false)
+        }
+    }
 }
 
 /// Runs `seal_stored_passphrases` now and every few minutes until none is left (no new
@@ -103,16 +107,9 @@ pub async fn seal_stored_passphrases(db: &Database) -> Result<usize, DbError> {
 pub async fn run(db: Database) {
     loop {
         match seal_stored_passphrases(&db).await {
+            Ok(0) => return,
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "converting stored vault passphrases"),
-        }
-        let left = db
-            .protections()
-            .await
-            .map(|ps| ps.iter().any(|p| !p.vault_passphrase.is_empty()))
-            .unwrap_or(true);
-        if !left {
-            return;
         }
         tokio::time::sleep(Duration::from_secs(120)).await;
     }

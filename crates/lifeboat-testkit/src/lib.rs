@@ -11,7 +11,8 @@
 //! The vault's backend tests need real object storage: [`S3Server`] (s3s-fs) and
 //! [`Azurite`] start one on a free port and stop it on drop. The server's tests need
 //! PostgreSQL: [`fresh_postgres_database`] makes a database on the cluster the test
-//! command starts.
+//! command starts. Tests and benchmarks that measure a process read /proc through
+//! [`cpu_seconds`] and [`status_kb`].
 //!
 //! The web dashboard's end-to-end tests drive a real headless Chromium through
 //! [`browser::Browser`].
@@ -24,6 +25,7 @@ mod guestfs;
 mod http;
 mod image;
 mod postgres;
+mod procs;
 mod serial;
 mod servers;
 
@@ -34,6 +36,7 @@ pub use guestfs::{guest_data_files, mbr_partition};
 pub use http::{http_get, wait_http};
 pub use image::{guest_disk_copy, guest_image};
 pub use postgres::{fresh_postgres_database, postgres_url};
+pub use procs::{cpu_seconds, status_kb, status_number};
 pub use serial::SerialConsole;
 pub use servers::{Azurite, S3Server, AZURITE_ACCOUNT, AZURITE_KEY};
 

@@ -130,23 +130,9 @@ fn refuse_password_in_arguments(url: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `scheme://user:password@host/…` (or `?password=…`) carries a password.
+/// Whether a database URL carries a password: whether hiding it changes the URL.
 fn url_has_password(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let in_userinfo = match authority.rsplit_once('@') {
-        Some((userinfo, _)) => userinfo.split_once(':').is_some_and(|(_, p)| !p.is_empty()),
-        None => false,
-    };
-    let in_query = rest.split_once('?').is_some_and(|(_, q)| {
-        q.split('&').any(|kv| {
-            let k = kv.split_once('=').map_or(kv, |(k, _)| k);
-            matches!(k.to_ascii_lowercase().as_str(), "password" | "sslpassword")
-        })
-    });
-    in_userinfo || in_query
+    lifeboat_server::db::redact(url) != url
 }
 
 pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
@@ -177,25 +163,16 @@ pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
 
 /// Creates `dir` if needed and makes it readable by its owner only.
 pub fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    lifeboat_hypervisor::private::private_dir(dir)
         .with_context(|| format!("making {} private", dir.display()))
 }
 
+/// Writes `text` to a file only its owner may read (an existing file is tightened too),
+/// synced: a token or password printed once must be on disk.
 pub fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
+    let mut f = lifeboat_hypervisor::private::open_private(path, true)
         .with_context(|| format!("writing {}", path.display()))?;
-    // `mode` applies only when the file is made: a file that was there keeps its own.
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("making {} private", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(f.sync_all()?)
 }

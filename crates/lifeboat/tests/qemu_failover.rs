@@ -13,11 +13,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cluster::{boot_guest_with, cluster, wait_points, Cluster, PASSPHRASE};
-use common::{assert_private, start_agent_on, usual_umask};
+use common::{assert_private, start_agent_on, tree, usual_umask};
 use lifeboat_testkit::{free_tcp_port, http_get, wait_http, SerialConsole};
 use serde_json::Value;
 
@@ -28,23 +27,6 @@ fn recovered_row(cl: &Cluster, vm: &str) -> Option<Value> {
         .iter()
         .find(|v| v["vm"] == vm)
         .cloned()
-}
-
-/// Every file and directory under `dir`, for "nothing left behind".
-fn tree(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            if p.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Connections a guest made to a listener on the host, seen as 10.0.2.2 from inside.

@@ -44,9 +44,7 @@ fn crash_server_at(
     let _ = std::fs::remove_file(&marker);
     std::env::set_var("LIFEBOAT_FAILPOINT", failpoint);
     std::env::set_var("LIFEBOAT_FAILPOINT_FILE", &marker);
-    let _ = cl.server.child.kill();
-    let _ = cl.server.child.wait();
-    cl.server = start_server(&cl.home("server"), None);
+    cl.restart_server(None);
     std::env::remove_var("LIFEBOAT_FAILPOINT");
     std::env::remove_var("LIFEBOAT_FAILPOINT_FILE");
     // Its answer is lost with the server; what it did is checked by the caller.

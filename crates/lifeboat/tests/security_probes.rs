@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::hostile_agent::{Attack, HostileAgent, Recorder};
+use common::login::{post_login, session_cookie};
 use common::{agent_command, enroll, spawn_agent, start_agent, start_server, start_server_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -131,6 +132,11 @@ async fn closed_by(streams: Vec<TcpStream>, deadline: Instant) -> (usize, usize)
     (n, closed.len() - n)
 }
 
+/// The peak resident set of process `pid`, MiB.
+fn peak_rss_mib(pid: u32) -> i64 {
+    (lifeboat_testkit::status_kb(pid, "VmHWM").unwrap() >> 20) as i64
+}
+
 fn loopback(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
 }
@@ -153,41 +159,6 @@ async fn answers_quickly<T, E: std::fmt::Debug>(
         "{name} took {took:?} under the flood (limit {ANSWER_LIMIT:?})"
     );
     took
-}
-
-/// Logs in to the dashboard through its form; the session cookie (`name=value`).
-async fn dashboard_session(http: &reqwest::Client, url: &str, password: &str) -> String {
-    let page = http.get(format!("{url}/login")).send().await.unwrap();
-    let login_cookie = cookie(&page, "lifeboat_login_csrf");
-    let html = page.text().await.unwrap();
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("the login form's CSRF field")
-        .to_string();
-    let r = http
-        .post(format!("{url}/login"))
-        .header("cookie", login_cookie)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "user=admin&password={password}&csrf={csrf}&next=/hosts"
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 303, "login refused");
-    cookie(&r, "lifeboat_session")
-}
-
-fn cookie(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(|v| v.split(';').next().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no {name} cookie"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +201,8 @@ async fn floods_of_half_open_connections_lock_nobody_out_and_are_closed() {
     let server_http =
         lifeboat_agent::client::pinned_http_client(&server.fingerprint, Duration::from_secs(20))
             .unwrap();
-    let session = dashboard_session(&server_http, &server.url, password.trim()).await;
+    let login = post_login(&server_http, &server.url, "admin", password.trim()).await;
+    let session = session_cookie(&login).expect("the admin logs in");
 
     let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let sources: Vec<IpAddr> = (2..22).map(loopback).collect();
@@ -350,7 +322,7 @@ async fn a_compromised_agent_cannot_grow_the_server_or_redirect_its_calls() {
     // Warm up (the first list allocates what every list needs), then measure.
     hostile.set(Attack::Redirect("http://127.0.0.1:9/".into()));
     vms(http.clone()).await;
-    let before = peak_rss_kib(pid);
+    let before = peak_rss_mib(pid);
 
     // An endless inventory: cut off at the bound, the host named as not answering.
     hostile.set(Attack::EndlessInventory);
@@ -359,7 +331,7 @@ async fn a_compromised_agent_cannot_grow_the_server_or_redirect_its_calls() {
     let took = started.elapsed();
     let problem = list["unreachable"][0]["error"].as_str().unwrap_or_default();
     assert!(problem.contains("larger than"), "{list:#}");
-    let grew_mib = (peak_rss_kib(pid) - before) / 1024;
+    let grew_mib = peak_rss_mib(pid) - before;
     let sent_mib = hostile.sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
     eprintln!(
         "endless inventory: answered in {took:?}; the double sent {sent_mib} MiB; the server's peak RSS grew {grew_mib} MiB"
@@ -375,7 +347,7 @@ async fn a_compromised_agent_cannot_grow_the_server_or_redirect_its_calls() {
     let list = vms(http.clone()).await;
     let problem = list["unreachable"][0]["error"].as_str().unwrap_or_default();
     assert!(problem.contains("JSON values"), "{list:#}");
-    let grew_mib = (peak_rss_kib(pid) - before) / 1024;
+    let grew_mib = peak_rss_mib(pid) - before;
     eprintln!("an inventory of tiny VMs: the server's peak RSS grew {grew_mib} MiB in all");
     assert!(
         grew_mib < 60,
@@ -414,16 +386,6 @@ async fn a_compromised_agent_cannot_grow_the_server_or_redirect_its_calls() {
         "a redirect was followed: {:?}",
         String::from_utf8_lossy(&recorder.received.lock().unwrap())
     );
-}
-
-/// The peak resident set of process `pid` (VmHWM), KiB.
-fn peak_rss_kib(pid: u32) -> i64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,7 +123,8 @@ impl Activity {
         }
     }
 
-    fn idle(&self) -> bool {
+    /// Whether no request is in flight now.
+    pub fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
     }
 
@@ -134,21 +135,16 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// Whether no request is in flight now.
-    pub fn is_idle(&self) -> bool {
-        self.idle()
-    }
-
     /// Resolves when the connection has been idle for `idle`, or was pushed out by a
     /// newer one: the caller then closes it.
     pub async fn ended(&self, idle: Duration) -> Ending {
         let watch = async {
             loop {
-                if self.idle() {
+                if self.is_idle() {
                     let since = self.started
                         + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
                     let deadline = since + idle;
-                    if Instant::now() >= deadline && self.idle() {
+                    if Instant::now() >= deadline && self.is_idle() {
                         return;
                     }
                     tokio::time::sleep_until(deadline.into()).await;
@@ -275,7 +271,7 @@ impl Admission {
             let mut chosen: Option<(usize, u64)> = None;
             for (id, (client, a)) in &t.connections {
                 let held = t.per_address.get(client).copied().unwrap_or(0);
-                if a.idle() && chosen.is_none_or(|(most, _)| held > most) {
+                if a.is_idle() && chosen.is_none_or(|(most, _)| held > most) {
                     chosen = Some((held, *id));
                 }
             }

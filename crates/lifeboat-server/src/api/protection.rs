@@ -353,38 +353,34 @@ pub async fn protect(
                 return r;
             }
         };
-        if let Err(e) = checked {
-            let msg = e.to_string();
-            op.end("failed", &msg).await;
-            let status = match e {
-                lifeboat_agent::client::ClientError::Refused { .. } => StatusCode::BAD_REQUEST,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            return error(status, msg);
-        }
-        if let Ok(c) = checked {
-            sealed.push((h.host.id.clone(), c.sealed_key));
+        match checked {
+            Ok(c) => match c.sealed_key {
+                Some(key) => sealed.push((h.host.id.clone(), key)),
+                // Older than this server: it would need the passphrase kept, which the
+                // server never does.
+                None => {
+                    let why = format!("the agent on {} did not seal the vault's key (an older version?): upgrade it, then enable protection again", h.host.hostname);
+                    op.end("failed", &why).await;
+                    return error(StatusCode::CONFLICT, why);
+                }
+            },
+            Err(e) => {
+                let msg = e.to_string();
+                op.end("failed", &msg).await;
+                let status = match e {
+                    lifeboat_agent::client::ClientError::Refused { .. } => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                return error(status, msg);
+            }
         }
     }
     let id = uuid::Uuid::new_v4().to_string();
-    // An agent that sealed nothing is older than this server: it would need the
-    // passphrase kept, which the server never does.
-    if let Some((host_id, _)) = sealed.iter().find(|(_, k)| k.is_none()) {
-        let name = hosts
-            .iter()
-            .find(|h| &h.host.id == host_id)
-            .map_or(host_id.as_str(), |h| h.host.hostname.as_str());
-        let why = format!("the agent on {name} did not seal the vault's key (an older version?): upgrade it, then enable protection again");
-        op.end("failed", &why).await;
-        return error(StatusCode::CONFLICT, why);
-    }
     for (host_id, key) in &sealed {
-        if let Some(key) = key {
-            if let Err(e) = s.db.put_vault_key(&id, host_id, key).await {
-                let _ = s.db.delete_vault_keys(&id).await;
-                op.end("failed", &e.to_string()).await;
-                return db_error(e);
-            }
+        if let Err(e) = s.db.put_vault_key(&id, host_id, key).await {
+            let _ = s.db.delete_vault_keys(&id).await;
+            op.end("failed", &e.to_string()).await;
+            return db_error(e);
         }
     }
     let now = Utc::now().to_rfc3339();

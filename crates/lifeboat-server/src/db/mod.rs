@@ -163,8 +163,9 @@ fn host_access(r: &sqlx::any::AnyRow) -> Result<HostAccess, sqlx::Error> {
     })
 }
 
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
+/// A database URL without its password (in the user part or a `password=`/`sslpassword=`
+/// parameter), for messages; the URL as given when it holds none.
+pub fn redact(url: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),

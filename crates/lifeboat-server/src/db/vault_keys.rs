@@ -5,26 +5,17 @@ use sqlx::Row;
 use super::{Database, DbError};
 
 impl Database {
-    /// Keeps (or replaces) the key sealed to `host_id`'s agent for `protection_id`'s vault.
+    /// Keeps (or replaces) the key sealed to `host_id`'s agent for `protection_id`'s vault
+    /// (at enable, before the protection's row is added).
     pub async fn put_vault_key(
         &self,
         protection_id: &str,
         host_id: &str,
         sealed: &str,
     ) -> Result<(), DbError> {
-        let now = chrono::Utc::now().to_rfc3339();
-        // One statement (SQLite and PostgreSQL both take ON CONFLICT … DO UPDATE).
-        sqlx::query(
-            "INSERT INTO vault_keys (protection_id, host_id, sealed, sealed_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (protection_id, host_id) DO UPDATE SET sealed = excluded.sealed, sealed_at = excluded.sealed_at",
-        )
-        .bind(protection_id)
-        .bind(host_id)
-        .bind(sealed)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.upsert_vault_key(protection_id, host_id, sealed, "1 = 1")
+            .await
+            .map(drop)
     }
 
     /// The key sealed to `host_id`'s agent for `protection_id`'s vault.
@@ -50,16 +41,29 @@ impl Database {
         host_id: &str,
         sealed: &str,
     ) -> Result<bool, DbError> {
-        let now = chrono::Utc::now().to_rfc3339();
-        let r = sqlx::query(
+        let exists = "EXISTS (SELECT 1 FROM protections WHERE id = $1)";
+        self.upsert_vault_key(protection_id, host_id, sealed, exists)
+            .await
+    }
+
+    /// One statement, when `condition` holds (SQLite and PostgreSQL both take
+    /// `ON CONFLICT … DO UPDATE`). True when a key was kept.
+    async fn upsert_vault_key(
+        &self,
+        protection_id: &str,
+        host_id: &str,
+        sealed: &str,
+        condition: &str,
+    ) -> Result<bool, DbError> {
+        let r = sqlx::query(&format!(
             "INSERT INTO vault_keys (protection_id, host_id, sealed, sealed_at) \
-             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM protections WHERE id = $1) \
-             ON CONFLICT (protection_id, host_id) DO UPDATE SET sealed = excluded.sealed, sealed_at = excluded.sealed_at",
-        )
+             SELECT $1, $2, $3, $4 WHERE {condition} \
+             ON CONFLICT (protection_id, host_id) DO UPDATE SET sealed = excluded.sealed, sealed_at = excluded.sealed_at"
+        ))
         .bind(protection_id)
         .bind(host_id)
         .bind(sealed)
-        .bind(now)
+        .bind(chrono::Utc::now().to_rfc3339())
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)

@@ -22,20 +22,6 @@ pub fn lifeboat(home: &Path) -> Command {
     c
 }
 
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 pub fn run_ok(mut c: Command) -> String {
     let out = c.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -158,7 +144,11 @@ impl Cluster {
             ("the master key in hex", hex.as_bytes()),
         ];
         let mut files = 0;
-        for entry in walk(&self.home("server")) {
+        let home = self.home("server");
+        for entry in super::tree(&home).iter().map(|rel| home.join(rel)) {
+            if !entry.is_file() {
+                continue;
+            }
             let bytes = std::fs::read(&entry).unwrap();
             files += 1;
             for (what, needle) in needles {

@@ -105,6 +105,23 @@ pub fn usual_umask() {
     }
 }
 
+/// Every file and directory under `dir`, relative to it, sorted.
+pub fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Asserts that nothing under `home` is open to group or others (read, write or enter),
 /// except the paths in `skip` (relative to `home`; say why at the call).
 pub fn assert_private(home: &Path, skip: &[&str]) {
