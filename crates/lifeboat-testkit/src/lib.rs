@@ -36,7 +36,7 @@ pub use guestfs::{guest_data_files, mbr_partition};
 pub use http::{http_get, wait_http};
 pub use image::{guest_disk_copy, guest_image};
 pub use postgres::{fresh_postgres_database, postgres_url};
-pub use procs::{cpu_seconds, status_kb, status_number};
+pub use procs::{cpu_seconds, status_kb, status_number, thread_cpu, ThreadCpu};
 pub use serial::SerialConsole;
 pub use servers::{Azurite, S3Server, AZURITE_ACCOUNT, AZURITE_KEY};
 
