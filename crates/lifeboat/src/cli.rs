@@ -429,6 +429,11 @@ pub enum VaultCommand {
         /// Target size of the pack objects chunks are gathered in: 1M to 32M.
         #[arg(long, default_value = "16M")]
         pack_size: String,
+        /// One key for every VM (vault format 1): equal blocks of different VMs are
+        /// stored once, but every host that protects or recovers one VM can read all of
+        /// them. By default each VM has its own key (docs/security.md).
+        #[arg(long)]
+        shared_key: bool,
     },
     /// Store a raw or qcow2 image as a new recovery point of NAME.
     PutImage {
@@ -505,7 +510,13 @@ pub enum VaultCommand {
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Write the master key to FILE (mode 0600). Anyone with it can read the vault.
-    Export { file: PathBuf },
+    /// With --vm, the key of that VM's points only (what one host needs).
+    Export {
+        file: PathBuf,
+        /// Export only this VM's key (a point name): it opens that VM's points, no other.
+        #[arg(long)]
+        vm: Option<String>,
+    },
     /// Add a passphrase slot, unlocking with the key file given by --key-file.
     AddPassphrase,
     /// Change the passphrase that unlocks the vault; data is not rewritten.

@@ -8,7 +8,10 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 use lifeboat_vault::backend::{Backend, BackendOptions, VaultUrl};
-use lifeboat_vault::format::{Consistency, KdfParams, KeyFile, Name, PointId, CONFIG_KEY};
+use lifeboat_vault::format::config::CONFIG_VERSION;
+use lifeboat_vault::format::{
+    Consistency, KdfParams, KeyFile, MasterKey, Name, PointId, VaultConfig, VaultKey, CONFIG_KEY,
+};
 use lifeboat_vault::{
     align_to_chunks, PointOptions, PointReader, PointRef, PointWriter, Unlock, Vault,
 };
@@ -354,21 +357,40 @@ async fn restore(
     Ok(())
 }
 
+/// The master key, from --key-file (which must hold it) or the passphrase.
+fn master_key(args: &VaultArgs, config: &VaultConfig) -> Result<MasterKey> {
+    match &args.key_file {
+        Some(p) => match secrets::read_key_file(p)?.unlock(config)? {
+            VaultKey::Master(k) => Ok(k),
+            VaultKey::Scope { name, .. } => bail!(
+                "{} holds the key of {name}'s points only; this needs the vault's master key (its passphrase or a full key file)",
+                p.display()
+            ),
+        },
+        None => {
+            let pass = secrets::passphrase("Vault passphrase", false)?;
+            Ok(config.unlock(&pass)?)
+        }
+    }
+}
+
 async fn key(args: &VaultArgs, out: Output, cmd: &KeyCommand) -> Result<()> {
     let backend = backend(args).await?;
     let mut config = Vault::read_config(&backend).await?;
     match cmd {
-        KeyCommand::Export { file } => {
-            let master = match &args.key_file {
-                Some(p) => secrets::read_key_file(p)?.master_key,
-                None => {
-                    let pass = secrets::passphrase("Vault passphrase", false)?;
-                    config.unlock(&pass)?
-                }
+        KeyCommand::Export { file, vm } => {
+            let master = master_key(args, &config)?;
+            let Some(vm) = vm else {
+                secrets::write_key_file(file, &KeyFile::new(&config, master)?)?;
+                out.show(&serde_json::json!({"exported": file}), |_| {
+                    println!("Wrote the vault's key to {} (mode 0600). Keep it safe and away from the vault: anyone with it can read every point.", file.display());
+                });
+                return Ok(());
             };
-            secrets::write_key_file(file, &KeyFile::new(&config, master)?)?;
-            out.show(&serde_json::json!({"exported": file}), |_| {
-                println!("Wrote the vault's key to {} (mode 0600). Keep it safe and away from the vault: anyone with it can read every point.", file.display());
+            let name: Name = vm.parse()?;
+            secrets::write_key_file(file, &KeyFile::scope(&config, &master, &name)?)?;
+            out.show(&serde_json::json!({"exported": file, "vm": name}), |_| {
+                println!("Wrote the key of {name}'s points to {} (mode 0600). It opens {name}'s points and no other VM's.", file.display());
             });
         }
         KeyCommand::AddPassphrase => {
@@ -376,9 +398,15 @@ async fn key(args: &VaultArgs, out: Output, cmd: &KeyCommand) -> Result<()> {
                 .key_file
                 .as_ref()
                 .context("add-passphrase needs --key-file FILE")?;
-            let key = secrets::read_key_file(path)?;
+            let key = match secrets::read_key_file(path)?.unlock(&config)? {
+                VaultKey::Master(k) => k,
+                VaultKey::Scope { name, .. } => bail!(
+                    "{} holds the key of {name}'s points only; adding a passphrase needs the vault's master key",
+                    path.display()
+                ),
+            };
             let pass = secrets::passphrase("New passphrase", true)?;
-            config.add_slot(&key.master_key, &pass, KdfParams::DEFAULT)?;
+            config.add_slot(&key, &pass, KdfParams::DEFAULT)?;
             backend.put(CONFIG_KEY, config.encode()?.into()).await?;
             out.show(
                 &serde_json::json!({"key_slots": config.key_slots.len()}),
@@ -416,13 +444,16 @@ pub async fn run(out: Output, args: VaultArgs) -> Result<()> {
         VaultCommand::Init {
             chunk_size,
             pack_size,
+            shared_key,
         } => {
             let backend = backend(&args).await?;
             let cs = parse_size(chunk_size)?;
             let pack = parse_size(pack_size)?;
             let pass = secrets::passphrase("New vault passphrase", true)?;
+            let version = if *shared_key { 1 } else { CONFIG_VERSION };
             let (vault, _) =
-                Vault::init_with(backend, &pass, cs, Some(pack), KdfParams::DEFAULT).await?;
+                Vault::init_version(backend, &pass, cs, Some(pack), KdfParams::DEFAULT, version)
+                    .await?;
             out.show(&serde_json::json!({"vault": vault.url(), "vault_id": vault.config().vault_id, "chunk_size": cs}), |_| {
                 println!("Created vault {} (id {}, chunk size {}).", vault.url(), vault.config().vault_id, human(u64::from(cs)));
                 println!("Lose the passphrase and every key file, and the data is gone: export a key file now with");

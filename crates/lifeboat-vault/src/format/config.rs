@@ -12,7 +12,11 @@ use super::ids::{VaultId, CONFIG_KEY};
 use super::keys::{MasterKey, VaultKeys};
 use super::manifest::check_chunk_size;
 
-pub const CONFIG_VERSION: u64 = 1;
+/// The format new vaults get: 2, a key per name (scope). Format 1 (one set of keys for
+/// every name) is still read and written, and made on request (`vault init --shared-key`).
+pub const CONFIG_VERSION: u64 = 2;
+/// The oldest format this version reads.
+pub const OLDEST_CONFIG_VERSION: u64 = 1;
 pub const MAX_CONFIG_LEN: usize = 64 << 10;
 pub const MAX_KEY_SLOTS: usize = 16;
 pub const DEFAULT_CHUNK_SIZE: u32 = 128 << 10;
@@ -217,24 +221,24 @@ pub struct VaultConfig {
 }
 
 /// Reads `field` as the format version first, so a newer object says "upgrade" rather than
-/// failing on a field this version does not know.
-pub(crate) fn check_version(
+/// failing on a field this version does not know. Returns the version found.
+pub(crate) fn check_versions(
     json: &[u8],
     field: &str,
-    known: u64,
+    known: std::ops::RangeInclusive<u64>,
     object: &str,
     what: &'static str,
-) -> Result<()> {
+) -> Result<u64> {
     let v: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| FormatError::damaged(object, format!("not JSON: {e}")))?;
     let version = v.get(field).and_then(|v| v.as_u64());
     match version {
-        Some(n) if n == known => Ok(()),
-        Some(n) if n > known => Err(FormatError::NewerFormat {
+        Some(n) if known.contains(&n) => Ok(n),
+        Some(n) if n > *known.end() => Err(FormatError::NewerFormat {
             object: object.into(),
             what,
             version: n,
-            known,
+            known: *known.end(),
         }),
         _ => Err(FormatError::damaged(
             object,
@@ -244,12 +248,32 @@ pub(crate) fn check_version(
 }
 
 impl VaultConfig {
-    /// A new vault's config and its fresh master key, with one slot for `passphrase`.
+    /// A new vault's config (format 2: a key per name) and its fresh master key, with one
+    /// slot for `passphrase`.
     pub fn create(
         passphrase: &str,
         chunk_size: u32,
         kdf: KdfParams,
     ) -> Result<(VaultConfig, MasterKey)> {
+        Self::create_version(passphrase, chunk_size, kdf, CONFIG_VERSION)
+    }
+
+    /// `create` in format `version`: 1 shares one set of keys among every name, so equal
+    /// blocks of different VMs are stored once, and any host that holds the key reads
+    /// every VM; 2 gives each name its own.
+    pub fn create_version(
+        passphrase: &str,
+        chunk_size: u32,
+        kdf: KdfParams,
+        version: u64,
+    ) -> Result<(VaultConfig, MasterKey)> {
+        if !(OLDEST_CONFIG_VERSION..=CONFIG_VERSION).contains(&version) {
+            return Err(FormatError::Invalid {
+                what: "vault format",
+                value: version.to_string(),
+                rule: "1 (one key for every VM) or 2 (a key per VM)",
+            });
+        }
         if !check_chunk_size(chunk_size) {
             return Err(FormatError::Invalid {
                 what: "chunk size",
@@ -268,7 +292,7 @@ impl VaultConfig {
         let vault_id = VaultId::random();
         let slot = KeySlot::wrap(&vault_id, &master, passphrase, kdf)?;
         let config = VaultConfig {
-            version: CONFIG_VERSION,
+            version,
             vault_id,
             // Whole seconds, as in the spec's example.
             created: DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default(),
@@ -278,6 +302,11 @@ impl VaultConfig {
             key_slots: vec![slot],
         };
         Ok((config, master))
+    }
+
+    /// Whether each name has its own keys (format 2).
+    pub fn scoped(&self) -> bool {
+        self.version >= 2
     }
 
     /// The master key, from whichever slot `passphrase` opens.
@@ -359,7 +388,7 @@ impl VaultConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.version != CONFIG_VERSION {
+        if !(OLDEST_CONFIG_VERSION..=CONFIG_VERSION).contains(&self.version) {
             return Err(bad_config(format!("format version {}", self.version)));
         }
         if !check_chunk_size(self.chunk_size) {
@@ -405,7 +434,13 @@ impl VaultConfig {
                 bytes.len()
             )));
         }
-        check_version(bytes, "lifeboat_vault", CONFIG_VERSION, CONFIG_KEY, "vault")?;
+        check_versions(
+            bytes,
+            "lifeboat_vault",
+            OLDEST_CONFIG_VERSION..=CONFIG_VERSION,
+            CONFIG_KEY,
+            "vault",
+        )?;
         let c: VaultConfig =
             serde_json::from_slice(bytes).map_err(|e| bad_config(format!("bad config: {e}")))?;
         c.validate()?;
@@ -484,14 +519,18 @@ mod tests {
     #[test]
     fn newer_and_bad_configs_are_refused() {
         let e = VaultConfig::decode(&config_json(|v| {
-            v["lifeboat_vault"] = 2.into();
+            v["lifeboat_vault"] = 3.into();
             v["future"] = true.into();
         }))
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "config: vault format 2 is newer than this Lifeboat (knows 1); upgrade Lifeboat"
+            "config: vault format 3 is newer than this Lifeboat (knows 2); upgrade Lifeboat"
         );
+        // Both known formats are read, and say whether each VM has its own key.
+        let v1 = VaultConfig::decode(&config_json(|v| v["lifeboat_vault"] = 1.into())).unwrap();
+        assert!(!v1.scoped());
+        assert!(VaultConfig::decode(&config_json(|_| {})).unwrap().scoped());
         for bad in [
             config_json(|v| v["lifeboat_vault"] = 0.into()),
             config_json(|v| v["extra"] = 1.into()),

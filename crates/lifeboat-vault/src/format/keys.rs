@@ -1,6 +1,11 @@
 //! The master key and the sub-keys derived from it (vault-format.md, "Keys"). Each job has
 //! its own key, so a chunk id can never be confused with a nonce or a key check, and the
 //! provider, who sees ids, learns nothing it could test a guess against.
+//!
+//! In a format-2 vault every name (a VM) has its own **scope key**, derived one way from
+//! the master key, and that name's sub-keys come from the scope key: a host given one
+//! VM's scope key can neither read nor forge the points of another, and learns nothing of
+//! the master key. Format-1 vaults derive every name's sub-keys from the master key.
 
 use std::fmt;
 
@@ -9,13 +14,14 @@ use zeroize::Zeroize;
 use super::aead::Cipher;
 use super::blob::BlobKind;
 use super::error::{FormatError, Result};
-use super::ids::{ChunkId, PageId};
+use super::ids::{ChunkId, Name, PageId};
 
 const CTX_CHUNK_ID: &str = "lifeboat vault v1 chunk id";
 const CTX_PAGE_ID: &str = "lifeboat vault v1 page id";
 const CTX_SEAL: &str = "lifeboat vault v1 seal";
 const CTX_NONCE: &str = "lifeboat vault v1 nonce";
 const CTX_KEY_CHECK: &str = "lifeboat vault v1 key check";
+const CTX_SCOPE: &str = "lifeboat vault v2 scope";
 
 /// The vault's random 32-byte master key. Never printed; wiped from memory on drop.
 #[derive(Clone, PartialEq, Eq)]
@@ -36,6 +42,43 @@ impl MasterKey {
     /// The raw key, for wrapping it in a key slot or a key file only.
     pub(crate) fn expose(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// The scope key of `name` (format 2): keyed BLAKE3, under a key derived from the
+    /// master key, of the name's UTF-8 bytes. One way: a scope key tells nothing of the
+    /// master key or of another name's scope key.
+    pub fn scope_key(&self, name: &Name) -> ScopeKey {
+        let mut k = blake3::derive_key(CTX_SCOPE, &self.0);
+        let scope = *blake3::keyed_hash(&k, name.as_str().as_bytes()).as_bytes();
+        k.zeroize();
+        ScopeKey(scope)
+    }
+}
+
+/// The key of one name's points in a format-2 vault. Never printed; wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScopeKey([u8; 32]);
+
+impl ScopeKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        ScopeKey(bytes)
+    }
+
+    /// The raw key, for a key file only.
+    pub(crate) fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl Drop for ScopeKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for ScopeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ScopeKey(<secret>)")
     }
 }
 
@@ -62,15 +105,25 @@ pub struct VaultKeys {
 }
 
 impl VaultKeys {
+    /// The sub-keys of a format-1 vault (every name), and the key check of any vault.
     pub fn derive(master: &MasterKey) -> Self {
-        let mut seal_key = blake3::derive_key(CTX_SEAL, master.expose());
+        Self::derive_from(master.expose())
+    }
+
+    /// The sub-keys of one name of a format-2 vault.
+    pub fn derive_scope(scope: &ScopeKey) -> Self {
+        Self::derive_from(scope.expose())
+    }
+
+    fn derive_from(root: &[u8; 32]) -> Self {
+        let mut seal_key = blake3::derive_key(CTX_SEAL, root);
         let seal = std::sync::Arc::new(Cipher::new(&seal_key));
         seal_key.zeroize();
         VaultKeys {
-            chunk_id: blake3::derive_key(CTX_CHUNK_ID, master.expose()),
-            page_id: blake3::derive_key(CTX_PAGE_ID, master.expose()),
-            nonce: blake3::derive_key(CTX_NONCE, master.expose()),
-            key_check: blake3::derive_key(CTX_KEY_CHECK, master.expose()),
+            chunk_id: blake3::derive_key(CTX_CHUNK_ID, root),
+            page_id: blake3::derive_key(CTX_PAGE_ID, root),
+            nonce: blake3::derive_key(CTX_NONCE, root),
+            key_check: blake3::derive_key(CTX_KEY_CHECK, root),
             seal,
         }
     }
@@ -163,9 +216,33 @@ mod tests {
     }
 
     #[test]
+    fn scope_keys_are_per_name_and_follow_the_spec() {
+        let m = MasterKey::from_bytes([1; 32]);
+        let web: Name = "web1".parse().unwrap();
+        let db: Name = "db1".parse().unwrap();
+        assert_eq!(m.scope_key(&web), m.scope_key(&web));
+        assert_ne!(m.scope_key(&web), m.scope_key(&db));
+        assert_ne!(m.scope_key(&web).0, [1; 32]);
+        let k = blake3::derive_key("lifeboat vault v2 scope", &[1; 32]);
+        assert_eq!(
+            m.scope_key(&web).0,
+            *blake3::keyed_hash(&k, b"web1").as_bytes()
+        );
+        // One name's keys open nothing of another's, nor of format 1.
+        let data = b"some chunk";
+        let (w, d) = (
+            VaultKeys::derive_scope(&m.scope_key(&web)),
+            VaultKeys::derive_scope(&m.scope_key(&db)),
+        );
+        assert_ne!(w.chunk_id(data), d.chunk_id(data));
+        assert_ne!(w.chunk_id(data), VaultKeys::derive(&m).chunk_id(data));
+    }
+
+    #[test]
     fn debug_never_prints_the_key() {
         let m = MasterKey::from_bytes([0xab; 32]);
         assert!(!format!("{m:?}").contains("ab"));
         assert!(!format!("{:?}", VaultKeys::derive(&m)).contains("ab"));
+        assert!(!format!("{:?}", ScopeKey::from_bytes([0xab; 32])).contains("ab"));
     }
 }

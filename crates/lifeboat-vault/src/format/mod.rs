@@ -30,8 +30,8 @@ pub use ids::{
     lease_key, manifest_key, manifest_prefix, pack_key, parse_lease_key, parse_manifest_key,
     parse_pack_key, ChunkId, Name, PackId, PageId, PointId, SessionId, VaultId, CONFIG_KEY,
 };
-pub use keyfile::KeyFile;
-pub use keys::{MasterKey, VaultKeys};
+pub use keyfile::{KeyFile, VaultKey};
+pub use keys::{MasterKey, ScopeKey, VaultKeys};
 pub use manifest::{
     open_manifest, seal_manifest, Consistency, DiskManifest, Manifest, PageRef, PointStats,
 };

@@ -28,6 +28,16 @@ pub enum VaultError {
     #[error("point {point}: it has no disk {disk}")]
     UnknownDisk { point: PointId, disk: String },
 
+    #[error("vault {url}: this host's key opens only the points of {holds}, not those of {wanted} (each VM has its own key; ask the server for {wanted}'s, or use the vault's master key)")]
+    OtherScope {
+        url: String,
+        holds: Name,
+        wanted: Name,
+    },
+
+    #[error("vault {url}: opened without a key (maintenance by the control plane); reading or writing points needs the vault's key")]
+    NoKey { url: String },
+
     #[error("{0}")]
     Usage(String),
 

@@ -41,12 +41,14 @@ use serde::Serialize;
 
 use crate::backend::ObjectInfo;
 use crate::format::{
-    self, pack_key, parse_lease_key, parse_pack_key, trailer_len_from_footer, PackId, PointId,
+    self, pack_key, parse_lease_key, parse_pack_key, trailer_len_from_footer, Name, PackId, PointId,
 };
 use crate::store::error::{Result, VaultError};
 use crate::store::lease::{live_leases, LEASE_TTL};
 use crate::store::vault::{PointRef, Vault};
-use crate::store::verify::{fault_of, fetch_page, page_uses, read_manifests, PageLoc, IN_FLIGHT};
+use crate::store::verify::{
+    fault_of, fetch_page, page_names, page_uses, read_manifests, PageLoc, IN_FLIGHT,
+};
 
 /// Lease objects older than this belong to writers long dead.
 pub const STALE_LEASE_AGE: Duration = Duration::from_secs(3 * LEASE_TTL.as_secs());
@@ -200,18 +202,24 @@ pub async fn plan_gc(vault: &Vault, grace: Duration) -> Result<GcPlan> {
     drop(results);
 
     let uses = page_uses(manifests.iter().map(|(i, m)| (*i, m)));
+    let names = page_names(manifests.iter().map(|(_, m)| m));
+    let names = &names;
     let mut marked: HashMap<PackId, HashSet<u32>> = HashMap::new();
+    // Whose keys open each referenced pack's trailer (a pack holds one name's blobs).
+    let mut pack_names: HashMap<PackId, &Name> = HashMap::new();
     for loc in uses.keys() {
         marked.entry(loc.pack).or_default().insert(loc.offset);
+        pack_names.entry(loc.pack).or_insert(&names[loc]);
     }
     let mut fetched = futures::stream::iter(uses.keys().copied())
-        .map(|loc| async move { (loc, fetch_page(vault, &loc).await) })
+        .map(|loc| async move { (loc, fetch_page(vault, &names[&loc], &loc).await) })
         .buffer_unordered(IN_FLIGHT);
     while let Some((loc, r)) = fetched.next().await {
         match r {
             Ok(entries) => {
                 for e in entries.iter().filter(|e| !e.is_zero()) {
                     marked.entry(e.pack).or_default().insert(e.offset);
+                    pack_names.entry(e.pack).or_insert(&names[&loc]);
                 }
             }
             Err(e) => {
@@ -285,8 +293,12 @@ pub async fn plan_gc(vault: &Vault, grace: Duration) -> Result<GcPlan> {
         return Ok(plan);
     }
 
+    let pack_names = &pack_names;
     let mut trailers = futures::stream::iter(referenced)
-        .map(|(id, size)| async move { (id, size, read_pack_trailer(vault, &id, size).await) })
+        .map(|(id, size)| async move {
+            let r = read_pack_trailer(vault, pack_names[&id], &id, size).await;
+            (id, size, r)
+        })
         .buffer_unordered(IN_FLIGHT);
     while let Some((id, size, r)) = trailers.next().await {
         match r {
@@ -350,6 +362,7 @@ pub async fn execute_gc(vault: &Vault, plan: GcPlan) -> Result<GcReport> {
 /// The trailer of a pack of `size` bytes: the footer, then the trailer blob.
 async fn read_pack_trailer(
     vault: &Vault,
+    name: &Name,
     id: &PackId,
     size: u64,
 ) -> Result<Vec<format::TrailerEntry>> {
@@ -369,7 +382,7 @@ async fn read_pack_trailer(
         })
     })?;
     let tail = vault.backend.get_range(&key, start..size).await?;
-    let keys = vault.keys.clone();
+    let keys = vault.keys_for(name)?;
     let id = *id;
     tokio::task::spawn_blocking(move || format::read_trailer(&keys, &id, size, &tail))
         .await

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod chunking;
 pub mod error;
 pub mod gc;
+mod keyring;
 pub mod lease;
 pub mod pages;
 pub mod prune;

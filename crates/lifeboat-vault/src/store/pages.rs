@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::format::{self, pack_key, DiskManifest, IndexEntry, PageRef, ENTRIES_PER_PAGE};
+use crate::format::{
+    self, pack_key, DiskManifest, IndexEntry, PageRef, VaultKeys, ENTRIES_PER_PAGE,
+};
 use crate::store::cache::ByteLru;
 use crate::store::error::{Result, VaultError};
 use crate::store::vault::Vault;
@@ -13,14 +15,17 @@ const PAGE_CACHE_BYTES: usize = 4 << 20;
 
 pub struct ParentPages {
     vault: Vault,
+    /// The keys of the point's name.
+    keys: Arc<VaultKeys>,
     disk: DiskManifest,
     cache: ByteLru<u64, Vec<IndexEntry>>,
 }
 
 impl ParentPages {
-    pub fn new(vault: &Vault, disk: &DiskManifest) -> Self {
+    pub fn new(vault: &Vault, keys: &Arc<VaultKeys>, disk: &DiskManifest) -> Self {
         ParentPages {
             vault: vault.clone(),
+            keys: keys.clone(),
             disk: disk.clone(),
             cache: ByteLru::new(PAGE_CACHE_BYTES),
         }
@@ -28,6 +33,11 @@ impl ParentPages {
 
     pub fn disk(&self) -> &DiskManifest {
         &self.disk
+    }
+
+    /// The keys that open this disk's pages and chunks.
+    pub fn keys(&self) -> &Arc<VaultKeys> {
+        &self.keys
     }
 
     pub fn page_ref(&self, page: u64) -> PageRef {
@@ -47,7 +57,7 @@ impl ParentPages {
             .backend
             .get_range(&pack_key(&r.pack), u64::from(r.offset)..end)
             .await?;
-        let keys = self.vault.keys.clone();
+        let keys = self.keys.clone();
         let id = r.id;
         let page_obj = tokio::task::spawn_blocking(move || format::open_page(&keys, &id, &sealed))
             .await

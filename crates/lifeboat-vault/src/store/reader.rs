@@ -27,10 +27,11 @@ pub struct PointReader {
 impl PointReader {
     pub async fn open(vault: &Vault, point: &PointRef, cache_bytes: usize) -> Result<PointReader> {
         let manifest = vault.manifest(point).await?;
+        let keys = vault.keys_for(&point.name)?;
         let disks = manifest
             .disks
             .iter()
-            .map(|d| ParentPages::new(vault, d))
+            .map(|d| ParentPages::new(vault, &keys, d))
             .collect();
         Ok(PointReader {
             vault: vault.clone(),
@@ -66,19 +67,18 @@ impl PointReader {
         if let Some(hit) = self.chunks.get(&entry.chunk) {
             return Ok(hit);
         }
-        let plain =
-            fetch_chunk(&self.vault, &entry, len)
-                .await
-                .map_err(|e| VaultError::Damaged {
-                    name: self.point.name.clone(),
-                    point: self.point.point,
-                    reason: format!(
-                        "disk {} chunk {slot} (bytes {}..{}): {e}",
-                        disk.disk().name,
-                        slot * cs,
-                        slot * cs + len as u64
-                    ),
-                })?;
+        let plain = fetch_chunk(&self.vault, disk.keys(), &entry, len)
+            .await
+            .map_err(|e| VaultError::Damaged {
+                name: self.point.name.clone(),
+                point: self.point.point,
+                reason: format!(
+                    "disk {} chunk {slot} (bytes {}..{}): {e}",
+                    disk.disk().name,
+                    slot * cs,
+                    slot * cs + len as u64
+                ),
+            })?;
         let plain = Arc::new(plain);
         self.chunks.insert(entry.chunk, plain.clone(), len);
         Ok(plain)
@@ -126,7 +126,7 @@ impl PointReader {
         Ok(if entry.is_zero() {
             zeros
         } else {
-            !zeros && self.vault.keys.chunk_id(data) == entry.chunk
+            !zeros && d.keys().chunk_id(data) == entry.chunk
         })
     }
 
@@ -149,13 +149,18 @@ impl PointReader {
 }
 
 /// Fetches one chunk blob with a ranged read and opens it (tag, length and id checked).
-pub(crate) async fn fetch_chunk(vault: &Vault, entry: &IndexEntry, len: usize) -> Result<Vec<u8>> {
+pub(crate) async fn fetch_chunk(
+    vault: &Vault,
+    keys: &Arc<format::VaultKeys>,
+    entry: &IndexEntry,
+    len: usize,
+) -> Result<Vec<u8>> {
     let start = u64::from(entry.offset);
     let sealed = vault
         .backend
         .get_range(&pack_key(&entry.pack), start..start + u64::from(entry.len))
         .await?;
-    let keys = vault.keys.clone();
+    let keys = keys.clone();
     let id = entry.chunk;
     let plain =
         tokio::task::spawn_blocking(move || format::open_chunk(&keys, &id, &sealed, len as u32))

@@ -169,7 +169,7 @@ async fn restore_run(
         .get_range(&pack_key(&run.pack), run.start..run.end)
         .await
         .map_err(|e| damaged(run.chunks[0].0, e.to_string()))?;
-    let keys = vault.keys.clone();
+    let keys = disk.keys().clone();
     let name = d.name.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         // Chunks of consecutive slots are opened side by side into one aligned buffer and

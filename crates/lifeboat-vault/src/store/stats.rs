@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::format::{parse_pack_key, ChunkId, Manifest, Name, PointId};
 use crate::store::error::Result;
 use crate::store::vault::Vault;
-use crate::store::verify::{fetch_page, page_uses, read_manifests, IN_FLIGHT};
+use crate::store::verify::{fetch_page, page_names, page_uses, read_manifests, IN_FLIGHT};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PointRow {
@@ -72,10 +72,12 @@ pub async fn stats(vault: &Vault) -> Result<VaultStats> {
     manifests.sort_by_key(|(i, _)| *i);
 
     let uses = page_uses(manifests.iter().map(|(i, m)| (*i, m)));
+    let names = page_names(manifests.iter().map(|(_, m)| m));
+    let names = &names;
     let mut unique: HashMap<ChunkId, (u32, u32)> = HashMap::new();
     let mut logical_data_bytes = 0u64;
     let mut fetched = futures::stream::iter(uses.keys().copied())
-        .map(|loc| async move { (loc, fetch_page(vault, &loc).await) })
+        .map(|loc| async move { (loc, fetch_page(vault, &names[&loc], &loc).await) })
         .buffer_unordered(IN_FLIGHT);
     while let Some((loc, r)) = fetched.next().await {
         let entries = r?;

@@ -8,11 +8,13 @@ use bytes::Bytes;
 use crate::backend::Backend;
 use crate::format::{
     self, manifest_key, manifest_prefix, parse_manifest_key, KdfParams, KeyFile, Manifest,
-    MasterKey, Name, PointId, VaultConfig, VaultKeys, CONFIG_KEY,
+    MasterKey, Name, PointId, VaultConfig, VaultKey, VaultKeys, CONFIG_KEY,
 };
 use crate::store::error::{Result, VaultError};
+use crate::store::keyring::KeyRing;
 
-/// How to get the master key.
+/// How to get the key: the master key from a passphrase, or whatever a key file holds
+/// (the master key, or one VM's scope key).
 pub enum Unlock {
     Passphrase(String),
     KeyFile(KeyFile),
@@ -22,7 +24,7 @@ pub enum Unlock {
 pub struct Vault {
     pub(crate) backend: Backend,
     pub(crate) config: Arc<VaultConfig>,
-    pub(crate) keys: Arc<VaultKeys>,
+    pub(crate) keys: Arc<KeyRing>,
 }
 
 /// One recovery point as a listing shows it.
@@ -34,6 +36,7 @@ pub struct PointRef {
 
 impl Vault {
     /// Creates a vault at `backend`'s URL. Refuses if one exists there already.
+    /// The vault gets the current format (a key per VM).
     pub async fn init(
         backend: Backend,
         passphrase: &str,
@@ -52,7 +55,22 @@ impl Vault {
         pack_target: Option<u32>,
         kdf: KdfParams,
     ) -> Result<(Vault, MasterKey)> {
-        let (mut config, master) = VaultConfig::create(passphrase, chunk_size, kdf)?;
+        let version = format::config::CONFIG_VERSION;
+        Self::init_version(backend, passphrase, chunk_size, pack_target, kdf, version).await
+    }
+
+    /// `init_with` in vault format `version` (1: one key shared by every VM, for
+    /// deduplication across VMs; 2: a key per VM).
+    pub async fn init_version(
+        backend: Backend,
+        passphrase: &str,
+        chunk_size: u32,
+        pack_target: Option<u32>,
+        kdf: KdfParams,
+        version: u64,
+    ) -> Result<(Vault, MasterKey)> {
+        let (mut config, master) =
+            VaultConfig::create_version(passphrase, chunk_size, kdf, version)?;
         if let Some(target) = pack_target {
             if !format::config::PACK_TARGET_RANGE.contains(&target) {
                 return Err(VaultError::Usage(format!(
@@ -68,7 +86,7 @@ impl Vault {
                 url: backend.url().to_string(),
             });
         }
-        let keys = VaultKeys::derive(&master);
+        let keys = KeyRing::new(VaultKey::Master(master.clone()), config.scoped());
         Ok((
             Vault {
                 backend,
@@ -94,21 +112,32 @@ impl Vault {
 
     pub async fn open(backend: Backend, unlock: Unlock) -> Result<Vault> {
         let config = Self::read_config(&backend).await?;
-        let master = match unlock {
+        let key = match unlock {
             Unlock::Passphrase(p) => {
                 // Argon2 is deliberately slow: keep it off the async threads.
                 let config = config.clone();
-                tokio::task::spawn_blocking(move || config.unlock(&p))
-                    .await
-                    .map_err(|e| VaultError::Usage(format!("unlocking: {e}")))??
+                VaultKey::Master(
+                    tokio::task::spawn_blocking(move || config.unlock(&p))
+                        .await
+                        .map_err(|e| VaultError::Usage(format!("unlocking: {e}")))??,
+                )
             }
-            Unlock::KeyFile(k) => {
-                config.check_key(&k.master_key)?;
-                k.master_key
-            }
+            Unlock::KeyFile(k) => k.unlock(&config)?,
         };
         Ok(Vault {
-            keys: Arc::new(VaultKeys::derive(&master)),
+            keys: Arc::new(KeyRing::new(key, config.scoped())),
+            backend,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Opens the vault without a key: for the control plane, which lists points and
+    /// leases, prunes by the time in point ids and removes expired leases, but can read
+    /// no point (`VaultError::NoKey`).
+    pub async fn open_keyless(backend: Backend) -> Result<Vault> {
+        let config = Self::read_config(&backend).await?;
+        Ok(Vault {
+            keys: Arc::new(KeyRing::Keyless),
             backend,
             config: Arc::new(config),
         })
@@ -120,8 +149,20 @@ impl Vault {
     pub fn config(&self) -> &VaultConfig {
         &self.config
     }
-    pub fn keys(&self) -> &VaultKeys {
-        &self.keys
+    /// The sub-keys of `name`'s points; an error when this handle's key does not open
+    /// them (another VM's scope key, or no key).
+    pub fn keys_for(&self, name: &Name) -> Result<Arc<VaultKeys>> {
+        self.keys.for_name(name, &self.url())
+    }
+
+    /// The master key, when the vault was opened with it (not with one VM's key).
+    pub fn master_key(&self) -> Option<&MasterKey> {
+        self.keys.master()
+    }
+
+    /// The one name this handle's scope key opens, if it was opened with one.
+    pub fn scope(&self) -> Option<&Name> {
+        self.keys.scope()
     }
     pub fn chunk_size(&self) -> u32 {
         self.config.chunk_size
@@ -188,8 +229,9 @@ impl Vault {
             }
             Err(e) => return Err(e.into()),
         };
+        let keys = self.keys_for(&point.name)?;
         Ok(format::open_manifest(
-            &self.keys,
+            &keys,
             &point.name,
             &point.point,
             &bytes,

@@ -197,11 +197,13 @@ pub async fn verify(
             .enumerate()
             .filter_map(|(i, m)| m.as_ref().map(|m| (i, m))),
     );
+    let names = page_names(manifests.iter().flatten());
+    let names = &names;
     let total = uses.len() as u64;
-    let mut chunks: HashSet<ChunkUse> = HashSet::new();
+    let mut chunks: HashMap<ChunkUse, &Name> = HashMap::new();
     let mut bad_pages: HashSet<PageLoc> = HashSet::new();
     let mut fetched = futures::stream::iter(uses.keys().copied())
-        .map(|loc| async move { (loc, fetch_page(vault, &loc).await) })
+        .map(|loc| async move { (loc, fetch_page(vault, &names[&loc], &loc).await) })
         .buffer_unordered(IN_FLIGHT);
     while let Some((loc, r)) = fetched.next().await {
         report.pages_checked += 1;
@@ -253,7 +255,9 @@ pub async fn verify(
             }
             for (i, e) in entries.iter().enumerate() {
                 if !e.is_zero() {
-                    chunks.insert((*e, shape.slot_len(i)));
+                    chunks
+                        .entry((*e, shape.slot_len(i)))
+                        .or_insert(&names[&loc]);
                 }
             }
         }
@@ -263,11 +267,14 @@ pub async fn verify(
     // Phase 3: chunks, each fetched once; plaintexts are dropped as soon as they are checked.
     let total = chunks.len() as u64;
     let mut bad_chunks: HashMap<ChunkUse, (Fault, String)> = HashMap::new();
-    let mut checked = futures::stream::iter(chunks.iter().copied())
-        .map(|(entry, len)| async move {
-            let r = fetch_chunk(vault, &entry, len as usize)
-                .await
-                .map(|p| p.len());
+    let mut checked = futures::stream::iter(chunks.iter().map(|(c, n)| (*c, *n)))
+        .map(|((entry, len), name)| async move {
+            let r = match vault.keys_for(name) {
+                Ok(keys) => fetch_chunk(vault, &keys, &entry, len as usize)
+                    .await
+                    .map(|p| p.len()),
+                Err(e) => Err(e),
+            };
             ((entry, len), r)
         })
         .buffer_unordered(IN_FLIGHT);
@@ -304,7 +311,7 @@ pub async fn verify(
         let total = good.len() as u64;
         let mut done = 0;
         let mut fetched = futures::stream::iter(good)
-            .map(|loc| async move { (loc, fetch_page(vault, &loc).await) })
+            .map(|loc| async move { (loc, fetch_page(vault, &names[&loc], &loc).await) })
             .buffer_unordered(IN_FLIGHT);
         while let Some((loc, r)) = fetched.next().await {
             done += 1;
@@ -516,14 +523,34 @@ pub(crate) fn page_uses<'a>(manifests: impl Iterator<Item = (usize, &'a Manifest
     out
 }
 
-/// Fetches and opens one index page (tag and id checked; the entry count is the caller's).
-pub(crate) async fn fetch_page(vault: &Vault, loc: &PageLoc) -> Result<Vec<IndexEntry>> {
+/// The name whose keys open each page: that of the first point using it. In a vault with
+/// a key per VM, a page is never shared between names (its id is keyed by the name's key).
+pub(crate) fn page_names<'a>(
+    manifests: impl Iterator<Item = &'a Manifest>,
+) -> HashMap<PageLoc, Name> {
+    let mut out = HashMap::new();
+    for m in manifests {
+        for r in m.disks.iter().flat_map(|d| &d.pages) {
+            out.entry(PageLoc::from(r))
+                .or_insert_with(|| m.name.clone());
+        }
+    }
+    out
+}
+
+/// Fetches and opens one index page of a point of `name` (tag and id checked; the entry
+/// count is the caller's).
+pub(crate) async fn fetch_page(
+    vault: &Vault,
+    name: &Name,
+    loc: &PageLoc,
+) -> Result<Vec<IndexEntry>> {
+    let keys = vault.keys_for(name)?;
     let start = u64::from(loc.offset);
     let sealed = vault
         .backend
         .get_range(&pack_key(&loc.pack), start..start + u64::from(loc.len))
         .await?;
-    let keys = vault.keys.clone();
     let id = loc.id;
     let page = tokio::task::spawn_blocking(move || format::open_page(&keys, &id, &sealed))
         .await

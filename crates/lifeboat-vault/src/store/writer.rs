@@ -115,6 +115,8 @@ struct DiskState {
 
 pub struct PointWriter {
     vault: Vault,
+    /// The keys of the point's name.
+    keys: Arc<VaultKeys>,
     point: PointId,
     opts: PointOptions,
     chunk_size: u64,
@@ -135,6 +137,18 @@ pub struct PointWriter {
 impl PointWriter {
     pub async fn begin(vault: &Vault, opts: PointOptions) -> Result<PointWriter> {
         check_layout(&opts.disks)?;
+        let keys = vault.keys_for(&opts.name)?;
+        if let Some(p) = opts.parent.as_ref().filter(|p| p.name != opts.name) {
+            if vault.config().scoped() {
+                // Its chunks and pages are sealed with another name's keys, which this
+                // point's readers will not hold.
+                return Err(VaultError::Usage(format!(
+                    "a point of {} cannot build on a point of {} in a vault with a key per VM; \
+                     write it without a parent",
+                    opts.name, p.name
+                )));
+            }
+        }
         // The lease first, then the parent: a prune and gc that run between the two
         // would otherwise not know the parent is still needed.
         let lease = Lease::take(vault, &opts.name, opts.parent.as_ref().map(|p| &p.point)).await?;
@@ -156,7 +170,7 @@ impl PointWriter {
                     .iter()
                     .find(|d| d.name == layout.name && d.size == layout.size)
                     .filter(|d| u64::from(d.chunk_size) == chunk_size)
-                    .map(|d| ParentPages::new(vault, d))
+                    .map(|d| ParentPages::new(vault, &keys, d))
             });
             disks.push(DiskState {
                 layout: layout.clone(),
@@ -170,6 +184,7 @@ impl PointWriter {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(PointWriter {
             vault: vault.clone(),
+            keys,
             point,
             chunk_size,
             disks,
@@ -285,7 +300,7 @@ impl PointWriter {
 
     async fn submit(&mut self, disk: usize, batch: Vec<ChunkJob>) -> Result<()> {
         self.make_room().await?;
-        let keys = self.vault.keys.clone();
+        let keys = self.keys.clone();
         let sealers = self.sealers.clone();
         // Many batches wait in the queue, but only one per core is sealed at a time: more
         // threads would only add memory (each keeps its own zstd context and allocator
@@ -427,7 +442,7 @@ impl PointWriter {
         if let (false, Some(p)) = (dirty, &self.disks[disk].parent) {
             return Ok(p.page_ref(page));
         }
-        let keys = self.vault.keys.clone();
+        let keys = self.keys.clone();
         let (id, sealed) =
             tokio::task::spawn_blocking(move || format::seal_page(&keys, &IndexPage { entries }))
                 .await
@@ -485,7 +500,7 @@ impl PointWriter {
             self.join_one_upload().await?;
         }
         let key = pack_key(pack.id());
-        let parts = pack.finish_parts(&self.vault.keys)?;
+        let parts = pack.finish_parts(&self.keys)?;
         self.stats.new_packs += 1;
         let backend = self.vault.backend.clone();
         self.uploads.spawn(async move {
@@ -555,7 +570,7 @@ impl PointWriter {
             disks,
             stats: self.stats,
         };
-        let (key, sealed) = format::seal_manifest(&self.vault.keys, &manifest)?;
+        let (key, sealed) = format::seal_manifest(&self.keys, &manifest)?;
         // A writer that stalled past its lease may have lost its parent to prune and gc:
         // a point that references freed packs must never be committed.
         self.lease.check_alive()?;

@@ -18,10 +18,18 @@ use lifeboat_vault::{align_to_chunks, PointOptions, PointReader, PointRef, Point
 pub const CHUNK: u32 = 64 << 10;
 pub const CS: u64 = CHUNK as u64;
 
+/// A folder vault in the current format (a key per name).
 pub async fn folder_vault(dir: &Path) -> Result<Vault> {
+    folder_vault_version(dir, lifeboat_vault::format::config::CONFIG_VERSION).await
+}
+
+/// A folder vault in format `version` (1: one key shared by every name).
+pub async fn folder_vault_version(dir: &Path, version: u64) -> Result<Vault> {
     let url = VaultUrl::parse(&format!("file://{}", dir.display()))?;
     let backend = Backend::open(&url, BackendOptions::default()).await?;
-    let (vault, _) = Vault::init(backend, "correct horse", CHUNK, KdfParams::INSECURE_FAST).await?;
+    let fast = KdfParams::INSECURE_FAST;
+    let (vault, _) =
+        Vault::init_version(backend, "correct horse", CHUNK, None, fast, version).await?;
     Ok(vault)
 }
 
@@ -159,7 +167,7 @@ pub async fn page_entries(vault: &Vault, p: &PointRef, page: usize) -> Result<Ve
             u64::from(r.offset)..u64::from(r.offset) + u64::from(r.len),
         )
         .await?;
-    Ok(format::open_page(vault.keys(), &r.id, &sealed)?.entries)
+    Ok(format::open_page(&*vault.keys_for(&p.name)?, &r.id, &sealed)?.entries)
 }
 
 /// Stores a copy of `src`'s manifest as point `ms`-`rnd` of `name`: a point with a chosen
@@ -175,7 +183,7 @@ pub async fn clone_point(
     m.point = PointId::from_parts(ms, rnd)?;
     m.name = name.clone();
     m.parent = None;
-    let (key, sealed) = format::seal_manifest(vault.keys(), &m)?;
+    let (key, sealed) = format::seal_manifest(&*vault.keys_for(name)?, &m)?;
     vault.backend().put(&key, Bytes::from(sealed)).await?;
     Ok(PointRef {
         name: name.clone(),
