@@ -118,6 +118,10 @@ pub struct VaultCheck {
     /// the server to keep instead of the passphrase.
     #[serde(default)]
     pub sealed_key: Option<String>,
+    /// The one VM (point name) whose points the sealed key opens; none when it is the
+    /// vault's master key (a format-1 vault, one key for every VM).
+    #[serde(default)]
+    pub key_scope: Option<String>,
 }
 
 pub fn router(state: Arc<AgentState>) -> Router {
@@ -397,7 +401,11 @@ async fn check_vault(
     };
     // A passphrase: seal the vault's key to this agent, and prove the sealed key opens it.
     let (access, sealed_key) = match (&access.passphrase, &access.sealed_key) {
-        (Some(p), None) => match s.vaults.seal_key(&access.url, p).await {
+        (Some(p), None) => match s
+            .vaults
+            .seal_key(&access.url, p, access.scope.as_deref())
+            .await
+        {
             Ok(sealed) => (VaultAccess::sealed(&access.url, &sealed), Some(sealed)),
             Err(e) => return cannot(e),
         },
@@ -408,6 +416,7 @@ async fn check_vault(
             url: access.url.clone(),
             chunk_size: v.chunk_size(),
             sealed_key,
+            key_scope: v.scope().map(|n| n.to_string()),
         })
         .into_response(),
         Err(e) => cannot(e),

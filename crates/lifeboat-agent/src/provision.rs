@@ -495,7 +495,7 @@ mod tests {
             Arc::new(Recoveries::open(home.path(), &home.path().join("agent")).unwrap());
         let req = RecoveryRequest {
             recovery_id: "r1".into(),
-            vault: crate::sync::VaultAccess::passphrase("file:///nonexistent", &"x".into()),
+            vault: crate::sync::VaultAccess::passphrase("file:///nonexistent", &"x".into(), "vm"),
             point: "1795703838177-f4359ed2".into(),
             vm: "web".into(),
             kind: RecoveryKind::Test,

@@ -550,16 +550,39 @@ impl VaultCache {
             .map_err(|e| SyncError::Invalid(format!("vault {url}: the sealed key: {e}")))
     }
 
-    /// Unlocks the vault at `url` with the operator's `passphrase` and seals its key to this
-    /// agent: what the server keeps instead of the passphrase (base64).
-    pub async fn seal_key(&self, url: &str, passphrase: &Secret) -> Result<String, SyncError> {
+    /// Unlocks the vault at `url` with the operator's `passphrase` and seals a key to this
+    /// agent: what the server keeps instead of the passphrase (base64). In a vault with a
+    /// key per VM that is the key of the points named `scope` only; the master key is
+    /// dropped here and never leaves this call.
+    pub async fn seal_key(
+        &self,
+        url: &str,
+        passphrase: &Secret,
+        scope: Option<&str>,
+    ) -> Result<String, SyncError> {
         use base64::Engine;
         let config = Vault::read_config(&backend(url).await?).await?;
+        let scope: Option<Name> = match scope {
+            Some(s) => Some(s.parse().map_err(|e| {
+                SyncError::Invalid(format!("vault {url}: the VM's point name {s:?}: {e}"))
+            })?),
+            None if config.scoped() => {
+                return Err(SyncError::Invalid(format!(
+                    "vault {url} has a key per VM, and the request names no VM whose key to seal \
+                     (a server older than this agent?): upgrade the server"
+                )))
+            }
+            None => None,
+        };
         let pass = passphrase.expose().to_string();
         // Argon2 is deliberately slow: off the async workers.
         let key_file = tokio::task::spawn_blocking(move || {
             let master = config.unlock(&pass)?;
-            KeyFile::new(&config, master)
+            match scope {
+                Some(name) if config.scoped() => KeyFile::scope(&config, &master, &name),
+                // Format 1: every VM shares the master key's sub-keys.
+                _ => KeyFile::new(&config, master),
+            }
         })
         .await
         .map_err(|e| SyncError::Invalid(format!("unlocking vault {url}: {e}")))?

@@ -32,6 +32,11 @@ pub struct VaultAccess {
     /// Base64 of the vault's key file sealed to this agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_key: Option<String>,
+    /// With a passphrase: the point name of the VM whose key the agent seals to itself.
+    /// In a vault with a key per VM (format 2) the agent seals that VM's key only, never
+    /// the master key, and refuses to seal without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 impl VaultAccess {
@@ -41,15 +46,18 @@ impl VaultAccess {
             url: url.to_string(),
             passphrase: None,
             sealed_key: Some(sealed_key.to_string()),
+            scope: None,
         }
     }
 
-    /// With the operator's passphrase (enabling protection).
-    pub fn passphrase(url: &str, passphrase: &crate::secret::Secret) -> VaultAccess {
+    /// With the operator's passphrase (enabling protection), to seal the key of the
+    /// points named `scope`.
+    pub fn passphrase(url: &str, passphrase: &crate::secret::Secret, scope: &str) -> VaultAccess {
         VaultAccess {
             url: url.to_string(),
             passphrase: Some(passphrase.clone()),
             sealed_key: None,
+            scope: Some(scope.to_string()),
         }
     }
 }

@@ -33,7 +33,11 @@ pub async fn access_for(
     }
     if !p.vault_passphrase.is_empty() {
         // Not converted yet (see the module's comment).
-        return Ok(VaultAccess::passphrase(&p.vault_url, &p.vault_passphrase));
+        return Ok(VaultAccess::passphrase(
+            &p.vault_url,
+            &p.vault_passphrase,
+            &p.point_name,
+        ));
     }
     Err(KeyError::Missing {
         host_id: host_id.to_string(),
@@ -81,7 +85,7 @@ async fn seal_for(
     let Some(h) = host else {
         return Ok(false);
     };
-    let access = VaultAccess::passphrase(&p.vault_url, &p.vault_passphrase);
+    let access = VaultAccess::passphrase(&p.vault_url, &p.vault_passphrase, &p.point_name);
     let checked = match crate::replication::agent_client(h, crate::replication::AGENT_TIMEOUT) {
         Ok(c) => c.check_vault(&access).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

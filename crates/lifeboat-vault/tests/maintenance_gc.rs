@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
-use lifeboat_vault::format::{lease_key, PackId, SessionId};
+use lifeboat_vault::format::{lease_object_key, LeaseObject, PackId, SessionId};
 use lifeboat_vault::store::lease::LeaseRecord;
 use lifeboat_vault::store::{execute_prune, gc, plan_gc, plan_prune, verify, RetentionPolicy};
 use lifeboat_vault::{PointRef, Vault};
@@ -57,8 +57,9 @@ async fn gc_after_prune_deletes_exactly_the_dead_packs() -> Result<()> {
     let a3 = put(&vault, &a, Some(&a2), &a3_img, Some(&[((2 << 20) + 5, 1)])).await?;
     let b_img = image(3, SIZE);
     let b = put(&vault, &name("b"), None, &b_img, None).await?;
-    // A stale lease of a writer dead for an hour.
-    let stale = lease_key(&SessionId::random());
+    // A stale lease of a writer dead for an hour (as an earlier version wrote it: one
+    // object, rewritten to renew).
+    let stale = lease_object_key(&SessionId::random(), LeaseObject::Whole);
     let record = LeaseRecord {
         name: a.clone(),
         parent: Some(a1.point),
@@ -256,7 +257,7 @@ async fn an_unreadable_manifest_or_page_stops_gc() -> Result<()> {
         started: Utc::now(),
         host: "here".into(),
     };
-    let lease = lease_key(&SessionId::random());
+    let lease = lease_object_key(&SessionId::random(), LeaseObject::Renewal(0));
     vault
         .backend()
         .put(&lease, Bytes::from(serde_json::to_vec(&record)?))
@@ -268,5 +269,70 @@ async fn an_unreadable_manifest_or_page_stops_gc() -> Result<()> {
 
     let report = gc(&vault, Duration::ZERO, false).await?;
     assert!(!report.blocked && report.packs_deleted == 1, "{report:#?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_only_create_lease_objects_and_gc_removes_old_ones() -> Result<()> {
+    use lifeboat_vault::store::lease::live_leases;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("vault");
+    let vault = folder_vault(&dir).await?;
+    let leases = |vault: Vault| async move {
+        let mut keys: Vec<String> = vault
+            .backend()
+            .list("leases/")
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        anyhow::Ok(keys)
+    };
+    let w = begin(&vault, &name("a"), None, SIZE as u64).await?;
+    let started = leases(vault.clone()).await?;
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(started[0].ends_with("/0"), "{started:?}");
+    let first = std::fs::read(object_path(&dir, &started[0]))?;
+    assert_eq!(live_leases(&vault).await?.len(), 1);
+    w.commit().await?;
+    // Ended by one more object; the first is as it was, nothing was deleted.
+    let ended = leases(vault.clone()).await?;
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    assert!(ended.contains(&started[0]) && ended.iter().any(|k| k.ends_with("/end")));
+    assert_eq!(std::fs::read(object_path(&dir, &started[0]))?, first);
+    assert!(live_leases(&vault).await?.is_empty());
+    // A renewal newer than an old first object keeps a session alive; its end stops it.
+    let s = SessionId::random();
+    let record = LeaseRecord {
+        name: name("b"),
+        parent: None,
+        started: Utc::now() - TimeDelta::hours(1),
+        host: "h".into(),
+    };
+    let body = Bytes::from(serde_json::to_vec(&record)?);
+    for n in [0, 1] {
+        let key = lease_object_key(&s, LeaseObject::Renewal(n));
+        assert!(vault.backend().put_if_absent(&key, body.clone()).await?);
+    }
+    age(
+        &object_path(&dir, &lease_object_key(&s, LeaseObject::Renewal(0))),
+        HOUR,
+    )?;
+    assert_eq!(live_leases(&vault).await?.len(), 1);
+    // gc removes what is old (the ended writer's objects, aged; the old renewal), never
+    // the live session's newest renewal.
+    for k in &ended {
+        age(&object_path(&dir, k), HOUR)?;
+    }
+    gc(&vault, Duration::ZERO, false).await?;
+    assert_eq!(
+        leases(vault.clone()).await?,
+        vec![lease_object_key(&s, LeaseObject::Renewal(1))]
+    );
+    assert_eq!(live_leases(&vault).await?.len(), 1);
+    let end = lease_object_key(&s, LeaseObject::End);
+    assert!(vault.backend().put_if_absent(&end, Bytes::new()).await?);
+    assert!(live_leases(&vault).await?.is_empty());
     Ok(())
 }

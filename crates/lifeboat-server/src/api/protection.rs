@@ -342,7 +342,7 @@ pub async fn protect(
     // Both the VM's agent (it writes) and the recovery host's (it will read) must open
     // the vault: find out now, not at failover. Each seals the vault's key to itself; the
     // server keeps those sealed keys and forgets the passphrase (crate::vault_keys).
-    let access = VaultAccess::passphrase(&req.vault, &req.vault_passphrase);
+    let access = VaultAccess::passphrase(&req.vault, &req.vault_passphrase, &point_name);
     let mut sealed = Vec::new();
     for h in [host, recovery] {
         let checked = match agent(h) {

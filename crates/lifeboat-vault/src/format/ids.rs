@@ -327,9 +327,26 @@ pub fn manifest_prefix(name: &Name) -> String {
     format!("{POINTS}{name}/")
 }
 
-/// `leases/<session id>`.
-pub fn lease_key(session: &SessionId) -> String {
-    format!("{LEASES}{session}")
+/// One object of a writer's lease. Writers only ever create objects (an append-only
+/// credential can hold a lease): a renewal is a new object, and the end is one more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseObject {
+    /// `leases/<session id>`: a lease of an earlier version, rewritten to renew it and
+    /// deleted at its end. Still read; no longer written.
+    Whole,
+    /// `leases/<session id>/<n>`: the writer's n-th renewal (0 when it starts).
+    Renewal(u32),
+    /// `leases/<session id>/end`: the writer is done.
+    End,
+}
+
+/// The key of one object of `session`'s lease.
+pub fn lease_object_key(session: &SessionId, object: LeaseObject) -> String {
+    match object {
+        LeaseObject::Whole => format!("{LEASES}{session}"),
+        LeaseObject::Renewal(n) => format!("{LEASES}{session}/{n}"),
+        LeaseObject::End => format!("{LEASES}{session}/end"),
+    }
 }
 
 /// The pack id of a listed key, or None for anything that is not exactly a pack key
@@ -348,9 +365,20 @@ pub fn parse_manifest_key(key: &str) -> Option<(Name, PointId)> {
     Some((name.parse().ok()?, point.parse().ok()?))
 }
 
-/// The session id of a listed lease key, or None for foreign keys.
-pub fn parse_lease_key(key: &str) -> Option<SessionId> {
-    key.strip_prefix(LEASES)?.parse().ok()
+/// The session and object of a listed lease key, or None for foreign keys.
+pub fn parse_lease_key(key: &str) -> Option<(SessionId, LeaseObject)> {
+    let rest = key.strip_prefix(LEASES)?;
+    let (session, object) = match rest.split_once('/') {
+        None => (rest, LeaseObject::Whole),
+        Some((s, "end")) => (s, LeaseObject::End),
+        Some((s, n)) => {
+            // One spelling per number, so one renewal has one key.
+            let n: u32 = n.parse().ok()?;
+            (s, LeaseObject::Renewal(n))
+        }
+    };
+    let session: SessionId = session.parse().ok()?;
+    (lease_object_key(&session, object) == key).then_some((session, object))
 }
 
 #[cfg(test)]
@@ -458,8 +486,19 @@ mod tests {
         assert_eq!(parse_manifest_key("points/web1"), None);
 
         let s = SessionId::random();
-        assert_eq!(parse_lease_key(&lease_key(&s)), Some(s));
-        assert_eq!(parse_lease_key(&lease_key(&s).to_uppercase()), None);
+        for o in [
+            LeaseObject::Whole,
+            LeaseObject::Renewal(0),
+            LeaseObject::Renewal(17),
+            LeaseObject::End,
+        ] {
+            let key = lease_object_key(&s, o);
+            assert_eq!(parse_lease_key(&key), Some((s, o)));
+            assert_eq!(parse_lease_key(&key.to_uppercase()), None);
+        }
+        assert_eq!(parse_lease_key(&format!("leases/{s}/007")), None);
+        assert_eq!(parse_lease_key(&format!("leases/{s}/-1")), None);
+        assert_eq!(parse_lease_key(&format!("leases/{s}/x")), None);
         assert_eq!(parse_lease_key("leases/x"), None);
     }
 }

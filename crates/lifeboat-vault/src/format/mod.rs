@@ -27,8 +27,9 @@ pub use blob::{open_chunk, open_chunk_into, seal_chunk, BlobKind};
 pub use config::{KdfParams, KeySlot, VaultConfig};
 pub use error::FormatError;
 pub use ids::{
-    lease_key, manifest_key, manifest_prefix, pack_key, parse_lease_key, parse_manifest_key,
-    parse_pack_key, ChunkId, Name, PackId, PageId, PointId, SessionId, VaultId, CONFIG_KEY,
+    lease_object_key, manifest_key, manifest_prefix, pack_key, parse_lease_key, parse_manifest_key,
+    parse_pack_key, ChunkId, LeaseObject, Name, PackId, PageId, PointId, SessionId, VaultId,
+    CONFIG_KEY,
 };
 pub use keyfile::{KeyFile, VaultKey};
 pub use keys::{MasterKey, ScopeKey, VaultKeys};

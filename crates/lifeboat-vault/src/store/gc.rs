@@ -41,17 +41,16 @@ use serde::Serialize;
 
 use crate::backend::ObjectInfo;
 use crate::format::{
-    self, pack_key, parse_lease_key, parse_pack_key, trailer_len_from_footer, Name, PackId, PointId,
+    self, pack_key, parse_pack_key, trailer_len_from_footer, Name, PackId, PointId,
 };
 use crate::store::error::{Result, VaultError};
-use crate::store::lease::{live_leases, LEASE_TTL};
+use crate::store::lease::{live_leases, stale_lease_objects};
 use crate::store::vault::{PointRef, Vault};
 use crate::store::verify::{
     fault_of, fetch_page, page_names, page_uses, read_manifests, PageLoc, IN_FLIGHT,
 };
 
-/// Lease objects older than this belong to writers long dead.
-pub const STALE_LEASE_AGE: Duration = Duration::from_secs(3 * LEASE_TTL.as_secs());
+pub use crate::store::lease::STALE_LEASE_AGE;
 
 /// An object that could not be read, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -279,12 +278,11 @@ pub async fn plan_gc(vault: &Vault, grace: Duration) -> Result<GcPlan> {
         .collect();
     plan.missing_packs.sort();
 
-    let stale = now - chrono::Duration::from_std(STALE_LEASE_AGE).expect("30 minutes");
-    for o in vault.backend.list("leases/").await? {
-        if parse_lease_key(&o.key).is_some() && o.last_modified < stale {
-            plan.delete_leases.push(dead(o));
-        }
-    }
+    plan.delete_leases = stale_lease_objects(vault, now)
+        .await?
+        .into_iter()
+        .map(dead)
+        .collect();
 
     if plan.is_blocked() {
         // The marks are incomplete: nothing may go, and waste cannot be told.
