@@ -9,10 +9,11 @@
 //! `LIFEBOAT-GUEST-READY boot=<n>` once everything is up.
 //!
 //! The vault's backend tests need real object storage: [`S3Server`] (s3s-fs) and
-//! [`Azurite`] start one on a free port and stop it on drop. The server's tests need
-//! PostgreSQL: [`fresh_postgres_database`] makes a database on the cluster the test
-//! command starts. Tests and benchmarks that measure a process read /proc through
-//! [`cpu_seconds`] and [`status_kb`].
+//! [`Azurite`] start one on a free port and stop it on drop; [`azurite_container_sas`]
+//! mints the restricted credential (a container SAS) that hosts are given. The server's
+//! tests need PostgreSQL: [`fresh_postgres_database`] makes a database on the cluster
+//! the test command starts. Tests and benchmarks that measure a process read /proc
+//! through [`cpu_seconds`] and [`status_kb`].
 //!
 //! The web dashboard's end-to-end tests drive a real headless Chromium through
 //! [`browser::Browser`].
@@ -26,6 +27,7 @@ mod http;
 mod image;
 mod postgres;
 mod procs;
+mod sas;
 mod serial;
 mod servers;
 
@@ -37,6 +39,7 @@ pub use http::{http_get, wait_http};
 pub use image::{guest_disk_copy, guest_image};
 pub use postgres::{fresh_postgres_database, postgres_url};
 pub use procs::{cpu_seconds, status_kb, status_number, thread_cpu, ThreadCpu};
+pub use sas::{azurite_container_sas, container_sas, SAS_VERSION};
 pub use serial::SerialConsole;
 pub use servers::{Azurite, S3Server, AZURITE_ACCOUNT, AZURITE_KEY};
 

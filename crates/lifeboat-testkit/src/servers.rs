@@ -172,6 +172,15 @@ impl Azurite {
         Ok(azurite)
     }
 
+    /// A SAS for this Azurite's container (see [`crate::azurite_container_sas`]).
+    pub fn container_sas(
+        &self,
+        permissions: &str,
+        expiry: chrono::DateTime<chrono::Utc>,
+    ) -> String {
+        crate::azurite_container_sas(&self.container, permissions, expiry)
+    }
+
     /// Kills the server now (to test a storage that went away).
     pub fn kill(&mut self) {
         kill(&mut self.child);

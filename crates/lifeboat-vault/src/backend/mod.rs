@@ -18,6 +18,15 @@
 //!   2024, MinIO, R2, s3s-fs) and Azure/Azurite (`If-None-Match: *`). Only for an S3 server
 //!   configured with `AWS_CONDITIONAL_PUT=disabled`, or one answering 501, does it fall
 //!   back to head-then-put — see [`Backend::put_if_absent`] for the race that leaves.
+//!
+//! Append-only credentials (Azure): a host may be given a container SAS with permissions
+//! `rcl` (read, create, list) and nothing else ([`AzureSettings::sas_token`]), so that a
+//! compromised host can add recovery points but not overwrite or delete any. The backend
+//! then signs with that SAS alone, never an account key. Azure refuses such a SAS with
+//! 403 both for a create of an existing blob and for an overwrite or a delete; the backend
+//! keeps its contract on top: `put_if_absent` of an existing key is `Ok(false)`, an
+//! overwrite or a delete is [`BackendError::Denied`] saying what the SAS allows, and none
+//! of these is retried.
 
 mod error;
 mod folder;
@@ -44,6 +53,7 @@ pub use key::MAX_KEY_LEN;
 pub use settings::{AzureSettings, S3Settings, Secret, EMULATOR_ACCOUNT, EMULATOR_KEY};
 pub use url::VaultUrl;
 
+use error::Refused;
 use retry::{Failure, RetryPolicy};
 
 /// How a backend retries, times out and shares the storage. `Default` suits a vault on a
@@ -114,6 +124,8 @@ struct Inner {
     permits: Semaphore,
     /// Cleared when the server turns out not to support conditional puts.
     conditional_put: AtomicBool,
+    /// The permission letters of the SAS the store is reached with (Azure), if any.
+    sas_permissions: Option<String>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -153,6 +165,7 @@ impl Backend {
                 },
                 permits: Semaphore::new(opts.max_concurrency),
                 conditional_put: AtomicBool::new(conditional_put),
+                sas_permissions: built.sas_permissions,
             }),
         })
     }
@@ -163,6 +176,9 @@ impl Backend {
 
     /// Stores an object, replacing any object of that key. Readers see the old object or
     /// the whole new one, never a part.
+    ///
+    /// A credential that may create but not overwrite (an append-only SAS) gets
+    /// [`BackendError::Denied`] for an existing key, and the object is left as it was.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BackendError> {
         self.put_parts(key, vec![bytes]).await
     }
@@ -173,10 +189,24 @@ impl Backend {
         let path = self.path(key)?;
         let payload: PutPayload = parts.into_iter().collect();
         let store = &self.inner.store;
-        self.run("write", key, || store.put(&path, payload.clone()))
+        match self
+            .run("write", key, || store.put(&path, payload.clone()))
             .await
-            .map(|_| ())
-            .map_err(|f| self.fail("write", key, f))
+        {
+            Ok(_) => Ok(()),
+            Err(Failure::Permanent(e @ object_store::Error::PermissionDenied { .. })) => {
+                // One 403 answers both "may not create" and "may not overwrite" (an
+                // append-only SAS is refused only for keys that exist). The operator needs
+                // to know which, so look.
+                let refused = match self.head(key).await {
+                    Ok(Some(_)) => Some(Refused::Overwrite),
+                    Ok(None) => Some(Refused::Create),
+                    Err(_) => None,
+                };
+                Err(self.denied("write", key, refused, &e))
+            }
+            Err(f) => Err(self.fail("write", key, f)),
+        }
     }
 
     /// Stores an object only if no object of that key exists: `true` if this call created
@@ -208,12 +238,20 @@ impl Backend {
                 Err(Failure::Permanent(
                     object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. },
-                )) => {
-                    if attempts > 1 {
-                        let stored = self.get(key).await?;
-                        return Ok(stored == bytes);
-                    }
-                    return Ok(false);
+                )) => return self.created_by_us(key, &bytes, attempts).await,
+                Err(Failure::Permanent(e @ object_store::Error::PermissionDenied { .. })) => {
+                    // A credential that may create but not overwrite (Azure SAS `c`
+                    // without `w`, what an append-only host holds) is refused with 403
+                    // for an existing blob: Azure checks the SAS permission against the
+                    // blob before it evaluates If-None-Match, so object_store never sees
+                    // the 409/412 that means "already exists". The object's presence is
+                    // what tells "already there" from "may not create at all".
+                    return match self.head(key).await {
+                        Ok(Some(_)) => self.created_by_us(key, &bytes, attempts).await,
+                        Ok(None) => Err(self.denied("create", key, Some(Refused::Create), &e)),
+                        // Cannot look either: the refused create is the answer to report.
+                        Err(_) => Err(self.denied("create", key, None, &e)),
+                    };
                 }
                 Err(Failure::Permanent(e)) if conditional_put_unsupported(&e) => {
                     tracing::warn!(
@@ -322,7 +360,9 @@ impl Backend {
             .collect())
     }
 
-    /// Removes an object. Removing an object that does not exist succeeds.
+    /// Removes an object. Removing an object that does not exist succeeds. A credential
+    /// that may not delete (an append-only SAS) gets [`BackendError::Denied`], also for a
+    /// key that does not exist: Azure checks the permission first.
     pub async fn delete(&self, key: &str) -> Result<(), BackendError> {
         let path = self.path(key)?;
         let store = &self.inner.store;
@@ -330,6 +370,21 @@ impl Backend {
             Ok(_) | Err(Failure::Permanent(object_store::Error::NotFound { .. })) => Ok(()),
             Err(f) => Err(self.fail("delete", key, f)),
         }
+    }
+
+    /// The object a refused conditional create found: `true` if it holds our bytes and
+    /// an earlier attempt of this call (one that failed in transit) may have written it.
+    async fn created_by_us(
+        &self,
+        key: &str,
+        bytes: &Bytes,
+        attempts: u32,
+    ) -> Result<bool, BackendError> {
+        if attempts > 1 {
+            let stored = self.get(key).await?;
+            return Ok(stored == *bytes);
+        }
+        Ok(false)
     }
 
     async fn run<T, F, Fut>(&self, op: &'static str, key: &str, f: F) -> Result<(T, u32), Failure>
@@ -369,22 +424,38 @@ impl Backend {
                 elapsed,
                 cause,
             },
-            Failure::Permanent(e) => match e {
-                object_store::Error::NotFound { .. } => BackendError::NotFound { url, key },
-                object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. } => BackendError::Denied {
-                    url,
-                    op,
-                    key,
-                    cause: short(&e),
-                },
-                e => BackendError::Storage {
-                    url,
-                    op,
-                    key,
-                    cause: short(&e),
-                },
+            Failure::Permanent(object_store::Error::NotFound { .. }) => {
+                BackendError::NotFound { url, key }
+            }
+            Failure::Permanent(e) if error::is_refusal(&e) => {
+                // object_store deletes through Blob Batch on Azure, and a sub-request
+                // refused there comes back as a generic error, not PermissionDenied.
+                let refused = (op == "delete").then_some(Refused::Delete);
+                self.denied(op, &key, refused, &e)
+            }
+            Failure::Permanent(e) => BackendError::Storage {
+                url,
+                op,
+                key,
+                cause: short(&e),
             },
+        }
+    }
+
+    /// A refusal (HTTP 401/403), saying what this credential may not do when that is
+    /// known, and which SAS the vault was opened with.
+    fn denied(
+        &self,
+        op: &'static str,
+        key: &str,
+        refused: Option<Refused>,
+        e: &object_store::Error,
+    ) -> BackendError {
+        BackendError::Denied {
+            url: self.inner.url_text.clone(),
+            op,
+            key: key.to_owned(),
+            cause: error::refusal_cause(refused, self.inner.sas_permissions.as_deref(), &short(e)),
         }
     }
 }

@@ -77,8 +77,19 @@ impl S3Settings {
 pub struct AzureSettings {
     /// `AZURE_STORAGE_ACCOUNT_NAME` (`devstoreaccount1` for the emulator).
     pub account: Option<String>,
-    /// `AZURE_STORAGE_ACCOUNT_KEY` (the well-known key for the emulator).
+    /// `AZURE_STORAGE_ACCOUNT_KEY` (the well-known key for the emulator). Ignored when
+    /// `sas_token` is set.
     pub access_key: Option<Secret>,
+    /// `AZURE_STORAGE_SAS_TOKEN` (the name the Azure CLI uses; `AZURE_STORAGE_SAS_KEY`,
+    /// which `object_store` also reads, is accepted when the first is not set): a shared
+    /// access signature, the query string `sv=…&sp=…&sig=…` with or without its `?`.
+    ///
+    /// When set, the vault is reached with this SAS and nothing else — not the account
+    /// key, not a token found in the environment. That is what makes a restricted SAS
+    /// mean something: a hypervisor host given a container SAS with permissions `rcl`
+    /// (read, create, list) can add recovery points but never overwrite or delete one, so
+    /// a compromised host cannot destroy what it already backed up.
+    pub sas_token: Option<Secret>,
     /// `AZURE_STORAGE_ENDPOINT`: the account's blob endpoint. For Azurite it includes the
     /// account: `http://127.0.0.1:10000/devstoreaccount1`.
     pub endpoint: Option<String>,
@@ -97,11 +108,21 @@ impl AzureSettings {
         AzureSettings {
             account: Some(EMULATOR_ACCOUNT.into()),
             access_key: Some(Secret::new(EMULATOR_KEY)),
+            sas_token: None,
             endpoint: Some(format!(
                 "{}/{EMULATOR_ACCOUNT}",
                 endpoint.trim_end_matches('/')
             )),
             use_emulator: true,
+        }
+    }
+
+    /// `emulator` reached with the shared access signature `sas` alone (no account key).
+    pub fn emulator_with_sas(endpoint: &str, sas: &str) -> AzureSettings {
+        AzureSettings {
+            access_key: None,
+            sas_token: Some(Secret::new(sas)),
+            ..AzureSettings::emulator(endpoint)
         }
     }
 
@@ -111,13 +132,20 @@ impl AzureSettings {
         let mut settings = AzureSettings {
             account: env("AZURE_STORAGE_ACCOUNT_NAME"),
             access_key: env("AZURE_STORAGE_ACCOUNT_KEY").map(Secret),
+            sas_token: env("AZURE_STORAGE_SAS_TOKEN")
+                .or_else(|| env("AZURE_STORAGE_SAS_KEY"))
+                .map(Secret),
             endpoint: env("AZURE_STORAGE_ENDPOINT"),
             use_emulator,
         };
         if use_emulator {
             let defaults = AzureSettings::emulator("http://127.0.0.1:10000");
             settings.account = settings.account.or(defaults.account);
-            settings.access_key = settings.access_key.or(defaults.access_key);
+            // The emulator's key is a default for a host given no credential, never an
+            // addition to a SAS.
+            if settings.sas_token.is_none() {
+                settings.access_key = settings.access_key.or(defaults.access_key);
+            }
             settings.endpoint = settings.endpoint.or(defaults.endpoint);
         }
         settings
@@ -139,5 +167,8 @@ mod tests {
         assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
         let a = AzureSettings::emulator("http://127.0.0.1:1");
         assert!(!format!("{a:?}").contains(EMULATOR_KEY));
+        let a = AzureSettings::emulator_with_sas("http://127.0.0.1:1", "sv=x&sig=SIGNATURE");
+        assert!(!format!("{a:?}").contains("SIGNATURE"));
+        assert_eq!(a.access_key, None);
     }
 }

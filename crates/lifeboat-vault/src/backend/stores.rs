@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
-use object_store::azure::MicrosoftAzureBuilder;
+use object_store::azure::{split_sas, AzureCredential, MicrosoftAzureBuilder};
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
-use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use object_store::{ClientOptions, ObjectStore, RetryConfig, StaticCredentialProvider};
 
 use super::error::BackendError;
 use super::folder::FolderStore;
-use super::settings::{AzureSettings, S3Settings};
+use super::settings::{AzureSettings, S3Settings, Secret};
 use super::url::VaultUrl;
 use super::BackendOptions;
 
@@ -20,6 +20,10 @@ pub(crate) struct Built {
     pub store: Arc<dyn ObjectStore>,
     /// Where the requests go, for error messages: a folder path or an HTTP endpoint.
     pub endpoint: String,
+    /// When the store is reached with a SAS that names its permissions: the letters
+    /// (`sp`, `rcl` for an append-only host), for messages that say why a request was
+    /// refused.
+    pub sas_permissions: Option<String>,
 }
 
 pub(crate) async fn build(url: &VaultUrl, opts: &BackendOptions) -> Result<Built, BackendError> {
@@ -40,6 +44,7 @@ pub(crate) async fn build(url: &VaultUrl, opts: &BackendOptions) -> Result<Built
             Ok(Built {
                 store: Arc::new(store),
                 endpoint: path.display().to_string(),
+                sas_permissions: None,
             })
         }
         VaultUrl::S3 { bucket, prefix } => {
@@ -95,6 +100,7 @@ pub(crate) async fn build(url: &VaultUrl, opts: &BackendOptions) -> Result<Built
             Ok(Built {
                 store: with_prefix(store, prefix),
                 endpoint,
+                sas_permissions: None,
             })
         }
         VaultUrl::Azure { container, prefix } => {
@@ -114,15 +120,16 @@ pub(crate) async fn build(url: &VaultUrl, opts: &BackendOptions) -> Result<Built
                 ));
             };
             // Azurite is reached like any account with an explicit endpoint: object_store's
-            // emulator mode takes its address from a process-wide variable instead.
+            // emulator mode takes its address from a process-wide variable instead, and
+            // signs with an account key whenever it has one, ignoring a SAS and even
+            // `with_credentials`. `from_env()` turns that mode on for
+            // AZURE_STORAGE_USE_EMULATOR, so it is switched off explicitly.
             builder = builder
                 .with_account(account)
                 .with_container_name(container)
+                .with_use_emulator(false)
                 .with_retry(no_retries())
                 .with_client_options(client_options(opts, s.endpoint.as_deref()));
-            if let Some(key) = &s.access_key {
-                builder = builder.with_access_key(key.expose());
-            }
             let endpoint = match &s.endpoint {
                 Some(e) => {
                     builder = builder.with_endpoint(e.clone());
@@ -130,15 +137,62 @@ pub(crate) async fn build(url: &VaultUrl, opts: &BackendOptions) -> Result<Built
                 }
                 None => format!("https://{account}.blob.core.windows.net"),
             };
+            let mut sas_permissions = None;
+            if let Some(sas) = &s.sas_token {
+                let pairs = sas_pairs(sas).map_err(config)?;
+                // A SAS tied to a stored access policy (`si=`) may carry no `sp`: its
+                // permissions are then on the server, and messages cannot name them.
+                sas_permissions = pair(&pairs, "sp")
+                    .filter(|sp| !sp.is_empty())
+                    .map(str::to_owned);
+                tracing::info!(
+                    vault = %url,
+                    %endpoint,
+                    permissions = sas_permissions.as_deref().unwrap_or("(its access policy's)"),
+                    expires = pair(&pairs, "se").unwrap_or("(its access policy's)"),
+                    "opening the vault with a shared access signature (SAS) only; \
+                     an account key, if one is set, is not used"
+                );
+                // The SAS alone, as a fixed credential: left to itself the builder would
+                // prefer a bearer token or an account key found in the environment
+                // (`from_env()` reads AZURE_STORAGE_ACCOUNT_KEY) over the SAS, and a host
+                // given an append-only SAS would quietly hold full rights again.
+                let sas = AzureCredential::SASToken(pairs);
+                builder = builder.with_credentials(Arc::new(StaticCredentialProvider::new(sas)));
+            } else if let Some(key) = &s.access_key {
+                builder = builder.with_access_key(key.expose());
+            }
             let store = builder
                 .build()
                 .map_err(|e| config(format!("Azure settings: {e}")))?;
             Ok(Built {
                 store: with_prefix(store, prefix),
                 endpoint,
+                sas_permissions,
             })
         }
     }
+}
+
+/// The SAS's query pairs, checked enough to tell an operator who pasted the wrong thing.
+/// Messages never quote the token: it is a credential.
+fn sas_pairs(sas: &Secret) -> Result<Vec<(String, String)>, String> {
+    let pairs = split_sas(sas.expose().trim()).map_err(|e| {
+        format!("AZURE_STORAGE_SAS_TOKEN is not a SAS query string (`sv=…&sp=…&sig=…`): {e}")
+    })?;
+    if pair(&pairs, "sig").is_none_or(str::is_empty) {
+        return Err("AZURE_STORAGE_SAS_TOKEN has no signature (`sig=`): \
+                    paste the whole SAS query string"
+            .into());
+    }
+    Ok(pairs)
+}
+
+fn pair<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn with_prefix<S: ObjectStore>(store: S, prefix: &str) -> Arc<dyn ObjectStore> {
