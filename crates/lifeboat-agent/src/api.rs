@@ -93,13 +93,11 @@ pub struct AgentState {
     pub recoveries: Arc<crate::provision::Recoveries>,
 }
 
+/// Stops protecting a VM on this host. An agent never deletes points (it may hold an
+/// append-only credential): the server deletes them when asked to.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct UnprotectRequest {
     pub point_name: String,
-    /// With `delete_points`, the vault whose points of `point_name` are deleted.
-    pub vault: Option<VaultAccess>,
-    #[serde(default)]
-    pub delete_points: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -282,7 +280,6 @@ async fn start_sync(
                     &vm,
                     &name,
                     &SyncOptions {
-                        retention: req.retention,
                         app_consistent: req.app_consistent,
                         max_rate: state.max_rate,
                     },
@@ -330,7 +327,7 @@ async fn sync_status(State(s): State<Arc<AgentState>>, Path(id): Path<String>) -
 async fn unprotect(
     State(s): State<Arc<AgentState>>,
     Path(vm): Path<String>,
-    Json(req): Json<UnprotectRequest>,
+    Json(_req): Json<UnprotectRequest>,
 ) -> Response {
     let vm = match vm_name(&vm) {
         Ok(v) => v,
@@ -363,27 +360,6 @@ async fn unprotect(
         // A stopped VM keeps its bitmaps in its qcow2 until it runs again; they only cost
         // a little space, and the next protection resyncs whatever they say.
         Err(e) => report.note = Some(format!("tracking left in place: {e}")),
-    }
-    if req.delete_points {
-        let Some(access) = &req.vault else {
-            return error(StatusCode::BAD_REQUEST, "delete_points needs the vault");
-        };
-        let deleted = async {
-            let vault = s.vaults.open(access).await?;
-            let name = lifeboat_vault::format::Name::new(&req.point_name)
-                .map_err(|e| SyncError::Invalid(e.to_string()))?;
-            let mut n = 0;
-            for p in vault.list_points(Some(&name)).await? {
-                vault.delete_point(&p).await?;
-                n += 1;
-            }
-            Ok::<u64, SyncError>(n)
-        }
-        .await;
-        match deleted {
-            Ok(n) => report.points_deleted = n,
-            Err(e) => return error(StatusCode::BAD_GATEWAY, format!("deleting points: {e}")),
-        }
     }
     Json(report).into_response()
 }

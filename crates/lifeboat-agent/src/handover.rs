@@ -102,7 +102,6 @@ pub async fn final_sync(
         vm,
         &name,
         &SyncOptions {
-            retention: req.retention,
             app_consistent: false, // the guest is not running
             max_rate: None,
         },

@@ -24,12 +24,11 @@ use chrono::Utc;
 use futures::StreamExt;
 use lifeboat_hypervisor::{Cut, DiskName, Hypervisor, QemuDriver, TrackingStatus, VmName};
 use lifeboat_vault::format::{Consistency, KeyFile, Name};
-use lifeboat_vault::store::retention::RetentionPolicy;
 use lifeboat_vault::{align_to_chunks, DiskLayout, PointOptions, PointRef, PointWriter, Vault};
 
 use crate::sealing::SealingKey;
 use crate::secret::Secret;
-use crate::sync::{Progress, Retention, SyncKind, SyncResult, VaultAccess};
+use crate::sync::{Progress, SyncKind, SyncResult, VaultAccess};
 
 /// Bytes read from the cut per write to the vault: whole chunks, a few MiB.
 const READ_PIECE: u64 = 4 << 20;
@@ -89,16 +88,16 @@ impl Records {
     }
 }
 
-/// How one sync runs: what it keeps, whether it freezes the guest, its bandwidth cap.
+/// How one sync runs: whether it freezes the guest, its bandwidth cap.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyncOptions {
-    pub retention: Retention,
     pub app_consistent: bool,
     /// Bytes per second the sync may read at most.
     pub max_rate: Option<u64>,
 }
 
-/// Syncs `vm` into `vault` as a point of `name`, then applies the retention to that name.
+/// Syncs `vm` into `vault` as a point of `name`. It deletes nothing: retention is the
+/// server's.
 pub async fn sync_vm(
     driver: &QemuDriver,
     vault: &Vault,
@@ -109,7 +108,6 @@ pub async fn sync_vm(
     progress: &Progress,
 ) -> Result<SyncResult, SyncError> {
     let SyncOptions {
-        retention,
         app_consistent,
         max_rate,
     } = *opts;
@@ -233,22 +231,13 @@ pub async fn sync_vm(
             records.set_last_point(vm, &point.point.to_string())?;
             progress.set_phase("committing the cut");
             cut.commit().await?;
-            progress.set_phase("applying retention");
-            // A point exists whatever retention does; its failure is a note, not a
-            // failed sync.
-            let points = match apply_retention(vault, name, retention).await {
-                Ok(p) => p,
-                Err(e) => {
-                    note = Some(format!(
-                        "retention failed (it runs again after the next point): {e}"
-                    ));
-                    vault
-                        .list_points(Some(name))
-                        .await
-                        .map(|ps| ps.into_iter().map(|p| p.point.to_string()).collect())
-                        .unwrap_or_else(|_| vec![point.point.to_string()])
-                }
-            };
+            // Agents only add points: retention is the server's (it deletes with its
+            // own storage credentials, docs/security.md).
+            let points = vault
+                .list_points(Some(name))
+                .await
+                .map(|ps| ps.into_iter().map(|p| p.point.to_string()).collect())
+                .unwrap_or_else(|_| vec![point.point.to_string()]);
             Ok(SyncResult {
                 point: point.point.to_string(),
                 parent: stats.parent,
@@ -430,34 +419,6 @@ fn split(ranges: &[(u64, u64)], piece: u64) -> Vec<(u64, u64)> {
         }
     }
     out
-}
-
-/// Deletes the points of `name` that `retention` no longer keeps (the newest always stays);
-/// returns the points left, oldest first.
-async fn apply_retention(
-    vault: &Vault,
-    name: &Name,
-    retention: Retention,
-) -> Result<Vec<String>, SyncError> {
-    let secs = |s: Option<u64>| s.map(std::time::Duration::from_secs);
-    let policy = RetentionPolicy {
-        keep_within: secs(retention.keep_within_secs),
-        keep_hourly: secs(retention.keep_hourly_secs),
-        keep_daily: secs(retention.keep_daily_secs),
-        keep_weekly: None,
-    };
-    if !policy.is_empty() {
-        let names = [name.clone()];
-        let plan =
-            lifeboat_vault::store::plan_prune(vault, &policy, Some(&names), Utc::now()).await?;
-        lifeboat_vault::store::execute_prune(vault, &plan).await?;
-    }
-    Ok(vault
-        .list_points(Some(name))
-        .await?
-        .into_iter()
-        .map(|p| p.point.to_string())
-        .collect())
 }
 
 /// A VM's name from the API's path, checked.

@@ -63,11 +63,25 @@ impl VaultAccess {
 }
 
 /// How long points are kept (see `lifeboat vault prune`); all `None` keeps every point.
+/// Applied by the server, never by an agent (agents only add points).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Retention {
     pub keep_within_secs: Option<u64>,
     pub keep_hourly_secs: Option<u64>,
     pub keep_daily_secs: Option<u64>,
+}
+
+impl Retention {
+    /// The vault's prune policy for these settings.
+    pub fn policy(&self) -> lifeboat_vault::store::RetentionPolicy {
+        let secs = |s: Option<u64>| s.map(std::time::Duration::from_secs);
+        lifeboat_vault::store::RetentionPolicy {
+            keep_within: secs(self.keep_within_secs),
+            keep_hourly: secs(self.keep_hourly_secs),
+            keep_daily: secs(self.keep_daily_secs),
+            keep_weekly: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,9 +91,6 @@ pub struct SyncRequest {
     pub vault: VaultAccess,
     /// The name the VM's points have in the vault.
     pub point_name: String,
-    /// Applied after the point is committed.
-    #[serde(default)]
-    pub retention: Retention,
     /// Freeze the guest's filesystems through its qemu-guest-agent for the cut; without
     /// an agent answering, the point is crash-consistent (the result says which).
     #[serde(default)]

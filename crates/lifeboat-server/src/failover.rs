@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use lifeboat_agent::client::AgentClient;
 use lifeboat_agent::handover::{FenceRequest, ShutdownRequest};
-use lifeboat_agent::sync::{Retention, SyncRequest, VaultAccess};
+use lifeboat_agent::sync::{SyncRequest, VaultAccess};
 
 use crate::db::{Database, HostAccess, Protection, ProtectionState};
 
@@ -165,7 +165,6 @@ pub async fn hand_over(
         sync_id: uuid::Uuid::new_v4().to_string(),
         vault,
         point_name: p.point_name.clone(),
-        retention: Retention::default(),
         app_consistent: false,
     };
     let report = match agent.final_sync(&p.vm, &req).await {
@@ -364,7 +363,6 @@ pub async fn fail_back(
         sync_id: uuid::Uuid::new_v4().to_string(),
         vault: away_vault,
         point_name: p.point_name.clone(),
-        retention: Retention::default(),
         app_consistent: false,
     };
     let report = away

@@ -27,6 +27,7 @@ pub mod failover;
 pub mod policy;
 pub mod recovery_watch;
 pub mod replication;
+pub mod retention;
 pub mod vault_keys;
 pub mod web;
 

@@ -30,6 +30,8 @@ const POLL: Duration = Duration::from_secs(1);
 const DEGRADED_AFTER_FAILURES: i64 = 2;
 /// The longest wait between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest a prune after a point may hold up this VM's watcher.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs forever: starts a watcher for every protection, including ones added later.
 pub async fn run(db: Database) {
@@ -286,6 +288,37 @@ pub(crate) async fn record_point(
     Ok(())
 }
 
+/// Deletes the points `policy` no longer keeps, here in the control plane (agents only
+/// add points). A point exists whatever retention does: a failure is logged and the
+/// next point tries again, and until then the vault only keeps more than it must.
+async fn apply_retention(
+    db: &Database,
+    p: &Protection,
+    policy: &Policy,
+) -> Result<(), crate::db::DbError> {
+    let pruned = tokio::time::timeout(
+        PRUNE_TIMEOUT,
+        crate::retention::prune(&p.vault_url, &p.point_name, policy.retention()),
+    )
+    .await;
+    match pruned {
+        Ok(Ok(pruned)) => {
+            if pruned.deleted > 0 {
+                tracing::info!(vm = %p.vm, deleted = pruned.deleted, "retention pruned points");
+            }
+            db.sync_points(&p.id, &pruned.points).await
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(vm = %p.vm, error = %e, "retention failed; it runs again after the next point");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(vm = %p.vm, "retention took over {} s; it runs again after the next point", PRUNE_TIMEOUT.as_secs());
+            Ok(())
+        }
+    }
+}
+
 fn sync_failed(p: &mut Protection, now: DateTime<Utc>, error: String) {
     p.current_sync = None;
     p.failures += 1;
@@ -348,6 +381,7 @@ async fn on_status(
             if let Some(note) = r.note {
                 tracing::warn!(vm = %p.vm, %note, "note on the new point");
             }
+            apply_retention(db, p, policy).await?;
             Ok(Duration::ZERO)
         }
         SyncState::Failed { error } => {
@@ -401,7 +435,6 @@ async fn start_sync(
         sync_id: sync_id.clone(),
         vault,
         point_name: p.point_name.clone(),
-        retention: policy.retention(),
     };
     match agent.start_sync(&p.vm, &req).await {
         Ok(_) => Ok(POLL),

@@ -551,11 +551,6 @@ pub async fn unprotect(
     };
     let req = UnprotectRequest {
         point_name: p.point_name.clone(),
-        // Needed only to delete points; without a key the agent says it cannot.
-        vault: crate::vault_keys::access_for(&s.db, &p, &p.host_id)
-            .await
-            .ok(),
-        delete_points: q.delete_points,
     };
     let client = match AgentClient::new(
         &host.host.address,
@@ -575,7 +570,7 @@ pub async fn unprotect(
             }
         }
     }
-    let report = match report {
+    let mut report = match report {
         Ok(r) => r,
         Err(e) => {
             // Replication goes on; tracking may already be gone, and then the next sync
@@ -591,6 +586,22 @@ pub async fn unprotect(
             return error(StatusCode::BAD_GATEWAY, msg);
         }
     };
+    if q.delete_points {
+        // The server deletes points, with its own storage credentials: agents only add.
+        match crate::retention::delete_all(&p.vault_url, &p.point_name).await {
+            Ok(n) => report.points_deleted = n,
+            Err(e) => {
+                let note = format!(
+                    "the points were kept: {e} (the server deletes points with storage \
+                     credentials of its own that may delete; see docs/security.md)"
+                );
+                report.note = Some(match report.note.take() {
+                    Some(n) => format!("{n}; {note}"),
+                    None => note,
+                });
+            }
+        }
+    }
     loop {
         match s.db.protection(&p.id).await {
             Ok(Some(now)) => match s.db.delete_protection(&now.id, now.generation).await {
@@ -615,7 +626,7 @@ pub async fn unprotect(
     .into_response()
 }
 
-/// How long `unprotect` waits for the agent: deleting points on object storage is slow.
+/// How long `unprotect` waits for the agent (it may wait on a frozen guest).
 const UNPROTECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Sets a protection's state, retrying lost generation races; the row as saved, or `None`

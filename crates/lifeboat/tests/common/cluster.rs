@@ -9,7 +9,7 @@ use lifeboat_hypervisor::{QemuConfig, QemuDriver, VmName};
 use lifeboat_testkit::{boot_timeout, SerialConsole};
 use serde_json::Value;
 
-use super::{client, start_agent, start_agent_on, start_server_with, Agent, Server};
+use super::{agent_command, client, spawn_agent, start_server_with, Agent, Server};
 
 pub const PASSPHRASE: &str = "correct horse battery staple";
 
@@ -246,13 +246,30 @@ pub fn unenrolled_cluster(
     tls: bool,
     alpha_options: &[&str],
 ) -> Cluster {
+    unenrolled_cluster_env(database, vault, tls, alpha_options, &[])
+}
+
+/// `unenrolled_cluster` whose agents get `agent_env` on top of this process's environment
+/// (e.g. storage credentials of their own, unlike the server's).
+pub fn unenrolled_cluster_env(
+    database: Option<&str>,
+    vault: Option<&str>,
+    tls: bool,
+    alpha_options: &[&str],
+    agent_env: &[(&str, &str)],
+) -> Cluster {
     let tmp = tempfile::Builder::new()
         .prefix("lbp")
         .tempdir_in("/tmp")
         .unwrap();
     let server = start_server_with(&tmp.path().join("server"), database, tls);
-    let alpha = start_agent_on(&tmp.path().join("alpha"), "alpha", 0, alpha_options);
-    let beta = start_agent(&tmp.path().join("beta"), "beta");
+    let agent = |name: &str, options: &[&str]| {
+        let mut c = agent_command(&tmp.path().join(name), name, 0, options);
+        c.envs(agent_env.iter().copied());
+        spawn_agent(c)
+    };
+    let alpha = agent("alpha", alpha_options);
+    let beta = agent("beta", &[]);
     let vault = match vault {
         Some(v) => v.to_string(),
         None => format!("file://{}", tmp.path().join("vault").display()),
@@ -278,7 +295,16 @@ pub fn cluster(database: Option<&str>) -> Cluster {
 /// `cluster` with the vault at `vault` (an s3:// or az:// URL whose credentials are in this
 /// process's environment, which the agents inherit) instead of a folder.
 pub fn cluster_with_vault(database: Option<&str>, vault: Option<&str>) -> Cluster {
-    let cl = unenrolled_cluster(database, vault, false, &[]);
+    cluster_with_agent_env(database, vault, &[])
+}
+
+/// `cluster_with_vault` whose agents get `agent_env` besides this process's environment.
+pub fn cluster_with_agent_env(
+    database: Option<&str>,
+    vault: Option<&str>,
+    agent_env: &[(&str, &str)],
+) -> Cluster {
+    let cl = unenrolled_cluster_env(database, vault, false, &[], agent_env);
     for a in [&cl.alpha, &cl.beta] {
         let addr = format!("127.0.0.1:{}", a.port);
         let code = a.code.clone().unwrap();

@@ -1,0 +1,143 @@
+//! Retention by the control plane (docs/security.md, "Append-only agents"). Agents only
+//! add points; the server deletes the points a policy no longer keeps, and all of a VM's
+//! points when its protection is removed with `delete_points`. It holds no vault key: it
+//! opens the vault without one, with its own storage credentials (which may delete, unlike
+//! the agents'), and decides from the time in each point id, never reading a manifest.
+//! It also removes lease objects that ended or died, which agents cannot delete.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use chrono::Utc;
+use lifeboat_agent::sync::Retention;
+use lifeboat_vault::backend::{Backend, BackendOptions, VaultUrl};
+use lifeboat_vault::format::Name;
+use lifeboat_vault::store::lease::stale_lease_objects;
+use lifeboat_vault::store::{execute_prune, plan_prune};
+use lifeboat_vault::{Vault, VaultError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error("vault URL {url}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("point name {name}: {reason}")]
+    BadName { name: String, reason: String },
+    #[error("the server cannot reach vault {url} with its own storage credentials (it prunes old points there; agents only add): {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: VaultError,
+    },
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// Opened vaults by URL: a cloud backend keeps its connections between prunes.
+fn opened() -> &'static Mutex<HashMap<String, Vault>> {
+    static OPENED: OnceLock<Mutex<HashMap<String, Vault>>> = OnceLock::new();
+    OPENED.get_or_init(Default::default)
+}
+
+/// The vault at `url`, opened without a key.
+async fn keyless(url: &str) -> Result<Vault, RetentionError> {
+    if let Some(v) = opened().lock().unwrap_or_else(|e| e.into_inner()).get(url) {
+        return Ok(v.clone());
+    }
+    let parsed = VaultUrl::parse(url).map_err(|e| RetentionError::BadUrl {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    let open = |source: VaultError| RetentionError::Open {
+        url: url.to_string(),
+        source,
+    };
+    let backend = Backend::open(&parsed, BackendOptions::default())
+        .await
+        .map_err(|e| open(e.into()))?;
+    let vault = Vault::open_keyless(backend).await.map_err(open)?;
+    opened()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(url.to_string(), vault.clone());
+    Ok(vault)
+}
+
+fn name(point_name: &str) -> Result<Name, RetentionError> {
+    point_name.parse().map_err(
+        |e: lifeboat_vault::format::FormatError| RetentionError::BadName {
+            name: point_name.to_string(),
+            reason: e.to_string(),
+        },
+    )
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Points deleted by the policy.
+    pub deleted: usize,
+    /// The points of the name left, oldest first.
+    pub points: Vec<String>,
+}
+
+/// Deletes the points of `point_name` that `retention` no longer keeps (never the newest,
+/// nor the parent of a writer at work), and lease objects of writers long gone.
+pub async fn prune(
+    vault_url: &str,
+    point_name: &str,
+    retention: Retention,
+) -> Result<Pruned, RetentionError> {
+    let vault = keyless(vault_url).await?;
+    let name = name(point_name)?;
+    let policy = retention.policy();
+    let mut deleted = 0;
+    if !policy.is_empty() {
+        let plan = plan_prune(
+            &vault,
+            &policy,
+            Some(std::slice::from_ref(&name)),
+            Utc::now(),
+        )
+        .await?;
+        deleted = execute_prune(&vault, &plan).await?.deleted.len();
+    }
+    remove_stale_leases(&vault).await;
+    let points = vault
+        .list_points(Some(&name))
+        .await?
+        .into_iter()
+        .map(|p| p.point.to_string())
+        .collect();
+    Ok(Pruned { deleted, points })
+}
+
+/// Deletes every point of `point_name` (protection removed with `delete_points`); their
+/// data goes at the next `vault gc`.
+pub async fn delete_all(vault_url: &str, point_name: &str) -> Result<u64, RetentionError> {
+    let vault = keyless(vault_url).await?;
+    let name = name(point_name)?;
+    let mut n = 0;
+    for p in vault.list_points(Some(&name)).await? {
+        vault.delete_point(&p).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Lease objects are created by agents and never deleted by them: a failure here only
+/// leaves a few small objects for the next pass.
+async fn remove_stale_leases(vault: &Vault) {
+    let stale = match stale_lease_objects(vault, Utc::now()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(vault = %vault.url(), error = %e, "listing old lease objects");
+            return;
+        }
+    };
+    for o in stale {
+        if let Err(e) = vault.backend().delete(&o.key).await {
+            tracing::warn!(vault = %vault.url(), key = %o.key, error = %e, "removing an old lease object");
+            return;
+        }
+    }
+}
