@@ -296,9 +296,17 @@ async fn apply_retention(
     p: &Protection,
     policy: &Policy,
 ) -> Result<(), crate::db::DbError> {
+    // Points a sync reported (not those merely found in the vault).
+    let reported: Vec<String> = db
+        .points(&p.id)
+        .await?
+        .into_iter()
+        .filter(|r| r.kind != crate::db::UNREPORTED)
+        .map(|r| r.point)
+        .collect();
     let pruned = tokio::time::timeout(
         PRUNE_TIMEOUT,
-        crate::retention::prune(&p.vault_url, &p.point_name, policy.retention()),
+        crate::retention::prune(&p.vault_url, &p.point_name, policy.retention(), &reported),
     )
     .await;
     match pruned {

@@ -13,7 +13,7 @@ use lifeboat_agent::sync::Retention;
 use lifeboat_vault::backend::{Backend, BackendOptions, VaultUrl};
 use lifeboat_vault::format::Name;
 use lifeboat_vault::store::lease::stale_lease_objects;
-use lifeboat_vault::store::{execute_prune, plan_prune};
+use lifeboat_vault::store::{execute_prune, plan_prune_of};
 use lifeboat_vault::{Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
@@ -81,24 +81,25 @@ pub struct Pruned {
 }
 
 /// Deletes the points of `point_name` that `retention` no longer keeps (never the newest,
-/// nor the parent of a writer at work), and lease objects of writers long gone.
+/// nor the parent of a writer at work), and lease objects of writers long gone. Only the
+/// points in `reported` (those the VM's syncs reported to the server) are planned: any
+/// other point under the name — one created by another host with create rights, or one
+/// the server never heard of — is neither deleted nor allowed to take a real point's place.
 pub async fn prune(
     vault_url: &str,
     point_name: &str,
     retention: Retention,
+    reported: &[String],
 ) -> Result<Pruned, RetentionError> {
     let vault = keyless(vault_url).await?;
     let name = name(point_name)?;
     let policy = retention.policy();
     let mut deleted = 0;
     if !policy.is_empty() {
-        let plan = plan_prune(
-            &vault,
-            &policy,
-            Some(std::slice::from_ref(&name)),
-            Utc::now(),
-        )
-        .await?;
+        let mut points = vault.list_points(Some(&name)).await?;
+        points.retain(|p| reported.contains(&p.point.to_string()));
+        let names = std::slice::from_ref(&name);
+        let plan = plan_prune_of(&vault, &policy, names, points, Utc::now()).await?;
         deleted = execute_prune(&vault, &plan).await?.deleted.len();
     }
     remove_stale_leases(&vault).await;

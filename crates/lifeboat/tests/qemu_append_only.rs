@@ -119,36 +119,72 @@ async fn hosts_only_add_points_and_hold_their_vms_key_alone() {
     let leases = agent_store.list("leases/").await.unwrap();
     assert!(leases.iter().any(|o| o.key.ends_with("/end")), "{leases:?}");
 
-    // Retention is the server's: a point 30 days old (past every window of the policy)
-    // goes at the next sync, deleted with the server's own credentials.
-    let mut old = admin.manifest(&newest).await.unwrap();
+    // Retention is the server's, over the points its syncs reported: a reported point 30
+    // days old (past every window of the policy) goes at the next sync, deleted with the
+    // server's own credentials. A point of the same age that no sync reported (what
+    // another host with create rights could put under this VM's name) is kept: it can
+    // neither be deleted by retention nor take a real point's retention slot.
     let month_ago = chrono::Utc::now() - chrono::Duration::days(30);
-    old.point = PointId::from_parts(month_ago.timestamp_millis() as u64, 0x01d).unwrap();
-    old.parent = None;
-    let (old_key, sealed) = format::seal_manifest(&admin.keys_for(&name).unwrap(), &old).unwrap();
-    assert!(admin
-        .backend()
-        .put_if_absent(&old_key, Bytes::from(sealed))
-        .await
-        .unwrap());
-    let planted = PointRef {
-        name: name.clone(),
-        point: old.point,
-    };
+    let mut planted = Vec::new();
+    for (i, rnd) in [0x0001_0001u32, 0x0002_0002].into_iter().enumerate() {
+        let mut old = admin.manifest(&newest).await.unwrap();
+        let ms = month_ago.timestamp_millis() as u64 + i as u64 * 60_000;
+        old.point = PointId::from_parts(ms, rnd).unwrap();
+        old.parent = None;
+        let keys = admin.keys_for(&name).unwrap();
+        let (key, sealed) = format::seal_manifest(&keys, &old).unwrap();
+        assert!(admin
+            .backend()
+            .put_if_absent(&key, Bytes::from(sealed))
+            .await
+            .unwrap());
+        planted.push(PointRef {
+            name: name.clone(),
+            point: old.point,
+        });
+    }
+    let (reported, unreported) = (&planted[0], &planted[1]);
+    let db_url = format!(
+        "sqlite://{}",
+        cl.home("server").join("server/lifeboat.db").display()
+    );
+    let db = sqlx::SqlitePool::connect(&db_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO points (protection_id, point, cut_time, consistency, kind, bytes_read, new_bytes) \
+         SELECT id, $1, $2, 'crash', 'incremental', 0, 0 FROM protections WHERE true \
+         ON CONFLICT (protection_id, point) DO UPDATE SET kind = 'incremental'",
+    )
+    .bind(reported.point.to_string())
+    .bind(reported.point.time().to_rfc3339())
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
     let deadline = Instant::now() + Duration::from_secs(180);
     while admin
         .list_points(Some(&name))
         .await
         .unwrap()
-        .contains(&planted)
+        .contains(reported)
     {
         assert!(
             Instant::now() < deadline,
-            "the server did not prune a 30-day-old point in 180 s; status: {}",
+            "the server did not prune a reported 30-day-old point in 180 s; status: {}",
             cl.json(&["status"])
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let left = admin.list_points(Some(&name)).await.unwrap();
+    assert!(left.contains(unreported), "{left:?}");
+    let points = cl.json(&["points", "web"]);
+    let listed = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["point"] == unreported.point.to_string())
+        .unwrap_or_else(|| panic!("the server lists what it found: {points}"))
+        .clone();
+    assert_eq!(listed["kind"], "unknown", "{listed}");
 
     // Unprotect with --delete-points: the server deletes them, not the agent.
     tokio::task::block_in_place(|| {

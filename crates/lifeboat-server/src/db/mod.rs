@@ -9,7 +9,7 @@ mod users;
 mod vault_keys;
 
 pub use audit::AuditRow;
-pub use protections::{Operation, PointRow, Protection, ProtectionState};
+pub use protections::{Operation, PointRow, Protection, ProtectionState, UNREPORTED};
 pub use recoveries::Recovery;
 pub use tokens::{TokenCaller, TokenRow};
 pub use users::{SessionRow, UserRow};

@@ -10,6 +10,9 @@ use sqlx::Row;
 
 use super::{Database, DbError};
 
+/// The kind of a point the server found in the vault but no sync of its own reported.
+pub const UNREPORTED: &str = "unknown";
+
 /// `Unprotected → Enabling → InitialSync → Protected ⇄ Degraded` (DESIGN.md, "Operations").
 /// Unprotected is the absence of a row.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -476,7 +479,8 @@ impl Database {
 
     /// Makes the recorded points those the vault has: forgets the ones retention deleted,
     /// and records any the server missed (a point committed by a sync whose answer was
-    /// lost) with the time its id carries.
+    /// lost, or one another host created under this name) with the time its id carries,
+    /// as kind [`UNREPORTED`]: retention never counts nor deletes those.
     pub async fn sync_points(
         &self,
         protection_id: &str,
@@ -494,7 +498,7 @@ impl Database {
                 point: v.clone(),
                 cut_time: id.time().to_rfc3339(),
                 consistency: "unknown".into(),
-                kind: "unknown".into(),
+                kind: UNREPORTED.into(),
                 bytes_read: 0,
                 new_bytes: 0,
                 note: Some("found in the vault; the sync that wrote it did not report".into()),

@@ -17,5 +17,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = kf.unlock(config);
         let again = KeyFile::decode(&kf.encode()).expect("re-decode");
         assert_eq!(again.vault_id, kf.vault_id);
+        assert!(again.key == kf.key, "a key file re-encodes to the same key");
     }
 });

@@ -20,7 +20,7 @@ pub mod writer;
 pub use chunking::align_to_chunks;
 pub use error::{Result, VaultError};
 pub use gc::{execute_gc, gc, plan_gc, GcPlan, GcReport};
-pub use prune::{execute_prune, plan_prune, PrunePlan, PruneReport};
+pub use prune::{execute_prune, plan_prune, plan_prune_of, PrunePlan, PruneReport};
 pub use reader::{PointReader, RestoreStats};
 pub use retention::RetentionPolicy;
 pub use stats::{stats, VaultStats};

@@ -85,19 +85,40 @@ pub async fn plan_prune(
                 .into(),
         ));
     }
-    let mut by_name: BTreeMap<Name, Vec<(PointId, DateTime<Utc>)>> = BTreeMap::new();
+    let mut points = vault.list_points(None).await?;
     if let Some(names) = names {
-        for n in names {
-            by_name.entry(n.clone()).or_default();
-        }
+        points.retain(|p| names.contains(&p.name));
     }
-    for p in vault.list_points(None).await? {
-        if names.is_none_or(|ns| ns.contains(&p.name)) {
-            by_name
-                .entry(p.name)
-                .or_default()
-                .push((p.point, p.point.time()));
-        }
+    plan_prune_of(vault, policy, names.unwrap_or_default(), points, now).await
+}
+
+/// `plan_prune` over `points` only (a subset of the vault's): points not given are
+/// neither deleted nor counted. The control plane passes the points its agents reported,
+/// so a point someone else created under a VM's name cannot take a retention slot (the
+/// newest of an hour, of a day) from a real one. `names` are planned even with no point.
+pub async fn plan_prune_of(
+    vault: &Vault,
+    policy: &RetentionPolicy,
+    names: &[Name],
+    points: Vec<PointRef>,
+    now: DateTime<Utc>,
+) -> Result<PrunePlan> {
+    if policy.is_empty() {
+        return Err(VaultError::Usage(
+            "prune needs at least one of --keep-within, --keep-hourly, --keep-daily, \
+             --keep-weekly; without one it would delete every point but the newest"
+                .into(),
+        ));
+    }
+    let mut by_name: BTreeMap<Name, Vec<(PointId, DateTime<Utc>)>> = BTreeMap::new();
+    for n in names {
+        by_name.entry(n.clone()).or_default();
+    }
+    for p in points {
+        by_name
+            .entry(p.name)
+            .or_default()
+            .push((p.point, p.point.time()));
     }
     let protected: HashSet<PointId> = live_leases(vault)
         .await?
