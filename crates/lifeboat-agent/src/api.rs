@@ -33,7 +33,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use lifeboat_hypervisor::{Hypervisor, QemuDriver, VmInfo};
+use lifeboat_hypervisor::{Driver, Hypervisor, VmInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::enrollment::{Enrollment, EnrollmentError};
@@ -82,7 +82,7 @@ pub struct AgentState {
     pub hostname: String,
     pub fingerprint: String,
     pub enrollment: Enrollment,
-    pub driver: QemuDriver,
+    pub driver: Driver,
     pub syncs: Syncs,
     pub vaults: VaultCache,
     /// The point each VM's last sync wrote.

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use lifeboat_hypervisor::{DiskFormat, Hypervisor, QemuDriver, VmName};
+use lifeboat_hypervisor::{DiskFormat, Driver, Hypervisor, VmName};
 use lifeboat_nbd::{ConnectOptions, NbdClient};
 use lifeboat_vault::format::{Name, PointId};
 use lifeboat_vault::{PointReader, Vault};
@@ -66,7 +66,7 @@ pub struct FenceReport {
 }
 
 pub async fn shutdown(
-    driver: &QemuDriver,
+    driver: &Driver,
     vm: &VmName,
     timeout: Duration,
 ) -> Result<ShutdownReport, SyncError> {
@@ -81,7 +81,7 @@ pub async fn shutdown(
 
 /// The final point of the stopped VM `vm`, and the proof it equals its disks.
 pub async fn final_sync(
-    driver: &QemuDriver,
+    driver: &Driver,
     vault: &Vault,
     vm: &VmName,
     req: &SyncRequest,
@@ -93,7 +93,7 @@ pub async fn final_sync(
             "{vm} still runs: shut it down before its final sync"
         )));
     }
-    driver.start_with(vm, true).await?;
+    driver.start_held(vm).await?;
     crate::failpoint::reached("agent-final-sync-started").await;
     let progress = Progress::default();
     let synced = sync_vm(
@@ -249,7 +249,7 @@ const APPLY_BATCH: u64 = 64 << 20;
 /// (the failback's last step at home: the recovery site's writes, and this host's own
 /// diverged writes, which are overwritten). Proves the result equal by digest.
 pub async fn apply_point(
-    driver: &QemuDriver,
+    driver: &Driver,
     vault: &Vault,
     vm: &VmName,
     req: &ApplyPointRequest,

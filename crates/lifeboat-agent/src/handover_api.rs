@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use lifeboat_hypervisor::Hypervisor;
 
 use crate::api::{error, AgentState};
 use crate::handover::{FenceReport, FenceRequest, ShutdownRequest};
@@ -122,14 +123,15 @@ pub async fn start(
             return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         }
     }
-    use lifeboat_hypervisor::Hypervisor;
+
+    let held = s.driver.held(&vm).await;
     match s.driver.state(&vm).await {
         Ok(lifeboat_hypervisor::VmState::Running) => {
             return Json(serde_json::json!({"started": false})).into_response()
         }
         // QEMU held (started paused) by a final sync that never ended — this agent was
         // killed: the guest never ran in it; it goes, and the VM starts for real.
-        Ok(_) if s.driver.held(&vm) => {
+        Ok(_) if held => {
             if let Err(e) = s.driver.shutdown(&vm, Duration::from_secs(1)).await {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
             }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lifeboat_hypervisor::qemu::hydrate::create_instant_overlay;
-use lifeboat_hypervisor::{DiskFormat, Hypervisor, HypervisorError, QemuDriver, VmName, VmSpec};
+use lifeboat_hypervisor::{DiskFormat, Driver, Hypervisor, HypervisorError, VmName, VmSpec};
 use lifeboat_vault::format::PointId;
 use lifeboat_vault::{PointReader, Vault};
 use tokio::task::AbortHandle;
@@ -109,7 +109,7 @@ impl Recoveries {
     /// until it is hydrated) and reports it.
     pub async fn ensure(
         self: &Arc<Self>,
-        driver: &QemuDriver,
+        driver: &Driver,
         vaults: &VaultCache,
         records: &Records,
         req: &RecoveryRequest,
@@ -183,7 +183,7 @@ impl Recoveries {
 
     async fn provision(
         &self,
-        driver: &QemuDriver,
+        driver: &Driver,
         id: &RecoveryId,
         vm: &VmName,
         req: &RecoveryRequest,
@@ -263,7 +263,7 @@ impl Recoveries {
     /// Starts serving the point and watching hydration; for a new recovery, starts the VM.
     fn start_live(
         self: &Arc<Self>,
-        driver: &QemuDriver,
+        driver: &Driver,
         record: &RecoveryRecord,
         reader: Option<Arc<PointReader>>,
     ) {
@@ -291,7 +291,7 @@ impl Recoveries {
     }
 
     /// Starts the VM if it never ran, then follows hydration until every disk is local.
-    async fn watch(&self, driver: &QemuDriver, id: &RecoveryId, error: &Mutex<Option<String>>) {
+    async fn watch(&self, driver: &Driver, id: &RecoveryId, error: &Mutex<Option<String>>) {
         let set = |e: Option<String>| *error.lock().unwrap() = e;
         loop {
             let Some(mut record) = self.journal.load(id) else {
@@ -355,7 +355,7 @@ impl Recoveries {
 
     pub async fn status(
         &self,
-        driver: &QemuDriver,
+        driver: &Driver,
         id: &RecoveryId,
     ) -> Result<RecoveryStatus, RecoveryError> {
         let record = self
@@ -365,7 +365,7 @@ impl Recoveries {
         Ok(self.status_of(driver, record).await)
     }
 
-    async fn status_of(&self, driver: &QemuDriver, record: RecoveryRecord) -> RecoveryStatus {
+    async fn status_of(&self, driver: &Driver, record: RecoveryRecord) -> RecoveryStatus {
         let error = self
             .live
             .lock()
@@ -401,7 +401,7 @@ impl Recoveries {
     /// sockets and its record. Removing what is not there is not an error.
     pub async fn remove(
         &self,
-        driver: &QemuDriver,
+        driver: &Driver,
         id: &RecoveryId,
     ) -> Result<RemovalReport, RecoveryError> {
         let _busy = self.busy.lock().await;
@@ -490,7 +490,10 @@ mod tests {
     #[tokio::test]
     async fn resume_only_never_brings_a_vm_up() {
         let home = tempfile::tempdir().unwrap();
-        let driver = QemuDriver::new(lifeboat_hypervisor::QemuConfig::new(home.path())).unwrap();
+        let driver = Driver::Qemu(
+            lifeboat_hypervisor::QemuDriver::new(lifeboat_hypervisor::QemuConfig::new(home.path()))
+                .unwrap(),
+        );
         let recoveries =
             Arc::new(Recoveries::open(home.path(), &home.path().join("agent")).unwrap());
         let req = RecoveryRequest {

@@ -22,7 +22,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
-use lifeboat_hypervisor::{Cut, DiskName, Hypervisor, QemuDriver, TrackingStatus, VmName};
+use lifeboat_hypervisor::{Cut, DiskName, Driver, Hypervisor, TrackingStatus, VmName};
 use lifeboat_vault::format::{Consistency, KeyFile, Name};
 use lifeboat_vault::{align_to_chunks, DiskLayout, PointOptions, PointRef, PointWriter, Vault};
 
@@ -99,7 +99,7 @@ pub struct SyncOptions {
 /// Syncs `vm` into `vault` as a point of `name`. It deletes nothing: retention is the
 /// server's.
 pub async fn sync_vm(
-    driver: &QemuDriver,
+    driver: &Driver,
     vault: &Vault,
     vm: &VmName,
     name: &Name,

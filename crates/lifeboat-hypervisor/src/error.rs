@@ -16,6 +16,9 @@ pub enum HypervisorError {
     #[error("VM {0} is already defined; undefine it first or pick another name")]
     AlreadyDefined(VmName),
 
+    #[error("{0}")]
+    Unsupported(String),
+
     #[error("VM {vm} is {state}; {what}")]
     WrongState {
         vm: VmName,

@@ -96,6 +96,20 @@ pub trait Cut {
     async fn abort(self) -> Result<()>;
 }
 
+/// One disk's hydration: a recovered VM runs on local overlays whose backing is the
+/// vault (over NBD); hydration copies the backing into the overlay while the VM runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DiskHydration {
+    pub disk: DiskName,
+    /// Bytes copied into the overlay so far, of `total`.
+    pub done: u64,
+    pub total: u64,
+    /// The disk no longer has a backing: it needs nothing from the vault.
+    pub hydrated: bool,
+}
+
+/// Everything the agent asks of a host's hypervisor: the agent drives every host through
+/// this trait alone, whichever driver runs its VMs (`crate::Driver`).
 #[allow(async_fn_in_trait)]
 pub trait Hypervisor {
     type Cut: Cut;
@@ -105,6 +119,17 @@ pub trait Hypervisor {
     async fn undefine(&self, vm: &VmName) -> Result<()>;
     async fn spec(&self, vm: &VmName) -> Result<VmSpec>;
     async fn start(&self, vm: &VmName) -> Result<()>;
+    /// Starts the VM with its disks open and its CPUs held (they never run): for a cut of
+    /// a stopped VM (the final sync of a planned move). A fenced VM does not start.
+    async fn start_held(&self, vm: &VmName) -> Result<()>;
+    /// Whether the VM runs held (`start_held`): left behind when its caller died.
+    async fn held(&self, vm: &VmName) -> bool;
+    /// Fences the VM: stops it at once if it runs and records `why`, after which nothing
+    /// starts it on this host (it failed over; its writes would diverge). True when it
+    /// was running.
+    async fn fence(&self, vm: &VmName, why: &str) -> Result<bool>;
+    /// Lifts a fence (the VM failed back home).
+    async fn unfence(&self, vm: &VmName) -> Result<()>;
     /// ACPI power button; after `timeout` the VM is stopped by force.
     async fn shutdown(&self, vm: &VmName, timeout: Duration) -> Result<ShutdownOutcome>;
     /// Pulls the plug at once (for fencing and tests).
@@ -119,6 +144,12 @@ pub trait Hypervisor {
     async fn begin_incremental_cut(&self, vm: &VmName) -> Result<Self::Cut>;
     /// Drops all tracking state (after `NeedsFullResync`); the next cut must be full.
     async fn reset_tracking(&self, vm: &VmName) -> Result<()>;
+    /// Starts a stopped VM's tracking afresh, its disks just made equal to a point (a
+    /// recovered VM before its first boot, home after a failback): changes count from here.
+    async fn track_afresh(&self, vm: &VmName) -> Result<()>;
+    /// Reports each disk's hydration, starting the copy where none runs; safe to call
+    /// again and again. `speed` caps it in bytes per second.
+    async fn hydrate(&self, vm: &VmName, speed: Option<u64>) -> Result<Vec<DiskHydration>>;
 
     /// Asks the guest's agent to freeze its filesystems (flushed, no writes) for an
     /// app-consistent cut. `None`: no agent answered within `limit`; the cut will be

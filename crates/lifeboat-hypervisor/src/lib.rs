@@ -9,6 +9,7 @@
 //! Everything the driver keeps on the host is its owner's only (`private`), and a disk is
 //! always opened as its spec's format says, never as its content looks.
 
+pub mod driver;
 pub mod error;
 pub mod private;
 pub mod qemu;
@@ -19,7 +20,10 @@ pub use spec::{DiskFormat, DiskName, DiskSpec, NicSpec, VmName, VmSpec};
 pub mod hypervisor;
 pub mod tracking;
 
-pub use hypervisor::{Cut, CutDisk, CutKind, Extent, Hypervisor, ShutdownOutcome, VmInfo, VmState};
+pub use driver::{Driver, DriverChoice, DriverCut, LIBVIRT_SOCKET};
+pub use hypervisor::{
+    Cut, CutDisk, CutKind, DiskHydration, Extent, Hypervisor, ShutdownOutcome, VmInfo, VmState,
+};
 pub use qemu::{Accel, QemuConfig, QemuDriver};
 pub use tracking::TrackingStatus;
 pub mod apply;

@@ -9,7 +9,7 @@ use lifeboat_agent::api::{router, AgentState};
 use lifeboat_agent::enrollment::Enrollment;
 use lifeboat_agent::identity::Identity;
 use lifeboat_agent::serve::{serve, Transport};
-use lifeboat_hypervisor::{Hypervisor, QemuDriver};
+use lifeboat_hypervisor::{Driver, Hypervisor, QemuDriver};
 
 use crate::cli::AgentArgs;
 
@@ -25,7 +25,13 @@ pub struct StartedAgent {
 }
 
 /// Sets up the agent (identity, enrollment, listener) without serving yet.
-pub async fn start(driver: QemuDriver, home: &Path, args: AgentArgs) -> Result<StartedAgent> {
+pub async fn start(qemu: QemuDriver, home: &Path, args: AgentArgs) -> Result<StartedAgent> {
+    let driver = Driver::choose(
+        args.hypervisor.into(),
+        qemu,
+        Path::new(lifeboat_hypervisor::LIBVIRT_SOCKET),
+    )?;
+    tracing::info!(driver = driver.kind(), "hypervisor driver");
     let agent_home = lifeboat_agent::home::open(home)
         .with_context(|| format!("making {} private to its owner", home.display()))?;
     let hostname = match args.hostname {

@@ -365,6 +365,29 @@ pub struct AgentArgs {
     /// (hydration, e.g. 100M), to spare the vault's bandwidth. Default: no cap.
     #[arg(long)]
     pub hydrate_rate: Option<String>,
+    /// Which driver runs this host's VMs: `qemu` (the VMs Lifeboat defines from its TOML
+    /// spec), `libvirt` (not in this version: refused with a clear error), or `auto`
+    /// (libvirt when its socket answers; this version then warns and uses `qemu`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub hypervisor: HypervisorArg,
+}
+
+/// `lifeboat agent --hypervisor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HypervisorArg {
+    Auto,
+    Libvirt,
+    Qemu,
+}
+
+impl From<HypervisorArg> for lifeboat_hypervisor::DriverChoice {
+    fn from(a: HypervisorArg) -> Self {
+        match a {
+            HypervisorArg::Auto => lifeboat_hypervisor::DriverChoice::Auto,
+            HypervisorArg::Libvirt => lifeboat_hypervisor::DriverChoice::Libvirt,
+            HypervisorArg::Qemu => lifeboat_hypervisor::DriverChoice::Qemu,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

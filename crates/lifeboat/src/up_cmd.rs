@@ -48,6 +48,8 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
             hostname: args.hostname.clone(),
             max_rate: None,
             hydrate_rate: None,
+            // `up` runs the VM it defines itself.
+            hypervisor: crate::cli::HypervisorArg::Qemu,
         },
     )
     .await?;

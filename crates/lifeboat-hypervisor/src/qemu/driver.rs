@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{HypervisorError, Result};
-use crate::hypervisor::{DiskInfo, Hypervisor, ShutdownOutcome, VmInfo, VmState};
+use crate::hypervisor::{DiskHydration, DiskInfo, Hypervisor, ShutdownOutcome, VmInfo, VmState};
 use crate::qemu::commands::{QueryStatus, StatusReply};
 use crate::qemu::cut::{self, QemuCut};
 use crate::qemu::layout::{write_atomically, VmDir};
@@ -154,43 +154,6 @@ impl QemuDriver {
         Ok(())
     }
 
-    /// Whether the VM's QEMU runs and was started paused (`start_with(vm, true)`, `-S`):
-    /// a QEMU held for a final cut, left behind when its caller died.
-    pub fn held(&self, vm: &VmName) -> bool {
-        let Ok(dir) = self.defined(vm) else {
-            return false;
-        };
-        process::read_live_pid(&dir).is_some_and(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .unwrap_or_default()
-                .split(|b| *b == 0)
-                .any(|a| a == b"-S")
-        })
-    }
-
-    /// Fences the VM: kills QEMU if it runs and records `why`, after which it does not
-    /// start here (it was failed over; its writes from now on would diverge).
-    pub async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {
-        let dir = self.defined(vm)?;
-        write_atomically(&dir.fence_marker(), why.as_bytes())?;
-        let running = process::read_live_pid(&dir).is_some();
-        if running {
-            self.kill(vm).await?;
-        }
-        Ok(running)
-    }
-
-    /// Lifts a fence (the VM failed back home).
-    pub async fn unfence(&self, vm: &VmName) -> Result<()> {
-        let dir = self.defined(vm)?;
-        match std::fs::remove_file(dir.fence_marker()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(HypervisorError::io("removing", dir.fence_marker(), e))
-            }
-            _ => Ok(()),
-        }
-    }
-
     fn defined(&self, vm: &VmName) -> Result<VmDir> {
         let dir = self.vm_dir(vm)?;
         if !dir.spec().exists() {
@@ -291,6 +254,47 @@ impl Hypervisor for QemuDriver {
 
     async fn start(&self, vm: &VmName) -> Result<()> {
         self.start_with(vm, false).await
+    }
+
+    async fn start_held(&self, vm: &VmName) -> Result<()> {
+        self.start_with(vm, true).await
+    }
+
+    /// Whether the VM's QEMU runs and was started paused (`start_with(vm, true)`, `-S`):
+    /// a QEMU held for a final cut, left behind when its caller died.
+    async fn held(&self, vm: &VmName) -> bool {
+        let Ok(dir) = self.defined(vm) else {
+            return false;
+        };
+        process::read_live_pid(&dir).is_some_and(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|a| a == b"-S")
+        })
+    }
+
+    /// Fences the VM: kills QEMU if it runs and records `why`, after which it does not
+    /// start here (it was failed over; its writes from now on would diverge).
+    async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {
+        let dir = self.defined(vm)?;
+        write_atomically(&dir.fence_marker(), why.as_bytes())?;
+        let running = process::read_live_pid(&dir).is_some();
+        if running {
+            self.kill(vm).await?;
+        }
+        Ok(running)
+    }
+
+    /// Lifts a fence (the VM failed back home).
+    async fn unfence(&self, vm: &VmName) -> Result<()> {
+        let dir = self.defined(vm)?;
+        match std::fs::remove_file(dir.fence_marker()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(HypervisorError::io("removing", dir.fence_marker(), e))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn shutdown(&self, vm: &VmName, timeout: Duration) -> Result<ShutdownOutcome> {
@@ -416,6 +420,14 @@ impl Hypervisor for QemuDriver {
 
     async fn reset_tracking(&self, vm: &VmName) -> Result<()> {
         cut::reset(self, vm).await
+    }
+
+    async fn track_afresh(&self, vm: &VmName) -> Result<()> {
+        self.track_afresh_offline(vm).await
+    }
+
+    async fn hydrate(&self, vm: &VmName, speed: Option<u64>) -> Result<Vec<DiskHydration>> {
+        self.hydrate_disks(vm, speed).await
     }
 
     async fn freeze_guest(&self, vm: &VmName, limit: Duration) -> Result<Option<u64>> {

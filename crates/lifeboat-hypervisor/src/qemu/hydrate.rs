@@ -10,8 +10,6 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use crate::error::{HypervisorError, Result};
 use crate::qemu::commands::{BlockStream, QueryBlockJobs, QueryNamedBlockNodes};
 use crate::qemu::cut::qmp_error;
@@ -50,16 +48,7 @@ pub async fn create_instant_overlay(
     crate::qemu::offline::create_qcow2(path, size, &["-u", "-F", "raw", "-b", &backing]).await
 }
 
-/// One disk's hydration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct DiskHydration {
-    pub disk: DiskName,
-    /// Bytes copied into the overlay so far, of `total`.
-    pub done: u64,
-    pub total: u64,
-    /// The disk no longer has a backing: it needs nothing from the vault.
-    pub hydrated: bool,
-}
+pub use crate::hypervisor::DiskHydration;
 
 fn job_id(disk: &DiskName) -> String {
     format!("hydrate-{disk}")
@@ -70,7 +59,11 @@ impl QemuDriver {
     /// a backing and no job (the first call, or a job that failed and was dismissed — a
     /// retry). Safe to call again and again.
     /// `speed` caps the copy in bytes per second (none: as fast as the backing serves).
-    pub async fn hydrate(&self, vm: &VmName, speed: Option<u64>) -> Result<Vec<DiskHydration>> {
+    pub(crate) async fn hydrate_disks(
+        &self,
+        vm: &VmName,
+        speed: Option<u64>,
+    ) -> Result<Vec<DiskHydration>> {
         let (dir, qmp) = self.running_qmp(vm, "hydrating its disks").await?;
         let spec = VmSpec::load(&dir.spec())?;
         let nodes = qmp

@@ -132,7 +132,7 @@ impl crate::qemu::QemuDriver {
     /// removed (consistent or not), a new recording `lifeboat-1` added, and the tracking
     /// record set to generation 1. For disks just made equal to a point (a recovered VM
     /// before its first boot, home after a failback): changes count from here.
-    pub async fn track_afresh(&self, vm: &crate::spec::VmName) -> Result<()> {
+    pub(crate) async fn track_afresh_offline(&self, vm: &crate::spec::VmName) -> Result<()> {
         let dir = self.vm_dir(vm)?;
         if crate::qemu::process::read_live_pid(&dir).is_some() {
             return Err(HypervisorError::WrongState {

@@ -1,0 +1,228 @@
+//! The driver an agent runs its host with, chosen at start (`lifeboat agent --hypervisor`):
+//! one type for the agent to hold, dispatching every `Hypervisor` call to the driver
+//! behind it. Today that is the QEMU driver (the VMs Lifeboat defines from its TOML
+//! spec); the libvirt driver (domains an administrator already has) is the next variant.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::{HypervisorError, Result};
+use crate::hypervisor::{
+    Cut, CutDisk, CutKind, DiskHydration, Extent, Hypervisor, ShutdownOutcome, VmInfo, VmState,
+};
+use crate::qemu::cut::QemuCut;
+use crate::qemu::QemuDriver;
+use crate::spec::{DiskName, VmName, VmSpec};
+use crate::tracking::TrackingStatus;
+
+/// Which driver `lifeboat agent --hypervisor` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// libvirt when its socket answers, else the QEMU driver.
+    Auto,
+    Libvirt,
+    Qemu,
+}
+
+/// Where libvirt's system daemon listens on Debian and most distributions.
+pub const LIBVIRT_SOCKET: &str = "/var/run/libvirt/libvirt-sock";
+
+/// The driver of one host.
+#[derive(Clone)]
+pub enum Driver {
+    Qemu(QemuDriver),
+}
+
+impl Driver {
+    /// The driver `choice` calls for on this host; `qemu` is the QEMU driver to use when
+    /// that is the one. `libvirt_socket` is where libvirt would answer.
+    pub fn choose(choice: DriverChoice, qemu: QemuDriver, libvirt_socket: &Path) -> Result<Driver> {
+        let libvirt_answers = std::os::unix::net::UnixStream::connect(libvirt_socket).is_ok();
+        match choice {
+            DriverChoice::Qemu => Ok(Driver::Qemu(qemu)),
+            DriverChoice::Libvirt => Err(HypervisorError::Unsupported(format!(
+                "the libvirt driver is not in this version of Lifeboat (libvirt {} at {}); \
+                 run the agent with --hypervisor qemu",
+                if libvirt_answers {
+                    "answers"
+                } else {
+                    "does not answer"
+                },
+                libvirt_socket.display()
+            ))),
+            DriverChoice::Auto => {
+                if libvirt_answers {
+                    tracing::warn!(
+                        socket = %libvirt_socket.display(),
+                        "libvirt runs on this host, but this version has no libvirt driver: \
+                         its domains are not listed or protected; Lifeboat's own VMs use the QEMU driver"
+                    );
+                }
+                Ok(Driver::Qemu(qemu))
+            }
+        }
+    }
+
+    /// The driver's name, for the agent's hello and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Driver::Qemu(_) => "qemu",
+        }
+    }
+}
+
+/// A cut of whichever driver made it.
+pub enum DriverCut {
+    Qemu(QemuCut),
+}
+
+impl Cut for DriverCut {
+    fn kind(&self) -> CutKind {
+        match self {
+            DriverCut::Qemu(c) => c.kind(),
+        }
+    }
+    fn generation(&self) -> u64 {
+        match self {
+            DriverCut::Qemu(c) => c.generation(),
+        }
+    }
+    fn disks(&self) -> &[CutDisk] {
+        match self {
+            DriverCut::Qemu(c) => c.disks(),
+        }
+    }
+    async fn changed_extents(&self, disk: &DiskName) -> Result<Vec<Extent>> {
+        match self {
+            DriverCut::Qemu(c) => c.changed_extents(disk).await,
+        }
+    }
+    async fn read(&self, disk: &DiskName, offset: u64, length: u32) -> Result<Bytes> {
+        match self {
+            DriverCut::Qemu(c) => c.read(disk, offset, length).await,
+        }
+    }
+    async fn commit(self) -> Result<()> {
+        match self {
+            DriverCut::Qemu(c) => c.commit().await,
+        }
+    }
+    async fn abort(self) -> Result<()> {
+        match self {
+            DriverCut::Qemu(c) => c.abort().await,
+        }
+    }
+}
+
+/// Calls `$call` on the driver behind `$self`.
+macro_rules! each {
+    ($self:ident, $d:ident => $call:expr) => {
+        match $self {
+            Driver::Qemu($d) => $call,
+        }
+    };
+}
+
+impl Hypervisor for Driver {
+    type Cut = DriverCut;
+
+    async fn define(&self, spec: VmSpec) -> Result<VmSpec> {
+        each!(self, d => d.define(spec).await)
+    }
+    async fn undefine(&self, vm: &VmName) -> Result<()> {
+        each!(self, d => d.undefine(vm).await)
+    }
+    async fn spec(&self, vm: &VmName) -> Result<VmSpec> {
+        each!(self, d => d.spec(vm).await)
+    }
+    async fn start(&self, vm: &VmName) -> Result<()> {
+        each!(self, d => d.start(vm).await)
+    }
+    async fn start_held(&self, vm: &VmName) -> Result<()> {
+        each!(self, d => d.start_held(vm).await)
+    }
+    async fn held(&self, vm: &VmName) -> bool {
+        each!(self, d => d.held(vm).await)
+    }
+    async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {
+        each!(self, d => d.fence(vm, why).await)
+    }
+    async fn unfence(&self, vm: &VmName) -> Result<()> {
+        each!(self, d => d.unfence(vm).await)
+    }
+    async fn shutdown(&self, vm: &VmName, timeout: Duration) -> Result<ShutdownOutcome> {
+        each!(self, d => d.shutdown(vm, timeout).await)
+    }
+    async fn kill(&self, vm: &VmName) -> Result<()> {
+        each!(self, d => d.kill(vm).await)
+    }
+    async fn state(&self, vm: &VmName) -> Result<VmState> {
+        each!(self, d => d.state(vm).await)
+    }
+    async fn list(&self) -> Result<Vec<VmInfo>> {
+        each!(self, d => d.list().await)
+    }
+    async fn tracking_status(&self, vm: &VmName) -> Result<TrackingStatus> {
+        each!(self, d => d.tracking_status(vm).await)
+    }
+    async fn begin_full_cut(&self, vm: &VmName) -> Result<DriverCut> {
+        each!(self, d => d.begin_full_cut(vm).await.map(DriverCut::Qemu))
+    }
+    async fn begin_incremental_cut(&self, vm: &VmName) -> Result<DriverCut> {
+        each!(self, d => d.begin_incremental_cut(vm).await.map(DriverCut::Qemu))
+    }
+    async fn reset_tracking(&self, vm: &VmName) -> Result<()> {
+        each!(self, d => d.reset_tracking(vm).await)
+    }
+    async fn track_afresh(&self, vm: &VmName) -> Result<()> {
+        each!(self, d => d.track_afresh(vm).await)
+    }
+    async fn hydrate(&self, vm: &VmName, speed: Option<u64>) -> Result<Vec<DiskHydration>> {
+        each!(self, d => d.hydrate(vm, speed).await)
+    }
+    async fn freeze_guest(&self, vm: &VmName, limit: Duration) -> Result<Option<u64>> {
+        each!(self, d => d.freeze_guest(vm, limit).await)
+    }
+    async fn thaw_guest(&self, vm: &VmName, limit: Duration) -> Result<()> {
+        each!(self, d => d.thaw_guest(vm, limit).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qemu::QemuConfig;
+
+    fn qemu(home: &Path) -> QemuDriver {
+        QemuDriver::new(QemuConfig::new(home)).unwrap()
+    }
+
+    #[test]
+    fn auto_takes_qemu_and_libvirt_is_refused_with_what_to_do() {
+        let tmp = tempfile::tempdir().unwrap();
+        let socket = tmp.path().join("libvirt-sock");
+        for answers in [false, true] {
+            // A listening socket stands for a libvirtd that answers.
+            let _listener =
+                answers.then(|| std::os::unix::net::UnixListener::bind(&socket).unwrap());
+            for choice in [DriverChoice::Auto, DriverChoice::Qemu] {
+                let d = Driver::choose(choice, qemu(tmp.path()), &socket).unwrap();
+                assert_eq!(d.kind(), "qemu", "{choice:?}, libvirt answers: {answers}");
+            }
+            let e = Driver::choose(DriverChoice::Libvirt, qemu(tmp.path()), &socket)
+                .err()
+                .expect("no libvirt driver in this version");
+            let text = e.to_string();
+            assert!(text.contains("--hypervisor qemu"), "{text}");
+            let state = if answers {
+                "libvirt answers"
+            } else {
+                "libvirt does not answer"
+            };
+            assert!(text.contains(state), "{text}");
+            let _ = std::fs::remove_file(&socket);
+        }
+    }
+}
