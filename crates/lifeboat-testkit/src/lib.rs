@@ -25,6 +25,7 @@ pub mod browser;
 mod guestfs;
 mod http;
 mod image;
+pub mod lab;
 mod postgres;
 mod procs;
 mod sas;
