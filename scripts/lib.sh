@@ -42,7 +42,9 @@ need_runtime() {
              mkfs.vfat dosfstools \
              mke2fs e2fsprogs \
              sfdisk fdisk \
-             gcc build-essential
+             gcc build-essential \
+             pkg-config pkg-config \
+             /usr/include/libvirt/libvirt.h libvirt-dev
     # The guest's initramfs needs the static busybox (it has no libc).
     if ! dpkg -s busybox-static >/dev/null 2>&1; then
         apt_need /nonexistent-busybox-static busybox-static
@@ -54,7 +56,10 @@ need_runtime() {
 need_test_tools() {
     # chromium + chromedriver: the dashboard's end-to-end tests drive a real headless
     # browser (lifeboat-testkit's browser module).
+    # libvirtd + virsh: the libvirt driver's tests define domains as an administrator would.
     apt_need nbdinfo libnbd-bin curl curl psql postgresql-client \
+             libvirtd libvirt-daemon-system \
+             virsh libvirt-clients \
              /usr/bin/chromium chromium \
              /usr/bin/chromedriver chromium-driver
     if ! cargo fuzz --version >/dev/null 2>&1; then

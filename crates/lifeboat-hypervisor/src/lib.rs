@@ -11,6 +11,7 @@
 
 pub mod driver;
 pub mod error;
+pub mod libvirt;
 pub mod private;
 pub mod qemu;
 pub mod spec;

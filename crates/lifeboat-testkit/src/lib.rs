@@ -38,6 +38,7 @@ use std::time::Duration;
 pub use guestfs::{guest_data_files, mbr_partition};
 pub use http::{http_get, wait_http};
 pub use image::{guest_disk_copy, guest_image};
+pub mod libvirtd;
 pub use postgres::{fresh_postgres_database, postgres_url};
 pub use procs::{cpu_seconds, status_kb, status_number, thread_cpu, ThreadCpu};
 pub use sas::{azurite_container_sas, container_sas, SAS_VERSION};

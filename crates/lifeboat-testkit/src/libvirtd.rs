@@ -1,0 +1,84 @@
+//! libvirt's system daemon for tests: started the way FACTS.md found works on a machine
+//! without systemd (`virtlogd -d; libvirtd -d`) when its socket does not answer, and
+//! domains defined with `virsh` as an administrator would, removed again on drop.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub const LIBVIRT_URI: &str = "qemu:///system";
+const SOCKET: &str = "/var/run/libvirt/libvirt-sock";
+
+fn answers() -> bool {
+    std::os::unix::net::UnixStream::connect(SOCKET).is_ok()
+}
+
+/// Makes sure libvirtd answers on its system socket, starting it if needed.
+pub fn ensure_libvirtd() -> Result<()> {
+    if answers() {
+        return Ok(());
+    }
+    for daemon in ["virtlogd", "libvirtd"] {
+        let out = Command::new(daemon)
+            .arg("-d")
+            .output()
+            .with_context(|| format!("starting {daemon} (install libvirt-daemon-system)"))?;
+        if !out.status.success() && !answers() {
+            bail!(
+                "{daemon} -d failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !answers() {
+        if Instant::now() > deadline {
+            bail!("libvirtd started but {SOCKET} does not answer after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// `virsh -c qemu:///system ARGS`; its stdout, or an error with its stderr.
+pub fn virsh(args: &[&str]) -> Result<String> {
+    let out = Command::new("virsh")
+        .args(["-c", LIBVIRT_URI])
+        .args(args)
+        .output()
+        .context("running virsh (install libvirt-clients)")?;
+    if !out.status.success() {
+        bail!(
+            "virsh {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// A domain defined with `virsh define` from an XML file; destroyed (if it runs) and
+/// undefined on drop.
+pub struct DefinedDomain {
+    pub name: String,
+}
+
+impl DefinedDomain {
+    pub fn define(xml_file: &Path, name: &str) -> Result<DefinedDomain> {
+        ensure_libvirtd()?;
+        virsh(&["define", &xml_file.to_string_lossy()])?;
+        Ok(DefinedDomain {
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for DefinedDomain {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.name]);
+        let _ = virsh(&["undefine", &self.name, "--nvram", "--checkpoints-metadata"])
+            .or_else(|_| virsh(&["undefine", &self.name]));
+    }
+}
