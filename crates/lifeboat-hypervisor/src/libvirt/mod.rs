@@ -3,8 +3,10 @@
 //! pull-mode `backup-begin`) and recovery onto a libvirt host come next (issue 13); until
 //! then `lifeboat agent --hypervisor libvirt` is refused.
 
+pub mod backup;
 pub mod domain_xml;
 pub mod inventory;
 
+pub use backup::{BackupRequest, LibvirtCut};
 pub use domain_xml::{DiskSource, DiskSourceKind, DomainDescription, DomainXmlError, Firmware};
 pub use inventory::{list, LibvirtDomain, LibvirtError, SYSTEM_URI};

@@ -1,0 +1,175 @@
+//! Cuts of a libvirt domain through libvirt's pull-mode backup job and its checkpoints,
+//! against a real libvirtd and a running domain: a full cut reads the disk as it was,
+//! an incremental cut reads exactly the blocks written since the previous checkpoint and
+//! stays at its instant while the guest writes on, and an aborted cut loses no change.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use lifeboat_hypervisor::libvirt::{BackupRequest, LibvirtCut};
+use lifeboat_hypervisor::{CutDisk, CutKind, DiskName, Extent};
+use lifeboat_testkit::libvirtd::{ensure_libvirtd, virsh, DefinedDomain, LIBVIRT_URI};
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 16 * MIB;
+
+/// Writes `pattern` over `len` bytes at `offset` of the running domain's vda, through its
+/// QEMU (what a guest's write does to the disk and its bitmaps).
+fn guest_write(domain: &str, pattern: u8, offset: u64, len: u64) {
+    let cmd = format!(
+        "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P {pattern} {offset} {len}\""
+    );
+    let out = virsh(&["qemu-monitor-command", "--hmp", domain, &cmd]).unwrap();
+    assert!(out.trim().is_empty() || out.contains("wrote"), "{out}");
+}
+
+fn checkpoints(domain: &str) -> Vec<String> {
+    let mut names: Vec<String> = virsh(&["checkpoint-list", domain, "--name"])
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+async fn cut(domain: &str, work: &Path, checkpoint: &str, since: Option<&str>) -> LibvirtCut {
+    LibvirtCut::begin(BackupRequest {
+        uri: LIBVIRT_URI,
+        domain,
+        disks: vec![CutDisk {
+            name: DiskName::new("vda").unwrap(),
+            size: SIZE,
+        }],
+        checkpoint: checkpoint.into(),
+        since: since.map(str::to_string),
+        work_dir: work.to_path_buf(),
+        io_timeout: Duration::from_secs(30),
+    })
+    .await
+    .unwrap()
+}
+
+async fn bytes_at(c: &LibvirtCut, offset: u64, len: u32) -> Vec<u8> {
+    c.read(&DiskName::new("vda").unwrap(), offset, len)
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+fn extent(offset: u64, length: u64) -> Extent {
+    Extent { offset, length }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_backups_cut_incrementally_and_an_aborted_cut_loses_nothing() {
+    ensure_libvirtd().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("lb-libvirt")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+    };
+    mode(tmp.path(), 0o755);
+    // libvirt's QEMU (its own user) binds the NBD socket and writes scratch images here.
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let ok = Command::new("chown")
+        .args(["libvirt-qemu"])
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let disk = tmp.path().join("vda.qcow2");
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg(SIZE.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let ok = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 17 0 4M"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let name = format!("lbt-bk-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let xml = tmp.path().join("dom.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+             <graphics type='vnc' autoport='yes' listen='127.0.0.1'/></devices></domain>",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let _domain = DefinedDomain::define(&xml, &name).unwrap();
+    virsh(&["start", &name]).unwrap();
+    let vda = DiskName::new("vda").unwrap();
+
+    // Full: the allocated data, as it was.
+    let full = cut(&name, &work, "lifeboat-1", None).await;
+    assert_eq!(full.kind(), CutKind::Full);
+    assert_eq!(
+        full.changed_extents(&vda).await.unwrap(),
+        vec![extent(0, 4 * MIB)]
+    );
+    assert!(bytes_at(&full, 0, 65536).await.iter().all(|b| *b == 17));
+    full.commit().await.unwrap();
+    assert_eq!(checkpoints(&name), vec!["lifeboat-1"]);
+
+    // Incremental: exactly what was written since, read at the cut's instant.
+    guest_write(&name, 0xab, MIB, 65536);
+    let inc = cut(&name, &work, "lifeboat-2", Some("lifeboat-1")).await;
+    assert_eq!(inc.kind(), CutKind::Incremental);
+    assert_eq!(
+        inc.changed_extents(&vda).await.unwrap(),
+        vec![extent(MIB, 65536)]
+    );
+    guest_write(&name, 0xcd, MIB, 65536);
+    assert!(
+        bytes_at(&inc, MIB, 65536).await.iter().all(|b| *b == 0xab),
+        "a write after the cut began must not show in it"
+    );
+    inc.commit().await.unwrap();
+    assert_eq!(
+        checkpoints(&name),
+        vec!["lifeboat-2"],
+        "the older checkpoint goes"
+    );
+
+    // Aborted: its changes come again in the next cut from the same checkpoint.
+    guest_write(&name, 0xee, 8 * MIB, 65536);
+    let lost = cut(&name, &work, "lifeboat-3", Some("lifeboat-2")).await;
+    lost.abort().await.unwrap();
+    assert_eq!(checkpoints(&name), vec!["lifeboat-2"]);
+    guest_write(&name, 0x77, 12 * MIB, 65536);
+    let again = cut(&name, &work, "lifeboat-3", Some("lifeboat-2")).await;
+    assert_eq!(
+        again.changed_extents(&vda).await.unwrap(),
+        vec![
+            extent(MIB, 65536),
+            extent(8 * MIB, 65536),
+            extent(12 * MIB, 65536)
+        ]
+    );
+    assert!(bytes_at(&again, MIB, 65536)
+        .await
+        .iter()
+        .all(|b| *b == 0xcd));
+    assert!(bytes_at(&again, 8 * MIB, 65536)
+        .await
+        .iter()
+        .all(|b| *b == 0xee));
+    again.commit().await.unwrap();
+    assert_eq!(checkpoints(&name), vec!["lifeboat-3"]);
+}
