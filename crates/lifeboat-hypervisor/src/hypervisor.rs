@@ -79,6 +79,25 @@ pub struct Extent {
     pub length: u64,
 }
 
+/// The extents of an NBD block-status answer whose flags `wanted` accepts, with touching
+/// ones merged: what a cut reports as changed (dirty) or allocated (neither hole nor zero).
+pub(crate) fn wanted_extents(
+    raw: Vec<lifeboat_nbd::Extent>,
+    wanted: fn(u32) -> bool,
+) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::new();
+    for e in raw.into_iter().filter(|e| wanted(e.flags)) {
+        match out.last_mut() {
+            Some(last) if last.offset + last.length == e.offset => last.length += e.length,
+            _ => out.push(Extent {
+                offset: e.offset,
+                length: e.length,
+            }),
+        }
+    }
+    out
+}
+
 /// A consistent point-in-time view of all of a VM's disks. The guest keeps running and
 /// writing; reads see the disks as they were when the cut began. Finish every cut with
 /// `commit` (the caller stored what it read) or `abort` (it did not: the next cut carries

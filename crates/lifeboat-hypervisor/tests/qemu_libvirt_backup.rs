@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lifeboat_hypervisor::libvirt::{BackupRequest, LibvirtCut};
 use lifeboat_hypervisor::{CutDisk, CutKind, DiskName, Extent};
-use lifeboat_testkit::libvirtd::{ensure_libvirtd, virsh, DefinedDomain, LIBVIRT_URI};
+use lifeboat_testkit::libvirtd::{domain_dir, ensure_libvirtd, virsh, DefinedDomain, LIBVIRT_URI};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
@@ -67,14 +67,7 @@ fn extent(offset: u64, length: u64) -> Extent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_backups_cut_incrementally_and_an_aborted_cut_loses_nothing() {
     ensure_libvirtd().unwrap();
-    let tmp = tempfile::Builder::new()
-        .prefix("lb-libvirt")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let mode = |p: &Path, m: u32| {
-        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
-    };
-    mode(tmp.path(), 0o755);
+    let tmp = domain_dir().unwrap();
     // libvirt's QEMU (its own user) binds the NBD socket and writes scratch images here.
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();
@@ -85,13 +78,7 @@ async fn pull_backups_cut_incrementally_and_an_aborted_cut_loses_nothing() {
         .unwrap();
     assert!(ok.success());
     let disk = tmp.path().join("vda.qcow2");
-    let ok = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg(SIZE.to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    lifeboat_testkit::libvirtd::qcow2(&disk, SIZE).unwrap();
     let ok = Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -P 17 0 4M"])
         .arg(&disk)

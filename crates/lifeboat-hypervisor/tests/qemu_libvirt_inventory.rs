@@ -2,11 +2,9 @@
 //! defined with `virsh define` (not Lifeboat), stopped or running, are listed with what
 //! their XML says — firmware, machine, qcow2 and raw disks, bridged and network NICs.
 
-use std::process::Command;
-
 use lifeboat_hypervisor::libvirt::{self, DiskSourceKind};
 use lifeboat_hypervisor::VmState;
-use lifeboat_testkit::libvirtd::{ensure_libvirtd, virsh, DefinedDomain, LIBVIRT_URI};
+use lifeboat_testkit::libvirtd::{domain_dir, ensure_libvirtd, virsh, DefinedDomain, LIBVIRT_URI};
 
 fn domain_xml(name: &str, qcow2: &str, raw: &str, nics: &str) -> String {
     format!(
@@ -36,16 +34,7 @@ fn domain_xml(name: &str, qcow2: &str, raw: &str, nics: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domains_defined_by_an_administrator_are_listed_as_their_xml_says() {
     ensure_libvirtd().unwrap();
-    // libvirt's QEMU runs as its own user: the disks live where it may read them.
-    let tmp = tempfile::Builder::new()
-        .prefix("lb-libvirt")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let tmp = domain_dir().unwrap();
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let (stopped, running) = (format!("lbt-web-{suffix}"), format!("lbt-db-{suffix}"));
     let mut domains = Vec::new();
@@ -61,13 +50,7 @@ async fn domains_defined_by_an_administrator_are_listed_as_their_xml_says() {
     ] {
         let qcow2 = tmp.path().join(format!("{name}-vda.qcow2"));
         let raw = tmp.path().join(format!("{name}-vdb.raw"));
-        let ok = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&qcow2)
-            .arg("16M")
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        lifeboat_testkit::libvirtd::qcow2(&qcow2, 16 << 20).unwrap();
         std::fs::File::create(&raw)
             .unwrap()
             .set_len(8 << 20)

@@ -59,6 +59,38 @@ pub fn virsh(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// A folder for test domains' disks that libvirt's QEMU, which runs as its own user, can
+/// reach: under /var/tmp (not a private /tmp), mode 0755.
+pub fn domain_dir() -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("lb-libvirt")
+        .tempdir_in("/var/tmp")
+        .context("making a folder under /var/tmp")?;
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    Ok(dir)
+}
+
+/// Creates an empty qcow2 image of `size` bytes at `path`.
+pub fn qcow2(path: &Path, size: u64) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size.to_string())
+        .output()
+        .context("running qemu-img")?;
+    if !out.status.success() {
+        bail!(
+            "qemu-img create {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// A domain defined with `virsh define` from an XML file; destroyed (if it runs) and
 /// undefined on drop.
 pub struct DefinedDomain {

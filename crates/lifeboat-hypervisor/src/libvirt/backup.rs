@@ -266,17 +266,7 @@ impl LibvirtCut {
             .extents(&context, 0, size)
             .await
             .map_err(|e| self.nbd(e))?;
-        let mut out: Vec<Extent> = Vec::new();
-        for e in raw.into_iter().filter(|e| wanted(e.flags)) {
-            match out.last_mut() {
-                Some(last) if last.offset + last.length == e.offset => last.length += e.length,
-                _ => out.push(Extent {
-                    offset: e.offset,
-                    length: e.length,
-                }),
-            }
-        }
-        Ok(out)
+        Ok(crate::hypervisor::wanted_extents(raw, wanted))
     }
 
     pub async fn read(&self, disk: &DiskName, offset: u64, length: u32) -> Result<Bytes> {

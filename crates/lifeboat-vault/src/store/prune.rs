@@ -78,13 +78,6 @@ pub async fn plan_prune(
     names: Option<&[Name]>,
     now: DateTime<Utc>,
 ) -> Result<PrunePlan> {
-    if policy.is_empty() {
-        return Err(VaultError::Usage(
-            "prune needs at least one of --keep-within, --keep-hourly, --keep-daily, \
-             --keep-weekly; without one it would delete every point but the newest"
-                .into(),
-        ));
-    }
     let mut points = vault.list_points(None).await?;
     if let Some(names) = names {
         points.retain(|p| names.contains(&p.name));
