@@ -98,6 +98,10 @@ pub struct AgentState {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct UnprotectRequest {
     pub point_name: String,
+    /// Sent by servers older than this agent, which left deleting points to it: refused,
+    /// so such a server does not report points deleted that were kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_points: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -327,8 +331,15 @@ async fn sync_status(State(s): State<Arc<AgentState>>, Path(id): Path<String>) -
 async fn unprotect(
     State(s): State<Arc<AgentState>>,
     Path(vm): Path<String>,
-    Json(_req): Json<UnprotectRequest>,
+    Json(req): Json<UnprotectRequest>,
 ) -> Response {
+    if req.delete_points {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "this agent never deletes points (it may hold an append-only credential); \
+             the server deletes them: upgrade the server to this version",
+        );
+    }
     let vm = match vm_name(&vm) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),

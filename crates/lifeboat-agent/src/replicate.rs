@@ -124,7 +124,7 @@ pub async fn sync_vm(
     // A guest a dead agent left frozen writes nothing: thaw it before anything else.
     driver.thaw_guest(vm, GUEST_AGENT_LIMIT).await?;
     progress.set_phase("cutting");
-    let parent = vault.latest_point(name).await?;
+    let parent = usable_parent(vault, name).await?;
     let (kind, note) = match driver.tracking_status(vm).await? {
         TrackingStatus::NotTracking if parent.is_none() => (SyncKind::Full, None),
         TrackingStatus::NotTracking => (
@@ -421,6 +421,32 @@ fn split(ranges: &[(u64, u64)], piece: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// How far in the future a point id may be dated and still be built on (clocks differ).
+const FUTURE_SLACK: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// The newest point of `name` that can be built on: one whose manifest opens with this
+/// VM's key and that is not dated in the future. Anyone with create rights in the vault
+/// can add an object under this VM's name; a point that does not open (or claims a time
+/// to come, so it would stay newest) is skipped with a warning, never built on — building
+/// on it would fail every sync from now on.
+async fn usable_parent(vault: &Vault, name: &Name) -> Result<Option<PointRef>, SyncError> {
+    let latest_allowed = Utc::now() + FUTURE_SLACK;
+    for p in vault.list_points(Some(name)).await?.into_iter().rev() {
+        if p.point.time() > latest_allowed {
+            tracing::warn!(name = %name, point = %p.point, "a point dated in the future is not built on");
+            continue;
+        }
+        match vault.manifest(&p).await {
+            Ok(_) => return Ok(Some(p)),
+            Err(lifeboat_vault::VaultError::Format(e)) => {
+                tracing::warn!(name = %name, point = %p.point, error = %e, "a point that does not open with this VM's key is not built on (damaged, or put there by someone else)");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
 /// A VM's name from the API's path, checked.
 pub fn vm_name(text: &str) -> Result<VmName, SyncError> {
     VmName::new(text).map_err(|e| SyncError::Invalid(e.to_string()))
@@ -567,7 +593,63 @@ async fn backend(url: &str) -> Result<lifeboat_vault::backend::Backend, SyncErro
 
 #[cfg(test)]
 mod tests {
-    use super::split;
+    use super::{split, usable_parent};
+    use bytes::Bytes;
+    use lifeboat_vault::backend::{Backend, VaultUrl};
+    use lifeboat_vault::format::{self, KdfParams, Name, PointId};
+    use lifeboat_vault::{PointOptions, PointWriter, Vault};
+
+    /// Someone with create rights puts junk, and a point dated years ahead, under a VM's
+    /// name: the next sync builds on the VM's real newest point, not on those (which would
+    /// fail every sync from then on).
+    #[tokio::test]
+    async fn forged_or_future_points_are_not_built_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = VaultUrl::parse(&format!("file://{}", tmp.path().display())).unwrap();
+        let backend = Backend::open(&url, Default::default()).await.unwrap();
+        let fast = KdfParams::INSECURE_FAST;
+        let (vault, _) = Vault::init(backend, "pw", 64 << 10, fast).await.unwrap();
+        let web: Name = "web1".parse().unwrap();
+        let vda: Name = "vda".parse().unwrap();
+        let opts = PointOptions::one_disk(web.clone(), None, vda.clone(), 1 << 20);
+        let mut w = PointWriter::begin(&vault, opts).await.unwrap();
+        w.write(&vda, 0, Bytes::from(vec![7u8; 64 << 10]))
+            .await
+            .unwrap();
+        let real = w.commit().await.unwrap();
+        assert_eq!(
+            usable_parent(&vault, &web).await.unwrap().unwrap().point,
+            real.point
+        );
+
+        let soon = real.point.time().timestamp_millis() as u64 + 1000;
+        let junk = format::manifest_key(&web, &PointId::from_parts(soon, 1).unwrap());
+        vault
+            .backend()
+            .put_if_absent(&junk, Bytes::from_static(b"junk"))
+            .await
+            .unwrap();
+        // A well-formed point of this very VM, but claiming a time years ahead.
+        let mut future = vault
+            .manifest(&lifeboat_vault::PointRef {
+                name: web.clone(),
+                point: real.point,
+            })
+            .await
+            .unwrap();
+        future.point = PointId::from_parts(4_000_000_000_000, 2).unwrap();
+        let (key, sealed) = format::seal_manifest(&vault.keys_for(&web).unwrap(), &future).unwrap();
+        vault
+            .backend()
+            .put_if_absent(&key, Bytes::from(sealed))
+            .await
+            .unwrap();
+        assert_eq!(vault.list_points(Some(&web)).await.unwrap().len(), 3);
+        assert_eq!(
+            usable_parent(&vault, &web).await.unwrap().unwrap().point,
+            real.point
+        );
+    }
 
     #[test]
     fn ranges_split_into_pieces() {

@@ -65,6 +65,7 @@ async fn gc_after_prune_deletes_exactly_the_dead_packs() -> Result<()> {
         parent: Some(a1.point),
         started: Utc::now() - TimeDelta::hours(2),
         host: "gone".into(),
+        end_commit: None,
     };
     vault
         .backend()
@@ -256,6 +257,7 @@ async fn an_unreadable_manifest_or_page_stops_gc() -> Result<()> {
         parent: Some(lifeboat_vault::format::PointId::from_parts(5, 5)?),
         started: Utc::now(),
         host: "here".into(),
+        end_commit: None,
     };
     let lease = lease_object_key(&SessionId::random(), LeaseObject::Renewal(0));
     vault
@@ -295,20 +297,24 @@ async fn writers_only_create_lease_objects_and_gc_removes_old_ones() -> Result<(
     assert!(started[0].ends_with("/0"), "{started:?}");
     let first = std::fs::read(object_path(&dir, &started[0]))?;
     assert_eq!(live_leases(&vault).await?.len(), 1);
-    w.commit().await?;
+    // What the next lease names as its parent: a point that exists.
+    let parent_point = w.commit().await?.point;
     // Ended by one more object; the first is as it was, nothing was deleted.
     let ended = leases(vault.clone()).await?;
     assert_eq!(ended.len(), 2, "{ended:?}");
     assert!(ended.contains(&started[0]) && ended.iter().any(|k| k.ends_with("/end")));
     assert_eq!(std::fs::read(object_path(&dir, &started[0]))?, first);
     assert!(live_leases(&vault).await?.is_empty());
-    // A renewal newer than an old first object keeps a session alive; its end stops it.
+    // A renewal newer than an old first object keeps a session alive; only an end that
+    // reveals the secret its first renewal committed to stops it.
     let s = SessionId::random();
+    let secret = b"the writer's own secret, 32 byte";
     let record = LeaseRecord {
         name: name("b"),
-        parent: None,
+        parent: Some(parent_point),
         started: Utc::now() - TimeDelta::hours(1),
         host: "h".into(),
+        end_commit: Some(blake3::hash(secret).to_hex().to_string()),
     };
     let body = Bytes::from(serde_json::to_vec(&record)?);
     for n in [0, 1] {
@@ -331,8 +337,30 @@ async fn writers_only_create_lease_objects_and_gc_removes_old_ones() -> Result<(
         vec![lease_object_key(&s, LeaseObject::Renewal(1))]
     );
     assert_eq!(live_leases(&vault).await?.len(), 1);
+    // Someone else with create rights: a renewal of their own naming another parent, and
+    // an end without the secret. The lease still protects what its writer named, and
+    // lives on (at worst longer: prune and gc hold back, never delete).
+    let forged = LeaseRecord {
+        parent: None,
+        end_commit: None,
+        ..record.clone()
+    };
+    let key = lease_object_key(&s, LeaseObject::Renewal(2));
+    let forged_body = Bytes::from(serde_json::to_vec(&forged)?);
+    assert!(vault.backend().put_if_absent(&key, forged_body).await?);
     let end = lease_object_key(&s, LeaseObject::End);
     assert!(vault.backend().put_if_absent(&end, Bytes::new()).await?);
-    assert!(live_leases(&vault).await?.is_empty());
+    let live = live_leases(&vault).await?;
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].parent, Some(parent_point));
+    // The writer's own end (another session, as the end key is taken) stops its lease.
+    let t = SessionId::random();
+    let first = lease_object_key(&t, LeaseObject::Renewal(0));
+    assert!(vault.backend().put_if_absent(&first, body.clone()).await?);
+    assert_eq!(live_leases(&vault).await?.len(), 2);
+    let end = lease_object_key(&t, LeaseObject::End);
+    let secret_bytes = Bytes::from_static(secret);
+    assert!(vault.backend().put_if_absent(&end, secret_bytes).await?);
+    assert_eq!(live_leases(&vault).await?.len(), 1);
     Ok(())
 }

@@ -87,15 +87,22 @@ fn agent_error(e: ClientError) -> Response {
     }
 }
 
-/// The point `selector` names among `points` (oldest first).
+/// The point `selector` names among `points` (oldest first). `latest`, `latest-app-
+/// consistent` and a time choose among the points a sync reported only: a point merely
+/// found in the vault may have been put there by another host (docs/security.md); it can
+/// still be chosen by its id.
 pub fn choose_point<'a>(points: &'a [PointRow], selector: &str) -> Result<&'a PointRow, String> {
+    let reported = || {
+        points
+            .iter()
+            .rev()
+            .filter(|p| p.kind != crate::db::UNREPORTED)
+    };
     let found = match selector {
-        "latest" => points.last(),
-        "latest-app-consistent" => points.iter().rev().find(|p| p.consistency == "app"),
+        "latest" => reported().next(),
+        "latest-app-consistent" => reported().find(|p| p.consistency == "app"),
         s => match chrono::DateTime::parse_from_rfc3339(s) {
-            Ok(t) => points
-                .iter()
-                .rev()
+            Ok(t) => reported()
                 .find(|p| chrono::DateTime::parse_from_rfc3339(&p.cut_time).is_ok_and(|c| c <= t)),
             Err(_) => points.iter().find(|p| p.point == s),
         },
@@ -819,5 +826,24 @@ mod tests {
         assert!(choose_point(&[], "latest")
             .unwrap_err()
             .contains("no recovery point"));
+        // A point only found in the vault (another host may have put it there) is never
+        // what `latest` or a time picks; it is still there by its id.
+        let mut found = pt("z", "2026-01-01T00:03:00Z", "app");
+        found.kind = crate::db::UNREPORTED.into();
+        let with_found = [pts[0].clone(), pts[1].clone(), pts[2].clone(), found];
+        assert_eq!(choose_point(&with_found, "latest").unwrap().point, "c");
+        assert_eq!(
+            choose_point(&with_found, "latest-app-consistent")
+                .unwrap()
+                .point,
+            "a"
+        );
+        assert_eq!(
+            choose_point(&with_found, "2026-01-01T00:04:00Z")
+                .unwrap()
+                .point,
+            "c"
+        );
+        assert_eq!(choose_point(&with_found, "z").unwrap().point, "z");
     }
 }

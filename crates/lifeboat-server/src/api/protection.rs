@@ -551,6 +551,7 @@ pub async fn unprotect(
     };
     let req = UnprotectRequest {
         point_name: p.point_name.clone(),
+        delete_points: false,
     };
     let client = match AgentClient::new(
         &host.host.address,

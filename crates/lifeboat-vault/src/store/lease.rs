@@ -8,6 +8,14 @@
 //! `leases/<session>/0`, each renewal is the next number, and the end is
 //! `leases/<session>/end`. The control plane removes the objects of leases that ended or
 //! died (`stale_lease_objects`).
+//!
+//! Others with create rights can add objects under a session too, so nothing a reader
+//! trusts can be forged in the direction that lets prune or gc delete: a session ends only
+//! by an `end` object holding the secret whose BLAKE3 hash its first renewal committed to
+//! (`end_commit`); what the lease protects (name, parent, start) is read from its lowest-
+//! numbered renewal (the writer's first, which nobody else can create before it); and a
+//! renewal the writer could not create itself does not count as renewed. Forged renewals
+//! can only keep a lease alive longer — holding back prune and gc, never making them delete.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +44,15 @@ pub struct LeaseRecord {
     pub parent: Option<PointId>,
     pub started: DateTime<Utc>,
     pub host: String,
+    /// BLAKE3 (hex) of the secret the writer's `end` object reveals. Leases written by
+    /// an earlier version have none, and end only by expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_commit: Option<String>,
+}
+
+/// The BLAKE3 hex digest an `end` object's content must have.
+fn end_digest(secret: &[u8]) -> String {
+    blake3::hash(secret).to_hex().to_string()
 }
 
 /// A writer stops trusting its lease this long before others may call it dead.
@@ -44,6 +61,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(2 * 60);
 pub struct Lease {
     backend: Backend,
     session: SessionId,
+    /// Revealed by the `end` object.
+    end_secret: [u8; 32],
     refresher: tokio::task::JoinHandle<()>,
     /// When a renewal was last written successfully.
     last_ok: Arc<Mutex<Instant>>,
@@ -53,16 +72,21 @@ pub struct Lease {
 pub struct LeaseHandle {
     backend: Backend,
     session: SessionId,
+    end_secret: [u8; 32],
     refresher: tokio::task::AbortHandle,
 }
 
 impl Lease {
     pub async fn take(vault: &Vault, name: &Name, parent: Option<&PointId>) -> Result<Lease> {
+        let mut end_secret = [0u8; 32];
+        getrandom::getrandom(&mut end_secret)
+            .map_err(|e| VaultError::Usage(format!("no randomness for a lease: {e}")))?;
         let record = LeaseRecord {
             name: name.clone(),
             parent: parent.cloned(),
             started: Utc::now(),
             host: hostname(),
+            end_commit: Some(end_digest(&end_secret)),
         };
         let session = SessionId::random();
         let body = Bytes::from(serde_json::to_vec(&record).expect("a lease serialises"));
@@ -80,14 +104,19 @@ impl Lease {
             loop {
                 tokio::time::sleep(LEASE_REFRESH).await;
                 let attempt = Instant::now();
-                // A new object each time: its creation time is the renewal. A renewal
-                // that failed is retried with the same number, which may already exist
-                // (the write landed but its answer was lost): that counts as written.
+                // A new object each time: its creation time is the renewal. One that
+                // exists already was not created now (someone else made it first, or
+                // an earlier try of ours landed unanswered): it does not count, and the
+                // next try takes the next number.
                 let key = lease_object_key(&session, LeaseObject::Renewal(n + 1));
                 match backend.put_if_absent(&key, body.clone()).await {
-                    Ok(_) => {
+                    Ok(true) => {
                         n += 1;
                         *refreshed.lock().expect("lease clock") = attempt;
+                    }
+                    Ok(false) => {
+                        n += 1;
+                        tracing::warn!("renewing lease: {key} exists already; trying the next");
                     }
                     Err(e) => tracing::warn!("renewing lease {key}: {e}"),
                 }
@@ -96,6 +125,7 @@ impl Lease {
         Ok(Lease {
             backend: vault.backend.clone(),
             session,
+            end_secret,
             refresher,
             last_ok,
         })
@@ -119,6 +149,7 @@ impl Lease {
         LeaseHandle {
             backend: self.backend.clone(),
             session: self.session,
+            end_secret: self.end_secret,
             refresher: self.refresher.abort_handle(),
         }
     }
@@ -134,7 +165,8 @@ impl LeaseHandle {
     pub async fn release(&self) {
         self.refresher.abort();
         let key = lease_object_key(&self.session, LeaseObject::End);
-        if let Err(e) = self.backend.put_if_absent(&key, Bytes::new()).await {
+        let secret = Bytes::copy_from_slice(&self.end_secret);
+        if let Err(e) = self.backend.put_if_absent(&key, secret).await {
             tracing::warn!("ending lease {key}: {e} (it expires by itself)");
         }
     }
@@ -146,48 +178,70 @@ impl Drop for Lease {
     }
 }
 
-/// The leases of writers that are still alive: not ended, and renewed within `LEASE_TTL`.
+/// The leases of writers that are still alive: renewed within `LEASE_TTL`, and not ended
+/// by an `end` object that reveals the secret their first renewal committed to.
 pub async fn live_leases(vault: &Vault) -> Result<Vec<LeaseRecord>> {
     let now = Utc::now();
-    // Per session: whether it ended, and its newest object.
-    let mut sessions: HashMap<SessionId, (bool, Option<ObjectInfo>)> = HashMap::new();
+    #[derive(Default)]
+    struct Session {
+        /// The lowest-numbered renewal (or the whole object of an earlier version): what
+        /// the lease protects is read from it.
+        first: Option<(u32, ObjectInfo)>,
+        /// When any of its objects was last written.
+        newest: Option<DateTime<Utc>>,
+        end: Option<ObjectInfo>,
+    }
+    let mut sessions: HashMap<SessionId, Session> = HashMap::new();
     for o in vault.backend.list("leases/").await? {
         let Some((session, object)) = parse_lease_key(&o.key) else {
             continue;
         };
-        let entry = sessions.entry(session).or_default();
-        match object {
-            LeaseObject::End => entry.0 = true,
-            LeaseObject::Whole | LeaseObject::Renewal(_) => {
-                if entry
-                    .1
-                    .as_ref()
-                    .is_none_or(|n| o.last_modified > n.last_modified)
-                {
-                    entry.1 = Some(o);
-                }
+        let s = sessions.entry(session).or_default();
+        let number = match object {
+            LeaseObject::End => {
+                s.end = Some(o);
+                continue;
             }
+            LeaseObject::Whole => 0,
+            LeaseObject::Renewal(n) => n,
+        };
+        s.newest = Some(s.newest.map_or(o.last_modified, |t| t.max(o.last_modified)));
+        if s.first.as_ref().is_none_or(|(f, _)| number < *f) {
+            s.first = Some((number, o));
         }
     }
     let mut out = Vec::new();
-    for (ended, newest) in sessions.into_values() {
-        let Some(o) = newest.filter(|_| !ended) else {
+    for s in sessions.into_values() {
+        let (Some((_, first)), Some(newest)) = (s.first, s.newest) else {
             continue;
         };
-        let fresh = (now - o.last_modified)
-            .to_std()
-            .map_or(true, |age| age <= LEASE_TTL);
-        if !fresh || o.size as usize > MAX_LEASE_LEN {
+        let fresh = (now - newest).to_std().map_or(true, |age| age <= LEASE_TTL);
+        if !fresh || first.size as usize > MAX_LEASE_LEN {
             continue;
         }
-        match vault.backend.get(&o.key).await {
+        let record = match vault.backend.get(&first.key).await {
             Ok(bytes) => match serde_json::from_slice::<LeaseRecord>(&bytes) {
-                Ok(r) => out.push(r),
-                Err(e) => tracing::warn!("ignoring unreadable lease {}: {e}", o.key),
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("ignoring unreadable lease {}: {e}", first.key);
+                    continue;
+                }
             },
-            Err(e) if e.is_not_found() => {}
+            Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e.into()),
+        };
+        if let (Some(end), Some(commit)) = (&s.end, &record.end_commit) {
+            match vault.backend.get(&end.key).await {
+                Ok(secret) if end_digest(&secret) == *commit => continue,
+                Ok(_) => tracing::warn!(
+                    "lease end {} does not reveal its writer's secret: ignored (put there by someone else?)",
+                    end.key
+                ),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        out.push(record);
     }
     Ok(out)
 }

@@ -189,9 +189,11 @@ impl Vault {
         Ok(out)
     }
 
-    /// The point with this id, whatever its name.
+    /// The point with this id: of the name this handle's scope key opens when it holds
+    /// one (anyone with create rights can put an object of the same id under another
+    /// name, which must not be picked instead), else of whatever name.
     pub async fn find_point(&self, point: &PointId) -> Result<PointRef> {
-        self.list_points(None)
+        self.list_points(self.scope())
             .await?
             .into_iter()
             .find(|p| &p.point == point)

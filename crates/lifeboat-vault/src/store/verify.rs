@@ -425,6 +425,9 @@ fn page_problem(
 /// be returned): verify must not call a point damaged because the network was down.
 pub(crate) fn fault_of(e: &VaultError) -> Option<Fault> {
     Some(match e {
+        // Not damage: this handle's key does not open that name (another VM's scope key,
+        // or none); the caller says so rather than calling the points damaged.
+        VaultError::OtherScope { .. } | VaultError::NoKey { .. } => return None,
         VaultError::Backend(b) => match b {
             BackendError::NotFound { .. } => Fault::Missing,
             BackendError::BadRange { .. } => Fault::Truncated,
