@@ -64,16 +64,7 @@ async fn host_with(azurite: &Azurite, sas: &str, opts: BackendOptions) -> Backen
 }
 
 fn data(len: usize, seed: u64) -> Bytes {
-    // xorshift: incompressible, reproducible.
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    Bytes::from(lifeboat_testkit::random_bytes(seed, len))
 }
 
 fn assert_denied(err: &BackendError, op: &str, says: &str) {

@@ -76,16 +76,7 @@ async fn fixture_at(kind: Kind, prefix: &str) -> Fixture {
 }
 
 fn data(len: usize, seed: u64) -> Bytes {
-    // xorshift: incompressible, reproducible.
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    Bytes::from(lifeboat_testkit::random_bytes(seed, len))
 }
 
 async fn put_get_round_trip(kind: Kind) {

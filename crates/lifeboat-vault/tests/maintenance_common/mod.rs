@@ -43,15 +43,7 @@ pub fn name(s: &str) -> Name {
 
 /// xorshift bytes.
 pub fn random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    lifeboat_testkit::random_bytes(seed, len)
 }
 
 /// `size` bytes: a hole, numbered text lines (compressible, no two chunks alike), a
