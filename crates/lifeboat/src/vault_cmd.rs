@@ -251,7 +251,8 @@ struct ListRow {
 }
 
 async fn list(vault: &Vault, out: Output, name: Option<&str>) -> Result<()> {
-    let name = name.map(Name::new).transpose()?;
+    // Opened with one VM's key: that VM's points (others' do not open).
+    let name = name.map(Name::new).transpose()?.or(vault.scope().cloned());
     let mut rows = Vec::new();
     for p in vault.list_points(name.as_ref()).await? {
         let m = vault.manifest(&p).await?;

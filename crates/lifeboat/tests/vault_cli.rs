@@ -334,3 +334,97 @@ fn images_are_taken_for_what_their_name_says_and_unsafe_ones_are_refused() {
     let e = env.run(pass, &["put-image", "--name", "e", empty.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&e.stderr).contains("empty"));
 }
+
+#[test]
+fn a_vault_has_a_key_per_vm_unless_asked_to_share_one() {
+    let scoped = Env::new();
+    scoped.ok(Some("pw"), &["init", "--chunk-size", "64K"]);
+    let config = |env: &Env| -> serde_json::Value {
+        json(&std::fs::read_to_string(env.tmp.path().join("vault/config")).unwrap())
+    };
+    assert_eq!(config(&scoped)["lifeboat_vault"], 2);
+    let img = scoped.path("web.raw");
+    make_image(&img);
+    scoped.ok(
+        Some("pw"),
+        &["put-image", "--name", "web1", img.to_str().unwrap()],
+    );
+    scoped.ok(
+        Some("pw"),
+        &["put-image", "--name", "db1", img.to_str().unwrap()],
+    );
+
+    // One VM's key: a file that opens that VM's points and holds no master key.
+    let web_key = scoped.path("web1.key");
+    scoped.ok(
+        Some("pw"),
+        &["key", "export", web_key.to_str().unwrap(), "--vm", "web1"],
+    );
+    let file = json(&std::fs::read_to_string(&web_key).unwrap());
+    assert_eq!(
+        (file["lifeboat_vault_key"].as_u64(), file["scope"].as_str()),
+        (Some(2), Some("web1"))
+    );
+    assert!(file.get("master_key").is_none(), "{file}");
+    let with_key = |args: &[&str]| {
+        let mut all = vec!["--key-file", web_key.to_str().unwrap()];
+        all.extend_from_slice(args);
+        scoped.run(None, &all)
+    };
+    // It lists and restores that VM's points; another VM's point is not found with it.
+    let listed = json(&String::from_utf8_lossy(
+        &with_key(&["--json", "list"]).stdout,
+    ));
+    let mine = listed.as_array().unwrap();
+    assert_eq!(mine.len(), 1, "{listed}");
+    assert_eq!(mine[0]["name"], "web1");
+    let out = scoped.path("web1.out");
+    let id = mine[0]["point"].as_str().unwrap();
+    assert!(with_key(&["restore", id, out.to_str().unwrap()])
+        .status
+        .success());
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+    let all = json(&scoped.ok(Some("pw"), &["--json", "list"]));
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+    let db = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "db1")
+        .unwrap()["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = with_key(&["restore", &db, scoped.path("db1.out").to_str().unwrap()]);
+    assert!(!other.status.success());
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains(&format!("no recovery point {db}")), "{err}");
+    // A VM's key cannot add a passphrase (that needs the master key).
+    let added = with_key(&["key", "add-passphrase"]);
+    assert!(
+        String::from_utf8_lossy(&added.stderr).contains("master key"),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+
+    // --shared-key: format 1, one key for every VM, so no key of one VM to export.
+    let shared = Env::new();
+    shared.ok(Some("pw"), &["init", "--shared-key"]);
+    assert_eq!(config(&shared)["lifeboat_vault"], 1);
+    let refused = shared.run(
+        Some("pw"),
+        &[
+            "key",
+            "export",
+            shared.path("k").to_str().unwrap(),
+            "--vm",
+            "web1",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only a format-2 vault has a key per VM"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
