@@ -265,10 +265,11 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     // Test failover, then its cleanup.
     act(&b, "dlg-test", LONG).await;
     b.goto(&format!("{url}/recovery-site")).await.unwrap();
-    let site = b
-        .wait_for_text("#recoveries", "Test copy", SHORT)
+    b.wait_for_text("#recoveries", "Test copy", SHORT)
         .await
         .unwrap();
+    // The row shows "-" while the copy starts, then the port it forwards.
+    let site = b.wait_for_text("#recoveries", "port ", LONG).await.unwrap();
     check_page(&b, "08-recovery-site-test").await;
     // The copy runs: its guest answers on the port the page names, not production's.
     let port = forwarded_port(&site);
