@@ -94,22 +94,31 @@ pub async fn prune(
     let vault = keyless(vault_url).await?;
     let name = name(point_name)?;
     let policy = retention.policy();
-    let mut deleted = 0;
+    // One listing: what the plan sees, and (less what it deletes) what is left.
+    let listed = vault.list_points(Some(&name)).await?;
+    let mut deleted = Vec::new();
     if !policy.is_empty() {
-        let mut points = vault.list_points(Some(&name)).await?;
-        points.retain(|p| reported.contains(&p.point.to_string()));
+        let reported: std::collections::HashSet<&str> =
+            reported.iter().map(String::as_str).collect();
+        let planned = listed
+            .iter()
+            .filter(|p| reported.contains(p.point.to_string().as_str()))
+            .cloned()
+            .collect();
         let names = std::slice::from_ref(&name);
-        let plan = plan_prune_of(&vault, &policy, names, points, Utc::now()).await?;
-        deleted = execute_prune(&vault, &plan).await?.deleted.len();
+        let plan = plan_prune_of(&vault, &policy, names, planned, Utc::now()).await?;
+        deleted = execute_prune(&vault, &plan).await?.deleted;
     }
     remove_stale_leases(&vault).await;
-    let points = vault
-        .list_points(Some(&name))
-        .await?
+    let points = listed
         .into_iter()
+        .filter(|p| !deleted.contains(p))
         .map(|p| p.point.to_string())
         .collect();
-    Ok(Pruned { deleted, points })
+    Ok(Pruned {
+        deleted: deleted.len(),
+        points,
+    })
 }
 
 /// Deletes every point of `point_name` (protection removed with `delete_points`); their

@@ -10,6 +10,8 @@
 //! `put_if_absent` of an existing key is `false`, an overwrite or a delete is `Denied`
 //! with a cause that says why, and the refusals are not retried.
 
+mod maintenance_common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,19 +21,7 @@ use lifeboat_testkit::{Azurite, AZURITE_ACCOUNT, AZURITE_KEY};
 use lifeboat_vault::backend::{
     AzureSettings, Backend, BackendError, BackendOptions, Secret, VaultUrl,
 };
-
-/// Short retries, so a mistake shows in seconds.
-fn test_options() -> BackendOptions {
-    BackendOptions {
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(200),
-        max_elapsed: Duration::from_secs(10),
-        request_timeout: Duration::from_secs(30),
-        connect_timeout: Duration::from_secs(2),
-        ..BackendOptions::default()
-    }
-}
+use maintenance_common::test_options;
 
 fn vault_url(azurite: &Azurite) -> VaultUrl {
     VaultUrl::parse(&format!("az://{}/vault", azurite.container)).unwrap()

@@ -3,6 +3,8 @@
 //! `lifeboat-testkit`; install them with `scripts/object-servers.sh`). A backend that
 //! passes here gives the vault what `docs/vault-format.md` relies on.
 
+mod maintenance_common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use lifeboat_testkit::{Azurite, S3Server};
 use lifeboat_vault::backend::{
     AzureSettings, Backend, BackendError, BackendOptions, S3Settings, VaultUrl,
 };
+use maintenance_common::test_options;
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -29,19 +32,6 @@ enum Server {
 struct Fixture {
     backend: Backend,
     server: Server,
-}
-
-/// Short retries, so a dead storage fails a test in seconds.
-fn test_options() -> BackendOptions {
-    BackendOptions {
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(200),
-        max_elapsed: Duration::from_secs(10),
-        request_timeout: Duration::from_secs(30),
-        connect_timeout: Duration::from_secs(2),
-        ..BackendOptions::default()
-    }
 }
 
 async fn fixture(kind: Kind) -> Fixture {

@@ -18,6 +18,19 @@ use lifeboat_vault::{align_to_chunks, PointOptions, PointReader, PointRef, Point
 pub const CHUNK: u32 = 64 << 10;
 pub const CS: u64 = CHUNK as u64;
 
+/// Short retries, so a dead storage or a mistake fails a test in seconds.
+pub fn test_options() -> BackendOptions {
+    BackendOptions {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        max_elapsed: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(2),
+        ..BackendOptions::default()
+    }
+}
+
 /// A folder vault in the current format (a key per name).
 pub async fn folder_vault(dir: &Path) -> Result<Vault> {
     folder_vault_version(dir, lifeboat_vault::format::config::CONFIG_VERSION).await
