@@ -59,6 +59,8 @@ need_test_tools() {
     # libvirtd + virsh: the libvirt driver's tests define domains as an administrator would.
     apt_need nbdinfo libnbd-bin curl curl psql postgresql-client \
              libvirtd libvirt-daemon-system \
+             ip iproute2 \
+             python3 python3 \
              virsh libvirt-clients \
              /usr/bin/chromium chromium \
              /usr/bin/chromedriver chromium-driver
