@@ -210,8 +210,9 @@ impl Recoveries {
             if req.kind == RecoveryKind::Test {
                 nic.network = "isolated".into();
                 nic.mac = test_mac(&nic.mac, &req.recovery_id);
-            } else if let Some(to) = req.network_map.get(&nic.network) {
-                nic.network = to.clone();
+            } else if let Some(to) = crate::recovery::mapped_network(&nic.network, &req.network_map)
+            {
+                nic.network = to;
             }
             for f in &mut nic.host_forwards {
                 // Ports are this host's: keep the source's when free, else take another.

@@ -62,15 +62,69 @@ pub struct RecoveryRequest {
     pub network_map: std::collections::BTreeMap<String, String>,
 }
 
-/// Checks a network map before anything is changed: every target must be a network a
-/// recovery host has.
+/// Checks a network map before anything is changed: every target must name a network a
+/// host can have (`user`, `isolated`, `bridge:NAME`, `network:NAME`, or a bare NAME, which
+/// keeps the source NIC's kind: a bridge maps to a bridge).
 pub fn check_network_map(map: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
-    let known = lifeboat_hypervisor::spec::KNOWN_NETWORKS;
-    match map.iter().find(|(_, to)| !known.contains(&to.as_str())) {
+    use lifeboat_hypervisor::spec::NetworkKind;
+    let bad = |to: &str| {
+        NetworkKind::parse(to).is_none() && NetworkKind::parse(&format!("bridge:{to}")).is_none()
+    };
+    match map.iter().find(|(_, to)| bad(to)) {
         Some((from, to)) => Err(format!(
-            "network map {from}={to}: there is no network {to:?}; use one of {known:?}"
+            "network map {from}={to}: {to:?} names no network; use user, isolated, \
+             bridge:NAME, network:NAME (libvirt) or a bridge's NAME"
         )),
         None => Ok(()),
+    }
+}
+
+/// The network a NIC on `network` gets on the recovery host under `map`: keys match the
+/// whole `network` (`bridge:br0`) or its name (`br0`); a bare target name keeps the kind.
+pub fn mapped_network(
+    network: &str,
+    map: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
+    use lifeboat_hypervisor::spec::NetworkKind;
+    let (kind, name) = match NetworkKind::parse(network)? {
+        NetworkKind::LibvirtNetwork(n) => ("network", n),
+        NetworkKind::Bridge(b) => ("bridge", b),
+        NetworkKind::User | NetworkKind::Isolated => ("bridge", network),
+    };
+    let to = map.get(network).or_else(|| map.get(name))?;
+    if NetworkKind::parse(to).is_some() {
+        Some(to.clone())
+    } else {
+        Some(format!("{kind}:{to}"))
+    }
+}
+
+#[cfg(test)]
+mod network_map_tests {
+    use super::*;
+
+    #[test]
+    fn targets_keep_the_source_kind_unless_they_say_theirs() {
+        let map: std::collections::BTreeMap<String, String> = [
+            ("br0", "br-dr"),
+            ("network:default", "bridge:br-dr"),
+            ("user", "isolated"),
+            ("lan", "wan"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        check_network_map(&map).unwrap();
+        let m = |n: &str| mapped_network(n, &map);
+        assert_eq!(m("bridge:br0").as_deref(), Some("bridge:br-dr"));
+        assert_eq!(m("network:default").as_deref(), Some("bridge:br-dr"));
+        assert_eq!(m("network:lan").as_deref(), Some("network:wan"));
+        assert_eq!(m("user").as_deref(), Some("isolated"));
+        assert_eq!(m("bridge:br1"), None, "not mapped: keeps its network");
+        for bad in ["bridge:", "no spaces", "x:y"] {
+            let one = [("br0".to_string(), bad.to_string())].into_iter().collect();
+            assert!(check_network_map(&one).is_err(), "{bad}");
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The driver an agent runs its host with, chosen at start (`lifeboat agent --hypervisor`):
 //! one type for the agent to hold, dispatching every `Hypervisor` call to the driver
-//! behind it. Today that is the QEMU driver (the VMs Lifeboat defines from its TOML
-//! spec); the libvirt driver (domains an administrator already has) is the next variant.
+//! behind it: the QEMU driver (the VMs Lifeboat defines from its TOML spec) or the
+//! libvirt driver (the domains an administrator already has).
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use crate::error::{HypervisorError, Result};
 use crate::hypervisor::{
     Cut, CutDisk, CutKind, DiskHydration, Extent, Hypervisor, ShutdownOutcome, VmInfo, VmState,
 };
+use crate::libvirt::{DomainCut, LibvirtConfig, LibvirtDriver};
 use crate::qemu::cut::QemuCut;
 use crate::qemu::QemuDriver;
 use crate::spec::{DiskName, VmName, VmSpec};
@@ -33,35 +34,33 @@ pub const LIBVIRT_SOCKET: &str = "/var/run/libvirt/libvirt-sock";
 #[derive(Clone)]
 pub enum Driver {
     Qemu(QemuDriver),
+    Libvirt(LibvirtDriver),
 }
 
 impl Driver {
-    /// The driver `choice` calls for on this host; `qemu` is the QEMU driver to use when
-    /// that is the one. `libvirt_socket` is where libvirt would answer.
-    pub fn choose(choice: DriverChoice, qemu: QemuDriver, libvirt_socket: &Path) -> Result<Driver> {
+    /// The driver `choice` calls for on this host: `qemu` is the QEMU driver, `libvirt`
+    /// how the libvirt driver would run; `libvirt.uri`'s daemon must answer for it.
+    pub fn choose(
+        choice: DriverChoice,
+        qemu: QemuDriver,
+        libvirt: LibvirtConfig,
+        libvirt_socket: &Path,
+    ) -> Result<Driver> {
         let libvirt_answers = std::os::unix::net::UnixStream::connect(libvirt_socket).is_ok();
         match choice {
             DriverChoice::Qemu => Ok(Driver::Qemu(qemu)),
-            DriverChoice::Libvirt => Err(HypervisorError::Unsupported(format!(
-                "the libvirt driver is not in this version of Lifeboat (libvirt {} at {}); \
-                 run the agent with --hypervisor qemu",
-                if libvirt_answers {
-                    "answers"
-                } else {
-                    "does not answer"
-                },
-                libvirt_socket.display()
-            ))),
-            DriverChoice::Auto => {
-                if libvirt_answers {
-                    tracing::warn!(
-                        socket = %libvirt_socket.display(),
-                        "libvirt runs on this host, but this version has no libvirt driver: \
-                         its domains are not listed or protected; Lifeboat's own VMs use the QEMU driver"
-                    );
-                }
-                Ok(Driver::Qemu(qemu))
+            DriverChoice::Libvirt if !libvirt_answers => Err(HypervisorError::Unsupported(
+                format!(
+                    "libvirt does not answer at {}: start libvirtd (`systemctl start libvirtd`), \
+                     or run the agent with --hypervisor qemu",
+                    libvirt_socket.display()
+                ),
+            )),
+            DriverChoice::Libvirt => Ok(Driver::Libvirt(LibvirtDriver::new(libvirt)?)),
+            DriverChoice::Auto if libvirt_answers => {
+                Ok(Driver::Libvirt(LibvirtDriver::new(libvirt)?))
             }
+            DriverChoice::Auto => Ok(Driver::Qemu(qemu)),
         }
     }
 
@@ -69,6 +68,7 @@ impl Driver {
     pub fn kind(&self) -> &'static str {
         match self {
             Driver::Qemu(_) => "qemu",
+            Driver::Libvirt(_) => "libvirt",
         }
     }
 }
@@ -76,42 +76,50 @@ impl Driver {
 /// A cut of whichever driver made it.
 pub enum DriverCut {
     Qemu(QemuCut),
+    Libvirt(DomainCut),
 }
 
 impl Cut for DriverCut {
     fn kind(&self) -> CutKind {
         match self {
             DriverCut::Qemu(c) => c.kind(),
+            DriverCut::Libvirt(c) => c.kind(),
         }
     }
     fn generation(&self) -> u64 {
         match self {
             DriverCut::Qemu(c) => c.generation(),
+            DriverCut::Libvirt(c) => c.generation(),
         }
     }
     fn disks(&self) -> &[CutDisk] {
         match self {
             DriverCut::Qemu(c) => c.disks(),
+            DriverCut::Libvirt(c) => c.disks(),
         }
     }
     async fn changed_extents(&self, disk: &DiskName) -> Result<Vec<Extent>> {
         match self {
             DriverCut::Qemu(c) => c.changed_extents(disk).await,
+            DriverCut::Libvirt(c) => c.changed_extents(disk).await,
         }
     }
     async fn read(&self, disk: &DiskName, offset: u64, length: u32) -> Result<Bytes> {
         match self {
             DriverCut::Qemu(c) => c.read(disk, offset, length).await,
+            DriverCut::Libvirt(c) => c.read(disk, offset, length).await,
         }
     }
     async fn commit(self) -> Result<()> {
         match self {
             DriverCut::Qemu(c) => c.commit().await,
+            DriverCut::Libvirt(c) => c.commit().await,
         }
     }
     async fn abort(self) -> Result<()> {
         match self {
             DriverCut::Qemu(c) => c.abort().await,
+            DriverCut::Libvirt(c) => c.abort().await,
         }
     }
 }
@@ -121,6 +129,7 @@ macro_rules! each {
     ($self:ident, $d:ident => $call:expr) => {
         match $self {
             Driver::Qemu($d) => $call,
+            Driver::Libvirt($d) => $call,
         }
     };
 }
@@ -168,10 +177,16 @@ impl Hypervisor for Driver {
         each!(self, d => d.tracking_status(vm).await)
     }
     async fn begin_full_cut(&self, vm: &VmName) -> Result<DriverCut> {
-        each!(self, d => d.begin_full_cut(vm).await.map(DriverCut::Qemu))
+        match self {
+            Driver::Qemu(d) => d.begin_full_cut(vm).await.map(DriverCut::Qemu),
+            Driver::Libvirt(d) => d.begin_full_cut(vm).await.map(DriverCut::Libvirt),
+        }
     }
     async fn begin_incremental_cut(&self, vm: &VmName) -> Result<DriverCut> {
-        each!(self, d => d.begin_incremental_cut(vm).await.map(DriverCut::Qemu))
+        match self {
+            Driver::Qemu(d) => d.begin_incremental_cut(vm).await.map(DriverCut::Qemu),
+            Driver::Libvirt(d) => d.begin_incremental_cut(vm).await.map(DriverCut::Libvirt),
+        }
     }
     async fn reset_tracking(&self, vm: &VmName) -> Result<()> {
         each!(self, d => d.reset_tracking(vm).await)
@@ -200,28 +215,29 @@ mod tests {
     }
 
     #[test]
-    fn auto_takes_qemu_and_libvirt_is_refused_with_what_to_do() {
+    fn auto_takes_libvirt_when_it_answers_and_qemu_otherwise() {
         let tmp = tempfile::tempdir().unwrap();
         let socket = tmp.path().join("libvirt-sock");
+        let libvirt = || LibvirtConfig::new(tmp.path());
         for answers in [false, true] {
             // A listening socket stands for a libvirtd that answers.
             let _listener =
                 answers.then(|| std::os::unix::net::UnixListener::bind(&socket).unwrap());
-            for choice in [DriverChoice::Auto, DriverChoice::Qemu] {
-                let d = Driver::choose(choice, qemu(tmp.path()), &socket).unwrap();
-                assert_eq!(d.kind(), "qemu", "{choice:?}, libvirt answers: {answers}");
-            }
-            let e = Driver::choose(DriverChoice::Libvirt, qemu(tmp.path()), &socket)
-                .err()
-                .expect("no libvirt driver in this version");
-            let text = e.to_string();
-            assert!(text.contains("--hypervisor qemu"), "{text}");
-            let state = if answers {
-                "libvirt answers"
+            let auto = Driver::choose(DriverChoice::Auto, qemu(tmp.path()), libvirt(), &socket);
+            let want = if answers { "libvirt" } else { "qemu" };
+            assert_eq!(auto.unwrap().kind(), want, "libvirt answers: {answers}");
+            let q = Driver::choose(DriverChoice::Qemu, qemu(tmp.path()), libvirt(), &socket);
+            assert_eq!(q.unwrap().kind(), "qemu");
+            let l = Driver::choose(DriverChoice::Libvirt, qemu(tmp.path()), libvirt(), &socket);
+            if answers {
+                assert_eq!(l.unwrap().kind(), "libvirt");
             } else {
-                "libvirt does not answer"
-            };
-            assert!(text.contains(state), "{text}");
+                let text = l.err().expect("no libvirt to drive").to_string();
+                assert!(
+                    text.contains("does not answer") && text.contains("--hypervisor qemu"),
+                    "{text}"
+                );
+            }
             let _ = std::fs::remove_file(&socket);
         }
     }

@@ -152,7 +152,8 @@ pub struct HostForward {
 pub struct NicSpec {
     pub mac: String,
     /// `user`: QEMU user-mode network with outbound access; `isolated`: the same with no
-    /// route out of the guest (for test failovers). Bridged networks come later.
+    /// route out of the guest (for test failovers); `bridge:NAME`: a tap on the host's
+    /// Linux bridge NAME; `network:NAME`: libvirt's virtual network NAME (libvirt hosts).
     pub network: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_forwards: Vec<HostForward>,
@@ -174,6 +175,11 @@ pub struct VmSpec {
     /// Disk names, first boots first. Empty: disks in the order listed.
     #[serde(default)]
     pub boot_order: Vec<DiskName>,
+    /// The domain's XML, for a VM a libvirt host runs: a libvirt recovery host defines
+    /// the domain from it (disks and NICs rewritten); the fields above are the neutral
+    /// description any driver can start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_xml: Option<String>,
 }
 
 fn one() -> u32 {
@@ -182,6 +188,41 @@ fn one() -> u32 {
 
 pub const KNOWN_NETWORKS: &[&str] = &["user", "isolated"];
 
+/// A spec file larger than this is refused (a libvirt domain's XML included).
+pub const MAX_SPEC_BYTES: usize = crate::libvirt::domain_xml::MAX_DOMAIN_XML + (64 << 10);
+
+/// Where a NIC plugs in, from its spec's `network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkKind<'a> {
+    User,
+    Isolated,
+    Bridge(&'a str),
+    LibvirtNetwork(&'a str),
+}
+
+impl<'a> NetworkKind<'a> {
+    /// Reads `network`; `None` when it names nothing known.
+    pub fn parse(network: &'a str) -> Option<NetworkKind<'a>> {
+        let name_ok = |n: &str, max: usize| {
+            !n.is_empty()
+                && n.len() <= max
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && !n.starts_with(['-', '.'])
+        };
+        match network {
+            "user" => Some(NetworkKind::User),
+            "isolated" => Some(NetworkKind::Isolated),
+            // Linux interface names are at most 15 bytes.
+            _ => match network.split_once(':') {
+                Some(("bridge", b)) if name_ok(b, 15) => Some(NetworkKind::Bridge(b)),
+                Some(("network", n)) if name_ok(n, 64) => Some(NetworkKind::LibvirtNetwork(n)),
+                _ => None,
+            },
+        }
+    }
+}
+
 impl VmSpec {
     /// Parses and checks a spec. `origin` names the file in error messages.
     pub fn parse(text: &str, origin: &Path) -> Result<VmSpec> {
@@ -189,8 +230,11 @@ impl VmSpec {
             path: origin.to_path_buf(),
             reason,
         };
-        if text.len() > 64 * 1024 {
-            return Err(invalid("file is larger than 64 KiB".into()));
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(invalid(format!(
+                "file is larger than {} KiB",
+                MAX_SPEC_BYTES >> 10
+            )));
         }
         let spec: VmSpec = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         spec.check().map_err(invalid)?;
@@ -207,7 +251,7 @@ impl VmSpec {
         toml::to_string_pretty(self).expect("a VmSpec always serialises")
     }
 
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if !(32..=1024 * 1024).contains(&self.memory_mib) {
             return Err(format!(
                 "memory_mib = {} is out of range 32..=1048576",
@@ -253,10 +297,23 @@ impl VmSpec {
                     nic.mac
                 ));
             }
-            if !KNOWN_NETWORKS.contains(&nic.network.as_str()) {
+            if NetworkKind::parse(&nic.network).is_none() {
                 return Err(format!(
-                    "NIC {}: network {:?} is not known; use one of {:?}",
+                    "NIC {}: network {:?} is not known; use one of {:?}, bridge:NAME or \
+                     network:NAME (a libvirt network)",
                     nic.mac, nic.network, KNOWN_NETWORKS
+                ));
+            }
+            if !nic.host_forwards.is_empty()
+                && !matches!(
+                    NetworkKind::parse(&nic.network),
+                    Some(NetworkKind::User | NetworkKind::Isolated)
+                )
+            {
+                return Err(format!(
+                    "NIC {}: host_forwards work on user and isolated networks only; a NIC on \
+                     {} is reached at its own address",
+                    nic.mac, nic.network
                 ));
             }
             for f in &nic.host_forwards {

@@ -44,8 +44,9 @@ async fn cut(domain: &str, work: &Path, checkpoint: &str, since: Option<&str>) -
             name: DiskName::new("vda").unwrap(),
             size: SIZE,
         }],
-        checkpoint: checkpoint.into(),
+        checkpoint: Some(checkpoint.into()),
         since: since.map(str::to_string),
+        whole: Vec::new(),
         work_dir: work.to_path_buf(),
         io_timeout: Duration::from_secs(30),
     })

@@ -29,6 +29,7 @@ pub async fn start(qemu: QemuDriver, home: &Path, args: AgentArgs) -> Result<Sta
     let driver = Driver::choose(
         args.hypervisor.into(),
         qemu,
+        lifeboat_hypervisor::libvirt::LibvirtConfig::new(home),
         Path::new(lifeboat_hypervisor::LIBVIRT_SOCKET),
     )?;
     tracing::info!(driver = driver.kind(), "hypervisor driver");

@@ -365,9 +365,9 @@ pub struct AgentArgs {
     /// (hydration, e.g. 100M), to spare the vault's bandwidth. Default: no cap.
     #[arg(long)]
     pub hydrate_rate: Option<String>,
-    /// Which driver runs this host's VMs: `qemu` (the VMs Lifeboat defines from its TOML
-    /// spec), `libvirt` (not in this version: refused with a clear error), or `auto`
-    /// (libvirt when its socket answers; this version then warns and uses `qemu`).
+    /// Which driver runs this host's VMs: `libvirt` (the domains libvirt has: virsh,
+    /// virt-manager, Cockpit), `qemu` (the VMs Lifeboat defines from its TOML spec), or
+    /// `auto` (libvirt when its socket answers, else qemu).
     #[arg(long, value_enum, default_value = "auto")]
     pub hypervisor: HypervisorArg,
 }

@@ -253,11 +253,13 @@ pub struct Agent {
     pub code: String,
 }
 
-/// `lifeboat --home HOME --accel tcg agent --listen 127.0.0.1:0 --hostname NAME`, fresh,
+/// `lifeboat --home HOME --accel tcg agent --hypervisor qemu --listen 127.0.0.1:0
+/// --hostname NAME`, fresh,
 /// so its banner carries a one-time enrollment code.
 pub fn start_agent(lb: &Lifeboat, home: &Path, hostname: &str, log: &Path) -> Result<Agent> {
     let mut cmd = lb.on_home(home);
-    cmd.args(["agent", "--listen", "127.0.0.1:0", "--hostname", hostname]);
+    cmd.args(["agent", "--hypervisor", "qemu", "--listen", "127.0.0.1:0"])
+        .args(["--hostname", hostname]);
     let (daemon, banner) = spawn_with_banner(cmd, log, "lifeboat agent", |l| {
         // A fresh agent ends with "Enroll this host…"; the others mean it was not fresh.
         l.starts_with("Enroll this host")

@@ -10,11 +10,10 @@
 //! deletes the new checkpoint, whose bitmap libvirt merges into its parent's: the next
 //! incremental cut from the parent still sees every change, so an aborted cut loses none.
 //!
-//! The safe `virt` crate has no backup or checkpoint calls yet: they are called through
-//! its raw `virt-sys` bindings here, each in one small function.
+//! A disk without a checkpoint (a raw disk: libvirt keeps checkpoints on qcow2 only) is
+//! exported whole in every cut (`whole`) and read whole.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use lifeboat_nbd::{ConnectOptions, NbdClient};
 
 use crate::error::{HypervisorError, Result};
 use crate::hypervisor::{CutDisk, CutKind, Extent};
+use crate::libvirt::call::{backup_begin, delete_checkpoint, end_job, failed, with_domain};
 use crate::spec::{DiskName, VmName};
 
 const ALLOCATION: &str = "base:allocation";
@@ -33,10 +33,12 @@ pub struct BackupRequest<'a> {
     pub domain: &'a str,
     /// The disks (targets: vda, vdb) to cut, with their sizes.
     pub disks: Vec<CutDisk>,
-    /// The checkpoint this cut creates.
-    pub checkpoint: String,
+    /// The checkpoint this cut creates; `None` when no disk can carry one (raw only).
+    pub checkpoint: Option<String>,
     /// For an incremental cut: the checkpoint it counts changes from.
     pub since: Option<String>,
+    /// Disks with no checkpoint (raw): exported and read whole in every cut.
+    pub whole: Vec<DiskName>,
     /// Where the NBD socket and the scratch images go: a folder libvirt's QEMU may write
     /// (it runs as its own user).
     pub work_dir: PathBuf,
@@ -47,14 +49,11 @@ pub struct LibvirtCut {
     uri: String,
     domain: String,
     kind: CutKind,
-    checkpoint: String,
+    checkpoint: Option<String>,
     since: Option<String>,
+    whole: Vec<DiskName>,
     disks: Vec<CutDisk>,
     clients: BTreeMap<DiskName, NbdClient>,
-}
-
-fn failed(domain: &str, what: &str, reason: impl std::fmt::Display) -> HypervisorError {
-    HypervisorError::Unsupported(format!("libvirt domain {domain}: {what}: {reason}"))
 }
 
 /// XML text content or attribute value, escaped.
@@ -77,8 +76,14 @@ fn backup_xml(req: &BackupRequest, socket: &Path) -> String {
     );
     for d in &req.disks {
         let scratch = req.work_dir.join(format!("scratch-{}.qcow2", d.name));
+        // In an incremental backup, a disk without the checkpoint is backed up whole.
+        let mode = if req.since.is_some() && req.whole.contains(&d.name) {
+            " backupmode='full'"
+        } else {
+            ""
+        };
         xml += &format!(
-            "<disk name='{}' backup='yes' type='file'><scratch file='{}'/></disk>",
+            "<disk name='{}' backup='yes'{mode} type='file'><scratch file='{}'/></disk>",
             esc(d.name.as_str()),
             esc(&scratch.to_string_lossy())
         );
@@ -86,87 +91,20 @@ fn backup_xml(req: &BackupRequest, socket: &Path) -> String {
     xml + "</disks></domainbackup>"
 }
 
-fn checkpoint_xml(req: &BackupRequest) -> String {
-    let mut xml = format!(
-        "<domaincheckpoint><name>{}</name><disks>",
-        esc(&req.checkpoint)
-    );
+fn checkpoint_xml(req: &BackupRequest, name: &str) -> String {
+    let mut xml = format!("<domaincheckpoint><name>{}</name><disks>", esc(name));
     for d in &req.disks {
+        let how = if req.whole.contains(&d.name) {
+            "no"
+        } else {
+            "bitmap"
+        };
         xml += &format!(
-            "<disk name='{}' checkpoint='bitmap'/>",
+            "<disk name='{}' checkpoint='{how}'/>",
             esc(d.name.as_str())
         );
     }
     xml + "</disks></domaincheckpoint>"
-}
-
-/// Runs `f` with the domain, on a blocking thread (libvirt's calls block).
-async fn with_domain<T: Send + 'static>(
-    uri: &str,
-    domain: &str,
-    f: impl FnOnce(&virt::domain::Domain) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let (uri, name) = (uri.to_string(), domain.to_string());
-    tokio::task::spawn_blocking(move || {
-        let conn = virt::connect::Connect::open(Some(&uri))
-            .map_err(|e| failed(&name, &format!("connecting to {uri}"), e))?;
-        let dom = conn
-            .lookup_domain_by_name(&name)
-            .map_err(|e| failed(&name, "looking it up", e))?;
-        f(&dom)
-    })
-    .await
-    .map_err(|e| failed(domain, "a libvirt call", e))?
-}
-
-fn last_error() -> String {
-    virt::error::Error::last_error().to_string()
-}
-
-fn backup_begin(
-    dom: &virt::domain::Domain,
-    backup: &str,
-    checkpoint: &str,
-) -> std::result::Result<(), String> {
-    let (b, c) = (cstring(backup)?, cstring(checkpoint)?);
-    // SAFETY: the domain pointer is live for `dom`'s lifetime; the strings outlive the call.
-    let rc = unsafe { virt::sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c.as_ptr(), 0) };
-    if rc < 0 {
-        return Err(last_error());
-    }
-    Ok(())
-}
-
-/// Ends the domain's backup job (a pull backup runs until told to stop).
-fn end_job(dom: &virt::domain::Domain) -> std::result::Result<(), String> {
-    // SAFETY: as above.
-    let rc = unsafe { virt::sys::virDomainAbortJob(dom.as_ptr()) };
-    if rc < 0 {
-        return Err(last_error());
-    }
-    Ok(())
-}
-
-/// Deletes checkpoint `name`; libvirt merges its bitmap into its parent's.
-fn delete_checkpoint(dom: &virt::domain::Domain, name: &str) -> std::result::Result<(), String> {
-    let n = cstring(name)?;
-    // SAFETY: as above; the checkpoint pointer is freed once, below.
-    unsafe {
-        let cp = virt::sys::virDomainCheckpointLookupByName(dom.as_ptr(), n.as_ptr(), 0);
-        if cp.is_null() {
-            return Err(format!("looking up checkpoint {name}: {}", last_error()));
-        }
-        let rc = virt::sys::virDomainCheckpointDelete(cp, 0);
-        virt::sys::virDomainCheckpointFree(cp);
-        if rc < 0 {
-            return Err(format!("deleting checkpoint {name}: {}", last_error()));
-        }
-    }
-    Ok(())
-}
-
-fn cstring(s: &str) -> std::result::Result<CString, String> {
-    CString::new(s).map_err(|_| "an argument holds a NUL byte".to_string())
 }
 
 impl LibvirtCut {
@@ -177,10 +115,12 @@ impl LibvirtCut {
             let _ = std::fs::remove_file(req.work_dir.join(format!("scratch-{}.qcow2", d.name)));
         }
         let _ = std::fs::remove_file(&socket);
-        let (backup, checkpoint) = (backup_xml(&req, &socket), checkpoint_xml(&req));
+        let backup = backup_xml(&req, &socket);
+        let checkpoint = req.checkpoint.as_deref().map(|c| checkpoint_xml(&req, c));
         let domain = req.domain.to_string();
         with_domain(req.uri, req.domain, move |dom| {
-            backup_begin(dom, &backup, &checkpoint).map_err(|e| failed(&domain, "backup-begin", e))
+            backup_begin(dom, &backup, checkpoint.as_deref())
+                .map_err(|e| failed(&domain, "backup-begin", e))
         })
         .await?;
         let kind = if req.since.is_some() {
@@ -194,12 +134,13 @@ impl LibvirtCut {
             kind,
             checkpoint: req.checkpoint.clone(),
             since: req.since.clone(),
+            whole: req.whole.clone(),
             disks: req.disks.clone(),
             clients: BTreeMap::new(),
         };
         for d in &req.disks {
             let mut contexts = vec![ALLOCATION.to_string()];
-            if kind == CutKind::Incremental {
+            if kind == CutKind::Incremental && !req.whole.contains(&d.name) {
                 contexts.push(format!("qemu:dirty-bitmap:backup-{}", d.name));
             }
             let opened = NbdClient::connect_unix(
@@ -256,6 +197,14 @@ impl LibvirtCut {
     pub async fn changed_extents(&self, disk: &DiskName) -> Result<Vec<Extent>> {
         let client = self.client(disk)?;
         let size = client.export_size();
+        if self.kind == CutKind::Incremental && self.whole.contains(disk) {
+            // No checkpoint says what changed: all of it may have, holes included (a
+            // trimmed block must overwrite the parent's data), so every byte is "changed".
+            return Ok(vec![Extent {
+                offset: 0,
+                length: size,
+            }]);
+        }
         let (context, wanted): (String, fn(u32) -> bool) = match self.kind {
             CutKind::Full => (ALLOCATION.into(), |flags| flags & 0b11 == 0),
             CutKind::Incremental => (format!("qemu:dirty-bitmap:backup-{disk}"), |flags| {
@@ -293,7 +242,7 @@ impl LibvirtCut {
         let domain = self.domain.clone();
         with_domain(&self.uri, &self.domain, move |dom| {
             end_job(dom).map_err(|e| failed(&domain, "ending the backup", e))?;
-            let drop_name = if keep { since } else { Some(checkpoint) };
+            let drop_name = if keep { since } else { checkpoint };
             if let Some(name) = drop_name {
                 delete_checkpoint(dom, &name).map_err(|e| failed(&domain, "checkpoints", e))?;
             }

@@ -92,7 +92,7 @@ fn list_blocking(uri: &str) -> Result<Vec<LibvirtDomain>, LibvirtError> {
 }
 
 /// libvirt's domain state in the agent's words.
-fn vm_state(state: virt::domain::DomainStateEnum) -> VmState {
+pub(crate) fn vm_state(state: virt::domain::DomainStateEnum) -> VmState {
     use virt::domain::DomainState as S;
     use virt::enumutil::Enum;
     match state {

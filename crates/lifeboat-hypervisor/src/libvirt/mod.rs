@@ -4,9 +4,13 @@
 //! then `lifeboat agent --hypervisor libvirt` is refused.
 
 pub mod backup;
+mod call;
+pub mod driver;
+pub mod tracking;
 pub mod domain_xml;
 pub mod inventory;
 
 pub use backup::{BackupRequest, LibvirtCut};
+pub use driver::{DomainCut, LibvirtConfig, LibvirtDriver};
 pub use domain_xml::{DiskSource, DiskSourceKind, DomainDescription, DomainXmlError, Firmware};
 pub use inventory::{list, LibvirtDomain, LibvirtError, SYSTEM_URI};

@@ -2,11 +2,12 @@
 //! reads the VM's directory and asks QEMU, so any process (a restarted agent, the CLI)
 //! can drive VMs another process started.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{HypervisorError, Result};
 use crate::hypervisor::{DiskHydration, DiskInfo, Hypervisor, ShutdownOutcome, VmInfo, VmState};
+use crate::qemu::bridge;
 use crate::qemu::commands::{QueryStatus, StatusReply};
 use crate::qemu::cut::{self, QemuCut};
 use crate::qemu::layout::{write_atomically, VmDir};
@@ -150,7 +151,19 @@ impl QemuDriver {
             Duration::from_secs(10),
         )
         .await;
-        process::spawn(&spec, &dir, accel, paused).await?;
+        bridge::check_host(&spec, Path::new("/sys/class/net"))?;
+        // Bridged NICs are plugged while the CPUs are held; the guest runs after.
+        let bridged = !bridge::bridged(&spec).is_empty();
+        process::spawn(&spec, &dir, accel, paused || bridged).await?;
+        if bridged {
+            if let Err(e) = bridge::plug(&spec).await {
+                let _ = self.kill(vm).await;
+                return Err(e);
+            }
+            if !paused {
+                self.resume(vm).await?;
+            }
+        }
         Ok(())
     }
 
@@ -260,18 +273,12 @@ impl Hypervisor for QemuDriver {
         self.start_with(vm, true).await
     }
 
-    /// Whether the VM's QEMU runs and was started paused (`start_with(vm, true)`, `-S`):
-    /// a QEMU held for a final cut, left behind when its caller died.
+    /// Whether the VM's QEMU runs with CPUs that never ran (`start_with(vm, true)`, `-S`,
+    /// QEMU's "prelaunch"): a QEMU held for a final cut, left behind when its caller died.
+    /// Asked of QEMU, not read from its command line: a bridged VM also starts with `-S`
+    /// and runs once its taps are plugged.
     async fn held(&self, vm: &VmName) -> bool {
-        let Ok(dir) = self.defined(vm) else {
-            return false;
-        };
-        process::read_live_pid(&dir).is_some_and(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .unwrap_or_default()
-                .split(|b| *b == 0)
-                .any(|a| a == b"-S")
-        })
+        matches!(self.state(vm).await, Ok(VmState::Paused(s)) if s == "prelaunch")
     }
 
     /// Fences the VM: kills QEMU if it runs and records `why`, after which it does not

@@ -1,6 +1,7 @@
 //! The QEMU driver: one `qemu-system-x86_64` process per running VM, driven over QMP,
 //! with cuts read over NBD.
 
+pub mod bridge;
 pub mod commands;
 pub mod cut;
 pub mod driver;

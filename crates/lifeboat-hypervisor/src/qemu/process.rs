@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::error::{HypervisorError, Result};
 use crate::qemu::layout::VmDir;
-use crate::spec::{DiskFormat, VmSpec};
+use crate::spec::{DiskFormat, NetworkKind, VmSpec};
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
@@ -82,7 +82,14 @@ pub fn command_line(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Vec<String> {
         ]);
     }
     for (i, nic) in spec.nics.iter().enumerate() {
-        let mut netdev = format!("user,id=net{i}");
+        let mut netdev = match NetworkKind::parse(&nic.network) {
+            // QEMU creates the tap (it runs as root); `bridge::plug` puts it on the bridge.
+            Some(NetworkKind::Bridge(_)) => format!(
+                "tap,id=net{i},ifname={},script=no,downscript=no",
+                crate::qemu::bridge::tap_name(&spec.name, i)
+            ),
+            _ => format!("user,id=net{i}"),
+        };
         if nic.network == "isolated" {
             netdev.push_str(",restrict=on");
         }

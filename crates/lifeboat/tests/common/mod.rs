@@ -44,7 +44,8 @@ pub fn agent_command(home: &Path, hostname: &str, port: u16, extra: &[&str]) -> 
     c.args(["--home"])
         .arg(home)
         .args(["--accel", "tcg"])
-        .args(["agent", "--listen", &listen, "--hostname", hostname])
+        .args(["agent", "--hypervisor", "qemu", "--listen", &listen])
+        .args(["--hostname", hostname])
         .args(extra);
     c
 }

@@ -1,0 +1,175 @@
+//! libvirt's calls, each in one small function. They block, so they run on tokio's
+//! blocking threads (`with_domain`). The safe `virt` crate has no backup, checkpoint or
+//! filesystem-freeze calls yet: those go through its raw `virt-sys` bindings here.
+
+use std::ffi::{CStr, CString};
+
+use crate::error::{HypervisorError, Result};
+
+/// An error of a libvirt call on `domain`.
+pub(crate) fn failed(domain: &str, what: &str, reason: impl std::fmt::Display) -> HypervisorError {
+    HypervisorError::Unsupported(format!("libvirt domain {domain}: {what}: {reason}"))
+}
+
+/// Runs `f` with the domain, on a blocking thread.
+pub(crate) async fn with_domain<T: Send + 'static>(
+    uri: &str,
+    domain: &str,
+    f: impl FnOnce(&virt::domain::Domain) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (uri, name) = (uri.to_string(), domain.to_string());
+    tokio::task::spawn_blocking(move || {
+        let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| {
+            failed(
+                &name,
+                &format!("connecting to {uri} (is libvirtd running? `virsh -c {uri} list` tells)"),
+                e,
+            )
+        })?;
+        let dom = conn
+            .lookup_domain_by_name(&name)
+            .map_err(|e| failed(&name, "looking it up", e))?;
+        f(&dom)
+    })
+    .await
+    .map_err(|e| failed(domain, "a libvirt call", e))?
+}
+
+pub(crate) fn last_error() -> String {
+    virt::error::Error::last_error().to_string()
+}
+
+pub(crate) type CallResult<T> = std::result::Result<T, String>;
+
+fn cstring(s: &str) -> CallResult<CString> {
+    CString::new(s).map_err(|_| "an argument holds a NUL byte".to_string())
+}
+
+/// `virDomainBackupBegin`; `checkpoint` is created atomically with the job.
+pub(crate) fn backup_begin(
+    dom: &virt::domain::Domain,
+    backup: &str,
+    checkpoint: Option<&str>,
+) -> CallResult<()> {
+    let b = cstring(backup)?;
+    let c = checkpoint.map(cstring).transpose()?;
+    let c_ptr = c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: the domain pointer is live for `dom`'s lifetime; the strings outlive the call.
+    let rc = unsafe { virt::sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c_ptr, 0) };
+    if rc < 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+/// Whether a backup job runs on the domain (one a dead agent left behind).
+pub(crate) fn backup_running(dom: &virt::domain::Domain) -> bool {
+    // SAFETY: as above; the returned string is ours to free.
+    unsafe {
+        let xml = virt::sys::virDomainBackupGetXMLDesc(dom.as_ptr(), 0);
+        if xml.is_null() {
+            return false;
+        }
+        libc::free(xml.cast());
+        true
+    }
+}
+
+/// Ends the domain's backup job (a pull backup runs until told to stop).
+pub(crate) fn end_job(dom: &virt::domain::Domain) -> CallResult<()> {
+    // SAFETY: as above.
+    let rc = unsafe { virt::sys::virDomainAbortJob(dom.as_ptr()) };
+    if rc < 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+/// The names of the domain's checkpoints.
+pub(crate) fn checkpoints(dom: &virt::domain::Domain) -> CallResult<Vec<String>> {
+    let mut list: *mut virt::sys::virDomainCheckpointPtr = std::ptr::null_mut();
+    // SAFETY: libvirt fills `list` with `n` checkpoint pointers, each freed once below,
+    // and the array itself with `free`.
+    unsafe {
+        let n = virt::sys::virDomainListAllCheckpoints(dom.as_ptr(), &mut list, 0);
+        if n < 0 {
+            return Err(last_error());
+        }
+        let mut names = Vec::with_capacity(n as usize);
+        for i in 0..n as usize {
+            let cp = *list.add(i);
+            let name = virt::sys::virDomainCheckpointGetName(cp);
+            if !name.is_null() {
+                names.push(CStr::from_ptr(name).to_string_lossy().into_owned());
+            }
+            virt::sys::virDomainCheckpointFree(cp);
+        }
+        libc::free(list.cast());
+        Ok(names)
+    }
+}
+
+/// The XML of checkpoint `name`; with `size`, each disk's bytes written since it (a
+/// running domain only).
+pub(crate) fn checkpoint_xml(
+    dom: &virt::domain::Domain,
+    name: &str,
+    size: bool,
+) -> CallResult<String> {
+    let n = cstring(name)?;
+    let flags = if size {
+        virt::sys::VIR_DOMAIN_CHECKPOINT_XML_SIZE
+    } else {
+        0
+    };
+    // SAFETY: as above; the checkpoint pointer and the string are freed once.
+    unsafe {
+        let cp = virt::sys::virDomainCheckpointLookupByName(dom.as_ptr(), n.as_ptr(), 0);
+        if cp.is_null() {
+            return Err(format!("looking up checkpoint {name}: {}", last_error()));
+        }
+        let xml = virt::sys::virDomainCheckpointGetXMLDesc(cp, flags);
+        virt::sys::virDomainCheckpointFree(cp);
+        if xml.is_null() {
+            return Err(format!("checkpoint {name}: {}", last_error()));
+        }
+        let text = CStr::from_ptr(xml).to_string_lossy().into_owned();
+        libc::free(xml.cast());
+        Ok(text)
+    }
+}
+
+/// Deletes checkpoint `name`; libvirt merges its bitmap into its parent's.
+pub(crate) fn delete_checkpoint(dom: &virt::domain::Domain, name: &str) -> CallResult<()> {
+    let n = cstring(name)?;
+    // SAFETY: as above; the checkpoint pointer is freed once, below.
+    unsafe {
+        let cp = virt::sys::virDomainCheckpointLookupByName(dom.as_ptr(), n.as_ptr(), 0);
+        if cp.is_null() {
+            return Err(format!("looking up checkpoint {name}: {}", last_error()));
+        }
+        let rc = virt::sys::virDomainCheckpointDelete(cp, 0);
+        virt::sys::virDomainCheckpointFree(cp);
+        if rc < 0 {
+            return Err(format!("deleting checkpoint {name}: {}", last_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Freezes (`freeze`) or thaws the guest's filesystems through its agent; the number of
+/// filesystems.
+pub(crate) fn fs_freeze(dom: &virt::domain::Domain, freeze: bool) -> CallResult<u32> {
+    // SAFETY: as above; no mount points (all of them).
+    let rc = unsafe {
+        if freeze {
+            virt::sys::virDomainFSFreeze(dom.as_ptr(), std::ptr::null_mut(), 0, 0)
+        } else {
+            virt::sys::virDomainFSThaw(dom.as_ptr(), std::ptr::null_mut(), 0, 0)
+        }
+    };
+    if rc < 0 {
+        return Err(last_error());
+    }
+    Ok(rc as u32)
+}

@@ -1,0 +1,806 @@
+//! `LibvirtDriver`: the `Hypervisor` for a libvirt host, protecting the domains its
+//! administrator already has without redefining them. Inventory and state come from
+//! libvirt's API; cuts from libvirt's pull-mode backup job along a checkpoint chain
+//! (`tracking`); app-consistent points from the guest agent through libvirt; every
+//! point carries the domain's XML besides the neutral spec.
+//!
+//! What the driver keeps of its own, per domain, is in its state folder (private to the
+//! agent): the tracking record, and markers for a fenced, held or frozen domain. The
+//! backup job's NBD socket and scratch images go to a work folder libvirt's QEMU (its own
+//! user) may write, under `work_root`.
+//!
+//! Recovery onto a libvirt host (define from the stored XML, overlays, hydration) is not
+//! in this driver yet: those calls say so, and a libvirt domain's points are recovered
+//! by a host running the QEMU driver.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{HypervisorError, Result};
+use crate::hypervisor::{
+    Cut, CutDisk, CutKind, DiskHydration, DiskInfo, Extent, Hypervisor, ShutdownOutcome, VmInfo,
+    VmState,
+};
+use crate::libvirt::backup::{BackupRequest, LibvirtCut};
+use crate::libvirt::call::{self, failed};
+use crate::libvirt::domain_xml::{self, DiskSource, DomainDescription, NicSource};
+use crate::libvirt::tracking::{self, Record};
+use crate::spec::{DiskFormat, DiskName, DiskSpec, NicSpec, VmName, VmSpec};
+use crate::tracking::{bitmap_name, TrackingStatus};
+
+#[derive(Debug, Clone)]
+pub struct LibvirtConfig {
+    /// libvirt's connection URI (`qemu:///system`).
+    pub uri: String,
+    /// Where the driver keeps its records (private).
+    pub state_dir: PathBuf,
+    /// Where each domain's backup job puts its NBD socket and scratch images: a folder
+    /// libvirt's QEMU may reach. Default `/var/lib/libvirt/lifeboat`.
+    pub work_root: PathBuf,
+    /// The user libvirt runs QEMU as, who must write the work folder (Debian:
+    /// `libvirt-qemu`, Fedora: `qemu`); `None`: QEMU runs as root.
+    pub qemu_user: Option<String>,
+    pub io_timeout: Duration,
+}
+
+impl LibvirtConfig {
+    /// The defaults for the system libvirt, with records under `home/libvirt`.
+    pub fn new(home: &Path) -> LibvirtConfig {
+        LibvirtConfig {
+            uri: crate::libvirt::SYSTEM_URI.into(),
+            state_dir: home.join("libvirt"),
+            work_root: "/var/lib/libvirt/lifeboat".into(),
+            qemu_user: ["libvirt-qemu", "qemu"]
+                .into_iter()
+                .find(|u| user_ids(u).is_some())
+                .map(String::from),
+            io_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A user's uid and gid from /etc/passwd.
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+#[derive(Clone)]
+pub struct LibvirtDriver {
+    config: Arc<LibvirtConfig>,
+}
+
+/// A domain's definition as one libvirt call saw it.
+struct Seen {
+    description: DomainDescription,
+    /// Its persistent definition (`--inactive`), as stored with each point.
+    xml: String,
+}
+
+fn not_here(what: &str) -> HypervisorError {
+    HypervisorError::Unsupported(format!(
+        "{what} onto a libvirt host is not in this version of Lifeboat; recover on a host \
+         whose agent runs the QEMU driver (`lifeboat agent --hypervisor qemu`)"
+    ))
+}
+
+impl LibvirtDriver {
+    pub fn new(config: LibvirtConfig) -> Result<LibvirtDriver> {
+        crate::private::private_dir(&config.state_dir)
+            .map_err(|e| HypervisorError::io("creating", &config.state_dir, e))?;
+        Ok(LibvirtDriver {
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn config(&self) -> &LibvirtConfig {
+        &self.config
+    }
+
+    fn state_dir(&self, vm: &VmName) -> PathBuf {
+        self.config.state_dir.join(vm.as_str())
+    }
+
+    fn marker(&self, vm: &VmName, name: &str) -> PathBuf {
+        self.state_dir(vm).join(name)
+    }
+
+    fn set_marker(&self, vm: &VmName, name: &str, text: &str) -> Result<()> {
+        let dir = self.state_dir(vm);
+        crate::private::private_dir(&dir).map_err(|e| HypervisorError::io("creating", &dir, e))?;
+        crate::qemu::layout::write_atomically(&dir.join(name), text.as_bytes())
+    }
+
+    fn clear_marker(&self, vm: &VmName, name: &str) {
+        let _ = std::fs::remove_file(self.marker(vm, name));
+    }
+
+    fn record(&self, vm: &VmName) -> Record {
+        Record::new(self.state_dir(vm))
+    }
+
+    fn fenced(&self, vm: &VmName) -> Option<String> {
+        std::fs::read_to_string(self.marker(vm, "fenced"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// Runs `f` with `vm`'s domain; a domain libvirt does not know is `UnknownVm`.
+    async fn domain<T: Send + 'static>(
+        &self,
+        vm: &VmName,
+        f: impl FnOnce(&virt::domain::Domain) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (uri, name) = (self.config.uri.clone(), vm.clone());
+        tokio::task::spawn_blocking(move || {
+            let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| {
+                failed(
+                    name.as_str(),
+                    &format!("connecting to {uri} (is libvirtd running?)"),
+                    e,
+                )
+            })?;
+            let dom = conn.lookup_domain_by_name(name.as_str()).map_err(|e| {
+                if e.code() == virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain) {
+                    HypervisorError::UnknownVm(name.clone())
+                } else {
+                    failed(name.as_str(), "looking it up", e)
+                }
+            })?;
+            f(&dom)
+        })
+        .await
+        .map_err(|e| failed(vm.as_str(), "a libvirt call", e))?
+    }
+
+    async fn seen(&self, vm: &VmName) -> Result<Seen> {
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            let xml = dom
+                .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+                .map_err(|e| failed(&name, "reading its XML", e))?;
+            let description =
+                domain_xml::parse(&xml).map_err(|e| failed(&name, "reading its XML", e))?;
+            Ok(Seen { description, xml })
+        })
+        .await
+    }
+
+    /// The disks a cut covers, with their sizes and whether each can carry a checkpoint.
+    async fn cut_disks(&self, vm: &VmName) -> Result<Vec<(CutDisk, DiskFormat)>> {
+        let spec = self.spec(vm).await?;
+        let targets: Vec<(DiskName, DiskFormat)> =
+            spec.disks.iter().map(|d| (d.name.clone(), d.format)).collect();
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            targets
+                .into_iter()
+                .map(|(disk, format)| {
+                    let info = dom
+                        .block_info(disk.as_str(), 0)
+                        .map_err(|e| failed(&name, &format!("the size of disk {disk}"), e))?;
+                    Ok((
+                        CutDisk {
+                            name: disk,
+                            size: info.capacity,
+                        },
+                        format,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// The domain's work folder for backup jobs, made for libvirt's QEMU to write.
+    fn work_dir(&self, vm: &VmName) -> Result<PathBuf> {
+        let dir = self.config.work_root.join(vm.as_str());
+        std::fs::create_dir_all(&dir).map_err(|e| HypervisorError::io("creating", &dir, e))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| HypervisorError::io("making private", &dir, e))?;
+        if let Some((uid, gid)) = self.config.qemu_user.as_deref().and_then(user_ids) {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(|e| HypervisorError::io("handing to libvirt's QEMU user", &dir, e))?;
+        }
+        Ok(dir)
+    }
+
+    /// Ends a backup job a dead agent left, and returns the domain's checkpoints.
+    async fn settle_job(&self, vm: &VmName) -> Result<Vec<u64>> {
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            if call::backup_running(dom) {
+                tracing::warn!(domain = %name, "ending a backup job left by an agent that died");
+                call::end_job(dom).map_err(|e| failed(&name, "ending a stale backup", e))?;
+            }
+            let names = call::checkpoints(dom).map_err(|e| failed(&name, "checkpoints", e))?;
+            Ok(tracking::generations(&names))
+        })
+        .await
+    }
+
+    async fn delete_checkpoints(&self, vm: &VmName, gens: Vec<u64>) -> Result<()> {
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            // Newest first: each deletion merges into a parent that is deleted next.
+            for g in gens.into_iter().rev() {
+                call::delete_checkpoint(dom, &bitmap_name(g))
+                    .map_err(|e| failed(&name, "checkpoints", e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn begin(
+        &self,
+        vm: &VmName,
+        new: u64,
+        since: Option<u64>,
+        generation: u64,
+    ) -> Result<DomainCut> {
+        let disks = self.cut_disks(vm).await?;
+        let whole: Vec<DiskName> = disks
+            .iter()
+            .filter(|(_, f)| *f != DiskFormat::Qcow2)
+            .map(|(d, _)| d.name.clone())
+            .collect();
+        let checkpointable = whole.len() < disks.len();
+        if since.is_some() && !checkpointable {
+            return Err(HypervisorError::NeedsFullResync {
+                vm: vm.clone(),
+                reason: "no disk can carry a checkpoint".into(),
+            });
+        }
+        let work_dir = self.work_dir(vm)?;
+        let inner = LibvirtCut::begin(BackupRequest {
+            uri: &self.config.uri,
+            domain: vm.as_str(),
+            disks: disks.into_iter().map(|(d, _)| d).collect(),
+            checkpoint: checkpointable.then(|| bitmap_name(new)),
+            since: since.map(bitmap_name),
+            whole,
+            work_dir,
+            io_timeout: self.config.io_timeout,
+        })
+        .await?;
+        Ok(DomainCut {
+            inner,
+            record: self.record(vm),
+            generation,
+            commits: new,
+        })
+    }
+
+    /// Tracking as the domain's checkpoints and the record say, and the checkpoints.
+    async fn tracking(&self, vm: &VmName) -> Result<(TrackingStatus, Vec<u64>)> {
+        let spec = self.spec(vm).await?;
+        let checkpointable = spec.disks.iter().any(|d| d.format == DiskFormat::Qcow2);
+        let record = self.record(vm);
+        let name = vm.to_string();
+        let recorded = record.generation();
+        let (gens, dirty) = self
+            .domain(vm, move |dom| {
+                let names = call::checkpoints(dom).map_err(|e| failed(&name, "checkpoints", e))?;
+                let gens = tracking::generations(&names);
+                // What the newest checkpoint has seen written (a running domain only).
+                let dirty = gens
+                    .last()
+                    .and_then(|g| call::checkpoint_xml(dom, &bitmap_name(*g), true).ok())
+                    .map(|xml| checkpoint_size(&xml))
+                    .unwrap_or(0);
+                Ok((gens, dirty))
+            })
+            .await?;
+        let status = tracking::status(recorded, record.broken(), &gens, checkpointable, dirty);
+        Ok((status, gens))
+    }
+}
+
+/// The bytes a checkpoint's disks have seen written (`<disk size=…>`, from
+/// `VIR_DOMAIN_CHECKPOINT_XML_SIZE`).
+fn checkpoint_size(xml: &str) -> u64 {
+    let Ok(doc) = roxmltree::Document::parse(xml) else {
+        return 0;
+    };
+    doc.descendants()
+        .filter(|n| n.has_tag_name("disk") && n.parent().is_some_and(|p| p.has_tag_name("disks")))
+        .filter_map(|n| n.attribute("size")?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The neutral spec of a domain, with its XML: what a point stores so any driver can
+/// bring it up. Disks Lifeboat cannot read (network disks, images in other formats) and
+/// values out of a spec's range are refused with the reason.
+pub fn spec_of(vm: &VmName, d: &DomainDescription, xml: &str) -> Result<VmSpec> {
+    let invalid = |reason: String| HypervisorError::InvalidSpec {
+        path: PathBuf::from(format!("libvirt domain {vm}")),
+        reason,
+    };
+    let mut disks = Vec::new();
+    for disk in d.disks.iter().filter(|disk| !disk.read_only) {
+        let name = DiskName::new(&disk.target).map_err(|e| invalid(format!("disk: {e}")))?;
+        let path = match &disk.source {
+            DiskSource::File { path } => path.clone(),
+            DiskSource::Block { device } => device.clone(),
+            DiskSource::Other { kind } => {
+                return Err(invalid(format!(
+                    "disk {name} is a {kind} disk; Lifeboat protects file and block-device disks"
+                )))
+            }
+        };
+        let format = match disk.format.as_deref() {
+            Some("qcow2") => DiskFormat::Qcow2,
+            // libvirt's default format is raw.
+            Some("raw") | None => DiskFormat::Raw,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "disk {name} is a {other} image; Lifeboat protects qcow2 and raw disks"
+                )))
+            }
+        };
+        disks.push(DiskSpec { name, path, format });
+    }
+    let nics = d
+        .nics
+        .iter()
+        .map(|n| {
+            let network = match &n.source {
+                NicSource::Bridge(b) => format!("bridge:{b}"),
+                NicSource::Network(net) => format!("network:{net}"),
+                NicSource::Other(kind) => {
+                    return Err(invalid(format!(
+                        "a NIC of type {kind:?}; Lifeboat moves bridge and network NICs"
+                    )))
+                }
+            };
+            Ok(NicSpec {
+                mac: n
+                    .mac
+                    .clone()
+                    .ok_or_else(|| invalid("a NIC without a MAC address".into()))?,
+                network,
+                host_forwards: Vec::new(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let spec = VmSpec {
+        name: vm.clone(),
+        uuid: d.uuid,
+        memory_mib: u32::try_from(d.memory_mib).unwrap_or(u32::MAX),
+        vcpus: d.vcpus,
+        disks,
+        nics,
+        boot_order: Vec::new(),
+        libvirt_xml: Some(xml.to_string()),
+    };
+    spec.check().map_err(invalid)?;
+    Ok(spec)
+}
+
+/// A cut through libvirt's backup job that records its checkpoint when committed.
+pub struct DomainCut {
+    inner: LibvirtCut,
+    record: Record,
+    generation: u64,
+    /// The generation the record says once this cut is committed.
+    commits: u64,
+}
+
+impl Cut for DomainCut {
+    fn kind(&self) -> CutKind {
+        self.inner.kind()
+    }
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+    fn disks(&self) -> &[CutDisk] {
+        self.inner.disks()
+    }
+    async fn changed_extents(&self, disk: &DiskName) -> Result<Vec<Extent>> {
+        self.inner.changed_extents(disk).await
+    }
+    async fn read(&self, disk: &DiskName, offset: u64, length: u32) -> Result<bytes::Bytes> {
+        self.inner.read(disk, offset, length).await
+    }
+    async fn commit(self) -> Result<()> {
+        self.inner.commit().await?;
+        self.record.set_generation(self.commits)
+    }
+    async fn abort(self) -> Result<()> {
+        self.inner.abort().await
+    }
+}
+
+impl Hypervisor for LibvirtDriver {
+    type Cut = DomainCut;
+
+    async fn define(&self, _spec: VmSpec) -> Result<VmSpec> {
+        Err(not_here("defining a recovered VM"))
+    }
+    async fn undefine(&self, _vm: &VmName) -> Result<()> {
+        Err(not_here("removing a recovered VM"))
+    }
+    async fn spec(&self, vm: &VmName) -> Result<VmSpec> {
+        let seen = self.seen(vm).await?;
+        spec_of(vm, &seen.description, &seen.xml)
+    }
+    async fn start(&self, vm: &VmName) -> Result<()> {
+        self.refuse_fenced(vm)?;
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            dom.create().map_err(|e| failed(&name, "starting it", e))?;
+            Ok(())
+        })
+        .await?;
+        self.clear_marker(vm, "held");
+        Ok(())
+    }
+    async fn start_held(&self, vm: &VmName) -> Result<()> {
+        self.refuse_fenced(vm)?;
+        self.set_marker(vm, "held", "")?;
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            dom.create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED)
+                .map_err(|e| failed(&name, "starting it paused", e))?;
+            Ok(())
+        })
+        .await
+    }
+    async fn held(&self, vm: &VmName) -> bool {
+        matches!(self.state(vm).await, Ok(VmState::Paused(s)) if s == "prelaunch")
+    }
+    async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {
+        self.set_marker(vm, "fenced", why)?;
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            // Autostart would bring it back at the next boot of the host or libvirtd.
+            if let Err(e) = dom.set_autostart(false) {
+                tracing::warn!(domain = %name, "turning autostart off: {e}");
+            }
+            let running = dom.is_active().unwrap_or(false);
+            if running {
+                dom.destroy().map_err(|e| failed(&name, "stopping it", e))?;
+            }
+            Ok(running)
+        })
+        .await
+    }
+    async fn unfence(&self, vm: &VmName) -> Result<()> {
+        self.clear_marker(vm, "fenced");
+        Ok(())
+    }
+    async fn shutdown(&self, vm: &VmName, timeout: Duration) -> Result<ShutdownOutcome> {
+        match self.state(vm).await? {
+            VmState::Stopped => return Ok(ShutdownOutcome::AlreadyStopped),
+            // CPUs that do not run cannot answer the power button.
+            VmState::Paused(_) => {
+                self.kill(vm).await?;
+                return Ok(ShutdownOutcome::Forced);
+            }
+            _ => {}
+        }
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            dom.shutdown().map_err(|e| failed(&name, "shutting it down", e))?;
+            Ok(())
+        })
+        .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.state(vm).await? == VmState::Stopped {
+                return Ok(ShutdownOutcome::GuestPoweredOff);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::info!(vm = %vm, "guest did not power off in {timeout:?}; stopping the domain");
+        self.kill(vm).await?;
+        Ok(ShutdownOutcome::Forced)
+    }
+    async fn kill(&self, vm: &VmName) -> Result<()> {
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            if dom.is_active().unwrap_or(false) {
+                dom.destroy().map_err(|e| failed(&name, "stopping it", e))?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.clear_marker(vm, "held");
+        Ok(())
+    }
+    async fn state(&self, vm: &VmName) -> Result<VmState> {
+        let name = vm.to_string();
+        let state = self
+            .domain(vm, move |dom| {
+                let (s, _) = dom
+                    .state()
+                    .map_err(|e| failed(&name, "reading its state", e))?;
+                Ok(crate::libvirt::inventory::vm_state(s))
+            })
+            .await?;
+        Ok(match state {
+            // Started with its CPUs held for a final cut: QEMU's word for it.
+            VmState::Paused(_) if self.marker(vm, "held").exists() => {
+                VmState::Paused("prelaunch".into())
+            }
+            VmState::Stopped => {
+                self.clear_marker(vm, "held");
+                VmState::Stopped
+            }
+            other => other,
+        })
+    }
+    async fn list(&self) -> Result<Vec<VmInfo>> {
+        let domains = crate::libvirt::inventory::list(&self.config.uri)
+            .await
+            .map_err(|e| HypervisorError::Unsupported(e.to_string()))?;
+        let mut out = Vec::new();
+        for d in domains {
+            let Ok(name) = VmName::new(&d.description.name) else {
+                tracing::warn!(
+                    domain = %d.description.name,
+                    "libvirt domain not listed: Lifeboat names VMs with lowercase letters, \
+                     digits and '-' (rename it with `virsh domrename`)"
+                );
+                continue;
+            };
+            let mut disks = Vec::new();
+            for disk in &d.description.disks {
+                let (path, format) = match (&disk.source, disk.format.as_deref()) {
+                    (DiskSource::File { path } | DiskSource::Block { device: path }, f) => (
+                        path.clone(),
+                        if f == Some("qcow2") {
+                            DiskFormat::Qcow2
+                        } else {
+                            DiskFormat::Raw
+                        },
+                    ),
+                    _ => continue,
+                };
+                let Ok(disk_name) = DiskName::new(&disk.target) else {
+                    continue;
+                };
+                let (virtual_size, allocated_size) =
+                    crate::qemu::driver::image_sizes(&path, format)
+                        .await
+                        .unwrap_or((0, 0));
+                disks.push(DiskInfo {
+                    name: disk_name,
+                    path,
+                    format,
+                    virtual_size,
+                    allocated_size,
+                });
+            }
+            let nics = spec_of(&name, &d.description, &d.xml)
+                .map(|s| s.nics)
+                .unwrap_or_default();
+            out.push(VmInfo {
+                fenced: self.fenced(&name),
+                name,
+                uuid: d.description.uuid,
+                state: d.state,
+                memory_mib: u32::try_from(d.description.memory_mib).unwrap_or(u32::MAX),
+                vcpus: d.description.vcpus,
+                disks,
+                nics,
+            });
+        }
+        Ok(out)
+    }
+    async fn tracking_status(&self, vm: &VmName) -> Result<TrackingStatus> {
+        Ok(self.tracking(vm).await?.0)
+    }
+    async fn begin_full_cut(&self, vm: &VmName) -> Result<DomainCut> {
+        // A full cut starts the chain afresh: whatever checkpoints we had go.
+        let gens = self.settle_job(vm).await?;
+        let next = gens
+            .iter()
+            .copied()
+            .chain(self.record(vm).generation())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        self.delete_checkpoints(vm, gens).await?;
+        self.record(vm).clear()?;
+        self.begin(vm, next, None, next).await
+    }
+    async fn begin_incremental_cut(&self, vm: &VmName) -> Result<DomainCut> {
+        self.settle_job(vm).await?;
+        let (status, gens) = self.tracking(vm).await?;
+        let g = match status {
+            TrackingStatus::Tracking { generation, .. } => generation,
+            TrackingStatus::CutOpen { generation } => {
+                // The open cut's new checkpoint goes; its changes merge back into `g`.
+                let open: Vec<u64> = gens.into_iter().filter(|x| *x > generation).collect();
+                self.delete_checkpoints(vm, open).await?;
+                generation
+            }
+            TrackingStatus::NotTracking => {
+                return Err(HypervisorError::NotTracking { vm: vm.clone() })
+            }
+            TrackingStatus::NeedsFullResync { reason } => {
+                return Err(HypervisorError::NeedsFullResync {
+                    vm: vm.clone(),
+                    reason,
+                })
+            }
+        };
+        let record = self.record(vm);
+        if record.generation() != Some(g) {
+            record.set_generation(g)?;
+        }
+        match self.begin(vm, g + 1, Some(g), g).await {
+            Ok(cut) => Ok(cut),
+            Err(e) => {
+                // libvirt refusing a backup from our checkpoint (a bitmap QEMU lost or
+                // marked inconsistent) must not be retried forever: resync next time.
+                let _ = record.set_broken(&format!(
+                    "an incremental backup from checkpoint {} failed: {e}",
+                    bitmap_name(g)
+                ));
+                Err(e)
+            }
+        }
+    }
+    async fn reset_tracking(&self, vm: &VmName) -> Result<()> {
+        let gens = self.settle_job(vm).await?;
+        self.delete_checkpoints(vm, gens).await?;
+        self.record(vm).clear()
+    }
+    async fn track_afresh(&self, vm: &VmName) -> Result<()> {
+        // libvirt takes checkpoints of running domains only: the next sync resyncs.
+        self.reset_tracking(vm).await
+    }
+    async fn hydrate(&self, _vm: &VmName, _speed: Option<u64>) -> Result<Vec<DiskHydration>> {
+        Err(not_here("recovery"))
+    }
+    async fn freeze_guest(&self, vm: &VmName, limit: Duration) -> Result<Option<u64>> {
+        // Marked first: if this process dies between here and the thaw, the next sync
+        // thaws (`thaw_guest`).
+        self.set_marker(vm, "frozen", "")?;
+        let (this, domain) = (self.clone(), vm.clone());
+        let task = tokio::spawn(async move {
+            let name = domain.to_string();
+            this.domain(&domain, move |dom| {
+                call::fs_freeze(dom, true)
+                    .map_err(|e| failed(&name, "freezing its filesystems", e))
+            })
+            .await
+        });
+        let abort = task.abort_handle();
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(Ok(n))) => Ok(Some(u64::from(n))),
+            Ok(Ok(Err(e))) => {
+                tracing::info!(vm = %vm, "no app-consistent point: {e}");
+                self.clear_marker(vm, "frozen");
+                Ok(None)
+            }
+            Ok(Err(e)) => Err(failed(vm.as_str(), "freezing its filesystems", e)),
+            Err(_) => {
+                // A hung guest agent: the point is crash-consistent, and a freeze that
+                // lands late is thawed by the next sync (the marker stays).
+                abort.abort();
+                tracing::warn!(vm = %vm, "the guest agent did not freeze within {limit:?}");
+                Ok(None)
+            }
+        }
+    }
+    async fn thaw_guest(&self, vm: &VmName, limit: Duration) -> Result<()> {
+        if !self.marker(vm, "frozen").exists() {
+            return Ok(());
+        }
+        let name = vm.to_string();
+        let call = self.domain(vm, move |dom| {
+            call::fs_freeze(dom, false).map_err(|e| failed(&name, "thawing its filesystems", e))
+        });
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(_)) => {
+                self.clear_marker(vm, "frozen");
+                Ok(())
+            }
+            Ok(Err(e)) if e.to_string().contains("not connected")
+                || e.to_string().contains("not configured")
+                || e.to_string().contains("not running") =>
+            {
+                // No agent, or the domain stopped: nothing stays frozen.
+                self.clear_marker(vm, "frozen");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(HypervisorError::Timeout {
+                vm: vm.clone(),
+                what: "thawing the guest's filesystems".into(),
+                secs: limit.as_secs(),
+            }),
+        }
+    }
+}
+
+impl LibvirtDriver {
+    fn refuse_fenced(&self, vm: &VmName) -> Result<()> {
+        match self.fenced(vm) {
+            Some(why) => Err(HypervisorError::WrongState {
+                vm: vm.clone(),
+                state: "fenced".into(),
+                what: format!("it must not start on this host: {why}"),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoints_size_sums_its_disks() {
+        let xml = "<domaincheckpoint><name>lifeboat-2</name><disks>\
+                   <disk name='vda' checkpoint='bitmap' bitmap='lifeboat-2' size='65536'/>\
+                   <disk name='vdb' checkpoint='no'/>\
+                   <disk name='vdc' checkpoint='bitmap' size='4096'/></disks>\
+                   <domain><devices><disk size='9'/></devices></domain></domaincheckpoint>";
+        assert_eq!(checkpoint_size(xml), 69632);
+        assert_eq!(checkpoint_size("not xml"), 0);
+    }
+
+    #[test]
+    fn a_domain_becomes_a_neutral_spec_with_its_xml() {
+        let xml = "<domain><name>web1</name><uuid>5b6a0a3e-6a43-4d2a-9c3f-2b8f5d6c7e01</uuid>\
+                   <memory unit='MiB'>256</memory><vcpu>2</vcpu><devices>\
+                   <disk type='file' device='disk'><driver type='qcow2'/>\
+                   <source file='/i/web1.qcow2'/><target dev='vda'/></disk>\
+                   <disk type='block' device='disk'><source dev='/dev/vg/d'/><target dev='vdb'/></disk>\
+                   <disk type='file' device='cdrom'><target dev='sda'/><readonly/></disk>\
+                   <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br0'/></interface>\
+                   <interface type='network'><mac address='52:54:00:12:34:57'/><source network='default'/></interface>\
+                   </devices></domain>";
+        let vm = VmName::new("web1").unwrap();
+        let s = spec_of(&vm, &domain_xml::parse(xml).unwrap(), xml).unwrap();
+        assert_eq!((s.memory_mib, s.vcpus, s.disks.len()), (256, 2, 2));
+        assert_eq!(s.disks[0].format, DiskFormat::Qcow2);
+        assert_eq!(
+            (s.disks[1].format, s.disks[1].path.as_path()),
+            (DiskFormat::Raw, Path::new("/dev/vg/d"))
+        );
+        assert_eq!(s.nics[0].network, "bridge:br0");
+        assert_eq!(s.nics[1].network, "network:default");
+        assert_eq!(s.libvirt_xml.as_deref(), Some(xml));
+        // The spec round-trips through the point's TOML.
+        let back = VmSpec::parse(&s.to_toml(), Path::new("point")).unwrap();
+        assert_eq!(back, s);
+
+        for (bad, want) in [
+            (
+                "<disk type='network' device='disk'><target dev='vda'/></disk>",
+                "network disk",
+            ),
+            (
+                "<disk type='file' device='disk'><driver type='vmdk'/><source file='/x'/>\
+                 <target dev='vda'/></disk>",
+                "vmdk image",
+            ),
+            (
+                "<interface type='user'><mac address='52:54:00:12:34:56'/></interface>",
+                "type \"user\"",
+            ),
+        ] {
+            let xml = format!(
+                "<domain><name>web1</name><memory unit='MiB'>256</memory><devices>{bad}\
+                 <disk type='file' device='disk'><source file='/a'/><target dev='vdz'/></disk>\
+                 </devices></domain>"
+            );
+            let e = spec_of(&vm, &domain_xml::parse(&xml).unwrap(), &xml)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+}
