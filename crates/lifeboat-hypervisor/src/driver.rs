@@ -49,13 +49,13 @@ impl Driver {
         let libvirt_answers = std::os::unix::net::UnixStream::connect(libvirt_socket).is_ok();
         match choice {
             DriverChoice::Qemu => Ok(Driver::Qemu(qemu)),
-            DriverChoice::Libvirt if !libvirt_answers => Err(HypervisorError::Unsupported(
-                format!(
+            DriverChoice::Libvirt if !libvirt_answers => {
+                Err(HypervisorError::Unsupported(format!(
                     "libvirt does not answer at {}: start libvirtd (`systemctl start libvirtd`), \
                      or run the agent with --hypervisor qemu",
                     libvirt_socket.display()
-                ),
-            )),
+                )))
+            }
             DriverChoice::Libvirt => Ok(Driver::Libvirt(LibvirtDriver::new(libvirt)?)),
             DriverChoice::Auto if libvirt_answers => {
                 Ok(Driver::Libvirt(LibvirtDriver::new(libvirt)?))

@@ -99,10 +99,7 @@ fn checkpoint_xml(req: &BackupRequest, name: &str) -> String {
         } else {
             "bitmap"
         };
-        xml += &format!(
-            "<disk name='{}' checkpoint='{how}'/>",
-            esc(d.name.as_str())
-        );
+        xml += &format!("<disk name='{}' checkpoint='{how}'/>", esc(d.name.as_str()));
     }
     xml + "</disks></domaincheckpoint>"
 }
@@ -242,9 +239,16 @@ impl LibvirtCut {
         let domain = self.domain.clone();
         with_domain(&self.uri, &self.domain, move |dom| {
             end_job(dom).map_err(|e| failed(&domain, "ending the backup", e))?;
-            let drop_name = if keep { since } else { checkpoint };
-            if let Some(name) = drop_name {
-                delete_checkpoint(dom, &name).map_err(|e| failed(&domain, "checkpoints", e))?;
+            if keep {
+                // The new checkpoint is what the next cut needs; the old one only costs
+                // space. Someone may have deleted it already: that is no failed commit.
+                if let Some(old) = since {
+                    if let Err(e) = delete_checkpoint(dom, &old) {
+                        tracing::warn!(domain = %domain, "dropping the previous checkpoint: {e}");
+                    }
+                }
+            } else if let Some(new) = checkpoint {
+                delete_checkpoint(dom, &new).map_err(|e| failed(&domain, "checkpoints", e))?;
             }
             Ok(())
         })

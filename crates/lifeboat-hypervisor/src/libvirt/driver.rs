@@ -173,8 +173,11 @@ impl LibvirtDriver {
     /// The disks a cut covers, with their sizes and whether each can carry a checkpoint.
     async fn cut_disks(&self, vm: &VmName) -> Result<Vec<(CutDisk, DiskFormat)>> {
         let spec = self.spec(vm).await?;
-        let targets: Vec<(DiskName, DiskFormat)> =
-            spec.disks.iter().map(|d| (d.name.clone(), d.format)).collect();
+        let targets: Vec<(DiskName, DiskFormat)> = spec
+            .disks
+            .iter()
+            .map(|d| (d.name.clone(), d.format))
+            .collect();
         let name = vm.to_string();
         self.domain(vm, move |dom| {
             targets
@@ -487,7 +490,8 @@ impl Hypervisor for LibvirtDriver {
         }
         let name = vm.to_string();
         self.domain(vm, move |dom| {
-            dom.shutdown().map_err(|e| failed(&name, "shutting it down", e))?;
+            dom.shutdown()
+                .map_err(|e| failed(&name, "shutting it down", e))?;
             Ok(())
         })
         .await?;
@@ -669,8 +673,7 @@ impl Hypervisor for LibvirtDriver {
         let task = tokio::spawn(async move {
             let name = domain.to_string();
             this.domain(&domain, move |dom| {
-                call::fs_freeze(dom, true)
-                    .map_err(|e| failed(&name, "freezing its filesystems", e))
+                call::fs_freeze(dom, true).map_err(|e| failed(&name, "freezing its filesystems", e))
             })
             .await
         });
@@ -705,9 +708,10 @@ impl Hypervisor for LibvirtDriver {
                 self.clear_marker(vm, "frozen");
                 Ok(())
             }
-            Ok(Err(e)) if e.to_string().contains("not connected")
-                || e.to_string().contains("not configured")
-                || e.to_string().contains("not running") =>
+            Ok(Err(e))
+                if e.to_string().contains("not connected")
+                    || e.to_string().contains("not configured")
+                    || e.to_string().contains("not running") =>
             {
                 // No agent, or the domain stopped: nothing stays frozen.
                 self.clear_marker(vm, "frozen");

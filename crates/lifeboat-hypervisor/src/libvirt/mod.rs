@@ -5,12 +5,12 @@
 
 pub mod backup;
 mod call;
-pub mod driver;
-pub mod tracking;
 pub mod domain_xml;
+pub mod driver;
 pub mod inventory;
+pub mod tracking;
 
 pub use backup::{BackupRequest, LibvirtCut};
-pub use driver::{DomainCut, LibvirtConfig, LibvirtDriver};
 pub use domain_xml::{DiskSource, DiskSourceKind, DomainDescription, DomainXmlError, Firmware};
+pub use driver::{DomainCut, LibvirtConfig, LibvirtDriver};
 pub use inventory::{list, LibvirtDomain, LibvirtError, SYSTEM_URI};

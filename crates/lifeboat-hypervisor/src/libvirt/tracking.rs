@@ -159,7 +159,10 @@ mod tests {
 
     #[test]
     fn checkpoints_and_record_agree_or_it_is_a_resync() {
-        assert_eq!(status(None, None, &[], true, 0), TrackingStatus::NotTracking);
+        assert_eq!(
+            status(None, None, &[], true, 0),
+            TrackingStatus::NotTracking
+        );
         assert_eq!(
             status(Some(3), None, &[3], true, 9),
             TrackingStatus::Tracking {
@@ -209,7 +212,10 @@ mod tests {
         r.set_generation(4).unwrap();
         r.set_broken("x").unwrap();
         let again = Record::new(tmp.path().join("web"));
-        assert_eq!((again.generation(), again.broken()), (Some(4), Some("x".into())));
+        assert_eq!(
+            (again.generation(), again.broken()),
+            (Some(4), Some("x".into()))
+        );
         again.clear().unwrap();
         assert_eq!((r.generation(), r.broken()), (None, None));
     }

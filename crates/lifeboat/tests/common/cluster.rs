@@ -304,7 +304,21 @@ pub fn cluster_with_agent_env(
     vault: Option<&str>,
     agent_env: &[(&str, &str)],
 ) -> Cluster {
-    let cl = unenrolled_cluster_env(database, vault, false, &[], agent_env);
+    enroll_all(unenrolled_cluster_env(
+        database,
+        vault,
+        false,
+        &[],
+        agent_env,
+    ))
+}
+
+/// `cluster` whose agent alpha runs with `alpha_options` (e.g. `--hypervisor libvirt`).
+pub fn cluster_with_alpha(alpha_options: &[&str]) -> Cluster {
+    enroll_all(unenrolled_cluster(None, None, false, alpha_options))
+}
+
+fn enroll_all(cl: Cluster) -> Cluster {
     for a in [&cl.alpha, &cl.beta] {
         let addr = format!("127.0.0.1:{}", a.port);
         let code = a.code.clone().unwrap();

@@ -41,12 +41,18 @@ pub fn start_agent_on(home: &Path, hostname: &str, port: u16, extra: &[&str]) ->
 pub fn agent_command(home: &Path, hostname: &str, port: u16, extra: &[&str]) -> Command {
     let listen = format!("127.0.0.1:{port}");
     let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
-    c.args(["--home"])
-        .arg(home)
-        .args(["--accel", "tcg"])
-        .args(["agent", "--hypervisor", "qemu", "--listen", &listen])
-        .args(["--hostname", hostname])
-        .args(extra);
+    c.args(["--home"]).arg(home).args(["--accel", "tcg"]).args([
+        "agent",
+        "--listen",
+        &listen,
+        "--hostname",
+        hostname,
+    ]);
+    // The QEMU driver unless the test asks for another: libvirtd may answer here.
+    if !extra.contains(&"--hypervisor") {
+        c.args(["--hypervisor", "qemu"]);
+    }
+    c.args(extra);
     c
 }
 
