@@ -130,6 +130,37 @@ fn assert_point_equals(cl: &Cluster, point: &str, disk: &str, image: &Path, form
     std::fs::remove_file(&out).unwrap();
 }
 
+/// The guest runs `writes` (which ends by printing "written"); then a point cut after
+/// them must restore equal to both disks of the paused domain, since nothing wrote in
+/// between. Returns the points and that newest one.
+async fn write_and_prove(
+    cl: &Cluster,
+    console: &mut SerialConsole,
+    name: &str,
+    disks: (&Path, &Path),
+    writes: &str,
+) -> (Vec<Value>, Value) {
+    let said = console.run(writes, Duration::from_secs(120)).await.unwrap();
+    assert!(said.contains("written"), "{said}");
+    let written = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let points = tokio::task::block_in_place(|| {
+        wait_point_after(cl, name, &written, Duration::from_secs(300))
+    });
+    virsh(&["suspend", name]).unwrap();
+    let newest = points
+        .iter()
+        .max_by_key(|p| p["cut_time"].as_str().unwrap().to_string())
+        .unwrap()
+        .clone();
+    let id = newest["point"].as_str().unwrap().to_string();
+    tokio::task::block_in_place(|| {
+        assert_point_equals(cl, &id, "vda", disks.0, "qcow2");
+        assert_point_equals(cl, &id, "vdb", disks.1, "raw");
+    });
+    virsh(&["resume", name]).unwrap();
+    (points, newest)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
     ensure_libvirtd().unwrap();
@@ -184,19 +215,7 @@ async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
     assert_eq!(vm["protection"], "unprotected", "{vm}");
 
     tokio::task::block_in_place(|| {
-        let (ok, out, err) = cl.cli(&[
-            "protect",
-            &name,
-            "--vault",
-            &cl.vault,
-            "--recovery-host",
-            "beta",
-            "--policy",
-            "frequent",
-            "--wait",
-            "--timeout",
-            "10m",
-        ]);
+        let (ok, out, err) = cl.protect(&name, &["--wait", "--timeout", "10m"]);
         assert!(ok, "{out}\n{err}");
     });
 
@@ -208,25 +227,7 @@ async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
              echo {round} > /data/round && sync && echo written",
             round * 40
         );
-        let said = console.run(&cmd, Duration::from_secs(120)).await.unwrap();
-        assert!(said.contains("written"), "{said}");
-        let written = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let points = tokio::task::block_in_place(|| {
-            wait_point_after(&cl, &name, &written, Duration::from_secs(300))
-        });
-        // Paused, the disks hold what the newest point must hold: nothing wrote since.
-        virsh(&["suspend", &name]).unwrap();
-        let newest = points
-            .iter()
-            .max_by_key(|p| p["cut_time"].as_str().unwrap().to_string())
-            .unwrap()
-            .clone();
-        let id = newest["point"].as_str().unwrap().to_string();
-        tokio::task::block_in_place(|| {
-            assert_point_equals(&cl, &id, "vda", &system, "qcow2");
-            assert_point_equals(&cl, &id, "vdb", &data, "raw");
-        });
-        virsh(&["resume", &name]).unwrap();
+        let (_, newest) = write_and_prove(&cl, &mut console, &name, (&system, &data), &cmd).await;
         proven.push(newest);
     }
     let ids: std::collections::BTreeSet<&str> = proven
@@ -273,20 +274,9 @@ async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
     let earlier = tokio::task::block_in_place(|| cl.json(&["points", &name]));
     let earlier = earlier.as_array().unwrap().clone();
     virsh(&["checkpoint-delete", &name, ours[0]]).unwrap();
-    let said = console
-        .run(
-            "dd if=/dev/urandom of=/dev/vdb bs=64k count=4 seek=200 conv=fsync 2>/dev/null; \
-             echo gap > /data/round && sync && echo written",
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
-    assert!(said.contains("written"), "{said}");
-    let written = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let points = tokio::task::block_in_place(|| {
-        wait_point_after(&cl, &name, &written, Duration::from_secs(300))
-    });
-    virsh(&["suspend", &name]).unwrap();
+    let gap = "dd if=/dev/urandom of=/dev/vdb bs=64k count=4 seek=200 conv=fsync \
+               2>/dev/null; echo gap > /data/round && sync && echo written";
+    let (points, _) = write_and_prove(&cl, &mut console, &name, (&system, &data), gap).await;
     let before: std::collections::BTreeSet<&str> = earlier
         .iter()
         .map(|p| p["point"].as_str().unwrap())
@@ -298,16 +288,6 @@ async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
         .unwrap_or_else(|| panic!("no resync after the checkpoint was deleted: {points:#?}"));
     let note = resync["note"].as_str().unwrap_or_default();
     assert!(note.contains("is gone"), "{resync}");
-    let newest = points
-        .iter()
-        .max_by_key(|p| p["cut_time"].as_str().unwrap().to_string())
-        .unwrap();
-    let id = newest["point"].as_str().unwrap().to_string();
-    tokio::task::block_in_place(|| {
-        assert_point_equals(&cl, &id, "vda", &system, "qcow2");
-        assert_point_equals(&cl, &id, "vdb", &data, "raw");
-    });
-    virsh(&["resume", &name]).unwrap();
     drop(cl);
     // However the test ends, libvirt's domain goes (DefinedDomain), with its checkpoints.
 }

@@ -171,9 +171,14 @@ impl Cluster {
     /// `lifeboat protect web` to this cluster's vault, recoverable on beta, every 5 s;
     /// `extra` adds options (`--wait`…). Returns (success, stdout, stderr).
     pub fn protect_web(&self, extra: &[&str]) -> (bool, String, String) {
+        self.protect("web", extra)
+    }
+
+    /// `lifeboat protect VM`, as `protect_web` does for web.
+    pub fn protect(&self, vm: &str, extra: &[&str]) -> (bool, String, String) {
         let mut args = vec![
             "protect",
-            "web",
+            vm,
             "--vault",
             &self.vault,
             "--recovery-host",
