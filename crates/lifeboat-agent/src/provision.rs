@@ -214,6 +214,13 @@ impl Recoveries {
             {
                 nic.network = to;
             }
+            // Checked before anything changes: a NIC this host cannot plug is refused.
+            crate::recovery::check_host_network(&nic.network, Path::new("/sys/class/net"))
+                .map_err(RecoveryError::Invalid)?;
+            if !matches!(nic.network.as_str(), "user" | "isolated") {
+                // A bridged NIC is reached at its own address, not through host ports.
+                nic.host_forwards.clear();
+            }
             for f in &mut nic.host_forwards {
                 // Ports are this host's: keep the source's when free, else take another.
                 if req.kind == RecoveryKind::Test || !port_free(f.host_port) {

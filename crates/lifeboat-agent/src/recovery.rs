@@ -79,6 +79,25 @@ pub fn check_network_map(map: &std::collections::BTreeMap<String, String>) -> Re
     }
 }
 
+/// Refuses a NIC network this (QEMU-driver) host cannot plug: a bridge it lacks, or a
+/// libvirt network.
+pub fn check_host_network(network: &str, sys_class_net: &std::path::Path) -> Result<(), String> {
+    use lifeboat_hypervisor::spec::NetworkKind;
+    match NetworkKind::parse(network) {
+        Some(NetworkKind::Bridge(b)) if !sys_class_net.join(b).join("bridge").exists() => {
+            Err(format!(
+                "there is no network \"{b}\" on this host: no bridge {b} (`ip -br link show \
+                 type bridge` lists them); map the NIC with --network-map to one it has"
+            ))
+        }
+        Some(NetworkKind::LibvirtNetwork(n)) => Err(format!(
+            "there is no network \"{n}\" on this host: network:{n} is a libvirt network and \
+             this host runs the QEMU driver; map it with --network-map {n}=BRIDGE"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The network a NIC on `network` gets on the recovery host under `map`: keys match the
 /// whole `network` (`bridge:br0`) or its name (`br0`); a bare target name keeps the kind.
 pub fn mapped_network(
@@ -121,6 +140,17 @@ mod network_map_tests {
         assert_eq!(m("network:lan").as_deref(), Some("network:wan"));
         assert_eq!(m("user").as_deref(), Some("isolated"));
         assert_eq!(m("bridge:br1"), None, "not mapped: keeps its network");
+        let sys = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(sys.path().join("br-dr/bridge")).unwrap();
+        check_host_network("bridge:br-dr", sys.path()).unwrap();
+        check_host_network("user", sys.path()).unwrap();
+        for lacking in ["bridge:br0", "network:default"] {
+            let e = check_host_network(lacking, sys.path()).unwrap_err();
+            assert!(
+                e.contains("there is no network") && e.contains("--network-map"),
+                "{e}"
+            );
+        }
         for bad in ["bridge:", "no spaces", "x:y"] {
             let one = [("br0".to_string(), bad.to_string())].into_iter().collect();
             assert!(check_network_map(&one).is_err(), "{bad}");
