@@ -63,17 +63,13 @@ pub struct RecoveryRequest {
 }
 
 /// Checks a network map before anything is changed: every target must name a network a
-/// host can have (`user`, `isolated`, `bridge:NAME`, `network:NAME`, or a bare NAME, which
-/// keeps the source NIC's kind: a bridge maps to a bridge).
+/// host can have: `user`, `isolated`, `bridge:NAME` or `network:NAME` (libvirt).
 pub fn check_network_map(map: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
     use lifeboat_hypervisor::spec::NetworkKind;
-    let bad = |to: &str| {
-        NetworkKind::parse(to).is_none() && NetworkKind::parse(&format!("bridge:{to}")).is_none()
-    };
-    match map.iter().find(|(_, to)| bad(to)) {
+    match map.iter().find(|(_, to)| NetworkKind::parse(to).is_none()) {
         Some((from, to)) => Err(format!(
-            "network map {from}={to}: {to:?} names no network; use user, isolated, \
-             bridge:NAME, network:NAME (libvirt) or a bridge's NAME"
+            "network map {from}={to}: there is no network {to:?}; use user, isolated, \
+             bridge:NAME or network:NAME (a libvirt network)"
         )),
         None => Ok(()),
     }
@@ -99,23 +95,17 @@ pub fn check_host_network(network: &str, sys_class_net: &std::path::Path) -> Res
 }
 
 /// The network a NIC on `network` gets on the recovery host under `map`: keys match the
-/// whole `network` (`bridge:br0`) or its name (`br0`); a bare target name keeps the kind.
+/// whole `network` (`bridge:br0`) or its name (`br0`).
 pub fn mapped_network(
     network: &str,
     map: &std::collections::BTreeMap<String, String>,
 ) -> Option<String> {
     use lifeboat_hypervisor::spec::NetworkKind;
-    let (kind, name) = match NetworkKind::parse(network)? {
-        NetworkKind::LibvirtNetwork(n) => ("network", n),
-        NetworkKind::Bridge(b) => ("bridge", b),
-        NetworkKind::User | NetworkKind::Isolated => ("bridge", network),
+    let name = match NetworkKind::parse(network)? {
+        NetworkKind::LibvirtNetwork(n) | NetworkKind::Bridge(n) => n,
+        NetworkKind::User | NetworkKind::Isolated => network,
     };
-    let to = map.get(network).or_else(|| map.get(name))?;
-    if NetworkKind::parse(to).is_some() {
-        Some(to.clone())
-    } else {
-        Some(format!("{kind}:{to}"))
-    }
+    map.get(network).or_else(|| map.get(name)).cloned()
 }
 
 #[cfg(test)]
@@ -123,12 +113,12 @@ mod network_map_tests {
     use super::*;
 
     #[test]
-    fn targets_keep_the_source_kind_unless_they_say_theirs() {
+    fn maps_name_their_target_kind_and_match_by_network_or_name() {
         let map: std::collections::BTreeMap<String, String> = [
-            ("br0", "br-dr"),
+            ("br0", "bridge:br-dr"),
             ("network:default", "bridge:br-dr"),
             ("user", "isolated"),
-            ("lan", "wan"),
+            ("lan", "network:wan"),
         ]
         .into_iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -151,7 +141,7 @@ mod network_map_tests {
                 "{e}"
             );
         }
-        for bad in ["bridge:", "no spaces", "x:y"] {
+        for bad in ["br0", "bridge:", "no spaces", "x:y"] {
             let one = [("br0".to_string(), bad.to_string())].into_iter().collect();
             assert!(check_network_map(&one).is_err(), "{bad}");
         }
