@@ -25,6 +25,7 @@ use crate::hypervisor::{
 use crate::libvirt::backup::{BackupRequest, LibvirtCut};
 use crate::libvirt::call::{self, failed};
 use crate::libvirt::domain_xml::{self, DiskSource, DomainDescription, NicSource};
+use crate::libvirt::fence;
 use crate::libvirt::tracking::{self, Record};
 use crate::spec::{DiskFormat, DiskName, DiskSpec, NicSpec, VmName, VmSpec};
 use crate::tracking::{bitmap_name, TrackingStatus};
@@ -127,6 +128,17 @@ impl LibvirtDriver {
         std::fs::read_to_string(self.marker(vm, "fenced"))
             .ok()
             .map(|s| s.trim().to_string())
+    }
+
+    /// Why the domain is fenced: the marker's reason, or the fence found in its XML
+    /// when the marker is gone (a lost agent home).
+    fn fenced_why(&self, vm: &VmName, xml: &str) -> Option<String> {
+        self.fenced(vm).or_else(|| {
+            fence::is_fenced(xml).then(|| {
+                "fenced by Lifeboat (its definition carries the fence; the reason was lost)"
+                    .to_string()
+            })
+        })
     }
 
     /// Runs `f` with `vm`'s domain; a domain libvirt does not know is `UnknownVm`.
@@ -305,6 +317,29 @@ impl LibvirtDriver {
     }
 }
 
+/// Defines the domain again from its persistent XML as `edit` changes it (secrets kept:
+/// the XML is read with them, so a VNC password survives). Nothing is written when
+/// `edit` changes nothing.
+fn redefine(
+    dom: &virt::domain::Domain,
+    uri: &str,
+    name: &str,
+    edit: impl FnOnce(&str) -> std::result::Result<String, String>,
+) -> Result<()> {
+    let xml = dom
+        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE | virt::sys::VIR_DOMAIN_XML_SECURE)
+        .map_err(|e| failed(name, "reading its XML", e))?;
+    let new = edit(&xml).map_err(|e| failed(name, "editing its XML", e))?;
+    if new == xml {
+        return Ok(());
+    }
+    let conn = virt::connect::Connect::open(Some(uri))
+        .map_err(|e| failed(name, &format!("connecting to {uri}"), e))?;
+    conn.define_domain_xml(&new)
+        .map_err(|e| failed(name, "redefining it", e))?;
+    Ok(())
+}
+
 /// The bytes a checkpoint's disks have seen written (`<disk size=…>`, from
 /// `VIR_DOMAIN_CHECKPOINT_XML_SIZE`).
 fn checkpoint_size(xml: &str) -> u64 {
@@ -461,6 +496,7 @@ impl Hypervisor for LibvirtDriver {
     async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {
         self.set_marker(vm, "fenced", why)?;
         let name = vm.to_string();
+        let uri = self.config.uri.clone();
         self.domain(vm, move |dom| {
             // Autostart would bring it back at the next boot of the host or libvirtd.
             if let Err(e) = dom.set_autostart(false) {
@@ -470,11 +506,20 @@ impl Hypervisor for LibvirtDriver {
             if running {
                 dom.destroy().map_err(|e| failed(&name, "stopping it", e))?;
             }
+            redefine(dom, &uri, &name, fence::add_fence)?;
             Ok(running)
         })
         .await
     }
     async fn unfence(&self, vm: &VmName) -> Result<()> {
+        let name = vm.to_string();
+        let uri = self.config.uri.clone();
+        self.domain(vm, move |dom| {
+            redefine(dom, &uri, &name, |xml| {
+                Ok(fence::remove_fence(xml).unwrap_or_else(|| xml.to_string()))
+            })
+        })
+        .await?;
         self.clear_marker(vm, "fenced");
         Ok(())
     }
@@ -586,7 +631,7 @@ impl Hypervisor for LibvirtDriver {
                 .map(|s| s.nics)
                 .unwrap_or_default();
             out.push(VmInfo {
-                fenced: self.fenced(&name),
+                fenced: self.fenced_why(&name, &d.xml),
                 name,
                 uuid: d.description.uuid,
                 state: d.state,

@@ -7,6 +7,7 @@ pub mod backup;
 mod call;
 pub mod domain_xml;
 pub mod driver;
+pub mod fence;
 pub mod inventory;
 pub mod tracking;
 
