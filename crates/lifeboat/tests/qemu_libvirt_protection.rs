@@ -288,6 +288,36 @@ async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
         .unwrap_or_else(|| panic!("no resync after the checkpoint was deleted: {points:#?}"));
     let note = resync["note"].as_str().unwrap_or_default();
     assert!(note.contains("is gone"), "{resync}");
+
+    // A VM of one driver recovers on a host of the other: a test copy of the libvirt
+    // domain on beta, whose agent runs the QEMU driver, from the neutral spec in the point.
+    let copy = tokio::task::block_in_place(|| cl.json(&["failover", &name, "--test"]));
+    let copy_name = format!("{name}-test");
+    assert_eq!(copy["vm"], copy_name.as_str(), "{copy}");
+    assert_eq!(copy["host"], "beta", "{copy}");
+    let copy_dir = cl.home("beta").join("vms").join(&copy_name);
+    let mut copy_console =
+        SerialConsole::connect(&copy_dir.join("serial.sock"), Duration::from_secs(60))
+            .await
+            .unwrap();
+    copy_console.wait_ready(boot_timeout()).await.unwrap();
+    let round = copy_console
+        .run("cat /data/round", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(round.trim(), "gap", "the copy has the guest's last write");
+    let spec = std::fs::read_to_string(copy_dir.join("spec.toml")).unwrap();
+    assert!(spec.contains("network = \"isolated\""), "{spec}");
+    assert!(
+        !spec.contains("mac = \"52:54:00:4c:42:01\""),
+        "a copy has its own MAC: {spec}"
+    );
+    drop(copy_console);
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = cl.cli(&["failover", "cleanup", &name]);
+        assert!(ok, "{out}\n{err}");
+    });
+    assert!(!copy_dir.exists(), "the copy is gone from beta");
     drop(cl);
     // However the test ends, libvirt's domain goes (DefinedDomain), with its checkpoints.
 }
