@@ -161,6 +161,26 @@ async fn write_and_prove(
     (points, newest)
 }
 
+/// Runs `f` with the domain's checkpoints while it is paused and no backup job runs
+/// (a cut under way finishes; none starts on a paused domain), then resumes it.
+fn quiet<T>(name: &str, f: impl FnOnce(Vec<String>) -> T) -> T {
+    virsh(&["suspend", name]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while virsh(&["domjobinfo", name]).unwrap().contains("Backup") {
+        assert!(Instant::now() < deadline, "a backup job ran for 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let names = virsh(&["checkpoint-list", name, "--name"]).unwrap();
+    let out = f(names
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect());
+    virsh(&["resume", name]).unwrap();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
     ensure_libvirtd().unwrap();
@@ -200,7 +220,7 @@ async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
         "the guest answers on the bridge at its own address"
     );
 
-    let cl = tokio::task::block_in_place(|| cluster_with_alpha(&["--hypervisor", "libvirt"]));
+    let mut cl = tokio::task::block_in_place(|| cluster_with_alpha(&["--hypervisor", "libvirt"]));
     // Listed as libvirt describes it, by a driver that never defined it.
     let vms = tokio::task::block_in_place(|| cl.json(&["vms", "list"]));
     let text = vms.to_string();
@@ -257,23 +277,18 @@ async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
              disk: {p}"
         );
     }
-    // The checkpoint chain is one checkpoint long, ours.
-    let checkpoints = virsh(&["checkpoint-list", &name, "--name"]).unwrap();
-    let ours: Vec<&str> = checkpoints
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    assert!(
-        ours.len() == 1 && ours[0].starts_with("lifeboat-"),
-        "{checkpoints}"
-    );
-
-    // Someone deletes our checkpoint: the next point is a resync that says why, never
-    // an incremental with a silent gap, and it still equals the disks.
+    // The checkpoint chain is one checkpoint long, ours. Someone deletes it: the next
+    // point is a resync that says why, never an incremental with a silent gap, and it
+    // still equals the disks.
     let earlier = tokio::task::block_in_place(|| cl.json(&["points", &name]));
     let earlier = earlier.as_array().unwrap().clone();
-    virsh(&["checkpoint-delete", &name, ours[0]]).unwrap();
+    quiet(&name, |ours| {
+        assert!(
+            ours.len() == 1 && ours[0].starts_with("lifeboat-"),
+            "{ours:?}"
+        );
+        virsh(&["checkpoint-delete", &name, &ours[0]]).unwrap();
+    });
     let gap = "dd if=/dev/urandom of=/dev/vdb bs=64k count=4 seek=200 conv=fsync \
                2>/dev/null; echo gap > /data/round && sync && echo written";
     let (points, _) = write_and_prove(&cl, &mut console, &name, (&system, &data), gap).await;
@@ -288,6 +303,42 @@ async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
         .unwrap_or_else(|| panic!("no resync after the checkpoint was deleted: {points:#?}"));
     let note = resync["note"].as_str().unwrap_or_default();
     assert!(note.contains("is gone"), "{resync}");
+
+    // The agent killed in the middle of a cut: the domain runs on (libvirt owns its
+    // QEMU), and the restarted agent ends the backup job the dead one left, drops its
+    // checkpoint and carries on from the chain.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !virsh(&["domjobinfo", &name])
+        .unwrap_or_default()
+        .contains("Backup")
+    {
+        assert!(Instant::now() < deadline, "no backup job seen within 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = cl.alpha.child.kill();
+    let _ = cl.alpha.child.wait();
+    let state = virsh(&["domstate", &name]).unwrap();
+    assert_eq!(
+        state.trim(),
+        "running",
+        "killing the agent stopped the domain"
+    );
+    let port = cl.alpha.port;
+    cl.alpha = tokio::task::block_in_place(|| {
+        common::spawn_agent(common::agent_command(
+            &cl.home("alpha"),
+            "alpha",
+            port,
+            &["--hypervisor", "libvirt"],
+        ))
+    });
+    let restart = "dd if=/dev/urandom of=/dev/vdb bs=64k count=4 seek=300 conv=fsync \
+                   2>/dev/null; echo restarted > /data/round && sync && echo written";
+    let (points, newest) =
+        write_and_prove(&cl, &mut console, &name, (&system, &data), restart).await;
+    assert_ne!(newest["kind"], "full", "{points:#?}");
+    // The dead agent's job was ended (new cuts ran since) and its checkpoint dropped.
+    quiet(&name, |ours| assert_eq!(ours.len(), 1, "{ours:?}"));
 
     // A VM of one driver recovers on a host of the other: a test copy of the libvirt
     // domain on beta, whose agent runs the QEMU driver, from the neutral spec in the point.
@@ -305,7 +356,11 @@ async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
         .run("cat /data/round", Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(round.trim(), "gap", "the copy has the guest's last write");
+    assert_eq!(
+        round.trim(),
+        "restarted",
+        "the copy has the guest's last write"
+    );
     let spec = std::fs::read_to_string(copy_dir.join("spec.toml")).unwrap();
     assert!(spec.contains("network = \"isolated\""), "{spec}");
     assert!(
