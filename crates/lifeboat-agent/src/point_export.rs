@@ -36,7 +36,12 @@ impl ExportSource for PointDisk {
 
 /// Serves disk `disk` of the reader's point on `socket` (replacing a stale socket file)
 /// until the returned task is aborted. The export is named after the disk.
-pub fn serve(reader: Arc<PointReader>, disk: &str, socket: &Path) -> std::io::Result<AbortHandle> {
+pub fn serve(
+    reader: Arc<PointReader>,
+    disk: &str,
+    socket: &Path,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<AbortHandle> {
     let name = Name::new(disk).map_err(|e| std::io::Error::other(e.to_string()))?;
     let size = reader
         .manifest()
@@ -49,6 +54,10 @@ pub fn serve(reader: Arc<PointReader>, disk: &str, socket: &Path) -> std::io::Re
     let listener = tokio::net::UnixListener::bind(socket)?;
     // Bound under the umask, inside the recovery's 0700 folder; it serves the disk.
     lifeboat_hypervisor::private::make_private(socket)?;
+    if let Some((uid, gid)) = owner {
+        // QEMU runs as another user (libvirt's): it must open the socket, nobody else.
+        std::os::unix::fs::chown(socket, Some(uid), Some(gid))?;
+    }
     let source = Arc::new(PointDisk {
         reader,
         disk: name,

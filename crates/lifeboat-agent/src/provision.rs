@@ -71,7 +71,8 @@ impl Drop for Live {
 
 /// The recoveries of this host.
 pub struct Recoveries {
-    home: PathBuf,
+    /// Where recovered VMs' folders go, and who else must open their sockets.
+    place: lifeboat_hypervisor::RecoveryPlace,
     journal: Journal,
     live: Mutex<HashMap<RecoveryId, Live>>,
     /// One request at a time changes recoveries: bringing up and removing are short.
@@ -83,12 +84,21 @@ pub struct Recoveries {
 impl Recoveries {
     pub fn open(home: &Path, agent_home: &Path) -> std::io::Result<Recoveries> {
         Ok(Recoveries {
-            home: home.to_path_buf(),
+            place: lifeboat_hypervisor::RecoveryPlace {
+                root: home.join("recovered"),
+                owner: None,
+            },
             journal: Journal::open(agent_home)?,
             live: Mutex::new(HashMap::new()),
             busy: tokio::sync::Mutex::new(()),
             hydrate_rate: None,
         })
+    }
+
+    /// Keeps recovered VMs where this host's driver wants them (`Driver::recovery_place`).
+    pub fn with_place(mut self, place: lifeboat_hypervisor::RecoveryPlace) -> Self {
+        self.place = place;
+        self
     }
 
     /// Caps hydration at `rate` bytes per second (`lifeboat agent --hydrate-rate`).
@@ -102,7 +112,7 @@ impl Recoveries {
     }
 
     fn dir(&self, vm: &VmName) -> PathBuf {
-        self.home.join("recovered").join(vm.as_str())
+        self.place.root.join(vm.as_str())
     }
 
     /// Brings the VM up (or, for a recovery already here, makes sure its point is served
@@ -246,6 +256,11 @@ impl Recoveries {
         // It holds the VM's disks and the sockets that serve the point: its owner's only.
         lifeboat_hypervisor::private::private_dir(&dir)
             .map_err(io(format!("creating {}", dir.display())))?;
+        if let Some((uid, gid)) = self.place.owner {
+            // The hypervisor's QEMU user binds the VM's sockets here and opens its disks.
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(io(format!("handing {} to QEMU's user", dir.display())))?;
+        }
         for d in &mut spec.disks {
             let stored = manifest
                 .disks
@@ -280,7 +295,12 @@ impl Recoveries {
         if let Some(reader) = reader {
             for disk in &record.disks {
                 let socket = dir.join(format!("{disk}.nbd"));
-                match crate::point_export::serve(reader.clone(), disk.as_str(), &socket) {
+                match crate::point_export::serve(
+                    reader.clone(),
+                    disk.as_str(),
+                    &socket,
+                    self.place.owner,
+                ) {
                     Ok(task) => tasks.push(task),
                     Err(e) => tracing::warn!(vm = %record.vm, %disk, "serving the point: {e}"),
                 }

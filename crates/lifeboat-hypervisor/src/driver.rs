@@ -30,6 +30,16 @@ pub enum DriverChoice {
 /// Where libvirt's system daemon listens on Debian and most distributions.
 pub const LIBVIRT_SOCKET: &str = "/var/run/libvirt/libvirt-sock";
 
+/// Where a host keeps its recovered VMs (`Driver::recovery_place`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryPlace {
+    /// One folder per recovered VM below it, private to the agent (and to `owner`).
+    pub root: std::path::PathBuf,
+    /// The user and group the hypervisor runs QEMU as, when not the agent's own: the
+    /// recovery's folder and sockets are handed to it (libvirt's `libvirt-qemu`).
+    pub owner: Option<(u32, u32)>,
+}
+
 /// The driver of one host.
 #[derive(Clone)]
 pub enum Driver {
@@ -61,6 +71,18 @@ impl Driver {
                 Ok(Driver::Libvirt(LibvirtDriver::new(libvirt)?))
             }
             DriverChoice::Auto => Ok(Driver::Qemu(qemu)),
+        }
+    }
+
+    /// Where recovered VMs' disks and the sockets serving their points go on this host,
+    /// and who must be able to open those sockets.
+    pub fn recovery_place(&self, home: &Path) -> RecoveryPlace {
+        match self {
+            Driver::Qemu(_) => RecoveryPlace {
+                root: home.join("recovered"),
+                owner: None,
+            },
+            Driver::Libvirt(d) => d.recovery_place(),
         }
     }
 

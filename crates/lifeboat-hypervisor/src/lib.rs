@@ -21,7 +21,7 @@ pub use spec::{DiskFormat, DiskName, DiskSpec, NicSpec, VmName, VmSpec};
 pub mod hypervisor;
 pub mod tracking;
 
-pub use driver::{Driver, DriverChoice, DriverCut, LIBVIRT_SOCKET};
+pub use driver::{Driver, DriverChoice, DriverCut, RecoveryPlace, LIBVIRT_SOCKET};
 pub use hypervisor::{
     Cut, CutDisk, CutKind, DiskHydration, Extent, Hypervisor, ShutdownOutcome, VmInfo, VmState,
 };

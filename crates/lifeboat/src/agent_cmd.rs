@@ -26,13 +26,21 @@ pub struct StartedAgent {
 
 /// Sets up the agent (identity, enrollment, listener) without serving yet.
 pub async fn start(qemu: QemuDriver, home: &Path, args: AgentArgs) -> Result<StartedAgent> {
+    let mut libvirt = lifeboat_hypervisor::libvirt::LibvirtConfig::new(home);
+    // `--accel` says how recovered domains run too (`tcg`: libvirt's type `qemu`).
+    libvirt.domain_type = match qemu.config().accel {
+        lifeboat_hypervisor::Accel::Tcg => Some("qemu".into()),
+        lifeboat_hypervisor::Accel::Kvm => Some("kvm".into()),
+        lifeboat_hypervisor::Accel::Auto => None,
+    };
     let driver = Driver::choose(
         args.hypervisor.into(),
         qemu,
-        lifeboat_hypervisor::libvirt::LibvirtConfig::new(home),
+        libvirt,
         Path::new(lifeboat_hypervisor::LIBVIRT_SOCKET),
     )?;
     tracing::info!(driver = driver.kind(), "hypervisor driver");
+    let recovery_place = driver.recovery_place(home);
     let agent_home = lifeboat_agent::home::open(home)
         .with_context(|| format!("making {} private to its owner", home.display()))?;
     let hostname = match args.hostname {
@@ -69,6 +77,7 @@ pub async fn start(qemu: QemuDriver, home: &Path, args: AgentArgs) -> Result<Sta
         recoveries: Arc::new(
             lifeboat_agent::provision::Recoveries::open(home, &agent_home)
                 .with_context(|| format!("opening {}/recoveries", agent_home.display()))?
+                .with_place(recovery_place)
                 .with_hydrate_rate(
                     args.hydrate_rate
                         .as_deref()

@@ -6,213 +6,24 @@
 
 mod common;
 
-use std::io::{Read, Write as _};
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster::{cluster_with_alpha, lifeboat, run_ok, Cluster};
-use lifeboat_testkit::libvirtd::{domain_dir, ensure_libvirtd, virsh, DefinedDomain};
+use common::cluster::cluster_with_alpha;
+use common::libvirt::{http_get, quiet, write_and_prove, SourceDomain, MIB};
+use lifeboat_testkit::libvirtd::virsh;
 use lifeboat_testkit::{boot_timeout, SerialConsole};
 use serde_json::Value;
 
-const MIB: u64 = 1 << 20;
-
-/// A Linux bridge with the host's address on the guest's subnet, removed on drop.
-struct Bridge(String);
-impl Bridge {
-    fn new(name: &str, host_cidr: &str) -> Bridge {
-        for args in [
-            vec!["link", "add", name, "type", "bridge"],
-            vec!["addr", "add", host_cidr, "dev", name],
-            vec!["link", "set", name, "up"],
-        ] {
-            let out = Command::new("ip").args(&args).output().unwrap();
-            assert!(out.status.success(), "ip {args:?}: {out:?}");
-        }
-        Bridge(name.to_string())
-    }
-}
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
-    }
-}
-
-/// GET `path` from the guest's busybox httpd at `addr`, over the bridge.
-fn http_get(addr: &str, path: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = (|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect_timeout(
-                &addr.parse().unwrap(),
-                Duration::from_secs(5),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })();
-        match got {
-            Ok(text) if text.contains(" 200 ") => {
-                return text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
-            }
-            other => assert!(
-                Instant::now() < deadline,
-                "no answer from {addr}{path}: {other:?}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn domain_xml(name: &str, dir: &Path, bridge: &str, serial: &Path) -> String {
-    format!(
-        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
-         <features><acpi/></features><devices>\
-         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-         <source file='{dir}/system.qcow2'/><target dev='vda' bus='virtio'/></disk>\
-         <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
-         <source file='{dir}/data.raw'/><target dev='vdb' bus='virtio'/></disk>\
-         <interface type='bridge'><mac address='52:54:00:4c:42:01'/>\
-         <source bridge='{bridge}'/><model type='virtio'/></interface>\
-         <serial type='unix'><source mode='bind' path='{serial}'/><target port='0'/></serial>\
-         <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
-         <graphics type='vnc' autoport='yes' listen='127.0.0.1'/></devices></domain>",
-        dir = dir.display(),
-        serial = serial.display(),
-    )
-}
-
-/// Waits for a point of `vm` whose cut began after `after` (RFC 3339 strings compare in
-/// time order); returns the points.
-fn wait_point_after(cl: &Cluster, vm: &str, after: &str, limit: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let points = cl.json(&["points", vm]);
-        let points = points.as_array().unwrap().clone();
-        let newest = points.iter().filter_map(|p| p["cut_time"].as_str()).max();
-        if newest.is_some_and(|t| t > after) {
-            return points;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no point of {vm} cut after {after} within {limit:?}; status: {}",
-            cl.json(&["status"])
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Restores `point`'s `disk` raw and compares it with the domain's image.
-fn assert_point_equals(cl: &Cluster, point: &str, disk: &str, image: &Path, format: &str) {
-    let out = cl.tmp.path().join(format!("{point}-{disk}.raw"));
-    let mut c = lifeboat(cl.tmp.path());
-    c.args([
-        "vault", "--vault", &cl.vault, "restore", point, "--disk", disk,
-    ])
-    .arg(&out);
-    run_ok(c);
-    let cmp = Command::new("qemu-img")
-        .args(["compare", "-U", "-f", "raw", "-F", format])
-        .arg(&out)
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        cmp.status.success(),
-        "point {point} disk {disk} differs from the paused domain's {}: {}",
-        image.display(),
-        String::from_utf8_lossy(&cmp.stdout)
-    );
-    std::fs::remove_file(&out).unwrap();
-}
-
-/// The guest runs `writes` (which ends by printing "written"); then a point cut after
-/// them must restore equal to both disks of the paused domain, since nothing wrote in
-/// between. Returns the points and that newest one.
-async fn write_and_prove(
-    cl: &Cluster,
-    console: &mut SerialConsole,
-    name: &str,
-    disks: (&Path, &Path),
-    writes: &str,
-) -> (Vec<Value>, Value) {
-    let said = console.run(writes, Duration::from_secs(120)).await.unwrap();
-    assert!(said.contains("written"), "{said}");
-    let written = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let points = tokio::task::block_in_place(|| {
-        wait_point_after(cl, name, &written, Duration::from_secs(300))
-    });
-    virsh(&["suspend", name]).unwrap();
-    let newest = points
-        .iter()
-        .max_by_key(|p| p["cut_time"].as_str().unwrap().to_string())
-        .unwrap()
-        .clone();
-    let id = newest["point"].as_str().unwrap().to_string();
-    tokio::task::block_in_place(|| {
-        assert_point_equals(cl, &id, "vda", disks.0, "qcow2");
-        assert_point_equals(cl, &id, "vdb", disks.1, "raw");
-    });
-    virsh(&["resume", name]).unwrap();
-    (points, newest)
-}
-
-/// Runs `f` with the domain's checkpoints while it is paused and no backup job runs
-/// (a cut under way finishes; none starts on a paused domain), then resumes it.
-fn quiet<T>(name: &str, f: impl FnOnce(Vec<String>) -> T) -> T {
-    virsh(&["suspend", name]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while virsh(&["domjobinfo", name]).unwrap().contains("Backup") {
-        assert!(Instant::now() < deadline, "a backup job ran for 120 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let names = virsh(&["checkpoint-list", name, "--name"]).unwrap();
-    let out = f(names
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect());
-    virsh(&["resume", name]).unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
-    ensure_libvirtd().unwrap();
-    let tmp = domain_dir().unwrap();
-    let dir = tmp.path();
-    let system = lifeboat_testkit::guest_disk_copy(dir, "system.qcow2").unwrap();
-    let data = dir.join("data.raw");
-    let f = std::fs::File::create(&data).unwrap();
-    f.set_len(32 * MIB).unwrap();
-    drop(f);
-    // libvirt's QEMU (its own user) binds the serial socket here.
-    let sockets = dir.join("sockets");
-    std::fs::create_dir(&sockets).unwrap();
-    let ok = Command::new("chown")
-        .arg("libvirt-qemu")
-        .arg(&sockets)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let serial = sockets.join("serial.sock");
-    let suffix = format!("{:06x}", std::process::id() & 0xff_ffff);
-    let name = format!("lbt-lv-{suffix}");
     // The guest's static address is 10.0.2.15/24; the host is .2 on the bridge.
-    let bridge = Bridge::new(&format!("lbtbr{suffix}"), "10.0.2.2/24");
-    let xml = dir.join("domain.xml");
-    std::fs::write(&xml, domain_xml(&name, dir, &bridge.0, &serial)).unwrap();
-    let _domain = DefinedDomain::define(&xml, &name).unwrap();
-    virsh(&["start", &name]).unwrap();
-    let mut console = SerialConsole::connect(&serial, Duration::from_secs(60))
-        .await
-        .unwrap();
-    console.wait_ready(boot_timeout()).await.unwrap();
+    let source = SourceDomain::start("lv", Some("10.0.2.2/24")).await;
+    let (name, system, data) = (
+        source.name.clone(),
+        source.system.clone(),
+        source.data.clone(),
+    );
+    let mut console = source.console;
     let boots = tokio::task::block_in_place(|| http_get("10.0.2.15:80", "/boot-count"));
     assert_eq!(
         boots.trim(),

@@ -173,3 +173,45 @@ pub(crate) fn fs_freeze(dom: &virt::domain::Domain, freeze: bool) -> CallResult<
     }
     Ok(rc as u32)
 }
+
+/// The block job on `disk`, if one runs: (bytes done, bytes in all).
+pub(crate) fn block_job(dom: &virt::domain::Domain, disk: &str) -> CallResult<Option<(u64, u64)>> {
+    let d = cstring(disk)?;
+    let mut info = virt::sys::virDomainBlockJobInfo {
+        type_: 0,
+        bandwidth: 0,
+        cur: 0,
+        end: 0,
+    };
+    // SAFETY: as above; `info` is a plain struct libvirt fills.
+    let rc = unsafe { virt::sys::virDomainGetBlockJobInfo(dom.as_ptr(), d.as_ptr(), &mut info, 0) };
+    match rc {
+        r if r < 0 => Err(last_error()),
+        0 => Ok(None),
+        _ => Ok(Some((info.cur, info.end))),
+    }
+}
+
+/// Starts copying `disk`'s backing into it (QEMU's block-stream), at most `bytes_per_sec`
+/// (0: no cap); the backing is dropped when it completes.
+pub(crate) fn block_pull(
+    dom: &virt::domain::Domain,
+    disk: &str,
+    bytes_per_sec: u64,
+) -> CallResult<()> {
+    let d = cstring(disk)?;
+    let bandwidth = std::os::raw::c_ulong::try_from(bytes_per_sec).unwrap_or(0);
+    // SAFETY: as above.
+    let rc = unsafe {
+        virt::sys::virDomainBlockPull(
+            dom.as_ptr(),
+            d.as_ptr(),
+            bandwidth,
+            virt::sys::VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES,
+        )
+    };
+    if rc < 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}

@@ -94,6 +94,8 @@ pub struct DomainNic {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DomainDescription {
     pub name: String,
+    /// `<domain type=…>`: `kvm`, `qemu` (TCG), …
+    pub domain_type: Option<String>,
     pub uuid: Option<uuid::Uuid>,
     pub memory_mib: u64,
     pub vcpus: u32,
@@ -179,6 +181,7 @@ pub fn parse(xml: &str) -> Result<DomainDescription, DomainXmlError> {
     }
     Ok(DomainDescription {
         name,
+        domain_type: domain.attribute("type").map(str::to_string),
         uuid,
         memory_mib,
         vcpus,
@@ -187,6 +190,28 @@ pub fn parse(xml: &str) -> Result<DomainDescription, DomainXmlError> {
         disks,
         nics,
     })
+}
+
+/// Each disk's target in a domain's live XML and whether it still reads from a backing
+/// image (`<backingStore>` with a `<source>`): a recovered disk not yet hydrated.
+pub fn disk_backings(xml: &str) -> Result<Vec<(String, bool)>, DomainXmlError> {
+    if xml.len() > MAX_DOMAIN_XML {
+        return Err(DomainXmlError::TooLarge { len: xml.len() });
+    }
+    let doc = roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::Parse(e.to_string()))?;
+    Ok(doc
+        .descendants()
+        .filter(|n| n.has_tag_name("disk") && n.attribute("device").unwrap_or("disk") == "disk")
+        .filter(|n| n.parent().is_some_and(|p| p.has_tag_name("devices")))
+        .filter_map(|d| {
+            let target = attr_of(d, "target", "dev")?;
+            let backed = d
+                .children()
+                .find(|n| n.has_tag_name("backingStore"))
+                .is_some_and(|b| b.children().any(|n| n.has_tag_name("source")));
+            Some((target, backed))
+        })
+        .collect())
 }
 
 /// `<memory unit=…>` in MiB; libvirt's default unit is KiB.
@@ -334,6 +359,21 @@ mod tests {
         assert_eq!(d.nics[0].mac.as_deref(), Some("52:54:00:12:34:56"));
         assert_eq!(d.nics[1].source, NicSource::Network("default".into()));
         assert_eq!(d.nics[1].model.as_deref(), Some("e1000"));
+    }
+
+    #[test]
+    fn backings_say_which_disks_still_read_the_vault() {
+        let xml = "<domain><devices>\
+            <disk type='file' device='disk'><source file='/r/vda.qcow2'/>\
+              <backingStore type='network' index='1'><format type='raw'/>\
+              <source protocol='nbd' name='vda'/></backingStore><target dev='vda'/></disk>\
+            <disk type='file' device='disk'><source file='/r/vdb.qcow2'/><backingStore/>\
+              <target dev='vdb'/></disk>\
+            <disk type='file' device='cdrom'><target dev='sda'/></disk></devices></domain>";
+        assert_eq!(
+            disk_backings(xml).unwrap(),
+            vec![("vda".to_string(), true), ("vdb".to_string(), false)]
+        );
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //! backup job's NBD socket and scratch images go to a work folder libvirt's QEMU (its own
 //! user) may write, under `work_root`.
 //!
-//! Recovery onto a libvirt host (define from the stored XML, overlays, hydration) is not
-//! in this driver yet: those calls say so, and a libvirt domain's points are recovered
-//! by a host running the QEMU driver.
+//! A recovered VM is defined from its point's neutral spec with the firmware, machine
+//! and type of the stored XML (`define`), runs on local overlays over the point served
+//! by the agent, and hydrates through libvirt's block pull.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,8 +25,8 @@ use crate::hypervisor::{
 use crate::libvirt::backup::{BackupRequest, LibvirtCut};
 use crate::libvirt::call::{self, failed};
 use crate::libvirt::domain_xml::{self, DiskSource, DomainDescription, NicSource};
-use crate::libvirt::fence;
 use crate::libvirt::tracking::{self, Record};
+use crate::libvirt::{define, fence};
 use crate::spec::{DiskFormat, DiskName, DiskSpec, NicSpec, VmName, VmSpec};
 use crate::tracking::{bitmap_name, TrackingStatus};
 
@@ -43,6 +43,9 @@ pub struct LibvirtConfig {
     /// `libvirt-qemu`, Fedora: `qemu`); `None`: QEMU runs as root.
     pub qemu_user: Option<String>,
     pub io_timeout: Duration,
+    /// The domain type recovered VMs are defined with (`kvm`, or `qemu` for TCG); `None`:
+    /// the source domain's, else `kvm` where /dev/kvm exists.
+    pub domain_type: Option<String>,
 }
 
 impl LibvirtConfig {
@@ -57,6 +60,7 @@ impl LibvirtConfig {
                 .find(|u| user_ids(u).is_some())
                 .map(String::from),
             io_timeout: Duration::from_secs(60),
+            domain_type: None,
         }
     }
 }
@@ -82,17 +86,18 @@ struct Seen {
     xml: String,
 }
 
-fn not_here(what: &str) -> HypervisorError {
-    HypervisorError::Unsupported(format!(
-        "{what} onto a libvirt host is not in this version of Lifeboat; recover on a host \
-         whose agent runs the QEMU driver (`lifeboat agent --hypervisor qemu`)"
-    ))
-}
-
 impl LibvirtDriver {
     pub fn new(config: LibvirtConfig) -> Result<LibvirtDriver> {
         crate::private::private_dir(&config.state_dir)
             .map_err(|e| HypervisorError::io("creating", &config.state_dir, e))?;
+        // libvirt's QEMU user must pass through these to its own folders below; nobody
+        // may list them.
+        for dir in [config.work_root.clone(), config.work_root.join("recovered")] {
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::create_dir_all(&dir).is_ok() {
+                let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711));
+            }
+        }
         Ok(LibvirtDriver {
             config: Arc::new(config),
         })
@@ -100,6 +105,37 @@ impl LibvirtDriver {
 
     pub fn config(&self) -> &LibvirtConfig {
         &self.config
+    }
+
+    /// Recovered VMs live under the work root, reachable by libvirt's QEMU user, who gets
+    /// each one's folder and sockets.
+    pub fn recovery_place(&self) -> crate::driver::RecoveryPlace {
+        crate::driver::RecoveryPlace {
+            root: self.config.work_root.join("recovered"),
+            owner: self.config.qemu_user.as_deref().and_then(user_ids),
+        }
+    }
+
+    /// The bridge with no uplink a test copy's isolated NICs go on.
+    fn isolated_bridge(vm: &VmName) -> String {
+        format!("lbi{:08x}", crate::qemu::bridge::name_hash(vm))
+    }
+
+    async fn connection<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&virt::connect::Connect) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let uri = self.config.uri.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| {
+                HypervisorError::Unsupported(format!(
+                    "cannot reach libvirt at {uri}: {e} (is libvirtd running?)"
+                ))
+            })?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| HypervisorError::Unsupported(format!("a libvirt call: {e}")))?
     }
 
     fn state_dir(&self, vm: &VmName) -> PathBuf {
@@ -317,6 +353,34 @@ impl LibvirtDriver {
     }
 }
 
+/// Makes the bridge a test copy's isolated NICs go on: no address, no uplink, nothing
+/// else plugged in. Already there is fine (a retried recovery).
+async fn isolated_bridge_up(bridge: &str) -> Result<()> {
+    if !Path::new("/sys/class/net").join(bridge).exists() {
+        let add = ["link", "add", bridge, "type", "bridge"];
+        run_ip(&add).await?;
+    }
+    run_ip(&["link", "set", bridge, "up"]).await
+}
+
+async fn run_ip(args: &[&str]) -> Result<()> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| HypervisorError::Tool {
+            tool: "ip".into(),
+            reason: format!("{e} (install iproute2)"),
+        })?;
+    if !out.status.success() {
+        return Err(HypervisorError::Tool {
+            tool: format!("ip {}", args.join(" ")),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Defines the domain again from its persistent XML as `edit` changes it (secrets kept:
 /// the XML is read with them, so a VNC password survives). Nothing is written when
 /// `edit` changes nothing.
@@ -458,11 +522,89 @@ impl Cut for DomainCut {
 impl Hypervisor for LibvirtDriver {
     type Cut = DomainCut;
 
-    async fn define(&self, _spec: VmSpec) -> Result<VmSpec> {
-        Err(not_here("defining a recovered VM"))
+    /// Defines a recovered VM: the domain written from its spec (`define::domain_xml`),
+    /// its serial console in the folder of its disks, test copies on a bridge of their own.
+    async fn define(&self, spec: VmSpec) -> Result<VmSpec> {
+        let invalid = |reason: String| HypervisorError::InvalidSpec {
+            path: PathBuf::from(format!("recovered VM {}", spec.name)),
+            reason,
+        };
+        let stored = spec
+            .libvirt_xml
+            .as_deref()
+            .and_then(|x| domain_xml::parse(x).ok());
+        let domain_type = self
+            .config
+            .domain_type
+            .clone()
+            .or_else(|| stored.as_ref().and_then(|d| d.domain_type.clone()))
+            .unwrap_or_else(|| {
+                if Path::new("/dev/kvm").exists() {
+                    "kvm".into()
+                } else {
+                    "qemu".into()
+                }
+            });
+        let folder = spec
+            .disks
+            .first()
+            .and_then(|d| d.path.parent())
+            .ok_or_else(|| invalid("no disk".into()))?
+            .to_path_buf();
+        let serial = folder.join("serial.sock");
+        let isolated = spec
+            .nics
+            .iter()
+            .any(|n| n.network == "isolated")
+            .then(|| Self::isolated_bridge(&spec.name));
+        let xml = define::domain_xml(
+            &spec,
+            stored.as_ref(),
+            &define::Placement {
+                domain_type: &domain_type,
+                isolated_bridge: isolated.as_deref(),
+                serial_socket: &serial,
+            },
+        )
+        .map_err(invalid)?;
+        if let Some(bridge) = &isolated {
+            isolated_bridge_up(bridge).await?;
+        }
+        let name = spec.name.clone();
+        self.connection(move |conn| {
+            if conn.lookup_domain_by_name(name.as_str()).is_ok() {
+                return Err(HypervisorError::AlreadyDefined(name));
+            }
+            conn.define_domain_xml(&xml)
+                .map_err(|e| failed(name.as_str(), "defining it", e))?;
+            Ok(())
+        })
+        .await?;
+        Ok(spec)
     }
-    async fn undefine(&self, _vm: &VmName) -> Result<()> {
-        Err(not_here("removing a recovered VM"))
+    async fn undefine(&self, vm: &VmName) -> Result<()> {
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            if dom.is_active().unwrap_or(false) {
+                dom.destroy().map_err(|e| failed(&name, "stopping it", e))?;
+            }
+            dom.undefine_flags(
+                virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM
+                    | virt::sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA,
+            )
+            .map_err(|e| failed(&name, "undefining it", e))?;
+            Ok(())
+        })
+        .await?;
+        let bridge = Self::isolated_bridge(vm);
+        if Path::new("/sys/class/net").join(&bridge).exists() {
+            let _ = tokio::process::Command::new("ip")
+                .args(["link", "del", &bridge])
+                .output()
+                .await;
+        }
+        let _ = std::fs::remove_dir_all(self.state_dir(vm));
+        Ok(())
     }
     async fn spec(&self, vm: &VmName) -> Result<VmSpec> {
         let seen = self.seen(vm).await?;
@@ -707,8 +849,45 @@ impl Hypervisor for LibvirtDriver {
         // libvirt takes checkpoints of running domains only: the next sync resyncs.
         self.reset_tracking(vm).await
     }
-    async fn hydrate(&self, _vm: &VmName, _speed: Option<u64>) -> Result<Vec<DiskHydration>> {
-        Err(not_here("recovery"))
+    /// Each disk's copy from the vault into its overlay: libvirt's block pull (QEMU's
+    /// block-stream), started for a disk that still has its backing and no job.
+    async fn hydrate(&self, vm: &VmName, speed: Option<u64>) -> Result<Vec<DiskHydration>> {
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            let xml = dom
+                .xml_desc(0)
+                .map_err(|e| failed(&name, "reading its XML", e))?;
+            let disks = domain_xml::disk_backings(&xml).map_err(|e| failed(&name, "its XML", e))?;
+            let mut out = Vec::new();
+            for (target, backed) in disks {
+                let Ok(disk) = DiskName::new(&target) else {
+                    continue;
+                };
+                let size = dom
+                    .block_info(&target, 0)
+                    .map(|i| i.capacity)
+                    .map_err(|e| failed(&name, &format!("the size of disk {target}"), e))?;
+                let job = call::block_job(dom, &target)
+                    .map_err(|e| failed(&name, &format!("disk {target}'s job"), e))?;
+                let (done, total, hydrated) = match job {
+                    Some((cur, end)) => (cur, end.max(1), false),
+                    None if backed => {
+                        call::block_pull(dom, &target, speed.unwrap_or(0))
+                            .map_err(|e| failed(&name, &format!("hydrating disk {target}"), e))?;
+                        (0, size, false)
+                    }
+                    None => (size, size, true),
+                };
+                out.push(DiskHydration {
+                    disk,
+                    done,
+                    total,
+                    hydrated,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
     async fn freeze_guest(&self, vm: &VmName, limit: Duration) -> Result<Option<u64>> {
         // Marked first: if this process dies between here and the thaw, the next sync

@@ -5,6 +5,7 @@
 
 pub mod backup;
 mod call;
+pub mod define;
 pub mod domain_xml;
 pub mod driver;
 pub mod fence;

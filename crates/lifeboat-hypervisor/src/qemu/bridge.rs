@@ -11,13 +11,18 @@ use crate::spec::{NetworkKind, VmName, VmSpec};
 /// The tap device of NIC `index` of `vm`: stable, unique per VM name, at most 15 bytes
 /// (Linux's limit), and recognisably ours (`lb…`).
 pub fn tap_name(vm: &VmName, index: usize) -> String {
-    // FNV-1a: a stable hash without a dependency; collisions need two VM names on one
-    // host hashing alike, and then QEMU refuses the second tap (busy) rather than share.
+    format!("lb{:08x}n{index}", name_hash(vm))
+}
+
+/// A stable 32-bit hash of a VM's name (FNV-1a), for host interface names that must fit
+/// 15 bytes. Two names hashing alike on one host make the second interface fail to be
+/// created (busy), never shared.
+pub fn name_hash(vm: &VmName) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in vm.as_str().bytes() {
         h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
-    format!("lb{h:08x}n{index}")
+    h
 }
 
 /// The bridged NICs of `spec`: (index, tap, bridge).

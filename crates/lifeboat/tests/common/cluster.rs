@@ -263,6 +263,17 @@ pub fn unenrolled_cluster_env(
     alpha_options: &[&str],
     agent_env: &[(&str, &str)],
 ) -> Cluster {
+    unenrolled_hosts(database, vault, tls, (alpha_options, &[]), agent_env)
+}
+
+/// A server and agents alpha and beta with `options` each, not enrolled, and a vault.
+fn unenrolled_hosts(
+    database: Option<&str>,
+    vault: Option<&str>,
+    tls: bool,
+    (alpha_options, beta_options): (&[&str], &[&str]),
+    agent_env: &[(&str, &str)],
+) -> Cluster {
     let tmp = tempfile::Builder::new()
         .prefix("lbp")
         .tempdir_in("/tmp")
@@ -274,7 +285,7 @@ pub fn unenrolled_cluster_env(
         spawn_agent(c)
     };
     let alpha = agent("alpha", alpha_options);
-    let beta = agent("beta", &[]);
+    let beta = agent("beta", beta_options);
     let vault = match vault {
         Some(v) => v.to_string(),
         None => format!("file://{}", tmp.path().join("vault").display()),
@@ -320,7 +331,18 @@ pub fn cluster_with_agent_env(
 
 /// `cluster` whose agent alpha runs with `alpha_options` (e.g. `--hypervisor libvirt`).
 pub fn cluster_with_alpha(alpha_options: &[&str]) -> Cluster {
-    enroll_all(unenrolled_cluster(None, None, false, alpha_options))
+    cluster_with_hosts(alpha_options, &[])
+}
+
+/// `cluster` whose agents alpha and beta run with these options.
+pub fn cluster_with_hosts(alpha_options: &[&str], beta_options: &[&str]) -> Cluster {
+    enroll_all(unenrolled_hosts(
+        None,
+        None,
+        false,
+        (alpha_options, beta_options),
+        &[],
+    ))
 }
 
 fn enroll_all(cl: Cluster) -> Cluster {

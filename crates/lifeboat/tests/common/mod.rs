@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod dashboard;
 pub mod hostile_agent;
+pub mod libvirt;
 pub mod login;
 pub mod moves;
 

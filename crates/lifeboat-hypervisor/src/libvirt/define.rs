@@ -1,0 +1,173 @@
+//! The domain a libvirt recovery host defines for a recovered VM, written from the
+//! point's neutral spec (whatever driver protected it) with the firmware, machine type and
+//! domain type of the stored XML when there is one. Disks are the recovery's local qcow2
+//! overlays (their backing, the point served over NBD, is in their headers); NICs are on
+//! the mapped bridge or libvirt network, or, for a test copy, on a bridge of its own with
+//! no uplink. Every value is escaped: the spec comes from a vault.
+
+use std::path::Path;
+
+use crate::libvirt::domain_xml::{DomainDescription, Firmware};
+use crate::spec::{NetworkKind, VmSpec};
+
+/// Escapes text for an XML attribute or element.
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+/// What the host adds to the spec.
+pub struct Placement<'a> {
+    /// `kvm` or `qemu` (TCG).
+    pub domain_type: &'a str,
+    /// The bridge isolated NICs (test copies) go on.
+    pub isolated_bridge: Option<&'a str>,
+    /// Where QEMU binds the serial console's socket.
+    pub serial_socket: &'a Path,
+}
+
+/// The domain XML of `spec` on this host; `stored` is the source domain's description
+/// (from the point's XML) when it was a libvirt domain.
+pub fn domain_xml(
+    spec: &VmSpec,
+    stored: Option<&DomainDescription>,
+    at: &Placement,
+) -> Result<String, String> {
+    let machine = stored.and_then(|d| d.machine.as_deref()).unwrap_or("pc");
+    let firmware = match stored.map(|d| d.firmware) {
+        Some(Firmware::Uefi) => " firmware='efi'",
+        _ => "",
+    };
+    let mut x = format!(
+        "<domain type='{}'><name>{}</name>",
+        esc(at.domain_type),
+        esc(spec.name.as_str())
+    );
+    if let Some(u) = spec.uuid {
+        x += &format!("<uuid>{u}</uuid>");
+    }
+    x += &format!(
+        "<memory unit='MiB'>{}</memory><vcpu>{}</vcpu>\
+         <os{firmware}><type arch='x86_64' machine='{}'>hvm</type></os>\
+         <features><acpi/><apic/></features><devices>",
+        spec.memory_mib,
+        spec.vcpus,
+        esc(machine)
+    );
+    for (i, d) in spec.disks_in_boot_order().into_iter().enumerate() {
+        x += &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='{}'/>\
+             <source file='{}'/><target dev='{}' bus='virtio'/><boot order='{}'/></disk>",
+            d.format.as_str(),
+            esc(&d.path.to_string_lossy()),
+            esc(d.name.as_str()),
+            i + 1
+        );
+    }
+    for nic in &spec.nics {
+        let (kind, source) = match NetworkKind::parse(&nic.network) {
+            Some(NetworkKind::Bridge(b)) => ("bridge", format!("bridge='{}'", esc(b))),
+            Some(NetworkKind::LibvirtNetwork(n)) => ("network", format!("network='{}'", esc(n))),
+            Some(NetworkKind::Isolated) => match at.isolated_bridge {
+                Some(b) => ("bridge", format!("bridge='{}'", esc(b))),
+                None => return Err("an isolated NIC needs the copy's own bridge".into()),
+            },
+            Some(NetworkKind::User) | None => {
+                return Err(format!(
+                    "NIC {}: network {:?} cannot run on a libvirt host; map it to a bridge \
+                     (--network-map {}=bridge:NAME)",
+                    nic.mac, nic.network, nic.network
+                ))
+            }
+        };
+        x += &format!(
+            "<interface type='{kind}'><mac address='{}'/><source {source}/>\
+             <model type='virtio'/></interface>",
+            esc(&nic.mac)
+        );
+    }
+    x += &format!(
+        "<serial type='unix'><source mode='bind' path='{}'/><target port='0'/></serial>\
+         <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
+         </devices></domain>",
+        esc(&at.serial_socket.to_string_lossy())
+    );
+    Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::domain_xml::parse;
+
+    fn spec(nets: &[&str]) -> VmSpec {
+        let mut t = String::from(
+            "name = \"web1\"\nmemory_mib = 256\nvcpus = 2\nboot_order = [\"vdb\"]\n\
+             [[disks]]\nname = \"vda\"\npath = \"/r/web1/vda.qcow2\"\nformat = \"qcow2\"\n\
+             [[disks]]\nname = \"vdb\"\npath = \"/r/web1/it's.qcow2\"\nformat = \"qcow2\"\n",
+        );
+        for (i, n) in nets.iter().enumerate() {
+            t += &format!("[[nics]]\nmac = \"52:54:00:00:00:0{i}\"\nnetwork = \"{n}\"\n");
+        }
+        VmSpec::parse(&t, Path::new("t")).unwrap()
+    }
+
+    #[test]
+    fn the_domain_is_what_the_spec_and_stored_xml_say() {
+        let stored = parse(
+            "<domain type='kvm'><name>web1</name><memory>1</memory>\
+             <os firmware='efi'><type machine='pc-q35-7.2'>hvm</type></os></domain>",
+        )
+        .unwrap();
+        let at = Placement {
+            domain_type: "qemu",
+            isolated_bridge: Some("lbi1"),
+            serial_socket: Path::new("/r/web1/serial.sock"),
+        };
+        let xml = domain_xml(
+            &spec(&["bridge:br-dr", "network:default", "isolated"]),
+            Some(&stored),
+            &at,
+        )
+        .unwrap();
+        let d = parse(&xml).unwrap();
+        assert_eq!((d.name.as_str(), d.memory_mib, d.vcpus), ("web1", 256, 2));
+        assert_eq!(d.firmware, Firmware::Uefi);
+        assert_eq!(d.machine.as_deref(), Some("pc-q35-7.2"));
+        // Boot order puts vdb first; the apostrophe in a path stays a path.
+        assert_eq!(d.disks[0].target, "vdb");
+        assert!(xml.contains("it&apos;s.qcow2"), "{xml}");
+        use crate::libvirt::domain_xml::NicSource;
+        let sources: Vec<&NicSource> = d.nics.iter().map(|n| &n.source).collect();
+        assert_eq!(
+            sources,
+            [
+                &NicSource::Bridge("br-dr".into()),
+                &NicSource::Network("default".into()),
+                &NicSource::Bridge("lbi1".into())
+            ]
+        );
+        let bios = domain_xml(&spec(&[]), None, &at).unwrap();
+        let d = parse(&bios).unwrap();
+        assert_eq!(
+            (d.firmware, d.machine.as_deref()),
+            (Firmware::Bios, Some("pc"))
+        );
+    }
+
+    #[test]
+    fn a_user_network_is_refused_with_what_to_map() {
+        let at = Placement {
+            domain_type: "qemu",
+            isolated_bridge: None,
+            serial_socket: Path::new("/s"),
+        };
+        let e = domain_xml(&spec(&["user"]), None, &at).unwrap_err();
+        assert!(e.contains("--network-map user=bridge:NAME"), "{e}");
+        let e = domain_xml(&spec(&["isolated"]), None, &at).unwrap_err();
+        assert!(e.contains("own bridge"), "{e}");
+    }
+}

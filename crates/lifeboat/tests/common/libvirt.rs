@@ -1,0 +1,238 @@
+//! A libvirt domain as an administrator makes one, for the libvirt tests: defined with
+//! `virsh define` from XML written here (not by Lifeboat), a qcow2 system disk (the test
+//! guest), a raw data disk, a virtio NIC on a Linux bridge, a serial console on a socket
+//! and the guest agent's channel; and the checks of its points.
+
+use std::io::{Read, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lifeboat_testkit::libvirtd::{domain_dir, ensure_libvirtd, virsh, DefinedDomain};
+use lifeboat_testkit::{boot_timeout, SerialConsole};
+use serde_json::Value;
+
+use super::cluster::{lifeboat, run_ok, Cluster};
+
+pub const MIB: u64 = 1 << 20;
+
+/// A Linux bridge with the host's address on the guest's subnet, removed on drop.
+pub struct Bridge(pub String);
+impl Bridge {
+    /// `host_cidr`: the host's address on it, if any.
+    pub fn new(name: &str, host_cidr: Option<&str>) -> Bridge {
+        let mut steps = vec![vec!["link", "add", name, "type", "bridge"]];
+        if let Some(cidr) = host_cidr {
+            steps.push(vec!["addr", "add", cidr, "dev", name]);
+        }
+        steps.push(vec!["link", "set", name, "up"]);
+        for args in steps {
+            let out = Command::new("ip").args(&args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        }
+        Bridge(name.to_string())
+    }
+}
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+/// GET `path` from the guest's busybox httpd at `addr`, over the bridge.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &addr.parse().unwrap(),
+                Duration::from_secs(5),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match got {
+            Ok(text) if text.contains(" 200 ") => {
+                return text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "no answer from {addr}{path}: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+pub fn domain_xml(name: &str, dir: &Path, bridge: &str, serial: &Path) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
+         <features><acpi/></features><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{dir}/system.qcow2'/><target dev='vda' bus='virtio'/></disk>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+         <source file='{dir}/data.raw'/><target dev='vdb' bus='virtio'/></disk>\
+         <interface type='bridge'><mac address='52:54:00:4c:42:01'/>\
+         <source bridge='{bridge}'/><model type='virtio'/></interface>\
+         <serial type='unix'><source mode='bind' path='{serial}'/><target port='0'/></serial>\
+         <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
+         <graphics type='vnc' autoport='yes' listen='127.0.0.1'/></devices></domain>",
+        dir = dir.display(),
+        serial = serial.display(),
+    )
+}
+
+/// Waits for a point of `vm` whose cut began after `after` (RFC 3339 strings compare in
+/// time order); returns the points.
+pub fn wait_point_after(cl: &Cluster, vm: &str, after: &str, limit: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let points = cl.json(&["points", vm]);
+        let points = points.as_array().unwrap().clone();
+        let newest = points.iter().filter_map(|p| p["cut_time"].as_str()).max();
+        if newest.is_some_and(|t| t > after) {
+            return points;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no point of {vm} cut after {after} within {limit:?}; status: {}",
+            cl.json(&["status"])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Restores `point`'s `disk` raw and compares it with the domain's image.
+pub fn assert_point_equals(cl: &Cluster, point: &str, disk: &str, image: &Path, format: &str) {
+    let out = cl.tmp.path().join(format!("{point}-{disk}.raw"));
+    let mut c = lifeboat(cl.tmp.path());
+    c.args([
+        "vault", "--vault", &cl.vault, "restore", point, "--disk", disk,
+    ])
+    .arg(&out);
+    run_ok(c);
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-U", "-f", "raw", "-F", format])
+        .arg(&out)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "point {point} disk {disk} differs from the paused domain's {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    std::fs::remove_file(&out).unwrap();
+}
+
+/// The guest runs `writes` (which ends by printing "written"); then a point cut after
+/// them must restore equal to both disks of the paused domain, since nothing wrote in
+/// between. Returns the points and that newest one.
+pub async fn write_and_prove(
+    cl: &Cluster,
+    console: &mut SerialConsole,
+    name: &str,
+    disks: (&Path, &Path),
+    writes: &str,
+) -> (Vec<Value>, Value) {
+    let said = console.run(writes, Duration::from_secs(120)).await.unwrap();
+    assert!(said.contains("written"), "{said}");
+    let written = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let points = tokio::task::block_in_place(|| {
+        wait_point_after(cl, name, &written, Duration::from_secs(300))
+    });
+    virsh(&["suspend", name]).unwrap();
+    let newest = points
+        .iter()
+        .max_by_key(|p| p["cut_time"].as_str().unwrap().to_string())
+        .unwrap()
+        .clone();
+    let id = newest["point"].as_str().unwrap().to_string();
+    tokio::task::block_in_place(|| {
+        assert_point_equals(cl, &id, "vda", disks.0, "qcow2");
+        assert_point_equals(cl, &id, "vdb", disks.1, "raw");
+    });
+    virsh(&["resume", name]).unwrap();
+    (points, newest)
+}
+
+/// Runs `f` with the domain's checkpoints while it is paused and no backup job runs
+/// (a cut under way finishes; none starts on a paused domain), then resumes it.
+pub fn quiet<T>(name: &str, f: impl FnOnce(Vec<String>) -> T) -> T {
+    virsh(&["suspend", name]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while virsh(&["domjobinfo", name]).unwrap().contains("Backup") {
+        assert!(Instant::now() < deadline, "a backup job ran for 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let names = virsh(&["checkpoint-list", name, "--name"]).unwrap();
+    let out = f(names
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect());
+    virsh(&["resume", name]).unwrap();
+    out
+}
+
+/// A running domain an administrator defined, its guest booted; undefined on drop.
+pub struct SourceDomain {
+    pub name: String,
+    pub system: PathBuf,
+    pub data: PathBuf,
+    pub console: SerialConsole,
+    pub bridge: Bridge,
+    // Dropped in this order: the domain, then its disks' folder.
+    _domain: DefinedDomain,
+    _dir: tempfile::TempDir,
+}
+
+impl SourceDomain {
+    /// Defines and boots `lbt-PREFIX-…` on a new bridge (with `host_cidr` on it).
+    pub async fn start(prefix: &str, host_cidr: Option<&str>) -> SourceDomain {
+        ensure_libvirtd().unwrap();
+        let tmp = domain_dir().unwrap();
+        let dir = tmp.path();
+        let system = lifeboat_testkit::guest_disk_copy(dir, "system.qcow2").unwrap();
+        let data = dir.join("data.raw");
+        let f = std::fs::File::create(&data).unwrap();
+        f.set_len(32 * MIB).unwrap();
+        drop(f);
+        // libvirt's QEMU (its own user) binds the serial socket here.
+        let sockets = dir.join("sockets");
+        std::fs::create_dir(&sockets).unwrap();
+        let ok = Command::new("chown")
+            .arg("libvirt-qemu")
+            .arg(&sockets)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let serial = sockets.join("serial.sock");
+        let suffix = format!("{:06x}", std::process::id() & 0xff_ffff);
+        let name = format!("lbt-{prefix}-{suffix}");
+        let bridge = Bridge::new(&format!("lbt{prefix}{suffix}"), host_cidr);
+        let xml = dir.join("domain.xml");
+        std::fs::write(&xml, domain_xml(&name, dir, &bridge.0, &serial)).unwrap();
+        let domain = DefinedDomain::define(&xml, &name).unwrap();
+        virsh(&["start", &name]).unwrap();
+        let mut console = SerialConsole::connect(&serial, Duration::from_secs(60))
+            .await
+            .unwrap();
+        console.wait_ready(boot_timeout()).await.unwrap();
+        SourceDomain {
+            name,
+            system,
+            data,
+            console,
+            bridge,
+            _domain: domain,
+            _dir: tmp,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Recovery onto a libvirt host: a test copy of a libvirt domain (defined with `virsh`
+//! by an administrator) is defined by the recovery host's libvirt driver from the point,
+//! runs at once on local overlays over the point served from the vault, hydrates through
+//! libvirt's block pull, sits on a bridge of its own that reaches nothing, and is removed
+//! without a trace in libvirt. Both hosts share this machine's one libvirtd, so the copy
+//! (which has its own name) is the recovery this test can make there.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::cluster_with_hosts;
+use common::libvirt::{write_and_prove, SourceDomain};
+use lifeboat_testkit::libvirtd::virsh;
+use lifeboat_testkit::{boot_timeout, SerialConsole};
+use serde_json::Value;
+
+/// The server's view of `vm` on `host`, once `pred` holds.
+fn wait_vm(
+    cl: &common::cluster::Cluster,
+    host: &str,
+    vm: &str,
+    limit: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let vms = cl.json(&["vms", "list"]);
+        let found = vms["vms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["vm"] == vm && v["host"] == host)
+            .cloned();
+        if let Some(v) = found.filter(|v| pred(v)) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}/{vm} after {limit:?}: {vms:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goes_away() {
+    // No host address on the source's bridge: another test owns 10.0.2.2 on its own.
+    let source = SourceDomain::start("lvr", None).await;
+    let (name, system, data) = (
+        source.name.clone(),
+        source.system.clone(),
+        source.data.clone(),
+    );
+    let mut console = source.console;
+    let cl = tokio::task::block_in_place(|| {
+        cluster_with_hosts(&["--hypervisor", "libvirt"], &["--hypervisor", "libvirt"])
+    });
+    // Both agents see the one libvirtd: the VM is named with its host.
+    let qualified = format!("alpha/{name}");
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = cl.protect(&qualified, &["--wait", "--timeout", "10m"]);
+        assert!(ok, "{out}\n{err}");
+    });
+    let writes = "echo copy-me > /data/round && sync && echo written";
+    write_and_prove(&cl, &mut console, &name, (&system, &data), writes).await;
+
+    let copy = tokio::task::block_in_place(|| cl.json(&["failover", &qualified, "--test"]));
+    let copy_name = format!("{name}-test");
+    assert_eq!(copy["vm"], copy_name.as_str(), "{copy}");
+    assert_eq!(copy["host"], "beta", "{copy}");
+    // A domain of libvirt's, defined by the recovery host's driver.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = virsh(&["domstate", &copy_name, "--reason"]).unwrap_or_default();
+        if state.trim().starts_with("running") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy is {state}: {copy}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let copy_dir = std::path::Path::new("/var/lib/libvirt/lifeboat/recovered").join(&copy_name);
+    let mut copy_console =
+        SerialConsole::connect(&copy_dir.join("serial.sock"), Duration::from_secs(60))
+            .await
+            .unwrap();
+    copy_console.wait_ready(boot_timeout()).await.unwrap();
+    let round = copy_console
+        .run("cat /data/round", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        round.trim(),
+        "copy-me",
+        "the copy has the guest's last write"
+    );
+
+    // Its NIC is on a bridge of its own, with nothing else on it.
+    let xml = virsh(&["dumpxml", &copy_name]).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let nic = doc
+        .descendants()
+        .find(|n| n.has_tag_name("interface"))
+        .unwrap();
+    let mac = nic
+        .children()
+        .find(|n| n.has_tag_name("mac"))
+        .and_then(|m| m.attribute("address"))
+        .unwrap();
+    assert_ne!(mac, "52:54:00:4c:42:01", "a copy has its own MAC");
+    let bridge = nic
+        .children()
+        .find(|n| n.has_tag_name("source"))
+        .and_then(|s| s.attribute("bridge"))
+        .unwrap()
+        .to_string();
+    assert_ne!(bridge, source.bridge.0, "not production's bridge");
+    let ports = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
+        .unwrap()
+        .count();
+    assert_eq!(ports, 1, "the copy's bridge holds its NIC alone");
+    let out = copy_console
+        .run(
+            "ping -c 1 -W 2 10.0.2.2 >/dev/null 2>&1; echo rc=$?",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(out.contains("rc=1"), "the copy reached out: {out}");
+
+    // It hydrates: the vault is not needed any more.
+    tokio::task::block_in_place(|| {
+        wait_vm(&cl, "beta", &copy_name, Duration::from_secs(300), |v| {
+            v["hydrated_percent"].as_f64() == Some(100.0)
+        })
+    });
+    let live = virsh(&["dumpxml", &copy_name]).unwrap();
+    assert!(
+        !live.contains("protocol='nbd'"),
+        "a hydrated disk has no backing: {live}"
+    );
+    let writes = copy_console
+        .run(
+            "echo after > /data/after && sync && cat /data/after",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(writes.trim(), "after");
+    drop(copy_console);
+
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = cl.cli(&["failover", "cleanup", &qualified]);
+        assert!(ok, "{out}\n{err}");
+    });
+    assert!(
+        virsh(&["dominfo", &copy_name]).is_err(),
+        "the copy's domain is gone"
+    );
+    assert!(!copy_dir.exists(), "its folder is gone");
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&bridge)
+            .exists(),
+        "its bridge is gone"
+    );
+    // Production ran on throughout.
+    assert_eq!(virsh(&["domstate", &name]).unwrap().trim(), "running");
+}
