@@ -167,3 +167,107 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
     // Production ran on throughout.
     assert_eq!(virsh(&["domstate", &name]).unwrap().trim(), "running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_returns() {
+    let source = SourceDomain::start("lvu", None).await;
+    let (name, system, data) = (
+        source.name.clone(),
+        source.system.clone(),
+        source.data.clone(),
+    );
+    let mut console = source.console;
+    // The recovery host runs the QEMU driver: the other way across drivers.
+    let mut cl =
+        tokio::task::block_in_place(|| cluster_with_hosts(&["--hypervisor", "libvirt"], &[]));
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = cl.protect(&name, &["--wait", "--timeout", "10m"]);
+        assert!(ok, "{out}\n{err}");
+    });
+    let writes = "echo kept > /data/round && sync && echo written";
+    write_and_prove(&cl, &mut console, &name, (&system, &data), writes).await;
+
+    // Site A is cut off but alive: its agent gone, the domain writes on.
+    cl.alpha.child.kill().unwrap();
+    cl.alpha.child.wait().unwrap();
+    let out = console
+        .run(
+            "echo diverged > /data/diverged && sync && echo ok",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(out.contains("ok"), "{out}");
+    let map = format!("{}=isolated", source.bridge.0);
+    let moved = tokio::task::block_in_place(|| {
+        cl.json(&[
+            "failover",
+            &name,
+            "--unplanned",
+            "--point",
+            "latest",
+            "--network-map",
+            &map,
+        ])
+    });
+    assert_eq!(moved["kind"], "unplanned", "{moved}");
+    let beta_vm = cl.home("beta").join("vms").join(&name);
+    let spec = std::fs::read_to_string(beta_vm.join("spec.toml")).unwrap();
+    assert!(
+        spec.contains("mac = \"52:54:00:4c:42:01\"") && spec.contains("network = \"isolated\""),
+        "the VM keeps its MAC, on the mapped network: {spec}"
+    );
+    let mut moved_console =
+        SerialConsole::connect(&beta_vm.join("serial.sock"), Duration::from_secs(60))
+            .await
+            .unwrap();
+    moved_console.wait_ready(boot_timeout()).await.unwrap();
+    let files = moved_console
+        .run("cat /data/round; ls /data", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(files.starts_with("kept"), "{files}");
+    assert!(
+        !files.contains("diverged"),
+        "a write no point holds: {files}"
+    );
+    drop(moved_console);
+
+    // A's link returns: its agent is back, and the server fences the domain there.
+    let port = cl.alpha.port;
+    cl.alpha = common::start_agent_on(
+        &cl.home("alpha"),
+        "alpha",
+        port,
+        &["--hypervisor", "libvirt"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let row = tokio::task::block_in_place(|| common::moves::vm_row(&cl, "alpha", &name));
+        if row
+            .as_ref()
+            .is_some_and(|r| r["fenced"].is_string() && r["state"]["state"] == "stopped")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alpha's domain was not fenced: {row:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let refused = virsh(&["start", &name]).unwrap_err().to_string();
+    assert!(
+        refused.contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
+        "virsh start must be refused: {refused}"
+    );
+    let info = virsh(&["dominfo", &name]).unwrap();
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Autostart:") && l.contains("disable")),
+        "{info}"
+    );
+    // The recovered VM runs on at B.
+    let p = tokio::task::block_in_place(|| cl.protection());
+    assert_eq!(p["state"], "failed_over", "{p}");
+}
