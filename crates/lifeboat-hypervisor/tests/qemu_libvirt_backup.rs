@@ -14,14 +14,8 @@ use lifeboat_testkit::libvirtd::{domain_dir, ensure_libvirtd, virsh, DefinedDoma
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
 
-/// Writes `pattern` over `len` bytes at `offset` of the running domain's vda, through its
-/// QEMU (what a guest's write does to the disk and its bitmaps).
 fn guest_write(domain: &str, pattern: u8, offset: u64, len: u64) {
-    let cmd = format!(
-        "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P {pattern} {offset} {len}\""
-    );
-    let out = virsh(&["qemu-monitor-command", "--hmp", domain, &cmd]).unwrap();
-    assert!(out.trim().is_empty() || out.contains("wrote"), "{out}");
+    lifeboat_testkit::libvirtd::write_vda(domain, pattern, offset, len).unwrap();
 }
 
 fn checkpoints(domain: &str) -> Vec<String> {

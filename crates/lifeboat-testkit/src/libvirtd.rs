@@ -114,3 +114,16 @@ impl Drop for DefinedDomain {
             .or_else(|_| virsh(&["undefine", &self.name]));
     }
 }
+
+/// Writes `pattern` over `len` bytes at `offset` of the running domain's vda through its
+/// QEMU (HMP `qemu-io`): what a guest's write does to the disk and its bitmaps.
+pub fn write_vda(domain: &str, pattern: u8, offset: u64, len: u64) -> Result<()> {
+    let cmd = format!(
+        "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P {pattern} {offset} {len}\""
+    );
+    let out = virsh(&["qemu-monitor-command", "--hmp", domain, &cmd])?;
+    if !(out.trim().is_empty() || out.contains("wrote")) {
+        bail!("qemu-io on {domain}: {out}");
+    }
+    Ok(())
+}

@@ -11,6 +11,13 @@ pub(crate) fn failed(domain: &str, what: &str, reason: impl std::fmt::Display) -
     HypervisorError::Unsupported(format!("libvirt domain {domain}: {what}: {reason}"))
 }
 
+/// libvirt prints every error to stderr by default, expected ones too ("no domain backup
+/// job present" when asking whether one runs); Lifeboat reports the errors it gets.
+pub(crate) fn quiet_libvirt() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(virt::error::clear_error_callback);
+}
+
 /// Runs `f` with the domain, on a blocking thread.
 pub(crate) async fn with_domain<T: Send + 'static>(
     uri: &str,
@@ -18,6 +25,7 @@ pub(crate) async fn with_domain<T: Send + 'static>(
     f: impl FnOnce(&virt::domain::Domain) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let (uri, name) = (uri.to_string(), domain.to_string());
+    quiet_libvirt();
     tokio::task::spawn_blocking(move || {
         let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| {
             failed(
@@ -212,6 +220,47 @@ pub(crate) fn block_pull(
     };
     if rc < 0 {
         return Err(last_error());
+    }
+    Ok(())
+}
+
+/// Deletes checkpoint `name`'s metadata only (its bitmaps stay in the images): what a
+/// stopped domain allows.
+pub(crate) fn forget_checkpoint(dom: &virt::domain::Domain, name: &str) -> CallResult<()> {
+    let n = cstring(name)?;
+    // SAFETY: as above; the checkpoint pointer is freed once, below.
+    unsafe {
+        let cp = virt::sys::virDomainCheckpointLookupByName(dom.as_ptr(), n.as_ptr(), 0);
+        if cp.is_null() {
+            return Err(format!("looking up checkpoint {name}: {}", last_error()));
+        }
+        let rc = virt::sys::virDomainCheckpointDelete(
+            cp,
+            virt::sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY,
+        );
+        virt::sys::virDomainCheckpointFree(cp);
+        if rc < 0 {
+            return Err(format!("forgetting checkpoint {name}: {}", last_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Tells libvirt about a checkpoint whose bitmaps are already in the images (`REDEFINE`):
+/// how a stopped domain gets one.
+pub(crate) fn redefine_checkpoint(dom: &virt::domain::Domain, xml: &str) -> CallResult<()> {
+    let x = cstring(xml)?;
+    // SAFETY: as above; the returned checkpoint is freed at once.
+    unsafe {
+        let cp = virt::sys::virDomainCheckpointCreateXML(
+            dom.as_ptr(),
+            x.as_ptr(),
+            virt::sys::VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE,
+        );
+        if cp.is_null() {
+            return Err(last_error());
+        }
+        virt::sys::virDomainCheckpointFree(cp);
     }
     Ok(())
 }

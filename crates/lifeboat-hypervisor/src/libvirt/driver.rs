@@ -88,6 +88,7 @@ struct Seen {
 
 impl LibvirtDriver {
     pub fn new(config: LibvirtConfig) -> Result<LibvirtDriver> {
+        call::quiet_libvirt();
         crate::private::private_dir(&config.state_dir)
             .map_err(|e| HypervisorError::io("creating", &config.state_dir, e))?;
         // libvirt's QEMU user must pass through these to its own folders below; nobody
@@ -845,9 +846,80 @@ impl Hypervisor for LibvirtDriver {
         self.delete_checkpoints(vm, gens).await?;
         self.record(vm).clear()
     }
+    /// libvirt creates checkpoints of running domains only; a stopped one gets its
+    /// bitmaps written into its qcow2 images (`qemu-img bitmap`) and the checkpoint
+    /// redefined over them, so the next sync is incremental from here.
     async fn track_afresh(&self, vm: &VmName) -> Result<()> {
-        // libvirt takes checkpoints of running domains only: the next sync resyncs.
-        self.reset_tracking(vm).await
+        if self.state(vm).await? != VmState::Stopped {
+            return Err(HypervisorError::WrongState {
+                vm: vm.clone(),
+                state: "running".into(),
+                what: "stop it before its tracking is restarted".into(),
+            });
+        }
+        let spec = self.spec(vm).await?;
+        let record = self.record(vm);
+        let name = vm.to_string();
+        let gens = self
+            .domain(vm, move |dom| {
+                let names = call::checkpoints(dom).map_err(|e| failed(&name, "checkpoints", e))?;
+                let gens = tracking::generations(&names);
+                for g in &gens {
+                    call::forget_checkpoint(dom, &bitmap_name(*g))
+                        .map_err(|e| failed(&name, "checkpoints", e))?;
+                }
+                Ok(gens)
+            })
+            .await?;
+        let next = gens
+            .iter()
+            .copied()
+            .chain(record.generation())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        record.clear()?;
+        let qcow2: Vec<&DiskSpec> = spec
+            .disks
+            .iter()
+            .filter(|d| d.format == DiskFormat::Qcow2)
+            .collect();
+        if qcow2.is_empty() {
+            return Ok(());
+        }
+        for d in &qcow2 {
+            crate::qemu::offline::restart_bitmaps(&d.path, &bitmap_name(next)).await?;
+        }
+        let mut xml = format!(
+            "<domaincheckpoint><name>{}</name><creationTime>{}</creationTime><disks>",
+            bitmap_name(next),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        );
+        for d in &spec.disks {
+            xml += &if d.format == DiskFormat::Qcow2 {
+                format!(
+                    "<disk name='{0}' checkpoint='bitmap' bitmap='{1}'/>",
+                    define::esc(d.name.as_str()),
+                    bitmap_name(next)
+                )
+            } else {
+                format!(
+                    "<disk name='{}' checkpoint='no'/>",
+                    define::esc(d.name.as_str())
+                )
+            };
+        }
+        xml += "</disks></domaincheckpoint>";
+        let name = vm.to_string();
+        self.domain(vm, move |dom| {
+            call::redefine_checkpoint(dom, &xml)
+                .map_err(|e| failed(&name, "redefining its checkpoint", e))
+        })
+        .await?;
+        record.set_generation(next)
     }
     /// Each disk's copy from the vault into its overlay: libvirt's block pull (QEMU's
     /// block-stream), started for a disk that still has its backing and no job.

@@ -45,6 +45,7 @@ pub struct LibvirtDomain {
 /// its name: an inventory that silently drops a VM would leave it unprotected unnoticed.
 pub async fn list(uri: &str) -> Result<Vec<LibvirtDomain>, LibvirtError> {
     let uri = uri.to_string();
+    crate::libvirt::call::quiet_libvirt();
     tokio::task::spawn_blocking(move || list_blocking(&uri))
         .await
         .map_err(|e| LibvirtError::Call {

@@ -143,24 +143,30 @@ impl crate::qemu::QemuDriver {
         }
         let spec = VmSpec::load(&dir.spec())?;
         for d in spec.disks.iter().filter(|d| d.format == DiskFormat::Qcow2) {
-            let json = qemu_img(&["info", "-U", "--output=json", "-f", "qcow2"], &d.path).await?;
-            let info: Info = serde_json::from_slice(&json).map_err(|e| HypervisorError::Tool {
-                tool: "qemu-img info".into(),
-                reason: e.to_string(),
-            })?;
-            let ours = info
-                .format_specific
-                .map(|f| f.data.bitmaps)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|b| tracking::parse_generation(&b.name).is_some());
-            for b in ours {
-                qemu_img_bitmap(&["--remove"], &d.path, &b.name).await?;
-            }
-            qemu_img_bitmap(&["--add", "--enable"], &d.path, &tracking::bitmap_name(1)).await?;
+            restart_bitmaps(&d.path, &tracking::bitmap_name(1)).await?;
         }
         crate::qemu::record::write(&dir, crate::qemu::record::Record::Active(1))
     }
+}
+
+/// Removes every Lifeboat bitmap of a qcow2 image that no process has open (consistent or
+/// not) and adds a recording one named `name`: tracking of that disk starts afresh.
+pub(crate) async fn restart_bitmaps(path: &Path, name: &str) -> Result<()> {
+    let json = qemu_img(&["info", "-U", "--output=json", "-f", "qcow2"], path).await?;
+    let info: Info = serde_json::from_slice(&json).map_err(|e| HypervisorError::Tool {
+        tool: "qemu-img info".into(),
+        reason: e.to_string(),
+    })?;
+    let ours = info
+        .format_specific
+        .map(|f| f.data.bitmaps)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| tracking::parse_generation(&b.name).is_some());
+    for b in ours {
+        qemu_img_bitmap(&["--remove"], path, &b.name).await?;
+    }
+    qemu_img_bitmap(&["--add", "--enable"], path, name).await
 }
 
 async fn qemu_img_bitmap(op: &[&str], path: &Path, name: &str) -> Result<()> {
