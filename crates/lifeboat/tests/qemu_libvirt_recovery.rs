@@ -270,4 +270,84 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
     // The recovered VM runs on at B.
     let p = tokio::task::block_in_place(|| cl.protection());
     assert_eq!(p["state"], "failed_over", "{p}");
+
+    // Writes at B; commit, then fail back home onto the libvirt domain: B's writes are
+    // there, home's diverged write is overwritten, the fence is lifted.
+    let mut moved_console =
+        SerialConsole::connect(&beta_vm.join("serial.sock"), Duration::from_secs(60))
+            .await
+            .unwrap();
+    let out = moved_console
+        .run(
+            "echo away > /data/away && sync && echo ok",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(out.contains("ok"), "{out}");
+    drop(moved_console);
+    tokio::task::block_in_place(|| {
+        let committed = cl.json(&["failover", "commit", &name]);
+        assert!(
+            committed["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("committed"),
+            "{committed}"
+        );
+        let back = cl.json(&["failback", &name, "--shutdown-timeout", "60s"]);
+        assert_eq!(back["state"], "failed_back", "{back}");
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while virsh(&["domstate", &name]).unwrap_or_default().trim() != "running" {
+        assert!(Instant::now() < deadline, "home's domain did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !virsh(&["dumpxml", "--inactive", &name])
+            .unwrap()
+            .contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
+        "the fence is lifted"
+    );
+    let mut home = SerialConsole::connect(&source.serial, Duration::from_secs(60))
+        .await
+        .unwrap();
+    home.wait_ready(boot_timeout()).await.unwrap();
+    let files = home
+        .run(
+            "cat /data/round /data/away; ls /data",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(files.starts_with("kept\naway"), "{files}");
+    assert!(
+        !files.contains("diverged"),
+        "home's diverged write is overwritten: {files}"
+    );
+
+    // Reprotect from home: tracked afresh at the failback, so the first sync reads what
+    // changed since (and the raw data disk whole, which cannot carry a checkpoint).
+    tokio::task::block_in_place(|| {
+        let before = cl.json(&["points", &name]).as_array().unwrap().len();
+        let out = cl.json(&["reprotect", &name]);
+        assert_eq!(out["state"], "protected", "{out}");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let first = loop {
+            let points = cl.json(&["points", &name]);
+            let points = points.as_array().unwrap();
+            if points.len() > before {
+                break points[before].clone();
+            }
+            assert!(Instant::now() < deadline, "no sync after reprotect");
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert_eq!(first["kind"], "incremental", "{first}");
+        let read = first["bytes_read"].as_u64().unwrap();
+        eprintln!("reprotect: the first sync read {read} bytes: {first}");
+        assert!(
+            read < (32 + 8) << 20,
+            "reprotect read {read} bytes: {first}"
+        );
+    });
 }

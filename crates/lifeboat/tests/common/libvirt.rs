@@ -187,6 +187,8 @@ pub struct SourceDomain {
     pub system: PathBuf,
     pub data: PathBuf,
     pub console: SerialConsole,
+    /// The console's socket (bound again by each start of the domain).
+    pub serial: PathBuf,
     pub bridge: Bridge,
     // Dropped in this order: the domain, then its disks' folder.
     _domain: DefinedDomain,
@@ -230,6 +232,7 @@ impl SourceDomain {
             system,
             data,
             console,
+            serial,
             bridge,
             _domain: domain,
             _dir: tmp,
