@@ -1,9 +1,12 @@
-//! Recovery onto a libvirt host: a test copy of a libvirt domain (defined with `virsh`
-//! by an administrator) is defined by the recovery host's libvirt driver from the point,
-//! runs at once on local overlays over the point served from the vault, hydrates through
-//! libvirt's block pull, sits on a bridge of its own that reaches nothing, and is removed
-//! without a trace in libvirt. Both hosts share this machine's one libvirtd, so the copy
-//! (which has its own name) is the recovery this test can make there.
+//! Moves of a libvirt domain (defined with `virsh` by an administrator):
+//! - a test copy onto a libvirt host, defined by its libvirt driver from the point: runs
+//!   at once on local overlays over the point served from the vault, hydrates through
+//!   libvirt's block pull, sits on a bridge of its own that reaches nothing, and is
+//!   removed without a trace in libvirt. Both hosts share this machine's one libvirtd, so
+//!   the copy (which has its own name) is the recovery this test can make there;
+//! - planned and unplanned failover onto a QEMU-driver host, the source fenced so that
+//!   `virsh start` is refused, then commit, failback onto the libvirt domain and
+//!   reprotect.
 
 mod common;
 
@@ -350,4 +353,87 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
             "reprotect read {read} bytes: {first}"
         );
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_failover_of_a_libvirt_domain_loses_no_acknowledged_write() {
+    let source = SourceDomain::start("lvp", None).await;
+    let name = source.name.clone();
+    let mut console = source.console;
+    let cl = tokio::task::block_in_place(|| cluster_with_hosts(&["--hypervisor", "libvirt"], &[]));
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = cl.protect(&name, &["--wait", "--timeout", "10m"]);
+        assert!(ok, "{out}\n{err}");
+    });
+    // The guest writes and acknowledges on its console until the power button stops it.
+    console
+        .run(common::moves::WRITER, Duration::from_secs(60))
+        .await
+        .unwrap();
+    drop(console);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while common::moves::acked(&source.console_log).len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest acknowledged too few writes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let map = format!("{}=isolated", source.bridge.0);
+    let out = tokio::task::block_in_place(|| {
+        cl.json(&[
+            "failover",
+            &name,
+            "--planned",
+            "--shutdown-timeout",
+            "60s",
+            "--network-map",
+            &map,
+        ])
+    });
+    assert_eq!(out["kind"], "planned", "{out}");
+    assert_eq!(out["host"], "beta", "{out}");
+    let acks = common::moves::acked(&source.console_log);
+    let last = *acks.iter().max().unwrap();
+    // The source is off and fenced; the VM runs at B with every acknowledged write.
+    assert_eq!(virsh(&["domstate", &name]).unwrap().trim(), "shut off");
+    let refused = virsh(&["start", &name]).unwrap_err().to_string();
+    assert!(
+        refused.contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
+        "{refused}"
+    );
+    let beta_vm = cl.home("beta").join("vms").join(&name);
+    let mut moved = SerialConsole::connect(&beta_vm.join("serial.sock"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    moved.wait_ready(boot_timeout()).await.unwrap();
+    let listing = moved
+        .run("ls /data/seq", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let present: std::collections::BTreeSet<u64> = listing
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let missing: Vec<&u64> = acks.iter().filter(|n| !present.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing at B: {missing:?}"
+    );
+    let body = moved
+        .run(&format!("cat /data/seq/{last}"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), last.to_string());
+    eprintln!(
+        "planned failover of a libvirt domain: {} acknowledged writes all at B",
+        acks.len()
+    );
+    let spec = std::fs::read_to_string(beta_vm.join("spec.toml")).unwrap();
+    assert!(
+        spec.contains("mac = \"52:54:00:4c:42:01\""),
+        "same MAC: {spec}"
+    );
+    let p = tokio::task::block_in_place(|| cl.protection());
+    assert_eq!(p["state"], "failed_over", "{p}");
 }

@@ -678,7 +678,10 @@ impl Hypervisor for LibvirtDriver {
         }
         let name = vm.to_string();
         self.domain(vm, move |dom| {
-            dom.shutdown()
+            // The power button, as the QEMU driver presses it: not the guest agent's
+            // shutdown, which libvirt would try first and which skips the guest's ACPI
+            // handler.
+            dom.shutdown_flags(virt::sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
                 .map_err(|e| failed(&name, "shutting it down", e))?;
             Ok(())
         })

@@ -78,7 +78,8 @@ pub fn domain_xml(name: &str, dir: &Path, bridge: &str, serial: &Path) -> String
          <source file='{dir}/data.raw'/><target dev='vdb' bus='virtio'/></disk>\
          <interface type='bridge'><mac address='52:54:00:4c:42:01'/>\
          <source bridge='{bridge}'/><model type='virtio'/></interface>\
-         <serial type='unix'><source mode='bind' path='{serial}'/><target port='0'/></serial>\
+         <serial type='unix'><source mode='bind' path='{serial}'/>\
+         <log file='{dir}/console.log' append='on'/><target port='0'/></serial>\
          <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
          <graphics type='vnc' autoport='yes' listen='127.0.0.1'/></devices></domain>",
         dir = dir.display(),
@@ -189,6 +190,8 @@ pub struct SourceDomain {
     pub console: SerialConsole,
     /// The console's socket (bound again by each start of the domain).
     pub serial: PathBuf,
+    /// Everything the console printed (libvirt's virtlogd writes it).
+    pub console_log: PathBuf,
     pub bridge: Bridge,
     // Dropped in this order: the domain, then its disks' folder.
     _domain: DefinedDomain,
@@ -233,6 +236,7 @@ impl SourceDomain {
             data,
             console,
             serial,
+            console_log: dir.join("console.log"),
             bridge,
             _domain: domain,
             _dir: tmp,
