@@ -7,12 +7,14 @@
 //! replication keeps while the guest writes steadily. `rto` measures how soon a test
 //! failover answers on the recovery host, and its hydration, for disks of growing size.
 //! `dashboard` measures the web dashboard's pages and live stream as the fleet grows.
+//! `libvirt` compares cuts through libvirt's backup job with the QEMU driver's.
 //! See README.md.
 
 mod bench;
 mod dashboard;
 mod datagen;
 mod guest;
+mod libvirt;
 mod report;
 mod rewrite;
 mod rpo;
@@ -72,6 +74,25 @@ enum Cmd {
         /// Seed of the data and of the rewrite offsets.
         #[arg(long, default_value_t = 0x11feb0a7)]
         seed: u64,
+    },
+    /// Cuts through libvirt's backup job against the QEMU driver's on the same disk, and
+    /// libvirt incremental cut time against changed bytes.
+    Libvirt {
+        /// The data disk's size (suffix K, M, G; whole MiB).
+        #[arg(long, default_value = "2G", value_parser = parse_size)]
+        size: u64,
+        /// Bytes written before each incremental cut, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "16M,64M,256M", value_parser = parse_size)]
+        changes: Vec<u64>,
+        /// Full cuts per driver; the median is reported.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        repeat: u16,
+        /// Where the disks go (needs twice the size free, reachable by libvirt's QEMU).
+        #[arg(long, default_value = "/var/tmp")]
+        work_dir: PathBuf,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// The vault: full and incremental `put-image` and restore, against borg and restic.
     Vault {
@@ -267,6 +288,36 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Cmd::Libvirt {
+            size,
+            changes,
+            repeat,
+            work_dir,
+            json,
+        } => {
+            if size == 0 || !size.is_multiple_of(1 << 20) {
+                bail!("--size must be a whole number of MiB");
+            }
+            let work = work_dir.join(format!("lifeboat-bench-libvirt-{}", std::process::id()));
+            std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+            // libvirt's QEMU user must reach the disk's folder.
+            std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+            let opts = libvirt::Options {
+                size,
+                changes,
+                work: work.clone(),
+                repeat: repeat.into(),
+            };
+            let result = libvirt::run_bench(&opts).await;
+            let _ = std::fs::remove_dir_all(&work);
+            let report = result?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", libvirt::table(&report));
+            }
+            Ok(())
+        }
         Cmd::Dashboard {
             vms,
             requests,
