@@ -212,6 +212,33 @@ impl Recoveries {
         crate::recovery::check_network_map(&req.network_map).map_err(RecoveryError::Invalid)?;
         let dir = self.dir(vm);
         let mut forwards = Vec::new();
+        if !req.expose.is_empty() {
+            // The exposed ports ride on the copy's first NIC (isolated user network).
+            match spec.nics.first_mut() {
+                None => {
+                    return Err(RecoveryError::Invalid(format!(
+                        "--expose: VM {} has no NIC to reach it through",
+                        req.vm
+                    )))
+                }
+                Some(_) if !matches!(driver, Driver::Qemu(_)) => {
+                    return Err(RecoveryError::Invalid(
+                        "--expose works for test copies on hosts running the QEMU driver; \
+                         this host runs libvirt, whose copies sit on a bridge of their own"
+                            .into(),
+                    ))
+                }
+                Some(nic) => nic
+                    .host_forwards
+                    .extend(req.expose.iter().map(|&guest_port| {
+                        lifeboat_hypervisor::spec::HostForward {
+                            host_port: 0,
+                            guest_port,
+                            public: true,
+                        }
+                    })),
+            }
+        }
         spec.name = vm.clone();
         if req.kind == RecoveryKind::Test {
             spec.uuid = None; // a test copy is another machine
@@ -233,7 +260,7 @@ impl Recoveries {
             }
             for f in &mut nic.host_forwards {
                 // Ports are this host's: keep the source's when free, else take another.
-                if req.kind == RecoveryKind::Test || !port_free(f.host_port) {
+                if req.kind == RecoveryKind::Test || f.host_port == 0 || !port_free(f.host_port) {
                     f.host_port = free_port().map_err(io("finding a free port"))?;
                 }
                 forwards.push(*f);
@@ -532,6 +559,7 @@ mod tests {
             kind: RecoveryKind::Test,
             resume_only: true,
             network_map: Default::default(),
+            expose: Vec::new(),
         };
         let records = Records::open(&home.path().join("agent")).unwrap();
         let sealing = crate::sealing::SealingKey::load_or_create(home.path()).unwrap();

@@ -60,6 +60,10 @@ pub struct RecoveryRequest {
     /// is always `isolated`). Networks not named keep their name.
     #[serde(default)]
     pub network_map: std::collections::BTreeMap<String, String>,
+    /// A test copy's guest ports to forward from a port of this host, on every address
+    /// (`failover --test --expose`): how a tester reaches the isolated copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<u16>,
 }
 
 /// Checks a network map before anything is changed: every target must name a network a

@@ -145,6 +145,10 @@ pub struct DiskSpec {
 pub struct HostForward {
     pub host_port: u16,
     pub guest_port: u16,
+    /// Bound on every address of the host, not only its loopback: a port exposed for a
+    /// tester (`failover --test --expose`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -93,5 +93,6 @@ async fn resume_request(
         kind,
         resume_only: true,
         network_map: Default::default(), // only read when bringing a VM up
+        expose: Vec::new(),
     }))
 }

@@ -264,6 +264,11 @@ pub struct FailoverArgs {
     /// time (the newest point cut at or before it). Not for --planned.
     #[arg(long)]
     pub point: Option<String>,
+    /// With --test: forward a port of the recovery host (every address) to this guest
+    /// port of the isolated copy, so a tester can reach it (repeatable; QEMU-driver
+    /// recovery hosts). The answer's `forwards` says which host port.
+    #[arg(long, value_name = "PORT", requires = "test")]
+    pub expose: Vec<u16>,
     #[command(flatten)]
     pub conn: ServerConn,
 }

@@ -98,6 +98,7 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
     };
     let req = FailoverRequest {
         network_map: network_map(&args.network_map)?,
+        expose: args.expose.clone(),
         kind: kind.into(),
         point: args.point.clone(),
         shutdown_timeout_secs: Some(

@@ -132,7 +132,14 @@ async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
 
     // The test failover, from the point that has both files.
     let started = Instant::now();
-    let r = cl.json(&["failover", "web", "--test", "--point", &point_id]);
+    let (ok, _, err) = cl.cli(&["failover", "web", "--planned", "--expose", "80"]);
+    assert!(
+        !ok && err.contains("--test"),
+        "--expose is for test copies: {err}"
+    );
+    let r = cl.json(&[
+        "failover", "web", "--test", "--point", &point_id, "--expose", "80",
+    ]);
     let provisioned = started.elapsed();
     assert_eq!(r["vm"], "web-test");
     assert_eq!(r["host"], "beta");
@@ -141,6 +148,17 @@ async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
     let forwards: Vec<Value> = serde_json::from_str(r["forwards"].as_str().unwrap()).unwrap();
     let test_port = forwards[0]["host_port"].as_u64().unwrap() as u16;
     assert_ne!(test_port, http, "the copy must not take production's port");
+    // The exposed port: guest 80 on a port of its own, bound on every address.
+    let exposed = forwards
+        .iter()
+        .find(|f| f["public"] == true)
+        .unwrap_or_else(|| panic!("no exposed port: {forwards:?}"));
+    assert_eq!(exposed["guest_port"], 80, "{forwards:?}");
+    let exposed_port = exposed["host_port"].as_u64().unwrap() as u16;
+    assert!(
+        exposed_port != http && exposed_port != test_port,
+        "{forwards:?}"
+    );
     let body = match wait_http(test_port, "/first", Duration::from_secs(120)).await {
         Ok(b) => b,
         Err(e) => {
@@ -155,6 +173,19 @@ async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
     };
     let answered = started.elapsed();
     assert_eq!(String::from_utf8_lossy(&body).trim(), first);
+    let through_exposed = wait_http(exposed_port, "/first", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&through_exposed).trim(), first);
+    let listening = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{exposed_port}")])
+        .output()
+        .unwrap();
+    let listening = String::from_utf8_lossy(&listening.stdout);
+    assert!(
+        listening.contains(&format!("0.0.0.0:{exposed_port}")),
+        "an exposed port listens on every address: {listening}"
+    );
     // The copy runs from its overlay over the NBD socket that serves the point, while
     // alpha keeps cutting web: the most files either host has. The guest's disk and spec
     // in alpha's home are the operator's. A cut's nbd.sock is bound by QEMU under its own

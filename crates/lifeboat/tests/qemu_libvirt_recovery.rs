@@ -68,8 +68,20 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
     let writes = "echo copy-me > /data/round && sync && echo written";
     write_and_prove(&cl, &mut console, &name, (&system, &data), writes).await;
 
-    let copy = tokio::task::block_in_place(|| cl.json(&["failover", &qualified, "--test"]));
     let copy_name = format!("{name}-test");
+    // A port exposed to a copy on an isolated bridge is not built: refused, nothing made.
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        cl.cli(&["failover", &qualified, "--test", "--expose", "80"])
+    });
+    assert!(
+        !ok && err.contains("--expose works for test copies on hosts running the QEMU driver"),
+        "{err}"
+    );
+    assert!(
+        virsh(&["dominfo", &copy_name]).is_err(),
+        "a refused copy leaves no domain"
+    );
+    let copy = tokio::task::block_in_place(|| cl.json(&["failover", &qualified, "--test"]));
     assert_eq!(copy["vm"], copy_name.as_str(), "{copy}");
     assert_eq!(copy["host"], "beta", "{copy}");
     // A domain of libvirt's, defined by the recovery host's driver.

@@ -94,8 +94,10 @@ pub fn command_line(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Vec<String> {
             netdev.push_str(",restrict=on");
         }
         for f in &nic.host_forwards {
+            // An empty host address binds every address of the host.
+            let bind = if f.public { "" } else { "127.0.0.1" };
             netdev.push_str(&format!(
-                ",hostfwd=tcp:127.0.0.1:{}-:{}",
+                ",hostfwd=tcp:{bind}:{}-:{}",
                 f.host_port, f.guest_port
             ));
         }

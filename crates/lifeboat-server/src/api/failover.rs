@@ -44,6 +44,26 @@ pub struct FailoverRequest {
     /// `{"user": "isolated"}`). A test copy is always isolated.
     #[serde(default)]
     pub network_map: std::collections::BTreeMap<String, String>,
+    /// Test copies only: guest ports a port of the recovery host forwards to, on every
+    /// address, so a tester can reach the isolated copy (nothing else can).
+    #[serde(default)]
+    pub expose: Vec<u16>,
+}
+
+/// `expose` is for test copies, of real ports, a few at most.
+fn check_expose(kind: RecoveryKind, ports: &[u16]) -> Result<(), String> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    if kind != RecoveryKind::Test {
+        return Err(
+            "--expose is for test copies (--test): a moved VM is reached at its own address".into(),
+        );
+    }
+    if ports.contains(&0) || ports.len() > 8 {
+        return Err("--expose takes 1 to 8 guest ports, none of them 0".into());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -145,6 +165,9 @@ pub async fn failover(
         }
     };
     if let Err(m) = lifeboat_agent::recovery::check_network_map(&req.network_map) {
+        return error(StatusCode::BAD_REQUEST, m);
+    }
+    if let Err(m) = check_expose(kind, &req.expose) {
         return error(StatusCode::BAD_REQUEST, m);
     }
     let (p, hosts) = match load(&s, &id).await {
@@ -369,6 +392,7 @@ pub async fn failover(
         } else {
             req.network_map.clone()
         },
+        expose: req.expose.clone(),
     };
     let asked = client.ensure_recovery(&ask).await;
     lifeboat_agent::failpoint::reached(&format!("{}-after-recovery-started", kind.as_str())).await;
