@@ -51,8 +51,21 @@ fn site_agent(
     (agent, relay)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_planned_failover_across_the_wan_loses_no_acknowledged_write() {
+/// Everything a WAN test stands on; dropped in order (cluster, relays, then the lab).
+struct WanLab {
+    cl: Cluster,
+    source: SourceDomain,
+    to_alpha: Relay,
+    _to_beta: Relay,
+    vault_relay: Relay,
+    _s3: S3Server,
+    lab: Lab,
+}
+
+/// The lab at 100 Mbit/s, the S3 vault in the cloud behind a 10 ms relay, the server
+/// here, agent alpha (libvirt) in site A and beta (QEMU) in site B behind relays, and a
+/// libvirt domain protected to beta.
+async fn wan_lab(prefix: &str) -> WanLab {
     let lab = Lab::start(LabOptions {
         wan_rate: Some(100_000_000),
     })
@@ -76,15 +89,14 @@ async fn a_planned_failover_across_the_wan_loses_no_acknowledged_write() {
     .unwrap();
     let cloud_endpoint = format!("http://{}", vault_relay.addr());
 
-    let source = SourceDomain::start("lvw", None).await;
+    let source = SourceDomain::start(prefix, None).await;
     let name = source.name.clone();
-    let mut console = source.console;
     let tmp = tempfile::Builder::new()
         .prefix("lbl")
         .tempdir_in("/tmp")
         .unwrap();
     let server = start_server(&tmp.path().join("server"), None);
-    let (alpha, _to_alpha) = site_agent(
+    let (alpha, to_alpha) = site_agent(
         &lab,
         Site::A,
         &tmp.path().join("alpha"),
@@ -92,7 +104,7 @@ async fn a_planned_failover_across_the_wan_loses_no_acknowledged_write() {
         &["--hypervisor", "libvirt"],
         &cloud_endpoint,
     );
-    let (beta, _to_beta) = site_agent(
+    let (beta, to_beta) = site_agent(
         &lab,
         Site::B,
         &tmp.path().join("beta"),
@@ -100,7 +112,7 @@ async fn a_planned_failover_across_the_wan_loses_no_acknowledged_write() {
         &["--hypervisor", "qemu"],
         &cloud_endpoint,
     );
-    for (agent, relay) in [(&alpha, &_to_alpha), (&beta, &_to_beta)] {
+    for (agent, relay) in [(&alpha, &to_alpha), (&beta, &to_beta)] {
         let (ok, _, err) = enroll(
             &server,
             Some(&server.token),
@@ -131,6 +143,31 @@ async fn a_planned_failover_across_the_wan_loses_no_acknowledged_write() {
         "the initial sync crossed the WAN to the cloud: {crossed:?}"
     );
 
+    WanLab {
+        cl,
+        source,
+        to_alpha,
+        _to_beta: to_beta,
+        vault_relay,
+        _s3: s3,
+        lab,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_failover_across_the_wan_loses_no_acknowledged_write() {
+    // Every field bound: one left to `..` would be dropped here, the lab with it.
+    let WanLab {
+        cl,
+        source,
+        to_alpha: _to_alpha,
+        _to_beta,
+        vault_relay,
+        _s3,
+        lab: _lab,
+    } = wan_lab("lvw").await;
+    let name = source.name.clone();
+    let mut console = source.console;
     console
         .run(common::moves::WRITER, Duration::from_secs(60))
         .await
@@ -201,4 +238,105 @@ async fn a_planned_failover_across_the_wan_loses_no_acknowledged_write() {
         after.bytes_down
     );
     drop(moved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_a_cut_off_fails_over_unplanned_and_is_fenced_when_it_returns() {
+    let WanLab {
+        cl,
+        source,
+        to_alpha,
+        _to_beta,
+        vault_relay: _vault_relay,
+        _s3,
+        lab,
+    } = wan_lab("lvc").await;
+    let name = source.name.clone();
+    let mut console = source.console;
+    let out = console
+        .run(
+            "echo kept > /data/round && sync && echo ok",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(out.contains("ok"), "{out}");
+    let written = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::task::block_in_place(|| {
+        common::libvirt::wait_point_after(&cl, &name, &written, Duration::from_secs(300))
+    });
+
+    // Site A is cut off: its WAN link down and the server's path to its agent stalled.
+    // Its host and the domain run on, and write on.
+    lab.cut_off(Site::A).unwrap();
+    to_alpha.set_stalled(true);
+    let out = console
+        .run(
+            "echo diverged > /data/diverged && sync && echo ok",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(out.contains("ok"), "{out}");
+    let map = format!("{}=isolated", source.bridge.0);
+    let moved = tokio::task::block_in_place(|| {
+        cl.json(&[
+            "failover",
+            &name,
+            "--unplanned",
+            "--point",
+            "latest",
+            "--network-map",
+            &map,
+        ])
+    });
+    assert_eq!(moved["kind"], "unplanned", "{moved}");
+    let beta_vm = cl.home("beta").join("vms").join(&name);
+    let mut at_b = SerialConsole::connect(&beta_vm.join("serial.sock"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    at_b.wait_ready(boot_timeout()).await.unwrap();
+    let files = at_b
+        .run("cat /data/round; ls /data", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(files.starts_with("kept"), "{files}");
+    assert!(
+        !files.contains("diverged"),
+        "a write no point holds: {files}"
+    );
+    drop(at_b);
+    assert_eq!(
+        virsh(&["domstate", &name]).unwrap().trim(),
+        "running",
+        "cut off, A's domain still runs: two copies until A is reachable"
+    );
+
+    // A's link returns: the server reaches its agent again and fences the domain.
+    lab.reconnect(Site::A).unwrap();
+    to_alpha.set_stalled(false);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let state = virsh(&["domstate", &name]).unwrap_or_default();
+        let fenced = virsh(&["dumpxml", "--inactive", &name])
+            .unwrap_or_default()
+            .contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG);
+        if state.trim() == "shut off" && fenced {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A's domain was not fenced: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let refused = virsh(&["start", &name]).unwrap_err().to_string();
+    assert!(
+        refused.contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
+        "{refused}"
+    );
+    let p = tokio::task::block_in_place(|| cl.protection());
+    assert_eq!(p["state"], "failed_over", "{p}");
+    // B's VM runs on.
+    assert!(common::moves::vm_row(&cl, "beta", &name).is_some());
 }
