@@ -133,14 +133,7 @@ pub async fn run_bench(o: &Options) -> Result<Report> {
     let xml = lv_dir.join("domain.xml");
     std::fs::write(
         &xml,
-        format!(
-            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
-             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
-             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-             <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
-             <graphics type='vnc' autoport='yes' listen='127.0.0.1'/></devices></domain>",
-            lv_disk.display()
-        ),
+        lifeboat_testkit::libvirtd::tiny_domain_xml(&name, &lv_disk),
     )?;
     let _domain = lifeboat_testkit::libvirtd::DefinedDomain::define(&xml, &name)?;
     lifeboat_testkit::libvirtd::virsh(&["start", &name])?;

@@ -84,14 +84,7 @@ async fn pull_backups_cut_incrementally_and_an_aborted_cut_loses_nothing() {
     let xml = tmp.path().join("dom.xml");
     std::fs::write(
         &xml,
-        format!(
-            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
-             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
-             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-             <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
-             <graphics type='vnc' autoport='yes' listen='127.0.0.1'/></devices></domain>",
-            disk.display()
-        ),
+        lifeboat_testkit::libvirtd::tiny_domain_xml(&name, &disk),
     )
     .unwrap();
     let _domain = DefinedDomain::define(&xml, &name).unwrap();

@@ -127,3 +127,16 @@ pub fn write_vda(domain: &str, pattern: u8, offset: u64, len: u64) -> Result<()>
     }
     Ok(())
 }
+
+/// The XML of a small domain with one qcow2 disk `disk` (vda) and nothing to boot: what
+/// the driver tests and the benchmark cut, defined as an administrator would.
+pub fn tiny_domain_xml(name: &str, disk: &Path) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         <graphics type='vnc' autoport='yes' listen='127.0.0.1'/></devices></domain>",
+        disk.display()
+    )
+}

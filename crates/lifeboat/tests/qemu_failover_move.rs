@@ -14,7 +14,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{boot_guest_with, cluster, lifeboat, wait_points};
-use common::moves::{acked, running, vm_row, write_at_recovery_site, OneCopy, WRITER};
+use common::moves::{
+    acked, running, vm_row, wait_fenced_row, write_at_recovery_site, OneCopy, WRITER,
+};
 use common::start_agent_on;
 use lifeboat_testkit::{free_tcp_port, http_get, wait_http};
 use serde_json::Value;
@@ -230,21 +232,7 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
     );
     let alpha_port = cl.alpha.port;
     cl.alpha = start_agent_on(&cl.home("alpha"), "alpha", alpha_port, &[]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let row = vm_row(&cl, "alpha", "web");
-        if row
-            .as_ref()
-            .is_some_and(|r| r["fenced"].is_string() && r["state"]["state"] == "stopped")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "alpha's web was not fenced: {row:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_fenced_row(&cl, "alpha", "web", Duration::from_secs(120));
     // The server records it once the agent answered (a moment after the VM is fenced).
     cl.wait_for("the fence recorded", Duration::from_secs(30), |p| {
         p["reason"].as_str().unwrap_or("").contains("source fenced")

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{lifeboat, run_ok, Cluster, PASSPHRASE};
-use common::libvirt::SourceDomain;
+use common::libvirt::{assert_fenced_domain, data_at, SourceDomain};
 use common::{enroll, spawn_agent, start_server, Agent};
 use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site};
 use lifeboat_testkit::libvirtd::virsh;
@@ -292,20 +292,12 @@ async fn site_a_cut_off_fails_over_unplanned_and_is_fenced_when_it_returns() {
     });
     assert_eq!(moved["kind"], "unplanned", "{moved}");
     let beta_vm = cl.home("beta").join("vms").join(&name);
-    let mut at_b = SerialConsole::connect(&beta_vm.join("serial.sock"), Duration::from_secs(60))
-        .await
-        .unwrap();
-    at_b.wait_ready(boot_timeout()).await.unwrap();
-    let files = at_b
-        .run("cat /data/round; ls /data", Duration::from_secs(60))
-        .await
-        .unwrap();
+    let files = data_at(&beta_vm.join("serial.sock")).await;
     assert!(files.starts_with("kept"), "{files}");
     assert!(
         !files.contains("diverged"),
         "a write no point holds: {files}"
     );
-    drop(at_b);
     assert_eq!(
         virsh(&["domstate", &name]).unwrap().trim(),
         "running",
@@ -315,26 +307,7 @@ async fn site_a_cut_off_fails_over_unplanned_and_is_fenced_when_it_returns() {
     // A's link returns: the server reaches its agent again and fences the domain.
     lab.reconnect(Site::A).unwrap();
     to_alpha.set_stalled(false);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let state = virsh(&["domstate", &name]).unwrap_or_default();
-        let fenced = virsh(&["dumpxml", "--inactive", &name])
-            .unwrap_or_default()
-            .contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG);
-        if state.trim() == "shut off" && fenced {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "A's domain was not fenced: {state}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let refused = virsh(&["start", &name]).unwrap_err().to_string();
-    assert!(
-        refused.contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
-        "{refused}"
-    );
+    tokio::task::block_in_place(|| assert_fenced_domain(&name, Duration::from_secs(180)));
     let p = tokio::task::block_in_place(|| cl.protection());
     assert_eq!(p["state"], "failed_over", "{p}");
     // B's VM runs on.

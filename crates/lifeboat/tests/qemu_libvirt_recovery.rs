@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::cluster_with_hosts;
-use common::libvirt::{write_and_prove, SourceDomain};
+use common::libvirt::{assert_fenced_domain, data_at, write_and_prove, SourceDomain};
 use lifeboat_testkit::libvirtd::virsh;
 use lifeboat_testkit::{boot_timeout, SerialConsole};
 use serde_json::Value;
@@ -232,21 +232,12 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
         spec.contains("mac = \"52:54:00:4c:42:01\"") && spec.contains("network = \"isolated\""),
         "the VM keeps its MAC, on the mapped network: {spec}"
     );
-    let mut moved_console =
-        SerialConsole::connect(&beta_vm.join("serial.sock"), Duration::from_secs(60))
-            .await
-            .unwrap();
-    moved_console.wait_ready(boot_timeout()).await.unwrap();
-    let files = moved_console
-        .run("cat /data/round; ls /data", Duration::from_secs(60))
-        .await
-        .unwrap();
+    let files = data_at(&beta_vm.join("serial.sock")).await;
     assert!(files.starts_with("kept"), "{files}");
     assert!(
         !files.contains("diverged"),
         "a write no point holds: {files}"
     );
-    drop(moved_console);
 
     // A's link returns: its agent is back, and the server fences the domain there.
     let port = cl.alpha.port;
@@ -256,32 +247,10 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
         port,
         &["--hypervisor", "libvirt"],
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let row = tokio::task::block_in_place(|| common::moves::vm_row(&cl, "alpha", &name));
-        if row
-            .as_ref()
-            .is_some_and(|r| r["fenced"].is_string() && r["state"]["state"] == "stopped")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "alpha's domain was not fenced: {row:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let refused = virsh(&["start", &name]).unwrap_err().to_string();
-    assert!(
-        refused.contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
-        "virsh start must be refused: {refused}"
-    );
-    let info = virsh(&["dominfo", &name]).unwrap();
-    assert!(
-        info.lines()
-            .any(|l| l.starts_with("Autostart:") && l.contains("disable")),
-        "{info}"
-    );
+    tokio::task::block_in_place(|| {
+        common::moves::wait_fenced_row(&cl, "alpha", &name, Duration::from_secs(120))
+    });
+    assert_fenced_domain(&name, Duration::from_secs(30));
     // The recovered VM runs on at B.
     let p = tokio::task::block_in_place(|| cl.protection());
     assert_eq!(p["state"], "failed_over", "{p}");

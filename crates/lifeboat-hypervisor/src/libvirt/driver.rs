@@ -359,27 +359,9 @@ impl LibvirtDriver {
 async fn isolated_bridge_up(bridge: &str) -> Result<()> {
     if !Path::new("/sys/class/net").join(bridge).exists() {
         let add = ["link", "add", bridge, "type", "bridge"];
-        run_ip(&add).await?;
+        crate::qemu::bridge::run_ip(&add).await?;
     }
-    run_ip(&["link", "set", bridge, "up"]).await
-}
-
-async fn run_ip(args: &[&str]) -> Result<()> {
-    let out = tokio::process::Command::new("ip")
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| HypervisorError::Tool {
-            tool: "ip".into(),
-            reason: format!("{e} (install iproute2)"),
-        })?;
-    if !out.status.success() {
-        return Err(HypervisorError::Tool {
-            tool: format!("ip {}", args.join(" ")),
-            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    crate::qemu::bridge::run_ip(&["link", "set", bridge, "up"]).await
 }
 
 /// Defines the domain again from its persistent XML as `edit` changes it (secrets kept:

@@ -75,25 +75,33 @@ pub async fn plug(spec: &VmSpec) -> Result<()> {
             vec!["link", "set", tap.as_str(), "master", br.as_str()],
             vec!["link", "set", tap.as_str(), "up"],
         ] {
-            let out = tokio::process::Command::new("ip")
-                .args(&args)
-                .output()
-                .await
-                .map_err(|e| HypervisorError::Tool {
-                    tool: "ip".into(),
-                    reason: format!("{e} (install iproute2)"),
-                })?;
-            if !out.status.success() {
-                return Err(HypervisorError::StartFailed {
+            run_ip(&args).await.map_err(|e| match e {
+                HypervisorError::Tool { tool, reason } => HypervisorError::StartFailed {
                     vm: spec.name.clone(),
-                    reason: format!(
-                        "plugging tap {tap} into bridge {br}: ip {}: {}",
-                        args.join(" "),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ),
-                });
-            }
+                    reason: format!("plugging tap {tap} into bridge {br}: {tool}: {reason}"),
+                },
+                other => other,
+            })?;
         }
+    }
+    Ok(())
+}
+
+/// Runs `ip ARGS…`; its stderr is the error.
+pub(crate) async fn run_ip(args: &[&str]) -> Result<()> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| HypervisorError::Tool {
+            tool: "ip".into(),
+            reason: format!("{e} (install iproute2)"),
+        })?;
+    if !out.status.success() {
+        return Err(HypervisorError::Tool {
+            tool: format!("ip {}", args.join(" ")),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }

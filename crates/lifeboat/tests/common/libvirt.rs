@@ -243,3 +243,48 @@ impl SourceDomain {
         }
     }
 }
+
+/// Waits until libvirt's domain `name` is shut off with the fence in its definition,
+/// then checks that `virsh start` is refused naming it and autostart is off.
+pub fn assert_fenced_domain(name: &str, limit: Duration) {
+    let fence = lifeboat_hypervisor::libvirt::fence::FENCE_ARG;
+    let deadline = Instant::now() + limit;
+    loop {
+        let state = virsh(&["domstate", name]).unwrap_or_default();
+        let fenced = virsh(&["dumpxml", "--inactive", name])
+            .unwrap_or_default()
+            .contains(fence);
+        if state.trim() == "shut off" && fenced {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "domain {name} was not fenced: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let refused = virsh(&["start", name]).unwrap_err().to_string();
+    assert!(
+        refused.contains(fence),
+        "virsh start must be refused: {refused}"
+    );
+    let info = virsh(&["dominfo", name]).unwrap();
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Autostart:") && l.contains("disable")),
+        "{info}"
+    );
+}
+
+/// What a recovered guest's console at `serial` says of `/data`: its `round` file, then
+/// the listing.
+pub async fn data_at(serial: &Path) -> String {
+    let mut console = SerialConsole::connect(serial, Duration::from_secs(60))
+        .await
+        .unwrap();
+    console.wait_ready(boot_timeout()).await.unwrap();
+    console
+        .run("cat /data/round; ls /data", Duration::from_secs(60))
+        .await
+        .unwrap()
+}

@@ -116,3 +116,22 @@ pub async fn write_at_recovery_site(cl: &Cluster, path: &str) {
         .await
         .unwrap();
 }
+
+/// Waits until `host`'s `vm` shows fenced and stopped in the server's inventory.
+pub fn wait_fenced_row(cl: &Cluster, host: &str, vm: &str, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let row = vm_row(cl, host, vm);
+        if row
+            .as_ref()
+            .is_some_and(|r| r["fenced"].is_string() && r["state"]["state"] == "stopped")
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{host}'s {vm} was not fenced: {row:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
