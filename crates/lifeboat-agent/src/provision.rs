@@ -252,10 +252,18 @@ impl Recoveries {
                 nic.network = to;
             }
             // Checked before anything changes: a NIC this host cannot plug is refused.
-            crate::recovery::check_host_network(&nic.network, Path::new("/sys/class/net"))
-                .map_err(RecoveryError::Invalid)?;
-            if !matches!(nic.network.as_str(), "user" | "isolated") {
-                // A bridged NIC is reached at its own address, not through host ports.
+            crate::recovery::check_host_network(
+                &nic.network,
+                Path::new("/sys/class/net"),
+                matches!(driver, Driver::Libvirt(_)),
+            )
+            .map_err(RecoveryError::Invalid)?;
+            if !matches!(nic.network.as_str(), "user" | "isolated")
+                || !matches!(driver, Driver::Qemu(_))
+            {
+                // A bridged NIC is reached at its own address, not through host ports,
+                // and a libvirt host puts even an isolated copy on a bridge: no forward
+                // is made, so none is reported.
                 nic.host_forwards.clear();
             }
             for f in &mut nic.host_forwards {

@@ -79,9 +79,14 @@ pub fn check_network_map(map: &std::collections::BTreeMap<String, String>) -> Re
     }
 }
 
-/// Refuses a NIC network this (QEMU-driver) host cannot plug: a bridge it lacks, or a
-/// libvirt network.
-pub fn check_host_network(network: &str, sys_class_net: &std::path::Path) -> Result<(), String> {
+/// Refuses a NIC network this host cannot plug: a bridge it lacks, or a libvirt network
+/// on a host without libvirt (`libvirt`: the host runs the libvirt driver, which checks
+/// its networks when it defines the domain).
+pub fn check_host_network(
+    network: &str,
+    sys_class_net: &std::path::Path,
+    libvirt: bool,
+) -> Result<(), String> {
     use lifeboat_hypervisor::spec::NetworkKind;
     match NetworkKind::parse(network) {
         Some(NetworkKind::Bridge(b)) if !sys_class_net.join(b).join("bridge").exists() => {
@@ -90,7 +95,7 @@ pub fn check_host_network(network: &str, sys_class_net: &std::path::Path) -> Res
                  type bridge` lists them); map the NIC with --network-map to one it has"
             ))
         }
-        Some(NetworkKind::LibvirtNetwork(n)) => Err(format!(
+        Some(NetworkKind::LibvirtNetwork(n)) if !libvirt => Err(format!(
             "there is no network \"{n}\" on this host: network:{n} is a libvirt network and \
              this host runs the QEMU driver; map it with --network-map {n}=BRIDGE"
         )),
@@ -136,10 +141,13 @@ mod network_map_tests {
         assert_eq!(m("bridge:br1"), None, "not mapped: keeps its network");
         let sys = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(sys.path().join("br-dr/bridge")).unwrap();
-        check_host_network("bridge:br-dr", sys.path()).unwrap();
-        check_host_network("user", sys.path()).unwrap();
+        check_host_network("bridge:br-dr", sys.path(), false).unwrap();
+        check_host_network("user", sys.path(), false).unwrap();
+        check_host_network("network:default", sys.path(), true).unwrap();
+        let e = check_host_network("bridge:br0", sys.path(), true).unwrap_err();
+        assert!(e.contains("no bridge br0"), "{e}");
         for lacking in ["bridge:br0", "network:default"] {
-            let e = check_host_network(lacking, sys.path()).unwrap_err();
+            let e = check_host_network(lacking, sys.path(), false).unwrap_err();
             assert!(
                 e.contains("there is no network") && e.contains("--network-map"),
                 "{e}"

@@ -418,3 +418,58 @@ async fn a_planned_failover_of_a_libvirt_domain_loses_no_acknowledged_write() {
     let p = tokio::task::block_in_place(|| cl.protection());
     assert_eq!(p["state"], "failed_over", "{p}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_copy_of_a_qemu_driver_vm_runs_on_a_libvirt_host() {
+    // The other way across drivers: a VM Lifeboat defined (QEMU driver, user network,
+    // no domain XML in its points) copied onto a libvirt host.
+    let cl = tokio::task::block_in_place(|| cluster_with_hosts(&[], &["--hypervisor", "libvirt"]));
+    let vm = "lbt-qweb";
+    let (_guard, mut console) = common::cluster::boot_guest_with(
+        &cl.home("alpha"),
+        vm,
+        &[],
+        Some(lifeboat_testkit::free_tcp_port()),
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = cl.protect(&format!("alpha/{vm}"), &["--wait", "--timeout", "10m"]);
+        assert!(ok, "{out}\n{err}");
+    });
+    let said = console
+        .run(
+            "echo from-qemu > /data/round && sync && echo written",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(said.contains("written"), "{said}");
+    let written = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::task::block_in_place(|| {
+        common::libvirt::wait_point_after(&cl, vm, &written, Duration::from_secs(300))
+    });
+    let copy =
+        tokio::task::block_in_place(|| cl.json(&["failover", &format!("alpha/{vm}"), "--test"]));
+    let copy_name = format!("{vm}-test");
+    assert_eq!(copy["host"], "beta", "{copy}");
+    assert_eq!(
+        copy["forwards"], "[]",
+        "a libvirt host makes no port forward: {copy}"
+    );
+    let copy_dir = std::path::Path::new("/var/lib/libvirt/lifeboat/recovered").join(&copy_name);
+    let files = data_at(&copy_dir.join("serial.sock")).await;
+    assert!(files.starts_with("from-qemu"), "{files}");
+    let xml = virsh(&["dumpxml", &copy_name]).unwrap();
+    assert!(
+        xml.contains("<interface type='bridge'>"),
+        "isolated on a bridge: {xml}"
+    );
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = cl.cli(&["failover", "cleanup", &format!("alpha/{vm}")]);
+        assert!(ok, "{out}\n{err}");
+    });
+    assert!(
+        virsh(&["dominfo", &copy_name]).is_err(),
+        "the copy's domain is gone"
+    );
+}
