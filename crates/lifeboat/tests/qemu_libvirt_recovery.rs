@@ -13,7 +13,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::cluster_with_hosts;
-use common::libvirt::{assert_fenced_domain, data_at, write_and_prove, SourceDomain};
+use common::libvirt::{
+    assert_fenced_domain, data_at, write_and_prove, RecoveredDomain, SourceDomain,
+};
 use lifeboat_testkit::libvirtd::virsh;
 use lifeboat_testkit::{boot_timeout, SerialConsole};
 use serde_json::Value;
@@ -69,6 +71,7 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
     write_and_prove(&cl, &mut console, &name, (&system, &data), writes).await;
 
     let copy_name = format!("{name}-test");
+    let _copy_guard = RecoveredDomain(copy_name.clone());
     // A port exposed to a copy on an isolated bridge is not built: refused, nothing made.
     let (ok, _, err) = tokio::task::block_in_place(|| {
         cl.cli(&["failover", &qualified, "--test", "--expose", "80"])
@@ -448,9 +451,10 @@ async fn a_test_copy_of_a_qemu_driver_vm_runs_on_a_libvirt_host() {
     tokio::task::block_in_place(|| {
         common::libvirt::wait_point_after(&cl, vm, &written, Duration::from_secs(300))
     });
+    let copy_name = format!("{vm}-test");
+    let _copy_guard = RecoveredDomain(copy_name.clone());
     let copy =
         tokio::task::block_in_place(|| cl.json(&["failover", &format!("alpha/{vm}"), "--test"]));
-    let copy_name = format!("{vm}-test");
     assert_eq!(copy["host"], "beta", "{copy}");
     assert_eq!(
         copy["forwards"], "[]",

@@ -288,3 +288,25 @@ pub async fn data_at(serial: &Path) -> String {
         .await
         .unwrap()
 }
+
+/// A domain a recovery host's libvirt driver defines (a test copy): however the test
+/// ends, it is destroyed and undefined, and the bridges of its own it sat on deleted.
+pub struct RecoveredDomain(pub String);
+
+impl Drop for RecoveredDomain {
+    fn drop(&mut self) {
+        let xml = virsh(&["dumpxml", &self.0]).unwrap_or_default();
+        let _ = virsh(&["destroy", &self.0]);
+        let _ = virsh(&["undefine", &self.0, "--nvram", "--checkpoints-metadata"]);
+        for bridge in xml
+            .split("bridge='")
+            .skip(1)
+            .filter_map(|rest| rest.split('\'').next())
+            .filter(|b| b.starts_with("lbi"))
+        {
+            let _ = Command::new("ip").args(["link", "del", bridge]).output();
+        }
+        let _ =
+            std::fs::remove_dir_all(Path::new("/var/lib/libvirt/lifeboat/recovered").join(&self.0));
+    }
+}
