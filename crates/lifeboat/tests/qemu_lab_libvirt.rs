@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{lifeboat, run_ok, Cluster, PASSPHRASE};
-use common::libvirt::{assert_fenced_domain, data_at, SourceDomain};
+use common::libvirt::{assert_fenced_domain, diverge_and_fail_over_unplanned, SourceDomain};
 use common::{enroll, spawn_agent, start_server, Agent};
 use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site};
 use lifeboat_testkit::libvirtd::virsh;
@@ -270,34 +270,8 @@ async fn site_a_cut_off_fails_over_unplanned_and_is_fenced_when_it_returns() {
     // Its host and the domain run on, and write on.
     lab.cut_off(Site::A).unwrap();
     to_alpha.set_stalled(true);
-    let out = console
-        .run(
-            "echo diverged > /data/diverged && sync && echo ok",
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    assert!(out.contains("ok"), "{out}");
-    let map = format!("{}=isolated", source.bridge.0);
-    let moved = tokio::task::block_in_place(|| {
-        cl.json(&[
-            "failover",
-            &name,
-            "--unplanned",
-            "--point",
-            "latest",
-            "--network-map",
-            &map,
-        ])
-    });
-    assert_eq!(moved["kind"], "unplanned", "{moved}");
-    let beta_vm = cl.home("beta").join("vms").join(&name);
-    let files = data_at(&beta_vm.join("serial.sock")).await;
-    assert!(files.starts_with("kept"), "{files}");
-    assert!(
-        !files.contains("diverged"),
-        "a write no point holds: {files}"
-    );
+    let _beta_vm =
+        diverge_and_fail_over_unplanned(&cl, &mut console, &name, &source.bridge.0).await;
     assert_eq!(
         virsh(&["domstate", &name]).unwrap().trim(),
         "running",

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::cluster::cluster_with_hosts;
 use common::libvirt::{
-    assert_fenced_domain, data_at, write_and_prove, RecoveredDomain, SourceDomain,
+    assert_fenced_domain, data_at, diverge_and_fail_over_unplanned, write_and_prove,
+    RecoveredDomain, SourceDomain,
 };
 use lifeboat_testkit::libvirtd::virsh;
 use lifeboat_testkit::{boot_timeout, SerialConsole};
@@ -208,38 +209,11 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
     // Site A is cut off but alive: its agent gone, the domain writes on.
     cl.alpha.child.kill().unwrap();
     cl.alpha.child.wait().unwrap();
-    let out = console
-        .run(
-            "echo diverged > /data/diverged && sync && echo ok",
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    assert!(out.contains("ok"), "{out}");
-    let map = format!("{}=isolated", source.bridge.0);
-    let moved = tokio::task::block_in_place(|| {
-        cl.json(&[
-            "failover",
-            &name,
-            "--unplanned",
-            "--point",
-            "latest",
-            "--network-map",
-            &map,
-        ])
-    });
-    assert_eq!(moved["kind"], "unplanned", "{moved}");
-    let beta_vm = cl.home("beta").join("vms").join(&name);
+    let beta_vm = diverge_and_fail_over_unplanned(&cl, &mut console, &name, &source.bridge.0).await;
     let spec = std::fs::read_to_string(beta_vm.join("spec.toml")).unwrap();
     assert!(
         spec.contains("mac = \"52:54:00:4c:42:01\"") && spec.contains("network = \"isolated\""),
         "the VM keeps its MAC, on the mapped network: {spec}"
-    );
-    let files = data_at(&beta_vm.join("serial.sock")).await;
-    assert!(files.starts_with("kept"), "{files}");
-    assert!(
-        !files.contains("diverged"),
-        "a write no point holds: {files}"
     );
 
     // A's link returns: its agent is back, and the server fences the domain there.

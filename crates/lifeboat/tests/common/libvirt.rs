@@ -310,3 +310,43 @@ impl Drop for RecoveredDomain {
             std::fs::remove_dir_all(Path::new("/var/lib/libvirt/lifeboat/recovered").join(&self.0));
     }
 }
+
+/// With the source unreachable, the guest writes once more (a write no point holds),
+/// then `failover VM --unplanned --point latest`, its bridge mapped to `isolated`; checks
+/// that B's copy has `kept` in `/data/round` and not the diverged write. B's VM folder.
+pub async fn diverge_and_fail_over_unplanned(
+    cl: &Cluster,
+    console: &mut SerialConsole,
+    name: &str,
+    bridge: &str,
+) -> PathBuf {
+    let out = console
+        .run(
+            "echo diverged > /data/diverged && sync && echo ok",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(out.contains("ok"), "{out}");
+    let map = format!("{bridge}=isolated");
+    let moved = tokio::task::block_in_place(|| {
+        cl.json(&[
+            "failover",
+            name,
+            "--unplanned",
+            "--point",
+            "latest",
+            "--network-map",
+            &map,
+        ])
+    });
+    assert_eq!(moved["kind"], "unplanned", "{moved}");
+    let beta_vm = cl.home("beta").join("vms").join(name);
+    let files = data_at(&beta_vm.join("serial.sock")).await;
+    assert!(files.starts_with("kept"), "{files}");
+    assert!(
+        !files.contains("diverged"),
+        "a write no point holds: {files}"
+    );
+    beta_vm
+}
