@@ -56,11 +56,13 @@ need_runtime() {
 need_test_tools() {
     # chromium + chromedriver: the dashboard's end-to-end tests drive a real headless
     # browser (lifeboat-testkit's browser module).
-    # libvirtd + virsh: the libvirt driver's tests define domains as an administrator would.
+    # libvirtd + virsh: the libvirt driver's tests define domains as an administrator would;
+    # losetup: a block-device disk for one of them.
     apt_need nbdinfo libnbd-bin curl curl psql postgresql-client \
              libvirtd libvirt-daemon-system \
              ip iproute2 \
              python3 python3 \
+             losetup mount \
              virsh libvirt-clients \
              /usr/bin/chromium chromium \
              /usr/bin/chromedriver chromium-driver
