@@ -252,7 +252,7 @@ impl Recoveries {
                 nic.network = to;
             }
             // Checked before anything changes: a NIC this host cannot plug is refused.
-            crate::recovery::check_host_network(
+            lifeboat_hypervisor::qemu::bridge::check_network(
                 &nic.network,
                 Path::new("/sys/class/net"),
                 matches!(driver, Driver::Libvirt(_)),

@@ -79,30 +79,6 @@ pub fn check_network_map(map: &std::collections::BTreeMap<String, String>) -> Re
     }
 }
 
-/// Refuses a NIC network this host cannot plug: a bridge it lacks, or a libvirt network
-/// on a host without libvirt (`libvirt`: the host runs the libvirt driver, which checks
-/// its networks when it defines the domain).
-pub fn check_host_network(
-    network: &str,
-    sys_class_net: &std::path::Path,
-    libvirt: bool,
-) -> Result<(), String> {
-    use lifeboat_hypervisor::spec::NetworkKind;
-    match NetworkKind::parse(network) {
-        Some(NetworkKind::Bridge(b)) if !sys_class_net.join(b).join("bridge").exists() => {
-            Err(format!(
-                "there is no network \"{b}\" on this host: no bridge {b} (`ip -br link show \
-                 type bridge` lists them); map the NIC with --network-map to one it has"
-            ))
-        }
-        Some(NetworkKind::LibvirtNetwork(n)) if !libvirt => Err(format!(
-            "there is no network \"{n}\" on this host: network:{n} is a libvirt network and \
-             this host runs the QEMU driver; map it with --network-map {n}=BRIDGE"
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// The network a NIC on `network` gets on the recovery host under `map`: keys match the
 /// whole `network` (`bridge:br0`) or its name (`br0`).
 pub fn mapped_network(
@@ -115,49 +91,6 @@ pub fn mapped_network(
         NetworkKind::User | NetworkKind::Isolated => network,
     };
     map.get(network).or_else(|| map.get(name)).cloned()
-}
-
-#[cfg(test)]
-mod network_map_tests {
-    use super::*;
-
-    #[test]
-    fn maps_name_their_target_kind_and_match_by_network_or_name() {
-        let map: std::collections::BTreeMap<String, String> = [
-            ("br0", "bridge:br-dr"),
-            ("network:default", "bridge:br-dr"),
-            ("user", "isolated"),
-            ("lan", "network:wan"),
-        ]
-        .into_iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-        check_network_map(&map).unwrap();
-        let m = |n: &str| mapped_network(n, &map);
-        assert_eq!(m("bridge:br0").as_deref(), Some("bridge:br-dr"));
-        assert_eq!(m("network:default").as_deref(), Some("bridge:br-dr"));
-        assert_eq!(m("network:lan").as_deref(), Some("network:wan"));
-        assert_eq!(m("user").as_deref(), Some("isolated"));
-        assert_eq!(m("bridge:br1"), None, "not mapped: keeps its network");
-        let sys = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(sys.path().join("br-dr/bridge")).unwrap();
-        check_host_network("bridge:br-dr", sys.path(), false).unwrap();
-        check_host_network("user", sys.path(), false).unwrap();
-        check_host_network("network:default", sys.path(), true).unwrap();
-        let e = check_host_network("bridge:br0", sys.path(), true).unwrap_err();
-        assert!(e.contains("no bridge br0"), "{e}");
-        for lacking in ["bridge:br0", "network:default"] {
-            let e = check_host_network(lacking, sys.path(), false).unwrap_err();
-            assert!(
-                e.contains("there is no network") && e.contains("--network-map"),
-                "{e}"
-            );
-        }
-        for bad in ["br0", "bridge:", "no spaces", "x:y"] {
-            let one = [("br0".to_string(), bad.to_string())].into_iter().collect();
-            assert!(check_network_map(&one).is_err(), "{bad}");
-        }
-    }
 }
 
 /// What the agent keeps about a recovery (no secrets). Its id and names are typed, so a
@@ -255,5 +188,34 @@ impl Journal {
     /// The recovery that owns VM `vm` on this host, if any.
     pub fn of_vm(&self, vm: &VmName) -> Option<RecoveryRecord> {
         self.all().into_iter().find(|r| &r.vm == vm)
+    }
+}
+
+#[cfg(test)]
+mod network_map_tests {
+    use super::*;
+
+    #[test]
+    fn maps_name_their_target_kind_and_match_by_network_or_name() {
+        let map: std::collections::BTreeMap<String, String> = [
+            ("br0", "bridge:br-dr"),
+            ("network:default", "bridge:br-dr"),
+            ("user", "isolated"),
+            ("lan", "network:wan"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        check_network_map(&map).unwrap();
+        let m = |n: &str| mapped_network(n, &map);
+        assert_eq!(m("bridge:br0").as_deref(), Some("bridge:br-dr"));
+        assert_eq!(m("network:default").as_deref(), Some("bridge:br-dr"));
+        assert_eq!(m("network:lan").as_deref(), Some("network:wan"));
+        assert_eq!(m("user").as_deref(), Some("isolated"));
+        assert_eq!(m("bridge:br1"), None, "not mapped: keeps its network");
+        for bad in ["br0", "bridge:", "no spaces", "x:y"] {
+            let one = [("br0".to_string(), bad.to_string())].into_iter().collect();
+            assert!(check_network_map(&one).is_err(), "{bad}");
+        }
     }
 }

@@ -130,12 +130,7 @@ pub async fn run_bench(o: &Options) -> Result<Report> {
     let lv_disk = lv_dir.join("data.qcow2");
     data_disk(&lv_disk, o.size)?;
     let name = format!("lbbench-{}", std::process::id());
-    let xml = lv_dir.join("domain.xml");
-    std::fs::write(
-        &xml,
-        lifeboat_testkit::libvirtd::tiny_domain_xml(&name, &lv_disk),
-    )?;
-    let _domain = lifeboat_testkit::libvirtd::DefinedDomain::define(&xml, &name)?;
+    let _domain = lifeboat_testkit::libvirtd::DefinedDomain::tiny(&name, &lv_disk)?;
     lifeboat_testkit::libvirtd::virsh(&["start", &name])?;
     let mut lv_config = LibvirtConfig::new(&lv_dir.join("state"));
     lv_config.work_root = lv_dir.join("work");

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use lifeboat_hypervisor::libvirt::{BackupRequest, LibvirtCut};
-use lifeboat_hypervisor::{CutDisk, CutKind, DiskName, Extent};
+use lifeboat_hypervisor::{CutDisk, CutKind, DiskName, Extent, VmName};
 use lifeboat_testkit::libvirtd::{domain_dir, ensure_libvirtd, virsh, DefinedDomain, LIBVIRT_URI};
 
 const MIB: u64 = 1 << 20;
@@ -33,7 +33,7 @@ fn checkpoints(domain: &str) -> Vec<String> {
 async fn cut(domain: &str, work: &Path, checkpoint: &str, since: Option<&str>) -> LibvirtCut {
     LibvirtCut::begin(BackupRequest {
         uri: LIBVIRT_URI,
-        domain,
+        domain: &VmName::new(domain).unwrap(),
         disks: vec![CutDisk {
             name: DiskName::new("vda").unwrap(),
             size: SIZE,
@@ -81,13 +81,7 @@ async fn pull_backups_cut_incrementally_and_an_aborted_cut_loses_nothing() {
         .unwrap();
     assert!(ok.status.success(), "{ok:?}");
     let name = format!("lbt-bk-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let xml = tmp.path().join("dom.xml");
-    std::fs::write(
-        &xml,
-        lifeboat_testkit::libvirtd::tiny_domain_xml(&name, &disk),
-    )
-    .unwrap();
-    let _domain = DefinedDomain::define(&xml, &name).unwrap();
+    let _domain = DefinedDomain::tiny(&name, &disk).unwrap();
     virsh(&["start", &name]).unwrap();
     let vda = DiskName::new("vda").unwrap();
 

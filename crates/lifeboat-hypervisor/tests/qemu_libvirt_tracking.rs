@@ -14,13 +14,7 @@ async fn a_stopped_domain_tracked_afresh_cuts_incrementally_at_its_first_sync() 
     let disk = tmp.path().join("vda.qcow2");
     lifeboat_testkit::libvirtd::qcow2(&disk, 16 << 20).unwrap();
     let name = format!("lbt-afresh-{:06x}", std::process::id() & 0xff_ffff);
-    let xml = tmp.path().join("dom.xml");
-    std::fs::write(
-        &xml,
-        lifeboat_testkit::libvirtd::tiny_domain_xml(&name, &disk),
-    )
-    .unwrap();
-    let _domain = DefinedDomain::define(&xml, &name).unwrap();
+    let _domain = DefinedDomain::tiny(&name, &disk).unwrap();
     let home = tempfile::tempdir().unwrap();
     let mut config = LibvirtConfig::new(home.path());
     config.work_root = tmp.path().join("work");

@@ -98,6 +98,16 @@ pub struct DefinedDomain {
 }
 
 impl DefinedDomain {
+    /// A small domain `name` with one qcow2 disk `disk` (vda) and nothing to boot: what
+    /// the driver tests and the benchmark cut, defined as an administrator would (its XML
+    /// written next to the disk).
+    pub fn tiny(name: &str, disk: &Path) -> Result<DefinedDomain> {
+        let xml = disk.with_file_name(format!("{name}.xml"));
+        std::fs::write(&xml, tiny_domain_xml(name, disk))
+            .with_context(|| format!("writing {}", xml.display()))?;
+        DefinedDomain::define(&xml, name)
+    }
+
     pub fn define(xml_file: &Path, name: &str) -> Result<DefinedDomain> {
         ensure_libvirtd()?;
         virsh(&["define", &xml_file.to_string_lossy()])?;
@@ -128,9 +138,8 @@ pub fn write_vda(domain: &str, pattern: u8, offset: u64, len: u64) -> Result<()>
     Ok(())
 }
 
-/// The XML of a small domain with one qcow2 disk `disk` (vda) and nothing to boot: what
-/// the driver tests and the benchmark cut, defined as an administrator would.
-pub fn tiny_domain_xml(name: &str, disk: &Path) -> String {
+/// The XML of a small domain with one qcow2 disk `disk` (vda) and nothing to boot.
+fn tiny_domain_xml(name: &str, disk: &Path) -> String {
     format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
          <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\

@@ -10,14 +10,17 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{lifeboat, run_ok, Cluster, PASSPHRASE};
-use common::libvirt::{assert_fenced_domain, diverge_and_fail_over_unplanned, SourceDomain};
+use common::libvirt::{
+    assert_fenced_domain, diverge_and_fail_over_unplanned, planned_failover_with_writes,
+    SourceDomain,
+};
 use common::{enroll, spawn_agent, start_server, Agent};
 use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site};
 use lifeboat_testkit::libvirtd::virsh;
-use lifeboat_testkit::{boot_timeout, S3Server, SerialConsole};
+use lifeboat_testkit::S3Server;
 
 const ONE_WAY: Duration = Duration::from_millis(10);
 
@@ -166,78 +169,21 @@ async fn a_planned_failover_across_the_wan_loses_no_acknowledged_write() {
         _s3,
         lab: _lab,
     } = wan_lab("lvw").await;
-    let name = source.name.clone();
-    let mut console = source.console;
-    console
-        .run(common::moves::WRITER, Duration::from_secs(60))
-        .await
-        .unwrap();
-    drop(console);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while common::moves::acked(&source.console_log).len() < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "the guest acknowledged too few writes"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let map = format!("{}=isolated", source.bridge.0);
-    let started = Instant::now();
-    let out = tokio::task::block_in_place(|| {
-        cl.json(&[
-            "failover",
-            &name,
-            "--planned",
-            "--shutdown-timeout",
-            "60s",
-            "--network-map",
-            &map,
-        ])
-    });
-    let took = started.elapsed();
-    assert_eq!(out["kind"], "planned", "{out}");
-    let acks = common::moves::acked(&source.console_log);
-    let last = *acks.iter().max().unwrap();
-    assert_eq!(virsh(&["domstate", &name]).unwrap().trim(), "shut off");
-    let beta_vm = cl.home("beta").join("vms").join(&name);
-    let mut moved = SerialConsole::connect(&beta_vm.join("serial.sock"), Duration::from_secs(60))
-        .await
-        .unwrap();
-    moved.wait_ready(boot_timeout()).await.unwrap();
-    let answered = started.elapsed();
-    let listing = moved
-        .run("ls /data/seq", Duration::from_secs(120))
-        .await
-        .unwrap();
-    let present: std::collections::BTreeSet<u64> = listing
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let missing: Vec<&u64> = acks.iter().filter(|n| !present.contains(n)).collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged writes missing at B: {missing:?}"
-    );
-    let body = moved
-        .run(&format!("cat /data/seq/{last}"), Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(body.trim(), last.to_string());
-    let spec = std::fs::read_to_string(beta_vm.join("spec.toml")).unwrap();
-    assert!(
-        spec.contains("mac = \"52:54:00:4c:42:01\""),
-        "same MAC: {spec}"
-    );
+    let moved = planned_failover_with_writes(
+        &cl,
+        source.console,
+        &source.name,
+        &source.console_log,
+        &source.bridge.0,
+    )
+    .await;
     let after = vault_relay.stats();
     eprintln!(
         "planned failover across the WAN (100 Mbit/s, 20 ms): {} acknowledged writes all at B; \
-         command took {took:?}, guest ready at B after {answered:?}; vault traffic over the WAN: \
+         command took {:?}, guest ready at B after {:?}; vault traffic over the WAN: \
          {} bytes up, {} down",
-        acks.len(),
-        after.bytes_up,
-        after.bytes_down
+        moved.acked, moved.took, moved.ready_after, after.bytes_up, after.bytes_down
     );
-    drop(moved);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::cluster_with_alpha;
-use common::libvirt::{http_get, quiet, write_and_prove, SourceDomain, MIB};
+use common::libvirt::{http_get, quiet, ready_console, write_and_prove, SourceDomain, MIB};
 use lifeboat_testkit::libvirtd::virsh;
-use lifeboat_testkit::{boot_timeout, SerialConsole};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,11 +157,7 @@ async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
     assert_eq!(copy["vm"], copy_name.as_str(), "{copy}");
     assert_eq!(copy["host"], "beta", "{copy}");
     let copy_dir = cl.home("beta").join("vms").join(&copy_name);
-    let mut copy_console =
-        SerialConsole::connect(&copy_dir.join("serial.sock"), Duration::from_secs(60))
-            .await
-            .unwrap();
-    copy_console.wait_ready(boot_timeout()).await.unwrap();
+    let mut copy_console = ready_console(&copy_dir.join("serial.sock")).await;
     let round = copy_console
         .run("cat /data/round", Duration::from_secs(60))
         .await

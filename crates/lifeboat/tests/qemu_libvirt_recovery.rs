@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use common::cluster::cluster_with_hosts;
 use common::libvirt::{
-    assert_fenced_domain, data_at, diverge_and_fail_over_unplanned, write_and_prove,
-    RecoveredDomain, SourceDomain,
+    assert_fenced_domain, data_at, diverge_and_fail_over_unplanned, planned_failover_with_writes,
+    ready_console, write_and_prove, RecoveredDomain, SourceDomain,
 };
 use lifeboat_testkit::libvirtd::virsh;
-use lifeboat_testkit::{boot_timeout, SerialConsole};
+use lifeboat_testkit::SerialConsole;
 use serde_json::Value;
 
 /// The server's view of `vm` on `host`, once `pred` holds.
@@ -99,11 +99,7 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
         std::thread::sleep(Duration::from_millis(200));
     }
     let copy_dir = std::path::Path::new("/var/lib/libvirt/lifeboat/recovered").join(&copy_name);
-    let mut copy_console =
-        SerialConsole::connect(&copy_dir.join("serial.sock"), Duration::from_secs(60))
-            .await
-            .unwrap();
-    copy_console.wait_ready(boot_timeout()).await.unwrap();
+    let mut copy_console = ready_console(&copy_dir.join("serial.sock")).await;
     let round = copy_console
         .run("cat /data/round", Duration::from_secs(60))
         .await
@@ -270,10 +266,7 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
             .contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
         "the fence is lifted"
     );
-    let mut home = SerialConsole::connect(&source.serial, Duration::from_secs(60))
-        .await
-        .unwrap();
-    home.wait_ready(boot_timeout()).await.unwrap();
+    let mut home = ready_console(&source.serial).await;
     let files = home
         .run(
             "cat /data/round /data/away; ls /data",
@@ -317,83 +310,19 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
 async fn a_planned_failover_of_a_libvirt_domain_loses_no_acknowledged_write() {
     let source = SourceDomain::start("lvp", None).await;
     let name = source.name.clone();
-    let mut console = source.console;
+    let console = source.console;
     let cl = tokio::task::block_in_place(|| cluster_with_hosts(&["--hypervisor", "libvirt"], &[]));
     tokio::task::block_in_place(|| {
         let (ok, out, err) = cl.protect(&name, &["--wait", "--timeout", "10m"]);
         assert!(ok, "{out}\n{err}");
     });
-    // The guest writes and acknowledges on its console until the power button stops it.
-    console
-        .run(common::moves::WRITER, Duration::from_secs(60))
-        .await
-        .unwrap();
-    drop(console);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while common::moves::acked(&source.console_log).len() < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "the guest acknowledged too few writes"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let map = format!("{}=isolated", source.bridge.0);
-    let out = tokio::task::block_in_place(|| {
-        cl.json(&[
-            "failover",
-            &name,
-            "--planned",
-            "--shutdown-timeout",
-            "60s",
-            "--network-map",
-            &map,
-        ])
-    });
-    assert_eq!(out["kind"], "planned", "{out}");
-    assert_eq!(out["host"], "beta", "{out}");
-    let acks = common::moves::acked(&source.console_log);
-    let last = *acks.iter().max().unwrap();
-    // The source is off and fenced; the VM runs at B with every acknowledged write.
-    assert_eq!(virsh(&["domstate", &name]).unwrap().trim(), "shut off");
-    let refused = virsh(&["start", &name]).unwrap_err().to_string();
-    assert!(
-        refused.contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
-        "{refused}"
-    );
-    let beta_vm = cl.home("beta").join("vms").join(&name);
-    let mut moved = SerialConsole::connect(&beta_vm.join("serial.sock"), Duration::from_secs(60))
-        .await
-        .unwrap();
-    moved.wait_ready(boot_timeout()).await.unwrap();
-    let listing = moved
-        .run("ls /data/seq", Duration::from_secs(60))
-        .await
-        .unwrap();
-    let present: std::collections::BTreeSet<u64> = listing
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let missing: Vec<&u64> = acks.iter().filter(|n| !present.contains(n)).collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged writes missing at B: {missing:?}"
-    );
-    let body = moved
-        .run(&format!("cat /data/seq/{last}"), Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(body.trim(), last.to_string());
+    let moved =
+        planned_failover_with_writes(&cl, console, &name, &source.console_log, &source.bridge.0)
+            .await;
     eprintln!(
         "planned failover of a libvirt domain: {} acknowledged writes all at B",
-        acks.len()
+        moved.acked
     );
-    let spec = std::fs::read_to_string(beta_vm.join("spec.toml")).unwrap();
-    assert!(
-        spec.contains("mac = \"52:54:00:4c:42:01\""),
-        "same MAC: {spec}"
-    );
-    let p = tokio::task::block_in_place(|| cl.protection());
-    assert_eq!(p["state"], "failed_over", "{p}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

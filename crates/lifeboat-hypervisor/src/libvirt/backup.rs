@@ -23,6 +23,7 @@ use lifeboat_nbd::{ConnectOptions, NbdClient};
 use crate::error::{HypervisorError, Result};
 use crate::hypervisor::{CutDisk, CutKind, Extent};
 use crate::libvirt::call::{backup_begin, delete_checkpoint, end_job, failed, with_domain};
+use crate::libvirt::define::esc;
 use crate::spec::{DiskName, VmName};
 
 const ALLOCATION: &str = "base:allocation";
@@ -30,7 +31,7 @@ const ALLOCATION: &str = "base:allocation";
 /// How a cut is asked for.
 pub struct BackupRequest<'a> {
     pub uri: &'a str,
-    pub domain: &'a str,
+    pub domain: &'a VmName,
     /// The disks (targets: vda, vdb) to cut, with their sizes.
     pub disks: Vec<CutDisk>,
     /// The checkpoint this cut creates; `None` when no disk can carry one (raw only).
@@ -47,22 +48,13 @@ pub struct BackupRequest<'a> {
 
 pub struct LibvirtCut {
     uri: String,
-    domain: String,
+    domain: VmName,
     kind: CutKind,
     checkpoint: Option<String>,
     since: Option<String>,
     whole: Vec<DiskName>,
     disks: Vec<CutDisk>,
     clients: BTreeMap<DiskName, NbdClient>,
-}
-
-/// XML text content or attribute value, escaped.
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
 }
 
 fn backup_xml(req: &BackupRequest, socket: &Path) -> String {
@@ -91,15 +83,28 @@ fn backup_xml(req: &BackupRequest, socket: &Path) -> String {
     xml + "</disks></domainbackup>"
 }
 
-fn checkpoint_xml(req: &BackupRequest, name: &str) -> String {
-    let mut xml = format!("<domaincheckpoint><name>{}</name><disks>", esc(name));
-    for d in &req.disks {
-        let how = if req.whole.contains(&d.name) {
-            "no"
-        } else {
-            "bitmap"
+/// A checkpoint's XML: `disks` with whether each carries a bitmap. `created`: a checkpoint
+/// redefined over bitmaps already in the images, with its creation time (Unix seconds).
+pub(crate) fn checkpoint_xml<'a>(
+    name: &str,
+    disks: impl IntoIterator<Item = (&'a DiskName, bool)>,
+    created: Option<u64>,
+) -> String {
+    let mut xml = format!("<domaincheckpoint><name>{}</name>", esc(name));
+    if let Some(t) = created {
+        xml += &format!("<creationTime>{t}</creationTime>");
+    }
+    xml += "<disks>";
+    for (disk, bitmap) in disks {
+        xml += &match (bitmap, created) {
+            (false, _) => format!("<disk name='{}' checkpoint='no'/>", esc(disk.as_str())),
+            (true, None) => format!("<disk name='{}' checkpoint='bitmap'/>", esc(disk.as_str())),
+            (true, Some(_)) => format!(
+                "<disk name='{}' checkpoint='bitmap' bitmap='{}'/>",
+                esc(disk.as_str()),
+                esc(name)
+            ),
         };
-        xml += &format!("<disk name='{}' checkpoint='{how}'/>", esc(d.name.as_str()));
     }
     xml + "</disks></domaincheckpoint>"
 }
@@ -113,9 +118,15 @@ impl LibvirtCut {
         }
         let _ = std::fs::remove_file(&socket);
         let backup = backup_xml(&req, &socket);
-        let checkpoint = req.checkpoint.as_deref().map(|c| checkpoint_xml(&req, c));
+        let checkpoint = req.checkpoint.as_deref().map(|c| {
+            let disks = req
+                .disks
+                .iter()
+                .map(|d| (&d.name, !req.whole.contains(&d.name)));
+            checkpoint_xml(c, disks, None)
+        });
         let domain = req.domain.to_string();
-        with_domain(req.uri, req.domain, move |dom| {
+        with_domain(req.uri, req.domain.as_str(), move |dom| {
             backup_begin(dom, &backup, checkpoint.as_deref())
                 .map_err(|e| failed(&domain, "backup-begin", e))
         })
@@ -127,7 +138,7 @@ impl LibvirtCut {
         };
         let mut cut = LibvirtCut {
             uri: req.uri.to_string(),
-            domain: req.domain.to_string(),
+            domain: req.domain.clone(),
             kind,
             checkpoint: req.checkpoint.clone(),
             since: req.since.clone(),
@@ -154,8 +165,7 @@ impl LibvirtCut {
                     cut.clients.insert(d.name.clone(), c);
                 }
                 Err(source) => {
-                    let vm = VmName::new(&cut.domain)
-                        .unwrap_or_else(|_| VmName::new("libvirt-domain").expect("a valid name"));
+                    let vm = cut.domain.clone();
                     // Undo: no half-open job or checkpoint is left behind.
                     let _ = cut.finish(false).await;
                     return Err(HypervisorError::Nbd { vm, source });
@@ -176,7 +186,7 @@ impl LibvirtCut {
     fn client(&self, disk: &DiskName) -> Result<&NbdClient> {
         self.clients.get(disk).ok_or_else(|| {
             failed(
-                &self.domain,
+                self.domain.as_str(),
                 "reading the cut",
                 format!("it has no disk {disk}"),
             )
@@ -184,9 +194,9 @@ impl LibvirtCut {
     }
 
     fn nbd(&self, source: lifeboat_nbd::NbdError) -> HypervisorError {
-        match VmName::new(&self.domain) {
-            Ok(vm) => HypervisorError::Nbd { vm, source },
-            Err(_) => failed(&self.domain, "reading the cut", source),
+        HypervisorError::Nbd {
+            vm: self.domain.clone(),
+            source,
         }
     }
 
@@ -236,19 +246,20 @@ impl LibvirtCut {
     async fn finish(mut self, keep: bool) -> Result<()> {
         self.clients.clear();
         let (checkpoint, since) = (self.checkpoint.clone(), self.since.clone());
-        let domain = self.domain.clone();
-        with_domain(&self.uri, &self.domain, move |dom| {
+        let domain = self.domain.to_string();
+        with_domain(&self.uri, self.domain.as_str(), move |dom| {
             end_job(dom).map_err(|e| failed(&domain, "ending the backup", e))?;
             if keep {
                 // The new checkpoint is what the next cut needs; the old one only costs
                 // space. Someone may have deleted it already: that is no failed commit.
                 if let Some(old) = since {
-                    if let Err(e) = delete_checkpoint(dom, &old) {
+                    if let Err(e) = delete_checkpoint(dom, &old, false) {
                         tracing::warn!(domain = %domain, "dropping the previous checkpoint: {e}");
                     }
                 }
             } else if let Some(new) = checkpoint {
-                delete_checkpoint(dom, &new).map_err(|e| failed(&domain, "checkpoints", e))?;
+                delete_checkpoint(dom, &new, false)
+                    .map_err(|e| failed(&domain, "checkpoints", e))?;
             }
             Ok(())
         })

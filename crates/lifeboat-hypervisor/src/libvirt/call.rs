@@ -18,29 +18,45 @@ pub(crate) fn quiet_libvirt() {
     ONCE.call_once(virt::error::clear_error_callback);
 }
 
-/// Runs `f` with the domain, on a blocking thread.
+/// Runs `f` with a connection to libvirt at `uri`, on a blocking thread.
+pub(crate) async fn with_conn<T: Send + 'static>(
+    uri: &str,
+    f: impl FnOnce(&virt::connect::Connect) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let uri = uri.to_string();
+    quiet_libvirt();
+    tokio::task::spawn_blocking(move || {
+        let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| {
+            HypervisorError::Unsupported(format!(
+                "cannot reach libvirt at {uri}: {e} (is libvirtd running? \
+                 `virsh -c {uri} list` tells)"
+            ))
+        })?;
+        f(&conn)
+    })
+    .await
+    .map_err(|e| HypervisorError::Unsupported(format!("a libvirt call: {e}")))?
+}
+
+/// Domain `name`; one libvirt does not know is `UnknownVm`.
+pub(crate) fn lookup(conn: &virt::connect::Connect, name: &str) -> Result<virt::domain::Domain> {
+    conn.lookup_domain_by_name(name).map_err(|e| {
+        let missing = e.code() == virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain);
+        match crate::spec::VmName::new(name) {
+            Ok(vm) if missing => HypervisorError::UnknownVm(vm),
+            _ => failed(name, "looking it up", e),
+        }
+    })
+}
+
+/// Runs `f` with domain `domain`, on a blocking thread.
 pub(crate) async fn with_domain<T: Send + 'static>(
     uri: &str,
     domain: &str,
     f: impl FnOnce(&virt::domain::Domain) -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let (uri, name) = (uri.to_string(), domain.to_string());
-    quiet_libvirt();
-    tokio::task::spawn_blocking(move || {
-        let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| {
-            failed(
-                &name,
-                &format!("connecting to {uri} (is libvirtd running? `virsh -c {uri} list` tells)"),
-                e,
-            )
-        })?;
-        let dom = conn
-            .lookup_domain_by_name(&name)
-            .map_err(|e| failed(&name, "looking it up", e))?;
-        f(&dom)
-    })
-    .await
-    .map_err(|e| failed(domain, "a libvirt call", e))?
+    let name = domain.to_string();
+    with_conn(uri, move |conn| f(&lookup(conn, &name)?)).await
 }
 
 pub(crate) fn last_error() -> String {
@@ -117,52 +133,66 @@ pub(crate) fn checkpoints(dom: &virt::domain::Domain) -> CallResult<Vec<String>>
     }
 }
 
-/// The XML of checkpoint `name`; with `size`, each disk's bytes written since it (a
-/// running domain only).
-pub(crate) fn checkpoint_xml(
+/// Runs `f` on checkpoint `name` of the domain (looked up, and freed after).
+fn with_checkpoint<T>(
     dom: &virt::domain::Domain,
     name: &str,
-    size: bool,
-) -> CallResult<String> {
+    f: impl FnOnce(virt::sys::virDomainCheckpointPtr) -> CallResult<T>,
+) -> CallResult<T> {
     let n = cstring(name)?;
-    let flags = if size {
-        virt::sys::VIR_DOMAIN_CHECKPOINT_XML_SIZE
-    } else {
-        0
-    };
-    // SAFETY: as above; the checkpoint pointer and the string are freed once.
+    // SAFETY: the domain pointer is live for `dom`'s lifetime; the checkpoint pointer is
+    // used only inside `f` and freed once, here.
     unsafe {
         let cp = virt::sys::virDomainCheckpointLookupByName(dom.as_ptr(), n.as_ptr(), 0);
         if cp.is_null() {
             return Err(format!("looking up checkpoint {name}: {}", last_error()));
         }
-        let xml = virt::sys::virDomainCheckpointGetXMLDesc(cp, flags);
+        let out = f(cp);
         virt::sys::virDomainCheckpointFree(cp);
-        if xml.is_null() {
-            return Err(format!("checkpoint {name}: {}", last_error()));
-        }
-        let text = CStr::from_ptr(xml).to_string_lossy().into_owned();
-        libc::free(xml.cast());
-        Ok(text)
+        out
     }
 }
 
-/// Deletes checkpoint `name`; libvirt merges its bitmap into its parent's.
-pub(crate) fn delete_checkpoint(dom: &virt::domain::Domain, name: &str) -> CallResult<()> {
-    let n = cstring(name)?;
-    // SAFETY: as above; the checkpoint pointer is freed once, below.
-    unsafe {
-        let cp = virt::sys::virDomainCheckpointLookupByName(dom.as_ptr(), n.as_ptr(), 0);
-        if cp.is_null() {
-            return Err(format!("looking up checkpoint {name}: {}", last_error()));
+/// The XML of checkpoint `name` with each disk's bytes written since it (a running
+/// domain only).
+pub(crate) fn checkpoint_size_xml(dom: &virt::domain::Domain, name: &str) -> CallResult<String> {
+    with_checkpoint(dom, name, |cp| {
+        // SAFETY: `cp` is live inside `with_checkpoint`; the string is freed once.
+        unsafe {
+            let xml = virt::sys::virDomainCheckpointGetXMLDesc(
+                cp,
+                virt::sys::VIR_DOMAIN_CHECKPOINT_XML_SIZE,
+            );
+            if xml.is_null() {
+                return Err(format!("checkpoint {name}: {}", last_error()));
+            }
+            let text = CStr::from_ptr(xml).to_string_lossy().into_owned();
+            libc::free(xml.cast());
+            Ok(text)
         }
-        let rc = virt::sys::virDomainCheckpointDelete(cp, 0);
-        virt::sys::virDomainCheckpointFree(cp);
-        if rc < 0 {
+    })
+}
+
+/// Deletes checkpoint `name`: with its bitmaps (libvirt merges them into the parent's),
+/// or its metadata only (`metadata_only`: its bitmaps stay in the images), which is what
+/// a stopped domain allows.
+pub(crate) fn delete_checkpoint(
+    dom: &virt::domain::Domain,
+    name: &str,
+    metadata_only: bool,
+) -> CallResult<()> {
+    let flags = if metadata_only {
+        virt::sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+    } else {
+        0
+    };
+    with_checkpoint(dom, name, |cp| {
+        // SAFETY: `cp` is live inside `with_checkpoint`.
+        if unsafe { virt::sys::virDomainCheckpointDelete(cp, flags) } < 0 {
             return Err(format!("deleting checkpoint {name}: {}", last_error()));
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Freezes (`freeze`) or thaws the guest's filesystems through its agent; the number of
@@ -220,28 +250,6 @@ pub(crate) fn block_pull(
     };
     if rc < 0 {
         return Err(last_error());
-    }
-    Ok(())
-}
-
-/// Deletes checkpoint `name`'s metadata only (its bitmaps stay in the images): what a
-/// stopped domain allows.
-pub(crate) fn forget_checkpoint(dom: &virt::domain::Domain, name: &str) -> CallResult<()> {
-    let n = cstring(name)?;
-    // SAFETY: as above; the checkpoint pointer is freed once, below.
-    unsafe {
-        let cp = virt::sys::virDomainCheckpointLookupByName(dom.as_ptr(), n.as_ptr(), 0);
-        if cp.is_null() {
-            return Err(format!("looking up checkpoint {name}: {}", last_error()));
-        }
-        let rc = virt::sys::virDomainCheckpointDelete(
-            cp,
-            virt::sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY,
-        );
-        virt::sys::virDomainCheckpointFree(cp);
-        if rc < 0 {
-            return Err(format!("forgetting checkpoint {name}: {}", last_error()));
-        }
     }
     Ok(())
 }

@@ -39,9 +39,9 @@ pub struct LibvirtConfig {
     /// Where each domain's backup job puts its NBD socket and scratch images: a folder
     /// libvirt's QEMU may reach. Default `/var/lib/libvirt/lifeboat`.
     pub work_root: PathBuf,
-    /// The user libvirt runs QEMU as, who must write the work folder (Debian:
-    /// `libvirt-qemu`, Fedora: `qemu`); `None`: QEMU runs as root.
-    pub qemu_user: Option<String>,
+    /// The uid and gid libvirt runs QEMU as, who must write the work folder (Debian's
+    /// `libvirt-qemu`, Fedora's `qemu`); `None`: QEMU runs as root.
+    pub qemu_owner: Option<(u32, u32)>,
     pub io_timeout: Duration,
     /// The domain type recovered VMs are defined with (`kvm`, or `qemu` for TCG); `None`:
     /// the source domain's, else `kvm` where /dev/kvm exists.
@@ -55,10 +55,7 @@ impl LibvirtConfig {
             uri: crate::libvirt::SYSTEM_URI.into(),
             state_dir: home.join("libvirt"),
             work_root: "/var/lib/libvirt/lifeboat".into(),
-            qemu_user: ["libvirt-qemu", "qemu"]
-                .into_iter()
-                .find(|u| user_ids(u).is_some())
-                .map(String::from),
+            qemu_owner: ["libvirt-qemu", "qemu"].into_iter().find_map(user_ids),
             io_timeout: Duration::from_secs(60),
             domain_type: None,
         }
@@ -79,11 +76,34 @@ pub struct LibvirtDriver {
     config: Arc<LibvirtConfig>,
 }
 
-/// A domain's definition as one libvirt call saw it.
-struct Seen {
-    description: DomainDescription,
-    /// Its persistent definition (`--inactive`), as stored with each point.
-    xml: String,
+/// What one visit to libvirt sees of a domain for its tracking and cuts.
+struct Look {
+    spec: VmSpec,
+    /// Our checkpoints' generations, oldest first.
+    gens: Vec<u64>,
+    /// Each disk of the spec with its size in bytes (for a cut).
+    sizes: Vec<(DiskName, u64)>,
+    /// Bytes the newest checkpoint has seen written (for the status).
+    dirty: u64,
+}
+
+/// What a visit to libvirt is for: a cut ends a backup job a dead agent left and needs
+/// the disks' sizes; a status wants the bytes written since the last cut.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Cut,
+    Status,
+}
+
+/// The spec of the domain, from its persistent XML (`--inactive`), as stored with each
+/// point.
+fn spec_from(dom: &virt::domain::Domain, vm: &VmName) -> Result<VmSpec> {
+    let name = vm.as_str();
+    let xml = dom
+        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+        .map_err(|e| failed(name, "reading its XML", e))?;
+    let description = domain_xml::parse(&xml).map_err(|e| failed(name, "reading its XML", e))?;
+    spec_of(vm, &description, &xml)
 }
 
 impl LibvirtDriver {
@@ -113,30 +133,13 @@ impl LibvirtDriver {
     pub fn recovery_place(&self) -> crate::driver::RecoveryPlace {
         crate::driver::RecoveryPlace {
             root: self.config.work_root.join("recovered"),
-            owner: self.config.qemu_user.as_deref().and_then(user_ids),
+            owner: self.config.qemu_owner,
         }
     }
 
     /// The bridge with no uplink a test copy's isolated NICs go on.
     fn isolated_bridge(vm: &VmName) -> String {
         format!("lbi{:08x}", crate::qemu::bridge::name_hash(vm))
-    }
-
-    async fn connection<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&virt::connect::Connect) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let uri = self.config.uri.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| {
-                HypervisorError::Unsupported(format!(
-                    "cannot reach libvirt at {uri}: {e} (is libvirtd running?)"
-                ))
-            })?;
-            f(&conn)
-        })
-        .await
-        .map_err(|e| HypervisorError::Unsupported(format!("a libvirt call: {e}")))?
     }
 
     fn state_dir(&self, vm: &VmName) -> PathBuf {
@@ -184,68 +187,66 @@ impl LibvirtDriver {
         vm: &VmName,
         f: impl FnOnce(&virt::domain::Domain) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (uri, name) = (self.config.uri.clone(), vm.clone());
-        tokio::task::spawn_blocking(move || {
-            let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| {
-                failed(
-                    name.as_str(),
-                    &format!("connecting to {uri} (is libvirtd running?)"),
-                    e,
-                )
-            })?;
-            let dom = conn.lookup_domain_by_name(name.as_str()).map_err(|e| {
-                if e.code() == virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain) {
-                    HypervisorError::UnknownVm(name.clone())
-                } else {
-                    failed(name.as_str(), "looking it up", e)
+        call::with_domain(&self.config.uri, vm.as_str(), f).await
+    }
+
+    /// One visit to libvirt: the domain's spec and checkpoints, and what `purpose` needs.
+    async fn look(&self, vm: &VmName, purpose: Purpose) -> Result<Look> {
+        let vm = vm.clone();
+        self.domain(&vm.clone(), move |dom| {
+            let name = vm.as_str();
+            if purpose == Purpose::Cut && call::backup_running(dom) {
+                tracing::warn!(domain = %name, "ending a backup job left by an agent that died");
+                call::end_job(dom).map_err(|e| failed(name, "ending a stale backup", e))?;
+            }
+            let spec = spec_from(dom, &vm)?;
+            let names = call::checkpoints(dom).map_err(|e| failed(name, "checkpoints", e))?;
+            let gens = tracking::generations(&names);
+            let mut sizes = Vec::new();
+            let mut dirty = 0;
+            match purpose {
+                Purpose::Cut => {
+                    for d in &spec.disks {
+                        let info = dom.block_info(d.name.as_str(), 0).map_err(|e| {
+                            failed(name, &format!("the size of disk {}", d.name), e)
+                        })?;
+                        sizes.push((d.name.clone(), info.capacity));
+                    }
                 }
-            })?;
-            f(&dom)
+                // What the newest checkpoint has seen written (a running domain only).
+                Purpose::Status => {
+                    dirty = gens
+                        .last()
+                        .and_then(|g| call::checkpoint_size_xml(dom, &bitmap_name(*g)).ok())
+                        .map(|xml| checkpoint_size(&xml))
+                        .unwrap_or(0);
+                }
+            }
+            Ok(Look {
+                spec,
+                gens,
+                sizes,
+                dirty,
+            })
         })
         .await
-        .map_err(|e| failed(vm.as_str(), "a libvirt call", e))?
     }
 
-    async fn seen(&self, vm: &VmName) -> Result<Seen> {
-        let name = vm.to_string();
-        self.domain(vm, move |dom| {
-            let xml = dom
-                .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
-                .map_err(|e| failed(&name, "reading its XML", e))?;
-            let description =
-                domain_xml::parse(&xml).map_err(|e| failed(&name, "reading its XML", e))?;
-            Ok(Seen { description, xml })
-        })
-        .await
-    }
-
-    /// The disks a cut covers, with their sizes and whether each can carry a checkpoint.
-    async fn cut_disks(&self, vm: &VmName) -> Result<Vec<(CutDisk, DiskFormat)>> {
-        let spec = self.spec(vm).await?;
-        let targets: Vec<(DiskName, DiskFormat)> = spec
+    /// Tracking as the domain's checkpoints and the record say.
+    fn status(&self, vm: &VmName, look: &Look) -> TrackingStatus {
+        let record = self.record(vm);
+        let checkpointable = look
+            .spec
             .disks
             .iter()
-            .map(|d| (d.name.clone(), d.format))
-            .collect();
-        let name = vm.to_string();
-        self.domain(vm, move |dom| {
-            targets
-                .into_iter()
-                .map(|(disk, format)| {
-                    let info = dom
-                        .block_info(disk.as_str(), 0)
-                        .map_err(|e| failed(&name, &format!("the size of disk {disk}"), e))?;
-                    Ok((
-                        CutDisk {
-                            name: disk,
-                            size: info.capacity,
-                        },
-                        format,
-                    ))
-                })
-                .collect()
-        })
-        .await
+            .any(|d| d.format == DiskFormat::Qcow2);
+        tracking::status(
+            record.generation(),
+            record.broken(),
+            &look.gens,
+            checkpointable,
+            look.dirty,
+        )
     }
 
     /// The domain's work folder for backup jobs, made for libvirt's QEMU to write.
@@ -255,25 +256,11 @@ impl LibvirtDriver {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| HypervisorError::io("making private", &dir, e))?;
-        if let Some((uid, gid)) = self.config.qemu_user.as_deref().and_then(user_ids) {
+        if let Some((uid, gid)) = self.config.qemu_owner {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| HypervisorError::io("handing to libvirt's QEMU user", &dir, e))?;
         }
         Ok(dir)
-    }
-
-    /// Ends a backup job a dead agent left, and returns the domain's checkpoints.
-    async fn settle_job(&self, vm: &VmName) -> Result<Vec<u64>> {
-        let name = vm.to_string();
-        self.domain(vm, move |dom| {
-            if call::backup_running(dom) {
-                tracing::warn!(domain = %name, "ending a backup job left by an agent that died");
-                call::end_job(dom).map_err(|e| failed(&name, "ending a stale backup", e))?;
-            }
-            let names = call::checkpoints(dom).map_err(|e| failed(&name, "checkpoints", e))?;
-            Ok(tracking::generations(&names))
-        })
-        .await
     }
 
     async fn delete_checkpoints(&self, vm: &VmName, gens: Vec<u64>) -> Result<()> {
@@ -281,7 +268,7 @@ impl LibvirtDriver {
         self.domain(vm, move |dom| {
             // Newest first: each deletion merges into a parent that is deleted next.
             for g in gens.into_iter().rev() {
-                call::delete_checkpoint(dom, &bitmap_name(g))
+                call::delete_checkpoint(dom, &bitmap_name(g), false)
                     .map_err(|e| failed(&name, "checkpoints", e))?;
             }
             Ok(())
@@ -289,20 +276,24 @@ impl LibvirtDriver {
         .await
     }
 
+    /// Starts the backup job: a new checkpoint `new`, changes counted from `since` (an
+    /// incremental cut) or everything (full); the cut closes generation `generation`.
     async fn begin(
         &self,
         vm: &VmName,
+        look: Look,
         new: u64,
         since: Option<u64>,
         generation: u64,
     ) -> Result<DomainCut> {
-        let disks = self.cut_disks(vm).await?;
-        let whole: Vec<DiskName> = disks
+        let whole: Vec<DiskName> = look
+            .spec
+            .disks
             .iter()
-            .filter(|(_, f)| *f != DiskFormat::Qcow2)
-            .map(|(d, _)| d.name.clone())
+            .filter(|d| d.format != DiskFormat::Qcow2)
+            .map(|d| d.name.clone())
             .collect();
-        let checkpointable = whole.len() < disks.len();
+        let checkpointable = whole.len() < look.spec.disks.len();
         if since.is_some() && !checkpointable {
             return Err(HypervisorError::NeedsFullResync {
                 vm: vm.clone(),
@@ -312,8 +303,12 @@ impl LibvirtDriver {
         let work_dir = self.work_dir(vm)?;
         let inner = LibvirtCut::begin(BackupRequest {
             uri: &self.config.uri,
-            domain: vm.as_str(),
-            disks: disks.into_iter().map(|(d, _)| d).collect(),
+            domain: vm,
+            disks: look
+                .sizes
+                .into_iter()
+                .map(|(name, size)| CutDisk { name, size })
+                .collect(),
             checkpoint: checkpointable.then(|| bitmap_name(new)),
             since: since.map(bitmap_name),
             whole,
@@ -328,30 +323,6 @@ impl LibvirtDriver {
             commits: new,
         })
     }
-
-    /// Tracking as the domain's checkpoints and the record say, and the checkpoints.
-    async fn tracking(&self, vm: &VmName) -> Result<(TrackingStatus, Vec<u64>)> {
-        let spec = self.spec(vm).await?;
-        let checkpointable = spec.disks.iter().any(|d| d.format == DiskFormat::Qcow2);
-        let record = self.record(vm);
-        let name = vm.to_string();
-        let recorded = record.generation();
-        let (gens, dirty) = self
-            .domain(vm, move |dom| {
-                let names = call::checkpoints(dom).map_err(|e| failed(&name, "checkpoints", e))?;
-                let gens = tracking::generations(&names);
-                // What the newest checkpoint has seen written (a running domain only).
-                let dirty = gens
-                    .last()
-                    .and_then(|g| call::checkpoint_xml(dom, &bitmap_name(*g), true).ok())
-                    .map(|xml| checkpoint_size(&xml))
-                    .unwrap_or(0);
-                Ok((gens, dirty))
-            })
-            .await?;
-        let status = tracking::status(recorded, record.broken(), &gens, checkpointable, dirty);
-        Ok((status, gens))
-    }
 }
 
 /// Makes the bridge a test copy's isolated NICs go on: no address, no uplink, nothing
@@ -364,26 +335,23 @@ async fn isolated_bridge_up(bridge: &str) -> Result<()> {
     crate::qemu::bridge::run_ip(&["link", "set", bridge, "up"]).await
 }
 
-/// Defines the domain again from its persistent XML as `edit` changes it (secrets kept:
-/// the XML is read with them, so a VNC password survives). Nothing is written when
+/// Defines domain `name` again from its persistent XML as `edit` changes it (secrets
+/// kept: the XML is read with them, so a VNC password survives). Nothing is written when
 /// `edit` changes nothing.
 fn redefine(
-    dom: &virt::domain::Domain,
-    uri: &str,
+    conn: &virt::connect::Connect,
     name: &str,
     edit: impl FnOnce(&str) -> std::result::Result<String, String>,
 ) -> Result<()> {
+    let dom = call::lookup(conn, name)?;
     let xml = dom
         .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE | virt::sys::VIR_DOMAIN_XML_SECURE)
         .map_err(|e| failed(name, "reading its XML", e))?;
     let new = edit(&xml).map_err(|e| failed(name, "editing its XML", e))?;
-    if new == xml {
-        return Ok(());
+    if new != xml {
+        conn.define_domain_xml(&new)
+            .map_err(|e| failed(name, "redefining it", e))?;
     }
-    let conn = virt::connect::Connect::open(Some(uri))
-        .map_err(|e| failed(name, &format!("connecting to {uri}"), e))?;
-    conn.define_domain_xml(&new)
-        .map_err(|e| failed(name, "redefining it", e))?;
     Ok(())
 }
 
@@ -397,6 +365,17 @@ fn checkpoint_size(xml: &str) -> u64 {
         .filter(|n| n.has_tag_name("disk") && n.parent().is_some_and(|p| p.has_tag_name("disks")))
         .filter_map(|n| n.attribute("size")?.parse::<u64>().ok())
         .sum()
+}
+
+/// A disk's format as Lifeboat reads it, from `<driver type=…>`; `None` for formats it
+/// does not read (vmdk, vdi…).
+fn disk_format(driver_type: Option<&str>) -> Option<DiskFormat> {
+    match driver_type {
+        Some("qcow2") => Some(DiskFormat::Qcow2),
+        // libvirt's default format is raw.
+        Some("raw") | None => Some(DiskFormat::Raw),
+        Some(_) => None,
+    }
 }
 
 /// The neutral spec of a domain, with its XML: what a point stores so any driver can
@@ -419,16 +398,12 @@ pub fn spec_of(vm: &VmName, d: &DomainDescription, xml: &str) -> Result<VmSpec> 
                 )))
             }
         };
-        let format = match disk.format.as_deref() {
-            Some("qcow2") => DiskFormat::Qcow2,
-            // libvirt's default format is raw.
-            Some("raw") | None => DiskFormat::Raw,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "disk {name} is a {other} image; Lifeboat protects qcow2 and raw disks"
-                )))
-            }
-        };
+        let format = disk_format(disk.format.as_deref()).ok_or_else(|| {
+            invalid(format!(
+                "disk {name} is a {} image; Lifeboat protects qcow2 and raw disks",
+                disk.format.as_deref().unwrap_or_default()
+            ))
+        })?;
         disks.push(DiskSpec { name, path, format });
     }
     let nics = d
@@ -554,7 +529,7 @@ impl Hypervisor for LibvirtDriver {
             isolated_bridge_up(bridge).await?;
         }
         let name = spec.name.clone();
-        self.connection(move |conn| {
+        call::with_conn(&self.config.uri, move |conn| {
             if conn.lookup_domain_by_name(name.as_str()).is_ok() {
                 return Err(HypervisorError::AlreadyDefined(name));
             }
@@ -590,8 +565,9 @@ impl Hypervisor for LibvirtDriver {
         Ok(())
     }
     async fn spec(&self, vm: &VmName) -> Result<VmSpec> {
-        let seen = self.seen(vm).await?;
-        spec_of(vm, &seen.description, &seen.xml)
+        let vm = vm.clone();
+        self.domain(&vm.clone(), move |dom| spec_from(dom, &vm))
+            .await
     }
     async fn start(&self, vm: &VmName) -> Result<()> {
         self.refuse_fenced(vm)?;
@@ -608,12 +584,18 @@ impl Hypervisor for LibvirtDriver {
         self.refuse_fenced(vm)?;
         self.set_marker(vm, "held", "")?;
         let name = vm.to_string();
-        self.domain(vm, move |dom| {
-            dom.create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED)
-                .map_err(|e| failed(&name, "starting it paused", e))?;
-            Ok(())
-        })
-        .await
+        let started = self
+            .domain(vm, move |dom| {
+                dom.create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED)
+                    .map_err(|e| failed(&name, "starting it paused", e))?;
+                Ok(())
+            })
+            .await;
+        if started.is_err() {
+            // Not held: a domain paused later by its administrator is not a held one.
+            self.clear_marker(vm, "held");
+        }
+        started
     }
     async fn held(&self, vm: &VmName) -> bool {
         matches!(self.state(vm).await, Ok(VmState::Paused(s)) if s == "prelaunch")
@@ -621,8 +603,8 @@ impl Hypervisor for LibvirtDriver {
     async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {
         self.set_marker(vm, "fenced", why)?;
         let name = vm.to_string();
-        let uri = self.config.uri.clone();
-        self.domain(vm, move |dom| {
+        call::with_conn(&self.config.uri, move |conn| {
+            let dom = call::lookup(conn, &name)?;
             // Autostart would bring it back at the next boot of the host or libvirtd.
             if let Err(e) = dom.set_autostart(false) {
                 tracing::warn!(domain = %name, "turning autostart off: {e}");
@@ -631,16 +613,15 @@ impl Hypervisor for LibvirtDriver {
             if running {
                 dom.destroy().map_err(|e| failed(&name, "stopping it", e))?;
             }
-            redefine(dom, &uri, &name, fence::add_fence)?;
+            redefine(conn, &name, fence::add_fence)?;
             Ok(running)
         })
         .await
     }
     async fn unfence(&self, vm: &VmName) -> Result<()> {
         let name = vm.to_string();
-        let uri = self.config.uri.clone();
-        self.domain(vm, move |dom| {
-            redefine(dom, &uri, &name, |xml| {
+        call::with_conn(&self.config.uri, move |conn| {
+            redefine(conn, &name, |xml| {
                 Ok(fence::remove_fence(xml).unwrap_or_else(|| xml.to_string()))
             })
         })
@@ -729,16 +710,17 @@ impl Hypervisor for LibvirtDriver {
             };
             let mut disks = Vec::new();
             for disk in &d.description.disks {
-                let (path, format) = match (&disk.source, disk.format.as_deref()) {
-                    (DiskSource::File { path } | DiskSource::Block { device: path }, f) => (
-                        path.clone(),
-                        if f == Some("qcow2") {
-                            DiskFormat::Qcow2
-                        } else {
-                            DiskFormat::Raw
-                        },
-                    ),
-                    _ => continue,
+                // Network disks and unknown formats are listed by the spec's refusal.
+                let (path, Some(format)) = (
+                    match &disk.source {
+                        DiskSource::File { path } | DiskSource::Block { device: path } => {
+                            path.clone()
+                        }
+                        DiskSource::Other { .. } => continue,
+                    },
+                    disk_format(disk.format.as_deref()),
+                ) else {
+                    continue;
                 };
                 let Ok(disk_name) = DiskName::new(&disk.target) else {
                     continue;
@@ -772,30 +754,37 @@ impl Hypervisor for LibvirtDriver {
         Ok(out)
     }
     async fn tracking_status(&self, vm: &VmName) -> Result<TrackingStatus> {
-        Ok(self.tracking(vm).await?.0)
+        let look = self.look(vm, Purpose::Status).await?;
+        Ok(self.status(vm, &look))
     }
     async fn begin_full_cut(&self, vm: &VmName) -> Result<DomainCut> {
         // A full cut starts the chain afresh: whatever checkpoints we had go.
-        let gens = self.settle_job(vm).await?;
-        let next = gens
+        let look = self.look(vm, Purpose::Cut).await?;
+        let record = self.record(vm);
+        let next = look
+            .gens
             .iter()
             .copied()
-            .chain(self.record(vm).generation())
+            .chain(record.generation())
             .max()
             .unwrap_or(0)
             + 1;
-        self.delete_checkpoints(vm, gens).await?;
-        self.record(vm).clear()?;
-        self.begin(vm, next, None, next).await
+        self.delete_checkpoints(vm, look.gens.clone()).await?;
+        record.clear()?;
+        self.begin(vm, look, next, None, next).await
     }
     async fn begin_incremental_cut(&self, vm: &VmName) -> Result<DomainCut> {
-        self.settle_job(vm).await?;
-        let (status, gens) = self.tracking(vm).await?;
-        let g = match status {
+        let look = self.look(vm, Purpose::Cut).await?;
+        let g = match self.status(vm, &look) {
             TrackingStatus::Tracking { generation, .. } => generation,
             TrackingStatus::CutOpen { generation } => {
                 // The open cut's new checkpoint goes; its changes merge back into `g`.
-                let open: Vec<u64> = gens.into_iter().filter(|x| *x > generation).collect();
+                let open: Vec<u64> = look
+                    .gens
+                    .iter()
+                    .copied()
+                    .filter(|x| *x > generation)
+                    .collect();
                 self.delete_checkpoints(vm, open).await?;
                 generation
             }
@@ -813,7 +802,7 @@ impl Hypervisor for LibvirtDriver {
         if record.generation() != Some(g) {
             record.set_generation(g)?;
         }
-        match self.begin(vm, g + 1, Some(g), g).await {
+        match self.begin(vm, look, g + 1, Some(g), g).await {
             Ok(cut) => Ok(cut),
             Err(e) => {
                 // libvirt refusing a backup from our checkpoint (a bitmap QEMU lost or
@@ -827,8 +816,8 @@ impl Hypervisor for LibvirtDriver {
         }
     }
     async fn reset_tracking(&self, vm: &VmName) -> Result<()> {
-        let gens = self.settle_job(vm).await?;
-        self.delete_checkpoints(vm, gens).await?;
+        let look = self.look(vm, Purpose::Cut).await?;
+        self.delete_checkpoints(vm, look.gens).await?;
         self.record(vm).clear()
     }
     /// libvirt creates checkpoints of running domains only; a stopped one gets its
@@ -842,21 +831,20 @@ impl Hypervisor for LibvirtDriver {
                 what: "stop it before its tracking is restarted".into(),
             });
         }
-        let spec = self.spec(vm).await?;
-        let record = self.record(vm);
+        let look = self.look(vm, Purpose::Status).await?;
         let name = vm.to_string();
-        let gens = self
-            .domain(vm, move |dom| {
-                let names = call::checkpoints(dom).map_err(|e| failed(&name, "checkpoints", e))?;
-                let gens = tracking::generations(&names);
-                for g in &gens {
-                    call::forget_checkpoint(dom, &bitmap_name(*g))
-                        .map_err(|e| failed(&name, "checkpoints", e))?;
-                }
-                Ok(gens)
-            })
-            .await?;
-        let next = gens
+        let gens = look.gens.clone();
+        self.domain(vm, move |dom| {
+            for g in &gens {
+                call::delete_checkpoint(dom, &bitmap_name(*g), true)
+                    .map_err(|e| failed(&name, "checkpoints", e))?;
+            }
+            Ok(())
+        })
+        .await?;
+        let record = self.record(vm);
+        let next = look
+            .gens
             .iter()
             .copied()
             .chain(record.generation())
@@ -864,40 +852,24 @@ impl Hypervisor for LibvirtDriver {
             .unwrap_or(0)
             + 1;
         record.clear()?;
-        let qcow2: Vec<&DiskSpec> = spec
-            .disks
-            .iter()
-            .filter(|d| d.format == DiskFormat::Qcow2)
-            .collect();
-        if qcow2.is_empty() {
+        let disks = &look.spec.disks;
+        if !disks.iter().any(|d| d.format == DiskFormat::Qcow2) {
             return Ok(());
         }
-        for d in &qcow2 {
+        for d in disks.iter().filter(|d| d.format == DiskFormat::Qcow2) {
             crate::qemu::offline::restart_bitmaps(&d.path, &bitmap_name(next)).await?;
         }
-        let mut xml = format!(
-            "<domaincheckpoint><name>{}</name><creationTime>{}</creationTime><disks>",
-            bitmap_name(next),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let xml = crate::libvirt::backup::checkpoint_xml(
+            &bitmap_name(next),
+            disks
+                .iter()
+                .map(|d| (&d.name, d.format == DiskFormat::Qcow2)),
+            Some(created),
         );
-        for d in &spec.disks {
-            xml += &if d.format == DiskFormat::Qcow2 {
-                format!(
-                    "<disk name='{0}' checkpoint='bitmap' bitmap='{1}'/>",
-                    define::esc(d.name.as_str()),
-                    bitmap_name(next)
-                )
-            } else {
-                format!(
-                    "<disk name='{}' checkpoint='no'/>",
-                    define::esc(d.name.as_str())
-                )
-            };
-        }
-        xml += "</disks></domaincheckpoint>";
         let name = vm.to_string();
         self.domain(vm, move |dom| {
             call::redefine_checkpoint(dom, &xml)

@@ -37,33 +37,35 @@ pub fn bridged(spec: &VmSpec) -> Vec<(usize, String, String)> {
         .collect()
 }
 
-/// Refuses, before QEMU starts, NICs this host cannot plug: a bridge that does not exist,
-/// or a libvirt network (the QEMU driver has none).
+/// Whether this host can plug a NIC on `network`: a bridge must exist; a libvirt
+/// network needs a libvirt host (`libvirt`: the driver is libvirt's, which checks its
+/// networks when it defines the domain). The error says what to do.
+pub fn check_network(network: &str, sys_class_net: &Path, libvirt: bool) -> Result<(), String> {
+    match NetworkKind::parse(network) {
+        Some(NetworkKind::Bridge(b)) if !sys_class_net.join(b).join("bridge").exists() => {
+            Err(format!(
+                "there is no network \"{b}\" on this host: no bridge {b} (`ip link add {b} \
+                 type bridge` makes one, `ip -br link show type bridge` lists them; or map \
+                 the NIC to one it has with --network-map)"
+            ))
+        }
+        Some(NetworkKind::LibvirtNetwork(n)) if !libvirt => Err(format!(
+            "there is no network \"{n}\" on this host: network:{n} is a libvirt network and \
+             this host runs the QEMU driver; map it to a bridge (--network-map {n}=bridge:NAME)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses, before QEMU starts, NICs this host cannot plug (`check_network`).
 pub fn check_host(spec: &VmSpec, sys_class_net: &Path) -> Result<()> {
     for nic in &spec.nics {
-        match NetworkKind::parse(&nic.network) {
-            Some(NetworkKind::Bridge(br)) if !sys_class_net.join(br).join("bridge").exists() => {
-                return Err(HypervisorError::StartFailed {
-                    vm: spec.name.clone(),
-                    reason: format!(
-                        "NIC {}: this host has no bridge {br} (`ip link add {br} type bridge` \
-                         makes one; `ip -br link show type bridge` lists them)",
-                        nic.mac
-                    ),
-                });
+        check_network(&nic.network, sys_class_net, false).map_err(|reason| {
+            HypervisorError::StartFailed {
+                vm: spec.name.clone(),
+                reason: format!("NIC {}: {reason}", nic.mac),
             }
-            Some(NetworkKind::LibvirtNetwork(n)) => {
-                return Err(HypervisorError::StartFailed {
-                    vm: spec.name.clone(),
-                    reason: format!(
-                        "NIC {}: network:{n} is a libvirt network and this host runs the QEMU \
-                         driver; map it to a bridge (`--network-map {n}=BRIDGE`)",
-                        nic.mac
-                    ),
-                });
-            }
-            _ => {}
-        }
+        })?;
     }
     Ok(())
 }
@@ -147,6 +149,17 @@ mod tests {
         ] {
             let e = check_host(&spec(net), sys.path()).unwrap_err().to_string();
             assert!(e.contains(want), "{net}: {e}");
+        }
+        // A libvirt host has libvirt networks, and no more bridges than the host has.
+        check_network("network:default", sys.path(), true).unwrap();
+        let e = check_network("bridge:br9", sys.path(), true).unwrap_err();
+        assert!(e.contains("no bridge br9"), "{e}");
+        for lacking in ["bridge:br9", "network:default"] {
+            let e = check_network(lacking, sys.path(), false).unwrap_err();
+            assert!(
+                e.contains("there is no network") && e.contains("--network-map"),
+                "{e}"
+            );
         }
     }
 }

@@ -276,14 +276,20 @@ pub fn assert_fenced_domain(name: &str, limit: Duration) {
     );
 }
 
-/// What a recovered guest's console at `serial` says of `/data`: its `round` file, then
-/// the listing.
-pub async fn data_at(serial: &Path) -> String {
+/// A guest's console at `serial` once the guest says it is ready.
+pub async fn ready_console(serial: &Path) -> SerialConsole {
     let mut console = SerialConsole::connect(serial, Duration::from_secs(60))
         .await
         .unwrap();
     console.wait_ready(boot_timeout()).await.unwrap();
     console
+}
+
+/// What a recovered guest's console at `serial` says of `/data`: its `round` file, then
+/// the listing.
+pub async fn data_at(serial: &Path) -> String {
+    ready_console(serial)
+        .await
         .run("cat /data/round; ls /data", Duration::from_secs(60))
         .await
         .unwrap()
@@ -349,4 +355,92 @@ pub async fn diverge_and_fail_over_unplanned(
         "a write no point holds: {files}"
     );
     beta_vm
+}
+
+/// How a planned failover of a writing guest went.
+pub struct PlannedMove {
+    /// Writes the guest acknowledged before it stopped: every one is at B.
+    pub acked: usize,
+    /// The `failover --planned` command's time.
+    pub took: Duration,
+    /// From the command to the guest's console ready at B.
+    pub ready_after: Duration,
+}
+
+/// The guest writes and acknowledges (`moves::WRITER`) until the power button stops it,
+/// then `failover NAME --planned` to beta with the source's `bridge` mapped to isolated.
+/// Checks that the source is shut off and fenced (`virsh start` refused), that B's VM has
+/// every acknowledged write whole, with the source's MAC, and that the protection is
+/// failed over.
+pub async fn planned_failover_with_writes(
+    cl: &Cluster,
+    mut console: SerialConsole,
+    name: &str,
+    console_log: &Path,
+    bridge: &str,
+) -> PlannedMove {
+    console
+        .run(super::moves::WRITER, Duration::from_secs(60))
+        .await
+        .unwrap();
+    drop(console);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while super::moves::acked(console_log).len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest acknowledged too few writes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let map = format!("{bridge}=isolated");
+    let started = Instant::now();
+    let out = tokio::task::block_in_place(|| {
+        cl.json(&[
+            "failover",
+            name,
+            "--planned",
+            "--shutdown-timeout",
+            "60s",
+            "--network-map",
+            &map,
+        ])
+    });
+    let took = started.elapsed();
+    assert_eq!(out["kind"], "planned", "{out}");
+    assert_eq!(out["host"], "beta", "{out}");
+    let acks = super::moves::acked(console_log);
+    assert_fenced_domain(name, Duration::from_secs(30));
+    let beta_vm = cl.home("beta").join("vms").join(name);
+    let mut moved = ready_console(&beta_vm.join("serial.sock")).await;
+    let ready_after = started.elapsed();
+    // Each file holds its own number: present and whole.
+    let listing = moved
+        .run(
+            "cd /data/seq && for f in *; do [ \"$(cat $f)\" = \"$f\" ] && echo $f || echo torn-$f; done",
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    assert!(!listing.contains("torn-"), "torn writes at B: {listing}");
+    let present: std::collections::BTreeSet<u64> = listing
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let missing: Vec<&u64> = acks.iter().filter(|n| !present.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing at B: {missing:?}"
+    );
+    let spec = std::fs::read_to_string(beta_vm.join("spec.toml")).unwrap();
+    assert!(
+        spec.contains("mac = \"52:54:00:4c:42:01\""),
+        "same MAC: {spec}"
+    );
+    let p = tokio::task::block_in_place(|| cl.protection());
+    assert_eq!(p["state"], "failed_over", "{p}");
+    PlannedMove {
+        acked: acks.len(),
+        took,
+        ready_after,
+    }
 }
