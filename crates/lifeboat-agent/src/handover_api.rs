@@ -124,14 +124,13 @@ pub async fn start(
         }
     }
 
-    let held = s.driver.held(&vm).await;
     match s.driver.state(&vm).await {
         Ok(lifeboat_hypervisor::VmState::Running) => {
             return Json(serde_json::json!({"started": false})).into_response()
         }
         // QEMU held (started paused) by a final sync that never ended — this agent was
         // killed: the guest never ran in it; it goes, and the VM starts for real.
-        Ok(_) if held => {
+        Ok(state) if state.held() => {
             if let Err(e) = s.driver.shutdown(&vm, Duration::from_secs(1)).await {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
             }

@@ -113,9 +113,8 @@ pub async fn sync_vm(
     } = *opts;
     let started = Instant::now();
     let state = driver.state(vm).await?;
-    // "prelaunch": QEMU started paused for the final cut of a stopped VM (`handover`).
-    let cuttable = state == lifeboat_hypervisor::VmState::Running
-        || state == lifeboat_hypervisor::VmState::Paused("prelaunch".into());
+    // Held: started with its CPUs held for the final cut of a stopped VM (`handover`).
+    let cuttable = state == lifeboat_hypervisor::VmState::Running || state.held();
     if !cuttable {
         return Err(SyncError::Invalid(format!(
             "VM {vm} is not running ({state:?}): a sync reads a running VM; start it (`lifeboat vm start {vm}`)"

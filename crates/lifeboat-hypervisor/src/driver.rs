@@ -174,9 +174,6 @@ impl Hypervisor for Driver {
     async fn start_held(&self, vm: &VmName) -> Result<()> {
         each!(self, d => d.start_held(vm).await)
     }
-    async fn held(&self, vm: &VmName) -> bool {
-        each!(self, d => d.held(vm).await)
-    }
     async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {
         each!(self, d => d.fence(vm, why).await)
     }

@@ -21,6 +21,18 @@ pub enum VmState {
     Crashed(String),
 }
 
+impl VmState {
+    /// QEMU's word for CPUs that never ran: a VM started held (`Hypervisor::start_held`)
+    /// for the final cut of a stopped VM.
+    pub const HELD: &'static str = "prelaunch";
+
+    /// Whether the VM runs held (`Hypervisor::start_held`): for a final cut, or left
+    /// behind when its caller died.
+    pub fn held(&self) -> bool {
+        matches!(self, VmState::Paused(s) if s == Self::HELD)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShutdownOutcome {
@@ -141,8 +153,6 @@ pub trait Hypervisor {
     /// Starts the VM with its disks open and its CPUs held (they never run): for a cut of
     /// a stopped VM (the final sync of a planned move). A fenced VM does not start.
     async fn start_held(&self, vm: &VmName) -> Result<()>;
-    /// Whether the VM runs held (`start_held`): left behind when its caller died.
-    async fn held(&self, vm: &VmName) -> bool;
     /// Fences the VM: stops it at once if it runs and records `why`, after which nothing
     /// starts it on this host (it failed over; its writes would diverge). True when it
     /// was running.

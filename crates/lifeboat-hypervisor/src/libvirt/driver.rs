@@ -597,9 +597,6 @@ impl Hypervisor for LibvirtDriver {
         }
         started
     }
-    async fn held(&self, vm: &VmName) -> bool {
-        matches!(self.state(vm).await, Ok(VmState::Paused(s)) if s == "prelaunch")
-    }
     async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {
         self.set_marker(vm, "fenced", why)?;
         let name = vm.to_string();
@@ -685,7 +682,7 @@ impl Hypervisor for LibvirtDriver {
         Ok(match state {
             // Started with its CPUs held for a final cut: QEMU's word for it.
             VmState::Paused(_) if self.marker(vm, "held").exists() => {
-                VmState::Paused("prelaunch".into())
+                VmState::Paused(VmState::HELD.into())
             }
             VmState::Stopped => {
                 self.clear_marker(vm, "held");

@@ -273,14 +273,6 @@ impl Hypervisor for QemuDriver {
         self.start_with(vm, true).await
     }
 
-    /// Whether the VM's QEMU runs with CPUs that never ran (`start_with(vm, true)`, `-S`,
-    /// QEMU's "prelaunch"): a QEMU held for a final cut, left behind when its caller died.
-    /// Asked of QEMU, not read from its command line: a bridged VM also starts with `-S`
-    /// and runs once its taps are plugged.
-    async fn held(&self, vm: &VmName) -> bool {
-        matches!(self.state(vm).await, Ok(VmState::Paused(s)) if s == "prelaunch")
-    }
-
     /// Fences the VM: kills QEMU if it runs and records `why`, after which it does not
     /// start here (it was failed over; its writes from now on would diverge).
     async fn fence(&self, vm: &VmName, why: &str) -> Result<bool> {
