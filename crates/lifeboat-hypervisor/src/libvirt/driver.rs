@@ -87,6 +87,14 @@ struct Look {
     dirty: u64,
 }
 
+impl Look {
+    /// The generation a fresh chain starts at: past every checkpoint and record seen, so
+    /// a name is never reused.
+    fn next_generation(&self, recorded: Option<u64>) -> u64 {
+        self.gens.iter().copied().chain(recorded).max().unwrap_or(0) + 1
+    }
+}
+
 /// What a visit to libvirt is for: a cut ends a backup job a dead agent left and needs
 /// the disks' sizes; a status wants the bytes written since the last cut.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -758,14 +766,7 @@ impl Hypervisor for LibvirtDriver {
         // A full cut starts the chain afresh: whatever checkpoints we had go.
         let look = self.look(vm, Purpose::Cut).await?;
         let record = self.record(vm);
-        let next = look
-            .gens
-            .iter()
-            .copied()
-            .chain(record.generation())
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let next = look.next_generation(record.generation());
         self.delete_checkpoints(vm, look.gens.clone()).await?;
         record.clear()?;
         self.begin(vm, look, next, None, next).await
@@ -840,14 +841,7 @@ impl Hypervisor for LibvirtDriver {
         })
         .await?;
         let record = self.record(vm);
-        let next = look
-            .gens
-            .iter()
-            .copied()
-            .chain(record.generation())
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let next = look.next_generation(record.generation());
         record.clear()?;
         let disks = &look.spec.disks;
         if !disks.iter().any(|d| d.format == DiskFormat::Qcow2) {
