@@ -22,25 +22,7 @@ use crate::ids::RecoveryId;
 use crate::sync::VaultAccess;
 
 /// Why a VM is brought up from a point; it decides its network.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum RecoveryKind {
-    /// Beside production: an isolated network (no route out), a new MAC, its own ports.
-    Test,
-    /// The VM itself, moved: same MAC, same networks.
-    Planned,
-    Unplanned,
-}
-
-impl RecoveryKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecoveryKind::Test => "test",
-            RecoveryKind::Planned => "planned",
-            RecoveryKind::Unplanned => "unplanned",
-        }
-    }
-}
+pub use lifeboat_types::RecoveryKind;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecoveryRequest {

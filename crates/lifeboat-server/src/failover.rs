@@ -8,14 +8,15 @@
 //! agent answers: QEMU killed if it runs, and a marker that keeps it from starting, so
 //! writes made at the source after the failover are never copied over the recovery site's.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use lifeboat_agent::client::AgentClient;
 use lifeboat_agent::handover::{FenceRequest, ShutdownRequest};
 use lifeboat_agent::sync::{SyncRequest, VaultAccess};
 
-use crate::db::{Database, HostAccess, Protection, ProtectionState};
+use crate::db::{Database, Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
+use serde::Serialize;
 
 /// A failure with the HTTP status it maps to, and a message that says what to do.
 pub type Failure = (StatusCode, String);
@@ -75,164 +76,30 @@ async fn start_unless_running(
     Ok(())
 }
 
-/// Sets the protection's state, retrying lost generation races.
-pub async fn set_state(
-    db: &Database,
-    id: &str,
-    state: ProtectionState,
-    reason: &str,
-) -> Result<Protection, Failure> {
-    loop {
-        let Some(mut row) = db.protection(id).await.map_err(db_failure)? else {
-            return Err((StatusCode::NOT_FOUND, "the protection is gone".into()));
-        };
-        row.state = state;
-        row.reason = reason.to_string();
-        if state.is_failover() {
-            // A sync the source never finishes must not hold the row.
-            if state == ProtectionState::FailedOver {
-                row.current_sync = None;
-            }
-        }
-        if db.save_protection(&mut row).await.map_err(db_failure)? {
-            return Ok(row);
-        }
-    }
+/// Applies `event` to the protection (the one compare-and-set; a lost race re-plans).
+pub async fn apply(db: &Database, id: &str, event: Event, facts: Facts) -> Result<(), Failure> {
+    db.apply_event(id, event, &facts)
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            crate::db::TransitionError::Refused(r) => (StatusCode::CONFLICT, r.to_string()),
+            crate::db::TransitionError::Db(e) => db_failure(e),
+        })
 }
 
-/// Waits until no sync of the protection is in flight (the watcher finishes it).
-async fn wait_no_sync(db: &Database, id: &str, limit: Duration) -> Result<(), Failure> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match db.protection(id).await.map_err(db_failure)? {
-            Some(p) if p.current_sync.is_some() => {}
-            _ => return Ok(()),
-        }
-        if Instant::now() > deadline {
-            return Err((
-                StatusCode::GATEWAY_TIMEOUT,
-                "a sync of the VM did not end in time; try the failover again".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+/// The facts of a VM that is home again: no failover, no fence.
+fn home_facts(reason: impl Into<String>) -> Facts {
+    Facts {
+        reason: reason.into(),
+        failover_kind: Some(None),
+        fenced_at: Some(None),
+        sync_now: false,
     }
-}
-
-/// The source side of a planned failover: shut down in order, final sync of the stopped
-/// VM proven equal to its disks, then fenced. Returns the final point (recorded).
-/// `log` is called with each step. On failure the row stays `failing_over` and `settle`
-/// rolls the failover back (the source started again).
-pub async fn hand_over(
-    db: &Database,
-    p: &Protection,
-    source: &HostAccess,
-    shutdown_timeout: Duration,
-    log: &(impl Fn(String) + Sync),
-) -> Result<(String, String), Failure> {
-    let agent = client(source, FINAL_SYNC_TIMEOUT)?;
-    let vault = vault_for(db, p, source).await?;
-    set_state(db, &p.id, ProtectionState::FailingOver, "planned failover").await?;
-    // A failure below leaves the row `failing_over` with the operation ended: `settle`
-    // then rolls the failover back (the source started again) or finishes it.
-    if let Err((code, why)) = wait_no_sync(db, &p.id, Duration::from_secs(300)).await {
-        return Err((code, why));
-    }
-    log(format!(
-        "shutting {} down (ACPI, forced after {shutdown_timeout:?})",
-        p.vm
-    ));
-    let down = agent
-        .shutdown_vm(
-            &p.vm,
-            &ShutdownRequest {
-                timeout_secs: shutdown_timeout.as_secs().max(1),
-            },
-        )
-        .await;
-    let down = match down {
-        Ok(d) => d,
-        Err(e) => {
-            let why = format!("shutting {} down on {}: {e}", p.vm, source.host.hostname);
-            return Err((StatusCode::BAD_GATEWAY, why));
-        }
-    };
-    log(format!(
-        "{} is stopped ({}); final sync",
-        p.vm, down.outcome
-    ));
-    lifeboat_agent::failpoint::reached("planned-after-shutdown").await;
-    let req = SyncRequest {
-        sync_id: uuid::Uuid::new_v4().to_string(),
-        vault,
-        point_name: p.point_name.clone(),
-        app_consistent: false,
-    };
-    let report = match agent.final_sync(&p.vm, &req).await {
-        Ok(r) => r,
-        Err(e) => {
-            let why = format!(
-                "the final sync of {} failed: {e}; the failover is rolled back and the VM starts again on {}",
-                p.vm, source.host.hostname
-            );
-            return Err((StatusCode::BAD_GATEWAY, why));
-        }
-    };
-    // The point is in the vault: the server knows it from now on, whatever comes next.
-    record_final_point(db, &p.id, &report.result).await?;
-    lifeboat_agent::failpoint::reached("planned-after-final-sync").await;
-    if !report.equal {
-        let bad: Vec<String> = report
-            .disks
-            .iter()
-            .filter(|d| d.differing_chunks > 0)
-            .map(|d| {
-                format!(
-                    "{}: {} chunk(s) differ, first at byte {}",
-                    d.disk,
-                    d.differing_chunks,
-                    d.first_difference.unwrap_or(0)
-                )
-            })
-            .collect();
-        let why = format!(
-            "the final point {} does not equal the stopped VM's disks ({}); nothing was started on the recovery host",
-            report.result.point,
-            bad.join("; ")
-        );
-        return Err((StatusCode::CONFLICT, why));
-    }
-    log(format!(
-        "final point {} equals the source disks ({} chunk(s) compared by digest)",
-        report.result.point,
-        report.disks.iter().map(|d| d.chunks).sum::<u64>()
-    ));
-    let fenced = agent
-        .fence(
-            &p.vm,
-            &FenceRequest {
-                reason: format!(
-                    "failed over (planned) at {}; it runs on the recovery host now",
-                    chrono::Utc::now().to_rfc3339()
-                ),
-            },
-        )
-        .await;
-    if let Err(e) = fenced {
-        // The VM is stopped and the watcher fences it as soon as the agent answers.
-        log(format!(
-            "fencing the source failed ({e}); it will be retried"
-        ));
-    }
-    lifeboat_agent::failpoint::reached("planned-after-fence").await;
-    Ok((
-        report.result.point.clone(),
-        report.result.cut_time.to_rfc3339(),
-    ))
 }
 
 /// Records a final point (of a move) in the server's list and the protection's row, which
 /// is re-read: the point is in the vault, whatever comes next.
-async fn record_final_point(
+pub(crate) async fn record_final_point(
     db: &Database,
     id: &str,
     result: &lifeboat_agent::sync::SyncResult,
@@ -255,7 +122,7 @@ async fn record_final_point(
 /// Fences the source of a failed-over protection if it is not yet known to be fenced;
 /// updates the row's reason (the caller saves it).
 pub async fn fence_source(p: &mut Protection, source: &HostAccess, agent: &AgentClient) {
-    if p.reason.contains("source fenced") {
+    if p.fenced_at.is_some() {
         return;
     }
     let req = FenceRequest {
@@ -267,6 +134,7 @@ pub async fn fence_source(p: &mut Protection, source: &HostAccess, agent: &Agent
     match agent.fence(&p.vm, &req).await {
         Ok(r) => {
             tracing::warn!(vm = %p.vm, host = %source.host.hostname, killed = r.killed, "source fenced");
+            p.fenced_at = Some(chrono::Utc::now().to_rfc3339());
             p.reason = format!(
                 "failed over; source fenced on {}{}",
                 source.host.hostname,
@@ -284,24 +152,6 @@ pub async fn fence_source(p: &mut Protection, source: &HostAccess, agent: &Agent
             );
         }
     }
-}
-
-/// Tries once, briefly, to fence the source of an unplanned failover; it may be dead.
-pub async fn try_fence(p: &Protection, source: &HostAccess) -> Result<bool, String> {
-    let agent = client(source, Duration::from_secs(5)).map_err(|(_, m)| m)?;
-    agent
-        .fence(
-            &p.vm,
-            &FenceRequest {
-                reason: format!(
-                    "failed over (unplanned) at {}; it runs on its recovery host now",
-                    chrono::Utc::now().to_rfc3339()
-                ),
-            },
-        )
-        .await
-        .map(|r| r.killed)
-        .map_err(|e| e.to_string())
 }
 
 /// Brings a failed-over VM home: the recovery VM shut down in order and its final point
@@ -335,7 +185,7 @@ pub async fn fail_back(
             ),
         )
     })?;
-    set_state(db, &p.id, ProtectionState::FailingBack, "failing back").await?;
+    apply(db, &p.id, Event::FailBack, Facts::reason("failing back")).await?;
     let stuck = |why: String| {
         (
             StatusCode::BAD_GATEWAY,
@@ -415,14 +265,14 @@ pub async fn fail_back(
     } else {
         db.delete_recovery(&rec.id).await.map_err(db_failure)?;
     }
-    set_state(
+    apply(
         db,
         &p.id,
-        ProtectionState::FailedBack,
-        &format!(
+        Event::CameHome,
+        home_facts(format!(
             "back home from point {point}; `lifeboat reprotect {}` resumes replication",
             p.vm
-        ),
+        )),
     )
     .await?;
     Ok(point)
@@ -511,17 +361,15 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
             if running(&away_state) {
                 let mut r = rec.expect("a VM running away implies its recovery");
                 r.state = "running".into();
-                crate::api::failover::save(db, &mut r)
-                    .await
-                    .map_err(db_failure)?;
+                save_recovery(db, &mut r).await.map_err(db_failure)?;
                 let why = format!(
                     "failed over to {}",
                     away.map(|h| h.host.hostname).unwrap_or_default()
                 );
-                set_state(db, &p.id, ProtectionState::FailedOver, &why).await?;
+                apply(db, &p.id, Event::FailedOverTo, Facts::reason(why)).await?;
                 return Ok(Settled::Finished(ProtectionState::FailedOver));
             }
-            if !p.reason.starts_with("planned") {
+            if p.failover_kind != Some(crate::db::FailoverKind::Planned) {
                 return Ok(Settled::Wait(format!(
                     "the unplanned failover of {} was interrupted: run `lifeboat failover {} --unplanned` again",
                     p.vm, p.vm
@@ -533,7 +381,16 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
                 remove_copy(db, &client(h, Duration::from_secs(120))?, r).await?;
             }
             start_unless_running(&home_agent, &p.vm, running(&home_state), true).await?;
-            set_state(db, &p.id, ProtectionState::Protected, "").await?;
+            apply(
+                db,
+                &p.id,
+                Event::FailoverUndone,
+                Facts {
+                    sync_now: true,
+                    ..home_facts("")
+                },
+            )
+            .await?;
             tracing::warn!(vm = %p.vm, "interrupted planned failover rolled back: the VM runs at home");
             Ok(Settled::RolledBack(ProtectionState::Protected))
         }
@@ -541,13 +398,13 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
             let (Some(r), Some(h)) = (&rec, &away) else {
                 // The recovery VM is gone: only the home copy is left.
                 start_unless_running(&home_agent, &p.vm, running(&home_state), true).await?;
-                set_state(db, &p.id, ProtectionState::FailedBack, "back home").await?;
+                apply(db, &p.id, Event::CameHome, home_facts("back home")).await?;
                 return Ok(Settled::Finished(ProtectionState::FailedBack));
             };
             let away_agent = client(h, Duration::from_secs(120))?;
             if running(&home_state) {
                 remove_copy(db, &away_agent, r).await?;
-                set_state(db, &p.id, ProtectionState::FailedBack, "back home").await?;
+                apply(db, &p.id, Event::CameHome, home_facts("back home")).await?;
                 return Ok(Settled::Finished(ProtectionState::FailedBack));
             }
             start_unless_running(&away_agent, &r.vm, running(&away_state), false).await?;
@@ -555,10 +412,77 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
                 "failed over to {} (a failback was interrupted and rolled back)",
                 h.host.hostname
             );
-            set_state(db, &p.id, ProtectionState::FailedOver, &why).await?;
+            apply(db, &p.id, Event::FailbackUndone, Facts::reason(why)).await?;
             tracing::warn!(vm = %p.vm, "interrupted failback rolled back: the VM runs on the recovery host");
             Ok(Settled::RolledBack(ProtectionState::FailedOver))
         }
         _ => Ok(Settled::Wait("nothing to settle".into())),
     }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecoveryView {
+    #[serde(flatten)]
+    pub recovery: Recovery,
+    /// The recovery host's name, and the origin host's.
+    pub host: String,
+    pub origin_host: String,
+}
+
+pub fn recovery_view(r: Recovery, hosts: &[HostAccess]) -> RecoveryView {
+    let name = |id: &str| {
+        hosts
+            .iter()
+            .find(|h| h.host.id == id)
+            .map(|h| h.host.hostname.clone())
+            .unwrap_or_else(|| id.to_string())
+    };
+    RecoveryView {
+        host: name(&r.host_id),
+        origin_host: name(&r.origin_host_id),
+        recovery: r,
+    }
+}
+
+/// Copies what the agent reports into the row.
+pub(crate) fn apply_status(rec: &mut Recovery, st: &lifeboat_agent::recovery::RecoveryStatus) {
+    let (done, total) = st.hydration_totals();
+    rec.vm_state = st.vm_state.clone();
+    rec.hydrated = st.record.hydrated;
+    if rec.hydrated {
+        rec.hydrated_bytes = rec.hydration_total.max(total as i64);
+        rec.hydration_total = rec.hydrated_bytes;
+    } else if total > 0 {
+        rec.hydrated_bytes = done as i64;
+        rec.hydration_total = total as i64;
+    }
+    rec.forwards = serde_json::to_string(&st.record.forwards).unwrap_or_else(|_| "[]".into());
+    rec.error = st.error.clone().unwrap_or_default();
+}
+
+/// Saves a recovery, re-reading it after a lost race and keeping the caller's fields.
+pub(crate) async fn save_recovery(
+    db: &crate::db::Database,
+    rec: &mut Recovery,
+) -> Result<(), crate::db::DbError> {
+    loop {
+        if db.save_recovery(rec).await? {
+            return Ok(());
+        }
+        match db.recovery(&rec.id).await? {
+            Some(now) => rec.generation = now.generation,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Every recovered VM with its hosts' names (`GET /api/v1/recoveries`, the dashboard).
+pub async fn recovery_views(db: &Database) -> Result<Vec<RecoveryView>, crate::db::DbError> {
+    let hosts = db.hosts_with_access().await?;
+    Ok(db
+        .recoveries()
+        .await?
+        .into_iter()
+        .map(|r| recovery_view(r, &hosts))
+        .collect())
 }

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod db;
 pub mod discovery;
 pub mod failover;
+pub mod ops;
 pub mod policy;
 pub mod recovery_watch;
 pub mod replication;

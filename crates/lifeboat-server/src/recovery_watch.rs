@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
 
-use crate::api::failover::{apply_status, save};
 use crate::db::{Database, DbError, Recovery};
+use crate::failover::{apply_status, save_recovery as save};
 
 const PERIOD: Duration = Duration::from_secs(2);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -352,9 +352,9 @@ async fn on_status(
             p.sync_total = bytes_total as i64;
             if p.last_point.is_none() {
                 if let Some(op) = db.running_operation(&p.host_id, &p.vm).await? {
-                    if op.kind == "enable" {
+                    if op.kind == lifeboat_types::OperationKind::Enable {
                         let step = format!("initial sync: {phase}");
-                        db.advance_operation(&op.id, "running", &step).await?;
+                        db.log_operation(&op.id, &step).await?;
                     }
                 }
             }
@@ -378,9 +378,10 @@ async fn on_status(
             let interval = chrono::Duration::from_std(policy.interval()).unwrap_or_default();
             p.next_sync_at = (started + interval).max(now).to_rfc3339();
             if let Some(op) = db.running_operation(&p.host_id, &p.vm).await? {
-                if op.kind == "enable" {
+                if op.kind == lifeboat_types::OperationKind::Enable {
                     let msg = format!("protected: first recovery point {}", r.point);
-                    db.advance_operation(&op.id, "succeeded", &msg).await?;
+                    db.advance_operation(&op.id, lifeboat_types::OperationStatus::Succeeded, &msg)
+                        .await?;
                 }
             }
             if first {

@@ -4,6 +4,7 @@
 use lifeboat_server::auth::Role;
 use lifeboat_server::db::{Database, DbError, Host, PointRow, Protection, ProtectionState};
 use lifeboat_testkit::{fresh_postgres_database, postgres_url};
+use lifeboat_types::{OperationKind, OperationStatus};
 
 async fn hosts_and_tokens_round_trip(url: &str) {
     let db = Database::connect(url).await.unwrap();
@@ -116,32 +117,37 @@ async fn protections_round_trip(url: &str) {
 
     // One running operation per VM.
     let op = db
-        .start_operation("h1", "web", "enable", "checking")
+        .start_operation("h1", "web", OperationKind::Enable, "checking")
         .await
         .unwrap();
-    let second = db.start_operation("h1", "web", "disable", "stopping").await;
+    let second = db
+        .start_operation("h1", "web", OperationKind::Disable, "stopping")
+        .await;
     assert!(
         matches!(&second, Err(DbError::Conflict(m)) if m.contains("enable")),
         "{second:?}"
     );
-    db.start_operation("h1", "db", "disable", "stopping")
+    db.start_operation("h1", "db", OperationKind::Disable, "stopping")
         .await
         .unwrap();
     // A restart: the enable whose protection exists goes on; the disable failed.
     assert_eq!(db.recover_operations().await.unwrap(), 1);
-    assert_eq!(db.operation(&op).await.unwrap().unwrap().status, "running");
+    assert_eq!(
+        db.operation(&op).await.unwrap().unwrap().status,
+        OperationStatus::Running
+    );
     assert!(db.running_operation("h1", "db").await.unwrap().is_none());
-    db.advance_operation(&op, "succeeded", "protected")
+    db.advance_operation(&op, OperationStatus::Succeeded, "protected")
         .await
         .unwrap();
     let done = db.operation(&op).await.unwrap().unwrap();
-    assert_eq!(done.status, "succeeded");
+    assert_eq!(done.status, OperationStatus::Succeeded);
     assert!(
         done.log.contains("checking") && done.log.contains("protected"),
         "{}",
         done.log
     );
-    db.start_operation("h1", "web", "disable", "stopping")
+    db.start_operation("h1", "web", OperationKind::Disable, "stopping")
         .await
         .unwrap();
 

@@ -91,6 +91,10 @@ pub enum Command {
         #[command(flatten)]
         conn: ServerConn,
     },
+    /// Operations (protect, failover…): their progress and logs; cancel one before its
+    /// point of no return.
+    #[command(subcommand)]
+    Operations(OperationsCommand),
     /// Overview: VMs by protection state, worst RPO, running operations.
     Status {
         #[command(flatten)]
@@ -269,8 +273,37 @@ pub struct FailoverArgs {
     /// recovery hosts). The answer's `forwards` says which host port.
     #[arg(long, value_name = "PORT", requires = "test")]
     pub expose: Vec<u16>,
+    /// Return once the failover started (its operation id) instead of following it to
+    /// its end. Either way it runs in the server: interrupting this command stops nothing.
+    #[arg(long)]
+    pub no_wait: bool,
     #[command(flatten)]
     pub conn: ServerConn,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperationsCommand {
+    /// The newest 100 operations.
+    List {
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// One operation: its progress, error and log.
+    Show {
+        id: String,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
+    /// Undo an operation before its point of no return (refused after it, saying why);
+    /// follows it until it is undone.
+    Cancel {
+        id: String,
+        /// Return once the cancel is asked.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -107,12 +107,15 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
                 .as_secs(),
         ),
     };
-    let r: Value = server
+    let op: lifeboat_server::db::Operation = server
         .post(
             &format!("/api/v1/protections/{}/failover", text(&p["id"])),
             &req,
         )
         .await?;
+    let Some(r) = crate::operations_cmd::finish(out, &server, op, args.no_wait).await? else {
+        return Ok(());
+    };
     out.show(&r, |r| {
         println!(
             "{} runs on {} from point {} (cut {}){}.",

@@ -9,6 +9,7 @@ mod failover_cmd;
 mod hosts_cmd;
 mod image_source;
 mod maintenance_cmd;
+mod operations_cmd;
 mod output;
 mod protect_cmd;
 mod secrets;
@@ -91,6 +92,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Protect(args) => return protect_cmd::protect(out, &cli.home, args).await,
         cli::Command::Unprotect(args) => return protect_cmd::unprotect(out, &cli.home, args).await,
         cli::Command::Status { conn } => return protect_cmd::status(out, &cli.home, conn).await,
+        cli::Command::Operations(cmd) => return operations_cmd::run(out, &cli.home, cmd).await,
         cli::Command::Failover(args) => return failover_cmd::run(out, &cli.home, args).await,
         cli::Command::Failback {
             vm,
@@ -125,6 +127,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         | cli::Command::Protect(_)
         | cli::Command::Unprotect(_)
         | cli::Command::Status { .. }
+        | cli::Command::Operations(_)
         | cli::Command::Failover(_)
         | cli::Command::Failback { .. }
         | cli::Command::Reprotect { .. }

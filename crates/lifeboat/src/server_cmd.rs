@@ -46,6 +46,11 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
             "operations left running by a previous server process failed"
         );
     }
+    // Operations on the engine go on where they were (undoing, if they were undoing).
+    let resumed = lifeboat_server::ops::resume_all(&db).await?;
+    if resumed > 0 {
+        tracing::warn!(resumed, "operations of a previous server process resumed");
+    }
     // The server's identity: agents pin its fingerprint at enrollment.
     let identity = Identity::load_or_create(&server_home, "lifeboat-server")?;
     let fingerprint = identity.fingerprint();

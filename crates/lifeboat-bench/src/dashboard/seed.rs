@@ -97,12 +97,16 @@ pub async fn seed(server_home: &Path, vms: usize, password: &str) -> Result<Seed
             .start_operation(
                 &host_ids[i % vms / VMS_PER_HOST],
                 &vm,
-                "enable",
+                lifeboat_types::OperationKind::Enable,
                 "checking the vault",
             )
             .await?;
-        db.advance_operation(&op, "succeeded", "first point committed")
-            .await?;
+        db.advance_operation(
+            &op,
+            lifeboat_types::OperationStatus::Succeeded,
+            "first point committed",
+        )
+        .await?;
     }
     Ok(Seeded {
         chart_page: format!("/hosts/{}/vms/vm0000", host_ids[0]),

@@ -45,6 +45,7 @@ pub fn required_role(method: &Method, route: &str) -> Role {
             | "/api/v1/protections/{id}/failover/commit"
             | "/api/v1/protections/{id}/failback"
             | "/api/v1/protections/{id}/reprotect"
+            | "/api/v1/operations/{id}/cancel"
             | "/api/v1/scan",
         ) => Role::Operator,
         // Enrolling hosts, managing users, and whatever is not listed above.
@@ -167,6 +168,7 @@ mod tests {
             ),
             ("post", "/api/v1/protections/{id}/failback", Role::Operator),
             ("post", "/api/v1/protections/{id}/reprotect", Role::Operator),
+            ("post", "/api/v1/operations/{id}/cancel", Role::Operator),
         ];
         let doc = super::super::ApiDoc::openapi();
         let mut seen = Vec::new();

@@ -15,14 +15,19 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use lifeboat_agent::client::{AgentClient, ClientError};
-use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest, RecoveryStatus};
+use lifeboat_agent::client::AgentClient;
+use lifeboat_agent::recovery::RecoveryKind;
 use serde::{Deserialize, Serialize};
 
 use super::operations::OpGuard;
 use super::protection::load;
 use super::{db_error, error, ApiError, ServerState};
-use crate::db::{HostAccess, PointRow, Protection, ProtectionState, Recovery};
+use crate::db::Operation;
+use crate::db::{Event, Facts, HostAccess, PointRow, Protection, ProtectionState, Recovery};
+use crate::failover::save_recovery as save;
+pub use crate::failover::{recovery_views, RecoveryView};
+use crate::ops::failover::{Failover, FailoverParams};
+use lifeboat_types::{OperationKind, OperationStatus};
 
 /// How long bringing a VM up may take on the recovery host (opening the vault, making the
 /// overlays, starting QEMU): seconds normally, more on a busy host.
@@ -66,45 +71,9 @@ fn check_expose(kind: RecoveryKind, ports: &[u16]) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RecoveryView {
-    #[serde(flatten)]
-    pub recovery: Recovery,
-    /// The recovery host's name, and the origin host's.
-    pub host: String,
-    pub origin_host: String,
-}
-
-pub(crate) fn recovery_view(r: Recovery, hosts: &[HostAccess]) -> RecoveryView {
-    let name = |id: &str| {
-        hosts
-            .iter()
-            .find(|h| h.host.id == id)
-            .map(|h| h.host.hostname.clone())
-            .unwrap_or_else(|| id.to_string())
-    };
-    RecoveryView {
-        host: name(&r.host_id),
-        origin_host: name(&r.origin_host_id),
-        recovery: r,
-    }
-}
-
 fn agent_for(h: &HostAccess, timeout: Duration) -> Result<AgentClient, Response> {
     crate::replication::agent_client(h, timeout)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-fn agent_error(e: ClientError) -> Response {
-    match e {
-        ClientError::Refused {
-            status, message, ..
-        } if (400..500).contains(&status) => error(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            message,
-        ),
-        e => error(StatusCode::BAD_GATEWAY, e.to_string()),
-    }
 }
 
 /// The point `selector` names among `points` (oldest first). `latest`, `latest-app-
@@ -143,24 +112,24 @@ pub fn choose_point<'a>(points: &'a [PointRow], selector: &str) -> Result<&'a Po
 #[utoipa::path(post, path = "/api/v1/protections/{id}/failover", tag = "failover",
     params(("id" = String, Path, description = "The protection's id")),
     request_body = FailoverRequest,
-    responses((status = 200, description = "The VM runs on the recovery host (hydrating from the vault)", body = RecoveryView),
+    responses((status = 202, description = "The failover runs as an operation: follow it at `/api/v1/operations/{id}`; its `result` is the recovered VM", body = Operation),
                (status = 400, description = "Bad kind or point", body = ApiError),
                (status = 404, description = "No such protection or point", body = ApiError),
-               (status = 409, description = "No point yet, a test copy exists, or another operation runs", body = ApiError),
-               (status = 502, description = "The recovery host's agent did not answer; nothing was left behind", body = ApiError)))]
+               (status = 409, description = "No point yet, a test copy exists, or another operation runs", body = ApiError)))]
 pub async fn failover(
     State(s): State<Arc<ServerState>>,
     Path(id): Path<String>,
     Json(req): Json<FailoverRequest>,
 ) -> Response {
-    let kind = match req.kind.as_str() {
-        "test" => RecoveryKind::Test,
-        "planned" => RecoveryKind::Planned,
-        "unplanned" => RecoveryKind::Unplanned,
-        other => {
+    let kind = match req.kind.parse::<RecoveryKind>() {
+        Ok(k) => k,
+        Err(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("failover kind {other:?} is not known: use test, planned or unplanned"),
+                format!(
+                    "failover kind {:?} is not known: use test, planned or unplanned",
+                    req.kind
+                ),
             )
         }
     };
@@ -174,37 +143,8 @@ pub async fn failover(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if matches!(
-        p.state,
-        ProtectionState::Enabling | ProtectionState::InitialSync
-    ) {
-        let progress = if p.sync_total > 0 {
-            format!(" ({}% copied)", p.sync_done * 100 / p.sync_total)
-        } else {
-            String::new()
-        };
-        return error(
-            StatusCode::CONFLICT,
-            format!(
-                "{} has no recovery point yet: its initial sync is running{progress}; failover is possible once it is protected (`lifeboat protect {} --wait`)",
-                p.vm, p.vm
-            ),
-        );
-    }
-    if p.state == ProtectionState::Disabling {
-        return error(
-            StatusCode::CONFLICT,
-            format!("{} is being unprotected", p.vm),
-        );
-    }
-    if p.state == ProtectionState::FailedOver {
-        return error(
-            StatusCode::CONFLICT,
-            format!(
-                "{} has failed over already: it runs on its recovery host",
-                p.vm
-            ),
-        );
+    if let Err(r) = may_fail_over(&p, kind) {
+        return r;
     }
     if kind == RecoveryKind::Planned && req.point.as_deref().is_some_and(|pt| pt != "latest") {
         return error(
@@ -226,166 +166,24 @@ pub async fn failover(
             "the VM's recovery host is no longer enrolled",
         );
     };
+    if kind == RecoveryKind::Planned && !hosts.iter().any(|h| h.host.id == p.host_id) {
+        return error(StatusCode::CONFLICT, "the VM's host is no longer enrolled");
+    }
     // The key sealed to the recovery host, before anything is changed.
-    let vault = match crate::failover::vault_for(&s.db, &p, rhost).await {
-        Ok(v) => v,
-        Err((code, why)) => return error(code, why),
-    };
-    let op = match s
-        .db
-        .start_operation(
-            &p.host_id,
-            &p.vm,
-            &format!("failover-{}", kind.as_str()),
-            &format!("bringing {} up from point {}", p.vm, point.point),
-        )
-        .await
-    {
-        Ok(id) => OpGuard::new(&s.db, &id),
-        Err(e) => return db_error(e),
-    };
-    let vm = match kind {
-        RecoveryKind::Test => format!("{}-test", p.vm),
-        _ => p.vm.clone(),
-    };
-    let log = |step: String| {
-        let (db, id) = (s.db.clone(), op.id.clone());
-        tokio::spawn(async move { db.advance_operation(&id, "running", &step).await });
-    };
-    if kind != RecoveryKind::Test {
-        // A failover run again after an interrupted one: what the first left on the
-        // recovery host goes first (the VM was not running there, or the row would say
-        // failed over).
-        let stale: Vec<Recovery> = match s.db.recoveries_of(&p.id).await {
-            Ok(v) => v.into_iter().filter(|r| r.kind != "test").collect(),
-            Err(e) => return db_error(e),
-        };
-        for old in stale {
-            if let Ok(c) = agent_for(rhost, PROVISION_TIMEOUT) {
-                // A copy that runs may hold writes: it is never removed here (the
-                // watcher records the interrupted failover as done).
-                if let Ok(st) = c.recovery_status(&old.id).await {
-                    if st.vm_state == "running" {
-                        let why = format!(
-                            "{} already runs on {} from an interrupted failover; it is recorded as failed over in a moment (see `lifeboat status`)",
-                            old.vm, rhost.host.hostname
-                        );
-                        op.end("failed", &why).await;
-                        return error(StatusCode::CONFLICT, why);
-                    }
-                }
-                if let Err(e) = c.remove_recovery(&old.id).await {
-                    let why = format!(
-                        "removing what an earlier failover left on {}: {e}",
-                        rhost.host.hostname
-                    );
-                    op.end("failed", &why).await;
-                    return error(StatusCode::BAD_GATEWAY, why);
-                }
-            }
-            let _ = s.db.delete_recovery(&old.id).await;
-        }
+    if let Err((code, why)) = crate::failover::vault_for(&s.db, &p, rhost).await {
+        return error(code, why);
     }
-    let mut point = point;
-    match kind {
-        RecoveryKind::Test => {}
-        RecoveryKind::Planned => {
-            let Some(source) = hosts.iter().find(|h| h.host.id == p.host_id) else {
-                op.end("failed", "the VM's host is no longer enrolled")
-                    .await;
-                return error(StatusCode::CONFLICT, "the VM's host is no longer enrolled");
-            };
-            // The recovery host must answer before the source is shut down.
-            let probe = match agent_for(rhost, Duration::from_secs(10)) {
-                Ok(c) => c.recoveries().await,
-                Err(r) => return r,
-            };
-            if let Err(e) = probe {
-                let why = format!(
-                    "the recovery host {} does not answer ({e}); {} was not touched",
-                    rhost.host.hostname, p.vm
-                );
-                op.end("failed", &why).await;
-                return error(StatusCode::BAD_GATEWAY, why);
-            }
-            let timeout = Duration::from_secs(req.shutdown_timeout_secs.unwrap_or(120));
-            match crate::failover::hand_over(&s.db, &p, source, timeout, &log).await {
-                Ok((id, time)) => {
-                    point.point = id;
-                    point.cut_time = time;
-                }
-                Err((code, why)) => {
-                    op.end("failed", &why).await;
-                    return error(code, why);
-                }
-            }
-        }
-        RecoveryKind::Unplanned => {
-            if let Err((code, why)) = crate::failover::set_state(
-                &s.db,
-                &p.id,
-                ProtectionState::FailingOver,
-                "unplanned failover",
-            )
-            .await
-            {
-                op.end("failed", &why).await;
-                return error(code, why);
-            }
-            match hosts.iter().find(|h| h.host.id == p.host_id) {
-                Some(source) => match crate::failover::try_fence(&p, source).await {
-                    Ok(killed) => log(format!(
-                        "source fenced on {}{}",
-                        source.host.hostname,
-                        if killed {
-                            " (its VM was running: killed)"
-                        } else {
-                            ""
-                        }
-                    )),
-                    Err(e) => log(format!(
-                        "source host {} unreachable ({e}): it will be fenced when it returns",
-                        source.host.hostname
-                    )),
-                },
-                None => log("the source host is no longer enrolled".into()),
-            }
-        }
-    }
-    let mut rec = Recovery {
-        id: uuid::Uuid::new_v4().to_string(),
-        protection_id: p.id.clone(),
-        kind: kind.as_str().into(),
-        host_id: rhost.host.id.clone(),
-        vm: vm.clone(),
-        origin_host_id: p.host_id.clone(),
-        origin_vm: p.vm.clone(),
-        point: point.point.clone(),
-        point_time: point.cut_time.clone(),
-        state: "starting".into(),
-        vm_state: "stopped".into(),
-        forwards: "[]".into(),
-        ..Default::default()
-    };
-    if let Err(e) = s.db.add_recovery(&rec).await {
-        op.end("failed", &e.to_string()).await;
-        return db_error(e);
-    }
-    let Some(saved) = s.db.recovery(&rec.id).await.ok().flatten() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "the recovery vanished");
-    };
-    rec = saved;
-    let client = match agent_for(rhost, PROVISION_TIMEOUT) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let ask = RecoveryRequest {
-        recovery_id: rec.id.clone(),
-        vault,
-        point: point.point.clone(),
-        vm: vm.clone(),
+    let params = FailoverParams {
         kind,
-        resume_only: false,
+        protection_id: p.id.clone(),
+        recovery_id: uuid::Uuid::new_v4().to_string(),
+        vm: match kind {
+            RecoveryKind::Test => format!("{}-test", p.vm),
+            _ => p.vm.clone(),
+        },
+        point: (kind != RecoveryKind::Planned)
+            .then(|| (point.point.clone(), point.cut_time.clone())),
+        shutdown_timeout_secs: req.shutdown_timeout_secs.unwrap_or(120),
         // The request's mapping, else the one given when replication was enabled.
         network_map: if req.network_map.is_empty() {
             super::protection::network_map(&p)
@@ -394,86 +192,77 @@ pub async fn failover(
         },
         expose: req.expose.clone(),
     };
-    let asked = client.ensure_recovery(&ask).await;
-    lifeboat_agent::failpoint::reached(&format!("{}-after-recovery-started", kind.as_str())).await;
-    match asked {
-        Ok(status) => {
-            apply_status(&mut rec, &status);
-            rec.state = "running".into();
-            if let Err(e) = save(&s.db, &mut rec).await {
-                return db_error(e);
-            }
-            if kind != RecoveryKind::Test {
-                let reason = format!("failed over to {}", rhost.host.hostname);
-                if let Err((code, why)) =
-                    crate::failover::set_state(&s.db, &p.id, ProtectionState::FailedOver, &reason)
-                        .await
-                {
-                    return error(code, why);
-                }
-            }
-            op.end(
-                "succeeded",
-                &format!(
-                    "{vm} runs on {} from point {}",
-                    rhost.host.hostname, point.point
-                ),
-            )
-            .await;
-            tracing::info!(%vm, point = %point.point, host = %rhost.host.hostname, "failover ({}) done", kind.as_str());
-            Json(recovery_view(rec, &hosts)).into_response()
-        }
-        Err(e) => {
-            // Undo: nothing of a failed bring-up stays on the recovery host.
-            let undo = client.remove_recovery(&rec.id).await;
-            let msg = format!("bringing {vm} up on {}: {e}", rhost.host.hostname);
-            match undo {
-                Ok(_) => {
-                    let _ = s.db.delete_recovery(&rec.id).await;
-                    op.end("failed", &msg).await;
-                }
-                Err(u) => {
-                    rec.state = "failed".into();
-                    rec.error = format!("{msg}; removing what was made also failed: {u}");
-                    let _ = save(&s.db, &mut rec).await;
-                    op.end("failed", &rec.error).await;
-                }
-            }
-            agent_error(e)
-        }
+    let first = match kind {
+        RecoveryKind::Planned => format!(
+            "planned failover of {} to {}: shutdown, final sync, start there",
+            p.vm, rhost.host.hostname
+        ),
+        _ => format!(
+            "{} failover of {} to {} from point {}",
+            kind, p.vm, rhost.host.hostname, point.point
+        ),
+    };
+    let op_kind = match kind {
+        RecoveryKind::Test => OperationKind::FailoverTest,
+        RecoveryKind::Planned => OperationKind::FailoverPlanned,
+        RecoveryKind::Unplanned => OperationKind::FailoverUnplanned,
+    };
+    match crate::ops::start::<Failover>(
+        &s.db,
+        op_kind,
+        &p.host_id,
+        &p.vm,
+        Some(&p.id),
+        &params,
+        first,
+    )
+    .await
+    {
+        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        Err(e) => db_error(e),
     }
 }
 
-/// Copies what the agent reports into the row.
-pub(crate) fn apply_status(rec: &mut Recovery, st: &RecoveryStatus) {
-    let (done, total) = st.hydration_totals();
-    rec.vm_state = st.vm_state.clone();
-    rec.hydrated = st.record.hydrated;
-    if rec.hydrated {
-        rec.hydrated_bytes = rec.hydration_total.max(total as i64);
-        rec.hydration_total = rec.hydrated_bytes;
-    } else if total > 0 {
-        rec.hydrated_bytes = done as i64;
-        rec.hydration_total = total as i64;
+/// Whether the protection's state allows a failover of `kind`, with what to do if not.
+fn may_fail_over(p: &Protection, kind: RecoveryKind) -> Result<(), Response> {
+    if matches!(
+        p.state,
+        ProtectionState::Enabling | ProtectionState::InitialSync
+    ) {
+        let progress = if p.sync_total > 0 {
+            format!(" ({}% copied)", p.sync_done * 100 / p.sync_total)
+        } else {
+            String::new()
+        };
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "{} has no recovery point yet: its initial sync is running{progress}; failover is possible once it is protected (`lifeboat protect {} --wait`)",
+                p.vm, p.vm
+            ),
+        ));
     }
-    rec.forwards = serde_json::to_string(&st.record.forwards).unwrap_or_else(|_| "[]".into());
-    rec.error = st.error.clone().unwrap_or_default();
-}
-
-/// Saves a recovery, re-reading it after a lost race and keeping the caller's fields.
-pub(crate) async fn save(
-    db: &crate::db::Database,
-    rec: &mut Recovery,
-) -> Result<(), crate::db::DbError> {
-    loop {
-        if db.save_recovery(rec).await? {
-            return Ok(());
-        }
-        match db.recovery(&rec.id).await? {
-            Some(now) => rec.generation = now.generation,
-            None => return Ok(()),
+    if p.state == ProtectionState::Disabling {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("{} is being unprotected", p.vm),
+        ));
+    }
+    if p.state == ProtectionState::FailedOver {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "{} has failed over already: it runs on its recovery host",
+                p.vm
+            ),
+        ));
+    }
+    if kind != RecoveryKind::Test {
+        if let Err(r) = p.state.on(lifeboat_types::Event::FailOver) {
+            return Err(error(StatusCode::CONFLICT, format!("{}: {r}", p.vm)));
         }
     }
+    Ok(())
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -510,7 +299,7 @@ pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) 
         .start_operation(
             &p.host_id,
             &p.vm,
-            "failover-cleanup",
+            OperationKind::FailoverCleanup,
             &format!("removing {}", rec.vm),
         )
         .await
@@ -523,8 +312,11 @@ pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) 
         return db_error(e);
     }
     let Some(rhost) = hosts.iter().find(|h| h.host.id == rec.host_id) else {
-        op.end("failed", "the recovery host is no longer enrolled")
-            .await;
+        op.end(
+            OperationStatus::Failed,
+            "the recovery host is no longer enrolled",
+        )
+        .await;
         return error(
             StatusCode::CONFLICT,
             "the recovery host is no longer enrolled",
@@ -540,7 +332,8 @@ pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) 
                 return db_error(e);
             }
             let operation = op.id.clone();
-            op.end("succeeded", &format!("{} removed", rec.vm)).await;
+            op.end(OperationStatus::Succeeded, &format!("{} removed", rec.vm))
+                .await;
             tracing::info!(vm = %rec.vm, "test copy removed");
             Json(CleanedUp {
                 vm: p.vm.clone(),
@@ -554,7 +347,7 @@ pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) 
                 "removing {} from {}: {e}; run the cleanup again",
                 rec.vm, rhost.host.hostname
             );
-            op.end("failed", &msg).await;
+            op.end(OperationStatus::Failed, &msg).await;
             error(StatusCode::BAD_GATEWAY, msg)
         }
     }
@@ -641,7 +434,7 @@ pub async fn failback(
         .start_operation(
             &p.host_id,
             &p.vm,
-            "failback",
+            OperationKind::Failback,
             &format!("bringing {} home", p.vm),
         )
         .await
@@ -651,7 +444,7 @@ pub async fn failback(
     };
     let log = |step: String| {
         let (db, id) = (s.db.clone(), op.id.clone());
-        tokio::spawn(async move { db.advance_operation(&id, "running", &step).await });
+        tokio::spawn(async move { db.log_operation(&id, &step).await });
     };
     let timeout = Duration::from_secs(req.shutdown_timeout_secs.unwrap_or(120));
     match crate::failover::fail_back(&s.db, &p, &rec, home, away, timeout, &log).await {
@@ -661,7 +454,7 @@ pub async fn failback(
                 "{} runs at home on {} from point {point}",
                 p.vm, home.host.hostname
             );
-            op.end("succeeded", &message).await;
+            op.end(OperationStatus::Succeeded, &message).await;
             Json(StepDone {
                 vm: p.vm.clone(),
                 operation,
@@ -671,7 +464,7 @@ pub async fn failback(
             .into_response()
         }
         Err((code, why)) => {
-            op.end("failed", &why).await;
+            op.end(OperationStatus::Failed, &why).await;
             error(code, why)
         }
     }
@@ -695,33 +488,29 @@ pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>
     };
     let op = match s
         .db
-        .start_operation(&p.host_id, &p.vm, "reprotect", "resuming replication")
+        .start_operation(
+            &p.host_id,
+            &p.vm,
+            OperationKind::Reprotect,
+            "resuming replication",
+        )
         .await
     {
         Ok(id) => OpGuard::new(&s.db, &id),
         Err(e) => return db_error(e),
     };
-    loop {
-        let Some(mut row) = (match s.db.protection(&p.id).await {
-            Ok(r) => r,
-            Err(e) => return db_error(e),
-        }) else {
-            return error(StatusCode::NOT_FOUND, "the protection is gone");
-        };
-        row.state = ProtectionState::Protected;
-        row.reason = String::new();
-        row.failures = 0;
-        row.last_error = String::new();
-        row.next_sync_at = chrono::Utc::now().to_rfc3339();
-        match s.db.save_protection(&mut row).await {
-            Ok(true) => break,
-            Ok(false) => continue,
-            Err(e) => return db_error(e),
-        }
+    let facts = Facts {
+        sync_now: true,
+        ..Facts::default()
+    };
+    if let Err(e) = s.db.apply_event(&p.id, Event::Reprotect, &facts).await {
+        let why = e.to_string();
+        op.end(OperationStatus::Failed, &why).await;
+        return error(StatusCode::CONFLICT, why);
     }
     let operation = op.id.clone();
     let message = format!("replication of {} resumed", p.vm);
-    op.end("succeeded", &message).await;
+    op.end(OperationStatus::Succeeded, &message).await;
     Json(StepDone {
         vm: p.vm.clone(),
         operation,
@@ -758,7 +547,7 @@ pub async fn commit(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -
         .start_operation(
             &p.host_id,
             &p.vm,
-            "failover-commit",
+            OperationKind::FailoverCommit,
             "committing the failover",
         )
         .await
@@ -775,7 +564,7 @@ pub async fn commit(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -
         "the failover of {} is committed: {} on the recovery host is the VM now; `lifeboat failback {}` brings it home",
         p.vm, rec.vm, p.vm
     );
-    op.end("succeeded", &message).await;
+    op.end(OperationStatus::Succeeded, &message).await;
     Json(StepDone {
         vm: p.vm.clone(),
         operation,
@@ -792,19 +581,6 @@ pub async fn list_recoveries(State(s): State<Arc<ServerState>>) -> Response {
         Ok(views) => Json(views).into_response(),
         Err(e) => db_error(e),
     }
-}
-
-/// Every recovered VM with its hosts' names (`GET /api/v1/recoveries`, the dashboard).
-pub async fn recovery_views(
-    db: &crate::db::Database,
-) -> Result<Vec<RecoveryView>, crate::db::DbError> {
-    let hosts = db.hosts_with_access().await?;
-    Ok(db
-        .recoveries()
-        .await?
-        .into_iter()
-        .map(|r| recovery_view(r, &hosts))
-        .collect())
 }
 
 #[cfg(test)]

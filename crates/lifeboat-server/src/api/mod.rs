@@ -16,7 +16,8 @@
 //! | `GET/POST /api/v1/protections` | protected VMs; enable replication of a VM |
 //! | `GET/DELETE /api/v1/protections/{id}` | one protected VM; disable its replication |
 //! | `GET /api/v1/protections/{id}/points` | its recovery points |
-//! | `GET /api/v1/operations[/{id}]` | operations (enable, disable…) with their logs |
+//! | `GET /api/v1/operations[/{id}]` | operations (enable, failover…) with their progress and logs |
+//! | `POST /api/v1/operations/{id}/cancel` | undo an operation before its point of no return |
 //! | `GET /api/v1/policies` | protection policies |
 //! | `GET /api/v1/status` | overview: counts by state, worst RPO, running operations |
 //! | `GET /metrics` | Prometheus metrics (per-VM RPO, bytes replicated, sync duration, state) |
@@ -185,6 +186,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/api/v1/recoveries", get(failover::list_recoveries))
         .route("/api/v1/operations", get(operations::list_operations))
         .route("/api/v1/operations/{id}", get(operations::get_operation))
+        .route(
+            "/api/v1/operations/{id}/cancel",
+            axum::routing::post(operations::cancel_operation),
+        )
         .route("/api/v1/policies", get(operations::list_policies))
         .route("/api/v1/status", get(status::overview))
         .route("/metrics", get(status::metrics))
@@ -204,7 +209,7 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 
 pub(crate) fn db_error(e: DbError) -> Response {
     match e {
-        DbError::Conflict(m) => error(StatusCode::CONFLICT, m),
+        DbError::Conflict(m) | DbError::Refused(m) => error(StatusCode::CONFLICT, m),
         e => {
             tracing::error!(error = %e, "database");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -234,7 +239,7 @@ pub struct ApiError {
     info(title = "Lifeboat server API", description = "The control plane's REST API. Every route needs `Authorization: Bearer <API token>`, or a dashboard session cookie with the session's `X-CSRF-Token` header on state-changing calls. Each route needs a role, said in its description: viewers read, operators also run operations on VMs, admins also enroll hosts and manage users and everyone's tokens; a call above the caller's role is refused with 403 naming the role needed. Every login, logout and state-changing call is in the audit log (`GET /api/v1/audit`)."),
     paths(list_hosts, enroll_host, list_vms, protection::protect, protection::list_protections,
         protection::get_protection, protection::unprotect, protection::list_points,
-        operations::list_operations, operations::get_operation, operations::list_policies,
+        operations::list_operations, operations::get_operation, operations::cancel_operation, operations::list_policies,
         status::overview, failover::failover, failover::cleanup, failover::list_recoveries,
         failover::failback, failover::reprotect, failover::commit, scan, tokens::list_tokens,
         tokens::create_token, tokens::revoke_token, users::list_users, users::add_user,

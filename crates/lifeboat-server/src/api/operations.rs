@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::{db_error, error, ApiError, ServerState};
-use crate::db::Operation;
+use crate::db::{CancelAsked, Operation};
 use crate::policy::Policy;
+use lifeboat_types::OperationStatus;
 
 /// Fails its operation if the handler ends without saying how it went (an early return,
 /// or the client hanging up mid-request, which drops the handler), so no operation stays
@@ -30,7 +31,7 @@ impl OpGuard {
         }
     }
 
-    pub(crate) async fn end(mut self, status: &str, step: &str) {
+    pub(crate) async fn end(mut self, status: OperationStatus, step: &str) {
         self.armed = false;
         if let Err(e) = self.db.advance_operation(&self.id, status, step).await {
             tracing::error!(operation = %self.id, error = %e, "ending an operation");
@@ -46,7 +47,7 @@ impl Drop for OpGuard {
                 let _ = db
                     .advance_operation(
                         &id,
-                        "failed",
+                        OperationStatus::Failed,
                         "the request ended before the operation did; run the command again",
                     )
                     .await;
@@ -72,6 +73,41 @@ pub async fn get_operation(State(s): State<Arc<ServerState>>, Path(id): Path<Str
     match s.db.operation(&id).await {
         Ok(Some(op)) => Json(op).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no operation {id}")),
+        Err(e) => db_error(e),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/operations/{id}/cancel", tag = "operations",
+    params(("id" = String, Path, description = "The operation's id")),
+    responses((status = 202, description = "Asked: it undoes what it did after the step that runs now; follow it at `/api/v1/operations/{id}`", body = Operation),
+               (status = 404, description = "No such operation", body = ApiError),
+               (status = 409, description = "It passed its point of no return, or it ended", body = ApiError)))]
+pub async fn cancel_operation(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<String>,
+) -> Response {
+    let refused = |why: String| error(StatusCode::CONFLICT, why);
+    match s.db.operation(&id).await {
+        Ok(Some(op)) if op.steps_total == 0 && !op.status.is_done() => {
+            return refused(format!(
+                "operation {id} ({}) cannot be cancelled: it does not run on the operation engine",
+                op.kind
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => return db_error(e),
+    }
+    match s.db.request_cancel(&id).await {
+        Ok(CancelAsked::Asked) => match s.db.operation(&id).await {
+            Ok(Some(op)) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("no operation {id}")),
+            Err(e) => db_error(e),
+        },
+        Ok(CancelAsked::PastNoReturn { step }) => refused(format!(
+            "operation {id} is past its point of no return (now: {step}): undoing it could lose writes or leave two copies, so it finishes; undo it afterwards with the opposite operation (failback)"
+        )),
+        Ok(CancelAsked::Ended(status)) => refused(format!("operation {id} has ended already ({status})")),
+        Ok(CancelAsked::NotFound) => error(StatusCode::NOT_FOUND, format!("no operation {id}")),
         Err(e) => db_error(e),
     }
 }

@@ -14,11 +14,14 @@ use chrono::Utc;
 use lifeboat_agent::api::{UnprotectReport, UnprotectRequest};
 use lifeboat_agent::client::AgentClient;
 use lifeboat_agent::sync::VaultAccess;
+use lifeboat_types::{OperationKind, OperationStatus};
 use serde::{Deserialize, Serialize};
 
 use super::operations::OpGuard;
 use super::{db_error, error, ApiError, ServerState};
-use crate::db::{HostAccess, PointRow, Protection, ProtectionState};
+use crate::db::{
+    DbError, Event, Facts, HostAccess, PointRow, Protection, ProtectionState, TransitionError,
+};
 use crate::policy::Policy;
 use crate::replication::{rpo_seconds, AGENT_TIMEOUT};
 
@@ -333,7 +336,12 @@ pub async fn protect(
     }
     let op = match s
         .db
-        .start_operation(&host.host.id, &req.vm, "enable", "checking the vault")
+        .start_operation(
+            &host.host.id,
+            &req.vm,
+            OperationKind::Enable,
+            "checking the vault",
+        )
         .await
     {
         Ok(id) => OpGuard::new(&s.db, &id),
@@ -348,8 +356,11 @@ pub async fn protect(
         let checked = match agent(h) {
             Ok(a) => a.check_vault(&access).await,
             Err(r) => {
-                op.end("failed", "could not build a client for the agent")
-                    .await;
+                op.end(
+                    OperationStatus::Failed,
+                    "could not build a client for the agent",
+                )
+                .await;
                 return r;
             }
         };
@@ -360,13 +371,13 @@ pub async fn protect(
                 // server never does.
                 None => {
                     let why = format!("the agent on {} did not seal the vault's key (an older version?): upgrade it, then enable protection again", h.host.hostname);
-                    op.end("failed", &why).await;
+                    op.end(OperationStatus::Failed, &why).await;
                     return error(StatusCode::CONFLICT, why);
                 }
             },
             Err(e) => {
                 let msg = e.to_string();
-                op.end("failed", &msg).await;
+                op.end(OperationStatus::Failed, &msg).await;
                 let status = match e {
                     lifeboat_agent::client::ClientError::Refused { .. } => StatusCode::BAD_REQUEST,
                     _ => StatusCode::BAD_GATEWAY,
@@ -379,7 +390,7 @@ pub async fn protect(
     for (host_id, key) in &sealed {
         if let Err(e) = s.db.put_vault_key(&id, host_id, key).await {
             let _ = s.db.delete_vault_keys(&id).await;
-            op.end("failed", &e.to_string()).await;
+            op.end(OperationStatus::Failed, &e.to_string()).await;
             return db_error(e);
         }
     }
@@ -401,12 +412,12 @@ pub async fn protect(
     };
     if let Err(e) = s.db.add_protection(&p).await {
         let _ = s.db.delete_vault_keys(&p.id).await;
-        op.end("failed", &e.to_string()).await;
+        op.end(OperationStatus::Failed, &e.to_string()).await;
         return db_error(e);
     }
     // From here the reconciler carries the operation to its end (the first point).
     let operation = op.id.clone();
-    op.end("running", "initial sync").await;
+    op.end(OperationStatus::Running, "initial sync").await;
     tracing::info!(vm = %p.vm, host = %host.host.hostname, policy = policy.name, "protection enabled");
     (
         StatusCode::ACCEPTED,
@@ -514,11 +525,11 @@ pub async fn unprotect(
     };
     // Disabling ends an enable that is still waiting for its first point.
     if let Ok(Some(op)) = s.db.running_operation(&p.host_id, &p.vm).await {
-        if op.kind == "enable" {
+        if op.kind == OperationKind::Enable {
             let _ =
                 s.db.advance_operation(
                     &op.id,
-                    "cancelled",
+                    OperationStatus::Cancelled,
                     "replication disabled before the first point",
                 )
                 .await;
@@ -526,28 +537,45 @@ pub async fn unprotect(
     }
     let op = match s
         .db
-        .start_operation(&p.host_id, &p.vm, "disable", "stopping replication")
+        .start_operation(
+            &p.host_id,
+            &p.vm,
+            OperationKind::Disable,
+            "stopping replication",
+        )
         .await
     {
         Ok(id) => OpGuard::new(&s.db, &id),
         Err(e) => return db_error(e),
     };
     let Some(host) = hosts.iter().find(|h| h.host.id == p.host_id) else {
-        op.end("failed", "the VM's host is not enrolled").await;
+        op.end(OperationStatus::Failed, "the VM's host is not enrolled")
+            .await;
         return error(StatusCode::CONFLICT, "the VM's host is no longer enrolled");
     };
     // First the row says Disabling, so the reconciler starts no sync while the agent
     // stops tracking (a sync started now would add the bitmaps back).
-    let in_flight = match set_state(&s.db, &p.id, ProtectionState::Disabling).await {
-        Ok(Some(row)) => row.current_sync,
-        Ok(None) => {
-            op.end("succeeded", "already disabled").await;
+    // The state machine decides: a VM that runs on its recovery host, or that a move
+    // holds, is not unprotected under it.
+    let facts = Facts::reason("unprotect");
+    let in_flight = match s.db.apply_event(&p.id, Event::Disable, &facts).await {
+        Ok(_) => match s.db.protection(&p.id).await {
+            Ok(row) => row.and_then(|r| r.current_sync),
+            Err(e) => return db_error(e),
+        },
+        Err(TransitionError::Db(DbError::Conflict(_))) => {
+            op.end(OperationStatus::Succeeded, "already disabled").await;
             return error(
                 StatusCode::NOT_FOUND,
                 format!("{} is not protected any more", p.vm),
             );
         }
-        Err(e) => return db_error(e),
+        Err(TransitionError::Refused(r)) => {
+            let why = format!("{} cannot be unprotected now: {r}", p.vm);
+            op.end(OperationStatus::Failed, &why).await;
+            return error(StatusCode::CONFLICT, why);
+        }
+        Err(TransitionError::Db(e)) => return db_error(e),
     };
     let req = UnprotectRequest {
         point_name: p.point_name.clone(),
@@ -576,14 +604,12 @@ pub async fn unprotect(
         Err(e) => {
             // Replication goes on; tracking may already be gone, and then the next sync
             // is a resync.
-            let back = if p.last_point.is_some() {
-                ProtectionState::Protected
-            } else {
-                ProtectionState::InitialSync
+            let undone = Event::DisableUndone {
+                has_point: p.last_point.is_some(),
             };
-            let _ = set_state(&s.db, &p.id, back).await;
+            let _ = s.db.apply_event(&p.id, undone, &Facts::default()).await;
             let msg = format!("{e}; replication goes on — try again");
-            op.end("failed", &msg).await;
+            op.end(OperationStatus::Failed, &msg).await;
             return error(StatusCode::BAD_GATEWAY, msg);
         }
     };
@@ -615,7 +641,8 @@ pub async fn unprotect(
         }
     }
     let operation = op.id.clone();
-    op.end("succeeded", "replication disabled").await;
+    op.end(OperationStatus::Succeeded, "replication disabled")
+        .await;
     tracing::info!(vm = %p.vm, deleted_points = report.points_deleted, "protection disabled");
     Json(Unprotected {
         vm: p.vm.clone(),
@@ -629,24 +656,6 @@ pub async fn unprotect(
 
 /// How long `unprotect` waits for the agent (it may wait on a frozen guest).
 const UNPROTECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// Sets a protection's state, retrying lost generation races; the row as saved, or `None`
-/// when it is gone.
-async fn set_state(
-    db: &crate::db::Database,
-    id: &str,
-    state: ProtectionState,
-) -> Result<Option<Protection>, crate::db::DbError> {
-    loop {
-        let Some(mut row) = db.protection(id).await? else {
-            return Ok(None);
-        };
-        row.state = state;
-        if db.save_protection(&mut row).await? {
-            return Ok(Some(row));
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

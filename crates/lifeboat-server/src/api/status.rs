@@ -70,7 +70,10 @@ pub async fn overview_of(db: &Database) -> Result<Overview, DbError> {
         protected_vms: views.len(),
         by_state,
         worst_rpo,
-        running_operations: ops.into_iter().filter(|o| o.status == "running").collect(),
+        running_operations: ops
+            .into_iter()
+            .filter(|o| o.status == lifeboat_types::OperationStatus::Running)
+            .collect(),
         protections: views,
     })
 }

@@ -2,6 +2,7 @@
 //! portable migrations run on both (TEXT and BIGINT only; times as RFC 3339 text).
 
 mod audit;
+mod operations;
 mod protections;
 mod recoveries;
 mod tokens;
@@ -9,7 +10,10 @@ mod users;
 mod vault_keys;
 
 pub use audit::AuditRow;
-pub use protections::{Operation, PointRow, Protection, ProtectionState, UNREPORTED};
+pub use operations::{CancelAsked, NewOperation, Operation, Progress};
+pub use protections::{
+    Event, Facts, FailoverKind, PointRow, Protection, ProtectionState, TransitionError, UNREPORTED,
+};
 pub use recoveries::Recovery;
 pub use tokens::{TokenCaller, TokenRow};
 pub use users::{SessionRow, UserRow};
@@ -28,6 +32,10 @@ pub enum DbError {
     Query(#[from] sqlx::Error),
     #[error("{0}")]
     Conflict(String),
+    /// A state change the state machine does not allow (a bug in the caller, or a
+    /// request that raced with another actor's move).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// An enrolled host, as the API shows it (never its credential).

@@ -13,85 +13,10 @@ use super::{Database, DbError};
 /// The kind of a point the server found in the vault but no sync of its own reported.
 pub const UNREPORTED: &str = "unknown";
 
-/// `Unprotected → Enabling → InitialSync → Protected ⇄ Degraded` (DESIGN.md, "Operations").
-/// Unprotected is the absence of a row.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ProtectionState {
-    #[default]
-    Enabling,
-    InitialSync,
-    Protected,
-    Degraded,
-    /// `unprotect` is stopping it: no new sync starts.
-    Disabling,
-    /// A planned or unplanned failover is moving it to its recovery host: no new sync.
-    FailingOver,
-    /// It runs on its recovery host; the source is fenced and not replicated.
-    FailedOver,
-    /// `failback` is bringing it home: no sync.
-    FailingBack,
-    /// Home again, replication paused until `reprotect`.
-    FailedBack,
-}
+pub use lifeboat_types::{Event, ProtectionState, Refusal};
 
-impl ProtectionState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProtectionState::Enabling => "enabling",
-            ProtectionState::InitialSync => "initial_sync",
-            ProtectionState::Protected => "protected",
-            ProtectionState::Degraded => "degraded",
-            ProtectionState::Disabling => "disabling",
-            ProtectionState::FailingOver => "failing_over",
-            ProtectionState::FailedOver => "failed_over",
-            ProtectionState::FailingBack => "failing_back",
-            ProtectionState::FailedBack => "failed_back",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, sqlx::Error> {
-        Ok(match s {
-            "enabling" => ProtectionState::Enabling,
-            "initial_sync" => ProtectionState::InitialSync,
-            "protected" => ProtectionState::Protected,
-            "degraded" => ProtectionState::Degraded,
-            "disabling" => ProtectionState::Disabling,
-            "failing_over" => ProtectionState::FailingOver,
-            "failed_over" => ProtectionState::FailedOver,
-            "failing_back" => ProtectionState::FailingBack,
-            "failed_back" => ProtectionState::FailedBack,
-            other => {
-                return Err(sqlx::Error::Decode(
-                    format!("unknown protection state {other:?}").into(),
-                ))
-            }
-        })
-    }
-
-    pub const ALL: [ProtectionState; 9] = [
-        ProtectionState::Enabling,
-        ProtectionState::InitialSync,
-        ProtectionState::Protected,
-        ProtectionState::Degraded,
-        ProtectionState::Disabling,
-        ProtectionState::FailingOver,
-        ProtectionState::FailedOver,
-        ProtectionState::FailingBack,
-        ProtectionState::FailedBack,
-    ];
-
-    /// The VM is (being) moved away or back: replication does not start syncs.
-    pub fn is_failover(self) -> bool {
-        matches!(
-            self,
-            ProtectionState::FailingOver
-                | ProtectionState::FailedOver
-                | ProtectionState::FailingBack
-                | ProtectionState::FailedBack
-        )
-    }
-}
+/// The kind of failover that moved a VM away: it decides what an interrupted move does.
+pub use lifeboat_types::RecoveryKind as FailoverKind;
 
 /// One protected VM, as stored. `Default` is a new protection before its first sync
 /// (generation 1), so callers name only what they know.
@@ -126,6 +51,21 @@ pub struct Protection {
     pub app_attempt_at: Option<String>,
     /// JSON object: source network -> recovery host network, the failover default.
     pub network_map: String,
+    /// The failover that moved the VM away (`planned` or `unplanned`), while it is away.
+    pub failover_kind: Option<FailoverKind>,
+    /// When the source was last known fenced, while the VM is away.
+    pub fenced_at: Option<String>,
+    /// The state as read: a save changes the state only along the state machine
+    /// ([`ProtectionState::may_become`]) and only if the row still has this state.
+    /// Safe to be public: the update also requires the stored state to be this one.
+    pub state_read: ProtectionState,
+}
+
+impl Protection {
+    /// The state the row had when it was read.
+    pub fn state_read(&self) -> ProtectionState {
+        self.state_read
+    }
 }
 
 impl Default for Protection {
@@ -158,8 +98,41 @@ impl Default for Protection {
             generation: 1,
             app_attempt_at: None,
             network_map: "{}".into(),
+            failover_kind: None,
+            fenced_at: None,
+            state_read: ProtectionState::Enabling,
         }
     }
+}
+
+/// What a [`Database::transition`] sets besides the state. `None` keeps a fact as it is;
+/// `Some(None)` clears it.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    /// Shown next to the state (why it is what it is); always replaced.
+    pub reason: String,
+    pub failover_kind: Option<Option<FailoverKind>>,
+    pub fenced_at: Option<Option<String>>,
+    /// Failures forgotten and the next sync due now (replication resumes).
+    pub sync_now: bool,
+}
+
+impl Facts {
+    pub fn reason(reason: impl Into<String>) -> Facts {
+        Facts {
+            reason: reason.into(),
+            ..Facts::default()
+        }
+    }
+}
+
+/// Why a transition did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
 /// A recovery point as the server knows it.
@@ -178,24 +151,12 @@ pub struct PointRow {
     pub note: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Operation {
-    pub id: String,
-    pub host_id: String,
-    pub vm: String,
-    pub kind: String,
-    pub status: String,
-    pub step: String,
-    pub log: String,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
 const COLUMNS: &str =
     "id, host_id, vm, point_name, vault_url, vault_passphrase, recovery_host_id, \
     policy, state, reason, current_sync, sync_started_at, sync_done, sync_total, next_sync_at, \
     failures, last_error, last_point, last_point_time, last_consistency, bytes_replicated, \
-    syncs_committed, last_sync_ms, created_at, generation, app_attempt_at, network_map";
+    syncs_committed, last_sync_ms, created_at, generation, app_attempt_at, network_map, \
+    failover_kind, fenced_at";
 
 fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
     Ok(Protection {
@@ -207,7 +168,7 @@ fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
         vault_passphrase: Secret::from(r.try_get::<String, _>("vault_passphrase")?),
         recovery_host_id: r.try_get("recovery_host_id")?,
         policy: r.try_get("policy")?,
-        state: ProtectionState::parse(&r.try_get::<String, _>("state")?)?,
+        state: parse_column(r, "state")?,
         reason: r.try_get("reason")?,
         current_sync: r.try_get("current_sync")?,
         sync_started_at: r.try_get("sync_started_at")?,
@@ -226,21 +187,26 @@ fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
         generation: r.try_get("generation")?,
         app_attempt_at: r.try_get("app_attempt_at")?,
         network_map: r.try_get("network_map")?,
+        failover_kind: r
+            .try_get::<Option<String>, _>("failover_kind")?
+            .map(|k| {
+                k.parse()
+                    .map_err(|e: lifeboat_types::UnknownName| sqlx::Error::Decode(e.into()))
+            })
+            .transpose()?,
+        fenced_at: r.try_get("fenced_at")?,
+        state_read: parse_column(r, "state")?,
     })
 }
 
-fn operation(r: &sqlx::any::AnyRow) -> Result<Operation, sqlx::Error> {
-    Ok(Operation {
-        id: r.try_get("id")?,
-        host_id: r.try_get("host_id")?,
-        vm: r.try_get("vm")?,
-        kind: r.try_get("kind")?,
-        status: r.try_get("status")?,
-        step: r.try_get("step")?,
-        log: r.try_get("log")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
+/// A text column holding one of an enum's names (the database checks it too).
+pub(crate) fn parse_column<T>(r: &sqlx::any::AnyRow, column: &str) -> Result<T, sqlx::Error>
+where
+    T: std::str::FromStr<Err = lifeboat_types::UnknownName>,
+{
+    r.try_get::<String, _>(column)?
+        .parse()
+        .map_err(|e: lifeboat_types::UnknownName| sqlx::Error::Decode(e.into()))
 }
 
 /// An RFC 3339 time in the one shape whose text order is time order (UTC, `Z`, six
@@ -254,7 +220,7 @@ pub(crate) fn sortable_time(t: &str) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339()
 }
 
@@ -263,7 +229,8 @@ impl Database {
     pub async fn add_protection(&self, p: &Protection) -> Result<(), DbError> {
         let r = sqlx::query(&format!(
             "INSERT INTO protections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1, $25, $26)"
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1, $25, $26, \
+             $27, $28)"
         ))
         .bind(&p.id)
         .bind(&p.host_id)
@@ -291,6 +258,8 @@ impl Database {
         .bind(&p.created_at)
         .bind(&p.app_attempt_at)
         .bind(&p.network_map)
+        .bind(p.failover_kind.map(|k| k.as_str()))
+        .bind(&p.fenced_at)
         .execute(&self.pool)
         .await;
         match r {
@@ -302,16 +271,27 @@ impl Database {
         }
     }
 
-    /// Writes `p` if the stored row is still at `p.generation`; then `p.generation` is the
-    /// new one. False when another actor changed the row first (or it is gone).
+    /// Writes `p` if the stored row is still at `p.generation` and in the state it was
+    /// read in; then `p.generation` is the new one. False when another actor changed the
+    /// row first (or it is gone): the caller reads again and re-plans. A state change the
+    /// state machine does not allow is refused ([`DbError::Refused`]), whoever asks.
     pub async fn save_protection(&self, p: &mut Protection) -> Result<bool, DbError> {
+        if !p.state_read.may_become(p.state) {
+            return Err(DbError::Refused(format!(
+                "{}: {} cannot become {}",
+                p.vm,
+                p.state_read.as_str(),
+                p.state.as_str()
+            )));
+        }
         let r = sqlx::query(
             "UPDATE protections SET state = $1, reason = $2, current_sync = $3, \
              sync_started_at = $4, sync_done = $5, sync_total = $6, next_sync_at = $7, \
              failures = $8, last_error = $9, last_point = $10, last_point_time = $11, \
              last_consistency = $12, bytes_replicated = $13, syncs_committed = $14, \
-             last_sync_ms = $15, app_attempt_at = $16, generation = generation + 1 \
-             WHERE id = $17 AND generation = $18",
+             last_sync_ms = $15, app_attempt_at = $16, failover_kind = $17, fenced_at = $18, \
+             generation = generation + 1 \
+             WHERE id = $19 AND generation = $20 AND state = $21",
         )
         .bind(p.state.as_str())
         .bind(&p.reason)
@@ -329,16 +309,105 @@ impl Database {
         .bind(p.syncs_committed)
         .bind(p.last_sync_ms)
         .bind(&p.app_attempt_at)
+        .bind(p.failover_kind.map(|k| k.as_str()))
+        .bind(&p.fenced_at)
         .bind(&p.id)
         .bind(p.generation)
+        .bind(p.state_read.as_str())
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 1 {
             p.generation += 1;
+            p.state_read = p.state;
             Ok(true)
         } else {
             Ok(false)
         }
+    }
+
+    /// The one compare-and-set on a protection's state: `event` applied to the state the
+    /// caller read (`from`, at `generation`), with the facts it sets. `Ok(None)` when
+    /// another actor changed the row first (the caller re-plans); a refusal when the
+    /// state machine does not allow the event.
+    pub async fn transition(
+        &self,
+        id: &str,
+        generation: i64,
+        from: ProtectionState,
+        event: Event,
+        facts: &Facts,
+    ) -> Result<Option<i64>, TransitionError> {
+        let to = from.on(event)?;
+        let r = sqlx::query(
+            "UPDATE protections SET state = $1, reason = $2, \
+             failover_kind = CASE WHEN $3 = 'keep' THEN failover_kind ELSE $4 END, \
+             fenced_at = CASE WHEN $5 = 'keep' THEN fenced_at ELSE $6 END, \
+             current_sync = CASE WHEN $7 = 1 THEN NULL ELSE current_sync END, \
+             failures = CASE WHEN $8 = 1 THEN 0 ELSE failures END, \
+             last_error = CASE WHEN $8 = 1 THEN '' ELSE last_error END, \
+             next_sync_at = CASE WHEN $8 = 1 THEN $9 ELSE next_sync_at END, \
+             generation = generation + 1 \
+             WHERE id = $10 AND generation = $11 AND state = $12",
+        )
+        .bind(to.as_str())
+        .bind(&facts.reason)
+        .bind(if facts.failover_kind.is_some() {
+            "set"
+        } else {
+            "keep"
+        })
+        .bind(facts.failover_kind.flatten().map(|k| k.as_str()))
+        .bind(if facts.fenced_at.is_some() {
+            "set"
+        } else {
+            "keep"
+        })
+        .bind(facts.fenced_at.clone().flatten())
+        .bind(i64::from(to == ProtectionState::FailedOver))
+        .bind(i64::from(facts.sync_now))
+        .bind(now())
+        .bind(id)
+        .bind(generation)
+        .bind(from.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(DbError::from)?;
+        Ok((r.rows_affected() == 1).then_some(generation + 1))
+    }
+
+    /// Applies `event` to the protection as it is now: read, then [`Self::transition`];
+    /// a lost race reads again and re-plans (the event may no longer be allowed: refused
+    /// then). The new state, or `Conflict` when the row is gone.
+    pub async fn apply_event(
+        &self,
+        id: &str,
+        event: Event,
+        facts: &Facts,
+    ) -> Result<ProtectionState, TransitionError> {
+        loop {
+            let Some(row) = self.protection(id).await? else {
+                return Err(DbError::Conflict("the protection is gone".into()).into());
+            };
+            if self
+                .transition(id, row.generation, row.state, event, facts)
+                .await?
+                .is_some()
+            {
+                return Ok(row.state.on(event)?);
+            }
+        }
+    }
+
+    /// Records when the source of a moved VM was known fenced (or that it is not).
+    pub async fn set_fenced_at(&self, id: &str, at: Option<&str>) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE protections SET fenced_at = $1, generation = generation + 1 WHERE id = $2",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn protection(&self, id: &str) -> Result<Option<Protection>, DbError> {
@@ -549,127 +618,5 @@ impl Database {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<i64, _>("n")? > 0)
-    }
-
-    /// Starts an operation on a VM; a conflict if one is running on it already.
-    pub async fn start_operation(
-        &self,
-        host_id: &str,
-        vm: &str,
-        kind: &str,
-        step: &str,
-    ) -> Result<String, DbError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let t = now();
-        let r = sqlx::query(
-            "INSERT INTO operations (id, host_id, vm, kind, status, step, log, created_at, updated_at, generation) \
-             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $7, 1)",
-        )
-        .bind(&id)
-        .bind(host_id)
-        .bind(vm)
-        .bind(kind)
-        .bind(step)
-        .bind(format!("{t} {step}\n"))
-        .bind(&t)
-        .execute(&self.pool)
-        .await;
-        match r {
-            Ok(_) => Ok(id),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                let running = self.running_operation(host_id, vm).await?;
-                Err(DbError::Conflict(match running {
-                    Some(op) => format!(
-                        "{vm} has an operation running already: {} ({}, {}); wait for it to end",
-                        op.kind, op.id, op.step
-                    ),
-                    None => format!("{vm} has an operation running already"),
-                }))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Moves a running operation to `step` (and `status`), adding `step` to its log.
-    pub async fn advance_operation(
-        &self,
-        id: &str,
-        status: &str,
-        step: &str,
-    ) -> Result<(), DbError> {
-        let t = now();
-        let op = self.operation(id).await?;
-        let Some(op) = op else { return Ok(()) };
-        if op.step == step && op.status == status {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE operations SET status = $1, step = $2, log = $3, updated_at = $4, \
-             generation = generation + 1 WHERE id = $5 AND status = 'running'",
-        )
-        .bind(status)
-        .bind(step)
-        .bind(format!("{}{t} {step}\n", op.log))
-        .bind(&t)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn operation(&self, id: &str) -> Result<Option<Operation>, DbError> {
-        let row = sqlx::query("SELECT * FROM operations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(operation).transpose()?)
-    }
-
-    pub async fn running_operation(
-        &self,
-        host_id: &str,
-        vm: &str,
-    ) -> Result<Option<Operation>, DbError> {
-        let row = sqlx::query(
-            "SELECT * FROM operations WHERE host_id = $1 AND vm = $2 AND status = 'running'",
-        )
-        .bind(host_id)
-        .bind(vm)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(operation).transpose()?)
-    }
-
-    /// At server start: ends the operations a previous server process left running where
-    /// nothing will carry them on. An enable whose protection exists goes on (the
-    /// reconciler finishes it at the first point); one without, and any disable, failed.
-    pub async fn recover_operations(&self) -> Result<u64, DbError> {
-        let rows = sqlx::query("SELECT * FROM operations WHERE status = 'running'")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut ended = 0;
-        for r in &rows {
-            let op = operation(r)?;
-            let protected = self.protection_of(&op.host_id, &op.vm).await?.is_some();
-            let why = match (op.kind.as_str(), protected) {
-                ("enable", true) => continue,
-                ("enable", false) => "interrupted by a server restart before replication was enabled; run `lifeboat protect` again",
-                _ => "interrupted by a server restart; run the command again",
-            };
-            self.advance_operation(&op.id, "failed", why).await?;
-            ended += 1;
-        }
-        Ok(ended)
-    }
-
-    /// The newest operations first.
-    pub async fn operations(&self, limit: i64) -> Result<Vec<Operation>, DbError> {
-        let rows = sqlx::query("SELECT * FROM operations ORDER BY created_at DESC LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| operation(r).map_err(DbError::from))
-            .collect()
     }
 }

@@ -5,10 +5,10 @@ use maud::{html, Markup};
 
 use super::layout::{age, columns, state_label, time};
 use super::pages::recovery_kind_label;
-use crate::api::failover::RecoveryView;
 use crate::api::protection::ProtectionView;
 use crate::api::status::Overview;
 use crate::db::{Operation, Recovery};
+use crate::failover::RecoveryView;
 
 /// Whether a test copy of protection `id` runs.
 pub fn test_running(recoveries: &[Recovery], id: &str) -> bool {
@@ -89,7 +89,7 @@ pub fn running_ops(o: &Overview) -> Markup {
 /// For an enable operation, the initial sync's percent done.
 fn sync_progress(o: &Overview, op: &Operation) -> Option<i64> {
     // Other operations have no bytes to count; a periodic sync's are not theirs.
-    if op.kind != "enable" {
+    if op.kind != lifeboat_types::OperationKind::Enable {
         return None;
     }
     let p = o

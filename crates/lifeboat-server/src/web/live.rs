@@ -18,10 +18,10 @@ use maud::Markup;
 use tokio::sync::watch;
 
 use super::fragments::{counts, protection_cells, recoveries_table, running_ops};
-use crate::api::failover::recovery_views;
 use crate::api::status::overview_of;
 use crate::api::ServerState;
 use crate::db::Database;
+use crate::failover::recovery_views;
 
 /// How often the fragments are redrawn.
 const EVERY: Duration = Duration::from_secs(1);

@@ -13,12 +13,12 @@ use maud::{html, Markup};
 use super::fragments::{counts, protection_cells, recoveries_table, running_ops};
 use super::layout::{age, columns, may, not_for_role, page, size, time};
 use super::CurrentSession;
-use crate::api::failover::recovery_views;
 use crate::api::protection::ProtectionView;
 use crate::api::status::overview_of;
 use crate::api::{vm_list, ServerState, VmRow};
 use crate::auth::Role;
 use crate::db::{Operation, Recovery};
+use crate::failover::recovery_views;
 use crate::policy::POLICIES;
 
 macro_rules! or_fail {

@@ -255,7 +255,7 @@ fn dialog(a: Action, explanation: Markup, fields: Markup) -> Markup {
                     button type="submit" class=(if danger { "danger" } else { "" }) { (submit) }
                     button type="button" data-close { "Cancel" }
                 }
-                p role="status" class="working" hidden { "Working… this can take a few minutes; keep this page open." }
+                p role="status" class="working" hidden { "Working… this can take a few minutes; closing this page stops nothing." }
                 p role="alert" class="error" hidden {}
             }
         }

@@ -107,6 +107,15 @@
     } catch (_) {
       data = null;
     }
+    if (resp && resp.status === 202 && data && data.id && data.steps_total !== undefined) {
+      // An operation runs in the server: follow it here. Closing the page stops nothing.
+      data = await followOperation(form, data);
+      if (data.status !== "succeeded") {
+        showError(form, data.error || "The operation ended " + data.status + ".");
+        return;
+      }
+      return done(form, { message: lastLine(data) });
+    }
     if (!resp || !resp.ok) {
       // The server's own words: they say what went wrong and what to do.
       const message = (data && data.error) || text || "HTTP " + (resp ? resp.status : "error");
@@ -119,6 +128,51 @@
       return;
     }
     done(form, data);
+  }
+
+  function lastLine(op) {
+    const lines = (op.log || "").trim().split("\n");
+    return lines[lines.length - 1].replace(/^\S+ /, "");
+  }
+
+  function showError(form, message) {
+    const error = form.querySelector('[role="alert"]');
+    if (!error) return;
+    error.textContent = message;
+    error.hidden = false;
+    error.setAttribute("tabindex", "-1");
+    error.focus();
+  }
+
+  // Polls an operation until it ends, showing its current step in the form.
+  async function followOperation(form, op) {
+    const working = form.querySelector(".working");
+    const buttons = form.querySelectorAll("button");
+    buttons.forEach((b) => (b.disabled = true));
+    form.setAttribute("aria-busy", "true");
+    if (working) working.hidden = false;
+    try {
+      while (op.status === "running") {
+        if (working) {
+          working.textContent =
+            (op.undoing ? "Undoing: " : "") + op.step + " (step " + op.steps_done + " of " + op.steps_total + ")";
+        }
+        await new Promise((r) => setTimeout(r, 1000));
+        try {
+          const resp = await fetch("/api/v1/operations/" + encodeURIComponent(op.id), {
+            credentials: "same-origin",
+          });
+          if (resp.ok) op = await resp.json();
+        } catch (_) {
+          // The server may restart: the operation goes on; ask again.
+        }
+      }
+    } finally {
+      buttons.forEach((b) => (b.disabled = false));
+      form.removeAttribute("aria-busy");
+      if (working) working.hidden = true;
+    }
+    return op;
   }
 
   function done(form, data) {
