@@ -269,3 +269,114 @@ async fn sqlite_vault_keys_round_trip() {
 async fn postgres_vault_keys_round_trip() {
     vault_keys_round_trip(&fresh_postgres_database()).await;
 }
+
+/// Two actors on one VM at once — two API calls starting a failover, or an API call and
+/// the replication scheduler — exactly one wins; the loser re-plans from the row as it
+/// is, and the state machine refuses what no longer applies.
+async fn concurrent_actors_never_both_win(url: &str) {
+    use lifeboat_server::db::{Event, Facts, TransitionError};
+    let db = Database::connect(url).await.unwrap();
+    let mut p = protection("p1", "web");
+    p.state = ProtectionState::Protected;
+    p.state_read = ProtectionState::Protected;
+    db.add_protection(&p).await.unwrap();
+
+    // Two API calls read the row at the same generation and race to start a failover.
+    let read = db.protection("p1").await.unwrap().unwrap();
+    let race = |db: Database| {
+        let (g, from) = (read.generation, read.state);
+        tokio::spawn(async move {
+            db.transition("p1", g, from, Event::FailOver, &Facts::reason("failover"))
+                .await
+                .unwrap()
+        })
+    };
+    let tasks: Vec<_> = (0..8).map(|_| race(db.clone())).collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(
+        winners, 1,
+        "exactly one of eight concurrent failovers starts"
+    );
+    // A loser re-plans from the row as it is now: failing over already.
+    let now = db.protection("p1").await.unwrap().unwrap();
+    assert_eq!(now.state, ProtectionState::FailingOver);
+    let again = db
+        .transition(
+            "p1",
+            now.generation,
+            now.state,
+            Event::Disable,
+            &Facts::default(),
+        )
+        .await;
+    assert!(
+        matches!(again, Err(TransitionError::Refused(_))),
+        "{again:?}"
+    );
+
+    // The scheduler read the row before the failover and saves its sync bookkeeping
+    // after it: it loses, and its stale Protected never overwrites FailingOver.
+    let mut stale = read.clone();
+    stale.state = ProtectionState::Degraded;
+    stale.failures = 3;
+    assert!(!db.save_protection(&mut stale).await.unwrap());
+    // Read again, the scheduler cannot turn a moving VM into a replicated one.
+    let mut fresh = db.protection("p1").await.unwrap().unwrap();
+    fresh.state = ProtectionState::Protected;
+    let refused = db.save_protection(&mut fresh).await;
+    assert!(matches!(refused, Err(DbError::Refused(_))), "{refused:?}");
+    assert_eq!(
+        db.protection("p1").await.unwrap().unwrap().state,
+        ProtectionState::FailingOver
+    );
+
+    // The API and the scheduler at once, many times: the row ends in one of the two
+    // outcomes, never a mix, and its generation counts exactly the writes that won.
+    for round in 0..20 {
+        let row = db.protection("p1").await.unwrap().unwrap();
+        let (api, sched) = (db.clone(), db.clone());
+        let event = if row.state == ProtectionState::FailingOver {
+            Event::FailoverUndone
+        } else {
+            Event::FailOver
+        };
+        let (a, b) = (row.clone(), row.clone());
+        let api = tokio::spawn(async move {
+            api.transition("p1", a.generation, a.state, event, &Facts::reason("api"))
+                .await
+                .unwrap()
+                .is_some()
+        });
+        let sched = tokio::spawn(async move {
+            let mut b = b;
+            b.last_error = format!("round {round}");
+            sched.save_protection(&mut b).await.unwrap()
+        });
+        let (api, sched) = (api.await.unwrap(), sched.await.unwrap());
+        assert!(api ^ sched, "round {round}: api {api}, scheduler {sched}");
+        let after = db.protection("p1").await.unwrap().unwrap();
+        assert_eq!(after.generation, row.generation + 1, "round {round}");
+        if api {
+            assert_eq!(after.state, row.state.on(event).unwrap());
+            assert_ne!(after.last_error, format!("round {round}"));
+        } else {
+            assert_eq!(after.state, row.state);
+            assert_eq!(after.last_error, format!("round {round}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn sqlite_concurrent_actors_never_both_win() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_actors_never_both_win(&format!("sqlite://{}", dir.path().join("c.db").display()))
+        .await;
+}
+
+#[tokio::test]
+async fn postgres_concurrent_actors_never_both_win() {
+    concurrent_actors_never_both_win(&fresh_postgres_database()).await;
+}

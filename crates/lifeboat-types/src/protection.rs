@@ -168,6 +168,16 @@ impl ProtectionState {
         self == to || Event::ALL.iter().any(|e| self.on(*e) == Ok(to))
     }
 
+    /// Whether replication's own events (a sync started, healthy, unhealthy) lead from
+    /// `self` to `to`: the only state changes a whole-row save of replication's
+    /// bookkeeping may make. Moves and `unprotect` go through [`ProtectionState::on`].
+    pub fn replication_may_become(self, to: ProtectionState) -> bool {
+        self == to
+            || [Event::SyncStarted, Event::Healthy, Event::Unhealthy]
+                .iter()
+                .any(|e| self.on(*e) == Ok(to))
+    }
+
     fn refuse(self, event: Event) -> Refusal {
         use ProtectionState as S;
         let hint = match self {
@@ -271,5 +281,9 @@ mod tests {
         assert!(!S::FailedOver.may_become(S::Protected));
         assert!(S::FailingOver.may_become(S::Protected));
         assert!(!S::Disabling.may_become(S::FailingOver));
+        // Replication's bookkeeping never ends a move.
+        assert!(!S::FailingOver.replication_may_become(S::Protected));
+        assert!(!S::FailedBack.replication_may_become(S::Protected));
+        assert!(S::InitialSync.replication_may_become(S::Degraded));
     }
 }

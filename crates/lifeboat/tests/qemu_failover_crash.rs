@@ -9,28 +9,13 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::cluster::{boot_guest_with, cluster, Cluster, KillVm};
-use common::moves::{acked, guest_runs, write_at_recovery_site, OneCopy, WRITER};
+use common::cluster::{boot_guest_with, cluster, Cluster};
+use common::moves::{
+    all_acked_present, guest_runs, in_background, where_it_runs, write_at_recovery_site,
+    writing_guest, OneCopy,
+};
 use common::{start_agent_on, start_server};
-use lifeboat_testkit::{free_tcp_port, http_get, wait_http};
-
-/// A protected guest on alpha, writing and acknowledging numbered files.
-async fn writing_guest(cl: &Cluster, http: u16) -> KillVm {
-    let (vm, mut console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http)).await;
-    let (ok, _, err) = cl.protect_web(&["--wait", "--timeout", "5m"]);
-    assert!(ok, "{err}");
-    console.run(WRITER, Duration::from_secs(60)).await.unwrap();
-    let log = cl.home("alpha").join("vms/web/console.log");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while acked(&log).len() < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "the guest acknowledged too few writes"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    vm
-}
+use lifeboat_testkit::{free_tcp_port, http_get};
 
 /// Restarts the server stopped at `failpoint` while `args` runs, kills it there, and
 /// starts it again without the failpoint.
@@ -65,63 +50,12 @@ fn crash_server_at(
     cl.server = start_server(&cl.home("server"), None);
 }
 
-/// Runs a client command against the cluster's server on another thread.
-fn in_background(cl: &Cluster, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
-    let server = (cl.server.url.clone(), cl.server.token.clone());
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    std::thread::spawn(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
-            .args(&args)
-            .env("LIFEBOAT_SERVER", &server.0)
-            .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
-            .env("LIFEBOAT_TOKEN", &server.1)
-            .output()
-            .unwrap()
-    })
-}
-
 /// Waits until the protection settles in one of `states`; returns it.
 fn settled(cl: &Cluster, states: &[&str]) -> String {
     let p = cl.wait_for("the move to settle", Duration::from_secs(180), |p| {
         states.contains(&p["state"].as_str().unwrap_or(""))
     });
     p["state"].as_str().unwrap().to_string()
-}
-
-/// Where the VM runs: "alpha" or "beta", exactly one (waiting for it to start).
-fn where_it_runs(cl: &Cluster) -> &'static str {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (a, b) = (
-            guest_runs(&cl.home("alpha"), "web"),
-            guest_runs(&cl.home("beta"), "web"),
-        );
-        assert!(!(a && b), "two running copies");
-        if a {
-            return "alpha";
-        }
-        if b {
-            return "beta";
-        }
-        assert!(Instant::now() < deadline, "the VM runs nowhere");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Every write the guest acknowledged is readable from the running copy's httpd.
-async fn all_acked_present(cl: &Cluster, port: u16) -> usize {
-    wait_http(port, "/boot-count", Duration::from_secs(120))
-        .await
-        .unwrap();
-    let acks = acked(&cl.home("alpha").join("vms/web/console.log"));
-    for n in &acks {
-        let (code, body) = http_get(port, &format!("/seq/{n}"), Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert_eq!(code, 200, "acknowledged write {n} is lost");
-        assert_eq!(String::from_utf8_lossy(&body).trim(), n.to_string());
-    }
-    acks.len()
 }
 
 /// After a crash at `failpoint`: the move settles as `expect` (state, host that runs the
@@ -347,14 +281,17 @@ fn crash_agent_at(cl: &mut Cluster, who: &str, failpoint: &str, args: &[&str]) {
     };
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
+    // The agent is down for a while, then back. An operation on the engine follows its
+    // retries and undo meanwhile (its command waits for the end); a move of the old kind
+    // failed at once.
+    std::thread::sleep(Duration::from_secs(3));
+    restart(cl, None);
     let out = command.join().unwrap();
     assert!(
         !out.status.success(),
-        "the command cannot succeed with its agent killed"
+        "the command cannot succeed with its agent killed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    // While the agent is down nothing is decided: the VM stays where it is, stopped.
-    std::thread::sleep(Duration::from_secs(3));
-    restart(cl, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -386,3 +386,47 @@ pub struct Progress<'a> {
     /// Why it undoes (kept once set; empty keeps what is there).
     pub error: &'a str,
 }
+
+#[cfg(test)]
+mod tests {
+    use lifeboat_types::{
+        OperationKind, OperationStatus, ProtectionState, RecoveryKind, RecoveryState,
+    };
+
+    /// The names a `CHECK (column IN (…))` of the migration allows.
+    fn allowed(sql: &str, table: &str, column: &str) -> Vec<String> {
+        let body = &sql[sql.find(&format!("CREATE TABLE {table}_new")).unwrap()..];
+        let at = body.find(&format!("CHECK ({column} IN (")).unwrap();
+        let list = &body[at + format!("CHECK ({column} IN (").len()..];
+        let list = &list[..list.find(')').unwrap()];
+        list.split(',')
+            .map(|s| s.trim().trim_matches('\'').to_string())
+            .collect()
+    }
+
+    fn names<T: Copy + std::fmt::Display>(all: &[T]) -> Vec<String> {
+        all.iter().map(|v| v.to_string()).collect()
+    }
+
+    #[test]
+    fn the_database_checks_the_same_names_as_the_types() {
+        let sql = include_str!("../../migrations/0010_operations_engine.sql");
+        assert_eq!(
+            allowed(sql, "protections", "state"),
+            names(ProtectionState::ALL)
+        );
+        assert_eq!(
+            allowed(sql, "operations", "kind"),
+            names(OperationKind::ALL)
+        );
+        assert_eq!(
+            allowed(sql, "operations", "status"),
+            names(OperationStatus::ALL)
+        );
+        assert_eq!(allowed(sql, "recoveries", "kind"), names(RecoveryKind::ALL));
+        assert_eq!(
+            allowed(sql, "recoveries", "state"),
+            names(RecoveryState::ALL)
+        );
+    }
+}

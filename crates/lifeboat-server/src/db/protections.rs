@@ -55,8 +55,8 @@ pub struct Protection {
     pub failover_kind: Option<FailoverKind>,
     /// When the source was last known fenced, while the VM is away.
     pub fenced_at: Option<String>,
-    /// The state as read: a save changes the state only along the state machine
-    /// ([`ProtectionState::may_become`]) and only if the row still has this state.
+    /// The state as read: a save changes the state only along replication's edges
+    /// ([`ProtectionState::replication_may_become`]) and only if the row still has it.
     /// Safe to be public: the update also requires the stored state to be this one.
     pub state_read: ProtectionState,
 }
@@ -273,10 +273,12 @@ impl Database {
 
     /// Writes `p` if the stored row is still at `p.generation` and in the state it was
     /// read in; then `p.generation` is the new one. False when another actor changed the
-    /// row first (or it is gone): the caller reads again and re-plans. A state change the
-    /// state machine does not allow is refused ([`DbError::Refused`]), whoever asks.
+    /// row first (or it is gone): the caller reads again and re-plans. It changes the
+    /// state only along replication's own edges (sync started, healthy, unhealthy); any
+    /// other change is refused ([`DbError::Refused`]): moves and `unprotect` go through
+    /// [`Self::transition`].
     pub async fn save_protection(&self, p: &mut Protection) -> Result<bool, DbError> {
-        if !p.state_read.may_become(p.state) {
+        if !p.state_read.replication_may_become(p.state) {
             return Err(DbError::Refused(format!(
                 "{}: {} cannot become {}",
                 p.vm,

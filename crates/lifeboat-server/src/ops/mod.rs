@@ -6,8 +6,10 @@
 //! server, never inside an HTTP request, and stores after every step what the steps
 //! produced (the saga's `Memory`) and where it is. So:
 //! - a client that goes away cancels nothing;
-//! - after a crash of the server, [`resume_all`] goes on at the saved step: forward, or
-//!   undoing if it was undoing;
+//! - after a crash of the server, [`resume_all`] takes every running operation up at its
+//!   saved step: one not yet past its point of no return is undone (the step it was in
+//!   included, since it may have acted), one past it goes on forward, one that was
+//!   undoing goes on undoing;
 //! - a step that fails with [`StepError::Transient`] is retried with backoff; after
 //!   [`MAX_TRIES`] tries, or at once for [`StepError::Permanent`], the operation undoes the
 //!   steps done, newest first, and ends `failed` — unless it passed its point of no
@@ -140,7 +142,8 @@ pub trait Saga: Send + Sync + 'static {
 /// gives up and undoes.
 pub const MAX_TRIES: i64 = 5;
 
-/// Tries of an undo before the engine leaves it (saying so) and undoes the rest.
+/// Tries of an undo refused for good (not a host that does not answer, which is waited
+/// for) before the engine leaves it, saying so, and undoes the rest.
 const MAX_UNDO_TRIES: i64 = 5;
 
 fn backoff(tries: i64) -> Duration {
@@ -178,16 +181,20 @@ pub async fn start<S: Saga>(
         .operation(&id)
         .await?
         .ok_or_else(|| DbError::Conflict(format!("operation {id} vanished")))?;
-    spawn(db.clone(), op.clone());
+    spawn(db.clone(), op.clone(), false);
     Ok(op)
 }
 
-fn spawn(db: Database, op: Operation) {
+fn spawn(db: Database, op: Operation, restarted: bool) {
     tokio::spawn(async move {
         let id = op.id.clone();
         let mut op = op;
         loop {
-            match drive(db.clone(), op).await {
+            let faults = Faults {
+                restarted,
+                ..Faults::from_env()
+            };
+            match drive(db.clone(), op, &faults).await {
                 Ok(()) => return,
                 // Its stored record does not read (written by another version?): it
                 // cannot go on, and says so.
@@ -222,18 +229,18 @@ pub async fn resume_all(db: &Database) -> Result<usize, DbError> {
     for op in db.running_operations().await? {
         if op.steps_total > 0 {
             tracing::warn!(operation = %op.id, kind = %op.kind, vm = %op.vm, step = op.steps_done, "resuming an operation after a restart");
-            spawn(db.clone(), op);
+            spawn(db.clone(), op, true);
             n += 1;
         }
     }
     Ok(n)
 }
 
-async fn drive(db: Database, op: Operation) -> Result<(), DbError> {
+async fn drive(db: Database, op: Operation, faults: &Faults) -> Result<(), DbError> {
     match op.kind {
         OperationKind::FailoverTest
         | OperationKind::FailoverPlanned
-        | OperationKind::FailoverUnplanned => run::<failover::Failover>(db, op).await,
+        | OperationKind::FailoverUnplanned => run::<failover::Failover>(db, op, faults).await,
         other => {
             let why = format!("operations of kind {other} do not run on the engine");
             db.finish_operation(&op.id, OperationStatus::Failed, None, &why, &why)
@@ -242,20 +249,34 @@ async fn drive(db: Database, op: Operation) -> Result<(), DbError> {
     }
 }
 
-/// A test's instruction to fail after step `name` of `kind` ran: `KIND:STEP` in
-/// `LIFEBOAT_SAGA_FAIL`.
-fn injected_failure(kind: OperationKind, name: &str) -> bool {
-    std::env::var("LIFEBOAT_SAGA_FAIL").is_ok_and(|v| v == format!("{kind}:{name}"))
+/// Faults a test asks for, to drive every step of every operation: a failure after a
+/// step ran (`LIFEBOAT_SAGA_FAIL=KIND:STEP`, on its first try), every action run twice
+/// (`LIFEBOAT_SAGA_REPEAT=1`: the second run must change nothing). A kill of the server
+/// at a step is `LIFEBOAT_FAILPOINT=KIND:STEP` (`lifeboat_agent::failpoint`).
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    pub fail_after: Option<String>,
+    pub repeat: bool,
+    /// Unit tests: stop (as a crash would) before this step, leaving the operation running.
+    pub crash_before: Option<&'static str>,
+    /// The operation was left running by a server that stopped: not yet past its point
+    /// of no return, it is undone (the step it was in included); past it, it goes on.
+    pub restarted: bool,
 }
 
-/// A test's instruction to run every action twice (`LIFEBOAT_SAGA_REPEAT=1`): the
-/// second run must change nothing.
-fn repeat_actions() -> bool {
-    std::env::var("LIFEBOAT_SAGA_REPEAT").is_ok_and(|v| v == "1")
+impl Faults {
+    pub fn from_env() -> Faults {
+        Faults {
+            fail_after: std::env::var("LIFEBOAT_SAGA_FAIL").ok(),
+            repeat: std::env::var("LIFEBOAT_SAGA_REPEAT").is_ok_and(|v| v == "1"),
+            crash_before: None,
+            restarted: false,
+        }
+    }
 }
 
 /// Runs operation `op` of saga `S` from where its record says, to its end.
-async fn run<S: Saga>(db: Database, op: Operation) -> Result<(), DbError> {
+async fn run<S: Saga>(db: Database, op: Operation, faults: &Faults) -> Result<(), DbError> {
     let bad = |what: &str, e: serde_json::Error| {
         DbError::Refused(format!(
             "operation {}: its stored {what} do not read: {e}",
@@ -263,7 +284,11 @@ async fn run<S: Saga>(db: Database, op: Operation) -> Result<(), DbError> {
         ))
     };
     let params: S::Params = serde_json::from_str(&op.params).map_err(|e| bad("params", e))?;
-    let mut mem: S::Memory = serde_json::from_str(&op.memory).map_err(|e| bad("memory", e))?;
+    // A new operation's memory is `{}`: nothing done yet.
+    let mut mem: S::Memory = match op.memory.trim() {
+        "" | "{}" => S::Memory::default(),
+        m => serde_json::from_str(m).map_err(|e| bad("memory", e))?,
+    };
     let steps = S::steps(&params);
     let ctx = Ctx {
         db: db.clone(),
@@ -297,6 +322,34 @@ async fn run<S: Saga>(db: Database, op: Operation) -> Result<(), DbError> {
                 .await
             }
         };
+    if faults.restarted && !undoing && !op.past_no_return {
+        // Interrupted before its point of no return: what it did is undone, the step it
+        // was in included (it may have acted before the server stopped), and the
+        // operator decides whether to run it again.
+        undoing = true;
+        error = if op.cancel_requested {
+            "cancelled".into()
+        } else {
+            "interrupted by a server restart before its point of no return; run it again".into()
+        };
+        next = (next + 1).min(steps.len());
+        save(
+            &mem,
+            next,
+            true,
+            0,
+            &error,
+            format!("{error}: undoing what it did"),
+        )
+        .await?;
+    } else if faults.restarted {
+        ctx.log(if undoing {
+            "the server restarted: undoing goes on"
+        } else {
+            "the server restarted: the operation is past its point of no return and goes on"
+        })
+        .await;
+    }
     // Forward.
     while !undoing && next < steps.len() {
         let step = steps[next];
@@ -318,12 +371,16 @@ async fn run<S: Saga>(db: Database, op: Operation) -> Result<(), DbError> {
             save(&mem, next, true, 0, &error, "cancelled: undoing".into()).await?;
             break;
         }
+        if faults.crash_before == Some(step.name) {
+            return Ok(());
+        }
         lifeboat_agent::failpoint::reached(&format!("{}:{}", op.kind, step.name)).await;
         let mut outcome = S::run(&ctx, &params, step.name, &mut mem).await;
-        if outcome.is_ok() && repeat_actions() {
+        if outcome.is_ok() && faults.repeat {
             outcome = S::run(&ctx, &params, step.name, &mut mem).await;
         }
-        if outcome.is_ok() && injected_failure(op.kind, step.name) {
+        let here = format!("{}:{}", op.kind, step.name);
+        if outcome.is_ok() && tries == 0 && faults.fail_after.as_deref() == Some(here.as_str()) {
             outcome = Err(StepError::Permanent(format!(
                 "failure injected after step {} (LIFEBOAT_SAGA_FAIL)",
                 step.name
@@ -389,6 +446,17 @@ async fn run<S: Saga>(db: Database, op: Operation) -> Result<(), DbError> {
             loop {
                 match S::undo(&ctx, &params, step.name, &mut mem).await {
                     Ok(()) => break,
+                    // A host that does not answer may hold the VM's only copy: the undo
+                    // waits for it, however long (the log says so).
+                    Err(StepError::Transient(e)) => {
+                        tries += 1;
+                        ctx.log(format!(
+                            "undoing {} failed (try {tries}): {e}; retrying until it answers",
+                            step.name
+                        ))
+                        .await;
+                        tokio::time::sleep(backoff(tries).min(Duration::from_secs(30))).await;
+                    }
                     Err(e) if tries + 1 < MAX_UNDO_TRIES => {
                         tries += 1;
                         ctx.log(format!(
@@ -417,6 +485,7 @@ async fn run<S: Saga>(db: Database, op: Operation) -> Result<(), DbError> {
         .await?;
     }
     let cancelled = error == "cancelled";
+    let error = error.as_str();
     let mut why = if cancelled {
         "cancelled; everything it did was undone".to_string()
     } else {
@@ -438,4 +507,323 @@ async fn run<S: Saga>(db: Database, op: Operation) -> Result<(), DbError> {
         .await?;
     tracing::warn!(operation = %op.id, kind = %op.kind, vm = %op.vm, %why, "operation ended");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine's rules, driven over every step of a step list with the real database
+    //! (SQLite in a temporary folder): the step actions are a toy that records what ran
+    //! and what was undone. The real operations' steps are driven the same way against
+    //! real agents and guests in `crates/lifeboat/tests/qemu_operations.rs`.
+    use super::*;
+    use crate::db::CancelAsked;
+
+    /// a, b (undo), c, d (undo, the point of no return), e.
+    const STEPS: &[StepInfo] = &[
+        StepInfo::with_undo("a"),
+        StepInfo::with_undo("b"),
+        StepInfo::step("c"),
+        StepInfo::with_undo("d").no_return(),
+        StepInfo::step("e"),
+    ];
+    const NO_RETURN: usize = 3;
+
+    #[derive(Serialize, serde::Deserialize)]
+    struct ToyParams {
+        /// Ask for a cancel from inside this step (an operator acting meanwhile).
+        cancel_during: Option<String>,
+    }
+
+    /// What ran: `a` for a step's effect (once, however often it ran: the steps are
+    /// idempotent), `~a` for its undo; `runs` counts calls.
+    #[derive(Default, Serialize, serde::Deserialize)]
+    struct Toy {
+        effects: Vec<String>,
+        runs: usize,
+    }
+
+    struct ToySaga;
+
+    impl Saga for ToySaga {
+        type Params = ToyParams;
+        type Memory = Toy;
+
+        fn steps(_: &ToyParams) -> &'static [StepInfo] {
+            STEPS
+        }
+
+        async fn run(
+            ctx: &Ctx,
+            params: &ToyParams,
+            step: &'static str,
+            mem: &mut Toy,
+        ) -> Result<(), StepError> {
+            mem.runs += 1;
+            if params.cancel_during.as_deref() == Some(step) {
+                ctx.db.request_cancel(&ctx.op).await?;
+            }
+            if !mem.effects.iter().any(|e| e == step) {
+                mem.effects.push(step.to_string());
+            }
+            Ok(())
+        }
+
+        async fn undo(
+            _: &Ctx,
+            _: &ToyParams,
+            step: &'static str,
+            mem: &mut Toy,
+        ) -> Result<(), StepError> {
+            // Idempotent, and a no-op for a step whose effect is not there.
+            if mem.effects.iter().any(|e| e == step) && !mem.effects.contains(&format!("~{step}")) {
+                mem.effects.push(format!("~{step}"));
+            }
+            Ok(())
+        }
+
+        async fn answer(_: &Ctx, _: &ToyParams, mem: &Toy) -> Result<serde_json::Value, StepError> {
+            Ok(serde_json::json!({ "effects": mem.effects }))
+        }
+
+        fn done_line(_: &ToyParams, _: &Toy) -> String {
+            "toy done".into()
+        }
+    }
+
+    async fn db() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        (dir, db)
+    }
+
+    async fn new_op(db: &Database, vm: &str, params: &ToyParams) -> Operation {
+        let id = db
+            .create_operation(&NewOperation {
+                host_id: "h1",
+                vm,
+                protection_id: None,
+                kind: OperationKind::Reprotect,
+                params: serde_json::to_string(params).unwrap(),
+                steps_total: STEPS.len() as i64,
+                step: "toy".into(),
+            })
+            .await
+            .unwrap();
+        db.operation(&id).await.unwrap().unwrap()
+    }
+
+    async fn reread(db: &Database, op: &Operation) -> (Operation, Toy) {
+        let op = db.operation(&op.id).await.unwrap().unwrap();
+        let toy = match op.memory.as_str() {
+            "{}" => Toy::default(),
+            m => serde_json::from_str(m).unwrap(),
+        };
+        (op, toy)
+    }
+
+    /// What the declared end of a failure after step `i` is: before the point of no
+    /// return (and at it), every effect undone newest first; after it, done.
+    fn expected_after_failure(i: usize) -> (OperationStatus, Vec<String>) {
+        let done: Vec<String> = STEPS.iter().map(|s| s.name.to_string()).collect();
+        if i > NO_RETURN {
+            return (OperationStatus::Succeeded, done);
+        }
+        let mut effects: Vec<String> = done[..=i].to_vec();
+        for s in STEPS[..=i].iter().rev().filter(|s| s.undo) {
+            effects.push(format!("~{}", s.name));
+        }
+        (OperationStatus::Failed, effects)
+    }
+
+    #[tokio::test]
+    async fn every_step_list_case_ends_in_its_declared_state() {
+        let (_dir, db) = db().await;
+        let mut cases = 0;
+        let plain = ToyParams {
+            cancel_during: None,
+        };
+        // Every step run twice gives the same result as once.
+        let op = new_op(&db, "twice", &plain).await;
+        let faults = Faults {
+            repeat: true,
+            ..Faults::default()
+        };
+        run::<ToySaga>(db.clone(), op.clone(), &faults)
+            .await
+            .unwrap();
+        let (op, toy) = reread(&db, &op).await;
+        assert_eq!(op.status, OperationStatus::Succeeded);
+        assert_eq!(toy.effects, ["a", "b", "c", "d", "e"]);
+        assert_eq!(toy.runs, 2 * STEPS.len());
+        assert_eq!(op.result.unwrap()["effects"].as_array().unwrap().len(), 5);
+        cases += 1;
+        for (i, step) in STEPS.iter().enumerate() {
+            // A failure after the step ran.
+            let op = new_op(&db, &format!("fail-{i}"), &plain).await;
+            let faults = Faults {
+                fail_after: Some(format!("{}:{}", OperationKind::Reprotect, step.name)),
+                ..Faults::default()
+            };
+            run::<ToySaga>(db.clone(), op.clone(), &faults)
+                .await
+                .unwrap();
+            let (op, toy) = reread(&db, &op).await;
+            let (status, effects) = expected_after_failure(i);
+            assert_eq!(
+                (op.status, &toy.effects),
+                (status, &effects),
+                "failure after {}",
+                step.name
+            );
+            if status == OperationStatus::Failed {
+                assert!(op.error.contains(step.name), "{}", op.error);
+                assert!(op.log.contains("undone"), "{}", op.log);
+            }
+            cases += 1;
+            // A crash before the step (after the claim of the point of no return, when
+            // the step is that point): the restarted engine undoes what was done before
+            // the point of no return, and goes on to the end after it, every effect once.
+            let op = new_op(&db, &format!("crash-{i}"), &plain).await;
+            let crash = Faults {
+                crash_before: Some(step.name),
+                ..Faults::default()
+            };
+            run::<ToySaga>(db.clone(), op.clone(), &crash)
+                .await
+                .unwrap();
+            let (stopped, toy) = reread(&db, &op).await;
+            assert_eq!(stopped.status, OperationStatus::Running);
+            assert_eq!(stopped.steps_done, i as i64);
+            assert_eq!(toy.effects.len(), i);
+            let restarted = Faults {
+                restarted: true,
+                ..Faults::default()
+            };
+            run::<ToySaga>(db.clone(), stopped, &restarted)
+                .await
+                .unwrap();
+            let (op, toy) = reread(&db, &op).await;
+            if i < NO_RETURN {
+                assert_eq!(
+                    op.status,
+                    OperationStatus::Failed,
+                    "restarted at {}",
+                    step.name
+                );
+                assert!(op.error.contains("server restart"), "{}", op.error);
+                let mut expected: Vec<String> =
+                    STEPS[..i].iter().map(|s| s.name.to_string()).collect();
+                expected.extend(
+                    STEPS[..i]
+                        .iter()
+                        .rev()
+                        .filter(|s| s.undo)
+                        .map(|s| format!("~{}", s.name)),
+                );
+                assert_eq!(toy.effects, expected, "restarted at {}", step.name);
+            } else {
+                assert_eq!(
+                    op.status,
+                    OperationStatus::Succeeded,
+                    "restarted at {}",
+                    step.name
+                );
+                assert_eq!(toy.effects, ["a", "b", "c", "d", "e"]);
+            }
+            cases += 1;
+            // A cancel while the step runs: undone before the point of no return,
+            // refused from it on (and then it finishes).
+            let op = new_op(
+                &db,
+                &format!("cancel-{i}"),
+                &ToyParams {
+                    cancel_during: Some(step.name.into()),
+                },
+            )
+            .await;
+            run::<ToySaga>(db.clone(), op.clone(), &Faults::default())
+                .await
+                .unwrap();
+            let (op, toy) = reread(&db, &op).await;
+            if i < NO_RETURN {
+                assert_eq!(
+                    op.status,
+                    OperationStatus::Cancelled,
+                    "cancel during {}",
+                    step.name
+                );
+                let undone: Vec<String> = STEPS[..=i]
+                    .iter()
+                    .rev()
+                    .filter(|s| s.undo)
+                    .map(|s| format!("~{}", s.name))
+                    .collect();
+                assert_eq!(
+                    toy.effects[i + 1..],
+                    undone[..],
+                    "cancel during {}",
+                    step.name
+                );
+            } else {
+                assert_eq!(
+                    op.status,
+                    OperationStatus::Succeeded,
+                    "cancel during {}",
+                    step.name
+                );
+                assert!(!op.cancel_requested);
+            }
+            cases += 1;
+        }
+        println!("{cases} saga cases ran over {} steps", STEPS.len());
+        assert_eq!(cases, 1 + 3 * STEPS.len());
+    }
+
+    #[tokio::test]
+    async fn cancel_is_refused_past_the_point_of_no_return_and_after_the_end() {
+        let (_dir, db) = db().await;
+        let op = new_op(
+            &db,
+            "web",
+            &ToyParams {
+                cancel_during: None,
+            },
+        )
+        .await;
+        assert!(db.claim_no_return(&op.id).await.unwrap());
+        assert!(matches!(
+            db.request_cancel(&op.id).await.unwrap(),
+            CancelAsked::PastNoReturn { .. }
+        ));
+        run::<ToySaga>(db.clone(), op.clone(), &Faults::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            db.request_cancel(&op.id).await.unwrap(),
+            CancelAsked::Ended(OperationStatus::Succeeded)
+        );
+        assert_eq!(
+            db.request_cancel("nope").await.unwrap(),
+            CancelAsked::NotFound
+        );
+        // A cancel asked first wins over the claim: the engine undoes instead.
+        let op = new_op(
+            &db,
+            "db",
+            &ToyParams {
+                cancel_during: None,
+            },
+        )
+        .await;
+        assert_eq!(db.request_cancel(&op.id).await.unwrap(), CancelAsked::Asked);
+        assert!(!db.claim_no_return(&op.id).await.unwrap());
+        run::<ToySaga>(db.clone(), op.clone(), &Faults::default())
+            .await
+            .unwrap();
+        let (op, toy) = reread(&db, &op).await;
+        assert_eq!(op.status, OperationStatus::Cancelled);
+        assert!(toy.effects.is_empty());
+    }
 }

@@ -5,11 +5,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use lifeboat_testkit::{http_get, wait_http};
 
 use serde_json::Value;
 
-use super::cluster::Cluster;
+use super::cluster::{boot_guest_with, Cluster, KillVm};
 
 /// The row of `vm` on `host` in `vms list`.
 pub fn vm_row(cl: &Cluster, host: &str, vm: &str) -> Option<Value> {
@@ -134,4 +136,73 @@ pub fn wait_fenced_row(cl: &Cluster, host: &str, vm: &str, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// A protected guest on alpha, writing and acknowledging numbered files.
+pub async fn writing_guest(cl: &Cluster, http: u16) -> KillVm {
+    let (vm, mut console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http)).await;
+    let (ok, _, err) = cl.protect_web(&["--wait", "--timeout", "5m"]);
+    assert!(ok, "{err}");
+    console.run(WRITER, Duration::from_secs(60)).await.unwrap();
+    let log = cl.home("alpha").join("vms/web/console.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked(&log).len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest acknowledged too few writes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    vm
+}
+
+/// Runs a client command against the cluster's server on another thread.
+pub fn in_background(cl: &Cluster, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
+    let server = (cl.server.url.clone(), cl.server.token.clone());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    std::thread::spawn(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+            .args(&args)
+            .env("LIFEBOAT_SERVER", &server.0)
+            .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
+            .env("LIFEBOAT_TOKEN", &server.1)
+            .output()
+            .unwrap()
+    })
+}
+
+/// Where the VM runs: "alpha" or "beta", exactly one (waiting for it to start).
+pub fn where_it_runs(cl: &Cluster) -> &'static str {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (a, b) = (
+            guest_runs(&cl.home("alpha"), "web"),
+            guest_runs(&cl.home("beta"), "web"),
+        );
+        assert!(!(a && b), "two running copies");
+        if a {
+            return "alpha";
+        }
+        if b {
+            return "beta";
+        }
+        assert!(Instant::now() < deadline, "the VM runs nowhere");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every write the guest acknowledged is readable from the running copy's httpd.
+pub async fn all_acked_present(cl: &Cluster, port: u16) -> usize {
+    wait_http(port, "/boot-count", Duration::from_secs(120))
+        .await
+        .unwrap();
+    let acks = acked(&cl.home("alpha").join("vms/web/console.log"));
+    for n in &acks {
+        let (code, body) = http_get(port, &format!("/seq/{n}"), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "acknowledged write {n} is lost");
+        assert_eq!(String::from_utf8_lossy(&body).trim(), n.to_string());
+    }
+    acks.len()
 }

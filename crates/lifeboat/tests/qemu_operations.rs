@@ -1,0 +1,274 @@
+//! Operations run in the server, not in the request (DESIGN.md, "Operations"), shown on
+//! real agents and a guest that writes and acknowledges numbered files:
+//! - a cancel while the source shuts down undoes the planned failover: the source runs
+//!   again, unfenced, with every write;
+//! - a failure injected after a step before the point of no return undoes the failover;
+//! - with every step run twice (`LIFEBOAT_SAGA_REPEAT=1`) a planned failover whose CLI
+//!   is killed mid-way still completes, on the recovery host, with every write;
+//! - past the point of no return a cancel is refused, saying why, and a kill -9 of the
+//!   server there is followed by the restarted server finishing the move.
+//!
+//! At every moment at most one copy of the VM runs. `LIFEBOAT_SAGA_CAMPAIGN=full` adds a
+//! failure injected after every step of the planned failover (a long campaign).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{cluster, Cluster};
+use common::moves::{all_acked_present, where_it_runs, writing_guest, OneCopy};
+use common::start_server;
+use lifeboat_testkit::free_tcp_port;
+use serde_json::Value;
+
+/// The planned failover's steps, as the engine names them (`ops/failover.rs`).
+const PLANNED_STEPS: [&str; 8] = [
+    "check-hosts",
+    "mark-failing-over",
+    "wait-for-sync",
+    "shutdown-source",
+    "final-sync",
+    "fence-source",
+    "start-recovery",
+    "record",
+];
+const NO_RETURN: usize = 6;
+
+fn operation(cl: &Cluster, id: &str) -> Value {
+    cl.json(&["operations", "show", id])
+}
+
+/// Polls the operation until `pred` holds; panics with it after `limit`.
+fn wait_op(
+    cl: &Cluster,
+    id: &str,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let op = operation(cl, id);
+        if pred(&op) {
+            return op;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {limit:?} for {what}: {op:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ended(op: &Value) -> bool {
+    op["status"] != "running"
+}
+
+/// Starts a planned failover without following it; its operation's id.
+fn start_planned(cl: &Cluster, timeout: &str) -> String {
+    let op = cl.json(&[
+        "failover",
+        "web",
+        "--planned",
+        "--shutdown-timeout",
+        timeout,
+        "--no-wait",
+    ]);
+    assert_eq!(op["status"], "running", "{op}");
+    assert_eq!(op["kind"], "failover-planned", "{op}");
+    op["id"].as_str().unwrap().to_string()
+}
+
+/// Restarts the server with `env` set (and nothing else of the test's own).
+fn restart_server_with(cl: &mut Cluster, env: &[(&str, &str)]) {
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    cl.restart_server(None);
+    for (k, _) in env {
+        std::env::remove_var(k);
+    }
+}
+
+/// The VM is home and protected, runs there only, with every acknowledged write.
+async fn home_and_whole(cl: &Cluster, http: u16, after: &str) {
+    let p = cl.wait_for("protected", Duration::from_secs(120), |p| {
+        p["state"] == "protected"
+    });
+    assert_eq!(p["state"], "protected", "{after}");
+    assert_eq!(where_it_runs(cl), "alpha", "{after}");
+    assert!(
+        cl.json(&["failover", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{after}: a copy is left on beta"
+    );
+    let n = all_acked_present(cl, http).await;
+    eprintln!("{after}: home, protected, {n} acknowledged writes present");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_survive_clients_cancels_failures_and_server_crashes() {
+    let mut cl = cluster(None);
+    let http = free_tcp_port();
+    let _vm = writing_guest(&cl, http).await;
+    let one_copy = OneCopy::watch([cl.home("alpha"), cl.home("beta")], "web");
+    let mut cases = 0;
+
+    // 1. Cancel while the source shuts down (the guest ignores ACPI: the shutdown takes
+    // its whole timeout): the failover is undone after that step.
+    let id = start_planned(&cl, "20s");
+    wait_op(&cl, &id, "the shutdown", Duration::from_secs(120), |op| {
+        op["log"]
+            .as_str()
+            .unwrap_or("")
+            .contains("shutting web down")
+            || ended(op)
+    });
+    let asked = cl.json(&["operations", "cancel", &id, "--no-wait"]);
+    assert_eq!(asked["cancel_requested"], true, "{asked}");
+    let op = wait_op(&cl, &id, "the undo", Duration::from_secs(180), ended);
+    assert_eq!(op["status"], "cancelled", "{op:#}");
+    assert!(
+        op["log"]
+            .as_str()
+            .unwrap()
+            .contains("step shutdown-source undone"),
+        "{op:#}"
+    );
+    home_and_whole(&cl, http, "cancelled during the shutdown").await;
+    cases += 1;
+
+    // 2. A failure after a step before the point of no return: undone, said why. With
+    // the full campaign, after every step before it.
+    let campaign = std::env::var("LIFEBOAT_SAGA_CAMPAIGN").is_ok_and(|v| v == "full");
+    let fail_at: Vec<&str> = if campaign {
+        PLANNED_STEPS[..NO_RETURN + 1].to_vec()
+    } else {
+        vec!["fence-source"]
+    };
+    for step in fail_at {
+        restart_server_with(
+            &mut cl,
+            &[("LIFEBOAT_SAGA_FAIL", &format!("failover-planned:{step}"))],
+        );
+        let (ok, _, err) = cl.cli(&["failover", "web", "--planned", "--shutdown-timeout", "5s"]);
+        assert!(!ok, "failure after {step}: the failover succeeded");
+        assert!(
+            err.contains(&format!("step {step} failed")) && err.contains("undone"),
+            "failure after {step}: {err}"
+        );
+        home_and_whole(&cl, http, &format!("failure after {step}")).await;
+        cases += 1;
+    }
+
+    // 3. Every action run twice; the CLI killed once the source is shut down: the
+    // failover completes without it.
+    restart_server_with(&mut cl, &[("LIFEBOAT_SAGA_REPEAT", "1")]);
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .args(["failover", "web", "--planned", "--shutdown-timeout", "5s"])
+        .env("LIFEBOAT_SERVER", &cl.server.url)
+        .env("LIFEBOAT_TOKEN", &cl.server.token)
+        .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || -> Option<Value> {
+        cl.json(&["operations", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == "failover-planned" && o["status"] == "running")
+            .cloned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let id = loop {
+        if let Some(op) = running() {
+            if op["steps_done"].as_i64().unwrap() >= 4 {
+                break op["id"].as_str().unwrap().to_string();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failover did not reach its final sync"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    let op = wait_op(
+        &cl,
+        &id,
+        "the failover without its CLI",
+        Duration::from_secs(300),
+        ended,
+    );
+    assert_eq!(op["status"], "succeeded", "{op:#}");
+    assert_eq!(op["result"]["kind"], "planned", "{op:#}");
+    assert_eq!(where_it_runs(&cl), "beta");
+    assert_eq!(cl.protection()["state"], "failed_over");
+    let n = all_acked_present(&cl, http).await;
+    eprintln!("every step twice, CLI killed: failed over, {n} acknowledged writes present");
+    cases += 1;
+
+    // Home again, for the last case.
+    restart_server_with(&mut cl, &[]);
+    let back = cl.json(&["failback", "web", "--shutdown-timeout", "5s"]);
+    assert_eq!(back["state"], "failed_back", "{back}");
+    cl.json(&["reprotect", "web"]);
+    let last = cl.protection()["last_point"].clone();
+    cl.wait_for("a point after reprotect", Duration::from_secs(120), |p| {
+        p["state"] == "protected" && p["last_point"] != last
+    });
+
+    // 4. Past the point of no return: cancel refused, the server killed there, and the
+    // restarted server finishes the move.
+    let marker = cl.tmp.path().join("failpoint-reached");
+    let _ = std::fs::remove_file(&marker);
+    restart_server_with(
+        &mut cl,
+        &[
+            ("LIFEBOAT_FAILPOINT", "failover-planned:record"),
+            ("LIFEBOAT_FAILPOINT_FILE", marker.to_str().unwrap()),
+        ],
+    );
+    let id = start_planned(&cl, "5s");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the failover did not reach its record step: {:#}",
+            operation(&cl, &id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, _, err) = cl.cli(&["operations", "cancel", &id]);
+    assert!(!ok && err.contains("point of no return"), "{err}");
+    cl.server.child.kill().unwrap();
+    cl.server.child.wait().unwrap();
+    cl.server = start_server(&cl.home("server"), None);
+    let op = wait_op(
+        &cl,
+        &id,
+        "the resumed failover",
+        Duration::from_secs(180),
+        ended,
+    );
+    assert_eq!(op["status"], "succeeded", "{op:#}");
+    assert!(
+        op["log"]
+            .as_str()
+            .unwrap()
+            .contains("past its point of no return and goes on"),
+        "{op:#}"
+    );
+    assert_eq!(where_it_runs(&cl), "beta");
+    assert_eq!(cl.protection()["state"], "failed_over");
+    all_acked_present(&cl, http).await;
+    cases += 1;
+
+    assert!(one_copy.stop() > 10);
+    eprintln!("{cases} operation cases ran on real agents");
+}
