@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use lifeboat_agent::client::AgentClient;
-use lifeboat_agent::handover::{FenceRequest, ShutdownRequest};
-use lifeboat_agent::sync::{SyncRequest, VaultAccess};
+use lifeboat_agent::handover::FenceRequest;
+use lifeboat_agent::sync::VaultAccess;
 
 use crate::db::{Database, Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
 use serde::Serialize;
@@ -24,9 +24,6 @@ pub type Failure = (StatusCode, String);
 fn db_failure(e: crate::db::DbError) -> Failure {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
-
-/// How long a source's final sync may take (a stopped VM; only the last changes).
-const FINAL_SYNC_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// How `host`'s agent opens `p`'s vault (the key sealed to it); asked before anything is
 /// changed, so a missing key stops a move before it starts.
@@ -152,130 +149,6 @@ pub async fn fence_source(p: &mut Protection, source: &HostAccess, agent: &Agent
             );
         }
     }
-}
-
-/// Brings a failed-over VM home: the recovery VM shut down in order and its final point
-/// taken (only chunks that differ from the vault's newest point are sent), that point
-/// written over the home disks where they differ (the recovery site's writes, and home's
-/// own diverged writes), the home disks proven equal, the VM started at home, the
-/// recovery VM removed. Never two running copies: home starts only after the recovery VM
-/// stopped. Returns the point the VM came home at.
-pub async fn fail_back(
-    db: &Database,
-    p: &Protection,
-    rec: &crate::db::Recovery,
-    home: &HostAccess,
-    recovery: &HostAccess,
-    shutdown_timeout: Duration,
-    log: &(impl Fn(String) + Sync),
-) -> Result<String, Failure> {
-    let away = client(recovery, FINAL_SYNC_TIMEOUT)?;
-    let back = client(home, FINAL_SYNC_TIMEOUT)?;
-    let (away_vault, home_vault) = (
-        vault_for(db, p, recovery).await?,
-        vault_for(db, p, home).await?,
-    );
-    // Home must answer before the recovery VM stops.
-    back.inventory().await.map_err(|e| {
-        (
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "the home host {} does not answer ({e}); nothing was changed",
-                home.host.hostname
-            ),
-        )
-    })?;
-    apply(db, &p.id, Event::FailBack, Facts::reason("failing back")).await?;
-    let stuck = |why: String| {
-        (
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "{why}; the VM may be stopped on both hosts — run `lifeboat failback {}` again",
-                p.vm
-            ),
-        )
-    };
-    log(format!(
-        "shutting {} down on {}",
-        rec.vm, recovery.host.hostname
-    ));
-    away.shutdown_vm(
-        &rec.vm,
-        &ShutdownRequest {
-            timeout_secs: shutdown_timeout.as_secs().max(1),
-        },
-    )
-    .await
-    .map_err(|e| stuck(format!("shutting the recovery VM down: {e}")))?;
-    lifeboat_agent::failpoint::reached("failback-after-shutdown").await;
-    log("final sync of the recovery VM".into());
-    let req = SyncRequest {
-        sync_id: uuid::Uuid::new_v4().to_string(),
-        vault: away_vault,
-        point_name: p.point_name.clone(),
-        app_consistent: false,
-    };
-    let report = away
-        .final_sync(&rec.vm, &req)
-        .await
-        .map_err(|e| stuck(format!("the recovery VM's final sync: {e}")))?;
-    record_final_point(db, &p.id, &report.result).await?;
-    if !report.equal {
-        return Err(stuck(format!(
-            "the recovery VM's final point {} does not equal its disks",
-            report.result.point
-        )));
-    }
-    lifeboat_agent::failpoint::reached("failback-after-final-sync").await;
-    let point = report.result.point.clone();
-    log(format!(
-        "final point {point}: {} byte(s) sent from the recovery site; writing it at home where it differs",
-        report.result.new_bytes_stored
-    ));
-    let applied = back
-        .apply_point(
-            &p.vm,
-            &lifeboat_agent::handover::ApplyPointRequest {
-                vault: home_vault,
-                point: point.clone(),
-                point_name: p.point_name.clone(),
-            },
-        )
-        .await
-        .map_err(|e| stuck(format!("writing the point at home: {e}")))?;
-    lifeboat_agent::failpoint::reached("failback-after-apply").await;
-    if !applied.equal {
-        return Err(stuck(
-            "the home disks still differ from the point after writing it".into(),
-        ));
-    }
-    log(format!(
-        "home disks equal the point ({} chunk(s) written)",
-        applied.disks.iter().map(|d| d.written_chunks).sum::<u64>()
-    ));
-    back.start_vm(&p.vm, true)
-        .await
-        .map_err(|e| stuck(format!("starting {} at home: {e}", p.vm)))?;
-    log(format!("{} runs at home on {}", p.vm, home.host.hostname));
-    lifeboat_agent::failpoint::reached("failback-after-home-started").await;
-    if let Err(e) = away.remove_recovery(&rec.id).await {
-        log(format!(
-            "removing the recovery VM failed ({e}); it is stopped — remove it by hand"
-        ));
-    } else {
-        db.delete_recovery(&rec.id).await.map_err(db_failure)?;
-    }
-    apply(
-        db,
-        &p.id,
-        Event::CameHome,
-        home_facts(format!(
-            "back home from point {point}; `lifeboat reprotect {}` resumes replication",
-            p.vm
-        )),
-    )
-    .await?;
-    Ok(point)
 }
 
 /// What became of an interrupted move.

@@ -5,11 +5,12 @@
 //! treats it as "make sure this point is served", so an agent that restarted serves the
 //! point again and the VM's reads go on (QEMU waits for the NBD server to return).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
 
-use crate::db::{Database, DbError, Recovery};
+use crate::db::{Database, DbError, HostAccess, Recovery};
 use crate::failover::{apply_status, save_recovery as save};
 
 const PERIOD: Duration = Duration::from_secs(2);
@@ -24,22 +25,45 @@ pub async fn run(db: Database) {
     }
 }
 
+/// One round: every recovery host asked at once, each about its own VMs in turn, with a
+/// time limit per host, so a host that does not answer holds up only its own VMs.
 async fn watch_all(db: &Database) -> Result<(), DbError> {
     let hosts = db.hosts_with_access().await?;
-    for mut rec in db.recoveries().await? {
-        if rec.state != "running" && rec.state != "committed" {
-            continue;
+    let mut by_host: HashMap<String, Vec<Recovery>> = HashMap::new();
+    for rec in db.recoveries().await? {
+        if rec.state == "running" || rec.state == "committed" {
+            by_host.entry(rec.host_id.clone()).or_default().push(rec);
         }
-        let Some(host) = hosts.iter().find(|h| h.host.id == rec.host_id) else {
-            continue;
-        };
-        let client = match crate::replication::agent_client(host, AGENT_TIMEOUT) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "agent client");
-                continue;
+    }
+    let rounds = by_host.into_iter().filter_map(|(host_id, recs)| {
+        let host = hosts.iter().find(|h| h.host.id == host_id)?.clone();
+        Some(async move {
+            let limit = AGENT_TIMEOUT + PERIOD;
+            match tokio::time::timeout(limit, watch_host(db, &host, recs)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(host = %host.host.hostname, "recovery host did not answer in {limit:?}");
+                    Ok(())
+                }
             }
-        };
+        })
+    });
+    for r in futures::future::join_all(rounds).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Asks `host` about each of its recovered VMs and records what it says.
+async fn watch_host(db: &Database, host: &HostAccess, recs: Vec<Recovery>) -> Result<(), DbError> {
+    let client = match crate::replication::agent_client(host, AGENT_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "agent client");
+            return Ok(());
+        }
+    };
+    for mut rec in recs {
         let mut no_key = None;
         let status = if rec.hydrated {
             client.recovery_status(&rec.id).await

@@ -1,9 +1,11 @@
 //! The replication reconciler: keeps every protected VM syncing on its policy's schedule.
 //!
-//! One watcher task per protection reads its row, does one step, writes the row back
-//! (generation-guarded) and sleeps until the next step. All it knows lives in the row, so
-//! a server killed at any moment picks up where it was: a sync it had asked for is polled
-//! again by its id, and an agent that restarted and no longer knows that id gets a new one.
+//! One scheduler ([`run`]) reads every protection once a round and runs a step for each
+//! one that is due, a few at a time per host. A step reads nothing but its row, does one
+//! thing, writes the row back (guarded by generation and state) and says when the
+//! protection is due again. All it knows lives in the row, so a server killed at any
+//! moment picks up where it was: a sync it had asked for is polled again by its id, and an
+//! agent that restarted and no longer knows that id gets a new one.
 //!
 //! ```text
 //!   Enabling ──first sync asked──▶ InitialSync ──first point──▶ Protected
@@ -11,13 +13,14 @@
 //!                                                      └─caught up──┴▶ Degraded (RPO over threshold)
 //! ```
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use lifeboat_agent::client::{AgentClient, ClientError};
 use lifeboat_agent::sync::{SyncRequest, SyncState, SyncStatus};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::db::{Database, PointRow, Protection, ProtectionState};
 use crate::policy::Policy;
@@ -33,47 +36,74 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The longest a prune after a point may hold up this VM's watcher.
 const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs forever: starts a watcher for every protection, including ones added later.
-pub async fn run(db: Database) {
-    let mut watchers: HashMap<String, JoinHandle<()>> = HashMap::new();
-    loop {
-        match db.protections().await {
-            Ok(all) => {
-                watchers.retain(|_, h| !h.is_finished());
-                for p in all {
-                    watchers
-                        .entry(p.id.clone())
-                        .or_insert_with(|| tokio::spawn(watch(db.clone(), p.id)));
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "listing protections"),
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
+/// Steps of one host's protections that may run at once: a host with many VMs is asked
+/// about a few at a time, and a host that does not answer holds up only its own.
+const PER_HOST: usize = 4;
 
-async fn watch(db: Database, id: String) {
-    // One HTTPS client per watcher, kept across steps: a new one per poll would make a
-    // new TLS handshake every second for every protected VM.
-    let mut agents = AgentClients::default();
+/// Runs forever: one scheduler for every protection, including ones added later. Each
+/// round reads the protections once, and runs a step for each one that is due (its last
+/// step said how long to wait), at most [`PER_HOST`] at a time per host, each in its own
+/// task; a step's outcome says when that protection is due again.
+pub async fn run(db: Database) {
+    let clients = Arc::new(AgentClients::default());
+    let mut due: HashMap<String, Instant> = HashMap::new();
+    let mut running: HashSet<String> = HashSet::new();
+    let mut hosts: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Duration)>();
     loop {
-        let p = match db.protection(&id).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return,
+        while let Ok((id, wait)) = done_rx.try_recv() {
+            running.remove(&id);
+            due.insert(id, Instant::now() + wait);
+        }
+        let all = match db.protections().await {
+            Ok(all) => all,
             Err(e) => {
-                tracing::error!(error = %e, "reading a protection");
+                tracing::error!(error = %e, "listing protections");
                 tokio::time::sleep(POLL).await;
                 continue;
             }
         };
-        let wait = match step(&db, p, &mut agents).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(protection = %id, error = %e, "replication step");
-                POLL
+        let now = Instant::now();
+        due.retain(|id, _| all.iter().any(|p| &p.id == id));
+        for p in all {
+            if running.contains(&p.id) || due.get(&p.id).is_some_and(|t| *t > now) {
+                continue;
             }
-        };
-        tokio::time::sleep(wait).await;
+            running.insert(p.id.clone());
+            let gate = hosts
+                .entry(p.host_id.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(PER_HOST)))
+                .clone();
+            let (db, clients, done) = (db.clone(), clients.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                let id = p.id.clone();
+                let wait = match gate.acquire().await {
+                    Ok(_permit) => match step(&db, p, &clients).await {
+                        Ok(w) => w,
+                        Err(e) => {
+                            tracing::error!(protection = %id, error = %e, "replication step");
+                            POLL
+                        }
+                    },
+                    Err(_) => POLL,
+                };
+                let _ = done.send((id, wait));
+            });
+        }
+        // Until the next protection is due, or a step ends, at most POLL.
+        let next = due
+            .values()
+            .min()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(POLL)
+            .min(POLL);
+        tokio::select! {
+            Some((id, wait)) = done_rx.recv() => {
+                running.remove(&id);
+                due.insert(id, Instant::now() + wait);
+            }
+            _ = tokio::time::sleep(next) => {}
+        }
     }
 }
 
@@ -146,30 +176,32 @@ pub fn agent_client(
     )
 }
 
-/// The client for a host, made again only when the host's address, pinned certificate
-/// or credential changed.
+/// One client per host, shared by every step of the host's protections (a new one per
+/// step would make a TLS handshake per poll), made again only when the host's address,
+/// pinned certificate or credential changed.
+/// What a host's client was made with: address, pinned certificate, credential.
+type ClientKey = (String, String, lifeboat_agent::secret::Secret);
+
 #[derive(Default)]
 struct AgentClients {
-    current: Option<(
-        (String, String, lifeboat_agent::secret::Secret),
-        AgentClient,
-    )>,
+    by_host: Mutex<HashMap<String, (ClientKey, AgentClient)>>,
 }
 
 impl AgentClients {
-    fn get(&mut self, host: &crate::db::HostAccess) -> Result<AgentClient, ClientError> {
+    fn get(&self, host: &crate::db::HostAccess) -> Result<AgentClient, ClientError> {
         let key = (
             host.host.address.clone(),
             host.host.fingerprint.clone(),
             host.credential.clone(),
         );
-        if let Some((k, c)) = &self.current {
+        let mut all = self.by_host.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, c)) = all.get(&host.host.id) {
             if *k == key {
                 return Ok(c.clone());
             }
         }
         let client = AgentClient::new(&key.0, &key.1, AGENT_TIMEOUT)?.with_credential(&key.2);
-        self.current = Some((key, client.clone()));
+        all.insert(host.host.id.clone(), (key, client.clone()));
         Ok(client)
     }
 }
@@ -178,7 +210,7 @@ impl AgentClients {
 async fn step(
     db: &Database,
     mut p: Protection,
-    agents: &mut AgentClients,
+    agents: &AgentClients,
 ) -> Result<Duration, crate::db::DbError> {
     let policy = Policy::find(&p.policy).unwrap_or(&crate::policy::POLICIES[0]);
     let before = (p.state, p.reason.clone());

@@ -80,6 +80,9 @@ pub enum Command {
         /// How long the recovery VM has to power off before QEMU is told to quit.
         #[arg(long, default_value = "2m")]
         shutdown_timeout: String,
+        /// Return once the failback started (its operation id) instead of following it.
+        #[arg(long)]
+        no_wait: bool,
         #[command(flatten)]
         conn: ServerConn,
     },

@@ -63,6 +63,7 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
             "failover/commit",
             &serde_json::json!({}),
             conn,
+            false,
         )
         .await;
     }
@@ -159,6 +160,7 @@ async fn step(
     route: &str,
     body: &Value,
     conn: ServerConn,
+    no_wait: bool,
 ) -> Result<()> {
     let server = ServerClient::new(&conn, home)?;
     let p = find_protection(&server, vm).await?;
@@ -168,6 +170,16 @@ async fn step(
             body,
         )
         .await?;
+    // Steps on the operation engine answer with their operation: followed to its end.
+    let done = if done.get("steps_total").is_some() {
+        let op: lifeboat_server::db::Operation = serde_json::from_value(done)?;
+        match crate::operations_cmd::finish(out, &server, op, no_wait).await? {
+            Some(answer) => answer,
+            None => return Ok(()),
+        }
+    } else {
+        done
+    };
     out.show(&done, |d| println!("{}.", text(&d["message"])));
     Ok(())
 }
@@ -178,16 +190,26 @@ pub async fn failback(
     vm: &str,
     shutdown_timeout: &str,
     conn: ServerConn,
+    no_wait: bool,
 ) -> Result<()> {
     let secs = lifeboat_vault::store::retention::parse_duration(shutdown_timeout)
         .map_err(|e| anyhow::anyhow!("--shutdown-timeout {shutdown_timeout}: {e}"))?
         .as_secs();
     let body = serde_json::json!({ "shutdown_timeout_secs": secs });
-    step(out, home, vm, "failback", &body, conn).await
+    step(out, home, vm, "failback", &body, conn, no_wait).await
 }
 
 pub async fn reprotect(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Result<()> {
-    step(out, home, vm, "reprotect", &serde_json::json!({}), conn).await
+    step(
+        out,
+        home,
+        vm,
+        "reprotect",
+        &serde_json::json!({}),
+        conn,
+        false,
+    )
+    .await
 }
 
 /// `--network-map SOURCE=TARGET` options as the API's map.

@@ -97,8 +97,12 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Failback {
             vm,
             shutdown_timeout,
+            no_wait,
             conn,
-        } => return failover_cmd::failback(out, &cli.home, &vm, &shutdown_timeout, conn).await,
+        } => {
+            return failover_cmd::failback(out, &cli.home, &vm, &shutdown_timeout, conn, no_wait)
+                .await
+        }
         cli::Command::Reprotect { vm, conn } => {
             return failover_cmd::reprotect(out, &cli.home, &vm, conn).await
         }

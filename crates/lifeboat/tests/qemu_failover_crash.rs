@@ -1,7 +1,7 @@
 //! kill -9 of the server at each step of a planned failover and of a failback, and of an
-//! agent before they begin. The server is stopped at a step by a failpoint
-//! (`lifeboat_server::failpoint`), killed, and started again; the interrupted move is then
-//! settled — finished or rolled back. At every moment at most one copy of the VM runs,
+//! agent in the middle of them. The server is stopped at a step by a failpoint
+//! (`lifeboat_agent::failpoint`), killed, and started again; the interrupted operation is
+//! then undone (before its point of no return) or finished (after it). At every moment at most one copy of the VM runs,
 //! and in the end exactly one runs, holding every write the guest acknowledged.
 
 mod common;
@@ -239,7 +239,12 @@ async fn a_move_is_refused_untouched_when_the_other_host_is_down() {
 
 /// Restarts agent `who` with the failpoint set, runs `args` in the background, waits for
 /// the failpoint, kills the agent there (kill -9) and starts it again without it.
-fn crash_agent_at(cl: &mut Cluster, who: &str, failpoint: &str, args: &[&str]) {
+fn crash_agent_at(
+    cl: &mut Cluster,
+    who: &str,
+    failpoint: &str,
+    args: &[&str],
+) -> std::process::Output {
     let marker = cl.tmp.path().join("agent-failpoint-reached");
     let _ = std::fs::remove_file(&marker);
     let restart = |cl: &mut Cluster, extra: Option<(&str, &std::path::Path)>| {
@@ -286,12 +291,7 @@ fn crash_agent_at(cl: &mut Cluster, who: &str, failpoint: &str, args: &[&str]) {
     // failed at once.
     std::thread::sleep(Duration::from_secs(3));
     restart(cl, None);
-    let out = command.join().unwrap();
-    assert!(
-        !out.status.success(),
-        "the command cannot succeed with its agent killed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    command.join().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,12 +302,18 @@ async fn an_agent_killed_mid_move_is_settled() {
     let one_copy = OneCopy::watch(homes(&cl), "web");
 
     // The source's agent dies during the final sync (its QEMU is up, paused): once it is
-    // back, the failover is rolled back and the VM runs at home again.
-    crash_agent_at(
+    // back, the final sync is refused (the held QEMU still runs), so the failover is
+    // undone and the VM runs at home again.
+    let out = crash_agent_at(
         &mut cl,
         "alpha",
         "agent-final-sync-started",
         &["failover", "web", "--planned", "--shutdown-timeout", "60s"],
+    );
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let (_, _, n) = settled_at(
         &cl,
@@ -319,24 +325,49 @@ async fn an_agent_killed_mid_move_is_settled() {
     eprintln!("agent killed in the final sync: rolled back, {n} acknowledged writes present");
 
     // Failed over; home's agent dies after writing the point over home's disk, before
-    // proving it: the failback is rolled back (the recovery VM runs again), then run again.
+    // proving it: the failback retries the write once the agent is back (it is
+    // idempotent: only chunks that differ are written) and completes.
     let out = cl.json(&["failover", "web", "--planned", "--shutdown-timeout", "60s"]);
     assert_eq!(out["kind"], "planned");
     write_at_recovery_site(&cl, "/data/away").await;
-    crash_agent_at(
+    let out = crash_agent_at(
         &mut cl,
         "alpha",
         "agent-apply-written",
         &["failback", "web", "--shutdown-timeout", "60s"],
     );
-    settled_at(&cl, http, "agent-apply-written", ("failed_over", "beta")).await;
-    // The recovery host's agent dies in the failback's final sync (its QEMU held
-    // paused): rolled back, the recovery VM runs again.
-    crash_agent_at(
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    settled_at(&cl, http, "agent-apply-written", ("failed_back", "alpha")).await;
+    let (code, body) = http_get(http, "/away", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_slice()), (200, b"away\n".as_slice()));
+
+    // Away again, for the recovery host's agent to die in the failback's final sync (its
+    // QEMU held paused): the final sync is refused once it is back, so the failback is
+    // undone and the recovery VM runs again.
+    cl.json(&["reprotect", "web"]);
+    let last = cl.protection()["last_point"].clone();
+    cl.wait_for("a point after reprotect", Duration::from_secs(180), |p| {
+        p["state"] == "protected" && p["last_point"] != last
+    });
+    let out = cl.json(&["failover", "web", "--planned", "--shutdown-timeout", "60s"]);
+    assert_eq!(out["kind"], "planned");
+    write_at_recovery_site(&cl, "/data/away").await;
+    let out = crash_agent_at(
         &mut cl,
         "beta",
         "agent-final-sync-started",
         &["failback", "web", "--shutdown-timeout", "60s"],
+    );
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     settled_at(
         &cl,
@@ -353,6 +384,6 @@ async fn an_agent_killed_mid_move_is_settled() {
         .await
         .unwrap();
     assert_eq!((code, body.as_slice()), (200, b"away\n".as_slice()));
-    eprintln!("agent killed in the failback's apply: rolled back, then failed back; {n} acknowledged writes and the recovery site's write at home");
+    eprintln!("agents killed in the failback's apply (retried, completed) and final sync (undone), then failed back; {n} acknowledged writes and the recovery site's write at home");
     assert!(one_copy.stop() > 10);
 }

@@ -26,6 +26,7 @@ use crate::db::Operation;
 use crate::db::{Event, Facts, HostAccess, PointRow, Protection, ProtectionState, Recovery};
 use crate::failover::save_recovery as save;
 pub use crate::failover::{recovery_views, RecoveryView};
+use crate::ops::failback::{Failback, FailbackParams};
 use crate::ops::failover::{Failover, FailoverParams};
 use lifeboat_types::{OperationKind, OperationStatus};
 
@@ -395,9 +396,8 @@ async fn load_moved(
 #[utoipa::path(post, path = "/api/v1/protections/{id}/failback", tag = "failover",
     params(("id" = String, Path, description = "The protection's id")),
     request_body = FailbackRequest,
-    responses((status = 200, description = "The VM runs at home again; replication waits for reprotect", body = StepDone),
-               (status = 409, description = "The VM has not failed over, or another operation runs", body = ApiError),
-               (status = 502, description = "A host did not answer; the message says what state the VM is in", body = ApiError)))]
+    responses((status = 202, description = "The failback runs as an operation: follow it at `/api/v1/operations/{id}`; once it succeeded the VM runs at home and replication waits for reprotect", body = Operation),
+               (status = 409, description = "The VM has not failed over, or another operation runs", body = ApiError)))]
 pub async fn failback(
     State(s): State<Arc<ServerState>>,
     Path(id): Path<String>,
@@ -429,44 +429,28 @@ pub async fn failback(
             "a host of this VM is no longer enrolled",
         );
     };
-    let op = match s
-        .db
-        .start_operation(
-            &p.host_id,
-            &p.vm,
-            OperationKind::Failback,
-            &format!("bringing {} home", p.vm),
-        )
-        .await
+    let params = FailbackParams {
+        protection_id: p.id.clone(),
+        recovery_id: rec.id.clone(),
+        shutdown_timeout_secs: req.shutdown_timeout_secs.unwrap_or(120),
+    };
+    let first = format!(
+        "failback of {} from {} to {}: shutdown there, final sync, written at home, started at home",
+        p.vm, away.host.hostname, home.host.hostname
+    );
+    match crate::ops::start::<Failback>(
+        &s.db,
+        OperationKind::Failback,
+        &p.host_id,
+        &p.vm,
+        Some(&p.id),
+        &params,
+        first,
+    )
+    .await
     {
-        Ok(id) => OpGuard::new(&s.db, &id),
-        Err(e) => return db_error(e),
-    };
-    let log = |step: String| {
-        let (db, id) = (s.db.clone(), op.id.clone());
-        tokio::spawn(async move { db.log_operation(&id, &step).await });
-    };
-    let timeout = Duration::from_secs(req.shutdown_timeout_secs.unwrap_or(120));
-    match crate::failover::fail_back(&s.db, &p, &rec, home, away, timeout, &log).await {
-        Ok(point) => {
-            let operation = op.id.clone();
-            let message = format!(
-                "{} runs at home on {} from point {point}",
-                p.vm, home.host.hostname
-            );
-            op.end(OperationStatus::Succeeded, &message).await;
-            Json(StepDone {
-                vm: p.vm.clone(),
-                operation,
-                state: ProtectionState::FailedBack.as_str().into(),
-                message,
-            })
-            .into_response()
-        }
-        Err((code, why)) => {
-            op.end(OperationStatus::Failed, &why).await;
-            error(code, why)
-        }
+        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        Err(e) => db_error(e),
     }
 }
 

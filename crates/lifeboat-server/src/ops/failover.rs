@@ -19,12 +19,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use lifeboat_agent::client::{AgentClient, ClientError};
 use lifeboat_agent::handover::{FenceRequest, ShutdownRequest};
 use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
 use lifeboat_agent::sync::SyncRequest;
 use serde::{Deserialize, Serialize};
 
+use super::common::{agent_failed, client, host, protection, transition};
 use super::{Ctx, Saga, StepError, StepInfo};
 use crate::db::{Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
 
@@ -95,50 +95,6 @@ const FINAL_SYNC_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long a move waits for a sync that runs to end.
 const SYNC_WAIT: Duration = Duration::from_secs(300);
 
-/// A failed call to an agent: refused (4xx) is permanent, anything else may pass.
-fn agent_failed(what: String, e: ClientError) -> StepError {
-    match e {
-        ClientError::Refused { status, .. } if (400..500).contains(&status) => {
-            StepError::Permanent(format!("{what}: {e}"))
-        }
-        e => StepError::Transient(format!("{what}: {e}")),
-    }
-}
-
-fn client(h: &HostAccess, timeout: Duration) -> Result<AgentClient, StepError> {
-    crate::replication::agent_client(h, timeout).map_err(|e| StepError::Permanent(e.to_string()))
-}
-
-async fn protection(ctx: &Ctx, p: &FailoverParams) -> Result<Protection, StepError> {
-    ctx.db
-        .protection(&p.protection_id)
-        .await?
-        .ok_or_else(|| StepError::Permanent("the protection is gone".into()))
-}
-
-async fn host(ctx: &Ctx, id: &str, role: &str) -> Result<HostAccess, StepError> {
-    ctx.db
-        .host_access(id)
-        .await?
-        .ok_or_else(|| StepError::Permanent(format!("the VM's {role} is no longer enrolled")))
-}
-
-/// The protection moved by `event` from the state it has now, if that allows it.
-async fn transition(
-    ctx: &Ctx,
-    p: &FailoverParams,
-    event: Event,
-    facts: Facts,
-) -> Result<ProtectionState, StepError> {
-    ctx.db
-        .apply_event(&p.protection_id, event, &facts)
-        .await
-        .map_err(|e| match e {
-            crate::db::TransitionError::Db(e) => e.into(),
-            refused => StepError::Permanent(refused.to_string()),
-        })
-}
-
 impl Saga for Failover {
     type Params = FailoverParams;
     type Memory = FailoverMemory;
@@ -157,7 +113,7 @@ impl Saga for Failover {
         step: &'static str,
         mem: &mut FailoverMemory,
     ) -> Result<(), StepError> {
-        let p = protection(ctx, params).await?;
+        let p = protection(ctx, &params.protection_id).await?;
         let source = || host(ctx, &p.host_id, "host");
         let recovery_host = host(ctx, &p.recovery_host_id, "recovery host").await?;
         match step {
@@ -177,13 +133,17 @@ impl Saga for Failover {
                     fenced_at: Some(None),
                     sync_now: false,
                 };
-                transition(ctx, params, Event::FailOver, facts).await?;
+                transition(ctx, &params.protection_id, Event::FailOver, facts).await?;
                 mem.moved = true;
                 Ok(())
             }
             "wait-for-sync" => {
                 let deadline = Instant::now() + SYNC_WAIT;
-                while protection(ctx, params).await?.current_sync.is_some() {
+                while protection(ctx, &params.protection_id)
+                    .await?
+                    .current_sync
+                    .is_some()
+                {
                     if Instant::now() > deadline {
                         return Err(StepError::Permanent(
                             "a sync of the VM did not end in time; try the failover again".into(),
@@ -237,13 +197,13 @@ impl Saga for Failover {
         step: &'static str,
         mem: &mut FailoverMemory,
     ) -> Result<(), StepError> {
-        let p = protection(ctx, params).await?;
+        let p = protection(ctx, &params.protection_id).await?;
         match step {
             "mark-failing-over" if mem.moved => {
                 if p.state == ProtectionState::FailingOver {
                     transition(
                         ctx,
-                        params,
+                        &params.protection_id,
                         Event::FailoverUndone,
                         Facts {
                             reason: String::new(),
@@ -586,11 +546,11 @@ async fn record(ctx: &Ctx, params: &FailoverParams, rhost: &HostAccess) -> Resul
         }
     }
     if params.kind != RecoveryKind::Test {
-        let p = protection(ctx, params).await?;
+        let p = protection(ctx, &params.protection_id).await?;
         if p.state == ProtectionState::FailingOver {
             transition(
                 ctx,
-                params,
+                &params.protection_id,
                 Event::FailedOverTo,
                 Facts {
                     reason: format!("failed over to {}", rhost.host.hostname),

@@ -32,6 +32,8 @@ use serde::Serialize;
 
 use crate::db::{Database, DbError, NewOperation, Operation, Progress};
 
+mod common;
+pub mod failback;
 pub mod failover;
 
 /// One step of an operation.
@@ -241,6 +243,7 @@ async fn drive(db: Database, op: Operation, faults: &Faults) -> Result<(), DbErr
         OperationKind::FailoverTest
         | OperationKind::FailoverPlanned
         | OperationKind::FailoverUnplanned => run::<failover::Failover>(db, op, faults).await,
+        OperationKind::Failback => run::<failback::Failback>(db, op, faults).await,
         other => {
             let why = format!("operations of kind {other} do not run on the engine");
             db.finish_operation(&op.id, OperationStatus::Failed, None, &why, &why)

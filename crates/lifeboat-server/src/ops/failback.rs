@@ -1,0 +1,333 @@
+//! Failback as an operation: a failed-over VM brought home with only the delta. The
+//! recovery VM is shut down in order and its final point taken (only chunks that differ
+//! from the vault's newest point are sent). That point is written over the home disks
+//! where they differ (the recovery site's writes, and home's own diverged writes), the
+//! home disks are proven equal, the VM starts at home, and the recovery VM is removed.
+//! Never two running copies: home starts only after the recovery VM stopped.
+//!
+//! | step | undo |
+//! |---|---|
+//! | `check-hosts` | — (home must answer before anything stops) |
+//! | `mark-failing-back` | back to `failed_over` |
+//! | `shutdown-recovery` | start the recovery VM again (nothing wrote its disks) |
+//! | `final-sync` | — (the point stays: it is a good point) |
+//! | `apply-at-home` | — (home stays fenced and stopped; its disks are rewritten next time) |
+//! | `start-home` (point of no return) | fence home again (its QEMU killed) |
+//! | `remove-recovery` | — |
+//! | `record` | — |
+
+use std::time::Duration;
+
+use lifeboat_agent::handover::{ApplyPointRequest, FenceRequest, ShutdownRequest};
+use lifeboat_agent::sync::SyncRequest;
+use serde::{Deserialize, Serialize};
+
+use super::common::{agent_failed, client, host, protection, transition};
+use super::{Ctx, Saga, StepError, StepInfo};
+use crate::db::{Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailbackParams {
+    pub protection_id: String,
+    /// The recovery the VM runs as away from home.
+    pub recovery_id: String,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FailbackMemory {
+    pub moved: bool,
+    pub shut_down: bool,
+    /// The recovery VM's final point (id, cut time).
+    pub point: Option<(String, String)>,
+    pub home_started: bool,
+}
+
+pub struct Failback;
+
+const STEPS: &[StepInfo] = &[
+    StepInfo::step("check-hosts"),
+    StepInfo::with_undo("mark-failing-back"),
+    StepInfo::with_undo("shutdown-recovery"),
+    StepInfo::step("final-sync"),
+    StepInfo::step("apply-at-home"),
+    StepInfo::with_undo("start-home").no_return(),
+    StepInfo::step("remove-recovery"),
+    StepInfo::step("record"),
+];
+
+/// How long the recovery VM's final sync and home's apply may take.
+const LONG_CALL: Duration = Duration::from_secs(900);
+
+async fn recovery(ctx: &Ctx, params: &FailbackParams) -> Result<Recovery, StepError> {
+    ctx.db.recovery(&params.recovery_id).await?.ok_or_else(|| {
+        StepError::Permanent("the VM on the recovery host is no longer recorded".into())
+    })
+}
+
+/// The protection, its home host, the recovery and the recovery host, as they are now.
+async fn parts(
+    ctx: &Ctx,
+    params: &FailbackParams,
+) -> Result<(Protection, HostAccess, Recovery, HostAccess), StepError> {
+    let p = protection(ctx, &params.protection_id).await?;
+    let home = host(ctx, &p.host_id, "home host").await?;
+    let rec = recovery(ctx, params).await?;
+    let away = host(ctx, &rec.host_id, "recovery host").await?;
+    Ok((p, home, rec, away))
+}
+
+async fn vault(
+    ctx: &Ctx,
+    p: &Protection,
+    h: &HostAccess,
+) -> Result<lifeboat_agent::sync::VaultAccess, StepError> {
+    crate::vault_keys::access_for(&ctx.db, p, &h.host.id)
+        .await
+        .map_err(|e| StepError::Permanent(e.to_string()))
+}
+
+impl Saga for Failback {
+    type Params = FailbackParams;
+    type Memory = FailbackMemory;
+
+    fn steps(_: &FailbackParams) -> &'static [StepInfo] {
+        STEPS
+    }
+
+    async fn run(
+        ctx: &Ctx,
+        params: &FailbackParams,
+        step: &'static str,
+        mem: &mut FailbackMemory,
+    ) -> Result<(), StepError> {
+        if step == "record" {
+            return record(ctx, params, mem).await;
+        }
+        let (p, home, rec, away) = parts(ctx, params).await?;
+        match step {
+            "check-hosts" => {
+                vault(ctx, &p, &home).await?;
+                vault(ctx, &p, &away).await?;
+                // Home must answer before the recovery VM stops.
+                client(&home, Duration::from_secs(30))?
+                    .inventory()
+                    .await
+                    .map_err(|e| {
+                        StepError::Permanent(format!(
+                            "the home host {} does not answer ({e}); nothing was changed",
+                            home.host.hostname
+                        ))
+                    })?;
+                Ok(())
+            }
+            "mark-failing-back" => {
+                if p.state != ProtectionState::FailingBack {
+                    transition(ctx, &p.id, Event::FailBack, Facts::reason("failing back")).await?;
+                }
+                mem.moved = true;
+                Ok(())
+            }
+            "shutdown-recovery" => {
+                let timeout = params.shutdown_timeout_secs.max(1);
+                ctx.log(format!(
+                    "shutting {} down on {}",
+                    rec.vm, away.host.hostname
+                ))
+                .await;
+                client(&away, LONG_CALL)?
+                    .shutdown_vm(
+                        &rec.vm,
+                        &ShutdownRequest {
+                            timeout_secs: timeout,
+                        },
+                    )
+                    .await
+                    .map_err(|e| agent_failed("shutting the recovery VM down".into(), e))?;
+                mem.shut_down = true;
+                lifeboat_agent::failpoint::reached("failback-after-shutdown").await;
+                Ok(())
+            }
+            "final-sync" => {
+                ctx.log("final sync of the recovery VM").await;
+                let req = SyncRequest {
+                    sync_id: format!("{}-final", ctx.op),
+                    vault: vault(ctx, &p, &away).await?,
+                    point_name: p.point_name.clone(),
+                    app_consistent: false,
+                };
+                let report = client(&away, LONG_CALL)?
+                    .final_sync(&rec.vm, &req)
+                    .await
+                    .map_err(|e| agent_failed("the recovery VM's final sync".into(), e))?;
+                crate::failover::record_final_point(&ctx.db, &p.id, &report.result)
+                    .await
+                    .map_err(|(_, m)| StepError::Transient(m))?;
+                if !report.equal {
+                    return Err(StepError::Permanent(format!(
+                        "the recovery VM's final point {} does not equal its disks",
+                        report.result.point
+                    )));
+                }
+                lifeboat_agent::failpoint::reached("failback-after-final-sync").await;
+                ctx.log(format!(
+                    "final point {}: {} byte(s) sent from the recovery site; writing it at home where it differs",
+                    report.result.point, report.result.new_bytes_stored
+                ))
+                .await;
+                mem.point = Some((
+                    report.result.point.clone(),
+                    report.result.cut_time.to_rfc3339(),
+                ));
+                Ok(())
+            }
+            "apply-at-home" => {
+                let point = mem.point.clone().ok_or_else(|| {
+                    StepError::Permanent("no final point to write at home".into())
+                })?;
+                let applied = client(&home, LONG_CALL)?
+                    .apply_point(
+                        &p.vm,
+                        &ApplyPointRequest {
+                            vault: vault(ctx, &p, &home).await?,
+                            point: point.0.clone(),
+                            point_name: p.point_name.clone(),
+                        },
+                    )
+                    .await
+                    .map_err(|e| agent_failed("writing the point at home".into(), e))?;
+                lifeboat_agent::failpoint::reached("failback-after-apply").await;
+                if !applied.equal {
+                    return Err(StepError::Permanent(
+                        "the home disks still differ from the point after writing it".into(),
+                    ));
+                }
+                ctx.log(format!(
+                    "home disks equal the point ({} chunk(s) written)",
+                    applied.disks.iter().map(|d| d.written_chunks).sum::<u64>()
+                ))
+                .await;
+                Ok(())
+            }
+            "start-home" => {
+                client(&home, Duration::from_secs(180))?
+                    .start_vm(&p.vm, true)
+                    .await
+                    .map_err(|e| agent_failed(format!("starting {} at home", p.vm), e))?;
+                mem.home_started = true;
+                ctx.log(format!("{} runs at home on {}", p.vm, home.host.hostname))
+                    .await;
+                lifeboat_agent::failpoint::reached("failback-after-home-started").await;
+                Ok(())
+            }
+            "remove-recovery" => {
+                // The VM runs at home: a recovery host that does not answer keeps a stopped
+                // copy, said in the log, and the failback still ends.
+                match client(&away, Duration::from_secs(180))?.remove_recovery(&rec.id).await {
+                    Ok(_) => ctx.db.delete_recovery(&rec.id).await?,
+                    Err(e) => {
+                        ctx.log(format!(
+                            "removing the recovery VM failed ({e}); it is stopped — remove it by hand"
+                        ))
+                        .await
+                    }
+                }
+                Ok(())
+            }
+            other => Err(StepError::Permanent(format!("no step {other}"))),
+        }
+    }
+
+    async fn undo(
+        ctx: &Ctx,
+        params: &FailbackParams,
+        step: &'static str,
+        mem: &mut FailbackMemory,
+    ) -> Result<(), StepError> {
+        match step {
+            "mark-failing-back" if mem.moved => {
+                let p = protection(ctx, &params.protection_id).await?;
+                if p.state == ProtectionState::FailingBack {
+                    let why = "failed over (a failback was undone)".to_string();
+                    transition(ctx, &p.id, Event::FailbackUndone, Facts::reason(why)).await?;
+                }
+                mem.moved = false;
+                Ok(())
+            }
+            "shutdown-recovery" if mem.shut_down => {
+                let (_, _, rec, away) = parts(ctx, params).await?;
+                ctx.log(format!(
+                    "starting {} again on {}",
+                    rec.vm, away.host.hostname
+                ))
+                .await;
+                client(&away, Duration::from_secs(180))?
+                    .start_vm(&rec.vm, false)
+                    .await
+                    .map_err(|e| agent_failed("starting the recovery VM again".into(), e))?;
+                mem.shut_down = false;
+                Ok(())
+            }
+            "start-home" => {
+                // The recovery VM starts again next: home must not run beside it.
+                let (p, home, _, _) = parts(ctx, params).await?;
+                client(&home, Duration::from_secs(60))?
+                    .fence(
+                        &p.vm,
+                        &FenceRequest {
+                            reason: "a failback was undone; the VM runs on its recovery host"
+                                .into(),
+                        },
+                    )
+                    .await
+                    .map_err(|e| agent_failed(format!("fencing {} at home again", p.vm), e))?;
+                mem.home_started = false;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn answer(
+        ctx: &Ctx,
+        params: &FailbackParams,
+        mem: &FailbackMemory,
+    ) -> Result<serde_json::Value, StepError> {
+        let p = protection(ctx, &params.protection_id).await?;
+        let home = host(ctx, &p.host_id, "home host").await?;
+        let point = mem.point.as_ref().map(|x| x.0.clone()).unwrap_or_default();
+        Ok(serde_json::json!({
+            "vm": p.vm,
+            "operation": ctx.op,
+            "state": p.state,
+            "message": format!("{} runs at home on {} from point {point}", p.vm, home.host.hostname),
+        }))
+    }
+
+    fn done_line(_: &FailbackParams, mem: &FailbackMemory) -> String {
+        format!(
+            "home again from point {}",
+            mem.point.as_ref().map(|x| x.0.as_str()).unwrap_or("?")
+        )
+    }
+}
+
+async fn record(ctx: &Ctx, params: &FailbackParams, mem: &FailbackMemory) -> Result<(), StepError> {
+    let p = protection(ctx, &params.protection_id).await?;
+    if p.state != ProtectionState::FailingBack {
+        return Ok(());
+    }
+    let point = mem.point.as_ref().map(|x| x.0.clone()).unwrap_or_default();
+    let facts = Facts {
+        reason: format!(
+            "back home from point {point}; `lifeboat reprotect {}` resumes replication",
+            p.vm
+        ),
+        failover_kind: Some(None),
+        fenced_at: Some(None),
+        sync_now: false,
+    };
+    transition(ctx, &p.id, Event::CameHome, facts).await?;
+    Ok(())
+}
