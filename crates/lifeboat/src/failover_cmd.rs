@@ -70,12 +70,12 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
     if let Some(FailoverAction::Cleanup { vm, conn }) = args.action {
         let server = ServerClient::new(&conn, home)?;
         let p = find_protection(&server, &vm).await?;
-        let done: Value = server
-            .post(
-                &format!("/api/v1/protections/{}/failover/cleanup", text(&p["id"])),
-                &serde_json::json!({}),
-            )
-            .await?;
+        let path = format!("/api/v1/protections/{}/failover/cleanup", text(&p["id"]));
+        let Some(done) =
+            post_and_follow(out, &server, &path, &serde_json::json!({}), false).await?
+        else {
+            return Ok(());
+        };
         out.show(&done, |d| {
             println!(
                 "Test copy {} removed from the recovery host, with its disks; {} goes on as before.",
@@ -152,6 +152,23 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
     Ok(())
 }
 
+/// Posts to `path`; an answer that is an operation (202) is followed to its end (unless
+/// `no_wait`) and its result returned; `None` when not waited for.
+async fn post_and_follow(
+    out: Output,
+    server: &ServerClient,
+    path: &str,
+    body: &Value,
+    no_wait: bool,
+) -> Result<Option<Value>> {
+    let answer: Value = server.post(path, body).await?;
+    if answer.get("steps_total").is_none() {
+        return Ok(Some(answer));
+    }
+    let op: lifeboat_server::db::Operation = serde_json::from_value(answer)?;
+    crate::operations_cmd::finish(out, server, op, no_wait).await
+}
+
 /// A protection step that answers with a sentence (`StepDone`).
 async fn step(
     out: Output,
@@ -164,21 +181,9 @@ async fn step(
 ) -> Result<()> {
     let server = ServerClient::new(&conn, home)?;
     let p = find_protection(&server, vm).await?;
-    let done: Value = server
-        .post(
-            &format!("/api/v1/protections/{}/{route}", text(&p["id"])),
-            body,
-        )
-        .await?;
-    // Steps on the operation engine answer with their operation: followed to its end.
-    let done = if done.get("steps_total").is_some() {
-        let op: lifeboat_server::db::Operation = serde_json::from_value(done)?;
-        match crate::operations_cmd::finish(out, &server, op, no_wait).await? {
-            Some(answer) => answer,
-            None => return Ok(()),
-        }
-    } else {
-        done
+    let path = format!("/api/v1/protections/{}/{route}", text(&p["id"]));
+    let Some(done) = post_and_follow(out, &server, &path, body, no_wait).await? else {
+        return Ok(());
     };
     out.show(&done, |d| println!("{}.", text(&d["message"])));
     Ok(())

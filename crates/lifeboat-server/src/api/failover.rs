@@ -9,30 +9,25 @@
 #![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use lifeboat_agent::client::AgentClient;
 use lifeboat_agent::recovery::RecoveryKind;
 use serde::{Deserialize, Serialize};
 
-use super::operations::OpGuard;
 use super::protection::load;
 use super::{db_error, error, ApiError, ServerState};
 use crate::db::Operation;
-use crate::db::{Event, Facts, HostAccess, PointRow, Protection, ProtectionState, Recovery};
-use crate::failover::save_recovery as save;
+use crate::db::{HostAccess, PointRow, Protection, ProtectionState, Recovery};
 pub use crate::failover::{recovery_views, RecoveryView};
+use crate::ops::cleanup::{Cleanup, CleanupParams};
+use crate::ops::commit::{Commit, CommitParams};
 use crate::ops::failback::{Failback, FailbackParams};
 use crate::ops::failover::{Failover, FailoverParams};
-use lifeboat_types::{OperationKind, OperationStatus};
-
-/// How long bringing a VM up may take on the recovery host (opening the vault, making the
-/// overlays, starting QEMU): seconds normally, more on a busy host.
-const PROVISION_TIMEOUT: Duration = Duration::from_secs(180);
+use crate::ops::reprotect::{Reprotect, ReprotectParams};
+use lifeboat_types::OperationKind;
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailoverRequest {
@@ -70,11 +65,6 @@ fn check_expose(kind: RecoveryKind, ports: &[u16]) -> Result<(), String> {
         return Err("--expose takes 1 to 8 guest ports, none of them 0".into());
     }
     Ok(())
-}
-
-fn agent_for(h: &HostAccess, timeout: Duration) -> Result<AgentClient, Response> {
-    crate::replication::agent_client(h, timeout)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// The point `selector` names among `points` (oldest first). `latest`, `latest-app-
@@ -276,12 +266,12 @@ pub struct CleanedUp {
 
 #[utoipa::path(post, path = "/api/v1/protections/{id}/failover/cleanup", tag = "failover",
     params(("id" = String, Path, description = "The protection's id")),
-    responses((status = 200, description = "The test copy and everything made for it are gone", body = CleanedUp),
+    responses((status = 202, description = "The removal runs as an operation; once it succeeded the test copy and everything made for it are gone (its `result`)", body = Operation),
                (status = 404, description = "No such protection, or no test copy", body = ApiError),
                (status = 409, description = "Another operation runs on the VM", body = ApiError),
                (status = 502, description = "The recovery host's agent did not answer; run it again", body = ApiError)))]
 pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
-    let (p, hosts) = match load(&s, &id).await {
+    let (p, _) = match load(&s, &id).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -289,68 +279,32 @@ pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) 
         Ok(v) => v.into_iter().filter(|r| r.kind == "test").collect(),
         Err(e) => return db_error(e),
     };
-    let Some(mut rec) = tests.into_iter().next() else {
+    let Some(rec) = tests.into_iter().next() else {
         return error(
             StatusCode::NOT_FOUND,
             format!("{} has no test copy to clean up", p.vm),
         );
     };
-    let op = match s
-        .db
-        .start_operation(
-            &p.host_id,
-            &p.vm,
-            OperationKind::FailoverCleanup,
-            &format!("removing {}", rec.vm),
-        )
-        .await
-    {
-        Ok(id) => OpGuard::new(&s.db, &id),
-        Err(e) => return db_error(e),
+    let params = CleanupParams {
+        protection_id: p.id.clone(),
+        recovery_id: rec.id.clone(),
+        vm: rec.vm.clone(),
     };
-    rec.state = "removing".into();
-    if let Err(e) = save(&s.db, &mut rec).await {
-        return db_error(e);
-    }
-    let Some(rhost) = hosts.iter().find(|h| h.host.id == rec.host_id) else {
-        op.end(
-            OperationStatus::Failed,
-            "the recovery host is no longer enrolled",
-        )
-        .await;
-        return error(
-            StatusCode::CONFLICT,
-            "the recovery host is no longer enrolled",
-        );
-    };
-    let client = match agent_for(rhost, PROVISION_TIMEOUT) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match client.remove_recovery(&rec.id).await {
-        Ok(_) => {
-            if let Err(e) = s.db.delete_recovery(&rec.id).await {
-                return db_error(e);
-            }
-            let operation = op.id.clone();
-            op.end(OperationStatus::Succeeded, &format!("{} removed", rec.vm))
-                .await;
-            tracing::info!(vm = %rec.vm, "test copy removed");
-            Json(CleanedUp {
-                vm: p.vm.clone(),
-                operation,
-                removed: rec.vm,
-            })
-            .into_response()
-        }
-        Err(e) => {
-            let msg = format!(
-                "removing {} from {}: {e}; run the cleanup again",
-                rec.vm, rhost.host.hostname
-            );
-            op.end(OperationStatus::Failed, &msg).await;
-            error(StatusCode::BAD_GATEWAY, msg)
-        }
+    let first = format!("removing the test copy {}", rec.vm);
+    start_op::<Cleanup>(&s, OperationKind::FailoverCleanup, &p, &params, first).await
+}
+
+/// Starts an operation of saga `S` on `p`'s VM: 202 and the operation.
+async fn start_op<S: crate::ops::Saga>(
+    s: &ServerState,
+    kind: OperationKind,
+    p: &Protection,
+    params: &S::Params,
+    first: String,
+) -> Response {
+    match crate::ops::start::<S>(&s.db, kind, &p.host_id, &p.vm, Some(&p.id), params, first).await {
+        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        Err(e) => db_error(e),
     }
 }
 
@@ -438,25 +392,12 @@ pub async fn failback(
         "failback of {} from {} to {}: shutdown there, final sync, written at home, started at home",
         p.vm, away.host.hostname, home.host.hostname
     );
-    match crate::ops::start::<Failback>(
-        &s.db,
-        OperationKind::Failback,
-        &p.host_id,
-        &p.vm,
-        Some(&p.id),
-        &params,
-        first,
-    )
-    .await
-    {
-        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
-        Err(e) => db_error(e),
-    }
+    start_op::<Failback>(&s, OperationKind::Failback, &p, &params, first).await
 }
 
 #[utoipa::path(post, path = "/api/v1/protections/{id}/reprotect", tag = "failover",
     params(("id" = String, Path, description = "The protection's id")),
-    responses((status = 200, description = "Replication resumes from home, building on the failback's point", body = StepDone),
+    responses((status = 202, description = "Runs as an operation; once it succeeded replication resumes from home, building on the failback's point", body = Operation),
                (status = 409, description = "The VM is not back home", body = ApiError)))]
 pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
     let (p, _, _) = match load_moved(
@@ -470,43 +411,16 @@ pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>
         Ok(x) => x,
         Err(r) => return r,
     };
-    let op = match s
-        .db
-        .start_operation(
-            &p.host_id,
-            &p.vm,
-            OperationKind::Reprotect,
-            "resuming replication",
-        )
-        .await
-    {
-        Ok(id) => OpGuard::new(&s.db, &id),
-        Err(e) => return db_error(e),
+    let params = ReprotectParams {
+        protection_id: p.id.clone(),
     };
-    let facts = Facts {
-        sync_now: true,
-        ..Facts::default()
-    };
-    if let Err(e) = s.db.apply_event(&p.id, Event::Reprotect, &facts).await {
-        let why = e.to_string();
-        op.end(OperationStatus::Failed, &why).await;
-        return error(StatusCode::CONFLICT, why);
-    }
-    let operation = op.id.clone();
-    let message = format!("replication of {} resumed", p.vm);
-    op.end(OperationStatus::Succeeded, &message).await;
-    Json(StepDone {
-        vm: p.vm.clone(),
-        operation,
-        state: ProtectionState::Protected.as_str().into(),
-        message,
-    })
-    .into_response()
+    let first = format!("resuming replication of {}", p.vm);
+    start_op::<Reprotect>(&s, OperationKind::Reprotect, &p, &params, first).await
 }
 
 #[utoipa::path(post, path = "/api/v1/protections/{id}/failover/commit", tag = "failover",
     params(("id" = String, Path, description = "The protection's id")),
-    responses((status = 200, description = "The failover is committed: the recovery VM is the VM now", body = StepDone),
+    responses((status = 202, description = "Runs as an operation; once it succeeded the failover is committed: the recovery VM is the VM now", body = Operation),
                (status = 409, description = "The VM has not failed over", body = ApiError)))]
 pub async fn commit(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
     let (p, _, rec) = match load_moved(
@@ -520,42 +434,18 @@ pub async fn commit(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(mut rec) = rec else {
+    let Some(rec) = rec else {
         return error(
             StatusCode::CONFLICT,
             format!("{} has no VM on its recovery host", p.vm),
         );
     };
-    let op = match s
-        .db
-        .start_operation(
-            &p.host_id,
-            &p.vm,
-            OperationKind::FailoverCommit,
-            "committing the failover",
-        )
-        .await
-    {
-        Ok(id) => OpGuard::new(&s.db, &id),
-        Err(e) => return db_error(e),
+    let params = CommitParams {
+        protection_id: p.id.clone(),
+        recovery_id: rec.id.clone(),
     };
-    rec.state = "committed".into();
-    if let Err(e) = save(&s.db, &mut rec).await {
-        return db_error(e);
-    }
-    let operation = op.id.clone();
-    let message = format!(
-        "the failover of {} is committed: {} on the recovery host is the VM now; `lifeboat failback {}` brings it home",
-        p.vm, rec.vm, p.vm
-    );
-    op.end(OperationStatus::Succeeded, &message).await;
-    Json(StepDone {
-        vm: p.vm.clone(),
-        operation,
-        state: p.state.as_str().into(),
-        message,
-    })
-    .into_response()
+    let first = "committing the failover".to_string();
+    start_op::<Commit>(&s, OperationKind::FailoverCommit, &p, &params, first).await
 }
 
 #[utoipa::path(get, path = "/api/v1/recoveries", tag = "failover",

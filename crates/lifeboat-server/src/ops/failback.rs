@@ -246,7 +246,10 @@ impl Saga for Failback {
         mem: &mut FailbackMemory,
     ) -> Result<(), StepError> {
         match step {
-            "mark-failing-back" if mem.moved => {
+            // Neither is guarded by the memory: the step may have acted and the server
+            // stopped before its memory was stored. The state, and an idempotent start,
+            // make the undo right either way.
+            "mark-failing-back" => {
                 let p = protection(ctx, &params.protection_id).await?;
                 if p.state == ProtectionState::FailingBack {
                     let why = "failed over (a failback was undone)".to_string();
@@ -255,7 +258,7 @@ impl Saga for Failback {
                 mem.moved = false;
                 Ok(())
             }
-            "shutdown-recovery" if mem.shut_down => {
+            "shutdown-recovery" => {
                 let (_, _, rec, away) = parts(ctx, params).await?;
                 ctx.log(format!(
                     "starting {} again on {}",

@@ -56,6 +56,9 @@ pub struct FailoverMemory {
     pub shut_down: bool,
     /// The fence was set on the source (undone by lifting it).
     pub fenced: bool,
+    /// The fence step ended (whether the source answered or not): with `fenced` false,
+    /// the source was not reached and nothing there needs undoing.
+    pub fence_done: bool,
     /// The point the VM starts from: chosen, or the planned move's final point.
     pub point: Option<(String, String)>,
 }
@@ -199,7 +202,9 @@ impl Saga for Failover {
     ) -> Result<(), StepError> {
         let p = protection(ctx, &params.protection_id).await?;
         match step {
-            "mark-failing-over" if mem.moved => {
+            // Not guarded by what the memory says: the step may have acted and the server
+            // stopped before its memory was stored. The state says.
+            "mark-failing-over" => {
                 if p.state == ProtectionState::FailingOver {
                     transition(
                         ctx,
@@ -218,26 +223,28 @@ impl Saga for Failover {
                 Ok(())
             }
             // The source holds every write (a planned move stopped it in order; an
-            // unplanned one that never started elsewhere took none away): it runs again
-            // if it ran before.
-            "shutdown-source" | "fence-source" if mem.shut_down || mem.fenced => {
+            // unplanned one that never started elsewhere took none away): it runs again,
+            // unfenced. Not guarded by the memory (the step may have acted before the
+            // server stopped; starting is idempotent), except when it is known the source
+            // was stopped before the failover: then it only stays fenced, said in the log.
+            // The source was not reached: nothing changed there (and it may be dead).
+            "fence-source" if mem.fence_done && !mem.fenced => Ok(()),
+            "shutdown-source" | "fence-source" => {
                 let src = host(ctx, &p.host_id, "host").await?;
-                let agent = client(&src, PROVISION_TIMEOUT)?;
-                if mem.source_was_running {
-                    ctx.log(format!("starting {} again on {}", p.vm, src.host.hostname))
-                        .await;
-                    agent
-                        .start_vm(&p.vm, true)
-                        .await
-                        .map_err(|e| agent_failed(format!("starting {} again", p.vm), e))?;
-                } else {
-                    // It was stopped before: starting it would change more than the
-                    // failover did. The fence stays, and the log says how to lift it.
+                let known_stopped = (mem.shut_down || mem.fenced) && !mem.source_was_running;
+                if known_stopped {
                     ctx.log(format!(
                         "{} was stopped before the failover and stays fenced on {}: starting it through its agent with `unfence` lifts the fence",
                         p.vm, src.host.hostname
                     ))
                     .await;
+                } else {
+                    ctx.log(format!("starting {} again on {}", p.vm, src.host.hostname))
+                        .await;
+                    client(&src, PROVISION_TIMEOUT)?
+                        .start_vm(&p.vm, true)
+                        .await
+                        .map_err(|e| agent_failed(format!("starting {} again", p.vm), e))?;
                 }
                 mem.shut_down = false;
                 mem.fenced = false;
@@ -421,6 +428,7 @@ async fn fence(
 ) -> Result<(), StepError> {
     let Some(src) = src else {
         ctx.log("the source host is no longer enrolled").await;
+        mem.fence_done = true;
         return Ok(());
     };
     let timeout = match params.kind {
@@ -463,6 +471,7 @@ async fn fence(
             .await
         }
     }
+    mem.fence_done = true;
     lifeboat_agent::failpoint::reached("planned-after-fence").await;
     Ok(())
 }

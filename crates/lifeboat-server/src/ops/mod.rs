@@ -32,9 +32,12 @@ use serde::Serialize;
 
 use crate::db::{Database, DbError, NewOperation, Operation, Progress};
 
+pub mod cleanup;
+pub mod commit;
 mod common;
 pub mod failback;
 pub mod failover;
+pub mod reprotect;
 
 /// One step of an operation.
 #[derive(Debug, Clone, Copy)]
@@ -244,6 +247,9 @@ async fn drive(db: Database, op: Operation, faults: &Faults) -> Result<(), DbErr
         | OperationKind::FailoverPlanned
         | OperationKind::FailoverUnplanned => run::<failover::Failover>(db, op, faults).await,
         OperationKind::Failback => run::<failback::Failback>(db, op, faults).await,
+        OperationKind::FailoverCleanup => run::<cleanup::Cleanup>(db, op, faults).await,
+        OperationKind::FailoverCommit => run::<commit::Commit>(db, op, faults).await,
+        OperationKind::Reprotect => run::<reprotect::Reprotect>(db, op, faults).await,
         other => {
             let why = format!("operations of kind {other} do not run on the engine");
             db.finish_operation(&op.id, OperationStatus::Failed, None, &why, &why)

@@ -1,0 +1,67 @@
+//! Committing a failover as an operation: the VM on the recovery host is the VM now. One
+//! step that only records it.
+
+use serde::{Deserialize, Serialize};
+
+use super::common::protection;
+use super::{Ctx, Saga, StepError, StepInfo};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitParams {
+    pub protection_id: String,
+    pub recovery_id: String,
+}
+
+pub struct Commit;
+
+const STEPS: &[StepInfo] = &[StepInfo::step("record-commit")];
+
+impl Saga for Commit {
+    type Params = CommitParams;
+    type Memory = ();
+
+    fn steps(_: &CommitParams) -> &'static [StepInfo] {
+        STEPS
+    }
+
+    async fn run(
+        ctx: &Ctx,
+        params: &CommitParams,
+        _: &'static str,
+        _: &mut (),
+    ) -> Result<(), StepError> {
+        let mut rec = ctx.db.recovery(&params.recovery_id).await?.ok_or_else(|| {
+            StepError::Permanent("the VM on the recovery host is no longer recorded".into())
+        })?;
+        if rec.state != "committed" {
+            rec.state = "committed".into();
+            crate::failover::save_recovery(&ctx.db, &mut rec).await?;
+        }
+        Ok(())
+    }
+
+    async fn undo(_: &Ctx, _: &CommitParams, _: &'static str, _: &mut ()) -> Result<(), StepError> {
+        Ok(())
+    }
+
+    async fn answer(
+        ctx: &Ctx,
+        params: &CommitParams,
+        _: &(),
+    ) -> Result<serde_json::Value, StepError> {
+        let p = protection(ctx, &params.protection_id).await?;
+        Ok(serde_json::json!({
+            "vm": p.vm,
+            "operation": ctx.op,
+            "state": p.state,
+            "message": format!(
+                "the failover of {} is committed: it runs on the recovery host as the VM now; `lifeboat failback {}` brings it home",
+                p.vm, p.vm
+            ),
+        }))
+    }
+
+    fn done_line(_: &CommitParams, _: &()) -> String {
+        "the failover is committed".into()
+    }
+}
