@@ -58,15 +58,6 @@ impl Saga for Cleanup {
         Ok(())
     }
 
-    async fn undo(
-        _: &Ctx,
-        _: &CleanupParams,
-        _: &'static str,
-        _: &mut (),
-    ) -> Result<(), StepError> {
-        Ok(())
-    }
-
     async fn answer(
         ctx: &Ctx,
         params: &CleanupParams,

@@ -40,10 +40,6 @@ impl Saga for Commit {
         Ok(())
     }
 
-    async fn undo(_: &Ctx, _: &CommitParams, _: &'static str, _: &mut ()) -> Result<(), StepError> {
-        Ok(())
-    }
-
     async fn answer(
         ctx: &Ctx,
         params: &CommitParams,

@@ -124,13 +124,17 @@ pub trait Saga: Send + Sync + 'static {
         mem: &mut Self::Memory,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
 
-    /// Undoes step `step`, which ran (or may have run: it was the one that failed).
+    /// Undoes step `step`, which ran (or may have run: it was the one that failed, or
+    /// the server stopped in it). Only steps marked [`StepInfo::with_undo`] are asked;
+    /// an operation without any keeps this default.
     fn undo(
-        ctx: &Ctx,
-        params: &Self::Params,
-        step: &'static str,
-        mem: &mut Self::Memory,
-    ) -> impl Future<Output = Result<(), StepError>> + Send;
+        _ctx: &Ctx,
+        _params: &Self::Params,
+        _step: &'static str,
+        _mem: &mut Self::Memory,
+    ) -> impl Future<Output = Result<(), StepError>> + Send {
+        async { Ok(()) }
+    }
 
     /// The operation's answer once every step succeeded.
     fn answer(

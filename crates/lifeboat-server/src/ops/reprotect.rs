@@ -40,15 +40,6 @@ impl Saga for Reprotect {
         Ok(())
     }
 
-    async fn undo(
-        _: &Ctx,
-        _: &ReprotectParams,
-        _: &'static str,
-        _: &mut (),
-    ) -> Result<(), StepError> {
-        Ok(())
-    }
-
     async fn answer(
         ctx: &Ctx,
         params: &ReprotectParams,
