@@ -33,6 +33,9 @@ const POLL: Duration = Duration::from_secs(1);
 const DEGRADED_AFTER_FAILURES: i64 = 2;
 /// The longest wait between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest a protection with nothing to do waits for its next step; a change of its
+/// row (an operation, the API) makes it due at once.
+const IDLE: Duration = Duration::from_secs(30);
 /// The longest a prune after a point may hold up this VM's watcher.
 const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -41,18 +44,23 @@ const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 const PER_HOST: usize = 4;
 
 /// Runs forever: one scheduler for every protection, including ones added later. Each
-/// round reads the protections once, and runs a step for each one that is due (its last
-/// step said how long to wait), at most [`PER_HOST`] at a time per host, each in its own
-/// task; a step's outcome says when that protection is due again.
+/// round reads the protections once, and runs a step for each one that is due, at most
+/// [`PER_HOST`] at a time per host, each in its own task. A protection is due when the
+/// wait its last step asked for is over, or at once when its row changed since that step
+/// ended (an operation or the API moved it).
 pub async fn run(db: Database) {
     let clients = Arc::new(AgentClients::default());
     let mut due: HashMap<String, Instant> = HashMap::new();
     let mut running: HashSet<String> = HashSet::new();
+    // The generation each protection had when its last step ended (read at the next
+    // round): a row changed by anyone else since (an operation, the API) is due at once.
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
     let mut hosts: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Duration)>();
     loop {
         while let Ok((id, wait)) = done_rx.try_recv() {
             running.remove(&id);
+            seen.insert(id.clone(), None);
             due.insert(id, Instant::now() + wait);
         }
         let all = match db.protections().await {
@@ -65,8 +73,16 @@ pub async fn run(db: Database) {
         };
         let now = Instant::now();
         due.retain(|id, _| all.iter().any(|p| &p.id == id));
+        seen.retain(|id, _| all.iter().any(|p| &p.id == id));
         for p in all {
-            if running.contains(&p.id) || due.get(&p.id).is_some_and(|t| *t > now) {
+            if running.contains(&p.id) {
+                continue;
+            }
+            let changed = match seen.insert(p.id.clone(), Some(p.generation)) {
+                Some(Some(g)) => g != p.generation,
+                _ => false,
+            };
+            if !changed && due.get(&p.id).is_some_and(|t| *t > now) {
                 continue;
             }
             running.insert(p.id.clone());
@@ -100,6 +116,7 @@ pub async fn run(db: Database) {
         tokio::select! {
             Some((id, wait)) = done_rx.recv() => {
                 running.remove(&id);
+                seen.insert(id.clone(), None);
                 due.insert(id, Instant::now() + wait);
             }
             _ = tokio::time::sleep(next) => {}
@@ -213,7 +230,8 @@ async fn step(
     agents: &AgentClients,
 ) -> Result<Duration, crate::db::DbError> {
     let policy = Policy::find(&p.policy).unwrap_or(&crate::policy::POLICIES[0]);
-    let before = (p.state, p.reason.clone());
+    let before = bookkeeping(&p);
+    let before_state = (p.state, p.reason.clone());
     let now = Utc::now();
     let Some(host) = db.host_access(&p.host_id).await? else {
         p.failures += 1;
@@ -272,19 +290,40 @@ async fn step(
         // The row changed under us (or not); the next step reads it again.
         return Ok(POLL * 2);
     } else if p.state.is_failover() {
-        POLL
+        // Home again and waiting for `reprotect`: nothing to do. The scheduler steps it
+        // again at once when its row changes.
+        IDLE
     } else if parse_time(&p.next_sync_at).is_none_or(|t| t <= now) {
         return start_sync(db, p, policy, &agent, &host.host.hostname, now).await;
     } else {
+        // Until its next sync; the RPO is looked at again by then at the latest.
         let due = parse_time(&p.next_sync_at).unwrap_or(now);
-        (due - now).to_std().unwrap_or_default().min(POLL)
+        (due - now).to_std().unwrap_or_default().min(IDLE)
     };
     evaluate(&mut p, policy, now);
-    if (p.state, &p.reason) != (before.0, &before.1) {
+    if (p.state, &p.reason) != (before_state.0, &before_state.1) {
         tracing::info!(vm = %p.vm, state = p.state.as_str(), reason = %p.reason, "protection state");
     }
-    db.save_protection(&mut p).await?;
+    // A step that changed nothing writes nothing: a thousand idle VMs cost reads only.
+    if bookkeeping(&p) != before {
+        db.save_protection(&mut p).await?;
+    }
     Ok(wait)
+}
+
+/// What a step may change in a protection's row (all of it but the counters a
+/// committed point moves, which go with a state change or a sync's end).
+fn bookkeeping(p: &Protection) -> impl PartialEq {
+    (
+        p.state,
+        p.reason.clone(),
+        p.current_sync.clone(),
+        p.failures,
+        p.last_error.clone(),
+        p.next_sync_at.clone(),
+        (p.sync_done, p.sync_total),
+        (p.fenced_at.clone(), p.last_point.clone()),
+    )
 }
 
 /// Records a committed point in the server's list and in the protection's row (the
