@@ -188,32 +188,18 @@ impl Database {
     }
 
     /// Moves a running operation to `step` and `status` (an end when it is not
-    /// `running`), adding `step` to its log.
+    /// `running`, with `step` as its error when it failed), adding `step` to its log.
     pub async fn advance_operation(
         &self,
         id: &str,
         status: OperationStatus,
         step: &str,
     ) -> Result<(), DbError> {
-        let error = if status == OperationStatus::Failed {
-            step
-        } else {
-            ""
-        };
-        sqlx::query(
-            "UPDATE operations SET status = $1, step = $2, log = log || $3, updated_at = $4, \
-             error = CASE WHEN $5 = '' THEN error ELSE $5 END, \
-             generation = generation + 1 WHERE id = $6 AND status = 'running'",
-        )
-        .bind(status.as_str())
-        .bind(step)
-        .bind(line(step))
-        .bind(now())
-        .bind(error)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        match status {
+            OperationStatus::Running => self.log_operation(id, step).await,
+            OperationStatus::Failed => self.finish_operation(id, status, None, step, step).await,
+            _ => self.finish_operation(id, status, None, "", step).await,
+        }
     }
 
     /// Stores an engine operation's progress: what its steps produced, the next step,
