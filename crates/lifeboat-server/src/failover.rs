@@ -16,6 +16,7 @@ use lifeboat_agent::handover::FenceRequest;
 use lifeboat_agent::sync::VaultAccess;
 
 use crate::db::{Database, Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
+use lifeboat_types::RecoveryState;
 use serde::Serialize;
 
 /// A failure with the HTTP status it maps to, and a message that says what to do.
@@ -232,9 +233,10 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
     match p.state {
         ProtectionState::FailingOver => {
             if running(&away_state) {
-                let mut r = rec.expect("a VM running away implies its recovery");
-                r.state = "running".into();
-                save_recovery(db, &mut r).await.map_err(db_failure)?;
+                let r = rec.expect("a VM running away implies its recovery");
+                db.move_recovery(&r.id, &[RecoveryState::Starting], RecoveryState::Running)
+                    .await
+                    .map_err(db_failure)?;
                 let why = format!(
                     "failed over to {}",
                     away.map(|h| h.host.hostname).unwrap_or_default()
@@ -331,22 +333,6 @@ pub(crate) fn apply_status(rec: &mut Recovery, st: &lifeboat_agent::recovery::Re
     }
     rec.forwards = serde_json::to_string(&st.record.forwards).unwrap_or_else(|_| "[]".into());
     rec.error = st.error.clone().unwrap_or_default();
-}
-
-/// Saves a recovery, re-reading it after a lost race and keeping the caller's fields.
-pub(crate) async fn save_recovery(
-    db: &crate::db::Database,
-    rec: &mut Recovery,
-) -> Result<(), crate::db::DbError> {
-    loop {
-        if db.save_recovery(rec).await? {
-            return Ok(());
-        }
-        match db.recovery(&rec.id).await? {
-            Some(now) => rec.generation = now.generation,
-            None => return Ok(()),
-        }
-    }
 }
 
 /// Every recovered VM with its hosts' names (`GET /api/v1/recoveries`, the dashboard).

@@ -11,7 +11,7 @@ use std::time::Duration;
 use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
 
 use crate::db::{Database, DbError, HostAccess, Recovery};
-use crate::failover::{apply_status, save_recovery as save};
+use crate::failover::apply_status;
 
 const PERIOD: Duration = Duration::from_secs(2);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,7 +89,7 @@ async fn watch_host(db: &Database, host: &HostAccess, recs: Vec<Recovery>) -> Re
             // Its point cannot be served again after an agent restart: say so.
             rec.error = format!("the point cannot be served again: {why}");
         }
-        save(db, &mut rec).await?;
+        db.record_observation(&rec).await?;
     }
     Ok(())
 }

@@ -380,3 +380,67 @@ async fn sqlite_concurrent_actors_never_both_win() {
 async fn postgres_concurrent_actors_never_both_win() {
     concurrent_actors_never_both_win(&fresh_postgres_database()).await;
 }
+
+/// A recovery's state moves only by compare-and-set, and the watcher's observations (what
+/// the agent says of the VM) never undo a move made meanwhile: the race that the old
+/// re-read-and-overwrite loop lost.
+async fn recovery_moves_and_observations_never_overwrite_each_other(url: &str) {
+    use lifeboat_server::db::Recovery;
+    use lifeboat_types::RecoveryState;
+    let db = Database::connect(url).await.unwrap();
+    let rec = Recovery {
+        id: "r1".into(),
+        protection_id: "p1".into(),
+        kind: "planned".into(),
+        host_id: "h2".into(),
+        vm: "web".into(),
+        origin_host_id: "h1".into(),
+        origin_vm: "web".into(),
+        point: "pt".into(),
+        point_time: "2026-11-26T00:00:00Z".into(),
+        state: "starting".into(),
+        vm_state: "stopped".into(),
+        forwards: "[]".into(),
+        ..Default::default()
+    };
+    db.add_recovery(&rec).await.unwrap();
+    // The watcher read the row while it was starting...
+    let mut seen = db.recovery("r1").await.unwrap().unwrap();
+    // ...an operation moves it, twice, and a stale move loses.
+    assert!(db
+        .move_recovery("r1", &[RecoveryState::Starting], RecoveryState::Running)
+        .await
+        .unwrap());
+    assert!(!db
+        .move_recovery("r1", &[RecoveryState::Starting], RecoveryState::Failed)
+        .await
+        .unwrap());
+    assert!(db
+        .move_recovery("r1", &[RecoveryState::Running], RecoveryState::Committed)
+        .await
+        .unwrap());
+    // ...and the watcher's observation from its stale copy changes only what it saw.
+    seen.vm_state = "running".into();
+    seen.hydrated_bytes = 42;
+    db.record_observation(&seen).await.unwrap();
+    let now = db.recovery("r1").await.unwrap().unwrap();
+    assert_eq!(now.state, "committed");
+    assert_eq!((now.vm_state.as_str(), now.hydrated_bytes), ("running", 42));
+    // A recovery that is gone is not moved.
+    assert!(!db
+        .move_recovery("gone", &[RecoveryState::Running], RecoveryState::Removing)
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_recovery_moves_and_observations_never_overwrite_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    recovery_moves_and_observations_never_overwrite_each_other(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_recovery_moves_and_observations_never_overwrite_each_other() {
+    recovery_moves_and_observations_never_overwrite_each_other(&fresh_postgres_database()).await;
+}

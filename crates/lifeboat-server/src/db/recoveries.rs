@@ -4,6 +4,8 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use lifeboat_types::RecoveryState;
+
 use super::{Database, DbError};
 
 /// A recovered VM as the server keeps it.
@@ -111,33 +113,52 @@ impl Database {
         }
     }
 
-    /// Saves `r` if nobody changed it since it was read; bumps its generation.
-    pub async fn save_recovery(&self, r: &mut Recovery) -> Result<bool, DbError> {
-        let t = chrono::Utc::now().to_rfc3339();
-        let res = sqlx::query(
-            "UPDATE recoveries SET state = $1, vm_state = $2, hydrated_bytes = $3, \
-             hydration_total = $4, hydrated = $5, forwards = $6, error = $7, updated_at = $8, \
-             generation = generation + 1 WHERE id = $9 AND generation = $10",
+    /// Records what the recovery host's agent last said of the VM (its state, hydration,
+    /// forwards, error). Observations only: they never change the recovery's own state,
+    /// so a watcher and an operation never overwrite each other.
+    pub async fn record_observation(&self, r: &Recovery) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE recoveries SET vm_state = $1, hydrated_bytes = $2, hydration_total = $3, \
+             hydrated = $4, forwards = $5, error = $6, updated_at = $7, \
+             generation = generation + 1 WHERE id = $8",
         )
-        .bind(&r.state)
         .bind(&r.vm_state)
         .bind(r.hydrated_bytes)
         .bind(r.hydration_total)
         .bind(i64::from(r.hydrated))
         .bind(&r.forwards)
         .bind(&r.error)
-        .bind(&t)
+        .bind(chrono::Utc::now().to_rfc3339())
         .bind(&r.id)
-        .bind(r.generation)
         .execute(&self.pool)
         .await?;
-        if res.rows_affected() == 1 {
-            r.generation += 1;
-            r.updated_at = t;
-            Ok(true)
-        } else {
-            Ok(false)
+        Ok(())
+    }
+
+    /// Moves a recovery from one of `from` to `to`, a compare-and-set on its state: false
+    /// when it is in none of them (another actor moved it, or it is gone).
+    pub async fn move_recovery(
+        &self,
+        id: &str,
+        from: &[RecoveryState],
+        to: RecoveryState,
+    ) -> Result<bool, DbError> {
+        for f in from {
+            let res = sqlx::query(
+                "UPDATE recoveries SET state = $1, updated_at = $2, generation = generation + 1 \
+                 WHERE id = $3 AND state = $4",
+            )
+            .bind(to.as_str())
+            .bind(chrono::Utc::now().to_rfc3339())
+            .bind(id)
+            .bind(f.as_str())
+            .execute(&self.pool)
+            .await?;
+            if res.rows_affected() == 1 {
+                return Ok(true);
+            }
         }
+        Ok(false)
     }
 
     pub async fn recovery(&self, id: &str) -> Result<Option<Recovery>, DbError> {

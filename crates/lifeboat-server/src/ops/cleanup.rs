@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use lifeboat_types::RecoveryState;
 use serde::{Deserialize, Serialize};
 
 use super::common::{agent_failed, client, host, protection};
@@ -35,13 +36,17 @@ impl Saga for Cleanup {
         _: &'static str,
         _: &mut (),
     ) -> Result<(), StepError> {
-        let Some(mut rec) = ctx.db.recovery(&params.recovery_id).await? else {
+        let Some(rec) = ctx.db.recovery(&params.recovery_id).await? else {
             return Ok(()); // removed already
         };
-        if rec.state != "removing" {
-            rec.state = "removing".into();
-            crate::failover::save_recovery(&ctx.db, &mut rec).await?;
-        }
+        let from = [
+            RecoveryState::Starting,
+            RecoveryState::Running,
+            RecoveryState::Failed,
+        ];
+        ctx.db
+            .move_recovery(&rec.id, &from, RecoveryState::Removing)
+            .await?;
         let rhost = host(ctx, &rec.host_id, "recovery host").await?;
         ctx.log(format!("removing {} from {}", rec.vm, rhost.host.hostname))
             .await;

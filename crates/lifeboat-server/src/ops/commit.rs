@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use lifeboat_types::RecoveryState;
+
 use super::common::protection;
 use super::{Ctx, Saga, StepError, StepInfo};
 
@@ -30,12 +32,21 @@ impl Saga for Commit {
         _: &'static str,
         _: &mut (),
     ) -> Result<(), StepError> {
-        let mut rec = ctx.db.recovery(&params.recovery_id).await?.ok_or_else(|| {
+        let rec = ctx.db.recovery(&params.recovery_id).await?.ok_or_else(|| {
             StepError::Permanent("the VM on the recovery host is no longer recorded".into())
         })?;
         if rec.state != "committed" {
-            rec.state = "committed".into();
-            crate::failover::save_recovery(&ctx.db, &mut rec).await?;
+            let from = [RecoveryState::Running, RecoveryState::Starting];
+            if !ctx
+                .db
+                .move_recovery(&rec.id, &from, RecoveryState::Committed)
+                .await?
+            {
+                return Err(StepError::Permanent(format!(
+                    "{} is {} on the recovery host, not running: nothing to commit",
+                    rec.vm, rec.state
+                )));
+            }
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use lifeboat_agent::handover::{FenceRequest, ShutdownRequest};
 use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
 use lifeboat_agent::sync::SyncRequest;
+use lifeboat_types::RecoveryState;
 use serde::{Deserialize, Serialize};
 
 use super::common::{agent_failed, client, host, protection, transition};
@@ -541,19 +542,20 @@ async fn start_recovery(
     lifeboat_agent::failpoint::reached(&format!("{}-after-recovery-started", params.kind)).await;
     if let Some(mut rec) = ctx.db.recovery(&params.recovery_id).await? {
         crate::failover::apply_status(&mut rec, &status);
-        crate::failover::save_recovery(&ctx.db, &mut rec).await?;
+        ctx.db.record_observation(&rec).await?;
     }
     Ok(())
 }
 
 /// The recovery runs; a move also makes the protection `failed_over`.
 async fn record(ctx: &Ctx, params: &FailoverParams, rhost: &HostAccess) -> Result<(), StepError> {
-    if let Some(mut rec) = ctx.db.recovery(&params.recovery_id).await? {
-        if rec.state == "starting" {
-            rec.state = "running".into();
-            crate::failover::save_recovery(&ctx.db, &mut rec).await?;
-        }
-    }
+    ctx.db
+        .move_recovery(
+            &params.recovery_id,
+            &[RecoveryState::Starting],
+            RecoveryState::Running,
+        )
+        .await?;
     if params.kind != RecoveryKind::Test {
         let p = protection(ctx, &params.protection_id).await?;
         if p.state == ProtectionState::FailingOver {
