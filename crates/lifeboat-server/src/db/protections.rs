@@ -61,13 +61,6 @@ pub struct Protection {
     pub state_read: ProtectionState,
 }
 
-impl Protection {
-    /// The state the row had when it was read.
-    pub fn state_read(&self) -> ProtectionState {
-        self.state_read
-    }
-}
-
 impl Default for Protection {
     fn default() -> Self {
         Protection {

@@ -51,3 +51,14 @@ pub async fn transition(
             refused => StepError::Permanent(refused.to_string()),
         })
 }
+
+/// How `h`'s agent opens `p`'s vault (the key sealed to it); a missing key is for good.
+pub async fn vault(
+    ctx: &Ctx,
+    p: &Protection,
+    h: &HostAccess,
+) -> Result<lifeboat_agent::sync::VaultAccess, StepError> {
+    crate::vault_keys::access_for(&ctx.db, p, &h.host.id)
+        .await
+        .map_err(|e| StepError::Permanent(e.to_string()))
+}

@@ -22,7 +22,7 @@ use lifeboat_agent::handover::{ApplyPointRequest, FenceRequest, ShutdownRequest}
 use lifeboat_agent::sync::SyncRequest;
 use serde::{Deserialize, Serialize};
 
-use super::common::{agent_failed, client, host, protection, transition};
+use super::common::{agent_failed, client, host, protection, transition, vault};
 use super::{Ctx, Saga, StepError, StepInfo};
 use crate::db::{Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
 
@@ -76,16 +76,6 @@ async fn parts(
     let rec = recovery(ctx, params).await?;
     let away = host(ctx, &rec.host_id, "recovery host").await?;
     Ok((p, home, rec, away))
-}
-
-async fn vault(
-    ctx: &Ctx,
-    p: &Protection,
-    h: &HostAccess,
-) -> Result<lifeboat_agent::sync::VaultAccess, StepError> {
-    crate::vault_keys::access_for(&ctx.db, p, &h.host.id)
-        .await
-        .map_err(|e| StepError::Permanent(e.to_string()))
 }
 
 impl Saga for Failback {

@@ -25,7 +25,7 @@ use lifeboat_agent::sync::SyncRequest;
 use lifeboat_types::RecoveryState;
 use serde::{Deserialize, Serialize};
 
-use super::common::{agent_failed, client, host, protection, transition};
+use super::common::{agent_failed, client, host, protection, transition, vault};
 use super::{Ctx, Saga, StepError, StepInfo};
 use crate::db::{Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
 
@@ -307,9 +307,7 @@ async fn check_hosts(
     p: &Protection,
     rhost: &HostAccess,
 ) -> Result<(), StepError> {
-    crate::vault_keys::access_for(&ctx.db, p, &rhost.host.id)
-        .await
-        .map_err(|e| StepError::Permanent(e.to_string()))?;
+    vault(ctx, p, rhost).await?;
     let agent = client(rhost, Duration::from_secs(10))?;
     agent.recoveries().await.map_err(|e| {
         agent_failed(
@@ -364,15 +362,13 @@ async fn final_sync(
     src: &HostAccess,
     mem: &mut FailoverMemory,
 ) -> Result<(), StepError> {
-    let vault = crate::vault_keys::access_for(&ctx.db, p, &src.host.id)
-        .await
-        .map_err(|e| StepError::Permanent(e.to_string()))?;
+    let access = vault(ctx, p, src).await?;
     lifeboat_agent::failpoint::reached("planned-after-shutdown").await;
     ctx.log("final sync of the stopped VM").await;
     let req = SyncRequest {
         // One id per operation: the agent's journal knows a final sync asked twice.
         sync_id: format!("{}-final", ctx.op),
-        vault,
+        vault: access,
         point_name: p.point_name.clone(),
         app_consistent: false,
     };
@@ -491,9 +487,7 @@ async fn start_recovery(
     }
     .ok_or_else(|| StepError::Permanent("no point to start from".into()))?;
     mem.point = Some(point.clone());
-    let vault = crate::vault_keys::access_for(&ctx.db, p, &rhost.host.id)
-        .await
-        .map_err(|e| StepError::Permanent(e.to_string()))?;
+    let access = vault(ctx, p, rhost).await?;
     if ctx.db.recovery(&params.recovery_id).await?.is_none() {
         let rec = Recovery {
             id: params.recovery_id.clone(),
@@ -522,7 +516,7 @@ async fn start_recovery(
     .await;
     let ask = RecoveryRequest {
         recovery_id: params.recovery_id.clone(),
-        vault,
+        vault: access,
         point: point.0.clone(),
         vm: params.vm.clone(),
         kind: params.kind,
