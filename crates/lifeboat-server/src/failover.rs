@@ -190,7 +190,7 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
         .await
         .map_err(db_failure)?
         .into_iter()
-        .find(|r| r.kind != "test");
+        .find(|r| r.kind != "test" && r.is_the_vm());
     let Some(home) = host(&p.host_id) else {
         return Ok(Settled::Wait("the home host is not enrolled".into()));
     };
@@ -287,7 +287,7 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
                 "failed over to {} (a failback was interrupted and rolled back)",
                 h.host.hostname
             );
-            apply(db, &p.id, Event::FailbackUndone, Facts::reason(why)).await?;
+            apply(db, &p.id, Event::FailbackUndone { reversed: false }, Facts::reason(why)).await?;
             tracing::warn!(vm = %p.vm, "interrupted failback rolled back: the VM runs on the recovery host");
             Ok(Settled::RolledBack(ProtectionState::FailedOver))
         }

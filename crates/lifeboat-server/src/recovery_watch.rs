@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use lifeboat_agent::handover::FenceRequest;
 use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
+use lifeboat_types::RecoveryState;
 
 use crate::db::{Database, DbError, HostAccess, Recovery};
 use crate::failover::apply_status;
@@ -31,7 +33,7 @@ async fn watch_all(db: &Database) -> Result<(), DbError> {
     let hosts = db.hosts_with_access().await?;
     let mut by_host: HashMap<String, Vec<Recovery>> = HashMap::new();
     for rec in db.recoveries().await? {
-        if rec.state == "running" || rec.state == "committed" {
+        if ["running", "committed", "fencing"].contains(&rec.state.as_str()) {
             by_host.entry(rec.host_id.clone()).or_default().push(rec);
         }
     }
@@ -64,6 +66,10 @@ async fn watch_host(db: &Database, host: &HostAccess, recs: Vec<Recovery>) -> Re
         }
     };
     for mut rec in recs {
+        if rec.state == RecoveryState::Fencing.as_str() {
+            fence(db, host, &client, &rec).await?;
+            continue;
+        }
         let mut no_key = None;
         let status = if rec.hydrated {
             client.recovery_status(&rec.id).await
@@ -90,6 +96,29 @@ async fn watch_host(db: &Database, host: &HostAccess, recs: Vec<Recovery>) -> Re
             rec.error = format!("the point cannot be served again: {why}");
         }
         db.record_observation(&rec).await?;
+    }
+    Ok(())
+}
+
+/// Fences a recovery VM whose VM came home without it (an unplanned failback while its
+/// host did not answer): killed if it runs, and it cannot start. Its disks stay.
+async fn fence(
+    db: &Database,
+    host: &HostAccess,
+    client: &lifeboat_agent::client::AgentClient,
+    rec: &Recovery,
+) -> Result<(), DbError> {
+    let why = FenceRequest {
+        reason: "its VM came home in an unplanned failback while this host was lost; kept, fenced"
+            .into(),
+    };
+    match client.fence(&rec.vm, &why).await {
+        Ok(r) => {
+            tracing::warn!(vm = %rec.vm, host = %host.host.hostname, killed = r.killed, "recovery VM fenced on its host's return");
+            db.move_recovery(&rec.id, &[RecoveryState::Fencing], RecoveryState::Fenced)
+                .await?;
+        }
+        Err(e) => tracing::debug!(vm = %rec.vm, error = %e, "recovery VM not fenced yet"),
     }
     Ok(())
 }

@@ -143,6 +143,17 @@ fn backoff(failures: i64) -> Duration {
 
 /// The state the row's facts call for.
 fn evaluate(p: &mut Protection, policy: &Policy, now: DateTime<Utc>) {
+    if p.state.is_reversed() {
+        // Replicated from where it runs now: its health is told, its state stays (only
+        // a failback moves it).
+        p.state = ProtectionState::Protected;
+        evaluate(p, policy, now);
+        if p.reason.is_empty() {
+            p.reason = REVERSED.into();
+        }
+        p.state = ProtectionState::ProtectedReversed;
+        return;
+    }
     if p.state == ProtectionState::Disabling || p.state.is_failover() {
         // `unprotect` or the failover owns the row now.
         return;
@@ -180,6 +191,42 @@ fn evaluate(p: &mut Protection, policy: &Policy, now: DateTime<Utc>) {
         p.state = ProtectionState::Protected;
         p.reason = String::new();
     }
+}
+
+/// The reason a healthy reversed protection shows.
+const REVERSED: &str = "runs on its recovery host and is replicated from there; home is fenced";
+
+/// Where a reversed protection's syncs run: the recovery host and the VM's name there (its
+/// committed recovery). Home is fenced on the way, if it is not known to be yet. `None`
+/// (with the row's error set) when there is no such VM or host.
+async fn reversed_target(
+    db: &Database,
+    p: &mut Protection,
+    agents: &AgentClients,
+) -> Result<Option<(crate::db::HostAccess, String)>, crate::db::DbError> {
+    if p.fenced_at.is_none() {
+        if let Some(home) = db.host_access(&p.host_id).await? {
+            if let Ok(agent) = agents.get(&home) {
+                crate::failover::fence_source(p, &home, &agent).await;
+            }
+        }
+    }
+    let committed = db
+        .recoveries_of(&p.id)
+        .await?
+        .into_iter()
+        .find(|r| r.state == lifeboat_types::RecoveryState::Committed.as_str());
+    let Some(rec) = committed else {
+        p.failures += 1;
+        p.last_error = "no committed VM on a recovery host to replicate".into();
+        return Ok(None);
+    };
+    let Some(host) = db.host_access(&rec.host_id).await? else {
+        p.failures += 1;
+        p.last_error = "the recovery host is no longer enrolled".into();
+        return Ok(None);
+    };
+    Ok(Some((host, rec.vm)))
 }
 
 /// A client for `h`'s agent, pinned to its certificate, presenting its credential.
@@ -233,12 +280,31 @@ async fn step(
     let before = bookkeeping(&p);
     let before_state = (p.state, p.reason.clone());
     let now = Utc::now();
-    let Some(host) = db.host_access(&p.host_id).await? else {
-        p.failures += 1;
-        p.last_error = "the VM's host is no longer enrolled".into();
-        evaluate(&mut p, policy, now);
-        db.save_protection(&mut p).await?;
-        return Ok(MAX_BACKOFF);
+    // Where its syncs run: home, or where it runs now for a reversed protection.
+    // A failback from the recovery site may find its last sync running there.
+    let away = p.state.is_reversed()
+        || (p.state == ProtectionState::FailingBack && p.current_sync.is_some());
+    let (host, vm) = if away {
+        match reversed_target(db, &mut p, agents).await? {
+            Some(t) => t,
+            None => {
+                evaluate(&mut p, policy, now);
+                if bookkeeping(&p) != before {
+                    db.save_protection(&mut p).await?;
+                }
+                return Ok(MAX_BACKOFF);
+            }
+        }
+    } else {
+        let Some(host) = db.host_access(&p.host_id).await? else {
+            p.failures += 1;
+            p.last_error = "the VM's host is no longer enrolled".into();
+            evaluate(&mut p, policy, now);
+            db.save_protection(&mut p).await?;
+            return Ok(MAX_BACKOFF);
+        };
+        let vm = p.vm.clone();
+        (host, vm)
     };
     let agent = match agents.get(&host) {
         Ok(a) => a,
@@ -289,12 +355,12 @@ async fn step(
         }
         // The row changed under us (or not); the next step reads it again.
         return Ok(POLL * 2);
-    } else if p.state.is_failover() {
-        // Home again and waiting for `reprotect`: nothing to do. The scheduler steps it
-        // again at once when its row changes.
+    } else if p.state.is_failover() && !p.state.is_reversed() {
+        // Home again and waiting for `reprotect`, or a reprotect takes its first point:
+        // nothing to do. The scheduler steps it again at once when its row changes.
         IDLE
     } else if parse_time(&p.next_sync_at).is_none_or(|t| t <= now) {
-        return start_sync(db, p, policy, &agent, &host.host.hostname, now).await;
+        return start_sync(db, p, policy, &agent, (&host, &vm), now).await;
     } else {
         // Until its next sync; the RPO is looked at again by then at the latest.
         let due = parse_time(&p.next_sync_at).unwrap_or(now);
@@ -476,10 +542,11 @@ async fn start_sync(
     mut p: Protection,
     policy: &Policy,
     agent: &AgentClient,
-    hostname: &str,
+    (host, vm): (&crate::db::HostAccess, &str),
     now: DateTime<Utc>,
 ) -> Result<Duration, crate::db::DbError> {
-    let vault = match crate::vault_keys::access_for(db, &p, &p.host_id).await {
+    let hostname = host.host.hostname.as_str();
+    let vault = match crate::vault_keys::access_for(db, &p, &host.host.id).await {
         Ok(v) => v,
         Err(crate::vault_keys::KeyError::Db(e)) => return Err(e),
         Err(e) => {
@@ -516,7 +583,7 @@ async fn start_sync(
         vault,
         point_name: p.point_name.clone(),
     };
-    match agent.start_sync(&p.vm, &req).await {
+    match agent.start_sync(vm, &req).await {
         Ok(_) => Ok(POLL),
         Err(ClientError::Refused {
             status, message, ..

@@ -12,14 +12,19 @@
 //!   Protected | Degraded | FailedBack ── FailOver ─► FailingOver ─────┤ FailoverUndone
 //!                                                       │ FailedOverTo
 //!                                                       ▼
-//!                         FailbackUndone ─────────► FailedOver
-//!                        ┌──────────────────────────────┤ FailBack
-//!                        │                              ▼
-//!                        └──────────────────────── FailingBack
-//!                                                       │ CameHome
-//!                                                       ▼
-//!                                                   FailedBack ── Reprotect ─► Protected
+//!      ReprotectUndone ┌────────────────────────► FailedOver ◄───────────────┐
+//!                      │             Reprotect      │ │ FailBack            │
+//!                      └── Reprotecting ◄───────────┘ ▼                     │
+//!                              │ Reprotected     FailingBack ── FailbackUndone
+//!                              ▼                    ▲ │ CameHome   (back where it came from)
+//!                       ProtectedReversed ──────────┘ ▼
+//!                            FailBack             FailedBack ── Reprotect ─► Protected
 //! ```
+//!
+//! `ProtectedReversed`: after a committed failover, the VM runs at the recovery site and
+//! is replicated from there into the vault; home (fenced) is its recovery host. A failback
+//! from it (planned: only the delta; or unplanned, after the recovery site is lost: from
+//! its newest point) brings it home.
 //!
 //! Unprotected is the absence of a row. A test failover and a drill run beside
 //! `Protected` and never change the state. [`ProtectionState::on`] is the one transition
@@ -52,6 +57,12 @@ pub enum ProtectionState {
     FailingBack,
     /// Home again, replication paused until `reprotect`.
     FailedBack,
+    /// `reprotect` after a committed failover: the first point of the VM where it runs now
+    /// is being taken (an incremental over the failover's point).
+    Reprotecting,
+    /// It runs at the recovery site and is replicated from there into the vault; home,
+    /// fenced, is its recovery host.
+    ProtectedReversed,
 }
 
 crate::named_enum!(ProtectionState, "protection state", {
@@ -64,6 +75,8 @@ crate::named_enum!(ProtectionState, "protection state", {
     FailedOver => "failed_over",
     FailingBack => "failing_back",
     FailedBack => "failed_back",
+    Reprotecting => "reprotecting",
+    ProtectedReversed => "protected_reversed",
 });
 
 /// What happens to a protection; [`ProtectionState::on`] says where it leads.
@@ -89,10 +102,16 @@ pub enum Event {
     FailBack,
     /// The VM runs at home again.
     CameHome,
-    /// A failback was undone before its point of no return: the VM runs away still.
-    FailbackUndone,
-    /// `reprotect` after a failback: replication resumes from home.
+    /// A failback was undone before its point of no return: the VM runs away still,
+    /// replicated from there if it was (`reversed`).
+    FailbackUndone { reversed: bool },
+    /// `reprotect`: after a failback replication resumes from home; after a committed
+    /// failover it begins where the VM runs now.
     Reprotect,
+    /// The first point of the VM where it runs now is in the vault.
+    Reprotected,
+    /// A reprotect of a failed-over VM was undone before its first point.
+    ReprotectUndone,
 }
 
 impl Event {
@@ -110,8 +129,11 @@ impl Event {
         Event::FailoverUndone,
         Event::FailBack,
         Event::CameHome,
-        Event::FailbackUndone,
+        Event::FailbackUndone { reversed: false },
+        Event::FailbackUndone { reversed: true },
         Event::Reprotect,
+        Event::Reprotected,
+        Event::ReprotectUndone,
     ];
 }
 
@@ -133,7 +155,9 @@ impl ProtectionState {
         use ProtectionState as S;
         let next = match (self, event) {
             (S::Enabling | S::InitialSync, E::SyncStarted) => S::InitialSync,
-            (S::Protected | S::Degraded, E::SyncStarted) => self,
+            (S::Protected | S::Degraded | S::ProtectedReversed, E::SyncStarted) => self,
+            // Reversed replication keeps its state; its health shows in the reason.
+            (S::ProtectedReversed, E::Healthy | E::Unhealthy) => self,
             (S::Enabling | S::InitialSync | S::Protected | S::Degraded, E::Healthy) => S::Protected,
             (S::Enabling | S::InitialSync | S::Protected | S::Degraded, E::Unhealthy) => {
                 S::Degraded
@@ -154,10 +178,21 @@ impl ProtectionState {
             }
             (S::FailingOver, E::FailedOverTo) => S::FailedOver,
             (S::FailingOver, E::FailoverUndone) => S::Protected,
-            (S::FailedOver | S::FailingBack, E::FailBack) => S::FailingBack,
+            (S::FailedOver | S::FailingBack | S::ProtectedReversed, E::FailBack) => {
+                S::FailingBack
+            }
             (S::FailingBack, E::CameHome) => S::FailedBack,
-            (S::FailingBack, E::FailbackUndone) => S::FailedOver,
+            (S::FailingBack, E::FailbackUndone { reversed }) => {
+                if reversed {
+                    S::ProtectedReversed
+                } else {
+                    S::FailedOver
+                }
+            }
             (S::FailedBack, E::Reprotect) => S::Protected,
+            (S::FailedOver | S::Reprotecting, E::Reprotect) => S::Reprotecting,
+            (S::Reprotecting, E::Reprotected) => S::ProtectedReversed,
+            (S::Reprotecting, E::ReprotectUndone) => S::FailedOver,
             _ => return Err(self.refuse(event)),
         };
         Ok(next)
@@ -190,9 +225,14 @@ impl ProtectionState {
             S::FailedOver => {
                 "it runs on its recovery host; `lifeboat failback VM` brings it home first"
             }
+            S::Reprotecting => "a reprotect takes its first point where it runs now; wait for that operation to end",
+            S::ProtectedReversed => match event {
+                Event::Reprotect => "it is protected already, from its recovery host",
+                _ => "it runs on its recovery host, replicated from there; `lifeboat failback VM` brings it home (`--unplanned` if that host is lost)",
+            },
             S::FailedBack => "it is home again and waits for `lifeboat reprotect VM`",
             S::Protected | S::Degraded => match event {
-                Event::FailBack | Event::CameHome | Event::FailbackUndone => {
+                Event::FailBack | Event::CameHome | Event::FailbackUndone { .. } => {
                     "it has not failed over"
                 }
                 Event::Reprotect => "it is protected already",
@@ -207,7 +247,7 @@ impl ProtectionState {
         }
     }
 
-    /// The VM is (being) moved away or back: replication starts no sync.
+    /// The VM is (being) moved away or back: replication starts no sync from home.
     pub fn is_failover(self) -> bool {
         matches!(
             self,
@@ -215,7 +255,14 @@ impl ProtectionState {
                 | ProtectionState::FailedOver
                 | ProtectionState::FailingBack
                 | ProtectionState::FailedBack
+                | ProtectionState::Reprotecting
+                | ProtectionState::ProtectedReversed
         )
+    }
+
+    /// The VM runs at the recovery site and is replicated from there.
+    pub fn is_reversed(self) -> bool {
+        self == ProtectionState::ProtectedReversed
     }
 }
 
@@ -258,7 +305,36 @@ mod tests {
         assert_eq!(s, S::Protected);
         // Undone moves go back where they came from.
         assert_eq!(S::FailingOver.on(E::FailoverUndone), Ok(S::Protected));
-        assert_eq!(S::FailingBack.on(E::FailbackUndone), Ok(S::FailedOver));
+        assert_eq!(
+            S::FailingBack.on(E::FailbackUndone { reversed: false }),
+            Ok(S::FailedOver)
+        );
+        assert_eq!(
+            S::FailingBack.on(E::FailbackUndone { reversed: true }),
+            Ok(S::ProtectedReversed)
+        );
+        assert_eq!(S::Reprotecting.on(E::ReprotectUndone), Ok(S::FailedOver));
+    }
+
+    #[test]
+    fn reversed_protection_follows_a_committed_failover() {
+        use Event as E;
+        use ProtectionState as S;
+        let mut s = S::FailedOver;
+        for e in [E::Reprotect, E::Reprotected, E::SyncStarted, E::Unhealthy, E::Healthy] {
+            s = s.on(e).unwrap();
+        }
+        assert_eq!(s, S::ProtectedReversed);
+        // Replication from the recovery site never turns it into a VM protected from home.
+        assert!(!S::ProtectedReversed.replication_may_become(S::Protected));
+        assert!(!S::ProtectedReversed.replication_may_become(S::Degraded));
+        // It goes home only by a failback; it cannot fail over or be unprotected.
+        assert_eq!(S::ProtectedReversed.on(E::FailBack), Ok(S::FailingBack));
+        for e in [E::FailOver, E::Disable, E::Reprotect] {
+            let r = S::ProtectedReversed.on(e).unwrap_err();
+            assert!(r.to_string().contains("recovery host"), "{r}");
+        }
+        assert_eq!(S::FailingBack.on(E::CameHome), Ok(S::FailedBack));
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub enum RecoveryState {
     /// Being removed (cleanup, failback).
     Removing,
     Failed,
+    /// Its VM runs elsewhere now (an unplanned failback brought it home): it is to be
+    /// fenced as soon as its host answers.
+    Fencing,
+    /// Stopped and fenced on its host: it cannot start. Its disks stay, with any write
+    /// made after the point the VM came home from.
+    Fenced,
 }
 
 crate::named_enum!(RecoveryState, "recovery state", {
@@ -40,4 +46,6 @@ crate::named_enum!(RecoveryState, "recovery state", {
     Committed => "committed",
     Removing => "removing",
     Failed => "failed",
+    Fencing => "fencing",
+    Fenced => "fenced",
 });

@@ -74,20 +74,12 @@ pub enum Command {
     Failover(FailoverArgs),
     /// Bring a failed-over VM home: its recovery copy shut down in order, only what changed
     /// on either side since the failover written at home, proven equal, started at home.
-    Failback {
-        /// The protected VM (or HOST/VM).
-        vm: String,
-        /// How long the recovery VM has to power off before QEMU is told to quit.
-        #[arg(long, default_value = "2m")]
-        shutdown_timeout: String,
-        /// Return once the failback started (its operation id) instead of following it.
-        #[arg(long)]
-        no_wait: bool,
-        #[command(flatten)]
-        conn: ServerConn,
-    },
+    /// `--unplanned` when the recovery site is lost: home starts from a point of the vault
+    /// and the recovery copy is fenced (now, or when its host answers).
+    Failback(FailbackArgs),
     /// After a failback: resume replication from home, building on the failback's point
-    /// (no full resync).
+    /// (no full resync). After a committed failover: protect the VM where it runs now, into
+    /// the same vault, home its recovery host (its first point an incremental).
     Reprotect {
         /// The protected VM (or HOST/VM).
         vm: String,
@@ -234,6 +226,28 @@ pub struct UnprotectArgs {
     /// Also delete the VM's recovery points from the vault (`vault gc` frees the space).
     #[arg(long)]
     pub delete_points: bool,
+    #[command(flatten)]
+    pub conn: ServerConn,
+}
+
+/// `lifeboat failback` options.
+#[derive(Debug, clap::Args)]
+pub struct FailbackArgs {
+    /// The protected VM (or HOST/VM).
+    pub vm: String,
+    /// How long the recovery VM has to power off before QEMU is told to quit.
+    #[arg(long, default_value = "2m")]
+    pub shutdown_timeout: String,
+    /// The recovery site is lost: no final sync; home starts from `--point`.
+    #[arg(long)]
+    pub unplanned: bool,
+    /// With `--unplanned`: `latest` (default), `latest-app-consistent`, a point id, or a
+    /// time (RFC 3339; the newest point at or before it).
+    #[arg(long, requires = "unplanned")]
+    pub point: Option<String>,
+    /// Return once the failback started (its operation id) instead of following it.
+    #[arg(long)]
+    pub no_wait: bool,
     #[command(flatten)]
     pub conn: ServerConn,
 }

@@ -189,19 +189,17 @@ async fn step(
     Ok(())
 }
 
-pub async fn failback(
-    out: Output,
-    home: &Path,
-    vm: &str,
-    shutdown_timeout: &str,
-    conn: ServerConn,
-    no_wait: bool,
-) -> Result<()> {
-    let secs = lifeboat_vault::store::retention::parse_duration(shutdown_timeout)
-        .map_err(|e| anyhow::anyhow!("--shutdown-timeout {shutdown_timeout}: {e}"))?
+pub async fn failback(out: Output, home: &Path, args: crate::cli::FailbackArgs) -> Result<()> {
+    let timeout = &args.shutdown_timeout;
+    let secs = lifeboat_vault::store::retention::parse_duration(timeout)
+        .map_err(|e| anyhow::anyhow!("--shutdown-timeout {timeout}: {e}"))?
         .as_secs();
-    let body = serde_json::json!({ "shutdown_timeout_secs": secs });
-    step(out, home, vm, "failback", &body, conn, no_wait).await
+    let body = serde_json::json!({
+        "shutdown_timeout_secs": secs,
+        "unplanned": args.unplanned,
+        "point": args.point,
+    });
+    step(out, home, &args.vm, "failback", &body, args.conn, args.no_wait).await
 }
 
 pub async fn reprotect(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Result<()> {

@@ -94,15 +94,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Status { conn } => return protect_cmd::status(out, &cli.home, conn).await,
         cli::Command::Operations(cmd) => return operations_cmd::run(out, &cli.home, cmd).await,
         cli::Command::Failover(args) => return failover_cmd::run(out, &cli.home, args).await,
-        cli::Command::Failback {
-            vm,
-            shutdown_timeout,
-            no_wait,
-            conn,
-        } => {
-            return failover_cmd::failback(out, &cli.home, &vm, &shutdown_timeout, conn, no_wait)
-                .await
-        }
+        cli::Command::Failback(args) => return failover_cmd::failback(out, &cli.home, args).await,
         cli::Command::Reprotect { vm, conn } => {
             return failover_cmd::reprotect(out, &cli.home, &vm, conn).await
         }
@@ -133,7 +125,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         | cli::Command::Status { .. }
         | cli::Command::Operations(_)
         | cli::Command::Failover(_)
-        | cli::Command::Failback { .. }
+        | cli::Command::Failback(_)
         | cli::Command::Reprotect { .. }
         | cli::Command::Points { .. }
         | cli::Command::Users(_)

@@ -27,7 +27,7 @@ use crate::ops::commit::{Commit, CommitParams};
 use crate::ops::failback::{Failback, FailbackParams};
 use crate::ops::failover::{Failover, FailoverParams};
 use crate::ops::reprotect::{Reprotect, ReprotectParams};
-use lifeboat_types::OperationKind;
+use lifeboat_types::{OperationKind, RecoveryState};
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailoverRequest {
@@ -239,12 +239,15 @@ fn may_fail_over(p: &Protection, kind: RecoveryKind) -> Result<(), Response> {
             format!("{} is being unprotected", p.vm),
         ));
     }
-    if p.state == ProtectionState::FailedOver {
+    if matches!(
+        p.state,
+        ProtectionState::FailedOver | ProtectionState::Reprotecting | ProtectionState::ProtectedReversed
+    ) {
         return Err(error(
             StatusCode::CONFLICT,
             format!(
-                "{} has failed over already: it runs on its recovery host",
-                p.vm
+                "{} has failed over already: it runs on its recovery host; `lifeboat failback {}` brings it home (`--unplanned` if that host is lost)",
+                p.vm, p.vm
             ),
         ));
     }
@@ -276,7 +279,11 @@ pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) 
         Err(r) => return r,
     };
     let tests: Vec<Recovery> = match s.db.recoveries_of(&p.id).await {
-        Ok(v) => v.into_iter().filter(|r| r.kind == "test").collect(),
+        // A test copy, or a copy fenced after an unplanned failback.
+        Ok(v) => v
+            .into_iter()
+            .filter(|r| r.kind == "test" || r.state == RecoveryState::Fenced.as_str())
+            .collect(),
         Err(e) => return db_error(e),
     };
     let Some(rec) = tests.into_iter().next() else {
@@ -313,6 +320,14 @@ pub struct FailbackRequest {
     /// Seconds the recovery VM has to power off after the ACPI button (default 120).
     #[serde(default)]
     pub shutdown_timeout_secs: Option<u64>,
+    /// The recovery site is lost: bring the VM home from a point of the vault, without
+    /// its final sync, and fence the recovery VM (now, or when its host answers).
+    #[serde(default)]
+    pub unplanned: bool,
+    /// With `unplanned`: `latest` (default), `latest-app-consistent`, a point id, or an
+    /// RFC 3339 time (the newest point at or before it).
+    #[serde(default)]
+    pub point: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -343,7 +358,7 @@ async fn load_moved(
             .await
             .map_err(db_error)?
             .into_iter()
-            .find(|r| r.kind != "test");
+            .find(|r| r.kind != "test" && r.is_the_vm());
     Ok((p, hosts, rec))
 }
 
@@ -360,7 +375,11 @@ pub async fn failback(
     let (p, hosts, rec) = match load_moved(
         &s,
         &id,
-        &[ProtectionState::FailedOver, ProtectionState::FailingBack],
+        &[
+            ProtectionState::FailedOver,
+            ProtectionState::FailingBack,
+            ProtectionState::ProtectedReversed,
+        ],
         "only a VM that failed over can fail back",
     )
     .await
@@ -383,38 +402,93 @@ pub async fn failback(
             "a host of this VM is no longer enrolled",
         );
     };
+    if req.point.is_some() && !req.unplanned {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a planned failback takes the recovery VM's final point; `point` goes with `unplanned`",
+        );
+    }
+    let unplanned_point = if req.unplanned {
+        let points = match s.db.points(&p.id).await {
+            Ok(v) => v,
+            Err(e) => return db_error(e),
+        };
+        match choose_point(&points, req.point.as_deref().unwrap_or("latest")) {
+            Ok(pt) => Some((pt.point.clone(), pt.cut_time.clone())),
+            Err(m) => return error(StatusCode::NOT_FOUND, m),
+        }
+    } else {
+        None
+    };
+    let first = match &unplanned_point {
+        None => format!(
+            "failback of {} from {} to {}: shutdown there, final sync, written at home, started at home",
+            p.vm, away.host.hostname, home.host.hostname
+        ),
+        Some((point, time)) => format!(
+            "unplanned failback of {} to {} from point {point} ({time}): {} fenced, the point written at home, started at home",
+            p.vm, home.host.hostname, away.host.hostname
+        ),
+    };
     let params = FailbackParams {
         protection_id: p.id.clone(),
         recovery_id: rec.id.clone(),
         shutdown_timeout_secs: req.shutdown_timeout_secs.unwrap_or(120),
+        reversed: p.state == ProtectionState::ProtectedReversed,
+        unplanned_point,
     };
-    let first = format!(
-        "failback of {} from {} to {}: shutdown there, final sync, written at home, started at home",
-        p.vm, away.host.hostname, home.host.hostname
-    );
     start_op::<Failback>(&s, OperationKind::Failback, &p, &params, first).await
 }
 
 #[utoipa::path(post, path = "/api/v1/protections/{id}/reprotect", tag = "failover",
     params(("id" = String, Path, description = "The protection's id")),
-    responses((status = 202, description = "Runs as an operation; once it succeeded replication resumes from home, building on the failback's point", body = Operation),
-               (status = 409, description = "The VM is not back home", body = ApiError)))]
+    responses((status = 202, description = "Runs as an operation. After a failback replication resumes from home, building on the failback's point; after a committed failover the VM is protected where it runs now (`protected_reversed`), its first point an incremental over the failover's", body = Operation),
+               (status = 409, description = "The VM is neither back home nor failed over and committed", body = ApiError)))]
 pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
-    let (p, _, _) = match load_moved(
+    let (p, hosts, rec) = match load_moved(
         &s,
         &id,
-        &[ProtectionState::FailedBack],
-        "reprotect follows a failback",
+        &[
+            ProtectionState::FailedBack,
+            ProtectionState::FailedOver,
+            ProtectionState::Reprotecting,
+        ],
+        "reprotect follows a failback, or a committed failover",
     )
     .await
     {
         Ok(x) => x,
         Err(r) => return r,
     };
+    if p.state == ProtectionState::FailedBack {
+        let params = ReprotectParams {
+            protection_id: p.id.clone(),
+            recovery_id: None,
+        };
+        let first = format!("resuming replication of {}", p.vm);
+        return start_op::<Reprotect>(&s, OperationKind::Reprotect, &p, &params, first).await;
+    }
+    // Reversed: the VM is protected where it runs now, which must be for good.
+    let Some(rec) = rec.filter(|r| r.state == RecoveryState::Committed.as_str()) else {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "{} runs on its recovery host but the failover is not committed: `lifeboat failover commit {}` first",
+                p.vm, p.vm
+            ),
+        );
+    };
+    let Some(away) = hosts.iter().find(|h| h.host.id == rec.host_id) else {
+        return error(StatusCode::CONFLICT, "the recovery host is no longer enrolled");
+    };
     let params = ReprotectParams {
         protection_id: p.id.clone(),
+        recovery_id: Some(rec.id.clone()),
     };
-    let first = format!("resuming replication of {}", p.vm);
+    let first = format!(
+        "protecting {} where it runs now, on {}: its first point is an incremental over the failover's",
+        p.vm, away.host.hostname
+    );
     start_op::<Reprotect>(&s, OperationKind::Reprotect, &p, &params, first).await
 }
 

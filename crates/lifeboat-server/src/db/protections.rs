@@ -358,7 +358,11 @@ impl Database {
             "keep"
         })
         .bind(facts.fenced_at.clone().flatten())
-        .bind(i64::from(to == ProtectionState::FailedOver))
+        // A sync asked of home before a move is not waited for: the VM is away now.
+        .bind(i64::from(matches!(
+            to,
+            ProtectionState::FailedOver | ProtectionState::Reprotecting | ProtectionState::FailedBack
+        )))
         .bind(i64::from(facts.sync_now))
         .bind(now())
         .bind(id)

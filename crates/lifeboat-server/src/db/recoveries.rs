@@ -41,6 +41,16 @@ pub struct Recovery {
     pub generation: i64,
 }
 
+impl Recovery {
+    /// It is (becoming) the VM: starting, running or committed, not removed or fenced.
+    pub fn is_the_vm(&self) -> bool {
+        use lifeboat_types::RecoveryState as S;
+        [S::Starting, S::Running, S::Committed]
+            .iter()
+            .any(|s| self.state == s.as_str())
+    }
+}
+
 const COLUMNS: &str = "id, protection_id, kind, host_id, vm, origin_host_id, origin_vm, \
     point, point_time, state, vm_state, hydrated_bytes, hydration_total, hydrated, forwards, \
     error, created_at, updated_at, generation";

@@ -5,18 +5,33 @@
 //! home disks are proven equal, the VM starts at home, and the recovery VM is removed.
 //! Never two running copies: home starts only after the recovery VM stopped.
 //!
+//! Unplanned (`--unplanned`, the recovery site is lost): the VM comes home from a chosen
+//! point of the vault (for a reversed protection, the recovery site's newest); the
+//! recovery VM is fenced, now if its host answers, else when it does (the recovery
+//! watcher), and kept: its writes after that point stay on its disks.
+//!
 //! | step | undo |
 //! |---|---|
 //! | `check-hosts` | — (home must answer before anything stops) |
-//! | `mark-failing-back` | back to `failed_over` |
+//! | `mark-failing-back` | back to `failed_over` (or `protected_reversed`) |
+//! | `wait-for-sync` | — (a reversed protection's sync that runs ends first) |
 //! | `shutdown-recovery` | start the recovery VM again (nothing wrote its disks) |
 //! | `final-sync` | — (the point stays: it is a good point) |
 //! | `apply-at-home` | — (home stays fenced and stopped; its disks are rewritten next time) |
 //! | `start-home` (point of no return) | fence home again (its QEMU killed) |
 //! | `remove-recovery` | — |
 //! | `record` | — |
+//!
+//! | step (unplanned) | undo |
+//! |---|---|
+//! | `check-hosts` | — (home must answer) |
+//! | `mark-failing-back` | back to `failed_over` (or `protected_reversed`) |
+//! | `fence-recovery` | start the recovery VM again, if this step stopped it |
+//! | `apply-at-home` | — |
+//! | `start-home` (point of no return) | fence home again |
+//! | `record` | — (the recovery VM: `fenced`, or `fencing` until its host answers) |
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lifeboat_agent::handover::{ApplyPointRequest, FenceRequest, ShutdownRequest};
 use lifeboat_agent::sync::SyncRequest;
@@ -32,6 +47,13 @@ pub struct FailbackParams {
     /// The recovery the VM runs as away from home.
     pub recovery_id: String,
     pub shutdown_timeout_secs: u64,
+    /// It was protected where it ran (`protected_reversed`): an undo goes back to that.
+    #[serde(default)]
+    pub reversed: bool,
+    /// The recovery site is lost: home starts from `point` (id, cut time), the recovery
+    /// VM is fenced instead of synced.
+    #[serde(default)]
+    pub unplanned_point: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -42,6 +64,8 @@ pub struct FailbackMemory {
     /// The recovery VM's final point (id, cut time).
     pub point: Option<(String, String)>,
     pub home_started: bool,
+    /// The unplanned failback stopped and fenced the recovery VM (its host answered).
+    pub recovery_fenced: bool,
 }
 
 pub struct Failback;
@@ -49,6 +73,7 @@ pub struct Failback;
 const STEPS: &[StepInfo] = &[
     StepInfo::step("check-hosts"),
     StepInfo::with_undo("mark-failing-back"),
+    StepInfo::step("wait-for-sync"),
     StepInfo::with_undo("shutdown-recovery"),
     StepInfo::step("final-sync"),
     StepInfo::step("apply-at-home"),
@@ -56,6 +81,20 @@ const STEPS: &[StepInfo] = &[
     StepInfo::step("remove-recovery"),
     StepInfo::step("record"),
 ];
+
+const UNPLANNED_STEPS: &[StepInfo] = &[
+    StepInfo::step("check-hosts"),
+    StepInfo::with_undo("mark-failing-back"),
+    StepInfo::with_undo("fence-recovery"),
+    StepInfo::step("apply-at-home"),
+    StepInfo::with_undo("start-home").no_return(),
+    StepInfo::step("record"),
+];
+
+/// How long a failback waits for a reversed protection's sync that runs to end.
+const SYNC_WAIT: Duration = Duration::from_secs(300);
+/// How long an unplanned failback gives the lost site's agent to answer a fence.
+const FENCE_TRY: Duration = Duration::from_secs(20);
 
 /// How long the recovery VM's final sync and home's apply may take.
 const LONG_CALL: Duration = Duration::from_secs(900);
@@ -82,8 +121,12 @@ impl Saga for Failback {
     type Params = FailbackParams;
     type Memory = FailbackMemory;
 
-    fn steps(_: &FailbackParams) -> &'static [StepInfo] {
-        STEPS
+    fn steps(params: &FailbackParams) -> &'static [StepInfo] {
+        if params.unplanned_point.is_some() {
+            UNPLANNED_STEPS
+        } else {
+            STEPS
+        }
     }
 
     async fn run(
@@ -99,7 +142,9 @@ impl Saga for Failback {
         match step {
             "check-hosts" => {
                 vault(ctx, &p, &home).await?;
-                vault(ctx, &p, &away).await?;
+                if params.unplanned_point.is_none() {
+                    vault(ctx, &p, &away).await?;
+                }
                 // Home must answer before the recovery VM stops.
                 client(&home, Duration::from_secs(30))?
                     .inventory()
@@ -117,6 +162,52 @@ impl Saga for Failback {
                     transition(ctx, &p.id, Event::FailBack, Facts::reason("failing back")).await?;
                 }
                 mem.moved = true;
+                Ok(())
+            }
+            "wait-for-sync" => {
+                // Replication from the recovery site starts no sync now; one that runs
+                // ends before the VM stops under it.
+                let deadline = Instant::now() + SYNC_WAIT;
+                while protection(ctx, &params.protection_id)
+                    .await?
+                    .current_sync
+                    .is_some()
+                {
+                    if Instant::now() > deadline {
+                        return Err(StepError::Permanent(
+                            "a sync of the VM did not end in time; try the failback again".into(),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(())
+            }
+            "fence-recovery" => {
+                let why = FenceRequest {
+                    reason: format!(
+                        "an unplanned failback brought the VM home to {}; this copy is kept, fenced",
+                        home.host.hostname
+                    ),
+                };
+                match client(&away, FENCE_TRY)?.fence(&rec.vm, &why).await {
+                    Ok(r) => {
+                        mem.recovery_fenced = true;
+                        ctx.log(format!(
+                            "{} fenced on {}{}",
+                            rec.vm,
+                            away.host.hostname,
+                            if r.killed { " (it was running: killed)" } else { "" }
+                        ))
+                        .await;
+                    }
+                    Err(e) => {
+                        ctx.log(format!(
+                            "the recovery host {} does not answer ({e}); its copy is fenced when it answers",
+                            away.host.hostname
+                        ))
+                        .await
+                    }
+                }
                 Ok(())
             }
             "shutdown-recovery" => {
@@ -173,9 +264,16 @@ impl Saga for Failback {
                 Ok(())
             }
             "apply-at-home" => {
-                let point = mem.point.clone().ok_or_else(|| {
-                    StepError::Permanent("no final point to write at home".into())
-                })?;
+                let point = params
+                    .unplanned_point
+                    .clone()
+                    .or_else(|| mem.point.clone())
+                    .ok_or_else(|| StepError::Permanent("no final point to write at home".into()))?;
+                if params.unplanned_point.is_some() {
+                    mem.point = Some(point.clone());
+                    ctx.log(format!("writing point {} at home where it differs", point.0))
+                        .await;
+                }
                 let applied = client(&home, LONG_CALL)?
                     .apply_point(
                         &p.vm,
@@ -243,9 +341,23 @@ impl Saga for Failback {
                 let p = protection(ctx, &params.protection_id).await?;
                 if p.state == ProtectionState::FailingBack {
                     let why = "failed over (a failback was undone)".to_string();
-                    transition(ctx, &p.id, Event::FailbackUndone, Facts::reason(why)).await?;
+                    let event = Event::FailbackUndone {
+                        reversed: params.reversed,
+                    };
+                    transition(ctx, &p.id, event, Facts::reason(why)).await?;
                 }
                 mem.moved = false;
+                Ok(())
+            }
+            "fence-recovery" if mem.recovery_fenced => {
+                let (_, _, rec, away) = parts(ctx, params).await?;
+                ctx.log(format!("starting {} again on {}", rec.vm, away.host.hostname))
+                    .await;
+                client(&away, Duration::from_secs(180))?
+                    .start_vm(&rec.vm, true)
+                    .await
+                    .map_err(|e| agent_failed("starting the recovery VM again".into(), e))?;
+                mem.recovery_fenced = false;
                 Ok(())
             }
             "shutdown-recovery" => {
@@ -307,14 +419,32 @@ impl Saga for Failback {
 }
 
 async fn record(ctx: &Ctx, params: &FailbackParams, mem: &FailbackMemory) -> Result<(), StepError> {
+    if params.unplanned_point.is_some() {
+        // The recovery VM stays, fenced: its writes after the point are on its disks.
+        use lifeboat_types::RecoveryState as S;
+        let to = if mem.recovery_fenced {
+            S::Fenced
+        } else {
+            S::Fencing
+        };
+        let from = [S::Starting, S::Running, S::Committed];
+        ctx.db
+            .move_recovery(&params.recovery_id, &from, to)
+            .await?;
+    }
     let p = protection(ctx, &params.protection_id).await?;
     if p.state != ProtectionState::FailingBack {
         return Ok(());
     }
     let point = mem.point.as_ref().map(|x| x.0.clone()).unwrap_or_default();
+    let fenced = match (&params.unplanned_point, mem.recovery_fenced) {
+        (None, _) => "",
+        (Some(_), true) => "; the recovery site's copy is kept, fenced",
+        (Some(_), false) => "; the recovery site's copy is fenced when its host answers",
+    };
     let facts = Facts {
         reason: format!(
-            "back home from point {point}; `lifeboat reprotect {}` resumes replication",
+            "back home from point {point}{fenced}; `lifeboat reprotect {}` resumes replication",
             p.vm
         ),
         failover_kind: Some(None),

@@ -328,7 +328,9 @@ async fn check_hosts(
         .recoveries_of(&p.id)
         .await?
         .into_iter()
-        .filter(|r| r.kind != "test" && r.id != params.recovery_id)
+        // A copy fenced after an unplanned failback holds writes no point has: it stays
+        // (adding the new one is refused until `failover cleanup` removes it).
+        .filter(|r| r.kind != "test" && r.id != params.recovery_id && r.is_the_vm())
         .collect();
     let agent = client(rhost, PROVISION_TIMEOUT)?;
     for old in stale {

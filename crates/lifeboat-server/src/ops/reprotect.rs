@@ -1,41 +1,214 @@
-//! Reprotect after a failback as an operation: replication resumes from home, its first
-//! sync an incremental on the failback's point. One step: the state change.
+//! Reprotect as an operation, after either kind of move:
+//! - after a failback, replication resumes from home, its first sync an incremental on
+//!   the failback's point: one step, the state change;
+//! - after a committed failover (reversed protection), the VM is protected where it runs
+//!   now, into the same vault, with home (fenced) as its recovery host. The recovery VM
+//!   was tracked from its first boot on the failover's point, so its first point is an
+//!   incremental over that point: only what the guest wrote at the recovery site.
+//!
+//! | step (reversed) | undo |
+//! |---|---|
+//! | `check-hosts` | — (the recovery host must answer; nothing changed yet) |
+//! | `mark-reprotecting` | back to `failed_over` |
+//! | `first-point` | — (a point in the vault is a good point) |
+//! | `record` | — |
 
+use std::time::{Duration, Instant};
+
+use lifeboat_agent::client::ClientError;
+use lifeboat_agent::sync::{SyncRequest, SyncState};
 use serde::{Deserialize, Serialize};
 
-use super::common::{protection, transition};
+use super::common::{agent_failed, client, host, protection, transition, vault};
 use super::{Ctx, Saga, StepError, StepInfo};
 use crate::db::{Event, Facts, ProtectionState};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReprotectParams {
     pub protection_id: String,
+    /// The committed recovery to protect where it runs (reversed); none after a failback.
+    #[serde(default)]
+    pub recovery_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReprotectMemory {
+    /// The first reversed point: id, kind (`incremental` when tracking held), bytes sent.
+    pub point: Option<(String, String, u64)>,
 }
 
 pub struct Reprotect;
 
-const STEPS: &[StepInfo] = &[StepInfo::step("resume-replication")];
+const FROM_HOME: &[StepInfo] = &[StepInfo::step("resume-replication")];
+
+const REVERSED: &[StepInfo] = &[
+    StepInfo::step("check-hosts"),
+    StepInfo::with_undo("mark-reprotecting"),
+    StepInfo::step("first-point"),
+    StepInfo::step("record"),
+];
+
+/// How long the first reversed point may take (an incremental; a resync reads the disks).
+const FIRST_POINT: Duration = Duration::from_secs(1800);
 
 impl Saga for Reprotect {
     type Params = ReprotectParams;
-    type Memory = ();
+    type Memory = ReprotectMemory;
 
-    fn steps(_: &ReprotectParams) -> &'static [StepInfo] {
-        STEPS
+    fn steps(params: &ReprotectParams) -> &'static [StepInfo] {
+        if params.recovery_id.is_some() {
+            REVERSED
+        } else {
+            FROM_HOME
+        }
     }
 
     async fn run(
         ctx: &Ctx,
         params: &ReprotectParams,
-        _: &'static str,
-        _: &mut (),
+        step: &'static str,
+        mem: &mut ReprotectMemory,
     ) -> Result<(), StepError> {
-        if protection(ctx, &params.protection_id).await?.state == ProtectionState::FailedBack {
-            let facts = Facts {
-                sync_now: true,
-                ..Facts::default()
-            };
-            transition(ctx, &params.protection_id, Event::Reprotect, facts).await?;
+        let p = protection(ctx, &params.protection_id).await?;
+        let Some(rec_id) = &params.recovery_id else {
+            if p.state == ProtectionState::FailedBack {
+                let facts = Facts {
+                    sync_now: true,
+                    ..Facts::default()
+                };
+                transition(ctx, &p.id, Event::Reprotect, facts).await?;
+            }
+            return Ok(());
+        };
+        let rec = ctx.db.recovery(rec_id).await?.ok_or_else(|| {
+            StepError::Permanent("the VM on the recovery host is no longer recorded".into())
+        })?;
+        let away = host(ctx, &rec.host_id, "recovery host").await?;
+        match step {
+            "check-hosts" => {
+                vault(ctx, &p, &away).await?;
+                client(&away, Duration::from_secs(30))?
+                    .inventory()
+                    .await
+                    .map_err(|e| {
+                        StepError::Permanent(format!(
+                            "the recovery host {} does not answer ({e}); nothing was changed",
+                            away.host.hostname
+                        ))
+                    })?;
+                Ok(())
+            }
+            "mark-reprotecting" => {
+                if p.state != ProtectionState::Reprotecting {
+                    let why = format!(
+                        "taking the first point of {} on {}",
+                        rec.vm, away.host.hostname
+                    );
+                    transition(ctx, &p.id, Event::Reprotect, Facts::reason(why)).await?;
+                }
+                Ok(())
+            }
+            "first-point" => {
+                // Started once per operation (the agent knows a sync by its id), so a
+                // step run again, or after a restart of the server, follows the same sync.
+                let req = SyncRequest {
+                    sync_id: format!("{}-reversed", ctx.op),
+                    vault: vault(ctx, &p, &away).await?,
+                    point_name: p.point_name.clone(),
+                    app_consistent: false,
+                };
+                let agent = client(&away, Duration::from_secs(60))?;
+                ctx.log(format!(
+                    "first point of {} where it runs now, on {}",
+                    rec.vm, away.host.hostname
+                ))
+                .await;
+                let deadline = Instant::now() + FIRST_POINT;
+                let mut status = agent
+                    .start_sync(&rec.vm, &req)
+                    .await
+                    .map_err(|e| agent_failed("starting the first reversed sync".into(), e))?;
+                let result = loop {
+                    match status.state {
+                        SyncState::Committed(r) => break r,
+                        SyncState::Failed { error } => {
+                            return Err(StepError::Transient(format!(
+                                "the first reversed sync failed: {error}"
+                            )))
+                        }
+                        SyncState::Running { .. } => {}
+                    }
+                    if Instant::now() > deadline {
+                        return Err(StepError::Permanent(format!(
+                            "the first reversed sync did not end in {} s",
+                            FIRST_POINT.as_secs()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    status = match agent.sync_status(&req.sync_id).await {
+                        Ok(s) => s,
+                        // The agent restarted and forgot it: the step runs again.
+                        Err(ClientError::Refused { status: 404, .. }) => {
+                            return Err(StepError::Transient(
+                                "the recovery host's agent restarted during the first sync".into(),
+                            ))
+                        }
+                        Err(e) => return Err(agent_failed("following the first sync".into(), e)),
+                    };
+                };
+                crate::failover::record_final_point(&ctx.db, &p.id, &result)
+                    .await
+                    .map_err(|(_, m)| StepError::Transient(m))?;
+                let kind = serde_json::to_value(result.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                ctx.log(format!(
+                    "first reversed point {}: {kind}, {} byte(s) read, {} sent{}",
+                    result.point,
+                    result.bytes_read,
+                    result.new_bytes_stored,
+                    result
+                        .note
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
+                ))
+                .await;
+                mem.point = Some((result.point, kind, result.new_bytes_stored));
+                Ok(())
+            }
+            "record" => {
+                if p.state == ProtectionState::Reprotecting {
+                    let why = format!(
+                        "runs on {} and is replicated from there; home is its recovery host",
+                        away.host.hostname
+                    );
+                    let facts = Facts {
+                        sync_now: true,
+                        ..Facts::reason(why)
+                    };
+                    transition(ctx, &p.id, Event::Reprotected, facts).await?;
+                }
+                Ok(())
+            }
+            other => Err(StepError::Permanent(format!("no step {other}"))),
+        }
+    }
+
+    async fn undo(
+        ctx: &Ctx,
+        params: &ReprotectParams,
+        step: &'static str,
+        _: &mut ReprotectMemory,
+    ) -> Result<(), StepError> {
+        if step == "mark-reprotecting" {
+            let p = protection(ctx, &params.protection_id).await?;
+            if p.state == ProtectionState::Reprotecting {
+                let why = "failed over (a reprotect was undone)";
+                transition(ctx, &p.id, Event::ReprotectUndone, Facts::reason(why)).await?;
+            }
         }
         Ok(())
     }
@@ -43,18 +216,29 @@ impl Saga for Reprotect {
     async fn answer(
         ctx: &Ctx,
         params: &ReprotectParams,
-        _: &(),
+        mem: &ReprotectMemory,
     ) -> Result<serde_json::Value, StepError> {
         let p = protection(ctx, &params.protection_id).await?;
+        let message = match &mem.point {
+            Some((point, kind, sent)) => format!(
+                "{} is protected where it runs now; first point {point} ({kind}, {sent} byte(s) sent)",
+                p.vm
+            ),
+            None => format!("replication of {} resumed", p.vm),
+        };
         Ok(serde_json::json!({
             "vm": p.vm,
             "operation": ctx.op,
             "state": p.state,
-            "message": format!("replication of {} resumed", p.vm),
+            "point": mem.point.as_ref().map(|x| x.0.clone()),
+            "message": message,
         }))
     }
 
-    fn done_line(_: &ReprotectParams, _: &()) -> String {
-        "replication resumed".into()
+    fn done_line(_: &ReprotectParams, mem: &ReprotectMemory) -> String {
+        match &mem.point {
+            Some((point, ..)) => format!("protected where it runs now, first point {point}"),
+            None => "replication resumed".into(),
+        }
     }
 }

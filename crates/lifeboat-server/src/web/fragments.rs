@@ -49,6 +49,7 @@ pub fn counts(o: &Overview) -> Markup {
             div { dt { "Protected" } dd { (n("protected")) } }
             div { dt { "Degraded" } dd class=(if n("degraded") > 0 { "bad" } else { "" }) { (n("degraded")) } }
             div { dt { "Failed over" } dd { (n("failed_over") + n("failing_over")) } }
+            @if n("protected_reversed") + n("reprotecting") > 0 { div { dt { "Protected at the recovery site" } dd { (n("protected_reversed") + n("reprotecting")) } } }
             div { dt { "Back home, not replicating" } dd { (n("failing_back") + n("failed_back")) } }
             @if n("disabling") > 0 { div { dt { "Disabling" } dd { (n("disabling")) } } }
             div {

@@ -126,6 +126,8 @@ pub fn state_label(v: &ProtectionView, test_running: bool) -> Markup {
         ProtectionState::FailedOver => ("moved", "Failed over"),
         ProtectionState::FailingBack => ("busy", "Failing back"),
         ProtectionState::FailedBack => ("moved", "Failed back"),
+        ProtectionState::Reprotecting => ("busy", "Reprotecting"),
+        ProtectionState::ProtectedReversed => ("good", "Protected at the recovery site"),
     };
     let replicating = matches!(
         v.state,

@@ -63,7 +63,7 @@ pub async fn vm_detail(
                 .find(|r| r.protection_id == p.id && r.kind == "test");
             let moved = recoveries
                 .iter()
-                .find(|r| r.protection_id == p.id && r.kind != "test");
+                .find(|r| r.protection_id == p.id && r.kind != "test" && r.is_the_vm());
             let key = actions_key(&v, &recoveries);
             html! {
                 (summary(&v, &recoveries))
@@ -133,7 +133,7 @@ pub fn actions_key(v: &ProtectionView, recoveries: &[Recovery]) -> String {
     let mine = |test: bool| {
         recoveries
             .iter()
-            .find(|r| r.protection_id == v.id && (r.kind == "test") == test)
+            .find(|r| r.protection_id == v.id && (r.kind == "test") == test && r.is_the_vm())
     };
     match v.state {
         ProtectionState::Protected | ProtectionState::Degraded => match mine(true) {
@@ -146,6 +146,7 @@ pub fn actions_key(v: &ProtectionView, recoveries: &[Recovery]) -> String {
             _ => "failed over".into(),
         },
         ProtectionState::FailedBack => "failed back".into(),
+        ProtectionState::ProtectedReversed => "protected reversed".into(),
         _ => "busy".into(),
     }
 }
@@ -339,9 +340,13 @@ fn actions(
                         }, html! { input type="hidden" name="kind" value="unplanned"; (point_select("unplanned-point", points)) (network_field("unplanned-net", &v.network_map)) }))
                     (disable)
                 }
-                ProtectionState::FailedOver => {
-                    @if moved.is_some_and(|r| r.state == "committed") {
+                ProtectionState::FailedOver | ProtectionState::ProtectedReversed => {
+                    @let committed = moved.is_some_and(|r| r.state == "committed");
+                    @if v.state == ProtectionState::ProtectedReversed {
+                        p class="muted" { (vm) " runs on " (rhost) " and is replicated from there into the vault; " (home) " is fenced and is its recovery host." }
+                    } @else if committed {
                         p class="muted" { "The failover is committed." }
+                        (dialog(Action { id: "dlg-reprotect-away", label: "Reprotect here", api: &format!("{base}/reprotect"), method: "POST", submit: "Protect it where it runs", danger: false }, html! { p { (vm) " is protected where it runs now, on " (rhost) ": synced from there into the same vault, with " (home) " (fenced) as its recovery host. Its first point holds only what it wrote since the failover." } }, html! {}))
                     } @else {
                     (dialog(Action { id: "dlg-commit", label: "Commit", api: &format!("{base}/failover/commit"), method: "POST", submit: "Commit the failover", danger: false }, html! { p { "The failover is committed: " (vm) " on " (rhost) " is the VM now. Bring it home later with Failback." } }, html! {}))
                     }
@@ -354,6 +359,10 @@ fn actions(
                                 input id="failback-timeout" name="shutdown_timeout_secs" type="number" min="1" value="120" data-type="int";
                             }
                         }))
+                    (dialog(Action { id: "dlg-failback-unplanned", label: "Unplanned failback", api: &format!("{base}/failback"), method: "POST", submit: "Bring it home from this point", danger: true }, html! {
+                            p { "For when " (rhost) " is lost: " (vm) " starts on " (home) " from the recovery point you choose, without waiting for " (rhost) ". " strong { "Writes made on " (rhost) " after that point's cut time are not in it." } }
+                            p { "The copy on " (rhost) " is fenced (now, or as soon as its host answers) and kept, never started again." }
+                        }, html! { input type="hidden" name="unplanned" value="true" data-type="bool"; (point_select("failback-point", points)) }))
                 }
                 ProtectionState::FailedBack => {
                     (dialog(Action { id: "dlg-reprotect", label: "Reprotect", api: &format!("{base}/reprotect"), method: "POST", submit: "Reprotect", danger: false }, html! { p { "Replication of " (vm) " from " (home) " to " (rhost) " resumes; the next sync is incremental, building on the failback's point." } }, html! {}))

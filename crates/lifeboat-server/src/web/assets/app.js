@@ -37,6 +37,9 @@
         case "int":
           body[el.name] = Number.parseInt(v, 10);
           break;
+        case "bool":
+          body[el.name] = v === "true";
+          break;
         case "ports":
           body[el.name] = v.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
           break;
