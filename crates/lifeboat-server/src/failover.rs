@@ -287,7 +287,13 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
                 "failed over to {} (a failback was interrupted and rolled back)",
                 h.host.hostname
             );
-            apply(db, &p.id, Event::FailbackUndone { reversed: false }, Facts::reason(why)).await?;
+            apply(
+                db,
+                &p.id,
+                Event::FailbackUndone { reversed: false },
+                Facts::reason(why),
+            )
+            .await?;
             tracing::warn!(vm = %p.vm, "interrupted failback rolled back: the VM runs on the recovery host");
             Ok(Settled::RolledBack(ProtectionState::FailedOver))
         }

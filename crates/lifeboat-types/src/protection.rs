@@ -178,9 +178,7 @@ impl ProtectionState {
             }
             (S::FailingOver, E::FailedOverTo) => S::FailedOver,
             (S::FailingOver, E::FailoverUndone) => S::Protected,
-            (S::FailedOver | S::FailingBack | S::ProtectedReversed, E::FailBack) => {
-                S::FailingBack
-            }
+            (S::FailedOver | S::FailingBack | S::ProtectedReversed, E::FailBack) => S::FailingBack,
             (S::FailingBack, E::CameHome) => S::FailedBack,
             (S::FailingBack, E::FailbackUndone { reversed }) => {
                 if reversed {
@@ -321,7 +319,13 @@ mod tests {
         use Event as E;
         use ProtectionState as S;
         let mut s = S::FailedOver;
-        for e in [E::Reprotect, E::Reprotected, E::SyncStarted, E::Unhealthy, E::Healthy] {
+        for e in [
+            E::Reprotect,
+            E::Reprotected,
+            E::SyncStarted,
+            E::Unhealthy,
+            E::Healthy,
+        ] {
             s = s.on(e).unwrap();
         }
         assert_eq!(s, S::ProtectedReversed);

@@ -199,7 +199,16 @@ pub async fn failback(out: Output, home: &Path, args: crate::cli::FailbackArgs) 
         "unplanned": args.unplanned,
         "point": args.point,
     });
-    step(out, home, &args.vm, "failback", &body, args.conn, args.no_wait).await
+    step(
+        out,
+        home,
+        &args.vm,
+        "failback",
+        &body,
+        args.conn,
+        args.no_wait,
+    )
+    .await
 }
 
 pub async fn reprotect(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Result<()> {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{boot_guest_with, cluster, lifeboat, wait_points};
 use common::moves::{
-    acked, running, vm_row, wait_fenced_row, write_at_recovery_site, OneCopy, WRITER,
+    acked, running, vm_row, wait_fenced_row, wait_point_after, write_at_recovery_site, OneCopy,
+    WRITER,
 };
 use common::start_agent_on;
 use lifeboat_testkit::{free_tcp_port, http_get, wait_http};
@@ -125,19 +126,7 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
         )
         .await
         .unwrap();
-    let acked_at = chrono::Utc::now();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = wait_points(&cl, "web", 1, Duration::from_secs(60));
-        let cut =
-            chrono::DateTime::parse_from_rfc3339(p.last().unwrap()["cut_time"].as_str().unwrap())
-                .unwrap();
-        if cut > acked_at {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no point after the write");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_point_after(&cl, "web", chrono::Utc::now(), Duration::from_secs(120));
     // The primary host dies: its agent first (replication stops), then a write that no
     // point holds, then QEMU.
     cl.alpha.child.kill().unwrap();

@@ -241,7 +241,9 @@ fn may_fail_over(p: &Protection, kind: RecoveryKind) -> Result<(), Response> {
     }
     if matches!(
         p.state,
-        ProtectionState::FailedOver | ProtectionState::Reprotecting | ProtectionState::ProtectedReversed
+        ProtectionState::FailedOver
+            | ProtectionState::Reprotecting
+            | ProtectionState::ProtectedReversed
     ) {
         return Err(error(
             StatusCode::CONFLICT,
@@ -479,7 +481,10 @@ pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>
         );
     };
     let Some(away) = hosts.iter().find(|h| h.host.id == rec.host_id) else {
-        return error(StatusCode::CONFLICT, "the recovery host is no longer enrolled");
+        return error(
+            StatusCode::CONFLICT,
+            "the recovery host is no longer enrolled",
+        );
     };
     let params = ReprotectParams {
         protection_id: p.id.clone(),

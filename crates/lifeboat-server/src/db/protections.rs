@@ -361,7 +361,9 @@ impl Database {
         // A sync asked of home before a move is not waited for: the VM is away now.
         .bind(i64::from(matches!(
             to,
-            ProtectionState::FailedOver | ProtectionState::Reprotecting | ProtectionState::FailedBack
+            ProtectionState::FailedOver
+                | ProtectionState::Reprotecting
+                | ProtectionState::FailedBack
         )))
         .bind(i64::from(facts.sync_now))
         .bind(now())

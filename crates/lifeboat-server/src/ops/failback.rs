@@ -12,7 +12,7 @@
 //!
 //! | step | undo |
 //! |---|---|
-//! | `check-hosts` | — (home must answer before anything stops) |
+//! | `check-hosts` | — (both hosts must answer before anything stops) |
 //! | `mark-failing-back` | back to `failed_over` (or `protected_reversed`) |
 //! | `wait-for-sync` | — (a reversed protection's sync that runs ends first) |
 //! | `shutdown-recovery` | start the recovery VM again (nothing wrote its disks) |
@@ -144,6 +144,17 @@ impl Saga for Failback {
                 vault(ctx, &p, &home).await?;
                 if params.unplanned_point.is_none() {
                     vault(ctx, &p, &away).await?;
+                    // A planned failback takes the recovery VM's final point: its host
+                    // must answer too.
+                    client(&away, Duration::from_secs(30))?
+                        .inventory()
+                        .await
+                        .map_err(|e| {
+                            StepError::Permanent(format!(
+                                "the recovery host {} does not answer ({e}); nothing was changed. If it is lost, `lifeboat failback {} --unplanned` brings the VM home from its newest point",
+                                away.host.hostname, p.vm
+                            ))
+                        })?;
                 }
                 // Home must answer before the recovery VM stops.
                 client(&home, Duration::from_secs(30))?
@@ -268,11 +279,16 @@ impl Saga for Failback {
                     .unplanned_point
                     .clone()
                     .or_else(|| mem.point.clone())
-                    .ok_or_else(|| StepError::Permanent("no final point to write at home".into()))?;
+                    .ok_or_else(|| {
+                        StepError::Permanent("no final point to write at home".into())
+                    })?;
                 if params.unplanned_point.is_some() {
                     mem.point = Some(point.clone());
-                    ctx.log(format!("writing point {} at home where it differs", point.0))
-                        .await;
+                    ctx.log(format!(
+                        "writing point {} at home where it differs",
+                        point.0
+                    ))
+                    .await;
                 }
                 let applied = client(&home, LONG_CALL)?
                     .apply_point(
@@ -351,8 +367,11 @@ impl Saga for Failback {
             }
             "fence-recovery" if mem.recovery_fenced => {
                 let (_, _, rec, away) = parts(ctx, params).await?;
-                ctx.log(format!("starting {} again on {}", rec.vm, away.host.hostname))
-                    .await;
+                ctx.log(format!(
+                    "starting {} again on {}",
+                    rec.vm, away.host.hostname
+                ))
+                .await;
                 client(&away, Duration::from_secs(180))?
                     .start_vm(&rec.vm, true)
                     .await
@@ -428,9 +447,7 @@ async fn record(ctx: &Ctx, params: &FailbackParams, mem: &FailbackMemory) -> Res
             S::Fencing
         };
         let from = [S::Starting, S::Running, S::Committed];
-        ctx.db
-            .move_recovery(&params.recovery_id, &from, to)
-            .await?;
+        ctx.db.move_recovery(&params.recovery_id, &from, to).await?;
     }
     let p = protection(ctx, &params.protection_id).await?;
     if p.state != ProtectionState::FailingBack {

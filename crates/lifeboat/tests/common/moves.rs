@@ -101,6 +101,26 @@ impl Drop for OneCopy {
     }
 }
 
+/// Waits for a point of `vm` cut after `t` (so it holds every write completed by then).
+pub fn wait_point_after(
+    cl: &Cluster,
+    vm: &str,
+    t: chrono::DateTime<chrono::Utc>,
+    limit: Duration,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let points = super::cluster::wait_points(cl, vm, 1, limit);
+        let last = points.last().unwrap().clone();
+        let cut = chrono::DateTime::parse_from_rfc3339(last["cut_time"].as_str().unwrap()).unwrap();
+        if cut > t {
+            return last;
+        }
+        assert!(Instant::now() < deadline, "no point of {vm} after {t}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// Writes `away` to `path` in the VM running on beta, through its serial console, synced.
 pub async fn write_at_recovery_site(cl: &Cluster, path: &str) {
     let mut console = lifeboat_testkit::SerialConsole::connect(
