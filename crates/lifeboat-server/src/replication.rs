@@ -514,13 +514,7 @@ async fn on_status(
                 .unwrap_or(now);
             let interval = chrono::Duration::from_std(policy.interval()).unwrap_or_default();
             p.next_sync_at = (started + interval).max(now).to_rfc3339();
-            if let Some(op) = db.running_operation(&p.host_id, &p.vm).await? {
-                if op.kind == lifeboat_types::OperationKind::Enable {
-                    let msg = format!("protected: first recovery point {}", r.point);
-                    db.advance_operation(&op.id, lifeboat_types::OperationStatus::Succeeded, &msg)
-                        .await?;
-                }
-            }
+            // An enable that waits for this point sees it in the row (`ops::enable`).
             if first {
                 tracing::info!(vm = %p.vm, point = %r.point, "initial sync done");
             }

@@ -226,6 +226,9 @@ pub struct UnprotectArgs {
     /// Also delete the VM's recovery points from the vault (`vault gc` frees the space).
     #[arg(long)]
     pub delete_points: bool,
+    /// Return once it started (its operation id) instead of following it.
+    #[arg(long)]
+    pub no_wait: bool,
     #[command(flatten)]
     pub conn: ServerConn,
 }

@@ -175,7 +175,10 @@ pub async fn unprotect(out: Output, home: &Path, args: UnprotectArgs) -> Result<
         text(&p["id"]),
         args.delete_points
     );
-    let report: Value = server.delete(&path).await?;
+    let op: lifeboat_server::db::Operation = server.delete(&path).await?;
+    let Some(report) = crate::operations_cmd::finish(out, &server, op, args.no_wait).await? else {
+        return Ok(());
+    };
     out.show(&report, |r| {
         println!(
             "Replication of {} disabled; change tracking {}.{}",

@@ -1,7 +1,7 @@
 //! The dashboard's other actions in real headless Chromium, on a VM protected with the
 //! CLI: its VM lost, an unplanned failover from an older point picked in the dialog (after a network
 //! mapping the server refuses, its message shown as is), a write at the recovery site,
-//! commit, failback, reprotect, and disable with its points deleted. The data is checked
+//! commit, reversed protection (reprotect where it runs), failback, reprotect, and disable with its points deleted. The data is checked
 //! through the guest's HTTP server: the recovered VM has the point's files and not the
 //! later ones; home, after failback, has the recovery site's write and not its own
 //! diverged one.
@@ -125,6 +125,22 @@ async fn the_dashboard_fails_over_unplanned_commits_fails_back_and_disables() {
         .unwrap()
         .contains("The failover is committed."));
     assert!(!b.exists("button[data-open=dlg-commit]").await.unwrap());
+    assert!(b
+        .exists("button[data-open=dlg-failback-unplanned]")
+        .await
+        .unwrap());
+    // Protected where it runs now (reversed protection), then home by a planned
+    // failback, which sends only what changed since the newest reversed point.
+    let msg = act(&b, "dlg-reprotect-away", LONG).await;
+    assert!(msg.contains("protected where it runs now"), "{msg}");
+    b.wait_for_text("dd[id^=state-]", "Protected at the recovery site", SHORT)
+        .await
+        .unwrap();
+    assert!(!b
+        .exists("button[data-open=dlg-reprotect-away]")
+        .await
+        .unwrap());
+    check_page(&b, "03b-protected-reversed").await;
     b.click("button[data-open=dlg-failback]").await.unwrap();
     let says = b.text("#dlg-failback").await.unwrap();
     assert!(says.contains("are overwritten"), "{says}");

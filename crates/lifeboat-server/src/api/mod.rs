@@ -47,7 +47,8 @@ pub mod status;
 pub mod tokens;
 pub mod users;
 
-use protection::{ProtectRequest, Protected, ProtectionView, SyncProgress, Unprotected};
+use crate::ops::unprotect::Unprotected;
+use protection::{ProtectRequest, Protected, ProtectionView, SyncProgress};
 use status::{Overview, WorstRpo};
 /// Agents asked at once for their inventory.
 const AGENTS_AT_ONCE: usize = 16;

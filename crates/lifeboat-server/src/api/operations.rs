@@ -1,5 +1,5 @@
-//! Operations (enable, disable; failover next): listing them, and the guard that makes
-//! every operation end; and the protection policies.
+//! Operations (every one runs on the engine, `crate::ops`): listing, following and
+//! cancelling them; and the protection policies.
 
 use std::sync::Arc;
 
@@ -11,50 +11,6 @@ use axum::Json;
 use super::{db_error, error, ApiError, ServerState};
 use crate::db::{CancelAsked, Operation};
 use crate::policy::Policy;
-use lifeboat_types::OperationStatus;
-
-/// Fails its operation if the handler ends without saying how it went (an early return,
-/// or the client hanging up mid-request, which drops the handler), so no operation stays
-/// "running" and blocks the VM.
-pub(crate) struct OpGuard {
-    db: crate::db::Database,
-    pub(crate) id: String,
-    armed: bool,
-}
-
-impl OpGuard {
-    pub(crate) fn new(db: &crate::db::Database, id: &str) -> OpGuard {
-        OpGuard {
-            db: db.clone(),
-            id: id.to_string(),
-            armed: true,
-        }
-    }
-
-    pub(crate) async fn end(mut self, status: OperationStatus, step: &str) {
-        self.armed = false;
-        if let Err(e) = self.db.advance_operation(&self.id, status, step).await {
-            tracing::error!(operation = %self.id, error = %e, "ending an operation");
-        }
-    }
-}
-
-impl Drop for OpGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let (db, id) = (self.db.clone(), self.id.clone());
-            tokio::spawn(async move {
-                let _ = db
-                    .advance_operation(
-                        &id,
-                        OperationStatus::Failed,
-                        "the request ended before the operation did; run the command again",
-                    )
-                    .await;
-            });
-        }
-    }
-}
 
 #[utoipa::path(get, path = "/api/v1/operations", tag = "operations",
     responses((status = 200, description = "The newest 100 operations", body = [Operation])))]

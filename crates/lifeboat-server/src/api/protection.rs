@@ -11,17 +11,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use lifeboat_agent::api::{UnprotectReport, UnprotectRequest};
 use lifeboat_agent::client::AgentClient;
 use lifeboat_agent::sync::VaultAccess;
 use lifeboat_types::{OperationKind, OperationStatus};
 use serde::{Deserialize, Serialize};
 
-use super::operations::OpGuard;
 use super::{db_error, error, ApiError, ServerState};
-use crate::db::{
-    DbError, Event, Facts, HostAccess, PointRow, Protection, ProtectionState, TransitionError,
-};
+use crate::db::{Event, HostAccess, PointRow, Protection, ProtectionState};
+use crate::ops::enable::{Enable, EnableParams};
+use crate::ops::unprotect::{Unprotect, UnprotectParams};
 use crate::policy::Policy;
 use crate::replication::{rpo_seconds, AGENT_TIMEOUT};
 
@@ -103,15 +101,6 @@ pub struct UnprotectQuery {
     /// Also delete the VM's recovery points from the vault.
     #[serde(default)]
     pub delete_points: bool,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Unprotected {
-    pub vm: String,
-    pub operation: String,
-    pub tracking_removed: bool,
-    pub points_deleted: u64,
-    pub note: Option<String>,
 }
 
 pub fn view(p: &Protection, hosts: &[HostAccess]) -> ProtectionView {
@@ -334,35 +323,17 @@ pub async fn protect(
         }
         Err(e) => return db_error(e),
     }
-    let op = match s
-        .db
-        .start_operation(
-            &host.host.id,
-            &req.vm,
-            OperationKind::Enable,
-            "checking the vault",
-        )
-        .await
-    {
-        Ok(id) => OpGuard::new(&s.db, &id),
-        Err(e) => return db_error(e),
-    };
     // Both the VM's agent (it writes) and the recovery host's (it will read) must open
     // the vault: find out now, not at failover. Each seals the vault's key to itself; the
-    // server keeps those sealed keys and forgets the passphrase (crate::vault_keys).
+    // server keeps those sealed keys and forgets the passphrase (crate::vault_keys). This
+    // needs the passphrase, so it runs in the request, before the operation: a check
+    // that fails starts nothing.
     let access = VaultAccess::passphrase(&req.vault, &req.vault_passphrase, &point_name);
     let mut sealed = Vec::new();
     for h in [host, recovery] {
         let checked = match agent(h) {
             Ok(a) => a.check_vault(&access).await,
-            Err(r) => {
-                op.end(
-                    OperationStatus::Failed,
-                    "could not build a client for the agent",
-                )
-                .await;
-                return r;
-            }
+            Err(r) => return r,
         };
         match checked {
             Ok(c) => match c.sealed_key {
@@ -371,59 +342,79 @@ pub async fn protect(
                 // server never does.
                 None => {
                     let why = format!("the agent on {} did not seal the vault's key (an older version?): upgrade it, then enable protection again", h.host.hostname);
-                    op.end(OperationStatus::Failed, &why).await;
                     return error(StatusCode::CONFLICT, why);
                 }
             },
             Err(e) => {
-                let msg = e.to_string();
-                op.end(OperationStatus::Failed, &msg).await;
                 let status = match e {
                     lifeboat_agent::client::ClientError::Refused { .. } => StatusCode::BAD_REQUEST,
                     _ => StatusCode::BAD_GATEWAY,
                 };
-                return error(status, msg);
+                return error(status, e.to_string());
             }
         }
     }
-    let id = uuid::Uuid::new_v4().to_string();
-    for (host_id, key) in &sealed {
-        if let Err(e) = s.db.put_vault_key(&id, host_id, key).await {
-            let _ = s.db.delete_vault_keys(&id).await;
-            op.end(OperationStatus::Failed, &e.to_string()).await;
-            return db_error(e);
-        }
-    }
-    let now = Utc::now().to_rfc3339();
-    let p = Protection {
-        id,
+    let params = EnableParams {
+        protection_id: uuid::Uuid::new_v4().to_string(),
         host_id: host.host.id.clone(),
         vm: req.vm.clone(),
         point_name,
         vault_url: req.vault.clone(),
-        // Never kept: the agents hold the key, sealed (crate::vault_keys).
-        vault_passphrase: Default::default(),
         recovery_host_id: recovery.host.id.clone(),
         policy: policy.name.to_string(),
         network_map: serde_json::to_string(&req.network_map).unwrap_or_else(|_| "{}".into()),
-        next_sync_at: now.clone(),
-        created_at: now,
-        ..Default::default()
+        sealed,
     };
-    if let Err(e) = s.db.add_protection(&p).await {
-        let _ = s.db.delete_vault_keys(&p.id).await;
-        op.end(OperationStatus::Failed, &e.to_string()).await;
-        return db_error(e);
-    }
-    // From here the reconciler carries the operation to its end (the first point).
-    let operation = op.id.clone();
-    op.end(OperationStatus::Running, "initial sync").await;
-    tracing::info!(vm = %p.vm, host = %host.host.hostname, policy = policy.name, "protection enabled");
+    let first = format!(
+        "protecting {} on {} into {} (policy {}), recovery host {}",
+        req.vm, host.host.hostname, req.vault, policy.name, recovery.host.hostname
+    );
+    let op = match crate::ops::start::<Enable>(
+        &s.db,
+        OperationKind::Enable,
+        &host.host.id,
+        &req.vm,
+        Some(&params.protection_id),
+        &params,
+        first,
+    )
+    .await
+    {
+        Ok(op) => op,
+        Err(e) => return db_error(e),
+    };
+    // The answer shows the protection: recorded by the operation's first step, a moment
+    // after it starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let p = loop {
+        match s.db.protection(&params.protection_id).await {
+            Ok(Some(p)) => break p,
+            Ok(None) => {}
+            Err(e) => return db_error(e),
+        }
+        match s.db.operation(&op.id).await {
+            Ok(Some(now)) if now.status.is_done() => {
+                return error(StatusCode::CONFLICT, now.error);
+            }
+            Err(e) => return db_error(e),
+            _ => {}
+        }
+        if std::time::Instant::now() > deadline {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the protection was not recorded in 10 s; follow operation {}",
+                    op.id
+                ),
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     (
         StatusCode::ACCEPTED,
         Json(Protected {
             protection: view(&p, &hosts),
-            operation,
+            operation: op.id.to_string(),
         }),
     )
         .into_response()
@@ -510,7 +501,7 @@ pub async fn list_points(State(s): State<Arc<ServerState>>, Path(id): Path<Strin
 
 #[utoipa::path(delete, path = "/api/v1/protections/{id}", tag = "protection",
     params(("id" = String, Path, description = "The protection's id"), UnprotectQuery),
-    responses((status = 200, description = "Replication stopped and tracking removed", body = Unprotected),
+    responses((status = 202, description = "Runs as an operation: replication stops, tracking is removed, the points deleted if asked; its `result` says what was done (`Unprotected`)", body = crate::db::Operation),
                (status = 404, description = "No such protection", body = ApiError),
                (status = 409, description = "Another operation runs on the VM", body = ApiError),
                (status = 502, description = "The agent did not answer; nothing was changed", body = ApiError)))]
@@ -523,6 +514,19 @@ pub async fn unprotect(
         Ok(x) => x,
         Err(r) => return r,
     };
+    if !hosts.iter().any(|h| h.host.id == p.host_id) {
+        return error(StatusCode::CONFLICT, "the VM's host is no longer enrolled");
+    }
+    // The state machine decides, before anything starts: a VM that runs on its recovery
+    // host, or that a move holds, is not unprotected under it.
+    if p.state != ProtectionState::Disabling {
+        if let Err(r) = p.state.on(Event::Disable) {
+            return error(
+                StatusCode::CONFLICT,
+                format!("{} cannot be unprotected now: {r}", p.vm),
+            );
+        }
+    }
     // Disabling ends an enable that is still waiting for its first point.
     if let Ok(Some(op)) = s.db.running_operation(&p.host_id, &p.vm).await {
         if op.kind == OperationKind::Enable {
@@ -535,127 +539,34 @@ pub async fn unprotect(
                 .await;
         }
     }
-    let op = match s
-        .db
-        .start_operation(
-            &p.host_id,
-            &p.vm,
-            OperationKind::Disable,
-            "stopping replication",
-        )
-        .await
+    let params = UnprotectParams {
+        protection_id: p.id.clone(),
+        delete_points: q.delete_points,
+    };
+    let first = format!(
+        "stopping replication of {}{}",
+        p.vm,
+        if q.delete_points {
+            ", deleting its points"
+        } else {
+            ""
+        }
+    );
+    match crate::ops::start::<Unprotect>(
+        &s.db,
+        OperationKind::Disable,
+        &p.host_id,
+        &p.vm,
+        Some(&p.id),
+        &params,
+        first,
+    )
+    .await
     {
-        Ok(id) => OpGuard::new(&s.db, &id),
-        Err(e) => return db_error(e),
-    };
-    let Some(host) = hosts.iter().find(|h| h.host.id == p.host_id) else {
-        op.end(OperationStatus::Failed, "the VM's host is not enrolled")
-            .await;
-        return error(StatusCode::CONFLICT, "the VM's host is no longer enrolled");
-    };
-    // First the row says Disabling, so the reconciler starts no sync while the agent
-    // stops tracking (a sync started now would add the bitmaps back).
-    // The state machine decides: a VM that runs on its recovery host, or that a move
-    // holds, is not unprotected under it.
-    let facts = Facts::reason("unprotect");
-    let in_flight = match s.db.apply_event(&p.id, Event::Disable, &facts).await {
-        Ok(_) => match s.db.protection(&p.id).await {
-            Ok(row) => row.and_then(|r| r.current_sync),
-            Err(e) => return db_error(e),
-        },
-        Err(TransitionError::Db(DbError::Conflict(_))) => {
-            op.end(OperationStatus::Succeeded, "already disabled").await;
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("{} is not protected any more", p.vm),
-            );
-        }
-        Err(TransitionError::Refused(r)) => {
-            let why = format!("{} cannot be unprotected now: {r}", p.vm);
-            op.end(OperationStatus::Failed, &why).await;
-            return error(StatusCode::CONFLICT, why);
-        }
-        Err(TransitionError::Db(e)) => return db_error(e),
-    };
-    let req = UnprotectRequest {
-        point_name: p.point_name.clone(),
-        delete_points: false,
-    };
-    let client = match AgentClient::new(
-        &host.host.address,
-        &host.host.fingerprint,
-        UNPROTECT_TIMEOUT,
-    ) {
-        Ok(c) => c.with_credential(&host.credential),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let mut report: Result<UnprotectReport, _> = client.unprotect(&p.vm, &req).await;
-    // A sync asked for just before Disabling may have reached the agent after it
-    // cancelled: if it runs, cancel it again.
-    if let (Ok(_), Some(sync)) = (&report, &in_flight) {
-        if let Ok(st) = client.sync_status(sync).await {
-            if matches!(st.state, lifeboat_agent::sync::SyncState::Running { .. }) {
-                report = client.unprotect(&p.vm, &req).await;
-            }
-        }
+        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        Err(e) => db_error(e),
     }
-    let mut report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            // Replication goes on; tracking may already be gone, and then the next sync
-            // is a resync.
-            let undone = Event::DisableUndone {
-                has_point: p.last_point.is_some(),
-            };
-            let _ = s.db.apply_event(&p.id, undone, &Facts::default()).await;
-            let msg = format!("{e}; replication goes on — try again");
-            op.end(OperationStatus::Failed, &msg).await;
-            return error(StatusCode::BAD_GATEWAY, msg);
-        }
-    };
-    if q.delete_points {
-        // The server deletes points, with its own storage credentials: agents only add.
-        match crate::retention::delete_all(&p.vault_url, &p.point_name).await {
-            Ok(n) => report.points_deleted = n,
-            Err(e) => {
-                let note = format!(
-                    "the points were kept: {e} (the server deletes points with storage \
-                     credentials of its own that may delete; see docs/security.md)"
-                );
-                report.note = Some(match report.note.take() {
-                    Some(n) => format!("{n}; {note}"),
-                    None => note,
-                });
-            }
-        }
-    }
-    loop {
-        match s.db.protection(&p.id).await {
-            Ok(Some(now)) => match s.db.delete_protection(&now.id, now.generation).await {
-                Ok(true) => break,
-                Ok(false) => continue,
-                Err(e) => return db_error(e),
-            },
-            Ok(None) => break,
-            Err(e) => return db_error(e),
-        }
-    }
-    let operation = op.id.clone();
-    op.end(OperationStatus::Succeeded, "replication disabled")
-        .await;
-    tracing::info!(vm = %p.vm, deleted_points = report.points_deleted, "protection disabled");
-    Json(Unprotected {
-        vm: p.vm.clone(),
-        operation,
-        tracking_removed: report.tracking_removed,
-        points_deleted: report.points_deleted,
-        note: report.note,
-    })
-    .into_response()
 }
-
-/// How long `unprotect` waits for the agent (it may wait on a frozen guest).
-const UNPROTECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[cfg(test)]
 mod tests {

@@ -330,8 +330,9 @@ impl Database {
 
     /// At server start: ends the operations a previous server process left running where
     /// nothing will carry them on. Engine operations (`steps_total > 0`) are resumed by
-    /// the engine; an enable whose protection exists goes on (the reconciler finishes it
-    /// at the first point); one without, and any other, failed.
+    /// the engine. Of the others (written by an earlier version, which ran them in the
+    /// request): an enable whose protection exists succeeded (replication runs; `status`
+    /// shows its first point); any other failed.
     pub async fn recover_operations(&self) -> Result<u64, DbError> {
         let mut ended = 0;
         for op in self.running_operations().await? {
@@ -339,13 +340,21 @@ impl Database {
                 continue;
             }
             let protected = self.protection_of(&op.host_id, &op.vm).await?.is_some();
-            let why = match (op.kind, protected) {
-                (OperationKind::Enable, true) => continue,
-                (OperationKind::Enable, false) => "interrupted by a server restart before replication was enabled; run `lifeboat protect` again",
-                _ => "interrupted by a server restart; run the command again",
+            let (status, why) = match (op.kind, protected) {
+                (OperationKind::Enable, true) => (
+                    OperationStatus::Succeeded,
+                    "replication is enabled; `lifeboat status` shows its first point",
+                ),
+                (OperationKind::Enable, false) => (
+                    OperationStatus::Failed,
+                    "interrupted by a server restart before replication was enabled; run `lifeboat protect` again",
+                ),
+                _ => (
+                    OperationStatus::Failed,
+                    "interrupted by a server restart; run the command again",
+                ),
             };
-            self.advance_operation(op.id.as_str(), OperationStatus::Failed, why)
-                .await?;
+            self.advance_operation(op.id.as_str(), status, why).await?;
             ended += 1;
         }
         Ok(ended)

@@ -35,9 +35,11 @@ use crate::db::{Database, DbError, NewOperation, Operation, Progress};
 pub mod cleanup;
 pub mod commit;
 mod common;
+pub mod enable;
 pub mod failback;
 pub mod failover;
 pub mod reprotect;
+pub mod unprotect;
 
 /// One step of an operation.
 #[derive(Debug, Clone, Copy)]
@@ -252,11 +254,8 @@ async fn drive(db: Database, op: Operation, faults: &Faults) -> Result<(), DbErr
         OperationKind::FailoverCleanup => run::<cleanup::Cleanup>(db, op, faults).await,
         OperationKind::FailoverCommit => run::<commit::Commit>(db, op, faults).await,
         OperationKind::Reprotect => run::<reprotect::Reprotect>(db, op, faults).await,
-        other => {
-            let why = format!("operations of kind {other} do not run on the engine");
-            db.finish_operation(&op.id, OperationStatus::Failed, None, &why, &why)
-                .await
-        }
+        OperationKind::Enable => run::<enable::Enable>(db, op, faults).await,
+        OperationKind::Disable => run::<unprotect::Unprotect>(db, op, faults).await,
     }
 }
 
