@@ -19,6 +19,7 @@ mod report;
 mod rewrite;
 mod rpo;
 mod rto;
+mod scale;
 mod tuned;
 mod vault;
 
@@ -168,6 +169,43 @@ enum Cmd {
         requests: usize,
         /// Where the databases go; a `lifeboat-bench-dashboard-<pid>` directory is made
         /// in it and removed at the end.
+        #[arg(long, default_value = "/var/tmp")]
+        work_dir: PathBuf,
+        /// Keep the work directory at the end.
+        #[arg(long)]
+        keep: bool,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// The lifeboat binary (default: `lifeboat` next to this one, i.e.
+        /// target/release/lifeboat).
+        #[arg(long)]
+        lifeboat: Option<PathBuf>,
+    },
+    /// The control plane as the fleet grows, with replication running: server CPU with no
+    /// page open while the scheduler drives every VM on its policy, syncs per second, CPU
+    /// per sync, page latency, peak RSS. A real server (release build; SQLite, or
+    /// PostgreSQL with --postgres); the agents are simulated (this benchmark only).
+    Scale {
+        /// Fleet sizes (protected VMs), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        vms: Vec<usize>,
+        /// The policy of every VM: `hourly` measures the scheduler alone, `default` a
+        /// sync every 30 s per VM.
+        #[arg(long, default_value = "hourly")]
+        policy: String,
+        /// Seconds the server's CPU is measured.
+        #[arg(long, default_value_t = 30)]
+        window: u64,
+        /// Timed requests per page.
+        #[arg(long, default_value_t = 30)]
+        requests: usize,
+        /// PostgreSQL instead of SQLite: the URL of a role that may create databases
+        /// (read from LIFEBOAT_BENCH_POSTGRES, so a password stays out of the process list).
+        #[arg(long, env = "LIFEBOAT_BENCH_POSTGRES", hide_env_values = true)]
+        postgres: Option<String>,
+        /// Where the databases go; a `lifeboat-bench-scale-<pid>` directory is made in it
+        /// and removed at the end.
         #[arg(long, default_value = "/var/tmp")]
         work_dir: PathBuf,
         /// Keep the work directory at the end.
@@ -339,6 +377,34 @@ async fn main() -> Result<()> {
             };
             let result = until_signal(dashboard::run(&opts)).await;
             finish(&work, keep, result, json, dashboard::table)
+        }
+        Cmd::Scale {
+            vms,
+            policy,
+            window,
+            requests,
+            postgres,
+            work_dir,
+            keep,
+            json,
+            lifeboat,
+        } => {
+            if vms.is_empty() || vms.contains(&0) || requests == 0 || window == 0 {
+                bail!("--vms takes fleet sizes of at least 1; --requests and --window at least 1");
+            }
+            let work = work_dir.join(format!("lifeboat-bench-scale-{}", std::process::id()));
+            std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+            let opts = scale::Options {
+                vms,
+                requests,
+                policy,
+                window: std::time::Duration::from_secs(window),
+                postgres,
+                work: work.clone(),
+                lifeboat: lifeboat.unwrap_or_else(vault::default_lifeboat),
+            };
+            let result = until_signal(scale::run(&opts)).await;
+            finish(&work, keep, result, json, scale::table)
         }
         Cmd::Rto {
             sizes,

@@ -29,9 +29,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use chrono::Utc;
 
-use crate::api::{error, ServerState};
 use crate::auth;
 use crate::db::AuditRow;
+use crate::http::{error, ServerState};
 
 /// Request fields that name what a call acts on and are never secret. Anything else (a
 /// password, a vault passphrase or URL, an enrollment code) stays out of the log.
@@ -97,7 +97,7 @@ pub fn client_address(ext: &Extensions) -> IpAddr {
 pub async fn layer(State(s): State<Arc<ServerState>>, mut req: Request, next: Next) -> Response {
     let caller = match auth::identify(&s.db, req.headers()).await {
         Ok(c) => c,
-        Err(e) => return crate::api::db_error(e),
+        Err(e) => return crate::http::db_error(e),
     };
     if let Some(c) = &caller {
         req.extensions_mut().insert(c.clone());

@@ -10,21 +10,14 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use lifeboat_agent::client::AgentClient;
 use lifeboat_agent::handover::FenceRequest;
 use lifeboat_agent::sync::VaultAccess;
 
 use crate::db::{Database, Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
+use crate::error::AppError;
 use lifeboat_types::RecoveryState;
 use serde::Serialize;
-
-/// A failure with the HTTP status it maps to, and a message that says what to do.
-pub type Failure = (StatusCode, String);
-
-fn db_failure(e: crate::db::DbError) -> Failure {
-    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
 
 /// How `host`'s agent opens `p`'s vault (the key sealed to it); asked before anything is
 /// changed, so a missing key stops a move before it starts.
@@ -32,23 +25,22 @@ pub async fn vault_for(
     db: &Database,
     p: &Protection,
     host: &HostAccess,
-) -> Result<VaultAccess, Failure> {
+) -> Result<VaultAccess, AppError> {
     crate::vault_keys::access_for(db, p, &host.host.id)
         .await
         .map_err(|e| match e {
-            crate::vault_keys::KeyError::Db(e) => db_failure(e),
-            e => (StatusCode::CONFLICT, e.to_string()),
+            crate::vault_keys::KeyError::Db(e) => AppError::Db(e),
+            e => AppError::Conflict(e.to_string()),
         })
 }
 
-fn client(h: &HostAccess, timeout: Duration) -> Result<AgentClient, Failure> {
-    crate::replication::agent_client(h, timeout)
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+fn client(h: &HostAccess, timeout: Duration) -> Result<AgentClient, AppError> {
+    crate::agents::agent_client(h, timeout).map_err(|e| AppError::Internal(e.to_string()))
 }
 
 /// An agent that did not do what was asked.
-fn gateway(e: lifeboat_agent::client::ClientError) -> Failure {
-    (StatusCode::BAD_GATEWAY, e.to_string())
+fn gateway(e: lifeboat_agent::client::ClientError) -> AppError {
+    AppError::Agent(e.to_string())
 }
 
 /// Removes a recovered VM from its host, then its row.
@@ -56,9 +48,9 @@ async fn remove_copy(
     db: &Database,
     agent: &AgentClient,
     rec: &crate::db::Recovery,
-) -> Result<(), Failure> {
+) -> Result<(), AppError> {
     agent.remove_recovery(&rec.id).await.map_err(gateway)?;
-    db.delete_recovery(&rec.id).await.map_err(db_failure)
+    db.delete_recovery(&rec.id).await.map_err(AppError::from)
 }
 
 /// Starts `vm` through `agent` unless it runs already.
@@ -67,7 +59,7 @@ async fn start_unless_running(
     vm: &str,
     running: bool,
     unfence: bool,
-) -> Result<(), Failure> {
+) -> Result<(), AppError> {
     if !running {
         agent.start_vm(vm, unfence).await.map_err(gateway)?;
     }
@@ -75,13 +67,13 @@ async fn start_unless_running(
 }
 
 /// Applies `event` to the protection (the one compare-and-set; a lost race re-plans).
-pub async fn apply(db: &Database, id: &str, event: Event, facts: Facts) -> Result<(), Failure> {
+pub async fn apply(db: &Database, id: &str, event: Event, facts: Facts) -> Result<(), AppError> {
     db.apply_event(id, event, &facts)
         .await
         .map(|_| ())
         .map_err(|e| match e {
-            crate::db::TransitionError::Refused(r) => (StatusCode::CONFLICT, r.to_string()),
-            crate::db::TransitionError::Db(e) => db_failure(e),
+            crate::db::TransitionError::Refused(r) => AppError::Conflict(r.to_string()),
+            crate::db::TransitionError::Db(e) => AppError::Db(e),
         })
 }
 
@@ -101,17 +93,14 @@ pub(crate) async fn record_final_point(
     db: &Database,
     id: &str,
     result: &lifeboat_agent::sync::SyncResult,
-) -> Result<(), Failure> {
+) -> Result<(), AppError> {
     loop {
         let mut row = db
             .protection(id)
-            .await
-            .map_err(db_failure)?
-            .ok_or((StatusCode::NOT_FOUND, "the protection is gone".to_string()))?;
-        crate::replication::record_point(db, &mut row, result)
-            .await
-            .map_err(db_failure)?;
-        if db.save_protection(&mut row).await.map_err(db_failure)? {
+            .await?
+            .ok_or_else(|| AppError::NotFound("the protection is gone".into()))?;
+        db.record_point(&mut row, result).await?;
+        if db.save_protection(&mut row).await? {
             return Ok(());
         }
     }
@@ -174,21 +163,15 @@ pub enum Settled {
 ///   started again).
 ///
 /// A host that does not answer means "wait": what it runs is unknown.
-pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
-    if db
-        .running_operation(&p.host_id, &p.vm)
-        .await
-        .map_err(db_failure)?
-        .is_some()
-    {
+pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, AppError> {
+    if db.running_operation(&p.host_id, &p.vm).await?.is_some() {
         return Ok(Settled::Wait("an operation runs".into()));
     }
-    let hosts = db.hosts_with_access().await.map_err(db_failure)?;
+    let hosts = db.hosts_with_access().await?;
     let host = |id: &str| hosts.iter().find(|h| h.host.id == id).cloned();
     let rec = db
         .recoveries_of(&p.id)
-        .await
-        .map_err(db_failure)?
+        .await?
         .into_iter()
         .find(|r| r.kind != "test" && r.is_the_vm());
     let Some(home) = host(&p.host_id) else {
@@ -235,8 +218,7 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, Failure> {
             if running(&away_state) {
                 let r = rec.expect("a VM running away implies its recovery");
                 db.move_recovery(&r.id, &[RecoveryState::Starting], RecoveryState::Running)
-                    .await
-                    .map_err(db_failure)?;
+                    .await?;
                 let why = format!(
                     "failed over to {}",
                     away.map(|h| h.host.hostname).unwrap_or_default()

@@ -58,7 +58,7 @@ async fn watch_all(db: &Database) -> Result<(), DbError> {
 
 /// Asks `host` about each of its recovered VMs and records what it says.
 async fn watch_host(db: &Database, host: &HostAccess, recs: Vec<Recovery>) -> Result<(), DbError> {
-    let client = match crate::replication::agent_client(host, AGENT_TIMEOUT) {
+    let client = match crate::agents::agent_client(host, AGENT_TIMEOUT) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "agent client");

@@ -14,7 +14,7 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -22,11 +22,10 @@ use lifeboat_agent::client::{AgentClient, ClientError};
 use lifeboat_agent::sync::{SyncRequest, SyncState, SyncStatus};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::db::{Database, PointRow, Protection, ProtectionState};
+use crate::agents::AgentClients;
+use crate::db::{Database, Protection, ProtectionState};
 use crate::policy::Policy;
 
-/// How long the server waits for one answer from an agent.
-pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a running sync is polled, and the longest a watcher sleeps.
 const POLL: Duration = Duration::from_secs(1);
 /// Failed attempts in a row after which a VM is Degraded, whatever its RPO.
@@ -229,47 +228,6 @@ async fn reversed_target(
     Ok(Some((host, rec.vm)))
 }
 
-/// A client for `h`'s agent, pinned to its certificate, presenting its credential.
-pub fn agent_client(
-    h: &crate::db::HostAccess,
-    timeout: Duration,
-) -> Result<AgentClient, ClientError> {
-    Ok(
-        AgentClient::new(&h.host.address, &h.host.fingerprint, timeout)?
-            .with_credential(&h.credential),
-    )
-}
-
-/// One client per host, shared by every step of the host's protections (a new one per
-/// step would make a TLS handshake per poll), made again only when the host's address,
-/// pinned certificate or credential changed.
-/// What a host's client was made with: address, pinned certificate, credential.
-type ClientKey = (String, String, lifeboat_agent::secret::Secret);
-
-#[derive(Default)]
-struct AgentClients {
-    by_host: Mutex<HashMap<String, (ClientKey, AgentClient)>>,
-}
-
-impl AgentClients {
-    fn get(&self, host: &crate::db::HostAccess) -> Result<AgentClient, ClientError> {
-        let key = (
-            host.host.address.clone(),
-            host.host.fingerprint.clone(),
-            host.credential.clone(),
-        );
-        let mut all = self.by_host.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((k, c)) = all.get(&host.host.id) {
-            if *k == key {
-                return Ok(c.clone());
-            }
-        }
-        let client = AgentClient::new(&key.0, &key.1, AGENT_TIMEOUT)?.with_credential(&key.2);
-        all.insert(host.host.id.clone(), (key, client.clone()));
-        Ok(client)
-    }
-}
-
 /// One step for one protection; returns how long to wait before the next.
 async fn step(
     db: &Database,
@@ -351,7 +309,7 @@ async fn step(
                 tracing::debug!(vm = %p.vm, %why, "move not settled yet");
             }
             Ok(done) => tracing::warn!(vm = %p.vm, ?done, "interrupted move settled"),
-            Err((_, e)) => tracing::warn!(vm = %p.vm, error = %e, "settling an interrupted move"),
+            Err(e) => tracing::warn!(vm = %p.vm, error = %e, "settling an interrupted move"),
         }
         // The row changed under us (or not); the next step reads it again.
         return Ok(POLL * 2);
@@ -390,39 +348,6 @@ fn bookkeeping(p: &Protection) -> impl PartialEq {
         (p.sync_done, p.sync_total),
         (p.fenced_at.clone(), p.last_point.clone()),
     )
-}
-
-/// Records a committed point in the server's list and in the protection's row (the
-/// caller saves the row).
-pub(crate) async fn record_point(
-    db: &Database,
-    p: &mut Protection,
-    r: &lifeboat_agent::sync::SyncResult,
-) -> Result<(), crate::db::DbError> {
-    db.add_point(
-        &p.id,
-        &PointRow {
-            point: r.point.clone(),
-            cut_time: r.cut_time.to_rfc3339(),
-            consistency: r.consistency.clone(),
-            kind: serde_json::to_value(r.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            bytes_read: r.bytes_read as i64,
-            new_bytes: r.new_bytes_stored as i64,
-            note: r.note.clone(),
-        },
-    )
-    .await?;
-    db.sync_points(&p.id, &r.points).await?;
-    p.last_point = Some(r.point.clone());
-    p.last_point_time = Some(r.cut_time.to_rfc3339());
-    p.last_consistency = Some(r.consistency.clone());
-    p.bytes_replicated += r.new_bytes_stored as i64;
-    p.syncs_committed += 1;
-    p.last_sync_ms = (r.seconds * 1000.0) as i64;
-    Ok(())
 }
 
 /// Deletes the points `policy` no longer keeps, here in the control plane (agents only
@@ -499,7 +424,7 @@ async fn on_status(
         }
         SyncState::Committed(r) => {
             let first = p.last_point.is_none();
-            record_point(db, p, &r).await?;
+            db.record_point(p, &r).await?;
             p.current_sync = None;
             p.failures = 0;
             p.last_error = String::new();
@@ -514,8 +439,25 @@ async fn on_status(
                 .unwrap_or(now);
             let interval = chrono::Duration::from_std(policy.interval()).unwrap_or_default();
             p.next_sync_at = (started + interval).max(now).to_rfc3339();
-            // An enable that waits for this point sees it in the row (`ops::enable`).
+            // The enable that waits for this point ends here, before the row shows the
+            // point (the caller saves it): whoever sees the VM protected may move it at
+            // once, with no enable still running to refuse the move. Its own step then
+            // finds it ended (`ops::enable`).
             if first {
+                if let Some(op) = db.running_operation(&p.host_id, &p.vm).await? {
+                    if op.kind == lifeboat_types::OperationKind::Enable {
+                        let done = crate::ops::enable::answer(&p.vm, &op.id, Some(&r.point));
+                        let line = crate::ops::enable::done_line(Some(&r.point));
+                        db.finish_operation(
+                            &op.id,
+                            lifeboat_types::OperationStatus::Succeeded,
+                            Some(&done),
+                            "",
+                            &line,
+                        )
+                        .await?;
+                    }
+                }
                 tracing::info!(vm = %p.vm, point = %r.point, "initial sync done");
             }
             if let Some(note) = r.note {

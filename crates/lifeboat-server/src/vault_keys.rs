@@ -86,7 +86,7 @@ async fn seal_for(
         return Ok(false);
     };
     let access = VaultAccess::passphrase(&p.vault_url, &p.vault_passphrase, &p.point_name);
-    let checked = match crate::replication::agent_client(h, crate::replication::AGENT_TIMEOUT) {
+    let checked = match crate::agents::agent_client(h, crate::agents::AGENT_TIMEOUT) {
         Ok(c) => c.check_vault(&access).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };

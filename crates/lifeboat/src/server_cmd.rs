@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use lifeboat_agent::identity::Identity;
 use lifeboat_agent::serve::{serve, Transport};
-use lifeboat_server::api::{token_digest, ServerState};
+use lifeboat_server::api::ServerState;
+use lifeboat_server::auth::token_digest;
 use lifeboat_server::db::Database;
 
 use crate::cli::ServerArgs;

@@ -205,11 +205,17 @@ async fn a_move_is_refused_untouched_when_the_other_host_is_down() {
         .as_array()
         .unwrap()
         .is_empty());
-    let (ok, _, err) = cl.cli(&["unprotect", "early"]);
-    assert!(ok, "{err}");
+    // Unprotect needs the VM's agent: with it down, unprotect is undone after its tries,
+    // and replication goes on.
     cl.alpha.child.kill().unwrap();
     cl.alpha.child.wait().unwrap();
+    let (ok, _, err) = cl.cli(&["unprotect", "early"]);
+    assert!(!ok && err.contains("stopping tracking"), "{err}");
+    let p = cl.protection();
+    assert_eq!(p["state"], "initial_sync", "{p}");
     cl.alpha = start_agent_on(&cl.home("alpha"), "alpha", alpha_port, &[]);
+    let (ok, _, err) = cl.cli(&["unprotect", "early"]);
+    assert!(ok, "{err}");
 
     let _vm = writing_guest(&cl, http).await;
     // The recovery host's agent is down: a planned failover must not stop the source.

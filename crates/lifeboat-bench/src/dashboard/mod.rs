@@ -6,7 +6,7 @@
 //! redrawn every second), and its peak RSS.
 
 mod report;
-mod seed;
+pub(crate) mod seed;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -75,7 +75,7 @@ fn cookie_named(resp: &reqwest::Response, name: &str) -> Option<String> {
 }
 
 /// Logs in as the login form does; returns the session cookie.
-async fn log_in(http: &reqwest::Client, url: &str) -> Result<String> {
+pub(crate) async fn log_in(http: &reqwest::Client, url: &str) -> Result<String> {
     let page = http.get(format!("{url}/login")).send().await?;
     let cookie = cookie_named(&page, "lifeboat_login_csrf").context("no login CSRF cookie")?;
     // The double-submit token is the cookie's own value.
@@ -93,6 +93,36 @@ async fn log_in(http: &reqwest::Client, url: &str) -> Result<String> {
     cookie_named(&resp, "lifeboat_session").context("the login made no session")
 }
 
+/// Each page's latency over `requests` requests, one at a time, after three that warm
+/// the server's caches and connections.
+pub(crate) async fn time_pages(
+    http: &reqwest::Client,
+    base: &str,
+    cookie: &str,
+    paths: &[&str],
+    requests: usize,
+) -> Result<Vec<PageResult>> {
+    let mut pages = Vec::new();
+    for path in paths {
+        let url = format!("{base}{path}");
+        let mut times = Vec::with_capacity(requests);
+        let mut bytes = 0;
+        for i in 0..requests + 3 {
+            let t = Instant::now();
+            let resp = http.get(&url).header("cookie", cookie).send().await?;
+            if !resp.status().is_success() {
+                bail!("GET {path}: HTTP {}", resp.status());
+            }
+            bytes = resp.bytes().await?.len();
+            if i >= 3 {
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        pages.push(PageResult::new(path, times, bytes));
+    }
+    Ok(pages)
+}
+
 async fn measure(
     server: &procs::Server,
     seeded: &seed::Seeded,
@@ -106,31 +136,14 @@ async fn measure(
         .pool_idle_timeout(std::time::Duration::from_secs(10))
         .build()?;
     let cookie = log_in(&http, &server.url).await?;
-    let mut pages = Vec::new();
-    for path in [
+    let paths = [
         "/",
         "/operations",
         "/vaults",
         "/recovery-site",
         &seeded.chart_page,
-    ] {
-        let url = format!("{}{path}", server.url);
-        let mut times = Vec::with_capacity(requests);
-        let mut bytes = 0;
-        for i in 0..requests + 3 {
-            let t = Instant::now();
-            let resp = http.get(&url).header("cookie", &cookie).send().await?;
-            if !resp.status().is_success() {
-                bail!("GET {path}: HTTP {}", resp.status());
-            }
-            bytes = resp.bytes().await?.len();
-            // The first three warm the server's caches and connections.
-            if i >= 3 {
-                times.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-        }
-        pages.push(PageResult::new(path, times, bytes));
-    }
+    ];
+    let pages = time_pages(&http, &server.url, &cookie, &paths, requests).await?;
     // The event stream: its first message holds every live fragment.
     let t = Instant::now();
     let resp = http

@@ -21,6 +21,37 @@ pub struct Seeded {
     pub chart_page: String,
 }
 
+/// What a seeded fleet is: its hosts' agents, its VMs' state and policy.
+pub struct Spec {
+    /// VMs per host.
+    pub vms_per_host: usize,
+    /// The agents: `host:port` of host `h` (`None`: nothing listens), and the pinned
+    /// certificate fingerprint.
+    pub agent: Box<dyn Fn(usize) -> Option<String>>,
+    pub fingerprint: String,
+    pub state: ProtectionState,
+    pub policy: String,
+}
+
+impl Spec {
+    /// The dashboard bench's fleet: no agent listens, and replication is paused (home
+    /// again, waiting for reprotect), so what is measured is the dashboard alone.
+    pub fn paused() -> Spec {
+        Spec {
+            vms_per_host: VMS_PER_HOST,
+            agent: Box::new(|_| None),
+            fingerprint: "0".repeat(64),
+            state: ProtectionState::FailedBack,
+            policy: "default".into(),
+        }
+    }
+
+    /// How many hosts `vms` VMs need (at least two: a VM has a recovery host).
+    pub fn hosts(&self, vms: usize) -> usize {
+        vms.div_ceil(self.vms_per_host).max(2)
+    }
+}
+
 /// Seeds the database under `server_home`, with `password` as the dashboard's.
 pub async fn seed(server_home: &Path, vms: usize, password: &str) -> Result<Seeded> {
     std::fs::create_dir_all(server_home.join("server"))?;
@@ -28,19 +59,25 @@ pub async fn seed(server_home: &Path, vms: usize, password: &str) -> Result<Seed
         "sqlite://{}",
         server_home.join("server/lifeboat.db").display()
     );
-    let db = Database::connect(&url)
+    seed_into(&url, vms, password, &Spec::paused()).await
+}
+
+/// Seeds the database at `url` with a fleet of `vms` VMs as `spec` says.
+pub async fn seed_into(url: &str, vms: usize, password: &str, spec: &Spec) -> Result<Seeded> {
+    let db = Database::connect(url)
         .await
-        .with_context(|| format!("opening {url}"))?;
+        .with_context(|| format!("opening {}", lifeboat_server::db::redact(url)))?;
     lifeboat_server::auth::ensure_admin_password(&db, Some(password)).await?;
-    let hosts = vms.div_ceil(VMS_PER_HOST).max(2);
+    let hosts = spec.hosts(vms);
+    let per_host = spec.vms_per_host;
     let mut host_ids = Vec::new();
     for h in 0..hosts {
         let host = Host {
             id: format!("host-{h}"),
-            // Nothing listens there: only the hosts page asks agents, and it is not timed.
-            address: format!("127.0.0.1:{}", 1 + h),
+            // Where nothing listens, only the hosts page asks, and it is not timed.
+            address: (spec.agent)(h).unwrap_or_else(|| format!("127.0.0.1:{}", 1 + h)),
             hostname: format!("host{h}"),
-            fingerprint: "0".repeat(64),
+            fingerprint: spec.fingerprint.clone(),
             enrolled_at: Utc::now().to_rfc3339(),
         };
         db.add_host(&host, "credential").await?;
@@ -48,7 +85,7 @@ pub async fn seed(server_home: &Path, vms: usize, password: &str) -> Result<Seed
     }
     let now = Utc::now();
     for i in 0..vms {
-        let host = &host_ids[i / VMS_PER_HOST];
+        let host = &host_ids[i / per_host];
         let vm = format!("vm{i:04}");
         let points = if i == 0 { CHART_POINTS } else { POINTS };
         let last = now - Duration::seconds(5 + i as i64 % 60);
@@ -58,21 +95,26 @@ pub async fn seed(server_home: &Path, vms: usize, password: &str) -> Result<Seed
             vm: vm.clone(),
             point_name: format!("{host}-{vm}"),
             vault_url: format!("file:///srv/vault{}", i % 3),
-            vault_passphrase: "not used".into(),
-            recovery_host_id: host_ids[(i / VMS_PER_HOST + 1) % hosts].clone(),
-            // Replication paused (home again, waiting for reprotect): the reconciler
-            // stays idle, so what is measured is the dashboard alone.
-            state: ProtectionState::FailedBack,
+            // Never kept: the agents hold the key, sealed (`vault_keys`).
+            vault_passphrase: Default::default(),
+            recovery_host_id: host_ids[(i / per_host + 1) % hosts].clone(),
+            state: spec.state,
+            policy: spec.policy.clone(),
             last_point: Some(format!("p-{i}-{}", points - 1)),
             last_point_time: Some(last.to_rfc3339()),
             last_consistency: Some("crash".into()),
             bytes_replicated: 1 << 30,
             syncs_committed: points,
             created_at: now.to_rfc3339(),
-            next_sync_at: now.to_rfc3339(),
+            // Spread over a minute, as a fleet that has run for a while is.
+            next_sync_at: (now + Duration::milliseconds((i as i64 * 997) % 60_000)).to_rfc3339(),
             ..Default::default()
         };
         db.add_protection(&p).await?;
+        for h in [&p.host_id, &p.recovery_host_id] {
+            // Sealed to an agent; a simulated agent never opens it.
+            db.put_vault_key(&p.id, h, "c2VhbGVk").await?;
+        }
         let every = if i == 0 { 30 } else { 300 };
         for n in 0..points {
             let cut = last - Duration::seconds(every * (points - 1 - n));
@@ -95,7 +137,7 @@ pub async fn seed(server_home: &Path, vms: usize, password: &str) -> Result<Seed
         let vm = format!("vm{:04}", i % vms);
         let op = db
             .start_operation(
-                &host_ids[i % vms / VMS_PER_HOST],
+                &host_ids[i % vms / per_host],
                 &vm,
                 lifeboat_types::OperationKind::Enable,
                 "checking the vault",

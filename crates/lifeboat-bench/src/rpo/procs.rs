@@ -223,8 +223,22 @@ pub struct Server {
 /// `lifeboat --home HOME server --listen 127.0.0.1:0 --insecure-http`: plain HTTP on
 /// loopback, SQLite in HOME, a port the system picks.
 pub fn start_server(lb: &Lifeboat, home: &Path, log: &Path) -> Result<Server> {
+    start_server_on(lb, home, log, None)
+}
+
+/// `start_server` on the database at `database` (given in `LIFEBOAT_DATABASE`, where the
+/// process list does not show a password) instead of SQLite in `home`.
+pub fn start_server_on(
+    lb: &Lifeboat,
+    home: &Path,
+    log: &Path,
+    database: Option<&str>,
+) -> Result<Server> {
     let mut cmd = lb.on_home(home);
     cmd.args(["server", "--listen", "127.0.0.1:0", "--insecure-http"]);
+    if let Some(url) = database {
+        cmd.env("LIFEBOAT_DATABASE", url);
+    }
     let (daemon, banner) = spawn_with_banner(cmd, log, "lifeboat server", |l| l == "Ready")?;
     let mut url = None;
     let mut token = None;

@@ -18,7 +18,7 @@ use lifeboat_agent::recovery::RecoveryKind;
 use serde::{Deserialize, Serialize};
 
 use super::protection::load;
-use super::{db_error, error, ApiError, ServerState};
+use super::{app_error, db_error, error, ApiError, ServerState};
 use crate::db::Operation;
 use crate::db::{HostAccess, PointRow, Protection, ProtectionState, Recovery};
 pub use crate::failover::{recovery_views, RecoveryView};
@@ -161,8 +161,8 @@ pub async fn failover(
         return error(StatusCode::CONFLICT, "the VM's host is no longer enrolled");
     }
     // The key sealed to the recovery host, before anything is changed.
-    if let Err((code, why)) = crate::failover::vault_for(&s.db, &p, rhost).await {
-        return error(code, why);
+    if let Err(e) = crate::failover::vault_for(&s.db, &p, rhost).await {
+        return app_error(e);
     }
     let params = FailoverParams {
         kind,

@@ -34,9 +34,9 @@ use futures::StreamExt;
 use lifeboat_agent::client::AgentClient;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Database, DbError, Host, Operation, PointRow, ProtectionState};
+use crate::agents::{agent_client, AGENT_TIMEOUT};
+use crate::db::{DbError, Host, Operation, PointRow, ProtectionState};
 use crate::policy::Policy;
-use crate::replication::AGENT_TIMEOUT;
 
 pub mod access;
 pub mod audit;
@@ -48,22 +48,13 @@ pub mod tokens;
 pub mod users;
 
 use crate::ops::unprotect::Unprotected;
+// In `http`, below the audit layer and the dashboard, which use them too.
+pub(crate) use crate::http::{app_error, db_error, error};
+pub use crate::http::{ApiError, ServerState};
 use protection::{ProtectRequest, Protected, ProtectionView, SyncProgress};
 use status::{Overview, WorstRpo};
 /// Agents asked at once for their inventory.
 const AGENTS_AT_ONCE: usize = 16;
-
-pub struct ServerState {
-    pub db: Database,
-    /// The server's certificate fingerprint, given to agents at enrollment.
-    pub fingerprint: String,
-    /// Served over TLS: dashboard cookies are marked `Secure`.
-    pub tls: bool,
-    /// The dashboard's live updates, drawn once for every open page.
-    pub live: crate::web::live::Hub,
-    /// Login throttling and the bounded queue of password checks.
-    pub throttle: crate::auth::Throttle,
-}
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollHost {
@@ -202,35 +193,6 @@ pub fn router(state: Arc<ServerState>) -> Router {
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
-}
-
-pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
-}
-
-pub(crate) fn db_error(e: DbError) -> Response {
-    match e {
-        DbError::Conflict(m) | DbError::Refused(m) => error(StatusCode::CONFLICT, m),
-        e => {
-            tracing::error!(error = %e, "database");
-            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-        }
-    }
-}
-
-/// SHA-256 of an API token, hex: only this is stored.
-pub fn token_digest(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// An error: what went wrong and what to do.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ApiError {
-    pub error: String,
 }
 
 /// The API as an OpenAPI 3.1 document, generated from the handlers and types below.
@@ -440,12 +402,8 @@ pub async fn vm_list(s: &ServerState) -> Result<VmList, DbError> {
         .collect();
     let answers: Vec<_> = futures::stream::iter(hosts)
         .map(|h| async move {
-            let inv = match AgentClient::new(&h.host.address, &h.host.fingerprint, AGENT_TIMEOUT) {
-                Ok(c) => c
-                    .with_credential(&h.credential)
-                    .inventory()
-                    .await
-                    .map_err(|e| e.to_string()),
+            let inv = match agent_client(&h, AGENT_TIMEOUT) {
+                Ok(c) => c.inventory().await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             (h.host, inv)

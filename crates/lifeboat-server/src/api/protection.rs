@@ -17,11 +17,12 @@ use lifeboat_types::{OperationKind, OperationStatus};
 use serde::{Deserialize, Serialize};
 
 use super::{db_error, error, ApiError, ServerState};
+use crate::agents::AGENT_TIMEOUT;
 use crate::db::{Event, HostAccess, PointRow, Protection, ProtectionState};
 use crate::ops::enable::{Enable, EnableParams};
 use crate::ops::unprotect::{Unprotect, UnprotectParams};
 use crate::policy::Policy;
-use crate::replication::{rpo_seconds, AGENT_TIMEOUT};
+use crate::replication::rpo_seconds;
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProtectRequest {
@@ -194,7 +195,7 @@ fn find_host<'a>(hosts: &'a [HostAccess], text: &str) -> Result<&'a HostAccess, 
 }
 
 fn agent(h: &HostAccess) -> Result<AgentClient, Response> {
-    crate::replication::agent_client(h, AGENT_TIMEOUT)
+    crate::agents::agent_client(h, AGENT_TIMEOUT)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
@@ -534,7 +535,7 @@ pub async fn unprotect(
                 s.db.advance_operation(
                     &op.id,
                     OperationStatus::Cancelled,
-                    "replication disabled before the first point",
+                    "ended by unprotect before the first point (if unprotect fails, replication goes on)",
                 )
                 .await;
         }

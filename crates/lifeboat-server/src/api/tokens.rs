@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use super::{db_error, error, token_digest, ApiError, ServerState};
-use crate::auth::{Caller, Role};
+use super::{db_error, error, ApiError, ServerState};
+use crate::auth::{token_digest, Caller, Role};
 use crate::db::TokenRow;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

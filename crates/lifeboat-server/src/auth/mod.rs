@@ -8,7 +8,6 @@
 //! cookie. The login form itself is guarded by a double-submit cookie, since there is no
 //! session yet.
 //!
-//! - `role`: viewer, operator, admin.
 //! - `throttle`: login throttling and lockout, and the bounded queue of password checks.
 
 use std::net::IpAddr;
@@ -19,13 +18,12 @@ use argon2::Argon2;
 use axum::http::{header, HeaderMap, Method};
 use chrono::{SecondsFormat, Utc};
 
-use crate::api::token_digest;
 use crate::db::{Database, DbError};
 
-pub mod role;
 pub mod throttle;
 
-pub use role::{Role, UnknownRole};
+// Roles sit below the database (`crate::role`), which stores them; named here as before.
+pub use crate::role::{Role, UnknownRole};
 pub use throttle::{Refusal, Throttle};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +49,15 @@ pub const MIN_PASSWORD_LEN: usize = 10;
 /// slot (`throttle`), so one address guesses at most about once a second; someone who
 /// mistyped barely notices.
 const FAILURE_PAUSE: Duration = Duration::from_secs(1);
+
+/// SHA-256 of an API token, hex: only this is stored.
+pub fn token_digest(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// A logged-in user. `Debug` leaves the secrets out.
 #[derive(Clone)]

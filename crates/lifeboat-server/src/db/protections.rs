@@ -587,6 +587,39 @@ impl Database {
         Ok(())
     }
 
+    /// Records a committed point in the server's list and in the protection's row (the
+    /// caller saves the row).
+    pub async fn record_point(
+        &self,
+        p: &mut Protection,
+        r: &lifeboat_agent::sync::SyncResult,
+    ) -> Result<(), DbError> {
+        self.add_point(
+            &p.id,
+            &PointRow {
+                point: r.point.clone(),
+                cut_time: r.cut_time.to_rfc3339(),
+                consistency: r.consistency.clone(),
+                kind: serde_json::to_value(r.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                bytes_read: r.bytes_read as i64,
+                new_bytes: r.new_bytes_stored as i64,
+                note: r.note.clone(),
+            },
+        )
+        .await?;
+        self.sync_points(&p.id, &r.points).await?;
+        p.last_point = Some(r.point.clone());
+        p.last_point_time = Some(r.cut_time.to_rfc3339());
+        p.last_consistency = Some(r.consistency.clone());
+        p.bytes_replicated += r.new_bytes_stored as i64;
+        p.syncs_committed += 1;
+        p.last_sync_ms = (r.seconds * 1000.0) as i64;
+        Ok(())
+    }
+
     /// A protection's points, oldest first.
     pub async fn points(&self, protection_id: &str) -> Result<Vec<PointRow>, DbError> {
         let rows = sqlx::query(

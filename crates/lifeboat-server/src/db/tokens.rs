@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::users::role_of;
 use super::{Database, DbError};
-use crate::auth::Role;
+use crate::role::Role;
 
 /// An API token as the API lists it: never the token, nor its digest.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]

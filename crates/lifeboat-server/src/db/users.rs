@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{Database, DbError};
-use crate::auth::Role;
+use crate::role::Role;
 
 /// A login session as the server keeps it (the cookie's value is never stored), with its
 /// user's role now.
@@ -32,7 +32,7 @@ pub struct UserRow {
 
 pub(crate) fn role_of(text: &str) -> Result<Role, sqlx::Error> {
     text.parse()
-        .map_err(|e: crate::auth::UnknownRole| sqlx::Error::Decode(Box::new(e)))
+        .map_err(|e: crate::role::UnknownRole| sqlx::Error::Decode(Box::new(e)))
 }
 
 fn user_row(r: &sqlx::any::AnyRow) -> Result<UserRow, sqlx::Error> {

@@ -19,7 +19,7 @@ pub fn agent_failed(what: String, e: ClientError) -> StepError {
 }
 
 pub fn client(h: &HostAccess, timeout: Duration) -> Result<AgentClient, StepError> {
-    crate::replication::agent_client(h, timeout).map_err(|e| StepError::Permanent(e.to_string()))
+    crate::agents::agent_client(h, timeout).map_err(|e| StepError::Permanent(e.to_string()))
 }
 
 pub async fn protection(ctx: &Ctx, id: &str) -> Result<Protection, StepError> {

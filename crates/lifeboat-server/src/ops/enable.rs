@@ -10,9 +10,12 @@
 //! | `record-protection` | the protection and its sealed keys removed |
 //! | `initial-sync` (point of no return) | — |
 //!
-//! The scheduler runs the initial sync; `initial-sync` waits for its first point and logs
-//! its phases. It is the point of no return so that a restarted server goes on waiting
-//! (an initial sync may take hours) instead of undoing; `unprotect` ends it.
+//! The scheduler runs the initial sync, logs its phases, and ends the operation in the
+//! same step that records the first point, before the protection shows it (so a move
+//! asked as soon as the VM shows protected is not refused by a still-running enable).
+//! `initial-sync` waits for that; it is the point of no return so that a restarted
+//! server goes on waiting (an initial sync may take hours) instead of undoing.
+//! `unprotect` ends it too.
 
 use std::time::Duration;
 
@@ -143,25 +146,32 @@ impl Saga for Enable {
         params: &EnableParams,
         mem: &EnableMemory,
     ) -> Result<serde_json::Value, StepError> {
-        let message = match &mem.point {
-            Some(point) => format!("{} is protected: first recovery point {point}", params.vm),
-            None => format!(
-                "replication of {} was disabled before its first point",
-                params.vm
-            ),
-        };
-        Ok(serde_json::json!({
-            "vm": params.vm,
-            "operation": ctx.op,
-            "point": mem.point,
-            "message": message,
-        }))
+        Ok(answer(&params.vm, &ctx.op, mem.point.as_deref()))
     }
 
     fn done_line(_: &EnableParams, mem: &EnableMemory) -> String {
-        match &mem.point {
-            Some(point) => format!("protected: first recovery point {point}"),
-            None => "replication disabled before the first point".into(),
-        }
+        done_line(mem.point.as_deref())
+    }
+}
+
+/// An enable's answer: the first point, or none when `unprotect` came first. The
+/// scheduler ends the operation with it when it records that point.
+pub fn answer(vm: &str, op: &str, point: Option<&str>) -> serde_json::Value {
+    let message = match point {
+        Some(point) => format!("{vm} is protected: first recovery point {point}"),
+        None => format!("replication of {vm} was disabled before its first point"),
+    };
+    serde_json::json!({
+        "vm": vm,
+        "operation": op,
+        "point": point,
+        "message": message,
+    })
+}
+
+pub fn done_line(point: Option<&str>) -> String {
+    match point {
+        Some(point) => format!("protected: first recovery point {point}"),
+        None => "replication disabled before the first point".into(),
     }
 }

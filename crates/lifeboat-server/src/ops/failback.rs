@@ -255,7 +255,7 @@ impl Saga for Failback {
                     .map_err(|e| agent_failed("the recovery VM's final sync".into(), e))?;
                 crate::failover::record_final_point(&ctx.db, &p.id, &report.result)
                     .await
-                    .map_err(|(_, m)| StepError::Transient(m))?;
+                    .map_err(|e| StepError::Transient(e.to_string()))?;
                 if !report.equal {
                     return Err(StepError::Permanent(format!(
                         "the recovery VM's final point {} does not equal its disks",

@@ -381,7 +381,7 @@ async fn final_sync(
     // The point is in the vault: the server knows it from now on, whatever comes next.
     crate::failover::record_final_point(&ctx.db, &params.protection_id, &report.result)
         .await
-        .map_err(|(_, m)| StepError::Transient(m))?;
+        .map_err(|e| StepError::Transient(e.to_string()))?;
     lifeboat_agent::failpoint::reached("planned-after-final-sync").await;
     if !report.equal {
         let bad: Vec<String> = report

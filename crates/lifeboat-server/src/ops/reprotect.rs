@@ -159,7 +159,7 @@ impl Saga for Reprotect {
                 };
                 crate::failover::record_final_point(&ctx.db, &p.id, &result)
                     .await
-                    .map_err(|(_, m)| StepError::Transient(m))?;
+                    .map_err(|e| StepError::Transient(e.to_string()))?;
                 let kind = serde_json::to_value(result.kind)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))

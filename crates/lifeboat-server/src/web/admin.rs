@@ -11,9 +11,9 @@ use serde::Deserialize;
 use super::layout::{columns, page, time};
 use super::pages::or_fail;
 use super::{url_encode, CurrentSession};
-use crate::api::ServerState;
 use crate::auth::{Role, MIN_PASSWORD_LEN};
 use crate::db::AuditRow;
+use crate::http::ServerState;
 
 fn role_select(id: Option<&str>, label: Option<&str>, chosen: Role) -> Markup {
     html! {

@@ -1,88 +1,33 @@
 //! Live updates: one Server-Sent Events stream per open page. Every second the server
-//! renders, once for all pages (`Hub`), the parts of pages that change (state labels with their progress bars, RPOs,
-//! last points, running operations, counts, recovered VMs) and sends those that changed
-//! since the last message, as `{"element id": "html"}`; `app.js` puts each in place.
+//! renders, once for all pages (`http::Hub`, drawing with [`fragments`]), the parts of
+//! pages that change (state labels with their progress bars, RPOs, last points, running
+//! operations, counts, recovered VMs) and sends those that changed since the last
+//! message, as `{"element id": "html"}`; `app.js` puts each in place.
 //! The stream reads the database only; it never calls agents. It ends when its session
 //! does (logout, expiry, a new password): an open tab stops seeing the fleet.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use maud::Markup;
-use tokio::sync::watch;
 
 use super::fragments::{counts, protection_cells, recoveries_table, running_ops};
 use crate::api::status::overview_of;
-use crate::api::ServerState;
-use crate::db::Database;
+use crate::db::{Database, DbError};
 use crate::failover::recovery_views;
-
-/// How often the fragments are redrawn.
-const EVERY: Duration = Duration::from_secs(1);
-
-/// Every live fragment's HTML, by the id of the element it fills.
-pub type Fragments = HashMap<String, String>;
-
-/// One renderer for every open page: the fragments are drawn once a second while anyone
-/// watches, however many pages are open (at 1,000 VMs a drawing costs tens of
-/// milliseconds); each page's stream only compares and sends.
-pub struct Hub {
-    tx: watch::Sender<Arc<Fragments>>,
-    rendering: Arc<AtomicBool>,
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Hub {
-            tx: watch::channel(Arc::new(Fragments::new())).0,
-            rendering: Arc::new(AtomicBool::new(false)),
-        }
-    }
-}
-
-impl Hub {
-    /// The fragments as they are drawn; starts the renderer if no page was watching.
-    pub fn subscribe(&self, db: &Database) -> watch::Receiver<Arc<Fragments>> {
-        let rx = self.tx.subscribe();
-        if !self.rendering.swap(true, Ordering::SeqCst) {
-            tokio::spawn(render(self.tx.clone(), self.rendering.clone(), db.clone()));
-        }
-        rx
-    }
-}
-
-/// Draws the fragments every second until no page watches.
-async fn render(tx: watch::Sender<Arc<Fragments>>, rendering: Arc<AtomicBool>, db: Database) {
-    loop {
-        match fragments(&db).await {
-            Ok(f) => {
-                tx.send_replace(Arc::new(f));
-            }
-            Err(e) => tracing::warn!(error = %e, "dashboard live update"),
-        }
-        tokio::time::sleep(EVERY).await;
-        if tx.receiver_count() == 0 {
-            rendering.store(false, Ordering::SeqCst);
-            // A page that subscribed just now saw `rendering` still set and started no
-            // renderer: go on for it, unless another renderer took over.
-            if tx.receiver_count() == 0 || rendering.swap(true, Ordering::SeqCst) {
-                return;
-            }
-        }
-    }
-}
+use crate::http::{Fragments, ServerState};
 
 pub async fn events(
     State(s): State<Arc<ServerState>>,
     axum::Extension(session): axum::Extension<crate::auth::Session>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let rx = s.live.subscribe(&s.db);
+    let rx = s.live.subscribe(&s.db, draw);
     let sent = Arc::new(Fragments::new());
     let id = session.id_sha256;
     let stream = futures::stream::unfold((s, rx, sent), move |(s, mut rx, sent)| {
@@ -122,8 +67,13 @@ async fn session_lives(s: &ServerState, id_sha256: &str) -> bool {
     }
 }
 
+/// [`fragments`] as the hub calls it.
+fn draw(db: Database) -> Pin<Box<dyn Future<Output = Result<Fragments, DbError>> + Send>> {
+    Box::pin(async move { fragments(&db).await })
+}
+
 /// Every live fragment, by the id of the element it fills.
-pub async fn fragments(db: &Database) -> Result<Fragments, crate::db::DbError> {
+pub async fn fragments(db: &Database) -> Result<Fragments, DbError> {
     let o = overview_of(db).await?;
     let views = recovery_views(db).await?;
     let recoveries: Vec<_> = views.iter().map(|v| v.recovery.clone()).collect();

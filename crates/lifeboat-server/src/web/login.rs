@@ -12,9 +12,9 @@ use maud::html;
 use serde::Deserialize;
 
 use super::{layout, set_cookie, url_encode};
-use crate::api::ServerState;
 use crate::audit::{client_address, AuditNote};
 use crate::auth::{self, Caller, Login, Via};
+use crate::http::ServerState;
 
 #[derive(Deserialize)]
 pub(super) struct LoginQuery {

@@ -24,7 +24,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::api::{access, ServerState};
+use crate::api::access;
+use crate::http::ServerState;
 
 pub mod admin;
 pub mod chart;

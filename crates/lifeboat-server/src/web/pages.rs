@@ -15,10 +15,11 @@ use super::layout::{age, columns, may, not_for_role, page, size, time};
 use super::CurrentSession;
 use crate::api::protection::ProtectionView;
 use crate::api::status::overview_of;
-use crate::api::{vm_list, ServerState, VmRow};
+use crate::api::{vm_list, VmRow};
 use crate::auth::Role;
 use crate::db::{Operation, Recovery};
 use crate::failover::recovery_views;
+use crate::http::ServerState;
 use crate::policy::POLICIES;
 
 macro_rules! or_fail {

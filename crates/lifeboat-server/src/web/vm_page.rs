@@ -16,8 +16,8 @@ use super::layout::{age, columns, may, not_for_role, page, refused, size, time, 
 use super::pages::{host_names, operations_list, or_fail, recovery_kind_label, vm_href};
 use super::CurrentSession;
 use crate::api::protection::{view, ProtectionView};
-use crate::api::ServerState;
 use crate::db::{Host, PointRow, ProtectionState, Recovery};
+use crate::http::ServerState;
 use crate::policy::POLICIES;
 
 pub async fn vm_detail(
