@@ -12,8 +12,9 @@
 //! | `POST /api/v1/recoveries` | the server: bring a VM up from a point here (idempotent by recovery id; asking again resumes serving it) |
 //! | `GET /api/v1/recoveries[/{id}]` | the server: recovered VMs, their state and hydration |
 //! | `POST /api/v1/vms/{vm}/shutdown` | the server: ACPI shutdown, forced after a timeout (a planned failover) |
-//! | `POST /api/v1/vms/{vm}/final-sync` | the server: the stopped VM's last point, proven equal to its disks |
-//! | `POST /api/v1/vms/{vm}/apply-point` | the server: make the stopped VM's disks equal to a point, writing only what differs (failback) |
+//! | `POST /api/v1/vms/{vm}/final-sync` | the server: the stopped VM's last point, proven equal to its disks (a job, 202) |
+//! | `POST /api/v1/vms/{vm}/apply-point` | the server: make the stopped VM's disks equal to a point, writing only what differs (failback; a job, 202) |
+//! | `GET /api/v1/jobs/{id}` | the server: a job's status, or its answer once it ended |
 //! | `POST /api/v1/vms/{vm}/start` | the server: start a VM (lifting its fence when failing back) |
 //! | `POST /api/v1/vms/{vm}/fence` | the server: the VM was failed over; kill it if it runs, never start it here |
 //! | `DELETE /api/v1/recoveries/{id}` | the server: remove a recovered VM and everything created for it |
@@ -91,6 +92,8 @@ pub struct AgentState {
     pub max_rate: Option<u64>,
     /// VMs brought up here from recovery points.
     pub recoveries: Arc<crate::provision::Recoveries>,
+    /// The long calls (final sync, apply point) running or finished, by id.
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// Stops protecting a VM on this host. An agent never deletes points (it may hold an
@@ -147,6 +150,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
             post(crate::handover_api::apply_point),
         )
         .route("/api/v1/vms/{vm}/start", post(crate::handover_api::start))
+        .route("/api/v1/jobs/{id}", get(crate::handover_api::job_status))
         .route(
             "/api/v1/recoveries",
             post(crate::recovery_api::ensure).get(crate::recovery_api::list),

@@ -195,7 +195,12 @@ pub struct AgentClient {
     address: String,
     http: reqwest::Client,
     credential: Option<Secret>,
+    /// How long one call may take; and a job, followed by polling.
+    timeout: Duration,
 }
+
+/// How often a job is polled.
+const JOB_POLL: Duration = Duration::from_millis(500);
 
 impl AgentClient {
     pub fn new(
@@ -208,6 +213,7 @@ impl AgentClient {
             address: address.to_string(),
             http,
             credential: None,
+            timeout,
         })
     }
 
@@ -311,13 +317,64 @@ impl AgentClient {
         self.call(self.http.post(url).json(req)).await
     }
 
+    /// The final sync of the stopped `vm`, as job `req.sync_id`: started (or found, when
+    /// asked before with that id) and followed to its end.
     pub async fn final_sync(
         &self,
         vm: &str,
         req: &SyncRequest,
     ) -> Result<crate::handover::FinalSyncReport, ClientError> {
         let url = self.url(&format!("/api/v1/vms/{vm}/final-sync"));
-        self.call(self.http.post(url).json(req)).await
+        let job = self.call(self.http.post(url).json(req)).await?;
+        self.follow_job(job).await
+    }
+
+    /// A job's status; `Refused { status: 404 }` when the agent does not know it.
+    pub async fn job_status(&self, id: &str) -> Result<crate::jobs::JobStatus, ClientError> {
+        self.call(self.http.get(self.url(&format!("/api/v1/jobs/{id}"))))
+            .await
+    }
+
+    /// Polls `job` until it ends, for as long as this client's timeout: its answer, or
+    /// how it failed (as the call itself would have answered).
+    async fn follow_job<T: DeserializeOwned>(
+        &self,
+        mut job: crate::jobs::JobStatus,
+    ) -> Result<T, ClientError> {
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            match job.state {
+                crate::jobs::JobState::Succeeded { result } => {
+                    return serde_json::from_value(result).map_err(|source| ClientError::BadReply {
+                        address: self.address.clone(),
+                        source,
+                    })
+                }
+                crate::jobs::JobState::Failed { status, error } => {
+                    return Err(ClientError::Refused {
+                        address: self.address.clone(),
+                        status,
+                        message: error,
+                    })
+                }
+                crate::jobs::JobState::Running => {}
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(ClientError::Refused {
+                    address: self.address.clone(),
+                    status: 504,
+                    message: format!(
+                        "job {} ({} of {}) still runs after {} s; ask again later",
+                        job.job_id,
+                        job.kind,
+                        job.vm,
+                        self.timeout.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(JOB_POLL).await;
+            job = self.job_status(&job.job_id).await?;
+        }
     }
 
     pub async fn fence(
@@ -329,13 +386,16 @@ impl AgentClient {
         self.call(self.http.post(url).json(req)).await
     }
 
+    /// A point written over the stopped `vm`'s disks, as job `req.job_id`: started (or
+    /// found) and followed to its end.
     pub async fn apply_point(
         &self,
         vm: &str,
         req: &crate::handover::ApplyPointRequest,
     ) -> Result<crate::handover::ApplyReport, ClientError> {
         let url = self.url(&format!("/api/v1/vms/{vm}/apply-point"));
-        self.call(self.http.post(url).json(req)).await
+        let job = self.call(self.http.post(url).json(req)).await?;
+        self.follow_job(job).await
     }
 
     /// Starts a VM, lifting its fence first with `unfence`.

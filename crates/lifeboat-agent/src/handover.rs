@@ -220,6 +220,8 @@ fn private_temp_dir(what: &str) -> Result<tempfile::TempDir, SyncError> {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ApplyPointRequest {
+    /// The job's id, chosen by the server: asking again with it answers the same job.
+    pub job_id: String,
     pub vault: crate::sync::VaultAccess,
     pub point: String,
     /// The point name this VM's replication writes under (recorded as its last point).

@@ -11,6 +11,7 @@ use lifeboat_hypervisor::Hypervisor;
 
 use crate::api::{error, AgentState};
 use crate::handover::{FenceReport, FenceRequest, ShutdownRequest};
+use crate::ids::JobId;
 use crate::replicate::{vm_name, SyncError};
 use crate::sync::SyncRequest;
 
@@ -39,6 +40,40 @@ pub async fn shutdown(
     }
 }
 
+/// How a failed handover call answers: its status and words.
+fn job_failure(e: SyncError) -> (u16, String) {
+    let status = match &e {
+        SyncError::Invalid(_) => StatusCode::CONFLICT,
+        SyncError::Vault(_) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status.as_u16(), e.to_string())
+}
+
+/// Starts `work` as job `id` (or answers the job already known by that id): 202 and its
+/// status, which the server polls at `GET /api/v1/jobs/{id}`.
+fn start_job<F>(s: &AgentState, id: &str, kind: &str, vm: &str, work: F) -> Response
+where
+    F: std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + 'static,
+{
+    let id = match JobId::new(id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match s.jobs.start(&id, kind, vm, work) {
+        Ok(st) => (StatusCode::ACCEPTED, Json(st)).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+fn as_result<T: serde::Serialize>(
+    r: Result<T, SyncError>,
+) -> Result<serde_json::Value, (u16, String)> {
+    let r = r.map_err(job_failure)?;
+    serde_json::to_value(r).map_err(|e| (500, e.to_string()))
+}
+
+/// The final sync of the stopped VM, as job `req.sync_id`.
 pub async fn final_sync(
     State(s): State<Arc<AgentState>>,
     Path(vm): Path<String>,
@@ -48,17 +83,34 @@ pub async fn final_sync(
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    // A sync of the same VM must not run beside the final one.
-    if s.syncs.cancel_vm(vm.as_str()) {
-        tracing::warn!(%vm, "a sync was still running at the final sync; cancelled");
-    }
-    let vault = match s.vaults.open(&req.vault).await {
-        Ok(v) => v,
-        Err(e) => return failure(e),
+    let id = req.sync_id.clone();
+    let work = {
+        let (s, vm) = (s.clone(), vm.clone());
+        async move {
+            // A sync of the same VM must not run beside the final one.
+            if s.syncs.cancel_vm(vm.as_str()) {
+                tracing::warn!(%vm, "a sync was still running at the final sync; cancelled");
+            }
+            let vault = s.vaults.open(&req.vault).await.map_err(job_failure)?;
+            as_result(crate::handover::final_sync(&s.driver, &vault, &vm, &req, &s.records).await)
+        }
     };
-    match crate::handover::final_sync(&s.driver, &vault, &vm, &req, &s.records).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => failure(e),
+    start_job(&s, &id, "final-sync", vm.as_str(), work)
+}
+
+/// A job's status: running, or its answer (`GET /api/v1/jobs/{id}`); 404 when this agent
+/// does not know it (it was running when the agent stopped: start it again).
+pub async fn job_status(State(s): State<Arc<AgentState>>, Path(id): Path<String>) -> Response {
+    let id = match JobId::new(&id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match s.jobs.status(&id) {
+        Some(st) => Json(st).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no job {id} on this host (the agent restarted while it ran?)"),
+        ),
     }
 }
 
@@ -83,6 +135,7 @@ pub async fn fence(
     }
 }
 
+/// A point written over the stopped VM's disks where they differ, as job `req.job_id`.
 pub async fn apply_point(
     State(s): State<Arc<AgentState>>,
     Path(vm): Path<String>,
@@ -92,14 +145,15 @@ pub async fn apply_point(
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let vault = match s.vaults.open(&req.vault).await {
-        Ok(v) => v,
-        Err(e) => return failure(e),
+    let id = req.job_id.clone();
+    let work = {
+        let (s, vm) = (s.clone(), vm.clone());
+        async move {
+            let vault = s.vaults.open(&req.vault).await.map_err(job_failure)?;
+            as_result(crate::handover::apply_point(&s.driver, &vault, &vm, &req, &s.records).await)
+        }
     };
-    match crate::handover::apply_point(&s.driver, &vault, &vm, &req, &s.records).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => failure(e),
-    }
+    start_job(&s, &id, "apply-point", vm.as_str(), work)
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

@@ -89,6 +89,11 @@ operation_id!(
     RecoveryId,
     "recovery id"
 );
+operation_id!(
+    /// A job (a final sync, a point applied), named by the server.
+    JobId,
+    "job id"
+);
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@
 //!   the server receives in exchange for it.
 //! - `api`: the routes. Before enrollment only the discovery hello (and enrollment itself)
 //!   answer; every other route needs the credential.
-//! - `ids`: the server's sync and recovery ids, checked before they name a file.
+//! - `ids`: the server's sync, recovery and job ids, checked before they name a file.
 //! - `client`: calling an agent over HTTPS pinned to its fingerprint (the server's side).
 //! - `sync`: the syncs the server asks for (API types) and the registry of running and
 //!   finished ones, journaled so an answer survives a restart.
@@ -19,6 +19,8 @@
 //! - `failpoint`: named pauses for crash tests (agent and server), off unless asked for.
 //! - `handover`: the source side of a planned failover (ordered shutdown, final sync of
 //!   the stopped VM proven equal by digest) and fencing.
+//! - `jobs`: the long calls (a final sync, a point applied) as jobs the server starts and
+//!   polls by id, journaled like syncs.
 //! - `point_export`: one disk of a point served over NBD.
 //! - `sealing`: the agent's X25519 key pair; vault keys sealed to it open only here.
 //! - `secret`: strings whose `Debug` never shows them (passphrases, credentials).
@@ -33,6 +35,7 @@ mod handover_api;
 pub mod home;
 pub mod identity;
 pub mod ids;
+pub mod jobs;
 pub mod point_export;
 pub mod provision;
 pub mod recovery;

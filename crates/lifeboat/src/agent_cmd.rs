@@ -68,6 +68,10 @@ pub async fn start(qemu: QemuDriver, home: &Path, args: AgentArgs) -> Result<Sta
         )),
         records: lifeboat_agent::replicate::Records::open(&agent_home)
             .with_context(|| format!("opening {}/replicated", agent_home.display()))?,
+        jobs: Arc::new(
+            lifeboat_agent::jobs::Jobs::open(&agent_home)
+                .with_context(|| format!("opening {}/jobs", agent_home.display()))?,
+        ),
         max_rate: args
             .max_rate
             .as_deref()

@@ -4,7 +4,8 @@
 //!   again, unfenced, with every write;
 //! - a failure injected after a step before the point of no return undoes the failover;
 //! - with every step run twice (`LIFEBOAT_SAGA_REPEAT=1`) a planned failover whose CLI
-//!   is killed mid-way still completes, on the recovery host, with every write;
+//!   is killed mid-way still completes, on the recovery host, with every write; its final
+//!   sync, asked twice, is one job on the agent and makes one point;
 //! - past the point of no return a cancel is refused, saying why, and a kill -9 of the
 //!   server there is followed by the restarted server finishing the move.
 //!
@@ -207,6 +208,24 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
     );
     assert_eq!(op["status"], "succeeded", "{op:#}");
     assert_eq!(op["result"]["kind"], "planned", "{op:#}");
+    // The final sync, asked twice, is one job on the agent: one final point.
+    let finals: std::collections::BTreeSet<&str> = op["log"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split("final point ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert_eq!(finals.len(), 1, "the final sync ran twice: {finals:?}");
+    assert!(
+        op["log"]
+            .as_str()
+            .unwrap()
+            .matches("equals the source disks")
+            .count()
+            >= 2,
+        "the final sync step did not run twice: {op:#}"
+    );
     assert_eq!(where_it_runs(&cl), "beta");
     assert_eq!(cl.protection()["state"], "failed_over");
     let n = all_acked_present(&cl, http).await;

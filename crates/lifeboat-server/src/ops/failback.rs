@@ -294,6 +294,8 @@ impl Saga for Failback {
                     .apply_point(
                         &p.vm,
                         &ApplyPointRequest {
+                            // One write per operation: a step run again follows it.
+                            job_id: format!("{}-apply", ctx.op),
                             vault: vault(ctx, &p, &home).await?,
                             point: point.0.clone(),
                             point_name: p.point_name.clone(),
