@@ -173,7 +173,7 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, AppError> 
         .recoveries_of(&p.id)
         .await?
         .into_iter()
-        .find(|r| r.kind != "test" && r.is_the_vm());
+        .find(|r| r.kind != lifeboat_types::RecoveryKind::Test && r.is_the_vm());
     let Some(home) = host(&p.host_id) else {
         return Ok(Settled::Wait("the home host is not enrolled".into()));
     };

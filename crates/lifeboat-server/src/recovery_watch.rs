@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lifeboat_agent::handover::FenceRequest;
-use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
+use lifeboat_agent::recovery::RecoveryRequest;
 use lifeboat_types::RecoveryState;
 
 use crate::db::{Database, DbError, HostAccess, Recovery};
@@ -33,7 +33,10 @@ async fn watch_all(db: &Database) -> Result<(), DbError> {
     let hosts = db.hosts_with_access().await?;
     let mut by_host: HashMap<String, Vec<Recovery>> = HashMap::new();
     for rec in db.recoveries().await? {
-        if ["running", "committed", "fencing"].contains(&rec.state.as_str()) {
+        if matches!(
+            rec.state,
+            RecoveryState::Running | RecoveryState::Committed | RecoveryState::Fencing
+        ) {
             by_host.entry(rec.host_id.clone()).or_default().push(rec);
         }
     }
@@ -66,7 +69,7 @@ async fn watch_host(db: &Database, host: &HostAccess, recs: Vec<Recovery>) -> Re
         }
     };
     for mut rec in recs {
-        if rec.state == RecoveryState::Fencing.as_str() {
+        if rec.state == RecoveryState::Fencing {
             fence(db, host, &client, &rec).await?;
             continue;
         }
@@ -132,11 +135,7 @@ async fn resume_request(
     let Some(p) = db.protection(&rec.protection_id).await? else {
         return Ok(None);
     };
-    let kind = match rec.kind.as_str() {
-        "test" => RecoveryKind::Test,
-        "planned" => RecoveryKind::Planned,
-        _ => RecoveryKind::Unplanned,
-    };
+    let kind = rec.kind;
     let vault = crate::vault_keys::access_for(db, &p, &rec.host_id).await?;
     Ok(Some(RecoveryRequest {
         recovery_id: rec.id.clone(),

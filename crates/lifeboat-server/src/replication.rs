@@ -214,7 +214,7 @@ async fn reversed_target(
         .recoveries_of(&p.id)
         .await?
         .into_iter()
-        .find(|r| r.state == lifeboat_types::RecoveryState::Committed.as_str());
+        .find(|r| r.state == lifeboat_types::RecoveryState::Committed);
     let Some(rec) = committed else {
         p.failures += 1;
         p.last_error = "no committed VM on a recovery host to replicate".into();

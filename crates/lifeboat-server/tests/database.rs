@@ -380,19 +380,19 @@ async fn postgres_concurrent_actors_never_both_win() {
 /// re-read-and-overwrite loop lost.
 async fn recovery_moves_and_observations_never_overwrite_each_other(url: &str) {
     use lifeboat_server::db::Recovery;
-    use lifeboat_types::RecoveryState;
+    use lifeboat_types::{RecoveryKind, RecoveryState};
     let db = Database::connect(url).await.unwrap();
     let rec = Recovery {
         id: "r1".into(),
         protection_id: "p1".into(),
-        kind: "planned".into(),
+        kind: RecoveryKind::Planned,
         host_id: "h2".into(),
         vm: "web".into(),
         origin_host_id: "h1".into(),
         origin_vm: "web".into(),
         point: "pt".into(),
         point_time: "2026-11-26T00:00:00Z".into(),
-        state: "starting".into(),
+        state: RecoveryState::Starting,
         vm_state: "stopped".into(),
         forwards: "[]".into(),
         ..Default::default()
@@ -418,7 +418,7 @@ async fn recovery_moves_and_observations_never_overwrite_each_other(url: &str) {
     seen.hydrated_bytes = 42;
     db.record_observation(&seen).await.unwrap();
     let now = db.recovery("r1").await.unwrap().unwrap();
-    assert_eq!(now.state, "committed");
+    assert_eq!(now.state, RecoveryState::Committed);
     assert_eq!((now.vm_state.as_str(), now.hydrated_bytes), ("running", 42));
     // A recovery that is gone is not moved.
     assert!(!db

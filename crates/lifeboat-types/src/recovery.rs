@@ -3,10 +3,13 @@
 use serde::{Deserialize, Serialize};
 
 /// Why a VM was brought up on a recovery host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RecoveryKind {
     /// Beside production: an isolated network (no route out), a new MAC, its own ports.
+    #[default]
     Test,
     /// The VM itself, moved in order with zero data loss: same MAC, same networks.
     Planned,
@@ -21,10 +24,13 @@ crate::named_enum!(RecoveryKind, "recovery kind", {
 });
 
 /// A recovered VM's state as the server records it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RecoveryState {
     /// Being brought up.
+    #[default]
     Starting,
     Running,
     /// A failover that was committed: the copy is the VM now.

@@ -284,7 +284,7 @@ pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) 
         // A test copy, or a copy fenced after an unplanned failback.
         Ok(v) => v
             .into_iter()
-            .filter(|r| r.kind == "test" || r.state == RecoveryState::Fenced.as_str())
+            .filter(|r| r.kind == RecoveryKind::Test || r.state == RecoveryState::Fenced)
             .collect(),
         Err(e) => return db_error(e),
     };
@@ -360,7 +360,7 @@ async fn load_moved(
             .await
             .map_err(db_error)?
             .into_iter()
-            .find(|r| r.kind != "test" && r.is_the_vm());
+            .find(|r| r.kind != RecoveryKind::Test && r.is_the_vm());
     Ok((p, hosts, rec))
 }
 
@@ -471,7 +471,7 @@ pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>
         return start_op::<Reprotect>(&s, OperationKind::Reprotect, &p, &params, first).await;
     }
     // Reversed: the VM is protected where it runs now, which must be for good.
-    let Some(rec) = rec.filter(|r| r.state == RecoveryState::Committed.as_str()) else {
+    let Some(rec) = rec.filter(|r| r.state == RecoveryState::Committed) else {
         return error(
             StatusCode::CONFLICT,
             format!(

@@ -89,7 +89,7 @@ pub struct VmRow {
     /// Why the VM is fenced on this host (it was failed over): it does not start here.
     pub fenced: Option<String>,
     /// For a VM brought up from a recovery point: `test`, `planned` or `unplanned`.
-    pub recovery_kind: Option<String>,
+    pub recovery_kind: Option<lifeboat_types::RecoveryKind>,
     /// For a recovered VM: the VM it is a copy of, as `HOST/VM`.
     pub recovered_from: Option<String>,
     /// For a recovered VM: the point it came from, and that point's cut time.
@@ -436,7 +436,7 @@ pub async fn vm_list(s: &ServerState) -> Result<VmList, DbError> {
                         last_point_time: p.and_then(|p| p.last_point_time.clone()),
                         recovery_host: p.map(|p| p.recovery_host.clone()),
                         fenced: vm["fenced"].as_str().map(str::to_string),
-                        recovery_kind: r.map(|r| r.kind.clone()),
+                        recovery_kind: r.map(|r| r.kind),
                         recovered_from: r
                             .map(|r| format!("{}/{}", host_name(&r.origin_host_id), r.origin_vm)),
                         recovered_point: r.map(|r| r.point.clone()),

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use lifeboat_types::RecoveryState;
+use lifeboat_types::{RecoveryKind, RecoveryState};
 
 use super::{Database, DbError};
 
@@ -13,8 +13,7 @@ use super::{Database, DbError};
 pub struct Recovery {
     pub id: String,
     pub protection_id: String,
-    /// `test`, `planned` or `unplanned`.
-    pub kind: String,
+    pub kind: RecoveryKind,
     /// The recovery host's id, and the VM's name there.
     pub host_id: String,
     pub vm: String,
@@ -24,8 +23,7 @@ pub struct Recovery {
     /// The recovery point it started from, and that point's cut time.
     pub point: String,
     pub point_time: String,
-    /// `starting`, `running`, `failed` or `removing`.
-    pub state: String,
+    pub state: RecoveryState,
     /// As the recovery host's agent last reported it (`running`, `stopped`, …).
     pub vm_state: String,
     pub hydrated_bytes: i64,
@@ -45,9 +43,7 @@ impl Recovery {
     /// It is (becoming) the VM: starting, running or committed, not removed or fenced.
     pub fn is_the_vm(&self) -> bool {
         use lifeboat_types::RecoveryState as S;
-        [S::Starting, S::Running, S::Committed]
-            .iter()
-            .any(|s| self.state == s.as_str())
+        matches!(self.state, S::Starting | S::Running | S::Committed)
     }
 }
 
@@ -55,18 +51,28 @@ const COLUMNS: &str = "id, protection_id, kind, host_id, vm, origin_host_id, ori
     point, point_time, state, vm_state, hydrated_bytes, hydration_total, hydrated, forwards, \
     error, created_at, updated_at, generation";
 
+/// A checked column read as its type (the database's CHECK holds the same names).
+fn checked<T>(r: &sqlx::any::AnyRow, column: &str) -> Result<T, sqlx::Error>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = r.try_get(column)?;
+    text.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
 fn recovery(r: &sqlx::any::AnyRow) -> Result<Recovery, sqlx::Error> {
     Ok(Recovery {
         id: r.try_get("id")?,
         protection_id: r.try_get("protection_id")?,
-        kind: r.try_get("kind")?,
+        kind: checked(r, "kind")?,
         host_id: r.try_get("host_id")?,
         vm: r.try_get("vm")?,
         origin_host_id: r.try_get("origin_host_id")?,
         origin_vm: r.try_get("origin_vm")?,
         point: r.try_get("point")?,
         point_time: r.try_get("point_time")?,
-        state: r.try_get("state")?,
+        state: checked(r, "state")?,
         vm_state: r.try_get("vm_state")?,
         hydrated_bytes: r.try_get("hydrated_bytes")?,
         hydration_total: r.try_get("hydration_total")?,
@@ -90,14 +96,14 @@ impl Database {
         ))
         .bind(&r.id)
         .bind(&r.protection_id)
-        .bind(&r.kind)
+        .bind(r.kind.as_str())
         .bind(&r.host_id)
         .bind(&r.vm)
         .bind(&r.origin_host_id)
         .bind(&r.origin_vm)
         .bind(&r.point)
         .bind(&r.point_time)
-        .bind(&r.state)
+        .bind(r.state.as_str())
         .bind(&r.vm_state)
         .bind(r.hydrated_bytes)
         .bind(r.hydration_total)
@@ -110,7 +116,7 @@ impl Database {
         match res {
             Ok(_) => Ok(()),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(DbError::Conflict(if r.kind == "test" {
+                Err(DbError::Conflict(if r.kind == RecoveryKind::Test {
                     format!(
                         "{} has a test copy running already; remove it with `lifeboat failover cleanup {}`",
                         r.origin_vm, r.origin_vm

@@ -35,7 +35,7 @@ impl Saga for Commit {
         let rec = ctx.db.recovery(&params.recovery_id).await?.ok_or_else(|| {
             StepError::Permanent("the VM on the recovery host is no longer recorded".into())
         })?;
-        if rec.state != "committed" {
+        if rec.state != RecoveryState::Committed {
             let from = [RecoveryState::Running, RecoveryState::Starting];
             if !ctx
                 .db

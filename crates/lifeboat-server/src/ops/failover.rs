@@ -330,7 +330,7 @@ async fn check_hosts(
         .into_iter()
         // A copy fenced after an unplanned failback holds writes no point has: it stays
         // (adding the new one is refused until `failover cleanup` removes it).
-        .filter(|r| r.kind != "test" && r.id != params.recovery_id && r.is_the_vm())
+        .filter(|r| r.kind != RecoveryKind::Test && r.id != params.recovery_id && r.is_the_vm())
         .collect();
     let agent = client(rhost, PROVISION_TIMEOUT)?;
     for old in stale {
@@ -494,14 +494,14 @@ async fn start_recovery(
         let rec = Recovery {
             id: params.recovery_id.clone(),
             protection_id: p.id.clone(),
-            kind: params.kind.as_str().into(),
+            kind: params.kind,
             host_id: rhost.host.id.clone(),
             vm: params.vm.clone(),
             origin_host_id: p.host_id.clone(),
             origin_vm: p.vm.clone(),
             point: point.0.clone(),
             point_time: point.1.clone(),
-            state: "starting".into(),
+            state: lifeboat_types::RecoveryState::Starting,
             vm_state: "stopped".into(),
             forwards: "[]".into(),
             ..Default::default()

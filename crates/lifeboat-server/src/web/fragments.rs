@@ -9,12 +9,13 @@ use crate::api::protection::ProtectionView;
 use crate::api::status::Overview;
 use crate::db::{Operation, Recovery};
 use crate::failover::RecoveryView;
+use lifeboat_types::{RecoveryKind, RecoveryState};
 
 /// Whether a test copy of protection `id` runs.
 pub fn test_running(recoveries: &[Recovery], id: &str) -> bool {
     recoveries
         .iter()
-        .any(|r| r.protection_id == id && r.kind == "test")
+        .any(|r| r.protection_id == id && r.kind == RecoveryKind::Test)
 }
 
 /// The live parts of a protection's row: state, RPO, last point (ids `state-…`, `rpo-…`,
@@ -117,13 +118,13 @@ pub fn recoveries_table(views: &[RecoveryView]) -> Markup {
                             tr data-vm=(rec.vm) {
                                 th scope="row" { (rec.vm) }
                                 td { (r.host) }
-                                td { (recovery_kind_label(&rec.kind)) }
+                                td { (recovery_kind_label(rec.kind)) }
                                 td { (r.origin_host) "/" (rec.origin_vm) }
                                 td { (time(&rec.point_time)) br; span class="muted mono" { (rec.point) } }
                                 // The VM as its agent last reported it; the recovery's own state when it is not simply running.
                                 td {
                                     (if rec.vm_state.is_empty() { "?" } else { rec.vm_state.as_str() })
-                                    @if rec.state != "running" { " (" (rec.state) ")" }
+                                    @if rec.state != RecoveryState::Running { " (" (rec.state.as_str()) ")" }
                                     @if !rec.error.is_empty() { span class="reason" { (rec.error) } }
                                 }
                                 td { progress value=(pct) max="100" aria-label={ "Hydration of " (rec.vm) } { (pct) "%" } " " (pct) "%" }

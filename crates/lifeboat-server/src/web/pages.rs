@@ -21,6 +21,7 @@ use crate::db::{Operation, Recovery};
 use crate::failover::recovery_views;
 use crate::http::ServerState;
 use crate::policy::POLICIES;
+use lifeboat_types::RecoveryKind;
 
 macro_rules! or_fail {
     ($e:expr) => {
@@ -137,7 +138,7 @@ fn vm_row(host_id: &str, v: &VmRow, views: &[ProtectionView], recoveries: &[Reco
                 }
                 (None, Some(kind)) => {
                     td {
-                        span class="state moved" { (recovery_kind_label(kind)) } " of " (v.recovered_from.as_deref().unwrap_or("?"))
+                        span class="state moved" { (recovery_kind_label(*kind)) } " of " (v.recovered_from.as_deref().unwrap_or("?"))
                         span class="reason" { (format!("{:.0}% local", v.hydrated_percent.unwrap_or(0.0))) }
                     }
                     td { "-" }
@@ -153,12 +154,11 @@ fn vm_row(host_id: &str, v: &VmRow, views: &[ProtectionView], recoveries: &[Reco
     }
 }
 
-pub fn recovery_kind_label(kind: &str) -> &'static str {
+pub fn recovery_kind_label(kind: RecoveryKind) -> &'static str {
     match kind {
-        "test" => "Test copy",
-        "planned" => "Planned failover",
-        "unplanned" => "Unplanned failover",
-        _ => "Recovered copy",
+        RecoveryKind::Test => "Test copy",
+        RecoveryKind::Planned => "Planned failover",
+        RecoveryKind::Unplanned => "Unplanned failover",
     }
 }
 

@@ -19,6 +19,7 @@ use crate::api::protection::{view, ProtectionView};
 use crate::db::{Host, PointRow, ProtectionState, Recovery};
 use crate::http::ServerState;
 use crate::policy::POLICIES;
+use lifeboat_types::{RecoveryKind, RecoveryState};
 
 pub async fn vm_detail(
     State(s): State<Arc<ServerState>>,
@@ -60,10 +61,10 @@ pub async fn vm_detail(
                 .collect();
             let test_copy = recoveries
                 .iter()
-                .find(|r| r.protection_id == p.id && r.kind == "test");
+                .find(|r| r.protection_id == p.id && r.kind == RecoveryKind::Test);
             let moved = recoveries
                 .iter()
-                .find(|r| r.protection_id == p.id && r.kind != "test" && r.is_the_vm());
+                .find(|r| r.protection_id == p.id && r.kind != RecoveryKind::Test && r.is_the_vm());
             let key = actions_key(&v, &recoveries);
             html! {
                 (summary(&v, &recoveries))
@@ -98,7 +99,7 @@ pub async fn vm_detail(
         None => html! {
             @if let Some(r) = as_copy {
                 p {
-                    strong { (recovery_kind_label(&r.kind)) } " of " (names.get(&r.origin_host_id).map_or("?", |n| n.as_str())) "/" (r.origin_vm)
+                    strong { (recovery_kind_label(r.kind)) } " of " (names.get(&r.origin_host_id).map_or("?", |n| n.as_str())) "/" (r.origin_vm)
                     ", started from the point of " (time(&r.point_time)) "."
                 }
                 p { "Its actions are on " a href=(vm_href(&r.origin_host_id, &r.origin_vm)) { "the page of " (r.origin_vm) } "." }
@@ -131,9 +132,9 @@ pub async fn vm_detail(
 /// are out of date.
 pub fn actions_key(v: &ProtectionView, recoveries: &[Recovery]) -> String {
     let mine = |test: bool| {
-        recoveries
-            .iter()
-            .find(|r| r.protection_id == v.id && (r.kind == "test") == test && r.is_the_vm())
+        recoveries.iter().find(|r| {
+            r.protection_id == v.id && (r.kind == RecoveryKind::Test) == test && r.is_the_vm()
+        })
     };
     match v.state {
         ProtectionState::Protected | ProtectionState::Degraded => match mine(true) {
@@ -142,7 +143,7 @@ pub fn actions_key(v: &ProtectionView, recoveries: &[Recovery]) -> String {
         },
         ProtectionState::Enabling | ProtectionState::InitialSync => "replicating".into(),
         ProtectionState::FailedOver => match mine(false) {
-            Some(r) if r.state == "committed" => "failed over, committed".into(),
+            Some(r) if r.state == RecoveryState::Committed => "failed over, committed".into(),
             _ => "failed over".into(),
         },
         ProtectionState::FailedBack => "failed back".into(),
@@ -341,7 +342,7 @@ fn actions(
                     (disable)
                 }
                 ProtectionState::FailedOver | ProtectionState::ProtectedReversed => {
-                    @let committed = moved.is_some_and(|r| r.state == "committed");
+                    @let committed = moved.is_some_and(|r| r.state == RecoveryState::Committed);
                     @if v.state == ProtectionState::ProtectedReversed {
                         p class="muted" { (vm) " runs on " (rhost) " and is replicated from there into the vault; " (home) " is fenced and is its recovery host." }
                     } @else if committed {
