@@ -283,7 +283,7 @@ pub async fn settle(db: &Database, p: &Protection) -> Result<Settled, AppError> 
     }
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RecoveryView {
     #[serde(flatten)]
     pub recovery: Recovery,

@@ -2,19 +2,20 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
-use lifeboat_server::api::failover::FailoverRequest;
+use anyhow::{bail, Context, Result};
+use lifeboat_server::api::failover::{CleanedUp, FailoverRequest, StepDone};
+use lifeboat_server::failover::RecoveryView;
 use serde_json::Value;
 
 use crate::cli::{FailoverAction, FailoverArgs, ServerConn};
 use crate::output::{table, Output};
-use crate::protect_cmd::{find_protection, text};
+use crate::protect_cmd::find_protection;
 use crate::server_client::ServerClient;
 
 pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
     if let Some(FailoverAction::List { conn }) = args.action {
         let server = ServerClient::new(&conn, home)?;
-        let all: Vec<Value> = server.get("/api/v1/recoveries").await?;
+        let all: Vec<RecoveryView> = server.get("/api/v1/recoveries").await?;
         out.show(&all, |all| {
             if all.is_empty() {
                 println!("Nothing runs on a recovery host.");
@@ -32,23 +33,27 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
             ]
             .map(String::from)
             .to_vec()];
-            for r in all {
-                let local = if r["hydrated"] == true {
+            for v in all {
+                let r = &v.recovery;
+                let local = if r.hydrated {
                     "100%".to_string()
                 } else {
-                    let t = r["hydration_total"].as_f64().unwrap_or(0.0);
-                    let d = r["hydrated_bytes"].as_f64().unwrap_or(0.0);
+                    let (d, t) = (r.hydrated_bytes as f64, r.hydration_total as f64);
                     format!("{:.0}%", if t > 0.0 { 100.0 * d / t } else { 0.0 })
                 };
                 rows.push(vec![
-                    text(&r["host"]),
-                    text(&r["vm"]),
-                    text(&r["kind"]),
-                    format!("{}/{}", text(&r["origin_host"]), text(&r["origin_vm"])),
-                    text(&r["point_time"]),
-                    format!("{} ({})", text(&r["state"]), text(&r["vm_state"])),
+                    v.host.clone(),
+                    r.vm.clone(),
+                    r.kind.to_string(),
+                    format!("{}/{}", v.origin_host, r.origin_vm),
+                    r.point_time.clone(),
+                    format!("{} ({})", r.state, r.vm_state),
                     local,
-                    text(&r["error"]),
+                    if r.error.is_empty() {
+                        "-".into()
+                    } else {
+                        r.error.clone()
+                    },
                 ]);
             }
             table(&rows);
@@ -70,17 +75,17 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
     if let Some(FailoverAction::Cleanup { vm, conn }) = args.action {
         let server = ServerClient::new(&conn, home)?;
         let p = find_protection(&server, &vm).await?;
-        let path = format!("/api/v1/protections/{}/failover/cleanup", text(&p["id"]));
+        let path = format!("/api/v1/protections/{}/failover/cleanup", p.id);
         let Some(done) =
-            post_and_follow(out, &server, &path, &serde_json::json!({}), false).await?
+            post_and_follow::<CleanedUp>(out, &server, &path, &serde_json::json!({}), false)
+                .await?
         else {
             return Ok(());
         };
         out.show(&done, |d| {
             println!(
-                "Test copy {} removed from the recovery host, with its disks; {} goes on as before.",
-                text(&d["removed"]),
-                text(&d["vm"])
+                "{} removed from the recovery host, with its disks; {} goes on as before.",
+                d.removed, d.vm
             )
         });
         return Ok(());
@@ -109,35 +114,28 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
         ),
     };
     let op: lifeboat_server::db::Operation = server
-        .post(
-            &format!("/api/v1/protections/{}/failover", text(&p["id"])),
-            &req,
-        )
+        .post(&format!("/api/v1/protections/{}/failover", p.id), &req)
         .await?;
     let Some(r) = crate::operations_cmd::finish(out, &server, op, args.no_wait).await? else {
         return Ok(());
     };
-    out.show(&r, |r| {
+    let r: RecoveryView = serde_json::from_value(r).context("the server's answer to failover")?;
+    out.show(&r, |v| {
+        let r = &v.recovery;
         println!(
             "{} runs on {} from point {} (cut {}){}.",
-            text(&r["vm"]),
-            text(&r["host"]),
-            text(&r["point"]),
-            text(&r["point_time"]),
+            r.vm, v.host, r.point, r.point_time,
             if kind == "test" {
                 ", in an isolated network"
             } else {
                 "; the source is fenced"
             }
         );
-        let forwards: Vec<Value> = serde_json::from_str(r["forwards"].as_str().unwrap_or("[]"))
-            .unwrap_or_default();
+        let forwards: Vec<Value> = serde_json::from_str(&r.forwards).unwrap_or_default();
         for f in forwards {
             println!(
                 "Guest port {} answers at 127.0.0.1:{} on {}.",
-                f["guest_port"],
-                f["host_port"],
-                text(&r["host"])
+                f["guest_port"], f["host_port"], v.host
             );
         }
         println!(
@@ -154,19 +152,20 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
 
 /// Posts to `path`; an answer that is an operation (202) is followed to its end (unless
 /// `no_wait`) and its result returned; `None` when not waited for.
-async fn post_and_follow(
+async fn post_and_follow<T: serde::de::DeserializeOwned>(
     out: Output,
     server: &ServerClient,
     path: &str,
     body: &Value,
     no_wait: bool,
-) -> Result<Option<Value>> {
-    let answer: Value = server.post(path, body).await?;
-    if answer.get("steps_total").is_none() {
-        return Ok(Some(answer));
-    }
-    let op: lifeboat_server::db::Operation = serde_json::from_value(answer)?;
-    crate::operations_cmd::finish(out, server, op, no_wait).await
+) -> Result<Option<T>> {
+    let op: lifeboat_server::db::Operation = server.post(path, body).await?;
+    let Some(result) = crate::operations_cmd::finish(out, server, op, no_wait).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        serde_json::from_value(result).context("the operation's answer")?,
+    ))
 }
 
 /// A protection step that answers with a sentence (`StepDone`).
@@ -181,11 +180,11 @@ async fn step(
 ) -> Result<()> {
     let server = ServerClient::new(&conn, home)?;
     let p = find_protection(&server, vm).await?;
-    let path = format!("/api/v1/protections/{}/{route}", text(&p["id"]));
-    let Some(done) = post_and_follow(out, &server, &path, body, no_wait).await? else {
+    let path = format!("/api/v1/protections/{}/{route}", p.id);
+    let Some(done) = post_and_follow::<StepDone>(out, &server, &path, body, no_wait).await? else {
         return Ok(());
     };
-    out.show(&done, |d| println!("{}.", text(&d["message"])));
+    out.show(&done, |d| println!("{}.", d.message));
     Ok(())
 }
 

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lifeboat_server::api::protection::ProtectRequest;
-use serde_json::Value;
+use lifeboat_server::api::protection::{ProtectRequest, Protected, ProtectionView};
+use lifeboat_server::api::status::Overview;
+use lifeboat_server::db::PointRow;
+use lifeboat_server::ops::unprotect::Unprotected;
 
 use crate::cli::{ProtectArgs, ServerConn, UnprotectArgs};
 use crate::output::{bytes, table, Output};
@@ -26,10 +28,6 @@ impl std::fmt::Display for TimedOut {
 }
 
 impl std::error::Error for TimedOut {}
-
-pub fn text(v: &Value) -> String {
-    v.as_str().unwrap_or("-").to_string()
-}
 
 /// "12 s", "4 min", "3.0 h" — an RPO as people read it.
 pub fn age(secs: Option<f64>) -> String {
@@ -50,15 +48,15 @@ fn split_vm(text: &str) -> (String, Option<String>) {
 }
 
 /// The protection of `vm` (`VM` or `HOST/VM`).
-pub async fn find_protection(server: &ServerClient, vm: &str) -> Result<Value> {
+pub async fn find_protection(server: &ServerClient, vm: &str) -> Result<ProtectionView> {
     let (name, host) = split_vm(vm);
-    let all: Vec<Value> = server.get("/api/v1/protections").await?;
-    let matches: Vec<Value> = all
+    let all: Vec<ProtectionView> = server.get("/api/v1/protections").await?;
+    let matches: Vec<ProtectionView> = all
         .into_iter()
-        .filter(|p| p["vm"] == name.as_str())
+        .filter(|p| p.vm == name)
         .filter(|p| {
             host.as_deref()
-                .is_none_or(|h| p["host"] == h || p["host_id"] == h)
+                .is_none_or(|h| p.host == h || p.host_id == h)
         })
         .collect();
     match matches.len() {
@@ -78,7 +76,7 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
         .map_err(anyhow::Error::msg)?;
     let (vm, host) = split_vm(&args.vm);
     let passphrase = crate::secrets::passphrase("Vault passphrase", false)?;
-    let created: Value = server
+    let created: Protected = server
         .post(
             "/api/v1/protections",
             &ProtectRequest {
@@ -92,14 +90,12 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
             },
         )
         .await?;
-    let id = text(&created["protection"]["id"]);
+    let id = created.protection.id.clone();
     if !args.wait {
         out.show(&created, |c| {
             println!(
                 "Replication of {} enabled (policy {}); the initial sync runs. Operation {}.",
-                text(&c["protection"]["vm"]),
-                text(&c["protection"]["policy"]),
-                text(&c["operation"])
+                c.protection.vm, c.protection.policy, c.operation
             );
             println!("Watch it with `lifeboat status`, or wait with `lifeboat protect … --wait`.");
         });
@@ -109,9 +105,9 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
     out.show(&view, |v| {
         println!(
             "{} is Protected: first recovery point {} (cut at {}).",
-            text(&v["vm"]),
-            text(&v["last_point"]),
-            text(&v["last_point_time"])
+            v.vm,
+            v.last_point.as_deref().unwrap_or("-"),
+            v.last_point_time.as_deref().unwrap_or("-")
         );
     });
     Ok(())
@@ -123,7 +119,7 @@ pub async fn wait_protected(
     id: &str,
     out: Output,
     timeout: Option<Duration>,
-) -> Result<Value> {
+) -> Result<ProtectionView> {
     let started = Instant::now();
     let bar = if out.json {
         ProgressBar::hidden()
@@ -139,21 +135,20 @@ pub async fn wait_protected(
         b
     };
     loop {
-        let v: Value = server.get(&format!("/api/v1/protections/{id}")).await?;
-        let state = text(&v["state"]);
-        if v["last_point"].is_string() {
+        let v: ProtectionView = server.get(&format!("/api/v1/protections/{id}")).await?;
+        let state = v.state.as_str();
+        if v.last_point.is_some() {
             bar.finish_and_clear();
             return Ok(v);
         }
-        if let Some(sync) = v["sync"].as_object() {
-            bar.set_length(sync["bytes_total"].as_u64().unwrap_or(0));
-            bar.set_position(sync["bytes_done"].as_u64().unwrap_or(0));
+        if let Some(sync) = &v.sync {
+            bar.set_length(sync.bytes_total.max(0) as u64);
+            bar.set_position(sync.bytes_done.max(0) as u64);
         }
-        let reason = text(&v["reason"]);
-        bar.set_message(if reason == "-" || reason.is_empty() {
+        bar.set_message(if v.reason.is_empty() {
             state.replace('_', " ")
         } else {
-            format!("{state}: {reason}")
+            format!("{state}: {}", v.reason)
         });
         if timeout.is_some_and(|t| started.elapsed() > t) {
             bar.abandon();
@@ -172,18 +167,19 @@ pub async fn unprotect(out: Output, home: &Path, args: UnprotectArgs) -> Result<
     let p = find_protection(&server, &args.vm).await?;
     let path = format!(
         "/api/v1/protections/{}?delete_points={}",
-        text(&p["id"]),
-        args.delete_points
+        p.id, args.delete_points
     );
     let op: lifeboat_server::db::Operation = server.delete(&path).await?;
     let Some(report) = crate::operations_cmd::finish(out, &server, op, args.no_wait).await? else {
         return Ok(());
     };
+    let report: Unprotected =
+        serde_json::from_value(report).context("the server's answer to unprotect")?;
     out.show(&report, |r| {
         println!(
             "Replication of {} disabled; change tracking {}.{}",
-            text(&r["vm"]),
-            if r["tracking_removed"] == true {
+            r.vm,
+            if r.tracking_removed {
                 "removed"
             } else {
                 "left in place"
@@ -191,13 +187,13 @@ pub async fn unprotect(out: Output, home: &Path, args: UnprotectArgs) -> Result<
             if args.delete_points {
                 format!(
                     " {} recovery point(s) deleted (run `lifeboat vault gc` to free the space).",
-                    r["points_deleted"]
+                    r.points_deleted
                 )
             } else {
                 " Its recovery points stay in the vault.".into()
             }
         );
-        if let Some(n) = r["note"].as_str() {
+        if let Some(n) = &r.note {
             println!("Note: {n}");
         }
     });
@@ -206,54 +202,54 @@ pub async fn unprotect(out: Output, home: &Path, args: UnprotectArgs) -> Result<
 
 pub async fn status(out: Output, home: &Path, conn: ServerConn) -> Result<()> {
     let server = ServerClient::new(&conn, home)?;
-    let s: Value = server.get("/api/v1/status").await?;
+    let s: Overview = server.get("/api/v1/status").await?;
     out.show(&s, |s| {
-        let by = &s["by_state"];
+        let n = |state: &str| s.by_state.get(state).copied().unwrap_or(0);
         println!(
             "{} host(s), {} protected VM(s): {} protected, {} degraded, {} in initial sync, {} enabling.",
-            s["hosts"], s["protected_vms"], by["protected"], by["degraded"], by["initial_sync"], by["enabling"]
+            s.hosts,
+            s.protected_vms,
+            n("protected"),
+            n("degraded"),
+            n("initial_sync"),
+            n("enabling")
         );
-        if let Some(w) = s["worst_rpo"].as_object() {
+        let away = n("protected_reversed") + n("failed_over") + n("reprotecting");
+        if away > 0 {
             println!(
-                "Worst RPO: {} on {}/{}.",
-                age(w["rpo_seconds"].as_f64()),
-                text(&w["host"]),
-                text(&w["vm"])
+                "{away} VM(s) run on their recovery host ({} protected from there).",
+                n("protected_reversed")
             );
         }
-        let ps = s["protections"].as_array().cloned().unwrap_or_default();
-        if !ps.is_empty() {
+        if let Some(w) = &s.worst_rpo {
+            println!("Worst RPO: {} on {}/{}.", age(Some(w.rpo_seconds)), w.host, w.vm);
+        }
+        if !s.protections.is_empty() {
             let mut rows = vec![["HOST", "VM", "STATE", "RPO", "LAST POINT", "POLICY", "REASON"]
                 .map(String::from)
                 .to_vec()];
-            for p in &ps {
-                let state = match p["sync"].as_object() {
-                    Some(sync) if p["last_point"].is_null() => {
-                        let total = sync["bytes_total"].as_f64().unwrap_or(0.0);
-                        let done = sync["bytes_done"].as_f64().unwrap_or(0.0);
+            for p in &s.protections {
+                let state = match &p.sync {
+                    Some(sync) if p.last_point.is_none() => {
+                        let (done, total) = (sync.bytes_done as f64, sync.bytes_total as f64);
                         format!("replicating {:.0}%", if total > 0.0 { 100.0 * done / total } else { 0.0 })
                     }
-                    _ => text(&p["state"]),
+                    _ => p.state.as_str().to_string(),
                 };
                 rows.push(vec![
-                    text(&p["host"]),
-                    text(&p["vm"]),
+                    p.host.clone(),
+                    p.vm.clone(),
                     state,
-                    age(p["rpo_seconds"].as_f64()),
-                    text(&p["last_point_time"]),
-                    text(&p["policy"]),
-                    text(&p["reason"]),
+                    age(p.rpo_seconds),
+                    p.last_point_time.clone().unwrap_or_else(|| "-".into()),
+                    p.policy.clone(),
+                    if p.reason.is_empty() { "-".into() } else { p.reason.clone() },
                 ]);
             }
             table(&rows);
         }
-        for op in s["running_operations"].as_array().into_iter().flatten() {
-            println!(
-                "Running: {} of {} — {}",
-                text(&op["kind"]),
-                text(&op["vm"]),
-                text(&op["step"])
-            );
+        for op in &s.running_operations {
+            println!("Running: {} of {} — {}", op.kind, op.vm, op.step);
         }
     });
     Ok(())
@@ -262,8 +258,8 @@ pub async fn status(out: Output, home: &Path, conn: ServerConn) -> Result<()> {
 pub async fn points(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Result<()> {
     let server = ServerClient::new(&conn, home)?;
     let p = find_protection(&server, vm).await?;
-    let points: Vec<Value> = server
-        .get(&format!("/api/v1/protections/{}/points", text(&p["id"])))
+    let points: Vec<PointRow> = server
+        .get(&format!("/api/v1/protections/{}/points", p.id))
         .await
         .context("listing points")?;
     out.show(&points, |points| {
@@ -284,13 +280,13 @@ pub async fn points(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Res
         .to_vec()];
         for x in points {
             rows.push(vec![
-                text(&x["point"]),
-                text(&x["cut_time"]),
-                text(&x["consistency"]),
-                text(&x["kind"]),
-                bytes(x["bytes_read"].as_u64().unwrap_or(0)),
-                bytes(x["new_bytes"].as_u64().unwrap_or(0)),
-                x["note"].as_str().unwrap_or("").to_string(),
+                x.point.clone(),
+                x.cut_time.clone(),
+                x.consistency.clone(),
+                x.kind.clone(),
+                bytes(x.bytes_read.max(0) as u64),
+                bytes(x.new_bytes.max(0) as u64),
+                x.note.clone().unwrap_or_default(),
             ]);
         }
         table(&rows);

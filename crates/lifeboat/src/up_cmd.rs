@@ -137,8 +137,8 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
         let v = crate::protect_cmd::wait_protected(&api, &id, out, None).await?;
         println!(
             "  {DEMO_VM} is Protected: recovery point {} (cut {}); its web server: http://127.0.0.1:{port}/",
-            v["last_point"].as_str().unwrap_or("?"),
-            v["last_point_time"].as_str().unwrap_or("?")
+            v.last_point.as_deref().unwrap_or("?"),
+            v.last_point_time.as_deref().unwrap_or("?")
         );
     }
 

@@ -261,7 +261,7 @@ fn may_fail_over(p: &Protection, kind: RecoveryKind) -> Result<(), Response> {
     Ok(())
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CleanedUp {
     pub vm: String,
     pub operation: String,
@@ -332,7 +332,7 @@ pub struct FailbackRequest {
     pub point: Option<String>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepDone {
     pub vm: String,
     pub operation: String,

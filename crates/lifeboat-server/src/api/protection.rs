@@ -49,7 +49,7 @@ pub struct ProtectRequest {
     pub network_map: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncProgress {
     pub sync_id: String,
     pub started_at: String,
@@ -61,7 +61,7 @@ pub struct SyncProgress {
 }
 
 /// A protected VM as the API shows it (never the vault passphrase).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProtectionView {
     pub id: String,
     pub host: String,
@@ -90,7 +90,7 @@ pub struct ProtectionView {
     pub network_map: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Protected {
     pub protection: ProtectionView,
     /// The enable operation, which ends when the first recovery point is committed.

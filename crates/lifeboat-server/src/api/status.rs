@@ -14,7 +14,7 @@ use super::protection::{view, ProtectionView};
 use super::{db_error, ApiError, ServerState};
 use crate::db::{Database, DbError, Operation, ProtectionState};
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Overview {
     pub hosts: usize,
     pub protected_vms: usize,
@@ -26,7 +26,7 @@ pub struct Overview {
     pub protections: Vec<ProtectionView>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct WorstRpo {
     pub vm: String,
     pub host: String,

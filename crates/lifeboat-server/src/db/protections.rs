@@ -129,7 +129,7 @@ pub enum TransitionError {
 }
 
 /// A recovery point as the server knows it.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PointRow {
     pub point: String,
     pub cut_time: String,

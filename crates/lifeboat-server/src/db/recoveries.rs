@@ -9,7 +9,7 @@ use lifeboat_types::{RecoveryKind, RecoveryState};
 use super::{Database, DbError};
 
 /// A recovered VM as the server keeps it.
-#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Recovery {
     pub id: String,
     pub protection_id: String,
