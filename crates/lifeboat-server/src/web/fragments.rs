@@ -75,11 +75,18 @@ pub fn running_ops(o: &Overview) -> Markup {
             ul class="ops" {
                 @for op in &o.running_operations {
                     li {
-                        strong { (op.kind) } " " (op.vm) ": " (op.step)
+                        strong { (op.kind) } " " (op.vm) ": "
+                        @if op.undoing { "undoing — " }
+                        (op.step)
                         " "
-                        @match sync_progress(o, op) {
-                            Some(pct) => progress value=(pct) max="100" aria-label={ (op.kind) " of " (op.vm) } { (pct) "%" },
-                            None => progress aria-label={ (op.kind) " of " (op.vm) } {},
+                        @match (sync_progress(o, op), op.steps_total) {
+                            (Some(pct), _) => progress value=(pct) max="100" aria-label={ (op.kind) " of " (op.vm) } { (pct) "%" },
+                            // An operation on the engine: the steps done of its list.
+                            (None, total) if total > 0 => {
+                                progress value=(op.steps_done) max=(total) aria-label={ (op.kind) " of " (op.vm) } { (op.steps_done) " of " (total) }
+                                " " span class="muted" { "step " (op.steps_done.min(total - 1) + 1) " of " (total) }
+                            }
+                            _ => progress aria-label={ (op.kind) " of " (op.vm) } {},
                         }
                     }
                 }
@@ -145,5 +152,37 @@ fn forwards(json: &str) -> Markup {
             span class="mono" { "port " (f["host_port"]) " → guest " (f["guest_port"]) } br;
         }
         @if list.is_empty() { "-" }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The live stream shows an operation's progress: its step, and how far down its
+    /// list of steps it is (or that it is undoing).
+    #[test]
+    fn running_operations_show_their_step_and_progress() {
+        let op: Operation = serde_json::from_value(serde_json::json!({
+            "id": "op-1", "host_id": "h1", "vm": "web", "protection_id": "p1",
+            "kind": "failover-planned", "status": "running", "step": "final sync of the stopped VM",
+            "log": "", "created_at": "", "updated_at": "", "steps_done": 4, "steps_total": 8,
+            "undoing": false, "past_no_return": false, "cancel_requested": false,
+            "attempts": 0, "result": null, "error": ""
+        }))
+        .unwrap();
+        let mut o: Overview = serde_json::from_value(serde_json::json!({
+            "hosts": 2, "protected_vms": 1, "by_state": {}, "worst_rpo": null,
+            "running_operations": [], "protections": []
+        }))
+        .unwrap();
+        o.running_operations = vec![op.clone()];
+        let html = running_ops(&o).into_string();
+        assert!(html.contains("final sync of the stopped VM"), "{html}");
+        assert!(html.contains(r#"value="4" max="8""#), "{html}");
+        assert!(html.contains("step 5 of 8"), "{html}");
+        o.running_operations[0].undoing = true;
+        let html = running_ops(&o).into_string();
+        assert!(html.contains("undoing"), "{html}");
     }
 }
