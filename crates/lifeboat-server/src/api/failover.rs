@@ -17,6 +17,7 @@ use axum::Json;
 use lifeboat_agent::recovery::RecoveryKind;
 use serde::{Deserialize, Serialize};
 
+use super::operations::start_op;
 use super::protection::load;
 use super::{app_error, db_error, error, ApiError, ServerState};
 use crate::db::Operation;
@@ -198,20 +199,7 @@ pub async fn failover(
         RecoveryKind::Planned => OperationKind::FailoverPlanned,
         RecoveryKind::Unplanned => OperationKind::FailoverUnplanned,
     };
-    match crate::ops::start::<Failover>(
-        &s.db,
-        op_kind,
-        &p.host_id,
-        &p.vm,
-        Some(&p.id),
-        &params,
-        first,
-    )
-    .await
-    {
-        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
-        Err(e) => db_error(e),
-    }
+    start_op::<Failover>(&s, op_kind, &p, &params, first).await
 }
 
 /// Whether the protection's state allows a failover of `kind`, with what to do if not.
@@ -301,20 +289,6 @@ pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) 
     };
     let first = format!("removing the test copy {}", rec.vm);
     start_op::<Cleanup>(&s, OperationKind::FailoverCleanup, &p, &params, first).await
-}
-
-/// Starts an operation of saga `S` on `p`'s VM: 202 and the operation.
-async fn start_op<S: crate::ops::Saga>(
-    s: &ServerState,
-    kind: OperationKind,
-    p: &Protection,
-    params: &S::Params,
-    first: String,
-) -> Response {
-    match crate::ops::start::<S>(&s.db, kind, &p.host_id, &p.vm, Some(&p.id), params, first).await {
-        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
-        Err(e) => db_error(e),
-    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]

@@ -73,3 +73,17 @@ pub async fn cancel_operation(
 pub async fn list_policies() -> Json<&'static [Policy]> {
     Json(crate::policy::POLICIES)
 }
+
+/// Starts an operation of saga `S` on `p`'s VM: 202 and the operation.
+pub(crate) async fn start_op<S: crate::ops::Saga>(
+    s: &ServerState,
+    kind: lifeboat_types::OperationKind,
+    p: &crate::db::Protection,
+    params: &S::Params,
+    first: String,
+) -> Response {
+    match crate::ops::start::<S>(&s.db, kind, &p.host_id, &p.vm, Some(&p.id), params, first).await {
+        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        Err(e) => db_error(e),
+    }
+}

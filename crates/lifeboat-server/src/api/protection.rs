@@ -553,20 +553,7 @@ pub async fn unprotect(
             ""
         }
     );
-    match crate::ops::start::<Unprotect>(
-        &s.db,
-        OperationKind::Disable,
-        &p.host_id,
-        &p.vm,
-        Some(&p.id),
-        &params,
-        first,
-    )
-    .await
-    {
-        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
-        Err(e) => db_error(e),
-    }
+    super::operations::start_op::<Unprotect>(&s, OperationKind::Disable, &p, &params, first).await
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What the steps of every operation use: agents' clients and their failures, the
 //! protection and hosts as they are now, and the protection's one compare-and-set.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lifeboat_agent::client::{AgentClient, ClientError};
 
@@ -61,4 +61,57 @@ pub async fn vault(
     crate::vault_keys::access_for(&ctx.db, p, &h.host.id)
         .await
         .map_err(|e| StepError::Permanent(e.to_string()))
+}
+
+/// Asks `h`'s agent for its inventory before anything changes: a host that does not
+/// answer fails the step for good (`then` says what the operator may do), since nothing
+/// was changed yet and the operator decides.
+pub async fn must_answer(h: &HostAccess, role: &str, then: &str) -> Result<(), StepError> {
+    client(h, Duration::from_secs(30))?
+        .inventory()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            StepError::Permanent(format!(
+                "the {role} {} does not answer ({e}); nothing was changed{then}",
+                h.host.hostname
+            ))
+        })
+}
+
+/// Waits for a sync of the protection that runs to end (no new one starts while it is
+/// moving), at most `limit`; `what` names the move for the error.
+pub async fn wait_for_sync(
+    ctx: &Ctx,
+    protection_id: &str,
+    limit: Duration,
+    what: &str,
+) -> Result<(), StepError> {
+    let deadline = Instant::now() + limit;
+    while protection(ctx, protection_id).await?.current_sync.is_some() {
+        if Instant::now() > deadline {
+            return Err(StepError::Permanent(format!(
+                "a sync of the VM did not end in time; try the {what} again"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+/// Starts `vm` on `h` again (lifting its fence first with `unfence`): the undo of a step
+/// that stopped it.
+pub async fn start_again(
+    ctx: &Ctx,
+    h: &HostAccess,
+    vm: &str,
+    unfence: bool,
+) -> Result<(), StepError> {
+    ctx.log(format!("starting {vm} again on {}", h.host.hostname))
+        .await;
+    client(h, Duration::from_secs(180))?
+        .start_vm(vm, unfence)
+        .await
+        .map(|_| ())
+        .map_err(|e| agent_failed(format!("starting {vm} again"), e))
 }

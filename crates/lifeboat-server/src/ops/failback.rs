@@ -31,13 +31,16 @@
 //! | `start-home` (point of no return) | fence home again |
 //! | `record` | — (the recovery VM: `fenced`, or `fencing` until its host answers) |
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lifeboat_agent::handover::{ApplyPointRequest, FenceRequest, ShutdownRequest};
 use lifeboat_agent::sync::SyncRequest;
 use serde::{Deserialize, Serialize};
 
-use super::common::{agent_failed, client, host, protection, transition, vault};
+use super::common::{
+    agent_failed, client, host, must_answer, protection, start_again, transition, vault,
+    wait_for_sync,
+};
 use super::{Ctx, Saga, StepError, StepInfo};
 use crate::db::{Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
 
@@ -146,27 +149,11 @@ impl Saga for Failback {
                     vault(ctx, &p, &away).await?;
                     // A planned failback takes the recovery VM's final point: its host
                     // must answer too.
-                    client(&away, Duration::from_secs(30))?
-                        .inventory()
-                        .await
-                        .map_err(|e| {
-                            StepError::Permanent(format!(
-                                "the recovery host {} does not answer ({e}); nothing was changed. If it is lost, `lifeboat failback {} --unplanned` brings the VM home from its newest point",
-                                away.host.hostname, p.vm
-                            ))
-                        })?;
+                    let then = format!(". If it is lost, `lifeboat failback {} --unplanned` brings the VM home from its newest point", p.vm);
+                    must_answer(&away, "recovery host", &then).await?;
                 }
                 // Home must answer before the recovery VM stops.
-                client(&home, Duration::from_secs(30))?
-                    .inventory()
-                    .await
-                    .map_err(|e| {
-                        StepError::Permanent(format!(
-                            "the home host {} does not answer ({e}); nothing was changed",
-                            home.host.hostname
-                        ))
-                    })?;
-                Ok(())
+                must_answer(&home, "home host", "").await
             }
             "mark-failing-back" => {
                 if p.state != ProtectionState::FailingBack {
@@ -175,23 +162,10 @@ impl Saga for Failback {
                 mem.moved = true;
                 Ok(())
             }
+            // Replication from the recovery site starts no sync now; one that runs ends
+            // before the VM stops under it.
             "wait-for-sync" => {
-                // Replication from the recovery site starts no sync now; one that runs
-                // ends before the VM stops under it.
-                let deadline = Instant::now() + SYNC_WAIT;
-                while protection(ctx, &params.protection_id)
-                    .await?
-                    .current_sync
-                    .is_some()
-                {
-                    if Instant::now() > deadline {
-                        return Err(StepError::Permanent(
-                            "a sync of the VM did not end in time; try the failback again".into(),
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Ok(())
+                wait_for_sync(ctx, &params.protection_id, SYNC_WAIT, "failback").await
             }
             "fence-recovery" => {
                 let why = FenceRequest {
@@ -369,29 +343,13 @@ impl Saga for Failback {
             }
             "fence-recovery" if mem.recovery_fenced => {
                 let (_, _, rec, away) = parts(ctx, params).await?;
-                ctx.log(format!(
-                    "starting {} again on {}",
-                    rec.vm, away.host.hostname
-                ))
-                .await;
-                client(&away, Duration::from_secs(180))?
-                    .start_vm(&rec.vm, true)
-                    .await
-                    .map_err(|e| agent_failed("starting the recovery VM again".into(), e))?;
+                start_again(ctx, &away, &rec.vm, true).await?;
                 mem.recovery_fenced = false;
                 Ok(())
             }
             "shutdown-recovery" => {
                 let (_, _, rec, away) = parts(ctx, params).await?;
-                ctx.log(format!(
-                    "starting {} again on {}",
-                    rec.vm, away.host.hostname
-                ))
-                .await;
-                client(&away, Duration::from_secs(180))?
-                    .start_vm(&rec.vm, false)
-                    .await
-                    .map_err(|e| agent_failed("starting the recovery VM again".into(), e))?;
+                start_again(ctx, &away, &rec.vm, false).await?;
                 mem.shut_down = false;
                 Ok(())
             }

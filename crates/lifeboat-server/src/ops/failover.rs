@@ -17,7 +17,7 @@
 //! it may take writes, and the source must never run again.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lifeboat_agent::handover::{FenceRequest, ShutdownRequest};
 use lifeboat_agent::recovery::{RecoveryKind, RecoveryRequest};
@@ -25,7 +25,7 @@ use lifeboat_agent::sync::SyncRequest;
 use lifeboat_types::RecoveryState;
 use serde::{Deserialize, Serialize};
 
-use super::common::{agent_failed, client, host, protection, transition, vault};
+use super::common::{agent_failed, client, host, protection, transition, vault, wait_for_sync};
 use super::{Ctx, Saga, StepError, StepInfo};
 use crate::db::{Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
 
@@ -142,20 +142,7 @@ impl Saga for Failover {
                 Ok(())
             }
             "wait-for-sync" => {
-                let deadline = Instant::now() + SYNC_WAIT;
-                while protection(ctx, &params.protection_id)
-                    .await?
-                    .current_sync
-                    .is_some()
-                {
-                    if Instant::now() > deadline {
-                        return Err(StepError::Permanent(
-                            "a sync of the VM did not end in time; try the failover again".into(),
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Ok(())
+                wait_for_sync(ctx, &params.protection_id, SYNC_WAIT, "failover").await
             }
             "shutdown-source" => {
                 let src = source().await?;

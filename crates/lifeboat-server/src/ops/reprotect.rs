@@ -19,7 +19,7 @@ use lifeboat_agent::client::ClientError;
 use lifeboat_agent::sync::{SyncRequest, SyncState};
 use serde::{Deserialize, Serialize};
 
-use super::common::{agent_failed, client, host, protection, transition, vault};
+use super::common::{agent_failed, client, host, must_answer, protection, transition, vault};
 use super::{Ctx, Saga, StepError, StepInfo};
 use crate::db::{Event, Facts, ProtectionState};
 
@@ -88,16 +88,7 @@ impl Saga for Reprotect {
         match step {
             "check-hosts" => {
                 vault(ctx, &p, &away).await?;
-                client(&away, Duration::from_secs(30))?
-                    .inventory()
-                    .await
-                    .map_err(|e| {
-                        StepError::Permanent(format!(
-                            "the recovery host {} does not answer ({e}); nothing was changed",
-                            away.host.hostname
-                        ))
-                    })?;
-                Ok(())
+                must_answer(&away, "recovery host", "").await
             }
             "mark-reprotecting" => {
                 if p.state != ProtectionState::Reprotecting {
