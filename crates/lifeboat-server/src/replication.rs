@@ -42,6 +42,14 @@ const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 /// about a few at a time, and a host that does not answer holds up only its own.
 const PER_HOST: usize = 4;
 
+/// Rounds the scheduler made (each reads every protection): `lifeboat_scheduler_rounds_total`.
+static ROUNDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many rounds the scheduler made since the server started.
+pub fn rounds() -> u64 {
+    ROUNDS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Runs forever: one scheduler for every protection, including ones added later. Each
 /// round reads the protections once, and runs a step for each one that is due, at most
 /// [`PER_HOST`] at a time per host, each in its own task. A protection is due when the
@@ -57,11 +65,7 @@ pub async fn run(db: Database) {
     let mut hosts: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Duration)>();
     loop {
-        while let Ok((id, wait)) = done_rx.try_recv() {
-            running.remove(&id);
-            seen.insert(id.clone(), None);
-            due.insert(id, Instant::now() + wait);
-        }
+        ROUNDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let all = match db.protections().await {
             Ok(all) => all,
             Err(e) => {
@@ -85,6 +89,9 @@ pub async fn run(db: Database) {
                 continue;
             }
             running.insert(p.id.clone());
+            // Due again when its step ends (it says when): a past due time left here
+            // would make the loop below wait for nothing and read every row again.
+            due.remove(&p.id);
             let gate = hosts
                 .entry(p.host_id.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(PER_HOST)))
@@ -105,20 +112,27 @@ pub async fn run(db: Database) {
                 let _ = done.send((id, wait));
             });
         }
-        // Until the next protection is due, or a step ends, at most POLL.
-        let next = due
+        // Until the next protection is due, at most POLL. A step that ends says when its
+        // protection is due again, which may be sooner (at once, after a point); ends
+        // alone do not make a round, so a thousand steps a minute cost no extra reads.
+        let now = Instant::now();
+        let mut wake = due
             .values()
             .min()
-            .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or(POLL)
-            .min(POLL);
-        tokio::select! {
-            Some((id, wait)) = done_rx.recv() => {
-                running.remove(&id);
-                seen.insert(id.clone(), None);
-                due.insert(id, Instant::now() + wait);
+            .copied()
+            .unwrap_or(now + POLL)
+            .min(now + POLL);
+        while Instant::now() < wake {
+            tokio::select! {
+                Some((id, wait)) = done_rx.recv() => {
+                    running.remove(&id);
+                    seen.insert(id.clone(), None);
+                    let at = Instant::now() + wait;
+                    due.insert(id, at);
+                    wake = wake.min(at);
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
-            _ = tokio::time::sleep(next) => {}
         }
     }
 }

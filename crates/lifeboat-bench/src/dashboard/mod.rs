@@ -18,7 +18,7 @@ pub use report::{table, FleetResult, PageResult, Report};
 
 use crate::rpo::procs::{self, cpu_seconds, start_server, status_kb, Lifeboat};
 
-const PASSWORD: &str = "bench-dashboard-password";
+pub(crate) const PASSWORD: &str = "bench-dashboard-password";
 /// Pages whose streams are held open while the server's CPU is measured.
 pub const STREAMS: usize = 10;
 /// How long they are held.

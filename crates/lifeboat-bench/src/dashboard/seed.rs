@@ -84,6 +84,9 @@ pub async fn seed_into(url: &str, vms: usize, password: &str, spec: &Spec) -> Re
         host_ids.push(host.id);
     }
     let now = Utc::now();
+    let spread = lifeboat_server::policy::Policy::find(&spec.policy)
+        .map(|p| Duration::from_std(p.interval()).unwrap_or_default())
+        .unwrap_or_default();
     for i in 0..vms {
         let host = &host_ids[i / per_host];
         let vm = format!("vm{i:04}");
@@ -106,8 +109,8 @@ pub async fn seed_into(url: &str, vms: usize, password: &str, spec: &Spec) -> Re
             bytes_replicated: 1 << 30,
             syncs_committed: points,
             created_at: now.to_rfc3339(),
-            // Spread over a minute, as a fleet that has run for a while is.
-            next_sync_at: (now + Duration::milliseconds((i as i64 * 997) % 60_000)).to_rfc3339(),
+            // Spread over the policy's interval, as in a fleet that has run for a while.
+            next_sync_at: (now + spread * i as i32 / vms as i32).to_rfc3339(),
             ..Default::default()
         };
         db.add_protection(&p).await?;

@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use crate::dashboard::seed::{seed_into, Spec};
-use crate::dashboard::{log_in, time_pages};
+use crate::dashboard::{log_in, time_pages, PASSWORD};
 use crate::rpo::procs::{cpu_seconds, start_server_on, status_kb, Lifeboat};
 pub use report::{table, Report, ScaleResult};
 
-const PASSWORD: &str = "bench-scale-password";
 /// VMs per simulated host.
 const VMS_PER_HOST: usize = 50;
 /// How long the scheduler settles after the server starts (its first round over the

@@ -145,5 +145,11 @@ pub async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
             })
         }),
     );
+    family(
+        "lifeboat_scheduler_rounds_total",
+        "counter",
+        "Rounds of the replication scheduler, each reading every protection: about one a second when idle.",
+        &mut std::iter::once((String::new(), crate::replication::rounds() as f64)),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
