@@ -411,6 +411,24 @@ impl Database {
         Ok(())
     }
 
+    /// Every protection's id, generation and host: what the scheduler's round needs to
+    /// find the due and the changed ones (a full row is read only for those).
+    pub async fn protection_versions(&self) -> Result<Vec<(String, i64, String)>, DbError> {
+        let rows = sqlx::query("SELECT id, generation, host_id FROM protections")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("generation")?,
+                    r.try_get("host_id")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
     pub async fn protection(&self, id: &str) -> Result<Option<Protection>, DbError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM protections WHERE id = $1"))
             .bind(id)
