@@ -1,10 +1,11 @@
 //! The dashboard end to end, in real headless Chromium driven through WebDriver: log in,
 //! scan and enroll two agents, enable replication of the test guest and watch it go from
 //! Replicating to Protected with no reload, run a test failover and clean it up, run a
-//! planned failover and see the VM on the recovery site. Every page is checked for labels
-//! and for fitting a phone's width, and saved as a screenshot (artifacts:
-//! `target/artifacts/qemu_dashboard/`, or `$LIFEBOAT_ARTIFACTS`). Refusals are checked
-//! too: no session, no CSRF token, a login form without its token, a wrong password.
+//! planned failover, closing its tab midway, and see the VM on the recovery site. Every
+//! page is checked for labels and for fitting a phone's width, and saved as a screenshot
+//! (artifacts: `target/artifacts/qemu_dashboard/`, or `$LIFEBOAT_ARTIFACTS`). Refusals are
+//! checked too: no session, no CSRF token, a login form without its token, a wrong
+//! password.
 //!
 //! The server serves TLS here (its own certificate, which the browser is told to accept),
 //! so the session cookie's `Secure` flag is what a real deployment gets.
@@ -301,8 +302,16 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     b.click("tr[data-vm=web] a").await.unwrap();
     b.click("button[data-open=dlg-planned]").await.unwrap();
     b.fill("#planned-timeout", "60").await.unwrap();
-    submit(&b, "dlg-planned", LONG).await;
-    b.wait_for_text("dd[id^=state-]", "Failed over", SHORT)
+    // The tab goes away while the failover runs (its page follows the operation): the
+    // operation runs in the server, and completes without it.
+    b.click("#dlg-planned button[type=submit]").await.unwrap();
+    b.wait_for_text("#dlg-planned .working", "step", SHORT)
+        .await
+        .unwrap();
+    b.goto("about:blank").await.unwrap();
+    b.goto(&format!("{url}/hosts")).await.unwrap();
+    b.click("tr[data-vm=web] a").await.unwrap();
+    b.wait_for_text("dd[id^=state-]", "Failed over", LONG)
         .await
         .unwrap();
     assert!(b.exists("button[data-open=dlg-failback]").await.unwrap());
