@@ -314,7 +314,12 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     b.wait_for_text("dd[id^=state-]", "Failed over", LONG)
         .await
         .unwrap();
-    assert!(b.exists("button[data-open=dlg-failback]").await.unwrap());
+    // The page was drawn while the failover ran: a reload draws a failed-over VM's
+    // actions.
+    b.refresh().await.unwrap();
+    b.wait_for("button[data-open=dlg-failback]", SHORT)
+        .await
+        .unwrap();
     b.goto(&format!("{url}/recovery-site")).await.unwrap();
     let site = b
         .wait_for_text("#recoveries", "Planned failover", SHORT)
