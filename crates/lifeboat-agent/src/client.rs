@@ -373,7 +373,21 @@ impl AgentClient {
                 });
             }
             tokio::time::sleep(JOB_POLL).await;
-            job = self.job_status(&job.job_id).await?;
+            job = match self.job_status(&job.job_id).await {
+                Ok(j) => j,
+                // The agent restarted while the job ran: asking again starts it anew.
+                Err(ClientError::Refused { status: 404, .. }) => {
+                    return Err(ClientError::Refused {
+                        address: self.address.clone(),
+                        status: 503,
+                        message: format!(
+                            "the agent no longer knows job {} (it restarted while the job ran); ask again",
+                            job.job_id
+                        ),
+                    })
+                }
+                Err(e) => return Err(e),
+            };
         }
     }
 

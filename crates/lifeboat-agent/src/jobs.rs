@@ -113,7 +113,8 @@ impl Jobs {
     }
 
     /// Starts `work` as job `id` (a `kind` of `vm`), or returns the job already known by
-    /// that id. One job per VM runs at a time.
+    /// that id, running or succeeded. A job that failed is run again: the same id asked
+    /// again after a failure is a retry. One job per VM runs at a time.
     pub fn start<F>(
         self: &Arc<Self>,
         id: &JobId,
@@ -124,7 +125,28 @@ impl Jobs {
     where
         F: Future<Output = Result<serde_json::Value, (u16, String)>> + Send + 'static,
     {
-        if let Some(s) = self.status(id) {
+        // The journal is read outside the lock; what is in memory is decided under it,
+        // so two requests with one id start one job.
+        let journaled = if self.lock().contains_key(id.as_str()) {
+            None
+        } else {
+            std::fs::read(self.journal_path(id))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<JobStatus>(&b).ok())
+        };
+        let mut entries = self.lock();
+        let known = match entries.get(id.as_str()) {
+            Some(Entry::Running { kind, vm, started }) => Some(JobStatus {
+                job_id: id.to_string(),
+                kind: kind.clone(),
+                vm: vm.clone(),
+                started: *started,
+                state: JobState::Running,
+            }),
+            Some(Entry::Done(s)) => Some(s.clone()),
+            None => journaled,
+        };
+        if let Some(s) = known {
             if s.kind != kind || s.vm != vm {
                 return Err(JobError::Mismatch {
                     job_id: id.to_string(),
@@ -132,9 +154,10 @@ impl Jobs {
                     vm: s.vm,
                 });
             }
-            return Ok(s);
+            if !matches!(s.state, JobState::Failed { .. }) {
+                return Ok(s);
+            }
         }
-        let mut entries = self.lock();
         let busy = entries.iter().find_map(|(other, e)| match e {
             Entry::Running { vm: v, kind, .. } if v == vm => Some((other.clone(), kind.clone())),
             _ => None,
@@ -298,6 +321,15 @@ mod tests {
         ));
         let failed = until_done(&jobs, &other).await;
         assert!(matches!(failed.state, JobState::Failed { status: 409, .. }));
+        // Asked again after it failed: a retry, run anew.
+        let retried = jobs
+            .start(&other, "apply-point", "db", async {
+                Ok(serde_json::json!({"ok": true}))
+            })
+            .unwrap();
+        assert!(matches!(retried.state, JobState::Running));
+        let done = until_done(&jobs, &other).await;
+        assert!(matches!(done.state, JobState::Succeeded { .. }));
         // A restarted agent knows the finished jobs from its journal.
         let restarted = Jobs::open(home.path()).unwrap();
         let known = restarted.status(&id).unwrap();

@@ -238,15 +238,20 @@ impl Syncs {
         })
     }
 
-    /// Registers a new running sync; `spawn` starts its worker with the progress to update.
+    /// Registers a new running sync (or answers the one known by that id, unless it
+    /// failed); `spawn` starts its worker with the progress to update.
     pub fn start(
         &self,
         sync_id: &SyncId,
         vm: &str,
         spawn: impl FnOnce(Arc<Progress>) -> tokio::task::AbortHandle,
     ) -> Result<SyncStatus, StartError> {
+        // Running or committed: the same sync. One that failed is run again: the same id
+        // asked again after a failure is a retry (an operation's step).
         if let Some(s) = self.status(sync_id) {
-            return Ok(s);
+            if !matches!(s.state, SyncState::Failed { .. }) {
+                return Ok(s);
+            }
         }
         let mut entries = self.lock();
         let busy = entries.iter().find_map(|(id, e)| match e {
@@ -395,5 +400,37 @@ mod tests {
         syncs.start(&b, "web", spawn).unwrap();
         assert!(syncs.cancel_vm("web"));
         assert!(syncs.running_for("web").is_none());
+        // A failed sync asked again is run again (a retry), committed one is not.
+        let mut ran = false;
+        syncs
+            .start(&a, "web", |p| {
+                ran = true;
+                spawn(p)
+            })
+            .unwrap();
+        assert!(ran, "a failed sync asked again must run again");
+        syncs.finish(&a, SyncState::Committed(committed()));
+        assert!(matches!(
+            syncs
+                .start(&a, "web", |_| panic!("a committed sync ran twice"))
+                .unwrap()
+                .state,
+            SyncState::Committed(_)
+        ));
+    }
+
+    fn committed() -> SyncResult {
+        SyncResult {
+            point: "p".into(),
+            parent: None,
+            kind: SyncKind::Full,
+            cut_time: Utc::now(),
+            consistency: "crash".into(),
+            bytes_read: 0,
+            new_bytes_stored: 0,
+            seconds: 0.0,
+            points: vec![],
+            note: None,
+        }
     }
 }

@@ -106,21 +106,32 @@ pub async fn run(db: Database) {
             let id = id.clone();
             tokio::spawn(async move {
                 let wait = match gate.acquire().await {
-                    Ok(_permit) => match db.protection(&id).await {
-                        Ok(Some(p)) => match step(&db, p, &clients).await {
-                            Ok(w) => w,
-                            Err(e) => {
-                                tracing::error!(protection = %id, error = %e, "replication step");
-                                POLL
+                    Ok(_permit) => {
+                        // In a task of its own: a step that panics still ends (and its
+                        // protection is stepped again), instead of being running forever.
+                        let id = id.clone();
+                        let stepped = tokio::spawn(async move {
+                            match db.protection(&id).await {
+                                Ok(Some(p)) => match step(&db, p, &clients).await {
+                                    Ok(w) => w,
+                                    Err(e) => {
+                                        tracing::error!(protection = %id, error = %e, "replication step");
+                                        POLL
+                                    }
+                                },
+                                // Gone (unprotected): the next round forgets it.
+                                Ok(None) => POLL,
+                                Err(e) => {
+                                    tracing::error!(protection = %id, error = %e, "reading a protection");
+                                    POLL
+                                }
                             }
-                        },
-                        // Gone (unprotected): the next round forgets it.
-                        Ok(None) => POLL,
-                        Err(e) => {
-                            tracing::error!(protection = %id, error = %e, "reading a protection");
-                            POLL
-                        }
-                    },
+                        });
+                        stepped.await.unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "a replication step failed");
+                            MAX_BACKOFF
+                        })
+                    }
                     Err(_) => POLL,
                 };
                 let _ = done.send((id, wait));
@@ -220,6 +231,9 @@ fn evaluate(p: &mut Protection, policy: &Policy, now: DateTime<Utc>) {
     }
 }
 
+/// How long a reversed protection's step waits for its home to answer a fence.
+const HOME_FENCE_LIMIT: Duration = Duration::from_secs(3);
+
 /// The reason a healthy reversed protection shows.
 const REVERSED: &str = "runs on its recovery host and is replicated from there; home is fenced";
 
@@ -229,11 +243,12 @@ const REVERSED: &str = "runs on its recovery host and is replicated from there; 
 async fn reversed_target(
     db: &Database,
     p: &mut Protection,
-    agents: &AgentClients,
 ) -> Result<Option<(crate::db::HostAccess, String)>, crate::db::DbError> {
-    if p.fenced_at.is_none() {
+    // Home is fenced when a sync starts, not at every poll of one, and with a short
+    // limit: a lost home must not hold up the syncs that protect the VM meanwhile.
+    if p.fenced_at.is_none() && p.current_sync.is_none() {
         if let Some(home) = db.host_access(&p.host_id).await? {
-            if let Ok(agent) = agents.get(&home) {
+            if let Ok(agent) = crate::agents::agent_client(&home, HOME_FENCE_LIMIT) {
                 crate::failover::fence_source(p, &home, &agent).await;
             }
         }
@@ -265,6 +280,7 @@ async fn step(
     let policy = Policy::find(&p.policy).unwrap_or(&crate::policy::POLICIES[0]);
     let before = bookkeeping(&p);
     let before_state = (p.state, p.reason.clone());
+    let committed_before = p.syncs_committed;
     let now = Utc::now();
     // Not due, no sync to follow: nothing to ask an agent. Its state is looked at again
     // when its next sync is due, or when its RPO would pass the threshold, if sooner.
@@ -293,7 +309,7 @@ async fn step(
     let away = p.state.is_reversed()
         || (p.state == ProtectionState::FailingBack && p.current_sync.is_some());
     let (host, vm) = if away {
-        match reversed_target(db, &mut p, agents).await? {
+        match reversed_target(db, &mut p).await? {
             Some(t) => t,
             None => {
                 evaluate(&mut p, policy, now);
@@ -381,6 +397,10 @@ async fn step(
     // A step that changed nothing writes nothing: a thousand idle VMs cost reads only.
     if bookkeeping(&p) != before {
         db.save_protection(&mut p).await?;
+    }
+    // A new point: the old ones the policy no longer keeps go, after the row shows it.
+    if p.syncs_committed > committed_before {
+        apply_retention(db, &p, policy).await?;
     }
     Ok(wait)
 }
@@ -513,7 +533,7 @@ async fn on_status(
             if let Some(note) = r.note {
                 tracing::warn!(vm = %p.vm, %note, "note on the new point");
             }
-            apply_retention(db, p, policy).await?;
+            // Retention runs once the row is saved (`step`): it may take a while.
             Ok(Duration::ZERO)
         }
         SyncState::Failed { error } => {

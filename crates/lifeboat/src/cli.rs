@@ -344,6 +344,10 @@ pub enum FailoverAction {
     Cleanup {
         /// The protected VM (or HOST/VM).
         vm: String,
+        /// Remove instead the copy fenced on the recovery host after an unplanned
+        /// failback, with the writes it holds after the point the VM came home from.
+        #[arg(long)]
+        fenced: bool,
         #[command(flatten)]
         conn: ServerConn,
     },

@@ -72,10 +72,13 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
         )
         .await;
     }
-    if let Some(FailoverAction::Cleanup { vm, conn }) = args.action {
+    if let Some(FailoverAction::Cleanup { vm, fenced, conn }) = args.action {
         let server = ServerClient::new(&conn, home)?;
         let p = find_protection(&server, &vm).await?;
-        let path = format!("/api/v1/protections/{}/failover/cleanup", p.id);
+        let path = format!(
+            "/api/v1/protections/{}/failover/cleanup?fenced={fenced}",
+            p.id
+        );
         let Some(done) =
             post_and_follow::<CleanedUp>(out, &server, &path, &serde_json::json!({}), false)
                 .await?

@@ -171,10 +171,16 @@ async fn a_reversed_protection_brings_the_recovery_sites_writes_home_after_a_sec
     assert!(!start.status.success(), "beta's copy started while fenced");
     assert!(cl.home("beta").join("recovered/web").exists());
 
-    // Replication resumes from home; the fenced copy is removed only when asked.
+    // Replication resumes from home. The fenced copy is removed only when asked for by
+    // name, and until then a failover to its host is refused before anything changes.
     let out = cl.json(&["reprotect", "web"]);
     assert_eq!(out["state"], "protected", "{out}");
-    let out = cl.json(&["failover", "cleanup", "web"]);
+    let (ok, _, err) = cl.cli(&["failover", "web", "--unplanned"]);
+    assert!(!ok && err.contains("cleanup web --fenced"), "{err}");
+    let (ok, _, err) = cl.cli(&["failover", "cleanup", "web"]);
+    assert!(!ok && err.contains("--fenced"), "{err}");
+    assert_eq!(recovery_row(&cl).unwrap()["state"], "fenced");
+    let out = cl.json(&["failover", "cleanup", "web", "--fenced"]);
     assert!(out.is_object(), "{out}");
     assert!(recovery_row(&cl).is_none());
     assert!(!cl.home("beta").join("recovered/web").exists());

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -165,6 +165,26 @@ pub async fn failover(
     if let Err(e) = crate::failover::vault_for(&s.db, &p, rhost).await {
         return app_error(e);
     }
+    // A copy fenced there after an unplanned failback holds the VM's name, and writes no
+    // point has: refused now, before anything stops, not when the VM would start.
+    if kind != RecoveryKind::Test {
+        let fenced = match s.db.recoveries_of(&p.id).await {
+            Ok(v) => v.into_iter().find(|r| {
+                r.host_id == rhost.host.id
+                    && matches!(r.state, RecoveryState::Fenced | RecoveryState::Fencing)
+            }),
+            Err(e) => return db_error(e),
+        };
+        if let Some(r) = fenced {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} on {} is a copy of {} fenced after an unplanned failback (it holds any write made there after the point the VM came home from); nothing was changed. Keep what you need from it, then `lifeboat failover cleanup {} --fenced` removes it",
+                    r.vm, rhost.host.hostname, p.vm, p.vm
+                ),
+            );
+        }
+    }
     let params = FailoverParams {
         kind,
         protection_id: p.id.clone(),
@@ -257,37 +277,72 @@ pub struct CleanedUp {
     pub removed: String,
 }
 
+/// What `failover cleanup` removes.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct CleanupQuery {
+    /// Remove the copy fenced on the recovery host after an unplanned failback, and the
+    /// writes it holds after the point the VM came home from, instead of a test copy.
+    #[serde(default)]
+    pub fenced: bool,
+}
+
 #[utoipa::path(post, path = "/api/v1/protections/{id}/failover/cleanup", tag = "failover",
-    params(("id" = String, Path, description = "The protection's id")),
-    responses((status = 202, description = "The removal runs as an operation; once it succeeded the test copy and everything made for it are gone (its `result`)", body = Operation),
-               (status = 404, description = "No such protection, or no test copy", body = ApiError),
+    params(("id" = String, Path, description = "The protection's id"), CleanupQuery),
+    responses((status = 202, description = "The removal runs as an operation; once it succeeded the test copy (or, with `fenced`, the fenced copy) and everything made for it are gone (its `result`)", body = Operation),
+               (status = 404, description = "No such protection, or no such copy", body = ApiError),
                (status = 409, description = "Another operation runs on the VM", body = ApiError),
                (status = 502, description = "The recovery host's agent did not answer; run it again", body = ApiError)))]
-pub async fn cleanup(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+pub async fn cleanup(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<String>,
+    Query(q): Query<CleanupQuery>,
+) -> Response {
     let (p, _) = match load(&s, &id).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let tests: Vec<Recovery> = match s.db.recoveries_of(&p.id).await {
-        // A test copy, or a copy fenced after an unplanned failback.
-        Ok(v) => v
-            .into_iter()
-            .filter(|r| r.kind == RecoveryKind::Test || r.state == RecoveryState::Fenced)
-            .collect(),
+    let all = match s.db.recoveries_of(&p.id).await {
+        Ok(v) => v,
         Err(e) => return db_error(e),
     };
-    let Some(rec) = tests.into_iter().next() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("{} has no test copy to clean up", p.vm),
-        );
+    // A fenced copy holds the recovery site's writes made after the point the VM came
+    // home from: it goes only when asked for by name (`--fenced`), never as a test copy.
+    let fenced = all
+        .iter()
+        .find(|r| r.state == RecoveryState::Fenced || r.state == RecoveryState::Fencing);
+    let chosen = if q.fenced {
+        fenced.filter(|r| r.state == RecoveryState::Fenced)
+    } else {
+        all.iter().find(|r| r.kind == RecoveryKind::Test)
+    };
+    let Some(rec) = chosen.cloned() else {
+        let why = match (q.fenced, fenced) {
+            (true, Some(r)) => format!(
+                "{}'s copy on its recovery host is not fenced yet (its host has not answered since the failback); it is removed once it is",
+                r.origin_vm
+            ),
+            (true, None) => format!("{} has no fenced copy to remove", p.vm),
+            (false, Some(_)) => format!(
+                "{} has no test copy to clean up (a fenced copy from an unplanned failback is there: `lifeboat failover cleanup {} --fenced` removes it, and its writes after the failback's point)",
+                p.vm, p.vm
+            ),
+            (false, None) => format!("{} has no test copy to clean up", p.vm),
+        };
+        return error(StatusCode::NOT_FOUND, why);
     };
     let params = CleanupParams {
         protection_id: p.id.clone(),
         recovery_id: rec.id.clone(),
         vm: rec.vm.clone(),
     };
-    let first = format!("removing the test copy {}", rec.vm);
+    let first = if q.fenced {
+        format!(
+            "removing the fenced copy {} and the writes it holds",
+            rec.vm
+        )
+    } else {
+        format!("removing the test copy {}", rec.vm)
+    };
     start_op::<Cleanup>(&s, OperationKind::FailoverCleanup, &p, &params, first).await
 }
 
@@ -313,6 +368,9 @@ pub struct StepDone {
     pub state: String,
     /// What happened, in a sentence.
     pub message: String,
+    /// The point it made, when it made one (a reprotect where the VM runs now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
 }
 
 /// Loads a protection in `want` state, with its hosts and its (non-test) recovery.

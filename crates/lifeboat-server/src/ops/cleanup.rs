@@ -43,6 +43,7 @@ impl Saga for Cleanup {
             RecoveryState::Starting,
             RecoveryState::Running,
             RecoveryState::Failed,
+            RecoveryState::Fenced,
         ];
         ctx.db
             .move_recovery(&rec.id, &from, RecoveryState::Removing)

@@ -33,6 +33,7 @@
 
 use std::time::Duration;
 
+use lifeboat_agent::client::ClientError;
 use lifeboat_agent::handover::{ApplyPointRequest, FenceRequest, ShutdownRequest};
 use lifeboat_agent::sync::SyncRequest;
 use serde::{Deserialize, Serialize};
@@ -185,12 +186,29 @@ impl Saga for Failback {
                         ))
                         .await;
                     }
-                    Err(e) => {
+                    // Not reached at all: the site is lost, and its copy is fenced when
+                    // its host answers again (the recovery watcher).
+                    Err(ClientError::Request { source, .. }) if source.is_connect() => {
                         ctx.log(format!(
-                            "the recovery host {} does not answer ({e}); its copy is fenced when it answers",
+                            "the recovery host {} does not answer ({source}); its copy is fenced when it answers",
                             away.host.hostname
                         ))
                         .await
+                    }
+                    // Its host has no such VM: nothing runs there.
+                    Err(ClientError::Refused { status: 404, .. }) => {
+                        ctx.log(format!("{} has no copy of the VM", away.host.hostname))
+                            .await
+                    }
+                    // It answered, or may have (a timeout): the copy may still run, so
+                    // home does not start. The step is tried again (a fence is
+                    // idempotent), and an undo starts the copy again.
+                    Err(e) => {
+                        mem.recovery_fenced = true;
+                        return Err(agent_failed(
+                            format!("fencing {} on {}", rec.vm, away.host.hostname),
+                            e,
+                        ));
                     }
                 }
                 Ok(())
