@@ -62,11 +62,13 @@ pub async fn run(db: Database) {
     let clients = Arc::new(AgentClients::default());
     let mut due: HashMap<String, Instant> = HashMap::new();
     let mut running: HashSet<String> = HashSet::new();
-    // The generation each protection had when its last step ended (read at the next
-    // round): a row changed by anyone else since (an operation, the API) is due at once.
+    // The generation each protection's last step left its row at (or, when unknown, the
+    // one the next round reads): a row changed by anyone else since (an operation, the
+    // API), even while its step ran, is due at once.
     let mut seen: HashMap<String, Option<i64>> = HashMap::new();
     let mut hosts: HashMap<String, Arc<Semaphore>> = HashMap::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Duration)>();
+    // (protection, when it is due again, the generation its step left it at)
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, (Duration, Option<i64>))>();
     loop {
         ROUNDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Ids and generations only: at 10,000 VMs a round of whole rows every second
@@ -112,27 +114,29 @@ pub async fn run(db: Database) {
                         let id = id.clone();
                         let stepped = tokio::spawn(async move {
                             match db.protection(&id).await {
-                                Ok(Some(p)) => match step(&db, p, &clients).await {
-                                    Ok(w) => w,
+                                // With the generation the step left the row at: a change
+                                // made by anyone else meanwhile makes it due at once.
+                                Ok(Some(mut p)) => match step(&db, &mut p, &clients).await {
+                                    Ok(w) => (w, Some(p.generation)),
                                     Err(e) => {
                                         tracing::error!(protection = %id, error = %e, "replication step");
-                                        POLL
+                                        (POLL, None)
                                     }
                                 },
                                 // Gone (unprotected): the next round forgets it.
-                                Ok(None) => POLL,
+                                Ok(None) => (POLL, None),
                                 Err(e) => {
                                     tracing::error!(protection = %id, error = %e, "reading a protection");
-                                    POLL
+                                    (POLL, None)
                                 }
                             }
                         });
                         stepped.await.unwrap_or_else(|e| {
                             tracing::error!(error = %e, "a replication step failed");
-                            MAX_BACKOFF
+                            (MAX_BACKOFF, None)
                         })
                     }
-                    Err(_) => POLL,
+                    Err(_) => (POLL, None),
                 };
                 let _ = done.send((id, wait));
             });
@@ -149,9 +153,9 @@ pub async fn run(db: Database) {
             .min(now + POLL);
         while Instant::now() < wake {
             tokio::select! {
-                Some((id, wait)) = done_rx.recv() => {
+                Some((id, (wait, generation))) = done_rx.recv() => {
                     running.remove(&id);
-                    seen.insert(id.clone(), None);
+                    seen.insert(id.clone(), generation);
                     let at = Instant::now() + wait;
                     due.insert(id, at);
                     wake = wake.min(at);
@@ -274,11 +278,11 @@ async fn reversed_target(
 /// One step for one protection; returns how long to wait before the next.
 async fn step(
     db: &Database,
-    mut p: Protection,
+    p: &mut Protection,
     agents: &AgentClients,
 ) -> Result<Duration, crate::db::DbError> {
     let policy = Policy::find(&p.policy).unwrap_or(&crate::policy::POLICIES[0]);
-    let before = bookkeeping(&p);
+    let before = bookkeeping(p);
     let before_state = (p.state, p.reason.clone());
     let committed_before = p.syncs_committed;
     let now = Utc::now();
@@ -297,9 +301,9 @@ async fn step(
                     wait = wait.min(until + POLL);
                 }
             }
-            evaluate(&mut p, policy, now);
-            if bookkeeping(&p) != before {
-                db.save_protection(&mut p).await?;
+            evaluate(p, policy, now);
+            if bookkeeping(p) != before {
+                db.save_protection(p).await?;
             }
             return Ok(wait.min(MAX_WAIT));
         }
@@ -309,12 +313,12 @@ async fn step(
     let away = p.state.is_reversed()
         || (p.state == ProtectionState::FailingBack && p.current_sync.is_some());
     let (host, vm) = if away {
-        match reversed_target(db, &mut p).await? {
+        match reversed_target(db, p).await? {
             Some(t) => t,
             None => {
-                evaluate(&mut p, policy, now);
-                if bookkeeping(&p) != before {
-                    db.save_protection(&mut p).await?;
+                evaluate(p, policy, now);
+                if bookkeeping(p) != before {
+                    db.save_protection(p).await?;
                 }
                 return Ok(MAX_BACKOFF);
             }
@@ -323,8 +327,8 @@ async fn step(
         let Some(host) = db.host_access(&p.host_id).await? else {
             p.failures += 1;
             p.last_error = "the VM's host is no longer enrolled".into();
-            evaluate(&mut p, policy, now);
-            db.save_protection(&mut p).await?;
+            evaluate(p, policy, now);
+            db.save_protection(p).await?;
             return Ok(MAX_BACKOFF);
         };
         let vm = p.vm.clone();
@@ -339,10 +343,10 @@ async fn step(
     };
     let wait = if let Some(sync_id) = p.current_sync.clone() {
         match agent.sync_status(&sync_id).await {
-            Ok(status) => on_status(db, &mut p, policy, status, now).await?,
+            Ok(status) => on_status(db, p, policy, status, now).await?,
             Err(ClientError::Refused { status: 404, .. }) => {
                 sync_failed(
-                    &mut p,
+                    p,
                     now,
                     format!(
                         "the agent on {} restarted during sync {sync_id}; a new sync starts",
@@ -363,14 +367,14 @@ async fn step(
         POLL
     } else if p.state == ProtectionState::FailedOver {
         // The VM runs on its recovery host: make sure the source stays fenced.
-        crate::failover::fence_source(&mut p, &host, &agent).await;
+        crate::failover::fence_source(p, &host, &agent).await;
         POLL * 5
     } else if matches!(
         p.state,
         ProtectionState::FailingOver | ProtectionState::FailingBack
     ) {
         // A move left half-way (its server died, or its request failed): settle it.
-        match crate::failover::settle(db, &p).await {
+        match crate::failover::settle(db, p).await {
             Ok(crate::failover::Settled::Wait(why)) => {
                 tracing::debug!(vm = %p.vm, %why, "move not settled yet");
             }
@@ -384,19 +388,19 @@ async fn step(
         // nothing to do. The scheduler steps it again at once when its row changes.
         IDLE
     } else if parse_time(&p.next_sync_at).is_none_or(|t| t <= now) {
-        return start_sync(db, p, policy, &agent, (&host, &vm), now).await;
+        return start_sync(db, p.clone(), policy, &agent, (&host, &vm), now).await;
     } else {
         // Until its next sync; the RPO is looked at again by then at the latest.
         let due = parse_time(&p.next_sync_at).unwrap_or(now);
         (due - now).to_std().unwrap_or_default().min(IDLE)
     };
-    evaluate(&mut p, policy, now);
+    evaluate(p, policy, now);
     if (p.state, &p.reason) != (before_state.0, &before_state.1) {
         tracing::info!(vm = %p.vm, state = p.state.as_str(), reason = %p.reason, "protection state");
     }
     // A step that changed nothing writes nothing: a thousand idle VMs cost reads only.
-    if bookkeeping(&p) != before {
-        db.save_protection(&mut p).await?;
+    if bookkeeping(p) != before {
+        db.save_protection(p).await?;
     }
     // A new point: the old ones the policy no longer keeps go, after the row shows it.
     if p.syncs_committed > committed_before {
