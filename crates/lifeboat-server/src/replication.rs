@@ -404,7 +404,7 @@ async fn step(
     }
     // A new point: the old ones the policy no longer keeps go, after the row shows it.
     if p.syncs_committed > committed_before {
-        apply_retention(db, &p, policy).await?;
+        apply_retention(db, p, policy).await?;
     }
     Ok(wait)
 }
