@@ -286,28 +286,66 @@ async fn step(
     let before_state = (p.state, p.reason.clone());
     let committed_before = p.syncs_committed;
     let now = Utc::now();
-    // Not due, no sync to follow: nothing to ask an agent. Its state is looked at again
-    // when its next sync is due, or when its RPO would pass the threshold, if sooner.
-    // (A reversed VM whose home is not known fenced yet goes on: its step fences home.)
+    // Not due, no sync to follow: nothing to ask an agent. (A reversed VM whose home is
+    // not known fenced yet goes on: its step fences home.)
     let replicating = !p.state.is_failover() || (p.state.is_reversed() && p.fenced_at.is_some());
-    let not_due = parse_time(&p.next_sync_at).filter(|t| *t > now);
-    if let (true, None, Some(due)) = (replicating, &p.current_sync, not_due) {
-        if p.state != ProtectionState::Disabling {
-            let mut wait = (due - now).to_std().unwrap_or_default();
-            if let Some(t) = p.last_point_time.as_deref().and_then(parse_time) {
-                let threshold =
-                    chrono::Duration::from_std(policy.rpo_threshold()).unwrap_or_default();
-                if let Ok(until) = (t + threshold - now).to_std() {
-                    wait = wait.min(until + POLL);
-                }
-            }
-            evaluate(p, policy, now);
-            if bookkeeping(p) != before {
-                db.save_protection(p).await?;
-            }
-            return Ok(wait.min(MAX_WAIT));
+    let quiet = replicating
+        && p.state != ProtectionState::Disabling
+        && p.current_sync.is_none()
+        && parse_time(&p.next_sync_at).is_some_and(|t| t > now);
+    let wait = if quiet {
+        until_due(p, policy, now)
+    } else {
+        match ask_agent(db, p, policy, agents, now).await? {
+            Asked::Wait(w) => w,
+            Asked::Done(w) => return Ok(w),
+        }
+    };
+    evaluate(p, policy, now);
+    if (p.state, &p.reason) != (before_state.0, &before_state.1) {
+        tracing::info!(vm = %p.vm, state = p.state.as_str(), reason = %p.reason, "protection state");
+    }
+    // A step that changed nothing writes nothing: a thousand idle VMs cost reads only.
+    if bookkeeping(p) != before {
+        db.save_protection(p).await?;
+    }
+    // A new point: the old ones the policy no longer keeps go, after the row shows it.
+    if p.syncs_committed > committed_before {
+        apply_retention(db, p, policy).await?;
+    }
+    Ok(wait)
+}
+
+/// How long a protection with nothing to do waits: until its next sync is due, or until
+/// its RPO would pass the policy's threshold (it turns degraded then), if sooner.
+fn until_due(p: &Protection, policy: &Policy, now: DateTime<Utc>) -> Duration {
+    let due = parse_time(&p.next_sync_at).unwrap_or(now);
+    let mut wait = (due - now).to_std().unwrap_or_default();
+    if let Some(t) = p.last_point_time.as_deref().and_then(parse_time) {
+        let threshold = chrono::Duration::from_std(policy.rpo_threshold()).unwrap_or_default();
+        if let Ok(until) = (t + threshold - now).to_std() {
+            wait = wait.min(until + POLL);
         }
     }
+    wait.min(MAX_WAIT)
+}
+
+/// What asking the agent left to do: the step's usual end after waiting this long, or
+/// nothing more (the row was saved already).
+enum Asked {
+    Wait(Duration),
+    Done(Duration),
+}
+
+/// The part of a step that asks an agent: follow the running sync, start a due one,
+/// fence a source, settle a move left half-way.
+async fn ask_agent(
+    db: &Database,
+    p: &mut Protection,
+    policy: &Policy,
+    agents: &AgentClients,
+    now: DateTime<Utc>,
+) -> Result<Asked, crate::db::DbError> {
     // Where its syncs run: home, or where it runs now for a reversed protection.
     // A failback from the recovery site may find its last sync running there.
     let away = p.state.is_reversed()
@@ -315,21 +353,14 @@ async fn step(
     let (host, vm) = if away {
         match reversed_target(db, p).await? {
             Some(t) => t,
-            None => {
-                evaluate(p, policy, now);
-                if bookkeeping(p) != before {
-                    db.save_protection(p).await?;
-                }
-                return Ok(MAX_BACKOFF);
-            }
+            // The step's usual end saves the error it set.
+            None => return Ok(Asked::Wait(MAX_BACKOFF)),
         }
     } else {
         let Some(host) = db.host_access(&p.host_id).await? else {
             p.failures += 1;
             p.last_error = "the VM's host is no longer enrolled".into();
-            evaluate(p, policy, now);
-            db.save_protection(p).await?;
-            return Ok(MAX_BACKOFF);
+            return Ok(Asked::Wait(MAX_BACKOFF));
         };
         let vm = p.vm.clone();
         (host, vm)
@@ -338,7 +369,7 @@ async fn step(
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "agent client");
-            return Ok(MAX_BACKOFF);
+            return Ok(Asked::Done(MAX_BACKOFF));
         }
     };
     let wait = if let Some(sync_id) = p.current_sync.clone() {
@@ -382,31 +413,21 @@ async fn step(
             Err(e) => tracing::warn!(vm = %p.vm, error = %e, "settling an interrupted move"),
         }
         // The row changed under us (or not); the next step reads it again.
-        return Ok(POLL * 2);
+        return Ok(Asked::Done(POLL * 2));
     } else if p.state.is_failover() && !p.state.is_reversed() {
         // Home again and waiting for `reprotect`, or a reprotect takes its first point:
         // nothing to do. The scheduler steps it again at once when its row changes.
         IDLE
     } else if parse_time(&p.next_sync_at).is_none_or(|t| t <= now) {
-        return start_sync(db, p.clone(), policy, &agent, (&host, &vm), now).await;
+        return start_sync(db, p, policy, &agent, (&host, &vm), now)
+            .await
+            .map(Asked::Done);
     } else {
-        // Until its next sync; the RPO is looked at again by then at the latest.
-        let due = parse_time(&p.next_sync_at).unwrap_or(now);
-        (due - now).to_std().unwrap_or_default().min(IDLE)
+        // Not due (a reversed VM whose home is not known fenced): home is tried again
+        // within IDLE.
+        until_due(p, policy, now).min(IDLE)
     };
-    evaluate(p, policy, now);
-    if (p.state, &p.reason) != (before_state.0, &before_state.1) {
-        tracing::info!(vm = %p.vm, state = p.state.as_str(), reason = %p.reason, "protection state");
-    }
-    // A step that changed nothing writes nothing: a thousand idle VMs cost reads only.
-    if bookkeeping(p) != before {
-        db.save_protection(p).await?;
-    }
-    // A new point: the old ones the policy no longer keeps go, after the row shows it.
-    if p.syncs_committed > committed_before {
-        apply_retention(db, p, policy).await?;
-    }
-    Ok(wait)
+    Ok(Asked::Wait(wait))
 }
 
 /// What a step may change in a protection's row (all of it but the counters a
@@ -549,20 +570,20 @@ async fn on_status(
 
 async fn start_sync(
     db: &Database,
-    mut p: Protection,
+    p: &mut Protection,
     policy: &Policy,
     agent: &AgentClient,
     (host, vm): (&crate::db::HostAccess, &str),
     now: DateTime<Utc>,
 ) -> Result<Duration, crate::db::DbError> {
     let hostname = host.host.hostname.as_str();
-    let vault = match crate::vault_keys::access_for(db, &p, &host.host.id).await {
+    let vault = match crate::vault_keys::access_for(db, p, &host.host.id).await {
         Ok(v) => v,
         Err(crate::vault_keys::KeyError::Db(e)) => return Err(e),
         Err(e) => {
-            sync_failed(&mut p, now, e.to_string());
-            evaluate(&mut p, policy, now);
-            db.save_protection(&mut p).await?;
+            sync_failed(p, now, e.to_string());
+            evaluate(p, policy, now);
+            db.save_protection(p).await?;
             return Ok(POLL * 5);
         }
     };
@@ -583,8 +604,8 @@ async fn start_sync(
     p.sync_started_at = Some(now.to_rfc3339());
     p.sync_done = 0;
     p.sync_total = 0;
-    evaluate(&mut p, policy, now);
-    if !db.save_protection(&mut p).await? {
+    evaluate(p, policy, now);
+    if !db.save_protection(p).await? {
         return Ok(Duration::ZERO);
     }
     let req = SyncRequest {
@@ -599,20 +620,20 @@ async fn start_sync(
             status, message, ..
         }) => {
             sync_failed(
-                &mut p,
+                p,
                 now,
                 format!("agent {hostname} refused the sync ({status}): {message}"),
             );
-            evaluate(&mut p, policy, now);
-            db.save_protection(&mut p).await?;
+            evaluate(p, policy, now);
+            db.save_protection(p).await?;
             Ok(POLL)
         }
         Err(e) => {
             // Whether the request arrived is unknown: the next step asks about this id.
             p.failures += 1;
             p.last_error = format!("agent {hostname} unreachable: {e}");
-            evaluate(&mut p, policy, now);
-            db.save_protection(&mut p).await?;
+            evaluate(p, policy, now);
+            db.save_protection(p).await?;
             Ok(backoff(p.failures).min(POLL * 5))
         }
     }

@@ -40,7 +40,7 @@ pub use http::{http_get, wait_http};
 pub use image::{guest_disk_copy, guest_image};
 pub mod libvirtd;
 mod random;
-pub use postgres::{fresh_postgres_database, postgres_url};
+pub use postgres::{fresh_postgres_database, new_postgres_database, postgres_url};
 pub use procs::{cpu_seconds, status_kb, status_number, thread_cpu, ThreadCpu};
 pub use random::random_bytes;
 pub use sas::{azurite_container_sas, container_sas, SAS_VERSION};

@@ -18,24 +18,32 @@ pub fn postgres_url() -> String {
 /// A new, empty database on the test server; its URL. (`./scripts/test` drops those of
 /// earlier runs.)
 pub fn fresh_postgres_database() -> String {
-    let base = postgres_url();
+    new_postgres_database(&postgres_url()).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// A new, empty database (`lifeboat_test_…`) on the server at `base`, the URL of a role
+/// that may create databases; its URL.
+pub fn new_postgres_database(base: &str) -> anyhow::Result<String> {
     let mut raw = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).expect("randomness");
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
     let name = format!(
         "lifeboat_test_{}",
         raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
     let out = Command::new("psql")
-        .arg(&base)
+        .arg(base)
         .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
         .arg(format!("CREATE DATABASE {name}"))
         .output()
-        .expect("running psql (Debian postgresql-client)");
-    assert!(
+        .map_err(|e| anyhow::anyhow!("running psql (Debian postgresql-client): {e}"))?;
+    anyhow::ensure!(
         out.status.success(),
         "creating database {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (prefix, _) = base.rsplit_once('/').expect("a URL ending in /DATABASE");
-    format!("{prefix}/{name}")
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("{base}: a URL ending in /DATABASE"))?;
+    Ok(format!("{prefix}/{name}"))
 }

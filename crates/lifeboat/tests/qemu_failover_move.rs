@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{boot_guest_with, cluster, lifeboat, wait_points};
 use common::moves::{
-    acked, running, vm_row, wait_fenced_row, wait_point_after, write_at_recovery_site, OneCopy,
-    WRITER,
+    acked, home_equals_point, protected_with_kept_file, running, vm_row, wait_fenced_row,
+    write_at_recovery_site, OneCopy, WRITER,
 };
 use common::start_agent_on;
 use lifeboat_testkit::{free_tcp_port, http_get, wait_http};
@@ -116,17 +116,7 @@ async fn planned_failover_loses_no_completed_write_and_fences_the_source() {
 async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays_fenced() {
     let mut cl = cluster(None);
     let http = free_tcp_port();
-    let (_vm, mut console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http)).await;
-    let (ok, _, err) = cl.protect_web(&["--wait", "--timeout", "5m"]);
-    assert!(ok, "{err}");
-    console
-        .run(
-            "mkdir -p /data/f && echo kept > /data/f/kept && sync",
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    wait_point_after(&cl, "web", chrono::Utc::now(), Duration::from_secs(120));
+    let (_vm, mut console) = protected_with_kept_file(&cl, http).await;
     // The primary host dies: its agent first (replication stops), then a write that no
     // point holds, then QEMU.
     cl.alpha.child.kill().unwrap();
@@ -300,54 +290,12 @@ async fn unplanned_failover_starts_from_the_point_and_the_returning_source_stays
 
     // Bit-exact: every file the test wrote, as the failback point holds it, is at home
     // byte for byte.
-    let stopped = lifeboat(&cl.home("alpha"))
-        .args(["vm", "stop", "web"])
-        .output()
-        .unwrap();
-    assert!(
-        stopped.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stopped.stderr)
-    );
-    let scratch = cl.tmp.path().join("bitexact");
-    std::fs::create_dir_all(scratch.join("p")).unwrap();
-    std::fs::create_dir_all(scratch.join("h")).unwrap();
-    let point_raw = scratch.join("point.raw");
-    let mut c = lifeboat(cl.tmp.path());
-    c.args([
-        "vault",
-        "--vault",
-        &cl.vault,
-        "restore",
-        back["point"].as_str().unwrap(),
-    ])
-    .arg(&point_raw);
-    common::cluster::run_ok(c);
-    let home_raw = scratch.join("home.raw");
-    let conv = std::process::Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(cl.home("alpha").join("web.qcow2"))
-        .arg(&home_raw)
-        .output()
-        .unwrap();
-    assert!(conv.status.success());
-    let at_point =
-        lifeboat_testkit::guest_data_files(&point_raw, "/f", &scratch.join("p")).unwrap();
-    let at_home = lifeboat_testkit::guest_data_files(&home_raw, "/f", &scratch.join("h")).unwrap();
+    let at_point = home_equals_point(&cl, back["point"].as_str().unwrap());
     assert!(
         at_point.contains_key("away") && !at_point.contains_key("diverged"),
         "{:?}",
         at_point.keys()
     );
-    assert_eq!(
-        at_home, at_point,
-        "home's files differ from the failback point's"
-    );
-    let started = lifeboat(&cl.home("alpha"))
-        .args(["vm", "start", "web"])
-        .output()
-        .unwrap();
-    assert!(started.status.success());
 
     // Reprotect: replication resumes from home and sends only what changed.
     let out = cl.json(&["reprotect", "web"]);

@@ -61,7 +61,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         let spec_hosts = vms.div_ceil(VMS_PER_HOST).max(2);
         let agents = agents::start(&home.join("agent"), spec_hosts).await?;
         let (url, database) = match &opts.postgres {
-            Some(base) => (fresh_postgres(base, vms)?, "PostgreSQL"),
+            Some(base) => (lifeboat_testkit::new_postgres_database(base)?, "PostgreSQL"),
             None => (
                 format!("sqlite://{}", home.join("server/lifeboat.db").display()),
                 "SQLite",
@@ -141,32 +141,4 @@ pub async fn run(opts: &Options) -> Result<Report> {
         requests: opts.requests,
         fleets,
     })
-}
-
-/// A new database for `vms` VMs on the PostgreSQL server at `base`.
-fn fresh_postgres(base: &str, vms: usize) -> Result<String> {
-    let name = format!("lifeboat_scale_{vms}_{}", std::process::id());
-    let out = std::process::Command::new("psql")
-        .arg(base)
-        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
-        .arg(format!("DROP DATABASE IF EXISTS {name}; "))
-        .output()?;
-    if !out.status.success() {
-        bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let out = std::process::Command::new("psql")
-        .arg(base)
-        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "creating database {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let Some((prefix, _)) = base.rsplit_once('/') else {
-        bail!("--postgres {base}: a URL ending in /DATABASE");
-    };
-    Ok(format!("{prefix}/{name}"))
 }

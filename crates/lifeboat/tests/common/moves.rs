@@ -226,3 +226,68 @@ pub async fn all_acked_present(cl: &Cluster, port: u16) -> usize {
     }
     acks.len()
 }
+
+/// The test guest on alpha as `web`, protected, with `/data/f/kept` written, synced, and
+/// in a point; its console, to write more.
+pub async fn protected_with_kept_file(
+    cl: &Cluster,
+    http: u16,
+) -> (KillVm, lifeboat_testkit::SerialConsole) {
+    let (vm, mut console) = boot_guest_with(&cl.home("alpha"), "web", &[], Some(http)).await;
+    let (ok, _, err) = cl.protect_web(&["--wait", "--timeout", "5m"]);
+    assert!(ok, "{err}");
+    console
+        .run(
+            "mkdir -p /data/f && echo kept > /data/f/kept && sync",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    wait_point_after(cl, "web", chrono::Utc::now(), Duration::from_secs(120));
+    (vm, console)
+}
+
+/// Bit for bit: every file under the guest's `/data/f` in alpha's disk is the file as
+/// `point` holds it (alpha's VM is stopped for the read, and started again). Returns the
+/// point's files, by name.
+pub fn home_equals_point(cl: &Cluster, point: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use super::cluster::{lifeboat, run_ok};
+    let stopped = lifeboat(&cl.home("alpha"))
+        .args(["vm", "stop", "web"])
+        .output()
+        .unwrap();
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let scratch = cl.tmp.path().join(format!("bitexact-{point}"));
+    std::fs::create_dir_all(scratch.join("p")).unwrap();
+    std::fs::create_dir_all(scratch.join("h")).unwrap();
+    let point_raw = scratch.join("point.raw");
+    let mut c = lifeboat(cl.tmp.path());
+    c.args(["vault", "--vault", &cl.vault, "restore", point])
+        .arg(&point_raw);
+    run_ok(c);
+    let home_raw = scratch.join("home.raw");
+    let conv = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(cl.home("alpha").join("web.qcow2"))
+        .arg(&home_raw)
+        .output()
+        .unwrap();
+    assert!(conv.status.success());
+    let at_point =
+        lifeboat_testkit::guest_data_files(&point_raw, "/f", &scratch.join("p")).unwrap();
+    let at_home = lifeboat_testkit::guest_data_files(&home_raw, "/f", &scratch.join("h")).unwrap();
+    assert_eq!(
+        at_home, at_point,
+        "home's files differ from point {point}'s"
+    );
+    let started = lifeboat(&cl.home("alpha"))
+        .args(["vm", "start", "web"])
+        .output()
+        .unwrap();
+    assert!(started.status.success());
+    at_point
+}
