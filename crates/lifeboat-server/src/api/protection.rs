@@ -384,8 +384,8 @@ pub async fn protect(
         Ok(op) => op,
         Err(e) => return db_error(e),
     };
-    // The answer shows the protection: recorded by the operation's first step, a moment
-    // after it starts.
+    // The answer shows the protection once the operation's first step recorded it: a
+    // client that reads it next (`protect --wait`) must find it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let p = loop {
         match s.db.protection(&params.protection_id).await {

@@ -41,6 +41,28 @@ pub struct EnableParams {
     pub sealed: Vec<(String, String)>,
 }
 
+impl EnableParams {
+    /// The protection the first step records (new, in `enabling`).
+    pub fn protection(&self) -> Protection {
+        let now = chrono::Utc::now().to_rfc3339();
+        Protection {
+            id: self.protection_id.clone(),
+            host_id: self.host_id.clone(),
+            vm: self.vm.clone(),
+            point_name: self.point_name.clone(),
+            vault_url: self.vault_url.clone(),
+            // Never kept: the agents hold the key, sealed (crate::vault_keys).
+            vault_passphrase: Default::default(),
+            recovery_host_id: self.recovery_host_id.clone(),
+            policy: self.policy.clone(),
+            network_map: self.network_map.clone(),
+            next_sync_at: now.clone(),
+            created_at: now,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EnableMemory {
@@ -84,22 +106,7 @@ impl Saga for Enable {
                         .put_vault_key(&params.protection_id, host_id, key)
                         .await?;
                 }
-                let now = chrono::Utc::now().to_rfc3339();
-                let p = Protection {
-                    id: params.protection_id.clone(),
-                    host_id: params.host_id.clone(),
-                    vm: params.vm.clone(),
-                    point_name: params.point_name.clone(),
-                    vault_url: params.vault_url.clone(),
-                    // Never kept: the agents hold the key, sealed (crate::vault_keys).
-                    vault_passphrase: Default::default(),
-                    recovery_host_id: params.recovery_host_id.clone(),
-                    policy: params.policy.clone(),
-                    network_map: params.network_map.clone(),
-                    next_sync_at: now.clone(),
-                    created_at: now,
-                    ..Default::default()
-                };
+                let p = params.protection();
                 ctx.db.add_protection(&p).await.map_err(|e| match e {
                     crate::db::DbError::Conflict(m) => StepError::Permanent(m),
                     e => e.into(),
