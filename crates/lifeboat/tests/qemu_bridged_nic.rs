@@ -6,32 +6,12 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::bridge::{Bridge, BridgeClient};
 use common::cluster::{lifeboat, run_ok, KillVm};
 use lifeboat_hypervisor::{QemuConfig, QemuDriver, VmName};
 use lifeboat_testkit::{boot_timeout, SerialConsole};
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?}: {out:?}");
-}
-
-/// The bridge, the veth into the client's namespace, and the namespace: removed on drop.
-struct Wire {
-    bridge: String,
-    netns: String,
-}
-impl Drop for Wire {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .output();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_on_a_bridge_answers_at_its_own_address() {
@@ -39,26 +19,8 @@ async fn a_vm_on_a_bridge_answers_at_its_own_address() {
     let home = tmp.path().join("host");
     std::fs::create_dir_all(&home).unwrap();
     let id = format!("{:05x}", std::process::id() & 0xf_ffff);
-    let wire = Wire {
-        bridge: format!("lbtq{id}"),
-        netns: format!("lbtq{id}"),
-    };
-    let (veth, peer) = (format!("lbtqv{id}"), format!("lbtqp{id}"));
-    ip(&["link", "add", &wire.bridge, "type", "bridge"]);
-    ip(&["link", "set", &wire.bridge, "up"]);
-    ip(&["netns", "add", &wire.netns]);
-    ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
-    ip(&["link", "set", &veth, "master", &wire.bridge, "up"]);
-    ip(&["link", "set", &peer, "netns", &wire.netns]);
-    for args in [
-        vec!["addr", "add", "10.0.2.2/24", "dev", peer.as_str()],
-        vec!["link", "set", peer.as_str(), "up"],
-        vec!["link", "set", "lo", "up"],
-    ] {
-        let mut all = vec!["netns", "exec", wire.netns.as_str(), "ip"];
-        all.extend(args);
-        ip(&all);
-    }
+    let bridge = Bridge::new(&format!("lbtq{id}"));
+    let client = BridgeClient::new(&bridge);
 
     let disk = lifeboat_testkit::guest_disk_copy(&home, "web.qcow2").unwrap();
     let spec = |bridge: &str| {
@@ -89,7 +51,7 @@ async fn a_vm_on_a_bridge_answers_at_its_own_address() {
         c
     });
 
-    std::fs::write(&path, spec(&wire.bridge)).unwrap();
+    std::fs::write(&path, spec(&bridge.0)).unwrap();
     let mut c = lifeboat(&home);
     c.args(["vm", "define"]).arg(&path);
     run_ok(c);
@@ -110,32 +72,9 @@ async fn a_vm_on_a_bridge_answers_at_its_own_address() {
         .output()
         .unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
-    assert!(link.contains(&format!("master {}", wire.bridge)), "{link}");
+    assert!(link.contains(&format!("master {}", bridge.0)), "{link}");
 
     // From the client's namespace, through the bridge, to the guest's own address.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &wire.netns, "bash", "-c"])
-            .arg(
-                "exec 3<>/dev/tcp/10.0.2.15/80 && printf 'GET /boot-count HTTP/1.0\\r\\n\\r\\n' >&3 \
-                 && timeout 10 cat <&3",
-            )
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        if text.contains(" 200 ") {
-            assert_eq!(
-                text.split("\r\n\r\n").nth(1).unwrap_or("").trim(),
-                "1",
-                "{text}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no answer over the bridge: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let boots = tokio::task::block_in_place(|| client.http_get("10.0.2.15:80", "/boot-count"));
+    assert_eq!(boots.trim(), "1");
 }

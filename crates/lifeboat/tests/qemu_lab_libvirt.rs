@@ -92,7 +92,7 @@ async fn wan_lab(prefix: &str) -> WanLab {
     .unwrap();
     let cloud_endpoint = format!("http://{}", vault_relay.addr());
 
-    let source = SourceDomain::start(prefix, None).await;
+    let source = SourceDomain::start(prefix, false).await;
     let name = source.name.clone();
     let tmp = tempfile::Builder::new()
         .prefix("lbl")

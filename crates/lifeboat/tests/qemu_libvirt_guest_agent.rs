@@ -13,7 +13,7 @@ use lifeboat_hypervisor::{Cut, Hypervisor, VmName};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_guest_agent_stalls_neither_the_domain_nor_the_cut() {
-    let source = SourceDomain::start("lvg", None).await;
+    let source = SourceDomain::start("lvg", false).await;
     let mut console = source.console;
     let home = tempfile::tempdir().unwrap();
     let mut config = LibvirtConfig::new(home.path());

@@ -9,21 +9,23 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::cluster_with_alpha;
-use common::libvirt::{http_get, quiet, ready_console, write_and_prove, SourceDomain, MIB};
+use common::libvirt::{quiet, ready_console, write_and_prove, SourceDomain, MIB};
 use lifeboat_testkit::libvirtd::virsh;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_defined_with_virsh_is_listed_and_protected_point_for_point() {
-    // The guest's static address is 10.0.2.15/24; the host is .2 on the bridge.
-    let source = SourceDomain::start("lv", Some("10.0.2.2/24")).await;
+    // The guest's static address is 10.0.2.15/24; a client in its own namespace is .2 on
+    // the bridge.
+    let source = SourceDomain::start("lv", true).await;
     let (name, system, data) = (
         source.name.clone(),
         source.system.clone(),
         source.data.clone(),
     );
     let mut console = source.console;
-    let boots = tokio::task::block_in_place(|| http_get("10.0.2.15:80", "/boot-count"));
+    let client = source.client.as_ref().unwrap();
+    let boots = tokio::task::block_in_place(|| client.http_get("10.0.2.15:80", "/boot-count"));
     assert_eq!(
         boots.trim(),
         "1",

@@ -51,8 +51,7 @@ fn wait_vm(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goes_away() {
-    // No host address on the source's bridge: another test owns 10.0.2.2 on its own.
-    let source = SourceDomain::start("lvr", None).await;
+    let source = SourceDomain::start("lvr", false).await;
     let (name, system, data) = (
         source.name.clone(),
         source.system.clone(),
@@ -185,7 +184,7 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_returns() {
-    let source = SourceDomain::start("lvu", None).await;
+    let source = SourceDomain::start("lvu", false).await;
     let (name, system, data) = (
         source.name.clone(),
         source.system.clone(),
@@ -308,7 +307,7 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_failover_of_a_libvirt_domain_loses_no_acknowledged_write() {
-    let source = SourceDomain::start("lvp", None).await;
+    let source = SourceDomain::start("lvp", false).await;
     let name = source.name.clone();
     let console = source.console;
     let cl = tokio::task::block_in_place(|| cluster_with_hosts(&["--hypervisor", "libvirt"], &[]));

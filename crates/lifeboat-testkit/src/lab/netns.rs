@@ -38,7 +38,8 @@ pub struct Netns {
 }
 
 impl Netns {
-    pub(crate) fn named(name: String) -> Netns {
+    /// A namespace someone made with `ip netns add NAME` (the lab, or a test of its own).
+    pub fn named(name: String) -> Netns {
         Netns { name: Some(name) }
     }
 

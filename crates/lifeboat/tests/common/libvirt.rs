@@ -3,7 +3,6 @@
 //! guest), a raw data disk, a virtio NIC on a Linux bridge, a serial console on a socket
 //! and the guest agent's channel; and the checks of its points.
 
-use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,60 +11,10 @@ use lifeboat_testkit::libvirtd::{domain_dir, ensure_libvirtd, virsh, DefinedDoma
 use lifeboat_testkit::{boot_timeout, SerialConsole};
 use serde_json::Value;
 
+use super::bridge::{Bridge, BridgeClient};
 use super::cluster::{lifeboat, run_ok, Cluster};
 
 pub const MIB: u64 = 1 << 20;
-
-/// A Linux bridge with the host's address on the guest's subnet, removed on drop.
-pub struct Bridge(pub String);
-impl Bridge {
-    /// `host_cidr`: the host's address on it, if any.
-    pub fn new(name: &str, host_cidr: Option<&str>) -> Bridge {
-        let mut steps = vec![vec!["link", "add", name, "type", "bridge"]];
-        if let Some(cidr) = host_cidr {
-            steps.push(vec!["addr", "add", cidr, "dev", name]);
-        }
-        steps.push(vec!["link", "set", name, "up"]);
-        for args in steps {
-            let out = Command::new("ip").args(&args).output().unwrap();
-            assert!(out.status.success(), "ip {args:?}: {out:?}");
-        }
-        Bridge(name.to_string())
-    }
-}
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
-    }
-}
-
-/// GET `path` from the guest's busybox httpd at `addr`, over the bridge.
-pub fn http_get(addr: &str, path: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = (|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect_timeout(
-                &addr.parse().unwrap(),
-                Duration::from_secs(5),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })();
-        match got {
-            Ok(text) if text.contains(" 200 ") => {
-                return text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
-            }
-            other => assert!(
-                Instant::now() < deadline,
-                "no answer from {addr}{path}: {other:?}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 pub fn domain_xml(name: &str, dir: &Path, bridge: &str, serial: &Path) -> String {
     format!(
@@ -192,6 +141,8 @@ pub struct SourceDomain {
     pub serial: PathBuf,
     /// Everything the console printed (libvirt's virtlogd writes it).
     pub console_log: PathBuf,
+    /// A client on the bridge, when asked for.
+    pub client: Option<BridgeClient>,
     pub bridge: Bridge,
     // Dropped in this order: the domain, then its disks' folder.
     _domain: DefinedDomain,
@@ -199,8 +150,9 @@ pub struct SourceDomain {
 }
 
 impl SourceDomain {
-    /// Defines and boots `lbt-PREFIX-…` on a new bridge (with `host_cidr` on it).
-    pub async fn start(prefix: &str, host_cidr: Option<&str>) -> SourceDomain {
+    /// Defines and boots `lbt-PREFIX-…` on a new bridge, with a [`BridgeClient`] on it if
+    /// `with_client`.
+    pub async fn start(prefix: &str, with_client: bool) -> SourceDomain {
         ensure_libvirtd().unwrap();
         let tmp = domain_dir().unwrap();
         let dir = tmp.path();
@@ -221,7 +173,8 @@ impl SourceDomain {
         let serial = sockets.join("serial.sock");
         let suffix = format!("{:06x}", std::process::id() & 0xff_ffff);
         let name = format!("lbt-{prefix}-{suffix}");
-        let bridge = Bridge::new(&format!("lbt{prefix}{suffix}"), host_cidr);
+        let bridge = Bridge::new(&format!("lbt{prefix}{suffix}"));
+        let client = with_client.then(|| BridgeClient::new(&bridge));
         let xml = dir.join("domain.xml");
         std::fs::write(&xml, domain_xml(&name, dir, &bridge.0, &serial)).unwrap();
         let domain = DefinedDomain::define(&xml, &name).unwrap();
@@ -237,6 +190,7 @@ impl SourceDomain {
             console,
             serial,
             console_log: dir.join("console.log"),
+            client,
             bridge,
             _domain: domain,
             _dir: tmp,

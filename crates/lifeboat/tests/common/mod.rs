@@ -1,6 +1,7 @@
 //! Shared helpers: `lifeboat agent` and `lifeboat server` as separate processes.
 #![allow(dead_code)]
 
+pub mod bridge;
 pub mod cluster;
 pub mod dashboard;
 pub mod hostile_agent;
