@@ -5,7 +5,10 @@
 //! - floods of connections that never finish a request lock nobody out, and are closed;
 //! - a compromised agent cannot grow the server's memory with an endless reply, nor
 //!   make it resend a request (a vault passphrase) elsewhere with a redirect;
-//! - a host cannot be picked in place of another by taking its name;
+//! - a host cannot be picked in place of another by taking its name, nor by taking a
+//!   VM's name while the VM's real host is down;
+//! - the server's files hold nothing that opens a vault: neither the passphrase nor the
+//!   master key nor any VM's key (the check qemu_failover runs is proven here);
 //! - secrets stay out of the process list, and request bodies are bounded.
 
 mod common;
@@ -13,9 +16,13 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use common::cluster::{cluster, lifeboat, run_ok};
 use common::hostile_agent::{Attack, HostileAgent, Recorder};
 use common::login::{post_login, session_cookie};
-use common::{agent_command, enroll, spawn_agent, start_agent, start_server, start_server_with};
+use common::{
+    agent_command, enroll, spawn_agent, start_agent, start_agent_on, start_server,
+    start_server_with,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -423,6 +430,133 @@ async fn a_host_named_like_the_recovery_site_is_never_picked_in_its_place() {
             && err.contains(&format!("127.0.0.1:{}", impostor.port)),
         "{err}"
     );
+}
+
+/// A compromised host that copies a VM's name while the VM's real host is down is not
+/// picked in its place: a VM named without its host must be found on every host, and
+/// every host must answer (else the impostor would get the vault's passphrase).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_named_without_its_host_is_refused_while_a_host_is_down() {
+    let mut cl = cluster(None);
+    // web: a VM defined (not running) on alpha.
+    let disk = cl.tmp.path().join("web.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let spec = cl.tmp.path().join("web.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"web\"\nmemory_mib = 64\n[[disks]]\nname = \"vda\"\npath = \"{}\"\nformat = \"raw\"\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let mut define = lifeboat(&cl.home("alpha"));
+    define.args(["vm", "define"]).arg(&spec);
+    run_ok(define);
+    // An enrolled impostor whose inventory lists web too; every other call it answers
+    // with a redirect to a recorder, which would catch the passphrase.
+    let recorder = Recorder::start().await;
+    let impostor = HostileAgent::start(
+        &cl.tmp.path().join("impostor"),
+        Attack::InventoryThenRedirect(recorder.url.clone()),
+    )
+    .await;
+    let (ok, _, err) = enroll(
+        &cl.server,
+        Some(&cl.server.token),
+        &impostor.addr.to_string(),
+        "any-code",
+        Some(&impostor.fingerprint),
+    );
+    assert!(ok, "{err}");
+
+    // alpha is down: only the impostor has web, and that is not enough.
+    let alpha_port = cl.alpha.port;
+    cl.alpha.child.kill().unwrap();
+    cl.alpha.child.wait().unwrap();
+    let (ok, _, err) = cl.protect("web", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("not every host answered")
+            && err.contains(&format!("127.0.0.1:{alpha_port}"))
+            && err.contains("name its host as HOST/web"),
+        "{err}"
+    );
+    assert_eq!(recorder.connections(), 0, "the impostor was called on");
+    assert_eq!(cl.json(&["status"])["protections"], serde_json::json!([]));
+
+    // With alpha back, naming the host picks it (web alone names two hosts now).
+    cl.alpha = start_agent_on(&cl.home("alpha"), "alpha", alpha_port, &[]);
+    let (ok, _, err) = cl.protect("web", &[]);
+    assert!(!ok && err.contains("say which as HOST/web"), "{err}");
+    let (ok, out, err) = cl.protect("alpha/web", &[]);
+    assert!(ok, "{out}{err}");
+    let p = cl.protection();
+    assert_eq!(
+        (&p["vm"], &p["host"]),
+        (&"web".into(), &"alpha".into()),
+        "{p:#}"
+    );
+    assert_eq!(recorder.connections(), 0, "the impostor was called on");
+}
+
+/// The check that the server's files open no vault searches for each VM's key too: with
+/// a key per VM (the default), a VM's key is all a thief needs to read its points.
+#[test]
+fn the_search_of_the_servers_files_finds_a_vm_key_in_any_encoding() {
+    let cl = cluster(None);
+    let image = cl.tmp.path().join("disk.raw");
+    std::fs::write(&image, b"a block of a disk".repeat(4096)).unwrap();
+    for name in ["alpha.web", "alpha.db"] {
+        let mut c = lifeboat(cl.tmp.path());
+        c.args(["vault", "--vault", &cl.vault, "put-image", "--name", name])
+            .arg(&image);
+        run_ok(c);
+    }
+    let secrets = cl.vault_secrets();
+    assert!(
+        cl.server_files_holding(&secrets).is_empty(),
+        "a fresh server holds a vault secret"
+    );
+    // alpha.db's key, exported the way an operator would.
+    let exported = cl.tmp.path().join("db-key.json");
+    let mut c = lifeboat(cl.tmp.path());
+    c.args([
+        "vault", "--vault", &cl.vault, "key", "export", "--vm", "alpha.db",
+    ])
+    .arg(&exported);
+    run_ok(c);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&exported).unwrap()).unwrap();
+    let b64 = json["scope_key"].as_str().unwrap().to_string();
+    let raw = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(&b64)
+            .unwrap()
+    };
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let planted = cl.home("server").join("server/planted");
+    for (encoding, bytes) in [
+        ("raw", raw.clone()),
+        ("base64", b64.clone().into_bytes()),
+        ("hex", hex.into_bytes()),
+    ] {
+        let mut text = b"some row: ".to_vec();
+        text.extend_from_slice(&bytes);
+        std::fs::write(&planted, &text).unwrap();
+        let found = cl.server_files_holding(&secrets);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with(&format!("{} holds the key of alpha.db", planted.display()))),
+            "alpha.db's key ({encoding}) in the server's files went unseen: {found:?}"
+        );
+        assert!(found.iter().all(|f| !f.contains("alpha.web")), "{found:?}");
+    }
 }
 
 #[test]

@@ -235,7 +235,7 @@ async fn locate_vm<'a>(
         [_] if host.is_none() && !problems.is_empty() => Err(error(
             StatusCode::BAD_GATEWAY,
             format!(
-                "not every host answered ({}), so which host has {vm} is not certain; name it with `--host`",
+                "not every host answered ({}), so which host has {vm} is not certain; name its host as HOST/{vm} (`host` in the API)",
                 problems.join("; ")
             ),
         )),
@@ -254,7 +254,7 @@ async fn locate_vm<'a>(
         many => Err(error(
             StatusCode::CONFLICT,
             format!(
-                "several hosts have a VM {vm} ({}); say which with `--host`",
+                "several hosts have a VM {vm} ({}); say which as HOST/{vm} (`host` in the API)",
                 many.iter()
                     .map(|h| h.host.hostname.as_str())
                     .collect::<Vec<_>>()
