@@ -655,3 +655,53 @@ fn without_root_or_ip_the_lab_says_what_it_needs() {
         );
     }
 }
+
+#[test]
+fn each_site_can_run_a_libvirtd_of_its_own() {
+    use lifeboat_testkit::libvirtd::{domain_dir, qcow2, virsh, SiteDaemon};
+    let lab = start_lab();
+    let a = SiteDaemon::start(lab.netns(Site::A)).unwrap();
+    let b = SiteDaemon::start(lab.netns(Site::B)).unwrap();
+    let dir = domain_dir().unwrap();
+    let name = format!("lbt-site-{:06x}", std::process::id() & 0xff_ffff);
+    // The same name on both sites' daemons, each on its site's bridge: two hosts.
+    for (site, daemon) in [("a", &a), ("b", &b)] {
+        let disk = dir.path().join(format!("{site}.qcow2"));
+        qcow2(&disk, 1 << 20).unwrap();
+        let xml = dir.path().join(format!("{site}.xml"));
+        std::fs::write(
+            &xml,
+            format!(
+                "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
+                 <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+                 <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+                 <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+                 <interface type='bridge'><source bridge='br0'/><model type='virtio'/>\
+                 </interface></devices></domain>",
+                disk.display()
+            ),
+        )
+        .unwrap();
+        daemon.virsh(&["define", &xml.to_string_lossy()]).unwrap();
+        daemon.virsh(&["start", &name]).unwrap();
+    }
+    for daemon in [&a, &b] {
+        assert_eq!(daemon.virsh(&["list", "--name"]).unwrap().trim(), name);
+    }
+    // Each domain's NIC is on its own site's bridge, in its site's namespace.
+    for site in [Site::A, Site::B] {
+        let links = lab
+            .ip(site, &["-o", "link", "show", "master", "br0"])
+            .unwrap();
+        assert!(links.contains("vnet"), "{site:?}: {links}");
+    }
+    assert!(
+        !virsh(&["list", "--all", "--name"]).unwrap().contains(&name),
+        "the machine's libvirtd has neither"
+    );
+    drop(a);
+    assert!(
+        b.virsh(&["domstate", &name]).unwrap().trim() == "running",
+        "site A's daemon gone, B's domain runs on"
+    );
+}

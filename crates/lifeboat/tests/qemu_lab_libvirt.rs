@@ -1,9 +1,15 @@
-//! A planned failover across the two-site lab's WAN: the source host's agent runs in
-//! site A's network namespace (its VM a libvirt domain, defined with `virsh`), the
-//! recovery host's agent in site B's (the QEMU driver), the vault is S3 in the cloud
-//! behind the WAN (100 Mbit/s, 20 ms round trip added by a relay), and the server
-//! reaches each agent through a relay with the same delay. With the guest writing until
-//! the power button stops it, every write it acknowledged is at B.
+//! Moves across the two-site lab's WAN: the source host's agent runs in site A's network
+//! namespace (its VM a libvirt domain, defined with `virsh`), the recovery host's agent
+//! in site B's, the vault is S3 in the cloud behind the WAN (100 Mbit/s, 20 ms round trip
+//! added by a relay), and the server reaches each agent through a relay with the same
+//! delay. Two layouts:
+//! - the machine's libvirtd for A's domain (on a bridge of the machine's), the QEMU
+//!   driver at B: a planned failover with the guest writing until the power button
+//!   stops it (every acknowledged write at B), and site A cut off (unplanned, then
+//!   fenced when it returns);
+//! - a libvirtd of each site's own, in its namespace, the domain on site A's bridge: a
+//!   planned failover defines it at B under the same name, UUID and MAC on B's bridge,
+//!   then commit, failback home and reprotect without a full copy.
 
 mod common;
 
@@ -14,27 +20,32 @@ use std::time::Duration;
 
 use common::cluster::{lifeboat, run_ok, Cluster, PASSPHRASE};
 use common::libvirt::{
-    assert_fenced_domain, diverge_and_fail_over_unplanned, planned_failover_with_writes,
+    assert_fenced_domain, diverge_and_fail_over_unplanned, planned_failover_with_writes, Beta,
     SourceDomain,
 };
 use common::{enroll, spawn_agent, start_server, Agent};
-use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site};
-use lifeboat_testkit::libvirtd::virsh;
+use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site, BRIDGE};
+use lifeboat_testkit::libvirtd::{virsh, SiteDaemon};
 use lifeboat_testkit::S3Server;
 
 const ONE_WAY: Duration = Duration::from_millis(10);
 
-/// `lifeboat agent` inside `site`, reaching the vault at `endpoint`; and the relay the
-/// server (in the host's namespace) reaches it through.
+/// `lifeboat agent` inside `site` (beside the site's own libvirtd when it has one),
+/// reaching the vault at `endpoint`; and the relay the server (in the host's namespace)
+/// reaches it through.
 fn site_agent(
     lab: &Lab,
-    site: Site,
+    (site, daemon): (Site, Option<&SiteDaemon>),
     home: &Path,
     name: &str,
     options: &[&str],
     endpoint: &str,
 ) -> (Agent, Relay) {
-    let mut c: Command = lab.command(site, env!("CARGO_BIN_EXE_lifeboat"));
+    let program = env!("CARGO_BIN_EXE_lifeboat");
+    let mut c: Command = match daemon {
+        Some(daemon) => daemon.daemon().command(program),
+        None => lab.command(site, program),
+    };
     c.arg("--home")
         .arg(home)
         .args(["--accel", "tcg", "agent", "--listen"])
@@ -54,10 +65,23 @@ fn site_agent(
     (agent, relay)
 }
 
-/// Everything a WAN test stands on; dropped in order (cluster, relays, then the lab).
+/// Where the lab's hypervisors run.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// A's domain on the machine's libvirtd and a bridge of the machine's; B runs the
+    /// QEMU driver.
+    MachineLibvirtToQemu,
+    /// A libvirtd in each site; the domain on site A's bridge.
+    LibvirtInEachSite,
+}
+
+/// Everything a WAN test stands on; dropped in order (cluster, the domain, the sites'
+/// daemons, relays, then the lab).
 struct WanLab {
     cl: Cluster,
     source: SourceDomain,
+    /// Site A's and site B's libvirtd, in [`Layout::LibvirtInEachSite`].
+    daemons: Option<(SiteDaemon, SiteDaemon)>,
     to_alpha: Relay,
     _to_beta: Relay,
     vault_relay: Relay,
@@ -66,9 +90,9 @@ struct WanLab {
 }
 
 /// The lab at 100 Mbit/s, the S3 vault in the cloud behind a 10 ms relay, the server
-/// here, agent alpha (libvirt) in site A and beta (QEMU) in site B behind relays, and a
+/// here, agent alpha (libvirt) in site A and beta in site B behind relays, and a
 /// libvirt domain protected to beta.
-async fn wan_lab(prefix: &str) -> WanLab {
+async fn wan_lab(prefix: &str, layout: Layout) -> WanLab {
     let lab = Lab::start(LabOptions {
         wan_rate: Some(100_000_000),
     })
@@ -92,7 +116,16 @@ async fn wan_lab(prefix: &str) -> WanLab {
     .unwrap();
     let cloud_endpoint = format!("http://{}", vault_relay.addr());
 
-    let source = SourceDomain::start(prefix, false).await;
+    let daemons = (layout == Layout::LibvirtInEachSite).then(|| {
+        (
+            SiteDaemon::start(lab.netns(Site::A)).unwrap(),
+            SiteDaemon::start(lab.netns(Site::B)).unwrap(),
+        )
+    });
+    let source = match &daemons {
+        Some((a, _)) => SourceDomain::start_on(a.daemon(), prefix, BRIDGE).await,
+        None => SourceDomain::start(prefix, false).await,
+    };
     let name = source.name.clone();
     let tmp = tempfile::Builder::new()
         .prefix("lbl")
@@ -101,18 +134,22 @@ async fn wan_lab(prefix: &str) -> WanLab {
     let server = start_server(&tmp.path().join("server"), None);
     let (alpha, to_alpha) = site_agent(
         &lab,
-        Site::A,
+        (Site::A, daemons.as_ref().map(|d| &d.0)),
         &tmp.path().join("alpha"),
         "alpha",
         &["--hypervisor", "libvirt"],
         &cloud_endpoint,
     );
+    let beta_hypervisor = match layout {
+        Layout::MachineLibvirtToQemu => "qemu",
+        Layout::LibvirtInEachSite => "libvirt",
+    };
     let (beta, to_beta) = site_agent(
         &lab,
-        Site::B,
+        (Site::B, daemons.as_ref().map(|d| &d.1)),
         &tmp.path().join("beta"),
         "beta",
-        &["--hypervisor", "qemu"],
+        &["--hypervisor", beta_hypervisor],
         &cloud_endpoint,
     );
     for (agent, relay) in [(&alpha, &to_alpha), (&beta, &to_beta)] {
@@ -149,6 +186,7 @@ async fn wan_lab(prefix: &str) -> WanLab {
     WanLab {
         cl,
         source,
+        daemons,
         to_alpha,
         _to_beta: to_beta,
         vault_relay,
@@ -163,18 +201,20 @@ async fn a_planned_failover_across_the_wan_loses_no_acknowledged_write() {
     let WanLab {
         cl,
         source,
+        daemons: _,
         to_alpha: _to_alpha,
         _to_beta,
         vault_relay,
         _s3,
         lab: _lab,
-    } = wan_lab("lvw").await;
+    } = wan_lab("lvw", Layout::MachineLibvirtToQemu).await;
+    let map = format!("{}=isolated", source.bridge);
     let moved = planned_failover_with_writes(
         &cl,
         source.console,
-        &source.name,
-        &source.console_log,
-        &source.bridge.0,
+        (&source.name, &source.console_log, &source.daemon),
+        &map,
+        &Beta::Qemu,
     )
     .await;
     let after = vault_relay.stats();
@@ -191,12 +231,13 @@ async fn site_a_cut_off_fails_over_unplanned_and_is_fenced_when_it_returns() {
     let WanLab {
         cl,
         source,
+        daemons: _,
         to_alpha,
         _to_beta,
         vault_relay: _vault_relay,
         _s3,
         lab,
-    } = wan_lab("lvc").await;
+    } = wan_lab("lvc", Layout::MachineLibvirtToQemu).await;
     let name = source.name.clone();
     let mut console = source.console;
     let out = console
@@ -216,8 +257,7 @@ async fn site_a_cut_off_fails_over_unplanned_and_is_fenced_when_it_returns() {
     // Its host and the domain run on, and write on.
     lab.cut_off(Site::A).unwrap();
     to_alpha.set_stalled(true);
-    let _beta_vm =
-        diverge_and_fail_over_unplanned(&cl, &mut console, &name, &source.bridge.0).await;
+    let _beta_vm = diverge_and_fail_over_unplanned(&cl, &mut console, &name, &source.bridge).await;
     assert_eq!(
         virsh(&["domstate", &name]).unwrap().trim(),
         "running",
@@ -227,9 +267,151 @@ async fn site_a_cut_off_fails_over_unplanned_and_is_fenced_when_it_returns() {
     // A's link returns: the server reaches its agent again and fences the domain.
     lab.reconnect(Site::A).unwrap();
     to_alpha.set_stalled(false);
-    tokio::task::block_in_place(|| assert_fenced_domain(&name, Duration::from_secs(180)));
+    tokio::task::block_in_place(|| {
+        assert_fenced_domain(&source.daemon, &name, Duration::from_secs(180))
+    });
     let p = tokio::task::block_in_place(|| cl.protection());
     assert_eq!(p["state"], "failed_over", "{p}");
     // B's VM runs on.
     assert!(common::moves::vm_row(&cl, "beta", &name).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_fails_over_to_a_libvirt_site_and_comes_home_across_the_wan() {
+    let WanLab {
+        cl,
+        source,
+        daemons,
+        to_alpha: _to_alpha,
+        _to_beta,
+        vault_relay,
+        _s3,
+        lab,
+    } = wan_lab("lvs", Layout::LibvirtInEachSite).await;
+    let (site_a, site_b) = daemons.as_ref().unwrap();
+    let (a, b) = (site_a.daemon(), site_b.daemon());
+    let name = source.name.clone();
+    let uuid = a.virsh(&["domuuid", &name]).unwrap();
+
+    // Planned: B's libvirtd defines the domain under its own name and UUID, with its MAC,
+    // on B's bridge (mapped br0=bridge:br0); A's is fenced.
+    let beta = Beta::Libvirt(b);
+    let map = format!("{BRIDGE}=bridge:{BRIDGE}");
+    let moved = planned_failover_with_writes(
+        &cl,
+        source.console,
+        (&name, &source.console_log, a),
+        &map,
+        &beta,
+    )
+    .await;
+    assert_eq!(
+        b.virsh(&["domuuid", &name]).unwrap(),
+        uuid,
+        "same UUID at B"
+    );
+    let xml = b.virsh(&["dumpxml", &name]).unwrap();
+    assert!(
+        xml.contains(&format!("<source bridge='{BRIDGE}'/>")),
+        "{xml}"
+    );
+    let nics = lab
+        .ip(Site::B, &["-o", "link", "show", "master", BRIDGE])
+        .unwrap();
+    assert!(
+        nics.contains("vnet"),
+        "the domain's NIC is on B's bridge: {nics}"
+    );
+    eprintln!(
+        "planned failover libvirt to libvirt across the WAN: {} acknowledged writes all at B; \
+         command took {:?}, guest ready at B after {:?}",
+        moved.acked, moved.took, moved.ready_after
+    );
+
+    // B's guest writes; commit; fail back home across the WAN.
+    let mut at_b = common::libvirt::ready_console(&beta.serial(&cl, &name)).await;
+    let out = at_b
+        .run(
+            "echo away > /data/away && sync && echo ok",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(out.contains("ok"), "{out}");
+    drop(at_b);
+    let before_back = vault_relay.stats();
+    tokio::task::block_in_place(|| {
+        let committed = cl.json(&["failover", "commit", &name]);
+        assert!(
+            committed["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("committed"),
+            "{committed}"
+        );
+        let back = cl.json(&["failback", &name, "--shutdown-timeout", "60s"]);
+        assert_eq!(back["state"], "failed_back", "{back}");
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while a.virsh(&["domstate", &name]).unwrap_or_default().trim() != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "home's domain did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !a.virsh(&["dumpxml", "--inactive", &name])
+            .unwrap()
+            .contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
+        "the fence at home is lifted"
+    );
+    assert_ne!(
+        b.virsh(&["domstate", &name]).unwrap_or_default().trim(),
+        "running",
+        "B's copy no longer runs"
+    );
+    let mut home = common::libvirt::ready_console(&source.serial).await;
+    let files = home
+        .run(
+            "cat /data/away; ls /data/seq | wc -l",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(files.starts_with("away"), "B's write came home: {files}");
+    drop(home);
+
+    // Reprotect from home: only what changed since the failback crosses the WAN.
+    tokio::task::block_in_place(|| {
+        let before = cl.json(&["points", &name]).as_array().unwrap().len();
+        let out = cl.json(&["reprotect", &name]);
+        assert_eq!(out["state"], "protected", "{out}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        let first = loop {
+            let points = cl.json(&["points", &name]);
+            let points = points.as_array().unwrap();
+            if points.len() > before {
+                break points[before].clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no sync after reprotect"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert_eq!(first["kind"], "incremental", "{first}");
+        let read = first["bytes_read"].as_u64().unwrap();
+        let crossed = vault_relay.stats();
+        eprintln!(
+            "failback and reprotect across the WAN: the first sync read {read} bytes; \
+             vault traffic since the commit: {} bytes up, {} down",
+            crossed.bytes_up - before_back.bytes_up,
+            crossed.bytes_down - before_back.bytes_down
+        );
+        assert!(
+            read < (32 + 8) << 20,
+            "reprotect read {read} bytes: {first}"
+        );
+    });
 }

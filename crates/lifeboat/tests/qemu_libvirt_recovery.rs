@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::cluster::cluster_with_hosts;
 use common::libvirt::{
     assert_fenced_domain, data_at, diverge_and_fail_over_unplanned, planned_failover_with_writes,
-    ready_console, write_and_prove, RecoveredDomain, SourceDomain,
+    ready_console, write_and_prove, Beta, RecoveredDomain, SourceDomain,
 };
 use lifeboat_testkit::libvirtd::virsh;
 use lifeboat_testkit::SerialConsole;
@@ -128,7 +128,7 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
         .and_then(|s| s.attribute("bridge"))
         .unwrap()
         .to_string();
-    assert_ne!(bridge, source.bridge.0, "not production's bridge");
+    assert_ne!(bridge, source.bridge, "not production's bridge");
     let ports = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
         .unwrap()
         .count();
@@ -204,7 +204,7 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
     // Site A is cut off but alive: its agent gone, the domain writes on.
     cl.alpha.child.kill().unwrap();
     cl.alpha.child.wait().unwrap();
-    let beta_vm = diverge_and_fail_over_unplanned(&cl, &mut console, &name, &source.bridge.0).await;
+    let beta_vm = diverge_and_fail_over_unplanned(&cl, &mut console, &name, &source.bridge).await;
     let spec = std::fs::read_to_string(beta_vm.join("spec.toml")).unwrap();
     assert!(
         spec.contains("mac = \"52:54:00:4c:42:01\"") && spec.contains("network = \"isolated\""),
@@ -222,7 +222,7 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
     tokio::task::block_in_place(|| {
         common::moves::wait_fenced_row(&cl, "alpha", &name, Duration::from_secs(120))
     });
-    assert_fenced_domain(&name, Duration::from_secs(30));
+    assert_fenced_domain(&source.daemon, &name, Duration::from_secs(30));
     // The recovered VM runs on at B.
     let p = tokio::task::block_in_place(|| cl.protection());
     assert_eq!(p["state"], "failed_over", "{p}");
@@ -315,9 +315,15 @@ async fn a_planned_failover_of_a_libvirt_domain_loses_no_acknowledged_write() {
         let (ok, out, err) = cl.protect(&name, &["--wait", "--timeout", "10m"]);
         assert!(ok, "{out}\n{err}");
     });
-    let moved =
-        planned_failover_with_writes(&cl, console, &name, &source.console_log, &source.bridge.0)
-            .await;
+    let map = format!("{}=isolated", source.bridge);
+    let moved = planned_failover_with_writes(
+        &cl,
+        console,
+        (&name, &source.console_log, &source.daemon),
+        &map,
+        &Beta::Qemu,
+    )
+    .await;
     eprintln!(
         "planned failover of a libvirt domain: {} acknowledged writes all at B",
         moved.acked

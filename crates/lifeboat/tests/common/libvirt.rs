@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lifeboat_testkit::libvirtd::{domain_dir, ensure_libvirtd, virsh, DefinedDomain};
+use lifeboat_testkit::libvirtd::{domain_dir, ensure_libvirtd, virsh, Daemon, DefinedDomain};
 use lifeboat_testkit::{boot_timeout, SerialConsole};
 use serde_json::Value;
 
@@ -143,17 +143,33 @@ pub struct SourceDomain {
     pub console_log: PathBuf,
     /// A client on the bridge, when asked for.
     pub client: Option<BridgeClient>,
-    pub bridge: Bridge,
-    // Dropped in this order: the domain, then its disks' folder.
+    /// The bridge its NIC is on.
+    pub bridge: String,
+    /// The libvirtd it is defined on.
+    pub daemon: Daemon,
+    // Dropped in this order: the domain, its own bridge, then its disks' folder.
     _domain: DefinedDomain,
+    _own_bridge: Option<Bridge>,
     _dir: tempfile::TempDir,
 }
 
 impl SourceDomain {
-    /// Defines and boots `lbt-PREFIX-…` on a new bridge, with a [`BridgeClient`] on it if
-    /// `with_client`.
+    /// Defines and boots `lbt-PREFIX-…` on the machine's libvirtd, on a new bridge, with a
+    /// [`BridgeClient`] on it if `with_client`.
     pub async fn start(prefix: &str, with_client: bool) -> SourceDomain {
         ensure_libvirtd().unwrap();
+        let suffix = format!("{:06x}", std::process::id() & 0xff_ffff);
+        let bridge = Bridge::new(&format!("lbt{prefix}{suffix}"));
+        let client = with_client.then(|| BridgeClient::new(&bridge));
+        let mut domain = SourceDomain::start_on(&Daemon::MACHINE, prefix, &bridge.0).await;
+        domain.client = client;
+        domain._own_bridge = Some(bridge);
+        domain
+    }
+
+    /// Defines and boots `lbt-PREFIX-…` on `daemon`, its NIC on `bridge` (which exists
+    /// where the daemon runs).
+    pub async fn start_on(daemon: &Daemon, prefix: &str, bridge: &str) -> SourceDomain {
         let tmp = domain_dir().unwrap();
         let dir = tmp.path();
         let system = lifeboat_testkit::guest_disk_copy(dir, "system.qcow2").unwrap();
@@ -173,12 +189,10 @@ impl SourceDomain {
         let serial = sockets.join("serial.sock");
         let suffix = format!("{:06x}", std::process::id() & 0xff_ffff);
         let name = format!("lbt-{prefix}-{suffix}");
-        let bridge = Bridge::new(&format!("lbt{prefix}{suffix}"));
-        let client = with_client.then(|| BridgeClient::new(&bridge));
         let xml = dir.join("domain.xml");
-        std::fs::write(&xml, domain_xml(&name, dir, &bridge.0, &serial)).unwrap();
-        let domain = DefinedDomain::define(&xml, &name).unwrap();
-        virsh(&["start", &name]).unwrap();
+        std::fs::write(&xml, domain_xml(&name, dir, bridge, &serial)).unwrap();
+        let domain = DefinedDomain::define_on(daemon, &xml, &name).unwrap();
+        daemon.virsh(&["start", &name]).unwrap();
         let mut console = SerialConsole::connect(&serial, Duration::from_secs(60))
             .await
             .unwrap();
@@ -190,17 +204,20 @@ impl SourceDomain {
             console,
             serial,
             console_log: dir.join("console.log"),
-            client,
-            bridge,
+            client: None,
+            bridge: bridge.to_string(),
+            daemon: daemon.clone(),
             _domain: domain,
+            _own_bridge: None,
             _dir: tmp,
         }
     }
 }
 
-/// Waits until libvirt's domain `name` is shut off with the fence in its definition,
+/// Waits until `daemon`'s domain `name` is shut off with the fence in its definition,
 /// then checks that `virsh start` is refused naming it and autostart is off.
-pub fn assert_fenced_domain(name: &str, limit: Duration) {
+pub fn assert_fenced_domain(daemon: &Daemon, name: &str, limit: Duration) {
+    let virsh = |args: &[&str]| daemon.virsh(args);
     let fence = lifeboat_hypervisor::libvirt::fence::FENCE_ARG;
     let deadline = Instant::now() + limit;
     loop {
@@ -321,17 +338,50 @@ pub struct PlannedMove {
     pub ready_after: Duration,
 }
 
+/// Where the recovery host beta runs what it recovers.
+pub enum Beta<'a> {
+    /// The QEMU driver, in beta's home.
+    Qemu,
+    /// The libvirt driver, on this libvirtd.
+    Libvirt(&'a Daemon),
+}
+
+impl Beta<'_> {
+    /// The serial console socket of beta's recovered VM `name`.
+    pub fn serial(&self, cl: &Cluster, name: &str) -> PathBuf {
+        match self {
+            Beta::Qemu => cl.home("beta").join("vms").join(name).join("serial.sock"),
+            Beta::Libvirt(daemon) => daemon.host_path(
+                &Path::new("/var/lib/libvirt/lifeboat/recovered")
+                    .join(name)
+                    .join("serial.sock"),
+            ),
+        }
+    }
+
+    /// How beta describes its VM `name`: the QEMU driver's spec, or the domain's XML.
+    pub fn definition(&self, cl: &Cluster, name: &str) -> String {
+        match self {
+            Beta::Qemu => {
+                let spec = cl.home("beta").join("vms").join(name).join("spec.toml");
+                std::fs::read_to_string(spec).unwrap()
+            }
+            Beta::Libvirt(daemon) => daemon.virsh(&["dumpxml", name]).unwrap(),
+        }
+    }
+}
+
 /// The guest writes and acknowledges (`moves::WRITER`) until the power button stops it,
-/// then `failover NAME --planned` to beta with the source's `bridge` mapped to isolated.
-/// Checks that the source is shut off and fenced (`virsh start` refused), that B's VM has
-/// every acknowledged write whole, with the source's MAC, and that the protection is
-/// failed over.
+/// then `failover NAME --planned --network-map MAP` to beta. Checks that the source (on
+/// `daemon`) is shut off and fenced (`virsh start` refused), that B's VM has every
+/// acknowledged write whole, with the source's MAC, and that the protection is failed
+/// over.
 pub async fn planned_failover_with_writes(
     cl: &Cluster,
     mut console: SerialConsole,
-    name: &str,
-    console_log: &Path,
-    bridge: &str,
+    (name, console_log, daemon): (&str, &Path, &Daemon),
+    map: &str,
+    beta: &Beta<'_>,
 ) -> PlannedMove {
     console
         .run(super::moves::WRITER, Duration::from_secs(60))
@@ -346,7 +396,6 @@ pub async fn planned_failover_with_writes(
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let map = format!("{bridge}=isolated");
     let started = Instant::now();
     let out = tokio::task::block_in_place(|| {
         cl.json(&[
@@ -356,16 +405,15 @@ pub async fn planned_failover_with_writes(
             "--shutdown-timeout",
             "60s",
             "--network-map",
-            &map,
+            map,
         ])
     });
     let took = started.elapsed();
     assert_eq!(out["kind"], "planned", "{out}");
     assert_eq!(out["host"], "beta", "{out}");
     let acks = super::moves::acked(console_log);
-    assert_fenced_domain(name, Duration::from_secs(30));
-    let beta_vm = cl.home("beta").join("vms").join(name);
-    let mut moved = ready_console(&beta_vm.join("serial.sock")).await;
+    assert_fenced_domain(daemon, name, Duration::from_secs(30));
+    let mut moved = ready_console(&beta.serial(cl, name)).await;
     let ready_after = started.elapsed();
     // Each file holds its own number: present and whole.
     let listing = moved
@@ -385,10 +433,10 @@ pub async fn planned_failover_with_writes(
         missing.is_empty(),
         "acknowledged writes missing at B: {missing:?}"
     );
-    let spec = std::fs::read_to_string(beta_vm.join("spec.toml")).unwrap();
+    let definition = beta.definition(cl, name);
     assert!(
-        spec.contains("mac = \"52:54:00:4c:42:01\""),
-        "same MAC: {spec}"
+        definition.contains("52:54:00:4c:42:01"),
+        "same MAC: {definition}"
     );
     let p = tokio::task::block_in_place(|| cl.protection());
     assert_eq!(p["state"], "failed_over", "{p}");
