@@ -397,6 +397,14 @@ async fn roles_gate_every_call_and_the_audit_log_records_them(database: Option<S
         api.call("GET", "/api/v1/status", &viewer, None).await.0,
         StatusCode::UNAUTHORIZED
     );
+    // Calls with no valid credential are refused, and not written (docs/security.md,
+    // "Users, roles and the audit log"): alice's token, revoked now, and a made-up one.
+    for token in [viewer.as_str(), "not-a-token"] {
+        let (status, _) = api
+            .call("POST", &failover, token, Some(json!({ "kind": "test" })))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
 
     // A name that is no user (perhaps a password in the wrong field), and a logout.
     let r = post_login(
@@ -521,6 +529,13 @@ async fn roles_gate_every_call_and_the_audit_log_records_them(database: Option<S
     );
     // Reads are not audited.
     assert!(!rows.iter().any(|r| r["method"] == "GET"), "{log:#}");
+    // Nor calls without a valid credential (only logins are written with a 401).
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r["status"] == 401 && r["route"] != "/login"),
+        "{log:#}"
+    );
 
     // No secret anywhere in it: passwords, tokens, the enrollment code, the passphrase,
     // what was typed as a user name.
