@@ -25,7 +25,7 @@ use common::libvirt::{
 };
 use common::{enroll, spawn_agent, start_server, Agent};
 use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site, BRIDGE};
-use lifeboat_testkit::libvirtd::{virsh, SiteDaemon};
+use lifeboat_testkit::libvirtd::SiteDaemon;
 use lifeboat_testkit::S3Server;
 
 const ONE_WAY: Duration = Duration::from_millis(10);
@@ -231,13 +231,14 @@ async fn site_a_cut_off_fails_over_unplanned_and_is_fenced_when_it_returns() {
     let WanLab {
         cl,
         source,
-        daemons: _,
+        daemons,
         to_alpha,
         _to_beta,
         vault_relay: _vault_relay,
         _s3,
         lab,
-    } = wan_lab("lvc", Layout::MachineLibvirtToQemu).await;
+    } = wan_lab("lvc", Layout::LibvirtInEachSite).await;
+    let (site_a, site_b) = daemons.as_ref().unwrap();
     let name = source.name.clone();
     let mut console = source.console;
     let out = console
@@ -257,9 +258,11 @@ async fn site_a_cut_off_fails_over_unplanned_and_is_fenced_when_it_returns() {
     // Its host and the domain run on, and write on.
     lab.cut_off(Site::A).unwrap();
     to_alpha.set_stalled(true);
-    let _beta_vm = diverge_and_fail_over_unplanned(&cl, &mut console, &name, &source.bridge).await;
+    let beta = Beta::Libvirt(site_b.daemon());
+    let map = format!("{BRIDGE}=bridge:{BRIDGE}");
+    diverge_and_fail_over_unplanned(&cl, &mut console, &name, &map, &beta).await;
     assert_eq!(
-        virsh(&["domstate", &name]).unwrap().trim(),
+        site_a.virsh(&["domstate", &name]).unwrap().trim(),
         "running",
         "cut off, A's domain still runs: two copies until A is reachable"
     );
@@ -272,8 +275,12 @@ async fn site_a_cut_off_fails_over_unplanned_and_is_fenced_when_it_returns() {
     });
     let p = tokio::task::block_in_place(|| cl.protection());
     assert_eq!(p["state"], "failed_over", "{p}");
-    // B's VM runs on.
+    // B's VM runs on, on B's libvirtd.
     assert!(common::moves::vm_row(&cl, "beta", &name).is_some());
+    assert_eq!(
+        site_b.virsh(&["domstate", &name]).unwrap().trim(),
+        "running"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

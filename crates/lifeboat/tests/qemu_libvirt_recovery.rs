@@ -204,7 +204,9 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
     // Site A is cut off but alive: its agent gone, the domain writes on.
     cl.alpha.child.kill().unwrap();
     cl.alpha.child.wait().unwrap();
-    let beta_vm = diverge_and_fail_over_unplanned(&cl, &mut console, &name, &source.bridge).await;
+    let map = format!("{}=isolated", source.bridge);
+    diverge_and_fail_over_unplanned(&cl, &mut console, &name, &map, &Beta::Qemu).await;
+    let beta_vm = cl.home("beta").join("vms").join(&name);
     let spec = std::fs::read_to_string(beta_vm.join("spec.toml")).unwrap();
     assert!(
         spec.contains("mac = \"52:54:00:4c:42:01\"") && spec.contains("network = \"isolated\""),

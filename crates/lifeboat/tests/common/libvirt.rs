@@ -289,14 +289,15 @@ impl Drop for RecoveredDomain {
 }
 
 /// With the source unreachable, the guest writes once more (a write no point holds),
-/// then `failover VM --unplanned --point latest`, its bridge mapped to `isolated`; checks
-/// that B's copy has `kept` in `/data/round` and not the diverged write. B's VM folder.
+/// then `failover VM --unplanned --point latest --network-map MAP`; checks that B's copy
+/// has `kept` in `/data/round` and not the diverged write.
 pub async fn diverge_and_fail_over_unplanned(
     cl: &Cluster,
     console: &mut SerialConsole,
     name: &str,
-    bridge: &str,
-) -> PathBuf {
+    map: &str,
+    beta: &Beta<'_>,
+) {
     let out = console
         .run(
             "echo diverged > /data/diverged && sync && echo ok",
@@ -305,7 +306,6 @@ pub async fn diverge_and_fail_over_unplanned(
         .await
         .unwrap();
     assert!(out.contains("ok"), "{out}");
-    let map = format!("{bridge}=isolated");
     let moved = tokio::task::block_in_place(|| {
         cl.json(&[
             "failover",
@@ -314,18 +314,16 @@ pub async fn diverge_and_fail_over_unplanned(
             "--point",
             "latest",
             "--network-map",
-            &map,
+            map,
         ])
     });
     assert_eq!(moved["kind"], "unplanned", "{moved}");
-    let beta_vm = cl.home("beta").join("vms").join(name);
-    let files = data_at(&beta_vm.join("serial.sock")).await;
+    let files = data_at(&beta.serial(cl, name)).await;
     assert!(files.starts_with("kept"), "{files}");
     assert!(
         !files.contains("diverged"),
         "a write no point holds: {files}"
     );
-    beta_vm
 }
 
 /// How a planned failover of a writing guest went.
