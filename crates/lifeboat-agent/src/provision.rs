@@ -213,20 +213,14 @@ impl Recoveries {
         let dir = self.dir(vm);
         let mut forwards = Vec::new();
         if !req.expose.is_empty() {
-            // The exposed ports ride on the copy's first NIC (isolated user network).
+            // The exposed ports ride on the copy's first NIC (a restricted user network,
+            // on either driver).
             match spec.nics.first_mut() {
                 None => {
                     return Err(RecoveryError::Invalid(format!(
                         "--expose: VM {} has no NIC to reach it through",
                         req.vm
                     )))
-                }
-                Some(_) if !matches!(driver, Driver::Qemu(_)) => {
-                    return Err(RecoveryError::Invalid(
-                        "--expose works for test copies on hosts running the QEMU driver; \
-                         this host runs libvirt, whose copies sit on a bridge of their own"
-                            .into(),
-                    ))
                 }
                 Some(nic) => nic
                     .host_forwards
@@ -258,12 +252,15 @@ impl Recoveries {
                 matches!(driver, Driver::Libvirt(_)),
             )
             .map_err(RecoveryError::Invalid)?;
-            if !matches!(nic.network.as_str(), "user" | "isolated")
-                || !matches!(driver, Driver::Qemu(_))
-            {
-                // A bridged NIC is reached at its own address, not through host ports,
-                // and a libvirt host puts even an isolated copy on a bridge: no forward
-                // is made, so none is reported.
+            let forwarded = match driver {
+                Driver::Qemu(_) => matches!(nic.network.as_str(), "user" | "isolated"),
+                // A libvirt host forwards only the ports a test copy exposes; the source's
+                // own forwards were on a user network, which a libvirt host maps to a bridge.
+                Driver::Libvirt(_) => nic.network == "isolated" && !req.expose.is_empty(),
+            };
+            if !forwarded {
+                // A bridged NIC is reached at its own address, not through host ports: no
+                // forward is made, so none is reported.
                 nic.host_forwards.clear();
             }
             for f in &mut nic.host_forwards {

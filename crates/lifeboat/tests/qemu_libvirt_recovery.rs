@@ -2,7 +2,8 @@
 //! - a test copy onto a libvirt host, defined by its libvirt driver from the point: runs
 //!   at once on local overlays over the point served from the vault, hydrates through
 //!   libvirt's block pull, sits on a bridge of its own that reaches nothing, and is
-//!   removed without a trace in libvirt. Both hosts share this machine's one libvirtd, so
+//!   removed without a trace in libvirt; a second copy with `--expose 80` answers on a
+//!   port of the recovery host and reaches nothing either. Both hosts share this machine's one libvirtd, so
 //!   the copy (which has its own name) is the recovery this test can make there;
 //! - planned and unplanned failover onto a QEMU-driver host, the source fenced so that
 //!   `virsh start` is refused, then commit, failback onto the libvirt domain and
@@ -72,18 +73,6 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
 
     let copy_name = format!("{name}-test");
     let _copy_guard = RecoveredDomain(copy_name.clone());
-    // A port exposed to a copy on an isolated bridge is not built: refused, nothing made.
-    let (ok, _, err) = tokio::task::block_in_place(|| {
-        cl.cli(&["failover", &qualified, "--test", "--expose", "80"])
-    });
-    assert!(
-        !ok && err.contains("--expose works for test copies on hosts running the QEMU driver"),
-        "{err}"
-    );
-    assert!(
-        virsh(&["dominfo", &copy_name]).is_err(),
-        "a refused copy leaves no domain"
-    );
     let copy = tokio::task::block_in_place(|| cl.json(&["failover", &qualified, "--test"]));
     assert_eq!(copy["vm"], copy_name.as_str(), "{copy}");
     assert_eq!(copy["host"], "beta", "{copy}");
@@ -180,6 +169,79 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
     );
     // Production ran on throughout.
     assert_eq!(virsh(&["domstate", &name]).unwrap().trim(), "running");
+
+    // A copy with a port exposed: a tester reaches the guest's port 80 through a port of
+    // the recovery host, and the copy reaches nothing (QEMU's restricted user network).
+    let copy = tokio::task::block_in_place(|| {
+        cl.json(&["failover", &qualified, "--test", "--expose", "80"])
+    });
+    let forwards: Vec<Value> = serde_json::from_str(copy["forwards"].as_str().unwrap()).unwrap();
+    let exposed = forwards
+        .iter()
+        .find(|f| f["guest_port"] == 80)
+        .unwrap_or_else(|| panic!("no exposed port: {copy}"));
+    let port = exposed["host_port"].as_u64().unwrap() as u16;
+    let body = lifeboat_testkit::wait_http(port, "/boot-count", Duration::from_secs(180))
+        .await
+        .unwrap_or_else(|e| {
+            // Say why: the copy's state as libvirt and the server see it, and its QEMU log.
+            let log = std::fs::read_to_string(format!("/var/log/libvirt/qemu/{copy_name}.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!(
+                "{e:#}\ndomstate: {:?}\ncopy: {copy}\nvms: {}\nQEMU log (newest first): {tail:#?}",
+                virsh(&["domstate", &copy_name, "--reason"]),
+                cl.json(&["vms", "list"])
+            )
+        });
+    // The copy's own first boot from a point of a guest that had booted once.
+    assert_eq!(
+        String::from_utf8_lossy(&body).trim(),
+        "2",
+        "the exposed port reaches the copy"
+    );
+    let mut copy_console = ready_console(&copy_dir.join("serial.sock")).await;
+    let (probe, reached) = outbound_probe().await;
+    let out = copy_console
+        .run(
+            &format!("nc -w 3 10.0.2.2 {probe} </dev/null; echo rc=$?"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the exposed copy reached the host: {out}"
+    );
+    drop(copy_console);
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = cl.cli(&["failover", "cleanup", &qualified]);
+        assert!(ok, "{out}\n{err}");
+    });
+    assert!(
+        virsh(&["dominfo", &copy_name]).is_err(),
+        "the copy's domain is gone"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "its port is closed"
+    );
+}
+
+/// Connections made to a listener on every address of the host (a guest on QEMU's user
+/// network would reach it as 10.0.2.2).
+async fn outbound_probe() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = listener.accept().await {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (port, count)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,17 @@
 //! overlays (their backing, the point served over NBD, is in their headers); NICs are on
 //! the mapped bridge or libvirt network, or, for a test copy, on a bridge of its own with
 //! no uplink. Every value is escaped: the spec comes from a vault.
+//!
+//! A test copy's isolated NIC with ports to expose (`failover --test --expose`) is QEMU's
+//! user network with `restrict=on` instead, as on a QEMU-driver host: the guest reaches
+//! nothing, and each exposed port is a host port QEMU forwards in. libvirt 9 has no port
+//! forwards on a user network without passt, so that NIC is passed to QEMU as arguments
+//! (`<qemu:commandline>`; libvirt marks such a domain "tainted: custom-argv").
 
 use std::path::Path;
 
 use crate::libvirt::domain_xml::{DomainDescription, Firmware};
+use crate::libvirt::fence::QEMU_NS;
 use crate::spec::{NetworkKind, VmSpec};
 
 /// Escapes text for an XML attribute or element.
@@ -67,7 +74,12 @@ pub fn domain_xml(
             i + 1
         );
     }
-    for nic in &spec.nics {
+    let mut qemu_args: Vec<String> = Vec::new();
+    for (i, nic) in spec.nics.iter().enumerate() {
+        if nic.network == "isolated" && !nic.host_forwards.is_empty() {
+            qemu_args.extend(exposed_nic(i, nic, machine)?);
+            continue;
+        }
         let (kind, source) = match NetworkKind::parse(&nic.network) {
             Some(NetworkKind::Bridge(b)) => ("bridge", format!("bridge='{}'", esc(b))),
             Some(NetworkKind::LibvirtNetwork(n)) => ("network", format!("network='{}'", esc(n))),
@@ -92,10 +104,50 @@ pub fn domain_xml(
     x += &format!(
         "<serial type='unix'><source mode='bind' path='{}'/><target port='0'/></serial>\
          <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
-         </devices></domain>",
+         </devices>",
         esc(&at.serial_socket.to_string_lossy())
     );
+    if !qemu_args.is_empty() {
+        x += &format!("<qemu:commandline xmlns:qemu='{QEMU_NS}'>");
+        for arg in &qemu_args {
+            x += &format!("<qemu:arg value='{}'/>", esc(arg));
+        }
+        x += "</qemu:commandline>";
+    }
+    x += "</domain>";
     Ok(x)
+}
+
+/// QEMU's arguments for NIC `i` on a restricted user network with `nic`'s host
+/// forwards (every address of the host when public, else loopback), on machine type
+/// `machine`.
+fn exposed_nic(i: usize, nic: &crate::spec::NicSpec, machine: &str) -> Result<[String; 4], String> {
+    let mut netdev = format!("user,id=lbexposed{i},restrict=on");
+    for f in &nic.host_forwards {
+        let bind = if f.public { "" } else { "127.0.0.1" };
+        netdev += &format!(",hostfwd=tcp:{bind}:{}-:{}", f.host_port, f.guest_port);
+    }
+    // QEMU places these devices before libvirt's own, whose PCI addresses libvirt fixed
+    // from slot 2 up: ours take a slot from the top that libvirt leaves free (i440FX:
+    // 0x1f; Q35's root bus: 0x1c, below the ICH9 functions and libvirt's 0x1d/0x1e).
+    let (bus, top) = if machine.contains("q35") {
+        ("pcie.0", 0x1c)
+    } else {
+        ("pci.0", 0x1f)
+    };
+    let slot = top - i;
+    if slot < 0x10 {
+        return Err("too many NICs with exposed ports".into());
+    }
+    Ok([
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        format!(
+            "virtio-net-pci,netdev=lbexposed{i},mac={},bus={bus},addr={slot:#x}",
+            nic.mac
+        ),
+    ])
 }
 
 #[cfg(test)]
@@ -155,6 +207,45 @@ mod tests {
         assert_eq!(
             (d.firmware, d.machine.as_deref()),
             (Firmware::Bios, Some("pc"))
+        );
+    }
+
+    #[test]
+    fn an_exposed_isolated_nic_is_a_restricted_user_network_with_its_forwards() {
+        let mut spec = spec(&["isolated", "isolated"]);
+        spec.nics[0].host_forwards = vec![crate::spec::HostForward {
+            host_port: 40080,
+            guest_port: 80,
+            public: true,
+        }];
+        let at = Placement {
+            domain_type: "qemu",
+            isolated_bridge: Some("lbi1"),
+            serial_socket: Path::new("/s"),
+        };
+        let xml = domain_xml(&spec, None, &at).unwrap();
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let args: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.tag_name().name() == "arg" && n.tag_name().namespace() == Some(QEMU_NS))
+            .filter_map(|n| n.attribute("value"))
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "-netdev",
+                "user,id=lbexposed0,restrict=on,hostfwd=tcp::40080-:80",
+                "-device",
+                "virtio-net-pci,netdev=lbexposed0,mac=52:54:00:00:00:00,bus=pci.0,addr=0x1f"
+            ]
+        );
+        // The other isolated NIC stays on the copy's own bridge.
+        let d = parse(&xml).unwrap();
+        assert_eq!(d.nics.len(), 1);
+        assert_eq!(d.nics[0].mac.as_deref(), Some("52:54:00:00:00:01"));
+        assert!(
+            !crate::libvirt::fence::is_fenced(&xml),
+            "exposed is not fenced"
         );
     }
 

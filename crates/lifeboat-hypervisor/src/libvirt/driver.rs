@@ -518,10 +518,12 @@ impl Hypervisor for LibvirtDriver {
             .ok_or_else(|| invalid("no disk".into()))?
             .to_path_buf();
         let serial = folder.join("serial.sock");
+        // An isolated NIC with exposed ports is a restricted user network instead
+        // (`define`): the bridge is for the others.
         let isolated = spec
             .nics
             .iter()
-            .any(|n| n.network == "isolated")
+            .any(|n| n.network == "isolated" && n.host_forwards.is_empty())
             .then(|| Self::isolated_bridge(&spec.name));
         let xml = define::domain_xml(
             &spec,

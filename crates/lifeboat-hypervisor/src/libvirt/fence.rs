@@ -6,7 +6,7 @@
 //! may have changed since.
 
 /// libvirt's namespace for QEMU pass-through arguments.
-const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+pub(crate) const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 /// The argument QEMU refuses; it says what happened and where to look.
 pub const FENCE_ARG: &str = "-lifeboat-fenced-failed-over-see-lifeboat-vms-list";
 
