@@ -49,16 +49,28 @@ pub struct RecoveryRequest {
 }
 
 /// Checks a network map before anything is changed: every target must name a network a
-/// host can have: `user`, `isolated`, `bridge:NAME` or `network:NAME` (libvirt).
+/// host can have: `user`, `isolated`, `bridge:NAME`, `network:NAME` (libvirt), or a bare
+/// bridge name (`br0=br-dr`, as operators write it).
 pub fn check_network_map(map: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
-    use lifeboat_hypervisor::spec::NetworkKind;
-    match map.iter().find(|(_, to)| NetworkKind::parse(to).is_none()) {
+    match map.iter().find(|(_, to)| network_target(to).is_none()) {
         Some((from, to)) => Err(format!(
             "network map {from}={to}: there is no network {to:?}; use user, isolated, \
-             bridge:NAME or network:NAME (a libvirt network)"
+             a bridge (NAME or bridge:NAME) or network:NAME (a libvirt network)"
         )),
         None => Ok(()),
     }
+}
+
+/// The network a map's target names: itself when it says its kind, `bridge:NAME` for a
+/// bare bridge name; `None` when it names nothing a host can have.
+fn network_target(to: &str) -> Option<String> {
+    use lifeboat_hypervisor::spec::NetworkKind;
+    if NetworkKind::parse(to).is_some() {
+        return Some(to.to_string());
+    }
+    let bridge = format!("bridge:{to}");
+    let valid = NetworkKind::parse(&bridge).is_some();
+    valid.then_some(bridge)
 }
 
 /// The network a NIC on `network` gets on the recovery host under `map`: keys match the
@@ -72,7 +84,9 @@ pub fn mapped_network(
         NetworkKind::LibvirtNetwork(n) | NetworkKind::Bridge(n) => n,
         NetworkKind::User | NetworkKind::Isolated => network,
     };
-    map.get(network).or_else(|| map.get(name)).cloned()
+    map.get(network)
+        .or_else(|| map.get(name))
+        .and_then(|to| network_target(to))
 }
 
 /// What the agent keeps about a recovery (no secrets). Its id and names are typed, so a
@@ -184,6 +198,7 @@ mod network_map_tests {
             ("network:default", "bridge:br-dr"),
             ("user", "isolated"),
             ("lan", "network:wan"),
+            ("br1", "br-test"),
         ]
         .into_iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -194,8 +209,13 @@ mod network_map_tests {
         assert_eq!(m("network:default").as_deref(), Some("bridge:br-dr"));
         assert_eq!(m("network:lan").as_deref(), Some("network:wan"));
         assert_eq!(m("user").as_deref(), Some("isolated"));
-        assert_eq!(m("bridge:br1"), None, "not mapped: keeps its network");
-        for bad in ["br0", "bridge:", "no spaces", "x:y"] {
+        assert_eq!(
+            m("bridge:br1").as_deref(),
+            Some("bridge:br-test"),
+            "a bare name is a bridge"
+        );
+        assert_eq!(m("bridge:br2"), None, "not mapped: keeps its network");
+        for bad in ["bridge:", "no spaces", "x:y", "a-name-longer-than-15"] {
             let one = [("br0".to_string(), bad.to_string())].into_iter().collect();
             assert!(check_network_map(&one).is_err(), "{bad}");
         }

@@ -281,7 +281,8 @@ pub struct FailoverArgs {
     #[arg(long, default_value = "2m")]
     pub shutdown_timeout: String,
     /// With --planned or --unplanned: SOURCE=TARGET maps a NIC's network to one of the
-    /// recovery host's (repeat per network; `user`, `isolated`).
+    /// recovery host's (repeat per network; TARGET: a bridge, `bridge:NAME`,
+    /// `network:NAME` for a libvirt network, `user` or `isolated`).
     #[arg(long = "network-map", value_name = "SOURCE=TARGET")]
     pub network_map: Vec<String>,
     /// Which point: latest (default), latest-app-consistent, a point id, or an RFC 3339

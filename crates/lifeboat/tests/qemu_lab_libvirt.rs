@@ -301,9 +301,9 @@ async fn a_domain_fails_over_to_a_libvirt_site_and_comes_home_across_the_wan() {
     let uuid = a.virsh(&["domuuid", &name]).unwrap();
 
     // Planned: B's libvirtd defines the domain under its own name and UUID, with its MAC,
-    // on B's bridge (mapped br0=bridge:br0); A's is fenced.
+    // on B's bridge (mapped br0=br0, a bare bridge name); A's is fenced.
     let beta = Beta::Libvirt(b);
-    let map = format!("{BRIDGE}=bridge:{BRIDGE}");
+    let map = format!("{BRIDGE}={BRIDGE}");
     let moved = planned_failover_with_writes(
         &cl,
         source.console,
