@@ -315,6 +315,13 @@ pub enum OperationsCommand {
         #[command(flatten)]
         conn: ServerConn,
     },
+    /// Follow an operation until it ends (its log as it grows): how to pick up one started
+    /// with --no-wait, or whose command was interrupted. Fails unless it succeeds.
+    Follow {
+        id: String,
+        #[command(flatten)]
+        conn: ServerConn,
+    },
     /// Undo an operation before its point of no return (refused after it, saying why);
     /// follows it until it is undone.
     Cancel {

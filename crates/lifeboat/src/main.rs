@@ -5,6 +5,7 @@ mod agent_cmd;
 mod cbt_cmd;
 mod cli;
 mod demo;
+mod events;
 mod failover_cmd;
 mod hosts_cmd;
 mod image_source;

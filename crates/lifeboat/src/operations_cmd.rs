@@ -3,35 +3,81 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use lifeboat_server::db::Operation;
-use lifeboat_types::OperationStatus;
+use lifeboat_types::{OperationId, OperationStatus};
 
 use crate::cli::OperationsCommand;
 use crate::output::{table, Output};
 use crate::server_client::ServerClient;
 
-/// How often a followed operation is asked about.
+/// How long to wait before asking again when the operation's event stream broke.
 const POLL: Duration = Duration::from_millis(500);
 
 /// Follows `op` until it ends, writing each new log line to stderr (unless `quiet`), and
-/// returns it ended. The operation runs in the server: if this command is interrupted,
-/// it goes on.
+/// returns it ended. It listens to the operation's event stream
+/// (`/api/v1/operations/{id}/events`); when the stream breaks (the server restarted, the
+/// network blinked) it asks for the operation once and listens again, so no line is
+/// shown twice or lost. The operation runs in the server: if this command is
+/// interrupted, it goes on.
 pub async fn follow(server: &ServerClient, mut op: Operation, quiet: bool) -> Result<Operation> {
     let mut shown = 0;
     loop {
-        if !quiet {
-            for line in op.log.lines().skip(shown) {
+        for line in op.log.lines().skip(shown) {
+            if !quiet {
                 eprintln!("  {line}");
             }
+            shown += 1;
         }
-        shown = op.log.lines().count();
         if op.status.is_done() {
             return Ok(op);
         }
-        tokio::time::sleep(POLL).await;
-        op = server.get(&format!("/api/v1/operations/{}", op.id)).await?;
+        match listen(server, &op.id, quiet, &mut shown).await {
+            Ok(Some(ended)) => return Ok(ended),
+            // Ended without the operation ending, or broke: ask, then listen again.
+            Ok(None) | Err(_) => {
+                tokio::time::sleep(POLL).await;
+                op = server.get(&format!("/api/v1/operations/{}", op.id)).await?;
+            }
+        }
     }
+}
+
+/// Listens to the operation's events, showing log lines past the `shown` first; the
+/// operation once an event says it ended, `None` if the stream ended before.
+async fn listen(
+    server: &ServerClient,
+    id: &OperationId,
+    quiet: bool,
+    shown: &mut usize,
+) -> Result<Option<Operation>> {
+    let mut events = server
+        .events(&format!("/api/v1/operations/{id}/events"))
+        .await?;
+    // The stream starts with the whole log.
+    let mut line_no = 0;
+    while let Some(ev) = events.next().await? {
+        match ev.name.as_str() {
+            "log" => {
+                if line_no >= *shown {
+                    if !quiet {
+                        eprintln!("  {}", ev.data);
+                    }
+                    *shown = line_no + 1;
+                }
+                line_no += 1;
+            }
+            "operation" => {
+                let op: Operation = serde_json::from_str(&ev.data)
+                    .context("reading an operation from the server's events")?;
+                if op.status.is_done() {
+                    return Ok(Some(op));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// Follows `op` (unless `no_wait`) and returns its answer when it succeeded; an error
@@ -96,6 +142,17 @@ pub async fn run(out: Output, home: &std::path::Path, cmd: OperationsCommand) ->
                     println!("error: {}", o.error);
                 }
                 print!("{}", o.log);
+            });
+        }
+        OperationsCommand::Follow { id, conn } => {
+            let server = ServerClient::new(&conn, home)?;
+            let op: Operation = server.get(&format!("/api/v1/operations/{id}")).await?;
+            let result = finish(out, &server, op, false).await?;
+            out.show(&result, |r| {
+                println!("Operation {id} succeeded.");
+                if let Some(r) = r.as_ref().filter(|r| !r.is_null()) {
+                    println!("{r:#}");
+                }
             });
         }
         OperationsCommand::Cancel { id, no_wait, conn } => {

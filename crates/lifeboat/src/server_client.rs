@@ -14,6 +14,8 @@ use crate::cli::ServerConn;
 const TIMEOUT: Duration = Duration::from_secs(300);
 /// The largest answer read from the server (a VM list of thousands of VMs fits).
 const MAX_ANSWER_BYTES: usize = 64 << 20;
+/// An event stream's whole life at most (an operation waits at most hours for a sync).
+const EVENTS_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_SERVER: &str = "https://127.0.0.1:7400";
 
 /// The client config file: what flags and environment variables leave unset.
@@ -144,6 +146,30 @@ impl ServerClient {
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.http.delete(format!("{}{path}", self.base)))
             .await
+    }
+
+    /// `GET path` as an event stream: no whole-call timeout (it lasts as long as what it
+    /// follows), silence and size bounded by [`crate::events`].
+    pub async fn events(&self, path: &str) -> Result<crate::events::Events> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(EVENTS_TIMEOUT)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = read_bounded(resp, 64 << 10).await.unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            bail!(
+                "the server refused ({}): {}",
+                status.as_u16(),
+                body["error"].as_str().unwrap_or("no reason given")
+            );
+        }
+        Ok(crate::events::Events::new(resp))
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {

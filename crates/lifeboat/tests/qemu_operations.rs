@@ -7,7 +7,10 @@
 //!   is killed mid-way still completes, on the recovery host, with every write; its final
 //!   sync, asked twice, is one job on the agent and makes one point;
 //! - past the point of no return a cancel is refused, saying why, and a kill -9 of the
-//!   server there is followed by the restarted server finishing the move.
+//!   server there is followed by the restarted server finishing the move, which
+//!   `operations follow` follows to its end;
+//! - the operation's event stream tells every log line once, in order, and ends with
+//!   the operation's end.
 //!
 //! At every moment at most one copy of the VM runs. `LIFEBOAT_SAGA_CAMPAIGN=full` adds a
 //! failure injected after every step of the planned failover (a long campaign).
@@ -34,6 +37,37 @@ const PLANNED_STEPS: [&str; 8] = [
     "record",
 ];
 const NO_RETURN: usize = 6;
+
+/// Every event of operation `id`'s stream (`/api/v1/operations/{id}/events`) as (name,
+/// data), read with a plain HTTP client until the server ends the stream.
+async fn operation_events_at(server: &str, token: &str, id: &str) -> Vec<(String, String)> {
+    let url = format!("{server}/api/v1/operations/{id}/events");
+    let mut resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut text = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut name = None;
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    name = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push(v);
+                }
+            }
+            name.map(|n| (n, data.join("\n")))
+        })
+        .collect()
+}
 
 fn operation(cl: &Cluster, id: &str) -> Value {
     cl.json(&["operations", "show", id])
@@ -120,6 +154,10 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
     // 1. Cancel while the source shuts down (the guest ignores ACPI: the shutdown takes
     // its whole timeout): the failover is undone after that step.
     let id = start_planned(&cl, "20s");
+    let stream = {
+        let (url, token, id) = (cl.server.url.clone(), cl.server.token.clone(), id.clone());
+        tokio::spawn(async move { operation_events_at(&url, &token, &id).await })
+    };
     wait_op(&cl, &id, "the shutdown", Duration::from_secs(120), |op| {
         op["log"]
             .as_str()
@@ -138,6 +176,33 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
             .contains("step shutdown-source undone"),
         "{op:#}"
     );
+    // Its event stream told every line once, in order, and ended with the operation.
+    let events = tokio::time::timeout(Duration::from_secs(30), stream)
+        .await
+        .expect("the event stream did not end with the operation")
+        .unwrap();
+    let lines: Vec<&str> = events
+        .iter()
+        .filter(|(n, _)| n == "log")
+        .map(|(_, d)| d.as_str())
+        .collect();
+    let logged: Vec<&str> = op["log"].as_str().unwrap().lines().collect();
+    assert_eq!(
+        lines, logged,
+        "the stream's log lines are the operation's log"
+    );
+    let ops: Vec<Value> = events
+        .iter()
+        .filter(|(n, _)| n == "operation")
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events[0].0, "log", "the log so far comes first: {events:?}");
+    assert!(ops.len() >= 3, "progress as it happened: {ops:#?}");
+    assert_eq!(events.last().unwrap().0, "operation");
+    assert_eq!(ops.last().unwrap()["status"], "cancelled");
+    assert!(ops
+        .iter()
+        .any(|o| o["cancel_requested"] == true && o["status"] == "running"));
     home_and_whole(&cl, http, "cancelled during the shutdown").await;
     cases += 1;
 
@@ -268,13 +333,10 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
     cl.server.child.kill().unwrap();
     cl.server.child.wait().unwrap();
     cl.server = start_server(&cl.home("server"), None);
-    let op = wait_op(
-        &cl,
-        &id,
-        "the resumed failover",
-        Duration::from_secs(180),
-        ended,
-    );
+    // `operations follow` picks it up and follows it to its end.
+    let result = cl.json(&["operations", "follow", &id]);
+    assert_eq!(result["kind"], "planned", "{result}");
+    let op = operation(&cl, &id);
     assert_eq!(op["status"], "succeeded", "{op:#}");
     assert!(
         op["log"]

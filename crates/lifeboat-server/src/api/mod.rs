@@ -179,6 +179,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/api/v1/operations", get(operations::list_operations))
         .route("/api/v1/operations/{id}", get(operations::get_operation))
         .route(
+            "/api/v1/operations/{id}/events",
+            get(operations::operation_events),
+        )
+        .route(
             "/api/v1/operations/{id}/cancel",
             axum::routing::post(operations::cancel_operation),
         )
@@ -202,7 +206,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
     info(title = "Lifeboat server API", description = "The control plane's REST API. Every route needs `Authorization: Bearer <API token>`, or a dashboard session cookie with the session's `X-CSRF-Token` header on state-changing calls. Each route needs a role, said in its description: viewers read, operators also run operations on VMs, admins also enroll hosts and manage users and everyone's tokens; a call above the caller's role is refused with 403 naming the role needed. Every login, logout and state-changing call is in the audit log (`GET /api/v1/audit`)."),
     paths(list_hosts, enroll_host, list_vms, protection::protect, protection::list_protections,
         protection::get_protection, protection::unprotect, protection::list_points,
-        operations::list_operations, operations::get_operation, operations::cancel_operation, operations::list_policies,
+        operations::list_operations, operations::get_operation, operations::operation_events, operations::cancel_operation, operations::list_policies,
         status::overview, failover::failover, failover::cleanup, failover::list_recoveries,
         failover::failback, failover::reprotect, failover::commit, scan, tokens::list_tokens,
         tokens::create_token, tokens::revoke_token, users::list_users, users::add_user,

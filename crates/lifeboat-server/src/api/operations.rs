@@ -1,10 +1,13 @@
-//! Operations (every one runs on the engine, `crate::ops`): listing, following and
-//! cancelling them; and the protection policies.
+//! Operations (every one runs on the engine, `crate::ops`): listing, following (a GET,
+//! or an event stream) and cancelling them; and the protection policies.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -31,6 +34,95 @@ pub async fn get_operation(State(s): State<Arc<ServerState>>, Path(id): Path<Str
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no operation {id}")),
         Err(e) => db_error(e),
     }
+}
+
+/// How often a followed operation's generation is read: cheap (one integer), and quick
+/// enough that a step shows within a blink of the engine writing it.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+#[utoipa::path(get, path = "/api/v1/operations/{id}/events", tag = "operations",
+    params(("id" = String, Path, description = "The operation's id")),
+    responses((status = 200, description = "Server-Sent Events until the operation ends: \
+        `operation` (the operation as `GET /api/v1/operations/{id}` shows it) first and at \
+        every change, and `log` (one new log line, oldest first) before each `operation` \
+        that added lines. The stream ends after the `operation` event that shows it ended; \
+        a client that goes away cancels nothing.", content_type = "text/event-stream", body = String),
+               (status = 404, description = "No such operation", body = ApiError)))]
+pub async fn operation_events(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<String>,
+) -> Response {
+    match s.db.operation(&id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no operation {id}")),
+        Err(e) => return db_error(e),
+    }
+    Sse::new(follow(s, id))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// What a follower has sent so far.
+struct Follower {
+    s: Arc<ServerState>,
+    id: String,
+    /// The generation last sent; `None` before the first event.
+    sent: Option<i64>,
+    /// Log lines sent.
+    lines: usize,
+    queue: VecDeque<Event>,
+    ended: bool,
+}
+
+/// The operation's events, read from the database (so a restarted server's engine, or
+/// another's, is followed alike).
+fn follow(
+    s: Arc<ServerState>,
+    id: String,
+) -> impl futures::Stream<Item = Result<Event, std::convert::Infallible>> {
+    let start = Follower {
+        s,
+        id,
+        sent: None,
+        lines: 0,
+        queue: VecDeque::new(),
+        ended: false,
+    };
+    futures::stream::unfold(start, |mut f| async move {
+        loop {
+            if let Some(ev) = f.queue.pop_front() {
+                return Some((Ok(ev), f));
+            }
+            if f.ended {
+                return None;
+            }
+            if f.sent.is_some() {
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+            // A database hiccup: try again at the next tick; the client keeps waiting.
+            let Ok(generation) = f.s.db.operation_generation(&f.id).await else {
+                continue;
+            };
+            let Some(generation) = generation else {
+                return None; // deleted under us: nothing more to say
+            };
+            if f.sent == Some(generation) {
+                continue;
+            }
+            let Ok(Some(op)) = f.s.db.operation(&f.id).await else {
+                continue;
+            };
+            for line in op.log.lines().skip(f.lines) {
+                f.queue.push_back(Event::default().event("log").data(line));
+            }
+            f.lines = op.log.lines().count();
+            let json = serde_json::to_string(&op).unwrap_or_else(|_| "{}".into());
+            f.queue
+                .push_back(Event::default().event("operation").data(json));
+            f.sent = Some(generation);
+            f.ended = op.status.is_done();
+        }
+    })
 }
 
 #[utoipa::path(post, path = "/api/v1/operations/{id}/cancel", tag = "operations",

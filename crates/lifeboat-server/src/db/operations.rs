@@ -294,6 +294,16 @@ impl Database {
         Ok(())
     }
 
+    /// The operation's generation (every change adds one), or `None` when there is no
+    /// such operation: what a follower polls before reading the whole row again.
+    pub async fn operation_generation(&self, id: &str) -> Result<Option<i64>, DbError> {
+        let row = sqlx::query("SELECT generation FROM operations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("generation")).transpose()?)
+    }
+
     pub async fn operation(&self, id: &str) -> Result<Option<Operation>, DbError> {
         let row = sqlx::query("SELECT * FROM operations WHERE id = $1")
             .bind(id)
