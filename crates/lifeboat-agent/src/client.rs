@@ -276,13 +276,18 @@ impl AgentClient {
     }
 
     /// Brings a VM up from a point on this agent's host, or resumes one brought up with
-    /// the same recovery id.
+    /// the same recovery id; as job `req.job_id` when it has one (started, or found when
+    /// asked before with that id, and followed to its end).
     pub async fn ensure_recovery(
         &self,
         req: &crate::recovery::RecoveryRequest,
     ) -> Result<crate::recovery::RecoveryStatus, ClientError> {
-        self.call(self.http.post(self.url("/api/v1/recoveries")).json(req))
-            .await
+        let call = self.http.post(self.url("/api/v1/recoveries")).json(req);
+        if req.job_id.is_none() {
+            return self.call(call).await;
+        }
+        let job = self.call(call).await?;
+        self.follow_job(job).await
     }
 
     /// A recovery's state; `Refused { status: 404 }` when the agent has none of that id.

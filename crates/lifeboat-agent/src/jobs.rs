@@ -240,6 +240,26 @@ impl Jobs {
         self.trim_journal(256);
     }
 
+    /// Forgets the finished jobs of `kind` on `vm` (memory and journal): what removing
+    /// the VM's recovery leaves no trace of. A running one is left to finish.
+    pub fn forget_finished(&self, kind: &str, vm: &str) {
+        let mut entries = self.lock();
+        entries.retain(|_, e| !matches!(e, Entry::Done(s) if s.kind == kind && s.vm == vm));
+        drop(entries);
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for path in dir.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let ours = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<JobStatus>(&b).ok())
+                .is_some_and(|s| s.kind == kind && s.vm == vm);
+            if ours {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
     fn trim_journal(&self, keep: usize) {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return;
@@ -335,5 +355,10 @@ mod tests {
         let known = restarted.status(&id).unwrap();
         assert!(matches!(known.state, JobState::Succeeded { .. }));
         assert!(restarted.status(&JobId::new("never").unwrap()).is_none());
+        // Forgetting a VM's finished jobs of one kind leaves the others, on disk too.
+        restarted.forget_finished("final-sync", "web");
+        assert!(restarted.status(&id).is_none());
+        assert!(Jobs::open(home.path()).unwrap().status(&id).is_none());
+        assert!(restarted.status(&other).is_some(), "another VM's job stays");
     }
 }

@@ -565,6 +565,7 @@ mod tests {
             resume_only: true,
             network_map: Default::default(),
             expose: Vec::new(),
+            job_id: None,
         };
         let records = Records::open(&home.path().join("agent")).unwrap();
         let sealing = crate::sealing::SealingKey::load_or_create(home.path()).unwrap();

@@ -46,6 +46,11 @@ pub struct RecoveryRequest {
     /// (`failover --test --expose`): how a tester reaches the isolated copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<u16>,
+    /// Bring it up as this job (`jobs`): the call answers 202 at once and the caller
+    /// polls `GET /api/v1/jobs/{id}` for the recovery's status; asked again with the same
+    /// id, the same job answers. Without it the call answers when the VM is defined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
 /// Checks a network map before anything is changed: every target must name a network a

@@ -13,7 +13,12 @@ use crate::provision::RecoveryError;
 use crate::recovery::RecoveryRequest;
 
 fn failure(e: RecoveryError) -> Response {
-    let status = match &e {
+    error(status_of(&e), e.to_string())
+}
+
+/// The HTTP status a recovery's error answers with.
+fn status_of(e: &RecoveryError) -> StatusCode {
+    match e {
         RecoveryError::Invalid(_) => StatusCode::BAD_REQUEST,
         RecoveryError::Conflict(_) => StatusCode::CONFLICT,
         RecoveryError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -21,15 +26,37 @@ fn failure(e: RecoveryError) -> Response {
         RecoveryError::Hypervisor(_) | RecoveryError::Io { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
-    };
-    error(status, e.to_string())
+    }
 }
 
-/// Brings a VM up from a point, or resumes serving one already brought up.
+/// Brings a VM up from a point, or resumes serving one already brought up: in the
+/// request, or as job `req.job_id` (202, polled at `GET /api/v1/jobs/{id}`).
 pub async fn ensure(
     State(s): State<Arc<AgentState>>,
     Json(req): Json<RecoveryRequest>,
 ) -> Response {
+    if let Some(job) = req.job_id.clone() {
+        let id = match crate::ids::JobId::new(&job) {
+            Ok(id) => id,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let vm = req.vm.clone();
+        let work = {
+            let s = s.clone();
+            async move {
+                let status = s
+                    .recoveries
+                    .ensure(&s.driver, &s.vaults, &s.records, &req)
+                    .await
+                    .map_err(|e| (status_of(&e).as_u16(), e.to_string()))?;
+                serde_json::to_value(status).map_err(|e| (500, e.to_string()))
+            }
+        };
+        return match s.jobs.start(&id, "provision", &vm, work) {
+            Ok(st) => (StatusCode::ACCEPTED, Json(st)).into_response(),
+            Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+        };
+    }
     match s
         .recoveries
         .ensure(&s.driver, &s.vaults, &s.records, &req)
@@ -79,6 +106,8 @@ pub async fn remove(State(s): State<Arc<AgentState>>, Path(id): Path<String>) ->
                 .and_then(|v| lifeboat_hypervisor::VmName::new(v).ok())
             {
                 let _ = s.records.forget(&vm);
+                // So is the job that brought it up.
+                s.jobs.forget_finished("provision", vm.as_str());
             }
             Json(report).into_response()
         }

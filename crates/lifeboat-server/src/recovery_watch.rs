@@ -146,5 +146,6 @@ async fn resume_request(
         resume_only: true,
         network_map: Default::default(), // only read when bringing a VM up
         expose: Vec::new(),
+        job_id: None, // resuming is quick: answered in the request
     }))
 }

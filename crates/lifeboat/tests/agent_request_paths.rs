@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::cluster::{lifeboat, run_ok};
 use common::start_agent;
 use serde_json::Value;
@@ -19,23 +17,8 @@ async fn ids_and_names_from_requests_never_leave_the_agents_folders() {
         .unwrap();
     let home = tmp.path().join("home");
     let agent = start_agent(&home, "alpha");
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let (client, credential) = common::enrolled_raw_client(&agent).await;
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", agent.port);
-    let enrolled: Value = client
-        .post(url("/api/v1/enroll"))
-        .json(&serde_json::json!({"code": agent.code.clone().unwrap(),
-            "server_fingerprint": "ab".repeat(32)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let credential = enrolled["credential"].as_str().unwrap().to_string();
 
     // The victims: a VM of this host, and a file outside the journal naming it the way
     // a recovery record would.

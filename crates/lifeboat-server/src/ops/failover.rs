@@ -512,6 +512,8 @@ async fn start_recovery(
         resume_only: false,
         network_map: params.network_map.clone(),
         expose: params.expose.clone(),
+        // One job per recovery: the step run again finds it, running or done.
+        job_id: Some(format!("provision-{}", params.recovery_id)),
     };
     let status = client(rhost, PROVISION_TIMEOUT)?
         .ensure_recovery(&ask)

@@ -28,6 +28,28 @@ impl Drop for Agent {
     }
 }
 
+/// A client that talks to `agent` as its server would: enrolled with its code (the server
+/// fingerprint made up), its certificate not checked; and the credential it got.
+pub async fn enrolled_raw_client(agent: &Agent) -> (reqwest::Client, String) {
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let enrolled: serde_json::Value = client
+        .post(format!("https://127.0.0.1:{}/api/v1/enroll", agent.port))
+        .json(&serde_json::json!({"code": agent.code.clone().unwrap(),
+            "server_fingerprint": "ab".repeat(32)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let credential = enrolled["credential"].as_str().unwrap().to_string();
+    (client, credential)
+}
+
 /// Starts `lifeboat agent` on a port the system picks and reads its banner.
 pub fn start_agent(home: &Path, hostname: &str) -> Agent {
     start_agent_on(home, hostname, 0, &[])
