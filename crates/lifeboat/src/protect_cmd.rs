@@ -202,7 +202,15 @@ pub async fn unprotect(out: Output, home: &Path, args: UnprotectArgs) -> Result<
 
 pub async fn status(out: Output, home: &Path, conn: ServerConn) -> Result<()> {
     let server = ServerClient::new(&conn, home)?;
-    let s: Overview = server.get("/api/v1/status").await?;
+    let mut s: Overview = server.get("/api/v1/status").await?;
+    // Every page of the protections, in the server's order.
+    while let Some(offset) = s.next_offset {
+        let next: Overview = server
+            .get(&format!("/api/v1/status?offset={offset}"))
+            .await?;
+        s.protections.extend(next.protections);
+        s.next_offset = next.next_offset;
+    }
     out.show(&s, |s| {
         let n = |state: &str| s.by_state.get(state).copied().unwrap_or(0);
         println!(

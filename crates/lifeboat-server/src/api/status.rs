@@ -23,7 +23,43 @@ pub struct Overview {
     /// The VM with the oldest newest point, and that age.
     pub worst_rpo: Option<WorstRpo>,
     pub running_operations: Vec<Operation>,
+    /// One page of the protections (`?offset=&limit=`): `limit` of them from `offset`, in
+    /// a stable order (by VM, then host id). Counts and the worst RPO cover them all.
     pub protections: Vec<ProtectionView>,
+    /// Where this page starts.
+    #[serde(default)]
+    pub offset: usize,
+    /// The next page's `offset`; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
+}
+
+/// A page of a long list: `?offset=N&limit=M`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct Page {
+    /// The first row (0 first).
+    #[serde(default)]
+    pub offset: usize,
+    /// Rows in the page: 500 unless asked, at most 1,000.
+    pub limit: Option<usize>,
+}
+
+impl Page {
+    pub const DEFAULT_LIMIT: usize = 500;
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// Cuts `rows` to this page; the next page's offset when there are more.
+    pub fn cut<T>(&self, rows: &mut Vec<T>) -> Option<usize> {
+        let limit = self
+            .limit
+            .unwrap_or(Self::DEFAULT_LIMIT)
+            .clamp(1, Self::MAX_LIMIT);
+        let total = rows.len();
+        rows.drain(..self.offset.min(total));
+        rows.truncate(limit);
+        let end = self.offset + rows.len();
+        (end < total).then_some(end)
+    }
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -33,12 +69,19 @@ pub struct WorstRpo {
     pub rpo_seconds: f64,
 }
 
-#[utoipa::path(get, path = "/api/v1/status", tag = "status",
-    responses((status = 200, description = "Counts by state, worst RPO, running operations", body = Overview),
+#[utoipa::path(get, path = "/api/v1/status", tag = "status", params(Page),
+    responses((status = 200, description = "Counts by state, worst RPO, running operations, and one page of the protections (follow `next_offset`)", body = Overview),
                (status = 401, description = "Missing or wrong API token", body = ApiError)))]
-pub async fn overview(State(s): State<Arc<ServerState>>) -> Response {
+pub async fn overview(
+    State(s): State<Arc<ServerState>>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
     match overview_of(&s.db).await {
-        Ok(o) => Json(o).into_response(),
+        Ok(mut o) => {
+            o.offset = page.offset;
+            o.next_offset = page.cut(&mut o.protections);
+            Json(o).into_response()
+        }
         Err(e) => db_error(e),
     }
 }
@@ -75,7 +118,36 @@ pub async fn overview_of(db: &Database) -> Result<Overview, DbError> {
             .filter(|o| o.status == lifeboat_types::OperationStatus::Running)
             .collect(),
         protections: views,
+        offset: 0,
+        next_offset: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Page;
+
+    #[test]
+    fn pages_cut_in_order_and_say_where_the_next_starts() {
+        let page = |offset, limit| Page { offset, limit };
+        let cut = |p: Page| {
+            let mut rows: Vec<u32> = (0..10).collect();
+            let next = p.cut(&mut rows);
+            (rows, next)
+        };
+        assert_eq!(cut(page(0, Some(4))), (vec![0, 1, 2, 3], Some(4)));
+        assert_eq!(cut(page(8, Some(4))), (vec![8, 9], None));
+        assert_eq!(cut(page(4, Some(6))), (vec![4, 5, 6, 7, 8, 9], None));
+        assert_eq!(cut(page(20, None)), (vec![], None), "past the end: empty");
+        assert_eq!(cut(page(0, Some(0))).0.len(), 1, "at least one row");
+        let mut many: Vec<u32> = (0..5000).collect();
+        assert_eq!(
+            page(0, Some(1_000_000)).cut(&mut many),
+            Some(Page::MAX_LIMIT)
+        );
+        let mut many: Vec<u32> = (0..5000).collect();
+        assert_eq!(page(0, None).cut(&mut many), Some(Page::DEFAULT_LIMIT));
+    }
 }
 
 /// A Prometheus label value, escaped.

@@ -33,9 +33,38 @@ macro_rules! or_fail {
 }
 pub(crate) use or_fail;
 
-pub async fn overview(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
-    let o = or_fail!(overview_of(&s.db).await);
+/// Rows of the overview's VM table per page: a fleet of 10,000 is 100 pages of a few
+/// dozen KiB each, not one page of megabytes.
+const OVERVIEW_ROWS: usize = 100;
+
+/// `?page=N` (1 first) of a paged page.
+#[derive(serde::Deserialize)]
+pub struct PageNumber {
+    page: Option<usize>,
+}
+
+pub async fn overview(
+    State(s): State<Arc<ServerState>>,
+    session: CurrentSession,
+    axum::extract::Query(at): axum::extract::Query<PageNumber>,
+) -> Response {
+    let mut o = or_fail!(overview_of(&s.db).await);
     let recoveries = or_fail!(s.db.recoveries().await);
+    let total = o.protections.len();
+    let pages = total.div_ceil(OVERVIEW_ROWS).max(1);
+    let this = at.page.unwrap_or(1).clamp(1, pages);
+    let first = (this - 1) * OVERVIEW_ROWS;
+    o.protections = o.protections.split_off(first.min(total));
+    o.protections.truncate(OVERVIEW_ROWS);
+    let nav = html! {
+        @if pages > 1 {
+            nav class="pages" aria-label="Pages of protected VMs" {
+                "VMs " (first + 1) "–" (first + o.protections.len()) " of " (total) ". "
+                @if this > 1 { a href={ "/?page=" (this - 1) } rel="prev" { "Previous" } " " }
+                @if this < pages { a href={ "/?page=" (this + 1) } rel="next" { "Next" } }
+            }
+        }
+    };
     let body = html! {
         section aria-labelledby="counts-h" {
             h2 id="counts-h" { "At a glance" }
@@ -50,6 +79,7 @@ pub async fn overview(State(s): State<Arc<ServerState>>, session: CurrentSession
             @if o.protections.is_empty() {
                 p { "No VM is protected yet. " a href="/hosts" { "Pick one on Hosts & VMs" } ", or find hosts first with " a href="/scan" { "Scan & enroll" } "." }
             } @else {
+                (nav)
                 div class="scroll" {
                     table {
                         (columns(&["VM", "Host", "State", "RPO", "Recovery host"]))
