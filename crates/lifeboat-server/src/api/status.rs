@@ -123,33 +123,6 @@ pub async fn overview_of(db: &Database) -> Result<Overview, DbError> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Page;
-
-    #[test]
-    fn pages_cut_in_order_and_say_where_the_next_starts() {
-        let page = |offset, limit| Page { offset, limit };
-        let cut = |p: Page| {
-            let mut rows: Vec<u32> = (0..10).collect();
-            let next = p.cut(&mut rows);
-            (rows, next)
-        };
-        assert_eq!(cut(page(0, Some(4))), (vec![0, 1, 2, 3], Some(4)));
-        assert_eq!(cut(page(8, Some(4))), (vec![8, 9], None));
-        assert_eq!(cut(page(4, Some(6))), (vec![4, 5, 6, 7, 8, 9], None));
-        assert_eq!(cut(page(20, None)), (vec![], None), "past the end: empty");
-        assert_eq!(cut(page(0, Some(0))).0.len(), 1, "at least one row");
-        let mut many: Vec<u32> = (0..5000).collect();
-        assert_eq!(
-            page(0, Some(1_000_000)).cut(&mut many),
-            Some(Page::MAX_LIMIT)
-        );
-        let mut many: Vec<u32> = (0..5000).collect();
-        assert_eq!(page(0, None).cut(&mut many), Some(Page::DEFAULT_LIMIT));
-    }
-}
-
 /// A Prometheus label value, escaped.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -224,4 +197,31 @@ pub async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
         &mut std::iter::once((String::new(), crate::replication::rounds() as f64)),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Page;
+
+    #[test]
+    fn pages_cut_in_order_and_say_where_the_next_starts() {
+        let page = |offset, limit| Page { offset, limit };
+        let cut = |p: Page| {
+            let mut rows: Vec<u32> = (0..10).collect();
+            let next = p.cut(&mut rows);
+            (rows, next)
+        };
+        assert_eq!(cut(page(0, Some(4))), (vec![0, 1, 2, 3], Some(4)));
+        assert_eq!(cut(page(8, Some(4))), (vec![8, 9], None));
+        assert_eq!(cut(page(4, Some(6))), (vec![4, 5, 6, 7, 8, 9], None));
+        assert_eq!(cut(page(20, None)), (vec![], None), "past the end: empty");
+        assert_eq!(cut(page(0, Some(0))).0.len(), 1, "at least one row");
+        let mut many: Vec<u32> = (0..5000).collect();
+        assert_eq!(
+            page(0, Some(1_000_000)).cut(&mut many),
+            Some(Page::MAX_LIMIT)
+        );
+        let mut many: Vec<u32> = (0..5000).collect();
+        assert_eq!(page(0, None).cut(&mut many), Some(Page::DEFAULT_LIMIT));
+    }
 }
