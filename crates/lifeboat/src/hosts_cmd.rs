@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use lifeboat_server::api::EnrollHost;
+use lifeboat_server::api::{EnrollHost, VmList};
+use lifeboat_server::db::Host;
 use lifeboat_server::discovery::{self, parse_cidr, ScanReport};
 use lifeboat_vault::store::retention::parse_duration;
 
@@ -38,7 +39,7 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
         } => {
             let code = crate::secrets::enrollment_code(&address)?.into();
             let server = ServerClient::new(&conn, home)?;
-            let host: serde_json::Value = server
+            let host: Host = server
                 .post(
                     "/api/v1/hosts",
                     &EnrollHost {
@@ -51,16 +52,14 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
             out.show(&host, |h| {
                 println!(
                     "Enrolled {} at {} (certificate {} pinned).",
-                    h["hostname"].as_str().unwrap_or("?"),
-                    h["address"].as_str().unwrap_or("?"),
-                    h["fingerprint"].as_str().unwrap_or("?")
+                    h.hostname, h.address, h.fingerprint
                 );
             });
             Ok(())
         }
         HostsCommand::List { conn } => {
             let server = ServerClient::new(&conn, home)?;
-            let hosts: Vec<serde_json::Value> = server.get("/api/v1/hosts").await?;
+            let hosts: Vec<Host> = server.get("/api/v1/hosts").await?;
             out.show(&hosts, |hosts| {
                 if hosts.is_empty() {
                     println!("No hosts enrolled. Find agents with `lifeboat hosts scan CIDR`, then `lifeboat hosts enroll`.");
@@ -73,10 +72,12 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
                     "FINGERPRINT (SHA-256)".into(),
                 ]];
                 for h in hosts {
-                    rows.push(["hostname", "address", "enrolled_at", "fingerprint"]
-                        .iter()
-                        .map(|k| h[*k].as_str().unwrap_or("").to_string())
-                        .collect());
+                    rows.push(vec![
+                        h.hostname.clone(),
+                        h.address.clone(),
+                        h.enrolled_at.clone(),
+                        h.fingerprint.clone(),
+                    ]);
                 }
                 table(&rows);
             });
@@ -88,10 +89,9 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
 pub async fn run_vms(out: Output, home: &Path, cmd: VmsCommand) -> Result<()> {
     let VmsCommand::List { conn } = cmd;
     let server = ServerClient::new(&conn, home)?;
-    let list: serde_json::Value = server.get("/api/v1/vms").await?;
+    let list: VmList = server.get("/api/v1/vms").await?;
     out.show(&list, |l| {
-        let vms = l["vms"].as_array().cloned().unwrap_or_default();
-        if vms.is_empty() {
+        if l.vms.is_empty() {
             println!("No VMs on the enrolled hosts.");
         } else {
             let mut rows = vec![vec![
@@ -104,45 +104,45 @@ pub async fn run_vms(out: Output, home: &Path, cmd: VmsCommand) -> Result<()> {
                 "RECOVERY HOST".into(),
                 "RECOVERED FROM".into(),
             ]];
-            let s = |x: &serde_json::Value| x.as_str().unwrap_or("-").to_string();
-            for v in &vms {
+            let s = |x: &Option<String>| x.clone().unwrap_or_else(|| "-".into());
+            for v in &l.vms {
                 // A VM brought up from a point says so, where it came from and how much
                 // of it is local yet.
-                let (protection, origin) = match v["recovery_kind"].as_str() {
+                let (protection, origin) = match v.recovery_kind {
                     Some(kind) => (
                         format!("{kind} failover"),
                         format!(
                             "{} @ {} ({:.0}% local)",
-                            s(&v["recovered_from"]),
-                            s(&v["recovered_point_time"]),
-                            v["hydrated_percent"].as_f64().unwrap_or(0.0)
+                            s(&v.recovered_from),
+                            s(&v.recovered_point_time),
+                            v.hydrated_percent.unwrap_or(0.0)
                         ),
                     ),
-                    None => (s(&v["protection"]), "-".into()),
+                    None => (v.protection.clone(), "-".into()),
                 };
+                // The agent's own words for its VM's state.
+                let state = v.state["state"].as_str().unwrap_or("-");
                 rows.push(vec![
-                    s(&v["host"]),
-                    s(&v["vm"]),
-                    if v["fenced"].is_string() {
-                        format!("{} (fenced)", s(&v["state"]["state"]))
+                    v.host.clone(),
+                    v.vm.clone(),
+                    if v.fenced.is_some() {
+                        format!("{state} (fenced)")
                     } else {
-                        s(&v["state"]["state"])
+                        state.to_string()
                     },
                     protection,
-                    crate::protect_cmd::age(v["rpo_seconds"].as_f64()),
-                    s(&v["last_point_time"]),
-                    s(&v["recovery_host"]),
+                    crate::protect_cmd::age(v.rpo_seconds),
+                    s(&v.last_point_time),
+                    s(&v.recovery_host),
                     origin,
                 ]);
             }
             table(&rows);
         }
-        for p in l["unreachable"].as_array().into_iter().flatten() {
+        for p in &l.unreachable {
             println!(
                 "Host {} ({}) did not answer: {}",
-                p["host"].as_str().unwrap_or("?"),
-                p["address"].as_str().unwrap_or("?"),
-                p["error"].as_str().unwrap_or("?")
+                p.host, p.address, p.error
             );
         }
     });
@@ -155,22 +155,20 @@ async fn add_vms(report: &mut ScanReport, conn: &crate::cli::ServerConn, home: &
     let Ok(server) = ServerClient::new(conn, home) else {
         return;
     };
-    let Ok(list) = server.get::<serde_json::Value>("/api/v1/vms").await else {
+    let Ok(list) = server.get::<VmList>("/api/v1/vms").await else {
         return;
     };
-    let hosts: Vec<serde_json::Value> = server.get("/api/v1/hosts").await.unwrap_or_default();
+    let hosts: Vec<Host> = server.get("/api/v1/hosts").await.unwrap_or_default();
     for a in &mut report.agents {
         let address = a.address.to_string();
-        if !hosts.iter().any(|h| h["address"] == address.as_str()) {
+        if !hosts.iter().any(|h| h.address == address) {
             continue;
         }
         a.vms = Some(
-            list["vms"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|v| v["address"] == address.as_str())
-                .filter_map(|v| v["vm"].as_str().map(str::to_string))
+            list.vms
+                .iter()
+                .filter(|v| v.address == address)
+                .map(|v| v.vm.clone())
                 .collect(),
         );
     }

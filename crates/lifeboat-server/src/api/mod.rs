@@ -69,7 +69,7 @@ pub struct EnrollHost {
     pub fingerprint: Option<String>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmRow {
     pub host: String,
     pub address: String,
@@ -100,14 +100,14 @@ pub struct VmRow {
     pub hydrated_percent: Option<f64>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostProblem {
     pub host: String,
     pub address: String,
     pub error: String,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmList {
     pub vms: Vec<VmRow>,
     pub unreachable: Vec<HostProblem>,

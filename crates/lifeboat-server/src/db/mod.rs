@@ -39,7 +39,7 @@ pub enum DbError {
 }
 
 /// An enrolled host, as the API shows it (never its credential).
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Host {
     pub id: String,
     pub address: String,
