@@ -6,6 +6,8 @@
 //! - with every step run twice (`LIFEBOAT_SAGA_REPEAT=1`) a planned failover whose CLI
 //!   is killed mid-way still completes, on the recovery host, with every write; its final
 //!   sync, asked twice, is one job on the agent and makes one point;
+//! - a failback that fails after a step before its point of no return is undone: the VM
+//!   runs on at the recovery site with every write, home fenced;
 //! - past the point of no return a cancel is refused, saying why, and a kill -9 of the
 //!   server there is followed by the restarted server finishing the move, which
 //!   `operations follow` follows to its end;
@@ -13,7 +15,8 @@
 //!   the operation's end.
 //!
 //! At every moment at most one copy of the VM runs. `LIFEBOAT_SAGA_CAMPAIGN=full` adds a
-//! failure injected after every step of the planned failover (a long campaign).
+//! failure injected after every step of the planned failover and of the failback before
+//! their points of no return (a long campaign).
 
 mod common;
 
@@ -37,6 +40,19 @@ const PLANNED_STEPS: [&str; 8] = [
     "record",
 ];
 const NO_RETURN: usize = 6;
+/// The failback's steps (`ops/failback.rs`); `start-home` is its point of no return.
+const FAILBACK_STEPS: [&str; 9] = [
+    "check-hosts",
+    "mark-failing-back",
+    "wait-for-sync",
+    "shutdown-recovery",
+    "final-sync",
+    "apply-at-home",
+    "start-home",
+    "remove-recovery",
+    "record",
+];
+const FAILBACK_NO_RETURN: usize = 6;
 
 /// Every event of operation `id`'s stream (`/api/v1/operations/{id}/events`) as (name,
 /// data), read with a plain HTTP client until the server ends the stream.
@@ -297,7 +313,38 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
     eprintln!("every step twice, CLI killed: failed over, {n} acknowledged writes present");
     cases += 1;
 
-    // Home again, for the last case.
+    // 4. A failback that fails after a step before its point of no return: undone, the
+    // VM runs on at the recovery site with every write, home fenced. With the full
+    // campaign, after every step before it (past it a move goes on to its end: case 6).
+    let fail_at: Vec<&str> = if campaign {
+        FAILBACK_STEPS[..FAILBACK_NO_RETURN].to_vec()
+    } else {
+        vec!["apply-at-home"]
+    };
+    for step in fail_at {
+        restart_server_with(
+            &mut cl,
+            &[("LIFEBOAT_SAGA_FAIL", &format!("failback:{step}"))],
+        );
+        let (ok, _, err) = cl.cli(&["failback", "web", "--shutdown-timeout", "5s"]);
+        assert!(!ok, "failure after {step}: the failback succeeded");
+        assert!(
+            err.contains(&format!("step {step} failed")) && err.contains("undone"),
+            "failback failure after {step}: {err}"
+        );
+        assert_eq!(cl.protection()["state"], "failed_over", "after {step}");
+        assert_eq!(where_it_runs(&cl), "beta", "failback failure after {step}");
+        let home = common::moves::vm_row(&cl, "alpha", "web");
+        assert!(
+            home.as_ref().is_some_and(|r| r["fenced"].is_string()),
+            "home stays fenced after {step}: {home:?}"
+        );
+        let n = all_acked_present(&cl, http).await;
+        eprintln!("failback failure after {step}: undone, {n} acknowledged writes at B");
+        cases += 1;
+    }
+
+    // 5. Home again, for the last case.
     restart_server_with(&mut cl, &[]);
     let back = cl.json(&["failback", "web", "--shutdown-timeout", "5s"]);
     assert_eq!(back["state"], "failed_back", "{back}");
@@ -307,7 +354,7 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
         p["state"] == "protected" && p["last_point"] != last
     });
 
-    // 4. Past the point of no return: cancel refused, the server killed there, and the
+    // 6. Past the point of no return: cancel refused, the server killed there, and the
     // restarted server finishes the move.
     let marker = cl.tmp.path().join("failpoint-reached");
     let _ = std::fs::remove_file(&marker);
