@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use common::cluster::cluster_with_hosts;
 use common::libvirt::{
     assert_fenced_domain, data_at, diverge_and_fail_over_unplanned, planned_failover_with_writes,
-    ready_console, write_and_prove, Beta, RecoveredDomain, SourceDomain,
+    ready_console, reprotect_reads_only_the_changes, write_and_prove,
+    write_at_b_commit_and_fail_back, Beta, RecoveredDomain, SourceDomain,
 };
 use lifeboat_testkit::libvirtd::virsh;
-use lifeboat_testkit::SerialConsole;
 use serde_json::Value;
 
 /// The server's view of `vm` on `host`, once `pred` holds.
@@ -152,14 +152,7 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
     assert_eq!(writes.trim(), "after");
     drop(copy_console);
 
-    tokio::task::block_in_place(|| {
-        let (ok, out, err) = cl.cli(&["failover", "cleanup", &qualified]);
-        assert!(ok, "{out}\n{err}");
-    });
-    assert!(
-        virsh(&["dominfo", &copy_name]).is_err(),
-        "the copy's domain is gone"
-    );
+    clean_up_copy(&cl, &qualified, &copy_name);
     assert!(!copy_dir.exists(), "its folder is gone");
     assert!(
         !std::path::Path::new("/sys/class/net")
@@ -215,17 +208,22 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
         "the exposed copy reached the host: {out}"
     );
     drop(copy_console);
-    tokio::task::block_in_place(|| {
-        let (ok, out, err) = cl.cli(&["failover", "cleanup", &qualified]);
-        assert!(ok, "{out}\n{err}");
-    });
-    assert!(
-        virsh(&["dominfo", &copy_name]).is_err(),
-        "the copy's domain is gone"
-    );
+    clean_up_copy(&cl, &qualified, &copy_name);
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "its port is closed"
+    );
+}
+
+/// `failover cleanup` of the test copy of `qualified`: its domain is gone.
+fn clean_up_copy(cl: &common::cluster::Cluster, qualified: &str, copy_name: &str) {
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = cl.cli(&["failover", "cleanup", qualified]);
+        assert!(ok, "{out}\n{err}");
+    });
+    assert!(
+        virsh(&["dominfo", copy_name]).is_err(),
+        "the copy's domain is gone"
     );
 }
 
@@ -293,42 +291,7 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
 
     // Writes at B; commit, then fail back home onto the libvirt domain: B's writes are
     // there, home's diverged write is overwritten, the fence is lifted.
-    let mut moved_console =
-        SerialConsole::connect(&beta_vm.join("serial.sock"), Duration::from_secs(60))
-            .await
-            .unwrap();
-    let out = moved_console
-        .run(
-            "echo away > /data/away && sync && echo ok",
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    assert!(out.contains("ok"), "{out}");
-    drop(moved_console);
-    tokio::task::block_in_place(|| {
-        let committed = cl.json(&["failover", "commit", &name]);
-        assert!(
-            committed["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("committed"),
-            "{committed}"
-        );
-        let back = cl.json(&["failback", &name, "--shutdown-timeout", "60s"]);
-        assert_eq!(back["state"], "failed_back", "{back}");
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while virsh(&["domstate", &name]).unwrap_or_default().trim() != "running" {
-        assert!(Instant::now() < deadline, "home's domain did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        !virsh(&["dumpxml", "--inactive", &name])
-            .unwrap()
-            .contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
-        "the fence is lifted"
-    );
+    write_at_b_commit_and_fail_back(&cl, &beta_vm.join("serial.sock"), &name, &source.daemon).await;
     let mut home = ready_console(&source.serial).await;
     let files = home
         .run(
@@ -343,30 +306,12 @@ async fn an_unplanned_failover_of_a_libvirt_domain_fences_it_when_its_host_retur
         "home's diverged write is overwritten: {files}"
     );
 
-    // Reprotect from home: tracked afresh at the failback, so the first sync reads what
-    // changed since (and the raw data disk whole, which cannot carry a checkpoint).
-    tokio::task::block_in_place(|| {
-        let before = cl.json(&["points", &name]).as_array().unwrap().len();
-        let out = cl.json(&["reprotect", &name]);
-        assert_eq!(out["state"], "protected", "{out}");
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let first = loop {
-            let points = cl.json(&["points", &name]);
-            let points = points.as_array().unwrap();
-            if points.len() > before {
-                break points[before].clone();
-            }
-            assert!(Instant::now() < deadline, "no sync after reprotect");
-            std::thread::sleep(Duration::from_millis(500));
-        };
-        assert_eq!(first["kind"], "incremental", "{first}");
-        let read = first["bytes_read"].as_u64().unwrap();
-        eprintln!("reprotect: the first sync read {read} bytes: {first}");
-        assert!(
-            read < (32 + 8) << 20,
-            "reprotect read {read} bytes: {first}"
-        );
-    });
+    // Reprotect from home: only what changed since the failback is read.
+    let first = tokio::task::block_in_place(|| reprotect_reads_only_the_changes(&cl, &name));
+    eprintln!(
+        "reprotect: the first sync read {} bytes: {first}",
+        first["bytes_read"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

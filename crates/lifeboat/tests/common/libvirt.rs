@@ -444,3 +444,72 @@ pub async fn planned_failover_with_writes(
         ready_after,
     }
 }
+
+/// B's guest (console at `serial`) writes `/data/away`; then `failover commit` and
+/// `failback`: checks that home's domain on `home` runs again with the fence lifted.
+pub async fn write_at_b_commit_and_fail_back(
+    cl: &Cluster,
+    serial: &Path,
+    name: &str,
+    home: &Daemon,
+) {
+    let out = ready_console(serial)
+        .await
+        .run(
+            "echo away > /data/away && sync && echo ok",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(out.contains("ok"), "{out}");
+    tokio::task::block_in_place(|| {
+        let committed = cl.json(&["failover", "commit", name]);
+        assert!(
+            committed["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("committed"),
+            "{committed}"
+        );
+        let back = cl.json(&["failback", name, "--shutdown-timeout", "60s"]);
+        assert_eq!(back["state"], "failed_back", "{back}");
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while home.virsh(&["domstate", name]).unwrap_or_default().trim() != "running" {
+        assert!(Instant::now() < deadline, "home's domain did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !home
+            .virsh(&["dumpxml", "--inactive", name])
+            .unwrap()
+            .contains(lifeboat_hypervisor::libvirt::fence::FENCE_ARG),
+        "the fence at home is lifted"
+    );
+}
+
+/// `reprotect NAME` after a failback: the domain was tracked afresh at the failback, so
+/// the first sync is incremental and reads what changed since (and the 32 MiB raw data
+/// disk whole, which cannot carry a checkpoint). Returns that point.
+pub fn reprotect_reads_only_the_changes(cl: &Cluster, name: &str) -> Value {
+    let before = cl.json(&["points", name]).as_array().unwrap().len();
+    let out = cl.json(&["reprotect", name]);
+    assert_eq!(out["state"], "protected", "{out}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let first = loop {
+        let points = cl.json(&["points", name]);
+        let points = points.as_array().unwrap();
+        if points.len() > before {
+            break points[before].clone();
+        }
+        assert!(Instant::now() < deadline, "no sync after reprotect");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(first["kind"], "incremental", "{first}");
+    let read = first["bytes_read"].as_u64().unwrap();
+    assert!(
+        read < (32 + 8) * MIB,
+        "reprotect read {read} bytes: {first}"
+    );
+    first
+}
