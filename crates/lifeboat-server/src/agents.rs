@@ -41,13 +41,13 @@ impl AgentClients {
             host.credential.clone(),
         );
         let mut all = self.by_host.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((k, c)) = all.get(&host.host.id) {
+        if let Some((k, c)) = all.get(host.host.id.as_str()) {
             if *k == key {
                 return Ok(c.clone());
             }
         }
         let client = AgentClient::new(&key.0, &key.1, AGENT_TIMEOUT)?.with_credential(&key.2);
-        all.insert(host.host.id.clone(), (key, client.clone()));
+        all.insert(host.host.id.to_string(), (key, client.clone()));
         Ok(client)
     }
 }

@@ -37,7 +37,10 @@ async fn watch_all(db: &Database) -> Result<(), DbError> {
             rec.state,
             RecoveryState::Running | RecoveryState::Committed | RecoveryState::Fencing
         ) {
-            by_host.entry(rec.host_id.clone()).or_default().push(rec);
+            by_host
+                .entry(rec.host_id.to_string())
+                .or_default()
+                .push(rec);
         }
     }
     let rounds = by_host.into_iter().filter_map(|(host_id, recs)| {
@@ -138,7 +141,7 @@ async fn resume_request(
     let kind = rec.kind;
     let vault = crate::vault_keys::access_for(db, &p, &rec.host_id).await?;
     Ok(Some(RecoveryRequest {
-        recovery_id: rec.id.clone(),
+        recovery_id: rec.id.to_string(),
         vault,
         point: rec.point.clone(),
         vm: rec.vm.clone(),

@@ -16,7 +16,7 @@ async fn an_idle_fleet_costs_one_round_a_second() {
     let db = Database::connect(&url).await.unwrap();
     for h in 0..2 {
         let host = Host {
-            id: format!("host-{h}"),
+            id: format!("host-{h}").into(),
             // Nothing listens: a step of a VM that is not due asks no agent.
             address: format!("127.0.0.1:{}", 1 + h),
             hostname: format!("host{h}"),
@@ -29,12 +29,12 @@ async fn an_idle_fleet_costs_one_round_a_second() {
     let vms = 300;
     for i in 0..vms {
         let p = Protection {
-            id: format!("p{i}"),
-            host_id: format!("host-{}", i % 2),
+            id: format!("p{i}").into(),
+            host_id: format!("host-{}", i % 2).into(),
             vm: format!("vm{i}"),
             point_name: format!("host.vm{i}"),
             vault_url: "file:///nonexistent".into(),
-            recovery_host_id: format!("host-{}", (i + 1) % 2),
+            recovery_host_id: format!("host-{}", (i + 1) % 2).into(),
             policy: "hourly".into(),
             state: ProtectionState::Protected,
             last_point: Some("p".into()),

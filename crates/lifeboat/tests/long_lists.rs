@@ -32,7 +32,7 @@ async fn long_lists_come_in_pages() {
     let now = Utc::now();
     for i in 0..VMS {
         db.add_protection(&Protection {
-            id: format!("p{i}"),
+            id: format!("p{i}").into(),
             host_id: "host-a".into(),
             vm: format!("vm{i:05}"),
             point_name: format!("a.vm{i:05}"),

@@ -68,7 +68,7 @@ async fn seed_protection(database: &str) -> String {
         note: None,
     };
     db.add_point(&p.id, &point).await.unwrap();
-    p.id
+    p.id.into()
 }
 
 struct Api {

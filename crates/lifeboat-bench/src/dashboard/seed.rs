@@ -73,7 +73,7 @@ pub async fn seed_into(url: &str, vms: usize, password: &str, spec: &Spec) -> Re
     let mut host_ids = Vec::new();
     for h in 0..hosts {
         let host = Host {
-            id: format!("host-{h}"),
+            id: format!("host-{h}").into(),
             // Where nothing listens, only the hosts page asks, and it is not timed.
             address: (spec.agent)(h).unwrap_or_else(|| format!("127.0.0.1:{}", 1 + h)),
             hostname: format!("host{h}"),
@@ -93,7 +93,7 @@ pub async fn seed_into(url: &str, vms: usize, password: &str, spec: &Spec) -> Re
         let points = if i == 0 { CHART_POINTS } else { POINTS };
         let last = now - Duration::seconds(5 + i as i64 % 60);
         let p = Protection {
-            id: format!("prot-{i}"),
+            id: format!("prot-{i}").into(),
             host_id: host.clone(),
             vm: vm.clone(),
             point_name: format!("{host}-{vm}"),

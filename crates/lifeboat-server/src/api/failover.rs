@@ -332,7 +332,7 @@ pub async fn cleanup(
     };
     let params = CleanupParams {
         protection_id: p.id.clone(),
-        recovery_id: rec.id.clone(),
+        recovery_id: rec.id.to_string(),
         vm: rec.vm.clone(),
     };
     let first = if q.fenced {
@@ -466,7 +466,7 @@ pub async fn failback(
     };
     let params = FailbackParams {
         protection_id: p.id.clone(),
-        recovery_id: rec.id.clone(),
+        recovery_id: rec.id.to_string(),
         shutdown_timeout_secs: req.shutdown_timeout_secs.unwrap_or(120),
         reversed: p.state == ProtectionState::ProtectedReversed,
         unplanned_point,
@@ -520,7 +520,7 @@ pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>
     };
     let params = ReprotectParams {
         protection_id: p.id.clone(),
-        recovery_id: Some(rec.id.clone()),
+        recovery_id: Some(rec.id.to_string()),
     };
     let first = format!(
         "protecting {} where it runs now, on {}: its first point is an incremental over the failover's",
@@ -553,7 +553,7 @@ pub async fn commit(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -
     };
     let params = CommitParams {
         protection_id: p.id.clone(),
-        recovery_id: rec.id.clone(),
+        recovery_id: rec.id.to_string(),
     };
     let first = "committing the failover".to_string();
     start_op::<Commit>(&s, OperationKind::FailoverCommit, &p, &params, first).await

@@ -342,7 +342,7 @@ async fn enroll_host(State(s): State<Arc<ServerState>>, Json(req): Json<EnrollHo
         Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
     };
     let host = Host {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::db::HostId::random(),
         address: req.address.clone(),
         hostname: hello.hostname,
         fingerprint,
@@ -392,7 +392,7 @@ pub async fn vm_list(s: &ServerState) -> Result<VmList, DbError> {
     let recoveries = s.db.recoveries().await?;
     let names: Vec<(String, String)> = hosts
         .iter()
-        .map(|h| (h.host.id.clone(), h.host.hostname.clone()))
+        .map(|h| (h.host.id.to_string(), h.host.hostname.clone()))
         .collect();
     let host_name = |id: &str| {
         names
@@ -433,7 +433,7 @@ pub async fn vm_list(s: &ServerState) -> Result<VmList, DbError> {
                         address: host.address.clone(),
                         state: vm["state"].clone(),
                         protection: p.map_or("unprotected".into(), |p| p.state.as_str().into()),
-                        protection_id: p.map(|p| p.id.clone()),
+                        protection_id: p.map(|p| p.id.to_string()),
                         reason: p.filter(|p| !p.reason.is_empty()).map(|p| p.reason.clone()),
                         rpo_seconds: p.and_then(|p| p.rpo_seconds),
                         last_point: p.and_then(|p| p.last_point.clone()),

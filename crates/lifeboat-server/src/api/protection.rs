@@ -63,9 +63,11 @@ pub struct SyncProgress {
 /// A protected VM as the API shows it (never the vault passphrase).
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProtectionView {
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: lifeboat_types::ProtectionId,
     pub host: String,
-    pub host_id: String,
+    #[schema(value_type = String)]
+    pub host_id: lifeboat_types::HostId,
     pub vm: String,
     pub vault: String,
     pub recovery_host: String,
@@ -356,7 +358,7 @@ pub async fn protect(
         }
     }
     let params = EnableParams {
-        protection_id: uuid::Uuid::new_v4().to_string(),
+        protection_id: lifeboat_types::ProtectionId::random(),
         host_id: host.host.id.clone(),
         vm: req.vm.clone(),
         point_name,

@@ -10,6 +10,7 @@ mod users;
 mod vault_keys;
 
 pub use audit::AuditRow;
+pub use lifeboat_types::{HostId, ProtectionId, RecoveryId};
 pub use operations::{CancelAsked, NewOperation, Operation, Progress};
 pub use protections::{
     Event, Facts, FailoverKind, PointRow, Protection, ProtectionState, TransitionError, UNREPORTED,
@@ -41,7 +42,8 @@ pub enum DbError {
 /// An enrolled host, as the API shows it (never its credential).
 #[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Host {
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: HostId,
     pub address: String,
     pub hostname: String,
     pub fingerprint: String,
@@ -100,7 +102,7 @@ impl Database {
             "INSERT INTO hosts (id, address, hostname, fingerprint, credential, enrolled_at, generation) \
              VALUES ($1, $2, $3, $4, $5, $6, 1)",
         )
-        .bind(&h.id)
+        .bind(h.id.as_str())
         .bind(&h.address)
         .bind(&h.hostname)
         .bind(&h.fingerprint)
@@ -161,7 +163,7 @@ impl Database {
 fn host_access(r: &sqlx::any::AnyRow) -> Result<HostAccess, sqlx::Error> {
     Ok(HostAccess {
         host: Host {
-            id: r.try_get("id")?,
+            id: r.try_get::<String, _>("id")?.into(),
             address: r.try_get("address")?,
             hostname: r.try_get("hostname")?,
             fingerprint: r.try_get("fingerprint")?,

@@ -6,7 +6,7 @@
 //! return, and whether a cancel was asked. Its log is appended to in SQL (`log || line`),
 //! so no line is ever lost to a concurrent writer.
 
-use lifeboat_types::{OperationId, OperationKind, OperationStatus};
+use lifeboat_types::{HostId, OperationId, OperationKind, OperationStatus, ProtectionId};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -18,9 +18,11 @@ use super::{Database, DbError};
 pub struct Operation {
     #[schema(value_type = String)]
     pub id: OperationId,
-    pub host_id: String,
+    #[schema(value_type = String)]
+    pub host_id: HostId,
     pub vm: String,
-    pub protection_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub protection_id: Option<ProtectionId>,
     pub kind: OperationKind,
     pub status: OperationStatus,
     /// What it does now (or how it ended), in words.
@@ -83,9 +85,11 @@ fn operation(r: &sqlx::any::AnyRow) -> Result<Operation, sqlx::Error> {
     let result: Option<String> = r.try_get("result")?;
     Ok(Operation {
         id: OperationId::from(r.try_get::<String, _>("id")?),
-        host_id: r.try_get("host_id")?,
+        host_id: r.try_get::<String, _>("host_id")?.into(),
         vm: r.try_get("vm")?,
-        protection_id: r.try_get("protection_id")?,
+        protection_id: r
+            .try_get::<Option<String>, _>("protection_id")?
+            .map(Into::into),
         kind: parse_column(r, "kind")?,
         status: parse_column(r, "status")?,
         step: r.try_get("step")?,

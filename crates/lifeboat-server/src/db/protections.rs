@@ -14,6 +14,7 @@ use super::{Database, DbError};
 pub const UNREPORTED: &str = "unknown";
 
 pub use lifeboat_types::{Event, ProtectionState, Refusal};
+use lifeboat_types::{HostId, ProtectionId};
 
 /// The kind of failover that moved a VM away: it decides what an interrupted move does.
 pub use lifeboat_types::RecoveryKind as FailoverKind;
@@ -22,13 +23,13 @@ pub use lifeboat_types::RecoveryKind as FailoverKind;
 /// (generation 1), so callers name only what they know.
 #[derive(Clone, Debug)]
 pub struct Protection {
-    pub id: String,
-    pub host_id: String,
+    pub id: ProtectionId,
+    pub host_id: HostId,
     pub vm: String,
     pub point_name: String,
     pub vault_url: String,
     pub vault_passphrase: Secret,
-    pub recovery_host_id: String,
+    pub recovery_host_id: HostId,
     pub policy: String,
     pub state: ProtectionState,
     pub reason: String,
@@ -64,13 +65,13 @@ pub struct Protection {
 impl Default for Protection {
     fn default() -> Self {
         Protection {
-            id: String::new(),
-            host_id: String::new(),
+            id: Default::default(),
+            host_id: Default::default(),
             vm: String::new(),
             point_name: String::new(),
             vault_url: String::new(),
             vault_passphrase: Secret::default(),
-            recovery_host_id: String::new(),
+            recovery_host_id: Default::default(),
             policy: "default".into(),
             state: ProtectionState::Enabling,
             reason: String::new(),
@@ -153,13 +154,13 @@ const COLUMNS: &str =
 
 fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
     Ok(Protection {
-        id: r.try_get("id")?,
-        host_id: r.try_get("host_id")?,
+        id: r.try_get::<String, _>("id")?.into(),
+        host_id: r.try_get::<String, _>("host_id")?.into(),
         vm: r.try_get("vm")?,
         point_name: r.try_get("point_name")?,
         vault_url: r.try_get("vault_url")?,
         vault_passphrase: Secret::from(r.try_get::<String, _>("vault_passphrase")?),
-        recovery_host_id: r.try_get("recovery_host_id")?,
+        recovery_host_id: r.try_get::<String, _>("recovery_host_id")?.into(),
         policy: r.try_get("policy")?,
         state: parse_column(r, "state")?,
         reason: r.try_get("reason")?,
@@ -225,13 +226,13 @@ impl Database {
              $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1, $25, $26, \
              $27, $28)"
         ))
-        .bind(&p.id)
-        .bind(&p.host_id)
+        .bind(p.id.as_str())
+        .bind(p.host_id.as_str())
         .bind(&p.vm)
         .bind(&p.point_name)
         .bind(&p.vault_url)
         .bind(p.vault_passphrase.expose())
-        .bind(&p.recovery_host_id)
+        .bind(p.recovery_host_id.as_str())
         .bind(&p.policy)
         .bind(p.state.as_str())
         .bind(&p.reason)
@@ -306,7 +307,7 @@ impl Database {
         .bind(&p.app_attempt_at)
         .bind(p.failover_kind.map(|k| k.as_str()))
         .bind(&p.fenced_at)
-        .bind(&p.id)
+        .bind(p.id.as_str())
         .bind(p.generation)
         .bind(p.state_read.as_str())
         .execute(&self.pool)

@@ -4,21 +4,25 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use lifeboat_types::{RecoveryKind, RecoveryState};
+use lifeboat_types::{HostId, ProtectionId, RecoveryId, RecoveryKind, RecoveryState};
 
 use super::{Database, DbError};
 
 /// A recovered VM as the server keeps it.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Recovery {
-    pub id: String,
-    pub protection_id: String,
+    #[schema(value_type = String)]
+    pub id: RecoveryId,
+    #[schema(value_type = String)]
+    pub protection_id: ProtectionId,
     pub kind: RecoveryKind,
     /// The recovery host's id, and the VM's name there.
-    pub host_id: String,
+    #[schema(value_type = String)]
+    pub host_id: HostId,
     pub vm: String,
     /// The protected VM this is a copy of.
-    pub origin_host_id: String,
+    #[schema(value_type = String)]
+    pub origin_host_id: HostId,
     pub origin_vm: String,
     /// The recovery point it started from, and that point's cut time.
     pub point: String,
@@ -63,12 +67,12 @@ where
 
 fn recovery(r: &sqlx::any::AnyRow) -> Result<Recovery, sqlx::Error> {
     Ok(Recovery {
-        id: r.try_get("id")?,
-        protection_id: r.try_get("protection_id")?,
+        id: r.try_get::<String, _>("id")?.into(),
+        protection_id: r.try_get::<String, _>("protection_id")?.into(),
         kind: checked(r, "kind")?,
-        host_id: r.try_get("host_id")?,
+        host_id: r.try_get::<String, _>("host_id")?.into(),
         vm: r.try_get("vm")?,
-        origin_host_id: r.try_get("origin_host_id")?,
+        origin_host_id: r.try_get::<String, _>("origin_host_id")?.into(),
         origin_vm: r.try_get("origin_vm")?,
         point: r.try_get("point")?,
         point_time: r.try_get("point_time")?,
@@ -94,12 +98,12 @@ impl Database {
             "INSERT INTO recoveries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
              $10, $11, $12, $13, $14, $15, $16, $17, $17, 1)"
         ))
-        .bind(&r.id)
-        .bind(&r.protection_id)
+        .bind(r.id.as_str())
+        .bind(r.protection_id.as_str())
         .bind(r.kind.as_str())
-        .bind(&r.host_id)
+        .bind(r.host_id.as_str())
         .bind(&r.vm)
-        .bind(&r.origin_host_id)
+        .bind(r.origin_host_id.as_str())
         .bind(&r.origin_vm)
         .bind(&r.point)
         .bind(&r.point_time)
@@ -145,7 +149,7 @@ impl Database {
         .bind(&r.forwards)
         .bind(&r.error)
         .bind(chrono::Utc::now().to_rfc3339())
-        .bind(&r.id)
+        .bind(r.id.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -12,7 +12,7 @@ use super::{Ctx, Saga, StepError, StepInfo};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CleanupParams {
-    pub protection_id: String,
+    pub protection_id: lifeboat_types::ProtectionId,
     pub recovery_id: String,
     /// The copy's name on the recovery host.
     pub vm: String,

@@ -10,7 +10,7 @@ use super::{Ctx, Saga, StepError, StepInfo};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CommitParams {
-    pub protection_id: String,
+    pub protection_id: lifeboat_types::ProtectionId,
     pub recovery_id: String,
 }
 

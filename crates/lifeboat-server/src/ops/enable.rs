@@ -28,17 +28,17 @@ use crate::db::Protection;
 /// sealed it to itself (it opens only on that agent).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnableParams {
-    pub protection_id: String,
-    pub host_id: String,
+    pub protection_id: lifeboat_types::ProtectionId,
+    pub host_id: lifeboat_types::HostId,
     pub vm: String,
     pub point_name: String,
     pub vault_url: String,
-    pub recovery_host_id: String,
+    pub recovery_host_id: lifeboat_types::HostId,
     pub policy: String,
     /// JSON of the network map.
     pub network_map: String,
     /// (host id, sealed key) for the VM's host and its recovery host.
-    pub sealed: Vec<(String, String)>,
+    pub sealed: Vec<(lifeboat_types::HostId, String)>,
 }
 
 impl EnableParams {

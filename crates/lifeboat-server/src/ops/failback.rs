@@ -47,7 +47,7 @@ use crate::db::{Event, Facts, HostAccess, Protection, ProtectionState, Recovery}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FailbackParams {
-    pub protection_id: String,
+    pub protection_id: lifeboat_types::ProtectionId,
     /// The recovery the VM runs as away from home.
     pub recovery_id: String,
     pub shutdown_timeout_secs: u64,

@@ -33,7 +33,7 @@ use crate::db::{Event, Facts, HostAccess, Protection, ProtectionState, Recovery}
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FailoverParams {
     pub kind: RecoveryKind,
-    pub protection_id: String,
+    pub protection_id: lifeboat_types::ProtectionId,
     /// The recovery's id, chosen when the operation started: running a step again
     /// brings up the same recovery, never a second.
     pub recovery_id: String,
@@ -479,7 +479,7 @@ async fn start_recovery(
     let access = vault(ctx, p, rhost).await?;
     if ctx.db.recovery(&params.recovery_id).await?.is_none() {
         let rec = Recovery {
-            id: params.recovery_id.clone(),
+            id: params.recovery_id.clone().into(),
             protection_id: p.id.clone(),
             kind: params.kind,
             host_id: rhost.host.id.clone(),

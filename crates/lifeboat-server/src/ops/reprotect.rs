@@ -25,7 +25,7 @@ use crate::db::{Event, Facts, ProtectionState};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReprotectParams {
-    pub protection_id: String,
+    pub protection_id: lifeboat_types::ProtectionId,
     /// The committed recovery to protect where it runs (reversed); none after a failback.
     #[serde(default)]
     pub recovery_id: Option<String>,

@@ -24,7 +24,7 @@ use crate::db::{Event, Facts, ProtectionState};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UnprotectParams {
-    pub protection_id: String,
+    pub protection_id: lifeboat_types::ProtectionId,
     /// Also delete the VM's recovery points from the vault.
     pub delete_points: bool,
 }

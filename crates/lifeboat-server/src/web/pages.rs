@@ -255,7 +255,7 @@ pub fn operations_list(ops: &[Operation], names: &BTreeMap<String, String>) -> M
                     @for op in ops {
                         tr {
                             td { (time(&op.created_at)) }
-                            td { (names.get(&op.host_id).map_or("?", |s| s.as_str())) "/" (op.vm) }
+                            td { (names.get(op.host_id.as_str()).map_or("?", |s| s.as_str())) "/" (op.vm) }
                             td { (op.kind) }
                             td { span class={ "state " (match op.status.as_str() { "succeeded" => "good", "failed" => "bad", _ => "busy" }) } { (op.status) } }
                             td {
@@ -277,7 +277,7 @@ pub async fn host_names(s: &ServerState) -> Result<BTreeMap<String, String>, cra
         .hosts()
         .await?
         .into_iter()
-        .map(|h| (h.id, h.hostname))
+        .map(|h| (h.id.into(), h.hostname))
         .collect())
 }
 

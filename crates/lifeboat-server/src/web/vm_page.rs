@@ -99,7 +99,7 @@ pub async fn vm_detail(
         None => html! {
             @if let Some(r) = as_copy {
                 p {
-                    strong { (recovery_kind_label(r.kind)) } " of " (names.get(&r.origin_host_id).map_or("?", |n| n.as_str())) "/" (r.origin_vm)
+                    strong { (recovery_kind_label(r.kind)) } " of " (names.get(r.origin_host_id.as_str()).map_or("?", |n| n.as_str())) "/" (r.origin_vm)
                     ", started from the point of " (time(&r.point_time)) "."
                 }
                 p { "Its actions are on " a href=(vm_href(&r.origin_host_id, &r.origin_vm)) { "the page of " (r.origin_vm) } "." }
