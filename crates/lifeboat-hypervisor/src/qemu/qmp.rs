@@ -45,9 +45,26 @@ pub struct Qmp {
     /// One command at a time: without out-of-band support `qapi` gives every command the
     /// same id, so replies are told apart only by order.
     one_at_a_time: tokio::sync::Mutex<()>,
-    /// A command timed out: its reply may still come and would be taken for the next
-    /// command's (and `qapi` still holds its id), so the connection is not used again.
+    /// A command timed out, or its caller went away before the answer: its reply may
+    /// still come and would be taken for the next command's (and `qapi` still holds its
+    /// id, so the next command would make it panic), so the connection is not used again.
     stale: std::sync::atomic::AtomicBool,
+}
+
+/// Marks the connection stale unless the command it guards got its answer: dropped with
+/// the caller's future mid-command (a cancelled sync), it leaves the connection unusable
+/// rather than poisoned.
+struct InFlight<'a> {
+    stale: &'a std::sync::atomic::AtomicBool,
+    answered: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 impl Qmp {
@@ -93,15 +110,19 @@ impl Qmp {
         if self.stale.load(Ordering::SeqCst) {
             return Err(QmpError::Stale);
         }
+        let mut in_flight = InFlight {
+            stale: &self.stale,
+            answered: false,
+        };
         let reply = match tokio::time::timeout(timeout, self.service.execute(command)).await {
             Ok(r) => r,
             Err(_) => {
-                self.stale.store(true, Ordering::SeqCst);
                 return Err(QmpError::Timeout {
                     secs: timeout.as_secs(),
                 });
             }
         };
+        in_flight.answered = true;
         reply.map_err(|e| match e {
             qapi::ExecuteError::Qapi(e) => QmpError::Refused {
                 class: format!("{:?}", e.class),
@@ -182,6 +203,21 @@ mod tests {
         // Before the fix the next command reused the timed-out one's id: qapi panicked.
         let second = qmp.run(QueryStatus {}).await;
         assert!(matches!(second, Err(QmpError::Stale)), "{second:?}");
+    }
+
+    /// A caller that goes away mid-command (its sync cancelled) leaves the connection
+    /// stale: the next command once reused the abandoned one's id and qapi panicked
+    /// ("QAPI duplicate command id"), poisoning the connection for every later caller.
+    #[tokio::test]
+    async fn a_command_whose_caller_went_away_makes_the_connection_stale_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        monitor(&path, Some(Duration::from_millis(300))).await;
+        let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let abandoned = tokio::time::timeout(Duration::from_millis(50), qmp.run(QueryStatus {}));
+        assert!(abandoned.await.is_err(), "the caller gave up first");
+        let next = qmp.run(QueryStatus {}).await;
+        assert!(matches!(next, Err(QmpError::Stale)), "{next:?}");
     }
 
     /// Two tasks sharing a connection each get their own answer (replies carry no id that
