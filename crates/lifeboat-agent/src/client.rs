@@ -282,12 +282,19 @@ impl AgentClient {
         &self,
         req: &crate::recovery::RecoveryRequest,
     ) -> Result<crate::recovery::RecoveryStatus, ClientError> {
-        let call = self.http.post(self.url("/api/v1/recoveries")).json(req);
-        if req.job_id.is_none() {
-            return self.call(call).await;
+        /// A job (202), or the status itself from an agent that answers in the request
+        /// (one from before provisioning was a job ignores `job_id`).
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Answer {
+            Job(crate::jobs::JobStatus),
+            Done(crate::recovery::RecoveryStatus),
         }
-        let job = self.call(call).await?;
-        self.follow_job(job).await
+        let call = self.http.post(self.url("/api/v1/recoveries")).json(req);
+        match self.call(call).await? {
+            Answer::Job(job) => self.follow_job(job).await,
+            Answer::Done(status) => Ok(status),
+        }
     }
 
     /// A recovery's state; `Refused { status: 404 }` when the agent has none of that id.

@@ -252,16 +252,17 @@ impl Recoveries {
                 matches!(driver, Driver::Libvirt(_)),
             )
             .map_err(RecoveryError::Invalid)?;
-            let forwarded = match driver {
-                Driver::Qemu(_) => matches!(nic.network.as_str(), "user" | "isolated"),
-                // A libvirt host forwards only the ports a test copy exposes; the source's
-                // own forwards were on a user network, which a libvirt host maps to a bridge.
-                Driver::Libvirt(_) => nic.network == "isolated" && !req.expose.is_empty(),
-            };
-            if !forwarded {
+            match driver {
+                Driver::Qemu(_) if matches!(nic.network.as_str(), "user" | "isolated") => {}
+                // A libvirt host forwards only the ports a test copy exposes (added above
+                // with no host port yet); the source's own forwards were on a user network,
+                // which a libvirt host maps to a bridge.
+                Driver::Libvirt(_) if nic.network == "isolated" => nic
+                    .host_forwards
+                    .retain(|f| f.host_port == 0 && req.expose.contains(&f.guest_port)),
                 // A bridged NIC is reached at its own address, not through host ports: no
                 // forward is made, so none is reported.
-                nic.host_forwards.clear();
+                _ => nic.host_forwards.clear(),
             }
             for f in &mut nic.host_forwards {
                 // Ports are this host's: keep the source's when free, else take another.

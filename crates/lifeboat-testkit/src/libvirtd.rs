@@ -168,11 +168,13 @@ impl SiteDaemon {
             &root.join("cache"),
             &|_| true,
         )?;
-        // The folders libvirt's packages made, empty, with their owners and modes.
+        // The folders libvirt's packages made, empty (no image of the machine's), with
+        // their owners and modes.
         copy_tree(Path::new("/var/lib/libvirt"), &root.join("lib"), &|rel| {
             rel.components().count() <= 2
                 && !rel.starts_with("lifeboat")
                 && !rel.starts_with("qemu/domain-")
+                && Path::new("/var/lib/libvirt").join(rel).is_dir()
         })?;
         let qemu_conf = root.join("etc/qemu.conf");
         let mut conf = std::fs::read_to_string(&qemu_conf).unwrap_or_default();
@@ -196,8 +198,8 @@ impl SiteDaemon {
             .context("starting a mount namespace for a site's libvirtd (unshare, util-linux)")?;
         let mut line = String::new();
         let stdout = holder.stdout.take().expect("piped");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        if line.trim() != "mounted" {
+        let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        if read.is_err() || line.trim() != "mounted" {
             let _ = holder.kill();
             let status = holder.wait()?;
             bail!("the site's libvirt folders were not mounted ({status})");

@@ -204,7 +204,12 @@ pub async fn status(out: Output, home: &Path, conn: ServerConn) -> Result<()> {
     let server = ServerClient::new(&conn, home)?;
     let mut s: Overview = server.get("/api/v1/status").await?;
     // Every page of the protections, in the server's order.
+    let mut at = s.offset;
     while let Some(offset) = s.next_offset {
+        if offset <= at {
+            anyhow::bail!("the server's pages do not advance (offset {offset} after {at})");
+        }
+        at = offset;
         let next: Overview = server
             .get(&format!("/api/v1/status?offset={offset}"))
             .await?;

@@ -127,9 +127,11 @@ fn exposed_nic(i: usize, nic: &crate::spec::NicSpec, machine: &str) -> Result<[S
         let bind = if f.public { "" } else { "127.0.0.1" };
         netdev += &format!(",hostfwd=tcp:{bind}:{}-:{}", f.host_port, f.guest_port);
     }
-    // QEMU places these devices before libvirt's own, whose PCI addresses libvirt fixed
-    // from slot 2 up: ours take a slot from the top that libvirt leaves free (i440FX:
-    // 0x1f; Q35's root bus: 0x1c, below the ICH9 functions and libvirt's 0x1d/0x1e).
+    // Without an address QEMU put this device in slot 2 before libvirt's own devices
+    // (given as JSON, created later) took the slots libvirt fixed from 2 up, and the
+    // domain did not start. Ours take a slot from the top that libvirt leaves free
+    // (i440FX: 0x1f; Q35's root bus: 0x1c, below the ICH9 functions and libvirt's
+    // 0x1d/0x1e). A guest numbers NICs by slot, so an exposed NIC comes after the others.
     let (bus, top) = if machine.contains("q35") {
         ("pcie.0", 0x1c)
     } else {

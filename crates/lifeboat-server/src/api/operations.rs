@@ -72,7 +72,13 @@ struct Follower {
     lines: usize,
     queue: VecDeque<Event>,
     ended: bool,
+    /// Database reads that failed in a row.
+    failures: u32,
 }
+
+/// Failed reads in a row after which the stream ends (about 10 s): the client then asks
+/// for the operation, and says what it gets.
+const FOLLOW_MAX_FAILURES: u32 = 50;
 
 /// The operation's events, read from the database (so a restarted server's engine, or
 /// another's, is followed alike).
@@ -87,31 +93,39 @@ fn follow(
         lines: 0,
         queue: VecDeque::new(),
         ended: false,
+        failures: 0,
     };
     futures::stream::unfold(start, |mut f| async move {
         loop {
             if let Some(ev) = f.queue.pop_front() {
                 return Some((Ok(ev), f));
             }
-            if f.ended {
+            if f.ended || f.failures >= FOLLOW_MAX_FAILURES {
                 return None;
             }
-            if f.sent.is_some() {
+            if f.sent.is_some() || f.failures > 0 {
                 tokio::time::sleep(FOLLOW_POLL).await;
             }
-            // A database hiccup: try again at the next tick; the client keeps waiting.
-            let Ok(generation) = f.s.db.operation_generation(&f.id).await else {
-                continue;
+            // The generation is read before the row: a change in between shows next time.
+            let read = match f.s.db.operation_generation(&f.id).await {
+                Ok(None) => return None, // deleted under us: nothing more to say
+                Ok(Some(generation)) if f.sent == Some(generation) => {
+                    f.failures = 0;
+                    continue;
+                }
+                Ok(Some(generation)) => f.s.db.operation(&f.id).await.map(|op| (generation, op)),
+                Err(e) => Err(e),
             };
-            let Some(generation) = generation else {
-                return None; // deleted under us: nothing more to say
+            let (generation, op) = match read {
+                Ok((generation, Some(op))) => (generation, op),
+                Ok((_, None)) => return None,
+                Err(e) => {
+                    f.failures += 1;
+                    tracing::warn!(operation = %f.id, error = %e, "following an operation: reading it failed");
+                    continue;
+                }
             };
-            if f.sent == Some(generation) {
-                continue;
-            }
-            let Ok(Some(op)) = f.s.db.operation(&f.id).await else {
-                continue;
-            };
+            f.failures = 0;
             for line in op.log.lines().skip(f.lines) {
                 f.queue.push_back(Event::default().event("log").data(line));
             }
