@@ -8,6 +8,7 @@
 //!   sync, asked twice, is one job on the agent and makes one point;
 //! - a failback that fails after a step before its point of no return is undone: the VM
 //!   runs on at the recovery site with every write, home fenced;
+//! - an unprotect that fails so is undone: the VM stays protected and gets new points;
 //! - past the point of no return a cancel is refused, saying why, and a kill -9 of the
 //!   server there is followed by the restarted server finishing the move, which
 //!   `operations follow` follows to its end;
@@ -15,8 +16,8 @@
 //!   the operation's end.
 //!
 //! At every moment at most one copy of the VM runs. `LIFEBOAT_SAGA_CAMPAIGN=full` adds a
-//! failure injected after every step of the planned failover and of the failback before
-//! their points of no return (a long campaign).
+//! failure injected after every step of the planned failover, the failback and the
+//! unprotect before their points of no return (a long campaign).
 
 mod common;
 
@@ -53,6 +54,14 @@ const FAILBACK_STEPS: [&str; 9] = [
     "record",
 ];
 const FAILBACK_NO_RETURN: usize = 6;
+/// Unprotect's steps (`ops/unprotect.rs`); `delete-points` is its point of no return.
+const UNPROTECT_STEPS: [&str; 4] = [
+    "mark-disabling",
+    "stop-tracking",
+    "delete-points",
+    "remove-protection",
+];
+const UNPROTECT_NO_RETURN: usize = 2;
 
 /// Every event of operation `id`'s stream (`/api/v1/operations/{id}/events`) as (name,
 /// data), read with a plain HTTP client until the server ends the stream.
@@ -315,7 +324,7 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
 
     // 4. A failback that fails after a step before its point of no return: undone, the
     // VM runs on at the recovery site with every write, home fenced. With the full
-    // campaign, after every step before it (past it a move goes on to its end: case 6).
+    // campaign, after every step before it (past it a move goes on to its end: case 7).
     let fail_at: Vec<&str> = if campaign {
         FAILBACK_STEPS[..FAILBACK_NO_RETURN].to_vec()
     } else {
@@ -354,7 +363,38 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
         p["state"] == "protected" && p["last_point"] != last
     });
 
-    // 6. Past the point of no return: cancel refused, the server killed there, and the
+    // 6. An unprotect that fails after a step before its point of no return: undone, the
+    // VM stays protected and gets new points (a resync when tracking was stopped). With
+    // the full campaign, after every such step.
+    let fail_at: Vec<&str> = if campaign {
+        UNPROTECT_STEPS[..UNPROTECT_NO_RETURN].to_vec()
+    } else {
+        vec!["stop-tracking"]
+    };
+    for step in fail_at {
+        restart_server_with(
+            &mut cl,
+            &[("LIFEBOAT_SAGA_FAIL", &format!("disable:{step}"))],
+        );
+        let last = cl.protection()["last_point"].clone();
+        let (ok, _, err) = cl.cli(&["unprotect", "web"]);
+        assert!(!ok, "failure after {step}: the unprotect succeeded");
+        assert!(
+            err.contains(&format!("step {step} failed")) && err.contains("undone"),
+            "unprotect failure after {step}: {err}"
+        );
+        cl.wait_for(
+            &format!("a point after the unprotect undone after {step}"),
+            Duration::from_secs(180),
+            |p| p["state"] == "protected" && p["last_point"] != last,
+        );
+        assert_eq!(where_it_runs(&cl), "alpha");
+        eprintln!("unprotect failure after {step}: undone, replication goes on");
+        cases += 1;
+    }
+    restart_server_with(&mut cl, &[]);
+
+    // 7. Past the point of no return: cancel refused, the server killed there, and the
     // restarted server finishes the move.
     let marker = cl.tmp.path().join("failpoint-reached");
     let _ = std::fs::remove_file(&marker);
