@@ -280,23 +280,25 @@ fn a_relay_delays_every_byte_each_way_and_keeps_order() {
 
     let mut direct = client.tcp_connect(server, CONNECT).unwrap();
     direct.set_nodelay(true).unwrap();
+    // Bounds a busy 2-core machine (QEMU guests beside) keeps: the delay is large enough
+    // that "delayed" (at least 2 x 100 ms) and "not delayed" (under 150 ms) never meet.
     let (_, _, rtt) = timed_round_trip(&mut direct, &stamps);
-    assert!(rtt < Duration::from_millis(20), "direct round trip {rtt:?}");
+    assert!(
+        rtt < Duration::from_millis(150),
+        "direct round trip {rtt:?}"
+    );
 
-    let delay = Duration::from_millis(20);
+    let delay = Duration::from_millis(100);
     let relay = Relay::start(client, sock(Site::Client.host_addr(), 0), server, delay).unwrap();
     let mut relayed = client.tcp_connect(relay.addr(), CONNECT).unwrap();
     relayed.set_nodelay(true).unwrap();
     // Several round trips on one connection: the data is delayed, not only the connect.
     for i in 0..5 {
         let (there, back, rtt) = timed_round_trip(&mut relayed, &stamps);
-        println!("relay 20 ms: round trip {i}: there {there:?}, back {back:?}, total {rtt:?}");
+        println!("relay 100 ms: round trip {i}: there {there:?}, back {back:?}, total {rtt:?}");
         assert!(there >= delay, "to the server took {there:?}");
         assert!(back >= delay, "back from the server took {back:?}");
-        assert!(
-            rtt >= 2 * delay && rtt < Duration::from_millis(200),
-            "{rtt:?}"
-        );
+        assert!(rtt >= 2 * delay && rtt < Duration::from_secs(2), "{rtt:?}");
     }
 
     // Full duplex and in order: 2 MB written while its echo is read back.
@@ -316,7 +318,7 @@ fn a_relay_delays_every_byte_each_way_and_keeps_order() {
     relay.set_delay(Duration::ZERO);
     let (_, _, rtt) = timed_round_trip(&mut relayed, &stamps);
     assert!(
-        rtt < Duration::from_millis(20),
+        rtt < Duration::from_millis(150),
         "after set_delay(0): {rtt:?}"
     );
     while stamps.try_recv().is_ok() {}
@@ -360,15 +362,19 @@ fn a_relay_models_loss_as_head_of_line_stalls() {
     let relay = Relay::start(client, sock(Ipv4Addr::LOCALHOST, 0), server, Duration::ZERO).unwrap();
     let mut s = client.tcp_connect(relay.addr(), CONNECT).unwrap();
     s.set_nodelay(true).unwrap();
-    relay.set_loss(1.0, Duration::from_millis(50));
+    // A penalty large enough that a busy machine's scheduling never blurs the two cases.
+    relay.set_loss(1.0, Duration::from_millis(200));
     let (there, _, _) = timed_round_trip(&mut s, &stamps);
     assert!(
-        there >= Duration::from_millis(50),
+        there >= Duration::from_millis(200),
         "a lost chunk came in {there:?}"
     );
     relay.set_loss(0.0, Duration::ZERO);
     let (there, _, _) = timed_round_trip(&mut s, &stamps);
-    assert!(there < Duration::from_millis(50), "without loss: {there:?}");
+    assert!(
+        there < Duration::from_millis(150),
+        "without loss: {there:?}"
+    );
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -419,8 +425,9 @@ fn relay_overhead() {
          {relayed_mbs:.0} MB/s",
         relayed.saturating_sub(direct)
     );
+    // Medians of many round trips; a margin a busy 2-core machine keeps.
     assert!(
-        relayed < direct + Duration::from_millis(5),
+        relayed < direct + Duration::from_millis(15),
         "the relay adds {:?} per round trip",
         relayed.saturating_sub(direct)
     );
