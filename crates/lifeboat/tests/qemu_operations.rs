@@ -9,6 +9,7 @@
 //! - a failback that fails after a step before its point of no return is undone: the VM
 //!   runs on at the recovery site with every write, home fenced;
 //! - an unprotect that fails so is undone: the VM stays protected and gets new points;
+//! - an enable that fails after recording the protection leaves nothing of it;
 //! - past the point of no return a cancel is refused, saying why, and a kill -9 of the
 //!   server there is followed by the restarted server finishing the move, which
 //!   `operations follow` follows to its end;
@@ -324,7 +325,7 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
 
     // 4. A failback that fails after a step before its point of no return: undone, the
     // VM runs on at the recovery site with every write, home fenced. With the full
-    // campaign, after every step before it (past it a move goes on to its end: case 7).
+    // campaign, after every step before it (past it a move goes on to its end: case 8).
     let fail_at: Vec<&str> = if campaign {
         FAILBACK_STEPS[..FAILBACK_NO_RETURN].to_vec()
     } else {
@@ -394,7 +395,37 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
     }
     restart_server_with(&mut cl, &[]);
 
-    // 7. Past the point of no return: cancel refused, the server killed there, and the
+    // 7. Unprotected, then an enable that fails after recording the protection: undone,
+    // nothing is left of it (the VM is not protected, no operation runs); enabled again,
+    // it syncs from scratch.
+    let (ok, out, err) = cl.cli(&["unprotect", "web"]);
+    assert!(ok, "{out}\n{err}");
+    restart_server_with(
+        &mut cl,
+        &[("LIFEBOAT_SAGA_FAIL", "enable:record-protection")],
+    );
+    let (ok, _, err) = cl.protect("web", &["--wait", "--timeout", "5m"]);
+    assert!(
+        !ok && err.contains("step record-protection failed") && err.contains("undone"),
+        "enable failure after record-protection: {err}"
+    );
+    let status = cl.json(&["status"]);
+    assert_eq!(
+        status["protected_vms"], 0,
+        "nothing left of the protection: {status}"
+    );
+    assert_eq!(
+        status["running_operations"].as_array().unwrap().len(),
+        0,
+        "{status}"
+    );
+    cases += 1;
+    restart_server_with(&mut cl, &[]);
+    let (ok, out, err) = cl.protect("web", &["--wait", "--timeout", "10m"]);
+    assert!(ok, "enabled again: {out}\n{err}");
+    eprintln!("enable failure after record-protection: undone; enabled again");
+
+    // 8. Past the point of no return: cancel refused, the server killed there, and the
     // restarted server finishes the move.
     let marker = cl.tmp.path().join("failpoint-reached");
     let _ = std::fs::remove_file(&marker);
