@@ -24,6 +24,10 @@ pub struct Event {
 pub struct Events {
     resp: reqwest::Response,
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no block end (less the 3 bytes a `\r\n\r\n`
+    /// split across chunks may have begun in): a long event is scanned once, not at
+    /// every chunk.
+    scanned: usize,
 }
 
 impl Events {
@@ -31,18 +35,22 @@ impl Events {
         Events {
             resp,
             buf: Vec::new(),
+            scanned: 0,
         }
     }
 
     /// The next event; `None` when the server ended the stream.
     pub async fn next(&mut self) -> Result<Option<Event>> {
         loop {
-            while let Some(end) = block_end(&self.buf) {
-                let block: Vec<u8> = self.buf.drain(..end.1).collect();
-                if let Some(ev) = parse_block(&block[..end.0]) {
+            while let Some((len, with_blank)) = block_end(&self.buf[self.scanned..]) {
+                let (len, with_blank) = (self.scanned + len, self.scanned + with_blank);
+                let block: Vec<u8> = self.buf.drain(..with_blank).collect();
+                self.scanned = 0;
+                if let Some(ev) = parse_block(&block[..len]) {
                     return Ok(Some(ev));
                 }
             }
+            self.scanned = self.buf.len().saturating_sub(3);
             if self.buf.len() > MAX_EVENT_BYTES {
                 bail!("the server sent an event larger than {MAX_EVENT_BYTES} bytes");
             }

@@ -27,42 +27,9 @@ use std::time::{Duration, Instant};
 use common::cluster::{cluster, Cluster};
 use common::moves::{all_acked_present, where_it_runs, writing_guest, OneCopy};
 use common::start_server;
+use lifeboat_server::ops::{failback, failover, undone_if_failed_after, unprotect};
 use lifeboat_testkit::free_tcp_port;
 use serde_json::Value;
-
-/// The planned failover's steps, as the engine names them (`ops/failover.rs`).
-const PLANNED_STEPS: [&str; 8] = [
-    "check-hosts",
-    "mark-failing-over",
-    "wait-for-sync",
-    "shutdown-source",
-    "final-sync",
-    "fence-source",
-    "start-recovery",
-    "record",
-];
-const NO_RETURN: usize = 6;
-/// The failback's steps (`ops/failback.rs`); `start-home` is its point of no return.
-const FAILBACK_STEPS: [&str; 9] = [
-    "check-hosts",
-    "mark-failing-back",
-    "wait-for-sync",
-    "shutdown-recovery",
-    "final-sync",
-    "apply-at-home",
-    "start-home",
-    "remove-recovery",
-    "record",
-];
-const FAILBACK_NO_RETURN: usize = 6;
-/// Unprotect's steps (`ops/unprotect.rs`); `delete-points` is its point of no return.
-const UNPROTECT_STEPS: [&str; 4] = [
-    "mark-disabling",
-    "stop-tracking",
-    "delete-points",
-    "remove-protection",
-];
-const UNPROTECT_NO_RETURN: usize = 2;
 
 /// Every event of operation `id`'s stream (`/api/v1/operations/{id}/events`) as (name,
 /// data), read with a plain HTTP client until the server ends the stream.
@@ -232,11 +199,11 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
     home_and_whole(&cl, http, "cancelled during the shutdown").await;
     cases += 1;
 
-    // 2. A failure after a step before the point of no return: undone, said why. With
-    // the full campaign, after every step before it.
+    // 2. A failure after a step up to the point of no return: undone, said why. With the
+    // full campaign, after every such step, as the engine's own list names them.
     let campaign = std::env::var("LIFEBOAT_SAGA_CAMPAIGN").is_ok_and(|v| v == "full");
     let fail_at: Vec<&str> = if campaign {
-        PLANNED_STEPS[..NO_RETURN + 1].to_vec()
+        undone_if_failed_after(failover::PLANNED_STEPS)
     } else {
         vec!["fence-source"]
     };
@@ -323,11 +290,11 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
     eprintln!("every step twice, CLI killed: failed over, {n} acknowledged writes present");
     cases += 1;
 
-    // 4. A failback that fails after a step before its point of no return: undone, the
-    // VM runs on at the recovery site with every write, home fenced. With the full
-    // campaign, after every step before it (past it a move goes on to its end: case 8).
+    // 4. A failback that fails after a step up to its point of no return: undone, the VM
+    // runs on at the recovery site with every write, home fenced. With the full campaign,
+    // after every such step (past it a move goes on to its end: case 8).
     let fail_at: Vec<&str> = if campaign {
-        FAILBACK_STEPS[..FAILBACK_NO_RETURN].to_vec()
+        undone_if_failed_after(failback::STEPS)
     } else {
         vec!["apply-at-home"]
     };
@@ -364,11 +331,11 @@ async fn operations_survive_clients_cancels_failures_and_server_crashes() {
         p["state"] == "protected" && p["last_point"] != last
     });
 
-    // 6. An unprotect that fails after a step before its point of no return: undone, the
+    // 6. An unprotect that fails after a step up to its point of no return: undone, the
     // VM stays protected and gets new points (a resync when tracking was stopped). With
     // the full campaign, after every such step.
     let fail_at: Vec<&str> = if campaign {
-        UNPROTECT_STEPS[..UNPROTECT_NO_RETURN].to_vec()
+        undone_if_failed_after(unprotect::STEPS)
     } else {
         vec!["stop-tracking"]
     };

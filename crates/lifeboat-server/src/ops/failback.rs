@@ -74,7 +74,7 @@ pub struct FailbackMemory {
 
 pub struct Failback;
 
-const STEPS: &[StepInfo] = &[
+pub const STEPS: &[StepInfo] = &[
     StepInfo::step("check-hosts"),
     StepInfo::with_undo("mark-failing-back"),
     StepInfo::step("wait-for-sync"),

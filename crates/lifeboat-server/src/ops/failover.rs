@@ -72,7 +72,7 @@ const TEST_STEPS: &[StepInfo] = &[
     StepInfo::step("record"),
 ];
 
-const PLANNED_STEPS: &[StepInfo] = &[
+pub const PLANNED_STEPS: &[StepInfo] = &[
     StepInfo::step("check-hosts"),
     StepInfo::with_undo("mark-failing-over"),
     StepInfo::step("wait-for-sync"),

@@ -74,6 +74,17 @@ impl StepInfo {
     }
 }
 
+/// The steps after which an injected failure ends the operation undone: every step up
+/// to its point of no return, that one included (its own undo runs; the steps after it
+/// retry forward). What the failure campaigns on real agents are generated from.
+pub fn undone_if_failed_after(steps: &[StepInfo]) -> Vec<&'static str> {
+    let end = steps
+        .iter()
+        .position(|s| s.no_return)
+        .map_or(steps.len(), |i| i + 1);
+    steps[..end].iter().map(|s| s.name).collect()
+}
+
 /// How a step failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StepError {
@@ -524,6 +535,18 @@ mod tests {
     //! real agents and guests in `crates/lifeboat/tests/qemu_operations.rs`.
     use super::*;
     use crate::db::CancelAsked;
+
+    #[test]
+    fn failures_are_undone_up_to_the_point_of_no_return_included() {
+        let steps = [
+            StepInfo::step("a"),
+            StepInfo::with_undo("b"),
+            StepInfo::step("c").no_return(),
+            StepInfo::step("d"),
+        ];
+        assert_eq!(super::undone_if_failed_after(&steps), ["a", "b", "c"]);
+        assert_eq!(super::undone_if_failed_after(&steps[..2]), ["a", "b"]);
+    }
 
     /// a, b (undo), c, d (undo, the point of no return), e.
     const STEPS: &[StepInfo] = &[

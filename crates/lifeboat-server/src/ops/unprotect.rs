@@ -52,7 +52,7 @@ pub struct Unprotected {
     pub note: Option<String>,
 }
 
-const STEPS: &[StepInfo] = &[
+pub const STEPS: &[StepInfo] = &[
     StepInfo::with_undo("mark-disabling"),
     StepInfo::step("stop-tracking"),
     StepInfo::step("delete-points").no_return(),
