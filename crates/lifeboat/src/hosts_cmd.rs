@@ -89,7 +89,7 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
 pub async fn run_vms(out: Output, home: &Path, cmd: VmsCommand) -> Result<()> {
     let VmsCommand::List { conn } = cmd;
     let server = ServerClient::new(&conn, home)?;
-    let list: VmList = server.get("/api/v1/vms").await?;
+    let list: VmList = server.get_all("/api/v1/vms").await?;
     out.show(&list, |l| {
         if l.vms.is_empty() {
             println!("No VMs on the enrolled hosts.");
@@ -155,7 +155,7 @@ async fn add_vms(report: &mut ScanReport, conn: &crate::cli::ServerConn, home: &
     let Ok(server) = ServerClient::new(conn, home) else {
         return;
     };
-    let Ok(list) = server.get::<VmList>("/api/v1/vms").await else {
+    let Ok(list) = server.get_all::<VmList>("/api/v1/vms").await else {
         return;
     };
     let hosts: Vec<Host> = server.get("/api/v1/hosts").await.unwrap_or_default();

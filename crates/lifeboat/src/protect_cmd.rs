@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lifeboat_server::api::protection::{ProtectRequest, Protected, ProtectionView};
+use lifeboat_server::api::protection::{ProtectRequest, Protected, ProtectionList, ProtectionView};
 use lifeboat_server::api::status::Overview;
 use lifeboat_server::db::PointRow;
 use lifeboat_server::ops::unprotect::Unprotected;
@@ -50,8 +50,9 @@ fn split_vm(text: &str) -> (String, Option<String>) {
 /// The protection of `vm` (`VM` or `HOST/VM`).
 pub async fn find_protection(server: &ServerClient, vm: &str) -> Result<ProtectionView> {
     let (name, host) = split_vm(vm);
-    let all: Vec<ProtectionView> = server.get("/api/v1/protections").await?;
+    let all: ProtectionList = server.get_all("/api/v1/protections").await?;
     let matches: Vec<ProtectionView> = all
+        .protections
         .into_iter()
         .filter(|p| p.vm == name)
         .filter(|p| {
@@ -202,20 +203,7 @@ pub async fn unprotect(out: Output, home: &Path, args: UnprotectArgs) -> Result<
 
 pub async fn status(out: Output, home: &Path, conn: ServerConn) -> Result<()> {
     let server = ServerClient::new(&conn, home)?;
-    let mut s: Overview = server.get("/api/v1/status").await?;
-    // Every page of the protections, in the server's order.
-    let mut at = s.offset;
-    while let Some(offset) = s.next_offset {
-        if offset <= at {
-            anyhow::bail!("the server's pages do not advance (offset {offset} after {at})");
-        }
-        at = offset;
-        let next: Overview = server
-            .get(&format!("/api/v1/status?offset={offset}"))
-            .await?;
-        s.protections.extend(next.protections);
-        s.next_offset = next.next_offset;
-    }
+    let s: Overview = server.get_all("/api/v1/status").await?;
     out.show(&s, |s| {
         let n = |state: &str| s.by_state.get(state).copied().unwrap_or(0);
         println!(

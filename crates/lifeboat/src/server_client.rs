@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use lifeboat_agent::client::{read_bounded, ReadError};
+use lifeboat_server::api::protection::ProtectionList;
+use lifeboat_server::api::status::Overview;
+use lifeboat_server::api::VmList;
 use serde::de::DeserializeOwned;
 
 use crate::cli::ServerConn;
@@ -61,6 +64,60 @@ impl ClientConfig {
             }
         }
         Ok(config)
+    }
+}
+
+/// An answer that comes in pages (`?offset=`, `next_offset`): [`ServerClient::get_all`]
+/// reads every page into the first.
+pub trait Paged: DeserializeOwned {
+    fn offset(&self) -> usize;
+    fn next_offset(&self) -> Option<usize>;
+    /// Takes the next page's rows, and where the page after it starts.
+    fn append(&mut self, next: Self);
+}
+
+impl Paged for Overview {
+    fn offset(&self) -> usize {
+        self.offset
+    }
+    fn next_offset(&self) -> Option<usize> {
+        self.next_offset
+    }
+    fn append(&mut self, next: Self) {
+        self.protections.extend(next.protections);
+        self.next_offset = next.next_offset;
+    }
+}
+
+impl Paged for ProtectionList {
+    fn offset(&self) -> usize {
+        self.offset
+    }
+    fn next_offset(&self) -> Option<usize> {
+        self.next_offset
+    }
+    fn append(&mut self, next: Self) {
+        self.protections.extend(next.protections);
+        self.next_offset = next.next_offset;
+    }
+}
+
+impl Paged for VmList {
+    fn offset(&self) -> usize {
+        self.offset
+    }
+    fn next_offset(&self) -> Option<usize> {
+        self.next_offset
+    }
+    fn append(&mut self, next: Self) {
+        self.vms.extend(next.vms);
+        // Every page names the hosts that did not answer it: each once.
+        for p in next.unreachable {
+            if !self.unreachable.iter().any(|q| q.address == p.address) {
+                self.unreachable.push(p);
+            }
+        }
+        self.next_offset = next.next_offset;
     }
 }
 
@@ -123,6 +180,23 @@ impl ServerClient {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
+    }
+
+    /// Every page of `GET path`, in the server's order, as one answer with no
+    /// `next_offset`.
+    pub async fn get_all<T: Paged>(&self, path: &str) -> Result<T> {
+        let mut all: T = self.get(path).await?;
+        let mut at = all.offset();
+        let join = if path.contains('?') { '&' } else { '?' };
+        while let Some(offset) = all.next_offset() {
+            if offset <= at {
+                bail!("the server's pages of {path} do not advance (offset {offset} after {at})");
+            }
+            at = offset;
+            let next: T = self.get(&format!("{path}{join}offset={offset}")).await?;
+            all.append(next);
+        }
+        Ok(all)
     }
 
     pub async fn post<T: DeserializeOwned>(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use lifeboat_hypervisor::{Hypervisor, QemuDriver, VmName, VmState};
-use lifeboat_server::api::protection::ProtectRequest;
+use lifeboat_server::api::protection::{ProtectRequest, ProtectionList};
 use lifeboat_vault::backend::{Backend, BackendOptions, VaultUrl};
 use lifeboat_vault::format::KdfParams;
 use lifeboat_vault::Vault;
@@ -105,10 +105,10 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
 
     if !args.no_demo_vm {
         let port = ensure_demo_vm(&driver, home).await?;
-        let protections: Vec<Value> = api.get("/api/v1/protections").await?;
-        let existing = protections.iter().find(|p| p["vm"] == DEMO_VM).cloned();
+        let protections: ProtectionList = api.get_all("/api/v1/protections").await?;
+        let existing = protections.protections.iter().find(|p| p.vm == DEMO_VM);
         let id = match existing {
-            Some(p) => p["id"].as_str().unwrap_or_default().to_string(),
+            Some(p) => p.id.to_string(),
             None => {
                 let created: Value = api
                     .post(

@@ -12,16 +12,18 @@
 //! | `GET/POST /api/v1/tokens`, `DELETE /api/v1/tokens/{id}` | API tokens: list, create (shown once), revoke |
 //! | `GET/POST /api/v1/users`, `PUT /api/v1/users/{name}/role`, `PUT …/password`, `DELETE /api/v1/users/{name}` | users and their roles |
 //! | `GET /api/v1/audit` | the audit log, newest first, a page at a time |
-//! | `GET /api/v1/vms` | every VM of every host (hosts that do not answer are listed with the reason) |
-//! | `GET/POST /api/v1/protections` | protected VMs; enable replication of a VM |
+//! | `GET /api/v1/vms` | every VM of every host, a page at a time (hosts that do not answer are listed with the reason) |
+//! | `GET/POST /api/v1/protections` | protected VMs, a page at a time; enable replication of a VM |
 //! | `GET/DELETE /api/v1/protections/{id}` | one protected VM; disable its replication |
 //! | `GET /api/v1/protections/{id}/points` | its recovery points |
 //! | `GET /api/v1/operations[/{id}]` | operations (enable, failover…) with their progress and logs |
 //! | `POST /api/v1/operations/{id}/cancel` | undo an operation before its point of no return |
 //! | `GET /api/v1/policies` | protection policies |
-//! | `GET /api/v1/status` | overview: counts by state, worst RPO, running operations |
+//! | `GET /api/v1/status` | overview: counts by state, worst RPO, running operations, the protections a page at a time |
 //! | `GET /metrics` | Prometheus metrics (per-VM RPO, bytes replicated, sync duration, state) |
 //! | `GET /api/v1/openapi.json` | this API as OpenAPI 3.1 (no token needed; `docs/openapi.json`) |
+//!
+//! Long lists come in pages (`?offset=&limit=`, `next_offset`): see [`page`].
 
 use std::sync::Arc;
 
@@ -35,13 +37,14 @@ use lifeboat_agent::client::AgentClient;
 use serde::{Deserialize, Serialize};
 
 use crate::agents::{agent_client, AGENT_TIMEOUT};
-use crate::db::{DbError, Host, Operation, PointRow, ProtectionState};
+use crate::db::{DbError, Host, HostId, Operation, PointRow, ProtectionState};
 use crate::policy::Policy;
 
 pub mod access;
 pub mod audit;
 pub mod failover;
 pub mod operations;
+pub mod page;
 pub mod protection;
 pub mod status;
 pub mod tokens;
@@ -51,7 +54,8 @@ use crate::ops::unprotect::Unprotected;
 // In `http`, below the audit layer and the dashboard, which use them too.
 pub(crate) use crate::http::{app_error, db_error, error};
 pub use crate::http::{ApiError, ServerState};
-use protection::{ProtectRequest, Protected, ProtectionView, SyncProgress};
+use page::Page;
+use protection::{ProtectRequest, Protected, ProtectionList, ProtectionView, SyncProgress};
 use status::{Overview, WorstRpo};
 /// Agents asked at once for their inventory.
 const AGENTS_AT_ONCE: usize = 16;
@@ -109,8 +113,16 @@ pub struct HostProblem {
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmList {
+    /// One page of the VMs (`?offset=&limit=`), by host name, host address, then VM.
     pub vms: Vec<VmRow>,
+    /// Every host that did not answer, on every page.
     pub unreachable: Vec<HostProblem>,
+    /// Where this page starts.
+    #[serde(default)]
+    pub offset: usize,
+    /// The next page's `offset`; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
 }
 
 pub fn router(state: Arc<ServerState>) -> Router {
@@ -212,7 +224,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         tokens::create_token, tokens::revoke_token, users::list_users, users::add_user,
         users::set_role, users::set_password, users::remove_user, audit::list_audit),
     components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError, ProtectRequest,
-        Protected, ProtectionView, SyncProgress, Unprotected, PointRow, Operation, Policy,
+        Protected, ProtectionView, ProtectionList, SyncProgress, Unprotected, PointRow, Operation, Policy,
         ProtectionState, Overview, WorstRpo, failover::FailoverRequest, failover::RecoveryView,
         failover::CleanedUp, crate::db::Recovery, failover::FailbackRequest, failover::StepDone, ScanRequest,
         crate::discovery::ScanReport, crate::discovery::Found, crate::db::TokenRow,
@@ -375,17 +387,25 @@ async fn first_seen_fingerprint(address: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{address} presented no certificate"))
 }
 
-#[utoipa::path(get, path = "/api/v1/vms", tag = "vms",
-    responses((status = 200, description = "VMs of every host; hosts that did not answer, with the reason", body = VmList),
+#[utoipa::path(get, path = "/api/v1/vms", tag = "vms", params(Page),
+    responses((status = 200, description = "One page of the VMs of every host (follow `next_offset`); every host that did not answer, with the reason. Each page asks every agent for its inventory", body = VmList),
                (status = 401, description = "Missing or wrong API token", body = ApiError)))]
-async fn list_vms(State(s): State<Arc<ServerState>>) -> Response {
+async fn list_vms(
+    State(s): State<Arc<ServerState>>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
     match vm_list(&s).await {
-        Ok(list) => Json(list).into_response(),
+        Ok(mut list) => {
+            list.offset = page.offset;
+            list.next_offset = page.cut(&mut list.vms);
+            Json(list).into_response()
+        }
         Err(e) => db_error(e),
     }
 }
 
-/// Every VM of every host, asking the agents at once (`GET /api/v1/vms`, the dashboard).
+/// Every VM of every host, asking the agents at once (`GET /api/v1/vms`, the dashboard),
+/// in a stable order: by host name, host address (host names may repeat), then VM.
 pub async fn vm_list(s: &ServerState) -> Result<VmList, DbError> {
     let hosts = s.db.hosts_with_access().await?;
     let protections = s.db.protections().await?;
@@ -400,9 +420,13 @@ pub async fn vm_list(s: &ServerState) -> Result<VmList, DbError> {
             .find(|(i, _)| i == id)
             .map_or(id.to_string(), |(_, n)| n.clone())
     };
-    let views: Vec<ProtectionView> = protections
+    // By host and VM: a fleet of 10,000 VMs looks each of them up.
+    let views: std::collections::HashMap<(HostId, String), ProtectionView> = protections
         .iter()
-        .map(|p| protection::view(p, &hosts))
+        .map(|p| {
+            let v = protection::view(p, &hosts);
+            ((v.host_id.clone(), v.vm.clone()), v)
+        })
         .collect();
     let answers: Vec<_> = futures::stream::iter(hosts)
         .map(|h| async move {
@@ -418,13 +442,15 @@ pub async fn vm_list(s: &ServerState) -> Result<VmList, DbError> {
     let mut list = VmList {
         vms: Vec::new(),
         unreachable: Vec::new(),
+        offset: 0,
+        next_offset: None,
     };
     for (host, inv) in answers {
         match inv {
             Ok(inv) => {
                 for vm in inv["vms"].as_array().into_iter().flatten() {
                     let name = vm["name"].as_str().unwrap_or("?").to_string();
-                    let p = views.iter().find(|v| v.host_id == host.id && v.vm == name);
+                    let p = views.get(&(host.id.clone(), name.clone()));
                     let r = recoveries
                         .iter()
                         .find(|r| r.host_id == host.id && r.vm == name);
@@ -462,7 +488,9 @@ pub async fn vm_list(s: &ServerState) -> Result<VmList, DbError> {
         }
     }
     list.vms
-        .sort_by(|a, b| (&a.host, &a.vm).cmp(&(&b.host, &b.vm)));
+        .sort_by(|a, b| (&a.host, &a.address, &a.vm).cmp(&(&b.host, &b.address, &b.vm)));
+    list.unreachable
+        .sort_by(|a, b| (&a.host, &a.address).cmp(&(&b.host, &b.address)));
     Ok(list)
 }
 

@@ -16,6 +16,7 @@ use lifeboat_agent::sync::VaultAccess;
 use lifeboat_types::{OperationKind, OperationStatus};
 use serde::{Deserialize, Serialize};
 
+use super::page::Page;
 use super::{db_error, error, ApiError, ServerState};
 use crate::agents::AGENT_TIMEOUT;
 use crate::db::{Event, HostAccess, PointRow, Protection, ProtectionState};
@@ -452,15 +453,41 @@ pub fn point_name(host: &str, vm: &str) -> String {
     format!("{}-{hex}", &n[..64 - 13])
 }
 
-#[utoipa::path(get, path = "/api/v1/protections", tag = "protection",
-    responses((status = 200, description = "Every protected VM", body = [ProtectionView]),
+/// A page of the protected VMs (`GET /api/v1/protections`).
+// An object, not the bare list it was before pages: a list cut to a page would show an
+// older client its first rows only, and that client would take a VM past them for
+// unprotected. An object it cannot misread; it fails to read it instead.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProtectionList {
+    /// One page (`?offset=&limit=`), by VM, then host id.
+    pub protections: Vec<ProtectionView>,
+    /// Where this page starts.
+    #[serde(default)]
+    pub offset: usize,
+    /// The next page's `offset`; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/protections", tag = "protection", params(Page),
+    responses((status = 200, description = "One page of the protected VMs (follow `next_offset`)", body = ProtectionList),
                (status = 401, description = "Missing or wrong API token", body = ApiError)))]
-pub async fn list_protections(State(s): State<Arc<ServerState>>) -> Response {
-    let (all, hosts) = match (s.db.protections().await, s.db.hosts_with_access().await) {
+pub async fn list_protections(
+    State(s): State<Arc<ServerState>>,
+    Query(page): Query<Page>,
+) -> Response {
+    let (mut all, hosts) = match (s.db.protections().await, s.db.hosts_with_access().await) {
         (Ok(a), Ok(h)) => (a, h),
         (Err(e), _) | (_, Err(e)) => return db_error(e),
     };
-    Json(all.iter().map(|p| view(p, &hosts)).collect::<Vec<_>>()).into_response()
+    // Only this page's rows get a view (the views read the clock and parse JSON).
+    let next_offset = page.cut(&mut all);
+    Json(ProtectionList {
+        protections: all.iter().map(|p| view(p, &hosts)).collect(),
+        offset: page.offset,
+        next_offset,
+    })
+    .into_response()
 }
 
 pub(crate) async fn load(

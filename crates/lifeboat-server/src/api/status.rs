@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use super::page::Page;
 use super::protection::{view, ProtectionView};
 use super::{db_error, ApiError, ServerState};
 use crate::db::{Database, DbError, Operation, ProtectionState};
@@ -32,34 +33,6 @@ pub struct Overview {
     /// The next page's `offset`; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_offset: Option<usize>,
-}
-
-/// A page of a long list: `?offset=N&limit=M`.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-pub struct Page {
-    /// The first row (0 first).
-    #[serde(default)]
-    pub offset: usize,
-    /// Rows in the page: 500 unless asked, at most 1,000.
-    pub limit: Option<usize>,
-}
-
-impl Page {
-    pub const DEFAULT_LIMIT: usize = 500;
-    pub const MAX_LIMIT: usize = 1000;
-
-    /// Cuts `rows` to this page; the next page's offset when there are more.
-    pub fn cut<T>(&self, rows: &mut Vec<T>) -> Option<usize> {
-        let limit = self
-            .limit
-            .unwrap_or(Self::DEFAULT_LIMIT)
-            .clamp(1, Self::MAX_LIMIT);
-        let total = rows.len();
-        rows.drain(..self.offset.min(total));
-        rows.truncate(limit);
-        let end = self.offset + rows.len();
-        (end < total).then_some(end)
-    }
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -197,31 +170,4 @@ pub async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
         &mut std::iter::once((String::new(), crate::replication::rounds() as f64)),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Page;
-
-    #[test]
-    fn pages_cut_in_order_and_say_where_the_next_starts() {
-        let page = |offset, limit| Page { offset, limit };
-        let cut = |p: Page| {
-            let mut rows: Vec<u32> = (0..10).collect();
-            let next = p.cut(&mut rows);
-            (rows, next)
-        };
-        assert_eq!(cut(page(0, Some(4))), (vec![0, 1, 2, 3], Some(4)));
-        assert_eq!(cut(page(8, Some(4))), (vec![8, 9], None));
-        assert_eq!(cut(page(4, Some(6))), (vec![4, 5, 6, 7, 8, 9], None));
-        assert_eq!(cut(page(20, None)), (vec![], None), "past the end: empty");
-        assert_eq!(cut(page(0, Some(0))).0.len(), 1, "at least one row");
-        let mut many: Vec<u32> = (0..5000).collect();
-        assert_eq!(
-            page(0, Some(1_000_000)).cut(&mut many),
-            Some(Page::MAX_LIMIT)
-        );
-        let mut many: Vec<u32> = (0..5000).collect();
-        assert_eq!(page(0, None).cut(&mut many), Some(Page::DEFAULT_LIMIT));
-    }
 }

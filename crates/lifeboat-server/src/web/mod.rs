@@ -8,7 +8,8 @@
 //! agent for its VMs (which is why that is not part of the live stream).
 //!
 //! - `layout`: the frame every page shares, and the small pieces (state labels, times).
-//! - `pages`: one function per page; `fragments`: the parts of them that change.
+//! - `pages`: one function per page; `fragments`: the parts of them that change;
+//!   `paging`: long tables a page at a time.
 //! - `vm_page`: a VM's detail page and its actions.
 //! - `admin`: the Users and Audit pages.
 //! - `login`: logging in (throttled) and out.
@@ -34,6 +35,7 @@ pub mod layout;
 pub mod live;
 pub mod login;
 pub mod pages;
+pub mod paging;
 pub mod vm_page;
 
 use crate::auth::{Caller, Session, Via};

@@ -3,6 +3,7 @@
 //! `fragments`, with the ids `live` refreshes.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -12,12 +13,13 @@ use maud::{html, Markup};
 
 use super::fragments::{counts, protection_cells, recoveries_table, running_ops};
 use super::layout::{age, columns, may, not_for_role, page, size, time};
+use super::paging::{PageNumber, Paging};
 use super::CurrentSession;
 use crate::api::protection::ProtectionView;
 use crate::api::status::overview_of;
 use crate::api::{vm_list, VmRow};
 use crate::auth::Role;
-use crate::db::{Operation, Recovery};
+use crate::db::{Host, Operation, Recovery};
 use crate::failover::recovery_views;
 use crate::http::ServerState;
 use crate::policy::POLICIES;
@@ -33,16 +35,6 @@ macro_rules! or_fail {
 }
 pub(crate) use or_fail;
 
-/// Rows of the overview's VM table per page: a fleet of 10,000 is 100 pages of a few
-/// dozen KiB each, not one page of megabytes.
-const OVERVIEW_ROWS: usize = 100;
-
-/// `?page=N` (1 first) of a paged page.
-#[derive(serde::Deserialize)]
-pub struct PageNumber {
-    page: Option<usize>,
-}
-
 pub async fn overview(
     State(s): State<Arc<ServerState>>,
     session: CurrentSession,
@@ -50,21 +42,11 @@ pub async fn overview(
 ) -> Response {
     let mut o = or_fail!(overview_of(&s.db).await);
     let recoveries = or_fail!(s.db.recoveries().await);
-    let total = o.protections.len();
-    let pages = total.div_ceil(OVERVIEW_ROWS).max(1);
-    let this = at.page.unwrap_or(1).clamp(1, pages);
-    let first = (this - 1) * OVERVIEW_ROWS;
-    o.protections = o.protections.split_off(first.min(total));
-    o.protections.truncate(OVERVIEW_ROWS);
-    let nav = html! {
-        @if pages > 1 {
-            nav class="pages" aria-label="Pages of protected VMs" {
-                "VMs " (first + 1) "–" (first + o.protections.len()) " of " (total) ". "
-                @if this > 1 { a href={ "/?page=" (this - 1) } rel="prev" { "Previous" } " " }
-                @if this < pages { a href={ "/?page=" (this + 1) } rel="next" { "Next" } }
-            }
-        }
-    };
+    let paging = Paging::new(o.protections.len(), &at);
+    let rows = paging.rows();
+    o.protections.truncate(rows.end);
+    o.protections.drain(..rows.start);
+    let nav = paging.nav("/", "Pages of protected VMs");
     let body = html! {
         section aria-labelledby="counts-h" {
             h2 id="counts-h" { "At a glance" }
@@ -109,16 +91,62 @@ pub fn vm_href(host_id: &str, vm: &str) -> String {
     format!("/hosts/{}/vms/{}", segment(host_id), segment(vm))
 }
 
-pub async fn hosts(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
+/// Hosts & VMs: each host's VMs, 100 VM rows a page in the order of the hosts (by name,
+/// then address); a host whose VMs span pages is on each of them, with its counts in
+/// full. A host with no VMs is on the page where its rows would be.
+pub async fn hosts(
+    State(s): State<Arc<ServerState>>,
+    session: CurrentSession,
+    axum::extract::Query(at): axum::extract::Query<PageNumber>,
+) -> Response {
     let list = or_fail!(vm_list(&s).await);
-    // The state labels need each protection's full view (sync progress included).
     let access = or_fail!(s.db.hosts_with_access().await);
+    let paging = Paging::new(list.vms.len(), &at);
+    let rows = paging.rows();
+    // The state labels need each protection's full view (sync progress included): the
+    // views of this page's VMs.
+    let on_page: std::collections::HashSet<&str> = list.vms[rows.clone()]
+        .iter()
+        .filter_map(|v| v.protection_id.as_deref())
+        .collect();
     let views: Vec<ProtectionView> = or_fail!(s.db.protections().await)
         .iter()
+        .filter(|p| on_page.contains(p.id.as_str()))
         .map(|p| crate::api::protection::view(p, &access))
         .collect();
     let hosts: Vec<_> = access.into_iter().map(|h| h.host).collect();
     let recoveries = or_fail!(s.db.recoveries().await);
+    // Each host's rows in the whole list (sorted as the hosts are: by name, then
+    // address), and which of them this page shows.
+    fn host_of(v: &VmRow) -> (&str, &str) {
+        (v.host.as_str(), v.address.as_str())
+    }
+    let spans: Vec<(&Host, Range<usize>)> = hosts
+        .iter()
+        .map(|h| {
+            let key = (h.hostname.as_str(), h.address.as_str());
+            let start = list.vms.partition_point(|v| host_of(v) < key);
+            let end = list.vms.partition_point(|v| host_of(v) <= key);
+            (h, start..end)
+        })
+        .collect();
+    let shown = |all: &Range<usize>| match all.is_empty() {
+        true => paging.page_of(all.start) == paging.this,
+        false => all.start < rows.end && all.end > rows.start,
+    };
+    let nav = paging.nav("/hosts", "Pages of VMs");
+    // With several pages, where each host's VMs start.
+    let index = html! {
+        @if paging.pages > 1 {
+            nav class="pages" aria-label="Hosts" {
+                "Hosts: "
+                @for (i, (h, all)) in spans.iter().enumerate() {
+                    @if i > 0 { ", " }
+                    a href={ "/hosts?page=" (paging.page_of(all.start)) "#host-" (h.id) } { (h.hostname) } " (" (all.len()) ")"
+                }
+            }
+        }
+    };
     let body = html! {
         @if hosts.is_empty() {
             p { "No host is enrolled. " a href="/scan" { "Scan for agents and enroll one" } "." }
@@ -126,24 +154,33 @@ pub async fn hosts(State(s): State<Arc<ServerState>>, session: CurrentSession) -
         @for p in &list.unreachable {
             p role="alert" class="error" { "Host " (p.host) " (" (p.address) ") did not answer: " (p.error) }
         }
-        @for h in &hosts {
-            @let vms: Vec<&VmRow> = list.vms.iter().filter(|v| v.address == h.address).collect();
+        (index)
+        (nav)
+        @for (h, all) in spans.iter().filter(|(_, all)| shown(all)) {
+            @let here = all.start.max(rows.start)..all.end.min(rows.end);
+            @let protected = list.vms[all.clone()].iter().filter(|v| v.protection_id.is_some()).count();
             section class="host" aria-labelledby={ "host-" (h.id) } {
                 h2 id={ "host-" (h.id) } { (h.hostname) " " span class="muted" { (h.address) } }
-                @if vms.is_empty() {
+                @if all.is_empty() {
                     p class="muted" { "No VMs reported." }
                 } @else {
+                    p class="muted" {
+                        (all.len()) " VMs, " (protected) " protected"
+                        @if here.len() < all.len() { "; " (here.start - all.start + 1) "–" (here.end - all.start) " on this page" }
+                        "."
+                    }
                     div class="scroll" {
                         table {
                             (columns(&["VM", "Running", "Protection", "RPO", "Last recovery point", "Recovery host"]))
                             tbody {
-                                @for v in vms { (vm_row(h.id.as_str(), v, &views, &recoveries)) }
+                                @for v in &list.vms[here.clone()] { (vm_row(h.id.as_str(), v, &views, &recoveries)) }
                             }
                         }
                     }
                 }
             }
         }
+        (nav)
     };
     page("Hosts & VMs", "/hosts", &session, body)
 }
@@ -298,12 +335,39 @@ pub async fn operations(State(s): State<Arc<ServerState>>, session: CurrentSessi
     page("Operations", "/operations", &session, body)
 }
 
-pub async fn vaults(State(s): State<Arc<ServerState>>, session: CurrentSession) -> Response {
-    let o = or_fail!(overview_of(&s.db).await);
-    let mut by_vault: BTreeMap<&str, Vec<&ProtectionView>> = BTreeMap::new();
-    for p in &o.protections {
-        by_vault.entry(p.vault.as_str()).or_default().push(p);
+/// A vault's totals over all its protected VMs.
+#[derive(Default)]
+struct VaultTotals {
+    vms: usize,
+    bytes: i64,
+    points: i64,
+    /// Its first VM's row in the list by vault.
+    first: usize,
+}
+
+/// Vaults & policies: each vault's totals, then its VMs, 100 rows a page (by vault, then
+/// VM and host).
+pub async fn vaults(
+    State(s): State<Arc<ServerState>>,
+    session: CurrentSession,
+    axum::extract::Query(at): axum::extract::Query<PageNumber>,
+) -> Response {
+    let mut o = or_fail!(overview_of(&s.db).await);
+    o.protections
+        .sort_by(|a, b| (&a.vault, &a.vm, &a.host_id).cmp(&(&b.vault, &b.vm, &b.host_id)));
+    let mut by_vault: BTreeMap<&str, VaultTotals> = BTreeMap::new();
+    for (i, p) in o.protections.iter().enumerate() {
+        let t = by_vault.entry(p.vault.as_str()).or_insert(VaultTotals {
+            first: i,
+            ..Default::default()
+        });
+        t.vms += 1;
+        t.bytes += p.bytes_replicated;
+        t.points += p.syncs_committed;
     }
+    let paging = Paging::new(o.protections.len(), &at);
+    let rows = paging.rows();
+    let nav = paging.nav("/vaults", "Pages of VMs by vault");
     let body = html! {
         section aria-labelledby="vaults-h" {
             h2 id="vaults-h" { "Vaults in use" }
@@ -315,12 +379,33 @@ pub async fn vaults(State(s): State<Arc<ServerState>>, session: CurrentSession) 
                     table {
                         (columns(&["Vault", "VMs", "Replicated", "Points committed"]))
                         tbody {
-                            @for (vault, ps) in &by_vault {
+                            @for (vault, t) in &by_vault {
                                 tr {
                                     th scope="row" class="mono" { (vault) }
-                                    td { @for (i, p) in ps.iter().enumerate() { @if i > 0 { ", " } a href=(vm_href(&p.host_id, &p.vm)) { (p.host) "/" (p.vm) } } }
-                                    td { (size(ps.iter().map(|p| p.bytes_replicated).sum())) }
-                                    td { (ps.iter().map(|p| p.syncs_committed).sum::<i64>()) }
+                                    td { a href={ "/vaults?page=" (paging.page_of(t.first)) "#vault-vms-h" } { (t.vms) } }
+                                    td { (size(t.bytes)) }
+                                    td { (t.points) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !o.protections.is_empty() {
+            section aria-labelledby="vault-vms-h" {
+                h2 id="vault-vms-h" { "VMs by vault" }
+                (nav)
+                div class="scroll" {
+                    table {
+                        (columns(&["VM", "Vault", "Replicated", "Points committed"]))
+                        tbody {
+                            @for p in &o.protections[rows] {
+                                tr data-protection=(p.id) {
+                                    th scope="row" { a href=(vm_href(&p.host_id, &p.vm)) { (p.host) "/" (p.vm) } }
+                                    td class="mono" { (p.vault) }
+                                    td { (size(p.bytes_replicated)) }
+                                    td { (p.syncs_committed) }
                                 }
                             }
                         }
