@@ -320,13 +320,27 @@ impl AgentClient {
         self.call(self.http.delete(url)).await
     }
 
+    /// Shuts `vm` down in order (ACPI, QEMU told to quit after `req.timeout_secs`), as
+    /// job `req.job_id` when it names one: started (or found) and followed to its end.
     pub async fn shutdown_vm(
         &self,
         vm: &str,
         req: &crate::handover::ShutdownRequest,
     ) -> Result<crate::handover::ShutdownReport, ClientError> {
         let url = self.url(&format!("/api/v1/vms/{vm}/shutdown"));
-        self.call(self.http.post(url).json(req)).await
+        let answer: serde_json::Value = self.call(self.http.post(url).json(req)).await?;
+        let bad = |source| ClientError::BadReply {
+            address: self.address.clone(),
+            source,
+        };
+        // A job (this agent runs shutdowns as jobs), or the report of an agent that
+        // answers when the VM is down.
+        if answer.get("job_id").is_some() {
+            let job = serde_json::from_value(answer).map_err(bad)?;
+            self.follow_job(job).await
+        } else {
+            serde_json::from_value(answer).map_err(bad)
+        }
     }
 
     /// The final sync of the stopped `vm`, as job `req.sync_id`: started (or found, when

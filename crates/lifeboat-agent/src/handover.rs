@@ -26,6 +26,11 @@ const COMPARE_READ: u64 = 4 << 20;
 pub struct ShutdownRequest {
     /// Seconds the guest has to power off after the ACPI button before QEMU is told to quit.
     pub timeout_secs: u64,
+    /// Run it as this job (202, polled at `GET /api/v1/jobs/{id}`): asked again with the
+    /// same id, the same shutdown and its first answer. Without one (a server older than
+    /// jobs for shutdowns), the call answers when the VM is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

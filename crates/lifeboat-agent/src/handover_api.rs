@@ -34,10 +34,17 @@ pub async fn shutdown(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let timeout = Duration::from_secs(req.timeout_secs.clamp(1, 3600));
-    match crate::handover::shutdown(&s.driver, &vm, timeout).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => failure(e),
-    }
+    let Some(id) = req.job_id else {
+        return match crate::handover::shutdown(&s.driver, &vm, timeout).await {
+            Ok(r) => Json(r).into_response(),
+            Err(e) => failure(e),
+        };
+    };
+    let work = {
+        let (s, vm) = (s.clone(), vm.clone());
+        async move { as_result(crate::handover::shutdown(&s.driver, &vm, timeout).await) }
+    };
+    start_job(&s, &id, "shutdown", vm.as_str(), work)
 }
 
 /// How a failed handover call answers: its status and words.

@@ -1,5 +1,5 @@
 //! The agent's long calls as jobs (DESIGN.md, "Operations"): a final sync, a point
-//! written over a VM's disks. The server starts one with an id of its choosing and
+//! written over a VM's disks, a provision, an ordered shutdown. The server starts one with an id of its choosing and
 //! polls it; asking again with the same id returns the same job, running or finished, so
 //! a step the server runs twice (after its own restart, or a lost answer) does the work
 //! once: a final sync asked twice makes one point. A finished job is journaled on disk
@@ -21,7 +21,7 @@ use crate::ids::JobId;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobStatus {
     pub job_id: String,
-    /// `final-sync` or `apply-point`.
+    /// `final-sync`, `apply-point`, `provision` or `shutdown`.
     pub kind: String,
     pub vm: String,
     pub started: DateTime<Utc>,

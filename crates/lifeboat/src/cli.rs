@@ -83,6 +83,9 @@ pub enum Command {
     Reprotect {
         /// The protected VM (or HOST/VM).
         vm: String,
+        /// Return once it started (its operation id) instead of following it.
+        #[arg(long)]
+        no_wait: bool,
         #[command(flatten)]
         conn: ServerConn,
     },
@@ -345,6 +348,9 @@ pub enum FailoverAction {
     Commit {
         /// The protected VM (or HOST/VM).
         vm: String,
+        /// Return once it started (its operation id) instead of following it.
+        #[arg(long)]
+        no_wait: bool,
         #[command(flatten)]
         conn: ServerConn,
     },
@@ -356,6 +362,9 @@ pub enum FailoverAction {
         /// failback, with the writes it holds after the point the VM came home from.
         #[arg(long)]
         fenced: bool,
+        /// Return once it started (its operation id) instead of following it.
+        #[arg(long)]
+        no_wait: bool,
         #[command(flatten)]
         conn: ServerConn,
     },

@@ -60,7 +60,7 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
         });
         return Ok(());
     }
-    if let Some(FailoverAction::Commit { vm, conn }) = args.action {
+    if let Some(FailoverAction::Commit { vm, no_wait, conn }) = args.action {
         return step(
             out,
             home,
@@ -68,11 +68,17 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
             "failover/commit",
             &serde_json::json!({}),
             conn,
-            false,
+            no_wait,
         )
         .await;
     }
-    if let Some(FailoverAction::Cleanup { vm, fenced, conn }) = args.action {
+    if let Some(FailoverAction::Cleanup {
+        vm,
+        fenced,
+        no_wait,
+        conn,
+    }) = args.action
+    {
         let server = ServerClient::new(&conn, home)?;
         let p = find_protection(&server, &vm).await?;
         let path = format!(
@@ -80,7 +86,7 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
             p.id
         );
         let Some(done) =
-            post_and_follow::<CleanedUp>(out, &server, &path, &serde_json::json!({}), false)
+            post_and_follow::<CleanedUp>(out, &server, &path, &serde_json::json!({}), no_wait)
                 .await?
         else {
             return Ok(());
@@ -213,7 +219,13 @@ pub async fn failback(out: Output, home: &Path, args: crate::cli::FailbackArgs) 
     .await
 }
 
-pub async fn reprotect(out: Output, home: &Path, vm: &str, conn: ServerConn) -> Result<()> {
+pub async fn reprotect(
+    out: Output,
+    home: &Path,
+    vm: &str,
+    conn: ServerConn,
+    no_wait: bool,
+) -> Result<()> {
     step(
         out,
         home,
@@ -221,7 +233,7 @@ pub async fn reprotect(out: Output, home: &Path, vm: &str, conn: ServerConn) -> 
         "reprotect",
         &serde_json::json!({}),
         conn,
-        false,
+        no_wait,
     )
     .await
 }

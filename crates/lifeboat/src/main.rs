@@ -96,8 +96,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Operations(cmd) => return operations_cmd::run(out, &cli.home, cmd).await,
         cli::Command::Failover(args) => return failover_cmd::run(out, &cli.home, args).await,
         cli::Command::Failback(args) => return failover_cmd::failback(out, &cli.home, args).await,
-        cli::Command::Reprotect { vm, conn } => {
-            return failover_cmd::reprotect(out, &cli.home, &vm, conn).await
+        cli::Command::Reprotect { vm, no_wait, conn } => {
+            return failover_cmd::reprotect(out, &cli.home, &vm, conn, no_wait).await
         }
         cli::Command::Points { vm, conn } => {
             return protect_cmd::points(out, &cli.home, &vm, conn).await

@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lifeboat_server::api::protection::{ProtectRequest, Protected, ProtectionList, ProtectionView};
 use lifeboat_server::api::status::Overview;
-use lifeboat_server::db::PointRow;
+use lifeboat_server::db::{Operation, PointRow};
 use lifeboat_server::ops::unprotect::Unprotected;
+use lifeboat_types::OperationStatus;
 
 use crate::cli::{ProtectArgs, ServerConn, UnprotectArgs};
 use crate::output::{bytes, table, Output};
@@ -102,7 +103,7 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
         });
         return Ok(());
     }
-    let view = wait_protected(&server, &id, out, timeout).await?;
+    let view = wait_protected(&server, &id, Some(&created.operation), out, timeout).await?;
     out.show(&view, |v| {
         println!(
             "{} is Protected: first recovery point {} (cut at {}).",
@@ -115,9 +116,12 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
 }
 
 /// Polls the protection until its first point, drawing the initial sync's progress.
+/// With its enable `operation`, an enable that fails (and is undone: the protection is
+/// gone) ends the wait with the operation's error.
 pub async fn wait_protected(
     server: &ServerClient,
     id: &str,
+    operation: Option<&str>,
     out: Output,
     timeout: Option<Duration>,
 ) -> Result<ProtectionView> {
@@ -136,6 +140,20 @@ pub async fn wait_protected(
         b
     };
     loop {
+        if let Some(op) = operation {
+            let op: Operation = server.get(&format!("/api/v1/operations/{op}")).await?;
+            match op.status {
+                OperationStatus::Running | OperationStatus::Succeeded => {}
+                OperationStatus::Cancelled => {
+                    bar.abandon();
+                    bail!("operation {} was cancelled: {}", op.id, op.error)
+                }
+                OperationStatus::Failed => {
+                    bar.abandon();
+                    bail!("{} (operation {})", op.error, op.id)
+                }
+            }
+        }
         let v: ProtectionView = server.get(&format!("/api/v1/protections/{id}")).await?;
         let state = v.state.as_str();
         if v.last_point.is_some() {

@@ -134,7 +134,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
                     .to_string()
             }
         };
-        let v = crate::protect_cmd::wait_protected(&api, &id, out, None).await?;
+        let v = crate::protect_cmd::wait_protected(&api, &id, None, out, None).await?;
         println!(
             "  {DEMO_VM} is Protected: recovery point {} (cut {}); its web server: http://127.0.0.1:{port}/",
             v.last_point.as_deref().unwrap_or("?"),

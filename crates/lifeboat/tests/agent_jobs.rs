@@ -1,7 +1,8 @@
 //! Bringing a VM up from a point is a job on the agent (like a final sync): asked with a
 //! job id, the call answers 202 at once and the job is polled at `/api/v1/jobs/{id}`,
 //! its failure told with the status the call would have answered; the same id asked
-//! again after a failure runs it again; a job id is checked like every id.
+//! again after a failure runs it again; a job id is checked like every id. An ordered
+//! shutdown is a job the same way.
 
 mod common;
 
@@ -94,4 +95,28 @@ async fn bringing_a_vm_up_is_a_job_polled_by_its_id() {
     let resp = post(ask("../../escape", "r3", false)).await.unwrap();
     assert_eq!(resp.status().as_u16(), 400);
     assert!(!tmp.path().join("home/escape.json").exists());
+
+    // An ordered shutdown is a job too: of a VM this host does not have, it fails
+    // saying so, with the status the call answers when asked without a job id.
+    let shutdown = |body: Value| {
+        client
+            .post(url("/api/v1/vms/ghost/shutdown"))
+            .bearer_auth(&credential)
+            .json(&body)
+            .send()
+    };
+    let resp = shutdown(json!({"timeout_secs": 1, "job_id": "op1-shutdown"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(job["kind"], "shutdown", "{job}");
+    let ended = job_end("op1-shutdown".into()).await;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert!(
+        ended["error"].as_str().unwrap().contains("ghost"),
+        "{ended}"
+    );
+    let direct = shutdown(json!({"timeout_secs": 1})).await.unwrap();
+    assert_eq!(direct.status().as_u16(), ended["status"], "{ended}");
 }

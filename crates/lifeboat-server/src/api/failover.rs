@@ -110,7 +110,7 @@ pub fn choose_point<'a>(points: &'a [PointRow], selector: &str) -> Result<&'a Po
                (status = 409, description = "No point yet, a test copy exists, or another operation runs", body = ApiError)))]
 pub async fn failover(
     State(s): State<Arc<ServerState>>,
-    Path(id): Path<String>,
+    Path(id): Path<lifeboat_types::ProtectionId>,
     Json(req): Json<FailoverRequest>,
 ) -> Response {
     let kind = match req.kind.parse::<RecoveryKind>() {
@@ -188,7 +188,7 @@ pub async fn failover(
     let params = FailoverParams {
         kind,
         protection_id: p.id.clone(),
-        recovery_id: uuid::Uuid::new_v4().to_string(),
+        recovery_id: lifeboat_types::RecoveryId::random(),
         vm: match kind {
             RecoveryKind::Test => format!("{}-test", p.vm),
             _ => p.vm.clone(),
@@ -294,7 +294,7 @@ pub struct CleanupQuery {
                (status = 502, description = "The recovery host's agent did not answer; run it again", body = ApiError)))]
 pub async fn cleanup(
     State(s): State<Arc<ServerState>>,
-    Path(id): Path<String>,
+    Path(id): Path<lifeboat_types::ProtectionId>,
     Query(q): Query<CleanupQuery>,
 ) -> Response {
     let (p, _) = match load(&s, &id).await {
@@ -332,7 +332,7 @@ pub async fn cleanup(
     };
     let params = CleanupParams {
         protection_id: p.id.clone(),
-        recovery_id: rec.id.to_string(),
+        recovery_id: rec.id.clone(),
         vm: rec.vm.clone(),
     };
     let first = if q.fenced {
@@ -403,7 +403,7 @@ async fn load_moved(
                (status = 409, description = "The VM has not failed over, or another operation runs", body = ApiError)))]
 pub async fn failback(
     State(s): State<Arc<ServerState>>,
-    Path(id): Path<String>,
+    Path(id): Path<lifeboat_types::ProtectionId>,
     Json(req): Json<FailbackRequest>,
 ) -> Response {
     let (p, hosts, rec) = match load_moved(
@@ -466,7 +466,7 @@ pub async fn failback(
     };
     let params = FailbackParams {
         protection_id: p.id.clone(),
-        recovery_id: rec.id.to_string(),
+        recovery_id: rec.id.clone(),
         shutdown_timeout_secs: req.shutdown_timeout_secs.unwrap_or(120),
         reversed: p.state == ProtectionState::ProtectedReversed,
         unplanned_point,
@@ -478,7 +478,10 @@ pub async fn failback(
     params(("id" = String, Path, description = "The protection's id")),
     responses((status = 202, description = "Runs as an operation. After a failback replication resumes from home, building on the failback's point; after a committed failover the VM is protected where it runs now (`protected_reversed`), its first point an incremental over the failover's", body = Operation),
                (status = 409, description = "The VM is neither back home nor failed over and committed", body = ApiError)))]
-pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+pub async fn reprotect(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<lifeboat_types::ProtectionId>,
+) -> Response {
     let (p, hosts, rec) = match load_moved(
         &s,
         &id,
@@ -520,7 +523,7 @@ pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>
     };
     let params = ReprotectParams {
         protection_id: p.id.clone(),
-        recovery_id: Some(rec.id.to_string()),
+        recovery_id: Some(rec.id.clone()),
     };
     let first = format!(
         "protecting {} where it runs now, on {}: its first point is an incremental over the failover's",
@@ -533,7 +536,10 @@ pub async fn reprotect(State(s): State<Arc<ServerState>>, Path(id): Path<String>
     params(("id" = String, Path, description = "The protection's id")),
     responses((status = 202, description = "Runs as an operation; once it succeeded the failover is committed: the recovery VM is the VM now", body = Operation),
                (status = 409, description = "The VM has not failed over", body = ApiError)))]
-pub async fn commit(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+pub async fn commit(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<lifeboat_types::ProtectionId>,
+) -> Response {
     let (p, _, rec) = match load_moved(
         &s,
         &id,
@@ -553,7 +559,7 @@ pub async fn commit(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -
     };
     let params = CommitParams {
         protection_id: p.id.clone(),
-        recovery_id: rec.id.to_string(),
+        recovery_id: rec.id.clone(),
     };
     let first = "committing the failover".to_string();
     start_op::<Commit>(&s, OperationKind::FailoverCommit, &p, &params, first).await

@@ -28,7 +28,10 @@ pub async fn list_operations(State(s): State<Arc<ServerState>>) -> Response {
     params(("id" = String, Path, description = "The operation's id")),
     responses((status = 200, description = "The operation with its log", body = Operation),
                (status = 404, description = "No such operation", body = ApiError)))]
-pub async fn get_operation(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+pub async fn get_operation(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<lifeboat_types::OperationId>,
+) -> Response {
     match s.db.operation(&id).await {
         Ok(Some(op)) => Json(op).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no operation {id}")),
@@ -50,7 +53,7 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
                (status = 404, description = "No such operation", body = ApiError)))]
 pub async fn operation_events(
     State(s): State<Arc<ServerState>>,
-    Path(id): Path<String>,
+    Path(id): Path<lifeboat_types::OperationId>,
 ) -> Response {
     match s.db.operation(&id).await {
         Ok(Some(_)) => {}
@@ -65,7 +68,7 @@ pub async fn operation_events(
 /// What a follower has sent so far.
 struct Follower {
     s: Arc<ServerState>,
-    id: String,
+    id: lifeboat_types::OperationId,
     /// The generation last sent; `None` before the first event.
     sent: Option<i64>,
     /// Log lines sent.
@@ -84,7 +87,7 @@ const FOLLOW_MAX_FAILURES: u32 = 50;
 /// another's, is followed alike).
 fn follow(
     s: Arc<ServerState>,
-    id: String,
+    id: lifeboat_types::OperationId,
 ) -> impl futures::Stream<Item = Result<Event, std::convert::Infallible>> {
     let start = Follower {
         s,
@@ -146,7 +149,7 @@ fn follow(
                (status = 409, description = "It passed its point of no return, or it ended", body = ApiError)))]
 pub async fn cancel_operation(
     State(s): State<Arc<ServerState>>,
-    Path(id): Path<String>,
+    Path(id): Path<lifeboat_types::OperationId>,
 ) -> Response {
     let refused = |why: String| error(StatusCode::CONFLICT, why);
     match s.db.operation(&id).await {

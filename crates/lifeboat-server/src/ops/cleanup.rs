@@ -13,14 +13,14 @@ use super::{Ctx, Saga, StepError, StepInfo};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CleanupParams {
     pub protection_id: lifeboat_types::ProtectionId,
-    pub recovery_id: String,
+    pub recovery_id: lifeboat_types::RecoveryId,
     /// The copy's name on the recovery host.
     pub vm: String,
 }
 
 pub struct Cleanup;
 
-const STEPS: &[StepInfo] = &[StepInfo::step("remove-copy")];
+pub const STEPS: &[StepInfo] = &[StepInfo::step("remove-copy")];
 
 impl Saga for Cleanup {
     type Params = CleanupParams;

@@ -11,12 +11,12 @@ use super::{Ctx, Saga, StepError, StepInfo};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CommitParams {
     pub protection_id: lifeboat_types::ProtectionId,
-    pub recovery_id: String,
+    pub recovery_id: lifeboat_types::RecoveryId,
 }
 
 pub struct Commit;
 
-const STEPS: &[StepInfo] = &[StepInfo::step("record-commit")];
+pub const STEPS: &[StepInfo] = &[StepInfo::step("record-commit")];
 
 impl Saga for Commit {
     type Params = CommitParams;

@@ -74,7 +74,7 @@ pub struct EnableMemory {
 
 pub struct Enable;
 
-const STEPS: &[StepInfo] = &[
+pub const STEPS: &[StepInfo] = &[
     StepInfo::with_undo("record-protection"),
     StepInfo::step("initial-sync").no_return(),
 ];

@@ -49,7 +49,7 @@ use crate::db::{Event, Facts, HostAccess, Protection, ProtectionState, Recovery}
 pub struct FailbackParams {
     pub protection_id: lifeboat_types::ProtectionId,
     /// The recovery the VM runs as away from home.
-    pub recovery_id: String,
+    pub recovery_id: lifeboat_types::RecoveryId,
     pub shutdown_timeout_secs: u64,
     /// It was protected where it ran (`protected_reversed`): an undo goes back to that.
     #[serde(default)]
@@ -86,7 +86,7 @@ pub const STEPS: &[StepInfo] = &[
     StepInfo::step("record"),
 ];
 
-const UNPLANNED_STEPS: &[StepInfo] = &[
+pub const UNPLANNED_STEPS: &[StepInfo] = &[
     StepInfo::step("check-hosts"),
     StepInfo::with_undo("mark-failing-back"),
     StepInfo::with_undo("fence-recovery"),
@@ -141,6 +141,10 @@ impl Saga for Failback {
     ) -> Result<(), StepError> {
         if step == "record" {
             return record(ctx, params, mem).await;
+        }
+        if step == "remove-recovery" && ctx.db.recovery(&params.recovery_id).await?.is_none() {
+            // Removed already: the step ran before (twice, or before a restart).
+            return Ok(());
         }
         let (p, home, rec, away) = parts(ctx, params).await?;
         match step {
@@ -225,6 +229,7 @@ impl Saga for Failback {
                         &rec.vm,
                         &ShutdownRequest {
                             timeout_secs: timeout,
+                            job_id: Some(format!("{}-shutdown", ctx.op)),
                         },
                     )
                     .await

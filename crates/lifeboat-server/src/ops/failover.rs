@@ -36,7 +36,7 @@ pub struct FailoverParams {
     pub protection_id: lifeboat_types::ProtectionId,
     /// The recovery's id, chosen when the operation started: running a step again
     /// brings up the same recovery, never a second.
-    pub recovery_id: String,
+    pub recovery_id: lifeboat_types::RecoveryId,
     /// The VM's name on the recovery host.
     pub vm: String,
     /// The point chosen (test, unplanned) and its cut time; a planned move takes its own.
@@ -66,7 +66,7 @@ pub struct FailoverMemory {
 
 pub struct Failover;
 
-const TEST_STEPS: &[StepInfo] = &[
+pub const TEST_STEPS: &[StepInfo] = &[
     StepInfo::step("check-hosts"),
     StepInfo::with_undo("start-recovery"),
     StepInfo::step("record"),
@@ -83,7 +83,7 @@ pub const PLANNED_STEPS: &[StepInfo] = &[
     StepInfo::step("record"),
 ];
 
-const UNPLANNED_STEPS: &[StepInfo] = &[
+pub const UNPLANNED_STEPS: &[StepInfo] = &[
     StepInfo::step("check-hosts"),
     StepInfo::with_undo("mark-failing-over"),
     StepInfo::with_undo("fence-source"),
@@ -157,6 +157,8 @@ impl Saga for Failover {
                         &p.vm,
                         &ShutdownRequest {
                             timeout_secs: timeout,
+                            // One shutdown per operation, however often the step runs.
+                            job_id: Some(format!("{}-shutdown", ctx.op)),
                         },
                     )
                     .await
@@ -479,7 +481,7 @@ async fn start_recovery(
     let access = vault(ctx, p, rhost).await?;
     if ctx.db.recovery(&params.recovery_id).await?.is_none() {
         let rec = Recovery {
-            id: params.recovery_id.clone().into(),
+            id: params.recovery_id.clone(),
             protection_id: p.id.clone(),
             kind: params.kind,
             host_id: rhost.host.id.clone(),
@@ -504,7 +506,7 @@ async fn start_recovery(
     ))
     .await;
     let ask = RecoveryRequest {
-        recovery_id: params.recovery_id.clone(),
+        recovery_id: params.recovery_id.to_string(),
         vault: access,
         point: point.0.clone(),
         vm: params.vm.clone(),

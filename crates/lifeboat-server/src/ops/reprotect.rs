@@ -28,7 +28,7 @@ pub struct ReprotectParams {
     pub protection_id: lifeboat_types::ProtectionId,
     /// The committed recovery to protect where it runs (reversed); none after a failback.
     #[serde(default)]
-    pub recovery_id: Option<String>,
+    pub recovery_id: Option<lifeboat_types::RecoveryId>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -40,9 +40,9 @@ pub struct ReprotectMemory {
 
 pub struct Reprotect;
 
-const FROM_HOME: &[StepInfo] = &[StepInfo::step("resume-replication")];
+pub const FROM_HOME: &[StepInfo] = &[StepInfo::step("resume-replication")];
 
-const REVERSED: &[StepInfo] = &[
+pub const REVERSED: &[StepInfo] = &[
     StepInfo::step("check-hosts"),
     StepInfo::with_undo("mark-reprotecting"),
     StepInfo::step("first-point"),
