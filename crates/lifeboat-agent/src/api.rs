@@ -132,6 +132,7 @@ pub struct VaultCheck {
 pub fn router(state: Arc<AgentState>) -> Router {
     let enrolled_only = Router::new()
         .route("/api/v1/inventory", get(inventory))
+        .route("/api/v1/networks", get(networks))
         .route("/api/v1/vms/{vm}/syncs", post(start_sync))
         .route("/api/v1/syncs/{id}", get(sync_status))
         .route("/api/v1/vms/{vm}/unprotect", post(unprotect))
@@ -251,6 +252,17 @@ async fn inventory(State(s): State<Arc<AgentState>>) -> Response {
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("listing VMs: {e}"),
+        ),
+    }
+}
+
+/// The networks this host offers recovered VMs, with their subnets (`networks`).
+async fn networks(State(s): State<Arc<AgentState>>) -> Response {
+    match crate::networks::host_networks(&s.driver).await {
+        Ok(nets) => Json(nets).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("listing networks: {e}"),
         ),
     }
 }

@@ -355,6 +355,11 @@ impl AgentClient {
         self.follow_job(job).await
     }
 
+    /// The networks this host offers recovered VMs, with their subnets.
+    pub async fn networks(&self) -> Result<Vec<lifeboat_types::HostNetwork>, ClientError> {
+        self.call(self.http.get(self.url("/api/v1/networks"))).await
+    }
+
     /// A job's status; `Refused { status: 404 }` when the agent does not know it.
     pub async fn job_status(&self, id: &str) -> Result<crate::jobs::JobStatus, ClientError> {
         self.call(self.http.get(self.url(&format!("/api/v1/jobs/{id}"))))

@@ -237,7 +237,26 @@ impl Recoveries {
         if req.kind == RecoveryKind::Test {
             spec.uuid = None; // a test copy is another machine
         }
+        // Addressing is named by the MAC in the VM's definition; a test copy's NIC gets
+        // another MAC below, which the seed must name.
+        let mut guest_network = Vec::new();
+        for wanted in &req.guest_network {
+            if !spec
+                .nics
+                .iter()
+                .any(|n| n.mac.eq_ignore_ascii_case(&wanted.mac))
+            {
+                return Err(RecoveryError::Invalid(format!(
+                    "network settings name NIC {}, which VM {} does not have; change them with `lifeboat network`",
+                    wanted.mac, req.vm
+                )));
+            }
+        }
         for nic in &mut spec.nics {
+            let wanted = req
+                .guest_network
+                .iter()
+                .find(|w| w.mac.eq_ignore_ascii_case(&nic.mac));
             if req.kind == RecoveryKind::Test {
                 nic.network = "isolated".into();
                 nic.mac = test_mac(&nic.mac, &req.recovery_id);
@@ -263,6 +282,12 @@ impl Recoveries {
                 // A bridged NIC is reached at its own address, not through host ports: no
                 // forward is made, so none is reported.
                 _ => nic.host_forwards.clear(),
+            }
+            if let Some(w) = wanted {
+                guest_network.push(lifeboat_types::NicAddressing {
+                    mac: nic.mac.clone(),
+                    addressing: w.addressing.clone(),
+                });
             }
             for f in &mut nic.host_forwards {
                 // Ports are this host's: keep the source's when free, else take another.
@@ -310,6 +335,17 @@ impl Recoveries {
             create_instant_overlay(&overlay, stored.size, &socket, d.name.as_str()).await?;
             d.path = overlay;
             d.format = DiskFormat::Qcow2;
+        }
+        if !guest_network.is_empty() {
+            // A new cloud-init instance, so the guest applies this network once.
+            let seed = dir.join("cidata.img");
+            crate::guest_seed::write(&seed, &format!("lifeboat-{id}"), &guest_network)
+                .map_err(|e| RecoveryError::Invalid(e.to_string()))?;
+            if let Some((uid, gid)) = self.place.owner {
+                std::os::unix::fs::chown(&seed, Some(uid), Some(gid))
+                    .map_err(io(format!("handing {} to QEMU's user", seed.display())))?;
+            }
+            spec.seed = Some(seed);
         }
         // The sockets must answer before QEMU opens its backing files.
         driver.define(spec).await?;
@@ -566,6 +602,7 @@ mod tests {
             resume_only: true,
             network_map: Default::default(),
             expose: Vec::new(),
+            guest_network: Vec::new(),
             job_id: None,
         };
         let records = Records::open(&home.path().join("agent")).unwrap();

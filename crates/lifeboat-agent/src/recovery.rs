@@ -46,6 +46,11 @@ pub struct RecoveryRequest {
     /// (`failover --test --expose`): how a tester reaches the isolated copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<u16>,
+    /// Each re-addressed NIC's addressing (by its MAC in the VM's definition): written
+    /// into a cloud-init seed the copy reads at its first boot (`guest_seed`). Empty:
+    /// no seed, every NIC keeps its address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_network: Vec<lifeboat_types::NicAddressing>,
     /// Bring it up as this job (`jobs`): the call answers 202 at once and the caller
     /// polls `GET /api/v1/jobs/{id}` for the recovery's status; asked again with the same
     /// id, the same job answers. Without it the call answers when the VM is defined.

@@ -214,7 +214,12 @@ pub async fn sync_vm(
         &cut,
         &Job {
             kind,
-            vm_config: driver.spec(vm).await?.to_toml().into_bytes(),
+            vm_config: {
+                let mut spec = driver.spec(vm).await?;
+                // A recovered copy's first-boot seed is this host's, not the VM's.
+                spec.seed = None;
+                spec.to_toml().into_bytes()
+            },
             cut_time,
             consistency,
             max_rate,

@@ -184,6 +184,11 @@ pub struct VmSpec {
     /// description any driver can start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt_xml: Option<String>,
+    /// A cloud-init NoCloud seed (a `CIDATA` volume) attached read-only: a recovered
+    /// copy's first-boot network configuration. Not one of the VM's disks: never
+    /// replicated, and left out of the spec a recovery point keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<PathBuf>,
 }
 
 fn one() -> u32 {

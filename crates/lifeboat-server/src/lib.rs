@@ -38,6 +38,7 @@ pub mod discovery;
 pub mod error;
 pub mod failover;
 pub mod http;
+pub mod network;
 pub mod ops;
 pub mod policy;
 pub mod recovery_watch;

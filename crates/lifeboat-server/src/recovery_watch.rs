@@ -149,6 +149,7 @@ async fn resume_request(
         resume_only: true,
         network_map: Default::default(), // only read when bringing a VM up
         expose: Vec::new(),
-        job_id: None, // resuming is quick: answered in the request
+        guest_network: Vec::new(), // the seed was written when it was brought up
+        job_id: None,              // resuming is quick: answered in the request
     }))
 }

@@ -17,6 +17,7 @@ const ORDER: &[&str] = &[
     "agents",
     "error",
     "vault_keys",
+    "network",
     "failover",
     "ops",
     // The schedulers: they run steps of their own, and end an enable at its first point.
@@ -35,6 +36,7 @@ const NO_HTTP: &[&str] = &[
     "agents",
     "error",
     "vault_keys",
+    "network",
     "failover",
     "replication",
     "recovery_watch",

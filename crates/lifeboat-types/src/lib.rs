@@ -4,11 +4,15 @@
 //! tests and stored by the server as checked columns.
 
 pub mod ids;
+pub mod network;
 pub mod operation;
 pub mod protection;
 pub mod recovery;
 
 pub use ids::{HostId, OperationId, ProtectionId, RecoveryId};
+pub use network::{
+    Addressing, HostNetwork, MoveKind, NetworkSettings, NicAddressing, NicSettings, StaticAddress,
+};
 pub use operation::{OperationKind, OperationStatus};
 pub use protection::{Event, ProtectionState, Refusal};
 pub use recovery::{RecoveryKind, RecoveryState};

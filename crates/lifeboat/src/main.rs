@@ -10,6 +10,7 @@ mod failover_cmd;
 mod hosts_cmd;
 mod image_source;
 mod maintenance_cmd;
+mod network_cmd;
 mod operations_cmd;
 mod output;
 mod protect_cmd;
@@ -92,6 +93,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Server(args) => return server_cmd::run(&cli.home, args).await,
         cli::Command::Protect(args) => return protect_cmd::protect(out, &cli.home, args).await,
         cli::Command::Unprotect(args) => return protect_cmd::unprotect(out, &cli.home, args).await,
+        cli::Command::Network(args) => return network_cmd::run(out, &cli.home, args).await,
         cli::Command::Status { conn } => return protect_cmd::status(out, &cli.home, conn).await,
         cli::Command::Operations(cmd) => return operations_cmd::run(out, &cli.home, cmd).await,
         cli::Command::Failover(args) => return failover_cmd::run(out, &cli.home, args).await,
@@ -123,6 +125,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         | cli::Command::Server(_)
         | cli::Command::Protect(_)
         | cli::Command::Unprotect(_)
+        | cli::Command::Network(_)
         | cli::Command::Status { .. }
         | cli::Command::Operations(_)
         | cli::Command::Failover(_)

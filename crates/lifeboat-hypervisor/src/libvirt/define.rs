@@ -74,6 +74,15 @@ pub fn domain_xml(
             i + 1
         );
     }
+    if let Some(seed) = &spec.seed {
+        // A CD-ROM: libvirt's inventory lists device='disk' only, so the seed is never
+        // taken for one of the VM's disks (nor tracked, nor replicated).
+        x += &format!(
+            "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>\
+             <source file='{}'/><target dev='sdz' bus='sata'/><readonly/></disk>",
+            esc(&seed.to_string_lossy())
+        );
+    }
     let mut qemu_args: Vec<String> = Vec::new();
     for (i, nic) in spec.nics.iter().enumerate() {
         if nic.network == "isolated" && !nic.host_forwards.is_empty() {

@@ -118,6 +118,27 @@ fn spec_from(dom: &virt::domain::Domain, vm: &VmName) -> Result<VmSpec> {
 }
 
 impl LibvirtDriver {
+    /// libvirt's active virtual networks: (name, the host bridge it runs on).
+    pub async fn networks(&self) -> Result<Vec<(String, String)>> {
+        call::with_conn(&self.config.uri, |conn| {
+            let names = conn.list_networks().map_err(|e| {
+                HypervisorError::Unsupported(format!("listing libvirt networks: {e}"))
+            })?;
+            Ok(names
+                .into_iter()
+                .filter_map(|name| {
+                    let bridge = conn
+                        .lookup_network_by_name(&name)
+                        .ok()?
+                        .bridge_name()
+                        .ok()?;
+                    Some((name, bridge))
+                })
+                .collect())
+        })
+        .await
+    }
+
     pub fn new(config: LibvirtConfig) -> Result<LibvirtDriver> {
         call::quiet_libvirt();
         crate::private::private_dir(&config.state_dir)
@@ -450,6 +471,7 @@ pub fn spec_of(vm: &VmName, d: &DomainDescription, xml: &str) -> Result<VmSpec> 
         nics,
         boot_order: Vec::new(),
         libvirt_xml: Some(xml.to_string()),
+        seed: None,
     };
     spec.check().map_err(invalid)?;
     Ok(spec)

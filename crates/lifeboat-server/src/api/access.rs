@@ -38,6 +38,7 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         // Operations on VMs, and scanning the network for agents.
         ("POST", "/api/v1/protections")
         | ("DELETE", "/api/v1/protections/{id}")
+        | ("PUT", "/api/v1/protections/{id}/network")
         | (
             "POST",
             "/api/v1/protections/{id}/failover"
@@ -155,6 +156,7 @@ mod tests {
             ("delete", "/api/v1/users/{name}", Role::Admin),
             ("post", "/api/v1/protections", Role::Operator),
             ("delete", "/api/v1/protections/{id}", Role::Operator),
+            ("put", "/api/v1/protections/{id}/network", Role::Operator),
             ("post", "/api/v1/protections/{id}/failover", Role::Operator),
             (
                 "post",

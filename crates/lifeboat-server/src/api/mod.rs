@@ -43,6 +43,7 @@ use crate::policy::Policy;
 pub mod access;
 pub mod audit;
 pub mod failover;
+pub mod network;
 pub mod operations;
 pub mod page;
 pub mod protection;
@@ -168,6 +169,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
             get(protection::list_points),
         )
         .route(
+            "/api/v1/protections/{id}/network",
+            axum::routing::put(network::set_network),
+        )
+        .route(
             "/api/v1/protections/{id}/failover",
             axum::routing::post(failover::failover),
         )
@@ -218,13 +223,16 @@ pub fn router(state: Arc<ServerState>) -> Router {
     info(title = "Lifeboat server API", description = "The control plane's REST API. Every route needs `Authorization: Bearer <API token>`, or a dashboard session cookie with the session's `X-CSRF-Token` header on state-changing calls. Each route needs a role, said in its description: viewers read, operators also run operations on VMs, admins also enroll hosts and manage users and everyone's tokens; a call above the caller's role is refused with 403 naming the role needed. Every login, logout and state-changing call is in the audit log (`GET /api/v1/audit`)."),
     paths(list_hosts, enroll_host, list_vms, protection::protect, protection::list_protections,
         protection::get_protection, protection::unprotect, protection::list_points,
+        network::set_network,
         operations::list_operations, operations::get_operation, operations::operation_events, operations::cancel_operation, operations::list_policies,
         status::overview, failover::failover, failover::cleanup, failover::list_recoveries,
         failover::failback, failover::reprotect, failover::commit, scan, tokens::list_tokens,
         tokens::create_token, tokens::revoke_token, users::list_users, users::add_user,
         users::set_role, users::set_password, users::remove_user, audit::list_audit),
     components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError, ProtectRequest,
-        Protected, ProtectionView, ProtectionList, SyncProgress, Unprotected, PointRow, Operation, Policy,
+        Protected, ProtectionView, network::NetworkSettingsSet, lifeboat_types::NetworkSettings,
+        lifeboat_types::NicSettings, lifeboat_types::Addressing, lifeboat_types::StaticAddress,
+        ProtectionList, SyncProgress, Unprotected, PointRow, Operation, Policy,
         ProtectionState, Overview, WorstRpo, failover::FailoverRequest, failover::RecoveryView,
         failover::CleanedUp, crate::db::Recovery, failover::FailbackRequest, failover::StepDone, ScanRequest,
         crate::discovery::ScanReport, crate::discovery::Found, crate::db::TokenRow,

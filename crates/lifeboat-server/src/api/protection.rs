@@ -91,6 +91,10 @@ pub struct ProtectionView {
     pub created_at: String,
     /// The failover network mapping given at enable (source network → recovery network).
     pub network_map: std::collections::BTreeMap<String, String>,
+    /// Each NIC's address after a failover and in a test copy (NICs not named keep
+    /// theirs): `PUT /api/v1/protections/{id}/network` sets it.
+    #[serde(default)]
+    pub network_settings: lifeboat_types::NetworkSettings,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -158,6 +162,7 @@ pub fn view(p: &Protection, hosts: &[HostAccess]) -> ProtectionView {
         last_error: p.last_error.clone(),
         created_at: p.created_at.clone(),
         network_map: network_map(p),
+        network_settings: crate::network::settings(p),
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Protection {
     pub app_attempt_at: Option<String>,
     /// JSON object: source network -> recovery host network, the failover default.
     pub network_map: String,
+    /// JSON: each NIC's address after a move (`lifeboat_types::NetworkSettings`).
+    pub network_settings: String,
     /// The failover that moved the VM away (`planned` or `unplanned`), while it is away.
     pub failover_kind: Option<FailoverKind>,
     /// When the source was last known fenced, while the VM is away.
@@ -92,6 +94,7 @@ impl Default for Protection {
             generation: 1,
             app_attempt_at: None,
             network_map: "{}".into(),
+            network_settings: "{}".into(),
             failover_kind: None,
             fenced_at: None,
             state_read: ProtectionState::Enabling,
@@ -150,7 +153,7 @@ const COLUMNS: &str =
     policy, state, reason, current_sync, sync_started_at, sync_done, sync_total, next_sync_at, \
     failures, last_error, last_point, last_point_time, last_consistency, bytes_replicated, \
     syncs_committed, last_sync_ms, created_at, generation, app_attempt_at, network_map, \
-    failover_kind, fenced_at";
+    failover_kind, fenced_at, network_settings";
 
 fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
     Ok(Protection {
@@ -181,6 +184,7 @@ fn protection(r: &sqlx::any::AnyRow) -> Result<Protection, sqlx::Error> {
         generation: r.try_get("generation")?,
         app_attempt_at: r.try_get("app_attempt_at")?,
         network_map: r.try_get("network_map")?,
+        network_settings: r.try_get("network_settings")?,
         failover_kind: r
             .try_get::<Option<String>, _>("failover_kind")?
             .map(|k| {
@@ -224,7 +228,7 @@ impl Database {
         let r = sqlx::query(&format!(
             "INSERT INTO protections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
              $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1, $25, $26, \
-             $27, $28)"
+             $27, $28, $29)"
         ))
         .bind(p.id.as_str())
         .bind(p.host_id.as_str())
@@ -254,6 +258,7 @@ impl Database {
         .bind(&p.network_map)
         .bind(p.failover_kind.map(|k| k.as_str()))
         .bind(&p.fenced_at)
+        .bind(&p.network_settings)
         .execute(&self.pool)
         .await;
         match r {
@@ -401,6 +406,17 @@ impl Database {
     }
 
     /// Records when the source of a moved VM was known fenced (or that it is not).
+    /// Stores a protection's failover network settings (JSON), checked by the caller.
+    /// Not a state: the generation stays, so no operation or sync re-plans for it.
+    pub async fn set_network_settings(&self, id: &str, json: &str) -> Result<bool, DbError> {
+        let r = sqlx::query("UPDATE protections SET network_settings = $1 WHERE id = $2")
+            .bind(json)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     pub async fn set_fenced_at(&self, id: &str, at: Option<&str>) -> Result<(), DbError> {
         sqlx::query(
             "UPDATE protections SET fenced_at = $1, generation = generation + 1 WHERE id = $2",

@@ -288,6 +288,51 @@ impl Saga for Failover {
     }
 }
 
+/// The VM's network settings for this move against its NICs and the recovery host's
+/// networks (docs/networking.md): refused before anything changes. With the source
+/// silent (an unplanned failover), its NICs are unknown: said in the log, and the
+/// recovery host still refuses a NIC on a network it lacks when it starts the VM.
+async fn check_network(
+    ctx: &Ctx,
+    params: &FailoverParams,
+    p: &Protection,
+    rhost: &HostAccess,
+) -> Result<(), StepError> {
+    use crate::network::CheckError;
+    let kind = if params.kind == RecoveryKind::Test {
+        lifeboat_types::MoveKind::Test
+    } else {
+        lifeboat_types::MoveKind::Failover
+    };
+    let nics = match host(ctx, &p.host_id, "host").await {
+        Ok(src) => crate::network::vm_nics(&src, &p.vm, crate::network::ASK).await,
+        Err(e) => Err(CheckError::Unreachable(e.to_string())),
+    };
+    let nics = match nics {
+        Ok(n) => n,
+        Err(e) => {
+            ctx.log(format!(
+                "network settings not checked against the VM's NICs: {e}; the recovery host checks each NIC's network when it starts the VM"
+            ))
+            .await;
+            return Ok(());
+        }
+    };
+    let settings = crate::network::settings(p);
+    match crate::network::check_move(&settings, kind, &nics, &params.network_map, rhost).await {
+        Ok(notes) => {
+            for n in notes {
+                ctx.log(n).await;
+            }
+            Ok(())
+        }
+        Err(e) => Err(StepError::Permanent(format!(
+            "{e}; {} was not touched",
+            p.vm
+        ))),
+    }
+}
+
 /// Both hosts answer (the recovery host before anything is touched), the recovery host's
 /// vault key is there, and a move run again after an interrupted one finds no copy left.
 async fn check_hosts(
@@ -307,6 +352,7 @@ async fn check_hosts(
             e,
         )
     })?;
+    check_network(ctx, params, p, rhost).await?;
     if params.kind == RecoveryKind::Test {
         return Ok(());
     }
@@ -514,6 +560,11 @@ async fn start_recovery(
         resume_only: false,
         network_map: params.network_map.clone(),
         expose: params.expose.clone(),
+        guest_network: crate::network::settings(p).for_move(if params.kind == RecoveryKind::Test {
+            lifeboat_types::MoveKind::Test
+        } else {
+            lifeboat_types::MoveKind::Failover
+        }),
         // One job per recovery: the step run again finds it, running or done.
         job_id: Some(format!("provision-{}", params.recovery_id)),
     };

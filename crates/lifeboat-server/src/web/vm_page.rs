@@ -18,8 +18,9 @@ use super::CurrentSession;
 use crate::api::protection::{view, ProtectionView};
 use crate::db::{Host, PointRow, ProtectionState, Recovery};
 use crate::http::ServerState;
+use crate::network::NicSpec;
 use crate::policy::POLICIES;
-use lifeboat_types::{RecoveryKind, RecoveryState};
+use lifeboat_types::{Addressing, MoveKind, NetworkSettings, RecoveryKind, RecoveryState};
 
 pub async fn vm_detail(
     State(s): State<Arc<ServerState>>,
@@ -66,6 +67,15 @@ pub async fn vm_detail(
                 .iter()
                 .find(|r| r.protection_id == p.id && r.kind != RecoveryKind::Test && r.is_the_vm());
             let key = actions_key(&v, &recoveries);
+            // The NICs for the network settings dialog; the page does not wait long for a
+            // host that is down (after a disaster, the usual case).
+            let home = hosts
+                .iter()
+                .find(|h| h.host.id == host_id)
+                .expect("found above");
+            let nics = crate::network::vm_nics(home, &vm, std::time::Duration::from_secs(2))
+                .await
+                .ok();
             html! {
                 (summary(&v, &recoveries))
                 section aria-labelledby="actions-h" {
@@ -77,7 +87,7 @@ pub async fn vm_detail(
                         (v.vm) "'s state changed: " a href="" { "reload the page" } " for the actions it has now."
                     }
                     @if may(&session, &Method::POST, "/api/v1/protections/{id}/failover") {
-                        (actions(&v, host, &points, test_copy, moved))
+                        (actions(&v, host, &points, test_copy, moved, nics.as_deref()))
                     } @else {
                         (not_for_role(&session, "operators and admins"))
                     }
@@ -166,11 +176,79 @@ fn summary(v: &ProtectionView, recoveries: &[Recovery]) -> Markup {
             @if !v.network_map.is_empty() {
                 div { dt { "Network mapping" } dd class="mono" { (map_text(&v.network_map)) } }
             }
+            div { dt { "Addresses after a move" } dd id={ "net-" (v.id) } { (settings_text(&v.network_settings)) } }
             @if !v.last_error.is_empty() {
                 div { dt { "Last error" } dd class="error" { (v.last_error) } }
             }
         }
     }
+}
+
+fn settings_text(s: &NetworkSettings) -> Markup {
+    html! {
+        @if s.nics.is_empty() {
+            "Every NIC keeps its address."
+        } @else {
+            ul class="plain" {
+                @for n in &s.nics {
+                    li class="mono" { (n.mac) ": failover " (n.failover) "; test " (n.test) "; home " (n.home) }
+                }
+            }
+        }
+    }
+}
+
+/// The network settings dialog: a row per NIC the VM has (when its host answered) or has
+/// settings for, each setting in the text form the CLI takes.
+fn network_dialog(base: &str, v: &ProtectionView, nics: Option<&[NicSpec]>) -> Markup {
+    let mut rows: Vec<(String, String)> = nics
+        .unwrap_or_default()
+        .iter()
+        .map(|n| (n.mac.clone(), n.network.clone()))
+        .collect();
+    for n in &v.network_settings.nics {
+        if !rows.iter().any(|(m, _)| m.eq_ignore_ascii_case(&n.mac)) {
+            rows.push((n.mac.clone(), String::new()));
+        }
+    }
+    let keep = Addressing::Keep;
+    let current = |mac: &str, kind: MoveKind| -> String {
+        v.network_settings
+            .nic(mac)
+            .map_or(&keep, |n| n.addressing(kind))
+            .to_string()
+    };
+    dialog(
+        Action {
+            id: "dlg-network",
+            label: "Network settings",
+            api: &format!("{base}/network"),
+            method: "PUT",
+            submit: "Check and save",
+            danger: false,
+        },
+        html! {
+            p { "Per NIC, the address " (v.vm) " takes on " (v.recovery_host) " after a failover, in a test copy, and back home after a failback: "
+                code { "keep" } ", " code { "dhcp" } ", or " code { "10.20.0.5/24,gw=10.20.0.1,dns=10.20.0.53" } ". "
+                "They are checked against the VM's NICs and the recovery host's networks before they are saved, and again before each move." }
+            @if nics.is_none() {
+                p class="error" { "The VM's host did not answer: only NICs with settings are listed, and saving needs the host." }
+            }
+        },
+        html! {
+            @for (i, (mac, network)) in rows.iter().enumerate() {
+                fieldset data-mac=(mac) {
+                    legend class="mono" { (mac) @if !network.is_empty() { " on " (network) } }
+                    @for (kind, name, label) in [(MoveKind::Failover, "failover", "After a failover"), (MoveKind::Test, "test", "In a test copy"), (MoveKind::Failback, "home", "At home (failback)")] {
+                        div class="field" {
+                            label for={ "nic" (i) "-" (name) } { (label) }
+                            input id={ "nic" (i) "-" (name) } name=(name) type="text" value=(current(mac, kind)) class="mono";
+                        }
+                    }
+                }
+            }
+        },
+    )
 }
 
 fn map_text(m: &std::collections::BTreeMap<String, String>) -> String {
@@ -303,8 +381,10 @@ fn actions(
     points: &[PointRow],
     test_copy: Option<&Recovery>,
     moved: Option<&Recovery>,
+    nics: Option<&[NicSpec]>,
 ) -> Markup {
     let base = format!("/api/v1/protections/{}", v.id);
+    let network = network_dialog(&base, v, nics);
     let (vm, home, rhost) = (&v.vm, &host.hostname, &v.recovery_host);
     let disable = dialog(
         Action {
@@ -339,6 +419,7 @@ fn actions(
                             p { (vm) " starts on " (rhost) " from the recovery point you choose, without waiting for " (home) ". " strong { "Writes made on " (home) " after that point's cut time are not in it." } }
                             p { (home) " is fenced: if it comes back, " (vm) " is not started there, and its diverged writes are never copied over " (rhost) "'s. Replication stops until you fail back." }
                         }, html! { input type="hidden" name="kind" value="unplanned"; (point_select("unplanned-point", points)) (network_field("unplanned-net", &v.network_map)) }))
+                    (network)
                     (disable)
                 }
                 ProtectionState::FailedOver | ProtectionState::ProtectedReversed => {
@@ -364,13 +445,16 @@ fn actions(
                             p { "For when " (rhost) " is lost: " (vm) " starts on " (home) " from the recovery point you choose, without waiting for " (rhost) ". " strong { "Writes made on " (rhost) " after that point's cut time are not in it." } }
                             p { "The copy on " (rhost) " is fenced (now, or as soon as its host answers) and kept, never started again." }
                         }, html! { input type="hidden" name="unplanned" value="true" data-type="bool"; (point_select("failback-point", points)) }))
+                    (network)
                 }
                 ProtectionState::FailedBack => {
                     (dialog(Action { id: "dlg-reprotect", label: "Reprotect", api: &format!("{base}/reprotect"), method: "POST", submit: "Reprotect", danger: false }, html! { p { "Replication of " (vm) " from " (home) " to " (rhost) " resumes; the next sync is incremental, building on the failback's point." } }, html! {}))
+                    (network)
                     (disable)
                 }
                 ProtectionState::Enabling | ProtectionState::InitialSync => {
                     p class="muted" { "Failover is possible once the initial sync has made the first recovery point." }
+                    (network)
                     (disable)
                 }
                 _ => { p class="muted" { "An operation is running on " (vm) "; its actions come back when it ends." } }

@@ -261,6 +261,16 @@ impl Cluster {
 /// no `KillVm` guards.
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // The server and the agents first: left running, one could start a VM again
+        // (an operation's undo) after its QEMU was killed below.
+        for child in [
+            &mut self.server.child,
+            &mut self.alpha.child,
+            &mut self.beta.child,
+        ] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         for host in ["alpha", "beta"] {
             let vms = self.home(host).join("vms");
             for dir in std::fs::read_dir(&vms).into_iter().flatten().flatten() {

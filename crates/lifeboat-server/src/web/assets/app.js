@@ -31,6 +31,19 @@
         body[el.name] = el.checked;
         continue;
       }
+      // A NIC's settings (the network dialog): {nics: [{mac, failover, test, home}]},
+      // each setting in the CLI's text form, which the API reads as it is.
+      const nic = el.closest("fieldset[data-mac]");
+      if (nic) {
+        body.nics = body.nics || [];
+        let entry = body.nics.find((n) => n.mac === nic.dataset.mac);
+        if (!entry) {
+          entry = { mac: nic.dataset.mac };
+          body.nics.push(entry);
+        }
+        if (el.value.trim() !== "") entry[el.name] = el.value.trim();
+        continue;
+      }
       const v = el.value.trim();
       if (v === "") continue;
       switch (el.dataset.type) {

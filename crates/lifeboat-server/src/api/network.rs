@@ -1,0 +1,96 @@
+//! `PUT /api/v1/protections/{id}/network`: a protected VM's failover network settings
+//! (docs/networking.md), checked against the VM's NICs and the recovery host's networks
+//! before they are stored.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lifeboat_types::{MoveKind, NetworkSettings, ProtectionId};
+use serde::{Deserialize, Serialize};
+
+use super::protection::{load, network_map};
+use super::{db_error, error, ApiError, ServerState};
+use crate::network::{check_move, vm_nics, CheckError, ASK};
+
+/// The settings as stored, and what could not be checked now.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NetworkSettingsSet {
+    pub vm: String,
+    pub network_settings: NetworkSettings,
+    /// What was not checked (a recovery host that did not answer, a network whose
+    /// subnet it does not know): checked again before each move.
+    pub notes: Vec<String>,
+}
+
+#[utoipa::path(put, path = "/api/v1/protections/{id}/network", tag = "protection",
+    params(("id" = String, Path, description = "The protection's id")),
+    request_body = NetworkSettings,
+    responses((status = 200, description = "Stored, with what could not be checked now", body = NetworkSettingsSet),
+               (status = 400, description = "A NIC the VM lacks, an address that is no host's or outside its network's subnet, a gateway outside it, a network the recovery host lacks: nothing stored", body = ApiError),
+               (status = 404, description = "No such protection", body = ApiError),
+               (status = 503, description = "The VM's host does not answer: its NICs cannot be checked", body = ApiError)))]
+pub async fn set_network(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<ProtectionId>,
+    Json(req): Json<NetworkSettings>,
+) -> Response {
+    let req = req.without_keep_only();
+    let (p, hosts) = match load(&s, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let find = |host_id: &str| hosts.iter().find(|h| h.host.id == host_id);
+    // Home lists the VM's NICs, running or not (a moved VM keeps their MACs).
+    let Some(vm_host) = find(&p.host_id) else {
+        return error(StatusCode::NOT_FOUND, "the VM's host is no longer enrolled");
+    };
+    let nics = match vm_nics(vm_host, &p.vm, ASK).await {
+        Ok(n) => n,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; nothing was stored — try again when it answers"),
+            )
+        }
+    };
+    let macs: Vec<String> = nics.iter().map(|n| n.mac.clone()).collect();
+    if let Err(e) = req.check(&macs) {
+        return error(StatusCode::BAD_REQUEST, format!("{e}; nothing was stored"));
+    }
+    let mut notes = Vec::new();
+    match find(&p.recovery_host_id) {
+        None => notes.push("the recovery host is no longer enrolled".to_string()),
+        Some(rhost) => {
+            for kind in [MoveKind::Failover, MoveKind::Test] {
+                match check_move(&req, kind, &nics, &network_map(&p), rhost).await {
+                    Ok(n) => notes.extend(n),
+                    Err(CheckError::Refused(e)) => {
+                        return error(StatusCode::BAD_REQUEST, format!("{e}; nothing was stored"))
+                    }
+                    Err(CheckError::Unreachable(e)) => {
+                        notes.push(format!("{e}: checked again before each move"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let json = match serde_json::to_string(&req) {
+        Ok(j) => j,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match s.db.set_network_settings(&p.id, &json).await {
+        Ok(true) => {}
+        Ok(false) => return error(StatusCode::NOT_FOUND, format!("no protection {id}")),
+        Err(e) => return db_error(e),
+    }
+    Json(NetworkSettingsSet {
+        vm: p.vm.clone(),
+        network_settings: req,
+        notes,
+    })
+    .into_response()
+}
