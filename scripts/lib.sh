@@ -58,7 +58,10 @@ need_test_tools() {
     # browser (lifeboat-testkit's browser module).
     # libvirtd + virsh: the libvirt driver's tests define domains as an administrator would;
     # losetup: a block-device disk for one of them.
+    # named + dig: lifeboat-dns's tests update records on a real BIND (testkit's bind module).
     apt_need nbdinfo libnbd-bin curl curl psql postgresql-client \
+             /usr/sbin/named bind9 \
+             dig bind9-dnsutils \
              libvirtd libvirt-daemon-system \
              ip iproute2 \
              python3 python3 \

@@ -21,6 +21,7 @@
 //! Guests run under TCG (no working KVM on the CI machines), so every wait here takes a
 //! timeout and [`boot_timeout`] is generous.
 
+pub mod bind;
 pub mod browser;
 mod guestfs;
 mod http;
