@@ -59,7 +59,10 @@ need_test_tools() {
     # libvirtd + virsh: the libvirt driver's tests define domains as an administrator would;
     # losetup: a block-device disk for one of them.
     # named + dig: lifeboat-dns's tests update records on a real BIND (testkit's bind module).
+    # mmdebstrap: the Debian test guest (guest/debian/build.sh), built on demand by the
+    # tests that boot it (lifeboat_testkit::debian_guest::debian_image), not here.
     apt_need nbdinfo libnbd-bin curl curl psql postgresql-client \
+             mmdebstrap mmdebstrap \
              /usr/sbin/named bind9 \
              dig bind9-dnsutils \
              libvirtd libvirt-daemon-system \

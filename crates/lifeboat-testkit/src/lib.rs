@@ -23,6 +23,7 @@
 
 pub mod bind;
 pub mod browser;
+pub mod debian_guest;
 mod guestfs;
 mod http;
 mod image;
