@@ -449,13 +449,25 @@ impl AgentClient {
         vm: &str,
         unfence: bool,
     ) -> Result<serde_json::Value, ClientError> {
-        let url = self.url(&format!("/api/v1/vms/{vm}/start"));
-        self.call(
-            self.http
-                .post(url)
-                .json(&serde_json::json!({ "unfence": unfence })),
+        self.start_vm_with(
+            vm,
+            &crate::handover_api::StartRequest {
+                unfence,
+                guest_network: Vec::new(),
+                instance_id: None,
+            },
         )
         .await
+    }
+
+    /// Starts a VM as `req` says (a failback's seed restoring the home address).
+    pub async fn start_vm_with(
+        &self,
+        vm: &str,
+        req: &crate::handover_api::StartRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = self.url(&format!("/api/v1/vms/{vm}/start"));
+        self.call(self.http.post(url).json(req)).await
     }
 
     fn url(&self, path: &str) -> String {

@@ -79,15 +79,15 @@ pub fn network_config(nics: &[NicAddressing]) -> Result<String, SeedError> {
 }
 
 /// The user-data: the same machine, moved; nothing but its network changes. (A new
-/// instance would otherwise regenerate SSH host keys and create the image's default
-/// user.)
+/// instance would otherwise regenerate its SSH host keys and its host name. An image
+/// whose cloud.cfg creates a default user creates it again if it is missing: cloud-init
+/// refuses `users: []` as invalid.)
 pub const USER_DATA: &str = "#cloud-config
 # Lifeboat: this is the same machine, recovered at another site; only its network changes.
 preserve_hostname: true
 manage_etc_hosts: false
 ssh_deletekeys: false
 ssh_genkeytypes: []
-users: []
 ";
 
 /// Writes a seed for `instance_id` with `nics`' addressing at `path` (replaced whole:

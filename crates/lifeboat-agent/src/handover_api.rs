@@ -168,6 +168,13 @@ pub struct StartRequest {
     /// Lift the fence first (the VM failed back home).
     #[serde(default)]
     pub unfence: bool,
+    /// Each re-addressed NIC's addressing for this start (a failback restoring the home
+    /// address): written into a cloud-init seed with `instance_id`, attached before the
+    /// VM starts. Empty: the VM's definition is left as it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_network: Vec<lifeboat_types::NicAddressing>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
 }
 
 pub async fn start(
@@ -198,6 +205,16 @@ pub async fn start(
         }
         Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
         _ => {}
+    }
+    if !req.guest_network.is_empty() {
+        let instance = req.instance_id.as_deref().unwrap_or("lifeboat-start");
+        let seed = match s.recoveries.write_seed(&vm, instance, &req.guest_network) {
+            Ok(p) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        if let Err(e) = s.driver.set_seed(&vm, Some(seed)).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
     }
     match s.driver.start(&vm).await {
         Ok(()) => Json(serde_json::json!({"started": true})).into_response(),

@@ -32,7 +32,7 @@ pub mod enrollment;
 pub mod failpoint;
 pub mod guest_seed;
 pub mod handover;
-mod handover_api;
+pub mod handover_api;
 pub mod home;
 pub mod identity;
 pub mod ids;

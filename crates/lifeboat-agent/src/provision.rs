@@ -115,6 +115,35 @@ impl Recoveries {
         self.place.root.join(vm.as_str())
     }
 
+    /// Writes a cloud-init seed for a VM of this host that is no recovery (a failback
+    /// restoring its home address), where the hypervisor's QEMU may read it; returns its
+    /// path. Replaces the one written before.
+    pub fn write_seed(
+        &self,
+        vm: &VmName,
+        instance_id: &str,
+        nics: &[lifeboat_types::NicAddressing],
+    ) -> Result<PathBuf, RecoveryError> {
+        // A VM name never starts with '.', so this folder is no recovered VM's.
+        let dir = self.place.root.join(".seeds").join(vm.as_str());
+        for d in [&self.place.root, &self.place.root.join(".seeds"), &dir] {
+            lifeboat_hypervisor::private::private_dir(d)
+                .map_err(io(format!("creating {}", d.display())))?;
+            if let Some((uid, gid)) = self.place.owner {
+                std::os::unix::fs::chown(d, Some(uid), Some(gid))
+                    .map_err(io(format!("handing {} to QEMU's user", d.display())))?;
+            }
+        }
+        let seed = dir.join("cidata.img");
+        crate::guest_seed::write(&seed, instance_id, nics)
+            .map_err(|e| RecoveryError::Invalid(e.to_string()))?;
+        if let Some((uid, gid)) = self.place.owner {
+            std::os::unix::fs::chown(&seed, Some(uid), Some(gid))
+                .map_err(io(format!("handing {} to QEMU's user", seed.display())))?;
+        }
+        Ok(seed)
+    }
+
     /// Brings the VM up (or, for a recovery already here, makes sure its point is served
     /// until it is hydrated) and reports it.
     pub async fn ensure(

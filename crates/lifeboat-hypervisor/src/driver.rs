@@ -180,6 +180,9 @@ impl Hypervisor for Driver {
     async fn unfence(&self, vm: &VmName) -> Result<()> {
         each!(self, d => d.unfence(vm).await)
     }
+    async fn set_seed(&self, vm: &VmName, seed: Option<std::path::PathBuf>) -> Result<()> {
+        each!(self, d => d.set_seed(vm, seed).await)
+    }
     async fn shutdown(&self, vm: &VmName, timeout: Duration) -> Result<ShutdownOutcome> {
         each!(self, d => d.shutdown(vm, timeout).await)
     }

@@ -159,6 +159,9 @@ pub trait Hypervisor {
     async fn fence(&self, vm: &VmName, why: &str) -> Result<bool>;
     /// Lifts a fence (the VM failed back home).
     async fn unfence(&self, vm: &VmName) -> Result<()>;
+    /// Attaches the cloud-init seed at `seed` to the VM's definition (replacing one
+    /// attached before), or detaches it (`None`): read at the VM's next start.
+    async fn set_seed(&self, vm: &VmName, seed: Option<std::path::PathBuf>) -> Result<()>;
     /// ACPI power button; after `timeout` the VM is stopped by force.
     async fn shutdown(&self, vm: &VmName, timeout: Duration) -> Result<ShutdownOutcome>;
     /// Pulls the plug at once (for fencing and tests).

@@ -35,6 +35,7 @@ pub mod audit;
 pub mod auth;
 pub mod db;
 pub mod discovery;
+pub mod dns_switch;
 pub mod error;
 pub mod failover;
 pub mod http;

@@ -18,6 +18,7 @@ const ORDER: &[&str] = &[
     "error",
     "vault_keys",
     "network",
+    "dns_switch",
     "failover",
     "ops",
     // The schedulers: they run steps of their own, and end an enable at its first point.
@@ -37,6 +38,7 @@ const NO_HTTP: &[&str] = &[
     "error",
     "vault_keys",
     "network",
+    "dns_switch",
     "failover",
     "replication",
     "recovery_watch",

@@ -244,6 +244,11 @@ impl Bind9 {
         }
     }
 
+    /// Stops it (a DNS server down): nothing answers on its port afterwards.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

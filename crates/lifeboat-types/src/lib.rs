@@ -11,7 +11,8 @@ pub mod recovery;
 
 pub use ids::{HostId, OperationId, ProtectionId, RecoveryId};
 pub use network::{
-    Addressing, HostNetwork, MoveKind, NetworkSettings, NicAddressing, NicSettings, StaticAddress,
+    Addressing, DnsRecord, HostNetwork, MoveKind, NetworkSettings, NicAddressing, NicSettings,
+    StaticAddress,
 };
 pub use operation::{OperationKind, OperationStatus};
 pub use protection::{Event, ProtectionState, Refusal};

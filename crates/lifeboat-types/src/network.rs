@@ -169,6 +169,40 @@ pub struct NicSettings {
 pub struct NetworkSettings {
     #[serde(default)]
     pub nics: Vec<NicSettings>,
+    /// The VM's DNS record: pointed at its failover addresses by a failover, back at its
+    /// home addresses by a failback. Test copies never touch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsRecord>,
+}
+
+/// A DNS record a failover moves (RFC 2136 dynamic update, signed with TSIG).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsRecord {
+    /// The record's full name: `web.example.com`.
+    pub name: String,
+    /// The zone it is in: `example.com`.
+    pub zone: String,
+    /// The zone's primary server, which takes updates (TCP): `10.1.0.53:53`.
+    #[schema(value_type = String, example = "10.1.0.53:53")]
+    pub server: std::net::SocketAddr,
+    /// The TSIG key's name. Its file, as `tsig-keygen` writes it, is
+    /// `HOME/server/dns-keys/NAME.key` on the Lifeboat server (the secret never passes
+    /// through the API). None: unsigned updates (a zone that allows them by address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The TTL the records get when they move, in seconds: how long clients may keep
+    /// the old address after the next move.
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+}
+
+fn default_ttl() -> u32 {
+    60
+}
+
+fn trimmed_lower(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// A NIC's addressing in one move, as the server hands it to the agent that starts the
@@ -223,6 +257,8 @@ pub enum NetworkError {
         which: &'static str,
         gateway: IpAddr,
     },
+    #[error("DNS record {name}: {why}")]
+    Dns { name: String, why: String },
     #[error("NIC {mac} ({which}): the recovery host has no network {network} (it has: {known}); map the NIC to one of them (--network-map) or create it on that host")]
     NoSuchNetwork {
         mac: String,
@@ -328,6 +364,75 @@ impl NetworkSettings {
         self.nics.iter().find(|n| same_mac(&n.mac, mac))
     }
 
+    /// The addresses the DNS record points at after a move of `kind`: the NICs' static
+    /// addresses for it.
+    pub fn dns_addresses(&self, kind: MoveKind) -> Vec<IpAddr> {
+        self.nics
+            .iter()
+            .filter_map(|n| match n.addressing(kind) {
+                Addressing::Static(s) => Some(s.address.addr()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The DNS record's own checks: a name inside its zone, a sane TTL, a key name that
+    /// is a file name; and addresses to point it at, known before the move: every NIC a
+    /// failover re-addresses has a static failover and home address.
+    fn check_dns(&self) -> Result<(), NetworkError> {
+        let Some(d) = &self.dns else { return Ok(()) };
+        let bad = |why: String| NetworkError::Dns {
+            name: d.name.clone(),
+            why,
+        };
+        let (name, zone) = (trimmed_lower(&d.name), trimmed_lower(&d.zone));
+        if zone.is_empty() || !name.ends_with(&format!(".{zone}")) {
+            return Err(bad(format!(
+                "not inside zone {}; give the record's full name (e.g. web.{})",
+                d.zone, d.zone
+            )));
+        }
+        if !(1..=86_400).contains(&d.ttl) {
+            return Err(bad(format!(
+                "TTL {} s: give 1 to 86400 (a short TTL, e.g. 60, lets clients follow a move sooner)",
+                d.ttl
+            )));
+        }
+        if let Some(key) = &d.key {
+            let ok = !key.is_empty()
+                && !key.starts_with('.')
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if !ok {
+                return Err(bad(format!(
+                    "key name {key:?}: letters, digits, '.', '-' and '_' only (its file is dns-keys/NAME.key)"
+                )));
+            }
+        }
+        let moved: Vec<&NicSettings> = self
+            .nics
+            .iter()
+            .filter(|n| n.failover != Addressing::Keep)
+            .collect();
+        if moved.is_empty() {
+            return Err(bad(
+                "no NIC gets another address after a failover, so the record needs no switch (the same address answers at the recovery site); remove the DNS record or give a NIC a failover address".into(),
+            ));
+        }
+        for n in moved {
+            for (which, a) in [("failover", &n.failover), ("home", &n.home)] {
+                if !matches!(a, Addressing::Static(_)) {
+                    return Err(bad(format!(
+                        "NIC {}'s {which} address is {a}: the record can follow only addresses known before the move; give a static one",
+                        n.mac
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Without the NICs that keep their address everywhere: they say nothing.
     pub fn without_keep_only(mut self) -> Self {
         self.nics.retain(|n| {
@@ -389,7 +494,7 @@ impl NetworkSettings {
                 });
             }
         }
-        Ok(())
+        self.check_dns()
     }
 
     /// Checks a move of `kind` against the recovery host: each NIC (MAC, the network it
@@ -535,11 +640,13 @@ mod tests {
         let macs = vec![MAC.to_string()];
         let ok = NetworkSettings {
             nics: vec![static_nic(MAC, "10.20.0.5/24", Some("10.20.0.1"))],
+            dns: None,
         };
         ok.check(&macs).unwrap();
         // The MAC in capitals is the same NIC.
         let upper = NetworkSettings {
             nics: vec![static_nic(&MAC.to_uppercase(), "10.20.0.5/24", None)],
+            ..Default::default()
         };
         upper.check(&macs).unwrap();
         let cases = [
@@ -559,10 +666,13 @@ mod tests {
             ),
         ];
         for (nic, says) in cases {
-            let err = NetworkSettings { nics: vec![nic] }
-                .check(&macs)
-                .unwrap_err()
-                .to_string();
+            let err = NetworkSettings {
+                nics: vec![nic],
+                ..Default::default()
+            }
+            .check(&macs)
+            .unwrap_err()
+            .to_string();
             assert!(err.contains(says), "{err} / {says}");
         }
         let twice = NetworkSettings {
@@ -570,6 +680,7 @@ mod tests {
                 static_nic(MAC, "10.20.0.5/24", None),
                 static_nic(MAC, "10.20.0.6/24", None),
             ],
+            ..Default::default()
         };
         assert!(matches!(
             twice.check(&macs),
@@ -580,7 +691,8 @@ mod tests {
         homeless.home = Addressing::Keep;
         assert!(matches!(
             NetworkSettings {
-                nics: vec![homeless.clone()]
+                nics: vec![homeless.clone()],
+                ..Default::default()
             }
             .check(&macs),
             Err(NetworkError::NoHomeAddress { .. })
@@ -588,15 +700,88 @@ mod tests {
         homeless.home = Addressing::Dhcp;
         NetworkSettings {
             nics: vec![homeless],
+            ..Default::default()
         }
         .check(&macs)
         .unwrap();
         // /31 and /32 have no network or broadcast address to refuse.
         NetworkSettings {
             nics: vec![static_nic(MAC, "10.20.0.0/31", None)],
+            ..Default::default()
         }
         .check(&macs)
         .unwrap();
+    }
+
+    #[test]
+    fn a_dns_record_is_inside_its_zone_and_follows_static_addresses() {
+        let macs = vec![MAC.to_string()];
+        let record = |name: &str, ttl: u32, key: Option<&str>| DnsRecord {
+            name: name.into(),
+            zone: "example.com.".into(),
+            server: "10.1.0.53:53".parse().unwrap(),
+            key: key.map(String::from),
+            ttl,
+        };
+        let with = |nic: NicSettings, dns: DnsRecord| NetworkSettings {
+            nics: vec![nic],
+            dns: Some(dns),
+        };
+        let nic = static_nic(MAC, "10.20.0.5/24", None);
+        let ok = with(
+            nic.clone(),
+            record("Web.Example.com", 60, Some("lifeboat-key")),
+        );
+        ok.check(&macs).unwrap();
+        assert_eq!(
+            ok.dns_addresses(MoveKind::Failover),
+            vec!["10.20.0.5".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            ok.dns_addresses(MoveKind::Failback),
+            vec!["192.168.1.5".parse::<IpAddr>().unwrap()]
+        );
+        let mut dhcp_home = nic.clone();
+        dhcp_home.home = Addressing::Dhcp;
+        let mut kept = nic.clone();
+        kept.failover = Addressing::Keep;
+        kept.home = Addressing::Keep;
+        kept.test = "10.0.0.9/24".parse().unwrap();
+        for (bad, says) in [
+            (
+                with(nic.clone(), record("web.example.org", 60, None)),
+                "not inside zone",
+            ),
+            (
+                with(nic.clone(), record("example.com", 60, None)),
+                "not inside zone",
+            ),
+            (
+                with(nic.clone(), record("web.example.com", 0, None)),
+                "TTL 0 s",
+            ),
+            (
+                with(nic.clone(), record("web.example.com", 60, Some("../k"))),
+                "key name",
+            ),
+            (
+                with(dhcp_home, record("web.example.com", 60, None)),
+                "home address is dhcp",
+            ),
+            (
+                with(kept, record("web.example.com", 60, None)),
+                "needs no switch",
+            ),
+        ] {
+            let err = bad.check(&macs).unwrap_err().to_string();
+            assert!(err.contains(says), "{err} / {says}");
+        }
+        // Read with its default TTL.
+        let read: NetworkSettings = serde_json::from_str(
+            r#"{"nics": [], "dns": {"name": "web.example.com", "zone": "example.com", "server": "10.1.0.53:53"}}"#,
+        )
+        .unwrap();
+        assert_eq!(read.dns.unwrap().ttl, 60);
     }
 
     #[test]
@@ -618,6 +803,7 @@ mod tests {
         let at = |net: &str| vec![(MAC.to_string(), net.to_string())];
         let s = NetworkSettings {
             nics: vec![static_nic(MAC, "10.20.0.5/24", Some("10.20.0.1"))],
+            ..Default::default()
         };
         assert!(s
             .check_against(MoveKind::Failover, &at("bridge:br-dr"), &host)
@@ -630,6 +816,7 @@ mod tests {
         assert!(err.contains("no network bridge:br-nope") && err.contains("bridge:br-dr"));
         let far = NetworkSettings {
             nics: vec![static_nic(MAC, "10.99.0.5/24", None)],
+            ..Default::default()
         };
         let err = far
             .check_against(MoveKind::Failover, &at("bridge:br-dr"), &host)

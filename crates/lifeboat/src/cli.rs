@@ -256,9 +256,34 @@ pub struct NetworkArgs {
     /// when --failover gives it another address.
     #[arg(long, value_name = "MAC=ADDRESSING")]
     pub failback: Vec<String>,
-    /// Forget every NIC's settings first (each keeps its address).
+    /// Forget every NIC's settings and the DNS record first (each NIC keeps its address).
     #[arg(long)]
     pub clear: bool,
+    /// The VM's DNS record, switched to its failover addresses by a failover and back by
+    /// a failback (RFC 2136 update): its full name, e.g. web.example.com.
+    #[arg(long, value_name = "NAME", requires_all = ["dns_zone", "dns_server"])]
+    pub dns_name: Option<String>,
+    /// The zone the record is in (e.g. example.com).
+    #[arg(long, value_name = "ZONE", requires = "dns_name")]
+    pub dns_zone: Option<String>,
+    /// The zone's primary server, which takes updates: ADDRESS[:PORT] (port 53).
+    #[arg(long, value_name = "ADDRESS", requires = "dns_name")]
+    pub dns_server: Option<String>,
+    /// The TSIG key's name: its file (as tsig-keygen writes it) is
+    /// HOME/server/dns-keys/NAME.key on the server.
+    #[arg(long, value_name = "NAME", requires = "dns_name")]
+    pub dns_key: Option<String>,
+    /// The TTL of the moved records, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        requires = "dns_name"
+    )]
+    pub dns_ttl: u32,
+    /// Remove the DNS record: moves no longer switch it.
+    #[arg(long, conflicts_with = "dns_name")]
+    pub no_dns: bool,
     #[command(flatten)]
     pub conn: ServerConn,
 }

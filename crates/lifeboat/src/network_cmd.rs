@@ -37,8 +37,30 @@ fn parse_flag(flag: &str, text: &str) -> Result<(String, Addressing)> {
 /// `settings` with the flags applied: each names a NIC (added when new) and one of its
 /// settings; the others are kept.
 fn apply(mut settings: NetworkSettings, args: &NetworkArgs) -> Result<NetworkSettings> {
+    if args.clear || args.no_dns {
+        settings.dns = None;
+    }
     if args.clear {
         settings.nics.clear();
+    }
+    if let (Some(name), Some(zone), Some(server)) =
+        (&args.dns_name, &args.dns_zone, &args.dns_server)
+    {
+        let server = if server.parse::<std::net::IpAddr>().is_ok() {
+            format!("{server}:53")
+        } else {
+            server.clone()
+        };
+        let server = server.parse().map_err(|_| {
+            anyhow::anyhow!("--dns-server {server:?}: give ADDRESS or ADDRESS:PORT")
+        })?;
+        settings.dns = Some(lifeboat_types::DnsRecord {
+            name: name.clone(),
+            zone: zone.clone(),
+            server,
+            key: args.dns_key.clone(),
+            ttl: args.dns_ttl,
+        });
     }
     let flags = [
         ("failover", Which::Failover, &args.failover),
@@ -92,6 +114,19 @@ fn print(vm: &str, settings: &NetworkSettings, notes: &[String]) {
         }
         table(&rows);
     }
+    if let Some(d) = &settings.dns {
+        println!(
+            "DNS: {} in zone {} on {}{}, TTL {} s: switched by failovers and failbacks",
+            d.name,
+            d.zone,
+            d.server,
+            d.key
+                .as_ref()
+                .map(|k| format!(" (key {k})"))
+                .unwrap_or_default(),
+            d.ttl
+        );
+    }
     for n in notes {
         println!("note: {n}");
     }
@@ -101,6 +136,8 @@ pub async fn run(out: Output, home: &Path, args: NetworkArgs) -> Result<()> {
     let server = ServerClient::new(&args.conn, home)?;
     let p = find_protection(&server, &args.vm).await?;
     let changes = args.clear
+        || args.no_dns
+        || args.dns_name.is_some()
         || !(args.failover.is_empty() && args.test.is_empty() && args.failback.is_empty());
     if !changes {
         let shown = NetworkSettingsSet {
@@ -133,6 +170,12 @@ mod tests {
             test: v(test),
             failback: v(home),
             clear,
+            dns_name: None,
+            dns_zone: None,
+            dns_server: None,
+            dns_key: None,
+            dns_ttl: 60,
+            no_dns: false,
             conn: ServerConn::default(),
         }
     }

@@ -35,6 +35,8 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     // The database holds agent credentials (and, until converted, the vault passphrases
     // of protections enabled by an earlier version): root's eyes only.
     private_dir(&server_home)?;
+    // TSIG keys of the DNS records failovers move: files, never in the database.
+    lifeboat_server::dns_switch::set_keys_dir(server_home.join("dns-keys"));
     let url = args
         .database
         .clone()

@@ -291,6 +291,33 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
 
     stage("test failover cleaned up");
 
+    // Network settings: a failover address with no home one is refused in the dialog,
+    // saying why, and nothing is stored; a test address is stored and shown.
+    b.click("button[data-open=dlg-network]").await.unwrap();
+    b.wait_for("dialog#dlg-network[open]", SHORT).await.unwrap();
+    check_page(&b, "08b-network-settings").await;
+    b.fill("#nic0-failover", "10.0.2.50/24").await.unwrap();
+    b.click("#dlg-network button[type=submit]").await.unwrap();
+    let refused = b
+        .wait_for_text("#dlg-network [role=alert]", "home address", SHORT)
+        .await
+        .unwrap();
+    assert!(refused.contains("nothing was stored"), "{refused}");
+    assert_eq!(cl.protection()["network_settings"]["nics"], json!([]));
+    b.fill("#nic0-failover", "keep").await.unwrap();
+    b.fill("#nic0-test", "10.0.2.70/24").await.unwrap();
+    let saved = submit(&b, "dlg-network", SHORT).await;
+    assert!(saved.contains("Done") || saved.contains("Saved"), "{saved}");
+    b.wait_for_text("dd[id^=net-]", "test 10.0.2.70/24", SHORT)
+        .await
+        .unwrap();
+    assert_eq!(
+        cl.protection()["network_settings"]["nics"][0]["test"]["address"],
+        "10.0.2.70/24"
+    );
+
+    stage("network settings set");
+
     // Planned failover: the VM ends up running on beta, on its own port, with a write
     // made on alpha just before (after the last periodic point: only the final sync
     // carries it).

@@ -75,13 +75,7 @@ pub fn domain_xml(
         );
     }
     if let Some(seed) = &spec.seed {
-        // A CD-ROM: libvirt's inventory lists device='disk' only, so the seed is never
-        // taken for one of the VM's disks (nor tracked, nor replicated).
-        x += &format!(
-            "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>\
-             <source file='{}'/><target dev='sdz' bus='sata'/><readonly/></disk>",
-            esc(&seed.to_string_lossy())
-        );
+        x += &seed_cdrom(seed);
     }
     let mut qemu_args: Vec<String> = Vec::new();
     for (i, nic) in spec.nics.iter().enumerate() {
@@ -161,6 +155,48 @@ fn exposed_nic(i: usize, nic: &crate::spec::NicSpec, machine: &str) -> Result<[S
     ])
 }
 
+/// The target of the seed's CD-ROM: one slot, so attaching a new seed replaces the old.
+const SEED_TARGET: &str = "sdz";
+
+/// The cloud-init seed as a CD-ROM: libvirt's inventory lists `device='disk'` only, so the
+/// seed is never taken for one of the VM's disks (nor tracked, nor replicated).
+fn seed_cdrom(seed: &Path) -> String {
+    format!(
+        "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>\
+         <source file='{}'/><target dev='{SEED_TARGET}' bus='sata'/><readonly/></disk>",
+        esc(&seed.to_string_lossy())
+    )
+}
+
+/// A domain's XML with its seed CD-ROM replaced by one for `seed` (or removed): only the
+/// `<disk>` in the seed's slot changes, nothing an administrator set.
+pub fn with_seed(xml: &str, seed: Option<&Path>) -> Result<String, String> {
+    let doc = roxmltree::Document::parse(xml)
+        .map_err(|e| format!("the domain XML does not parse: {e}"))?;
+    let devices = doc
+        .descendants()
+        .find(|n| n.has_tag_name("devices"))
+        .ok_or("the domain XML has no <devices>")?;
+    let old = devices.children().find(|d| {
+        d.has_tag_name("disk")
+            && d.attribute("device") == Some("cdrom")
+            && d.children()
+                .any(|t| t.has_tag_name("target") && t.attribute("dev") == Some(SEED_TARGET))
+    });
+    let mut out = xml.to_string();
+    // Remove first, then insert before </devices> (which moved by what was removed).
+    if let Some(old) = old {
+        out.replace_range(old.range(), "");
+    }
+    if let Some(seed) = seed {
+        let end = out
+            .rfind("</devices>")
+            .ok_or("the domain XML has no </devices>")?;
+        out.insert_str(end, &seed_cdrom(seed));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +212,27 @@ mod tests {
             t += &format!("[[nics]]\nmac = \"52:54:00:00:00:0{i}\"\nnetwork = \"{n}\"\n");
         }
         VmSpec::parse(&t, Path::new("t")).unwrap()
+    }
+
+    #[test]
+    fn a_seed_takes_its_one_slot_and_leaves_the_rest() {
+        let xml = "<domain type='kvm'><name>web1</name><memory unit='KiB'>262144</memory><devices>\
+            <disk type='file' device='disk'><source file='/a'/><target dev='vda'/></disk>\
+            <disk type='file' device='cdrom'><target dev='sda'/><readonly/></disk>\
+            </devices></domain>";
+        let one = with_seed(xml, Some(Path::new("/s/one.img"))).unwrap();
+        let two = with_seed(&one, Some(Path::new("/s/two.img"))).unwrap();
+        let d = parse(&two).unwrap();
+        assert_eq!(d.disks.len(), 1, "the seed is no disk of the VM: {two}");
+        assert!(
+            two.contains("/s/two.img") && !two.contains("/s/one.img"),
+            "{two}"
+        );
+        assert!(
+            two.contains("<target dev='sda'/>"),
+            "the other CD-ROM stays: {two}"
+        );
+        assert_eq!(with_seed(&two, None).unwrap(), xml);
     }
 
     #[test]

@@ -668,6 +668,15 @@ impl Hypervisor for LibvirtDriver {
         self.clear_marker(vm, "fenced");
         Ok(())
     }
+    async fn set_seed(&self, vm: &VmName, seed: Option<std::path::PathBuf>) -> Result<()> {
+        let name = vm.to_string();
+        call::with_conn(&self.config.uri, move |conn| {
+            redefine(conn, &name, |xml| {
+                crate::libvirt::define::with_seed(xml, seed.as_deref())
+            })
+        })
+        .await
+    }
     async fn shutdown(&self, vm: &VmName, timeout: Duration) -> Result<ShutdownOutcome> {
         match self.state(vm).await? {
             VmState::Stopped => return Ok(ShutdownOutcome::AlreadyStopped),

@@ -296,6 +296,16 @@ impl Hypervisor for QemuDriver {
         }
     }
 
+    async fn set_seed(&self, vm: &VmName, seed: Option<std::path::PathBuf>) -> Result<()> {
+        let dir = self.defined(vm)?;
+        let mut spec = VmSpec::load(&dir.spec())?;
+        if spec.seed != seed {
+            spec.seed = seed;
+            write_atomically(&dir.spec(), spec.to_toml().as_bytes())?;
+        }
+        Ok(())
+    }
+
     async fn shutdown(&self, vm: &VmName, timeout: Duration) -> Result<ShutdownOutcome> {
         let dir = self.defined(vm)?;
         let Some(pid) = process::read_live_pid(&dir) else {

@@ -29,7 +29,7 @@ pub struct NetworkSettingsSet {
     params(("id" = String, Path, description = "The protection's id")),
     request_body = NetworkSettings,
     responses((status = 200, description = "Stored, with what could not be checked now", body = NetworkSettingsSet),
-               (status = 400, description = "A NIC the VM lacks, an address that is no host's or outside its network's subnet, a gateway outside it, a network the recovery host lacks: nothing stored", body = ApiError),
+               (status = 400, description = "A NIC the VM lacks, an address that is no host's or outside its network's subnet, a gateway outside it, a network the recovery host lacks, a DNS record its server refuses (wrong TSIG key, zone not allowing updates, name outside the zone): nothing stored", body = ApiError),
                (status = 404, description = "No such protection", body = ApiError),
                (status = 503, description = "The VM's host does not answer: its NICs cannot be checked", body = ApiError)))]
 pub async fn set_network(
@@ -76,6 +76,17 @@ pub async fn set_network(
                     }
                 }
             }
+        }
+    }
+    if let Some(record) = &req.dns {
+        // The record's server answers, knows the key and holds the zone: asked now, so a
+        // wrong key is found here rather than in a failover.
+        match crate::dns_switch::check(record).await {
+            Ok(_) => {}
+            Err(e) if e.is_settings() => {
+                return error(StatusCode::BAD_REQUEST, format!("{e}; nothing was stored"))
+            }
+            Err(e) => notes.push(format!("{e}: checked again before each failover")),
         }
     }
     let json = match serde_json::to_string(&req) {

@@ -115,3 +115,85 @@ pub async fn start_again(
         .map(|_| ())
         .map_err(|e| agent_failed(format!("starting {vm} again"), e))
 }
+
+/// Rounds of trying a DNS server that does not answer, after the move (each round is the
+/// DNS client's own tries), before the switch is left to the operator.
+const DNS_ROUNDS: u32 = 3;
+
+/// Points the VM's DNS record (if it has one) at its addresses after a move of `kind`
+/// (docs/networking.md). The VM already runs at its new site: a switch that fails does
+/// not undo the move; the log says why and how to finish it by hand.
+pub async fn switch_dns(
+    ctx: &Ctx,
+    p: &Protection,
+    kind: lifeboat_types::MoveKind,
+) -> Result<(), StepError> {
+    let settings = crate::network::settings(p);
+    let Some(record) = &settings.dns else {
+        return Ok(());
+    };
+    let addresses = settings.dns_addresses(kind);
+    let mut round = 1;
+    loop {
+        match crate::dns_switch::switch(record, &addresses).await {
+            Ok(update) => {
+                ctx.log(crate::dns_switch::moved_line(record, &update)).await;
+                return Ok(());
+            }
+            Err(e) if !e.is_settings() && round < DNS_ROUNDS => {
+                ctx.log(format!("DNS switch of {}: {e}; trying again", record.name))
+                    .await;
+                round += 1;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) => {
+                ctx.log(format!(
+                    "DNS switch FAILED: {e}. {} runs at its new site, but clients asking for {} still get the old address. Finish it by hand on a machine that reaches the DNS server:\n{}",
+                    p.vm,
+                    record.name,
+                    crate::dns_switch::by_hand(record, &addresses)
+                ))
+                .await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Before a move changes anything: the VM's DNS record can be switched — its server
+/// answers, knows the key and holds the zone. A refusal stops the move; a server that
+/// does not answer stops a planned move (`must_reach`) and is only said for an unplanned
+/// one (its site may be the one lost).
+pub async fn check_dns(ctx: &Ctx, p: &Protection, must_reach: bool) -> Result<(), StepError> {
+    let settings = crate::network::settings(p);
+    let Some(record) = &settings.dns else {
+        return Ok(());
+    };
+    match crate::dns_switch::check(record).await {
+        Ok((now, ttl)) => {
+            let now: Vec<String> = now.iter().map(|a| a.to_string()).collect();
+            ctx.log(format!(
+                "DNS {} answers {} (TTL {}) on {}; it is switched once {} runs at its new site",
+                record.name,
+                if now.is_empty() { "nothing".into() } else { now.join(", ") },
+                ttl.map_or("-".to_string(), |t| format!("{t} s")),
+                record.server,
+                p.vm
+            ))
+            .await;
+            Ok(())
+        }
+        Err(e) if e.is_settings() || must_reach => Err(StepError::Permanent(format!(
+            "{e}; {} was not touched (fix the DNS settings, or remove the record with `lifeboat network {} --no-dns` to move without switching it)",
+            p.vm, p.vm
+        ))),
+        Err(e) => {
+            ctx.log(format!(
+                "DNS server of {} does not answer ({e}); the switch is tried after {} starts",
+                record.name, p.vm
+            ))
+            .await;
+            Ok(())
+        }
+    }
+}

@@ -82,6 +82,7 @@ pub const STEPS: &[StepInfo] = &[
     StepInfo::step("final-sync"),
     StepInfo::step("apply-at-home"),
     StepInfo::with_undo("start-home").no_return(),
+    StepInfo::step("restore-dns"),
     StepInfo::step("remove-recovery"),
     StepInfo::step("record"),
 ];
@@ -92,6 +93,7 @@ pub const UNPLANNED_STEPS: &[StepInfo] = &[
     StepInfo::with_undo("fence-recovery"),
     StepInfo::step("apply-at-home"),
     StepInfo::with_undo("start-home").no_return(),
+    StepInfo::step("restore-dns"),
     StepInfo::step("record"),
 ];
 
@@ -314,8 +316,24 @@ impl Saga for Failback {
                 Ok(())
             }
             "start-home" => {
+                // The home address, restored at this boot when the failover changed it
+                // (docs/networking.md); a new cloud-init instance per failback.
+                let guest_network =
+                    crate::network::settings(&p).for_move(lifeboat_types::MoveKind::Failback);
+                if !guest_network.is_empty() {
+                    ctx.log(format!(
+                        "{} gets its home address at this boot (a cloud-init seed)",
+                        p.vm
+                    ))
+                    .await;
+                }
+                let req = lifeboat_agent::handover_api::StartRequest {
+                    unfence: true,
+                    guest_network,
+                    instance_id: Some(format!("lifeboat-failback-{}", ctx.op)),
+                };
                 client(&home, Duration::from_secs(180))?
-                    .start_vm(&p.vm, true)
+                    .start_vm_with(&p.vm, &req)
                     .await
                     .map_err(|e| agent_failed(format!("starting {} at home", p.vm), e))?;
                 mem.home_started = true;
@@ -323,6 +341,9 @@ impl Saga for Failback {
                     .await;
                 lifeboat_agent::failpoint::reached("failback-after-home-started").await;
                 Ok(())
+            }
+            "restore-dns" => {
+                super::common::switch_dns(ctx, &p, lifeboat_types::MoveKind::Failback).await
             }
             "remove-recovery" => {
                 // The VM runs at home: a recovery host that does not answer keeps a stopped

@@ -80,6 +80,7 @@ pub const PLANNED_STEPS: &[StepInfo] = &[
     StepInfo::step("final-sync"),
     StepInfo::with_undo("fence-source"),
     StepInfo::with_undo("start-recovery").no_return(),
+    StepInfo::step("switch-dns"),
     StepInfo::step("record"),
 ];
 
@@ -88,6 +89,7 @@ pub const UNPLANNED_STEPS: &[StepInfo] = &[
     StepInfo::with_undo("mark-failing-over"),
     StepInfo::with_undo("fence-source"),
     StepInfo::with_undo("start-recovery").no_return(),
+    StepInfo::step("switch-dns"),
     StepInfo::step("record"),
 ];
 
@@ -179,6 +181,9 @@ impl Saga for Failover {
             "final-sync" => final_sync(ctx, params, &p, &source().await?, mem).await,
             "fence-source" => fence(ctx, params, &p, source().await.ok(), mem).await,
             "start-recovery" => start_recovery(ctx, params, &p, &recovery_host, mem).await,
+            "switch-dns" => {
+                super::common::switch_dns(ctx, &p, lifeboat_types::MoveKind::Failover).await
+            }
             "record" => record(ctx, params, &recovery_host).await,
             other => Err(StepError::Permanent(format!("no step {other}"))),
         }
@@ -354,8 +359,10 @@ async fn check_hosts(
     })?;
     check_network(ctx, params, p, rhost).await?;
     if params.kind == RecoveryKind::Test {
+        // A test copy never touches the production record.
         return Ok(());
     }
+    super::common::check_dns(ctx, p, params.kind == RecoveryKind::Planned).await?;
     // What an earlier, interrupted failover left on the recovery host goes first. A copy
     // that runs may hold writes: it is never removed here.
     let stale: Vec<Recovery> = ctx

@@ -193,6 +193,9 @@ fn settings_text(s: &NetworkSettings) -> Markup {
                 @for n in &s.nics {
                     li class="mono" { (n.mac) ": failover " (n.failover) "; test " (n.test) "; home " (n.home) }
                 }
+                @if let Some(d) = &s.dns {
+                    li { "DNS " span class="mono" { (d.name) } " on " span class="mono" { (d.server) } " (TTL " (d.ttl) " s) follows failovers and failbacks" }
+                }
             }
         }
     }
@@ -236,6 +239,10 @@ fn network_dialog(base: &str, v: &ProtectionView, nics: Option<&[NicSpec]>) -> M
             }
         },
         html! {
+            // The DNS record is set with the CLI or the API; saving here keeps it.
+            @if let Some(d) = &v.network_settings.dns {
+                input type="hidden" name="dns" data-type="json" value=(serde_json::to_string(d).unwrap_or_default());
+            }
             @for (i, (mac, network)) in rows.iter().enumerate() {
                 fieldset data-mac=(mac) {
                     legend class="mono" { (mac) @if !network.is_empty() { " on " (network) } }

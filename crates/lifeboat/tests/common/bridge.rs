@@ -38,6 +38,11 @@ pub struct BridgeClient {
 
 impl BridgeClient {
     pub fn new(bridge: &Bridge) -> BridgeClient {
+        BridgeClient::with_address(bridge, "10.0.2.2/24")
+    }
+
+    /// A client on `bridge` with `address` (ADDRESS/PREFIX).
+    pub fn with_address(bridge: &Bridge, address: &str) -> BridgeClient {
         let name = format!("{}c", bridge.0);
         let (veth, peer) = (format!("{}v", bridge.0), format!("{}p", bridge.0));
         ip(&["netns", "add", &name]);
@@ -48,7 +53,7 @@ impl BridgeClient {
         ip(&["link", "set", &veth, "master", &bridge.0, "up"]);
         ip(&["link", "set", &peer, "netns", &name]);
         for args in [
-            vec!["addr", "add", "10.0.2.2/24", "dev", peer.as_str()],
+            vec!["addr", "add", address, "dev", peer.as_str()],
             vec!["link", "set", peer.as_str(), "up"],
             vec!["link", "set", "lo", "up"],
         ] {
@@ -61,7 +66,12 @@ impl BridgeClient {
 
     /// GET `path` from the guest's busybox httpd at `addr`, over the bridge.
     pub fn http_get(&self, addr: &str, path: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.http_get_within(addr, path, Duration::from_secs(60))
+    }
+
+    /// `http_get`, waiting up to `limit` for the guest to answer (a booting guest).
+    pub fn http_get_within(&self, addr: &str, path: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
         loop {
             let got = (|| -> std::io::Result<String> {
                 let mut s = self

@@ -53,6 +53,11 @@
         case "bool":
           body[el.name] = v === "true";
           break;
+        case "json":
+          // A value the page carries as it is (e.g. a VM's DNS record, kept by the
+          // network dialog, which edits only the NICs).
+          body[el.name] = JSON.parse(v);
+          break;
         case "ports":
           body[el.name] = v.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
           break;
@@ -195,7 +200,9 @@
     const render = form.dataset.render;
     if (render === "scan") return renderScan(data);
     if (render === "token") return renderToken(form, data);
-    const message = (data && (data.message || data.note)) || form.dataset.done || "Done.";
+    // Network settings answer what could not be checked now: said after "Saved."
+    const notes = data && Array.isArray(data.notes) && data.notes.length ? "Saved. " + data.notes.join(" ") : null;
+    const message = (data && (data.message || data.note)) || notes || form.dataset.done || "Done.";
     sessionStorage.setItem(FLASH, message);
     const then = form.dataset.then;
     if (!then || then === "reload") window.location.reload();
