@@ -83,6 +83,9 @@ impl Bind9Zone {
 pub struct Bind9 {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Where it runs and listens: the machine's loopback, or a lab site's address.
+    netns: crate::lab::Netns,
+    listen: Ipv4Addr,
     port: u16,
     key_text: String,
 }
@@ -91,8 +94,52 @@ impl Bind9 {
     /// The name of the key `tsig-keygen` makes for each server.
     pub const KEY_NAME: &'static str = "lifeboat-update";
 
-    /// Starts `named` serving `zones`, and returns once it answers.
+    /// Starts `named` serving `zones` on 127.0.0.1 at a free port, and returns once it
+    /// answers.
     pub async fn start(zones: &[Bind9Zone]) -> anyhow::Result<Bind9> {
+        let mut server = Self::prepare(zones, crate::lab::Netns::host(), Ipv4Addr::LOCALHOST)?;
+        for _ in 0..PORT_TRIES {
+            server.port = free_tcp_port();
+            match server.configure_and_start(zones).await {
+                Ok(()) => return Ok(server),
+                // Another test's server (or anything else) bound it between our look and
+                // named's bind: take another.
+                Err(Started::PortTaken) => server.kill(),
+                Err(Started::Failed(e)) => return Err(e),
+            }
+        }
+        bail!("named found its port taken {PORT_TRIES} times in a row")
+    }
+
+    /// Starts `named` serving `zones` inside `netns` (a lab site) on `listen`, port 53,
+    /// as a site's DNS server is reached; returns once it answers.
+    pub async fn start_in(
+        netns: crate::lab::Netns,
+        listen: Ipv4Addr,
+        zones: &[Bind9Zone],
+    ) -> anyhow::Result<Bind9> {
+        let mut server = Self::prepare(zones, netns, listen)?;
+        server.port = 53;
+        match server.configure_and_start(zones).await {
+            Ok(()) => Ok(server),
+            Err(Started::PortTaken) => bail!("port 53 on {listen} is taken in that namespace"),
+            Err(Started::Failed(e)) => Err(e),
+        }
+    }
+
+    async fn configure_and_start(&mut self, zones: &[Bind9Zone]) -> Result<(), Started> {
+        let conf = named_conf(self.dir.path(), self.listen, self.port, zones);
+        std::fs::write(self.dir.path().join("named.conf"), conf)
+            .map_err(|e| Started::Failed(e.into()))?;
+        self.spawn_and_wait().await
+    }
+
+    /// The key, the zone files and a server not started yet.
+    fn prepare(
+        zones: &[Bind9Zone],
+        netns: crate::lab::Netns,
+        listen: Ipv4Addr,
+    ) -> anyhow::Result<Bind9> {
         for tool in ["named", "tsig-keygen", "dig"] {
             if which(tool).is_none() {
                 bail!("{tool} is not installed: apt-get install bind9 bind9-dnsutils");
@@ -120,30 +167,19 @@ impl Bind9 {
             )?;
         }
 
-        let mut server = Bind9 {
+        Ok(Bind9 {
             child: None,
             dir,
+            netns,
+            listen,
             port: 0,
             key_text,
-        };
-        for _ in 0..PORT_TRIES {
-            server.port = free_tcp_port();
-            let conf = named_conf(server.dir.path(), server.port, zones);
-            std::fs::write(server.dir.path().join("named.conf"), conf)?;
-            match server.spawn_and_wait().await {
-                Ok(()) => return Ok(server),
-                // Another test's server (or anything else) bound it between our look and
-                // named's bind: take another.
-                Err(Started::PortTaken) => server.kill(),
-                Err(Started::Failed(e)) => return Err(e),
-            }
-        }
-        bail!("named found its port taken {PORT_TRIES} times in a row")
+        })
     }
 
     /// Where it listens (TCP and UDP).
     pub fn address(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        SocketAddr::from((self.listen, self.port))
     }
 
     pub fn port(&self) -> u16 {
@@ -164,8 +200,10 @@ impl Bind9 {
     /// Asks with `dig +short` — a client independent of Lifeboat's — for `name`'s records of
     /// `rtype` (`A`, `AAAA`), one per line as dig prints them.
     pub fn dig(&self, name: &str, rtype: &str) -> anyhow::Result<Vec<String>> {
-        let out = Command::new("dig")
-            .arg("@127.0.0.1")
+        let out = self
+            .netns
+            .command("dig")
+            .arg(format!("@{}", self.listen))
             .args(["-p", &self.port.to_string()])
             .args(["+short", "+norecurse", "+tries=1", "+time=5", name, rtype])
             .output()
@@ -186,8 +224,10 @@ impl Bind9 {
     async fn spawn_and_wait(&mut self) -> Result<(), Started> {
         let log_path = self.dir.path().join("named.log");
         let log = std::fs::File::create(&log_path).map_err(|e| Started::Failed(e.into()))?;
-        let mut cmd = Command::new(which("named").expect("checked in start"));
-        // -g: foreground, log to stderr; -4: the test listens on 127.0.0.1 only;
+        let mut cmd = self
+            .netns
+            .command(which("named").expect("checked in start"));
+        // -g: foreground, log to stderr; -4: the tests listen on IPv4 only;
         // -n 1: one worker thread, the tests send a handful of messages.
         cmd.args(["-g", "-4", "-n", "1", "-c"])
             .arg(self.dir.path().join("named.conf"))
@@ -268,7 +308,7 @@ enum Started {
     Failed(anyhow::Error),
 }
 
-fn named_conf(dir: &Path, port: u16, zones: &[Bind9Zone]) -> String {
+fn named_conf(dir: &Path, listen: Ipv4Addr, port: u16, zones: &[Bind9Zone]) -> String {
     let d = dir.display();
     let mut conf = format!(
         r#"options {{
@@ -276,7 +316,7 @@ fn named_conf(dir: &Path, port: u16, zones: &[Bind9Zone]) -> String {
     pid-file "{d}/named.pid";
     session-keyfile "{d}/session.key";
     managed-keys-directory "{d}";
-    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on port {port} {{ {listen}; }};
     listen-on-v6 {{ none; }};
     recursion no;
     dnssec-validation no;

@@ -66,6 +66,24 @@ async fn scan_and_enroll(b: &Browser, url: &str, ports: &str, port: u16, code: &
     }
 }
 
+/// The only protection's network settings, as the API gives them.
+async fn network_settings(
+    http: &reqwest::Client,
+    url: &str,
+    cl: &common::cluster::Cluster,
+) -> serde_json::Value {
+    let list: serde_json::Value = http
+        .get(format!("{url}/api/v1/protections"))
+        .bearer_auth(&cl.server.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["protections"][0]["network_settings"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
     // The server sets its dashboard password from this at start.
@@ -293,6 +311,8 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
 
     // Network settings: a failover address with no home one is refused in the dialog,
     // saying why, and nothing is stored; a test address is stored and shown.
+    b.goto(&format!("{url}/hosts")).await.unwrap();
+    b.click("tr[data-vm=web] a").await.unwrap();
     b.click("button[data-open=dlg-network]").await.unwrap();
     b.wait_for("dialog#dlg-network[open]", SHORT).await.unwrap();
     check_page(&b, "08b-network-settings").await;
@@ -303,7 +323,7 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
         .await
         .unwrap();
     assert!(refused.contains("nothing was stored"), "{refused}");
-    assert_eq!(cl.protection()["network_settings"]["nics"], json!([]));
+    assert_eq!(network_settings(&http, &url, &cl).await["nics"], json!([]));
     b.fill("#nic0-failover", "keep").await.unwrap();
     b.fill("#nic0-test", "10.0.2.70/24").await.unwrap();
     let saved = submit(&b, "dlg-network", SHORT).await;
@@ -312,7 +332,7 @@ async fn the_dashboard_enrolls_protects_tests_and_fails_over_a_vm() {
         .await
         .unwrap();
     assert_eq!(
-        cl.protection()["network_settings"]["nics"][0]["test"]["address"],
+        network_settings(&http, &url, &cl).await["nics"][0]["test"]["address"],
         "10.0.2.70/24"
     );
 

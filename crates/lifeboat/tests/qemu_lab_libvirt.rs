@@ -13,9 +13,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::Command;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::cluster::{lifeboat, run_ok, Cluster, PASSPHRASE};
@@ -23,47 +21,13 @@ use common::libvirt::{
     assert_fenced_domain, diverge_and_fail_over_unplanned, planned_failover_with_writes,
     reprotect_reads_only_the_changes, write_at_b_commit_and_fail_back, Beta, SourceDomain,
 };
-use common::{enroll, spawn_agent, start_server, Agent};
+use common::site::site_agent;
+use common::{enroll, start_server};
 use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site, BRIDGE};
 use lifeboat_testkit::libvirtd::SiteDaemon;
 use lifeboat_testkit::S3Server;
 
 const ONE_WAY: Duration = Duration::from_millis(10);
-
-/// `lifeboat agent` inside `site` (beside the site's own libvirtd when it has one),
-/// reaching the vault at `endpoint`; and the relay the server (in the host's namespace)
-/// reaches it through.
-fn site_agent(
-    lab: &Lab,
-    (site, daemon): (Site, Option<&SiteDaemon>),
-    home: &Path,
-    name: &str,
-    options: &[&str],
-    endpoint: &str,
-) -> (Agent, Relay) {
-    let program = env!("CARGO_BIN_EXE_lifeboat");
-    let mut c: Command = match daemon {
-        Some(daemon) => daemon.daemon().command(program),
-        None => lab.command(site, program),
-    };
-    c.arg("--home")
-        .arg(home)
-        .args(["--accel", "tcg", "agent", "--listen"])
-        .arg(format!("{}:0", site.host_addr()))
-        .args(["--hostname", name])
-        .args(options)
-        .env("AWS_ENDPOINT_URL", endpoint);
-    let agent = spawn_agent(c);
-    let relay = Relay::start_between(
-        &Netns::host(),
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        lab.netns(site),
-        SocketAddr::from((site.host_addr(), agent.port)),
-        ONE_WAY,
-    )
-    .unwrap();
-    (agent, relay)
-}
 
 /// Where the lab's hypervisors run.
 #[derive(Clone, Copy, PartialEq)]
@@ -139,6 +103,7 @@ async fn wan_lab(prefix: &str, layout: Layout) -> WanLab {
         "alpha",
         &["--hypervisor", "libvirt"],
         &cloud_endpoint,
+        ONE_WAY,
     );
     let beta_hypervisor = match layout {
         Layout::MachineLibvirtToQemu => "qemu",
@@ -151,6 +116,7 @@ async fn wan_lab(prefix: &str, layout: Layout) -> WanLab {
         "beta",
         &["--hypervisor", beta_hypervisor],
         &cloud_endpoint,
+        ONE_WAY,
     );
     for (agent, relay) in [(&alpha, &to_alpha), (&beta, &to_beta)] {
         let (ok, _, err) = enroll(

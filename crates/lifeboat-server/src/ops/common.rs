@@ -137,7 +137,8 @@ pub async fn switch_dns(
     loop {
         match crate::dns_switch::switch(record, &addresses).await {
             Ok(update) => {
-                ctx.log(crate::dns_switch::moved_line(record, &update)).await;
+                ctx.log(crate::dns_switch::moved_line(record, &update))
+                    .await;
                 return Ok(());
             }
             Err(e) if !e.is_settings() && round < DNS_ROUNDS => {

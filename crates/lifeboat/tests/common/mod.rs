@@ -8,6 +8,7 @@ pub mod hostile_agent;
 pub mod libvirt;
 pub mod login;
 pub mod moves;
+pub mod site;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
