@@ -24,7 +24,7 @@ use common::site::site_agent;
 use common::{enroll, start_server};
 use lifeboat_testkit::bind::{Bind9, Bind9Zone};
 use lifeboat_testkit::boot_timeout;
-use lifeboat_testkit::debian_guest::{debian_disk_copy, NoCloudSeed, StaticIpv4};
+use lifeboat_testkit::debian_guest::{debian_disk_copy, ArpWatch, NoCloudSeed, StaticIpv4};
 use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site, BRIDGE};
 
 const MAC: &str = "52:54:00:60:01:0a";
@@ -36,8 +36,8 @@ struct Sample {
     answered_by: Option<String>,
 }
 
-/// The client: `curl http://web.lab.test/` in the client site, over and over, until
-/// stopped; every outcome kept.
+/// A client: `curl URL` in the client site, over and over, until stopped; every outcome
+/// kept.
 struct Client {
     samples: Arc<Mutex<Vec<Sample>>>,
     stop: Arc<AtomicBool>,
@@ -45,7 +45,8 @@ struct Client {
 }
 
 impl Client {
-    fn start(lab: &Lab) -> Client {
+    fn start(lab: &Lab, url: &str) -> Client {
+        let url = url.to_string();
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let netns = lab.netns(Site::Client).clone();
@@ -55,7 +56,7 @@ impl Client {
                 let out = netns
                     .command("curl")
                     .args(["-s", "-o", "/dev/null", "--max-time", "2"])
-                    .args(["-w", "%{http_code} %{remote_ip}", "http://web.lab.test/"])
+                    .args(["-w", "%{http_code} %{remote_ip}", &url])
                     .output();
                 let answered_by = out.ok().and_then(|o| {
                     let text = String::from_utf8_lossy(&o.stdout).to_string();
@@ -132,10 +133,102 @@ fn downtime(client: &Client, t0: Instant, to: &str) -> Duration {
     samples[first_new].at - last_old
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback() {
+/// One move as the client saw it, from the command.
+struct Measured {
+    what: &'static str,
+    command: Duration,
+    /// The guest answered at its new address (asked by address): the VM's RTO.
+    vm: Duration,
+    /// The client asking by name was answered by the new address.
+    by_name: Duration,
+    /// The TTL the record had before the move (how long a caching resolver may hold it).
+    ttl: u32,
+    /// From the client's last answer before the move to its first after.
+    outage: Duration,
+}
+
+/// Measures a move started by `run` (returning the command's time): a second client
+/// asks `to` by address, beside the client asking by name.
+fn measure(
+    lab: &Lab,
+    client: &Client,
+    what: &'static str,
+    to: Ipv4Addr,
+    ttl: u32,
+    run: impl FnOnce() -> Duration,
+) -> Measured {
+    let direct = Client::start(lab, &format!("http://{to}/"));
+    let t0 = Instant::now();
+    let command = run();
+    let vm = direct.wait_answered_by(&to.to_string(), t0, boot_timeout() * 3) - t0;
+    let by_name = client.wait_answered_by(&to.to_string(), t0, boot_timeout() * 3) - t0;
+    Measured {
+        what,
+        command,
+        vm,
+        by_name,
+        ttl,
+        outage: downtime(client, t0, &to.to_string()),
+    }
+}
+
+/// The table of `--no-capture` (and of scripts/bench-client-rto).
+fn print_table(rows: &[Measured], one_way: Duration) {
+    println!(
+        "\nclient-visible RTO (relays' one-way delay {} ms; target: VM + TTL + 2 s)",
+        one_way.as_millis()
+    );
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>4}",
+        "move", "command", "VM RTO", "by name", "outage", "TTL", "target", "met"
+    );
+    for r in rows {
+        let target = r.vm + Duration::from_secs(u64::from(r.ttl) + 2);
+        println!(
+            "{:<44} {:>8.1}s {:>8.1}s {:>8.1}s {:>8.1}s {:>5}s {:>8.1}s {:>4}",
+            r.what,
+            r.command.as_secs_f64(),
+            r.vm.as_secs_f64(),
+            r.by_name.as_secs_f64(),
+            r.outage.as_secs_f64(),
+            r.ttl,
+            target.as_secs_f64(),
+            if r.by_name <= target { "yes" } else { "no" }
+        );
+    }
+}
+
+/// Everything a test stands on, dropped in order: the clients and the cluster before
+/// the DNS server, its relay and the lab.
+struct LabWeb {
+    client: Client,
+    _vm: KillVm,
+    cl: Cluster,
+    to_alpha: Relay,
+    _to_beta: Relay,
+    to_dns: Relay,
+    dns: Bind9,
+    one_way: Duration,
+    lab: Lab,
+}
+
+/// The lab (site A's LAN stretched to site B when `stretched`), BIND in the cloud site
+/// with `web.lab.test` at site A's address, the server here, agents in sites A and B,
+/// and web — the Debian guest — running at site A, answering the client by name.
+async fn lab_with_web(stretched: bool) -> LabWeb {
+    // The WAN's delay on the server's paths (to the agents, to the DNS server), as relays
+    // add it (tc netem does not work here): scripts/bench-client-rto sets 10 ms each way.
+    let one_way = Duration::from_millis(
+        std::env::var("LIFEBOAT_LAB_ONE_WAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     let lab = Lab::start(LabOptions::default()).unwrap();
-    let (home_addr, away_addr) = (Site::A.addr(10), Site::B.addr(10));
+    if stretched {
+        lab.stretch().unwrap();
+    }
+    let home_addr = Site::A.addr(10);
     let dns = Bind9::start_in(
         lab.netns(Site::Cloud).clone(),
         Site::Cloud.host_addr(),
@@ -158,7 +251,7 @@ async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         lab.netns(Site::Cloud),
         dns.address(),
-        Duration::ZERO,
+        one_way,
     )
     .unwrap();
 
@@ -181,7 +274,7 @@ async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback
         "alpha",
         &["--hypervisor", "qemu"],
         "",
-        Duration::ZERO,
+        one_way,
     );
     let (beta, to_beta) = site_agent(
         &lab,
@@ -190,7 +283,7 @@ async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback
         "beta",
         &["--hypervisor", "qemu"],
         "",
-        Duration::ZERO,
+        one_way,
     );
     for (agent, relay) in [(&alpha, &to_alpha), (&beta, &to_beta)] {
         let (ok, _, err) = enroll(
@@ -257,10 +350,37 @@ async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback
     }
     let _vm = KillVm(home.clone(), "web");
 
-    let client = Client::start(&lab);
+    let client = Client::start(&lab, "http://web.lab.test/");
     let t = Instant::now();
     client.wait_answered_by(&home_addr.to_string(), t, boot_timeout() * 3);
 
+    LabWeb {
+        client,
+        _vm,
+        cl,
+        to_alpha,
+        _to_beta: to_beta,
+        to_dns,
+        dns,
+        one_way,
+        lab,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback() {
+    let LabWeb {
+        client,
+        _vm,
+        cl,
+        to_alpha,
+        _to_beta,
+        to_dns,
+        dns,
+        one_way,
+        lab,
+    } = lab_with_web(false).await;
+    let (home_addr, away_addr) = (Site::A.addr(10), Site::B.addr(10));
     let (ok, out, err) = cl.protect_web(&["--wait", "--timeout", "10m"]);
     assert!(ok, "{out}{err}");
     let (ok, out, err) = cl.cli(&[
@@ -292,36 +412,46 @@ async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback
     assert!(ok, "{out}{err}");
 
     // Planned failover: the client follows the name to site B.
-    let t0 = Instant::now();
-    let (ok, _, err) = cl.cli(&["failover", "web", "--planned", "--shutdown-timeout", "2m"]);
-    assert!(ok, "{err}");
-    let moved = Instant::now() - t0;
-    client.wait_answered_by(&away_addr.to_string(), t0, boot_timeout() * 3);
-    let down = downtime(&client, t0, &away_addr.to_string());
+    let mut rows = Vec::new();
+    let planned = measure(
+        &lab,
+        &client,
+        "planned failover, re-IP + DNS",
+        away_addr,
+        30,
+        || {
+            let t = Instant::now();
+            let (ok, _, err) =
+                cl.cli(&["failover", "web", "--planned", "--shutdown-timeout", "2m"]);
+            assert!(ok, "{err}");
+            t.elapsed()
+        },
+    );
     assert_eq!(
         dns.dig("web.lab.test", "A").unwrap(),
         [away_addr.to_string()]
     );
-    println!(
-        "planned failover with re-IP and DNS: command {:.1} s, client-visible downtime {:.1} s",
-        moved.as_secs_f64(),
-        down.as_secs_f64()
-    );
+    rows.push(planned);
 
     // Failback: the name and the guest's address are home again.
-    let t1 = Instant::now();
-    let (ok, _, err) = cl.cli(&["failback", "web", "--shutdown-timeout", "2m"]);
-    assert!(ok, "{err}");
-    client.wait_answered_by(&home_addr.to_string(), t1, boot_timeout() * 3);
-    let down = downtime(&client, t1, &home_addr.to_string());
+    let back = measure(
+        &lab,
+        &client,
+        "failback, home address + DNS",
+        home_addr,
+        5,
+        || {
+            let t = Instant::now();
+            let (ok, _, err) = cl.cli(&["failback", "web", "--shutdown-timeout", "2m"]);
+            assert!(ok, "{err}");
+            t.elapsed()
+        },
+    );
     assert_eq!(
         dns.dig("web.lab.test", "A").unwrap(),
         [home_addr.to_string()]
     );
-    println!(
-        "failback with re-IP and DNS: client-visible downtime {:.1} s",
-        down.as_secs_f64()
-    );
+    rows.push(back);
     // Nothing answers at site B's address any more.
     let after = client.samples_since(Instant::now() - Duration::from_secs(2));
     assert!(after
@@ -338,15 +468,24 @@ async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback
     });
     lab.cut_off(Site::A).unwrap();
     to_alpha.set_stalled(true);
-    let t2 = Instant::now();
-    let (ok, _, err) = cl.cli(&["failover", "web", "--unplanned"]);
-    assert!(ok, "{err}");
-    client.wait_answered_by(&away_addr.to_string(), t2, boot_timeout() * 3);
-    println!(
-        "unplanned failover (site A cut off) with re-IP and DNS: client-visible downtime {:.1} s",
-        (Instant::now() - t2).as_secs_f64()
+    let unplanned = measure(
+        &lab,
+        &client,
+        "unplanned failover (A cut off), re-IP + DNS",
+        away_addr,
+        5,
+        || {
+            let t = Instant::now();
+            let (ok, _, err) = cl.cli(&["failover", "web", "--unplanned"]);
+            assert!(ok, "{err}");
+            t.elapsed()
+        },
     );
-    assert_eq!(dns.dig("web.lab.test", "A").unwrap(), [away_addr.to_string()]);
+    rows.push(unplanned);
+    assert_eq!(
+        dns.dig("web.lab.test", "A").unwrap(),
+        [away_addr.to_string()]
+    );
 
     // Site A returns: its copy is fenced, and the name still points at site B.
     lab.reconnect(Site::A).unwrap();
@@ -354,12 +493,97 @@ async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback
     tokio::task::block_in_place(|| {
         common::moves::wait_fenced_row(&cl, "alpha", "web", Duration::from_secs(180))
     });
-    assert_eq!(dns.dig("web.lab.test", "A").unwrap(), [away_addr.to_string()]);
+    assert_eq!(
+        dns.dig("web.lab.test", "A").unwrap(),
+        [away_addr.to_string()]
+    );
     let t3 = Instant::now();
     client.wait_answered_by(&away_addr.to_string(), t3, Duration::from_secs(30));
-    drop(client);
-    drop(to_dns);
-    drop(dns);
-    drop(cl);
-    drop(lab);
+    print_table(&rows, one_way);
+    drop((client, _vm, cl, to_alpha, _to_beta, to_dns, dns, lab));
+}
+
+/// The client's outage in a move that keeps the address: from its last answer before
+/// its first failure after `t0` to its first answer after that failure (zero if it
+/// never failed).
+fn outage_in_place(client: &Client, t0: Instant) -> Duration {
+    let samples = client.samples_since(t0);
+    let Some(failed) = samples.iter().position(|s| s.answered_by.is_none()) else {
+        return Duration::ZERO;
+    };
+    let last_ok = samples[..failed]
+        .iter()
+        .rev()
+        .find(|s| s.answered_by.is_some())
+        .map_or(t0, |s| s.at);
+    let back = samples[failed..]
+        .iter()
+        .find(|s| s.answered_by.is_some())
+        .expect("answered again after the move");
+    back.at - last_ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_stretched_subnet_the_same_address_answers_from_site_b() {
+    let LabWeb {
+        client,
+        _vm,
+        cl,
+        to_alpha,
+        _to_beta,
+        to_dns,
+        dns,
+        one_way: _,
+        lab,
+    } = lab_with_web(true).await;
+    let home_addr = Site::A.addr(10);
+    let (ok, out, err) = cl.protect_web(&["--wait", "--timeout", "10m"]);
+    assert!(ok, "{out}{err}");
+
+    // A planned failover with no network settings: web keeps its address at site B.
+    let watch = ArpWatch::start(lab.netns(Site::B), BRIDGE).unwrap();
+    let t0 = Instant::now();
+    let (ok, _, err) = cl.cli(&["failover", "web", "--planned", "--shutdown-timeout", "2m"]);
+    assert!(ok, "{err}");
+    let command = t0.elapsed();
+    assert!(common::moves::guest_runs(&cl.home("beta"), "web"));
+    assert!(!common::moves::guest_runs(&cl.home("alpha"), "web"));
+    // The client, by name, is answered by the same address, now served from site B.
+    let deadline = Instant::now() + boot_timeout() * 3;
+    let back = loop {
+        let outage = outage_in_place(&client, t0);
+        let samples = client.samples_since(t0);
+        if outage > Duration::ZERO
+            && samples.last().and_then(|s| s.answered_by.as_deref()) == Some(&home_addr.to_string())
+        {
+            break outage;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web did not answer again from site B: {:?}",
+            samples.last()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    // No DNS change, and QEMU announced the moved NIC on site B's segment at once.
+    assert_eq!(
+        dns.dig("web.lab.test", "A").unwrap(),
+        [home_addr.to_string()]
+    );
+    let announced: Vec<_> = watch
+        .packets()
+        .into_iter()
+        .filter(|p| p.is_rarp() && p.sender_mac == MAC)
+        .collect();
+    assert!(
+        !announced.is_empty(),
+        "no RARP from {MAC} on site B: {:?}",
+        watch.packets()
+    );
+    println!(
+        "planned failover on a stretched subnet: command {:.1} s, client outage {:.1} s, same address, no DNS change",
+        command.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    drop((client, _vm, cl, to_alpha, _to_beta, to_dns, dns, lab));
 }

@@ -162,8 +162,30 @@ impl QemuDriver {
             }
             if !paused {
                 self.resume(vm).await?;
+                // Switches learn at once where the VM's MACs are now: a VM moved onto a
+                // stretched subnet keeps its MAC and address (docs/networking.md). RARP
+                // from each NIC, as QEMU sends after a live migration; best effort.
+                if let Err(e) = self.announce(vm).await {
+                    tracing::warn!(vm = %vm, error = %e, "announcing the VM's NICs failed");
+                }
             }
         }
+        Ok(())
+    }
+
+    /// QEMU's `announce-self`: a few RARP frames from every NIC of the VM.
+    pub async fn announce(&self, vm: &VmName) -> Result<()> {
+        let (_, qmp) = self.running_qmp(vm, "announcing its NICs").await?;
+        qmp.run(qapi::qmp::announce_self(qapi::qmp::AnnounceParameters {
+            id: None,
+            interfaces: None,
+            initial: 50,
+            max: 550,
+            rounds: 5,
+            step: 100,
+        }))
+        .await
+        .map_err(crate::qemu::cut::qmp_error(vm, "announce-self"))?;
         Ok(())
     }
 

@@ -85,7 +85,7 @@ fn parse_response(response: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
 pub struct ArpPacket {
     /// When it was seen, counted from the start of the watch.
     pub at: Duration,
-    /// 1 for a request, 2 for a reply.
+    /// 1 for a request, 2 for a reply; 3 for a RARP request (a NIC announced by QEMU).
     pub op: u16,
     /// The sender's MAC address, lower-case `xx:xx:…`.
     pub sender_mac: String,
@@ -100,10 +100,19 @@ impl ArpPacket {
         self.sender_ip == self.target_ip
     }
 
-    /// Parses an Ethernet frame; `None` for anything but ARP for IPv4 over Ethernet.
+    /// A NIC announced by its hypervisor (QEMU's `announce-self`: RARP from its MAC), as
+    /// after a live migration: switches learn where the MAC is now.
+    pub fn is_rarp(&self) -> bool {
+        self.op == 3
+    }
+
+    /// Parses an Ethernet frame; `None` for anything but (R)ARP for IPv4 over Ethernet.
     fn parse(frame: &[u8], at: Duration) -> Option<Self> {
         let arp = frame.get(14..42)?;
-        if frame[12..14] != [0x08, 0x06] || arp[0..6] != [0, 1, 0x08, 0x00, 6, 4] {
+        // ARP (0x0806), and RARP (0x8035): what QEMU's announce-self sends for a NIC.
+        let ether = [frame[12], frame[13]];
+        if (ether != [0x08, 0x06] && ether != [0x80, 0x35]) || arp[0..6] != [0, 1, 0x08, 0x00, 6, 4]
+        {
             return None;
         }
         let ip = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
