@@ -1,7 +1,8 @@
 //! A NIC of a VM Lifeboat defines can sit on a host's Linux bridge (`network =
 //! "bridge:NAME"`): the guest answers at its own address on the bridge, reached here from
 //! another network namespace plugged into the same bridge; a bridge the host lacks is
-//! refused before QEMU starts.
+//! refused before QEMU starts; once the VM runs, QEMU announces its NIC on the bridge
+//! (RARP from its MAC).
 
 mod common;
 
@@ -11,6 +12,8 @@ use std::time::Duration;
 use common::bridge::{Bridge, BridgeClient};
 use common::cluster::{lifeboat, run_ok, KillVm};
 use lifeboat_hypervisor::{QemuConfig, QemuDriver, VmName};
+use lifeboat_testkit::debian_guest::ArpWatch;
+use lifeboat_testkit::lab::Netns;
 use lifeboat_testkit::{boot_timeout, SerialConsole};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,6 +58,8 @@ async fn a_vm_on_a_bridge_answers_at_its_own_address() {
     let mut c = lifeboat(&home);
     c.args(["vm", "define"]).arg(&path);
     run_ok(c);
+    // Everything the bridge carries from now on: QEMU announces the NIC once it runs.
+    let watch = ArpWatch::start(&Netns::host(), &bridge.0).unwrap();
     let mut c = lifeboat(&home);
     c.args(["vm", "start", "web"]);
     run_ok(c);
@@ -73,6 +78,18 @@ async fn a_vm_on_a_bridge_answers_at_its_own_address() {
         .unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(link.contains(&format!("master {}", bridge.0)), "{link}");
+    // Switches learn where the NIC is at once (announce-self: RARP from its MAC), not
+    // when the guest first speaks — what a VM moved onto a stretched subnet needs.
+    let announced: Vec<_> = watch
+        .packets()
+        .into_iter()
+        .filter(|p| p.is_rarp() && p.sender_mac == "52:54:00:12:34:57")
+        .collect();
+    assert!(
+        !announced.is_empty(),
+        "no RARP from the NIC: {:?}",
+        watch.packets()
+    );
 
     // From the client's namespace, through the bridge, to the guest's own address.
     let boots = tokio::task::block_in_place(|| client.http_get("10.0.2.15:80", "/boot-count"));

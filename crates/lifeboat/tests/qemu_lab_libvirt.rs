@@ -21,8 +21,8 @@ use common::libvirt::{
     assert_fenced_domain, diverge_and_fail_over_unplanned, planned_failover_with_writes,
     reprotect_reads_only_the_changes, write_at_b_commit_and_fail_back, Beta, SourceDomain,
 };
-use common::site::site_agent;
-use common::{enroll, start_server};
+use common::site::{enroll_via, site_agent};
+use common::start_server;
 use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site, BRIDGE};
 use lifeboat_testkit::libvirtd::SiteDaemon;
 use lifeboat_testkit::S3Server;
@@ -119,14 +119,7 @@ async fn wan_lab(prefix: &str, layout: Layout) -> WanLab {
         ONE_WAY,
     );
     for (agent, relay) in [(&alpha, &to_alpha), (&beta, &to_beta)] {
-        let (ok, _, err) = enroll(
-            &server,
-            Some(&server.token),
-            &relay.addr().to_string(),
-            agent.code.as_deref().unwrap(),
-            Some(&agent.fingerprint),
-        );
-        assert!(ok, "{err}");
+        enroll_via(&server, agent, relay);
     }
     let vault = format!("s3://{}/vault", s3.bucket);
     let mut c = lifeboat(tmp.path());

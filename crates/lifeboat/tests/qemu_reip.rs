@@ -11,8 +11,9 @@ mod common;
 
 use common::bridge::{Bridge, BridgeClient};
 use common::cluster::{cluster, KillVm};
+use common::debian::installed_web;
 use lifeboat_testkit::boot_timeout;
-use lifeboat_testkit::debian_guest::{debian_disk_copy, NoCloudSeed, StaticIpv4};
+use lifeboat_testkit::debian_guest::StaticIpv4;
 
 const MAC: &str = "52:54:00:77:00:05";
 
@@ -35,11 +36,9 @@ async fn a_failed_over_debian_guest_takes_its_new_address_and_failback_restores_
 
     // At home: its address from the seed it was installed with (as a cloud image is).
     let home = cl.home("alpha");
-    let disk = debian_disk_copy(&home, "web.qcow2").unwrap();
-    let seed = home.join("web-install-seed.img");
-    NoCloudSeed::new("web-installed", "web")
-        .unwrap()
-        .with_static_ipv4(&StaticIpv4 {
+    let spec = installed_web(
+        &home,
+        &StaticIpv4 {
             mac: MAC.into(),
             id: "lan0".into(),
             rename: false,
@@ -47,21 +46,9 @@ async fn a_failed_over_debian_guest_takes_its_new_address_and_failback_restores_
             prefix: 24,
             gateway: None,
             dns: Vec::new(),
-        })
-        .write_disk(&seed)
-        .unwrap();
-    let spec = home.join("web.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "name = \"web\"\nmemory_mib = 512\nseed = \"{}\"\n[[disks]]\nname = \"vda\"\npath = \"{}\"\n\
-             format = \"qcow2\"\n[[nics]]\nmac = \"{MAC}\"\nnetwork = \"bridge:{}\"\n",
-            seed.display(),
-            disk.display(),
-            a.0
-        ),
-    )
-    .unwrap();
+        },
+        &format!("bridge:{}", a.0),
+    );
     for args in [
         vec!["vm", "define", spec.to_str().unwrap()],
         vec!["vm", "start", "web"],

@@ -4,6 +4,7 @@
 pub mod bridge;
 pub mod cluster;
 pub mod dashboard;
+pub mod debian;
 pub mod hostile_agent;
 pub mod libvirt;
 pub mod login;

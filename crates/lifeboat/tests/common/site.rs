@@ -9,7 +9,7 @@ use std::time::Duration;
 use lifeboat_testkit::lab::{Lab, Netns, Relay, Site};
 use lifeboat_testkit::libvirtd::SiteDaemon;
 
-use super::{spawn_agent, Agent};
+use super::{enroll, spawn_agent, Agent, Server};
 
 /// `lifeboat agent` inside `site` (beside the site's own libvirtd when it has one),
 /// reaching the vault at `endpoint`; and the relay the server (in the host's namespace)
@@ -45,4 +45,16 @@ pub fn site_agent(
     )
     .unwrap();
     (agent, relay)
+}
+
+/// Enrolls `agent` with `server` at its relay's address (how the server reaches it).
+pub fn enroll_via(server: &Server, agent: &Agent, relay: &Relay) {
+    let (ok, _, err) = enroll(
+        server,
+        Some(&server.token),
+        &relay.addr().to_string(),
+        agent.code.as_deref().unwrap(),
+        Some(&agent.fingerprint),
+    );
+    assert!(ok, "{err}");
 }
