@@ -210,7 +210,11 @@ pub async fn start(
         let instance = req.instance_id.as_deref().unwrap_or("lifeboat-start");
         let seed = match s.recoveries.write_seed(&vm, instance, &req.guest_network) {
             Ok(p) => p,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            Err(e @ crate::provision::RecoveryError::Invalid(_)) => {
+                return error(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            // Not the request's fault (a full disk): the caller may try again.
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
         if let Err(e) = s.driver.set_seed(&vm, Some(seed)).await {
             return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());

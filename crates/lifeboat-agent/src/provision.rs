@@ -50,6 +50,18 @@ pub enum RecoveryError {
     },
 }
 
+/// A seed refused for what it says is the request's fault; one not written is this
+/// host's (a full disk), which the caller may retry.
+fn seed_error(e: crate::guest_seed::SeedError) -> RecoveryError {
+    match e {
+        crate::guest_seed::SeedError::Io { path, source } => RecoveryError::Io {
+            what: format!("writing the cloud-init seed {path}"),
+            source,
+        },
+        other => RecoveryError::Invalid(other.to_string()),
+    }
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RecoveryError {
     let what = what.into();
     move |source| RecoveryError::Io { what, source }
@@ -135,8 +147,7 @@ impl Recoveries {
             }
         }
         let seed = dir.join("cidata.img");
-        crate::guest_seed::write(&seed, instance_id, nics)
-            .map_err(|e| RecoveryError::Invalid(e.to_string()))?;
+        crate::guest_seed::write(&seed, instance_id, nics).map_err(seed_error)?;
         if let Some((uid, gid)) = self.place.owner {
             std::os::unix::fs::chown(&seed, Some(uid), Some(gid))
                 .map_err(io(format!("handing {} to QEMU's user", seed.display())))?;
@@ -238,6 +249,9 @@ impl Recoveries {
         let text = std::str::from_utf8(config)
             .map_err(|_| RecoveryError::Invalid("the point's VM spec is not UTF-8".into()))?;
         let mut spec = VmSpec::parse(text, Path::new("the point's VM spec"))?;
+        // A point's spec comes from another host: a seed it names is a path of that host
+        // (or a forged one). Only a seed written here is ever attached.
+        spec.seed = None;
         crate::recovery::check_network_map(&req.network_map).map_err(RecoveryError::Invalid)?;
         let dir = self.dir(vm);
         let mut forwards = Vec::new();
@@ -369,7 +383,7 @@ impl Recoveries {
             // A new cloud-init instance, so the guest applies this network once.
             let seed = dir.join("cidata.img");
             crate::guest_seed::write(&seed, &format!("lifeboat-{id}"), &guest_network)
-                .map_err(|e| RecoveryError::Invalid(e.to_string()))?;
+                .map_err(seed_error)?;
             if let Some((uid, gid)) = self.place.owner {
                 std::os::unix::fs::chown(&seed, Some(uid), Some(gid))
                     .map_err(io(format!("handing {} to QEMU's user", seed.display())))?;

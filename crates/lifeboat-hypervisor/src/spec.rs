@@ -276,6 +276,15 @@ impl VmSpec {
                 self.disks.len()
             ));
         }
+        if let Some(seed) = &self.seed {
+            let p = seed.to_string_lossy();
+            // The same rules as a disk's path: QEMU's -blockdev splits on ','.
+            if !seed.is_absolute() || p.contains(',') || p.contains('\n') {
+                return Err(format!(
+                    "seed {p}: must be an absolute path without ',' or newlines"
+                ));
+            }
+        }
         for (i, d) in self.disks.iter().enumerate() {
             if !d.path.is_absolute() {
                 return Err(format!(
@@ -435,6 +444,18 @@ host_forwards = [{ host_port = 8080, guest_port = 80 }]
                 "format",
             ),
             (format!("{GOOD}\nsurprise = 1\n"), "surprise"),
+            // A seed path from a point another host wrote: never into QEMU's arguments.
+            (
+                GOOD.replace(
+                    "memory_mib = 256",
+                    "memory_mib = 256\nseed = \"/s/a,file=/etc/shadow\"",
+                ),
+                "seed",
+            ),
+            (
+                GOOD.replace("memory_mib = 256", "memory_mib = 256\nseed = \"seed.img\""),
+                "seed",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text).unwrap_err().to_string();

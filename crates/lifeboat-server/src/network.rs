@@ -24,6 +24,9 @@ pub enum CheckError {
     /// A host did not answer: what could not be checked, and why.
     #[error("{0}")]
     Unreachable(String),
+    /// The VM's host answered without the VM.
+    #[error("{0}")]
+    NoVm(String),
 }
 
 /// A NIC of a VM as its host's inventory lists it.
@@ -46,9 +49,20 @@ struct Inventory {
     vms: Vec<InventoryVm>,
 }
 
-/// The stored settings of `p` (none stored: every NIC keeps its address).
-pub fn settings(p: &Protection) -> NetworkSettings {
-    serde_json::from_str(&p.network_settings).unwrap_or_default()
+/// The stored settings of `p` (none stored: every NIC keeps its address). Settings that
+/// do not read (a row written by another version, edited by hand) are an error, never
+/// taken for "keep every address": a move would then leave the VM unreachable.
+pub fn settings(p: &Protection) -> Result<NetworkSettings, String> {
+    let text = p.network_settings.trim();
+    if text.is_empty() {
+        return Ok(NetworkSettings::default());
+    }
+    serde_json::from_str(text).map_err(|e| {
+        format!(
+            "the stored network settings of {} do not read ({e}); set them again with `lifeboat network {}`",
+            p.vm, p.vm
+        )
+    })
 }
 
 /// VM `vm`'s NICs, as its host's agent lists them within `within`.
@@ -75,7 +89,12 @@ pub async fn vm_nics(
         .into_iter()
         .find(|v| v.name == vm)
         .map(|v| v.nics)
-        .ok_or_else(|| CheckError::Unreachable(format!("{} has no VM {vm}", host.host.hostname)))
+        .ok_or_else(|| {
+            CheckError::NoVm(format!(
+                "{} has no VM {vm} (undefined there?): its NICs cannot be read",
+                host.host.hostname
+            ))
+        })
 }
 
 /// Where each NIC (MAC, network on the host it moves to) goes in `kind` of move: a test
@@ -144,6 +163,21 @@ mod tests {
             mac: mac.into(),
             network: network.into(),
         }
+    }
+
+    #[test]
+    fn settings_that_do_not_read_are_an_error_not_keep_everything() {
+        let mut p = Protection {
+            vm: "web".into(),
+            ..Default::default()
+        };
+        for empty in ["", "{}"] {
+            p.network_settings = empty.into();
+            assert_eq!(settings(&p).unwrap(), NetworkSettings::default());
+        }
+        p.network_settings = r#"{"nics": [], "future_field": 1}"#.into();
+        let err = settings(&p).unwrap_err();
+        assert!(err.contains("lifeboat network web"), "{err}");
     }
 
     #[test]

@@ -173,9 +173,13 @@ fn seed_cdrom(seed: &Path) -> String {
 pub fn with_seed(xml: &str, seed: Option<&Path>) -> Result<String, String> {
     let doc = roxmltree::Document::parse(xml)
         .map_err(|e| format!("the domain XML does not parse: {e}"))?;
+    // The domain's own <devices>, not an element of that name in <metadata>.
     let devices = doc
-        .descendants()
-        .find(|n| n.has_tag_name("devices"))
+        .root_element()
+        .children()
+        .find(|n| {
+            n.is_element() && n.tag_name().name() == "devices" && n.tag_name().namespace().is_none()
+        })
         .ok_or("the domain XML has no <devices>")?;
     let old = devices.children().find(|d| {
         d.has_tag_name("disk")
@@ -189,10 +193,24 @@ pub fn with_seed(xml: &str, seed: Option<&Path>) -> Result<String, String> {
         out.replace_range(old.range(), "");
     }
     if let Some(seed) = seed {
-        let end = out
-            .rfind("</devices>")
-            .ok_or("the domain XML has no </devices>")?;
-        out.insert_str(end, &seed_cdrom(seed));
+        // Re-read: the removal above moved what follows it.
+        let doc = roxmltree::Document::parse(&out)
+            .map_err(|e| format!("the domain XML does not parse: {e}"))?;
+        let devices = doc
+            .root_element()
+            .children()
+            .find(|n| {
+                n.is_element()
+                    && n.tag_name().name() == "devices"
+                    && n.tag_name().namespace().is_none()
+            })
+            .ok_or("the domain XML has no <devices>")?;
+        let end = devices.range().end - "</devices>".len();
+        if !out[..devices.range().end].ends_with("</devices>") {
+            return Err("the domain's <devices> has no closing tag to insert before".into());
+        }
+        let text = out.clone();
+        out = format!("{}{}{}", &text[..end], seed_cdrom(seed), &text[end..]);
     }
     Ok(out)
 }
@@ -233,6 +251,21 @@ mod tests {
             "the other CD-ROM stays: {two}"
         );
         assert_eq!(with_seed(&two, None).unwrap(), xml);
+        // Only the domain's own <devices>: one of that name in <metadata> is not it.
+        let meta = xml.replace(
+            "<devices>",
+            "<metadata><x:devices xmlns:x='urn:x'/></metadata><devices>",
+        );
+        let again = with_seed(
+            &with_seed(&meta, Some(Path::new("/s/one.img"))).unwrap(),
+            Some(Path::new("/s/two.img")),
+        )
+        .unwrap();
+        assert_eq!(again.matches("device='cdrom'").count(), 2, "{again}");
+        assert!(
+            again.contains("<x:devices xmlns:x='urn:x'/></metadata>"),
+            "{again}"
+        );
     }
 
     #[test]

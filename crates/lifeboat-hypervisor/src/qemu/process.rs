@@ -81,21 +81,6 @@ pub fn command_line(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Vec<String> {
             format!("virtio-blk-pci,drive={node},id=dev-{node},bootindex={boot_index}"),
         ]);
     }
-    if let Some(seed) = &spec.seed {
-        // Read-only, never booted from, and with a node name no disk can have (disk
-        // names hold no '.'), so no bitmap or sync ever touches it.
-        a.extend([
-            "-blockdev".into(),
-            format!(
-                "driver=file,filename={},node-name=seed.file,read-only=on",
-                seed.display()
-            ),
-            "-blockdev".into(),
-            "driver=raw,file=seed.file,node-name=seed.raw,read-only=on".into(),
-            "-device".into(),
-            "virtio-blk-pci,drive=seed.raw,id=cidata.seed".into(),
-        ]);
-    }
     for (i, nic) in spec.nics.iter().enumerate() {
         let mut netdev = match NetworkKind::parse(&nic.network) {
             // QEMU creates the tap (it runs as root); `bridge::plug` puts it on the bridge.
@@ -121,6 +106,22 @@ pub fn command_line(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Vec<String> {
             netdev,
             "-device".into(),
             format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac),
+        ]);
+    }
+    if let Some(seed) = &spec.seed {
+        // Read-only, never booted from, and with a node name no disk can have (disk
+        // names hold no '.'), so no bitmap or sync ever touches it. After the NICs, so
+        // their PCI slots (and the guest's interface names) are those they had without.
+        a.extend([
+            "-blockdev".into(),
+            format!(
+                "driver=file,filename={},node-name=seed.file,read-only=on",
+                seed.display()
+            ),
+            "-blockdev".into(),
+            "driver=raw,file=seed.file,node-name=seed.raw,read-only=on".into(),
+            "-device".into(),
+            "virtio-blk-pci,drive=seed.raw,id=cidata.seed".into(),
         ]);
     }
     a.extend([

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use lifeboat_types::{MoveKind, NetworkSettings, ProtectionId};
+use lifeboat_types::{MoveKind, NetworkSettings, ProtectionId, ProtectionState};
 use serde::{Deserialize, Serialize};
 
 use super::protection::{load, network_map};
@@ -29,8 +29,9 @@ pub struct NetworkSettingsSet {
     params(("id" = String, Path, description = "The protection's id")),
     request_body = NetworkSettings,
     responses((status = 200, description = "Stored, with what could not be checked now", body = NetworkSettingsSet),
-               (status = 400, description = "A NIC the VM lacks, an address that is no host's or outside its network's subnet, a gateway outside it, a network the recovery host lacks, a DNS record its server refuses (wrong TSIG key, zone not allowing updates, name outside the zone): nothing stored", body = ApiError),
+               (status = 400, description = "A NIC the VM lacks, an address that is no host's or outside its network's subnet, a gateway outside it, a network the recovery host lacks, a DNS record its server refuses to look up (wrong TSIG key, a zone it does not hold) or outside its zone: nothing stored", body = ApiError),
                (status = 404, description = "No such protection", body = ApiError),
+               (status = 409, description = "The VM is not at home (failed over, moving): its failback restores what its failover applied; nothing stored", body = ApiError),
                (status = 503, description = "The VM's host does not answer: its NICs cannot be checked", body = ApiError)))]
 pub async fn set_network(
     State(s): State<Arc<ServerState>>,
@@ -42,6 +43,24 @@ pub async fn set_network(
         Ok(x) => x,
         Err(r) => return r,
     };
+    // A failback restores what the failover applied: settings changed while the VM is
+    // away (or moving) would leave it at home with the recovery site's address.
+    if !matches!(
+        p.state,
+        ProtectionState::Protected
+            | ProtectionState::Degraded
+            | ProtectionState::Enabling
+            | ProtectionState::InitialSync
+            | ProtectionState::FailedBack
+    ) {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "{} is {}: its failback restores the network its failover applied; change the settings once it is home again (nothing was stored)",
+                p.vm, p.state
+            ),
+        );
+    }
     let find = |host_id: &str| hosts.iter().find(|h| h.host.id == host_id);
     // Home lists the VM's NICs, running or not (a moved VM keeps their MACs).
     let Some(vm_host) = find(&p.host_id) else {
@@ -49,6 +68,9 @@ pub async fn set_network(
     };
     let nics = match vm_nics(vm_host, &p.vm, ASK).await {
         Ok(n) => n,
+        Err(e @ CheckError::NoVm(_)) => {
+            return error(StatusCode::CONFLICT, format!("{e}; nothing was stored"))
+        }
         Err(e) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -70,7 +92,7 @@ pub async fn set_network(
                     Err(CheckError::Refused(e)) => {
                         return error(StatusCode::BAD_REQUEST, format!("{e}; nothing was stored"))
                     }
-                    Err(CheckError::Unreachable(e)) => {
+                    Err(CheckError::Unreachable(e) | CheckError::NoVm(e)) => {
                         notes.push(format!("{e}: checked again before each move"));
                         break;
                     }

@@ -162,7 +162,11 @@ pub fn view(p: &Protection, hosts: &[HostAccess]) -> ProtectionView {
         last_error: p.last_error.clone(),
         created_at: p.created_at.clone(),
         network_map: network_map(p),
-        network_settings: crate::network::settings(p),
+        // Shown empty when they do not read; every move refuses them, saying why.
+        network_settings: crate::network::settings(p).unwrap_or_else(|e| {
+            tracing::warn!(protection = %p.id, error = %e, "network settings");
+            Default::default()
+        }),
     }
 }
 

@@ -128,7 +128,13 @@ pub async fn switch_dns(
     p: &Protection,
     kind: lifeboat_types::MoveKind,
 ) -> Result<(), StepError> {
-    let settings = crate::network::settings(p);
+    let settings = match crate::network::settings(p) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.log(format!("DNS switch FAILED: {e}")).await;
+            return Ok(());
+        }
+    };
     let Some(record) = &settings.dns else {
         return Ok(());
     };
@@ -166,7 +172,8 @@ pub async fn switch_dns(
 /// does not answer stops a planned move (`must_reach`) and is only said for an unplanned
 /// one (its site may be the one lost).
 pub async fn check_dns(ctx: &Ctx, p: &Protection, must_reach: bool) -> Result<(), StepError> {
-    let settings = crate::network::settings(p);
+    let settings = crate::network::settings(p)
+        .map_err(|e| StepError::Permanent(format!("{e}; {} was not touched", p.vm)))?;
     let Some(record) = &settings.dns else {
         return Ok(());
     };

@@ -318,8 +318,9 @@ impl Saga for Failback {
             "start-home" => {
                 // The home address, restored at this boot when the failover changed it
                 // (docs/networking.md); a new cloud-init instance per failback.
-                let guest_network =
-                    crate::network::settings(&p).for_move(lifeboat_types::MoveKind::Failback);
+                let guest_network = crate::network::settings(&p)
+                    .map_err(StepError::Permanent)?
+                    .for_move(lifeboat_types::MoveKind::Failback);
                 if !guest_network.is_empty() {
                     ctx.log(format!(
                         "{} gets its home address at this boot (a cloud-init seed)",

@@ -323,7 +323,8 @@ async fn check_network(
             return Ok(());
         }
     };
-    let settings = crate::network::settings(p);
+    let settings = crate::network::settings(p)
+        .map_err(|e| StepError::Permanent(format!("{e}; {} was not touched", p.vm)))?;
     match crate::network::check_move(&settings, kind, &nics, &params.network_map, rhost).await {
         Ok(notes) => {
             for n in notes {
@@ -567,11 +568,13 @@ async fn start_recovery(
         resume_only: false,
         network_map: params.network_map.clone(),
         expose: params.expose.clone(),
-        guest_network: crate::network::settings(p).for_move(if params.kind == RecoveryKind::Test {
-            lifeboat_types::MoveKind::Test
-        } else {
-            lifeboat_types::MoveKind::Failover
-        }),
+        guest_network: crate::network::settings(p)
+            .map_err(StepError::Permanent)?
+            .for_move(if params.kind == RecoveryKind::Test {
+                lifeboat_types::MoveKind::Test
+            } else {
+                lifeboat_types::MoveKind::Failover
+            }),
         // One job per recovery: the step run again finds it, running or done.
         job_id: Some(format!("provision-{}", params.recovery_id)),
     };

@@ -452,7 +452,6 @@ fn actions(
                             p { "For when " (rhost) " is lost: " (vm) " starts on " (home) " from the recovery point you choose, without waiting for " (rhost) ". " strong { "Writes made on " (rhost) " after that point's cut time are not in it." } }
                             p { "The copy on " (rhost) " is fenced (now, or as soon as its host answers) and kept, never started again." }
                         }, html! { input type="hidden" name="unplanned" value="true" data-type="bool"; (point_select("failback-point", points)) }))
-                    (network)
                 }
                 ProtectionState::FailedBack => {
                     (dialog(Action { id: "dlg-reprotect", label: "Reprotect", api: &format!("{base}/reprotect"), method: "POST", submit: "Reprotect", danger: false }, html! { p { "Replication of " (vm) " from " (home) " to " (rhost) " resumes; the next sync is incremental, building on the failback's point." } }, html! {}))
