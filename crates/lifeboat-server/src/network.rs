@@ -118,12 +118,12 @@ pub fn targets(
         .collect()
 }
 
-/// Checks `settings` for `kind` of move of a VM with `nics` onto `rhost` under `map`:
-/// the NICs' networks exist there, and new addresses lie in their subnets. Returns what
-/// could not be checked, for the log.
+/// Checks `settings` for each of `kinds` of move of a VM with `nics` onto `rhost` under
+/// `map` (the host asked once): the NICs' networks exist there, and new addresses lie in
+/// their subnets. Returns what could not be checked, for the log.
 pub async fn check_move(
     settings: &NetworkSettings,
-    kind: MoveKind,
+    kinds: &[MoveKind],
     nics: &[NicSpec],
     map: &BTreeMap<String, String>,
     rhost: &HostAccess,
@@ -151,7 +151,11 @@ pub async fn check_move(
             )))
         }
     };
-    Ok(settings.check_against(kind, &targets(nics, kind, map), &networks)?)
+    let mut unchecked = Vec::new();
+    for &kind in kinds {
+        unchecked.extend(settings.check_against(kind, &targets(nics, kind, map), &networks)?);
+    }
+    Ok(unchecked)
 }
 
 #[cfg(test)]

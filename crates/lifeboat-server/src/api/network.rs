@@ -79,25 +79,27 @@ pub async fn set_network(
         }
     };
     let macs: Vec<String> = nics.iter().map(|n| n.mac.clone()).collect();
-    if let Err(e) = req.check(&macs) {
-        return error(StatusCode::BAD_REQUEST, format!("{e}; nothing was stored"));
-    }
     let mut notes = Vec::new();
-    match find(&p.recovery_host_id) {
-        None => notes.push("the recovery host is no longer enrolled".to_string()),
+    let checked = match find(&p.recovery_host_id) {
+        None => {
+            notes.push("the recovery host is no longer enrolled".to_string());
+            req.check(&macs).map_err(CheckError::Refused)
+        }
         Some(rhost) => {
-            for kind in [MoveKind::Failover, MoveKind::Test] {
-                match check_move(&req, kind, &nics, &network_map(&p), rhost).await {
-                    Ok(n) => notes.extend(n),
-                    Err(CheckError::Refused(e)) => {
-                        return error(StatusCode::BAD_REQUEST, format!("{e}; nothing was stored"))
-                    }
-                    Err(CheckError::Unreachable(e) | CheckError::NoVm(e)) => {
-                        notes.push(format!("{e}: checked again before each move"));
-                        break;
-                    }
-                }
-            }
+            let kinds = [MoveKind::Failover, MoveKind::Test];
+            check_move(&req, &kinds, &nics, &network_map(&p), rhost)
+                .await
+                .map(|n| notes.extend(n))
+        }
+    };
+    match checked {
+        Ok(()) => {}
+        Err(CheckError::Refused(e)) => {
+            return error(StatusCode::BAD_REQUEST, format!("{e}; nothing was stored"))
+        }
+        // Asked after the settings passed their own checks and the VM's NICs.
+        Err(CheckError::Unreachable(e) | CheckError::NoVm(e)) => {
+            notes.push(format!("{e}: checked again before each move"))
         }
     }
     if let Some(record) = &req.dns {

@@ -325,7 +325,7 @@ async fn check_network(
     };
     let settings = crate::network::settings(p)
         .map_err(|e| StepError::Permanent(format!("{e}; {} was not touched", p.vm)))?;
-    match crate::network::check_move(&settings, kind, &nics, &params.network_map, rhost).await {
+    match crate::network::check_move(&settings, &[kind], &nics, &params.network_map, rhost).await {
         Ok(notes) => {
             for n in notes {
                 ctx.log(n).await;
