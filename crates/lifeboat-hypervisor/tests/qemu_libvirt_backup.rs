@@ -55,6 +55,13 @@ async fn bytes_at(c: &LibvirtCut, offset: u64, len: u32) -> Vec<u8> {
         .to_vec()
 }
 
+/// Whether libvirt still reports a backup job on the domain. A commit or abort that
+/// returns while libvirt still tears the job down lets the next cut find it "stale" and
+/// fail to end it ("no job is active"): seen once in CI.
+fn backup_job_left(domain: &str) -> bool {
+    virsh(&["backup-dumpxml", domain]).is_ok()
+}
+
 fn extent(offset: u64, length: u64) -> Extent {
     Extent { offset, length }
 }
@@ -94,6 +101,17 @@ async fn pull_backups_cut_incrementally_and_an_aborted_cut_loses_nothing() {
     );
     assert!(bytes_at(&full, 0, 65536).await.iter().all(|b| *b == 17));
     full.commit().await.unwrap();
+    assert!(!backup_job_left(&name), "a committed cut's job is gone");
+    // Back-to-back cuts, as a replication loop makes them: each begins only once the
+    // previous job is gone (CI once saw a cut fail on a job still being torn down).
+    for round in 0..20 {
+        let c = cut(&name, &work, "lifeboat-1x", Some("lifeboat-1")).await;
+        c.abort().await.unwrap();
+        assert!(
+            !backup_job_left(&name),
+            "round {round}: an aborted cut's job is gone"
+        );
+    }
     assert_eq!(checkpoints(&name), vec!["lifeboat-1"]);
 
     // Incremental: exactly what was written since, read at the cut's instant.
@@ -120,6 +138,7 @@ async fn pull_backups_cut_incrementally_and_an_aborted_cut_loses_nothing() {
     guest_write(&name, 0xee, 8 * MIB, 65536);
     let lost = cut(&name, &work, "lifeboat-3", Some("lifeboat-2")).await;
     lost.abort().await.unwrap();
+    assert!(!backup_job_left(&name), "an aborted cut's job is gone");
     assert_eq!(checkpoints(&name), vec!["lifeboat-2"]);
     guest_write(&name, 0x77, 12 * MIB, 65536);
     let again = cut(&name, &work, "lifeboat-3", Some("lifeboat-2")).await;

@@ -22,7 +22,7 @@ use lifeboat_nbd::{ConnectOptions, NbdClient};
 
 use crate::error::{HypervisorError, Result};
 use crate::hypervisor::{CutDisk, CutKind, Extent};
-use crate::libvirt::call::{backup_begin, delete_checkpoint, end_job, failed, with_domain};
+use crate::libvirt::call::{backup_begin, delete_checkpoint, end_backup, failed, with_domain};
 use crate::libvirt::define::esc;
 use crate::spec::{DiskName, VmName};
 
@@ -248,7 +248,7 @@ impl LibvirtCut {
         let (checkpoint, since) = (self.checkpoint.clone(), self.since.clone());
         let domain = self.domain.to_string();
         with_domain(&self.uri, self.domain.as_str(), move |dom| {
-            end_job(dom).map_err(|e| failed(&domain, "ending the backup", e))?;
+            end_backup(dom).map_err(|e| failed(&domain, "ending the backup", e))?;
             if keep {
                 // The new checkpoint is what the next cut needs; the old one only costs
                 // space. Someone may have deleted it already: that is no failed commit.

@@ -99,12 +99,31 @@ pub(crate) fn backup_running(dom: &virt::domain::Domain) -> bool {
     }
 }
 
-/// Ends the domain's backup job (a pull backup runs until told to stop).
-pub(crate) fn end_job(dom: &virt::domain::Domain) -> CallResult<()> {
+/// Ends the domain's backup job (a pull backup runs until told to stop) and waits until
+/// libvirt no longer reports it. libvirt tears a backup down after `virDomainAbortJob`
+/// returns: a cut begun at once may still see the old job, and aborting it again says
+/// "no job is active". Both mean the job is ending, not that it failed to end.
+pub(crate) fn end_backup(dom: &virt::domain::Domain) -> CallResult<()> {
+    const GONE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
     // SAFETY: as above.
     let rc = unsafe { virt::sys::virDomainAbortJob(dom.as_ptr()) };
     if rc < 0 {
-        return Err(last_error());
+        let e = virt::error::Error::last_error();
+        let no_job =
+            e.code() == virt::enumutil::Enum::Known(virt::error::ErrorNumber::OperationInvalid);
+        if !no_job {
+            return Err(e.to_string());
+        }
+    }
+    let deadline = std::time::Instant::now() + GONE_WITHIN;
+    while backup_running(dom) {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the backup job still runs {}s after it was ended",
+                GONE_WITHIN.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(())
 }

@@ -230,7 +230,7 @@ impl LibvirtDriver {
             let name = vm.as_str();
             if purpose == Purpose::Cut && call::backup_running(dom) {
                 tracing::warn!(domain = %name, "ending a backup job left by an agent that died");
-                call::end_job(dom).map_err(|e| failed(name, "ending a stale backup", e))?;
+                call::end_backup(dom).map_err(|e| failed(name, "ending a stale backup", e))?;
             }
             let spec = spec_from(dom, &vm)?;
             let names = call::checkpoints(dom).map_err(|e| failed(name, "checkpoints", e))?;
