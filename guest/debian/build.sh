@@ -4,6 +4,12 @@
 # systemd, cloud-init (NoCloud), qemu-guest-agent, systemd-networkd, a service on port 80.
 # See README.md next to this script for what the guest offers and how tests drive it.
 #
+# LIFEBOAT_DEBIAN_NETWORK picks the network stack cloud-init renders to:
+#   networkd (the default)  systemd-networkd
+#   ifupdown                ifupdown (cloud-init's eni renderer), as debian-installer
+#                           sets up Debian 12; its own files in variants/ifupdown/
+# Each is an image of its own, with its own cache key.
+#
 # A self-booting 2 GiB (virtual) qcow2 disk, without loop mounts and without `mount`:
 #   MBR (syslinux mbr.bin) | p1 FAT16 @1 MiB, 63 MiB: SYSLINUX, vmlinuz, initrd.img
 #                          | p2 ext4 @64 MiB, rest: the root filesystem (mke2fs -d)
@@ -31,6 +37,15 @@ packages=(
     iproute2 netbase procps                           # `ip` for tests and /ip; ps, free
     iputils-arping                                    # gratuitous ARP after boot
 )
+network=${LIFEBOAT_DEBIAN_NETWORK:-networkd}
+case "$network" in
+networkd) ;;
+# networking.service runs `ifup -a`; the DHCP client it would use for a fallback
+# config (isc-dhcp-client) is already there, a dependency of cloud-init.
+ifupdown) packages+=(ifupdown) ;;
+*) die "LIFEBOAT_DEBIAN_NETWORK=$network: use networkd (the default) or ifupdown" ;;
+esac
+export LIFEBOAT_DEBIAN_NETWORK=$network   # read by hooks.sh
 
 apt_install() {
     log "installing missing packages: $*"
@@ -62,15 +77,19 @@ else
     mirrors=("${sources[@]:-http://deb.debian.org/debian}")
 fi
 
+# Every file here but the README and the files of the other variants.
 inputs=()
 while IFS= read -r f; do inputs+=("$f"); done < <(
-    cd "$here" && find . -type f ! -name README.md | LC_ALL=C sort)
+    cd "$here" && find . -type f ! -name README.md \
+        \( ! -path './variants/*' -o -path "./variants/$network/*" \) | LC_ALL=C sort)
 # Hash contents (and the relative paths of this directory's files, since a file's place
-# in the image is its path), so every checkout of the same sources shares a cache.
+# in the image is its path), so every checkout of the same sources shares a cache. The
+# default variant adds nothing more, so its key is computed as before variants existed.
 hash=$( {
     (cd "$here" && sha256sum "${inputs[@]}")
     for f in "${sources[@]}"; do sha256sum < "$f"; done
     echo "mirror=${LIFEBOAT_DEBIAN_MIRROR:-}"
+    [ "$network" = networkd ] || echo "network=$network"
 } | sha256sum | cut -c1-16)
 
 cache_root=${LIFEBOAT_DEBIAN_GUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lifeboat/debian-guest}
@@ -105,7 +124,7 @@ command -v qemu-img >/dev/null || missing+=(qemu-utils)
 export MTOOLS_SKIP_CHECK=1
 
 started=$(date +%s)
-log "building Debian guest $hash into $out (sources: ${mirrors[*]})"
+log "building Debian guest $hash ($network) into $out (sources: ${mirrors[*]})"
 tmp=$(mktemp -d "$cache_root/.build-$hash.XXXXXX")
 cleanup() {
     # mmdebstrap's root mode mounts /dev, /proc and /sys inside the chroot while it
@@ -197,7 +216,8 @@ qemu-img convert -c -f raw -O qcow2 "$raw" "$tmp/debian.qcow2"
 mkdir -p "$out_dir"
 chroot "$rootfs" dpkg-query -W -f '${Package} ${Version}\n' > "$out_dir/packages.txt"
 echo "$kver" > "$out_dir/kernel-version"
+echo "$network" > "$out_dir/network"
 mv "$tmp/debian.qcow2" "$out"   # atomic: readers see no file or a whole one
-log "built $out in $(( $(date +%s) - started )) s: $(du -h "$out" | cut -f1) on disk," \
+log "built $out ($network) in $(( $(date +%s) - started )) s: $(du -h "$out" | cut -f1) on disk," \
     "root filesystem $(du -sh --one-file-system "$rootfs" | cut -f1), kernel $kver"
 echo "$out"

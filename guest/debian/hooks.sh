@@ -20,8 +20,13 @@ essential)
     ;;
 customize)
     : "${LIFEBOAT_ROOT_UUID:?set by build.sh}"
+    network=${LIFEBOAT_DEBIAN_NETWORK:?set by build.sh}
     rm -f "$root"/var/cache/apt/archives/*.deb
     copy_tree rootfs
+    # A variant's files go on top of the common ones.
+    if [ -d "$here/variants/$network/rootfs" ]; then
+        copy_tree "variants/$network/rootfs"
+    fi
 
     cat > "$root/etc/fstab" <<EOF
 # The root filesystem; the FAT boot partition (p1) is not mounted.
@@ -40,9 +45,31 @@ EOF
     ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 
     chroot "$root" systemctl enable --quiet \
-        systemd-networkd.service systemd-resolved.service \
+        systemd-resolved.service \
         lifeboat-whoami.service lifeboat-serial-shell.service \
-        lifeboat-cloud-network-prune.service lifeboat-announce.service
+        lifeboat-announce.service
+    case "$network" in
+    networkd)
+        chroot "$root" systemctl enable --quiet \
+            systemd-networkd.service lifeboat-cloud-network-prune.service
+        ;;
+    ifupdown)
+        # networking.service (`ifup -a`, after cloud-init's local stage has rendered
+        # /etc/network/interfaces.d/50-cloud-init) raises the NIC; networkd stays off,
+        # or two managers would configure it. The prune unit is networkd's alone.
+        chroot "$root" systemctl enable --quiet networking.service
+        for unit in systemd-networkd.service systemd-networkd-wait-online.service; do
+            if chroot "$root" systemctl --quiet is-enabled "$unit"; then
+                log "error: $unit is enabled in the ifupdown variant"
+                exit 1
+            fi
+        done
+        if ! grep -qx 'source /etc/network/interfaces.d/\*' "$root/etc/network/interfaces"; then
+            log "error: /etc/network/interfaces does not source /etc/network/interfaces.d/*"
+            exit 1
+        fi
+        ;;
+    esac
     # Fast boot: no gettys (ttyS0 is the boot console, the test shell owns ttyS1), no
     # periodic jobs.
     chroot "$root" systemctl mask --quiet \

@@ -1,11 +1,14 @@
 //! The Debian test guest: a real Debian 12 VM for the tests that need what a customer's
 //! VM has — systemd, cloud-init taking its hostname and network from a NoCloud seed,
-//! qemu-guest-agent, systemd-networkd — e.g. network failover, where a recovered copy
-//! must come up with the address of its new site. (The busybox guest of
+//! qemu-guest-agent, systemd-networkd or ifupdown — e.g. network failover, where a
+//! recovered copy must come up with the address of its new site. (The busybox guest of
 //! [`crate::guest_image`] stays the fast one for everything else.)
 //!
 //! * [`debian_image`] builds the disk with `guest/debian/build.sh` (cached by that
 //!   script, once per process here); [`debian_disk_copy`] gives a test its own copy.
+//!   [`debian_image_with`] and [`debian_disk_copy_with`] do the same for the variant
+//!   [`DebianNetwork`] names: the default renders cloud-init's network config to
+//!   systemd-networkd, [`DebianNetwork::Ifupdown`] to ifupdown.
 //! * [`NoCloudSeed`] writes the cloud-init seed disk (`cidata`): instance-id, hostname
 //!   and a network-config (version 2), e.g. a static address from [`StaticIpv4`].
 //!   cloud-init applies a network config once per instance: booting the same disk with
@@ -45,25 +48,63 @@ fn build_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/debian/build.sh")
 }
 
+/// The network stack of a Debian test guest image: what cloud-init renders a seed's
+/// network config to. Each is an image of its own (`guest/debian/README.md`, Variants).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DebianNetwork {
+    /// systemd-networkd (`/etc/systemd/network/10-cloud-init-NAME.network`).
+    #[default]
+    Networkd,
+    /// ifupdown: cloud-init's eni renderer writes
+    /// `/etc/network/interfaces.d/50-cloud-init`, `networking.service` brings it up.
+    Ifupdown,
+}
+
+impl DebianNetwork {
+    /// Its name for `guest/debian/build.sh` (`LIFEBOAT_DEBIAN_NETWORK`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DebianNetwork::Networkd => "networkd",
+            DebianNetwork::Ifupdown => "ifupdown",
+        }
+    }
+}
+
 /// Builds (or finds cached) the Debian test guest and returns the path of its qcow2
 /// image. Runs `guest/debian/build.sh` at most once per process; the script takes a file
 /// lock, so test processes starting together do not build it twice. A cold build takes
 /// a few minutes and needs root and the machine's apt mirror. Never write to this image:
 /// use [`debian_disk_copy`].
 pub fn debian_image() -> anyhow::Result<PathBuf> {
+    debian_image_with(DebianNetwork::Networkd)
+}
+
+/// [`debian_image`] for the variant with `network` as its network stack.
+pub fn debian_image_with(network: DebianNetwork) -> anyhow::Result<PathBuf> {
     // The error is kept as text so that every caller sees the same failure.
-    static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| run_build_script().map_err(|e| format!("{e:#}")))
+    static NETWORKD: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static IFUPDOWN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let image = match network {
+        DebianNetwork::Networkd => &NETWORKD,
+        DebianNetwork::Ifupdown => &IFUPDOWN,
+    };
+    image
+        .get_or_init(|| run_build_script(network).map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-fn run_build_script() -> anyhow::Result<PathBuf> {
+fn run_build_script(network: DebianNetwork) -> anyhow::Result<PathBuf> {
     let script = build_script();
-    tracing::info!(script = %script.display(), "building or finding the Debian test guest");
+    tracing::info!(
+        script = %script.display(),
+        network = network.name(),
+        "building or finding the Debian test guest"
+    );
+    // Always named, so that a value in the test's environment cannot swap the image.
     let output = Command::new("bash")
         .arg(&script)
+        .env("LIFEBOAT_DEBIAN_NETWORK", network.name())
         .output()
         .with_context(|| format!("run {}", script.display()))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -89,7 +130,16 @@ fn run_build_script() -> anyhow::Result<PathBuf> {
 /// Copies the Debian image to `dir/name` (a standalone qcow2 file, no backing file, so
 /// it can be moved like a customer's disk) and returns its path.
 pub fn debian_disk_copy(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let image = debian_image()?;
+    debian_disk_copy_with(DebianNetwork::Networkd, dir, name)
+}
+
+/// [`debian_disk_copy`] of the variant with `network` as its network stack.
+pub fn debian_disk_copy_with(
+    network: DebianNetwork,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<PathBuf> {
+    let image = debian_image_with(network)?;
     let disk = dir.join(name);
     std::fs::copy(&image, &disk).with_context(|| {
         format!(
