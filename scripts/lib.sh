@@ -59,6 +59,8 @@ need_test_tools() {
     # libvirtd + virsh: the libvirt driver's tests define domains as an administrator would;
     # losetup: a block-device disk for one of them.
     # named + dig: lifeboat-dns's tests update records on a real BIND (testkit's bind module).
+    # systemd-analyze: deploy/systemd's units are checked with `systemd-analyze verify`;
+    # promtool: deploy/prometheus's alert rules and the server's metrics are checked.
     # mmdebstrap: the Debian test guest (guest/debian/build.sh), built on demand by the
     # tests that boot it (lifeboat_testkit::debian_guest::debian_image), not here.
     apt_need nbdinfo libnbd-bin curl curl psql postgresql-client \
@@ -71,7 +73,9 @@ need_test_tools() {
              losetup mount \
              virsh libvirt-clients \
              /usr/bin/chromium chromium \
-             /usr/bin/chromedriver chromium-driver
+             /usr/bin/chromedriver chromium-driver \
+             systemd-analyze systemd \
+             promtool prometheus
     if ! cargo fuzz --version >/dev/null 2>&1; then
         log "installing cargo-fuzz"
         cargo install --locked cargo-fuzz >&2 || die "cargo install cargo-fuzz failed"

@@ -82,12 +82,14 @@ pub fn network_config(nics: &[NicAddressing]) -> Result<String, SeedError> {
 /// instance would otherwise regenerate its SSH host keys and its host name. An image
 /// whose cloud.cfg creates a default user creates it again if it is missing: cloud-init
 /// refuses `users: []` as invalid.)
+// Host keys are kept (`ssh_deletekeys: false`); cloud-init only makes a key of a type the
+// guest lacks. `ssh_genkeytypes: []` would say "make none", but its schema wants at least
+// one type, and cloud-init 22.4 then logs the whole user-data as invalid.
 pub const USER_DATA: &str = "#cloud-config
 # Lifeboat: this is the same machine, recovered at another site; only its network changes.
 preserve_hostname: true
 manage_etc_hosts: false
 ssh_deletekeys: false
-ssh_genkeytypes: []
 ";
 
 /// Writes a seed for `instance_id` with `nics`' addressing at `path` (replaced whole:

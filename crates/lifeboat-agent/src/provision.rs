@@ -127,6 +127,16 @@ impl Recoveries {
         self.place.root.join(vm.as_str())
     }
 
+    /// Gives `path` to the hypervisor's QEMU user (when it runs as one): it binds the
+    /// VM's sockets in the VM's folder and opens its disks and seed.
+    fn hand_to_qemu(&self, path: &Path) -> Result<(), RecoveryError> {
+        if let Some((uid, gid)) = self.place.owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(io(format!("handing {} to QEMU's user", path.display())))?;
+        }
+        Ok(())
+    }
+
     /// Writes a cloud-init seed for a VM of this host that is no recovery (a failback
     /// restoring its home address), where the hypervisor's QEMU may read it; returns its
     /// path. Replaces the one written before.
@@ -141,17 +151,11 @@ impl Recoveries {
         for d in [&self.place.root, &self.place.root.join(".seeds"), &dir] {
             lifeboat_hypervisor::private::private_dir(d)
                 .map_err(io(format!("creating {}", d.display())))?;
-            if let Some((uid, gid)) = self.place.owner {
-                std::os::unix::fs::chown(d, Some(uid), Some(gid))
-                    .map_err(io(format!("handing {} to QEMU's user", d.display())))?;
-            }
+            self.hand_to_qemu(d)?;
         }
         let seed = dir.join("cidata.img");
         crate::guest_seed::write(&seed, instance_id, nics).map_err(seed_error)?;
-        if let Some((uid, gid)) = self.place.owner {
-            std::os::unix::fs::chown(&seed, Some(uid), Some(gid))
-                .map_err(io(format!("handing {} to QEMU's user", seed.display())))?;
-        }
+        self.hand_to_qemu(&seed)?;
         Ok(seed)
     }
 
@@ -272,6 +276,7 @@ impl Recoveries {
                             host_port: 0,
                             guest_port,
                             public: true,
+                            guest_addr: None,
                         }
                     })),
             }
@@ -327,9 +332,33 @@ impl Recoveries {
                 _ => nic.host_forwards.clear(),
             }
             if let Some(w) = wanted {
+                let mut addressing = w.addressing.clone();
+                // On the QEMU driver's isolated network (QEMU's user network, restricted)
+                // replies to a client of an exposed port go to that client's address: a
+                // test address without a gateway could answer only the recovery host's
+                // loopback. The network's own gateway, 10.0.2.2, leads nowhere else.
+                if let lifeboat_types::Addressing::Static(a) = &mut addressing {
+                    let user_net: ipnet::IpNet = "10.0.2.0/24".parse().expect("a subnet");
+                    if matches!(driver, Driver::Qemu(_))
+                        && nic.network == "isolated"
+                        && a.gateway.is_none()
+                        && user_net.contains(&a.address.addr())
+                    {
+                        a.gateway = Some(std::net::Ipv4Addr::new(10, 0, 2, 2).into());
+                    }
+                }
+                // A port forwarded to a guest given a static address on QEMU's user
+                // network must lead to that address, not to the one its DHCP hands out.
+                if let lifeboat_types::Addressing::Static(a) = &w.addressing {
+                    if let std::net::IpAddr::V4(v4) = a.address.addr() {
+                        for f in &mut nic.host_forwards {
+                            f.guest_addr = Some(v4);
+                        }
+                    }
+                }
                 guest_network.push(lifeboat_types::NicAddressing {
                     mac: nic.mac.clone(),
-                    addressing: w.addressing.clone(),
+                    addressing,
                 });
             }
             for f in &mut nic.host_forwards {
@@ -357,11 +386,7 @@ impl Recoveries {
         // It holds the VM's disks and the sockets that serve the point: its owner's only.
         lifeboat_hypervisor::private::private_dir(&dir)
             .map_err(io(format!("creating {}", dir.display())))?;
-        if let Some((uid, gid)) = self.place.owner {
-            // The hypervisor's QEMU user binds the VM's sockets here and opens its disks.
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                .map_err(io(format!("handing {} to QEMU's user", dir.display())))?;
-        }
+        self.hand_to_qemu(&dir)?;
         for d in &mut spec.disks {
             let stored = manifest
                 .disks
@@ -384,10 +409,18 @@ impl Recoveries {
             let seed = dir.join("cidata.img");
             crate::guest_seed::write(&seed, &format!("lifeboat-{id}"), &guest_network)
                 .map_err(seed_error)?;
-            if let Some((uid, gid)) = self.place.owner {
-                std::os::unix::fs::chown(&seed, Some(uid), Some(gid))
-                    .map_err(io(format!("handing {} to QEMU's user", seed.display())))?;
-            }
+            self.hand_to_qemu(&seed)?;
+            spec.seed = Some(seed);
+        } else if let Some(image) = manifest
+            .guest_seed_image()
+            .map_err(|e| RecoveryError::Invalid(format!("point {}: {e}", req.point)))?
+        {
+            // No address changes: the copy boots with the seed the VM booted with at
+            // home, so cloud-init sees the same instance and keeps what it configured.
+            let seed = dir.join("own-seed.img");
+            std::fs::write(&seed, image)
+                .map_err(io(format!("writing the VM's own seed {}", seed.display())))?;
+            self.hand_to_qemu(&seed)?;
             spec.seed = Some(seed);
         }
         // The sockets must answer before QEMU opens its backing files.

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use lifeboat_hypervisor::{Cut, DiskName, Driver, Hypervisor, TrackingStatus, VmName};
+use lifeboat_vault::format::manifest::Manifest;
 use lifeboat_vault::format::{Consistency, KeyFile, Name};
 use lifeboat_vault::{align_to_chunks, DiskLayout, PointOptions, PointRef, PointWriter, Vault};
 
@@ -207,6 +208,9 @@ pub async fn sync_vm(
     } else {
         Consistency::Crash
     };
+    let mut spec = driver.spec(vm).await?;
+    // The VM's own seed travels as bytes; the path means nothing on another host.
+    let guest_seed = carried_seed(spec.seed.take(), &mut note);
     match write_point(
         vault,
         name,
@@ -214,12 +218,8 @@ pub async fn sync_vm(
         &cut,
         &Job {
             kind,
-            vm_config: {
-                let mut spec = driver.spec(vm).await?;
-                // A recovered copy's first-boot seed is this host's, not the VM's.
-                spec.seed = None;
-                spec.to_toml().into_bytes()
-            },
+            vm_config: spec.to_toml().into_bytes(),
+            guest_seed,
             cut_time,
             consistency,
             max_rate,
@@ -273,11 +273,51 @@ pub async fn sync_vm(
     }
 }
 
+/// The VM's own cloud-init seed image at `path`, packed to travel in its point: a copy
+/// recovered without it would boot as a new cloud-init instance and lose what the seed
+/// configures (a static address falls back to DHCP). A seed that cannot be read or is too
+/// large to carry does not fail the sync: the point goes without it and `note` says so.
+fn carried_seed(path: Option<std::path::PathBuf>, note: &mut Option<String>) -> Option<Vec<u8>> {
+    let path = path?;
+    let mut add = |why: String| {
+        let line = format!(
+            "the VM's cloud-init seed {} is not carried: {why}",
+            path.display()
+        );
+        *note = Some(match note.take() {
+            Some(n) => format!("{n}; {line}"),
+            None => line,
+        });
+    };
+    let limit = lifeboat_vault::format::manifest::MAX_GUEST_SEED as u64;
+    let packed = std::fs::File::open(&path)
+        .and_then(|f| {
+            use std::io::Read;
+            let mut image = Vec::new();
+            f.take(limit + 1).read_to_end(&mut image)?;
+            Ok(image)
+        })
+        .map_err(|e| format!("{e}; a copy recovered from this point boots without it"))
+        .and_then(|image| {
+            Manifest::pack_guest_seed(&image)
+                .map_err(|e| format!("{e}; a copy recovered from this point boots without it"))
+        });
+    match packed {
+        Ok(p) => Some(p),
+        Err(why) => {
+            add(why);
+            None
+        }
+    }
+}
+
 /// What one sync is: its kind, when its cut was taken, its bandwidth cap, its progress.
 struct Job<'a> {
     kind: SyncKind,
     /// The VM's spec (TOML), kept in the point so the recovery host can rebuild the VM.
     vm_config: Vec<u8>,
+    /// The VM's own cloud-init seed, packed for the point (`carried_seed`).
+    guest_seed: Option<Vec<u8>>,
     cut_time: chrono::DateTime<Utc>,
     consistency: Consistency,
     max_rate: Option<u64>,
@@ -314,6 +354,7 @@ async fn write_point<C: Cut>(
             parent: parent.clone(),
             consistency: job.consistency,
             vm_config: Some(job.vm_config.clone()),
+            guest_seed: job.guest_seed.clone(),
             disks: disks
                 .iter()
                 .map(|(_, n, size)| DiskLayout {
@@ -597,7 +638,43 @@ async fn backend(url: &str) -> Result<lifeboat_vault::backend::Backend, SyncErro
 
 #[cfg(test)]
 mod tests {
-    use super::{split, usable_parent};
+    use super::{carried_seed, split, usable_parent};
+
+    #[test]
+    fn a_vms_own_seed_is_carried_and_one_that_cannot_be_is_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("seed.img");
+        let mut image = vec![0u8; 1 << 20];
+        image[4096..4110].copy_from_slice(b"instance-id: w");
+        std::fs::write(&seed, &image).unwrap();
+        let mut note = None;
+        let packed = carried_seed(Some(seed.clone()), &mut note).unwrap();
+        assert_eq!(note, None);
+        assert_eq!(zstd::bulk::decompress(&packed, 2 << 20).unwrap(), image);
+        assert_eq!(carried_seed(None, &mut note), None);
+        assert_eq!(note, None, "a VM without a seed has nothing to say");
+
+        // Gone, or too large: the sync goes on without it and its note says why.
+        let mut note = Some("no qemu-guest-agent answered".to_string());
+        assert_eq!(
+            carried_seed(Some(dir.path().join("gone.img")), &mut note),
+            None
+        );
+        let note = note.unwrap();
+        assert!(
+            note.starts_with("no qemu-guest-agent answered; the VM's cloud-init seed")
+                && note.contains("gone.img is not carried"),
+            "{note}"
+        );
+        let big = dir.path().join("big.img");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len((16 << 20) + 1)
+            .unwrap();
+        let mut note = None;
+        assert_eq!(carried_seed(Some(big), &mut note), None);
+        assert!(note.unwrap().contains("boots without it"));
+    }
     use bytes::Bytes;
     use lifeboat_vault::backend::{Backend, VaultUrl};
     use lifeboat_vault::format::{self, KdfParams, Name, PointId};

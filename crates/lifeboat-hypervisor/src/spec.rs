@@ -149,6 +149,23 @@ pub struct HostForward {
     /// tester (`failover --test --expose`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public: bool,
+    /// The guest's address the port leads to; none: the address QEMU's DHCP gives the
+    /// guest (10.0.2.15). A copy given a static address on a user network needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_addr: Option<std::net::Ipv4Addr>,
+}
+
+impl HostForward {
+    /// QEMU's `hostfwd=` for it.
+    pub fn hostfwd(&self) -> String {
+        // An empty host address binds every address of the host.
+        let bind = if self.public { "" } else { "127.0.0.1" };
+        let to = self.guest_addr.map(|a| a.to_string()).unwrap_or_default();
+        format!(
+            "hostfwd=tcp:{bind}:{}-{to}:{}",
+            self.host_port, self.guest_port
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

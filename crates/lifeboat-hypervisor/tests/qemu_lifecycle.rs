@@ -68,6 +68,34 @@ async fn a_guest_that_ignores_the_power_button_is_stopped_by_force() -> Result<(
     Ok(())
 }
 
+/// A QEMU held for a final cut (`-S`: its CPUs never ran) cannot answer the power
+/// button: it is told to quit at once, not after the whole timeout (every planned move
+/// used to wait and log "guest did not power off" about it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_vm_is_told_to_quit_without_waiting_for_the_power_button() -> Result<()> {
+    let lab = Lab::boot("life-held").await?;
+    let outcome = lab
+        .driver
+        .shutdown(&lab.vm, Duration::from_secs(60))
+        .await?;
+    assert_eq!(outcome, ShutdownOutcome::GuestPoweredOff);
+    lab.driver.start_held(&lab.vm).await?;
+    assert!(lab.driver.state(&lab.vm).await?.held());
+    let t = std::time::Instant::now();
+    let outcome = lab
+        .driver
+        .shutdown(&lab.vm, Duration::from_secs(60))
+        .await?;
+    assert_eq!(outcome, ShutdownOutcome::Forced);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "a held QEMU took {:?} to go",
+        t.elapsed()
+    );
+    assert_eq!(lab.driver.state(&lab.vm).await?, VmState::Stopped);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_driver_reattaches_to_running_vms() -> Result<()> {
     let lab = Lab::boot("life-attach").await?;

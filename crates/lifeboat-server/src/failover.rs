@@ -319,7 +319,17 @@ pub(crate) fn apply_status(rec: &mut Recovery, st: &lifeboat_agent::recovery::Re
         rec.hydrated_bytes = done as i64;
         rec.hydration_total = total as i64;
     }
-    rec.forwards = serde_json::to_string(&st.record.forwards).unwrap_or_else(|_| "[]".into());
+    rec.forwards = st
+        .record
+        .forwards
+        .iter()
+        .map(|f| lifeboat_types::PortForward {
+            host_port: f.host_port,
+            guest_port: f.guest_port,
+            public: f.public,
+            guest_addr: f.guest_addr,
+        })
+        .collect();
     rec.error = st.error.clone().unwrap_or_default();
 }
 

@@ -394,7 +394,7 @@ async fn recovery_moves_and_observations_never_overwrite_each_other(url: &str) {
         point_time: "2026-11-26T00:00:00Z".into(),
         state: RecoveryState::Starting,
         vm_state: "stopped".into(),
-        forwards: "[]".into(),
+        forwards: Vec::new(),
         ..Default::default()
     };
     db.add_recovery(&rec).await.unwrap();

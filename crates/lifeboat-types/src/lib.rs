@@ -16,7 +16,7 @@ pub use network::{
 };
 pub use operation::{OperationKind, OperationStatus};
 pub use protection::{Event, ProtectionState, Refusal};
-pub use recovery::{RecoveryKind, RecoveryState};
+pub use recovery::{PortForward, RecoveryKind, RecoveryState};
 
 /// Text that is not one of an enum's names, with the names it could have been.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,6 +2,21 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A port of the recovery host that leads to a recovered VM (a NIC on a user network):
+/// where a tester or a client reaches the guest's `guest_port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PortForward {
+    pub host_port: u16,
+    pub guest_port: u16,
+    /// Bound on every address of the recovery host (`--expose`), not only its loopback.
+    #[serde(default)]
+    pub public: bool,
+    /// The guest's address it leads to, when the copy has a static one there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "10.0.2.60")]
+    pub guest_addr: Option<std::net::Ipv4Addr>,
+}
+
 /// Why a VM was brought up on a recovery host.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,

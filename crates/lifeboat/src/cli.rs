@@ -30,11 +30,23 @@ pub struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// More log output (repeat for more); or set RUST_LOG.
+    /// More log output (repeat for more); or set RUST_LOG. Daemons (agent, server, up)
+    /// log at info by default, other commands at warn.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as text (for a terminal or journald) or as one JSON object each (for a
+    /// log collector).
+    #[arg(long, global = true, env = "LIFEBOAT_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

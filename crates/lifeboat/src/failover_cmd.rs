@@ -140,12 +140,13 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
                 "; the source is fenced"
             }
         );
-        let forwards: Vec<Value> = serde_json::from_str(&r.forwards).unwrap_or_default();
-        for f in forwards {
-            println!(
-                "Guest port {} answers at 127.0.0.1:{} on {}.",
-                f["guest_port"], f["host_port"], v.host
-            );
+        for f in &r.forwards {
+            let at = if f.public {
+                format!("port {} of every address of {}", f.host_port, v.host)
+            } else {
+                format!("127.0.0.1:{} on {}", f.host_port, v.host)
+            };
+            println!("Guest port {} answers at {at}.", f.guest_port);
         }
         println!(
             "It reads what is not local yet from the vault while it hydrates (`lifeboat vms list`)."

@@ -6,6 +6,7 @@ mod cbt_cmd;
 mod cli;
 mod demo;
 mod events;
+mod exit;
 mod failover_cmd;
 mod hosts_cmd;
 mod image_source;
@@ -40,7 +41,13 @@ fn tame_malloc() {
 fn main() -> std::process::ExitCode {
     tame_malloc();
     let cli = cli::Cli::parse();
-    init_logging(cli.verbose);
+    // Daemons stop cleanly on Ctrl-C and SIGTERM themselves (exit 0); any other command
+    // stopped by one says so and exits 130.
+    let daemon = matches!(
+        cli.command,
+        cli::Command::Agent(_) | cli::Command::Server(_) | cli::Command::Up(_)
+    );
+    init_logging(cli.verbose, cli.log_format, daemon);
     // Listeners size their connection limits from this (serve::admission).
     lifeboat_agent::serve::admission::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -48,34 +55,53 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let json = cli.json;
+    let result = runtime.block_on(async move {
+        if daemon {
+            return run(cli).await;
+        }
+        tokio::select! {
+            r = run(cli) => r,
+            _ = agent_cmd::shutdown_signal() => Err(exit::Interrupted.into()),
+        }
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            // Scripts can tell "the vault is damaged" (3) from "the command failed" (1).
-            if e.downcast_ref::<vault_cmd::Damaged>().is_some() {
-                return std::process::ExitCode::from(maintenance_cmd::EXIT_DAMAGED);
+            let code = exit::code_of(&e);
+            if json {
+                // A script that asked for JSON gets its error as JSON too.
+                let err = serde_json::json!({"error": format!("{e:#}"), "exit_code": code});
+                eprintln!("{err}");
+            } else {
+                eprintln!("error: {e:#}");
             }
-            if e.downcast_ref::<protect_cmd::TimedOut>().is_some() {
-                return std::process::ExitCode::from(protect_cmd::EXIT_TIMED_OUT);
-            }
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(code)
         }
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: cli::LogFormat, daemon: bool) {
+    // A daemon's log is its record of what it did (enrolled, synced, moved): Lifeboat's
+    // own info lines; the libraries' only from warn.
     let default = match verbose {
+        0 if daemon => {
+            "warn,lifeboat=info,lifeboat_server=info,lifeboat_agent=info,\
+             lifeboat_hypervisor=info,lifeboat_vault=info,lifeboat_nbd=info,lifeboat_dns=info"
+        }
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => builder.init(),
+        cli::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 fn driver(cli: &cli::Cli) -> anyhow::Result<QemuDriver> {

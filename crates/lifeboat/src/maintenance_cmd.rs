@@ -12,9 +12,6 @@ use lifeboat_vault::Vault;
 
 use crate::output::{bytes as human, table, Output};
 
-/// Exit code of `verify` when it found damage: scripts tell "damaged" from "could not run".
-pub const EXIT_DAMAGED: u8 = 3;
-
 pub async fn run_verify(
     vault: &Vault,
     out: Output,
@@ -67,7 +64,7 @@ pub async fn run_verify(
         if report.points.iter().all(|p| p.status == PointStatus::Ok) {
             0
         } else {
-            EXIT_DAMAGED
+            crate::exit::DAMAGED
         },
     )
 }

@@ -16,9 +16,7 @@ use crate::cli::{ProtectArgs, ServerConn, UnprotectArgs};
 use crate::output::{bytes, table, Output};
 use crate::server_client::ServerClient;
 
-/// Exit code of `protect --wait` when --timeout passed before the first point.
-pub const EXIT_TIMED_OUT: u8 = 4;
-
+/// `protect --wait` gave up at its --timeout before the first point (exit::TIMED_OUT).
 #[derive(Debug)]
 pub struct TimedOut(pub String);
 

@@ -232,27 +232,21 @@ impl ServerClient {
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+            .map_err(|e| unreachable(&self.base, e))?;
         let status = resp.status();
         if !status.is_success() {
             let body = read_bounded(resp, 64 << 10).await.unwrap_or_default();
-            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            bail!(
-                "the server refused ({}): {}",
-                status.as_u16(),
-                body["error"].as_str().unwrap_or("no reason given")
-            );
+            return Err(refused(status, &body));
         }
         Ok(crate::events::Events::new(resp))
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
-        let resp = req.bearer_auth(&self.token).send().await.with_context(|| {
-            format!(
-                "cannot reach the server at {} (is `lifeboat server` running?)",
-                self.base
-            )
-        })?;
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.base, e))?;
         let status = resp.status();
         let body = read_bounded(resp, MAX_ANSWER_BYTES).await.map_err(|e| match e {
             ReadError::TooLarge => anyhow::anyhow!(
@@ -262,13 +256,7 @@ impl ServerClient {
             ReadError::Http(e) => anyhow::Error::new(e).context("reading the server's answer"),
         })?;
         if !status.is_success() {
-            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            // The server's message, as is.
-            bail!(
-                "the server refused ({}): {}",
-                status.as_u16(),
-                body["error"].as_str().unwrap_or("no reason given")
-            );
+            return Err(refused(status, &body));
         }
         if status == reqwest::StatusCode::NO_CONTENT {
             // Nothing to read: `()` (or a null) is the answer.
@@ -276,6 +264,30 @@ impl ServerClient {
         }
         serde_json::from_slice(&body).context("reading the server's answer")
     }
+}
+
+/// A request that reached no server: a connection refused or timed out is
+/// `exit::Unreachable` (a script may retry); anything else (TLS, a fingerprint that does
+/// not match) keeps its own message.
+fn unreachable(base: &str, e: reqwest::Error) -> anyhow::Error {
+    if e.is_connect() || e.is_timeout() {
+        anyhow::Error::new(e).context(crate::exit::Unreachable(base.to_string()))
+    } else {
+        anyhow::Error::new(e).context(format!("talking to the server at {base}"))
+    }
+}
+
+/// The server's refusal, its message as is; a refused token is `exit::BadCredentials`.
+fn refused(status: reqwest::StatusCode, body: &[u8]) -> anyhow::Error {
+    let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let reason = body["error"]
+        .as_str()
+        .unwrap_or("no reason given")
+        .to_string();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return crate::exit::BadCredentials(reason).into();
+    }
+    anyhow::anyhow!("the server refused ({}): {reason}", status.as_u16())
 }
 
 /// The API token: LIFEBOAT_TOKEN, else the config file's `token`, else --token-file (or

@@ -163,10 +163,18 @@ pub async fn run(home: &Path, args: ServerArgs) -> Result<()> {
         );
     }
     println!("Ready");
-    tokio::select! {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        api = %format!("{scheme}://{}", server.addr),
+        fingerprint = %server.fingerprint,
+        "server ready"
+    );
+    let r = tokio::select! {
         r = server.serve => r,
         _ = crate::agent_cmd::shutdown_signal() => Ok(()),
-    }
+    };
+    tracing::info!("server stopped");
+    r
 }
 
 /// Creates `dir` if needed and makes it readable by its owner only.

@@ -145,7 +145,7 @@ async fn test_failover_runs_beside_production_and_cleanup_leaves_nothing() {
     assert_eq!(r["host"], "beta");
     assert_eq!(r["kind"], "test");
     assert_eq!(r["point"], point_id.as_str());
-    let forwards: Vec<Value> = serde_json::from_str(r["forwards"].as_str().unwrap()).unwrap();
+    let forwards: Vec<Value> = r["forwards"].as_array().unwrap().clone();
     let test_port = forwards[0]["host_port"].as_u64().unwrap() as u16;
     assert_ne!(test_port, http, "the copy must not take production's port");
     // The exposed port: guest 80 on a port of its own, bound on every address.

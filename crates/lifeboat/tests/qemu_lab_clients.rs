@@ -12,9 +12,11 @@
 //!   stalled): an unplanned failover, the client follows the name to site B; when site
 //!   A returns its copy is fenced and the name still points at site B.
 //!
-//! A move on a subnet stretched between the sites is not played (docs/networking.md,
-//! Limits: this guest's cloud-init falls back to DHCP when recovered without the seed it
-//! was installed with).
+//!
+//! In a second lab whose site A LAN is stretched to site B (one L2 segment), a planned
+//! failover with no network settings: the same address answers from site B, the record
+//! is untouched, and QEMU announced the moved NIC on B's segment. The guest keeps its
+//! static address because its own cloud-init seed travels in its points.
 
 mod common;
 
@@ -29,10 +31,12 @@ use common::site::{enroll_via, site_agent};
 use common::start_server;
 use lifeboat_testkit::bind::{Bind9, Bind9Zone};
 use lifeboat_testkit::boot_timeout;
-use lifeboat_testkit::debian_guest::StaticIpv4;
+use lifeboat_testkit::debian_guest::{ArpWatch, StaticIpv4};
 use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site, BRIDGE};
 
 const MAC: &str = "52:54:00:60:01:0a";
+/// web's address in a test copy, on the recovery host's isolated network.
+const TEST_ADDR: &str = "10.0.2.60";
 
 /// What the client saw at one moment: the address that answered, or nothing.
 #[derive(Clone, Debug)]
@@ -217,10 +221,10 @@ struct LabWeb {
     lab: Lab,
 }
 
-/// The lab, BIND in the cloud site
+/// The lab (site A's LAN stretched to site B when `stretched`), BIND in the cloud site
 /// with `web.lab.test` at site A's address, the server here, agents in sites A and B,
 /// and web — the Debian guest — running at site A, answering the client by name.
-async fn lab_with_web() -> LabWeb {
+async fn lab_with_web(stretched: bool) -> LabWeb {
     // The WAN's delay on the server's paths (to the agents, to the DNS server), as relays
     // add it (tc netem does not work here): scripts/bench-client-rto sets 10 ms each way.
     let one_way = Duration::from_millis(
@@ -230,6 +234,9 @@ async fn lab_with_web() -> LabWeb {
             .unwrap_or(0),
     );
     let lab = Lab::start(LabOptions::default()).unwrap();
+    if stretched {
+        lab.stretch().unwrap();
+    }
     let home_addr = Site::A.addr(10);
     let dns = Bind9::start_in(
         lab.netns(Site::Cloud).clone(),
@@ -269,6 +276,9 @@ async fn lab_with_web() -> LabWeb {
         dns.key_file_text(),
     )
     .unwrap();
+    // The key's name with a secret BIND does not know.
+    let forged = dns.key_file_text().replace("secret \"", "secret \"AAAA");
+    std::fs::write(keys.join("forged.key"), forged).unwrap();
     let (alpha, to_alpha) = site_agent(
         &lab,
         (Site::A, None),
@@ -361,37 +371,165 @@ async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback
         dns,
         one_way,
         lab,
-    } = lab_with_web().await;
+    } = lab_with_web(false).await;
     let (home_addr, away_addr) = (Site::A.addr(10), Site::B.addr(10));
     let (ok, out, err) = cl.protect_web(&["--wait", "--timeout", "10m"]);
     assert!(ok, "{out}{err}");
-    let (ok, out, err) = cl.cli(&[
-        "network",
-        "web",
-        "--failover",
-        &format!(
-            "{MAC}={away_addr}/24,gw={},dns={}",
-            Site::B.host_addr(),
-            Site::Cloud.host_addr()
-        ),
-        "--failback",
-        &format!(
-            "{MAC}={home_addr}/24,gw={},dns={}",
-            Site::A.host_addr(),
-            Site::Cloud.host_addr()
-        ),
-        "--dns-name",
-        "web.lab.test",
-        "--dns-zone",
-        "lab.test",
-        "--dns-server",
-        &to_dns.addr().to_string(),
-        "--dns-key",
-        Bind9::KEY_NAME,
-        "--dns-ttl",
-        "5",
-    ]);
+    let dns_server = to_dns.addr().to_string();
+    let failover = format!(
+        "{MAC}={away_addr}/24,gw={},dns={}",
+        Site::B.host_addr(),
+        Site::Cloud.host_addr()
+    );
+    let failback = format!(
+        "{MAC}={home_addr}/24,gw={},dns={}",
+        Site::A.host_addr(),
+        Site::Cloud.host_addr()
+    );
+    let settings = |failover: &str, key: &str| -> (bool, String, String) {
+        cl.cli(&[
+            "network",
+            "web",
+            "--failover",
+            failover,
+            "--test",
+            &format!("{MAC}={TEST_ADDR}/24"),
+            "--failback",
+            &failback,
+            "--dns-name",
+            "web.lab.test",
+            "--dns-zone",
+            "lab.test",
+            "--dns-server",
+            &dns_server,
+            "--dns-key",
+            key,
+            "--dns-ttl",
+            "5",
+        ])
+    };
+
+    // Bad settings, each refused with its reason, nothing stored: an address outside
+    // the subnets site B's bridge carries, and a TSIG key BIND rejects.
+    let outside = format!("{MAC}=10.99.0.5/24,gw=10.99.0.1");
+    for (bad, key, says) in [
+        (outside.as_str(), Bind9::KEY_NAME, "outside the subnet(s)"),
+        (failover.as_str(), "forged", "rejected TSIG key"),
+    ] {
+        let (ok, _, err) = settings(bad, key);
+        assert!(!ok && err.contains(says), "{bad} {key}: {err}");
+        let stored = &cl.protection()["network_settings"];
+        assert!(
+            stored["dns"].is_null() && stored["nics"].as_array().is_none_or(|n| n.is_empty()),
+            "{stored:#}"
+        );
+    }
+    let (ok, out, err) = settings(&failover, Bind9::KEY_NAME);
     assert!(ok, "{out}{err}");
+
+    // A move the recovery site cannot take is refused before the source is touched: a
+    // bridge site B lacks, and the DNS server out of the server's reach.
+    let t_refused = Instant::now();
+    let (ok, _, err) = cl.cli(&[
+        "failover",
+        "web",
+        "--planned",
+        "--network-map",
+        &format!("bridge:{BRIDGE}=bridge:lbtnosuch0"),
+    ]);
+    assert!(
+        !ok && err.contains("no network bridge:lbtnosuch0") && err.contains("was not touched"),
+        "{err}"
+    );
+    to_dns.set_stalled(true);
+    let (ok, _, err) = cl.cli(&["failover", "web", "--planned", "--shutdown-timeout", "2m"]);
+    to_dns.set_stalled(false);
+    assert!(
+        !ok && err.contains("did not answer") && err.contains("was not touched"),
+        "{err}"
+    );
+    assert!(common::moves::guest_runs(&cl.home("alpha"), "web"));
+    assert!(!common::moves::guest_runs(&cl.home("beta"), "web"));
+    assert_eq!(cl.protection()["state"], "protected");
+
+    // A test copy: production's record and the client are untouched; the copy has its
+    // test address on site B's isolated network, reached only through the port exposed
+    // on the recovery host.
+    let copy = cl.json(&["failover", "web", "--test", "--expose", "80"]);
+    let forwards: Vec<serde_json::Value> = copy["forwards"].as_array().unwrap().clone();
+    let exposed = forwards
+        .iter()
+        .find(|f| f["public"] == true)
+        .and_then(|f| f["host_port"].as_u64())
+        .unwrap_or_else(|| panic!("no exposed port: {copy}"));
+    let url = format!("http://{}:{exposed}/ip", Site::B.host_addr());
+    let deadline = Instant::now() + boot_timeout() * 3;
+    let addresses = loop {
+        let out = lab
+            .command(Site::Client, "curl")
+            .args(["-s", "--max-time", "2", &url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() && !text.is_empty() {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the test copy did not answer at {url}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        addresses.contains(&format!(" {TEST_ADDR}/24"))
+            && !addresses.contains(&home_addr.to_string()),
+        "the test copy's addresses: {addresses}"
+    );
+    let console =
+        std::fs::read_to_string(cl.home("beta").join("vms/web-test/console.log")).unwrap();
+    assert!(
+        !console.contains("Invalid cloud-config"),
+        "the guest found Lifeboat's user-data invalid: {console}"
+    );
+    let direct = lab
+        .command(Site::Client, "curl")
+        .args(["-s", "--max-time", "3", &format!("http://{TEST_ADDR}/ip")])
+        .output()
+        .unwrap();
+    assert!(
+        !direct.status.success(),
+        "the copy's test address is reachable from the client"
+    );
+    assert_eq!(
+        dns.dig("web.lab.test", "A").unwrap(),
+        [home_addr.to_string()]
+    );
+    // Every answer came from production, with no gap a client would call an outage (a
+    // request may time out now and then: two guests share two cores under TCG).
+    let seen = client.samples_since(t_refused);
+    let production = home_addr.to_string();
+    assert!(
+        seen.iter()
+            .all(|s| s.answered_by.is_none() || s.answered_by.as_deref() == Some(&production)),
+        "the client was answered by another address: {seen:?}"
+    );
+    let answered: Vec<Instant> = seen
+        .iter()
+        .filter(|s| s.answered_by.is_some())
+        .map(|s| s.at)
+        .chain([Instant::now()])
+        .collect();
+    let longest_gap = answered
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(Duration::MAX);
+    assert!(
+        answered.len() > 1 && longest_gap < Duration::from_secs(5),
+        "the client went unanswered for {longest_gap:?} while the test copy ran"
+    );
+    let (ok, _, err) = cl.cli(&["failover", "cleanup", "web"]);
+    assert!(ok, "{err}");
 
     // Planned failover: the client follows the name to site B.
     let mut rows = Vec::new();
@@ -482,5 +620,96 @@ async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback
     let t3 = Instant::now();
     client.wait_answered_by(&away_addr.to_string(), t3, Duration::from_secs(30));
     print_table(&rows, one_way);
+    drop((client, _vm, cl, to_alpha, _to_beta, to_dns, dns, lab));
+}
+/// The client's outage in a move that keeps the address: from its last answer before
+/// its first failure after `t0` to its first answer after that failure; zero if it never
+/// failed, `None` while it has not been answered again.
+fn outage_in_place(client: &Client, t0: Instant) -> Option<Duration> {
+    let samples = client.samples_since(t0);
+    let Some(failed) = samples.iter().position(|s| s.answered_by.is_none()) else {
+        return Some(Duration::ZERO);
+    };
+    let last_ok = samples[..failed]
+        .iter()
+        .rev()
+        .find(|s| s.answered_by.is_some())
+        .map_or(t0, |s| s.at);
+    let back = samples[failed..].iter().find(|s| s.answered_by.is_some())?;
+    Some(back.at - last_ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_stretched_subnet_the_same_address_answers_from_site_b() {
+    let LabWeb {
+        client,
+        _vm,
+        cl,
+        to_alpha,
+        _to_beta,
+        to_dns,
+        dns,
+        one_way: _,
+        lab,
+    } = lab_with_web(true).await;
+    let home_addr = Site::A.addr(10);
+    let (ok, out, err) = cl.protect_web(&["--wait", "--timeout", "10m"]);
+    assert!(ok, "{out}{err}");
+
+    // A planned failover with no network settings: web keeps its address at site B.
+    let watch = ArpWatch::start(lab.netns(Site::B), BRIDGE).unwrap();
+    let t0 = Instant::now();
+    let (ok, _, err) = cl.cli(&["failover", "web", "--planned", "--shutdown-timeout", "2m"]);
+    assert!(ok, "{err}");
+    let command = t0.elapsed();
+    let beta_vm = cl.home("beta").join("vms/web");
+    assert!(
+        common::moves::guest_runs(&cl.home("beta"), "web"),
+        "web does not run at site B: {}",
+        ["spec.toml", "qemu.log", "console.log"]
+            .map(|f| format!(
+                "--- {f}:\n{}",
+                std::fs::read_to_string(beta_vm.join(f)).unwrap_or_default()
+            ))
+            .join("\n")
+    );
+    assert!(!common::moves::guest_runs(&cl.home("alpha"), "web"));
+    // The client, by name, is answered by the same address, now served from site B.
+    let deadline = Instant::now() + boot_timeout() * 3;
+    let back = loop {
+        let samples = client.samples_since(t0);
+        if let Some(outage) = outage_in_place(&client, t0).filter(|o| !o.is_zero()) {
+            if samples.last().and_then(|s| s.answered_by.as_deref()) == Some(&home_addr.to_string())
+            {
+                break outage;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web did not answer again from site B: {:?}",
+            samples.last()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    // No DNS change, and QEMU announced the moved NIC on site B's segment at once.
+    assert_eq!(
+        dns.dig("web.lab.test", "A").unwrap(),
+        [home_addr.to_string()]
+    );
+    let announced: Vec<_> = watch
+        .packets()
+        .into_iter()
+        .filter(|p| p.is_rarp() && p.sender_mac == MAC)
+        .collect();
+    assert!(
+        !announced.is_empty(),
+        "no RARP from {MAC} on site B: {:?}",
+        watch.packets()
+    );
+    println!(
+        "planned failover on a stretched subnet: command {:.1} s, client outage {:.1} s, same address, no DNS change",
+        command.as_secs_f64(),
+        back.as_secs_f64()
+    );
     drop((client, _vm, cl, to_alpha, _to_beta, to_dns, dns, lab));
 }

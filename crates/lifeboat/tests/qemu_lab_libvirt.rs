@@ -8,7 +8,8 @@
 //!   stops it (every acknowledged write at B), and site A cut off (unplanned, then
 //!   fenced when it returns);
 //! - a libvirtd of each site's own, in its namespace, the domain on site A's bridge: a
-//!   planned failover defines it at B under the same name, UUID and MAC on B's bridge,
+//!   planned failover defines it at B under the same name, UUID and MAC on B's bridge
+//!   (its NIC announced there: RARP from its MAC),
 //!   then commit, failback home and reprotect without a full copy.
 
 mod common;
@@ -23,6 +24,7 @@ use common::libvirt::{
 };
 use common::site::{enroll_via, site_agent};
 use common::start_server;
+use lifeboat_testkit::debian_guest::ArpWatch;
 use lifeboat_testkit::lab::{Lab, LabOptions, Netns, Relay, Site, BRIDGE};
 use lifeboat_testkit::libvirtd::SiteDaemon;
 use lifeboat_testkit::S3Server;
@@ -263,6 +265,15 @@ async fn a_domain_fails_over_to_a_libvirt_site_and_comes_home_across_the_wan() {
     // on B's bridge (mapped br0=br0, a bare bridge name); A's is fenced.
     let beta = Beta::Libvirt(b);
     let map = format!("{BRIDGE}={BRIDGE}");
+    let a_xml = a.virsh(&["dumpxml", &name]).unwrap();
+    let mac = a_xml
+        .split("<mac address='")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("no MAC in {a_xml}"))
+        .to_string();
+    // Everything B's segment carries from now on: the moved NIC is announced there.
+    let watch = ArpWatch::start(lab.netns(Site::B), BRIDGE).unwrap();
     let moved = planned_failover_with_writes(
         &cl,
         source.console,
@@ -287,6 +298,14 @@ async fn a_domain_fails_over_to_a_libvirt_site_and_comes_home_across_the_wan() {
     assert!(
         nics.contains("vnet"),
         "the domain's NIC is on B's bridge: {nics}"
+    );
+    assert!(
+        watch
+            .packets()
+            .iter()
+            .any(|p| p.is_rarp() && p.sender_mac.eq_ignore_ascii_case(&mac)),
+        "no RARP from {mac} on B's bridge: {:?}",
+        watch.packets()
     );
     eprintln!(
         "planned failover libvirt to libvirt across the WAN: {} acknowledged writes all at B; \

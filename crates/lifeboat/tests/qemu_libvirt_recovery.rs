@@ -168,7 +168,7 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
     let copy = tokio::task::block_in_place(|| {
         cl.json(&["failover", &qualified, "--test", "--expose", "80"])
     });
-    let forwards: Vec<Value> = serde_json::from_str(copy["forwards"].as_str().unwrap()).unwrap();
+    let forwards: Vec<Value> = copy["forwards"].as_array().unwrap().clone();
     let exposed = forwards
         .iter()
         .find(|f| f["guest_port"] == 80)
@@ -374,7 +374,8 @@ async fn a_test_copy_of_a_qemu_driver_vm_runs_on_a_libvirt_host() {
         tokio::task::block_in_place(|| cl.json(&["failover", &format!("alpha/{vm}"), "--test"]));
     assert_eq!(copy["host"], "beta", "{copy}");
     assert_eq!(
-        copy["forwards"], "[]",
+        copy["forwards"],
+        serde_json::json!([]),
         "a libvirt host makes no port forward: {copy}"
     );
     let copy_dir = std::path::Path::new("/var/lib/libvirt/lifeboat/recovered").join(&copy_name);

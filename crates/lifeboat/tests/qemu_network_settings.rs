@@ -8,7 +8,8 @@
 //! - a planned failover onto a network the recovery host lacks is refused before
 //!   anything changes: the VM never stopped, nothing runs at the recovery site;
 //! - a test copy whose NIC has a test address gets a cloud-init seed (`CIDATA`) naming
-//!   the copy's own MAC and that address; production is not touched.
+//!   the copy's own MAC and that address, and its exposed port leads to that address;
+//!   production is not touched.
 
 mod common;
 
@@ -150,12 +151,15 @@ async fn network_settings_are_checked_before_they_are_stored_and_before_a_move()
     assert_eq!(cl.protection()["state"], "protected");
 
     // A test copy with a test address: its seed names the copy's MAC and that address.
-    let (ok, _, err) = cl.cli(&["failover", "web", "--test"]);
+    let (ok, _, err) = cl.cli(&["failover", "web", "--test", "--expose", "80"]);
     assert!(ok, "{err}");
     let seeds = find(&cl.home("beta"), "cidata.img");
     assert_eq!(seeds.len(), 1, "{seeds:?}");
     let config = fat_file(&seeds[0], "network-config");
     assert!(config.contains("- \"10.0.2.60/24\""), "{config}");
+    // No gateway was given: the isolated network's own, so that replies to a client of
+    // an exposed port find their way back.
+    assert!(config.contains("gateway4: \"10.0.2.2\""), "{config}");
     assert!(
         !config.contains(MAC),
         "a test copy has its own MAC: {config}"
@@ -172,6 +176,8 @@ async fn network_settings_are_checked_before_they_are_stored_and_before_a_move()
         .collect();
     assert_eq!(cmdlines.len(), 1, "{cmdlines:?}");
     assert!(cmdlines[0].contains("read-only=on"), "{}", cmdlines[0]);
+    // Its forwarded ports lead to its test address, not to the one QEMU's DHCP offers.
+    assert!(cmdlines[0].contains("-10.0.2.60:80"), "{}", cmdlines[0]);
     assert!(guest_runs(&cl.home("alpha"), "web"), "production stopped");
     let (ok, _, err) = cl.cli(&["failover", "cleanup", "web"]);
     assert!(ok, "{err}");

@@ -182,10 +182,18 @@ async fn protect_and_check(database: Option<String>) {
         .output()
         .unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout);
-    assert!(
-        metrics.contains("lifeboat_vm_rpo_seconds{host=\"alpha\",vm=\"web\"}"),
-        "{metrics}"
-    );
+    for per_vm in [
+        "lifeboat_vm_rpo_seconds",
+        "lifeboat_vm_rpo_threshold_seconds",
+        "lifeboat_vm_newest_point_timestamp_seconds",
+        "lifeboat_vm_replicated_bytes_total",
+        "lifeboat_vm_consecutive_sync_failures",
+    ] {
+        assert!(
+            metrics.contains(&format!("{per_vm}{{host=\"alpha\",vm=\"web\"}}")),
+            "{per_vm}: {metrics}"
+        );
+    }
     assert!(
         metrics.contains(
             "lifeboat_vm_protection_state{host=\"alpha\",vm=\"web\",state=\"protected\"} 1"

@@ -228,7 +228,9 @@ pub async fn measure(
         .await
         .context("lifeboat failover web --test")?;
     let failover_cmd_secs = t0.elapsed().as_secs_f64();
-    let forwards: Vec<Value> = serde_json::from_str(r["forwards"].as_str().unwrap_or("[]"))
+    let forwards: Vec<Value> = r["forwards"]
+        .as_array()
+        .cloned()
         .with_context(|| format!("the failover's forwards: {r}"))?;
     let port = forwards
         .iter()

@@ -128,6 +128,16 @@ pub(crate) fn end_backup(dom: &virt::domain::Domain) -> CallResult<()> {
     Ok(())
 }
 
+/// QEMU's `announce-self` through libvirt's monitor pass-through: a few RARP frames from
+/// every NIC (as after a live migration), the same rounds as the QEMU driver's.
+pub(crate) fn announce(dom: &virt::domain::Domain) -> CallResult<()> {
+    const ANNOUNCE: &str =
+        r#"{"execute":"announce-self","arguments":{"initial":50,"max":550,"rounds":5,"step":100}}"#;
+    dom.qemu_monitor_command(ANNOUNCE, 0)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// The names of the domain's checkpoints.
 pub(crate) fn checkpoints(dom: &virt::domain::Domain) -> CallResult<Vec<String>> {
     let mut list: *mut virt::sys::virDomainCheckpointPtr = std::ptr::null_mut();

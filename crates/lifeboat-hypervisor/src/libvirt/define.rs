@@ -127,8 +127,7 @@ pub fn domain_xml(
 fn exposed_nic(i: usize, nic: &crate::spec::NicSpec, machine: &str) -> Result<[String; 4], String> {
     let mut netdev = format!("user,id=lbexposed{i},restrict=on");
     for f in &nic.host_forwards {
-        let bind = if f.public { "" } else { "127.0.0.1" };
-        netdev += &format!(",hostfwd=tcp:{bind}:{}-:{}", f.host_port, f.guest_port);
+        netdev += &format!(",{}", f.hostfwd());
     }
     // Without an address QEMU put this device in slot 2 before libvirt's own devices
     // (given as JSON, created later) took the slots libvirt fixed from 2 up, and the
@@ -318,6 +317,7 @@ mod tests {
             host_port: 40080,
             guest_port: 80,
             public: true,
+            guest_addr: None,
         }];
         let at = Placement {
             domain_type: "qemu",

@@ -27,7 +27,7 @@ use crate::libvirt::call::{self, failed};
 use crate::libvirt::domain_xml::{self, DiskSource, DomainDescription, NicSource};
 use crate::libvirt::tracking::{self, Record};
 use crate::libvirt::{define, fence};
-use crate::spec::{DiskFormat, DiskName, DiskSpec, NicSpec, VmName, VmSpec};
+use crate::spec::{DiskFormat, DiskName, DiskSpec, NetworkKind, NicSpec, VmName, VmSpec};
 use crate::tracking::{bitmap_name, TrackingStatus};
 
 #[derive(Debug, Clone)]
@@ -614,8 +614,25 @@ impl Hypervisor for LibvirtDriver {
     async fn start(&self, vm: &VmName) -> Result<()> {
         self.refuse_fenced(vm)?;
         let name = vm.to_string();
+        let v = vm.clone();
         self.domain(vm, move |dom| {
             dom.create().map_err(|e| failed(&name, "starting it", e))?;
+            // As the QEMU driver does: switches learn at once where a moved VM's MACs
+            // are (a stretched subnet, docs/networking.md). libvirt has no call for it;
+            // its monitor pass-through marks the domain "custom-monitor" in its log.
+            let bridged = spec_from(dom, &v).is_ok_and(|spec| {
+                spec.nics.iter().any(|n| {
+                    matches!(
+                        NetworkKind::parse(&n.network),
+                        Some(NetworkKind::Bridge(_) | NetworkKind::LibvirtNetwork(_))
+                    )
+                })
+            });
+            if bridged {
+                if let Err(e) = call::announce(dom) {
+                    tracing::warn!(domain = %name, error = %e, "announcing the domain's NICs failed");
+                }
+            }
             Ok(())
         })
         .await?;

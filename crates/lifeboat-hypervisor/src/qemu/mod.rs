@@ -9,6 +9,7 @@ pub mod guest_agent;
 pub mod hydrate;
 pub mod layout;
 pub mod offline;
+pub mod placement;
 pub mod process;
 pub mod qmp;
 mod record;

@@ -94,12 +94,8 @@ pub fn command_line(spec: &VmSpec, dir: &VmDir, accel: Accel) -> Vec<String> {
             netdev.push_str(",restrict=on");
         }
         for f in &nic.host_forwards {
-            // An empty host address binds every address of the host.
-            let bind = if f.public { "" } else { "127.0.0.1" };
-            netdev.push_str(&format!(
-                ",hostfwd=tcp:{bind}:{}-:{}",
-                f.host_port, f.guest_port
-            ));
+            netdev.push(',');
+            netdev.push_str(&f.hostfwd());
         }
         a.extend([
             "-netdev".into(),
@@ -172,8 +168,11 @@ pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel, paused: bool) -> Re
     if paused {
         args.push("-S".into());
     }
-    tracing::debug!(vm = %spec.name, ?args, "starting QEMU");
-    let status = tokio::process::Command::new(QEMU_BINARY)
+    // Outside the agent's cgroup, so that stopping the agent never stops a VM.
+    let placement = super::placement::Placement::detect();
+    let (program, args) = placement.command(QEMU_BINARY, spec.name.as_str(), &args);
+    tracing::debug!(vm = %spec.name, %program, ?args, "starting QEMU");
+    let status = tokio::process::Command::new(&program)
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(log)
@@ -182,7 +181,7 @@ pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel, paused: bool) -> Re
         .await
         .map_err(|e| HypervisorError::StartFailed {
             vm: spec.name.clone(),
-            reason: format!("cannot run {QEMU_BINARY}: {e} (install qemu-system-x86)"),
+            reason: format!("cannot run {program}: {e} (install qemu-system-x86)"),
         })?;
     if !status.success() {
         let msg = std::fs::read_to_string(dir.qemu_log()).unwrap_or_default();
@@ -195,6 +194,9 @@ pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel, paused: bool) -> Re
         vm: spec.name.clone(),
         reason: "QEMU exited right after starting; see qemu.log".into(),
     })?;
+    if let Err(e) = placement.adopt(spec.name.as_str(), pid) {
+        tracing::warn!(vm = %spec.name, ?placement, "QEMU stays in the agent's cgroup: {e}");
+    }
     // QEMU binds its sockets under its own umask (027 once daemonized): group-readable.
     // They were made inside the 0700 directory, so nobody else reached them meanwhile. A
     // failure here is not a failed start: QEMU runs, and the directory still shuts them.
@@ -387,6 +389,16 @@ host_forwards = [{ host_port = 8080, guest_port = 80 }]
         assert!(command_line(&spec(), &dir, Accel::Kvm)
             .join(" ")
             .contains("-accel kvm"));
+    }
+
+    #[test]
+    fn a_forward_leads_to_the_guests_static_address_when_it_has_one() {
+        let mut s = spec();
+        s.nics[0].host_forwards[0].guest_addr = Some("10.0.2.60".parse().unwrap());
+        s.nics[0].host_forwards[0].public = true;
+        let dir = VmDir::new(Path::new("/h"), &s.name).unwrap();
+        let line = command_line(&s, &dir, Accel::Tcg).join(" ");
+        assert!(line.contains("hostfwd=tcp::8080-10.0.2.60:80"), "{line}");
     }
 
     #[tokio::test]

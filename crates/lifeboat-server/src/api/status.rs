@@ -103,7 +103,9 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Prometheus text format: per-VM RPO, bytes replicated, sync duration and state.
+/// Prometheus text format: per-VM RPO and its threshold, newest point, bytes replicated,
+/// syncs, sync duration, failed attempts in a row and state; the build; the scheduler's rounds.
+/// Names follow Prometheus' conventions (`promtool check metrics` finds nothing).
 pub async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
     let (all, hosts) = match (s.db.protections().await, s.db.hosts_with_access().await) {
         (Ok(a), Ok(h)) => (a, h),
@@ -129,12 +131,39 @@ pub async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
             .filter_map(|v| v.rpo_seconds.map(|r| (vm_labels(v), r))),
     );
     family(
-        "lifeboat_vm_bytes_replicated_total",
+        "lifeboat_vm_rpo_threshold_seconds",
+        "gauge",
+        "The RPO the VM's policy promises: an RPO above it is an alert (deploy/prometheus).",
+        &mut views
+            .iter()
+            .map(|v| (vm_labels(v), v.rpo_threshold_seconds as f64)),
+    );
+    family(
+        "lifeboat_vm_newest_point_timestamp_seconds",
+        "gauge",
+        "Cut time of the VM's newest recovery point, in seconds since the Unix epoch.",
+        &mut views.iter().filter_map(|v| {
+            let t = v.last_point_time.as_deref()?;
+            let t = chrono::DateTime::parse_from_rfc3339(t).ok()?;
+            Some((vm_labels(v), t.timestamp_millis() as f64 / 1000.0))
+        }),
+    );
+    family(
+        "lifeboat_vm_replicated_bytes_total",
         "counter",
         "New bytes the VM's syncs stored in the vault.",
         &mut views
             .iter()
             .map(|v| (vm_labels(v), v.bytes_replicated as f64)),
+    );
+    family(
+        "lifeboat_vm_consecutive_sync_failures",
+        "gauge",
+        "Sync attempts of the VM that failed in a row, 0 after one succeeds (the error is in `lifeboat status`).",
+        &mut all
+            .iter()
+            .zip(&views)
+            .map(|(p, v)| (vm_labels(v), p.failures as f64)),
     );
     family(
         "lifeboat_vm_syncs_total",
@@ -162,6 +191,15 @@ pub async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
                 )
             })
         }),
+    );
+    family(
+        "lifeboat_build_info",
+        "gauge",
+        "1, labelled with the server's version.",
+        &mut std::iter::once((
+            format!("version=\"{}\"", label(env!("CARGO_PKG_VERSION"))),
+            1.0,
+        )),
     );
     family(
         "lifeboat_scheduler_rounds_total",

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use lifeboat_types::{HostId, ProtectionId, RecoveryId, RecoveryKind, RecoveryState};
+use lifeboat_types::{HostId, PortForward, ProtectionId, RecoveryId, RecoveryKind, RecoveryState};
 
 use super::{Database, DbError};
 
@@ -34,8 +34,8 @@ pub struct Recovery {
     pub hydration_total: i64,
     /// The VM needs nothing from the vault any more.
     pub hydrated: bool,
-    /// JSON list of `{host_port, guest_port}`: where the guest answers on its host.
-    pub forwards: String,
+    /// Where the guest answers on its host (its user-network NICs' ports).
+    pub forwards: Vec<PortForward>,
     pub error: String,
     pub created_at: String,
     pub updated_at: String,
@@ -81,12 +81,18 @@ fn recovery(r: &sqlx::any::AnyRow) -> Result<Recovery, sqlx::Error> {
         hydrated_bytes: r.try_get("hydrated_bytes")?,
         hydration_total: r.try_get("hydration_total")?,
         hydrated: r.try_get::<i64, _>("hydrated")? != 0,
-        forwards: r.try_get("forwards")?,
+        // Stored as a JSON list; the server wrote it, from what the agent reported.
+        forwards: serde_json::from_str(&r.try_get::<String, _>("forwards")?)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         error: r.try_get("error")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         generation: r.try_get("generation")?,
     })
+}
+
+fn forwards_json(forwards: &[PortForward]) -> String {
+    serde_json::to_string(forwards).unwrap_or_else(|_| "[]".into())
 }
 
 impl Database {
@@ -112,7 +118,7 @@ impl Database {
         .bind(r.hydrated_bytes)
         .bind(r.hydration_total)
         .bind(i64::from(r.hydrated))
-        .bind(&r.forwards)
+        .bind(forwards_json(&r.forwards))
         .bind(&r.error)
         .bind(&t)
         .execute(&self.pool)
@@ -146,7 +152,7 @@ impl Database {
         .bind(r.hydrated_bytes)
         .bind(r.hydration_total)
         .bind(i64::from(r.hydrated))
-        .bind(&r.forwards)
+        .bind(forwards_json(&r.forwards))
         .bind(&r.error)
         .bind(chrono::Utc::now().to_rfc3339())
         .bind(r.id.as_str())

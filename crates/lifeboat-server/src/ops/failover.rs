@@ -546,7 +546,7 @@ async fn start_recovery(
             point_time: point.1.clone(),
             state: lifeboat_types::RecoveryState::Starting,
             vm_state: "stopped".into(),
-            forwards: "[]".into(),
+            forwards: Vec::new(),
             ..Default::default()
         };
         ctx.db.add_recovery(&rec).await.map_err(|e| match e {

@@ -145,11 +145,10 @@ pub fn recoveries_table(views: &[RecoveryView]) -> Markup {
     }
 }
 
-fn forwards(json: &str) -> Markup {
-    let list: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+fn forwards(list: &[lifeboat_types::PortForward]) -> Markup {
     html! {
-        @for f in &list {
-            span class="mono" { "port " (f["host_port"]) " → guest " (f["guest_port"]) } br;
+        @for f in list {
+            span class="mono" { "port " (f.host_port) " → guest " (f.guest_port) } br;
         }
         @if list.is_empty() { "-" }
     }

@@ -329,6 +329,31 @@ impl Lab {
         Ok(())
     }
 
+    /// Stretches site A's LAN to site B: their bridges `br0` joined by a veth pair, one
+    /// L2 segment across the sites (as a DCI or VXLAN would make it). Both sites' subnets
+    /// then run on it; a VM moved from A to B keeps its address and is reached through
+    /// A's router side as before. Undone when the lab is dropped (the namespaces go).
+    pub fn stretch(&self) -> Result<(), LabError> {
+        let (a, b) = ("str-a", "str-b");
+        ip(
+            self.netns(Site::A),
+            &["link", "add", a, "type", "veth", "peer", "name", b],
+        )?;
+        let b_ns = self
+            .netns(Site::B)
+            .name()
+            .ok_or_else(|| LabError::Invalid {
+                reason: "site B has no namespace name".into(),
+            })?
+            .to_string();
+        ip(self.netns(Site::A), &["link", "set", b, "netns", &b_ns])?;
+        for (site, end) in [(Site::A, a), (Site::B, b)] {
+            ip(self.netns(site), &["link", "set", end, "master", BRIDGE])?;
+            ip(self.netns(site), &["link", "set", end, "up"])?;
+        }
+        Ok(())
+    }
+
     /// Adds a persistent tap `name` on the site's bridge `br0`, up, for a VM. QEMU must
     /// run in the same site to open it: `lab.command(site, "qemu-system-x86_64")` with
     /// `-netdev tap,id=n0,ifname=NAME,script=no,downscript=no`.

@@ -19,6 +19,11 @@ pub const MAX_DISKS: usize = 64;
 pub const MAX_DISK_SIZE: u64 = 64 << 40;
 pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
+/// A VM's own cloud-init seed image, as carried in its points: at most 16 MiB when
+/// expanded and 1 MiB stored (zstd). Seeds are volumes of a few files in a mostly empty
+/// image (`cloud-localds` writes 366 KiB, Lifeboat 4 MiB), so both bounds are generous.
+pub const MAX_GUEST_SEED: usize = 16 << 20;
+pub const MAX_GUEST_SEED_STORED: usize = 1 << 20;
 
 /// Whether the guest's filesystems were quiesced for this point.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -93,6 +98,12 @@ pub struct Manifest {
     pub consistency: Consistency,
     #[serde(with = "b64_opt")]
     pub vm_config: Option<Vec<u8>>,
+    /// The VM's own cloud-init seed image (the `CIDATA` volume it boots with), zstd
+    /// compressed: a copy recovered without it would lose what the seed configures (a
+    /// static address, most often). Absent from points of VMs without one, and then not
+    /// written at all, so such manifests read as before. See [`Manifest::guest_seed_image`].
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_opt")]
+    pub guest_seed: Option<Vec<u8>>,
     pub disks: Vec<DiskManifest>,
     pub stats: PointStats,
 }
@@ -138,6 +149,14 @@ impl Manifest {
         if self.version != MANIFEST_VERSION {
             return Err(bad(format!("manifest version {}", self.version)));
         }
+        if let Some(seed) = &self.guest_seed {
+            if seed.len() > MAX_GUEST_SEED_STORED {
+                return Err(bad(format!(
+                    "a guest seed of {} bytes stored (at most {MAX_GUEST_SEED_STORED})",
+                    seed.len()
+                )));
+            }
+        }
         if self.disks.len() > MAX_DISKS {
             return Err(bad(format!(
                 "{} disks (at most {MAX_DISKS})",
@@ -182,6 +201,36 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// Compresses a VM's own seed image for [`Manifest::guest_seed`]; one too large to
+    /// carry is a usage error that names the bounds.
+    pub fn pack_guest_seed(image: &[u8]) -> Result<Vec<u8>> {
+        let too_large = |what: &str, len: usize, limit: usize| FormatError::TooLarge {
+            object: format!("the VM's cloud-init seed ({what})"),
+            len: len as u64,
+            limit: limit as u64,
+        };
+        if image.len() > MAX_GUEST_SEED {
+            return Err(too_large("image", image.len(), MAX_GUEST_SEED));
+        }
+        let packed = zstd::bulk::compress(image, 3)
+            .map_err(|e| FormatError::damaged("the VM's cloud-init seed", e.to_string()))?;
+        if packed.len() > MAX_GUEST_SEED_STORED {
+            return Err(too_large("compressed", packed.len(), MAX_GUEST_SEED_STORED));
+        }
+        Ok(packed)
+    }
+
+    /// The VM's own seed image, expanded; never more than [`MAX_GUEST_SEED`] bytes
+    /// whatever the stored frame claims.
+    pub fn guest_seed_image(&self) -> Result<Option<Vec<u8>>> {
+        let Some(packed) = &self.guest_seed else {
+            return Ok(None);
+        };
+        zstd::bulk::decompress(packed, MAX_GUEST_SEED)
+            .map(Some)
+            .map_err(|e| FormatError::damaged(self.object(), format!("its guest seed: {e}")))
     }
 
     /// The manifest's JSON plaintext. Fails when it would be over 16 MiB: with about 150
@@ -290,6 +339,7 @@ pub(crate) mod tests {
             parent: Some("1764136770000-9f8e7d6c".parse().unwrap()),
             consistency: Consistency::Crash,
             vm_config: Some(b"<domain/>".to_vec()),
+            guest_seed: None,
             disks: vec![
                 DiskManifest {
                     name: Name::new("vda").unwrap(),
@@ -327,6 +377,55 @@ pub(crate) mod tests {
         let json = String::from_utf8(first.encode().unwrap()).unwrap();
         assert!(json.contains(r#""parent":null"#) && json.contains(r#""consistency":"app""#));
         assert_eq!(Manifest::decode(json.as_bytes(), "x").unwrap(), first);
+    }
+
+    #[test]
+    fn a_guest_seed_travels_compressed_and_expands_within_bounds() {
+        // A seed as Lifeboat writes one: 4 MiB, a few files near its start.
+        let mut image = vec![0u8; 4 << 20];
+        image[..5].copy_from_slice(b"CIDAT");
+        image[70_000..70_019].copy_from_slice(b"instance-id: web-01");
+        let m = Manifest {
+            guest_seed: Some(Manifest::pack_guest_seed(&image).unwrap()),
+            ..sample()
+        };
+        assert!(m.guest_seed.as_ref().unwrap().len() < 4096, "it compresses");
+        let back = Manifest::decode(&m.encode().unwrap(), "x").unwrap();
+        assert_eq!(back.guest_seed_image().unwrap().unwrap(), image);
+        // Without a seed the field is not written: such a manifest reads as before.
+        let json = String::from_utf8(sample().encode().unwrap()).unwrap();
+        assert!(!json.contains("guest_seed"), "{json}");
+        assert_eq!(sample().guest_seed_image().unwrap(), None);
+
+        // Too large to carry, either way: refused with the bounds.
+        let e = Manifest::pack_guest_seed(&vec![0u8; MAX_GUEST_SEED + 1]).unwrap_err();
+        assert!(e.to_string().contains("seed"), "{e}");
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let noise: Vec<u8> = (0..(2usize << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(Manifest::pack_guest_seed(&noise).is_err());
+        // A stored frame that expands past 16 MiB is refused, not allocated.
+        let bomb = zstd::bulk::compress(&vec![0u8; MAX_GUEST_SEED + 4096], 19).unwrap();
+        assert!(bomb.len() <= MAX_GUEST_SEED_STORED);
+        let m = Manifest {
+            guest_seed: Some(bomb),
+            ..sample()
+        };
+        let m = Manifest::decode(&m.encode().unwrap(), "x").unwrap();
+        let e = m.guest_seed_image().unwrap_err();
+        assert!(e.to_string().contains("guest seed"), "{e}");
+        // A stored seed over 1 MiB is a damaged manifest.
+        let m = Manifest {
+            guest_seed: Some(vec![1; MAX_GUEST_SEED_STORED + 1]),
+            ..sample()
+        };
+        assert!(m.encode().unwrap_err().to_string().contains("guest seed"));
     }
 
     #[test]

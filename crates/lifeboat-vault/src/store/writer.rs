@@ -55,6 +55,9 @@ pub struct PointOptions {
     pub parent: Option<PointRef>,
     pub consistency: Consistency,
     pub vm_config: Option<Vec<u8>>,
+    /// The VM's own cloud-init seed image, carried with the point, as
+    /// `Manifest::pack_guest_seed` packs it.
+    pub guest_seed: Option<Vec<u8>>,
     pub disks: Vec<DiskLayout>,
 }
 
@@ -67,6 +70,7 @@ impl PointOptions {
             parent,
             consistency: Consistency::Crash,
             vm_config: None,
+            guest_seed: None,
             disks: vec![DiskLayout {
                 name: disk,
                 size,
@@ -567,6 +571,7 @@ impl PointWriter {
             parent: self.opts.parent.as_ref().map(|p| p.point),
             consistency: self.opts.consistency,
             vm_config: self.opts.vm_config.clone(),
+            guest_seed: self.opts.guest_seed.clone(),
             disks,
             stats: self.stats,
         };

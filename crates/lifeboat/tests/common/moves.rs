@@ -43,16 +43,42 @@ pub fn acked(console_log: &Path) -> BTreeSet<u64> {
 /// the console, until the guest stops.
 pub const WRITER: &str = "mkdir -p /data/seq; (n=0; while :; do echo $n > /data/seq/$n && sync && echo ACK $n > /dev/ttyS0; n=$((n+1)); done) > /dev/null 2>&1 &";
 
-/// Whether QEMU runs VM `vm` of the host at `home` with its guest running (a QEMU
-/// started paused for a final cut, `-S`, runs no guest).
+/// Whether QEMU runs VM `vm` of the host at `home` with its guest running, as QEMU
+/// itself says (`query-status`): a QEMU started paused for a final cut runs no guest,
+/// and one started held to plug its bridged NICs runs it once continued, so its
+/// command line (`-S`) tells neither.
 pub fn guest_runs(home: &Path, vm: &str) -> bool {
-    std::fs::read_to_string(home.join(format!("vms/{vm}/qemu.pid")))
+    use std::io::{BufRead, BufReader, Write};
+    let dir = home.join(format!("vms/{vm}"));
+    let alive = std::fs::read_to_string(dir.join("qemu.pid"))
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
-        .is_some_and(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            !cmd.is_empty() && !cmd.split(|b| *b == 0).any(|a| a == b"-S")
-        })
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    if !alive {
+        return false;
+    }
+    // QEMU serves one QMP client at a time: the agent's calls are short, so wait.
+    let Ok(mut qmp) = std::os::unix::net::UnixStream::connect(dir.join("qmp.sock")) else {
+        return false;
+    };
+    qmp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    if qmp
+        .write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\"}\n")
+        .is_err()
+    {
+        return false;
+    }
+    for line in BufReader::new(qmp).lines() {
+        let Ok(line) = line else { return false };
+        let Ok(reply) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if let Some(running) = reply["return"]["running"].as_bool() {
+            return running;
+        }
+    }
+    false
 }
 
 /// Samples every 20 ms until dropped (or `stop`): panics — failing the test — if VM `vm`

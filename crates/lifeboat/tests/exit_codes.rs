@@ -1,0 +1,148 @@
+//! The exit codes README's "Exit codes" lists, each from the real binary: a script can
+//! tell a server that does not answer (6, retry) from a refused token (5), a wrong vault
+//! passphrase (7) and an interrupted command (130); `--json` makes the error an object.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::start_server;
+
+fn run(home: &std::path::Path, envs: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("LIFEBOAT_TOKEN")
+        .env_remove("LIFEBOAT_PASSPHRASE")
+        .env("LIFEBOAT_CONFIG", home.join("no-client.toml"))
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// Whether process `pid` has a handler for SIGINT (bit 1 of SigCgt in /proc/PID/status).
+fn catches_sigint(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+fn code_and_err(out: &Output) -> (i32, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn each_cause_a_script_acts_on_has_its_own_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("client");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("no-client.toml"), "").unwrap();
+
+    // 6: nothing listens there.
+    let port = lifeboat_testkit::free_tcp_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, err) = code_and_err(&run(
+        &home,
+        &[("LIFEBOAT_TOKEN", "t")],
+        &["hosts", "list", "--server", &url],
+    ));
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains(&format!("cannot reach the server at {url}")),
+        "{err}"
+    );
+
+    // 5: a token the server does not know.
+    let server = start_server(&tmp.path().join("server"), None);
+    let (code, err) = code_and_err(&run(
+        &home,
+        &[("LIFEBOAT_TOKEN", "not-the-token")],
+        &["hosts", "list", "--server", &server.url],
+    ));
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("refused the API token"), "{err}");
+    // …and the right one works.
+    let out = run(
+        &home,
+        &[("LIFEBOAT_TOKEN", &server.token)],
+        &["hosts", "list", "--server", &server.url],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 7: a passphrase that opens none of the vault's key slots.
+    let vault = format!("file://{}", tmp.path().join("vault").display());
+    let out = run(
+        &home,
+        &[("LIFEBOAT_PASSPHRASE", "right one")],
+        &["vault", "--vault", &vault, "init"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, err) = code_and_err(&run(
+        &home,
+        &[("LIFEBOAT_PASSPHRASE", "wrong one")],
+        &["vault", "--vault", &vault, "list"],
+    ));
+    assert_eq!(code, 7, "{err}");
+
+    // --json: the error is one JSON object, with the code.
+    let (code, err) = code_and_err(&run(
+        &home,
+        &[("LIFEBOAT_PASSPHRASE", "wrong one")],
+        &["--json", "vault", "--vault", &vault, "list"],
+    ));
+    assert_eq!(code, 7, "{err}");
+    let err: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(err["exit_code"], 7, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("passphrase"),
+        "{err}"
+    );
+
+    // 130: Ctrl-C stops a command (a long scan); it says so.
+    let mut scan = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .arg("--home")
+        .arg(&home)
+        .args(["hosts", "scan", "10.255.0.0/16", "--ports", "7443"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signalled once it catches SIGINT (/proc's SigCgt mask), not before.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !catches_sigint(scan.id()) {
+        assert!(scan.try_wait().unwrap().is_none(), "the scan ended at once");
+        assert!(Instant::now() < deadline, "the scan never caught SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a signal to a child of this test.
+    unsafe { libc::kill(scan.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = scan.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the scan did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::io::read_to_string(scan.stderr.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+}
