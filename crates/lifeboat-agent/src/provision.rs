@@ -50,6 +50,20 @@ pub enum RecoveryError {
     },
 }
 
+/// The VM's own seed from the point, for a move that keeps its addresses. Not for a test
+/// copy: its NICs have other MACs than the seed's network configuration names, and it
+/// must not run production's user-data; without a seed it falls back to DHCP, where its
+/// exposed ports lead. A seed that does not expand is left out: the copy still boots.
+fn own_seed(manifest: &lifeboat_vault::format::Manifest, req: &RecoveryRequest) -> Option<Vec<u8>> {
+    if req.kind == RecoveryKind::Test {
+        return None;
+    }
+    manifest.guest_seed_image().unwrap_or_else(|e| {
+        tracing::warn!(point = %req.point, "the VM's own seed is left out: {e}");
+        None
+    })
+}
+
 /// A seed refused for what it says is the request's fault; one not written is this
 /// host's (a full disk), which the caller may retry.
 fn seed_error(e: crate::guest_seed::SeedError) -> RecoveryError {
@@ -256,6 +270,14 @@ impl Recoveries {
         // A point's spec comes from another host: a seed it names is a path of that host
         // (or a forged one). Only a seed written here is ever attached.
         spec.seed = None;
+        // Likewise a forward's guest address is set below for this copy, or not at all.
+        for f in spec
+            .nics
+            .iter_mut()
+            .flat_map(|n| n.host_forwards.iter_mut())
+        {
+            f.guest_addr = None;
+        }
         crate::recovery::check_network_map(&req.network_map).map_err(RecoveryError::Invalid)?;
         let dir = self.dir(vm);
         let mut forwards = Vec::new();
@@ -339,7 +361,11 @@ impl Recoveries {
                 // loopback. The network's own gateway, 10.0.2.2, leads nowhere else.
                 if let lifeboat_types::Addressing::Static(a) = &mut addressing {
                     let user_net: ipnet::IpNet = "10.0.2.0/24".parse().expect("a subnet");
-                    if matches!(driver, Driver::Qemu(_))
+                    // Isolated is QEMU's user network under the QEMU driver, and under
+                    // libvirt when the copy exposes ports (libvirt/define.rs).
+                    let user_network =
+                        matches!(driver, Driver::Qemu(_)) || !nic.host_forwards.is_empty();
+                    if user_network
                         && nic.network == "isolated"
                         && a.gateway.is_none()
                         && user_net.contains(&a.address.addr())
@@ -411,10 +437,7 @@ impl Recoveries {
                 .map_err(seed_error)?;
             self.hand_to_qemu(&seed)?;
             spec.seed = Some(seed);
-        } else if let Some(image) = manifest
-            .guest_seed_image()
-            .map_err(|e| RecoveryError::Invalid(format!("point {}: {e}", req.point)))?
-        {
+        } else if let Some(image) = own_seed(manifest, req) {
             // No address changes: the copy boots with the seed the VM booted with at
             // home, so cloud-init sees the same instance and keeps what it configured.
             let seed = dir.join("own-seed.img");

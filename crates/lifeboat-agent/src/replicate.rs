@@ -210,7 +210,13 @@ pub async fn sync_vm(
     };
     let mut spec = driver.spec(vm).await?;
     // The VM's own seed travels as bytes; the path means nothing on another host.
-    let guest_seed = carried_seed(spec.seed.take(), &mut note);
+    // Up to 16 MiB read and compressed: off the async workers.
+    let (guest_seed, note) = {
+        let (path, mut note) = (spec.seed.take(), note);
+        tokio::task::spawn_blocking(move || (carried_seed(path, &mut note), note))
+            .await
+            .map_err(|e| SyncError::Invalid(format!("reading the VM's seed: {e}")))?
+    };
     match write_point(
         vault,
         name,

@@ -36,7 +36,12 @@ pub struct Cli {
     pub verbose: u8,
     /// Log lines as text (for a terminal or journald) or as one JSON object each (for a
     /// log collector).
-    #[arg(long, global = true, env = "LIFEBOAT_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,

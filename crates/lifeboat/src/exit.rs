@@ -15,8 +15,10 @@ pub const BAD_CREDENTIALS: u8 = 5;
 pub const UNREACHABLE: u8 = 6;
 /// The vault's passphrase opens none of its key slots (or the key file is not its key).
 pub const WRONG_PASSPHRASE: u8 = 7;
-/// Ctrl-C (SIGINT) or SIGTERM stopped the command; what runs on the server goes on.
+/// Ctrl-C (SIGINT) stopped the command (128 + 2); what runs on the server goes on.
 pub const INTERRUPTED: u8 = 130;
+/// SIGTERM stopped the command (128 + 15).
+pub const TERMINATED: u8 = 143;
 
 /// The server answered 401 to the API token.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +30,41 @@ pub struct BadCredentials(pub String);
 #[error("cannot reach the server at {0} (is `lifeboat server` running there? --server or LIFEBOAT_SERVER names it)")]
 pub struct Unreachable(pub String);
 
-/// The command was stopped by a signal.
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted; a server operation it started goes on (`lifeboat operations list` shows it)")]
-pub struct Interrupted;
+/// Waits for Ctrl-C or SIGTERM; the exit code for the one that came.
+pub async fn stopping_signal() -> u8 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the signals keep their default action: the same codes.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => INTERRUPTED,
+        _ = term.recv() => TERMINATED,
+    }
+}
+
+/// What a command stopped by a signal says, as text or (`--json`) as a JSON object.
+pub fn say_interrupted(code: u8, json: bool) {
+    let what = if code == TERMINATED {
+        "terminated"
+    } else {
+        "interrupted"
+    };
+    let message = format!(
+        "{what}; a server operation it started goes on (`lifeboat operations list` shows it)"
+    );
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({"error": message, "exit_code": code})
+        );
+    } else {
+        eprintln!("error: {message}");
+    }
+}
 
 use lifeboat_vault::format::FormatError;
 
@@ -50,9 +83,6 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
     }
     if e.downcast_ref::<Unreachable>().is_some() {
         return UNREACHABLE;
-    }
-    if e.downcast_ref::<Interrupted>().is_some() {
-        return INTERRUPTED;
     }
     for cause in e.chain() {
         // VaultError wraps FormatError transparently: the chain shows only one of them.

@@ -56,15 +56,17 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("a tokio runtime");
     let json = cli.json;
-    let result = runtime.block_on(async move {
-        if daemon {
-            return run(cli).await;
-        }
-        tokio::select! {
-            r = run(cli) => r,
-            _ = agent_cmd::shutdown_signal() => Err(exit::Interrupted.into()),
-        }
-    });
+    if !daemon {
+        // On a worker thread, so that it acts even while the command blocks its own
+        // thread (a passphrase prompt): the process ends there and then, as an
+        // uncaught signal would end it, but saying so and with the conventional code.
+        runtime.spawn(async move {
+            let code = exit::stopping_signal().await;
+            exit::say_interrupted(code, json);
+            std::process::exit(code.into());
+        });
+    }
+    let result = runtime.block_on(run(cli));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

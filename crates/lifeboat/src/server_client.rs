@@ -266,12 +266,43 @@ impl ServerClient {
     }
 }
 
-/// A request that reached no server: a connection refused or timed out is
-/// `exit::Unreachable` (a script may retry); anything else (TLS, a fingerprint that does
-/// not match) keeps its own message.
+/// A request that reached no server — the connection refused, or no route, or no answer
+/// to the connection itself — is `exit::Unreachable` (a script may retry). Anything else
+/// keeps its own message and exit 1: a TLS failure (a fingerprint that does not match is
+/// no reason to retry), or a request sent whose answer did not come in time (it may have
+/// been done).
 fn unreachable(base: &str, e: reqwest::Error) -> anyhow::Error {
-    if e.is_connect() || e.is_timeout() {
+    use std::io::ErrorKind as K;
+    let mut io_kind = None;
+    let mut tls = false;
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+            // rustls reports its failures as io::Errors of kind InvalidData.
+            tls |= io.kind() == K::InvalidData;
+        }
+        source = s.source();
+    }
+    let no_server = e.is_connect()
+        && !tls
+        && matches!(
+            io_kind,
+            None | Some(
+                K::ConnectionRefused
+                    | K::HostUnreachable
+                    | K::NetworkUnreachable
+                    | K::TimedOut
+                    | K::AddrNotAvailable
+                    | K::ConnectionReset
+            )
+        );
+    if no_server {
         anyhow::Error::new(e).context(crate::exit::Unreachable(base.to_string()))
+    } else if e.is_timeout() {
+        anyhow::Error::new(e).context(format!(
+            "the server at {base} did not answer in time; what was asked may have been done              (`lifeboat operations list` shows what runs)"
+        ))
     } else {
         anyhow::Error::new(e).context(format!("talking to the server at {base}"))
     }

@@ -60,7 +60,7 @@ fn the_units_verify_with_systemd_analyze() {
 }
 
 #[test]
-fn stopping_the_agents_unit_reaches_no_vm() {
+fn the_agents_unit_keeps_the_settings_that_spare_its_vms() {
     let (_, agent) = units()
         .into_iter()
         .find(|(n, _)| n == "lifeboat-agent.service")

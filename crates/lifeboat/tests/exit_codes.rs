@@ -1,6 +1,6 @@
 //! The exit codes README's "Exit codes" lists, each from the real binary: a script can
 //! tell a server that does not answer (6, retry) from a refused token (5), a wrong vault
-//! passphrase (7) and an interrupted command (130); `--json` makes the error an object.
+//! passphrase (7) and an interrupted (130) or terminated (143) command; `--json` makes the error an object.
 
 mod common;
 
@@ -22,8 +22,8 @@ fn run(home: &std::path::Path, envs: &[(&str, &str)], args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Whether process `pid` has a handler for SIGINT (bit 1 of SigCgt in /proc/PID/status).
-fn catches_sigint(pid: u32) -> bool {
+/// Whether process `pid` has a handler for `signal` (its bit in /proc/PID/status SigCgt).
+fn catches(pid: u32, signal: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -31,7 +31,7 @@ fn catches_sigint(pid: u32) -> bool {
                 .find_map(|l| l.strip_prefix("SigCgt:"))
                 .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         })
-        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
 }
 
 fn code_and_err(out: &Output) -> (i32, String) {
@@ -116,33 +116,44 @@ fn each_cause_a_script_acts_on_has_its_own_exit_code() {
         "{err}"
     );
 
-    // 130: Ctrl-C stops a command (a long scan); it says so.
-    let mut scan = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
-        .arg("--home")
-        .arg(&home)
-        .args(["hosts", "scan", "10.255.0.0/16", "--ports", "7443"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Signalled once it catches SIGINT (/proc's SigCgt mask), not before.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !catches_sigint(scan.id()) {
-        assert!(scan.try_wait().unwrap().is_none(), "the scan ended at once");
-        assert!(Instant::now() < deadline, "the scan never caught SIGINT");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: a signal to a child of this test.
-    unsafe { libc::kill(scan.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = scan.try_wait().unwrap() {
-            break s;
+    // 130: Ctrl-C stops a command (a long scan), 143: SIGTERM does; each says so.
+    for (signal, code, says) in [
+        (libc::SIGINT, 130, "interrupted"),
+        (libc::SIGTERM, 143, "terminated"),
+    ] {
+        let mut scan = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+            .arg("--home")
+            .arg(&home)
+            .args(["hosts", "scan", "10.255.0.0/16", "--ports", "7443"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Signalled once it catches the signal (/proc's SigCgt mask), not before.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !catches(scan.id(), signal) {
+            assert!(scan.try_wait().unwrap().is_none(), "the scan ended at once");
+            assert!(
+                Instant::now() < deadline,
+                "the scan never caught signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(Instant::now() < deadline, "the scan did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let err = std::io::read_to_string(scan.stderr.take().unwrap()).unwrap();
-    assert_eq!(status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
+        // SAFETY: a signal to a child of this test.
+        unsafe { libc::kill(scan.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = scan.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the scan did not stop on {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let err = std::io::read_to_string(scan.stderr.take().unwrap()).unwrap();
+        assert_eq!(status.code(), Some(code), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
 }

@@ -47,7 +47,10 @@ fn a_daemon_logs_json_lines_at_info_by_default() {
     assert_eq!(ready["level"], "INFO", "{ready}");
     assert_eq!(ready["version"], env!("CARGO_PKG_VERSION"), "{ready}");
     assert!(
-        ready["api"].as_str().unwrap().starts_with("http://127.0.0.1:"),
+        ready["api"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
         "{ready}"
     );
     assert!(ready["timestamp"].is_string(), "{ready}");

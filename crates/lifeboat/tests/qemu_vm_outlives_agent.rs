@@ -52,9 +52,9 @@ fn session_and_group(pid: u32) -> (i32, i32) {
     (f[3].parse().unwrap(), f[2].parse().unwrap())
 }
 
-/// `cmd`, run from inside `cgroup`, in a new process group of its own (as a service's
-/// processes are): a shell joins the cgroup, then execs it.
-fn in_unit(cgroup: &Path, cmd: &mut Command) -> Command {
+/// `cmd`, run from inside `cgroup` and in process group `group` (0: a new one, as a
+/// service's main process has): a shell joins the cgroup, then execs it.
+fn in_unit(cgroup: &Path, group: i32, cmd: &mut Command) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg(r#"echo $$ > "$0/cgroup.procs" && shift && exec "$@""#)
@@ -63,7 +63,7 @@ fn in_unit(cgroup: &Path, cmd: &mut Command) -> Command {
         .arg(cmd.get_program())
         .args(cmd.get_args())
         .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
-        .process_group(0);
+        .process_group(group);
     c
 }
 
@@ -99,7 +99,7 @@ async fn stopping_the_agents_cgroup_and_process_group_leaves_the_vm_running() {
     // The agent's unit: its cgroup, and a process that lives as long as the agent would.
     let unit = UnitCgroup(root.join(format!("lbtest-agent-{}", std::process::id())));
     std::fs::create_dir(&unit.0).unwrap();
-    let mut agent = in_unit(&unit.0, Command::new("sleep").arg("600"))
+    let mut agent = in_unit(&unit.0, 0, Command::new("sleep").arg("600"))
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -114,7 +114,10 @@ async fn stopping_the_agents_cgroup_and_process_group_leaves_the_vm_running() {
     }
     let mut start = lifeboat(&home);
     start.args(["vm", "start", "web"]);
-    let out = in_unit(&unit.0, &mut start).output().unwrap();
+    // In the agent's own process group, as the agent's children are.
+    let out = in_unit(&unit.0, agent_pid as i32, &mut start)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -166,4 +169,105 @@ async fn stopping_the_agents_cgroup_and_process_group_leaves_the_vm_running() {
         .await
         .unwrap();
     assert!(answer.contains("still-42"), "{answer}");
+}
+
+/// A `systemd-run` stand-in on PATH: it records its arguments, and either fails as
+/// systemd-run does without a system bus or runs what follows `--`.
+fn systemd_run_shim(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let shim = bin.join("systemd-run");
+    std::fs::write(
+        &shim,
+        "#!/bin/sh\necho \"$@\" >> \"$SHIM_LOG\"\n\
+         if [ -n \"$SHIM_FAIL\" ]; then\n\
+           echo 'Failed to create bus connection: No such file or directory' >&2; exit 1\n\
+         fi\n\
+         while [ \"$1\" != -- ]; do shift; done; shift\nexec \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// With systemd (`LIFEBOAT_VM_PLACEMENT=systemd`, this machine has none as PID 1, so a
+/// stand-in plays systemd-run): QEMU starts through `systemd-run --scope` in
+/// lifeboat-vms.slice; when systemd-run cannot reach systemd, the VM starts anyway, in a
+/// cgroup of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_starts_through_systemd_run_and_without_it_when_it_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("host");
+    std::fs::create_dir_all(&home).unwrap();
+    let disk = lifeboat_testkit::guest_disk_copy(&home, "web.qcow2").unwrap();
+    let spec = home.join("web.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"web\"\nmemory_mib = 256\nvcpus = 1\n[[disks]]\nname = \"vda\"\npath = \"{}\"\nformat = \"qcow2\"\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    assert!(lifeboat(&home)
+        .args(["vm", "define"])
+        .arg(&spec)
+        .status()
+        .unwrap()
+        .success());
+    let bin = systemd_run_shim(tmp.path());
+    let log = tmp.path().join("systemd-run.args");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let _guard = KillVm(home.clone(), "web");
+    for fail in [false, true] {
+        let mut start = lifeboat(&home);
+        start
+            .args(["vm", "start", "web"])
+            .env("LIFEBOAT_VM_PLACEMENT", "systemd")
+            .env("PATH", &path)
+            .env("SHIM_LOG", &log);
+        if fail {
+            start.env("SHIM_FAIL", "1");
+        }
+        let out = start.output().unwrap();
+        assert!(
+            out.status.success(),
+            "fail={fail}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let args = std::fs::read_to_string(&log).unwrap();
+        let last = args.lines().last().unwrap();
+        assert!(
+            last.starts_with(
+                "--scope --quiet --collect --slice=lifeboat-vms.slice --unit=lifeboat-vm-web-"
+            ) && last.contains(" -- qemu-system-x86_64 -name web,"),
+            "{last}"
+        );
+        assert!(guest_runs(&home, "web"), "fail={fail}: the VM does not run");
+        let qemu: u32 = std::fs::read_to_string(home.join("vms/web/qemu.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if fail {
+            // Refused: started without systemd, in a cgroup of its own, and said so.
+            let cgroup = cgroup_of(qemu).unwrap();
+            assert!(
+                cgroup.starts_with(&format!("/{CGROUP_DIR}/web-")),
+                "{cgroup}"
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("systemd-run refused"), "{err}");
+        }
+        assert!(lifeboat(&home)
+            .args(["vm", "kill", "web"])
+            .status()
+            .unwrap()
+            .success());
+    }
 }

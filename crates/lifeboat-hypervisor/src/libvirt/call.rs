@@ -86,16 +86,21 @@ pub(crate) fn backup_begin(
     Ok(())
 }
 
-/// Whether a backup job runs on the domain (one a dead agent left behind).
-pub(crate) fn backup_running(dom: &virt::domain::Domain) -> bool {
+/// Whether a backup job runs on the domain (one a dead agent left behind, or one being
+/// torn down). Only libvirt's "no domain backup" means none: another error (libvirtd
+/// restarting, the connection lost) says nothing either way and is returned.
+pub(crate) fn backup_job(dom: &virt::domain::Domain) -> CallResult<bool> {
     // SAFETY: as above; the returned string is ours to free.
     unsafe {
         let xml = virt::sys::virDomainBackupGetXMLDesc(dom.as_ptr(), 0);
         if xml.is_null() {
-            return false;
+            let e = virt::error::Error::last_error();
+            let none =
+                e.code() == virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomainBackup);
+            return if none { Ok(false) } else { Err(e.to_string()) };
         }
         libc::free(xml.cast());
-        true
+        Ok(true)
     }
 }
 
@@ -116,7 +121,7 @@ pub(crate) fn end_backup(dom: &virt::domain::Domain) -> CallResult<()> {
         }
     }
     let deadline = std::time::Instant::now() + GONE_WITHIN;
-    while backup_running(dom) {
+    while backup_job(dom)? {
         if std::time::Instant::now() >= deadline {
             return Err(format!(
                 "the backup job still runs {}s after it was ended",

@@ -228,7 +228,9 @@ impl LibvirtDriver {
         let vm = vm.clone();
         self.domain(&vm.clone(), move |dom| {
             let name = vm.as_str();
-            if purpose == Purpose::Cut && call::backup_running(dom) {
+            let stale = purpose == Purpose::Cut
+                && call::backup_job(dom).map_err(|e| failed(name, "asking for a backup job", e))?;
+            if stale {
                 tracing::warn!(domain = %name, "ending a backup job left by an agent that died");
                 call::end_backup(dom).map_err(|e| failed(name, "ending a stale backup", e))?;
             }

@@ -347,7 +347,10 @@ impl Hypervisor for QemuDriver {
             .run(QueryStatus {})
             .await
             .map_err(qmp_err("query-status"))?;
-        if status.running {
+        // Held for a final cut (`prelaunch`: its CPUs never ran) or its guest already off
+        // (`shutdown`): nothing can answer the power button.
+        let cannot_answer = matches!(status.status.as_str(), "prelaunch" | "shutdown");
+        if !cannot_answer {
             qmp.run(qapi::qmp::system_powerdown {})
                 .await
                 .map_err(qmp_err("system_powerdown"))?;
@@ -357,10 +360,8 @@ impl Hypervisor for QemuDriver {
             }
             tracing::warn!(%vm, "guest did not power off in {timeout:?}; telling QEMU to quit");
         } else {
-            // CPUs that do not run cannot answer the power button: a QEMU held for a
-            // final cut (its guest already shut down), or paused. Told to quit at once,
-            // it still closes disks and bitmaps cleanly.
-            tracing::debug!(%vm, status = %status.status, "QEMU's CPUs are stopped; telling it to quit");
+            // Told to quit at once, QEMU still closes disks and bitmaps cleanly.
+            tracing::debug!(%vm, status = %status.status, "QEMU's guest cannot answer the power button; telling it to quit");
             drop(qmp);
         }
         if let Ok(qmp) = self.qmp(&dir).await {

@@ -8,10 +8,12 @@
 //! - **systemd** (it runs as PID 1): QEMU starts in a scope of its own,
 //!   `systemd-run --scope --slice=lifeboat-vms.slice`, which systemd keeps while QEMU
 //!   runs and which no stop of the agent's unit touches;
-//! - **otherwise** (another init, a container): QEMU is moved, right after it started,
-//!   into a cgroup of its own under the cgroup v2 hierarchy (`lifeboat-vms/` at its root),
-//!   when that hierarchy is mounted and writable; a supervisor that kills the agent's
-//!   cgroup then spares it. Without one, only the process group protects it.
+//! - **otherwise** (another init, a container, or systemd-run refused): QEMU is moved,
+//!   right after it started, into a cgroup of its own under the cgroup v2 hierarchy
+//!   (`lifeboat-vms/` at its root), when that hierarchy is mounted and writable; a
+//!   supervisor that kills the agent's cgroup v2 group then spares it (on a hybrid host
+//!   the v1 hierarchies are not changed). Without one, only the process group protects
+//!   it.
 //!
 //! In every case QEMU daemonizes (`-daemonize`: it calls `setsid`), so it is in neither
 //! the agent's session nor its process group: a signal to the agent's group (Ctrl-C in a
@@ -40,8 +42,38 @@ impl Placement {
     /// `sd_booted` checks) and `systemd-run` is installed, else a cgroup under the
     /// writable cgroup v2 hierarchy (unified at `/sys/fs/cgroup`, or hybrid at
     /// `/sys/fs/cgroup/unified`), else the process group alone.
+    /// `LIFEBOAT_VM_PLACEMENT=systemd|cgroup|none` overrides the detection (a host whose
+    /// systemd the agent should not use, or a test).
     pub fn detect() -> Placement {
-        Self::detect_in(Path::new("/"), std::env::var_os("PATH").as_deref())
+        let path = std::env::var_os("PATH");
+        match std::env::var("LIFEBOAT_VM_PLACEMENT").as_deref() {
+            Ok("systemd") => Placement::SystemdScope,
+            Ok("cgroup") => Self::without_systemd(Path::new("/")),
+            Ok("none") => Placement::ProcessGroupOnly,
+            _ => Self::detect_in(Path::new("/"), path.as_deref()),
+        }
+    }
+
+    /// The placement when systemd cannot be used: a cgroup of its own, else the group.
+    pub fn without_systemd(root: &Path) -> Placement {
+        for hierarchy in ["sys/fs/cgroup", "sys/fs/cgroup/unified"] {
+            let at = root.join(hierarchy);
+            // cgroup.controllers exists only at a cgroup v2 root or below.
+            if at.join("cgroup.controllers").is_file() && writable(&at.join("cgroup.procs")) {
+                return Placement::Cgroup(at);
+            }
+        }
+        Placement::ProcessGroupOnly
+    }
+
+    /// Whether `systemd-run`'s output in `log` says it could not make the scope (no
+    /// system bus, no systemd to talk to): QEMU never ran, and starting it without
+    /// systemd is the way left.
+    pub fn systemd_refused(log: &str) -> bool {
+        log.lines().any(|l| {
+            l.starts_with("Failed to")
+                && (l.contains("bus") || l.contains("transient scope") || l.contains("systemd"))
+        })
     }
 
     fn detect_in(root: &Path, path: Option<&std::ffi::OsStr>) -> Placement {
@@ -52,14 +84,7 @@ impl Placement {
         if systemd {
             return Placement::SystemdScope;
         }
-        for hierarchy in ["sys/fs/cgroup", "sys/fs/cgroup/unified"] {
-            let at = root.join(hierarchy);
-            // cgroup.controllers exists only at a cgroup v2 root or below.
-            if at.join("cgroup.controllers").is_file() && writable(&at.join("cgroup.procs")) {
-                return Placement::Cgroup(at);
-            }
-        }
-        Placement::ProcessGroupOnly
+        Self::without_systemd(root)
     }
 
     /// The program and arguments that start QEMU with `args` for VM `vm`.
@@ -109,10 +134,17 @@ fn writable(file: &Path) -> bool {
     std::fs::OpenOptions::new().write(true).open(file).is_ok()
 }
 
-/// Removes the cgroups of VMs that stopped (a cgroup with processes refuses `rmdir`).
+/// Removes the cgroups of VMs that stopped: those whose QEMU (the `-PID` their name
+/// ends in) is gone. One of a QEMU being adopted right now is still empty but its QEMU
+/// lives, so it stays. (A cgroup with processes refuses `rmdir` anyway.)
 fn sweep_empty(parent: &Path) {
     for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-        if entry.path().is_dir() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let alive = name
+            .rsplit_once('-')
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if entry.path().is_dir() && !alive {
             let _ = std::fs::remove_dir(entry.path());
         }
     }
@@ -166,6 +198,21 @@ mod tests {
         let (program, all) =
             Placement::ProcessGroupOnly.command("qemu-system-x86_64", "web", &args);
         assert_eq!((program.as_str(), all), ("qemu-system-x86_64", args));
+    }
+
+    #[test]
+    fn systemd_runs_refusals_are_told_from_qemus_errors() {
+        for refused in [
+            "Failed to create bus connection: No such file or directory",
+            "Failed to start transient scope unit: Access denied",
+            "Failed to connect to bus: Host is down",
+        ] {
+            assert!(Placement::systemd_refused(refused), "{refused}");
+        }
+        assert!(!Placement::systemd_refused(
+            "qemu-system-x86_64: -drive file=x: Failed to get \"write\" lock"
+        ));
+        assert!(!Placement::systemd_refused(""));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use crate::error::{HypervisorError, Result};
 use crate::qemu::layout::VmDir;
 use crate::spec::{DiskFormat, NetworkKind, VmSpec};
 
+use super::placement::{cgroup_of, Placement};
+
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
 /// How guest instructions run. `Auto` uses KVM only where it was seen to boot a kernel:
@@ -169,20 +171,23 @@ pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel, paused: bool) -> Re
         args.push("-S".into());
     }
     // Outside the agent's cgroup, so that stopping the agent never stops a VM.
-    let placement = super::placement::Placement::detect();
-    let (program, args) = placement.command(QEMU_BINARY, spec.name.as_str(), &args);
-    tracing::debug!(vm = %spec.name, %program, ?args, "starting QEMU");
-    let status = tokio::process::Command::new(&program)
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .status()
-        .await
-        .map_err(|e| HypervisorError::StartFailed {
-            vm: spec.name.clone(),
-            reason: format!("cannot run {program}: {e} (install qemu-system-x86)"),
-        })?;
+    let mut placement = Placement::detect();
+    let mut status = run_qemu(spec, &placement, &args, log, log_err).await?;
+    if !status.success()
+        && placement == Placement::SystemdScope
+        && Placement::systemd_refused(&std::fs::read_to_string(dir.qemu_log()).unwrap_or_default())
+    {
+        // systemd-run could not make the scope (no system bus, say): QEMU never ran.
+        // Started without systemd, it is moved into a cgroup of its own below.
+        placement = Placement::without_systemd(Path::new("/"));
+        tracing::warn!(vm = %spec.name, ?placement, "systemd-run refused to make the VM's scope (see qemu.log); starting QEMU without it");
+        let log = crate::private::open_private(&dir.qemu_log(), false)
+            .map_err(|e| HypervisorError::io("opening", dir.qemu_log(), e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| HypervisorError::io("opening", dir.qemu_log(), e))?;
+        status = run_qemu(spec, &placement, &args, log, log_err).await?;
+    }
     if !status.success() {
         let msg = std::fs::read_to_string(dir.qemu_log()).unwrap_or_default();
         return Err(HypervisorError::StartFailed {
@@ -197,6 +202,11 @@ pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel, paused: bool) -> Re
     if let Err(e) = placement.adopt(spec.name.as_str(), pid) {
         tracing::warn!(vm = %spec.name, ?placement, "QEMU stays in the agent's cgroup: {e}");
     }
+    if placement == Placement::SystemdScope
+        && !cgroup_of(pid).is_some_and(|c| c.contains(super::placement::SLICE))
+    {
+        tracing::warn!(vm = %spec.name, cgroup = ?cgroup_of(pid), "QEMU is not in {}: stopping the agent may stop it", super::placement::SLICE);
+    }
     // QEMU binds its sockets under its own umask (027 once daemonized): group-readable.
     // They were made inside the 0700 directory, so nobody else reached them meanwhile. A
     // failure here is not a failed start: QEMU runs, and the directory still shuts them.
@@ -210,6 +220,33 @@ pub async fn spawn(spec: &VmSpec, dir: &VmDir, accel: Accel, paused: bool) -> Re
         }
     }
     Ok(pid)
+}
+
+/// Runs QEMU (through `placement`'s wrapper) until it daemonizes; its exit status.
+async fn run_qemu(
+    spec: &VmSpec,
+    placement: &Placement,
+    args: &[String],
+    log: std::fs::File,
+    log_err: std::fs::File,
+) -> Result<std::process::ExitStatus> {
+    let (program, args) = placement.command(QEMU_BINARY, spec.name.as_str(), args);
+    tracing::debug!(vm = %spec.name, %program, ?args, "starting QEMU");
+    tokio::process::Command::new(&program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .status()
+        .await
+        .map_err(|e| HypervisorError::StartFailed {
+            vm: spec.name.clone(),
+            reason: if program == QEMU_BINARY {
+                format!("cannot run {program}: {e} (install qemu-system-x86)")
+            } else {
+                format!("cannot run {program}: {e} (set LIFEBOAT_VM_PLACEMENT=cgroup to start VMs without it)")
+            },
+        })
 }
 
 /// The pid of the VM's QEMU if it is alive and really ours: the pid file can outlive the

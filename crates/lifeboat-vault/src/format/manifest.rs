@@ -14,7 +14,12 @@ use super::keys::VaultKeys;
 use super::pack::{MAX_PACK_LEN, PACK_HEAD_LEN};
 use super::page::ENTRIES_PER_PAGE;
 
-pub const MANIFEST_VERSION: u64 = 1;
+/// The newest manifest version this code reads and writes. Version 2 adds `guest_seed`;
+/// a point without one is still written as version 1, so readers that know only version
+/// 1 read it, and a point with one says "upgrade" to them instead of "damaged".
+pub const MANIFEST_VERSION: u64 = 2;
+/// The version a manifest without the fields of later versions is written as.
+pub const MANIFEST_VERSION_BASE: u64 = 1;
 pub const MAX_DISKS: usize = 64;
 pub const MAX_DISK_SIZE: u64 = 64 << 40;
 pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
@@ -146,8 +151,12 @@ impl Manifest {
     /// Every rule of the format that JSON types alone do not express.
     pub fn validate(&self) -> Result<()> {
         let bad = |r: String| FormatError::damaged(self.object(), r);
-        if self.version != MANIFEST_VERSION {
-            return Err(bad(format!("manifest version {}", self.version)));
+        if self.version != self.version_needed() {
+            return Err(bad(format!(
+                "manifest version {} (its fields are those of version {})",
+                self.version,
+                self.version_needed()
+            )));
         }
         if let Some(seed) = &self.guest_seed {
             if seed.len() > MAX_GUEST_SEED_STORED {
@@ -201,6 +210,15 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The version this manifest's fields need: 2 with a guest seed, else 1.
+    pub fn version_needed(&self) -> u64 {
+        if self.guest_seed.is_some() {
+            MANIFEST_VERSION
+        } else {
+            MANIFEST_VERSION_BASE
+        }
     }
 
     /// Compresses a VM's own seed image for [`Manifest::guest_seed`]; one too large to
@@ -265,7 +283,7 @@ impl Manifest {
         let probe: VersionProbe =
             serde_json::from_slice(plain).map_err(|e| bad(format!("not a manifest: {e}")))?;
         match probe.manifest.as_u64() {
-            Some(MANIFEST_VERSION) => {}
+            Some(v) if (MANIFEST_VERSION_BASE..=MANIFEST_VERSION).contains(&v) => {}
             Some(v) if v > MANIFEST_VERSION => {
                 return Err(FormatError::NewerFormat {
                     object: object.into(),
@@ -386,10 +404,27 @@ pub(crate) mod tests {
         image[..5].copy_from_slice(b"CIDAT");
         image[70_000..70_019].copy_from_slice(b"instance-id: web-01");
         let m = Manifest {
+            version: 2,
             guest_seed: Some(Manifest::pack_guest_seed(&image).unwrap()),
             ..sample()
         };
         assert!(m.guest_seed.as_ref().unwrap().len() < 4096, "it compresses");
+        // A seed needs version 2 (a version-1 reader then says "upgrade"), and version
+        // 2 needs a seed (so points without one stay readable by version-1 readers).
+        let as_v1 = Manifest {
+            version: 1,
+            ..m.clone()
+        };
+        assert!(as_v1
+            .encode()
+            .unwrap_err()
+            .to_string()
+            .contains("version 2"));
+        let v2_without = Manifest {
+            version: 2,
+            ..sample()
+        };
+        assert!(v2_without.encode().is_err());
         let back = Manifest::decode(&m.encode().unwrap(), "x").unwrap();
         assert_eq!(back.guest_seed_image().unwrap().unwrap(), image);
         // Without a seed the field is not written: such a manifest reads as before.
@@ -414,6 +449,7 @@ pub(crate) mod tests {
         let bomb = zstd::bulk::compress(&vec![0u8; MAX_GUEST_SEED + 4096], 19).unwrap();
         assert!(bomb.len() <= MAX_GUEST_SEED_STORED);
         let m = Manifest {
+            version: 2,
             guest_seed: Some(bomb),
             ..sample()
         };
@@ -422,6 +458,7 @@ pub(crate) mod tests {
         assert!(e.to_string().contains("guest seed"), "{e}");
         // A stored seed over 1 MiB is a damaged manifest.
         let m = Manifest {
+            version: 2,
             guest_seed: Some(vec![1; MAX_GUEST_SEED_STORED + 1]),
             ..sample()
         };
@@ -461,12 +498,12 @@ pub(crate) mod tests {
     #[test]
     fn versions_and_unknown_fields() {
         let newer = json_with(|v| {
-            v["manifest"] = 2.into();
+            v["manifest"] = 3.into();
             v["new_field"] = 1.into();
         });
         let e = Manifest::decode(&newer, "points/web1/x").unwrap_err();
         assert!(
-            matches!(e, FormatError::NewerFormat { version: 2, .. }),
+            matches!(e, FormatError::NewerFormat { version: 3, .. }),
             "{e}"
         );
         assert!(e.to_string().contains("upgrade"));

@@ -564,7 +564,12 @@ impl PointWriter {
         }
         self.stats.logical_bytes = disks.iter().map(|d| d.size).sum();
         let manifest = Manifest {
-            version: format::manifest::MANIFEST_VERSION,
+            // Version 2 only when a field of it is there: older readers read the rest.
+            version: if self.opts.guest_seed.is_some() {
+                format::manifest::MANIFEST_VERSION
+            } else {
+                format::manifest::MANIFEST_VERSION_BASE
+            },
             point: self.point,
             name: self.opts.name.clone(),
             created: Utc::now(),

@@ -57,28 +57,31 @@ pub fn guest_runs(home: &Path, vm: &str) -> bool {
     if !alive {
         return false;
     }
-    // QEMU serves one QMP client at a time: the agent's calls are short, so wait.
-    let Ok(mut qmp) = std::os::unix::net::UnixStream::connect(dir.join("qmp.sock")) else {
-        return false;
-    };
-    qmp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    if qmp
-        .write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\"}\n")
-        .is_err()
-    {
-        return false;
-    }
-    for line in BufReader::new(qmp).lines() {
-        let Ok(line) = line else { return false };
-        let Ok(reply) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if let Some(running) = reply["return"]["running"].as_bool() {
-            return running;
+    // QEMU serves one QMP client at a time: the agent's calls are short, so wait. When
+    // the monitor does not answer, the command line decides as before: a QEMU started
+    // held (`-S`) runs no guest unless continued, which only QMP could tell.
+    let asked = (|| -> Option<bool> {
+        let mut qmp = std::os::unix::net::UnixStream::connect(dir.join("qmp.sock")).ok()?;
+        qmp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .ok()?;
+        qmp.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\"}\n")
+            .ok()?;
+        for line in BufReader::new(qmp).lines() {
+            let reply: serde_json::Value = match serde_json::from_str(&line.ok()?) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if let Some(running) = reply["return"]["running"].as_bool() {
+                return Some(running);
+            }
         }
-    }
-    false
+        None
+    })();
+    asked.unwrap_or_else(|| {
+        let pid = std::fs::read_to_string(dir.join("qemu.pid")).unwrap_or_default();
+        let cmd = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+        !cmd.is_empty() && !cmd.split(|b| *b == 0).any(|a| a == b"-S")
+    })
 }
 
 /// Samples every 20 ms until dropped (or `stop`): panics — failing the test — if VM `vm`
