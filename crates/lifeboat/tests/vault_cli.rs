@@ -182,7 +182,7 @@ fn keys_passphrases_and_their_errors() {
     let env = Env::new();
     env.ok(Some("first"), &["init"]);
     let wrong = env.run(Some("nope"), &["list"]);
-    assert_eq!(wrong.status.code(), Some(1));
+    assert_eq!(wrong.status.code(), Some(7), "a wrong passphrase exits 7");
     assert!(
         String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"),
         "{}",

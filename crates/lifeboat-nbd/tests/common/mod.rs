@@ -99,9 +99,15 @@ impl QemuNbd {
             .stdin(Stdio::null())
             .spawn()
             .expect("cannot run qemu-nbd (install qemu-utils)");
+        // Ready when it accepts a connection: qemu-nbd binds the socket (the file
+        // appears) before it listens, and a client in between is refused (seen in CI).
+        // `--persistent` keeps it serving after this probe hangs up.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "qemu-nbd socket never appeared");
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "qemu-nbd never accepted a connection"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         QemuNbd {
