@@ -23,6 +23,29 @@ use lifeboat_hypervisor::qemu::placement::{cgroup_of, Placement, CGROUP_DIR};
 use lifeboat_hypervisor::{QemuConfig, QemuDriver, VmName};
 use lifeboat_testkit::{boot_timeout, SerialConsole};
 
+/// A host home under `dir` with the test guest defined as VM `web` (not started).
+fn defined_web(dir: &Path) -> PathBuf {
+    let home = dir.join("host");
+    std::fs::create_dir_all(&home).unwrap();
+    let disk = lifeboat_testkit::guest_disk_copy(&home, "web.qcow2").unwrap();
+    let spec = home.join("web.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"web\"\nmemory_mib = 256\nvcpus = 1\n[[disks]]\nname = \"vda\"\npath = \"{}\"\nformat = \"qcow2\"\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let ok = lifeboat(&home)
+        .args(["vm", "define"])
+        .arg(&spec)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    home
+}
+
 /// A cgroup standing for the agent's unit, removed (after its processes) when dropped.
 struct UnitCgroup(PathBuf);
 
@@ -77,24 +100,7 @@ async fn stopping_the_agents_cgroup_and_process_group_leaves_the_vm_running() {
         );
     };
     let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("host");
-    std::fs::create_dir_all(&home).unwrap();
-    let disk = lifeboat_testkit::guest_disk_copy(&home, "web.qcow2").unwrap();
-    let spec = home.join("web.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "name = \"web\"\nmemory_mib = 256\nvcpus = 1\n[[disks]]\nname = \"vda\"\npath = \"{}\"\nformat = \"qcow2\"\n",
-            disk.display()
-        ),
-    )
-    .unwrap();
-    let ok = lifeboat(&home)
-        .args(["vm", "define"])
-        .arg(&spec)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let home = defined_web(tmp.path());
 
     // The agent's unit: its cgroup, and a process that lives as long as the agent would.
     let unit = UnitCgroup(root.join(format!("lbtest-agent-{}", std::process::id())));
@@ -198,24 +204,7 @@ fn systemd_run_shim(dir: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_starts_through_systemd_run_and_without_it_when_it_refuses() {
     let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("host");
-    std::fs::create_dir_all(&home).unwrap();
-    let disk = lifeboat_testkit::guest_disk_copy(&home, "web.qcow2").unwrap();
-    let spec = home.join("web.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "name = \"web\"\nmemory_mib = 256\nvcpus = 1\n[[disks]]\nname = \"vda\"\npath = \"{}\"\nformat = \"qcow2\"\n",
-            disk.display()
-        ),
-    )
-    .unwrap();
-    assert!(lifeboat(&home)
-        .args(["vm", "define"])
-        .arg(&spec)
-        .status()
-        .unwrap()
-        .success());
+    let home = defined_web(tmp.path());
     let bin = systemd_run_shim(tmp.path());
     let log = tmp.path().join("systemd-run.args");
     let path = format!(
