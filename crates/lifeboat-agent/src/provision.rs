@@ -355,31 +355,28 @@ impl Recoveries {
             }
             if let Some(w) = wanted {
                 let mut addressing = w.addressing.clone();
-                // On the QEMU driver's isolated network (QEMU's user network, restricted)
-                // replies to a client of an exposed port go to that client's address: a
-                // test address without a gateway could answer only the recovery host's
-                // loopback. The network's own gateway, 10.0.2.2, leads nowhere else.
                 if let lifeboat_types::Addressing::Static(a) = &mut addressing {
-                    let user_net: ipnet::IpNet = "10.0.2.0/24".parse().expect("a subnet");
-                    // Isolated is QEMU's user network under the QEMU driver, and under
-                    // libvirt when the copy exposes ports (libvirt/define.rs).
+                    // A port forwarded to a guest given a static address on QEMU's user
+                    // network must lead to that address, not to the one its DHCP offers.
+                    if let std::net::IpAddr::V4(v4) = a.address.addr() {
+                        for f in &mut nic.host_forwards {
+                            f.guest_addr = Some(v4);
+                        }
+                    }
+                    // Isolated is QEMU's restricted user network under the QEMU driver,
+                    // and under libvirt when the copy exposes ports (libvirt/define.rs).
+                    // Replies to a client of an exposed port go to that client's address:
+                    // without a gateway the copy could answer only the host's loopback.
+                    // The network's own gateway, 10.0.2.2, leads nowhere else.
                     let user_network =
                         matches!(driver, Driver::Qemu(_)) || !nic.host_forwards.is_empty();
+                    let user_net: ipnet::IpNet = "10.0.2.0/24".parse().expect("a subnet");
                     if user_network
                         && nic.network == "isolated"
                         && a.gateway.is_none()
                         && user_net.contains(&a.address.addr())
                     {
                         a.gateway = Some(std::net::Ipv4Addr::new(10, 0, 2, 2).into());
-                    }
-                }
-                // A port forwarded to a guest given a static address on QEMU's user
-                // network must lead to that address, not to the one its DHCP hands out.
-                if let lifeboat_types::Addressing::Static(a) = &w.addressing {
-                    if let std::net::IpAddr::V4(v4) = a.address.addr() {
-                        for f in &mut nic.host_forwards {
-                            f.guest_addr = Some(v4);
-                        }
                     }
                 }
                 guest_network.push(lifeboat_types::NicAddressing {

@@ -284,34 +284,26 @@ pub async fn sync_vm(
 /// configures (a static address falls back to DHCP). A seed that cannot be read or is too
 /// large to carry does not fail the sync: the point goes without it and `note` says so.
 fn carried_seed(path: Option<std::path::PathBuf>, note: &mut Option<String>) -> Option<Vec<u8>> {
+    use std::io::Read;
     let path = path?;
-    let mut add = |why: String| {
-        let line = format!(
-            "the VM's cloud-init seed {} is not carried: {why}",
-            path.display()
-        );
-        *note = Some(match note.take() {
-            Some(n) => format!("{n}; {line}"),
-            None => line,
-        });
-    };
     let limit = lifeboat_vault::format::manifest::MAX_GUEST_SEED as u64;
+    let mut image = Vec::new();
     let packed = std::fs::File::open(&path)
-        .and_then(|f| {
-            use std::io::Read;
-            let mut image = Vec::new();
-            f.take(limit + 1).read_to_end(&mut image)?;
-            Ok(image)
-        })
-        .map_err(|e| format!("{e}; a copy recovered from this point boots without it"))
-        .and_then(|image| {
-            Manifest::pack_guest_seed(&image)
-                .map_err(|e| format!("{e}; a copy recovered from this point boots without it"))
-        });
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut image))
+        .map_err(|e| e.to_string())
+        .and_then(|_| Manifest::pack_guest_seed(&image).map_err(|e| e.to_string()));
     match packed {
         Ok(p) => Some(p),
         Err(why) => {
-            add(why);
+            let line = format!(
+                "the VM's cloud-init seed {} is not carried: {why}; a copy recovered from \
+                 this point boots without it",
+                path.display()
+            );
+            *note = Some(match note.take() {
+                Some(n) => format!("{n}; {line}"),
+                None => line,
+            });
             None
         }
     }

@@ -69,41 +69,17 @@ impl Boot {
     }
 }
 
-/// Boots `disk` in `boot.site` with `boot`'s seed and waits until the guest's service
-/// answers `/` at the seed's address and the guest has announced that address with a
-/// gratuitous ARP; prints both times.
+/// Boots `disk` in `boot.site` with `boot`'s seed until it answers at the seed's address
+/// and has announced it (`DebianVm::start_answering`).
 async fn start(lab: &Lab, dir: &Path, disk: &Path, boot: &Boot) -> anyhow::Result<DebianVm> {
     let seed = dir.join(format!("{}.seed.img", boot.run));
     NoCloudSeed::new(boot.instance_id, boot.hostname)?
         .with_static_ipv4(&boot.nic())
         .write_disk(&seed)?;
     let netns = lab.netns(boot.site).clone();
-    let mut config = DebianVmConfig::new(boot.run, dir, disk, netns.clone(), TAP, MAC);
+    let mut config = DebianVmConfig::new(boot.run, dir, disk, netns, TAP, MAC);
     config.seed = Some(seed);
-    let arp = ArpWatch::start(&netns, TAP)?;
-    let vm = DebianVm::start(&config)?;
-    let body = wait_http_in(&netns, boot.http(), "/", boot_timeout())
-        .await
-        .with_context(|| format!("{}: console log:\n{}", boot.run, vm.console_log()))?;
-    let answered = vm.started().elapsed();
-    let announced = arp
-        .wait_announcement(MAC, boot.site.addr(10), CMD)
-        .await
-        .with_context(|| format!("{}: console log:\n{}", boot.run, vm.console_log()))?;
-    eprintln!(
-        "{}: http://{}/ answered {:.1} s after QEMU started; gratuitous ARP at {:.1} s",
-        boot.run,
-        boot.http(),
-        answered.as_secs_f64(),
-        announced.at.as_secs_f64()
-    );
-    ensure!(
-        String::from_utf8_lossy(&body) == format!("{}\n", boot.hostname),
-        "{}: / answered {:?}",
-        boot.run,
-        String::from_utf8_lossy(&body)
-    );
-    Ok(vm)
+    DebianVm::start_answering(&config, boot.site.addr(10), boot.hostname).await
 }
 
 /// What every boot must show: exactly the seed's address on the NIC (under the seed's

@@ -26,11 +26,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use lifeboat_testkit::boot_timeout;
 use lifeboat_testkit::debian_guest::{
-    debian_disk_copy_with, wait_http_in, ArpWatch, DebianNetwork, DebianVm, DebianVmConfig,
-    NoCloudSeed, StaticIpv4,
+    debian_disk_copy_with, wait_http_in, DebianNetwork, DebianVm, DebianVmConfig, NoCloudSeed,
+    StaticIpv4,
 };
 use lifeboat_testkit::lab::{Lab, LabOptions, Site};
 use lifeboat_testkit::SerialConsole;
@@ -104,46 +104,15 @@ impl Boot {
     }
 }
 
-/// The last lines of the guest's boot console, for failure messages.
-fn console_tail(vm: &DebianVm) -> String {
-    let log = vm.console_log();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
-}
-
-/// Boots `disk` in `boot.site` with `boot`'s seed and waits until the guest's service
-/// answers `/` at the seed's address and the guest has announced that address with a
-/// gratuitous ARP; prints both times.
+/// Boots `disk` in `boot.site` with `boot`'s seed until it answers at the seed's address
+/// and has announced it (`DebianVm::start_answering`).
 async fn start(lab: &Lab, dir: &Path, disk: &Path, boot: &Boot) -> anyhow::Result<DebianVm> {
     let seed = dir.join(format!("{}.seed.img", boot.run));
     boot.write_seed(&seed)?;
     let netns = lab.netns(boot.site).clone();
-    let mut config = DebianVmConfig::new(boot.run, dir, disk, netns.clone(), TAP, MAC);
+    let mut config = DebianVmConfig::new(boot.run, dir, disk, netns, TAP, MAC);
     config.seed = Some(seed);
-    let arp = ArpWatch::start(&netns, TAP)?;
-    let vm = DebianVm::start(&config)?;
-    let body = wait_http_in(&netns, boot.http(), "/", boot_timeout())
-        .await
-        .with_context(|| format!("{}: console log:\n{}", boot.run, console_tail(&vm)))?;
-    let answered = vm.started().elapsed();
-    let announced = arp
-        .wait_announcement(MAC, boot.address(), CMD)
-        .await
-        .with_context(|| format!("{}: console log:\n{}", boot.run, console_tail(&vm)))?;
-    eprintln!(
-        "{}: http://{}/ answered {:.1} s after QEMU started; gratuitous ARP at {:.1} s",
-        boot.run,
-        boot.http(),
-        answered.as_secs_f64(),
-        announced.at.as_secs_f64()
-    );
-    ensure!(
-        String::from_utf8_lossy(&body) == format!("{HOSTNAME}\n"),
-        "{}: / answered {:?}",
-        boot.run,
-        String::from_utf8_lossy(&body)
-    );
-    Ok(vm)
+    DebianVm::start_answering(&config, boot.address(), HOSTNAME).await
 }
 
 /// What every boot must show: ifupdown, not networkd, configured the NIC; it has the
@@ -160,7 +129,7 @@ async fn check_network(
     let seen = |what: &str, value: &str| {
         format!(
             "{run}: {what}: {value:?}\nconsole log:\n{}",
-            console_tail(vm)
+            vm.console_tail(60)
         )
     };
     let name = console

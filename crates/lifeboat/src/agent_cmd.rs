@@ -168,19 +168,9 @@ pub async fn bind(
     Ok((listener, addr))
 }
 
+/// Ctrl-C or SIGTERM: a daemon's cue to stop cleanly.
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    crate::exit::stopping_signal().await;
 }
 
 fn system_hostname() -> Result<String> {

@@ -182,6 +182,29 @@ async fn protect_and_check(database: Option<String>) {
         .output()
         .unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout);
+    // With a protected VM's samples too, Prometheus' own linter has nothing to say.
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (package prometheus; scripts/test installs it)");
+    {
+        use std::io::Write;
+        let mut stdin = lint.stdin.take().unwrap();
+        stdin.write_all(metrics.as_bytes()).unwrap();
+    }
+    let lint = lint.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    assert!(
+        lint.status.success() && said.trim().is_empty(),
+        "{said}\n{metrics}"
+    );
     for per_vm in [
         "lifeboat_vm_rpo_seconds",
         "lifeboat_vm_rpo_threshold_seconds",

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{lifeboat, KillVm};
+use common::cluster::{lifeboat, run_ok, KillVm};
 use common::moves::guest_runs;
 use lifeboat_hypervisor::qemu::placement::{cgroup_of, Placement, CGROUP_DIR};
 use lifeboat_hypervisor::{QemuConfig, QemuDriver, VmName};
@@ -37,12 +37,9 @@ fn defined_web(dir: &Path) -> PathBuf {
         ),
     )
     .unwrap();
-    let ok = lifeboat(&home)
-        .args(["vm", "define"])
-        .arg(&spec)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let mut define = lifeboat(&home);
+    define.args(["vm", "define"]).arg(&spec);
+    run_ok(define);
     home
 }
 
@@ -121,14 +118,7 @@ async fn stopping_the_agents_cgroup_and_process_group_leaves_the_vm_running() {
     let mut start = lifeboat(&home);
     start.args(["vm", "start", "web"]);
     // In the agent's own process group, as the agent's children are.
-    let out = in_unit(&unit.0, agent_pid as i32, &mut start)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(in_unit(&unit.0, agent_pid as i32, &mut start));
     let _guard = KillVm(home.clone(), "web");
     let qemu: u32 = std::fs::read_to_string(home.join("vms/web/qemu.pid"))
         .unwrap()

@@ -145,6 +145,49 @@ impl DebianVm {
         &self.qmp
     }
 
+    /// Starts the VM and waits until its service answers `GET /` on `address` port 80
+    /// with `hostname` and the guest has announced `address` with a gratuitous ARP on the
+    /// config's tap; prints both times. A failure carries the console's last 60 lines.
+    pub async fn start_answering(
+        config: &DebianVmConfig,
+        address: std::net::Ipv4Addr,
+        hostname: &str,
+    ) -> anyhow::Result<Self> {
+        let tap = config
+            .tap
+            .as_deref()
+            .context("a VM without a NIC answers nobody")?;
+        let arp = super::ArpWatch::start(&config.netns, tap)?;
+        let vm = Self::start(config)?;
+        let http = std::net::SocketAddr::from((address, 80));
+        let run = &config.name;
+        let body = super::wait_http_in(&config.netns, http, "/", crate::boot_timeout())
+            .await
+            .with_context(|| format!("{run}: console log:\n{}", vm.console_tail(60)))?;
+        let answered = vm.started().elapsed();
+        let announced = arp
+            .wait_announcement(&config.mac, address, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("{run}: console log:\n{}", vm.console_tail(60)))?;
+        eprintln!(
+            "{run}: http://{http}/ answered {:.1} s after QEMU started; gratuitous ARP at {:.1} s",
+            answered.as_secs_f64(),
+            announced.at.as_secs_f64()
+        );
+        let body = String::from_utf8_lossy(&body);
+        if body != format!("{hostname}\n") {
+            bail!("{run}: / answered {body:?}, not {hostname}");
+        }
+        Ok(vm)
+    }
+
+    /// The last `lines` lines of the guest's console, for failure messages.
+    pub fn console_tail(&self, lines: usize) -> String {
+        let log = self.console_log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Everything the kernel and cloud-init printed on the guest's console (ttyS0) so far.
     pub fn console_log(&self) -> String {
         std::fs::read_to_string(&self.console_log).unwrap_or_default()
