@@ -84,7 +84,7 @@ format = "qcow2"
 
     /// Runs a shell command in the guest; fails on a non-zero exit.
     pub async fn sh(&mut self, cmd: &str) -> Result<String> {
-        self.console.run(cmd, CMD_TIMEOUT).await
+        Ok(self.console.run(cmd, CMD_TIMEOUT).await?)
     }
 
     pub async fn pause(&self) -> Result<()> {

@@ -8,12 +8,16 @@
 //! caller as (offset, bytes) extents and committed or aborted when the caller is done.
 //! Everything the driver keeps on the host is its owner's only (`private`), and a disk is
 //! always opened as its spec's format says, never as its content looks.
+//! The demo guest (`demo_guest`: its builder, found at run time) and a guest's shell on
+//! its serial port (`serial_console`) are here too: `lifeboat demo` and `up` boot it.
 
+pub mod demo_guest;
 pub mod driver;
 pub mod error;
 pub mod libvirt;
 pub mod private;
 pub mod qemu;
+pub mod serial_console;
 pub mod spec;
 
 pub use error::{HypervisorError, Result};

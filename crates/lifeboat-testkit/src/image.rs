@@ -1,15 +1,10 @@
-//! The test guest image: built by `guest/build.sh` (cached on disk by that script,
-//! memoised here for the process), copied per test.
+//! The test guest image: the demo guest built from this source tree's `guest/` (cached
+//! on disk by build.sh, memoised here for the process), copied per test.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
-use anyhow::{bail, Context};
-
-fn build_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh")
-}
+use lifeboat_hypervisor::demo_guest::{self, GuestBuilder};
 
 /// Builds (or finds cached) the test guest and returns the path of its qcow2 image.
 /// Runs `guest/build.sh` at most once per process; the script takes a file lock, so
@@ -19,44 +14,17 @@ pub fn guest_image() -> anyhow::Result<PathBuf> {
     // The error is kept as text so that every caller sees the same failure.
     static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     IMAGE
-        .get_or_init(|| run_build_script().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| {
+            // This checkout's builder, whatever a package installed: the tests test it.
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest");
+            GuestBuilder::at(dir).build().map_err(|e| e.to_string())
+        })
         .clone()
         .map_err(anyhow::Error::msg)
-}
-
-fn run_build_script() -> anyhow::Result<PathBuf> {
-    let script = build_script();
-    tracing::info!(script = %script.display(), "building or finding the test guest");
-    let output = Command::new("bash")
-        .arg(&script)
-        .output()
-        .with_context(|| format!("run {}", script.display()))?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        bail!(
-            "{} failed ({}); its stderr:\n{stderr}",
-            script.display(),
-            output.status
-        );
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().unwrap_or("").trim();
-    let image = PathBuf::from(last);
-    if !image.is_absolute() || !image.is_file() {
-        bail!(
-            "{} printed {last:?} as its last line, not the path of an image; its stderr:\n{stderr}",
-            script.display()
-        );
-    }
-    Ok(image)
 }
 
 /// Copies the guest image to `dir/name` (a qcow2 file, no backing file) for a test
 /// to boot and write to, and returns its path.
 pub fn guest_disk_copy(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let image = guest_image()?;
-    let disk = dir.join(name);
-    std::fs::copy(&image, &disk)
-        .with_context(|| format!("copy test guest {} to {}", image.display(), disk.display()))?;
-    Ok(disk)
+    Ok(demo_guest::disk_copy(&guest_image()?, dir, name)?)
 }

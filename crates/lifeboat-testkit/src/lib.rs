@@ -1,6 +1,7 @@
 //! Test helpers for Lifeboat's VM tests. Tests need a real guest to protect: this crate
-//! builds it (`guest/build.sh`: a 64 MiB qcow2 disk made from Debian's cloud kernel and
-//! busybox, cached by a hash of its inputs), hands each test its own copy, and talks to
+//! builds it from the source tree (`guest/build.sh` through the product's
+//! `lifeboat_hypervisor::demo_guest`: a 64 MiB qcow2 disk made from Debian's cloud kernel
+//! and busybox, cached by a hash of its inputs), hands each test its own copy, and talks to
 //! the running guest the two ways the guest offers — a root shell on its serial port
 //! ([`SerialConsole`]) and busybox httpd serving its `/data` partition ([`http_get`],
 //! [`wait_http`]). The guest contract (see `guest/init.sh`): `/dev/vda2` is mounted at
@@ -31,7 +32,6 @@ pub mod lab;
 mod postgres;
 mod procs;
 mod sas;
-mod serial;
 mod servers;
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -42,11 +42,11 @@ pub use http::{http_get, wait_http};
 pub use image::{guest_disk_copy, guest_image};
 pub mod libvirtd;
 mod random;
+pub use lifeboat_hypervisor::serial_console::SerialConsole;
 pub use postgres::{fresh_postgres_database, new_postgres_database, postgres_url};
 pub use procs::{cpu_seconds, status_kb, status_number, thread_cpu, ThreadCpu};
 pub use random::random_bytes;
 pub use sas::{azurite_container_sas, container_sas, SAS_VERSION};
-pub use serial::SerialConsole;
 pub use servers::{Azurite, S3Server, AZURITE_ACCOUNT, AZURITE_KEY};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read, drop).

@@ -136,12 +136,12 @@ async fn check_network(
 /// What the guest's lifeboat-cloud-network-prune unit said in this boot: it names each
 /// networkd file of an earlier instance it removed.
 async fn pruned(console: &mut SerialConsole) -> anyhow::Result<String> {
-    console
+    Ok(console
         .run(
             "journalctl -b -o cat --no-pager -u lifeboat-cloud-network-prune",
             CMD,
         )
-        .await
+        .await?)
 }
 
 /// The guest agent answers and reports the NIC (`name`) with its MAC and the seed's

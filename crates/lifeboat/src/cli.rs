@@ -115,6 +115,9 @@ pub enum Command {
     /// point of no return.
     #[command(subcommand)]
     Operations(OperationsCommand),
+    /// Man pages and shell completions, for packagers (scripts/package).
+    #[command(subcommand, hide = true)]
+    Generate(crate::generate_cmd::GenerateCommand),
     /// Overview: VMs by protection state, worst RPO, running operations.
     Status {
         #[command(flatten)]

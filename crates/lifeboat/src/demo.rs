@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use lifeboat_hypervisor::serial_console::SerialConsole;
 use lifeboat_hypervisor::{CutKind, Hypervisor, QemuDriver, VmName, VmSpec, VmState};
-use lifeboat_testkit::SerialConsole;
 
 use crate::cbt_cmd::{print_cut, take_cut};
 use crate::cli::DemoArgs;
@@ -82,15 +82,16 @@ pub async fn run(driver: &QemuDriver, out: Output, args: DemoArgs) -> Result<()>
         1,
         "Preparing the demo guest (built once from Debian packages, then cached)",
     );
-    let image = tokio::task::spawn_blocking(lifeboat_testkit::guest_image).await??;
+    let (builder, image) = crate::demo_guest::image().await?;
+    println!("  guest builder: {}", builder.display());
     println!("  guest image: {}", image.display());
     if driver.spec(&vm).await.is_ok() {
         println!("  replacing the previous demo VM");
         driver.kill(&vm).await?;
         driver.undefine(&vm).await?;
     }
-    let disk = lifeboat_testkit::guest_disk_copy(&dir, "demo.qcow2")?;
-    let port = lifeboat_testkit::free_tcp_port();
+    let disk = crate::demo_guest::disk_copy(&image, &dir, "demo.qcow2")?;
+    let port = crate::demo_guest::free_tcp_port()?;
     let spec = demo_spec(VM, &disk, port)?;
     driver.define(spec).await?;
 
@@ -149,7 +150,7 @@ pub async fn run(driver: &QemuDriver, out: Output, args: DemoArgs) -> Result<()>
     }
     println!("  qemu-img compare: replica built from the two cuts == live disk, bit for bit");
     let (status, body) =
-        lifeboat_testkit::http_get(port, "/hello.txt", Duration::from_secs(30)).await?;
+        crate::demo_guest::http_get(port, "/hello.txt", Duration::from_secs(30)).await?;
     println!(
         "  the guest serves /hello.txt (HTTP {status}): {}",
         String::from_utf8_lossy(&body).trim()

@@ -5,9 +5,11 @@ mod agent_cmd;
 mod cbt_cmd;
 mod cli;
 mod demo;
+mod demo_guest;
 mod events;
 mod exit;
 mod failover_cmd;
+mod generate_cmd;
 mod hosts_cmd;
 mod image_source;
 mod maintenance_cmd;
@@ -115,6 +117,7 @@ fn driver(cli: &cli::Cli) -> anyhow::Result<QemuDriver> {
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let out = output::Output { json: cli.json };
     match cli.command {
+        cli::Command::Generate(cmd) => return generate_cmd::run(cmd),
         cli::Command::Vault(args) => return vault_cmd::run(out, args).await,
         cli::Command::Hosts(cmd) => return hosts_cmd::run(out, &cli.home, cmd).await,
         cli::Command::Vms(cmd) => return hosts_cmd::run_vms(out, &cli.home, cmd).await,
@@ -161,6 +164,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         | cli::Command::Reprotect { .. }
         | cli::Command::Points { .. }
         | cli::Command::Users(_)
-        | cli::Command::Audit { .. } => unreachable!("handled above"),
+        | cli::Command::Audit { .. }
+        | cli::Command::Generate(_) => unreachable!("handled above"),
     }
 }

@@ -218,10 +218,14 @@ async fn ensure_demo_vm(driver: &QemuDriver, home: &Path) -> Result<u16> {
     if driver.spec(&vm).await.is_err() {
         println!("  preparing the demo guest (built once from Debian packages, then cached)");
         let dir = home.join("up");
-        // Built (or found cached) off the async threads: the first build takes minutes.
-        tokio::task::spawn_blocking(lifeboat_testkit::guest_image).await??;
-        let disk = lifeboat_testkit::guest_disk_copy(&dir, "demo.qcow2")?;
-        let spec = crate::demo::demo_spec(DEMO_VM, &disk, lifeboat_testkit::free_tcp_port())?;
+        let (builder, image) = crate::demo_guest::image().await?;
+        println!(
+            "  guest image: {} (from {})",
+            image.display(),
+            builder.display()
+        );
+        let disk = crate::demo_guest::disk_copy(&image, &dir, "demo.qcow2")?;
+        let spec = crate::demo::demo_spec(DEMO_VM, &disk, crate::demo_guest::free_tcp_port()?)?;
         driver.define(spec).await?;
     }
     let spec = driver.spec(&vm).await?;

@@ -139,7 +139,7 @@ pub struct Churn {
 
 impl Vm {
     async fn sh(&mut self, cmd: &str) -> Result<String> {
-        self.console.run(cmd, CMD_TIMEOUT).await
+        Ok(self.console.run(cmd, CMD_TIMEOUT).await?)
     }
 
     /// Fills the source buffer in the guest's RAM (/tmp is on the initramfs): the

@@ -93,11 +93,12 @@ host_forwards = [{{ host_port = {http_port}, guest_port = 80 }}]
 
     /// Runs a shell command in the guest.
     pub async fn sh(&mut self, cmd: &str) -> Result<String> {
-        self.console
+        Ok(self
+            .console
             .as_mut()
             .context("guest console not connected")?
             .run(cmd, CMD_TIMEOUT)
-            .await
+            .await?)
     }
 
     /// Writes `count` random 64 KiB blocks into /data/NAME at block `seek`, then syncs.

@@ -205,6 +205,12 @@ pub fn start_server_with(home: &Path, database: Option<&str>, tls: bool) -> Serv
         Some(url) => cmd.env("LIFEBOAT_DATABASE", url),
         None => cmd.env_remove("LIFEBOAT_DATABASE"),
     };
+    spawn_server(cmd, home)
+}
+
+/// Starts a server's command and reads its banner; a restarted server's token (printed
+/// at first start only) is read from `home` on this machine.
+pub fn spawn_server(mut cmd: Command, home: &Path) -> Server {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -1,5 +1,6 @@
-//! The guest's root shell on its serial port, reached through QEMU's
-//! `-chardev socket,server=on,...` Unix socket.
+//! A guest's root shell on its serial port, reached through QEMU's
+//! `-chardev socket,server=on,...` Unix socket: how `lifeboat demo` writes in the demo
+//! guest, and how the tests drive their guests.
 //!
 //! The guest runs a non-interactive shell (no prompt, tty echo off), but nothing here
 //! relies on that: each command is framed by a begin and an end marker that appear in
@@ -10,7 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::{sleep, timeout, Instant};
@@ -22,6 +22,45 @@ const END: &str = "__LBEND_";
 const KILL_LINE: &str = "\x15";
 /// Unmatched output kept for error messages; older bytes are dropped.
 const KEEP_BYTES: usize = 256 * 1024;
+
+/// What went wrong on a serial console; each names the socket or the command.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("serial console {}: not accepting within {limit:?}: {source}", path.display())]
+    Connect {
+        path: PathBuf,
+        limit: Duration,
+        source: std::io::Error,
+    },
+    #[error("serial console {}: the guest shell did not answer within {limit:?}; last output:\n{output}", path.display())]
+    NotReady {
+        path: PathBuf,
+        limit: Duration,
+        output: String,
+    },
+    #[error("guest command {cmd:?} exited with status {status}; output:\n{output}")]
+    Failed {
+        cmd: String,
+        status: i32,
+        output: String,
+    },
+    #[error("guest command {cmd:?} did not finish within {limit:?}; output so far:\n{output}")]
+    Timeout {
+        cmd: String,
+        limit: Duration,
+        output: String,
+    },
+    #[error("serial console {}: closed by QEMU (did the VM exit?); last output:\n{output}", path.display())]
+    Closed { path: PathBuf, output: String },
+    #[error("serial console {}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = ConsoleError> = std::result::Result<T, E>;
 
 /// A shell session on the guest's serial console.
 pub struct SerialConsole {
@@ -46,17 +85,16 @@ struct Finished {
 impl SerialConsole {
     /// Connects to QEMU's serial socket at `path`, retrying until it exists and
     /// accepts (QEMU creates it shortly after starting).
-    pub async fn connect(path: &Path, limit: Duration) -> anyhow::Result<Self> {
+    pub async fn connect(path: &Path, limit: Duration) -> Result<Self> {
         let deadline = Instant::now() + limit;
         let stream = loop {
             match UnixStream::connect(path).await {
                 Ok(stream) => break stream,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "serial console {}: not accepting within {limit:?}",
-                            path.display()
-                        )
+                Err(source) if Instant::now() >= deadline => {
+                    return Err(ConsoleError::Connect {
+                        path: path.to_owned(),
+                        limit,
+                        source,
                     });
                 }
                 Err(_) => sleep(Duration::from_millis(50)).await,
@@ -77,7 +115,7 @@ impl SerialConsole {
 
     /// Waits until the guest's shell answers a command. Probes every second and
     /// accepts the answer to any probe, so a slow shell is not mistaken for a dead one.
-    pub async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+    pub async fn wait_ready(&mut self, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         let mut tags = Vec::new();
         loop {
@@ -89,11 +127,11 @@ impl SerialConsole {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "serial console {}: the guest shell did not answer within {limit:?}; last output:\n{}",
-                    self.path.display(),
-                    self.received_text()
-                );
+                return Err(ConsoleError::NotReady {
+                    path: self.path.clone(),
+                    limit,
+                    output: self.received_text(),
+                });
             }
         }
     }
@@ -101,28 +139,30 @@ impl SerialConsole {
     /// Runs `cmd` in the guest shell and returns its output (stdout and stderr,
     /// without `\r` and without the final newline). Fails, with the output, when
     /// the exit status is not 0 or no end marker arrives within `limit`.
-    pub async fn run(&mut self, cmd: &str, limit: Duration) -> anyhow::Result<String> {
+    pub async fn run(&mut self, cmd: &str, limit: Duration) -> Result<String> {
         let deadline = Instant::now() + limit;
         let tag = self.send(cmd).await?;
         match self.wait_any(std::slice::from_ref(&tag), deadline).await? {
             Some((_, done)) if done.status == 0 => Ok(done.output),
-            Some((_, done)) => Err(anyhow!(
-                "guest command {cmd:?} exited with status {}; output:\n{}",
-                done.status,
-                done.output
-            )),
+            Some((_, done)) => Err(ConsoleError::Failed {
+                cmd: cmd.to_string(),
+                status: done.status,
+                output: done.output,
+            }),
             None => {
-                let text = self.received_text();
+                let output = self.received_text();
                 self.received.clear();
-                Err(anyhow!(
-                    "guest command {cmd:?} did not finish within {limit:?}; output so far:\n{text}"
-                ))
+                Err(ConsoleError::Timeout {
+                    cmd: cmd.to_string(),
+                    limit,
+                    output,
+                })
             }
         }
     }
 
     /// Types `cmd` framed by markers; returns the tag that identifies its markers.
-    async fn send(&mut self, cmd: &str) -> anyhow::Result<String> {
+    async fn send(&mut self, cmd: &str) -> Result<String> {
         self.commands += 1;
         let tag = format!("{:08x}_{}", self.session, self.commands);
         // The quotes split each marker in the typed text, so an echo of the input
@@ -133,7 +173,11 @@ impl SerialConsole {
         self.stream
             .write_all(line.as_bytes())
             .await
-            .with_context(|| format!("serial console {}: write", self.path.display()))?;
+            .map_err(|source| ConsoleError::Io {
+                path: self.path.clone(),
+                what: "write",
+                source,
+            })?;
         Ok(tag)
     }
 
@@ -142,7 +186,7 @@ impl SerialConsole {
         &mut self,
         tags: &[String],
         deadline: Instant,
-    ) -> anyhow::Result<Option<(usize, Finished)>> {
+    ) -> Result<Option<(usize, Finished)>> {
         loop {
             for (i, tag) in tags.iter().enumerate() {
                 if let Some(done) = find_finished(&self.received, tag) {
@@ -160,15 +204,19 @@ impl SerialConsole {
             }
             match timeout(left, self.stream.read_buf(&mut self.received)).await {
                 Err(_) => return Ok(None),
-                Ok(Ok(0)) => bail!(
-                    "serial console {}: closed by QEMU (did the VM exit?); last output:\n{}",
-                    self.path.display(),
-                    self.received_text()
-                ),
+                Ok(Ok(0)) => {
+                    return Err(ConsoleError::Closed {
+                        path: self.path.clone(),
+                        output: self.received_text(),
+                    })
+                }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    return Err(e)
-                        .with_context(|| format!("serial console {}: read", self.path.display()))
+                Ok(Err(source)) => {
+                    return Err(ConsoleError::Io {
+                        path: self.path.clone(),
+                        what: "read",
+                        source,
+                    })
                 }
             }
         }
