@@ -458,6 +458,10 @@ pub struct ServerConn {
     /// A file holding the API token.
     #[arg(long, env = "LIFEBOAT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// For a server with a certificate of your CA (`server --tls-cert`): that CA's
+    /// certificate (PEM), checked with the server's name instead of pinning.
+    #[arg(long, env = "LIFEBOAT_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -476,6 +480,27 @@ pub struct ServerArgs {
     /// of this process's open-file limit. Idle ones are closed after 15 s.
     #[arg(long, default_value_t = lifeboat_agent::serve::admission::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    #[command(flatten)]
+    pub files: DaemonFiles,
+}
+
+/// What a daemon reads besides its flags: its config file and the operator's TLS
+/// certificate.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DaemonFiles {
+    /// The config file (TOML; keys are these flags' names with `_`). Default:
+    /// /etc/lifeboat/server.toml or agent.toml, if it exists. Flags and environment
+    /// variables win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve HTTPS with this certificate (PEM, the chain from the host's own first)
+    /// instead of Lifeboat's self-signed identity. Clients then check it against their
+    /// CA (`--ca-cert`) or pin its fingerprint, printed at start.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; readable by its owner only).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -518,6 +543,8 @@ pub struct AgentArgs {
     /// `auto` (libvirt when its socket answers, else qemu).
     #[arg(long, value_enum, default_value = "auto")]
     pub hypervisor: HypervisorArg,
+    #[command(flatten)]
+    pub files: DaemonFiles,
 }
 
 /// `lifeboat agent --hypervisor`.

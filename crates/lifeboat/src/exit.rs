@@ -5,6 +5,8 @@
 
 /// The command failed; the message says why and what to do.
 pub const FAILURE: u8 = 1;
+/// The command line or a config file is wrong (clap's code for usage errors).
+pub const USAGE: u8 = 2;
 /// `vault verify` found damage.
 pub const DAMAGED: u8 = 3;
 /// `protect --wait --timeout` gave up waiting (replication goes on).
@@ -77,6 +79,11 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
     }
     if e.downcast_ref::<crate::protect_cmd::TimedOut>().is_some() {
         return TIMED_OUT;
+    }
+    if e.downcast_ref::<crate::config_file::BadConfigFile>()
+        .is_some()
+    {
+        return USAGE;
     }
     if e.downcast_ref::<BadCredentials>().is_some() {
         return BAD_CREDENTIALS;

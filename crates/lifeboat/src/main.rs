@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod cbt_cmd;
 mod cli;
+mod config_file;
 mod demo;
 mod events;
 mod exit;
@@ -23,7 +24,7 @@ mod users_cmd;
 mod vault_cmd;
 mod vm_cmd;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use lifeboat_hypervisor::{QemuConfig, QemuDriver};
 
 /// Keeps glibc from hoarding freed buffers. Chunks and read pieces are allocated on one
@@ -40,7 +41,19 @@ fn tame_malloc() {
 
 fn main() -> std::process::ExitCode {
     tame_malloc();
-    let cli = cli::Cli::parse();
+    // A script that asked for JSON gets even a usage error as JSON (exit 2, as clap's).
+    let json_asked = std::env::args_os().any(|a| a == "--json");
+    let root = match cli::Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) if json_asked && e.use_stderr() => {
+            return failed(&usage_error(&e), exit::USAGE, true);
+        }
+        Err(e) => e.exit(),
+    };
+    let mut cli = match cli::Cli::from_arg_matches(&root) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     // Daemons stop cleanly on Ctrl-C and SIGTERM themselves (exit 0); any other command
     // stopped by one says so and exits 130.
     let daemon = matches!(
@@ -48,6 +61,10 @@ fn main() -> std::process::ExitCode {
         cli::Command::Agent(_) | cli::Command::Server(_) | cli::Command::Up(_)
     );
     init_logging(cli.verbose, cli.log_format, daemon);
+    if let Err(e) = config_file::apply(&mut cli, &root) {
+        // A file that is not there or cannot be read is a usage error too: nothing started.
+        return failed(&format!("{e:#}"), exit::USAGE, cli.json);
+    }
     // Listeners size their connection limits from this (serve::admission).
     lifeboat_agent::serve::admission::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -69,18 +86,28 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(run(cli));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            let code = exit::code_of(&e);
-            if json {
-                // A script that asked for JSON gets its error as JSON too.
-                let err = serde_json::json!({"error": format!("{e:#}"), "exit_code": code});
-                eprintln!("{err}");
-            } else {
-                eprintln!("error: {e:#}");
-            }
-            std::process::ExitCode::from(code)
-        }
+        Err(e) => failed(&format!("{e:#}"), exit::code_of(&e), json),
     }
+}
+
+/// Says `error` on stderr (a JSON object when `json`) and returns `code`.
+fn failed(error: &str, code: u8, json: bool) -> std::process::ExitCode {
+    if json {
+        // A script that asked for JSON gets its error as JSON too.
+        eprintln!("{}", serde_json::json!({"error": error, "exit_code": code}));
+    } else {
+        eprintln!("error: {error}");
+    }
+    std::process::ExitCode::from(code)
+}
+
+/// clap's message for a usage error, without its "error: " prefix and colours.
+fn usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    text.trim()
+        .strip_prefix("error: ")
+        .unwrap_or(text.trim())
+        .to_string()
 }
 
 fn init_logging(verbose: u8, format: cli::LogFormat, daemon: bool) {

@@ -205,6 +205,11 @@ pub fn start_server_with(home: &Path, database: Option<&str>, tls: bool) -> Serv
         Some(url) => cmd.env("LIFEBOAT_DATABASE", url),
         None => cmd.env_remove("LIFEBOAT_DATABASE"),
     };
+    spawn_server(cmd, home)
+}
+
+/// Runs a `lifeboat server` command (its home `home`) and reads its banner.
+pub fn spawn_server(mut cmd: Command, home: &Path) -> Server {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
