@@ -104,6 +104,11 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     // whose syncs were running when a previous server process died.
     tokio::spawn(lifeboat_server::replication::run(db.clone()));
     tokio::spawn(lifeboat_server::recovery_watch::run(db.clone()));
+    let health = Arc::new(lifeboat_server::host_health::HealthBoard::default());
+    tokio::spawn(lifeboat_server::host_health::run(
+        db.clone(),
+        health.clone(),
+    ));
     // Protections enabled by an earlier version still hold their vault passphrase.
     tokio::spawn(lifeboat_server::vault_keys::run(db.clone()));
     let state = Arc::new(ServerState {
@@ -112,6 +117,7 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         tls: !args.insecure_http,
         live: Default::default(),
         throttle: Default::default(),
+        health,
     });
     let limits = lifeboat_agent::serve::Limits::new(args.max_connections);
     let serve = Box::pin(async move {
