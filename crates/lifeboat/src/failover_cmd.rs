@@ -116,11 +116,7 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
         expose: args.expose.clone(),
         kind: kind.into(),
         point: args.point.clone(),
-        shutdown_timeout_secs: Some(
-            lifeboat_vault::store::retention::parse_duration(&args.shutdown_timeout)
-                .map_err(|e| anyhow::anyhow!("--shutdown-timeout {}: {e}", args.shutdown_timeout))?
-                .as_secs(),
-        ),
+        shutdown_timeout_secs: Some(args.shutdown_timeout.as_secs()),
     };
     let op: lifeboat_server::db::Operation = server
         .post(&format!("/api/v1/protections/{}/failover", p.id), &req)
@@ -199,10 +195,7 @@ async fn step(
 }
 
 pub async fn failback(out: Output, home: &Path, args: crate::cli::FailbackArgs) -> Result<()> {
-    let timeout = &args.shutdown_timeout;
-    let secs = lifeboat_vault::store::retention::parse_duration(timeout)
-        .map_err(|e| anyhow::anyhow!("--shutdown-timeout {timeout}: {e}"))?
-        .as_secs();
+    let secs = args.shutdown_timeout.as_secs();
     let body = serde_json::json!({
         "shutdown_timeout_secs": secs,
         "unplanned": args.unplanned,

@@ -11,7 +11,6 @@ use anyhow::Result;
 use lifeboat_server::api::{EnrollHost, HostRow, VmList};
 use lifeboat_server::db::Host;
 use lifeboat_server::discovery::{self, parse_cidr, ScanReport};
-use lifeboat_vault::store::retention::parse_duration;
 
 use crate::cli::{HostsCommand, VmsCommand};
 use crate::output::{table, Output};
@@ -26,7 +25,6 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
             timeout,
             conn,
         } => {
-            let timeout = parse_duration(&timeout).map_err(anyhow::Error::msg)?;
             let mut report = scan(out, &cidr, &ports, concurrency.max(1), timeout).await?;
             add_vms(&mut report, &conn, home).await;
             show_scan(out, &report);

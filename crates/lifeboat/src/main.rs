@@ -42,11 +42,18 @@ fn tame_malloc() {
 fn main() -> std::process::ExitCode {
     tame_malloc();
     // A script that asked for JSON gets even a usage error as JSON (exit 2, as clap's).
-    let json_asked = std::env::args_os().any(|a| a == "--json");
-    let root = match cli::Cli::command().try_get_matches() {
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let json_asked = argv.iter().any(|a| a == "--json");
+    let root = match cli::Cli::command().try_get_matches_from(&argv) {
         Ok(m) => m,
-        Err(e) if json_asked && e.use_stderr() => {
-            return failed(&usage_error(&e), exit::USAGE, true);
+        Err(e) if e.use_stderr() => {
+            let mut message = usage_error(&e);
+            if let Some(hint) = cli::subcommand_name_hint(&argv) {
+                message = format!("{message}\n\nhint: {hint}");
+            }
+            return failed(&message, exit::USAGE, json_asked);
         }
         Err(e) => e.exit(),
     };
