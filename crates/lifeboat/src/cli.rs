@@ -781,6 +781,31 @@ pub struct DemoArgs {
     pub stop: bool,
 }
 
+/// Every duration flag's one syntax: a whole number and a unit, `s`, `m`, `h`, `d` or `w`
+/// (30s, 10m, 24h, 7d, 4w), as `vault prune --keep-*` takes them too.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    lifeboat_vault::store::retention::parse_duration(text)
+}
+
+/// What to say when `argv` failed to parse because a VM is named like a subcommand of
+/// `failover` (`lifeboat failover list --planned`): how to name it.
+pub fn subcommand_name_hint(argv: &[String]) -> Option<String> {
+    let at = argv.iter().position(|a| a == "failover")?;
+    let word = argv[at + 1..].iter().find(|a| !a.starts_with('-'))?;
+    let kinds = ["--test", "--planned", "--unplanned"];
+    let kind = argv[at + 1..]
+        .iter()
+        .find(|a| kinds.contains(&a.as_str()))?;
+    ["list", "commit", "cleanup"]
+        .contains(&word.as_str())
+        .then(|| {
+            format!(
+                "`{word}` is a subcommand of `failover`; to fail over a VM named {word}, write it \
+             with its host: `lifeboat failover HOST/{word} {kind}`"
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     /// clap's own checks of every command: among them, that no subcommand's flag reuses a
@@ -807,29 +832,4 @@ mod tests {
         .unwrap();
         assert_eq!(cli.home, std::path::Path::new("/h"));
     }
-}
-
-/// Every duration flag's one syntax: a whole number and a unit, `s`, `m`, `h`, `d` or `w`
-/// (30s, 10m, 24h, 7d, 4w), as `vault prune --keep-*` takes them too.
-pub fn duration(text: &str) -> Result<Duration, String> {
-    lifeboat_vault::store::retention::parse_duration(text)
-}
-
-/// What to say when `argv` failed to parse because a VM is named like a subcommand of
-/// `failover` (`lifeboat failover list --planned`): how to name it.
-pub fn subcommand_name_hint(argv: &[String]) -> Option<String> {
-    let at = argv.iter().position(|a| a == "failover")?;
-    let word = argv[at + 1..].iter().find(|a| !a.starts_with('-'))?;
-    let kinds = ["--test", "--planned", "--unplanned"];
-    let kind = argv[at + 1..]
-        .iter()
-        .find(|a| kinds.contains(&a.as_str()))?;
-    ["list", "commit", "cleanup"]
-        .contains(&word.as_str())
-        .then(|| {
-            format!(
-                "`{word}` is a subcommand of `failover`; to fail over a VM named {word}, write it \
-             with its host: `lifeboat failover HOST/{word} {kind}`"
-            )
-        })
 }
