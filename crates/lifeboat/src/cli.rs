@@ -375,8 +375,16 @@ pub struct FailoverArgs {
     pub expose: Vec<u16>,
     /// Return once the failover started (its operation id) instead of following it to
     /// its end. Either way it runs in the server: interrupting this command stops nothing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait_for")]
     pub no_wait: bool,
+    /// After the failover, wait until the VM serves, not only runs: until
+    /// `tcp:HOST:PORT` accepts a connection or an http(s):// URL answers, tried from
+    /// this machine (a booting guest serves tens of seconds after QEMU starts).
+    #[arg(long, value_name = "PROBE", value_parser = crate::ready_probe::parse)]
+    pub wait_for: Option<crate::ready_probe::Probe>,
+    /// With --wait-for: give up after this long (exit 4; the VM runs on).
+    #[arg(long, default_value = "5m", value_parser = duration, value_name = "DURATION", requires = "wait_for")]
+    pub wait_timeout: Duration,
     #[command(flatten)]
     pub conn: ServerConn,
 }

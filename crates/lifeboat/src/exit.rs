@@ -9,7 +9,7 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// `vault verify` found damage.
 pub const DAMAGED: u8 = 3;
-/// `protect --wait --timeout` gave up waiting (replication goes on).
+/// `protect --wait --timeout` or `failover --wait-for` gave up waiting (what it waited for goes on).
 pub const TIMED_OUT: u8 = 4;
 /// The server refused the API token (401): a wrong, revoked or missing token.
 pub const BAD_CREDENTIALS: u8 = 5;

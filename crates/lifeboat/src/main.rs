@@ -16,6 +16,7 @@ mod network_cmd;
 mod operations_cmd;
 mod output;
 mod protect_cmd;
+mod ready_probe;
 mod secrets;
 mod server_client;
 mod server_cmd;
