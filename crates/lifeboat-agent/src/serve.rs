@@ -9,6 +9,7 @@ pub mod admission;
 mod tracked;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub enum ServeError {
     PlainNotLoopback(SocketAddr),
     #[error("setting up TLS: {0}")]
     Tls(#[from] rustls::Error),
+    /// The operator's certificate or key (`--tls-cert`, `--tls-key`) cannot be used.
+    #[error("{path}: {reason}")]
+    Certificate { path: String, reason: String },
     #[error("accepting connections on {addr}: {source}")]
     Accept {
         addr: SocketAddr,
@@ -43,12 +47,72 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// TLS with Lifeboat's self-signed identity (clients pin its fingerprint).
     pub fn tls(identity: &Identity) -> Result<Transport, ServeError> {
+        Self::tls_with(vec![identity.cert.clone()], identity.key())
+    }
+
+    /// TLS with the operator's certificate chain and key, PEM files (`--tls-cert`,
+    /// `--tls-key`); also the host's own certificate, the chain's first, whose fingerprint
+    /// clients pin when they do not check a CA.
+    pub fn tls_from_pem(
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(Transport, rustls::pki_types::CertificateDer<'static>), ServeError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |path: &Path, reason: String| ServeError::Certificate {
+            path: path.display().to_string(),
+            reason,
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad(cert, format!("reading PEM certificates: {e}")))?;
+        let Some(leaf) = chain.first() else {
+            return Err(bad(cert, "holds no certificate (PEM `CERTIFICATE`)".into()));
+        };
+        let leaf = leaf.clone();
+        // A key others may read is a key others may have: group-readable is the Debian
+        // way (`ssl-cert`), world-readable is refused.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key)
+            .map_err(|e| bad(key, e.to_string()))?
+            .permissions()
+            .mode();
+        if mode & 0o004 != 0 {
+            return Err(bad(
+                key,
+                format!(
+                    "every user can read this private key (mode {:o}); run `chmod o-r {}`",
+                    mode & 0o777,
+                    key.display()
+                ),
+            ));
+        }
+        let key_der = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| bad(key, format!("reading a PEM private key: {e}")))?;
+        let transport = Self::tls_with(chain, key_der).map_err(|e| match e {
+            ServeError::Tls(e) => bad(
+                cert,
+                format!(
+                    "with the key {}: {e} (is it this certificate's key?)",
+                    key.display()
+                ),
+            ),
+            e => e,
+        })?;
+        Ok((transport, leaf))
+    }
+
+    fn tls_with(
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<Transport, ServeError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(vec![identity.cert.clone()], identity.key())?;
+            .with_single_cert(chain, key)?;
         // HTTP/2 when the client offers it (browsers do): one connection carries every
         // request of a dashboard, so its event streams never exhaust the six connections
         // a browser opens to one HTTP/1.1 server, which stalls page loads.

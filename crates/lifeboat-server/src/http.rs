@@ -28,6 +28,8 @@ pub struct ServerState {
     pub live: Hub,
     /// Login throttling and the bounded queue of password checks.
     pub throttle: crate::auth::Throttle,
+    /// What each host's agent said at its last greeting (`host_health`).
+    pub health: std::sync::Arc<crate::host_health::HealthBoard>,
 }
 
 /// An error: what went wrong and what to do.

@@ -12,6 +12,7 @@
 //! - `auth`: users and their roles, passwords, login sessions (throttled), CSRF tokens,
 //!   and API tokens.
 //! - `agents`: clients for the enrolled agents.
+//! - `host_health`: whether each host's agent answers, and with which version.
 //! - `error`: the domain's one error, `AppError`; the domain (up to `recovery_watch`)
 //!   knows no HTTP.
 //! - `vault_keys`: vault keys sealed to each agent; the server keeps no passphrase.
@@ -38,6 +39,7 @@ pub mod discovery;
 pub mod dns_switch;
 pub mod error;
 pub mod failover;
+pub mod host_health;
 pub mod http;
 pub mod network;
 pub mod ops;

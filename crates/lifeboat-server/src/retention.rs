@@ -110,6 +110,7 @@ pub async fn prune(
         deleted = execute_prune(&vault, &plan).await?.deleted;
     }
     remove_stale_leases(&vault).await;
+    measure_size(&vault).await;
     let points = listed
         .into_iter()
         .filter(|p| !deleted.contains(p))
@@ -149,5 +150,66 @@ async fn remove_stale_leases(vault: &Vault) {
             tracing::warn!(vault = %vault.url(), key = %o.key, error = %e, "removing an old lease object");
             return;
         }
+    }
+}
+
+/// How often a vault's size is measured: a listing of every object, which on S3 or Azure
+/// is a request per thousand objects.
+const SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// What a vault holds: every object, packs of deleted points not yet collected by
+/// `vault gc` included (what its storage bills).
+#[derive(Clone, Debug)]
+pub struct VaultSize {
+    /// The vault's URL, without credentials.
+    pub url: String,
+    pub bytes: u64,
+    pub objects: u64,
+    measured: std::time::Instant,
+}
+
+fn sizes() -> &'static Mutex<HashMap<String, VaultSize>> {
+    static SIZES: OnceLock<Mutex<HashMap<String, VaultSize>>> = OnceLock::new();
+    SIZES.get_or_init(Default::default)
+}
+
+/// The size of every vault measured since the server started (`/metrics`).
+pub fn vault_sizes() -> Vec<VaultSize> {
+    let mut all: Vec<VaultSize> = sizes()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    all.sort_by(|a, b| a.url.cmp(&b.url));
+    all
+}
+
+/// Measures `vault`'s size unless it was measured within [`SIZE_EVERY`]. A failure keeps
+/// the last measure: a size is only ever what was really listed.
+async fn measure_size(vault: &Vault) {
+    let url = vault.url();
+    let fresh = sizes()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&url)
+        .is_some_and(|s| s.measured.elapsed() < SIZE_EVERY);
+    if fresh {
+        return;
+    }
+    match vault.backend().list("").await {
+        Ok(objects) => {
+            let size = VaultSize {
+                url: url.clone(),
+                bytes: objects.iter().map(|o| o.size).sum(),
+                objects: objects.len() as u64,
+                measured: std::time::Instant::now(),
+            };
+            sizes()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(url, size);
+        }
+        Err(e) => tracing::warn!(vault = %url, error = %e, "measuring the vault's size"),
     }
 }

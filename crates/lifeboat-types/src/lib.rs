@@ -8,6 +8,7 @@ pub mod network;
 pub mod operation;
 pub mod protection;
 pub mod recovery;
+pub mod version;
 
 pub use ids::{HostId, OperationId, ProtectionId, RecoveryId};
 pub use network::{
@@ -17,6 +18,7 @@ pub use network::{
 pub use operation::{OperationKind, OperationStatus};
 pub use protection::{Event, ProtectionState, Refusal};
 pub use recovery::{PortForward, RecoveryKind, RecoveryState};
+pub use version::VersionSkew;
 
 /// Text that is not one of an enum's names, with the names it could have been.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

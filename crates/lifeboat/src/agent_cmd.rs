@@ -48,11 +48,18 @@ pub async fn start(qemu: QemuDriver, home: &Path, args: AgentArgs) -> Result<Sta
         None => system_hostname()?,
     };
     let (enrollment, code) = Enrollment::load(&agent_home, args.reset_enrollment)?;
-    let (transport, fingerprint) = if args.insecure_http {
-        (Transport::PlainLoopback, String::new())
-    } else {
-        let identity = Identity::load_or_create(&agent_home, &hostname)?;
-        (Transport::tls(&identity)?, identity.fingerprint())
+    // The server pins the fingerprint of the certificate served: the operator's
+    // (`--tls-cert`; a new one means enrolling again) or the agent's own identity.
+    let (transport, fingerprint) = match (&args.files.tls_cert, &args.files.tls_key) {
+        _ if args.insecure_http => (Transport::PlainLoopback, String::new()),
+        (Some(cert), Some(key)) => {
+            let (transport, leaf) = Transport::tls_from_pem(cert, key)?;
+            (transport, lifeboat_agent::identity::fingerprint(&leaf))
+        }
+        _ => {
+            let identity = Identity::load_or_create(&agent_home, &hostname)?;
+            (Transport::tls(&identity)?, identity.fingerprint())
+        }
     };
     let (listener, addr) = bind(args.listen).await?;
     let enrolled_by = enrollment.enrolled().map(|e| e.server_fingerprint);

@@ -1,6 +1,7 @@
 //! The command line: every role and client command of the one `lifeboat` binary.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lifeboat_hypervisor::Accel;
@@ -16,7 +17,9 @@ use lifeboat_hypervisor::Accel;
                   shows the changed extents that one incremental cut carries."
 )]
 pub struct Cli {
-    /// Where Lifeboat keeps VM definitions, sockets and state.
+    /// This machine's Lifeboat home: `server` keeps `server/` in it, the agent (and `vm`,
+    /// `cbt`, `demo`, `up`) `agent/`, `vms/` and `recovered/`. Client commands read only
+    /// `server/` in it, on the server's own machine, for its token and certificate.
     #[arg(
         long,
         global = true,
@@ -48,7 +51,8 @@ pub struct Cli {
 }
 
 /// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -56,7 +60,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Define, start, stop and list VMs on this host.
+    /// This host's own VMs under the QEMU driver, without a server: define, start, stop,
+    /// list. (Every enrolled host's VMs, from the server: `lifeboat vms list`.)
     #[command(subcommand)]
     Vm(VmCommand),
     /// Changed-block tracking: start it with a full cut, then take incremental cuts.
@@ -75,7 +80,8 @@ pub enum Command {
     /// Run the control plane: the REST API, state in SQLite (default) or PostgreSQL.
     /// Prints an API token at first start.
     Server(ServerArgs),
-    /// VMs of every enrolled host (asks the server).
+    /// Every enrolled host's VMs, from the server, with their protection. (This host's
+    /// own QEMU-driver VMs without a server: `lifeboat vm`.)
     #[command(subcommand)]
     Vms(VmsCommand),
     /// The embedded default for one machine: server, agent, folder vault and SQLite in one
@@ -241,8 +247,8 @@ pub struct ProtectArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up waiting after this long (10m, 1h…); the protection goes on.
-    #[arg(long)]
-    pub timeout: Option<String>,
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
     #[command(flatten)]
     pub conn: ServerConn,
 }
@@ -293,14 +299,15 @@ pub struct NetworkArgs {
     /// HOME/server/dns-keys/NAME.key on the server.
     #[arg(long, value_name = "NAME", requires = "dns_name")]
     pub dns_key: Option<String>,
-    /// The TTL of the moved records, in seconds.
+    /// The TTL of the moved records (30s, 5m…; whole seconds, as DNS keeps it).
     #[arg(
         long,
-        value_name = "SECONDS",
-        default_value_t = 60,
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = duration,
         requires = "dns_name"
     )]
-    pub dns_ttl: u32,
+    pub dns_ttl: Duration,
     /// Remove the DNS record: moves no longer switch it.
     #[arg(long, conflicts_with = "dns_name")]
     pub no_dns: bool,
@@ -314,8 +321,8 @@ pub struct FailbackArgs {
     /// The protected VM (or HOST/VM).
     pub vm: String,
     /// How long the recovery VM has to power off before QEMU is told to quit.
-    #[arg(long, default_value = "2m")]
-    pub shutdown_timeout: String,
+    #[arg(long, default_value = "2m", value_parser = duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
     /// The recovery site is lost: no final sync; home starts from `--point`.
     #[arg(long)]
     pub unplanned: bool,
@@ -336,7 +343,8 @@ pub struct FailbackArgs {
 pub struct FailoverArgs {
     #[command(subcommand)]
     pub action: Option<FailoverAction>,
-    /// The protected VM (or HOST/VM).
+    /// The protected VM (or HOST/VM). A VM named like a subcommand (list, commit,
+    /// cleanup) is written with its host: HOST/list.
     #[arg(required = true)]
     pub vm: Option<String>,
     /// A test copy, `VM-test`, beside production: isolated network, its own MAC and
@@ -353,8 +361,8 @@ pub struct FailoverArgs {
     #[arg(long, group = "kind")]
     pub unplanned: bool,
     /// With --planned: how long the guest has to power off before QEMU is told to quit.
-    #[arg(long, default_value = "2m")]
-    pub shutdown_timeout: String,
+    #[arg(long, default_value = "2m", value_parser = duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
     /// With --planned or --unplanned: SOURCE=TARGET maps a NIC's network to one of the
     /// recovery host's (repeat per network; TARGET: a bridge, `bridge:NAME`,
     /// `network:NAME` for a libvirt network, `user` or `isolated`).
@@ -371,8 +379,16 @@ pub struct FailoverArgs {
     pub expose: Vec<u16>,
     /// Return once the failover started (its operation id) instead of following it to
     /// its end. Either way it runs in the server: interrupting this command stops nothing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait_for")]
     pub no_wait: bool,
+    /// After the failover, wait until the VM serves, not only runs: until
+    /// `tcp:HOST:PORT` accepts a connection or an http(s):// URL answers, tried from
+    /// this machine (a booting guest serves tens of seconds after QEMU starts).
+    #[arg(long, value_name = "PROBE", value_parser = crate::ready_probe::parse)]
+    pub wait_for: Option<crate::ready_probe::Probe>,
+    /// With --wait-for: give up after this long (exit 4; the VM runs on).
+    #[arg(long, default_value = "5m", value_parser = duration, value_name = "DURATION", requires = "wait_for")]
+    pub wait_timeout: Duration,
     #[command(flatten)]
     pub conn: ServerConn,
 }
@@ -461,6 +477,10 @@ pub struct ServerConn {
     /// A file holding the API token.
     #[arg(long, env = "LIFEBOAT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// For a server with a certificate of your CA (`server --tls-cert`): that CA's
+    /// certificate (PEM), checked with the server's name instead of pinning.
+    #[arg(long, env = "LIFEBOAT_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -479,6 +499,27 @@ pub struct ServerArgs {
     /// of this process's open-file limit. Idle ones are closed after 15 s.
     #[arg(long, default_value_t = lifeboat_agent::serve::admission::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    #[command(flatten)]
+    pub files: DaemonFiles,
+}
+
+/// What a daemon reads besides its flags: its config file and the operator's TLS
+/// certificate.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DaemonFiles {
+    /// The config file (TOML; keys are these flags' names with `_`). Default:
+    /// /etc/lifeboat/server.toml or agent.toml, if it exists. Flags and environment
+    /// variables win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve HTTPS with this certificate (PEM, the chain from the host's own first)
+    /// instead of Lifeboat's self-signed identity. Clients then check it against their
+    /// CA (`--ca-cert`) or pin its fingerprint, printed at start.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; readable by its owner only).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -521,6 +562,8 @@ pub struct AgentArgs {
     /// `auto` (libvirt when its socket answers, else qemu).
     #[arg(long, value_enum, default_value = "auto")]
     pub hypervisor: HypervisorArg,
+    #[command(flatten)]
+    pub files: DaemonFiles,
 }
 
 /// `lifeboat agent --hypervisor`.
@@ -554,8 +597,8 @@ pub enum HostsCommand {
         #[arg(long, default_value_t = 128)]
         concurrency: usize,
         /// Give up on an address after this long (connect, handshake and answer): 2s, 10s, …
-        #[arg(long, default_value = "2s")]
-        timeout: String,
+        #[arg(long, default_value = "2s", value_parser = duration, value_name = "DURATION")]
+        timeout: Duration,
         /// Agents enrolled by this server are listed with their VMs (when it answers).
         #[command(flatten)]
         conn: ServerConn,
@@ -705,11 +748,11 @@ pub enum VmCommand {
     Undefine { name: String },
     /// Start a VM; it keeps running after this command exits.
     Start { name: String },
-    /// Press the ACPI power button; force the VM off after --timeout seconds.
+    /// Press the ACPI power button; force the VM off after --timeout (30s, 2m…).
     Stop {
         name: String,
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
+        #[arg(long, default_value = "60s", value_parser = duration, value_name = "DURATION")]
+        timeout: Duration,
     },
     /// Pull the plug at once.
     Kill { name: String },
@@ -748,6 +791,31 @@ pub struct DemoArgs {
     /// Stop the demo VM at the end instead of leaving it running.
     #[arg(long)]
     pub stop: bool,
+}
+
+/// Every duration flag's one syntax: a whole number and a unit, `s`, `m`, `h`, `d` or `w`
+/// (30s, 10m, 24h, 7d, 4w), as `vault prune --keep-*` takes them too.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    lifeboat_vault::store::retention::parse_duration(text)
+}
+
+/// What to say when `argv` failed to parse because a VM is named like a subcommand of
+/// `failover` (`lifeboat failover list --planned`): how to name it.
+pub fn subcommand_name_hint(argv: &[String]) -> Option<String> {
+    let at = argv.iter().position(|a| a == "failover")?;
+    let word = argv[at + 1..].iter().find(|a| !a.starts_with('-'))?;
+    let kinds = ["--test", "--planned", "--unplanned"];
+    let kind = argv[at + 1..]
+        .iter()
+        .find(|a| kinds.contains(&a.as_str()))?;
+    ["list", "commit", "cleanup"]
+        .contains(&word.as_str())
+        .then(|| {
+            format!(
+                "`{word}` is a subcommand of `failover`; to fail over a VM named {word}, write it \
+             with its host: `lifeboat failover HOST/{word} {kind}`"
+            )
+        })
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@
 
 /// The command failed; the message says why and what to do.
 pub const FAILURE: u8 = 1;
+/// The command line or a config file is wrong (clap's code for usage errors).
+pub const USAGE: u8 = 2;
 /// `vault verify` found damage.
 pub const DAMAGED: u8 = 3;
-/// `protect --wait --timeout` gave up waiting (replication goes on).
+/// `protect --wait --timeout` or `failover --wait-for` gave up waiting (what it waited for goes on).
 pub const TIMED_OUT: u8 = 4;
 /// The server refused the API token (401): a wrong, revoked or missing token.
 pub const BAD_CREDENTIALS: u8 = 5;
@@ -77,6 +79,11 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
     }
     if e.downcast_ref::<crate::protect_cmd::TimedOut>().is_some() {
         return TIMED_OUT;
+    }
+    if e.downcast_ref::<crate::config_file::BadConfigFile>()
+        .is_some()
+    {
+        return USAGE;
     }
     if e.downcast_ref::<BadCredentials>().is_some() {
         return BAD_CREDENTIALS;

@@ -116,11 +116,7 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
         expose: args.expose.clone(),
         kind: kind.into(),
         point: args.point.clone(),
-        shutdown_timeout_secs: Some(
-            lifeboat_vault::store::retention::parse_duration(&args.shutdown_timeout)
-                .map_err(|e| anyhow::anyhow!("--shutdown-timeout {}: {e}", args.shutdown_timeout))?
-                .as_secs(),
-        ),
+        shutdown_timeout_secs: Some(args.shutdown_timeout.as_secs()),
     };
     let op: lifeboat_server::db::Operation = server
         .post(&format!("/api/v1/protections/{}/failover", p.id), &req)
@@ -129,10 +125,35 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
         return Ok(());
     };
     let r: RecoveryView = serde_json::from_value(r).context("the server's answer to failover")?;
-    out.show(&r, |v| {
+    // QEMU runs now; the guest serves once booted: say which was seen.
+    let serving = match &args.wait_for {
+        Some(probe) => {
+            if !out.json {
+                eprintln!(
+                    "{} started on {}; waiting until {probe} answers…",
+                    r.recovery.vm, r.host
+                );
+            }
+            Some((
+                probe,
+                crate::ready_probe::wait(probe, args.wait_timeout, out.json).await?,
+            ))
+        }
+        None => None,
+    };
+    // The failover's answer as the API gives it, and what --wait-for saw.
+    let mut answer = serde_json::to_value(&r)?;
+    if let Some((probe, took)) = &serving {
+        answer["serving"] = serde_json::json!({
+            "probe": probe.to_string(),
+            "after_seconds": took.as_secs_f64(),
+        });
+    }
+    out.show(&answer, |_| {
+        let v = &r;
         let r = &v.recovery;
         println!(
-            "{} runs on {} from point {} (cut {}){}.",
+            "{} started on {} from point {} (cut {}){}.",
             r.vm, v.host, r.point, r.point_time,
             if kind == "test" {
                 ", in an isolated network"
@@ -140,6 +161,16 @@ pub async fn run(out: Output, home: &Path, args: FailoverArgs) -> Result<()> {
                 "; the source is fenced"
             }
         );
+        match serving {
+            Some((probe, took)) => println!(
+                "It serves: {probe} answered {:.1} s after the failover ended.",
+                took.as_secs_f64()
+            ),
+            None => println!(
+                "It is booting: its services answer once the guest is up (`--wait-for \
+                 tcp:HOST:PORT` waits for that)."
+            ),
+        }
         for f in &r.forwards {
             let at = if f.public {
                 format!("port {} of every address of {}", f.host_port, v.host)
@@ -199,10 +230,7 @@ async fn step(
 }
 
 pub async fn failback(out: Output, home: &Path, args: crate::cli::FailbackArgs) -> Result<()> {
-    let timeout = &args.shutdown_timeout;
-    let secs = lifeboat_vault::store::retention::parse_duration(timeout)
-        .map_err(|e| anyhow::anyhow!("--shutdown-timeout {timeout}: {e}"))?
-        .as_secs();
+    let secs = args.shutdown_timeout.as_secs();
     let body = serde_json::json!({
         "shutdown_timeout_secs": secs,
         "unplanned": args.unplanned,

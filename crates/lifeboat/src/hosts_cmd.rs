@@ -8,10 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use lifeboat_server::api::{EnrollHost, VmList};
+use lifeboat_server::api::{EnrollHost, HostRow, VmList};
 use lifeboat_server::db::Host;
 use lifeboat_server::discovery::{self, parse_cidr, ScanReport};
-use lifeboat_vault::store::retention::parse_duration;
 
 use crate::cli::{HostsCommand, VmsCommand};
 use crate::output::{table, Output};
@@ -26,7 +25,6 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
             timeout,
             conn,
         } => {
-            let timeout = parse_duration(&timeout).map_err(anyhow::Error::msg)?;
             let mut report = scan(out, &cidr, &ports, concurrency.max(1), timeout).await?;
             add_vms(&mut report, &conn, home).await;
             show_scan(out, &report);
@@ -59,7 +57,7 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
         }
         HostsCommand::List { conn } => {
             let server = ServerClient::new(&conn, home)?;
-            let hosts: Vec<Host> = server.get("/api/v1/hosts").await?;
+            let hosts: Vec<HostRow> = server.get("/api/v1/hosts").await?;
             out.show(&hosts, |hosts| {
                 if hosts.is_empty() {
                     println!("No hosts enrolled. Find agents with `lifeboat hosts scan CIDR`, then `lifeboat hosts enroll`.");
@@ -68,18 +66,46 @@ pub async fn run(out: Output, home: &Path, cmd: HostsCommand) -> Result<()> {
                 let mut rows = vec![vec![
                     "HOSTNAME".to_string(),
                     "ADDRESS".into(),
+                    "AGENT".into(),
+                    "VERSION".into(),
                     "ENROLLED".into(),
                     "FINGERPRINT (SHA-256)".into(),
                 ]];
                 for h in hosts {
+                    let (agent, version) = match &h.health {
+                        None => ("not checked yet".to_string(), String::new()),
+                        Some(x) if !x.up => ("down".into(), String::new()),
+                        Some(x) => (
+                            if x.version_skew.is_some() { "skewed" } else { "up" }.into(),
+                            x.agent_version.clone().unwrap_or_default(),
+                        ),
+                    };
                     rows.push(vec![
-                        h.hostname.clone(),
-                        h.address.clone(),
-                        h.enrolled_at.clone(),
-                        h.fingerprint.clone(),
+                        h.host.hostname.clone(),
+                        h.host.address.clone(),
+                        agent,
+                        version,
+                        h.host.enrolled_at.clone(),
+                        h.host.fingerprint.clone(),
                     ]);
                 }
                 table(&rows);
+                for h in hosts {
+                    match &h.health {
+                        Some(x) if !x.up => println!(
+                            "{}: its agent did not answer at {}: {}",
+                            h.host.hostname,
+                            x.checked_at,
+                            x.error.as_deref().unwrap_or("")
+                        ),
+                        Some(x) => {
+                            if let Some(skew) = &x.version_skew {
+                                println!("{}: {skew}", h.host.hostname);
+                            }
+                        }
+                        None => {}
+                    }
+                }
             });
             Ok(())
         }

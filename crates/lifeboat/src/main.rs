@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod cbt_cmd;
 mod cli;
+mod config_file;
 mod demo;
 mod demo_guest;
 mod events;
@@ -17,6 +18,7 @@ mod network_cmd;
 mod operations_cmd;
 mod output;
 mod protect_cmd;
+mod ready_probe;
 mod secrets;
 mod server_client;
 mod server_cmd;
@@ -25,7 +27,7 @@ mod users_cmd;
 mod vault_cmd;
 mod vm_cmd;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use lifeboat_hypervisor::{QemuConfig, QemuDriver};
 
 /// Keeps glibc from hoarding freed buffers. Chunks and read pieces are allocated on one
@@ -42,14 +44,42 @@ fn tame_malloc() {
 
 fn main() -> std::process::ExitCode {
     tame_malloc();
-    let cli = cli::Cli::parse();
+    // A script that asked for JSON gets even a usage error as JSON (exit 2, as clap's).
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let json_asked = argv.iter().any(|a| a == "--json");
+    let root = match cli::Cli::command().try_get_matches_from(&argv) {
+        Ok(m) => m,
+        Err(e) if e.use_stderr() => {
+            let mut message = usage_error(&e);
+            if let Some(hint) = cli::subcommand_name_hint(&argv) {
+                message = format!("{message}\n\nhint: {hint}");
+            }
+            return failed(&message, exit::USAGE, json_asked);
+        }
+        Err(e) => e.exit(),
+    };
+    let mut cli = match cli::Cli::from_arg_matches(&root) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     // Daemons stop cleanly on Ctrl-C and SIGTERM themselves (exit 0); any other command
     // stopped by one says so and exits 130.
     let daemon = matches!(
         cli.command,
         cli::Command::Agent(_) | cli::Command::Server(_) | cli::Command::Up(_)
     );
+    // Before logging starts: a daemon's file may set the log format.
+    let config_read = match config_file::apply(&mut cli, &root) {
+        Ok(read) => read,
+        // A file that is not there or cannot be read is a usage error too: nothing started.
+        Err(e) => return failed(&format!("{e:#}"), exit::USAGE, cli.json),
+    };
     init_logging(cli.verbose, cli.log_format, daemon);
+    if let Some(path) = config_read {
+        tracing::info!(file = %path.display(), "config file read");
+    }
     // Listeners size their connection limits from this (serve::admission).
     lifeboat_agent::serve::admission::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -71,18 +101,28 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(run(cli));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            let code = exit::code_of(&e);
-            if json {
-                // A script that asked for JSON gets its error as JSON too.
-                let err = serde_json::json!({"error": format!("{e:#}"), "exit_code": code});
-                eprintln!("{err}");
-            } else {
-                eprintln!("error: {e:#}");
-            }
-            std::process::ExitCode::from(code)
-        }
+        Err(e) => failed(&format!("{e:#}"), exit::code_of(&e), json),
     }
+}
+
+/// Says `error` on stderr (a JSON object when `json`) and returns `code`.
+fn failed(error: &str, code: u8, json: bool) -> std::process::ExitCode {
+    if json {
+        // A script that asked for JSON gets its error as JSON too.
+        eprintln!("{}", serde_json::json!({"error": error, "exit_code": code}));
+    } else {
+        eprintln!("error: {error}");
+    }
+    std::process::ExitCode::from(code)
+}
+
+/// clap's message for a usage error, without its "error: " prefix and colours.
+fn usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    text.trim()
+        .strip_prefix("error: ")
+        .unwrap_or(text.trim())
+        .to_string()
 }
 
 fn init_logging(verbose: u8, format: cli::LogFormat, daemon: bool) {

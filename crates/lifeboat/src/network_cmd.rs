@@ -59,7 +59,8 @@ fn apply(mut settings: NetworkSettings, args: &NetworkArgs) -> Result<NetworkSet
             zone: zone.clone(),
             server,
             key: args.dns_key.clone(),
-            ttl: args.dns_ttl,
+            ttl: u32::try_from(args.dns_ttl.as_secs())
+                .map_err(|_| anyhow::anyhow!("--dns-ttl: a DNS TTL is at most 68 years"))?,
         });
     }
     let flags = [
@@ -174,7 +175,7 @@ mod tests {
             dns_zone: None,
             dns_server: None,
             dns_key: None,
-            dns_ttl: 60,
+            dns_ttl: std::time::Duration::from_secs(60),
             no_dns: false,
             conn: ServerConn::default(),
         }

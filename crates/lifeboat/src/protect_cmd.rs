@@ -68,12 +68,7 @@ pub async fn find_protection(server: &ServerClient, vm: &str) -> Result<Protecti
 
 pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> {
     let server = ServerClient::new(&args.conn, home)?;
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(lifeboat_vault::store::retention::parse_duration)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let timeout = args.timeout;
     let (vm, host) = split_vm(&args.vm);
     let passphrase = crate::secrets::passphrase("Vault passphrase", false)?;
     let created: Protected = server

@@ -28,12 +28,16 @@ pub struct ClientConfig {
     pub server: Option<String>,
     pub server_fingerprint: Option<String>,
     pub token_file: Option<std::path::PathBuf>,
+    /// The CA that signed a server's own certificate (`server --tls-cert`).
+    pub ca_cert: Option<std::path::PathBuf>,
     /// The API token itself; the file must then be readable by its owner only.
     pub token: Option<String>,
 }
 
 impl ClientConfig {
-    /// `LIFEBOAT_CONFIG`, else `~/.config/lifeboat/client.toml` (absent: empty).
+    /// `LIFEBOAT_CONFIG`, else `~/.config/lifeboat/client.toml` (absent: empty). A
+    /// `LIFEBOAT_CONFIG` naming a file that is not there is said, not fatal: flags and
+    /// environment may give all a command needs (as kubectl treats `KUBECONFIG`).
     pub fn load() -> Result<ClientConfig> {
         let (path, given) = match std::env::var_os("LIFEBOAT_CONFIG") {
             Some(p) => (std::path::PathBuf::from(p), true),
@@ -44,13 +48,19 @@ impl ClientConfig {
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !given => {
-                return Ok(ClientConfig::default())
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if given {
+                    tracing::warn!(
+                        "LIFEBOAT_CONFIG names {}, which does not exist: using flags and \
+                         environment variables only",
+                        path.display()
+                    );
+                }
+                return Ok(ClientConfig::default());
             }
             Err(e) => bail!("reading the client config {}: {e}", path.display()),
         };
-        let config: ClientConfig =
-            toml::from_str(&text).with_context(|| format!("client config {}", path.display()))?;
+        let config: ClientConfig = crate::config_file::parse(&path, &text)?;
         if config.token.is_some() {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path)?.permissions().mode();
@@ -137,6 +147,7 @@ impl ServerClient {
                 .clone()
                 .or(config.server_fingerprint.clone()),
             token_file: conn.token_file.clone().or(config.token_file.clone()),
+            ca_cert: conn.ca_cert.clone().or(config.ca_cert.clone()),
         };
         let base = conn
             .server
@@ -159,14 +170,29 @@ impl ServerClient {
                 .timeout(TIMEOUT)
                 .build()?
         } else if base.starts_with("https://") {
-            // On the server's own machine its certificate is in HOME: pin that one.
-            let local = std::fs::read(home.join("server/identity/cert.der"))
-                .ok()
-                .map(|der| lifeboat_agent::identity::fingerprint(&der));
-            let Some(fp) = conn.server_fingerprint.clone().or(local) else {
-                bail!("{base}: give the server's certificate fingerprint (--server-fingerprint or LIFEBOAT_SERVER_FINGERPRINT; the server prints it at start)");
-            };
-            lifeboat_agent::client::pinned_http_client(&fp, TIMEOUT)?
+            if let (Some(ca), None) = (&conn.ca_cert, &conn.server_fingerprint) {
+                // A certificate of the operator's CA: checked with its name, as browsers do.
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("reading the CA certificate {}", ca.display()))?;
+                let roots = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                    format!("{}: not PEM certificates (--ca-cert)", ca.display())
+                })?;
+                lifeboat_agent::client::client_builder()
+                    .timeout(TIMEOUT)
+                    .tls_certs_only(roots)
+                    .build()?
+            } else {
+                // On the server's own machine the certificate its API serves is in HOME
+                // (a server before 0.2 kept only its identity's): pin that one.
+                let local = ["server/api-cert.der", "server/identity/cert.der"]
+                    .iter()
+                    .find_map(|f| std::fs::read(home.join(f)).ok())
+                    .map(|der| lifeboat_agent::identity::fingerprint(&der));
+                let Some(fp) = conn.server_fingerprint.clone().or(local) else {
+                    bail!("{base}: give the server's certificate fingerprint (--server-fingerprint or LIFEBOAT_SERVER_FINGERPRINT; the server prints it at start), or the CA that signed its certificate (--ca-cert or LIFEBOAT_CA_CERT)");
+                };
+                lifeboat_agent::client::pinned_http_client(&fp, TIMEOUT)?
+            }
         } else {
             bail!("{base}: the server URL must start with http:// or https://");
         };

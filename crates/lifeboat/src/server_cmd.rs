@@ -89,16 +89,26 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         // The file would hold a password that no longer works.
         let _ = std::fs::remove_file(&password_path);
     }
-    let transport = if args.insecure_http {
-        Transport::PlainLoopback
-    } else {
-        Transport::tls(&identity)?
+    // The API's certificate: the operator's (`--tls-cert`), else the identity. Clients pin
+    // its fingerprint or check it against their CA; agents keep the identity's.
+    let (transport, api_cert) = match (&args.files.tls_cert, &args.files.tls_key) {
+        _ if args.insecure_http => (Transport::PlainLoopback, identity.cert.clone()),
+        (Some(cert), Some(key)) => Transport::tls_from_pem(cert, key)?,
+        _ => (Transport::tls(&identity)?, identity.cert.clone()),
     };
+    let api_fingerprint = lifeboat_agent::identity::fingerprint(&api_cert);
+    // The CLI on this machine pins what the API serves without being told (server_client).
+    write_private_bytes(&server_home.join("api-cert.der"), &api_cert)?;
     let (listener, addr) = crate::agent_cmd::bind(args.listen).await?;
     // Replication runs beside the API and picks up every protection, including ones
     // whose syncs were running when a previous server process died.
     tokio::spawn(lifeboat_server::replication::run(db.clone()));
     tokio::spawn(lifeboat_server::recovery_watch::run(db.clone()));
+    let health = Arc::new(lifeboat_server::host_health::HealthBoard::default());
+    tokio::spawn(lifeboat_server::host_health::run(
+        db.clone(),
+        health.clone(),
+    ));
     // Protections enabled by an earlier version still hold their vault passphrase.
     tokio::spawn(lifeboat_server::vault_keys::run(db.clone()));
     let state = Arc::new(ServerState {
@@ -107,6 +117,7 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         tls: !args.insecure_http,
         live: Default::default(),
         throttle: Default::default(),
+        health,
     });
     let limits = lifeboat_agent::serve::Limits::new(args.max_connections);
     let serve = Box::pin(async move {
@@ -116,7 +127,7 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
     });
     Ok(StartedServer {
         addr,
-        fingerprint,
+        fingerprint: api_fingerprint,
         first_token,
         token_path,
         first_password,
@@ -139,7 +150,7 @@ fn refuse_password_in_arguments(url: &str) -> Result<()> {
 }
 
 /// Whether a database URL carries a password: whether hiding it changes the URL.
-fn url_has_password(url: &str) -> bool {
+pub(crate) fn url_has_password(url: &str) -> bool {
     lifeboat_server::db::redact(url) != url
 }
 
@@ -186,10 +197,14 @@ pub fn private_dir(dir: &Path) -> Result<()> {
 /// Writes `text` to a file only its owner may read (an existing file is tightened too),
 /// synced: a token or password printed once must be on disk.
 pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    write_private_bytes(path, text.as_bytes())
+}
+
+fn write_private_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = lifeboat_hypervisor::private::open_private(path, true)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
+    f.write_all(bytes)?;
     Ok(f.sync_all()?)
 }
 

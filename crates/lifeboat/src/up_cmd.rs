@@ -34,6 +34,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
             database: args.database.clone(),
             insecure_http: false,
             max_connections: lifeboat_agent::serve::admission::DEFAULT_MAX_CONNECTIONS,
+            files: Default::default(),
         },
     )
     .await?;
@@ -50,6 +51,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
             hydrate_rate: None,
             // `up` runs the VM it defines itself.
             hypervisor: crate::cli::HypervisorArg::Qemu,
+            files: Default::default(),
         },
     )
     .await?;
@@ -82,6 +84,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
         server: Some(server_url.clone()),
         server_fingerprint: Some(server.fingerprint.clone()),
         token_file: Some(server.token_path.clone()),
+        ca_cert: None,
     };
     let api = ServerClient::new(&conn, home)?;
 

@@ -1,7 +1,5 @@
 //! `lifeboat vm …`: the VM lifecycle on this host.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use lifeboat_hypervisor::{Hypervisor, QemuDriver, VmInfo, VmName, VmSpec, VmState};
 
@@ -97,9 +95,12 @@ pub async fn run(driver: &QemuDriver, out: Output, cmd: VmCommand) -> Result<()>
         VmCommand::Stop { name, timeout } => {
             let vm = vm_name(&name)?;
             if !out.json {
-                eprintln!("Pressing the power button of {vm}; forcing it off after {timeout} s…");
+                eprintln!(
+                    "Pressing the power button of {vm}; forcing it off after {} s…",
+                    timeout.as_secs()
+                );
             }
-            let outcome = driver.shutdown(&vm, Duration::from_secs(timeout)).await?;
+            let outcome = driver.shutdown(&vm, timeout).await?;
             out.show(&serde_json::json!({"vm": vm, "outcome": outcome}), |_| {
                 println!("VM {vm}: {outcome:?}.");
             });

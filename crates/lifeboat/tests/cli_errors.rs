@@ -49,3 +49,81 @@ fn an_unknown_hypervisor_is_a_usage_error() {
     let (code, err) = lifeboat(&home, &["agent", "--hypervisor", "xen"]);
     assert_eq!(code, 2, "usage errors exit 2: {err}");
 }
+
+#[test]
+fn every_duration_flag_takes_one_syntax() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A number without a unit is refused by each, at parsing, with what to write.
+    for args in [
+        &["vm", "stop", "web", "--timeout", "30"][..],
+        &["failover", "web", "--planned", "--shutdown-timeout", "120"],
+        &["failback", "web", "--shutdown-timeout", "120"],
+        &[
+            "protect",
+            "web",
+            "--vault",
+            "file:///v",
+            "--recovery-host",
+            "b",
+            "--timeout",
+            "600",
+        ],
+        &["hosts", "scan", "10.0.0.0/30", "--timeout", "2"],
+        &[
+            "network",
+            "web",
+            "--dns-name",
+            "w.example",
+            "--dns-zone",
+            "example",
+            "--dns-server",
+            "10.0.0.1",
+            "--dns-key",
+            "k",
+            "--dns-ttl",
+            "60",
+        ],
+    ] {
+        let (code, err) = lifeboat(tmp.path(), args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("has no unit; write e.g. 24h, 7d or 4w"),
+            "{args:?}: {err}"
+        );
+    }
+    // The same flags take 30s, 2m, 1h; a unit that is none of s, m, h, d, w is named.
+    let (code, err) = lifeboat(tmp.path(), &["vm", "stop", "web", "--timeout", "2y"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unit \"y\" is not one of s, m, h, d, w"),
+        "{err}"
+    );
+    let (code, err) = lifeboat(tmp.path(), &["vm", "stop", "web", "--timeout", "2m"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("VM web is not defined"), "{err}");
+}
+
+#[test]
+fn a_vm_named_like_a_subcommand_is_named_with_its_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, err) = lifeboat(tmp.path(), &["failover", "list", "--planned"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("to fail over a VM named list, write it with its host: `lifeboat failover HOST/list --planned`"),
+        "{err}"
+    );
+    // Help says which is which: `vm` is this host's, `vms` every host's.
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("(Every enrolled host's VMs, from the server: `lifeboat vms list`.)"),
+        "{help}"
+    );
+    assert!(
+        help.contains("(This host's own QEMU-driver VMs without a server: `lifeboat vm`.)"),
+        "{help}"
+    );
+}

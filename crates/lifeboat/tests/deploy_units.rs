@@ -82,12 +82,17 @@ fn the_agents_unit_keeps_the_settings_that_spare_its_vms() {
             "{reaching} in the agent's unit: {agent}"
         );
     }
-    // The flags it starts the agent with are the agent's.
+    // The flags it starts the agent with are the agent's, and none that would override
+    // /etc/lifeboat/agent.toml unasked.
     let args = lines
         .iter()
-        .find_map(|l| l.strip_prefix("Environment=\"LIFEBOAT_AGENT_ARGS="))
+        .find_map(|l| {
+            l.strip_prefix("Environment=\"LIFEBOAT_AGENT_ARGS=")
+                .or_else(|| l.strip_prefix("Environment=LIFEBOAT_AGENT_ARGS="))
+        })
         .unwrap()
         .trim_end_matches('"');
+    assert_eq!(args, "", "the agent's settings are its config file's");
     let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
         .arg("agent")
         .args(args.split_whitespace())

@@ -83,6 +83,56 @@ fn each_cause_a_script_acts_on_has_its_own_exit_code() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A LIFEBOAT_CONFIG naming a file that is not there is said, not fatal.
+    let out = run(
+        &home,
+        &[
+            ("LIFEBOAT_TOKEN", &server.token),
+            ("LIFEBOAT_CONFIG", "/nonexistent/client.toml"),
+        ],
+        &["hosts", "list", "--server", &server.url],
+    );
+    let (code, err) = code_and_err(&out);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("/nonexistent/client.toml, which does not exist"),
+        "{err}"
+    );
+    // …but a broken one is refused, by file, line and key (exit 2).
+    let bad = home.join("bad-client.toml");
+    std::fs::write(&bad, "server = \"https://x\"\ntokn = \"t\"\n").unwrap();
+    let (code, err) = code_and_err(&run(
+        &home,
+        &[("LIFEBOAT_CONFIG", bad.to_str().unwrap())],
+        &["hosts", "list"],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad-client.toml:2: unknown field `tokn`"),
+        "{err}"
+    );
+
+    // 2: bad usage; with --json as an object too.
+    let (code, err) = code_and_err(&run(&home, &[], &["--json", "hosts", "lst"]));
+    assert_eq!(code, 2, "{err}");
+    let err: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(err["exit_code"], 2, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("lst"), "{err}");
+    let (code, err) = code_and_err(&run(&home, &[], &["hosts", "lst"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    // A daemon's broken config file: 2, named by file and line, before anything starts.
+    let conf = home.join("server.toml");
+    std::fs::write(&conf, "listen = \"127.0.0.1:0\"\ninsecure_http = \"yes\"\n").unwrap();
+    let (code, err) = code_and_err(&run(
+        &home,
+        &[],
+        &["server", "--config", conf.to_str().unwrap()],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("server.toml:2: "), "{err}");
+    assert!(err.contains("insecure_http"), "{err}");
+
     // 7: a passphrase that opens none of the vault's key slots.
     let vault = format!("file://{}", tmp.path().join("vault").display());
     let out = run(

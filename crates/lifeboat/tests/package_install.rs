@@ -301,23 +301,22 @@ fn the_package_installs_into_a_fresh_root_and_runs_the_quick_start() {
         assert!(out.status.success() && said.trim().is_empty(), "{said}");
     }
 
-    // A server and an agent as their units run them (the units' ExecStart and
-    // LIFEBOAT_HOME; ports the system picks), the agent enrolled.
-    let mut c = root.lifeboat(&["server", "--listen", "127.0.0.1:0"]);
+    // Settings as docs/install.md makes them: uncommented in the installed files (ports
+    // the system picks).
+    root.sh_ok(
+        "sed -i 's|^# listen = .*|listen = \"127.0.0.1:0\"|' /etc/lifeboat/server.toml && \
+         sed -i -e 's|^# listen = .*|listen = \"127.0.0.1:0\"|' \
+                -e 's|^# hypervisor = .*|hypervisor = \"qemu\"|' \
+                -e 's|^# hostname = .*|hostname = \"alpha\"|' \
+                -e 's|^# accel = .*|accel = \"tcg\"|' /etc/lifeboat/agent.toml",
+    );
+    // A server and an agent as their units run them (the units' ExecStart, no flags, and
+    // LIFEBOAT_HOME), the agent enrolled.
+    let mut c = root.lifeboat(&["server"]);
     c.env("LIFEBOAT_HOME", "/var/lib/lifeboat-server");
     let server = common::spawn_server(c, Path::new("/nonexistent-outside-the-root"));
     assert!(server.url.starts_with("https://"), "{}", server.url);
-    let mut c = root.lifeboat(&[
-        "--accel",
-        "tcg",
-        "agent",
-        "--listen",
-        "127.0.0.1:0",
-        "--hostname",
-        "alpha",
-        "--hypervisor",
-        "qemu",
-    ]);
+    let mut c = root.lifeboat(&["agent"]);
     c.env("LIFEBOAT_HOME", "/var/lib/lifeboat");
     let agent = common::spawn_agent(c);
     let client = |args: &[&str], env: &[(&str, &str)]| {

@@ -80,7 +80,7 @@ async fn the_record_follows_failover_and_failback_and_never_a_test_copy() {
             "--dns-key",
             key,
             "--dns-ttl",
-            "20",
+            "20s",
         ]
         .iter()
         .map(|s| s.to_string())

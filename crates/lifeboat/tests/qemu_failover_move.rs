@@ -46,11 +46,29 @@ async fn planned_failover_loses_no_completed_write_and_fences_the_source() {
     // Never two running copies, checked all along the failover.
     let one_copy = OneCopy::watch([cl.home("alpha"), cl.home("beta")], "web");
     let started = Instant::now();
-    let out = cl.json(&["failover", "web", "--planned", "--shutdown-timeout", "60s"]);
+    // The command returns once the guest serves, not only runs (`--wait-for`).
+    let probe = format!("http://127.0.0.1:{http}/boot-count");
+    let out = cl.json(&[
+        "failover",
+        "web",
+        "--planned",
+        "--shutdown-timeout",
+        "60s",
+        "--wait-for",
+        &probe,
+        "--wait-timeout",
+        "3m",
+    ]);
     let took = started.elapsed();
     assert_eq!(out["kind"], "planned");
     assert_eq!(out["host"], "beta");
     assert_eq!(out["vm"], "web");
+    assert_eq!(out["serving"]["probe"], probe.as_str(), "{out}");
+    let serving_after = out["serving"]["after_seconds"].as_f64().unwrap();
+    let (code, _) = http_get(http, "/boot-count", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "it served when the command returned");
 
     // Every acknowledged write is on the recovery host, read through the guest's httpd on
     // the same port production had (it is free on this machine now).
@@ -73,7 +91,7 @@ async fn planned_failover_loses_no_completed_write_and_fences_the_source() {
         assert_eq!(String::from_utf8_lossy(&body).trim(), n.to_string());
     }
     eprintln!(
-        "planned failover: {} acknowledged writes all present; command took {took:?}, HTTP answered after {recovered_at:?}",
+        "planned failover: {} acknowledged writes all present; command took {took:?} (serving {serving_after:.1} s after the move ended), HTTP answered after {recovered_at:?}",
         acks.len()
     );
     assert!(one_copy.stop() > 10);

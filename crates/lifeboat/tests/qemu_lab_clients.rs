@@ -405,7 +405,7 @@ async fn a_client_by_name_follows_a_planned_failover_with_re_ip_and_the_failback
             "--dns-key",
             key,
             "--dns-ttl",
-            "5",
+            "5s",
         ])
     };
 

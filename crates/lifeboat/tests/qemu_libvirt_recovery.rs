@@ -97,6 +97,12 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
         "copy-me",
         "the copy has the guest's last write"
     );
+    // Its boot is kept in a log beside it, printed before anyone connected.
+    let console_log = std::fs::read(copy_dir.join("console.log")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&console_log).contains("LIFEBOAT-GUEST-READY"),
+        "the copy's console log holds its boot"
+    );
 
     // Its NIC is on a bridge of its own, with nothing else on it.
     let xml = virsh(&["dumpxml", &copy_name]).unwrap();
@@ -181,8 +187,12 @@ async fn a_test_copy_of_a_libvirt_domain_runs_isolated_on_a_libvirt_host_and_goe
             let log = std::fs::read_to_string(format!("/var/log/libvirt/qemu/{copy_name}.log"))
                 .unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let console = std::fs::read(copy_dir.join("console.log")).unwrap_or_default();
+            let console = String::from_utf8_lossy(&console);
+            let console: Vec<&str> = console.lines().rev().take(40).collect();
             panic!(
-                "{e:#}\ndomstate: {:?}\ncopy: {copy}\nvms: {}\nQEMU log (newest first): {tail:#?}",
+                "{e:#}\ndomstate: {:?}\ncopy: {copy}\nvms: {}\nQEMU log (newest first): \
+                 {tail:#?}\nconsole (newest first): {console:#?}",
                 virsh(&["domstate", &copy_name, "--reason"]),
                 cl.json(&["vms", "list"])
             )

@@ -223,6 +223,34 @@ async fn protect_and_check(database: Option<String>) {
         ) || metrics.contains("state=\"degraded\"} 1"),
         "{metrics}"
     );
+    // Both hosts answer the server's greetings (every 10 s; the syncs took longer).
+    for host in ["alpha", "beta"] {
+        assert!(
+            metrics.contains(&format!("lifeboat_host_up{{host=\"{host}\"}} 1")),
+            "{metrics}"
+        );
+    }
+    // The vault's size is what its folder held when measured: more than nothing, no
+    // more than it holds now (packs stay until `vault gc`; only small manifests go).
+    let sample = |name: &str| -> u64 {
+        let key = format!("{name}{{vault=\"{}\"}} ", cl.vault);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .unwrap_or_else(|| panic!("no {key}: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let (measured, objects) = (
+        sample("lifeboat_vault_stored_bytes"),
+        sample("lifeboat_vault_objects"),
+    );
+    let folder = std::path::PathBuf::from(cl.vault.strip_prefix("file://").unwrap());
+    let on_disk: u64 = walk_sizes(&folder);
+    assert!(
+        measured > 0 && objects > 0 && measured <= on_disk + (1 << 20),
+        "measured {measured} bytes in {objects} objects; the folder holds {on_disk}"
+    );
 
     tokio::task::block_in_place(|| check_points(&cl, &points, &writes));
 
@@ -272,4 +300,20 @@ async fn a_protected_vm_gets_consistent_points_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protected_vm_gets_consistent_points_on_postgres() {
     protect_and_check(Some(fresh_postgres_database())).await;
+}
+
+/// The bytes of every file under `dir`.
+fn walk_sizes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                walk_sizes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
 }

@@ -34,6 +34,9 @@ pub struct Placement<'a> {
     pub isolated_bridge: Option<&'a str>,
     /// Where QEMU binds the serial console's socket.
     pub serial_socket: &'a Path,
+    /// Where libvirt's virtlogd keeps everything the console printed, whether or not a
+    /// client was connected (the proof of what a recovered copy did at boot).
+    pub console_log: &'a Path,
 }
 
 /// The domain XML of `spec` on this host; `stored` is the source domain's description
@@ -105,10 +108,12 @@ pub fn domain_xml(
         );
     }
     x += &format!(
-        "<serial type='unix'><source mode='bind' path='{}'/><target port='0'/></serial>\
+        "<serial type='unix'><source mode='bind' path='{}'/><log file='{}' append='on'/>\
+         <target port='0'/></serial>\
          <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
          </devices>",
-        esc(&at.serial_socket.to_string_lossy())
+        esc(&at.serial_socket.to_string_lossy()),
+        esc(&at.console_log.to_string_lossy())
     );
     if !qemu_args.is_empty() {
         x += &format!("<qemu:commandline xmlns:qemu='{QEMU_NS}'>");
@@ -278,6 +283,7 @@ mod tests {
             domain_type: "qemu",
             isolated_bridge: Some("lbi1"),
             serial_socket: Path::new("/r/web1/serial.sock"),
+            console_log: Path::new("/r/web1/console.log"),
         };
         let xml = domain_xml(
             &spec(&["bridge:br-dr", "network:default", "isolated"]),
@@ -292,6 +298,11 @@ mod tests {
         // Boot order puts vdb first; the apostrophe in a path stays a path.
         assert_eq!(d.disks[0].target, "vdb");
         assert!(xml.contains("it&apos;s.qcow2"), "{xml}");
+        // The console is kept in a log whether or not anyone is connected.
+        assert!(
+            xml.contains("<log file='/r/web1/console.log' append='on'/>"),
+            "{xml}"
+        );
         use crate::libvirt::domain_xml::NicSource;
         let sources: Vec<&NicSource> = d.nics.iter().map(|n| &n.source).collect();
         assert_eq!(
@@ -323,6 +334,7 @@ mod tests {
             domain_type: "qemu",
             isolated_bridge: Some("lbi1"),
             serial_socket: Path::new("/s"),
+            console_log: Path::new("/l"),
         };
         let xml = domain_xml(&spec, None, &at).unwrap();
         let doc = roxmltree::Document::parse(&xml).unwrap();
@@ -356,6 +368,7 @@ mod tests {
             domain_type: "qemu",
             isolated_bridge: None,
             serial_socket: Path::new("/s"),
+            console_log: Path::new("/l"),
         };
         let e = domain_xml(&spec(&["user"]), None, &at).unwrap_err();
         assert!(e.contains("--network-map user=bridge:NAME"), "{e}");

@@ -229,7 +229,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         failover::failback, failover::reprotect, failover::commit, scan, tokens::list_tokens,
         tokens::create_token, tokens::revoke_token, users::list_users, users::add_user,
         users::set_role, users::set_password, users::remove_user, audit::list_audit),
-    components(schemas(Host, EnrollHost, VmRow, HostProblem, VmList, ApiError, ProtectRequest,
+    components(schemas(Host, HostRow, crate::host_health::HostHealth, EnrollHost, VmRow, HostProblem, VmList, ApiError, ProtectRequest,
         Protected, ProtectionView, network::NetworkSettingsSet, lifeboat_types::NetworkSettings,
         lifeboat_types::NicSettings, lifeboat_types::Addressing, lifeboat_types::StaticAddress,
         ProtectionList, SyncProgress, Unprotected, PointRow, Operation, Policy,
@@ -308,12 +308,31 @@ pub fn openapi_json() -> String {
         + "\n"
 }
 
+/// An enrolled host and what its agent said at its last greeting.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostRow {
+    #[serde(flatten)]
+    pub host: Host,
+    /// None until the server's first greeting after it started (within 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::host_health::HostHealth>,
+}
+
 #[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts",
-    responses((status = 200, description = "Enrolled hosts", body = [Host]),
+    responses((status = 200, description = "Enrolled hosts, each with its agent's last greeting", body = [HostRow]),
                (status = 401, description = "Missing or wrong API token", body = ApiError)))]
 async fn list_hosts(State(s): State<Arc<ServerState>>) -> Response {
     match s.db.hosts().await {
-        Ok(hosts) => Json(hosts).into_response(),
+        Ok(hosts) => Json(
+            hosts
+                .into_iter()
+                .map(|host| HostRow {
+                    health: s.health.get(host.id.as_str()),
+                    host,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(e) => db_error(e),
     }
 }
@@ -322,7 +341,7 @@ async fn list_hosts(State(s): State<Arc<ServerState>>) -> Response {
     responses((status = 201, description = "Enrolled; the agent's certificate is pinned", body = Host),
                (status = 401, description = "Missing or wrong API token", body = ApiError),
                (status = 403, description = "The agent refused the code", body = ApiError),
-               (status = 409, description = "A host at that address is enrolled already", body = ApiError),
+               (status = 409, description = "A host at that address is enrolled already, or its agent runs another release line than the server's", body = ApiError),
                (status = 502, description = "No agent answered at that address", body = ApiError)))]
 async fn enroll_host(State(s): State<Arc<ServerState>>, Json(req): Json<EnrollHost>) -> Response {
     match s.db.host_by_address(&req.address).await {
@@ -351,6 +370,10 @@ async fn enroll_host(State(s): State<Arc<ServerState>>, Json(req): Json<EnrollHo
         Ok(h) => h,
         Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
     };
+    // Another release line speaks another API: refused before the code is spent.
+    if let Some(skew) = lifeboat_types::version::skew(env!("CARGO_PKG_VERSION"), &hello.version) {
+        return error(StatusCode::CONFLICT, format!("not enrolled: {skew}"));
+    }
     let credential = match client.enroll(&req.code, &s.fingerprint).await {
         Ok(c) => c,
         Err(lifeboat_agent::client::ClientError::Refused { status: 403, .. }) => {

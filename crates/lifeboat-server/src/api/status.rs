@@ -192,6 +192,44 @@ pub async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
             })
         }),
     );
+    // Hosts the server has greeted since it started.
+    let greeted: Vec<(String, crate::host_health::HostHealth)> = hosts
+        .iter()
+        .filter_map(|h| {
+            let health = s.health.get(h.host.id.as_str())?;
+            Some((format!("host=\"{}\"", label(&h.host.hostname)), health))
+        })
+        .collect();
+    family(
+        "lifeboat_host_up",
+        "gauge",
+        "1 when the host's agent answered the server's last greeting (every 10 s), else 0.",
+        &mut greeted
+            .iter()
+            .map(|(l, h)| (l.clone(), if h.up { 1.0 } else { 0.0 })),
+    );
+    family(
+        "lifeboat_host_version_skew",
+        "gauge",
+        "1 when the host's agent runs another release line than the server (`hosts list` says which to upgrade).",
+        &mut greeted.iter().filter(|(_, h)| h.up).map(|(l, h)| {
+            (l.clone(), if h.version_skew.is_some() { 1.0 } else { 0.0 })
+        }),
+    );
+    let vaults = crate::retention::vault_sizes();
+    let vault_label = |v: &crate::retention::VaultSize| format!("vault=\"{}\"", label(&v.url));
+    family(
+        "lifeboat_vault_stored_bytes",
+        "gauge",
+        "Bytes of every object in the vault, measured at most every 5 minutes after a prune (deleted points' data until `vault gc`).",
+        &mut vaults.iter().map(|v| (vault_label(v), v.bytes as f64)),
+    );
+    family(
+        "lifeboat_vault_objects",
+        "gauge",
+        "Objects in the vault (packs, manifests, keys, leases), measured with lifeboat_vault_stored_bytes.",
+        &mut vaults.iter().map(|v| (vault_label(v), v.objects as f64)),
+    );
     family(
         "lifeboat_build_info",
         "gauge",

@@ -161,6 +161,13 @@ pub async fn hosts(
             @let protected = list.vms[all.clone()].iter().filter(|v| v.protection_id.is_some()).count();
             section class="host" aria-labelledby={ "host-" (h.id) } {
                 h2 id={ "host-" (h.id) } { (h.hostname) " " span class="muted" { (h.address) } }
+                @if let Some(health) = s.health.get(h.id.as_str()) {
+                    @if let Some(skew) = &health.version_skew {
+                        p role="alert" class="error" { "Agent version skew: " (skew) }
+                    } @else if let Some(v) = &health.agent_version {
+                        p class="muted" { "Agent " (v) }
+                    }
+                }
                 @if all.is_empty() {
                     p class="muted" { "No VMs reported." }
                 } @else {

@@ -36,6 +36,7 @@ pub struct HostileAgent {
     pub addr: SocketAddr,
     pub fingerprint: String,
     attack: Arc<Mutex<Attack>>,
+    version: Arc<Mutex<String>>,
     /// Bytes of inventory sent so far.
     pub sent: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -50,6 +51,8 @@ impl Drop for HostileAgent {
 #[derive(Clone)]
 struct Shared {
     fingerprint: String,
+    /// The Lifeboat version its hello claims.
+    version: Arc<Mutex<String>>,
     attack: Arc<Mutex<Attack>>,
     sent: Arc<AtomicUsize>,
 }
@@ -63,6 +66,7 @@ impl HostileAgent {
         let fingerprint = identity.fingerprint();
         let shared = Shared {
             fingerprint: fingerprint.clone(),
+            version: Arc::new(Mutex::new(lifeboat_agent::VERSION.to_string())),
             attack: Arc::new(Mutex::new(attack)),
             sent: Arc::new(AtomicUsize::new(0)),
         };
@@ -82,6 +86,7 @@ impl HostileAgent {
             addr,
             fingerprint,
             attack: shared.attack,
+            version: shared.version,
             sent: shared.sent,
             task,
         }
@@ -90,13 +95,19 @@ impl HostileAgent {
     pub fn set(&self, attack: Attack) {
         *self.attack.lock().unwrap() = attack;
     }
+
+    /// The version its hello claims from now on (a host of another release line).
+    #[allow(dead_code)] // not every test binary that includes `common` claims one
+    pub fn claim_version(&self, version: &str) {
+        *self.version.lock().unwrap() = version.to_string();
+    }
 }
 
 async fn hello(State(s): State<Shared>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "service": lifeboat_agent::api::SERVICE,
         "hostname": "hostile",
-        "version": lifeboat_agent::VERSION,
+        "version": s.version.lock().unwrap().clone(),
         "fingerprint": s.fingerprint,
         "enrolled": false,
     }))
