@@ -1,26 +1,40 @@
 //! The agent's part of the Lifeboat home: `agent/` (identity, enrollment, journals),
 //! `recovered/` (the disks of VMs brought up here) beside the driver's `vms/`. All of it
 //! holds disk data, keys or credentials, so it is its owner's only: directories 0700,
-//! files and sockets 0600 (`lifeboat_hypervisor::private`).
+//! files and sockets 0600 (`lifeboat_hypervisor::private`). Its format is versioned by
+//! `agent/state-version` (`crate::state_version`).
 
 use std::path::{Path, PathBuf};
 
 use lifeboat_hypervisor::private::{private_dir, tighten_tree};
 
-/// Makes the home private and returns the agent's folder, `HOME/agent`. The trees
-/// Lifeboat owns are tightened at every start: an older agent left them readable by
-/// everyone (0755 folders, 0644 overlays and journals). The operator's own files in the
-/// home, such as disk images, are left as they are.
-pub fn open(home: &Path) -> std::io::Result<PathBuf> {
-    private_dir(home)?;
+use crate::state_version::{self, StateError};
+
+/// Checks the home's state format, makes the home private and returns the agent's
+/// folder, `HOME/agent`. A home written by a newer Lifeboat is refused before anything in
+/// it changes; an older one is brought forward and marked. The trees Lifeboat owns are
+/// tightened at every start: an older agent left them readable by everyone (0755
+/// folders, 0644 overlays and journals). The operator's own files in the home, such as
+/// disk images, are left as they are.
+pub fn open(home: &Path) -> Result<PathBuf, StateError> {
+    let found = state_version::check(home)?;
+    let private = |path: &Path, r: std::io::Result<()>| {
+        r.map_err(|source| StateError::Io {
+            what: "making private",
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    private(home, private_dir(home))?;
     for tree in ["agent", "vms", "recovered"] {
         let path = home.join(tree);
         if path.exists() {
-            tighten_tree(&path)?;
+            private(&path, tighten_tree(&path))?;
         }
     }
     let agent_home = home.join("agent");
-    private_dir(&agent_home)?;
+    private(&agent_home, private_dir(&agent_home))?;
+    state_version::bring_forward(home, &found)?;
     Ok(agent_home)
 }
 
@@ -61,6 +75,7 @@ mod tests {
         std::fs::set_permissions(&operators, Permissions::from_mode(0o644)).unwrap();
 
         assert_eq!(open(&home).unwrap(), home.join("agent"));
+        assert!(home.join(crate::state_version::FILE).exists());
         let left = lifeboat_hypervisor::private::exposed(&home).unwrap();
         assert_eq!(
             left,
@@ -72,5 +87,28 @@ mod tests {
             assert_eq!(mode(&home.join(f)), 0o600, "{f}");
             assert_eq!(mode(home.join(f).parent().unwrap()), 0o700, "{f}");
         }
+    }
+
+    #[test]
+    fn a_home_of_a_newer_format_is_refused_and_left_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let journal = home.join("agent/syncs/s1.json");
+        std::fs::create_dir_all(journal.parent().unwrap()).unwrap();
+        std::fs::write(&journal, b"{}").unwrap();
+        std::fs::set_permissions(&journal, Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&home, Permissions::from_mode(0o755)).unwrap();
+        let marker = home.join(crate::state_version::FILE);
+        let newer = format!(
+            "{}\nwritten by Lifeboat 7.0.0\n",
+            crate::state_version::FORMAT + 1
+        );
+        std::fs::write(&marker, &newer).unwrap();
+
+        let e = open(&home).unwrap_err();
+        assert!(e.to_string().contains("written by Lifeboat 7.0.0"), "{e}");
+        assert_eq!(mode(&home), 0o755, "not tightened");
+        assert_eq!(mode(&journal), 0o644, "not tightened");
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), newer);
     }
 }

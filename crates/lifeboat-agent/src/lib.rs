@@ -2,6 +2,8 @@
 //! API to the control plane (DESIGN.md, "Processes and data flow", "Security").
 //!
 //! - `home`: the agent's folders, private to their owner, tightened at every start.
+//! - `state_version`: the format of the home's state (`agent/state-version`): a home a
+//!   newer Lifeboat wrote is refused, an older one brought forward.
 //! - `identity`: the agent's TLS key and self-signed certificate, made at first start; its
 //!   SHA-256 fingerprint is what the server pins.
 //! - `enrollment`: the one-time code printed at first start, and the per-agent credential
@@ -46,6 +48,7 @@ pub mod replicate;
 pub mod sealing;
 pub mod secret;
 pub mod serve;
+pub mod state_version;
 pub mod sync;
 
 /// The agent's version, as the hello reports it.

@@ -42,7 +42,7 @@ pub async fn start(qemu: QemuDriver, home: &Path, args: AgentArgs) -> Result<Sta
     tracing::info!(driver = driver.kind(), "hypervisor driver");
     let recovery_place = driver.recovery_place(home);
     let agent_home = lifeboat_agent::home::open(home)
-        .with_context(|| format!("making {} private to its owner", home.display()))?;
+        .with_context(|| format!("opening the agent's home {}", home.display()))?;
     let hostname = match args.hostname {
         Some(h) => h,
         None => system_hostname()?,

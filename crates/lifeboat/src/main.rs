@@ -149,6 +149,8 @@ fn init_logging(verbose: u8, format: cli::LogFormat, daemon: bool) {
 }
 
 fn driver(cli: &cli::Cli) -> anyhow::Result<QemuDriver> {
+    // Before the driver tightens the home: a home a newer Lifeboat wrote is left as it is.
+    lifeboat_agent::state_version::check(&cli.home)?;
     let mut config = QemuConfig::new(&cli.home);
     config.accel = cli.accel;
     Ok(QemuDriver::new(config)?)
