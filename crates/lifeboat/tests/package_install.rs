@@ -390,4 +390,41 @@ fn the_package_installs_into_a_fresh_root_and_runs_the_quick_start() {
     assert!(seen.contains("demo is Protected: recovery point"), "{seen}");
     let image = root.sh_ok("ls /var/cache/lifeboat/guest/*/guest.qcow2");
     assert_eq!(image.lines().count(), 1, "{image}");
+
+    // And fail it over, as the operator would on the server's machine: a test copy from
+    // its newest point, then removed (the CLI finds the token and certificate in the
+    // home; the server's URL `up` printed).
+    let url = seen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no API line: {seen}"))
+        .to_string();
+    let up_cli = |args: &[&str]| {
+        let mut c = root.lifeboat(&["--home", "/var/lib/lifeboat-up"]);
+        c.args(args).args(["--server", &url]);
+        ok(c.output().unwrap(), &format!("lifeboat {args:?}"))
+    };
+    let copy: serde_json::Value =
+        serde_json::from_str(&up_cli(&["--json", "failover", "demo", "--test"])).unwrap();
+    assert_eq!(copy["vm"], "demo-test", "{copy}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let vms: serde_json::Value =
+            serde_json::from_str(&up_cli(&["--json", "vms", "list"])).unwrap();
+        let running = vms["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["vm"] == "demo-test" && v["state"]["state"] == "running");
+        if running {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the test copy never ran: {vms}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    up_cli(&["failover", "cleanup", "demo"]);
 }
