@@ -102,17 +102,21 @@ async fn an_agent_of_another_release_line_is_refused_at_enrollment_and_shown_whe
     let address = other.addr.to_string();
     let fp = other.fingerprint.clone();
 
+    let enroll_it = || {
+        tokio::task::block_in_place(|| {
+            enroll(
+                &server,
+                Some(&server.token),
+                &address,
+                "any-code",
+                Some(&fp),
+            )
+        })
+    };
+
     // Newer than the server: refused, and nothing enrolled.
     other.claim_version("99.0.0");
-    let (ok, _, err) = tokio::task::block_in_place(|| {
-        enroll(
-            &server,
-            Some(&server.token),
-            &address,
-            "any-code",
-            Some(&fp),
-        )
-    });
+    let (ok, _, err) = enroll_it();
     assert!(!ok, "an agent of another release line was enrolled");
     assert!(err.contains("upgrade the server first"), "{err}");
     let (ok, out, _) = tokio::task::block_in_place(|| {
@@ -122,15 +126,7 @@ async fn an_agent_of_another_release_line_is_refused_at_enrollment_and_shown_whe
 
     // The same line: enrolled. Then the agent is "downgraded": shown skewed.
     other.claim_version(env!("CARGO_PKG_VERSION"));
-    let (ok, _, err) = tokio::task::block_in_place(|| {
-        enroll(
-            &server,
-            Some(&server.token),
-            &address,
-            "any-code",
-            Some(&fp),
-        )
-    });
+    let (ok, _, err) = enroll_it();
     assert!(ok, "{err}");
     other.claim_version("0.0.1");
     let row = tokio::task::block_in_place(|| {

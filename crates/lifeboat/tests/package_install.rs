@@ -361,26 +361,7 @@ fn the_package_installs_into_a_fresh_root_and_runs_the_quick_start() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let _up = StopUp(&root, child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = String::new();
-    loop {
-        // The first build of the guest comes first: generous, as in qemu_up.
-        let line = rx
-            .recv_timeout(Duration::from_secs(600))
-            .unwrap_or_else(|_| panic!("`up` did not get to Running; it printed:\n{seen}"));
-        seen += &line;
-        seen.push('\n');
-        if line == "Running" {
-            break;
-        }
-    }
+    let seen = common::up_until_running(stdout);
     // Built by the packaged builder into the system's cache, not found in the user's.
     assert!(
         seen.contains("guest image: /var/cache/lifeboat/guest/")

@@ -2,9 +2,9 @@
 //! enrolls its agent, boots the demo guest, protects it, and keeps running; the commands it
 //! suggests then show the VM Protected.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 fn lifeboat(home: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
@@ -45,29 +45,13 @@ fn up_protects_the_demo_guest_and_keeps_running() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let _cleanup = Cleanup(home.clone(), child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = String::new();
-    let mut api = String::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(600))
-            .unwrap_or_else(|_| panic!("`up` did not get to Running; it printed:\n{seen}"));
-        seen += &line;
-        seen.push('\n');
-        if let Some(rest) = line.trim().strip_prefix("API:") {
-            api = rest.split_whitespace().next().unwrap().to_string();
-        }
-        if line == "Running" {
-            break;
-        }
-    }
+    let seen = common::up_until_running(stdout);
+    let api = seen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no API line: {seen}"))
+        .to_string();
     assert!(seen.contains("demo is Protected: recovery point"), "{seen}");
     assert!(seen.contains("vault.passphrase"), "{seen}");
     let out = lifeboat(&home)

@@ -23,6 +23,9 @@
 //! is private, so no path or port of the machine is used (the server's port is picked
 //! free). The vault itself holds no path: it is also read from where it was unpacked.
 
+mod common;
+
+use common::cluster::run_ok;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -148,17 +151,6 @@ fn start_daemon(mut c: Command, done: impl Fn(&str) -> bool) -> (Daemon, Vec<Str
         }
     }
     panic!("{c:?} ended before its banner: {lines:#?}");
-}
-
-fn run_ok(mut c: Command) -> String {
-    let out = c.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{c:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 fn sha256(path: &Path) -> String {

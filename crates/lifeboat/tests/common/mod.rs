@@ -296,3 +296,27 @@ pub fn client_with(
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
+
+/// Reads `lifeboat up`'s stdout until its "Running" line (the first build of the guest
+/// comes first: 10 minutes at most); everything it printed until then.
+pub fn up_until_running(stdout: std::process::ChildStdout) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(600))
+            .unwrap_or_else(|_| panic!("`up` did not get to Running; it printed:\n{seen}"));
+        seen += &line;
+        seen.push('\n');
+        if line == "Running" {
+            return seen;
+        }
+    }
+}
