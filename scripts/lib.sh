@@ -61,6 +61,8 @@ need_test_tools() {
     # named + dig: lifeboat-dns's tests update records on a real BIND (testkit's bind module).
     # systemd-analyze: deploy/systemd's units are checked with `systemd-analyze verify`;
     # promtool: deploy/prometheus's alert rules and the server's metrics are checked.
+    # dpkg-deb, man: package_install builds the .deb and finds its man pages; zstd:
+    # upgrade_previous_release unpacks the previous release's files.
     # mmdebstrap: the Debian test guest (guest/debian/build.sh), built on demand by the
     # tests that boot it (lifeboat_testkit::debian_guest::debian_image), not here.
     apt_need nbdinfo libnbd-bin curl curl psql postgresql-client \
@@ -75,7 +77,10 @@ need_test_tools() {
              /usr/bin/chromium chromium \
              /usr/bin/chromedriver chromium-driver \
              systemd-analyze systemd \
-             promtool prometheus
+             promtool prometheus \
+             dpkg-deb dpkg \
+             man man-db \
+             zstd zstd
     if ! cargo fuzz --version >/dev/null 2>&1; then
         log "installing cargo-fuzz"
         cargo install --locked cargo-fuzz >&2 || die "cargo install cargo-fuzz failed"
