@@ -463,7 +463,8 @@ pub enum FailoverAction {
 /// `~/.config/lifeboat/client.toml`: `server`, `server_fingerprint`, `token_file` or
 /// `token`). The token is never taken from the command line, where other users could
 /// read it: LIFEBOAT_TOKEN, a token file, the config file, or (on the server's machine)
-/// HOME/server/admin.token.
+/// HOME/server/admin.token
+/// or /var/lib/lifeboat-server/server/admin.token.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServerConn {
     /// The server's API: https://HOST:PORT, or http://127.0.0.1:PORT (loopback only).
@@ -471,7 +472,8 @@ pub struct ServerConn {
     #[arg(long, env = "LIFEBOAT_SERVER")]
     pub server: Option<String>,
     /// The https server's certificate fingerprint (SHA-256, from its banner), pinned.
-    /// Default on the server's own machine: the certificate in HOME/server/identity.
+    /// Default on the server's own machine: the certificate its API serves, found in
+    /// HOME/server or /var/lib/lifeboat-server/server (the packaged unit's home).
     #[arg(long, env = "LIFEBOAT_SERVER_FINGERPRINT")]
     pub server_fingerprint: Option<String>,
     /// A file holding the API token.

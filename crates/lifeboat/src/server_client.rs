@@ -184,9 +184,10 @@ impl ServerClient {
             } else {
                 // On the server's own machine the certificate its API serves is in HOME
                 // (a server before 0.2 kept only its identity's): pin that one.
-                let local = ["server/api-cert.der", "server/identity/cert.der"]
+                let local = local_server_dirs(home)
                     .iter()
-                    .find_map(|f| std::fs::read(home.join(f)).ok())
+                    .flat_map(|dir| [dir.join("api-cert.der"), dir.join("identity/cert.der")])
+                    .find_map(|f| std::fs::read(f).ok())
                     .map(|der| lifeboat_agent::identity::fingerprint(&der));
                 let Some(fp) = conn.server_fingerprint.clone().or(local) else {
                     bail!("{base}: give the server's certificate fingerprint (--server-fingerprint or LIFEBOAT_SERVER_FINGERPRINT; the server prints it at start), or the CA that signed its certificate (--ca-cert or LIFEBOAT_CA_CERT)");
@@ -361,13 +362,32 @@ fn token(conn: &ServerConn, in_config: Option<&str>, home: &Path) -> Result<Stri
             return Ok(t.trim().to_string());
         }
     }
-    let (path, given) = match &conn.token_file {
-        Some(p) => (p.clone(), true),
-        None => (home.join("server").join("admin.token"), false),
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        _ if given => bail!("cannot read an API token from {}", path.display()),
-        _ => bail!("no API token: set LIFEBOAT_TOKEN or --token-file (the server printed a token at first start)"),
+    if let Some(path) = &conn.token_file {
+        return match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+            _ => bail!("cannot read an API token from {}", path.display()),
+        };
     }
+    local_server_dirs(home)
+        .iter()
+        .find_map(|dir| {
+            let t = std::fs::read_to_string(dir.join("admin.token")).ok()?;
+            (!t.trim().is_empty()).then(|| t.trim().to_string())
+        })
+        .ok_or_else(|| anyhow::anyhow!("no API token: set LIFEBOAT_TOKEN or --token-file (the server printed a token at first start)"))
 }
+
+/// Where a server running on this machine keeps its token and certificates: `HOME/server`,
+/// and the packaged unit's home (`/var/lib/lifeboat-server/server`), so that client
+/// commands on the server's machine need neither flags nor a `--home` of the server's.
+fn local_server_dirs(home: &Path) -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![home.join("server")];
+    let packaged = Path::new(PACKAGED_SERVER_HOME).join("server");
+    if !dirs.contains(&packaged) {
+        dirs.push(packaged);
+    }
+    dirs
+}
+
+/// The server's home under its systemd unit (deploy/systemd/lifeboat-server.service).
+const PACKAGED_SERVER_HOME: &str = "/var/lib/lifeboat-server";

@@ -340,6 +340,15 @@ fn the_package_installs_into_a_fresh_root_and_runs_the_quick_start() {
     );
     let hosts = client(&["--json", "hosts", "list"], &[]);
     assert!(hosts.contains("\"alpha\""), "{hosts}");
+    // On the server's machine a client needs only the server's address: the token and
+    // the certificate are found in the unit's home, /var/lib/lifeboat-server.
+    let mut c = root.lifeboat(&["--json", "hosts", "list"]);
+    c.env("LIFEBOAT_SERVER", &server.url);
+    let hosts = ok(
+        c.output().unwrap(),
+        "hosts list with neither token nor fingerprint",
+    );
+    assert!(hosts.contains("\"alpha\""), "{hosts}");
 
     // The README's quick start, from the package: `lifeboat up` builds the demo guest
     // with the packaged builder (LIFEBOAT_GUEST_DIR unset), boots it and protects it.
