@@ -132,22 +132,39 @@ pub async fn wait_protected(
         );
         b
     };
+    // An enable that failed or was cancelled ends the wait with the operation's word.
+    let ended = |op: &Operation| match op.status {
+        OperationStatus::Running | OperationStatus::Succeeded => None,
+        OperationStatus::Cancelled => Some(anyhow::anyhow!(
+            "operation {} was cancelled: {}",
+            op.id,
+            op.error
+        )),
+        OperationStatus::Failed => Some(anyhow::anyhow!("{} (operation {})", op.error, op.id)),
+    };
     loop {
         if let Some(op) = operation {
             let op: Operation = server.get(&format!("/api/v1/operations/{op}")).await?;
-            match op.status {
-                OperationStatus::Running | OperationStatus::Succeeded => {}
-                OperationStatus::Cancelled => {
-                    bar.abandon();
-                    bail!("operation {} was cancelled: {}", op.id, op.error)
-                }
-                OperationStatus::Failed => {
-                    bar.abandon();
-                    bail!("{} (operation {})", op.error, op.id)
-                }
+            if let Some(e) = ended(&op) {
+                bar.abandon();
+                return Err(e);
             }
         }
-        let v: ProtectionView = server.get(&format!("/api/v1/protections/{id}")).await?;
+        let v: ProtectionView = match server.get(&format!("/api/v1/protections/{id}")).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Undone between the two reads (the protection is gone): the operation,
+                // read again, says why; seen under load in qemu_saga_campaign.
+                if let Some(op) = operation {
+                    let op: Operation = server.get(&format!("/api/v1/operations/{op}")).await?;
+                    if let Some(why) = ended(&op) {
+                        bar.abandon();
+                        return Err(why);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let state = v.state.as_str();
         if v.last_point.is_some() {
             bar.finish_and_clear();
