@@ -2,8 +2,9 @@
 //! policy, without waiting an hour: the policy table the API serves is the one README and
 //! docs/protection.md give; the first point is made at once, app-consistent, and lands in
 //! the container, whence its data disk restores bit for bit; the server schedules the next
-//! sync one interval after this one; and `/metrics` counts that sync
-//! (`lifeboat_vm_syncs_total`, `lifeboat_vm_last_sync_duration_seconds`…).
+//! sync one interval after this one; `/metrics` counts that sync
+//! (`lifeboat_vm_syncs_total`, `lifeboat_vm_last_sync_duration_seconds`…); and a test
+//! failover from the container whose `--wait-for` never answers exits 4.
 
 mod common;
 
@@ -196,6 +197,37 @@ async fn a_vm_protected_hourly_into_azure_blob_restores_bit_for_bit() {
         run_ok(c);
         // …and no second sync came early.
         assert_eq!(cl.json(&["points", "web"]).as_array().unwrap().len(), 1);
+
+        // A test copy started from that point in the container, waited for on a port
+        // where nothing ever answers: exit 4, and the copy runs on until cleaned up.
+        let nothing = format!("tcp:127.0.0.1:{}", lifeboat_testkit::free_tcp_port());
+        let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+            .args([
+                "--json",
+                "failover",
+                "web",
+                "--test",
+                "--wait-for",
+                &nothing,
+            ])
+            .args(["--wait-timeout", "2s"])
+            .env("LIFEBOAT_SERVER", &cl.server.url)
+            .env("LIFEBOAT_TOKEN", &cl.server.token)
+            .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        let err: Value = serde_json::from_str(err.trim()).unwrap();
+        assert_eq!(err["exit_code"], 4, "{err}");
+        assert!(
+            err["error"].as_str().unwrap().contains("the VM runs on"),
+            "{err}"
+        );
+        let copies = cl.json(&["failover", "list"]);
+        assert_eq!(copies.as_array().map(Vec::len), Some(1), "{copies}");
+        let (ok, _, err) = cl.cli(&["failover", "cleanup", "web"]);
+        assert!(ok, "{err}");
     });
 }
 
