@@ -174,6 +174,14 @@ async fn a_vm_protected_hourly_into_azure_blob_restores_bit_for_bit() {
             sample(&metrics, "lifeboat_vm_consecutive_sync_failures"),
             0.0
         );
+        // The scheduler went round (about once a second) while the sync ran.
+        let rounds: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("lifeboat_scheduler_rounds_total{} "))
+            .unwrap_or_else(|| panic!("no scheduler rounds in:\n{metrics}"))
+            .parse()
+            .unwrap();
+        assert!(rounds >= 1.0, "{rounds}");
 
         // The point is in the container: its data disk comes back bit for bit.
         let id = point["point"].as_str().unwrap();
