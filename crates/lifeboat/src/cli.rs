@@ -69,7 +69,8 @@ pub enum Command {
     Cbt(CbtCommand),
     /// Boot the demo guest, write in it, and show what one incremental cut carries.
     Demo(DemoArgs),
-    /// The vault: encrypted, deduplicated recovery points on a folder, S3 or Azure Blob.
+    /// The vault: encrypted, compressed recovery points on a folder, S3 or Azure Blob, each
+    /// storing only the chunks that differ from its parent point's at the same offset.
     Vault(VaultArgs),
     /// Run this host's agent: the HTTPS API the server drives. Prints a one-time
     /// enrollment code at first start.
@@ -648,9 +649,11 @@ pub enum VaultCommand {
         /// Target size of the pack objects chunks are gathered in: 1M to 32M.
         #[arg(long, default_value = "16M")]
         pack_size: String,
-        /// One key for every VM (vault format 1): equal blocks of different VMs are
-        /// stored once, but every host that protects or recovers one VM can read all of
-        /// them. By default each VM has its own key (docs/security.md).
+        /// One key for every VM (vault format 1): every host that protects or recovers one
+        /// VM can read all of them, and a point of one VM may build on another VM's point
+        /// (`put-image --parent`). Equal blocks of VMs whose points do not build on each
+        /// other are stored once per VM either way. By default each VM has its own key
+        /// (docs/security.md).
         #[arg(long)]
         shared_key: bool,
     },

@@ -207,3 +207,190 @@ fn each_cause_a_script_acts_on_has_its_own_exit_code() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Random bytes (nothing compresses or dedups them away), different for each `seed`.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect()
+}
+
+/// 3: `vault verify` finds the point whose data was changed in the vault, names it, the
+/// disk and the offset, and exits 3; the intact point of another VM verifies (0).
+#[test]
+fn verify_exits_3_naming_the_damaged_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("client");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("no-client.toml"), "").unwrap();
+    let dir = tmp.path().join("vault");
+    let vault = format!("file://{}", dir.display());
+    let pass = [("LIFEBOAT_PASSPHRASE", "pw")];
+    let ok = |args: &[&str]| {
+        let mut all = vec!["--json", "vault", "--vault", &vault];
+        all.extend_from_slice(args);
+        let out = run(&home, &pass, &all);
+        let (code, err) = code_and_err(&out);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    ok(&["init", "--chunk-size", "64K"]);
+    let mut points = Vec::new();
+    let mut packs_of = Vec::new();
+    for (i, name) in ["web1", "db1"].into_iter().enumerate() {
+        let img = tmp.path().join(format!("{name}.raw"));
+        std::fs::write(&img, random_bytes(2 << 20, i as u64 + 1)).unwrap();
+        let before = files_under(&dir.join("packs"));
+        let put = ok(&["put-image", "--name", name, img.to_str().unwrap()]);
+        points.push(put["point"]["point"].as_str().unwrap().to_string());
+        let new: Vec<_> = files_under(&dir.join("packs"))
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        assert!(!new.is_empty(), "{name} added no pack");
+        packs_of.push(new);
+    }
+    let clean = run(&home, &pass, &["vault", "--vault", &vault, "verify"]);
+    assert_eq!(code_and_err(&clean).0, 0, "{}", code_and_err(&clean).1);
+
+    // Rot in the middle of web1's biggest pack: inside a chunk's sealed bytes.
+    let pack = packs_of[0]
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(pack, bytes).unwrap();
+
+    let out = run(
+        &home,
+        &pass,
+        &["--json", "vault", "--vault", &vault, "verify"],
+    );
+    let (code, err) = code_and_err(&out);
+    assert_eq!(code, 3, "{err}");
+    let err: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(err["exit_code"], 3, "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let verdicts = report["points"].as_array().unwrap();
+    let verdict = |point: &str| {
+        verdicts
+            .iter()
+            .find(|v| v["point"] == point)
+            .unwrap_or_else(|| panic!("no verdict on {point}: {report}"))
+            .clone()
+    };
+    let web = verdict(&points[0]);
+    assert_eq!(
+        (web["name"].as_str(), web["status"].as_str()),
+        (Some("web1"), Some("damaged")),
+        "{report}"
+    );
+    let problem = &web["problems"][0];
+    assert_eq!(problem["object"], "chunk", "{report}");
+    assert_eq!(problem["fault"], "tampered", "{report}");
+    assert!(problem["offset"].as_u64().unwrap() < 2 << 20, "{report}");
+    assert_eq!(verdict(&points[1])["status"], "ok", "{report}");
+    // The text report names the point too; the intact point alone verifies.
+    let out = run(&home, &pass, &["vault", "--vault", &vault, "verify"]);
+    assert_eq!(out.status.code(), Some(3));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("DAMAGED: point {} of web1", points[0])),
+        "{said}"
+    );
+    let out = run(
+        &home,
+        &pass,
+        &["vault", "--vault", &vault, "verify", &points[1]],
+    );
+    assert_eq!(code_and_err(&out).0, 0, "{}", code_and_err(&out).1);
+}
+
+/// 4: `protect --wait --timeout` gives up when no point comes in time (here the VM is
+/// defined but stopped, so no sync can cut it), says replication goes on, and it does:
+/// the protection stays, waiting for the VM.
+#[test]
+fn protect_wait_gives_up_with_4_and_the_protection_stays() {
+    let cl = common::cluster::cluster(None);
+    let alpha = cl.home("alpha");
+    let disk = alpha.join("web.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let spec = alpha.join("web.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"web\"\nmemory_mib = 128\nvcpus = 1\n[[disks]]\nname = \"vda\"\npath = \"{}\"\nformat = \"qcow2\"\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let mut define = common::cluster::lifeboat(&alpha);
+    define.args(["vm", "define"]).arg(&spec);
+    common::cluster::run_ok(define);
+
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .args(["--json", "protect", "web", "--vault", &cl.vault])
+        .args(["--recovery-host", "beta", "--wait", "--timeout", "3s"])
+        .env("LIFEBOAT_SERVER", &cl.server.url)
+        .env("LIFEBOAT_TOKEN", &cl.server.token)
+        .env("LIFEBOAT_PASSPHRASE", common::cluster::PASSPHRASE)
+        .env("LIFEBOAT_HOME", "/nonexistent-lifeboat-home")
+        .env("LIFEBOAT_CONFIG", tmp_config(&cl))
+        .output()
+        .unwrap();
+    let (code, err) = code_and_err(&out);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "gave up only after {:?}",
+        started.elapsed()
+    );
+    let err: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(err["exit_code"], 4, "{err}");
+    let message = err["error"].as_str().unwrap();
+    assert!(
+        message.contains("no recovery point yet") && message.contains("replication goes on"),
+        "{message}"
+    );
+    let p = cl.protection();
+    assert_eq!(p["vm"], "web", "{p}");
+    assert!(p["last_point"].is_null(), "{p}");
+    assert_ne!(p["state"], "protected", "{p}");
+}
+
+/// An empty client config file, so the machine's own does not count.
+fn tmp_config(cl: &common::cluster::Cluster) -> std::path::PathBuf {
+    let path = cl.tmp.path().join("no-client.toml");
+    std::fs::write(&path, "").unwrap();
+    path
+}

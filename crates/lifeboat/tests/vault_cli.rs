@@ -216,6 +216,48 @@ fn keys_passphrases_and_their_errors() {
     env.ok(Some("second"), &["list"]);
     env.ok(None, &["--key-file", key.to_str().unwrap(), "list"]);
 
+    // add-passphrase (with the key file): a second key slot; the new passphrase opens the
+    // vault, the old one still does, and a wrong one still does not.
+    let added = json(&env.ok(
+        Some("third"),
+        &[
+            "--json",
+            "--key-file",
+            key.to_str().unwrap(),
+            "key",
+            "add-passphrase",
+        ],
+    ));
+    assert_eq!(added["key_slots"], 2, "{added}");
+    let p1 = env.path("p1.raw");
+    std::fs::write(&p1, b"what the new passphrase must read back".repeat(1000)).unwrap();
+    let put = json(&env.ok(
+        Some("third"),
+        &[
+            "--json",
+            "put-image",
+            "--name",
+            "web1",
+            p1.to_str().unwrap(),
+        ],
+    ));
+    let id = put["point"]["point"].as_str().unwrap().to_string();
+    for pass in ["second", "third"] {
+        let listed = json(&env.ok(Some(pass), &["--json", "list"]));
+        assert_eq!(listed[0]["point"], id.as_str(), "{pass}: {listed}");
+        let back = env.path(&format!("back-{pass}.raw"));
+        env.ok(Some(pass), &["restore", &id, back.to_str().unwrap()]);
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&p1).unwrap());
+    }
+    assert_eq!(env.run(Some("first"), &["list"]).status.code(), Some(7));
+    // Without a key file it is refused, saying what it needs.
+    let refused = env.run(Some("fourth"), &["key", "add-passphrase"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--key-file"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     let again = env.run(Some("x"), &["init"]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }

@@ -121,10 +121,10 @@ pub fn table(r: &Report) -> String {
         "tool",
         "full s",
         "inc s",
-        "inc digest s",
+        "inc no-hint s",
         "stored MB",
         "growth MB",
-        "digest growth MB",
+        "no-hint growth MB",
         "restore s",
         "restored alloc MB",
         "peak RSS MiB",
@@ -161,7 +161,7 @@ pub fn table(r: &Report) -> String {
     out.push_str(&align(&rows));
     out.push_str(
         "\ninc = the changed image on top of the full backup (Lifeboat: --changed RANGES); \
-         inc digest = Lifeboat without --changed (whole image read, digests compared);\n\
+         inc no-hint = Lifeboat without --changed (whole image read, digests compared, as borg and restic always do);\n\
          stored/growth = repository bytes allocated on disk (du); MB = 10^6 bytes; \
          restore = the changed image, compared with it byte for byte (cmp).\n",
     );

@@ -258,9 +258,10 @@ impl VaultConfig {
         Self::create_version(passphrase, chunk_size, kdf, CONFIG_VERSION)
     }
 
-    /// `create` in format `version`: 1 shares one set of keys among every name, so equal
-    /// blocks of different VMs are stored once, and any host that holds the key reads
-    /// every VM; 2 gives each name its own.
+    /// `create` in format `version`: 1 shares one set of keys among every name, so a point
+    /// of one VM may build on another VM's (equal chunks in the same slot are then not
+    /// stored again), and any host that holds the key reads every VM; 2 gives each name
+    /// its own.
     pub fn create_version(
         passphrase: &str,
         chunk_size: u32,

@@ -59,8 +59,8 @@ impl Vault {
         Self::init_version(backend, passphrase, chunk_size, pack_target, kdf, version).await
     }
 
-    /// `init_with` in vault format `version` (1: one key shared by every VM, for
-    /// deduplication across VMs; 2: a key per VM).
+    /// `init_with` in vault format `version` (1: one key shared by every VM, so a point
+    /// of one VM may build on another VM's; 2: a key per VM).
     pub async fn init_version(
         backend: Backend,
         passphrase: &str,
