@@ -383,6 +383,16 @@ mod tests {
         );
     }
 
+    /// A user's password hash stored by an earlier release (argon2 0.5, RFC 9106's second
+    /// recommended parameters) still verifies: an argon2 upgrade must not lock users out.
+    #[test]
+    fn a_password_hashed_before_verifies() {
+        let stored = "$argon2id$v=19$m=19456,t=2,p=1$CQkJCQkJCQkJCQkJCQkJCQ\
+                      $pOqQirULkxHWuAH8qBQTRDGbdpw4foY2az6Q+vq2uvM";
+        assert!(verify_password(stored, "correct horse battery"));
+        assert!(!verify_password(stored, "correct horse batterY"));
+    }
+
     #[test]
     fn cookies_are_found_by_name() {
         let mut h = HeaderMap::new();

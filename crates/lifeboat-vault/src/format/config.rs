@@ -57,7 +57,7 @@ impl KdfParams {
             && self.m_kib >= 8 * self.p
     }
 
-    fn kek(&self, passphrase: &str, salt: &[u8; 16]) -> Result<[u8; 32]> {
+    pub(super) fn kek(&self, passphrase: &str, salt: &[u8; 16]) -> Result<[u8; 32]> {
         let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(32))
             .map_err(|e| FormatError::Kdf(e.to_string()))?;
         let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
