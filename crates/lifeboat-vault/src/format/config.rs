@@ -106,8 +106,8 @@ impl KeySlot {
     ) -> Result<Self> {
         let mut salt = [0u8; 16];
         let mut nonce = [0u8; 12];
-        getrandom::getrandom(&mut salt).map_err(FormatError::Random)?;
-        getrandom::getrandom(&mut nonce).map_err(FormatError::Random)?;
+        getrandom::fill(&mut salt).map_err(FormatError::Random)?;
+        getrandom::fill(&mut nonce).map_err(FormatError::Random)?;
         let mut kek = params.kek(passphrase, &salt)?;
         let cipher = Cipher::new(&kek);
         kek.zeroize();
