@@ -54,7 +54,7 @@ impl Identity {
         let names = vec![hostname.to_string(), "localhost".to_string()];
         let made = rcgen::generate_simple_self_signed(names)?;
         let cert = made.cert.der().to_vec();
-        let key = made.key_pair.serialize_der();
+        let key = made.signing_key.serialize_der();
         write_private(&key_path, &key).map_err(io("writing", &key_path))?;
         // The certificate last: its presence means the identity is whole.
         lifeboat_hypervisor::private::write_private(&cert_path, &cert)
