@@ -13,8 +13,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use axum::http::{header, HeaderMap, Method};
 use chrono::{SecondsFormat, Utc};
 
@@ -146,10 +145,9 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
     let mut raw = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| PasswordError::Hash("no randomness from the operating system".into()))?;
-    let salt = SaltString::encode_b64(&raw).map_err(|e| PasswordError::Hash(e.to_string()))?;
     // Argon2::default() is argon2id with the RFC 9106 second recommended parameters.
     Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password_with_salt(password.as_bytes(), &raw)
         .map(|h| h.to_string())
         .map_err(|e| PasswordError::Hash(e.to_string()))
 }
