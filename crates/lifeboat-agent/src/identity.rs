@@ -77,7 +77,7 @@ impl Identity {
 
 /// SHA-256 of a DER certificate, lowercase hex: what servers pin and scans show.
 pub fn fingerprint(cert_der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, cert_der);
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert_der);
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 

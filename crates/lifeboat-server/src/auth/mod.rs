@@ -51,7 +51,7 @@ const FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
 /// SHA-256 of an API token, hex: only this is stored.
 pub fn token_digest(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -133,7 +133,7 @@ pub enum Login {
 pub fn random_secret() -> String {
     let mut raw = [0u8; 32];
     // The OS's randomness failing is not something a login can work around.
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw)
         .expect("randomness from the operating system");
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -143,7 +143,7 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
         return Err(PasswordError::TooShort);
     }
     let mut raw = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| PasswordError::Hash("no randomness from the operating system".into()))?;
     // Argon2::default() is argon2id with the RFC 9106 second recommended parameters.
     Argon2::default()

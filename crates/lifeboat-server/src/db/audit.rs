@@ -36,7 +36,8 @@ impl AuditRow {
     pub fn begin(at: DateTime<Utc>) -> AuditRow {
         let mut raw = [0u8; 4];
         // Only a tie-break between calls of the same microsecond.
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw);
+        let _ =
+            aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw);
         let id = format!(
             "{}-{}",
             at.format("%Y%m%dT%H%M%S%.6fZ"),
