@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::AssertSqlSafe;
 use sqlx::Row;
 
 use super::{Database, DbError};
@@ -120,7 +121,7 @@ impl Database {
         let rows = match before {
             Some(b) => {
                 let sql = format!("{COLS} WHERE id < $1 ORDER BY id DESC LIMIT $2");
-                sqlx::query(&sql)
+                sqlx::query(AssertSqlSafe(sql))
                     .bind(b)
                     .bind(limit)
                     .fetch_all(&self.pool)
@@ -128,7 +129,10 @@ impl Database {
             }
             None => {
                 let sql = format!("{COLS} ORDER BY id DESC LIMIT $1");
-                sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
             }
         };
         Ok(rows.iter().map(audit_row).collect::<Result<_, _>>()?)
