@@ -157,7 +157,7 @@ fn normalize_code(code: &str) -> String {
 
 fn new_code() -> Result<String, EnrollmentError> {
     let mut raw = [0u8; CODE_LEN];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| EnrollmentError::Random)?;
     let chars: String = raw
         .iter()
@@ -168,7 +168,7 @@ fn new_code() -> Result<String, EnrollmentError> {
 
 fn random_hex(bytes: usize) -> Result<String, EnrollmentError> {
     let mut raw = vec![0u8; bytes];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| EnrollmentError::Random)?;
     Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
@@ -184,7 +184,7 @@ fn same_digest(a: &str, b: &str) -> bool {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -54,7 +54,7 @@ impl Identity {
         let names = vec![hostname.to_string(), "localhost".to_string()];
         let made = rcgen::generate_simple_self_signed(names)?;
         let cert = made.cert.der().to_vec();
-        let key = made.key_pair.serialize_der();
+        let key = made.signing_key.serialize_der();
         write_private(&key_path, &key).map_err(io("writing", &key_path))?;
         // The certificate last: its presence means the identity is whole.
         lifeboat_hypervisor::private::write_private(&cert_path, &cert)
@@ -77,7 +77,7 @@ impl Identity {
 
 /// SHA-256 of a DER certificate, lowercase hex: what servers pin and scans show.
 pub fn fingerprint(cert_der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, cert_der);
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert_der);
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 

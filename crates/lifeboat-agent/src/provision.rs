@@ -650,8 +650,8 @@ async fn open_point(vault: &Vault, point: &PointId) -> Result<PointReader, Recov
 /// A MAC for a test copy: locally administered, derived from the source MAC and the
 /// recovery, so it never equals the production VM's.
 fn test_mac(source: &str, recovery_id: &str) -> String {
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         format!("{source}/{recovery_id}").as_bytes(),
     );
     let b = digest.as_ref();

@@ -537,7 +537,7 @@ impl VaultCache {
             Key::Sealed(s) => s.as_bytes(),
             Key::Passphrase(p) => p.expose().as_bytes(),
         };
-        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, material)
+        let digest: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material)
             .as_ref()
             .try_into()
             .expect("SHA-256 is 32 bytes");

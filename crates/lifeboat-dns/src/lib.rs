@@ -18,7 +18,7 @@
 //! That is what a failover wants (the VM *is* at the new address now).
 //!
 //! Messages are built, signed and verified with hickory-proto (its TSIG signer, feature
-//! `dnssec-ring`: HMAC-SHA256/384/512); the TCP exchange, timeouts and retries are ours
+//! `dnssec-aws-lc-rs`: HMAC-SHA256/384/512, on the crypto provider the rest of Lifeboat uses); the TCP exchange, timeouts and retries are ours
 //! ([`transport`]) so every failure maps to one [`DnsError`] with the fix in its text.
 //! Responses to signed requests must carry a TSIG that verifies against the same key.
 

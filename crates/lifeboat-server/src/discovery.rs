@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use futures::StreamExt;
+use ipnet::Ipv4Net;
 use lifeboat_agent::api::{Hello, SERVICE};
 use lifeboat_agent::identity::fingerprint;
 use serde::{Deserialize, Serialize};
@@ -159,7 +160,8 @@ async fn probe(client: &reqwest::Client, addr: SocketAddr) -> Option<Found> {
 }
 
 /// `a.b.c.d/n` (or one address) as its first address and the number of addresses to
-/// probe: for /30 and wider, the network and broadcast addresses are left out.
+/// probe: for /30 and wider, the network and broadcast addresses are left out (ipnet's
+/// `hosts()`).
 pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u64), ScanError> {
     let bad = |m: String| ScanError::BadRange(m);
     let (ip, len) = match text.split_once('/') {
@@ -176,24 +178,25 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u64), ScanError> {
             "{text}: only IPv4 ranges can be scanned; give IPv6 agents' addresses directly"
         )));
     };
-    let len: u32 = len
+    let net = len
         .parse()
         .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| bad(format!("{text:?}: the prefix length must be 0 to 32")))?;
-    let size = 1u64 << (32 - len);
+        .and_then(|len| Ipv4Net::new(ip, len).ok())
+        .ok_or_else(|| bad(format!("{text:?}: the prefix length must be 0 to 32")))?
+        .trunc();
+    let size = 1u64 << (32 - u32::from(net.prefix_len()));
     if size > MAX_ADDRESSES {
         return Err(bad(format!(
             "{text} holds {size} addresses; scan at most a /16 (65,536) at a time"
         )));
     }
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    let network = Ipv4Addr::from(u32::from(ip) & mask);
-    if size >= 4 {
-        Ok((Ipv4Addr::from(u32::from(network) + 1), size - 2))
+    let first = net.hosts().next().unwrap_or(net.network());
+    let count = if net.prefix_len() <= 30 {
+        size - 2
     } else {
-        Ok((network, size))
-    }
+        size
+    };
+    Ok((first, count))
 }
 
 #[cfg(test)]

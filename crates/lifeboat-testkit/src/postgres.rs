@@ -25,7 +25,7 @@ pub fn fresh_postgres_database() -> String {
 /// that may create databases; its URL.
 pub fn new_postgres_database(base: &str) -> anyhow::Result<String> {
     let mut raw = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| anyhow::anyhow!("no randomness"))?;
     let name = format!(
         "lifeboat_test_{}",

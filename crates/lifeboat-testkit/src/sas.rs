@@ -60,8 +60,8 @@ pub fn container_sas(
     .join("\n");
     let b64 = base64::engine::general_purpose::STANDARD;
     let key = b64.decode(account_key).expect("the account key is base64");
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-    let signature = b64.encode(ring::hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
+    let signature = b64.encode(aws_lc_rs::hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
     format!(
         "sv={SAS_VERSION}&sr=c&sp={permissions}&se={}&sig={}",
         escape(&expiry),

@@ -275,8 +275,8 @@ async fn create_container(port: u16, container: &str) -> anyhow::Result<()> {
     ));
     let string_to_sign = lines.join("\n");
     let b64 = base64::engine::general_purpose::STANDARD;
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b64.decode(AZURITE_KEY)?);
-    let signature = b64.encode(ring::hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &b64.decode(AZURITE_KEY)?);
+    let signature = b64.encode(aws_lc_rs::hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
     let request = format!(
         "PUT /{AZURITE_ACCOUNT}/{container}?restype=container HTTP/1.1\r\n\
          Host: 127.0.0.1:{port}\r\n\

@@ -19,12 +19,12 @@ struct Pki {
 
 /// Writes `name`.pem and `name`.key (0600) for a certificate signed by `ca`; returns the
 /// certificate's DER.
-fn issue(dir: &Path, name: &str, ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair) -> Vec<u8> {
+fn issue(dir: &Path, name: &str, ca: &Ca) -> Vec<u8> {
     let params =
         rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, ca, ca_key).unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
     // The chain as an operator installs it: the host's certificate, then the CA's.
     std::fs::write(dir.join(format!("{name}.pem")), cert.pem() + &ca.pem()).unwrap();
     write_key(
@@ -41,24 +41,26 @@ fn write_key(path: &Path, pem: &str, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn new_ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+/// A CA: its certificate, and the issuer (name and key) that signs with it.
+type Ca = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+
+fn new_ca(name: &str) -> Ca {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, name);
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    (cert, key)
+    rcgen::CertifiedIssuer::self_signed(params, key).unwrap()
 }
 
 fn pki(dir: &Path) -> (Pki, Vec<u8>, Vec<u8>) {
-    let (ca, ca_key) = new_ca("Lifeboat test CA");
-    let (other, _) = new_ca("Someone else's CA");
+    let ca = new_ca("Lifeboat test CA");
+    let other = new_ca("Someone else's CA");
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
-    let server = issue(dir, "server", &ca, &ca_key);
-    let agent = issue(dir, "agent", &ca, &ca_key);
+    let server = issue(dir, "server", &ca);
+    let agent = issue(dir, "agent", &ca);
     (
         Pki {
             ca: dir.join("ca.pem"),

@@ -454,7 +454,10 @@ pub fn point_name(host: &str, vm: &str) -> String {
     }
     // Too long for a vault name: a prefix and a digest of the whole, so two long names
     // that share a prefix never share a history.
-    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{host}/{vm}").as_bytes());
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("{host}/{vm}").as_bytes(),
+    );
     let hex: String = digest.as_ref()[..6]
         .iter()
         .map(|b| format!("{b:02x}"))

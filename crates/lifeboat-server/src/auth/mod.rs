@@ -13,8 +13,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use axum::http::{header, HeaderMap, Method};
 use chrono::{SecondsFormat, Utc};
 
@@ -52,7 +51,7 @@ const FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
 /// SHA-256 of an API token, hex: only this is stored.
 pub fn token_digest(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -134,7 +133,7 @@ pub enum Login {
 pub fn random_secret() -> String {
     let mut raw = [0u8; 32];
     // The OS's randomness failing is not something a login can work around.
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw)
         .expect("randomness from the operating system");
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -144,12 +143,11 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
         return Err(PasswordError::TooShort);
     }
     let mut raw = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| PasswordError::Hash("no randomness from the operating system".into()))?;
-    let salt = SaltString::encode_b64(&raw).map_err(|e| PasswordError::Hash(e.to_string()))?;
     // Argon2::default() is argon2id with the RFC 9106 second recommended parameters.
     Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password_with_salt(password.as_bytes(), &raw)
         .map(|h| h.to_string())
         .map_err(|e| PasswordError::Hash(e.to_string()))
 }
@@ -381,6 +379,16 @@ mod tests {
             hash_password("a long enough password").unwrap(),
             hash_password("a long enough password").unwrap()
         );
+    }
+
+    /// A user's password hash stored by an earlier release (argon2 0.5, RFC 9106's second
+    /// recommended parameters) still verifies: an argon2 upgrade must not lock users out.
+    #[test]
+    fn a_password_hashed_before_verifies() {
+        let stored = "$argon2id$v=19$m=19456,t=2,p=1$CQkJCQkJCQkJCQkJCQkJCQ\
+                      $pOqQirULkxHWuAH8qBQTRDGbdpw4foY2az6Q+vq2uvM";
+        assert!(verify_password(stored, "correct horse battery"));
+        assert!(!verify_password(stored, "correct horse batterY"));
     }
 
     #[test]

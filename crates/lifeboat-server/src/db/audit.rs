@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::AssertSqlSafe;
 use sqlx::Row;
 
 use super::{Database, DbError};
@@ -36,7 +37,8 @@ impl AuditRow {
     pub fn begin(at: DateTime<Utc>) -> AuditRow {
         let mut raw = [0u8; 4];
         // Only a tie-break between calls of the same microsecond.
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw);
+        let _ =
+            aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw);
         let id = format!(
             "{}-{}",
             at.format("%Y%m%dT%H%M%S%.6fZ"),
@@ -119,7 +121,7 @@ impl Database {
         let rows = match before {
             Some(b) => {
                 let sql = format!("{COLS} WHERE id < $1 ORDER BY id DESC LIMIT $2");
-                sqlx::query(&sql)
+                sqlx::query(AssertSqlSafe(sql))
                     .bind(b)
                     .bind(limit)
                     .fetch_all(&self.pool)
@@ -127,7 +129,10 @@ impl Database {
             }
             None => {
                 let sql = format!("{COLS} ORDER BY id DESC LIMIT $1");
-                sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
             }
         };
         Ok(rows.iter().map(audit_row).collect::<Result<_, _>>()?)

@@ -6,6 +6,7 @@
 
 use lifeboat_agent::secret::Secret;
 use serde::Serialize;
+use sqlx::AssertSqlSafe;
 use sqlx::Row;
 
 use super::{Database, DbError};
@@ -225,11 +226,11 @@ pub(crate) fn now() -> String {
 impl Database {
     /// Stores a new protection at generation 1; a VM protected already is a conflict.
     pub async fn add_protection(&self, p: &Protection) -> Result<(), DbError> {
-        let r = sqlx::query(&format!(
+        let r = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO protections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
              $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1, $25, $26, \
              $27, $28, $29)"
-        ))
+        )))
         .bind(p.id.as_str())
         .bind(p.host_id.as_str())
         .bind(&p.vm)
@@ -447,10 +448,12 @@ impl Database {
     }
 
     pub async fn protection(&self, id: &str) -> Result<Option<Protection>, DbError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM protections WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM protections WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(protection).transpose()?)
     }
 
@@ -459,9 +462,9 @@ impl Database {
         host_id: &str,
         vm: &str,
     ) -> Result<Option<Protection>, DbError> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM protections WHERE host_id = $1 AND vm = $2"
-        ))
+        )))
         .bind(host_id)
         .bind(vm)
         .fetch_optional(&self.pool)
@@ -470,9 +473,9 @@ impl Database {
     }
 
     pub async fn protections(&self) -> Result<Vec<Protection>, DbError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM protections ORDER BY vm, host_id"
-        ))
+        )))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -489,10 +492,12 @@ impl Database {
             .await?;
         if r.rows_affected() == 1 {
             for table in ["points", "point_cuts", "vault_keys"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE protection_id = $1"))
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE protection_id = $1"
+                )))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
             }
         }
         Ok(r.rows_affected() == 1)

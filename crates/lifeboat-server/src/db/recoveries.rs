@@ -2,6 +2,7 @@
 //! generation-guarded like protections'.
 
 use serde::Serialize;
+use sqlx::AssertSqlSafe;
 use sqlx::Row;
 
 use lifeboat_types::{HostId, PortForward, ProtectionId, RecoveryId, RecoveryKind, RecoveryState};
@@ -109,10 +110,10 @@ impl Database {
     /// taken on the recovery host, is a conflict.
     pub async fn add_recovery(&self, r: &Recovery) -> Result<(), DbError> {
         let t = chrono::Utc::now().to_rfc3339();
-        let res = sqlx::query(&format!(
+        let res = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO recoveries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
              $10, $11, $12, $13, $14, $15, $16, $17, $17, 1)"
-        ))
+        )))
         .bind(r.id.as_str())
         .bind(r.protection_id.as_str())
         .bind(r.kind.as_str())
@@ -197,18 +198,20 @@ impl Database {
     }
 
     pub async fn recovery(&self, id: &str) -> Result<Option<Recovery>, DbError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM recoveries WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM recoveries WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(recovery).transpose()?)
     }
 
     /// Every recovery, oldest first.
     pub async fn recoveries(&self) -> Result<Vec<Recovery>, DbError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM recoveries ORDER BY created_at"
-        ))
+        )))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

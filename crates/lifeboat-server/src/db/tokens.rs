@@ -2,6 +2,7 @@
 //! never above that user's.
 
 use serde::Serialize;
+use sqlx::AssertSqlSafe;
 use sqlx::Row;
 
 use super::users::role_of;
@@ -100,11 +101,16 @@ impl Database {
         let rows = match owner {
             Some(o) => {
                 let sql = format!("{COLS} WHERE owner = $1 ORDER BY created_at");
-                sqlx::query(&sql).bind(o).fetch_all(&self.pool).await?
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(o)
+                    .fetch_all(&self.pool)
+                    .await?
             }
             None => {
                 let sql = format!("{COLS} ORDER BY created_at");
-                sqlx::query(&sql).fetch_all(&self.pool).await?
+                sqlx::query(AssertSqlSafe(sql))
+                    .fetch_all(&self.pool)
+                    .await?
             }
         };
         Ok(rows.iter().map(token_row).collect::<Result<_, _>>()?)

@@ -1,5 +1,6 @@
 //! Vault keys sealed per (protection, host): see `crate::vault_keys`.
 
+use sqlx::AssertSqlSafe;
 use sqlx::Row;
 
 use super::{Database, DbError};
@@ -47,19 +48,20 @@ impl Database {
     }
 
     /// One statement, when `condition` holds (SQLite and PostgreSQL both take
-    /// `ON CONFLICT … DO UPDATE`). True when a key was kept.
+    /// `ON CONFLICT … DO UPDATE`). True when a key was kept. `condition` is SQL text of
+    /// this file (`'static`), never a value: values are bound.
     async fn upsert_vault_key(
         &self,
         protection_id: &str,
         host_id: &str,
         sealed: &str,
-        condition: &str,
+        condition: &'static str,
     ) -> Result<bool, DbError> {
-        let r = sqlx::query(&format!(
+        let r = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO vault_keys (protection_id, host_id, sealed, sealed_at) \
              SELECT $1, $2, $3, $4 WHERE {condition} \
              ON CONFLICT (protection_id, host_id) DO UPDATE SET sealed = excluded.sealed, sealed_at = excluded.sealed_at"
-        ))
+        )))
         .bind(protection_id)
         .bind(host_id)
         .bind(sealed)

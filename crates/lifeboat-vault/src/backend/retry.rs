@@ -145,7 +145,7 @@ impl RetryPolicy {
             .min(self.max_backoff);
         let half = exp / 2;
         let mut byte = [0u8; 2];
-        let jitter = match getrandom::getrandom(&mut byte) {
+        let jitter = match getrandom::fill(&mut byte) {
             Ok(()) => f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX),
             Err(_) => 0.5,
         };

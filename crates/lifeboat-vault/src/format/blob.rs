@@ -303,7 +303,7 @@ fn seal_in_place(
         keys.nonce_for(kind, flags, id, named)
     } else {
         let mut n = [0u8; 12];
-        getrandom::getrandom(&mut n).map_err(FormatError::Random)?;
+        getrandom::fill(&mut n).map_err(FormatError::Random)?;
         n
     };
     let header = BlobHeader {

@@ -57,7 +57,7 @@ impl KdfParams {
             && self.m_kib >= 8 * self.p
     }
 
-    fn kek(&self, passphrase: &str, salt: &[u8; 16]) -> Result<[u8; 32]> {
+    pub(super) fn kek(&self, passphrase: &str, salt: &[u8; 16]) -> Result<[u8; 32]> {
         let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(32))
             .map_err(|e| FormatError::Kdf(e.to_string()))?;
         let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -106,8 +106,8 @@ impl KeySlot {
     ) -> Result<Self> {
         let mut salt = [0u8; 16];
         let mut nonce = [0u8; 12];
-        getrandom::getrandom(&mut salt).map_err(FormatError::Random)?;
-        getrandom::getrandom(&mut nonce).map_err(FormatError::Random)?;
+        getrandom::fill(&mut salt).map_err(FormatError::Random)?;
+        getrandom::fill(&mut nonce).map_err(FormatError::Random)?;
         let mut kek = params.kek(passphrase, &salt)?;
         let cipher = Cipher::new(&kek);
         kek.zeroize();

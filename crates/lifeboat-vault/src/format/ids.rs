@@ -97,7 +97,7 @@ impl PackId {
     /// A fresh random pack id.
     pub fn random() -> Result<Self> {
         let mut b = [0u8; 16];
-        getrandom::getrandom(&mut b).map_err(FormatError::Random)?;
+        getrandom::fill(&mut b).map_err(FormatError::Random)?;
         Ok(PackId(b))
     }
 }
@@ -117,7 +117,7 @@ impl PointId {
     /// A new point id for a point taken at `now`. Times before 1970 clamp to 0.
     pub fn new(now: DateTime<Utc>) -> Result<Self> {
         let mut r = [0u8; 4];
-        getrandom::getrandom(&mut r).map_err(FormatError::Random)?;
+        getrandom::fill(&mut r).map_err(FormatError::Random)?;
         let ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
         Ok(PointId {
             unix_ms: ms.min(MAX_POINT_MS),

@@ -31,7 +31,7 @@ impl MasterKey {
     /// A fresh key from the operating system's randomness.
     pub fn random() -> Result<Self> {
         let mut k = [0u8; 32];
-        getrandom::getrandom(&mut k).map_err(FormatError::Random)?;
+        getrandom::fill(&mut k).map_err(FormatError::Random)?;
         Ok(MasterKey(k))
     }
 

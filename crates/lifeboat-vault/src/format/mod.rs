@@ -21,6 +21,8 @@ pub mod pack;
 pub mod page;
 
 #[cfg(test)]
+mod frozen;
+#[cfg(test)]
 mod tests;
 
 pub use blob::{open_chunk, open_chunk_into, seal_chunk, BlobKind};

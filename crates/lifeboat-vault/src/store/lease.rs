@@ -79,7 +79,7 @@ pub struct LeaseHandle {
 impl Lease {
     pub async fn take(vault: &Vault, name: &Name, parent: Option<&PointId>) -> Result<Lease> {
         let mut end_secret = [0u8; 32];
-        getrandom::getrandom(&mut end_secret)
+        getrandom::fill(&mut end_secret)
             .map_err(|e| VaultError::Usage(format!("no randomness for a lease: {e}")))?;
         let record = LeaseRecord {
             name: name.clone(),
