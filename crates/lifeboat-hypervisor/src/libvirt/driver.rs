@@ -942,8 +942,8 @@ impl Hypervisor for LibvirtDriver {
                 .xml_desc(0)
                 .map_err(|e| failed(&name, "reading its XML", e))?;
             let disks = domain_xml::disk_backings(&xml).map_err(|e| failed(&name, "its XML", e))?;
-            // Every disk's pull first. Debian's QEMU 10.0 segfaulted (in
-            // bdrv_refresh_filename) when a disk's size was asked (`query-block`) just as
+            // Every disk's pull first. Debian 12's QEMU 7.2 (what libvirtd runs here)
+            // segfaulted (in bdrv_refresh_filename) when a disk's size was asked (`query-block`) just as
             // another disk's pull finished and dropped its NBD backing: 2 of about 10 test
             // copies in `qemu_libvirt_recovery`. So sizes are asked only while no pull
             // runs, once, and kept.
@@ -977,7 +977,7 @@ impl Hypervisor for LibvirtDriver {
                     .copied()
                     .or(job.map(|(_, end)| end))
                     .unwrap_or(0);
-                // One disk's pull at a time. With two at once, QEMU 10.0 still
+                // One disk's pull at a time. With two at once, QEMU 7.2 still
                 // segfaulted (null pointer, the same spot) about 4 s into a copy of the
                 // two-disk test domain in 1 of 3 runs on a busy machine: as one pull ended
                 // and libvirt dropped that disk's NBD backing, the other's was running.
