@@ -223,19 +223,6 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Random bytes (nothing compresses or dedups them away), different for each `seed`.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
-}
-
 /// 3: `vault verify` finds the point whose data was changed in the vault, names it, the
 /// disk and the offset, and exits 3; the intact point of another VM verifies (0).
 #[test]
@@ -260,7 +247,7 @@ fn verify_exits_3_naming_the_damaged_point() {
     let mut packs_of = Vec::new();
     for (i, name) in ["web1", "db1"].into_iter().enumerate() {
         let img = tmp.path().join(format!("{name}.raw"));
-        std::fs::write(&img, random_bytes(2 << 20, i as u64 + 1)).unwrap();
+        std::fs::write(&img, lifeboat_testkit::random_bytes(i as u64 + 1, 2 << 20)).unwrap();
         let before = files_under(&dir.join("packs"));
         let put = ok(&["put-image", "--name", name, img.to_str().unwrap()]);
         points.push(put["point"]["point"].as_str().unwrap().to_string());

@@ -94,26 +94,14 @@ impl Env {
     }
 }
 
-/// Random bytes (nothing compresses or dedups them away), different for each `seed`.
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
-}
-
 /// A sparse 8 MiB image: 1 MiB of random bytes at 1 MiB, 512 KiB of one repeated 64 KiB
 /// block at 4 MiB (8 equal chunks), holes elsewhere.
 fn image(path: &Path, seed: u64) {
     let f = std::fs::File::create(path).unwrap();
     f.set_len(8 << 20).unwrap();
-    f.write_all_at(&random(1 << 20, seed), 1 << 20).unwrap();
-    let block = random(CHUNK, seed + 1000);
+    f.write_all_at(&lifeboat_testkit::random_bytes(seed, 1 << 20), 1 << 20)
+        .unwrap();
+    let block = lifeboat_testkit::random_bytes(seed + 1000, CHUNK);
     for i in 0..8 {
         f.write_all_at(&block, (4 << 20) + i * CHUNK as u64)
             .unwrap();
@@ -292,9 +280,13 @@ fn stats_count_what_was_written() {
     // b: a with two chunks rewritten (one in the random run, one over a hole).
     std::fs::copy(&a, &b).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
-    f.write_all_at(&random(CHUNK, 77), (1 << 20) + 3 * CHUNK as u64)
+    f.write_all_at(
+        &lifeboat_testkit::random_bytes(77, CHUNK),
+        (1 << 20) + 3 * CHUNK as u64,
+    )
+    .unwrap();
+    f.write_all_at(&lifeboat_testkit::random_bytes(78, CHUNK), 7 << 20)
         .unwrap();
-    f.write_all_at(&random(CHUNK, 78), 7 << 20).unwrap();
     drop(f);
     let puts = [
         env.put("web1", &a, None),
