@@ -14,7 +14,9 @@ use lifeboat_agent::client::AgentClient;
 use lifeboat_agent::handover::FenceRequest;
 use lifeboat_agent::sync::VaultAccess;
 
-use crate::db::{Database, Event, Facts, HostAccess, Protection, ProtectionState, Recovery};
+use crate::db::{
+    Database, DbError, Event, Facts, HostAccess, Protection, ProtectionState, Recovery,
+};
 use crate::error::AppError;
 use lifeboat_types::RecoveryState;
 use serde::Serialize;
@@ -106,11 +108,18 @@ pub(crate) async fn record_final_point(
     }
 }
 
-/// Fences the source of a failed-over protection if it is not yet known to be fenced;
-/// updates the row's reason (the caller saves it).
-pub async fn fence_source(p: &mut Protection, source: &HostAccess, agent: &AgentClient) {
+/// Fences the source of a failed-over protection if it is not yet known to be fenced,
+/// and records it (a compare-and-set on the row as read); updates the row's reason (the
+/// caller saves it). When the row changed meanwhile nothing is recorded: the caller's
+/// save loses too, and its next step reads the row again.
+pub async fn fence_source(
+    db: &Database,
+    p: &mut Protection,
+    source: &HostAccess,
+    agent: &AgentClient,
+) -> Result<(), DbError> {
     if p.fenced_at.is_some() {
-        return;
+        return Ok(());
     }
     let req = FenceRequest {
         reason: format!(
@@ -121,7 +130,15 @@ pub async fn fence_source(p: &mut Protection, source: &HostAccess, agent: &Agent
     match agent.fence(&p.vm, &req).await {
         Ok(r) => {
             tracing::warn!(vm = %p.vm, host = %source.host.hostname, killed = r.killed, "source fenced");
-            p.fenced_at = Some(chrono::Utc::now().to_rfc3339());
+            let at = chrono::Utc::now().to_rfc3339();
+            if !db
+                .record_source_fenced(&p.id, p.generation, p.state_read, &at)
+                .await?
+            {
+                return Ok(());
+            }
+            p.generation += 1;
+            p.fenced_at = Some(at);
             p.reason = format!(
                 "failed over; source fenced on {}{}",
                 source.host.hostname,
@@ -139,6 +156,7 @@ pub async fn fence_source(p: &mut Protection, source: &HostAccess, agent: &Agent
             );
         }
     }
+    Ok(())
 }
 
 /// What became of an interrupted move.

@@ -186,14 +186,18 @@ fn backoff(failures: i64) -> Duration {
 /// The state the row's facts call for.
 fn evaluate(p: &mut Protection, policy: &Policy, now: DateTime<Utc>) {
     if p.state.is_reversed() {
-        // Replicated from where it runs now: its health is told, its state stays (only
-        // a failback moves it).
+        // Replicated from where it runs now: judged as a VM protected from home is, and
+        // reversed still whatever its health (only a failback moves it home).
         p.state = ProtectionState::Protected;
         evaluate(p, policy, now);
+        p.state = if p.state == ProtectionState::Degraded {
+            ProtectionState::DegradedReversed
+        } else {
+            ProtectionState::ProtectedReversed
+        };
         if p.reason.is_empty() {
             p.reason = REVERSED.into();
         }
-        p.state = ProtectionState::ProtectedReversed;
         return;
     }
     if p.state == ProtectionState::Disabling || p.state.is_failover() {
@@ -253,7 +257,7 @@ async fn reversed_target(
     if p.fenced_at.is_none() && p.current_sync.is_none() {
         if let Some(home) = db.host_access(&p.host_id).await? {
             if let Ok(agent) = crate::agents::agent_client(&home, HOME_FENCE_LIMIT) {
-                crate::failover::fence_source(p, &home, &agent).await;
+                crate::failover::fence_source(db, p, &home, &agent).await?;
             }
         }
     }
@@ -398,7 +402,7 @@ async fn ask_agent(
         POLL
     } else if p.state == ProtectionState::FailedOver {
         // The VM runs on its recovery host: make sure the source stays fenced.
-        crate::failover::fence_source(p, &host, &agent).await;
+        crate::failover::fence_source(db, p, &host, &agent).await?;
         POLL * 5
     } else if matches!(
         p.state,
@@ -690,6 +694,35 @@ mod tests {
         p.failures = 0;
         evaluate(&mut p, policy, now);
         assert_eq!(p.state, ProtectionState::Protected);
+    }
+
+    #[test]
+    fn a_reversed_protection_turns_degraded_and_back_and_stays_reversed() {
+        let policy = Policy::find("frequent").unwrap();
+        let now = Utc::now();
+        let mut p = row();
+        p.state = ProtectionState::ProtectedReversed;
+        p.last_point_time = Some(now.to_rfc3339());
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::ProtectedReversed);
+        assert_eq!(p.reason, REVERSED);
+        // Its recovery host stops answering: degraded, and why.
+        p.failures = DEGRADED_AFTER_FAILURES;
+        p.last_error = "agent beta unreachable".into();
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::DegradedReversed);
+        assert!(p.reason.contains("agent beta unreachable"), "{}", p.reason);
+        // Or its newest point grows too old.
+        p.failures = 0;
+        p.last_point_time = Some((now - chrono::Duration::seconds(31)).to_rfc3339());
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::DegradedReversed);
+        assert!(p.reason.contains("RPO 31 s"), "{}", p.reason);
+        // A new point: healthy again, still replicated from the recovery site.
+        p.last_point_time = Some(now.to_rfc3339());
+        evaluate(&mut p, policy, now);
+        assert_eq!(p.state, ProtectionState::ProtectedReversed);
+        assert_eq!(p.reason, REVERSED);
     }
 
     #[test]

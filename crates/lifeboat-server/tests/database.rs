@@ -438,3 +438,125 @@ async fn sqlite_recovery_moves_and_observations_never_overwrite_each_other() {
 async fn postgres_recovery_moves_and_observations_never_overwrite_each_other() {
     recovery_moves_and_observations_never_overwrite_each_other(&fresh_postgres_database()).await;
 }
+
+/// The fence is recorded once, by compare-and-set on the row as read, and replication's
+/// bookkeeping never writes it (nor the failover kind); a reversed protection's syncs
+/// count against the recovery host that runs them.
+async fn fence_and_reversed_sync_host(url: &str) {
+    use lifeboat_server::db::Recovery;
+    use lifeboat_types::{RecoveryKind, RecoveryState};
+    let db = Database::connect(url).await.unwrap();
+    let mut p = protection("p1", "web");
+    p.state = ProtectionState::FailedOver;
+    p.state_read = ProtectionState::FailedOver;
+    db.add_protection(&p).await.unwrap();
+    let mut read = db.protection("p1").await.unwrap().unwrap();
+    let stale = read.clone();
+    // Another actor writes first: a fence recorded from the stale read loses.
+    assert!(db.save_protection(&mut read).await.unwrap());
+    let at = "2026-12-05T00:00:00Z";
+    assert!(!db
+        .record_source_fenced("p1", stale.generation, stale.state, at)
+        .await
+        .unwrap());
+    // Nor is it recorded over a state the caller did not read.
+    assert!(!db
+        .record_source_fenced("p1", read.generation, ProtectionState::Protected, at)
+        .await
+        .unwrap());
+    assert!(db
+        .record_source_fenced("p1", read.generation, read.state, at)
+        .await
+        .unwrap());
+    // Once: a second record finds it fenced already.
+    let fenced = db.protection("p1").await.unwrap().unwrap();
+    assert_eq!(fenced.fenced_at.as_deref(), Some(at));
+    assert!(!db
+        .record_source_fenced("p1", fenced.generation, fenced.state, at)
+        .await
+        .unwrap());
+    // Replication's save from a row read before the fence cannot clear it (it loses),
+    // and one read after it writes its bookkeeping only.
+    let mut before = read.clone();
+    before.last_error = "stale".into();
+    assert!(!db.save_protection(&mut before).await.unwrap());
+    let mut after = fenced.clone();
+    after.fenced_at = None;
+    after.failover_kind = None;
+    after.last_error = "fresh".into();
+    assert!(db.save_protection(&mut after).await.unwrap());
+    let now = db.protection("p1").await.unwrap().unwrap();
+    assert_eq!(now.fenced_at.as_deref(), Some(at));
+    assert_eq!(now.last_error, "fresh");
+
+    // Home is h1; while reversed, its syncs run on the committed recovery's host h2.
+    let host_of = |all: Vec<(String, i64, String)>| {
+        all.into_iter()
+            .find(|(id, _, _)| id == "p1")
+            .map(|(_, _, h)| h)
+            .unwrap()
+    };
+    assert_eq!(host_of(db.protection_versions().await.unwrap()), "h1");
+    db.add_recovery(&Recovery {
+        id: "r1".into(),
+        protection_id: "p1".into(),
+        kind: RecoveryKind::Unplanned,
+        host_id: "h2".into(),
+        vm: "web".into(),
+        origin_host_id: "h1".into(),
+        origin_vm: "web".into(),
+        point: "pt".into(),
+        point_time: at.into(),
+        state: RecoveryState::Committed,
+        vm_state: "running".into(),
+        forwards: Vec::new(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Failed over but not reprotected: nothing syncs; home's host is named.
+    assert_eq!(host_of(db.protection_versions().await.unwrap()), "h1");
+    for (event, state) in [
+        (
+            lifeboat_server::db::Event::Reprotect,
+            ProtectionState::Reprotecting,
+        ),
+        (
+            lifeboat_server::db::Event::Reprotected,
+            ProtectionState::ProtectedReversed,
+        ),
+    ] {
+        let row = db.protection("p1").await.unwrap().unwrap();
+        db.transition(
+            "p1",
+            row.generation,
+            row.state,
+            event,
+            &lifeboat_server::db::Facts::default(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(db.protection("p1").await.unwrap().unwrap().state, state);
+        assert_eq!(host_of(db.protection_versions().await.unwrap()), "h2");
+    }
+    // Degraded at the recovery site: stored, and still synced there.
+    let mut row = db.protection("p1").await.unwrap().unwrap();
+    row.state = ProtectionState::DegradedReversed;
+    assert!(db.save_protection(&mut row).await.unwrap());
+    let row = db.protection("p1").await.unwrap().unwrap();
+    assert_eq!(row.state, ProtectionState::DegradedReversed);
+    assert_eq!(host_of(db.protection_versions().await.unwrap()), "h2");
+}
+
+#[tokio::test]
+async fn sqlite_fence_and_reversed_sync_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("f.db").display());
+    fence_and_reversed_sync_host(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_fence_and_reversed_sync_host() {
+    fence_and_reversed_sync_host(&fresh_postgres_database()).await;
+}

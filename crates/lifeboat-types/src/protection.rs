@@ -18,13 +18,17 @@
 //!                              │ Reprotected     FailingBack ── FailbackUndone
 //!                              ▼                    ▲ │ CameHome   (back where it came from)
 //!                       ProtectedReversed ──────────┘ ▼
-//!                            FailBack             FailedBack ── Reprotect ─► Protected
+//!                        │  ▲   FailBack           FailedBack ── Reprotect ─► Protected
+//!             Unhealthy  ▼  │ Healthy
+//!                       DegradedReversed ── FailBack ─► FailingBack
 //! ```
 //!
 //! `ProtectedReversed`: after a committed failover, the VM runs at the recovery site and
 //! is replicated from there into the vault; home (fenced) is its recovery host. A failback
 //! from it (planned: only the delta; or unplanned, after the recovery site is lost: from
-//! its newest point) brings it home.
+//! its newest point) brings it home. `DegradedReversed` is the same VM whose syncs from
+//! the recovery site fail or whose newest point is older than its policy allows, as
+//! `Degraded` is for a VM protected from home.
 //!
 //! Unprotected is the absence of a row. A test failover and a drill run beside
 //! `Protected` and never change the state. [`ProtectionState::on`] is the one transition
@@ -63,6 +67,9 @@ pub enum ProtectionState {
     /// It runs at the recovery site and is replicated from there into the vault; home,
     /// fenced, is its recovery host.
     ProtectedReversed,
+    /// Replicated from the recovery site, but its syncs fail or its newest point is older
+    /// than the policy allows (the recovery host unreachable, the vault gone…).
+    DegradedReversed,
 }
 
 crate::named_enum!(ProtectionState, "protection state", {
@@ -77,6 +84,7 @@ crate::named_enum!(ProtectionState, "protection state", {
     FailedBack => "failed_back",
     Reprotecting => "reprotecting",
     ProtectedReversed => "protected_reversed",
+    DegradedReversed => "degraded_reversed",
 });
 
 /// What happens to a protection; [`ProtectionState::on`] says where it leads.
@@ -155,9 +163,13 @@ impl ProtectionState {
         use ProtectionState as S;
         let next = match (self, event) {
             (S::Enabling | S::InitialSync, E::SyncStarted) => S::InitialSync,
-            (S::Protected | S::Degraded | S::ProtectedReversed, E::SyncStarted) => self,
-            // Reversed replication keeps its state; its health shows in the reason.
-            (S::ProtectedReversed, E::Healthy | E::Unhealthy) => self,
+            (
+                S::Protected | S::Degraded | S::ProtectedReversed | S::DegradedReversed,
+                E::SyncStarted,
+            ) => self,
+            // Replicated from the recovery site: healthy or not, it stays reversed.
+            (S::ProtectedReversed | S::DegradedReversed, E::Healthy) => S::ProtectedReversed,
+            (S::ProtectedReversed | S::DegradedReversed, E::Unhealthy) => S::DegradedReversed,
             (S::Enabling | S::InitialSync | S::Protected | S::Degraded, E::Healthy) => S::Protected,
             (S::Enabling | S::InitialSync | S::Protected | S::Degraded, E::Unhealthy) => {
                 S::Degraded
@@ -178,7 +190,10 @@ impl ProtectionState {
             }
             (S::FailingOver, E::FailedOverTo) => S::FailedOver,
             (S::FailingOver, E::FailoverUndone) => S::Protected,
-            (S::FailedOver | S::FailingBack | S::ProtectedReversed, E::FailBack) => S::FailingBack,
+            (
+                S::FailedOver | S::FailingBack | S::ProtectedReversed | S::DegradedReversed,
+                E::FailBack,
+            ) => S::FailingBack,
             (S::FailingBack, E::CameHome) => S::FailedBack,
             (S::FailingBack, E::FailbackUndone { reversed }) => {
                 if reversed {
@@ -224,7 +239,7 @@ impl ProtectionState {
                 "it runs on its recovery host; `lifeboat failback VM` brings it home first"
             }
             S::Reprotecting => "a reprotect takes its first point where it runs now; wait for that operation to end",
-            S::ProtectedReversed => match event {
+            S::ProtectedReversed | S::DegradedReversed => match event {
                 Event::Reprotect => "it is protected already, from its recovery host",
                 _ => "it runs on its recovery host, replicated from there; `lifeboat failback VM` brings it home (`--unplanned` if that host is lost)",
             },
@@ -255,12 +270,24 @@ impl ProtectionState {
                 | ProtectionState::FailedBack
                 | ProtectionState::Reprotecting
                 | ProtectionState::ProtectedReversed
+                | ProtectionState::DegradedReversed
         )
     }
 
-    /// The VM runs at the recovery site and is replicated from there.
+    /// The VM runs at the recovery site and is replicated from there (healthy or not).
     pub fn is_reversed(self) -> bool {
-        self == ProtectionState::ProtectedReversed
+        matches!(
+            self,
+            ProtectionState::ProtectedReversed | ProtectionState::DegradedReversed
+        )
+    }
+
+    /// Replication is failing or behind its policy, wherever it runs from.
+    pub fn is_degraded(self) -> bool {
+        matches!(
+            self,
+            ProtectionState::Degraded | ProtectionState::DegradedReversed
+        )
     }
 }
 
@@ -329,9 +356,26 @@ mod tests {
             s = s.on(e).unwrap();
         }
         assert_eq!(s, S::ProtectedReversed);
+        // Failing syncs from the recovery site make it degraded, and it stays reversed.
+        assert_eq!(
+            S::ProtectedReversed.on(E::Unhealthy),
+            Ok(S::DegradedReversed)
+        );
+        assert_eq!(
+            S::DegradedReversed.on(E::SyncStarted),
+            Ok(S::DegradedReversed)
+        );
+        assert_eq!(S::DegradedReversed.on(E::Healthy), Ok(S::ProtectedReversed));
         // Replication from the recovery site never turns it into a VM protected from home.
-        assert!(!S::ProtectedReversed.replication_may_become(S::Protected));
-        assert!(!S::ProtectedReversed.replication_may_become(S::Degraded));
+        for from in [S::ProtectedReversed, S::DegradedReversed] {
+            assert!(!from.replication_may_become(S::Protected));
+            assert!(!from.replication_may_become(S::Degraded));
+        }
+        // A degraded reversed VM still goes home by a failback (the recovery site lost).
+        assert_eq!(S::DegradedReversed.on(E::FailBack), Ok(S::FailingBack));
+        for e in [E::FailOver, E::Disable, E::Reprotect] {
+            assert!(S::DegradedReversed.on(e).is_err());
+        }
         // It goes home only by a failback; it cannot fail over or be unprotected.
         assert_eq!(S::ProtectedReversed.on(E::FailBack), Ok(S::FailingBack));
         for e in [E::FailOver, E::Disable, E::Reprotect] {

@@ -243,11 +243,15 @@ pub async fn status(out: Output, home: &Path, conn: ServerConn) -> Result<()> {
             n("initial_sync"),
             n("enabling")
         );
-        let away = n("protected_reversed") + n("failed_over") + n("reprotecting");
+        let away = n("protected_reversed")
+            + n("degraded_reversed")
+            + n("failed_over")
+            + n("reprotecting");
         if away > 0 {
             println!(
-                "{away} VM(s) run on their recovery host ({} protected from there).",
-                n("protected_reversed")
+                "{away} VM(s) run on their recovery host ({} protected from there, {} of them degraded).",
+                n("protected_reversed") + n("degraded_reversed"),
+                n("degraded_reversed")
             );
         }
         if let Some(w) = &s.worst_rpo {

@@ -5,7 +5,8 @@
 //! Site A is lost; the VM fails over to beta (unplanned) and the failover is committed.
 //! `reprotect` protects it where it runs: its first point is an incremental over the
 //! failover's, and the guest's writes at beta reach the vault by the scheduler's syncs,
-//! while the returning home stays fenced. Then site B is lost too: an unplanned failback
+//! while the returning home stays fenced. Then site B is lost too: the protection turns
+//! `degraded_reversed`, saying why, and an unplanned failback
 //! brings the VM home from beta's newest point, with those writes, and beta's copy is
 //! fenced and kept when its agent returns (a write no point holds stays on it, never at
 //! home).
@@ -114,11 +115,23 @@ async fn a_reversed_protection_brings_the_recovery_sites_writes_home_after_a_sec
         .unwrap()
         .clone();
 
+    // Its syncs from beta fail: degraded at the recovery site, saying why, and still
+    // reversed (home stays fenced, the VM's newest point is beta's).
+    let p = tokio::task::block_in_place(|| {
+        cl.wait_for("degraded_reversed", Duration::from_secs(120), |p| {
+            p["state"] == "degraded_reversed"
+        })
+    });
+    let reason = p["reason"].as_str().unwrap();
+    assert!(reason.contains("beta"), "{reason}");
+    let status = cl.cli(&["status"]).1;
+    assert!(status.contains("1 of them degraded"), "{status}");
+
     // A planned failback needs the recovery host: refused, saying what to do, nothing
     // changed.
     let (ok, _, err) = cl.cli(&["failback", "web", "--shutdown-timeout", "5s"]);
     assert!(!ok && err.contains("--unplanned"), "{err}");
-    assert_eq!(cl.protection()["state"], "protected_reversed");
+    assert_eq!(cl.protection()["state"], "degraded_reversed");
 
     // Unplanned failback: home from the recovery site's newest point.
     let out = cl.json(&["failback", "web", "--unplanned"]);

@@ -252,6 +252,7 @@ fn may_fail_over(p: &Protection, kind: RecoveryKind) -> Result<(), Response> {
         ProtectionState::FailedOver
             | ProtectionState::Reprotecting
             | ProtectionState::ProtectedReversed
+            | ProtectionState::DegradedReversed
     ) {
         return Err(error(
             StatusCode::CONFLICT,
@@ -413,6 +414,7 @@ pub async fn failback(
             ProtectionState::FailedOver,
             ProtectionState::FailingBack,
             ProtectionState::ProtectedReversed,
+            ProtectionState::DegradedReversed,
         ],
         "only a VM that failed over can fail back",
     )
@@ -468,7 +470,7 @@ pub async fn failback(
         protection_id: p.id.clone(),
         recovery_id: rec.id.clone(),
         shutdown_timeout_secs: req.shutdown_timeout_secs.unwrap_or(120),
-        reversed: p.state == ProtectionState::ProtectedReversed,
+        reversed: p.state.is_reversed(),
         unplanned_point,
     };
     start_op::<Failback>(&s, OperationKind::Failback, &p, &params, first).await

@@ -271,8 +271,11 @@ impl Database {
         }
     }
 
-    /// Writes `p` if the stored row is still at `p.generation` and in the state it was
-    /// read in; then `p.generation` is the new one. False when another actor changed the
+    /// Writes replication's bookkeeping of `p` (state and reason, the sync it follows,
+    /// failures, the newest point, counters) if the stored row is still at
+    /// `p.generation` and in the state it was read in; then `p.generation` is the new
+    /// one. Never the row's other facts: the failover kind and the fence are set by
+    /// [`Self::transition`] and [`Self::record_source_fenced`] only. False when another actor changed the
     /// row first (or it is gone): the caller reads again and re-plans. It changes the
     /// state only along replication's own edges (sync started, healthy, unhealthy); any
     /// other change is refused ([`DbError::Refused`]): moves and `unprotect` go through
@@ -291,9 +294,8 @@ impl Database {
              sync_started_at = $4, sync_done = $5, sync_total = $6, next_sync_at = $7, \
              failures = $8, last_error = $9, last_point = $10, last_point_time = $11, \
              last_consistency = $12, bytes_replicated = $13, syncs_committed = $14, \
-             last_sync_ms = $15, app_attempt_at = $16, failover_kind = $17, fenced_at = $18, \
-             generation = generation + 1 \
-             WHERE id = $19 AND generation = $20 AND state = $21",
+             last_sync_ms = $15, app_attempt_at = $16, generation = generation + 1 \
+             WHERE id = $17 AND generation = $18 AND state = $19",
         )
         .bind(p.state.as_str())
         .bind(&p.reason)
@@ -311,8 +313,6 @@ impl Database {
         .bind(p.syncs_committed)
         .bind(p.last_sync_ms)
         .bind(&p.app_attempt_at)
-        .bind(p.failover_kind.map(|k| k.as_str()))
-        .bind(&p.fenced_at)
         .bind(p.id.as_str())
         .bind(p.generation)
         .bind(p.state_read.as_str())
@@ -418,23 +418,44 @@ impl Database {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn set_fenced_at(&self, id: &str, at: Option<&str>) -> Result<(), DbError> {
-        sqlx::query(
-            "UPDATE protections SET fenced_at = $1, generation = generation + 1 WHERE id = $2",
+    /// Records that the VM's source (home) is fenced, once: a compare-and-set on the row
+    /// as the caller read it (generation and state), so it never lands on a row another
+    /// actor moved meanwhile (a VM come home is never marked fenced). `Ok(false)`: the
+    /// row changed since, or was fenced already; read it again and decide again.
+    pub async fn record_source_fenced(
+        &self,
+        id: &str,
+        generation: i64,
+        state: ProtectionState,
+        at: &str,
+    ) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE protections SET fenced_at = $1, generation = generation + 1 \
+             WHERE id = $2 AND generation = $3 AND state = $4 AND fenced_at IS NULL",
         )
         .bind(at)
         .bind(id)
+        .bind(generation)
+        .bind(state.as_str())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
-    /// Every protection's id, generation and host: what the scheduler's round needs to
-    /// find the due and the changed ones (a full row is read only for those).
+    /// Every protection's id, generation and the host its syncs run on: what the
+    /// scheduler's round needs to find the due and the changed ones (a full row is read
+    /// only for those) and to bound the syncs each host runs at once. A reversed
+    /// protection syncs on the recovery host of its committed failover, not at home.
     pub async fn protection_versions(&self) -> Result<Vec<(String, i64, String)>, DbError> {
-        let rows = sqlx::query("SELECT id, generation, host_id FROM protections")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT p.id, p.generation, COALESCE(CASE WHEN p.state IN \
+                 ('reprotecting', 'protected_reversed', 'degraded_reversed') THEN \
+                 (SELECT MIN(r.host_id) FROM recoveries r WHERE r.protection_id = p.id \
+                 AND r.state = 'committed' AND r.kind <> 'test') END, p.host_id) AS host_id \
+             FROM protections p",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok((

@@ -459,6 +459,32 @@ async fn final_sync(
     Ok(())
 }
 
+/// Records the source fenced: a compare-and-set on the row as it is now, read again when
+/// another actor (the scheduler's bookkeeping) wrote it in between.
+async fn record_fenced(ctx: &Ctx, id: &str) -> Result<(), StepError> {
+    for _ in 0..10 {
+        let row = ctx
+            .db
+            .protection(id)
+            .await?
+            .ok_or_else(|| StepError::Permanent("the protection is gone".into()))?;
+        if row.fenced_at.is_some() {
+            return Ok(());
+        }
+        let at = chrono::Utc::now().to_rfc3339();
+        if ctx
+            .db
+            .record_source_fenced(id, row.generation, row.state, &at)
+            .await?
+        {
+            return Ok(());
+        }
+    }
+    Err(StepError::Transient(
+        "the protection's row kept changing while the fence was recorded".into(),
+    ))
+}
+
 /// Fences the source so nothing starts it. A source that does not answer is fenced by
 /// the replication watcher when it returns: that never fails the move.
 async fn fence(
@@ -491,9 +517,7 @@ async fn fence(
                 mem.source_was_running = r.killed;
             }
             mem.fenced = true;
-            ctx.db
-                .set_fenced_at(&p.id, Some(&chrono::Utc::now().to_rfc3339()))
-                .await?;
+            record_fenced(ctx, &p.id).await?;
             ctx.log(format!(
                 "source fenced on {}{}",
                 src.host.hostname,

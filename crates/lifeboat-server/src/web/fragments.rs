@@ -51,6 +51,7 @@ pub fn counts(o: &Overview) -> Markup {
             div { dt { "Degraded" } dd class=(if n("degraded") > 0 { "bad" } else { "" }) { (n("degraded")) } }
             div { dt { "Failed over" } dd { (n("failed_over") + n("failing_over")) } }
             @if n("protected_reversed") + n("reprotecting") > 0 { div { dt { "Protected at the recovery site" } dd { (n("protected_reversed") + n("reprotecting")) } } }
+            @if n("degraded_reversed") > 0 { div { dt { "Degraded at the recovery site" } dd class="bad" { (n("degraded_reversed")) } } }
             div { dt { "Back home, not replicating" } dd { (n("failing_back") + n("failed_back")) } }
             @if n("disabling") > 0 { div { dt { "Disabling" } dd { (n("disabling")) } } }
             div {

@@ -128,6 +128,7 @@ pub fn state_label(v: &ProtectionView, test_running: bool) -> Markup {
         ProtectionState::FailedBack => ("moved", "Failed back"),
         ProtectionState::Reprotecting => ("busy", "Reprotecting"),
         ProtectionState::ProtectedReversed => ("good", "Protected at the recovery site"),
+        ProtectionState::DegradedReversed => ("bad", "Degraded at the recovery site"),
     };
     let replicating = matches!(
         v.state,
@@ -148,7 +149,7 @@ pub fn state_label(v: &ProtectionView, test_running: bool) -> Markup {
             progress value=(percent) max="100" aria-label={ "Initial sync of " (v.vm) } { (percent) "%" }
         }
         @if test_running { " " span class="state test" { "Test running" } }
-        @if v.state == ProtectionState::Degraded && !v.reason.is_empty() {
+        @if v.state.is_degraded() && !v.reason.is_empty() {
             span class="reason" { (v.reason) }
         }
     }
@@ -220,6 +221,27 @@ mod tests {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(1536), "1.5 KiB");
         assert_eq!(size(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn a_failing_reversed_protection_shows_degraded_at_the_recovery_site_and_why() {
+        let mut p = crate::db::Protection {
+            vm: "web".into(),
+            state: ProtectionState::DegradedReversed,
+            reason: "2 failed attempt(s) in a row; last: agent beta unreachable".into(),
+            ..Default::default()
+        };
+        let label = |p: &crate::db::Protection| {
+            state_label(&crate::api::protection::view(p, &[]), false).into_string()
+        };
+        let html = label(&p);
+        assert!(html.contains("state bad"), "{html}");
+        assert!(html.contains("Degraded at the recovery site"), "{html}");
+        assert!(html.contains("agent beta unreachable"), "{html}");
+        p.state = ProtectionState::ProtectedReversed;
+        let html = label(&p);
+        assert!(html.contains("Protected at the recovery site"), "{html}");
+        assert!(!html.contains("unreachable"), "{html}");
     }
 
     #[test]

@@ -157,7 +157,9 @@ pub fn actions_key(v: &ProtectionView, recoveries: &[Recovery]) -> String {
             _ => "failed over".into(),
         },
         ProtectionState::FailedBack => "failed back".into(),
-        ProtectionState::ProtectedReversed => "protected reversed".into(),
+        ProtectionState::ProtectedReversed | ProtectionState::DegradedReversed => {
+            "protected reversed".into()
+        }
         _ => "busy".into(),
     }
 }
@@ -429,9 +431,9 @@ fn actions(
                     (network)
                     (disable)
                 }
-                ProtectionState::FailedOver | ProtectionState::ProtectedReversed => {
+                ProtectionState::FailedOver | ProtectionState::ProtectedReversed | ProtectionState::DegradedReversed => {
                     @let committed = moved.is_some_and(|r| r.state == RecoveryState::Committed);
-                    @if v.state == ProtectionState::ProtectedReversed {
+                    @if v.state.is_reversed() {
                         p class="muted" { (vm) " runs on " (rhost) " and is replicated from there into the vault; " (home) " is fenced and is its recovery host." }
                     } @else if committed {
                         p class="muted" { "The failover is committed." }
