@@ -244,10 +244,16 @@ pub struct ProtectArgs {
     /// (repeatable; a failover's own --network-map wins).
     #[arg(long = "network-map", value_name = "SOURCE=TARGET")]
     pub network_map: Vec<String>,
-    /// Wait until the first recovery point is committed, with a progress bar.
-    #[arg(long)]
+    /// Wait until the first recovery point is committed, with a progress bar: the
+    /// default, kept for scripts that say it.
+    #[arg(long, hide = true)]
     pub wait: bool,
-    /// With --wait: give up waiting after this long (10m, 1h…); the protection goes on.
+    /// Return once replication is enabled (its operation id) instead of waiting for the
+    /// first recovery point; the initial sync goes on.
+    #[arg(long, conflicts_with_all = ["wait", "timeout"])]
+    pub no_wait: bool,
+    /// Give up waiting for the first point after this long (10m, 1h…), exit 4; the
+    /// protection goes on.
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     #[command(flatten)]

@@ -86,13 +86,16 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
         )
         .await?;
     let id = created.protection.id.clone();
-    if !args.wait {
+    if args.no_wait {
         out.show(&created, |c| {
             println!(
                 "Replication of {} enabled (policy {}); the initial sync runs. Operation {}.",
                 c.protection.vm, c.protection.policy, c.operation
             );
-            println!("Watch it with `lifeboat status`, or wait with `lifeboat protect … --wait`.");
+            println!(
+                "Watch it with `lifeboat status`, or follow it with `lifeboat operations follow {}`.",
+                c.operation
+            );
         });
         return Ok(());
     }

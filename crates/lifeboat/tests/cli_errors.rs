@@ -127,3 +127,41 @@ fn a_vm_named_like_a_subcommand_is_named_with_its_host() {
         "{help}"
     );
 }
+
+/// `protect` waits for the first point by default; `--no-wait` returns at once, so a
+/// bound on the wait (or asking to wait) with it is a contradiction, refused at parsing.
+#[test]
+fn protect_no_wait_contradicts_a_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = [
+        "protect",
+        "web",
+        "--vault",
+        "file:///v",
+        "--recovery-host",
+        "b",
+    ];
+    for extra in [
+        &["--no-wait", "--timeout", "5m"][..],
+        &["--no-wait", "--wait"],
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (code, err) = lifeboat(tmp.path(), &args);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(
+            err.contains("--no-wait") && err.contains("cannot be used"),
+            "{err}"
+        );
+    }
+    let (_, help) = {
+        let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+            .args(["protect", "--help"])
+            .output()
+            .unwrap();
+        (out.status, String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    assert!(
+        help.contains("--no-wait") && help.contains("instead of waiting for the"),
+        "{help}"
+    );
+}

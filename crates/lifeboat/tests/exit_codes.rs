@@ -347,7 +347,8 @@ fn protect_wait_gives_up_with_4_and_the_protection_stays() {
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
         .args(["--json", "protect", "web", "--vault", &cl.vault])
-        .args(["--recovery-host", "beta", "--wait", "--timeout", "3s"])
+        // Waiting for the first point is the default: --timeout alone bounds it.
+        .args(["--recovery-host", "beta", "--timeout", "3s"])
         .env("LIFEBOAT_SERVER", &cl.server.url)
         .env("LIFEBOAT_TOKEN", &cl.server.token)
         .env("LIFEBOAT_PASSPHRASE", common::cluster::PASSPHRASE)

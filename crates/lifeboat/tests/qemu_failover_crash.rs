@@ -190,6 +190,7 @@ async fn a_move_is_refused_untouched_when_the_other_host_is_down() {
         "beta",
         "--policy",
         "frequent",
+        "--no-wait",
     ]);
     assert!(ok, "{err}");
     for kind in ["--test", "--planned", "--unplanned"] {

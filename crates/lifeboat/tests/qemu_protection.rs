@@ -140,7 +140,7 @@ async fn protect_and_check(database: Option<String>) {
     assert!(ok, "protect: {out}\n{err}");
     assert!(out.contains("web is Protected"), "{out}");
     // Protecting it again is refused, and says why.
-    let (ok, _, err) = cl.protect_web(&[]);
+    let (ok, _, err) = cl.protect_web(&["--no-wait"]);
     assert!(!ok && err.contains("protected already"), "{err}");
 
     let points =

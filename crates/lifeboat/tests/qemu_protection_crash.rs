@@ -104,7 +104,7 @@ async fn replication_resumes_after_kill_9_of_server_and_agent() {
     let min = (DATA_DISK_MIB as u64 / 2) << 20;
     let started = Instant::now();
     let protect = |cl: &Cluster| {
-        let (ok, _, err) = cl.protect_web(&[]);
+        let (ok, _, err) = cl.protect_web(&["--no-wait"]);
         assert!(ok, "{err}");
     };
 

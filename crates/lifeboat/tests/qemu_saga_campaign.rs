@@ -331,7 +331,7 @@ impl Campaign {
             let extra: &[&str] = if wait {
                 &["--wait", "--timeout", "10m"]
             } else {
-                &[]
+                &["--no-wait"]
             };
             self.cl.protect("web", extra)
         } else if wait {

@@ -492,7 +492,7 @@ async fn a_vm_named_without_its_host_is_refused_while_a_host_is_down() {
     cl.alpha = start_agent_on(&cl.home("alpha"), "alpha", alpha_port, &[]);
     let (ok, _, err) = cl.protect("web", &[]);
     assert!(!ok && err.contains("say which as HOST/web"), "{err}");
-    let (ok, out, err) = cl.protect("alpha/web", &[]);
+    let (ok, out, err) = cl.protect("alpha/web", &["--no-wait"]);
     assert!(ok, "{out}{err}");
     let p = cl.protection();
     assert_eq!(

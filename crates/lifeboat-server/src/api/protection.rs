@@ -13,7 +13,7 @@ use axum::Json;
 use chrono::Utc;
 use lifeboat_agent::client::AgentClient;
 use lifeboat_agent::sync::VaultAccess;
-use lifeboat_types::{OperationKind, OperationStatus};
+use lifeboat_types::{OperationKind, OperationStatus, ProtectionId};
 use serde::{Deserialize, Serialize};
 
 use super::page::Page;
@@ -520,7 +520,10 @@ pub(crate) async fn load(
     params(("id" = String, Path, description = "The protection's id")),
     responses((status = 200, description = "The protected VM", body = ProtectionView),
                (status = 404, description = "No such protection", body = ApiError)))]
-pub async fn get_protection(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+pub async fn get_protection(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<ProtectionId>,
+) -> Response {
     match load(&s, &id).await {
         Ok((p, hosts)) => Json(view(&p, &hosts)).into_response(),
         Err(r) => r,
@@ -531,7 +534,10 @@ pub async fn get_protection(State(s): State<Arc<ServerState>>, Path(id): Path<St
     params(("id" = String, Path, description = "The protection's id")),
     responses((status = 200, description = "Its recovery points, oldest first", body = [PointRow]),
                (status = 404, description = "No such protection", body = ApiError)))]
-pub async fn list_points(State(s): State<Arc<ServerState>>, Path(id): Path<String>) -> Response {
+pub async fn list_points(
+    State(s): State<Arc<ServerState>>,
+    Path(id): Path<ProtectionId>,
+) -> Response {
     if let Err(r) = load(&s, &id).await {
         return r;
     }
@@ -549,7 +555,7 @@ pub async fn list_points(State(s): State<Arc<ServerState>>, Path(id): Path<Strin
                (status = 502, description = "The agent did not answer; nothing was changed", body = ApiError)))]
 pub async fn unprotect(
     State(s): State<Arc<ServerState>>,
-    Path(id): Path<String>,
+    Path(id): Path<ProtectionId>,
     Query(q): Query<UnprotectQuery>,
 ) -> Response {
     let (p, hosts) = match load(&s, &id).await {

@@ -20,12 +20,12 @@ use crate::db::{Host, PointRow, ProtectionState, Recovery};
 use crate::http::ServerState;
 use crate::network::NicSpec;
 use crate::policy::POLICIES;
-use lifeboat_types::{Addressing, MoveKind, NetworkSettings, RecoveryKind, RecoveryState};
+use lifeboat_types::{Addressing, HostId, MoveKind, NetworkSettings, RecoveryKind, RecoveryState};
 
 pub async fn vm_detail(
     State(s): State<Arc<ServerState>>,
     session: CurrentSession,
-    Path((host_id, vm)): Path<(String, String)>,
+    Path((host_id, vm)): Path<(HostId, String)>,
 ) -> Response {
     let hosts = or_fail!(s.db.hosts_with_access().await);
     let Some(host) = hosts.iter().find(|h| h.host.id == host_id).map(|h| &h.host) else {

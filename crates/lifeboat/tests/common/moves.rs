@@ -39,9 +39,15 @@ pub fn acked(console_log: &Path) -> BTreeSet<u64> {
         .collect()
 }
 
-/// The guest command that writes `/data/seq/N` and syncs, then acknowledges `ACK N` on
-/// the console, until the guest stops.
-pub const WRITER: &str = "mkdir -p /data/seq; (n=0; while :; do echo $n > /data/seq/$n && sync && echo ACK $n > /dev/ttyS0; n=$((n+1)); done) > /dev/null 2>&1 &";
+/// The guest command that writes `/data/seq/N`, appends `N` to `/data/seq.log`, syncs,
+/// then acknowledges `ACK N` on the console: ten writes a second at most, up to
+/// [`WRITES`]. Unpaced and unbounded it filled the guest's small `/data` in minutes
+/// (about 10,000 files), then spun on failing writes, a core of TCG for nothing, and
+/// every check read each of those files over HTTP (150 s a check in the campaign).
+pub const WRITER: &str = "mkdir -p /data/seq; (n=0; while [ $n -lt 3000 ]; do echo $n > /data/seq/$n && echo $n >> /data/seq.log && sync && echo ACK $n > /dev/ttyS0; n=$((n+1)); usleep 100000; done) > /dev/null 2>&1 &";
+
+/// How many writes [`WRITER`] makes before it stops.
+pub const WRITES: u64 = 3000;
 
 /// Whether QEMU runs VM `vm` of the host at `home` with its guest running, as QEMU
 /// itself says (`query-status`): a QEMU started paused for a final cut runs no guest,
@@ -246,20 +252,34 @@ pub async fn all_acked_present(cl: &Cluster, port: u16) -> usize {
         .await
         .unwrap();
     let acks = acked(&cl.home("alpha").join("vms/web/console.log"));
-    for n in &acks {
-        // A guest that reads its disk from the vault while it hydrates, on a busy
-        // machine, may not answer one request in time: asked again, up to three times.
+    assert!(acks.len() as u64 <= WRITES);
+    // A guest that reads its disk from the vault while it hydrates, on a busy machine,
+    // may not answer one request in time: asked again, up to three times.
+    let get = |path: String| async move {
         let mut tries = 0;
-        let (code, body) = loop {
-            match http_get(port, &format!("/seq/{n}"), Duration::from_secs(20)).await {
+        loop {
+            match http_get(port, &path, Duration::from_secs(20)).await {
                 Ok(answer) => break answer,
                 Err(e) if tries < 2 => {
                     tries += 1;
-                    eprintln!("/seq/{n}: {e:#}; asking again");
+                    eprintln!("{path}: {e:#}; asking again");
                 }
-                Err(e) => panic!("acknowledged write {n} unreadable: {e:#}\n{}", diagnose(cl)),
+                Err(e) => panic!("{path} unreadable: {e:#}\n{}", diagnose(cl)),
             }
-        };
+        }
+    };
+    // Every acknowledged write is in the log, which was synced before its ack...
+    let (code, log) = get("/seq.log".into()).await;
+    assert_eq!(code, 200, "the guest's write log is gone");
+    let logged: BTreeSet<u64> = String::from_utf8_lossy(&log)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost: Vec<&u64> = acks.difference(&logged).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    // ...and the newest acknowledged files are there and whole.
+    for n in acks.iter().rev().take(10) {
+        let (code, body) = get(format!("/seq/{n}")).await;
         assert_eq!(code, 200, "acknowledged write {n} is lost");
         assert_eq!(String::from_utf8_lossy(&body).trim(), n.to_string());
     }
