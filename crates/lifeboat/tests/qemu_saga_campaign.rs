@@ -18,12 +18,13 @@
 //!
 //! A case that ends undone leaves the VM as it was, so the next case of the same
 //! operation starts from there; a case that completes the operation moves the VM on to
-//! the next. The suite runs one lap: every operation with every step twice, and one
-//! undone case each (a failure and a kill in turn, at a step that turns with the
-//! operation). `LIFEBOAT_SAGA_CAMPAIGN=full cargo nextest run -p lifeboat --test
-//! qemu_saga_campaign` runs every case: every undone case in the first lap, then laps until each case that completes an
-//! operation has run. Each case's outcome is printed, and the count at the end. At every
-//! moment at most one copy of the VM runs.
+//! the next. The suite runs one lap: every operation with every step twice, one undone
+//! case each (a failure and a kill in turn, at a step that turns with the operation),
+//! and a failure after its last step where that is declared undone.
+//! `LIFEBOAT_SAGA_CAMPAIGN=full cargo nextest run -p lifeboat --test qemu_saga_campaign`
+//! runs every case: every undone case in the first lap, then laps until each case that
+//! completes an operation has run. Each case's outcome is printed, and the count at the
+//! end. At every moment at most one copy of the VM runs.
 
 mod common;
 
@@ -493,11 +494,24 @@ async fn every_operation_ends_as_its_step_list_declares_under_failures_kills_and
                 .copied()
                 .filter(|f| matches!(f, Fault::FailAfter(_)) == fail)
                 .collect();
-            let pick = if of_kind.is_empty() { undone } else { of_kind };
-            pick.get(k % pick.len().max(1))
+            let pick = if of_kind.is_empty() {
+                undone.clone()
+            } else {
+                of_kind
+            };
+            let mut chosen: Vec<Fault> = pick
+                .get(k % pick.len().max(1))
                 .into_iter()
                 .copied()
-                .collect()
+                .collect();
+            // And a failure after the last step, when the engine declares it undone: a
+            // last step that records the outcome with no undo would leave it in place
+            // under an operation "undone" (the reversed reprotect's `record` did).
+            let last = Fault::FailAfter(op.steps[op.steps.len() - 1].name);
+            if undone.contains(&last) && !chosen.contains(&last) {
+                chosen.push(last);
+            }
+            chosen
         };
         for fault in undone {
             c.run(op, fault).await;

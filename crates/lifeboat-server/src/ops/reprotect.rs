@@ -10,8 +10,8 @@
 //! |---|---|
 //! | `check-hosts` | — (the recovery host must answer; nothing changed yet) |
 //! | `mark-reprotecting` | back to `failed_over` |
-//! | `first-point` | — (a point in the vault is a good point) |
-//! | `record` | — |
+//! | `first-point` (point of no return) | — (a point in the vault is a good point) |
+//! | `record` | — (retried: nothing leads back from `protected_reversed` but a failback) |
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,10 @@ pub const FROM_HOME: &[StepInfo] = &[StepInfo::step("resume-replication")];
 pub const REVERSED: &[StepInfo] = &[
     StepInfo::step("check-hosts"),
     StepInfo::with_undo("mark-reprotecting"),
-    StepInfo::step("first-point"),
+    // Past the first point the reprotect goes forward: `record` cannot be undone (no
+    // event leads from `protected_reversed` back to `failed_over`), so a failure there
+    // must be retried, never reported undone.
+    StepInfo::step("first-point").no_return(),
     StepInfo::step("record"),
 ];
 
