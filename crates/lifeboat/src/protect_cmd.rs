@@ -112,8 +112,9 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
 }
 
 /// Polls the protection until its first point, drawing the initial sync's progress.
-/// With its enable `operation`, an enable that fails (and is undone: the protection is
-/// gone) ends the wait with the operation's error.
+/// With its enable `operation`, the wait ends when that operation has succeeded too, and
+/// an enable that fails (and is undone: the protection is gone) ends it with the
+/// operation's error.
 pub async fn wait_protected(
     server: &ServerClient,
     id: &str,
@@ -146,30 +147,47 @@ pub async fn wait_protected(
         OperationStatus::Failed => Some(anyhow::anyhow!("{} (operation {})", op.error, op.id)),
     };
     loop {
+        // The enable is done when its operation says so, not at the first point: a
+        // failure after it still undoes the enable (qemu_saga_campaign's `enable
+        // FailAfter("initial-sync")`), and "Protected" must not have been said then.
+        let mut enabled = true;
         if let Some(op) = operation {
             let op: Operation = server.get(&format!("/api/v1/operations/{op}")).await?;
             if let Some(e) = ended(&op) {
                 bar.abandon();
                 return Err(e);
             }
+            enabled = op.status == OperationStatus::Succeeded;
         }
         let v: ProtectionView = match server.get(&format!("/api/v1/protections/{id}")).await {
             Ok(v) => v,
             Err(e) => {
-                // Undone between the two reads (the protection is gone): the operation,
-                // read again, says why; seen under load in qemu_saga_campaign.
+                // Undone between the two reads (the protection is gone): the operation
+                // says why once it has ended. Its undo removes the protection before it
+                // records the failure, so it may still run for a moment; seen in
+                // qemu_saga_campaign.
                 if let Some(op) = operation {
-                    let op: Operation = server.get(&format!("/api/v1/operations/{op}")).await?;
-                    if let Some(why) = ended(&op) {
-                        bar.abandon();
-                        return Err(why);
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let op: Operation = server.get(&format!("/api/v1/operations/{op}")).await?;
+                        if let Some(why) = ended(&op) {
+                            bar.abandon();
+                            return Err(why);
+                        }
+                        if Instant::now() > deadline {
+                            return Err(e.context(format!(
+                                "its enable, operation {}, is {} still",
+                                op.id, op.status
+                            )));
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
                 }
                 return Err(e);
             }
         };
         let state = v.state.as_str();
-        if v.last_point.is_some() {
+        if v.last_point.is_some() && enabled {
             bar.finish_and_clear();
             return Ok(v);
         }

@@ -66,6 +66,10 @@ struct Op {
     /// Steps whose effect is the operation's own outcome and has no undo: a failure
     /// injected after one leaves the operation `failed` with its outcome in place.
     outcome_steps: &'static [&'static str],
+    /// Steps by whose end another actor has ended the operation (the scheduler ends an
+    /// enable at the first point): a failure injected after one finds it succeeded, and
+    /// undoes nothing.
+    ended_elsewhere: &'static [&'static str],
 }
 
 fn life() -> Vec<Op> {
@@ -124,6 +128,7 @@ fn life() -> Vec<Op> {
         before,
         after,
         outcome_steps: &[],
+        ended_elsewhere: &[],
     };
     vec![
         op(
@@ -242,7 +247,10 @@ fn life() -> Vec<Op> {
             HOME,
             unprotected,
         ),
-        op("enable", &[], ops::enable::STEPS, unprotected, HOME),
+        Op {
+            ended_elsewhere: &["initial-sync"],
+            ..op("enable", &[], ops::enable::STEPS, unprotected, HOME)
+        },
     ]
 }
 
@@ -280,6 +288,7 @@ impl Op {
         let index = |name| self.steps.iter().position(|s| s.name == name).unwrap();
         match fault {
             Fault::Twice => End::Done,
+            Fault::FailAfter(step) if self.ended_elsewhere.contains(&step) => End::Done,
             Fault::FailAfter(step) if ops::undone_if_failed_after(self.steps).contains(&step) => {
                 if self.steps[..=index(step)]
                     .iter()

@@ -404,6 +404,19 @@ async fn run<S: Saga>(db: Database, op: Operation, faults: &Faults) -> Result<()
                 step.name
             )));
         }
+        // Another actor may have ended the operation while its step ran (the scheduler
+        // ends an enable at the first point): that end stands, and nothing is undone
+        // or retried under it. Without this a failure after `initial-sync` removed the
+        // protection of an enable already "succeeded" (qemu_saga_campaign, full).
+        if outcome.is_err()
+            && db
+                .operation(&op.id)
+                .await?
+                .is_none_or(|o| o.status.is_done())
+        {
+            tracing::warn!(operation = %op.id, step = step.name, "a step failed after its operation was ended elsewhere; its end stands");
+            return Ok(());
+        }
         let past = now.past_no_return || step.no_return;
         match outcome {
             Ok(()) => {
@@ -562,6 +575,10 @@ mod tests {
     struct ToyParams {
         /// Ask for a cancel from inside this step (an operator acting meanwhile).
         cancel_during: Option<String>,
+        /// End the operation (succeeded) from inside this step, as the scheduler ends an
+        /// enable at its first point.
+        #[serde(default)]
+        finish_during: Option<String>,
     }
 
     /// What ran: `a` for a step's effect (once, however often it ran: the steps are
@@ -591,6 +608,17 @@ mod tests {
             mem.runs += 1;
             if params.cancel_during.as_deref() == Some(step) {
                 ctx.db.request_cancel(&ctx.op).await?;
+            }
+            if params.finish_during.as_deref() == Some(step) {
+                ctx.db
+                    .finish_operation(
+                        &ctx.op,
+                        OperationStatus::Succeeded,
+                        None,
+                        "",
+                        "ended elsewhere",
+                    )
+                    .await?;
             }
             if !mem.effects.iter().any(|e| e == step) {
                 mem.effects.push(step.to_string());
@@ -673,6 +701,7 @@ mod tests {
         let mut cases = 0;
         let plain = ToyParams {
             cancel_during: None,
+            finish_during: None,
         };
         // Every step run twice gives the same result as once.
         let op = new_op(&db, "twice", &plain).await;
@@ -769,6 +798,7 @@ mod tests {
                 &db,
                 &format!("cancel-{i}"),
                 &ToyParams {
+                    finish_during: None,
                     cancel_during: Some(step.name.into()),
                 },
             )
@@ -811,6 +841,32 @@ mod tests {
         assert_eq!(cases, 1 + 3 * STEPS.len());
     }
 
+    /// An operation another actor ended while a step ran keeps that end: a failure of
+    /// the step undoes nothing under it.
+    #[tokio::test]
+    async fn a_step_failing_after_its_operation_ended_elsewhere_undoes_nothing() {
+        let (_dir, db) = db().await;
+        let params = ToyParams {
+            cancel_during: None,
+            finish_during: Some("c".into()),
+        };
+        let op = new_op(&db, "ended", &params).await;
+        let faults = Faults {
+            fail_after: Some(format!("{}:c", OperationKind::Reprotect)),
+            ..Faults::default()
+        };
+        run::<ToySaga>(db.clone(), op.clone(), &faults)
+            .await
+            .unwrap();
+        let (op, toy) = reread(&db, &op).await;
+        assert_eq!(op.status, OperationStatus::Succeeded);
+        assert!(
+            !toy.effects.iter().any(|e| e.starts_with('~')),
+            "nothing undone: {:?}",
+            toy.effects
+        );
+    }
+
     #[tokio::test]
     async fn cancel_is_refused_past_the_point_of_no_return_and_after_the_end() {
         let (_dir, db) = db().await;
@@ -818,6 +874,7 @@ mod tests {
             &db,
             "web",
             &ToyParams {
+                finish_during: None,
                 cancel_during: None,
             },
         )
@@ -843,6 +900,7 @@ mod tests {
             &db,
             "db",
             &ToyParams {
+                finish_during: None,
                 cancel_during: None,
             },
         )
