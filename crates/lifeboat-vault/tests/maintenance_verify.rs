@@ -8,6 +8,7 @@ mod maintenance_common;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::Result;
 use lifeboat_vault::store::{verify, Fault, PointStatus, Problem, VerifyPhase, VerifyReport};
@@ -344,5 +345,30 @@ async fn truncated_and_missing_packs_are_problems_not_crashes() -> Result<()> {
             ..
         }]
     ));
+    Ok(())
+}
+
+/// A restore whose first chunk is damaged ends with that damage, however many runs of
+/// chunks follow. It used to wait forever once the runs found outnumbered those in
+/// flight and in the queue: the restore side failed, the finder waited to hand it more,
+/// every thread parked (seen once in the vault benchmark, at 4 GiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_fails_early_reports_it_instead_of_hanging() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("v");
+    let vault = folder_vault(&root).await?;
+    // Random chunks stored back to back: 48 MiB is a dozen runs of at most 4 MiB.
+    let img = random(7, 48 << 20);
+    let p = put(&vault, &name("big"), None, &img, None).await?;
+    let first = page_entries(&vault, &p, 0).await?[0];
+    flip(&pack_path(&root, &first.pack), u64::from(first.offset) + 40)?;
+    let reader = PointReader::open(&vault, &p, 1 << 20).await?;
+    let (disk, out) = (vda(), dir.path().join("out.raw"));
+    let restore = reader.restore_raw(&disk, &out);
+    let e = tokio::time::timeout(Duration::from_secs(120), restore)
+        .await
+        .expect("the restore of a damaged point hung")
+        .expect_err("the restore of a damaged point succeeded");
+    assert!(e.to_string().contains("chunk 0 "), "{e}");
     Ok(())
 }

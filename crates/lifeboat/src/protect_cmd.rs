@@ -70,6 +70,7 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
     let server = ServerClient::new(&args.conn, home)?;
     let timeout = args.timeout;
     let (vm, host) = split_vm(&args.vm);
+    let vm_name = vm.clone();
     let passphrase = crate::secrets::passphrase("Vault passphrase", false)?;
     let created: Protected = server
         .post(
@@ -85,12 +86,12 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
             },
         )
         .await?;
-    let id = created.protection.id.clone();
+    let id = created.protection_id.clone();
     if args.no_wait {
         out.show(&created, |c| {
             println!(
-                "Replication of {} enabled (policy {}); the initial sync runs. Operation {}.",
-                c.protection.vm, c.protection.policy, c.operation
+                "Replication of {vm_name} enabled (policy {}); the initial sync runs. Operation {}.",
+                args.policy, c.operation
             );
             println!(
                 "Watch it with `lifeboat status`, or follow it with `lifeboat operations follow {}`.",
@@ -162,25 +163,20 @@ pub async fn wait_protected(
         let v: ProtectionView = match server.get(&format!("/api/v1/protections/{id}")).await {
             Ok(v) => v,
             Err(e) => {
-                // Undone between the two reads (the protection is gone): the operation
-                // says why once it has ended. Its undo removes the protection before it
-                // records the failure, so it may still run for a moment; seen in
-                // qemu_saga_campaign.
+                // Not recorded yet (the answer to the enable came without it), or undone
+                // between the two reads (its undo removes the protection before it records
+                // the failure; seen in qemu_saga_campaign): while the operation runs, ask
+                // again; once it has ended, it says why.
                 if let Some(op) = operation {
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    loop {
-                        let op: Operation = server.get(&format!("/api/v1/operations/{op}")).await?;
-                        if let Some(why) = ended(&op) {
-                            bar.abandon();
-                            return Err(why);
-                        }
-                        if Instant::now() > deadline {
-                            return Err(e.context(format!(
-                                "its enable, operation {}, is {} still",
-                                op.id, op.status
-                            )));
-                        }
+                    let op: Operation = server.get(&format!("/api/v1/operations/{op}")).await?;
+                    if let Some(why) = ended(&op) {
+                        bar.abandon();
+                        return Err(why);
+                    }
+                    let waited_out = timeout.is_some_and(|t| started.elapsed() > t);
+                    if op.status == OperationStatus::Running && !waited_out {
                         tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
                     }
                 }
                 return Err(e);

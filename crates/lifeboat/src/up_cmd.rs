@@ -131,7 +131,7 @@ pub async fn run(driver: QemuDriver, home: &Path, out: Output, args: UpArgs) -> 
                     "  replication of {DEMO_VM} enabled (policy {})",
                     args.policy
                 );
-                created["protection"]["id"]
+                created["protection_id"]
                     .as_str()
                     .unwrap_or_default()
                     .to_string()

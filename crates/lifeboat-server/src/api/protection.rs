@@ -99,7 +99,11 @@ pub struct ProtectionView {
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Protected {
-    pub protection: ProtectionView,
+    /// The new protection's id, chosen when the operation started.
+    pub protection_id: ProtectionId,
+    /// The protection as recorded by the operation's first step; absent when that took
+    /// more than 10 s (follow the operation: the server may be busy or restarting).
+    pub protection: Option<ProtectionView>,
     /// The enable operation, which ends when the first recovery point is committed.
     pub operation: String,
 }
@@ -396,12 +400,14 @@ pub async fn protect(
         Ok(op) => op,
         Err(e) => return db_error(e),
     };
-    // The answer shows the protection once the operation's first step recorded it: a
-    // client that reads it next (`protect --wait`) must find it.
+    // The answer shows the protection once the operation's first step recorded it, so a
+    // client that reads it next (`protect --wait`) finds it. The operation is started
+    // either way: past 10 s the answer is its id alone, never an error a client would
+    // take for "not started" (a server killed at that step, in qemu_saga_campaign).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let p = loop {
         match s.db.protection(&params.protection_id).await {
-            Ok(Some(p)) => break p,
+            Ok(Some(p)) => break Some(p),
             Ok(None) => {}
             Err(e) => return db_error(e),
         }
@@ -413,20 +419,15 @@ pub async fn protect(
             _ => {}
         }
         if std::time::Instant::now() > deadline {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the protection was not recorded in 10 s; follow operation {}",
-                    op.id
-                ),
-            );
+            break None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     (
         StatusCode::ACCEPTED,
         Json(Protected {
-            protection: view(&p, &hosts),
+            protection_id: params.protection_id.clone(),
+            protection: p.map(|p| view(&p, &hosts)),
             operation: op.id.to_string(),
         }),
     )

@@ -92,7 +92,7 @@ pub(crate) async fn restore_raw(
     };
 
     // Runs are found in slot order by one task and restored, a few at once, by another.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Run>(RUNS_IN_FLIGHT);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Run>(RUNS_IN_FLIGHT);
     // `async move`: the sender must drop when all runs are found, or the other side
     // waits for more forever.
     let find_runs = async move {
@@ -121,6 +121,10 @@ pub(crate) async fn restore_raw(
         Ok::<_, VaultError>(holes)
     };
     let restore_runs = async {
+        // Owned here: a restore side that fails drops the receiver, so the finder's next
+        // send fails and it ends. Left outside, a failure with more runs to find than fit
+        // in the channel waited forever, every thread parked (once, in the vault bench).
+        let mut rx = rx;
         let runs = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
         let mut done = runs
             .map(|run| restore_run(vault, point, disk, run, out.clone()))
