@@ -122,7 +122,11 @@ impl Qmp {
                 });
             }
         };
-        in_flight.answered = true;
+        // Only an answer frees the command's id in `qapi`: a reply, or QEMU's refusal. A
+        // command whose sending failed (QEMU died under it, as a fence kills it) leaves
+        // its id taken, and the next command on this connection made `qapi` panic
+        // ("QAPI duplicate command id 0"), poisoning the agent's task.
+        in_flight.answered = matches!(reply, Ok(_) | Err(qapi::ExecuteError::Qapi(_)));
         reply.map_err(|e| match e {
             qapi::ExecuteError::Qapi(e) => QmpError::Refused {
                 class: format!("{:?}", e.class),
@@ -218,6 +222,44 @@ mod tests {
         assert!(abandoned.await.is_err(), "the caller gave up first");
         let next = qmp.run(QueryStatus {}).await;
         assert!(matches!(next, Err(QmpError::Stale)), "{next:?}");
+    }
+
+    /// Greets, accepts capabilities, then closes: QEMU dying under its client.
+    async fn dying_monitor(path: &Path) {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (rd, mut wr) = tokio::io::split(sock);
+                wr.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": []}}\n")
+                    .await
+                    .unwrap();
+                let mut lines = BufReader::new(rd).lines();
+                if let Ok(Some(_)) = lines.next_line().await {
+                    let _ = wr.write_all(b"{\"return\": {}}\n").await;
+                }
+                // Gone: both halves dropped here.
+            }
+        });
+    }
+
+    /// Commands on a connection whose QEMU died each fail, however the failure shows
+    /// (the send, or the reply never coming), and never panic: a failed send once left
+    /// its command's id taken, and the next command made `qapi` panic.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_after_qemu_died_fail_and_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        dying_monitor(&path).await;
+        for _ in 0..200 {
+            let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+            for _ in 0..3 {
+                let r = qmp.run_within(QueryStatus {}, Duration::from_secs(5)).await;
+                assert!(
+                    matches!(r, Err(QmpError::Disconnected | QmpError::Stale)),
+                    "{r:?}"
+                );
+            }
+        }
     }
 
     /// Two tasks sharing a connection each get their own answer (replies carry no id that
