@@ -26,7 +26,8 @@ pub struct ScaleResult {
     pub syncs_per_sec: f64,
     /// Every call of the server to an agent (sync, status, fence…), per second.
     pub agent_requests_per_sec: f64,
-    /// Server CPU per sync it drove, ms (start, poll, record the point, retention).
+    /// Server CPU per sync it drove, ms (start, poll, record the point, retention); NaN
+    /// (`—`, `null` in JSON) when the window saw too few syncs for it to mean that.
     pub cpu_ms_per_sync: f64,
     pub pages: Vec<Timed>,
     /// The server's VmHWM at the end, bytes.
@@ -72,7 +73,10 @@ pub fn table(r: &Report) -> String {
             format!("{:.1}% of a core", f.cpu_percent),
             format!("{:.1}", f.syncs_per_sec),
             format!("{:.1}", f.agent_requests_per_sec),
-            format!("{:.2} ms", f.cpu_ms_per_sync),
+            match f.cpu_ms_per_sync.is_nan() {
+                true => "—".to_string(),
+                false => format!("{:.2} ms", f.cpu_ms_per_sync),
+            },
             worst,
             format!("{} MiB", f.peak_rss >> 20),
         ]);
