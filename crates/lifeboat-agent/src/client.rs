@@ -245,6 +245,12 @@ impl AgentClient {
 
     /// The agent's VMs, as JSON (the server passes them through).
     pub async fn inventory(&self) -> Result<serde_json::Value, ClientError> {
+        self.inventory_as().await
+    }
+
+    /// The agent's VMs, read as `T`: a caller that needs a few fields of each VM skips
+    /// the rest rather than holding it all as JSON values.
+    pub async fn inventory_as<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
         self.call(self.http.get(self.url("/api/v1/inventory")))
             .await
     }

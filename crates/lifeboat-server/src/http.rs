@@ -30,6 +30,9 @@ pub struct ServerState {
     pub throttle: crate::auth::Throttle,
     /// What each host's agent said at its last greeting (`host_health`).
     pub health: std::sync::Arc<crate::host_health::HealthBoard>,
+    /// A client kept per host for the pages and calls that ask every host (Hosts & VMs,
+    /// `GET /api/v1/vms`), so they reuse their connections.
+    pub agents: crate::agents::AgentClients,
 }
 
 /// An error: what went wrong and what to do.

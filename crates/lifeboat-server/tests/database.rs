@@ -195,6 +195,58 @@ async fn postgres_protections_round_trip() {
     protections_round_trip(&fresh_postgres_database()).await;
 }
 
+/// Which VMs are protected, read without the rest of each row, then the rows of some of
+/// them whole (a page of Hosts & VMs): ids that are gone are skipped, and more ids than
+/// one query binds are read in batches.
+async fn protections_by_keys_and_ids(url: &str) {
+    let db = Database::connect(url).await.unwrap();
+    for (id, vm) in [("p1", "web"), ("p2", "db"), ("p3", "mail")] {
+        db.add_protection(&protection(id, vm)).await.unwrap();
+    }
+    let mut keys: Vec<(String, String, String)> = db
+        .protection_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, host, vm)| (id.to_string(), host.to_string(), vm))
+        .collect();
+    keys.sort();
+    let key = |id: &str, vm: &str| (id.to_string(), "h1".to_string(), vm.to_string());
+    assert_eq!(keys, [key("p1", "web"), key("p2", "db"), key("p3", "mail")]);
+    let mut ids: Vec<String> = (0..1200).map(|i| format!("gone{i}")).collect();
+    ids[0] = "p1".into();
+    ids[700] = "p3".into();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut found: Vec<(String, String)> = db
+        .protections_with_ids(&ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.id.to_string(), p.vm))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("p1".to_string(), "web".to_string()),
+            ("p3".into(), "mail".into())
+        ]
+    );
+    assert!(db.protections_with_ids(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_protections_by_keys_and_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    protections_by_keys_and_ids(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_protections_by_keys_and_ids() {
+    protections_by_keys_and_ids(&fresh_postgres_database()).await;
+}
+
 /// Sealed vault keys: kept per (protection, host), replaced, never kept for a protection
 /// that is gone, removed with their protection, and orphans cleaned; the passphrase of an
 /// older row forgotten.

@@ -118,6 +118,7 @@ pub async fn start(home: &Path, args: ServerArgs) -> Result<StartedServer> {
         live: Default::default(),
         throttle: Default::default(),
         health,
+        agents: Default::default(),
     });
     let limits = lifeboat_agent::serve::Limits::new(args.max_connections);
     let serve = Box::pin(async move {

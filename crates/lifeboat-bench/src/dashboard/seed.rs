@@ -2,6 +2,7 @@
 //! ten points each, operations, and one VM with a day of points for the RPO chart.
 //! Written before the server starts, through the server's own database layer.
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -19,6 +20,42 @@ pub const CHART_POINTS: i64 = 2880;
 pub struct Seeded {
     /// The VM page with a day of points: its path.
     pub chart_page: String,
+}
+
+/// Where a seeded fleet's VMs run: VM `i` is [`vm_name`]`(i)`, on host `i / per_host`,
+/// named [`host_name`]. The seed and the `scale` bench's simulated agents both follow
+/// it, so each agent lists exactly the VMs the database has on its host.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub vms: usize,
+    pub per_host: usize,
+}
+
+impl Layout {
+    /// How many hosts (at least two: a VM has a recovery host).
+    pub fn hosts(&self) -> usize {
+        self.vms.div_ceil(self.per_host).max(2)
+    }
+
+    /// The host VM `i` runs on.
+    pub fn host_of(&self, i: usize) -> usize {
+        i / self.per_host
+    }
+
+    /// The VMs on host `h` (none on the spare second host of a one-host fleet).
+    pub fn vms_on(&self, h: usize) -> Range<usize> {
+        (h * self.per_host).min(self.vms)..((h + 1) * self.per_host).min(self.vms)
+    }
+}
+
+/// VM `i`'s name.
+pub fn vm_name(i: usize) -> String {
+    format!("vm{i:04}")
+}
+
+/// Host `h`'s name (its agent's hostname).
+pub fn host_name(h: usize) -> String {
+    format!("host{h}")
 }
 
 /// What a seeded fleet is: its hosts' agents, its VMs' state and policy.
@@ -46,9 +83,12 @@ impl Spec {
         }
     }
 
-    /// How many hosts `vms` VMs need (at least two: a VM has a recovery host).
-    pub fn hosts(&self, vms: usize) -> usize {
-        vms.div_ceil(self.vms_per_host).max(2)
+    /// Where a fleet of `vms` VMs runs.
+    pub fn layout(&self, vms: usize) -> Layout {
+        Layout {
+            vms,
+            per_host: self.vms_per_host,
+        }
     }
 }
 
@@ -68,15 +108,15 @@ pub async fn seed_into(url: &str, vms: usize, password: &str, spec: &Spec) -> Re
         .await
         .with_context(|| format!("opening {}", lifeboat_server::db::redact(url)))?;
     lifeboat_server::auth::ensure_admin_password(&db, Some(password)).await?;
-    let hosts = spec.hosts(vms);
-    let per_host = spec.vms_per_host;
+    let layout = spec.layout(vms);
+    let hosts = layout.hosts();
     let mut host_ids = Vec::new();
     for h in 0..hosts {
         let host = Host {
             id: format!("host-{h}").into(),
             // Where nothing listens, only the hosts page asks, and it is not timed.
             address: (spec.agent)(h).unwrap_or_else(|| format!("127.0.0.1:{}", 1 + h)),
-            hostname: format!("host{h}"),
+            hostname: host_name(h),
             fingerprint: spec.fingerprint.clone(),
             enrolled_at: Utc::now().to_rfc3339(),
         };
@@ -88,8 +128,8 @@ pub async fn seed_into(url: &str, vms: usize, password: &str, spec: &Spec) -> Re
         .map(|p| Duration::from_std(p.interval()).unwrap_or_default())
         .unwrap_or_default();
     for i in 0..vms {
-        let host = &host_ids[i / per_host];
-        let vm = format!("vm{i:04}");
+        let host = &host_ids[layout.host_of(i)];
+        let vm = vm_name(i);
         let points = if i == 0 { CHART_POINTS } else { POINTS };
         let last = now - Duration::seconds(5 + i as i64 % 60);
         let p = Protection {
@@ -100,7 +140,7 @@ pub async fn seed_into(url: &str, vms: usize, password: &str, spec: &Spec) -> Re
             vault_url: format!("file:///srv/vault{}", i % 3),
             // Never kept: the agents hold the key, sealed (`vault_keys`).
             vault_passphrase: Default::default(),
-            recovery_host_id: host_ids[(i / per_host + 1) % hosts].clone(),
+            recovery_host_id: host_ids[(layout.host_of(i) + 1) % hosts].clone(),
             state: spec.state,
             policy: spec.policy.clone(),
             last_point: Some(format!("p-{i}-{}", points - 1)),
@@ -137,10 +177,10 @@ pub async fn seed_into(url: &str, vms: usize, password: &str, spec: &Spec) -> Re
         }
     }
     for i in 0..100.min(vms * 2) {
-        let vm = format!("vm{:04}", i % vms);
+        let vm = vm_name(i % vms);
         let op = db
             .start_operation(
-                &host_ids[i % vms / per_host],
+                &host_ids[layout.host_of(i % vms)],
                 &vm,
                 lifeboat_types::OperationKind::Enable,
                 "checking the vault",
@@ -154,6 +194,33 @@ pub async fn seed_into(url: &str, vms: usize, password: &str, spec: &Spec) -> Re
         .await?;
     }
     Ok(Seeded {
-        chart_page: format!("/hosts/{}/vms/vm0000", host_ids[0]),
+        chart_page: format!("/hosts/{}/vms/{}", host_ids[0], vm_name(0)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Layout;
+
+    #[test]
+    fn every_vm_is_on_the_one_host_that_lists_it() {
+        for per_host in [10, 50] {
+            for vms in [1, 9, 10, 11, 50, 99, 100, 1000, 10_000] {
+                let layout = Layout { vms, per_host };
+                let listed: Vec<usize> =
+                    (0..layout.hosts()).flat_map(|h| layout.vms_on(h)).collect();
+                assert_eq!(
+                    listed,
+                    (0..vms).collect::<Vec<_>>(),
+                    "{vms} VMs, {per_host} a host"
+                );
+                for h in 0..layout.hosts() {
+                    for i in layout.vms_on(h) {
+                        assert_eq!(layout.host_of(i), h);
+                    }
+                }
+                assert!(layout.hosts() >= 2);
+            }
+        }
+    }
 }

@@ -32,17 +32,17 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures::StreamExt;
 use lifeboat_agent::client::AgentClient;
 use serde::{Deserialize, Serialize};
 
-use crate::agents::{agent_client, AGENT_TIMEOUT};
-use crate::db::{DbError, Host, HostId, Operation, PointRow, ProtectionState};
+use crate::agents::AGENT_TIMEOUT;
+use crate::db::{Host, Operation, PointRow, ProtectionState};
 use crate::policy::Policy;
 
 pub mod access;
 pub mod audit;
 pub mod failover;
+pub mod fleet;
 pub mod network;
 pub mod operations;
 pub mod page;
@@ -55,11 +55,10 @@ use crate::ops::unprotect::Unprotected;
 // In `http`, below the audit layer and the dashboard, which use them too.
 pub(crate) use crate::http::{app_error, db_error, error};
 pub use crate::http::{ApiError, ServerState};
+pub use fleet::{fleet, vm_list, Fleet, FleetVm, HostProblem, VmList, VmRow};
 use page::Page;
 use protection::{ProtectRequest, Protected, ProtectionList, ProtectionView, SyncProgress};
 use status::{Overview, WorstRpo};
-/// Agents asked at once for their inventory.
-const AGENTS_AT_ONCE: usize = 16;
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollHost {
@@ -72,58 +71,6 @@ pub struct EnrollHost {
     /// or the agent's banner). Without it the first certificate seen is trusted.
     #[serde(default)]
     pub fingerprint: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct VmRow {
-    pub host: String,
-    pub address: String,
-    pub vm: String,
-    /// As the agent reports it: `{"state": "running" | "stopped" | …, "detail": …}`.
-    #[schema(value_type = Object)]
-    pub state: serde_json::Value,
-    /// `unprotected`, or the protection state.
-    pub protection: String,
-    pub protection_id: Option<String>,
-    /// Why the VM is Degraded, when it is.
-    pub reason: Option<String>,
-    pub rpo_seconds: Option<f64>,
-    pub last_point: Option<String>,
-    pub last_point_time: Option<String>,
-    pub recovery_host: Option<String>,
-    /// Why the VM is fenced on this host (it was failed over): it does not start here.
-    pub fenced: Option<String>,
-    /// For a VM brought up from a recovery point: `test`, `planned` or `unplanned`.
-    pub recovery_kind: Option<lifeboat_types::RecoveryKind>,
-    /// For a recovered VM: the VM it is a copy of, as `HOST/VM`.
-    pub recovered_from: Option<String>,
-    /// For a recovered VM: the point it came from, and that point's cut time.
-    pub recovered_point: Option<String>,
-    pub recovered_point_time: Option<String>,
-    /// For a recovered VM: percent of its disks that are local (100: it needs nothing
-    /// from the vault any more).
-    pub hydrated_percent: Option<f64>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct HostProblem {
-    pub host: String,
-    pub address: String,
-    pub error: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct VmList {
-    /// One page of the VMs (`?offset=&limit=`), by host name, host address, then VM.
-    pub vms: Vec<VmRow>,
-    /// Every host that did not answer, on every page.
-    pub unreachable: Vec<HostProblem>,
-    /// Where this page starts.
-    #[serde(default)]
-    pub offset: usize,
-    /// The next page's `offset`; absent on the last page.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_offset: Option<usize>,
 }
 
 pub fn router(state: Arc<ServerState>) -> Router {
@@ -425,104 +372,14 @@ async fn list_vms(
     State(s): State<Arc<ServerState>>,
     axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> Response {
-    match vm_list(&s).await {
-        Ok(mut list) => {
-            list.offset = page.offset;
-            list.next_offset = page.cut(&mut list.vms);
-            Json(list).into_response()
-        }
+    let listed = match fleet(&s).await {
+        Ok(fleet) => fleet.page(&s.db, &page).await,
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(list) => Json(list).into_response(),
         Err(e) => db_error(e),
     }
-}
-
-/// Every VM of every host, asking the agents at once (`GET /api/v1/vms`, the dashboard),
-/// in a stable order: by host name, host address (host names may repeat), then VM.
-pub async fn vm_list(s: &ServerState) -> Result<VmList, DbError> {
-    let hosts = s.db.hosts_with_access().await?;
-    let protections = s.db.protections().await?;
-    let recoveries = s.db.recoveries().await?;
-    let names: Vec<(String, String)> = hosts
-        .iter()
-        .map(|h| (h.host.id.to_string(), h.host.hostname.clone()))
-        .collect();
-    let host_name = |id: &str| {
-        names
-            .iter()
-            .find(|(i, _)| i == id)
-            .map_or(id.to_string(), |(_, n)| n.clone())
-    };
-    // By host and VM: a fleet of 10,000 VMs looks each of them up.
-    let views: std::collections::HashMap<(HostId, String), ProtectionView> = protections
-        .iter()
-        .map(|p| {
-            let v = protection::view(p, &hosts);
-            ((v.host_id.clone(), v.vm.clone()), v)
-        })
-        .collect();
-    let answers: Vec<_> = futures::stream::iter(hosts)
-        .map(|h| async move {
-            let inv = match agent_client(&h, AGENT_TIMEOUT) {
-                Ok(c) => c.inventory().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            (h.host, inv)
-        })
-        .buffer_unordered(AGENTS_AT_ONCE)
-        .collect()
-        .await;
-    let mut list = VmList {
-        vms: Vec::new(),
-        unreachable: Vec::new(),
-        offset: 0,
-        next_offset: None,
-    };
-    for (host, inv) in answers {
-        match inv {
-            Ok(inv) => {
-                for vm in inv["vms"].as_array().into_iter().flatten() {
-                    let name = vm["name"].as_str().unwrap_or("?").to_string();
-                    let p = views.get(&(host.id.clone(), name.clone()));
-                    let r = recoveries
-                        .iter()
-                        .find(|r| r.host_id == host.id && r.vm == name);
-                    list.vms.push(VmRow {
-                        host: host.hostname.clone(),
-                        address: host.address.clone(),
-                        state: vm["state"].clone(),
-                        protection: p.map_or("unprotected".into(), |p| p.state.as_str().into()),
-                        protection_id: p.map(|p| p.id.to_string()),
-                        reason: p.filter(|p| !p.reason.is_empty()).map(|p| p.reason.clone()),
-                        rpo_seconds: p.and_then(|p| p.rpo_seconds),
-                        last_point: p.and_then(|p| p.last_point.clone()),
-                        last_point_time: p.and_then(|p| p.last_point_time.clone()),
-                        recovery_host: p.map(|p| p.recovery_host.clone()),
-                        fenced: vm["fenced"].as_str().map(str::to_string),
-                        recovery_kind: r.map(|r| r.kind),
-                        recovered_from: r
-                            .map(|r| format!("{}/{}", host_name(&r.origin_host_id), r.origin_vm)),
-                        recovered_point: r.map(|r| r.point.clone()),
-                        recovered_point_time: r.map(|r| r.point_time.clone()),
-                        hydrated_percent: r.map(|r| match (r.hydrated, r.hydration_total) {
-                            (true, _) => 100.0,
-                            (false, 0) => 0.0,
-                            (false, t) => 100.0 * r.hydrated_bytes as f64 / t as f64,
-                        }),
-                        vm: name,
-                    });
-                }
-            }
-            Err(error) => list.unreachable.push(HostProblem {
-                host: host.hostname,
-                address: host.address,
-                error,
-            }),
-        }
-    }
-    list.vms
-        .sort_by(|a, b| (&a.host, &a.address, &a.vm).cmp(&(&b.host, &b.address, &b.vm)));
-    list.unreachable
-        .sort_by(|a, b| (&a.host, &a.address).cmp(&(&b.host, &b.address)));
-    Ok(list)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -468,6 +468,48 @@ impl Database {
             .map_err(DbError::from)
     }
 
+    /// Every protection's id, host and VM: which VMs of a list are protected, read
+    /// without the rest of each row (`api::fleet`, which reads whole only the rows a page
+    /// shows, with [`Database::protections_with_ids`]).
+    pub async fn protection_keys(&self) -> Result<Vec<(ProtectionId, HostId, String)>, DbError> {
+        let rows = sqlx::query("SELECT id, host_id, vm FROM protections")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("id")?.into(),
+                    r.try_get::<String, _>("host_id")?.into(),
+                    r.try_get("vm")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// The protections of `ids` that exist, in no particular order.
+    pub async fn protections_with_ids(&self, ids: &[&str]) -> Result<Vec<Protection>, DbError> {
+        // Well below SQLite's and PostgreSQL's limits on bound values.
+        const BATCH: usize = 500;
+        let mut found = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(BATCH) {
+            let marks: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
+            // Only placeholders are spliced in; the ids are bound.
+            let sql = format!(
+                "SELECT {COLUMNS} FROM protections WHERE id IN ({})",
+                marks.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in batch {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                found.push(protection(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn protection(&self, id: &str) -> Result<Option<Protection>, DbError> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM protections WHERE id = $1"

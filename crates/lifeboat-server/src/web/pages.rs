@@ -17,7 +17,7 @@ use super::paging::{PageNumber, Paging};
 use super::CurrentSession;
 use crate::api::protection::ProtectionView;
 use crate::api::status::overview_of;
-use crate::api::{vm_list, VmRow};
+use crate::api::{fleet, FleetVm, VmRow};
 use crate::auth::Role;
 use crate::db::{Host, Operation, Recovery};
 use crate::failover::recovery_views;
@@ -99,35 +99,25 @@ pub async fn hosts(
     session: CurrentSession,
     axum::extract::Query(at): axum::extract::Query<PageNumber>,
 ) -> Response {
-    let list = or_fail!(vm_list(&s).await);
-    let access = or_fail!(s.db.hosts_with_access().await);
-    let paging = Paging::new(list.vms.len(), &at);
+    let fleet = or_fail!(fleet(&s).await);
+    let paging = Paging::new(fleet.vms.len(), &at);
     let rows = paging.rows();
-    // The state labels need each protection's full view (sync progress included): the
-    // views of this page's VMs.
-    let on_page: std::collections::HashSet<&str> = list.vms[rows.clone()]
-        .iter()
-        .filter_map(|v| v.protection_id.as_deref())
-        .collect();
-    let views: Vec<ProtectionView> = or_fail!(s.db.protections().await)
-        .iter()
-        .filter(|p| on_page.contains(p.id.as_str()))
-        .map(|p| crate::api::protection::view(p, &access))
-        .collect();
-    let hosts: Vec<_> = access.into_iter().map(|h| h.host).collect();
-    let recoveries = or_fail!(s.db.recoveries().await);
+    // Only this page's rows are drawn, their protections read whole.
+    let (page_rows, views) = or_fail!(fleet.rows(&s.db, &fleet.vms[rows.clone()]).await);
+    let hosts: Vec<&Host> = fleet.hosts.iter().map(|h| &h.host).collect();
     // Each host's rows in the whole list (sorted as the hosts are: by name, then
     // address), and which of them this page shows.
-    fn host_of(v: &VmRow) -> (&str, &str) {
-        (v.host.as_str(), v.address.as_str())
-    }
+    let host_of = |v: &FleetVm| {
+        let h = fleet.host(v);
+        (h.hostname.as_str(), h.address.as_str())
+    };
     let spans: Vec<(&Host, Range<usize>)> = hosts
         .iter()
         .map(|h| {
             let key = (h.hostname.as_str(), h.address.as_str());
-            let start = list.vms.partition_point(|v| host_of(v) < key);
-            let end = list.vms.partition_point(|v| host_of(v) <= key);
-            (h, start..end)
+            let start = fleet.vms.partition_point(|v| host_of(v) < key);
+            let end = fleet.vms.partition_point(|v| host_of(v) <= key);
+            (*h, start..end)
         })
         .collect();
     let shown = |all: &Range<usize>| match all.is_empty() {
@@ -151,14 +141,14 @@ pub async fn hosts(
         @if hosts.is_empty() {
             p { "No host is enrolled. " a href="/scan" { "Scan for agents and enroll one" } "." }
         }
-        @for p in &list.unreachable {
+        @for p in &fleet.unreachable {
             p role="alert" class="error" { "Host " (p.host) " (" (p.address) ") did not answer: " (p.error) }
         }
         (index)
         (nav)
         @for (h, all) in spans.iter().filter(|(_, all)| shown(all)) {
             @let here = all.start.max(rows.start)..all.end.min(rows.end);
-            @let protected = list.vms[all.clone()].iter().filter(|v| v.protection_id.is_some()).count();
+            @let protected = fleet.vms[all.clone()].iter().filter(|v| v.protection_id.is_some()).count();
             section class="host" aria-labelledby={ "host-" (h.id) } {
                 h2 id={ "host-" (h.id) } { (h.hostname) " " span class="muted" { (h.address) } }
                 @if let Some(health) = s.health.get(h.id.as_str()) {
@@ -180,7 +170,7 @@ pub async fn hosts(
                         table {
                             (columns(&["VM", "Running", "Protection", "RPO", "Last recovery point", "Recovery host"]))
                             tbody {
-                                @for v in &list.vms[here.clone()] { (vm_row(h.id.as_str(), v, &views, &recoveries)) }
+                                @for v in &page_rows[here.start - rows.start..here.end - rows.start] { (vm_row(h.id.as_str(), v, &views, &fleet.recoveries)) }
                             }
                         }
                     }
