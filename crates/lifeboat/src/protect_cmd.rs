@@ -100,7 +100,7 @@ pub async fn protect(out: Output, home: &Path, args: ProtectArgs) -> Result<()> 
         });
         return Ok(());
     }
-    let view = wait_protected(&server, &id, Some(&created.operation), out, timeout).await?;
+    let view = wait_protected(&server, &id, Some(created.operation.as_str()), out, timeout).await?;
     out.show(&view, |v| {
         println!(
             "{} is Protected: first recovery point {} (cut at {}).",

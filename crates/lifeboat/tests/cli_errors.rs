@@ -153,13 +153,11 @@ fn protect_no_wait_contradicts_a_wait() {
             "{err}"
         );
     }
-    let (_, help) = {
-        let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
-            .args(["protect", "--help"])
-            .output()
-            .unwrap();
-        (out.status, String::from_utf8_lossy(&out.stdout).to_string())
-    };
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .args(["protect", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
     assert!(
         help.contains("--no-wait") && help.contains("instead of waiting for the"),
         "{help}"

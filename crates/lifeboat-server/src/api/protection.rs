@@ -105,7 +105,7 @@ pub struct Protected {
     /// more than 10 s (follow the operation: the server may be busy or restarting).
     pub protection: Option<ProtectionView>,
     /// The enable operation, which ends when the first recovery point is committed.
-    pub operation: String,
+    pub operation: lifeboat_types::OperationId,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -428,7 +428,7 @@ pub async fn protect(
         Json(Protected {
             protection_id: params.protection_id.clone(),
             protection: p.map(|p| view(&p, &hosts)),
-            operation: op.id.to_string(),
+            operation: op.id.clone(),
         }),
     )
         .into_response()
